@@ -4,10 +4,12 @@
 //! callers (and tests) decide what "now" is.
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod crypto;
 mod selector;
 mod spiffe_id;
 mod trust_domain;
+pub mod x509;
 
 pub use selector::{entry_matches, Selector, SelectorError, SelectorSet};
 pub use spiffe_id::{IdError, SpiffeId, MAX_ID_BYTES, MAX_TRUST_DOMAIN_BYTES};

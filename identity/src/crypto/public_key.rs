@@ -16,6 +16,8 @@ pub enum PublicKeyError {
     TrailingBytes,
     #[error("unsupported public key algorithm: only EC P-256, P-384, P-521 and RSA keys are accepted")]
     Unsupported,
+    #[error("EC public key is not a point on its curve")]
+    NotOnCurve,
     #[error("RSA key of {0} bits is too small: at least 2048 bits are required")]
     RsaTooSmall(usize),
 }
@@ -36,6 +38,9 @@ pub struct PublicKey {
     /// The contents of the SPKI's BIT STRING: an EC point or a DER RSAPublicKey.
     key_bytes: Vec<u8>,
     kind: PublicKeyKind,
+    /// RSA modulus and exponent, big-endian without leading zeros; empty for EC keys.
+    rsa_n: Vec<u8>,
+    rsa_e: Vec<u8>,
 }
 
 impl PublicKey {
@@ -50,6 +55,7 @@ impl PublicKey {
 
     pub(crate) fn from_parsed(spki: &SubjectPublicKeyInfo<'_>, der: Vec<u8>) -> Result<Self, PublicKeyError> {
         let algorithm = &spki.algorithm.algorithm;
+        let (mut rsa_n, mut rsa_e) = (Vec::new(), Vec::new());
         let kind = if *algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {
             let curve = spki
                 .algorithm
@@ -69,7 +75,12 @@ impl PublicKey {
         } else if *algorithm == OID_PKCS1_RSAENCRYPTION {
             match spki.parsed() {
                 Ok(ParsedKey::RSA(rsa)) => {
-                    let bits = rsa.key_size();
+                    rsa_n = strip_zeros(rsa.modulus).to_vec();
+                    rsa_e = strip_zeros(rsa.exponent).to_vec();
+                    let bits = rsa_n.len() * 8 - rsa_n.first().map_or(8, |b| b.leading_zeros() as usize);
+                    if rsa_e.is_empty() {
+                        return Err(PublicKeyError::Malformed);
+                    }
                     if bits < 2048 {
                         return Err(PublicKeyError::RsaTooSmall(bits));
                     }
@@ -87,8 +98,74 @@ impl PublicKey {
             if key_bytes.len() != 1 + 2 * coordinate || key_bytes[0] != 0x04 {
                 return Err(PublicKeyError::Malformed);
             }
+            let alg: &'static dyn aws_lc_rs::signature::VerificationAlgorithm = match kind {
+                PublicKeyKind::EcP256 => &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+                PublicKeyKind::EcP384 => &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED,
+                _ => &aws_lc_rs::signature::ECDSA_P521_SHA512_FIXED,
+            };
+            // Parsing checks that the point lies on the curve.
+            aws_lc_rs::signature::ParsedPublicKey::new(alg, &key_bytes).map_err(|_| PublicKeyError::NotOnCurve)?;
         }
-        Ok(Self { spki: der, key_bytes, kind })
+        Ok(Self { spki: der, key_bytes, kind, rsa_n, rsa_e })
+    }
+
+    /// Builds an EC key from its curve and uncompressed point (`04 || x || y`).
+    pub fn from_ec_point(kind: PublicKeyKind, point: &[u8]) -> Result<Self, PublicKeyError> {
+        let curve: &[u64] = match kind {
+            PublicKeyKind::EcP256 => &[1, 2, 840, 10045, 3, 1, 7],
+            PublicKeyKind::EcP384 => &[1, 3, 132, 0, 34],
+            PublicKeyKind::EcP521 => &[1, 3, 132, 0, 35],
+            PublicKeyKind::Rsa { .. } => return Err(PublicKeyError::Unsupported),
+        };
+        let der = yasna::construct_der(|w| {
+            w.write_sequence(|w| {
+                w.next().write_sequence(|w| {
+                    w.next().write_oid(&yasna::models::ObjectIdentifier::from_slice(&[1, 2, 840, 10045, 2, 1]));
+                    w.next().write_oid(&yasna::models::ObjectIdentifier::from_slice(curve));
+                });
+                w.next().write_bitvec_bytes(point, point.len() * 8);
+            })
+        });
+        Self::from_spki_der(&der)
+    }
+
+    /// Builds an RSA key from its modulus and public exponent (big-endian, unsigned).
+    pub fn from_rsa_components(n: &[u8], e: &[u8]) -> Result<Self, PublicKeyError> {
+        let n = strip_zeros(n);
+        let e = strip_zeros(e);
+        if n.is_empty() || e.is_empty() {
+            return Err(PublicKeyError::Malformed);
+        }
+        let rsa_key = yasna::construct_der(|w| {
+            w.write_sequence(|w| {
+                w.next().write_bigint_bytes(n, true);
+                w.next().write_bigint_bytes(e, true);
+            })
+        });
+        let der = yasna::construct_der(|w| {
+            w.write_sequence(|w| {
+                w.next().write_sequence(|w| {
+                    w.next().write_oid(&yasna::models::ObjectIdentifier::from_slice(&[1, 2, 840, 113549, 1, 1, 1]));
+                    w.next().write_null();
+                });
+                w.next().write_bitvec_bytes(&rsa_key, rsa_key.len() * 8);
+            })
+        });
+        Self::from_spki_der(&der)
+    }
+
+    /// For RSA keys, the modulus and exponent (big-endian, no leading zeros).
+    pub fn rsa_components(&self) -> Option<(&[u8], &[u8])> {
+        match self.kind {
+            PublicKeyKind::Rsa { .. } => Some((&self.rsa_n, &self.rsa_e)),
+            _ => None,
+        }
+    }
+
+    /// For EC keys, the x and y coordinates.
+    pub fn ec_coordinates(&self) -> Option<(&[u8], &[u8])> {
+        let len = self.kind.ec_scalar_len()?;
+        Some((&self.key_bytes[1..1 + len], &self.key_bytes[1 + len..]))
     }
 
     /// The DER SubjectPublicKeyInfo.
@@ -120,6 +197,11 @@ impl PublicKey {
     pub fn to_pem(&self) -> String {
         pem::encode(&pem::Pem::new("PUBLIC KEY", self.spki.clone()))
     }
+}
+
+fn strip_zeros(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+    &bytes[start..]
 }
 
 impl PublicKeyKind {

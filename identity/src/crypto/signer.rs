@@ -83,7 +83,7 @@ pub(crate) struct RcgenPublicKey<'a> {
 }
 
 impl<'a> RcgenPublicKey<'a> {
-    pub(crate) fn new(key: &'a PublicKey) -> Option<Self> {
+    pub(crate) fn new(key: &'a PublicKey) -> Self {
         use super::PublicKeyKind;
         // The algorithm only decides the SPKI's algorithm identifier here.
         let rcgen_algorithm = match key.kind() {
@@ -92,7 +92,7 @@ impl<'a> RcgenPublicKey<'a> {
             PublicKeyKind::EcP521 => &rcgen::PKCS_ECDSA_P521_SHA512,
             PublicKeyKind::Rsa { .. } => &rcgen::PKCS_RSA_SHA256,
         };
-        Some(Self { key, rcgen_algorithm })
+        Self { key, rcgen_algorithm }
     }
 }
 

@@ -1,0 +1,16 @@
+//! X.509-SVIDs and CA certificates: minting, CSRs and verification against bundles.
+
+mod csr;
+mod mint;
+mod parsed;
+mod verify;
+
+pub use csr::{create_csr, public_key_from_csr, CsrError};
+pub use mint::{
+    mint_ca, mint_x509_svid, random_serial, CaTemplate, Issuer, MintError, MintedCertificate, Subject,
+    SvidTemplate, BACKDATE,
+};
+pub use parsed::{certificate_facts, CertificateFacts, ParseError};
+pub use verify::{verify_x509_svid, VerifiedX509Svid, VerifyX509Error, MAX_CHAIN_LENGTH};
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,81 @@
+//! Reading the facts Testudo needs out of a DER certificate.
+
+use time::OffsetDateTime;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+
+use crate::crypto::PublicKey;
+use crate::SpiffeId;
+
+/// Why bytes are not a certificate Testudo can read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("not a DER X.509 certificate")]
+    Malformed,
+    #[error("certificate has trailing bytes")]
+    TrailingBytes,
+    #[error("certificate public key: {0}")]
+    PublicKey(String),
+    #[error("certificate has a malformed extension: {0}")]
+    Extension(String),
+}
+
+/// What a certificate says about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateFacts {
+    pub serial: Vec<u8>,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    pub is_ca: bool,
+    pub public_key: PublicKey,
+    /// URI SANs that parse as SPIFFE IDs.
+    pub spiffe_ids: Vec<SpiffeId>,
+    /// All URI SANs, valid SPIFFE IDs or not.
+    pub uri_sans: Vec<String>,
+    pub dns_sans: Vec<String>,
+}
+
+pub(crate) fn parse(der: &[u8]) -> Result<X509Certificate<'_>, ParseError> {
+    let (rest, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| ParseError::Malformed)?;
+    if !rest.is_empty() {
+        return Err(ParseError::TrailingBytes);
+    }
+    Ok(cert)
+}
+
+/// Reads serial, validity, CA flag, public key and SANs from a DER certificate.
+pub fn certificate_facts(der: &[u8]) -> Result<CertificateFacts, ParseError> {
+    let cert = parse(der)?;
+    facts_of(&cert)
+}
+
+pub(crate) fn facts_of(cert: &X509Certificate<'_>) -> Result<CertificateFacts, ParseError> {
+    let public_key = PublicKey::from_parsed(cert.public_key(), cert.public_key().raw.to_vec())
+        .map_err(|e| ParseError::PublicKey(e.to_string()))?;
+    let is_ca = cert
+        .basic_constraints()
+        .map_err(|e| ParseError::Extension(e.to_string()))?
+        .is_some_and(|bc| bc.value.ca);
+    let mut uri_sans = Vec::new();
+    let mut dns_sans = Vec::new();
+    if let Some(san) = cert.subject_alternative_name().map_err(|e| ParseError::Extension(e.to_string()))? {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::URI(uri) => uri_sans.push((*uri).to_owned()),
+                GeneralName::DNSName(dns) => dns_sans.push((*dns).to_owned()),
+                _ => {}
+            }
+        }
+    }
+    let spiffe_ids = uri_sans.iter().filter_map(|u| SpiffeId::parse(u).ok()).collect();
+    Ok(CertificateFacts {
+        serial: cert.raw_serial().to_vec(),
+        not_before: cert.validity().not_before.to_datetime(),
+        not_after: cert.validity().not_after.to_datetime(),
+        is_ca,
+        public_key,
+        spiffe_ids,
+        uri_sans,
+        dns_sans,
+    })
+}

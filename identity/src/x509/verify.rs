@@ -1,0 +1,230 @@
+//! X.509-SVID verification against trust bundles, as the X509-SVID standard describes:
+//! the leaf is an SVID with one SPIFFE ID, and a chain of valid signing certificates leads
+//! from it to an X.509 authority in the bundle of the leaf's trust domain.
+
+use time::OffsetDateTime;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::ParsedExtension;
+use x509_parser::oid_registry::{
+    Oid, OID_PKCS1_RSASSAPSS, OID_PKCS1_SHA256WITHRSA, OID_PKCS1_SHA384WITHRSA, OID_PKCS1_SHA512WITHRSA,
+    OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ECDSA_WITH_SHA384,
+};
+
+use super::parsed::parse;
+use crate::bundle::BundleSource;
+use crate::{IdError, SpiffeId};
+
+/// Longest chain (leaf and intermediates) a peer may present.
+pub const MAX_CHAIN_LENGTH: usize = 16;
+
+/// Why an X.509-SVID was refused. `index` is the certificate's position in the presented
+/// chain (0 is the leaf).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyX509Error {
+    #[error("no certificates were presented")]
+    EmptyChain,
+    #[error("chain has more than {MAX_CHAIN_LENGTH} certificates")]
+    ChainTooLong,
+    #[error("certificate {index} is malformed: {reason}")]
+    Malformed { index: usize, reason: String },
+    #[error("leaf certificate must have exactly one URI SAN, found {0}")]
+    LeafUriSanCount(usize),
+    #[error("leaf certificate URI SAN is not a valid SPIFFE ID: {0}")]
+    LeafBadSpiffeId(IdError),
+    #[error("leaf certificate must not be a CA")]
+    LeafIsCa,
+    #[error("leaf certificate must have the digitalSignature key usage")]
+    LeafMissingDigitalSignature,
+    #[error("leaf certificate must not have the keyCertSign key usage")]
+    LeafHasKeyCertSign,
+    #[error("leaf certificate must not have the cRLSign key usage")]
+    LeafHasCrlSign,
+    #[error("no bundle for trust domain {0:?}")]
+    NoBundle(String),
+    #[error("certificate {index} is not valid before {not_before}")]
+    NotYetValid { index: usize, not_before: OffsetDateTime },
+    #[error("certificate {index} expired at {not_after}")]
+    Expired { index: usize, not_after: OffsetDateTime },
+    #[error("certificate {index} has an unsupported or weak signature algorithm {oid}")]
+    WeakSignatureAlgorithm { index: usize, oid: String },
+    #[error("certificate {index} has an unrecognised critical extension {oid}")]
+    UnknownCriticalExtension { index: usize, oid: String },
+    #[error("the bundle authority the chain leads to is not valid at this time")]
+    AuthorityNotValid,
+    #[error("signing certificate {index} is not a CA")]
+    SignerNotCa { index: usize },
+    #[error("signing certificate {index} lacks the keyCertSign key usage")]
+    SignerMissingKeyCertSign { index: usize },
+    #[error("a signing certificate's path length constraint is exceeded")]
+    PathLenExceeded,
+    #[error("no chain of valid signatures leads to an authority of trust domain {0:?}")]
+    NoPathToAuthority(String),
+}
+
+/// The result of a successful verification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedX509Svid {
+    pub spiffe_id: SpiffeId,
+    pub not_after: OffsetDateTime,
+    /// DER of the bundle authority the chain leads to.
+    pub authority: Vec<u8>,
+}
+
+const SIGNATURE_ALGORITHMS: [Oid<'static>; 6] = [
+    OID_SIG_ECDSA_WITH_SHA256,
+    OID_SIG_ECDSA_WITH_SHA384,
+    OID_PKCS1_SHA256WITHRSA,
+    OID_PKCS1_SHA384WITHRSA,
+    OID_PKCS1_SHA512WITHRSA,
+    OID_PKCS1_RSASSAPSS,
+];
+
+/// Verifies `chain` (leaf first, then any intermediates) against `bundles` at time `now`
+/// and returns the leaf's SPIFFE ID.
+pub fn verify_x509_svid<C: AsRef<[u8]>>(
+    chain: &[C],
+    bundles: &impl BundleSource,
+    now: OffsetDateTime,
+) -> Result<VerifiedX509Svid, VerifyX509Error> {
+    if chain.is_empty() {
+        return Err(VerifyX509Error::EmptyChain);
+    }
+    if chain.len() > MAX_CHAIN_LENGTH {
+        return Err(VerifyX509Error::ChainTooLong);
+    }
+    let certs = chain
+        .iter()
+        .enumerate()
+        .map(|(index, der)| {
+            parse(der.as_ref()).map_err(|e| VerifyX509Error::Malformed { index, reason: e.to_string() })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let leaf = &certs[0];
+    let spiffe_id = check_leaf(leaf)?;
+    let td = spiffe_id.trust_domain();
+    let bundle = bundles.bundle_for(td).ok_or_else(|| VerifyX509Error::NoBundle(td.to_string()))?;
+    let authorities = bundle
+        .x509_authorities()
+        .iter()
+        .filter_map(|a| parse(&a.der).ok().map(|c| (c, a.der.as_slice())))
+        .collect::<Vec<_>>();
+
+    for (index, cert) in certs.iter().enumerate() {
+        check_common(cert, index, now)?;
+    }
+
+    // Walk up from the leaf: prefer a bundle authority, else a presented intermediate.
+    let mut current = 0usize;
+    let mut used = vec![false; certs.len()];
+    used[0] = true;
+    let mut cas_below = 0usize;
+    for _ in 0..MAX_CHAIN_LENGTH {
+        let child = &certs[current];
+        for (authority, der) in &authorities {
+            if issued_by(child, authority) {
+                check_time(authority, 0, now).map_err(|_| VerifyX509Error::AuthorityNotValid)?;
+                check_path_len(authority, cas_below)?;
+                return Ok(VerifiedX509Svid {
+                    spiffe_id,
+                    not_after: leaf.validity().not_after.to_datetime(),
+                    authority: der.to_vec(),
+                });
+            }
+        }
+        let next = (1..certs.len()).find(|&i| !used[i] && issued_by(child, &certs[i]));
+        let Some(next) = next else { break };
+        let signer = &certs[next];
+        if !signer.basic_constraints().ok().flatten().is_some_and(|bc| bc.value.ca) {
+            return Err(VerifyX509Error::SignerNotCa { index: next });
+        }
+        if !signer.key_usage().ok().flatten().is_some_and(|ku| ku.value.key_cert_sign()) {
+            return Err(VerifyX509Error::SignerMissingKeyCertSign { index: next });
+        }
+        check_path_len(signer, cas_below)?;
+        cas_below += 1;
+        used[next] = true;
+        current = next;
+    }
+    Err(VerifyX509Error::NoPathToAuthority(td.to_string()))
+}
+
+fn check_leaf(leaf: &X509Certificate<'_>) -> Result<SpiffeId, VerifyX509Error> {
+    let malformed = |reason: String| VerifyX509Error::Malformed { index: 0, reason };
+    let uris: Vec<&str> = match leaf.subject_alternative_name().map_err(|e| malformed(e.to_string()))? {
+        Some(san) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::URI(u) => Some(*u),
+                _ => None,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let [uri] = uris.as_slice() else {
+        return Err(VerifyX509Error::LeafUriSanCount(uris.len()));
+    };
+    let id = SpiffeId::parse(uri).map_err(VerifyX509Error::LeafBadSpiffeId)?;
+    if leaf.basic_constraints().map_err(|e| malformed(e.to_string()))?.is_some_and(|bc| bc.value.ca) {
+        return Err(VerifyX509Error::LeafIsCa);
+    }
+    let ku = leaf.key_usage().map_err(|e| malformed(e.to_string()))?;
+    let ku = ku.map(|k| k.value);
+    if !ku.is_some_and(|k| k.digital_signature()) {
+        return Err(VerifyX509Error::LeafMissingDigitalSignature);
+    }
+    if ku.is_some_and(|k| k.key_cert_sign()) {
+        return Err(VerifyX509Error::LeafHasKeyCertSign);
+    }
+    if ku.is_some_and(|k| k.crl_sign()) {
+        return Err(VerifyX509Error::LeafHasCrlSign);
+    }
+    Ok(id)
+}
+
+fn check_common(cert: &X509Certificate<'_>, index: usize, now: OffsetDateTime) -> Result<(), VerifyX509Error> {
+    check_time(cert, index, now)?;
+    let oid = &cert.signature_algorithm.algorithm;
+    if !SIGNATURE_ALGORITHMS.contains(oid) {
+        return Err(VerifyX509Error::WeakSignatureAlgorithm { index, oid: oid.to_id_string() });
+    }
+    for ext in cert.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::UnsupportedExtension { .. } if ext.critical => {
+                return Err(VerifyX509Error::UnknownCriticalExtension { index, oid: ext.oid.to_id_string() });
+            }
+            ParsedExtension::ParseError { error } => {
+                return Err(VerifyX509Error::Malformed { index, reason: format!("extension {}: {error}", ext.oid) });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_time(cert: &X509Certificate<'_>, index: usize, now: OffsetDateTime) -> Result<(), VerifyX509Error> {
+    let not_before = cert.validity().not_before.to_datetime();
+    let not_after = cert.validity().not_after.to_datetime();
+    if now < not_before {
+        return Err(VerifyX509Error::NotYetValid { index, not_before });
+    }
+    if now > not_after {
+        return Err(VerifyX509Error::Expired { index, not_after });
+    }
+    Ok(())
+}
+
+fn check_path_len(signer: &X509Certificate<'_>, cas_below: usize) -> Result<(), VerifyX509Error> {
+    let limit = signer.basic_constraints().ok().flatten().and_then(|bc| bc.value.path_len_constraint);
+    match limit {
+        Some(limit) if cas_below > limit as usize => Err(VerifyX509Error::PathLenExceeded),
+        _ => Ok(()),
+    }
+}
+
+fn issued_by(child: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> bool {
+    child.issuer().as_raw() == issuer.subject().as_raw()
+        && SIGNATURE_ALGORITHMS.contains(&child.signature_algorithm.algorithm)
+        && child.verify_signature(Some(issuer.public_key())).is_ok()
+}
