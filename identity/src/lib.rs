@@ -6,6 +6,7 @@
 
 pub mod bundle;
 pub mod crypto;
+pub mod jwt;
 mod selector;
 mod spiffe_id;
 mod trust_domain;

@@ -154,12 +154,6 @@ fn b64url(field: &str, value: Option<&String>) -> Result<Vec<u8>, String> {
     URL_SAFE_NO_PAD.decode(value).map_err(|_| format!("\"{field}\" is not unpadded base64url"))
 }
 
-/// The public key a JWK describes.
-pub(crate) fn jwk_public_key_from_value(value: &serde_json::Value) -> Result<PublicKey, String> {
-    let jwk: Jwk = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
-    jwk_public_key(&jwk)
-}
-
 fn jwk_public_key(jwk: &Jwk) -> Result<PublicKey, String> {
     match jwk.kty.as_deref() {
         Some("EC") => {

@@ -171,3 +171,6 @@ impl BundleSource for BundleSet {
         self.bundles.get(trust_domain)
     }
 }
+
+#[cfg(test)]
+mod tests;
