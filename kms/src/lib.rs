@@ -1,1 +1,25 @@
+//! Key managers: where signing keys live. A key is named by an id; its private half is
+//! reachable only through `sign`.
+//!
+//! Backends (one module each, built by name from config): `memory` and `disk` here; the
+//! KMS and HSM backends slot in behind the same trait. [`KeySigner`] adapts any backend's
+//! key to [`identity::crypto::Signer`], so certificate and JWT code never knows where a
+//! key lives.
 #![forbid(unsafe_code)]
+
+mod config;
+pub mod disk;
+mod error;
+mod key_id;
+mod keyring;
+mod key_signer;
+mod manager;
+pub mod memory;
+
+pub use config::KeyManagerConfig;
+pub use error::KeyManagerError;
+pub use key_id::validate_key_id;
+pub use key_signer::KeySigner;
+pub use manager::{KeyInfo, KeyManager};
+
+pub use identity::crypto::{KeyType, SignatureAlgorithm};
