@@ -128,6 +128,12 @@ impl Bundle {
         found.map(|a| a.tainted = true).is_some()
     }
 
+    /// Marks the JWT authority with this key id as tainted. Returns whether found.
+    pub fn taint_jwt_authority(&mut self, key_id: &str) -> bool {
+        let found = self.jwt_authorities.iter_mut().find(|a| a.key_id == key_id);
+        found.map(|a| a.tainted = true).is_some()
+    }
+
     /// The X.509 authorities as concatenated PEM certificates.
     pub fn x509_authorities_pem(&self) -> String {
         to_pem_certificates(self.x509_authorities.iter().map(|a| a.der.as_slice()))

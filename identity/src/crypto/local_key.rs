@@ -16,6 +16,8 @@ use super::{KeyType, PublicKey, SignError, SignatureAlgorithm, Signer};
 pub enum LocalKeyError {
     #[error("key generation failed for {0}")]
     Generation(KeyType),
+    #[error("private key is unreadable: {0}")]
+    Unreadable(String),
     #[error("stored {key_type} key is invalid: {reason}")]
     Invalid { key_type: KeyType, reason: String },
 }
@@ -70,6 +72,36 @@ impl LocalKey {
             return Err(invalid(format!("key is {:?}", key.public.kind())));
         }
         Ok(key)
+    }
+
+    /// Loads a PEM private key: PKCS#8 (`PRIVATE KEY`, EC or RSA), SEC1 (`EC PRIVATE KEY`)
+    /// or PKCS#1 (`RSA PRIVATE KEY`), as openssl writes them. The key type is detected.
+    pub fn from_pem(text: &str) -> Result<Self, LocalKeyError> {
+        let invalid = |reason: String| LocalKeyError::Unreadable(reason);
+        let block = pem::parse(text).map_err(|e| invalid(format!("not PEM: {e}")))?;
+        let der = zeroize::Zeroizing::new(block.contents().to_vec());
+        let ec_curves = [
+            (KeyType::EcP256, &ECDSA_P256_SHA256_ASN1_SIGNING),
+            (KeyType::EcP384, &ECDSA_P384_SHA384_ASN1_SIGNING),
+        ];
+        let pair = match block.tag() {
+            "PRIVATE KEY" => ec_curves
+                .iter()
+                .find_map(|(t, alg)| EcdsaKeyPair::from_pkcs8(alg, &der).ok().map(|p| (*t, Pair::Ec(p))))
+                .or_else(|| rsa::KeyPair::from_pkcs8(&der).ok().map(|p| (KeyType::Rsa2048, Pair::Rsa(p)))),
+            "EC PRIVATE KEY" => ec_curves
+                .iter()
+                .find_map(|(t, alg)| EcdsaKeyPair::from_private_key_der(alg, &der).ok().map(|p| (*t, Pair::Ec(p)))),
+            "RSA PRIVATE KEY" => rsa::KeyPair::from_der(&der).ok().map(|p| (KeyType::Rsa2048, Pair::Rsa(p))),
+            other => return Err(invalid(format!("unsupported PEM block {other:?}"))),
+        };
+        let (guess, pair) = pair.ok_or_else(|| invalid("not an EC P-256/P-384 or RSA private key".into()))?;
+        let key = Self::from_pair(guess, pair)?;
+        let key_type = key
+            .public
+            .key_type()
+            .ok_or_else(|| invalid(format!("unsupported key size {:?}", key.public.kind())))?;
+        Ok(Self { key_type, ..key })
     }
 
     fn from_pair(key_type: KeyType, pair: Pair) -> Result<Self, LocalKeyError> {
@@ -151,6 +183,21 @@ mod tests {
         assert_eq!(loaded.public_key(), key.public_key());
         assert!(LocalKey::from_pkcs8_der(KeyType::EcP256, &der).is_err());
         assert!(LocalKey::from_pkcs8_der(KeyType::Rsa2048, b"junk").is_err());
+    }
+
+    #[test]
+    fn loads_pem_in_every_common_encoding() {
+        let key = LocalKey::generate(KeyType::EcP384).unwrap();
+        let pkcs8 = pem::encode(&pem::Pem::new("PRIVATE KEY", key.to_pkcs8_der().unwrap().to_vec()));
+        let loaded = LocalKey::from_pem(&pkcs8).unwrap();
+        assert_eq!(loaded.key_type(), KeyType::EcP384);
+        assert_eq!(loaded.public_key(), key.public_key());
+        let rsa = LocalKey::generate(KeyType::Rsa4096).unwrap();
+        let pkcs8 = pem::encode(&pem::Pem::new("PRIVATE KEY", rsa.to_pkcs8_der().unwrap().to_vec()));
+        assert_eq!(LocalKey::from_pem(&pkcs8).unwrap().key_type(), KeyType::Rsa4096);
+        assert!(LocalKey::from_pem("junk").is_err());
+        assert!(LocalKey::from_pem(&pem::encode(&pem::Pem::new("CERTIFICATE", vec![1, 2]))).is_err());
+        assert!(LocalKey::from_pem(&pem::encode(&pem::Pem::new("PRIVATE KEY", vec![1, 2]))).is_err());
     }
 
     #[test]

@@ -11,6 +11,6 @@ pub use mint::{
     SvidTemplate, BACKDATE,
 };
 pub use parsed::{certificate_facts, CertificateFacts, ParseError};
-pub use verify::{verify_x509_svid, VerifiedX509Svid, VerifyX509Error, MAX_CHAIN_LENGTH};
+pub use verify::{verify_ca_chain, verify_x509_svid, VerifiedX509Svid, VerifyX509Error, MAX_CHAIN_LENGTH};
 #[cfg(test)]
 pub(crate) mod tests;

@@ -161,6 +161,9 @@ fn intermediate_chain_verifies_and_is_capped() {
     let verified = verify_x509_svid(&[&leaf.der, &inter.cert.der], &bundle, now()).unwrap();
     assert_eq!(verified.spiffe_id.path(), "/db");
     assert_eq!(verified.authority, root_ca.cert.der);
+    assert_eq!(verify_ca_chain(&[&inter.cert.der], &bundle, now()).unwrap(), root_ca.cert.der);
+    assert!(matches!(verify_ca_chain(&[&inter.cert.der], &bundle_of(&[&inter]), now()), Err(VerifyX509Error::NoPathToAuthority(_))));
+    assert_eq!(verify_ca_chain(&[&leaf.der], &bundle, now()), Err(VerifyX509Error::SignerNotCa { index: 0 }));
     // Without the intermediate there is no path.
     assert!(matches!(
         verify_x509_svid(&[&leaf.der], &bundle, now()),

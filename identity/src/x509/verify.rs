@@ -11,7 +11,7 @@ use x509_parser::oid_registry::{
 };
 
 use super::parsed::parse;
-use crate::bundle::BundleSource;
+use crate::bundle::{Bundle, BundleSource};
 use crate::{IdError, SpiffeId};
 
 /// Longest chain (leaf and intermediates) a peer may present.
@@ -92,28 +92,52 @@ pub fn verify_x509_svid<C: AsRef<[u8]>>(
     if chain.len() > MAX_CHAIN_LENGTH {
         return Err(VerifyX509Error::ChainTooLong);
     }
-    let certs = chain
-        .iter()
-        .enumerate()
-        .map(|(index, der)| {
-            parse(der.as_ref()).map_err(|e| VerifyX509Error::Malformed { index, reason: e.to_string() })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let certs = parse_all(chain)?;
     let leaf = &certs[0];
     let spiffe_id = check_leaf(leaf)?;
     let td = spiffe_id.trust_domain();
     let bundle = bundles.bundle_for(td).ok_or_else(|| VerifyX509Error::NoBundle(td.to_string()))?;
+    let authority = build_path(&certs, bundle, now)?;
+    Ok(VerifiedX509Svid { spiffe_id, not_after: leaf.validity().not_after.to_datetime(), authority })
+}
+
+/// Verifies that a CA certificate (first) and the intermediates after it chain to one of
+/// `bundle`'s X.509 authorities at `now`; returns that authority. For checking an upstream-
+/// signed CA before publishing it.
+pub fn verify_ca_chain<C: AsRef<[u8]>>(chain: &[C], bundle: &Bundle, now: OffsetDateTime) -> Result<Vec<u8>, VerifyX509Error> {
+    if chain.is_empty() {
+        return Err(VerifyX509Error::EmptyChain);
+    }
+    if chain.len() > MAX_CHAIN_LENGTH {
+        return Err(VerifyX509Error::ChainTooLong);
+    }
+    let certs = parse_all(chain)?;
+    if !certs[0].basic_constraints().ok().flatten().is_some_and(|bc| bc.value.ca) {
+        return Err(VerifyX509Error::SignerNotCa { index: 0 });
+    }
+    build_path(&certs, bundle, now)
+}
+
+fn parse_all<C: AsRef<[u8]>>(chain: &[C]) -> Result<Vec<X509Certificate<'_>>, VerifyX509Error> {
+    chain
+        .iter()
+        .enumerate()
+        .map(|(index, der)| parse(der.as_ref()).map_err(|e| VerifyX509Error::Malformed { index, reason: e.to_string() }))
+        .collect()
+}
+
+/// Walks up from `certs[0]`: at each step prefer a bundle authority that signed the
+/// current certificate, else a presented intermediate that did.
+fn build_path(certs: &[X509Certificate<'_>], bundle: &Bundle, now: OffsetDateTime) -> Result<Vec<u8>, VerifyX509Error> {
+    let td = bundle.trust_domain();
     let authorities = bundle
         .x509_authorities()
         .iter()
         .filter_map(|a| parse(&a.der).ok().map(|c| (c, a.der.as_slice())))
         .collect::<Vec<_>>();
-
     for (index, cert) in certs.iter().enumerate() {
         check_common(cert, index, now)?;
     }
-
-    // Walk up from the leaf: prefer a bundle authority, else a presented intermediate.
     let mut current = 0usize;
     let mut used = vec![false; certs.len()];
     used[0] = true;
@@ -124,11 +148,7 @@ pub fn verify_x509_svid<C: AsRef<[u8]>>(
             if issued_by(child, authority) {
                 check_time(authority, 0, now).map_err(|_| VerifyX509Error::AuthorityNotValid)?;
                 check_path_len(authority, cas_below)?;
-                return Ok(VerifiedX509Svid {
-                    spiffe_id,
-                    not_after: leaf.validity().not_after.to_datetime(),
-                    authority: der.to_vec(),
-                });
+                return Ok(der.to_vec());
             }
         }
         let next = (1..certs.len()).find(|&i| !used[i] && issued_by(child, &certs[i]));

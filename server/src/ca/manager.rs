@@ -1,0 +1,292 @@
+//! Carries out the rotation schedule: generates keys, mints CA certificates (self-signed or
+//! upstream), records each change as a journal event and publishes it in the bundle; and
+//! signs SVIDs with the active authorities.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use identity::bundle::Bundle;
+use identity::crypto::{PublicKey, Signer};
+use identity::jwt::{sign_jwt_svid, JwtError, JwtSvidParams};
+use identity::x509::{mint_ca, mint_x509_svid, CaTemplate, Issuer, MintError, Subject, SvidTemplate};
+use identity::SpiffeId;
+use kms::{KeyManager, KeyManagerError, KeySigner};
+use time::OffsetDateTime;
+
+use super::config::{CaConfig, CaConfigError};
+use super::journal::{CaJournal, JournalError, JournalEvent, SlotEvent};
+use super::publish::{prune_expired, publish};
+use super::rotation::{next_step, RotationStep};
+use super::slot::{JwtKeyAuthority, SlotId, X509CaAuthority};
+use crate::clock::Clock;
+use crate::upstream::{UpstreamAuthority, UpstreamError};
+
+/// Why the CA could not rotate or sign.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error(transparent)]
+    Config(#[from] CaConfigError),
+    #[error(transparent)]
+    KeyManager(#[from] KeyManagerError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Mint(#[from] MintError),
+    #[error(transparent)]
+    Jwt(#[from] JwtError),
+    #[error("CA journal refused a change: {0}")]
+    Journal(#[from] JournalError),
+    #[error("no active {0} authority")]
+    NoActiveAuthority(&'static str),
+    #[error("CA task failed: {0}")]
+    Task(String),
+}
+
+/// The CA of one trust domain.
+pub struct CaManager {
+    config: CaConfig,
+    keys: Arc<dyn KeyManager>,
+    upstream: Option<Arc<dyn UpstreamAuthority>>,
+    clock: Arc<dyn Clock>,
+    journal: CaJournal,
+    bundle: Bundle,
+}
+
+/// A safety bound on steps per `rotate` call; a fresh CA needs four (two per kind).
+const MAX_STEPS_PER_ROTATION: usize = 8;
+
+impl CaManager {
+    /// A CA with an empty journal and bundle; the first `rotate` creates its authorities.
+    pub fn new(
+        config: CaConfig,
+        keys: Arc<dyn KeyManager>,
+        upstream: Option<Arc<dyn UpstreamAuthority>>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, CaError> {
+        let bundle = Bundle::new(config.trust_domain.clone());
+        Self::resume(config, keys, upstream, clock, CaJournal::default(), bundle)
+    }
+
+    /// A CA that carries on from a journal and bundle, e.g. on a new leader.
+    pub fn resume(
+        config: CaConfig,
+        keys: Arc<dyn KeyManager>,
+        upstream: Option<Arc<dyn UpstreamAuthority>>,
+        clock: Arc<dyn Clock>,
+        journal: CaJournal,
+        bundle: Bundle,
+    ) -> Result<Self, CaError> {
+        for warning in config.validate()? {
+            tracing::warn!(%warning, "CA configuration");
+        }
+        Ok(Self { config, keys, upstream, clock, journal, bundle })
+    }
+
+    pub fn journal(&self) -> &CaJournal {
+        &self.journal
+    }
+
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    pub fn config(&self) -> &CaConfig {
+        &self.config
+    }
+
+    /// Carries out every rotation step due now and prunes expired authorities from the
+    /// bundle. Returns the journal events it applied, in order.
+    pub async fn rotate(&mut self) -> Result<Vec<JournalEvent>, CaError> {
+        let mut applied = Vec::new();
+        for _ in 0..MAX_STEPS_PER_ROTATION {
+            let now = self.clock.now();
+            let event = if let Some(step) = next_step(&self.journal.x509, now) {
+                self.x509_step(step, now).await?
+            } else if let Some(step) = next_step(&self.journal.jwt, now) {
+                self.jwt_step(step, now).await?
+            } else {
+                break;
+            };
+            self.apply(event.clone()).await?;
+            applied.push(event);
+        }
+        prune_expired(&mut self.bundle, self.clock.now());
+        Ok(applied)
+    }
+
+    /// Applies an event: journal first (which may refuse it), then the bundle, then retires
+    /// the key of an authority the event replaced.
+    pub async fn apply(&mut self, event: JournalEvent) -> Result<(), CaError> {
+        let before = self.journal.clone();
+        self.journal.apply(&event)?;
+        publish(&mut self.bundle, &before, &event);
+        let replaced_key = match &event {
+            JournalEvent::X509(SlotEvent::Prepared { slot, authority }) => {
+                before.x509.get(*slot).map(|s| s.authority.key_id.clone()).filter(|k| *k != authority.key_id)
+            }
+            JournalEvent::Jwt(SlotEvent::Prepared { slot, authority }) => {
+                before.jwt.get(*slot).map(|s| s.authority.key_id.clone()).filter(|k| *k != authority.key_id)
+            }
+            _ => None,
+        };
+        if let Some(key_id) = replaced_key {
+            // The replaced authority has left signing for good; its key is no longer needed.
+            if let Err(e) = self.keys.delete_key(&key_id).await {
+                tracing::warn!(%key_id, error = %e, "could not delete a retired CA key");
+            }
+        }
+        match &event {
+            JournalEvent::X509(SlotEvent::Activated { slot }) => tracing::info!(%slot, "X.509 CA activated"),
+            JournalEvent::Jwt(SlotEvent::Activated { slot }) => tracing::info!(%slot, "JWT key activated"),
+            JournalEvent::X509(SlotEvent::Prepared { slot, .. }) => tracing::info!(%slot, "X.509 CA prepared"),
+            JournalEvent::Jwt(SlotEvent::Prepared { slot, .. }) => tracing::info!(%slot, "JWT key prepared"),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn key_id(&self, kind: &str, slot: SlotId) -> String {
+        format!("{kind}-{slot}-{}", self.journal.prepared_count + 1)
+    }
+
+    async fn x509_step(&mut self, step: RotationStep, now: OffsetDateTime) -> Result<JournalEvent, CaError> {
+        let (slot, activate) = match step {
+            RotationStep::Activate { slot } => return Ok(JournalEvent::X509(SlotEvent::Activated { slot })),
+            RotationStep::Prepare { slot, activate } => (slot, activate),
+        };
+        let key_id = self.key_id("x509-CA", slot);
+        self.keys.generate_key(&key_id, self.config.ca_key_type).await?;
+        let signer = KeySigner::new(self.keys.clone(), &key_id).await?;
+        let authority = match &self.upstream {
+            Some(upstream) => {
+                let signed = upstream
+                    .mint_x509_ca(&self.config.trust_domain, signer.public_key(), &self.config.ca_subject, self.config.ca_ttl, now)
+                    .await?;
+                let facts = identity::x509::certificate_facts(&signed.certificate).map_err(|e| CaError::Task(e.to_string()))?;
+                X509CaAuthority {
+                    key_id,
+                    certificate: signed.certificate,
+                    upstream_chain: signed.chain,
+                    trust_anchors: signed.roots,
+                    not_before: facts.not_before,
+                    not_after: facts.not_after,
+                }
+            }
+            None => {
+                let template = CaTemplate {
+                    trust_domain: self.config.trust_domain.clone(),
+                    public_key: signer.public_key().clone(),
+                    ttl: self.config.ca_ttl,
+                    subject: self.config.ca_subject.clone(),
+                    serial: None,
+                };
+                let minted = tokio::task::spawn_blocking(move || mint_ca(&template, None, Some(&signer), now))
+                    .await
+                    .map_err(|e| CaError::Task(e.to_string()))??;
+                X509CaAuthority {
+                    key_id,
+                    certificate: minted.der.clone(),
+                    upstream_chain: vec![],
+                    trust_anchors: vec![minted.der],
+                    not_before: minted.not_before,
+                    not_after: minted.not_after,
+                }
+            }
+        };
+        let prepared = JournalEvent::X509(SlotEvent::Prepared { slot, authority });
+        if activate {
+            // Publish first, then activate on the next step of this same rotation.
+            self.apply(prepared).await?;
+            return Ok(JournalEvent::X509(SlotEvent::Activated { slot }));
+        }
+        Ok(prepared)
+    }
+
+    async fn jwt_step(&mut self, step: RotationStep, now: OffsetDateTime) -> Result<JournalEvent, CaError> {
+        let (slot, activate) = match step {
+            RotationStep::Activate { slot } => return Ok(JournalEvent::Jwt(SlotEvent::Activated { slot })),
+            RotationStep::Prepare { slot, activate } => (slot, activate),
+        };
+        let key_id = self.key_id("JWT-Signer", slot);
+        let info = self.keys.generate_key(&key_id, self.config.jwt_key_type).await?;
+        let ttl = time::Duration::try_from(self.config.ca_ttl).map_err(|e| CaError::Task(e.to_string()))?;
+        let authority = JwtKeyAuthority {
+            key_id,
+            kid: random_kid()?,
+            public_key: info.public_key.spki_der().to_vec(),
+            not_before: now,
+            not_after: now + ttl,
+        };
+        let prepared = JournalEvent::Jwt(SlotEvent::Prepared { slot, authority });
+        if activate {
+            self.apply(prepared).await?;
+            return Ok(JournalEvent::Jwt(SlotEvent::Activated { slot }));
+        }
+        Ok(prepared)
+    }
+
+    /// Mints an X.509-SVID with the active CA and returns the chain to present: the SVID,
+    /// our CA certificate, then any upstream intermediates.
+    pub async fn mint_x509_svid(
+        &self,
+        spiffe_id: SpiffeId,
+        public_key: PublicKey,
+        ttl: Option<Duration>,
+        dns_names: Vec<String>,
+    ) -> Result<Vec<Vec<u8>>, CaError> {
+        let active = self.journal.x509.active().ok_or(CaError::NoActiveAuthority("X.509"))?.authority.clone();
+        let signer = KeySigner::new(self.keys.clone(), &active.key_id).await?;
+        let template = SvidTemplate {
+            spiffe_id,
+            public_key,
+            ttl: ttl.unwrap_or(self.config.x509_svid_ttl),
+            dns_names,
+            subject: Subject::svid_default(),
+            serial: None,
+        };
+        let now = self.clock.now();
+        let leaf = tokio::task::spawn_blocking(move || {
+            let issuer = Issuer::new(&active.certificate, &signer)?;
+            mint_x509_svid(&template, &issuer, now)
+        })
+        .await
+        .map_err(|e| CaError::Task(e.to_string()))??;
+        let mut chain = vec![leaf.der];
+        if let Some(slot) = self.journal.x509.active() {
+            chain.push(slot.authority.certificate.clone());
+            chain.extend(slot.authority.upstream_chain.iter().cloned());
+        }
+        Ok(chain)
+    }
+
+    /// Signs a JWT-SVID with the active JWT key; its expiry is capped at the key's.
+    pub async fn mint_jwt_svid(&self, spiffe_id: SpiffeId, audience: Vec<String>, ttl: Option<Duration>) -> Result<String, CaError> {
+        let active = self.journal.jwt.active().ok_or(CaError::NoActiveAuthority("JWT"))?.authority.clone();
+        let signer = KeySigner::new(self.keys.clone(), &active.key_id).await?;
+        let ttl = ttl.unwrap_or(self.config.jwt_svid_ttl);
+        let now = self.clock.now();
+        tokio::task::spawn_blocking(move || {
+            let params = JwtSvidParams {
+                spiffe_id: &spiffe_id,
+                audience: &audience,
+                ttl,
+                key_id: &active.kid,
+                algorithm: None,
+                not_after: Some(active.not_after),
+            };
+            sign_jwt_svid(&params, &signer, now)
+        })
+        .await
+        .map_err(|e| CaError::Task(e.to_string()))?
+        .map_err(CaError::from)
+    }
+}
+
+/// A random 32-character key id, as SPIRE's JWT key ids are.
+fn random_kid() -> Result<String, CaError> {
+    let mut bytes = [0u8; 24];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| CaError::Task("random number generator failed".into()))?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
