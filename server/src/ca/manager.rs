@@ -102,15 +102,17 @@ impl CaManager {
         let mut applied = Vec::new();
         for _ in 0..MAX_STEPS_PER_ROTATION {
             let now = self.clock.now();
-            let event = if let Some(step) = next_step(&self.journal.x509, now) {
+            let events = if let Some(step) = next_step(&self.journal.x509, now) {
                 self.x509_step(step, now).await?
             } else if let Some(step) = next_step(&self.journal.jwt, now) {
                 self.jwt_step(step, now).await?
             } else {
                 break;
             };
-            self.apply(event.clone()).await?;
-            applied.push(event);
+            for event in events {
+                self.apply(event.clone()).await?;
+                applied.push(event);
+            }
         }
         prune_expired(&mut self.bundle, self.clock.now());
         Ok(applied)
@@ -151,9 +153,10 @@ impl CaManager {
         format!("{kind}-{slot}-{}", self.journal.prepared_count + 1)
     }
 
-    async fn x509_step(&mut self, step: RotationStep, now: OffsetDateTime) -> Result<JournalEvent, CaError> {
+    /// The events one X.509 step produces; a prepare that must activate at once yields both.
+    async fn x509_step(&mut self, step: RotationStep, now: OffsetDateTime) -> Result<Vec<JournalEvent>, CaError> {
         let (slot, activate) = match step {
-            RotationStep::Activate { slot } => return Ok(JournalEvent::X509(SlotEvent::Activated { slot })),
+            RotationStep::Activate { slot } => return Ok(vec![JournalEvent::X509(SlotEvent::Activated { slot })]),
             RotationStep::Prepare { slot, activate } => (slot, activate),
         };
         let key_id = self.key_id("x509-CA", slot);
@@ -195,18 +198,17 @@ impl CaManager {
                 }
             }
         };
-        let prepared = JournalEvent::X509(SlotEvent::Prepared { slot, authority });
+        let mut events = vec![JournalEvent::X509(SlotEvent::Prepared { slot, authority })];
         if activate {
-            // Publish first, then activate on the next step of this same rotation.
-            self.apply(prepared).await?;
-            return Ok(JournalEvent::X509(SlotEvent::Activated { slot }));
+            events.push(JournalEvent::X509(SlotEvent::Activated { slot }));
         }
-        Ok(prepared)
+        Ok(events)
     }
 
-    async fn jwt_step(&mut self, step: RotationStep, now: OffsetDateTime) -> Result<JournalEvent, CaError> {
+    /// The events one JWT step produces; a prepare that must activate at once yields both.
+    async fn jwt_step(&mut self, step: RotationStep, now: OffsetDateTime) -> Result<Vec<JournalEvent>, CaError> {
         let (slot, activate) = match step {
-            RotationStep::Activate { slot } => return Ok(JournalEvent::Jwt(SlotEvent::Activated { slot })),
+            RotationStep::Activate { slot } => return Ok(vec![JournalEvent::Jwt(SlotEvent::Activated { slot })]),
             RotationStep::Prepare { slot, activate } => (slot, activate),
         };
         let key_id = self.key_id("JWT-Signer", slot);
@@ -219,12 +221,11 @@ impl CaManager {
             not_before: now,
             not_after: now + ttl,
         };
-        let prepared = JournalEvent::Jwt(SlotEvent::Prepared { slot, authority });
+        let mut events = vec![JournalEvent::Jwt(SlotEvent::Prepared { slot, authority })];
         if activate {
-            self.apply(prepared).await?;
-            return Ok(JournalEvent::Jwt(SlotEvent::Activated { slot }));
+            events.push(JournalEvent::Jwt(SlotEvent::Activated { slot }));
         }
-        Ok(prepared)
+        Ok(events)
     }
 
     /// Mints an X.509-SVID with the active CA and returns the chain to present: the SVID,

@@ -1,0 +1,5 @@
+//! The CA manager driven by a fake clock through many rotations, resumed from its journal,
+//! and with a disk upstream authority, checked by identity's verifiers and openssl.
+
+mod ca_rotation;
+mod upstream_disk;
