@@ -151,3 +151,27 @@ fn pem_round_trip_and_errors() {
     assert!(b.x509_authorities()[0].tainted);
     assert!(b.remove_x509_authority(&ders[0]));
 }
+
+mod never_panics {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Bundle::from_spiffe_json(td(), &bytes);
+            let _ = parse_pem_certificates(&String::from_utf8_lossy(&bytes));
+        }
+
+        #[test]
+        fn on_json_shaped_keys(kty in "(EC|RSA|oct|)", crv in "(P-256|P-384|P-521|X)", x in "[A-Za-z0-9_-]{0,90}", y in "[A-Za-z0-9_-]{0,90}", key_use in "(x509-svid|jwt-svid|other)", kid in proptest::option::of("[a-z]{0,4}"), x5c in proptest::collection::vec("[A-Za-z0-9+/=]{0,40}", 0..3)) {
+            let mut key = serde_json::json!({"kty": kty, "crv": crv, "x": x, "y": y, "n": x, "e": y, "use": key_use, "x5c": x5c});
+            if let Some(kid) = kid {
+                key["kid"] = serde_json::json!(kid);
+            }
+            let doc = serde_json::json!({"keys": [key], "spiffe_sequence": 1});
+            let _ = Bundle::from_spiffe_json(td(), doc.to_string().as_bytes());
+        }
+    }
+}

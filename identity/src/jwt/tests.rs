@@ -180,3 +180,24 @@ fn signing_refuses_bad_parameters() {
     let claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(t.split('.').nth(1).unwrap()).unwrap()).unwrap();
     assert_eq!(claims["exp"], cap.unix_timestamp());
 }
+
+mod never_panics {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn on_arbitrary_tokens(token in "[A-Za-z0-9_.=-]{0,300}") {
+            let (_, bundle) = setup(KeyType::EcP256);
+            prop_assert!(validate_jwt_svid(&token, &bundle, "db", now()).is_err());
+        }
+
+        #[test]
+        fn on_arbitrary_json_parts(header in any::<String>(), claims in any::<String>(), sig in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let (_, bundle) = setup(KeyType::EcP256);
+            let token = format!("{}.{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims), URL_SAFE_NO_PAD.encode(sig));
+            prop_assert!(validate_jwt_svid(&token, &bundle, "db", now()).is_err());
+        }
+    }
+}

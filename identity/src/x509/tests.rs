@@ -258,3 +258,43 @@ fn csr_round_trip_yields_the_requesters_key() {
     assert!(public_key_from_csr(&tampered).is_err());
     assert_eq!(public_key_from_csr(b"junk"), Err(CsrError::Malformed));
 }
+
+mod never_panics {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn on_arbitrary_der(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let bundle = Bundle::new(td());
+            prop_assert!(verify_x509_svid(&[&bytes], &bundle, now()).is_err());
+            let _ = public_key_from_csr(&bytes);
+            let _ = certificate_facts(&bytes);
+            let _ = crate::crypto::PublicKey::from_spki_der(&bytes);
+        }
+
+        #[test]
+        fn on_corrupted_svids(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4)) {
+            use std::sync::OnceLock;
+            static FIXTURE: OnceLock<(Vec<u8>, Bundle)> = OnceLock::new();
+            let (der, bundle) = FIXTURE.get_or_init(|| {
+                let ca = root(KeyType::EcP256, DAY);
+                let (_, leaf) = svid(&ca, "spiffe://example.org/web", KeyType::EcP256, HOUR);
+                (leaf.der, bundle_of(&[&ca]))
+            });
+            let mut bytes = der.clone();
+            let mut changed = false;
+            for (index, value) in flips {
+                let i = index.index(bytes.len());
+                changed |= bytes[i] != value;
+                bytes[i] = value;
+            }
+            let result = verify_x509_svid(&[&bytes], bundle, now());
+            // A changed certificate never verifies: the signature covers every byte that matters.
+            if changed {
+                prop_assert!(result.is_err() || bytes == *der);
+            }
+        }
+    }
+}
