@@ -78,7 +78,7 @@ impl Bundle {
     /// Adds a CA certificate unless it is already present. Returns whether it was added.
     pub fn add_x509_authority(&mut self, der: &[u8]) -> Result<bool, BundleError> {
         match x509_parser::parse_x509_certificate(der) {
-            Ok((rest, _)) if rest.is_empty() => {}
+            Ok(([], _)) => {}
             _ => return Err(BundleError::BadCertificate),
         }
         if self.x509_authorities.iter().any(|a| a.der == der) {

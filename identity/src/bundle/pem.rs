@@ -27,7 +27,7 @@ pub fn parse_pem_certificates(text: &str) -> Result<Vec<Vec<u8>>, PemError> {
                 return Err(PemError::WrongLabel { index, label: block.tag().to_owned() });
             }
             match x509_parser::parse_x509_certificate(block.contents()) {
-                Ok((rest, _)) if rest.is_empty() => Ok(block.into_contents()),
+                Ok(([], _)) => Ok(block.into_contents()),
                 _ => Err(PemError::BadCertificate { index }),
             }
         })

@@ -25,7 +25,7 @@ pub fn der_to_fixed(der: &[u8], scalar_len: usize) -> Result<Vec<u8>, MalformedS
 
 /// Converts `r || s` (two equal halves) to a DER signature.
 pub fn fixed_to_der(fixed: &[u8]) -> Result<Vec<u8>, MalformedSignature> {
-    if fixed.is_empty() || fixed.len() % 2 != 0 {
+    if fixed.is_empty() || !fixed.len().is_multiple_of(2) {
         return Err(MalformedSignature);
     }
     let (r, s) = fixed.split_at(fixed.len() / 2);

@@ -141,8 +141,8 @@ fn build_path(certs: &[X509Certificate<'_>], bundle: &Bundle, now: OffsetDateTim
     let mut current = 0usize;
     let mut used = vec![false; certs.len()];
     used[0] = true;
-    let mut cas_below = 0usize;
-    for _ in 0..MAX_CHAIN_LENGTH {
+    // cas_below counts the CA certificates between the leaf and the one being checked.
+    for cas_below in 0..MAX_CHAIN_LENGTH {
         let child = &certs[current];
         for (authority, der) in &authorities {
             if issued_by(child, authority) {
@@ -161,7 +161,6 @@ fn build_path(certs: &[X509Certificate<'_>], bundle: &Bundle, now: OffsetDateTim
             return Err(VerifyX509Error::SignerMissingKeyCertSign { index: next });
         }
         check_path_len(signer, cas_below)?;
-        cas_below += 1;
         used[next] = true;
         current = next;
     }

@@ -110,6 +110,12 @@ fn apply_slot_event<T: Clone>(pair: &mut SlotPair<T>, event: &SlotEvent<T>) -> R
     Ok(())
 }
 
+/// Applies a slot event directly, for tests of the rotation decisions.
+#[cfg(test)]
+pub(crate) fn apply_for_tests<T: Clone>(pair: &mut SlotPair<T>, event: SlotEvent<T>) {
+    apply_slot_event(pair, &event).expect("valid transition");
+}
+
 #[cfg(test)]
 mod tests {
     use time::OffsetDateTime;
@@ -170,10 +176,4 @@ mod tests {
         let json = serde_json::to_string(&j).unwrap();
         assert_eq!(serde_json::from_str::<CaJournal>(&json).unwrap(), j);
     }
-}
-
-/// Applies a slot event directly, for tests of the rotation decisions.
-#[cfg(test)]
-pub(crate) fn apply_for_tests<T: Clone>(pair: &mut SlotPair<T>, event: SlotEvent<T>) {
-    apply_slot_event(pair, &event).expect("valid transition");
 }
