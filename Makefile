@@ -15,9 +15,13 @@ build: bootstrap
 	$(CARGO) build --workspace --all-targets
 
 ## Every test: unit, property, interop (openssl, PyJWT, jsonwebtoken) and doc tests.
+## The last line sums every test binary's result, so the run ends with one total.
 test: bootstrap
-	$(CARGO) test --workspace --all-targets
-	$(CARGO) test --workspace --doc
+	@set -o pipefail; status=0; mkdir -p target; \
+	$(CARGO) test --workspace --all-targets 2>&1 | tee target/test-output.log || status=1; \
+	$(CARGO) test --workspace --doc 2>&1 | tee -a target/test-output.log || status=1; \
+	bash deploy/sum-test-results.sh target/test-output.log || status=1; \
+	exit $$status
 
 ## The demo needs the server cluster and the agent, which later issues build.
 demo: bootstrap

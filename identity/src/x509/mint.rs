@@ -91,6 +91,8 @@ pub struct Issuer<'a> {
     certificate: &'a [u8],
     signer: &'a dyn Signer,
     not_after: OffsetDateTime,
+    /// Trust domains named by the issuer's SPIFFE URI SANs; an SVID must be in one of them.
+    trust_domains: Vec<TrustDomain>,
 }
 
 impl<'a> Issuer<'a> {
@@ -109,7 +111,8 @@ impl<'a> Issuer<'a> {
         if &facts.public_key != signer.public_key() {
             return Err(MintError::Issuer("signer's key does not match the certificate's public key".into()));
         }
-        Ok(Self { certificate, signer, not_after: facts.not_after })
+        let trust_domains = facts.spiffe_ids.iter().map(|id| id.trust_domain().clone()).collect();
+        Ok(Self { certificate, signer, not_after: facts.not_after, trust_domains })
     }
 
     pub fn not_after(&self) -> OffsetDateTime {
@@ -147,6 +150,10 @@ pub fn random_serial() -> Result<Vec<u8>, MintError> {
 pub fn mint_x509_svid(template: &SvidTemplate, issuer: &Issuer<'_>, now: OffsetDateTime) -> Result<MintedCertificate, MintError> {
     if template.spiffe_id.path().is_empty() {
         return Err(MintError::Template("an X.509-SVID's SPIFFE ID must have a path".into()));
+    }
+    let td = template.spiffe_id.trust_domain();
+    if !issuer.trust_domains.is_empty() && !issuer.trust_domains.contains(td) {
+        return Err(MintError::Template(format!("{} is not in the issuer's trust domain", template.spiffe_id)));
     }
     for name in &template.dns_names {
         validate_dns_name(name).map_err(|reason| MintError::Template(format!("DNS name {name:?}: {reason}")))?;

@@ -136,6 +136,9 @@ fn dns_names_and_common_name() {
     template.dns_names = vec!["bad name".into()];
     assert!(matches!(mint_x509_svid(&template, &issuer, now()), Err(MintError::Template(_))));
     template.dns_names = vec![];
+    template.spiffe_id = SpiffeId::parse("spiffe://other.org/web").unwrap();
+    let err = mint_x509_svid(&template, &issuer, now()).unwrap_err();
+    assert!(err.to_string().contains("not in the issuer's trust domain"), "{err}");
     template.spiffe_id = td().id();
     assert!(matches!(mint_x509_svid(&template, &issuer, now()), Err(MintError::Template(_))));
 }
