@@ -88,6 +88,9 @@ fn load(path: &Path) -> Result<BTreeMap<String, Arc<LocalKey>>, KeyManagerError>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
         Err(e) => return Err(storage(format!("cannot read keys file {}: {e}", path.display()))),
     };
+    if !metadata.is_file() {
+        return Err(storage(format!("keys file {} is not a regular file", path.display())));
+    }
     let mode = metadata.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(storage(format!(

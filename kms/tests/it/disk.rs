@@ -61,6 +61,8 @@ async fn corrupt_or_foreign_files_are_refused_with_the_path() {
         ("key.json", r#"{"version": 1, "keys": [{"id": "k", "key_type": "ec-p256", "pkcs8": "AAAA"}]}"#, "key \"k\""),
         ("type.json", r#"{"version": 1, "keys": [{"id": "k", "key_type": "ed25519", "pkcs8": "AAAA"}]}"#, "is corrupt"),
     ];
+    let err = DiskKeyManager::open(dir.path().to_path_buf()).await.err().unwrap().to_string();
+    assert!(err.contains("not a regular file"), "{err}");
     for (name, text, needle) in cases {
         let path = write(name, text);
         let err = DiskKeyManager::open(path.clone()).await.err().unwrap().to_string();
