@@ -1,4 +1,49 @@
-//! Replicated state: the openraft type config, the RocksDB log store and state machine,
-//! snapshots, the replicated data model and its commands, and the Raft network over tonic
-//! with mTLS. Filled by the raft-store issue; knows nothing of attestation.
+//! All durable state, replicated by Raft (openraft 0.9) over RocksDB: the type config, the
+//! log store and state machine, snapshots, the data model and its commands, and typed
+//! reads. Knows nothing of SPIFFE protocols beyond the data model.
 #![forbid(unsafe_code)]
+// openraft's StorageError is large, and the storage traits return it by value.
+#![allow(clippy::result_large_err)]
+
+pub mod codec;
+pub mod command;
+pub mod db;
+mod log_store;
+pub mod model;
+pub mod query;
+pub mod schema;
+mod state_machine;
+pub mod types;
+
+use std::path::Path;
+
+pub use command::{ApplyError, BundleScope, Change, ChangeSet, Command, Outcome, Response, Table};
+pub use db::OpenError;
+pub use log_store::LogStore;
+pub use query::{Page, ReadError, StoreReader};
+pub use state_machine::{SnapshotBuilder, StateMachine};
+pub use types::{NodeId, ReplicaNode, TypeConfig};
+
+/// The three views of one replica's data directory.
+pub struct OpenedStore {
+    pub log: LogStore,
+    pub state_machine: StateMachine,
+    pub reader: StoreReader,
+    pub header: db::Header,
+}
+
+/// Opens (or creates, in an empty directory) the store of `node_id` in `cluster_id`,
+/// refusing a directory that is corrupt or belongs to another replica or cluster.
+pub async fn open_store(data_dir: &Path, node_id: NodeId, cluster_id: &str) -> Result<OpenedStore, OpenError> {
+    let dir = data_dir.to_path_buf();
+    let cluster = cluster_id.to_owned();
+    let store = tokio::task::spawn_blocking(move || db::open(&dir, node_id, &cluster))
+        .await
+        .map_err(|e| OpenError::Io { path: data_dir.to_path_buf(), reason: e.to_string() })??;
+    Ok(OpenedStore {
+        log: LogStore::new(store.db.clone()),
+        state_machine: StateMachine::new(store.db.clone(), data_dir.join("snapshots")),
+        reader: StoreReader::new(store.db),
+        header: store.header,
+    })
+}

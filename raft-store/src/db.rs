@@ -1,0 +1,113 @@
+//! Opening the data directory: one RocksDB database with a format header that names the
+//! replica and its cluster. A directory that is corrupt, of another format, or of another
+//! replica or cluster is refused with an error that says so, and never overwritten.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::schema::{meta_key, Cf};
+use crate::types::NodeId;
+
+/// The on-disk format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+const DB_DIR: &str = "raft-db";
+
+/// Why the data directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("data dir {path} is not empty and holds no Testudo store; refusing to overwrite it")]
+    Foreign { path: PathBuf },
+    #[error("data dir {path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("data dir {path} has on-disk format {found}; this build reads format {FORMAT_VERSION}")]
+    Format { path: PathBuf, found: u32 },
+    #[error("data dir {path} belongs to replica {found}, not replica {expected}")]
+    WrongNode { path: PathBuf, found: NodeId, expected: NodeId },
+    #[error("data dir {path} belongs to cluster {found:?}, not cluster {expected:?}")]
+    WrongCluster { path: PathBuf, found: String, expected: String },
+    #[error("cannot open data dir {path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+}
+
+/// What the header records about the data directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub format_version: u32,
+    pub node_id: NodeId,
+    pub cluster_id: String,
+}
+
+/// The opened database and its header.
+pub struct Store {
+    pub db: Arc<DB>,
+    pub header: Header,
+    pub path: PathBuf,
+}
+
+/// Write options for everything Raft acknowledges: synced to disk before returning.
+pub fn synced() -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    opts
+}
+
+/// Opens (or, in an empty or absent directory, creates) the store of `node_id` in
+/// `cluster_id`. Blocking: call from a blocking thread.
+pub fn open(data_dir: &Path, node_id: NodeId, cluster_id: &str) -> Result<Store, OpenError> {
+    let path = data_dir.join(DB_DIR);
+    let io = |e: std::io::Error| OpenError::Io { path: data_dir.to_path_buf(), reason: e.to_string() };
+    let fresh = !path.exists();
+    if fresh {
+        if data_dir.exists() && std::fs::read_dir(data_dir).map_err(io)?.next().is_some() {
+            return Err(OpenError::Foreign { path: data_dir.to_path_buf() });
+        }
+        std::fs::create_dir_all(data_dir).map_err(io)?;
+    } else if !path.join("CURRENT").exists() {
+        return Err(OpenError::Corrupt { path: path.clone(), reason: "RocksDB CURRENT file is missing".into() });
+    }
+
+    let mut opts = Options::default();
+    opts.create_if_missing(fresh);
+    opts.create_missing_column_families(fresh);
+    opts.set_paranoid_checks(true);
+    let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+    let db = DB::open_cf_descriptors(&opts, &path, cfs)
+        .map_err(|e| OpenError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+    let meta = db.cf_handle(Cf::Meta.name()).ok_or_else(|| OpenError::Corrupt { path: path.clone(), reason: "meta column family missing".into() })?;
+
+    let expected = Header { format_version: FORMAT_VERSION, node_id, cluster_id: cluster_id.to_owned() };
+    let stored = db.get_cf(meta, meta_key::HEADER).map_err(|e| OpenError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+    let header = match stored {
+        None if fresh => {
+            let bytes = codec::encode("header", &expected).map_err(|e| OpenError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+            db.put_cf_opt(meta, meta_key::HEADER, bytes, &synced())
+                .map_err(|e| OpenError::Io { path: path.clone(), reason: e.to_string() })?;
+            expected
+        }
+        None => return Err(OpenError::Corrupt { path: path.clone(), reason: "format header is missing".into() }),
+        Some(bytes) => {
+            let found: Header = codec::decode("header", &bytes).map_err(|e| OpenError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+            if found.format_version != FORMAT_VERSION {
+                return Err(OpenError::Format { path: path.clone(), found: found.format_version });
+            }
+            if found.node_id != node_id {
+                return Err(OpenError::WrongNode { path: path.clone(), found: found.node_id, expected: node_id });
+            }
+            if found.cluster_id != cluster_id {
+                return Err(OpenError::WrongCluster { path: path.clone(), found: found.cluster_id, expected: cluster_id.to_owned() });
+            }
+            found
+        }
+    };
+    Ok(Store { db: Arc::new(db), header, path })
+}
+
+/// Looks up a column family; every one is created when the store is.
+pub fn cf(db: &DB, cf: Cf) -> &rocksdb::ColumnFamily {
+    // Open fails unless every column family exists, so a missing one is a bug, not bad input.
+    db.cf_handle(cf.name()).unwrap_or_else(|| panic!("column family {} missing after open", cf.name()))
+}

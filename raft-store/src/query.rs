@@ -1,0 +1,172 @@
+//! Typed reads of the replicated state. `StoreReader` reads this replica's applied state;
+//! the node decides whether a read first waits for the read index (linearizable) or not.
+
+use std::sync::Arc;
+
+use rocksdb::{Direction, IteratorMode, DB};
+use serde::de::DeserializeOwned;
+
+use crate::codec::{self, pair_prefix, u64_key, CodecError};
+use crate::command::{BundleScope, ChangeSet};
+use crate::db::cf;
+use crate::model::{AttestedAgent, FederationRelationship, JoinToken, RegistrationEntry, StoredBundle};
+use crate::schema::{sm_key, Cf};
+
+/// A read that failed in the store itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("rocksdb: {0}")]
+    Db(#[from] rocksdb::Error),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("read task failed: {0}")]
+    Task(String),
+}
+
+/// Reads this replica's state. Cheap to clone; every call runs on a blocking thread.
+#[derive(Clone)]
+pub struct StoreReader {
+    db: Arc<DB>,
+}
+
+/// One page of a listing, and where the next one starts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass back to get the next page; `None` when this was the last.
+    pub next: Option<String>,
+}
+
+impl StoreReader {
+    pub fn new(db: Arc<DB>) -> Self {
+        Self { db }
+    }
+
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce(&DB) -> Result<T, ReadError> + Send + 'static) -> Result<T, ReadError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db)).await.map_err(|e| ReadError::Task(e.to_string()))?
+    }
+
+    /// The revision of the last applied command.
+    pub async fn revision(&self) -> Result<u64, ReadError> {
+        self.run(|db| get::<u64>(db, Cf::SmMeta, sm_key::REVISION, "revision").map(Option::unwrap_or_default)).await
+    }
+
+    pub async fn entry(&self, id: &str) -> Result<Option<RegistrationEntry>, ReadError> {
+        let id = id.to_owned();
+        self.run(move |db| get(db, Cf::Entries, id.as_bytes(), "registration entry")).await
+    }
+
+    /// Entries in id order, starting after `after` (a page token), at most `limit`.
+    pub async fn list_entries(&self, after: Option<String>, limit: usize) -> Result<Page<RegistrationEntry>, ReadError> {
+        self.run(move |db| page(db, Cf::Entries, after.as_deref(), limit, "registration entry")).await
+    }
+
+    /// Entries whose parent is `parent_id`.
+    pub async fn entries_by_parent(&self, parent_id: &str) -> Result<Vec<RegistrationEntry>, ReadError> {
+        self.by_index(Cf::EntriesByParent, parent_id.to_owned()).await
+    }
+
+    pub async fn entries_by_spiffe_id(&self, spiffe_id: &str) -> Result<Vec<RegistrationEntry>, ReadError> {
+        self.by_index(Cf::EntriesBySpiffeId, spiffe_id.to_owned()).await
+    }
+
+    /// Entries that have `selector` (`type:value`) among theirs.
+    pub async fn entries_by_selector(&self, selector: &str) -> Result<Vec<RegistrationEntry>, ReadError> {
+        self.by_index(Cf::EntriesBySelector, selector.to_owned()).await
+    }
+
+    async fn by_index(&self, index: Cf, value: String) -> Result<Vec<RegistrationEntry>, ReadError> {
+        self.run(move |db| {
+            let prefix = pair_prefix(&value);
+            let mut out = Vec::new();
+            for item in db.iterator_cf(cf(db, index), IteratorMode::From(&prefix, Direction::Forward)) {
+                let (key, _) = item?;
+                let Some(id) = key.strip_prefix(prefix.as_slice()) else { break };
+                if let Some(entry) = get(db, Cf::Entries, id, "registration entry")? {
+                    out.push(entry);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn agent(&self, spiffe_id: &str) -> Result<Option<AttestedAgent>, ReadError> {
+        let id = spiffe_id.to_owned();
+        self.run(move |db| get(db, Cf::Agents, id.as_bytes(), "attested agent")).await
+    }
+
+    pub async fn list_agents(&self, after: Option<String>, limit: usize) -> Result<Page<AttestedAgent>, ReadError> {
+        self.run(move |db| page(db, Cf::Agents, after.as_deref(), limit, "attested agent")).await
+    }
+
+    pub async fn join_token(&self, token: &str) -> Result<Option<JoinToken>, ReadError> {
+        let token = token.to_owned();
+        self.run(move |db| get(db, Cf::JoinTokens, token.as_bytes(), "join token")).await
+    }
+
+    pub async fn bundle(&self, scope: BundleScope, trust_domain: &str) -> Result<Option<StoredBundle>, ReadError> {
+        let td = trust_domain.to_owned();
+        self.run(move |db| get(db, scope_cf(scope), td.as_bytes(), "bundle")).await
+    }
+
+    pub async fn list_bundles(&self, scope: BundleScope) -> Result<Vec<StoredBundle>, ReadError> {
+        self.run(move |db| page(db, scope_cf(scope), None, usize::MAX, "bundle").map(|p| p.items)).await
+    }
+
+    pub async fn relationship(&self, trust_domain: &str) -> Result<Option<FederationRelationship>, ReadError> {
+        let td = trust_domain.to_owned();
+        self.run(move |db| get(db, Cf::FederationRelationships, td.as_bytes(), "federation relationship")).await
+    }
+
+    pub async fn list_relationships(&self) -> Result<Vec<FederationRelationship>, ReadError> {
+        self.run(|db| page(db, Cf::FederationRelationships, None, usize::MAX, "federation relationship").map(|p| p.items)).await
+    }
+
+    /// What changed after revision `since`, oldest first, at most `limit` revisions.
+    pub async fn changes_since(&self, since: u64, limit: usize) -> Result<Vec<ChangeSet>, ReadError> {
+        self.run(move |db| {
+            let start = u64_key(since.saturating_add(1));
+            let mut out = Vec::new();
+            for item in db.iterator_cf(cf(db, Cf::ChangeLog), IteratorMode::From(&start, Direction::Forward)).take(limit) {
+                let (_, value) = item?;
+                out.push(codec::decode("change set", &value)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn scope_cf(scope: BundleScope) -> Cf {
+    match scope {
+        BundleScope::Local => Cf::LocalBundle,
+        BundleScope::Federated => Cf::FederatedBundles,
+    }
+}
+
+fn get<T: DeserializeOwned>(db: &DB, table: Cf, key: &[u8], what: &'static str) -> Result<Option<T>, ReadError> {
+    Ok(db.get_cf(cf(db, table), key)?.map(|b| codec::decode(what, &b)).transpose()?)
+}
+
+fn page<T: DeserializeOwned>(db: &DB, table: Cf, after: Option<&str>, limit: usize, what: &'static str) -> Result<Page<T>, ReadError> {
+    let mut items = Vec::new();
+    let mode = match after {
+        Some(after) => IteratorMode::From(after.as_bytes(), Direction::Forward),
+        None => IteratorMode::Start,
+    };
+    let mut last_key = None;
+    for item in db.iterator_cf(cf(db, table), mode) {
+        let (key, value) = item?;
+        if after.is_some_and(|a| a.as_bytes() == &*key) {
+            continue;
+        }
+        if items.len() == limit {
+            return Ok(Page { items, next: last_key });
+        }
+        items.push(codec::decode(what, &value)?);
+        last_key = Some(String::from_utf8_lossy(&key).into_owned());
+    }
+    Ok(Page { items, next: None })
+}

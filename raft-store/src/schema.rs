@@ -1,0 +1,102 @@
+//! The RocksDB column families and what each holds.
+
+/// A column family. Log and state machine share one database, so one WAL sync covers both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Cf {
+    /// Format header, node id, cluster id, vote, committed and last-purged log ids.
+    Meta,
+    /// Raft log entries by index (u64 big-endian).
+    Logs,
+    /// Last applied log id, last membership, current revision.
+    SmMeta,
+    Entries,
+    EntriesByParent,
+    EntriesBySpiffeId,
+    EntriesBySelector,
+    /// SPIFFE ID, parent ID and selectors → entry id: the uniqueness rule.
+    EntriesByIdentity,
+    Agents,
+    JoinTokens,
+    LocalBundle,
+    FederatedBundles,
+    FederationRelationships,
+    CaJournal,
+    /// Revision (u64 big-endian) → what changed.
+    ChangeLog,
+}
+
+impl Cf {
+    pub const ALL: [Cf; 15] = [
+        Cf::Meta,
+        Cf::Logs,
+        Cf::SmMeta,
+        Cf::Entries,
+        Cf::EntriesByParent,
+        Cf::EntriesBySpiffeId,
+        Cf::EntriesBySelector,
+        Cf::EntriesByIdentity,
+        Cf::Agents,
+        Cf::JoinTokens,
+        Cf::LocalBundle,
+        Cf::FederatedBundles,
+        Cf::FederationRelationships,
+        Cf::CaJournal,
+        Cf::ChangeLog,
+    ];
+
+    /// The column families that make up the state machine, which snapshots carry.
+    pub const STATE: [Cf; 13] = [
+        Cf::SmMeta,
+        Cf::Entries,
+        Cf::EntriesByParent,
+        Cf::EntriesBySpiffeId,
+        Cf::EntriesBySelector,
+        Cf::EntriesByIdentity,
+        Cf::Agents,
+        Cf::JoinTokens,
+        Cf::LocalBundle,
+        Cf::FederatedBundles,
+        Cf::FederationRelationships,
+        Cf::CaJournal,
+        Cf::ChangeLog,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::Meta => "meta",
+            Cf::Logs => "logs",
+            Cf::SmMeta => "sm_meta",
+            Cf::Entries => "entries",
+            Cf::EntriesByParent => "entries_by_parent",
+            Cf::EntriesBySpiffeId => "entries_by_spiffe_id",
+            Cf::EntriesBySelector => "entries_by_selector",
+            Cf::EntriesByIdentity => "entries_by_identity",
+            Cf::Agents => "agents",
+            Cf::JoinTokens => "join_tokens",
+            Cf::LocalBundle => "local_bundle",
+            Cf::FederatedBundles => "federated_bundles",
+            Cf::FederationRelationships => "federation_relationships",
+            Cf::CaJournal => "ca_journal",
+            Cf::ChangeLog => "change_log",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Cf> {
+        Cf::ALL.into_iter().find(|cf| cf.name() == name)
+    }
+}
+
+/// Keys in `Cf::Meta`.
+pub mod meta_key {
+    pub const HEADER: &[u8] = b"header";
+    pub const VOTE: &[u8] = b"vote";
+    pub const COMMITTED: &[u8] = b"committed";
+    pub const LAST_PURGED: &[u8] = b"last_purged";
+}
+
+/// Keys in `Cf::SmMeta`.
+pub mod sm_key {
+    pub const LAST_APPLIED: &[u8] = b"last_applied";
+    pub const MEMBERSHIP: &[u8] = b"membership";
+    pub const REVISION: &[u8] = b"revision";
+}

@@ -1,0 +1,79 @@
+//! The local and federated bundles. Every change raises the sequence number.
+
+use crate::command::{ApplyError, BundleScope, Outcome, Table};
+use crate::model::{StoredBundle, StoredJwtKey, StoredX509Authority};
+use crate::schema::Cf;
+use crate::state_machine::txn::{Txn, TxnError};
+
+const WHAT: &str = "bundle";
+
+fn table(scope: BundleScope) -> (Cf, Table) {
+    match scope {
+        BundleScope::Local => (Cf::LocalBundle, Table::LocalBundle),
+        BundleScope::Federated => (Cf::FederatedBundles, Table::FederatedBundle),
+    }
+}
+
+fn save(txn: &mut Txn<'_>, scope: BundleScope, bundle: &StoredBundle) -> Result<Outcome, TxnError> {
+    let (cf, t) = table(scope);
+    let key = bundle.trust_domain.to_string();
+    txn.put(cf, key.as_bytes(), WHAT, bundle)?;
+    txn.record(t, &key, false);
+    Ok(Outcome::Bundle(Ok(bundle.clone())))
+}
+
+fn load(txn: &Txn<'_>, scope: BundleScope, trust_domain: &str) -> Result<Option<StoredBundle>, TxnError> {
+    txn.get(table(scope).0, trust_domain.as_bytes(), WHAT)
+}
+
+pub fn set(txn: &mut Txn<'_>, scope: BundleScope, bundle: &StoredBundle) -> Result<Outcome, TxnError> {
+    let previous = load(txn, scope, bundle.trust_domain.name())?.map_or(0, |b| b.sequence_number);
+    let mut bundle = bundle.clone();
+    bundle.sequence_number = previous + 1;
+    save(txn, scope, &bundle)
+}
+
+pub fn append(
+    txn: &mut Txn<'_>,
+    scope: BundleScope,
+    trust_domain: &str,
+    x509: &[StoredX509Authority],
+    jwt: &[StoredJwtKey],
+) -> Result<Outcome, TxnError> {
+    let mut bundle = match load(txn, scope, trust_domain)? {
+        Some(b) => b,
+        None => match identity::TrustDomain::parse(trust_domain) {
+            Ok(td) => StoredBundle::new(td),
+            Err(e) => return Ok(Outcome::Bundle(Err(ApplyError::InvalidArgument(format!("trust domain {trust_domain:?}: {e}"))))),
+        },
+    };
+    if !bundle.append(x509, jwt) {
+        return Ok(Outcome::Bundle(Ok(bundle)));
+    }
+    bundle.sequence_number += 1;
+    save(txn, scope, &bundle)
+}
+
+pub fn prune(txn: &mut Txn<'_>, scope: BundleScope, trust_domain: &str, expired_before: i64, expired_x509: &[Vec<u8>]) -> Result<Outcome, TxnError> {
+    let Some(mut bundle) = load(txn, scope, trust_domain)? else {
+        return Ok(Outcome::Bundle(Err(ApplyError::NotFound(format!("bundle of {trust_domain:?}")))));
+    };
+    if !bundle.prune(expired_before, expired_x509) {
+        return Ok(Outcome::Bundle(Ok(bundle)));
+    }
+    if bundle.x509_authorities.is_empty() && scope == BundleScope::Local {
+        return Ok(Outcome::Bundle(Err(ApplyError::FailedPrecondition("pruning would leave the local bundle without X.509 authorities".into()))));
+    }
+    bundle.sequence_number += 1;
+    save(txn, scope, &bundle)
+}
+
+pub fn delete(txn: &mut Txn<'_>, scope: BundleScope, trust_domain: &str) -> Result<Outcome, TxnError> {
+    let (cf, t) = table(scope);
+    if !txn.exists(cf, trust_domain.as_bytes())? {
+        return Ok(Outcome::Deleted(Err(ApplyError::NotFound(format!("bundle of {trust_domain:?}")))));
+    }
+    txn.delete(cf, trust_domain.as_bytes());
+    txn.record(t, trust_domain, true);
+    Ok(Outcome::Deleted(Ok(())))
+}

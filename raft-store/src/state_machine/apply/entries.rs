@@ -1,0 +1,120 @@
+//! Registration entries and their indexes (parent ID, SPIFFE ID, selector, identity).
+
+use crate::codec::pair_key;
+use crate::command::{ApplyError, Outcome, Table};
+use crate::model::RegistrationEntry;
+use crate::schema::Cf;
+use crate::state_machine::txn::{Txn, TxnError};
+
+const WHAT: &str = "registration entry";
+
+fn index_keys(entry: &RegistrationEntry) -> Vec<(Cf, Vec<u8>)> {
+    let mut keys = vec![
+        (Cf::EntriesByParent, pair_key(&entry.parent_id.to_string(), &entry.id)),
+        (Cf::EntriesBySpiffeId, pair_key(&entry.spiffe_id.to_string(), &entry.id)),
+        (Cf::EntriesByIdentity, entry.identity_key()),
+    ];
+    for selector in &entry.selectors {
+        keys.push((Cf::EntriesBySelector, pair_key(&selector.to_string(), &entry.id)));
+    }
+    keys
+}
+
+fn write(txn: &mut Txn<'_>, entry: &RegistrationEntry) -> Result<(), TxnError> {
+    txn.put(Cf::Entries, entry.id.as_bytes(), WHAT, entry)?;
+    for (cf, key) in index_keys(entry) {
+        let value = if cf == Cf::EntriesByIdentity { entry.id.as_bytes().to_vec() } else { Vec::new() };
+        txn.put_raw(cf, &key, value);
+    }
+    txn.record(Table::Entry, &entry.id, false);
+    Ok(())
+}
+
+/// Removes the entry's row and index rows (an update rewrites them right after).
+fn erase(txn: &mut Txn<'_>, entry: &RegistrationEntry) {
+    txn.delete(Cf::Entries, entry.id.as_bytes());
+    for (cf, key) in index_keys(entry) {
+        txn.delete(cf, &key);
+    }
+}
+
+fn check(entry: &RegistrationEntry) -> Result<(), ApplyError> {
+    if entry.id.is_empty() {
+        return Err(ApplyError::InvalidArgument("entry id cannot be empty".into()));
+    }
+    if entry.selectors.is_empty() {
+        return Err(ApplyError::InvalidArgument("entry must have at least one selector".into()));
+    }
+    Ok(())
+}
+
+/// The id of another entry with the same SPIFFE ID, parent ID and selectors, if any.
+fn similar(txn: &Txn<'_>, entry: &RegistrationEntry) -> Result<Option<String>, TxnError> {
+    let existing = txn.get_raw(Cf::EntriesByIdentity, &entry.identity_key())?;
+    Ok(existing.map(|id| String::from_utf8_lossy(&id).into_owned()).filter(|id| *id != entry.id))
+}
+
+pub fn create(txn: &mut Txn<'_>, entries: &[RegistrationEntry], revision: u64) -> Result<Outcome, TxnError> {
+    let mut results = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let mut entry = entry.clone();
+        entry.normalize();
+        if let Err(e) = check(&entry) {
+            results.push(Err(e));
+            continue;
+        }
+        if txn.exists(Cf::Entries, entry.id.as_bytes())? {
+            results.push(Err(ApplyError::AlreadyExists(format!("entry id {:?}", entry.id))));
+            continue;
+        }
+        if let Some(other) = similar(txn, &entry)? {
+            results.push(Err(ApplyError::AlreadyExists(format!("similar entry {other:?} has the same SPIFFE ID, parent ID and selectors"))));
+            continue;
+        }
+        entry.revision_number = i64::try_from(revision).unwrap_or(i64::MAX);
+        write(txn, &entry)?;
+        results.push(Ok(entry));
+    }
+    Ok(Outcome::Entries(results))
+}
+
+pub fn update(txn: &mut Txn<'_>, entries: &[RegistrationEntry], revision: u64) -> Result<Outcome, TxnError> {
+    let mut results = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let mut entry = entry.clone();
+        entry.normalize();
+        if let Err(e) = check(&entry) {
+            results.push(Err(e));
+            continue;
+        }
+        let Some(old) = txn.get::<RegistrationEntry>(Cf::Entries, entry.id.as_bytes(), WHAT)? else {
+            results.push(Err(ApplyError::NotFound(format!("entry id {:?}", entry.id))));
+            continue;
+        };
+        if let Some(other) = similar(txn, &entry)? {
+            results.push(Err(ApplyError::AlreadyExists(format!("similar entry {other:?} has the same SPIFFE ID, parent ID and selectors"))));
+            continue;
+        }
+        entry.created_at = old.created_at;
+        entry.revision_number = i64::try_from(revision).unwrap_or(i64::MAX);
+        erase(txn, &old);
+        write(txn, &entry)?;
+        results.push(Ok(entry));
+    }
+    Ok(Outcome::Entries(results))
+}
+
+pub fn delete(txn: &mut Txn<'_>, ids: &[String]) -> Result<Outcome, TxnError> {
+    let mut results = Vec::with_capacity(ids.len());
+    for id in ids {
+        match txn.get::<RegistrationEntry>(Cf::Entries, id.as_bytes(), WHAT)? {
+            Some(entry) => {
+                erase(txn, &entry);
+                txn.record(Table::Entry, &entry.id, true);
+                results.push(Ok(id.clone()));
+            }
+            None => results.push(Err(ApplyError::NotFound(format!("entry id {id:?}")))),
+        }
+    }
+    Ok(Outcome::DeletedEntries(results))
+}

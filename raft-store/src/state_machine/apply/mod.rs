@@ -1,0 +1,41 @@
+//! Applying commands: a pure function of (stored state, command) → (writes, outcome).
+//! Nothing here reads a clock, draws randomness or touches keys.
+
+mod agents;
+mod bundles;
+mod entries;
+mod federation;
+mod tokens;
+
+use super::txn::{Txn, TxnError};
+use crate::command::{Command, Outcome};
+
+/// Applies one command inside `txn`. Refusals are part of the outcome; only store
+/// failures are errors.
+pub fn apply_command(txn: &mut Txn<'_>, command: &Command, revision: u64) -> Result<Outcome, TxnError> {
+    Ok(match command {
+        Command::CreateEntries(entries) => entries::create(txn, entries, revision)?,
+        Command::UpdateEntries(entries) => entries::update(txn, entries, revision)?,
+        Command::DeleteEntries(ids) => entries::delete(txn, ids)?,
+        Command::CreateAgent(agent) => agents::create(txn, agent)?,
+        Command::UpdateAgent(agent) => agents::update(txn, agent)?,
+        Command::SetAgentNewSerial { spiffe_id, serial_number, expires_at } => {
+            agents::set_new_serial(txn, spiffe_id, serial_number, *expires_at)?
+        }
+        Command::PromoteAgentSerial { spiffe_id, serial_number } => agents::promote_serial(txn, spiffe_id, serial_number)?,
+        Command::BanAgent { spiffe_id } => agents::ban(txn, spiffe_id)?,
+        Command::DeleteAgent { spiffe_id } => agents::delete(txn, spiffe_id)?,
+        Command::CreateJoinToken(token) => tokens::create(txn, token)?,
+        Command::ConsumeJoinToken { token, now } => tokens::consume(txn, token, *now)?,
+        Command::PruneJoinTokens { expired_before } => tokens::prune(txn, *expired_before)?,
+        Command::SetBundle { scope, bundle } => bundles::set(txn, *scope, bundle)?,
+        Command::AppendBundle { scope, trust_domain, x509, jwt } => bundles::append(txn, *scope, trust_domain, x509, jwt)?,
+        Command::PruneBundle { scope, trust_domain, expired_before, expired_x509 } => {
+            bundles::prune(txn, *scope, trust_domain, *expired_before, expired_x509)?
+        }
+        Command::DeleteBundle { scope, trust_domain } => bundles::delete(txn, *scope, trust_domain)?,
+        Command::CreateFederationRelationship(r) => federation::create(txn, r)?,
+        Command::UpdateFederationRelationship(r) => federation::update(txn, r)?,
+        Command::DeleteFederationRelationship { trust_domain } => federation::delete(txn, trust_domain)?,
+    })
+}

@@ -1,0 +1,124 @@
+//! The replicated state machine over RocksDB column families.
+
+mod apply;
+mod snapshot;
+pub(crate) mod txn;
+
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, StorageIOError};
+use rocksdb::{WriteBatch, DB};
+
+pub use snapshot::SnapshotBuilder;
+
+use crate::codec::{self, u64_key};
+use crate::command::{ChangeSet, Outcome, Response};
+use crate::db::cf;
+use crate::schema::{sm_key, Cf};
+use crate::types::{Entry, LogId, SnapshotMeta, Snapshot, StorageError, StoredMembership, TypeConfig};
+use txn::Txn;
+
+/// The state machine: applies committed entries, builds and installs snapshots.
+pub struct StateMachine {
+    db: Arc<DB>,
+    snapshot_dir: PathBuf,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StorageError> + Send + 'static) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageError::from(StorageIOError::write_state_machine(&e)))?
+}
+
+pub(crate) fn read_sm<T: serde::de::DeserializeOwned>(db: &DB, key: &[u8], what: &'static str) -> Result<Option<T>, StorageError> {
+    let bytes = db.get_cf(cf(db, Cf::SmMeta), key).map_err(|e| StorageIOError::read_state_machine(&e))?;
+    bytes
+        .map(|b| codec::decode(what, &b).map_err(|e| StorageIOError::read_state_machine(&e).into()))
+        .transpose()
+}
+
+impl StateMachine {
+    pub fn new(db: Arc<DB>, snapshot_dir: PathBuf) -> Self {
+        Self { db, snapshot_dir }
+    }
+
+    fn apply_one(db: &DB, entry: &Entry) -> Result<Response, StorageError> {
+        let write_err = |e: &dyn std::error::Error| StorageError::from(StorageIOError::apply(entry.log_id, anyerror_of(e)));
+        let mut revision: u64 = read_sm(db, sm_key::REVISION, "revision")?.unwrap_or(0);
+        let mut txn = Txn::new(db);
+        let outcome = match &entry.payload {
+            EntryPayload::Blank => Outcome::None,
+            EntryPayload::Membership(membership) => {
+                let stored = StoredMembership::new(Some(entry.log_id), membership.clone());
+                txn.put(Cf::SmMeta, sm_key::MEMBERSHIP, "membership", &stored).map_err(|e| write_err(&e))?;
+                Outcome::None
+            }
+            EntryPayload::Normal(command) => {
+                revision += 1;
+                apply::apply_command(&mut txn, command, revision).map_err(|e| write_err(&e))?
+            }
+        };
+        txn.put(Cf::SmMeta, sm_key::REVISION, "revision", &revision).map_err(|e| write_err(&e))?;
+        txn.put(Cf::SmMeta, sm_key::LAST_APPLIED, "last applied", &entry.log_id).map_err(|e| write_err(&e))?;
+        let (mut batch, changes): (WriteBatch, _) = txn.into_parts();
+        if !changes.is_empty() {
+            let set = ChangeSet { revision, changes };
+            let bytes = codec::encode("change set", &set).map_err(|e| write_err(&e))?;
+            batch.put_cf(cf(db, Cf::ChangeLog), u64_key(revision), bytes);
+        }
+        // Not synced: the log entry is durable, and the next synced log write (or the purge
+        // that follows a snapshot) syncs the shared WAL, this write included.
+        db.write(batch).map_err(|e| write_err(&e))?;
+        Ok(Response { revision, outcome })
+    }
+}
+
+fn anyerror_of(e: &dyn std::error::Error) -> openraft::AnyError {
+    openraft::AnyError::error(e.to_string())
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let db = self.db.clone();
+        blocking(move || {
+            let last_applied: Option<LogId> = read_sm(&db, sm_key::LAST_APPLIED, "last applied")?;
+            let membership: Option<StoredMembership> = read_sm(&db, sm_key::MEMBERSHIP, "membership")?;
+            Ok((last_applied, membership.unwrap_or_default()))
+        })
+        .await
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let db = self.db.clone();
+        blocking(move || entries.iter().map(|entry| Self::apply_one(&db, entry)).collect()).await
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder::new(self.db.clone(), self.snapshot_dir.clone())
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+        let (db, dir, meta) = (self.db.clone(), self.snapshot_dir.clone(), meta.clone());
+        let data = snapshot.into_inner();
+        blocking(move || snapshot::install(&db, &dir, &meta, data)).await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let dir = self.snapshot_dir.clone();
+        blocking(move || snapshot::load_current(&dir)).await
+    }
+}

@@ -1,0 +1,221 @@
+//! The apply rules, command by command: SPIRE's entry uniqueness, join tokens consumed
+//! once, agent serial promotion, bundle sequence numbers, and the change log.
+
+use identity::{SpiffeId, TrustDomain};
+use raft_store::model::{AttestedAgent, BundleEndpointProfile, FederationRelationship, JoinToken, StoredBundle, StoredJwtKey, StoredX509Authority};
+use raft_store::{ApplyError, BundleScope, Command, Outcome, Table};
+
+use crate::support::{entry, TestStore};
+
+const NODE: &str = "spiffe://example.org/spire/agent/join_token/abc";
+
+fn entries(outcome: Outcome) -> Vec<Result<raft_store::model::RegistrationEntry, ApplyError>> {
+    match outcome {
+        Outcome::Entries(e) => e,
+        other => panic!("expected entries, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_follow_spires_uniqueness_rule() {
+    let mut s = TestStore::new().await;
+    let web = entry("e1", "spiffe://example.org/web", NODE, &["unix:uid:1000"]);
+    let same_identity = entry("e2", "spiffe://example.org/web", NODE, &["unix:uid:1000"]);
+    let other_selectors = entry("e3", "spiffe://example.org/web", NODE, &["unix:uid:1001"]);
+    let results = entries(s.apply_one(Command::CreateEntries(vec![web.clone(), same_identity, other_selectors, web.clone()])).await);
+    assert!(results[0].is_ok());
+    assert!(matches!(&results[1], Err(ApplyError::AlreadyExists(m)) if m.contains("similar entry \"e1\"")), "{:?}", results[1]);
+    assert!(results[2].is_ok(), "different selectors are a different entry");
+    assert!(matches!(&results[3], Err(ApplyError::AlreadyExists(m)) if m.contains("entry id")));
+    let no_selectors = entry("e4", "spiffe://example.org/db", NODE, &[]);
+    assert!(matches!(&entries(s.apply_one(Command::CreateEntries(vec![no_selectors])).await)[0], Err(ApplyError::InvalidArgument(_))));
+
+    let reader = &s.store.reader;
+    assert_eq!(reader.entry("e1").await.unwrap().unwrap().selectors, web.selectors);
+    assert_eq!(reader.entries_by_parent(NODE).await.unwrap().len(), 2);
+    assert_eq!(reader.entries_by_spiffe_id("spiffe://example.org/web").await.unwrap().len(), 2);
+    assert_eq!(reader.entries_by_selector("unix:uid:1001").await.unwrap()[0].id, "e3");
+
+    // Updating e3 into e1's identity is refused; updating it elsewhere moves its indexes.
+    let clash = entry("e3", "spiffe://example.org/web", NODE, &["unix:uid:1000"]);
+    assert!(matches!(&entries(s.apply_one(Command::UpdateEntries(vec![clash])).await)[0], Err(ApplyError::AlreadyExists(_))));
+    let moved = entry("e3", "spiffe://example.org/api", NODE, &["unix:uid:2000", "unix:gid:2000"]);
+    let updated = entries(s.apply_one(Command::UpdateEntries(vec![moved])).await).remove(0).unwrap();
+    assert_eq!(updated.selectors[0].to_string(), "unix:gid:2000", "selectors are stored sorted");
+    let reader = &s.store.reader;
+    assert!(reader.entries_by_selector("unix:uid:1001").await.unwrap().is_empty());
+    assert_eq!(reader.entries_by_spiffe_id("spiffe://example.org/api").await.unwrap()[0].id, "e3");
+    let missing = entry("nope", "spiffe://example.org/x", NODE, &["a:b"]);
+    assert!(matches!(&entries(s.apply_one(Command::UpdateEntries(vec![missing])).await)[0], Err(ApplyError::NotFound(_))));
+
+    // Deleting frees the identity for a new entry.
+    match s.apply_one(Command::DeleteEntries(vec!["e1".into(), "e1".into()])).await {
+        Outcome::DeletedEntries(r) => {
+            assert!(r[0].is_ok());
+            assert!(matches!(r[1], Err(ApplyError::NotFound(_))));
+        }
+        other => panic!("{other:?}"),
+    }
+    let again = entry("e5", "spiffe://example.org/web", NODE, &["unix:uid:1000"]);
+    assert!(entries(s.apply_one(Command::CreateEntries(vec![again])).await)[0].is_ok());
+    assert!(s.store.reader.entry("e1").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_bumps_the_revision_and_logs_its_changes() {
+    let mut s = TestStore::new().await;
+    let responses = s
+        .apply(vec![
+            Command::CreateEntries(vec![entry("a", "spiffe://example.org/a", NODE, &["x:1"])]),
+            Command::CreateEntries(vec![entry("a", "spiffe://example.org/a", NODE, &["x:1"])]),
+            Command::DeleteEntries(vec!["a".into()]),
+        ])
+        .await;
+    let revisions: Vec<u64> = responses.iter().map(|r| r.revision).collect();
+    assert_eq!(revisions, [1, 2, 3]);
+    match &responses[0].outcome {
+        Outcome::Entries(e) => assert_eq!(e[0].as_ref().unwrap().revision_number, 1),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.store.reader.revision().await.unwrap(), 3);
+    let changes = s.store.reader.changes_since(0, 100).await.unwrap();
+    let summary: Vec<(u64, Table, String, bool)> = changes
+        .iter()
+        .flat_map(|set| set.changes.iter().map(move |c| (set.revision, c.table, c.key.clone(), c.deleted)))
+        .collect();
+    assert_eq!(summary, [(1, Table::Entry, "a".to_owned(), false), (3, Table::Entry, "a".to_owned(), true)], "a refused command changes nothing");
+    assert_eq!(s.store.reader.changes_since(1, 100).await.unwrap().len(), 1);
+    assert!(s.store.reader.changes_since(3, 100).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_tokens_are_consumed_exactly_once() {
+    let mut s = TestStore::new().await;
+    let token = JoinToken { token: "t1".into(), expires_at: 1000, agent_id: None };
+    assert!(matches!(s.apply_one(Command::CreateJoinToken(token.clone())).await, Outcome::JoinToken(Ok(_))));
+    assert!(matches!(s.apply_one(Command::CreateJoinToken(token.clone())).await, Outcome::JoinToken(Err(ApplyError::AlreadyExists(_)))));
+    let outcomes = s
+        .apply(vec![Command::ConsumeJoinToken { token: "t1".into(), now: 500 }, Command::ConsumeJoinToken { token: "t1".into(), now: 500 }])
+        .await;
+    assert_eq!(outcomes[0].outcome, Outcome::JoinToken(Ok(token)));
+    assert!(matches!(outcomes[1].outcome, Outcome::JoinToken(Err(ApplyError::NotFound(_)))));
+
+    let expired = JoinToken { token: "t2".into(), expires_at: 1000, agent_id: None };
+    s.apply_one(Command::CreateJoinToken(expired)).await;
+    assert!(matches!(s.apply_one(Command::ConsumeJoinToken { token: "t2".into(), now: 1001 }).await, Outcome::JoinToken(Err(ApplyError::FailedPrecondition(_)))));
+    assert!(s.store.reader.join_token("t2").await.unwrap().is_none(), "an expired token is gone after the attempt");
+
+    for (t, exp) in [("a", 10), ("b", 20), ("c", 30)] {
+        s.apply_one(Command::CreateJoinToken(JoinToken { token: t.into(), expires_at: exp, agent_id: None })).await;
+    }
+    assert_eq!(s.apply_one(Command::PruneJoinTokens { expired_before: 25 }).await, Outcome::Pruned(2));
+    assert!(s.store.reader.join_token("c").await.unwrap().is_some());
+}
+
+fn agent(serial: &str) -> AttestedAgent {
+    AttestedAgent {
+        spiffe_id: SpiffeId::parse(NODE).unwrap(),
+        attestation_type: "join_token".into(),
+        selectors: vec![],
+        serial_number: serial.into(),
+        expires_at: 100,
+        new_serial_number: String::new(),
+        new_expires_at: 0,
+        banned: false,
+        can_reattest: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_renewal_promotes_the_new_serial_only_when_used() {
+    let mut s = TestStore::new().await;
+    assert!(matches!(s.apply_one(Command::CreateAgent(agent("01"))).await, Outcome::Agent(Ok(_))));
+    assert!(matches!(s.apply_one(Command::CreateAgent(agent("01"))).await, Outcome::Agent(Err(ApplyError::AlreadyExists(_)))));
+    s.apply_one(Command::SetAgentNewSerial { spiffe_id: NODE.into(), serial_number: "02".into(), expires_at: 200 }).await;
+    let stored = s.store.reader.agent(NODE).await.unwrap().unwrap();
+    assert_eq!((stored.serial_number.as_str(), stored.new_serial_number.as_str()), ("01", "02"));
+    // The old SVID is still current until the new one is seen in use.
+    assert!(matches!(s.apply_one(Command::PromoteAgentSerial { spiffe_id: NODE.into(), serial_number: "03".into() }).await, Outcome::Agent(Err(ApplyError::FailedPrecondition(_)))));
+    match s.apply_one(Command::PromoteAgentSerial { spiffe_id: NODE.into(), serial_number: "02".into() }).await {
+        Outcome::Agent(Ok(a)) => assert_eq!((a.serial_number.as_str(), a.new_serial_number.as_str(), a.expires_at), ("02", "", 200)),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(s.apply_one(Command::PromoteAgentSerial { spiffe_id: NODE.into(), serial_number: "02".into() }).await, Outcome::Agent(Ok(_))), "repeating is harmless");
+    match s.apply_one(Command::BanAgent { spiffe_id: NODE.into() }).await {
+        Outcome::Agent(Ok(a)) => assert!(a.banned && a.serial_number.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(s.apply_one(Command::SetAgentNewSerial { spiffe_id: NODE.into(), serial_number: "04".into(), expires_at: 1 }).await, Outcome::Agent(Err(ApplyError::FailedPrecondition(_)))));
+    assert_eq!(s.apply_one(Command::DeleteAgent { spiffe_id: NODE.into() }).await, Outcome::Deleted(Ok(())));
+    assert!(matches!(s.apply_one(Command::DeleteAgent { spiffe_id: NODE.into() }).await, Outcome::Deleted(Err(ApplyError::NotFound(_)))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundle_sequence_numbers_rise_on_every_change() {
+    let mut s = TestStore::new().await;
+    let x509 = |b: u8| StoredX509Authority { der: vec![b], tainted: false };
+    let jwt = |kid: &str, exp: i64| StoredJwtKey { key_id: kid.into(), public_key: vec![1], expires_at: exp, tainted: false };
+    let seq = |o: Outcome| match o {
+        Outcome::Bundle(Ok(b)) => b.sequence_number,
+        other => panic!("{other:?}"),
+    };
+    let append = |x: Vec<StoredX509Authority>, j: Vec<StoredJwtKey>| Command::AppendBundle { scope: BundleScope::Local, trust_domain: "example.org".into(), x509: x, jwt: j };
+    assert_eq!(seq(s.apply_one(append(vec![x509(1)], vec![jwt("k1", 50)])).await), 1);
+    assert_eq!(seq(s.apply_one(append(vec![x509(1)], vec![])).await), 1, "nothing new, no change");
+    assert_eq!(seq(s.apply_one(append(vec![x509(2)], vec![jwt("k2", 500)])).await), 2);
+    let prune = Command::PruneBundle { scope: BundleScope::Local, trust_domain: "example.org".into(), expired_before: 100, expired_x509: vec![vec![1]] };
+    let pruned = match s.apply_one(prune).await {
+        Outcome::Bundle(Ok(b)) => b,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(pruned.sequence_number, 3);
+    assert_eq!(pruned.x509_authorities, vec![x509(2)]);
+    assert_eq!(pruned.jwt_authorities, vec![jwt("k2", 500)]);
+    let last = Command::PruneBundle { scope: BundleScope::Local, trust_domain: "example.org".into(), expired_before: 0, expired_x509: vec![vec![2]] };
+    assert!(matches!(s.apply_one(last).await, Outcome::Bundle(Err(ApplyError::FailedPrecondition(_)))), "the local bundle keeps an X.509 authority");
+
+    let federated = StoredBundle { trust_domain: TrustDomain::parse("other.org").unwrap(), x509_authorities: vec![x509(9)], jwt_authorities: vec![], refresh_hint: 300, sequence_number: 77 };
+    assert_eq!(seq(s.apply_one(Command::SetBundle { scope: BundleScope::Federated, bundle: federated.clone() }).await), 1, "the stored sequence decides, not the caller's");
+    assert_eq!(seq(s.apply_one(Command::SetBundle { scope: BundleScope::Federated, bundle: federated }).await), 2);
+    assert!(s.store.reader.bundle(BundleScope::Local, "other.org").await.unwrap().is_none(), "scopes are separate tables");
+    assert_eq!(s.store.reader.list_bundles(BundleScope::Federated).await.unwrap().len(), 1);
+    assert_eq!(s.apply_one(Command::DeleteBundle { scope: BundleScope::Federated, trust_domain: "other.org".into() }).await, Outcome::Deleted(Ok(())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federation_relationships_crud() {
+    let mut s = TestStore::new().await;
+    let rel = FederationRelationship {
+        trust_domain: TrustDomain::parse("other.org").unwrap(),
+        bundle_endpoint_url: "https://other.org/bundle".into(),
+        profile: BundleEndpointProfile::HttpsWeb,
+    };
+    assert!(matches!(s.apply_one(Command::CreateFederationRelationship(rel.clone())).await, Outcome::Relationship(Ok(_))));
+    assert!(matches!(s.apply_one(Command::CreateFederationRelationship(rel.clone())).await, Outcome::Relationship(Err(ApplyError::AlreadyExists(_)))));
+    let mut changed = rel.clone();
+    changed.profile = BundleEndpointProfile::HttpsSpiffe { endpoint_spiffe_id: SpiffeId::parse("spiffe://other.org/spire/server").unwrap() };
+    assert!(matches!(s.apply_one(Command::UpdateFederationRelationship(changed.clone())).await, Outcome::Relationship(Ok(_))));
+    assert_eq!(s.store.reader.relationship("other.org").await.unwrap(), Some(changed));
+    assert_eq!(s.apply_one(Command::DeleteFederationRelationship { trust_domain: "other.org".into() }).await, Outcome::Deleted(Ok(())));
+    assert!(matches!(s.apply_one(Command::UpdateFederationRelationship(rel)).await, Outcome::Relationship(Err(ApplyError::NotFound(_)))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_pages_through_every_entry() {
+    let mut s = TestStore::new().await;
+    let batch: Vec<_> = (0..25).map(|i| entry(&format!("id{i:02}"), &format!("spiffe://example.org/w{i}"), NODE, &["x:1"])).collect();
+    s.apply_one(Command::CreateEntries(batch)).await;
+    let mut seen = Vec::new();
+    let mut token = None;
+    loop {
+        let page = s.store.reader.list_entries(token, 10).await.unwrap();
+        seen.extend(page.items.into_iter().map(|e| e.id));
+        match page.next {
+            Some(next) => token = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 25);
+    assert_eq!(seen.first().map(String::as_str), Some("id00"));
+    assert_eq!(seen.last().map(String::as_str), Some("id24"));
+}

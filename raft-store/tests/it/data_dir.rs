@@ -1,0 +1,53 @@
+//! A data dir that is corrupt, foreign, or another replica's or cluster's is refused with an
+//! error that says so, and left as it was.
+
+use raft_store::{open_store, OpenError};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_other_replicas_and_clusters_and_reopens_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), 1, "cluster-a").await.unwrap();
+    drop(store);
+    assert!(matches!(open_store(dir.path(), 2, "cluster-a").await, Err(OpenError::WrongNode { found: 1, expected: 2, .. })));
+    let err = open_store(dir.path(), 1, "cluster-b").await.err().unwrap();
+    assert!(matches!(err, OpenError::WrongCluster { .. }));
+    assert!(err.to_string().contains("cluster-a") && err.to_string().contains("cluster-b"), "{err}");
+    let reopened = open_store(dir.path(), 1, "cluster-a").await.unwrap();
+    assert_eq!(reopened.header.cluster_id, "cluster-a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_directory_with_other_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("precious.txt"), b"do not touch").unwrap();
+    let err = open_store(dir.path(), 1, "c").await.err().unwrap();
+    assert!(matches!(err, OpenError::Foreign { .. }), "{err}");
+    assert_eq!(std::fs::read(dir.path().join("precious.txt")).unwrap(), b"do not touch");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing was created");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_corrupt_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open_store(dir.path(), 1, "c").await.unwrap());
+    let db_dir = dir.path().join("raft-db");
+    // Lose the CURRENT file: RocksDB cannot find its manifest.
+    std::fs::remove_file(db_dir.join("CURRENT")).unwrap();
+    let err = open_store(dir.path(), 1, "c").await.err().unwrap();
+    assert!(matches!(err, OpenError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("corrupt"), "{err}");
+
+    // Garbage in every table file and manifest.
+    let dir = tempfile::tempdir().unwrap();
+    drop(open_store(dir.path(), 1, "c").await.unwrap());
+    let db_dir = dir.path().join("raft-db");
+    for file in std::fs::read_dir(&db_dir).unwrap() {
+        let path = file.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("MANIFEST") {
+            std::fs::write(&path, b"garbage garbage garbage").unwrap();
+        }
+    }
+    let err = open_store(dir.path(), 1, "c").await.err().unwrap();
+    assert!(matches!(err, OpenError::Corrupt { .. }), "{err}");
+}

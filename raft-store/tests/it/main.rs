@@ -1,0 +1,8 @@
+//! raft-store tests: openraft's storage conformance suite, the apply rules, snapshots,
+//! and data-dir checks.
+
+mod apply_rules;
+mod data_dir;
+mod snapshots;
+mod storage_suite;
+mod support;
