@@ -28,6 +28,9 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T
     Ok(value)
 }
 
+/// A stored row: key and value bytes.
+pub type Row = (Vec<u8>, Vec<u8>);
+
 /// Big-endian, so keys sort in numeric order.
 pub fn u64_key(n: u64) -> [u8; 8] {
     n.to_be_bytes()

@@ -11,7 +11,7 @@ use openraft::{RaftSnapshotBuilder, StorageIOError};
 use rocksdb::{IteratorMode, ReadOptions, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 
-use crate::codec;
+use crate::codec::{self, Row};
 use crate::db::{cf, synced};
 use crate::schema::{sm_key, Cf};
 use crate::types::{LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -22,7 +22,7 @@ const MAGIC: &[u8; 8] = b"TSTDSNP1";
 /// The rows of every state column family.
 #[derive(Serialize, Deserialize)]
 struct Payload {
-    tables: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>,
+    tables: Vec<(String, Vec<Row>)>,
 }
 
 /// A snapshot as kept on disk: its metadata and payload.

@@ -7,7 +7,7 @@ use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::codec::{self, CodecError};
+use crate::codec::{self, CodecError, Row};
 use crate::command::{Change, Table};
 use crate::db::cf;
 use crate::schema::Cf;
@@ -67,7 +67,7 @@ impl<'a> Txn<'a> {
     }
 
     /// Keys and values under `prefix`, as stored before this command.
-    pub fn scan_prefix(&self, table: Cf, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, TxnError> {
+    pub fn scan_prefix(&self, table: Cf, prefix: &[u8]) -> Result<Vec<Row>, TxnError> {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(cf(self.db, table), IteratorMode::From(prefix, Direction::Forward)) {
             let (key, value) = item?;

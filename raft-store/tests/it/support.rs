@@ -7,7 +7,8 @@ use raft_store::model::RegistrationEntry;
 use raft_store::{open_store, Command, OpenedStore, Outcome, Response, TypeConfig};
 
 pub struct TestStore {
-    pub dir: tempfile::TempDir,
+    /// Kept so the directory lives as long as the store.
+    pub _dir: tempfile::TempDir,
     pub store: OpenedStore,
     next_index: u64,
 }
@@ -16,7 +17,7 @@ impl TestStore {
     pub async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = open_store(dir.path(), 1, "test-cluster").await.unwrap();
-        Self { dir, store, next_index: 1 }
+        Self { _dir: dir, store, next_index: 1 }
     }
 
     /// Applies commands as consecutive log entries and returns their responses.
