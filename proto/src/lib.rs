@@ -1,4 +1,10 @@
-//! Wire contracts: the SPIFFE Workload API, the SPIRE-compatible server APIs, Envoy SDS and
-//! the internal cluster RPC, as `.proto` files and their generated tonic/prost code. Filled
-//! by the server and agent issues.
+//! Wire contracts as `.proto` files and their generated tonic/prost code: the internal
+//! cluster RPC today; the SPIFFE Workload API, the SPIRE-compatible server APIs and Envoy
+//! SDS come with the server and agent issues.
 #![forbid(unsafe_code)]
+
+/// The internal cluster RPC between server replicas (`testudo.cluster.v1`).
+pub mod cluster {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("testudo.cluster.v1");
+}

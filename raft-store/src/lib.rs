@@ -10,6 +10,8 @@ pub mod command;
 pub mod db;
 mod log_store;
 pub mod model;
+pub mod network;
+pub mod node;
 pub mod query;
 pub mod schema;
 mod state_machine;

@@ -2,6 +2,9 @@
 //! and data-dir checks.
 
 mod apply_rules;
+mod cluster;
+mod cluster_support;
+mod cluster_tls;
 mod data_dir;
 mod snapshots;
 mod storage_suite;

@@ -1,0 +1,13 @@
+//! The Raft network: openraft's RPCs, forwarded writes and read-index requests over gRPC
+//! with mutual TLS, plus a fault switchboard tests use to cut links.
+
+mod client;
+mod faults;
+mod server;
+pub mod tls;
+mod wire;
+
+pub use client::{ClusterClient, NetworkFactory, PeerNetwork};
+pub use faults::Faults;
+pub use server::{serve, ClusterService, MAX_MESSAGE_BYTES};
+pub use wire::ForwardError;

@@ -1,0 +1,130 @@
+//! The cluster RPC server: hands Raft messages to openraft, serves forwarded writes and
+//! read-index requests when this replica leads. Listens with TLS 1.3 and requires a
+//! replica certificate.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use proto::cluster::cluster_server::{Cluster, ClusterServer};
+use proto::cluster::Payload;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tonic::{Request, Response, Status};
+
+use super::tls::{server_config, ClusterTls, TlsError};
+use super::wire::{decode, encode, ForwardError};
+use crate::command::Command;
+use crate::types::{NodeId, Raft, TypeConfig};
+
+/// Largest cluster message accepted or sent: a batch of log entries or a snapshot chunk.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The gRPC service of one replica.
+pub struct ClusterService {
+    raft: Raft,
+}
+
+impl ClusterService {
+    pub fn new(raft: Raft) -> Self {
+        Self { raft }
+    }
+}
+
+/// Turns openraft's "not the leader" into a forward hint; everything else is unavailable.
+pub(crate) fn forward_error(e: RaftError<NodeId, ClientWriteError<NodeId, crate::ReplicaNode>>) -> ForwardError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ForwardError::NotLeader {
+            leader: f.leader_id.zip(f.leader_node),
+        },
+        other => ForwardError::Unavailable(other.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn append_entries(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let req: AppendEntriesRequest<TypeConfig> = decode("AppendEntries", request.get_ref())?;
+        let result = self.raft.append_entries(req).await;
+        Ok(Response::new(encode("AppendEntries result", &result)?))
+    }
+
+    async fn vote(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let req: VoteRequest<NodeId> = decode("Vote", request.get_ref())?;
+        let result = self.raft.vote(req).await;
+        Ok(Response::new(encode("Vote result", &result)?))
+    }
+
+    async fn install_snapshot(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let req: InstallSnapshotRequest<TypeConfig> = decode("InstallSnapshot", request.get_ref())?;
+        let result = self.raft.install_snapshot(req).await;
+        Ok(Response::new(encode("InstallSnapshot result", &result)?))
+    }
+
+    async fn write(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let command: Command = decode("Write", request.get_ref())?;
+        let result = match self.raft.client_write(command).await {
+            Ok(written) => Ok(written.data),
+            Err(e) => Err(forward_error(e)),
+        };
+        Ok(Response::new(encode("Write result", &result)?))
+    }
+
+    async fn read_index(&self, _request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let result = match self.raft.ensure_linearizable().await {
+            Ok(read_log_id) => Ok(read_log_id),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(ForwardError::NotLeader { leader: f.leader_id.zip(f.leader_node) })
+            }
+            Err(e) => Err(ForwardError::Unavailable(e.to_string())),
+        };
+        Ok(Response::new(encode("ReadIndex result", &result)?))
+    }
+}
+
+/// Binds `listen` and serves the cluster RPC over mutual TLS until `shutdown` resolves.
+/// Returns the bound address (useful with port 0) and the server task.
+pub async fn serve(
+    raft: Raft,
+    tls: &ClusterTls,
+    listen: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), TlsError> {
+    let acceptor = TlsAcceptor::from(Arc::new(server_config(tls)?));
+    let listener = TcpListener::bind(listen).await.map_err(|e| TlsError::Config(format!("cannot listen on {listen}: {e}")))?;
+    let bound = listener.local_addr().map_err(|e| TlsError::Config(e.to_string()))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    // Handshakes run in their own tasks so a slow or hostile client cannot stall accepts.
+    let accept_task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else { continue };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok::<_, std::io::Error>(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::warn!(%peer, error = %e, "cluster TLS handshake failed"),
+                    Err(_) => tracing::warn!(%peer, "cluster TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    let service = ClusterServer::new(ClusterService::new(raft))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let task = tokio::spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        accept_task.abort();
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cluster RPC server stopped");
+        }
+    });
+    Ok((bound, task))
+}

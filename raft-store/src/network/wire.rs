@@ -1,0 +1,25 @@
+//! Payload encoding for the cluster RPC.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::types::{NodeId, ReplicaNode};
+
+/// Why a forwarded write or read-index request was not served.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardError {
+    #[error("replica is not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<(NodeId, ReplicaNode)> },
+    #[error("the cluster cannot serve this now: {0}")]
+    Unavailable(String),
+}
+
+pub fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<proto::cluster::Payload, tonic::Status> {
+    let data = codec::encode(what, value).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    Ok(proto::cluster::Payload { data })
+}
+
+pub fn decode<T: DeserializeOwned>(what: &'static str, payload: &proto::cluster::Payload) -> Result<T, tonic::Status> {
+    codec::decode(what, &payload.data).map_err(|e| tonic::Status::invalid_argument(format!("cannot decode {what} payload: {}", e.reason)))
+}

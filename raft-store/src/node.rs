@@ -1,0 +1,362 @@
+//! A running replica: the store, openraft, the cluster RPC server, and the operations
+//! callers use — writes (forwarded to the leader), linearizable and local reads, membership
+//! changes and status.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ChangeMembershipError, ClientWriteError, InitializeError, RaftError};
+use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
+use tokio::sync::oneshot;
+
+use crate::command::{Command, Response};
+use crate::network::tls::ClusterTls;
+use crate::network::{serve, ClusterClient, Faults, ForwardError, NetworkFactory};
+use crate::query::StoreReader;
+use crate::types::{NodeId, Raft, ReplicaNode};
+use crate::{open_store, OpenError};
+
+/// How a replica runs.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    pub node_id: NodeId,
+    pub cluster_id: String,
+    pub data_dir: PathBuf,
+    /// Where the cluster RPC listens (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// The public API address other replicas redirect callers to.
+    pub api_address: String,
+    pub tls: ClusterTls,
+    pub timing: Timing,
+}
+
+/// Raft timing and batching, with defaults for replicas on one network.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    pub heartbeat_interval: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// Timeout of one cluster RPC.
+    pub rpc_timeout: Duration,
+    /// Build a snapshot (and purge the log behind it) after this many applied entries.
+    pub snapshot_every: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(400),
+            election_timeout_max: Duration::from_millis(800),
+            rpc_timeout: Duration::from_secs(2),
+            snapshot_every: 5000,
+        }
+    }
+}
+
+/// Why a replica could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    #[error("invalid Raft configuration: {0}")]
+    Config(String),
+    #[error("cannot start the cluster RPC server: {0}")]
+    Server(String),
+    #[error("cannot start Raft: {0}")]
+    Raft(String),
+}
+
+/// Why a write or read was not served.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("no leader is known; the cluster may be electing one or lack a quorum")]
+    NoLeader,
+    #[error("the leader could not be reached: {0}")]
+    LeaderUnreachable(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("timed out waiting for the cluster")]
+    Timeout,
+    #[error("membership change refused: {0}")]
+    Membership(String),
+    #[error("read failed: {0}")]
+    Read(#[from] crate::ReadError),
+}
+
+/// One member's replication progress, as the leader sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberStatus {
+    pub node_id: NodeId,
+    pub node: ReplicaNode,
+    pub voter: bool,
+    /// The last log index known to be on that member (leader's view; `None` if unknown).
+    pub matched_index: Option<u64>,
+    /// How many entries it is behind the leader's last log index.
+    pub lag: Option<u64>,
+}
+
+/// What a replica knows of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterStatus {
+    pub node_id: NodeId,
+    pub state: String,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    pub members: Vec<MemberStatus>,
+}
+
+/// A running replica.
+pub struct Replica {
+    id: NodeId,
+    raft: Raft,
+    reader: StoreReader,
+    client: ClusterClient,
+    address: SocketAddr,
+    node: ReplicaNode,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// How long writes and reads keep retrying while the cluster elects a leader.
+const RETRY_FOR: Duration = Duration::from_secs(10);
+
+impl Replica {
+    pub async fn start(config: ReplicaConfig) -> Result<Self, StartError> {
+        let store = open_store(&config.data_dir, config.node_id, &config.cluster_id).await?;
+        let t = &config.timing;
+        let raft_config = Config {
+            cluster_name: config.cluster_id.clone(),
+            heartbeat_interval: t.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: t.election_timeout_min.as_millis() as u64,
+            election_timeout_max: t.election_timeout_max.as_millis() as u64,
+            install_snapshot_timeout: 10_000,
+            max_payload_entries: 256,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_every),
+            max_in_snapshot_log_to_keep: t.snapshot_every / 2,
+            snapshot_max_chunk_size: 1024 * 1024,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+        let faults = Faults::default();
+        let client = ClusterClient::new(config.tls.clone(), t.rpc_timeout, faults);
+        let network = NetworkFactory::new(config.node_id, client.clone());
+        let raft = Raft::new(config.node_id, Arc::new(raft_config), network, store.log, store.state_machine)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (address, server) = serve(raft.clone(), &config.tls, config.listen, async {
+            let _ = stopped.await;
+        })
+        .await
+        .map_err(|e| StartError::Server(e.to_string()))?;
+        let node = ReplicaNode { raft_address: address.to_string(), api_address: config.api_address.clone() };
+        tracing::info!(node_id = config.node_id, %address, "replica started");
+        Ok(Self { id: config.node_id, raft, reader: store.reader, client, address, node, stop: Some(stop), server: Some(server) })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// This replica's addresses, as other replicas should record them.
+    pub fn node(&self) -> &ReplicaNode {
+        &self.node
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The links this replica's outgoing traffic uses; tests cut them to isolate it.
+    pub fn faults(&self) -> &Faults {
+        self.client.faults()
+    }
+
+    /// Makes this replica the sole voter of a new cluster. Only on a pristine replica.
+    pub async fn initialize(&self) -> Result<(), ClusterError> {
+        let members = BTreeMap::from([(self.id, self.node.clone())]);
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(e))) => Err(ClusterError::Membership(format!("already initialized: {e}"))),
+            Err(e) => Err(ClusterError::Membership(e.to_string())),
+        }
+    }
+
+    /// Applies a command through the leader, forwarding it when this replica does not lead.
+    /// Returns once the command is committed and applied on the leader.
+    pub async fn write(&self, command: Command) -> Result<Response, ClusterError> {
+        let deadline = tokio::time::Instant::now() + RETRY_FOR;
+        loop {
+            let attempt = match self.raft.client_write(command.clone()).await {
+                Ok(written) => return Ok(written.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match (f.leader_id, f.leader_node) {
+                    (Some(id), Some(node)) if id != self.id => self.forward(id, &node, &command).await,
+                    _ => Err(ClusterError::NoLeader),
+                },
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => return Err(ClusterError::Membership(e.to_string())),
+                Err(RaftError::Fatal(e)) => return Err(ClusterError::Unavailable(e.to_string())),
+            };
+            match attempt {
+                Ok(response) => return Ok(response),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, "write not yet served; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn forward(&self, leader: NodeId, node: &ReplicaNode, command: &Command) -> Result<Response, ClusterError> {
+        match self.client.forward_write(leader, &node.raft_address, command).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(ForwardError::NotLeader { .. })) => Err(ClusterError::NoLeader),
+            Ok(Err(ForwardError::Unavailable(e))) => Err(ClusterError::Unavailable(e)),
+            Err(e) => Err(ClusterError::LeaderUnreachable(e.to_string())),
+        }
+    }
+
+    /// A reader that sees at least every write committed before this call (read index:
+    /// the leader confirms it still leads; this replica waits until it has applied that far).
+    pub async fn linearizable_reader(&self) -> Result<&StoreReader, ClusterError> {
+        let deadline = tokio::time::Instant::now() + RETRY_FOR;
+        loop {
+            let attempt = self.read_index().await;
+            match attempt {
+                Ok(index) => {
+                    if let Some(index) = index {
+                        self.raft
+                            .wait(Some(deadline.saturating_duration_since(tokio::time::Instant::now())))
+                            .applied_index_at_least(Some(index), "read index")
+                            .await
+                            .map_err(|_| ClusterError::Timeout)?;
+                    }
+                    return Ok(&self.reader);
+                }
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    async fn read_index(&self) -> Result<Option<u64>, ClusterError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(log_id) => Ok(log_id.map(|l| l.index)),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => match (f.leader_id, f.leader_node) {
+                (Some(id), Some(node)) if id != self.id => match self.client.read_index(id, &node.raft_address).await {
+                    Ok(Ok(log_id)) => Ok(log_id.map(|l| l.index)),
+                    Ok(Err(e)) => Err(ClusterError::Unavailable(e.to_string())),
+                    Err(e) => Err(ClusterError::LeaderUnreachable(e.to_string())),
+                },
+                _ => Err(ClusterError::NoLeader),
+            },
+            Err(e) => Err(ClusterError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// This replica's applied state, which may lag the leader by a moment.
+    pub fn local_reader(&self) -> &StoreReader {
+        &self.reader
+    }
+
+    /// Adds a replica as a learner and waits until it has caught up. Leader only.
+    pub async fn add_learner(&self, id: NodeId, node: ReplicaNode) -> Result<(), ClusterError> {
+        self.raft.add_learner(id, node, true).await.map(|_| ()).map_err(membership_error)
+    }
+
+    /// Makes a learner a voter. Leader only.
+    pub async fn promote(&self, id: NodeId) -> Result<(), ClusterError> {
+        let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+        self.raft.change_membership(change, false).await.map(|_| ()).map_err(membership_error)
+    }
+
+    /// Removes a member (voter or learner) from the cluster. Leader only.
+    pub async fn remove(&self, id: NodeId) -> Result<(), ClusterError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let voters: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+        if voters.contains(&id) {
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(membership_error)?;
+        }
+        self.raft
+            .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+            .await
+            .map(|_| ())
+            .map_err(membership_error)
+    }
+
+    /// Leader, term, and each member's matched index and lag (lag is known on the leader).
+    pub fn status(&self) -> ClusterStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let last = m.last_log_index;
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched = match &m.replication {
+                    Some(replication) => replication.get(id).and_then(|l| l.map(|l| l.index)),
+                    None if *id == self.id => last,
+                    None => None,
+                };
+                let lag = match (&m.replication, matched, last) {
+                    (Some(_), Some(matched), Some(last)) => Some(last.saturating_sub(matched)),
+                    (Some(_), None, Some(last)) => Some(last + 1),
+                    _ => None,
+                };
+                MemberStatus { node_id: *id, node: node.clone(), voter: voters.contains(id), matched_index: matched, lag }
+            })
+            .collect();
+        ClusterStatus {
+            node_id: self.id,
+            state: format!("{:?}", m.state),
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            members,
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Stops Raft and the RPC server, releasing the data directory.
+    pub async fn shutdown(mut self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "Raft did not shut down cleanly");
+        }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+    }
+}
+
+fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, ReplicaNode>>) -> ClusterError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            ClusterError::Membership(format!("this replica does not lead; the leader is {:?}", f.leader_id))
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::LearnerNotFound(l))) => {
+            ClusterError::Membership(format!("replica {} must be added as a learner first", l.node_id))
+        }
+        other => ClusterError::Membership(other.to_string()),
+    }
+}

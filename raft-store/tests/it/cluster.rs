@@ -1,0 +1,163 @@
+//! Multi-replica behaviour over real loopback gRPC with mutual TLS: replication, forwarding,
+//! leader failover, restart from disk, catch-up by snapshot, and a minority that cannot
+//! write. Acknowledged writes are checked on every live replica, not assumed.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use raft_store::{Command, NodeId, Outcome};
+
+use crate::cluster_support::{eventually, TestCluster};
+use crate::support::entry;
+
+const NODE: &str = "spiffe://example.org/spire/agent/x";
+
+fn create(id: &str) -> Command {
+    Command::CreateEntries(vec![entry(id, &format!("spiffe://example.org/{id}"), NODE, &["unix:uid:1"])])
+}
+
+fn created(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Entries(results) if results.iter().all(Result::is_ok))
+}
+
+/// Waits until every live replica has applied every id in `ids`, locally.
+async fn assert_everywhere(cluster: &TestCluster, ids: &BTreeSet<String>) {
+    for (node, replica) in &cluster.replicas {
+        let reader = replica.local_reader().clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let mut missing = Vec::new();
+            for id in ids {
+                if reader.entry(id).await.unwrap().is_none() {
+                    missing.push(id.clone());
+                }
+            }
+            if missing.is_empty() {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "replica {node} lacks acknowledged writes {missing:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicates_and_forwards_writes_from_followers() {
+    let cluster = TestCluster::start(3, 10_000).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.follower(leader);
+
+    let on_leader = cluster.replicas[&leader].write(create("via-leader")).await.unwrap();
+    assert!(created(&on_leader.outcome));
+    let forwarded = cluster.replicas[&follower].write(create("via-follower")).await.unwrap();
+    assert!(created(&forwarded.outcome), "a follower forwards to the leader and answers once committed");
+    assert!(forwarded.revision > on_leader.revision);
+
+    // A linearizable read on a follower sees the write acknowledged just before it.
+    let reader = cluster.replicas[&follower].linearizable_reader().await.unwrap();
+    assert!(reader.entry("via-follower").await.unwrap().is_some());
+
+    let ids: BTreeSet<String> = ["via-leader", "via-follower"].map(String::from).into();
+    assert_everywhere(&cluster, &ids).await;
+
+    let status = cluster.replicas[&leader].status();
+    assert_eq!(status.leader, Some(leader));
+    assert_eq!(status.members.len(), 3);
+    assert!(status.members.iter().all(|m| m.voter && m.lag.is_some()), "{status:?}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_failover_and_restart_keep_every_acknowledged_write() {
+    let mut cluster = TestCluster::start(3, 10_000).await;
+    let mut acked = BTreeSet::new();
+    for i in 0..20 {
+        let id = format!("before-{i}");
+        let target = 1 + (i % 3) as NodeId;
+        if created(&cluster.replicas[&target].write(create(&id)).await.unwrap().outcome) {
+            acked.insert(id);
+        }
+    }
+    let old_leader = cluster.wait_for_leader().await;
+    cluster.stop(old_leader).await;
+    let new_leader = cluster.wait_for_leader().await;
+    assert_ne!(new_leader, old_leader);
+    let survivors: Vec<NodeId> = cluster.replicas.keys().copied().collect();
+    for i in 0..20 {
+        let id = format!("after-{i}");
+        let target = survivors[i % survivors.len()];
+        if created(&cluster.replicas[&target].write(create(&id)).await.unwrap().outcome) {
+            acked.insert(id);
+        }
+    }
+    assert_eq!(acked.len(), 40, "every write was acknowledged");
+    assert_everywhere(&cluster, &acked).await;
+
+    // The old leader comes back from its disk and catches up.
+    cluster.start_replica(old_leader).await;
+    assert_everywhere(&cluster, &acked).await;
+    let revision = cluster.reader(old_leader).revision().await.unwrap();
+    assert_eq!(revision, 40);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_replica_catches_up_by_snapshot() {
+    let mut cluster = TestCluster::start(3, 20).await;
+    let leader = cluster.wait_for_leader().await;
+    let victim = cluster.follower(leader);
+    cluster.stop(victim).await;
+    let mut acked = BTreeSet::new();
+    for i in 0..120 {
+        let id = format!("e{i:03}");
+        if created(&cluster.replicas[&leader].write(create(&id)).await.unwrap().outcome) {
+            acked.insert(id);
+        }
+    }
+    // The leader has snapshotted and purged the log the victim would need.
+    let purged = eventually(Duration::from_secs(10), || cluster.replicas[&leader].raft().metrics().borrow().purged.map(|p| p.index)).await;
+    assert!(purged.is_some_and(|p| p > 50), "leader purged its log: {purged:?}");
+
+    cluster.wipe(victim);
+    cluster.start_replica(victim).await;
+    assert_everywhere(&cluster, &acked).await;
+    let snapshot = cluster.replicas[&victim].raft().metrics().borrow().snapshot;
+    assert!(snapshot.is_some(), "the wiped replica was sent a snapshot");
+    assert_eq!(cluster.reader(victim).entries_by_selector("unix:uid:1").await.unwrap().len(), 120);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_cannot_write_and_catches_up_after_healing() {
+    let cluster = TestCluster::start(3, 10_000).await;
+    let old_leader = cluster.wait_for_leader().await;
+    cluster.replicas[&old_leader].write(create("before")).await.unwrap();
+
+    cluster.isolate(old_leader);
+    // The minority side cannot commit: nothing is acknowledged.
+    let minority = tokio::time::timeout(Duration::from_secs(2), cluster.replicas[&old_leader].write(create("minority"))).await;
+    assert!(!matches!(minority, Ok(Ok(_))), "an isolated replica acknowledged a write");
+
+    // The majority elects a new leader and goes on.
+    let majority: Vec<NodeId> = cluster.replicas.keys().copied().filter(|id| *id != old_leader).collect();
+    let new_leader = eventually(Duration::from_secs(10), || {
+        majority.iter().copied().find(|id| cluster.replicas[id].is_leader())
+    })
+    .await
+    .expect("the majority elects a leader");
+    let written = cluster.replicas[&majority[0]].write(create("majority")).await.unwrap();
+    assert!(created(&written.outcome));
+    assert_ne!(new_leader, old_leader);
+
+    cluster.heal();
+    let ids: BTreeSet<String> = ["before", "majority"].map(String::from).into();
+    assert_everywhere(&cluster, &ids).await;
+    // No split brain: the write the isolated leader took was never committed anywhere.
+    let leader = cluster.wait_for_leader().await;
+    assert_ne!(leader, old_leader, "the healed old leader does not take back leadership by itself");
+    for replica in cluster.replicas.values() {
+        let reader = replica.linearizable_reader().await.unwrap();
+        assert!(reader.entry("minority").await.unwrap().is_none());
+    }
+    cluster.shutdown().await;
+}

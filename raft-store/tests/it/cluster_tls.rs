@@ -1,0 +1,43 @@
+//! The cluster RPC accepts only replicas of this cluster, and refuses malformed messages
+//! with a clear status.
+
+use std::time::Duration;
+
+use proto::cluster::cluster_client::ClusterClient;
+use proto::cluster::Payload;
+use raft_store::network::tls::client_endpoint;
+
+use crate::cluster_support::{TestCa, TestCluster, REPLICA_ID};
+
+async fn call(endpoint: tonic::transport::Endpoint, data: Vec<u8>) -> Result<Payload, String> {
+    let channel = endpoint.connect().await.map_err(|e| format!("connect: {e:?}"))?;
+    ClusterClient::new(channel).vote(Payload { data }).await.map(|r| r.into_inner()).map_err(|s| format!("{}: {}", s.code(), s.message()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_peers_that_are_not_replicas_and_malformed_messages() {
+    let cluster = TestCluster::start(1, 10_000).await;
+    let address = cluster.replicas[&1].address().to_string();
+    let timeout = Duration::from_secs(2);
+
+    // A replica certificate from this cluster's CA gets through, and garbage is refused.
+    let replica = cluster.ca.tls(REPLICA_ID);
+    let err = call(client_endpoint(&replica, &address, timeout).unwrap(), b"\xff\xff garbage".to_vec()).await.unwrap_err();
+    assert!(err.contains("InvalidArgument") || err.contains("invalid argument") || err.contains("Invalid argument"), "{err}");
+    assert!(err.contains("cannot decode Vote payload"), "{err}");
+
+    // A workload SVID from the same CA is not a replica.
+    let workload = cluster.ca.tls("spiffe://cluster.test/workload");
+    assert!(call(client_endpoint(&workload, &address, timeout).unwrap(), vec![]).await.is_err());
+
+    // A replica certificate from another CA is not trusted.
+    let stranger_ca = TestCa::new();
+    let mut stranger = stranger_ca.tls(REPLICA_ID);
+    stranger.bundle = cluster.ca.bundle.clone(); // it trusts us, but we do not trust it
+    assert!(call(client_endpoint(&stranger, &address, timeout).unwrap(), vec![]).await.is_err());
+
+    // A client that trusts only another CA refuses our server.
+    let wary = stranger_ca.tls(REPLICA_ID);
+    assert!(call(client_endpoint(&wary, &address, timeout).unwrap(), vec![]).await.is_err());
+    cluster.shutdown().await;
+}
