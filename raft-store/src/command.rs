@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AttestedAgent, FederationRelationship, JoinToken, RegistrationEntry, StoredBundle, StoredJwtKey, StoredX509Authority};
+use crate::model::{AttestedAgent, CaJournal, FederationRelationship, JournalEvent, JoinToken, RegistrationEntry, StoredBundle, StoredJwtKey, StoredX509Authority};
 
 /// Which bundle table a bundle command addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +51,10 @@ pub enum Command {
     PruneBundle { scope: BundleScope, trust_domain: String, expired_before: i64, expired_x509: Vec<Vec<u8>> },
     DeleteBundle { scope: BundleScope, trust_domain: String },
 
+    /// A CA journal transition, published in the local bundle of `trust_domain` in the
+    /// same command (refused as FailedPrecondition when the journal's rules forbid it).
+    CaJournal { trust_domain: String, event: JournalEvent },
+
     CreateFederationRelationship(FederationRelationship),
     UpdateFederationRelationship(FederationRelationship),
     DeleteFederationRelationship { trust_domain: String },
@@ -82,6 +86,7 @@ pub enum Outcome {
     JoinToken(Result<JoinToken, ApplyError>),
     Bundle(Result<StoredBundle, ApplyError>),
     Relationship(Result<FederationRelationship, ApplyError>),
+    CaJournal(Result<Box<CaJournal>, ApplyError>),
     Deleted(Result<(), ApplyError>),
     Pruned(u64),
 }

@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 use crate::codec::{self, pair_prefix, u64_key, CodecError};
 use crate::command::{BundleScope, ChangeSet};
 use crate::db::cf;
-use crate::model::{AttestedAgent, FederationRelationship, JoinToken, RegistrationEntry, StoredBundle};
-use crate::schema::{sm_key, Cf};
+use crate::model::{AttestedAgent, CaJournal, FederationRelationship, JoinToken, RegistrationEntry, StoredBundle};
+use crate::schema::{ca_key, sm_key, Cf};
 
 /// A read that failed in the store itself.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +122,11 @@ impl StoreReader {
 
     pub async fn list_relationships(&self) -> Result<Vec<FederationRelationship>, ReadError> {
         self.run(|db| page(db, Cf::FederationRelationships, None, usize::MAX, "federation relationship").map(|p| p.items)).await
+    }
+
+    /// The CA journal (empty before the first CA is prepared).
+    pub async fn ca_journal(&self) -> Result<CaJournal, ReadError> {
+        self.run(|db| get(db, Cf::CaJournal, ca_key::JOURNAL, "CA journal").map(Option::unwrap_or_default)).await
     }
 
     /// What changed after revision `since`, oldest first, at most `limit` revisions.

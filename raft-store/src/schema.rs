@@ -94,6 +94,11 @@ pub mod meta_key {
     pub const LAST_PURGED: &[u8] = b"last_purged";
 }
 
+/// Keys in `Cf::CaJournal`.
+pub mod ca_key {
+    pub const JOURNAL: &[u8] = b"journal";
+}
+
 /// Keys in `Cf::SmMeta`.
 pub mod sm_key {
     pub const LAST_APPLIED: &[u8] = b"last_applied";

@@ -64,3 +64,55 @@ impl StoredBundle {
         x != self.x509_authorities.len() || j != self.jwt_authorities.len()
     }
 }
+
+/// A stored bundle that does not convert to a usable bundle.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("stored bundle of {trust_domain}: {reason}")]
+pub struct BundleConversionError {
+    pub trust_domain: String,
+    pub reason: String,
+}
+
+impl StoredBundle {
+    /// The bundle verifiers use.
+    pub fn to_bundle(&self) -> Result<identity::bundle::Bundle, BundleConversionError> {
+        let err = |reason: String| BundleConversionError { trust_domain: self.trust_domain.to_string(), reason };
+        let mut bundle = identity::bundle::Bundle::new(self.trust_domain.clone());
+        for authority in &self.x509_authorities {
+            bundle.add_x509_authority(&authority.der).map_err(|e| err(e.to_string()))?;
+            if authority.tainted {
+                bundle.taint_x509_authority(&authority.der);
+            }
+        }
+        for key in &self.jwt_authorities {
+            let public_key = identity::crypto::PublicKey::from_spki_der(&key.public_key).map_err(|e| err(format!("JWT key {:?}: {e}", key.key_id)))?;
+            let expires_at = (key.expires_at != 0).then_some(key.expires_at);
+            bundle
+                .add_jwt_authority(identity::bundle::JwtAuthority { key_id: key.key_id.clone(), public_key, expires_at, tainted: key.tainted })
+                .map_err(|e| err(e.to_string()))?;
+        }
+        bundle.refresh_hint = u64::try_from(self.refresh_hint).ok().filter(|h| *h > 0);
+        bundle.sequence_number = self.sequence_number;
+        Ok(bundle)
+    }
+
+    /// The stored form of a bundle.
+    pub fn from_bundle(bundle: &identity::bundle::Bundle) -> Self {
+        Self {
+            trust_domain: bundle.trust_domain().clone(),
+            x509_authorities: bundle.x509_authorities().iter().map(|a| StoredX509Authority { der: a.der.clone(), tainted: a.tainted }).collect(),
+            jwt_authorities: bundle
+                .jwt_authorities()
+                .iter()
+                .map(|k| StoredJwtKey {
+                    key_id: k.key_id.clone(),
+                    public_key: k.public_key.spki_der().to_vec(),
+                    expires_at: k.expires_at.unwrap_or(0),
+                    tainted: k.tainted,
+                })
+                .collect(),
+            refresh_hint: bundle.refresh_hint.map_or(0, |h| i64::try_from(h).unwrap_or(i64::MAX)),
+            sequence_number: bundle.sequence_number,
+        }
+    }
+}

@@ -2,12 +2,17 @@
 
 mod agent;
 mod bundle;
+mod ca_journal;
 mod entry;
 mod federation;
 mod join_token;
 
 pub use agent::AttestedAgent;
-pub use bundle::{StoredBundle, StoredJwtKey, StoredX509Authority};
+pub use bundle::{BundleConversionError, StoredBundle, StoredJwtKey, StoredX509Authority};
+pub use ca_journal::{
+    publish, Authority, CaJournal, JournalError, JournalEvent, JwtKeyAuthority, Slot, SlotEvent, SlotId, SlotPair, SlotStatus,
+    X509CaAuthority,
+};
 pub use entry::RegistrationEntry;
 pub use federation::{BundleEndpointProfile, FederationRelationship};
 pub use join_token::JoinToken;

@@ -219,3 +219,45 @@ async fn listing_pages_through_every_entry() {
     assert_eq!(seen.first().map(String::as_str), Some("id00"));
     assert_eq!(seen.last().map(String::as_str), Some("id24"));
 }
+
+fn ca(n: u8) -> raft_store::model::X509CaAuthority {
+    raft_store::model::X509CaAuthority {
+        key_id: format!("x509-CA-{n}"),
+        certificate: vec![n],
+        upstream_chain: vec![],
+        trust_anchors: vec![vec![n]],
+        not_before: time::OffsetDateTime::from_unix_timestamp(0).unwrap(),
+        not_after: time::OffsetDateTime::from_unix_timestamp(100).unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_journal_transitions_publish_in_the_same_command() {
+    use raft_store::model::{JournalEvent, SlotEvent, SlotId, SlotStatus};
+    let mut s = TestStore::new().await;
+    let step = |event: SlotEvent<raft_store::model::X509CaAuthority>| Command::CaJournal { trust_domain: "example.org".into(), event: JournalEvent::X509(event) };
+    let journal = |o: Outcome| match o {
+        Outcome::CaJournal(r) => r,
+        other => panic!("{other:?}"),
+    };
+    let j = journal(s.apply_one(step(SlotEvent::Prepared { slot: SlotId::A, authority: ca(1) })).await).unwrap();
+    assert_eq!(j.x509.prepared().unwrap().authority, ca(1));
+    let bundle = s.store.reader.bundle(BundleScope::Local, "example.org").await.unwrap().unwrap();
+    assert_eq!((bundle.x509_authorities.len(), bundle.sequence_number), (1, 1), "prepared means published");
+
+    assert!(journal(s.apply_one(step(SlotEvent::Activated { slot: SlotId::A })).await).is_ok());
+    assert!(journal(s.apply_one(step(SlotEvent::Prepared { slot: SlotId::B, authority: ca(2) })).await).is_ok());
+    assert!(journal(s.apply_one(step(SlotEvent::Activated { slot: SlotId::B })).await).is_ok());
+    // SPIRE's rules hold in replicated apply too: the active authority cannot be tainted.
+    let refused = journal(s.apply_one(step(SlotEvent::Tainted { slot: SlotId::B })).await);
+    assert!(matches!(refused, Err(ApplyError::FailedPrecondition(_))), "{refused:?}");
+    let j = journal(s.apply_one(step(SlotEvent::Tainted { slot: SlotId::A })).await).unwrap();
+    assert_eq!(j.x509.get(SlotId::A).unwrap().status, SlotStatus::Old);
+    let bundle = s.store.reader.bundle(BundleScope::Local, "example.org").await.unwrap().unwrap();
+    assert!(bundle.x509_authorities.iter().find(|a| a.der == vec![1]).unwrap().tainted);
+    assert!(journal(s.apply_one(step(SlotEvent::Revoked { slot: SlotId::A })).await).is_ok());
+    let bundle = s.store.reader.bundle(BundleScope::Local, "example.org").await.unwrap().unwrap();
+    assert_eq!(bundle.x509_authorities.iter().map(|a| a.der.clone()).collect::<Vec<_>>(), vec![vec![2]]);
+    assert_eq!(bundle.sequence_number, 4, "prepare A, prepare B, taint A, revoke A");
+    assert_eq!(s.store.reader.ca_journal().await.unwrap().x509.active().unwrap().authority, ca(2));
+}

@@ -15,11 +15,11 @@ use identity::SpiffeId;
 use kms::{KeyManager, KeyManagerError, KeySigner};
 use time::OffsetDateTime;
 
+use raft_store::model::{publish, CaJournal, JournalError, JournalEvent, JwtKeyAuthority, SlotEvent, SlotId, StoredBundle, X509CaAuthority};
+
 use super::config::{CaConfig, CaConfigError};
-use super::journal::{CaJournal, JournalError, JournalEvent, SlotEvent};
-use super::publish::{prune_expired, publish};
+use super::prune::prune_expired;
 use super::rotation::{next_step, RotationStep};
-use super::slot::{JwtKeyAuthority, SlotId, X509CaAuthority};
 use crate::clock::Clock;
 use crate::upstream::{UpstreamAuthority, UpstreamError};
 
@@ -38,6 +38,8 @@ pub enum CaError {
     Jwt(#[from] JwtError),
     #[error("CA journal refused a change: {0}")]
     Journal(#[from] JournalError),
+    #[error(transparent)]
+    Bundle(#[from] raft_store::model::BundleConversionError),
     #[error("no active {0} authority")]
     NoActiveAuthority(&'static str),
     #[error("CA task failed: {0}")]
@@ -51,7 +53,7 @@ pub struct CaManager {
     upstream: Option<Arc<dyn UpstreamAuthority>>,
     clock: Arc<dyn Clock>,
     journal: CaJournal,
-    bundle: Bundle,
+    bundle: StoredBundle,
 }
 
 /// A safety bound on steps per `rotate` call; a fresh CA needs four (two per kind).
@@ -65,7 +67,7 @@ impl CaManager {
         upstream: Option<Arc<dyn UpstreamAuthority>>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, CaError> {
-        let bundle = Bundle::new(config.trust_domain.clone());
+        let bundle = StoredBundle::new(config.trust_domain.clone());
         Self::resume(config, keys, upstream, clock, CaJournal::default(), bundle)
     }
 
@@ -76,7 +78,7 @@ impl CaManager {
         upstream: Option<Arc<dyn UpstreamAuthority>>,
         clock: Arc<dyn Clock>,
         journal: CaJournal,
-        bundle: Bundle,
+        bundle: StoredBundle,
     ) -> Result<Self, CaError> {
         for warning in config.validate()? {
             tracing::warn!(%warning, "CA configuration");
@@ -88,8 +90,14 @@ impl CaManager {
         &self.journal
     }
 
-    pub fn bundle(&self) -> &Bundle {
+    /// The local bundle as replicated state stores it.
+    pub fn stored_bundle(&self) -> &StoredBundle {
         &self.bundle
+    }
+
+    /// The local bundle, for verifying what this CA signed.
+    pub fn bundle(&self) -> Result<Bundle, CaError> {
+        Ok(self.bundle.to_bundle()?)
     }
 
     pub fn config(&self) -> &CaConfig {

@@ -2,15 +2,16 @@
 //! manager that carries it out through a key manager and an optional upstream authority.
 
 mod config;
-mod journal;
 mod manager;
-mod publish;
+mod prune;
 mod rotation;
-mod slot;
 
 pub use config::{CaConfig, CaConfigError, DEFAULT_CA_TTL, DEFAULT_JWT_SVID_TTL, DEFAULT_X509_SVID_TTL};
-pub use journal::{CaJournal, JournalError, JournalEvent, SlotEvent};
 pub use manager::{CaError, CaManager};
-pub use publish::{prune_expired, publish};
+pub use prune::prune_expired;
+/// The journal and its slots are replicated state, so they live in raft-store's model.
+pub use raft_store::model::{
+    publish, Authority, CaJournal, JournalError, JournalEvent, JwtKeyAuthority, Slot, SlotEvent, SlotId, SlotPair, SlotStatus,
+    X509CaAuthority,
+};
 pub use rotation::{activation_threshold, next_step, preparation_threshold, RotationStep};
-pub use slot::{Authority, JwtKeyAuthority, Slot, SlotId, SlotPair, SlotStatus, X509CaAuthority};

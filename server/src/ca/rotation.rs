@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use super::slot::{Authority, SlotId, SlotPair, SlotStatus};
+use raft_store::model::{Authority, SlotId, SlotPair, SlotStatus};
 
 const THIRTY_DAYS: Duration = Duration::from_secs(30 * 86400);
 const SEVEN_DAYS: Duration = Duration::from_secs(7 * 86400);
@@ -64,7 +64,11 @@ pub fn next_step<T: Authority>(slots: &SlotPair<T>, now: OffsetDateTime) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::journal::{apply_for_tests, SlotEvent};
+    use raft_store::model::SlotEvent;
+
+    fn apply_for_tests<T: Clone>(pair: &mut SlotPair<T>, event: SlotEvent<T>) {
+        pair.apply(&event).expect("valid transition");
+    }
 
     #[derive(Clone, Debug, PartialEq, Eq)]
     struct Life(OffsetDateTime, OffsetDateTime);

@@ -47,7 +47,7 @@ async fn a_fresh_ca_prepares_and_activates_both_authorities() {
         .collect();
     assert_eq!(kinds, ["x509 prepared", "x509 activated", "jwt prepared", "jwt activated"]);
     assert!(ca.rotate().await.unwrap().is_empty(), "nothing more is due");
-    let bundle = ca.bundle();
+    let bundle = ca.bundle().unwrap();
     assert_eq!(bundle.x509_authorities().len(), 1);
     assert_eq!(bundle.jwt_authorities().len(), 1);
     assert_eq!(bundle.sequence_number, 2);
@@ -59,12 +59,12 @@ async fn a_fresh_ca_prepares_and_activates_both_authorities() {
     let workload = LocalKey::generate(KeyType::EcP256).unwrap();
     let chain = ca.mint_x509_svid(web(), workload.public_key().clone(), None, vec![]).await.unwrap();
     assert_eq!(chain.len(), 2, "SVID and the CA certificate");
-    let verified = verify_x509_svid(&chain, ca.bundle(), clock.now()).unwrap();
+    let verified = verify_x509_svid(&chain, &ca.bundle().unwrap(), clock.now()).unwrap();
     assert_eq!(verified.spiffe_id, web());
     assert_eq!(verified.not_after, clock.now() + time::Duration::hours(1), "default X.509-SVID TTL is 1h");
 
     let token = ca.mint_jwt_svid(web(), vec!["db".into()], None).await.unwrap();
-    let validated = validate_jwt_svid(&token, ca.bundle(), "db", clock.now()).unwrap();
+    let validated = validate_jwt_svid(&token, &ca.bundle().unwrap(), "db", clock.now()).unwrap();
     assert_eq!(validated.expiry, clock.now().unix_timestamp() + 300, "default JWT-SVID TTL is 5m");
 }
 
@@ -93,15 +93,15 @@ async fn ten_days_of_rotation_keep_every_svid_verifiable() {
 
         // Every SVID still within its life verifies against today's bundle.
         for (chain, expires) in issued.iter().filter(|(_, e)| *e > now) {
-            verify_x509_svid(chain, ca.bundle(), now).unwrap_or_else(|e| panic!("SVID expiring {expires} refused at {now}: {e}"));
+            verify_x509_svid(chain, &ca.bundle().unwrap(), now).unwrap_or_else(|e| panic!("SVID expiring {expires} refused at {now}: {e}"));
         }
         for (token, exp) in tokens.iter().filter(|(_, e)| *e > now.unix_timestamp()) {
-            validate_jwt_svid(token, ca.bundle(), "db", now).unwrap_or_else(|e| panic!("JWT expiring {exp} refused at {now}: {e}"));
+            validate_jwt_svid(token, &ca.bundle().unwrap(), "db", now).unwrap_or_else(|e| panic!("JWT expiring {exp} refused at {now}: {e}"));
         }
         issued.retain(|(_, e)| *e > now);
         tokens.retain(|(_, e)| *e > now.unix_timestamp());
 
-        let bundle = ca.bundle();
+        let bundle = ca.bundle().unwrap();
         // At most: the old authority until it expires, the active one, and the next one.
         assert!((1..=3).contains(&bundle.x509_authorities().len()), "{} X.509 authorities", bundle.x509_authorities().len());
         assert!((1..=3).contains(&bundle.jwt_authorities().len()));
@@ -129,7 +129,7 @@ async fn a_new_leader_resumes_a_rotation_from_the_journal() {
 
     // The first leader dies; another replica picks up the same journal and bundle.
     let journal = first.journal().clone();
-    let bundle = first.bundle().clone();
+    let bundle = first.stored_bundle().clone();
     drop(first);
     let mut second = CaManager::resume(config(), keys.clone(), None, clock.clone(), journal, bundle).unwrap();
     assert!(second.rotate().await.unwrap().is_empty(), "nothing is redone");
@@ -150,11 +150,11 @@ async fn a_ca_down_past_its_expiry_recovers_at_once() {
     let events = ca.rotate().await.unwrap();
     assert!(matches!(events[0], JournalEvent::X509(SlotEvent::Prepared { slot: SlotId::B, .. })));
     assert!(matches!(events[1], JournalEvent::X509(SlotEvent::Activated { slot: SlotId::B })));
-    let bundle = ca.bundle();
+    let bundle = ca.bundle().unwrap();
     assert_eq!(bundle.x509_authorities().len(), 1, "the expired CA was pruned");
     let workload = LocalKey::generate(KeyType::EcP256).unwrap();
     let chain = ca.mint_x509_svid(web(), workload.public_key().clone(), None, vec![]).await.unwrap();
-    verify_x509_svid(&chain, ca.bundle(), clock.now()).unwrap();
+    verify_x509_svid(&chain, &ca.bundle().unwrap(), clock.now()).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,6 +170,6 @@ async fn svids_are_capped_at_the_ca_and_jwts_at_the_key() {
     let leaf = identity::x509::certificate_facts(&chain[0]).unwrap();
     assert_eq!(leaf.not_after, ca.journal().x509.active().unwrap().authority.not_after);
     let token = ca.mint_jwt_svid(web(), vec!["db".into()], Some(Duration::from_secs(7 * 86400))).await.unwrap();
-    let v = validate_jwt_svid(&token, ca.bundle(), "db", clock.now()).unwrap();
+    let v = validate_jwt_svid(&token, &ca.bundle().unwrap(), "db", clock.now()).unwrap();
     assert_eq!(v.expiry, ca.journal().jwt.active().unwrap().authority.not_after.unix_timestamp());
 }

@@ -62,7 +62,7 @@ async fn upstream_signed_ca_chains_to_the_upstream_root() {
     let mut ca = CaManager::new(config, keys, Some(Arc::new(upstream)), clock.clone()).unwrap();
     ca.rotate().await.unwrap();
 
-    let bundle = ca.bundle();
+    let bundle = ca.bundle().unwrap();
     let root_der = identity::bundle::parse_pem_certificates(&files.root_pem).unwrap().remove(0);
     assert_eq!(bundle.x509_authorities().len(), 1);
     assert_eq!(bundle.x509_authorities()[0].der, root_der, "the bundle publishes the upstream root");
@@ -71,13 +71,13 @@ async fn upstream_signed_ca_chains_to_the_upstream_root() {
     let id = SpiffeId::parse("spiffe://example.org/web").unwrap();
     let chain = ca.mint_x509_svid(id.clone(), workload.public_key().clone(), None, vec![]).await.unwrap();
     assert_eq!(chain.len(), 2, "SVID then the intermediate");
-    assert_eq!(verify_x509_svid(&chain, ca.bundle(), clock.now()).unwrap().spiffe_id, id);
+    assert_eq!(verify_x509_svid(&chain, &ca.bundle().unwrap(), clock.now()).unwrap().spiffe_id, id);
 
     let dir = tempfile::tempdir().unwrap();
     let bundle_pem = dir.path().join("bundle.pem");
     let untrusted = dir.path().join("chain.pem");
     let leaf = dir.path().join("svid.pem");
-    write(&bundle_pem, &ca.bundle().x509_authorities_pem());
+    write(&bundle_pem, &ca.bundle().unwrap().x509_authorities_pem());
     write(&untrusted, &identity::bundle::to_pem_certificates([chain[1].as_slice()]));
     write(&leaf, &identity::bundle::to_pem_certificates([chain[0].as_slice()]));
     let out = Command::new("openssl")

@@ -3,6 +3,7 @@
 
 mod agents;
 mod bundles;
+mod ca;
 mod entries;
 mod federation;
 mod tokens;
@@ -34,6 +35,7 @@ pub fn apply_command(txn: &mut Txn<'_>, command: &Command, revision: u64) -> Res
             bundles::prune(txn, *scope, trust_domain, *expired_before, expired_x509)?
         }
         Command::DeleteBundle { scope, trust_domain } => bundles::delete(txn, *scope, trust_domain)?,
+        Command::CaJournal { trust_domain, event } => ca::apply(txn, trust_domain, event)?,
         Command::CreateFederationRelationship(r) => federation::create(txn, r)?,
         Command::UpdateFederationRelationship(r) => federation::update(txn, r)?,
         Command::DeleteFederationRelationship { trust_domain } => federation::delete(txn, trust_domain)?,

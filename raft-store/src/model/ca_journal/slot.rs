@@ -131,11 +131,11 @@ impl<T> SlotPair<T> {
         self.slots[id.index()].as_ref()
     }
 
-    pub(crate) fn get_mut(&mut self, id: SlotId) -> Option<&mut Slot<T>> {
+    pub(super) fn get_mut(&mut self, id: SlotId) -> Option<&mut Slot<T>> {
         self.slots[id.index()].as_mut()
     }
 
-    pub(crate) fn set(&mut self, id: SlotId, slot: Option<Slot<T>>) {
+    pub(super) fn set(&mut self, id: SlotId, slot: Option<Slot<T>>) {
         self.slots[id.index()] = slot;
     }
 

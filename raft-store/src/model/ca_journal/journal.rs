@@ -57,13 +57,20 @@ impl CaJournal {
     /// Applies an event, or refuses it and leaves the journal unchanged.
     pub fn apply(&mut self, event: &JournalEvent) -> Result<(), JournalError> {
         match event {
-            JournalEvent::X509(e) => apply_slot_event(&mut self.x509, e)?,
-            JournalEvent::Jwt(e) => apply_slot_event(&mut self.jwt, e)?,
+            JournalEvent::X509(e) => self.x509.apply(e)?,
+            JournalEvent::Jwt(e) => self.jwt.apply(e)?,
         }
         if matches!(event, JournalEvent::X509(SlotEvent::Prepared { .. }) | JournalEvent::Jwt(SlotEvent::Prepared { .. })) {
             self.prepared_count += 1;
         }
         Ok(())
+    }
+}
+
+impl<T: Clone> SlotPair<T> {
+    /// Applies one slot event, or refuses it (SPIRE's LocalAuthority rules) and changes nothing.
+    pub fn apply(&mut self, event: &SlotEvent<T>) -> Result<(), JournalError> {
+        apply_slot_event(self, event)
     }
 }
 
@@ -108,12 +115,6 @@ fn apply_slot_event<T: Clone>(pair: &mut SlotPair<T>, event: &SlotEvent<T>) -> R
         }
     }
     Ok(())
-}
-
-/// Applies a slot event directly, for tests of the rotation decisions.
-#[cfg(test)]
-pub(crate) fn apply_for_tests<T: Clone>(pair: &mut SlotPair<T>, event: SlotEvent<T>) {
-    apply_slot_event(pair, &event).expect("valid transition");
 }
 
 #[cfg(test)]
