@@ -15,6 +15,7 @@ pub mod node;
 pub mod query;
 pub mod schema;
 mod state_machine;
+mod transfer;
 pub mod types;
 
 use std::path::Path;

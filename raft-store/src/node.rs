@@ -14,7 +14,8 @@ use tokio::sync::oneshot;
 
 use crate::command::{Command, Response};
 use crate::network::tls::ClusterTls;
-use crate::network::{serve, ClusterClient, Faults, ForwardError, NetworkFactory};
+use crate::network::{serve, ClusterClient, Faults, ForwardError, NetworkFactory, TransferHandler};
+use crate::transfer::LeaderTransfer;
 use crate::query::StoreReader;
 use crate::types::{NodeId, Raft, ReplicaNode};
 use crate::{open_store, OpenError};
@@ -119,6 +120,7 @@ pub struct Replica {
     client: ClusterClient,
     address: SocketAddr,
     node: ReplicaNode,
+    transfer: Arc<LeaderTransfer>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -150,15 +152,16 @@ impl Replica {
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, store.log, store.state_machine)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        let transfer = Arc::new(LeaderTransfer { id: config.node_id, raft: raft.clone(), client: client.clone(), lease: t.election_timeout_max });
         let (stop, stopped) = oneshot::channel::<()>();
-        let (address, server) = serve(raft.clone(), &config.tls, config.listen, async {
+        let (address, server) = serve(raft.clone(), transfer.clone(), &config.tls, config.listen, async {
             let _ = stopped.await;
         })
         .await
         .map_err(|e| StartError::Server(e.to_string()))?;
         let node = ReplicaNode { raft_address: address.to_string(), api_address: config.api_address.clone() };
         tracing::info!(node_id = config.node_id, %address, "replica started");
-        Ok(Self { id: config.node_id, raft, reader: store.reader, client, address, node, stop: Some(stop), server: Some(server) })
+        Ok(Self { id: config.node_id, raft, reader: store.reader, client, address, node, transfer, stop: Some(stop), server: Some(server) })
     }
 
     pub fn id(&self) -> NodeId {
@@ -296,6 +299,15 @@ impl Replica {
             .await
             .map(|_| ())
             .map_err(membership_error)
+    }
+
+    /// Hands leadership to voter `to` (from any replica: the request goes to the leader).
+    /// Returns once `to` leads. See `transfer` for how, on openraft 0.9.
+    pub async fn transfer_leadership(&self, to: NodeId) -> Result<(), ClusterError> {
+        self.transfer.transfer_leadership(to).await.map_err(|e| match e {
+            ForwardError::NotLeader { .. } => ClusterError::NoLeader,
+            ForwardError::Unavailable(m) => ClusterError::Membership(format!("leader transfer to {to} failed: {m}")),
+        })
     }
 
     /// Leader, term, and each member's matched index and lag (lag is known on the leader).

@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 use super::faults::Faults;
 use super::server::MAX_MESSAGE_BYTES;
 use super::tls::{client_endpoint, ClusterTls};
-use super::wire::ForwardError;
+use super::wire::{AdminRequest, ForwardError};
 use crate::codec;
 use crate::command::{Command, Response};
 use crate::types::{LogId, NodeId, ReplicaNode, TypeConfig};
@@ -90,6 +90,7 @@ impl ClusterClient {
             Method::InstallSnapshot => client.install_snapshot(payload).await,
             Method::Write => client.write(payload).await,
             Method::ReadIndex => client.read_index(payload).await,
+            Method::Admin => client.admin(payload).await,
         };
         let response = result.map_err(|status| match status.code() {
             tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
@@ -105,6 +106,11 @@ impl ClusterClient {
         self.call(Some(target), address, Method::Write, command).await
     }
 
+    /// Sends an administrative request to the replica at `address`.
+    pub async fn admin(&self, target: NodeId, address: &str, request: &AdminRequest) -> Result<Result<(), ForwardError>, CallError> {
+        self.call(Some(target), address, Method::Admin, request).await
+    }
+
     /// Asks the replica at `address` for a read index.
     pub async fn read_index(&self, target: NodeId, address: &str) -> Result<Result<Option<LogId>, ForwardError>, CallError> {
         self.call(Some(target), address, Method::ReadIndex, &()).await
@@ -118,6 +124,7 @@ enum Method {
     InstallSnapshot,
     Write,
     ReadIndex,
+    Admin,
 }
 
 /// openraft's network factory: one `PeerNetwork` per target replica.

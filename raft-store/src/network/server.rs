@@ -14,21 +14,28 @@ use tokio_rustls::TlsAcceptor;
 use tonic::{Request, Response, Status};
 
 use super::tls::{server_config, ClusterTls, TlsError};
-use super::wire::{decode, encode, ForwardError};
+use super::wire::{decode, encode, AdminRequest, ForwardError};
 use crate::command::Command;
 use crate::types::{NodeId, Raft, TypeConfig};
 
 /// Largest cluster message accepted or sent: a batch of log entries or a snapshot chunk.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// Carries out leader transfers asked of this replica; the node implements it.
+#[tonic::async_trait]
+pub trait TransferHandler: Send + Sync + 'static {
+    async fn transfer_leadership(&self, to: NodeId) -> Result<(), ForwardError>;
+}
+
 /// The gRPC service of one replica.
 pub struct ClusterService {
     raft: Raft,
+    transfers: Arc<dyn TransferHandler>,
 }
 
 impl ClusterService {
-    pub fn new(raft: Raft) -> Self {
-        Self { raft }
+    pub fn new(raft: Raft, transfers: Arc<dyn TransferHandler>) -> Self {
+        Self { raft, transfers }
     }
 }
 
@@ -81,12 +88,26 @@ impl Cluster for ClusterService {
         };
         Ok(Response::new(encode("ReadIndex result", &result)?))
     }
+
+    async fn admin(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let admin: AdminRequest = decode("Admin", request.get_ref())?;
+        let result = match admin {
+            AdminRequest::AllowElection(enabled) => {
+                self.raft.runtime_config().elect(enabled);
+                Ok(())
+            }
+            AdminRequest::StartElection => self.raft.trigger().elect().await.map_err(|e| ForwardError::Unavailable(e.to_string())),
+            AdminRequest::TransferLeadership { to } => self.transfers.transfer_leadership(to).await,
+        };
+        Ok(Response::new(encode("Admin result", &result)?))
+    }
 }
 
 /// Binds `listen` and serves the cluster RPC over mutual TLS until `shutdown` resolves.
 /// Returns the bound address (useful with port 0) and the server task.
 pub async fn serve(
     raft: Raft,
+    transfers: Arc<dyn TransferHandler>,
     tls: &ClusterTls,
     listen: SocketAddr,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -112,7 +133,7 @@ pub async fn serve(
             });
         }
     });
-    let service = ClusterServer::new(ClusterService::new(raft))
+    let service = ClusterServer::new(ClusterService::new(raft, transfers))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);

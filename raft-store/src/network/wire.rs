@@ -15,6 +15,17 @@ pub enum ForwardError {
     Unavailable(String),
 }
 
+/// Steps of a leader transfer that one replica asks of another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminRequest {
+    /// Enables or disables this replica's election timer.
+    AllowElection(bool),
+    /// Starts an election now.
+    StartElection,
+    /// Asks the leader to hand leadership to this replica.
+    TransferLeadership { to: NodeId },
+}
+
 pub fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<proto::cluster::Payload, tonic::Status> {
     let data = codec::encode(what, value).map_err(|e| tonic::Status::internal(e.to_string()))?;
     Ok(proto::cluster::Payload { data })

@@ -161,3 +161,51 @@ async fn an_isolated_leader_cannot_write_and_catches_up_after_healing() {
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_where_an_admin_asks() {
+    let cluster = TestCluster::start(3, 10_000).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.replicas[&leader].write(create("before")).await.unwrap();
+    let target = cluster.follower(leader);
+    let asker = *cluster.replicas.keys().find(|id| **id != leader && **id != target).unwrap();
+
+    // Asked on a replica that is neither leader nor target: the request finds the leader.
+    cluster.replicas[&asker].transfer_leadership(target).await.unwrap();
+    assert_eq!(cluster.wait_for_leader().await, target);
+    let written = cluster.replicas[&leader].write(create("after")).await.unwrap();
+    assert!(created(&written.outcome), "writes go on through the old leader, now a follower");
+    let ids: BTreeSet<String> = ["before", "after"].map(String::from).into();
+    assert_everywhere(&cluster, &ids).await;
+
+    let err = cluster.replicas[&target].transfer_leadership(42).await.unwrap_err();
+    assert!(err.to_string().contains("not a voter"), "{err}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_can_be_removed_and_status_reports_lag() {
+    let mut cluster = TestCluster::start(3, 10_000).await;
+    let leader = cluster.wait_for_leader().await;
+    let leaving = cluster.follower(leader);
+    cluster.replicas[&leader].remove(leaving).await.unwrap();
+    cluster.stop(leaving).await;
+    let status = cluster.replicas[&leader].status();
+    assert_eq!(status.members.len(), 2);
+    assert!(status.members.iter().all(|m| m.node_id != leaving));
+    // Two voters remain, so both must be up: writes still commit.
+    cluster.replicas[&leader].write(create("two-voters")).await.unwrap();
+
+    // A learner that is down shows growing lag on the leader.
+    cluster.join(7).await;
+    cluster.stop(7).await;
+    for i in 0..5 {
+        cluster.replicas[&leader].write(create(&format!("lagging-{i}"))).await.unwrap();
+    }
+    let status = cluster.replicas[&leader].status();
+    let seven = status.members.iter().find(|m| m.node_id == 7).unwrap();
+    assert!(seven.lag.unwrap_or(0) >= 5, "{seven:?}");
+    let err = cluster.replicas[&cluster.follower(leader)].remove(7).await.unwrap_err();
+    assert!(err.to_string().contains("does not lead"), "{err}");
+    cluster.shutdown().await;
+}

@@ -1,0 +1,106 @@
+//! Leader transfer. openraft 0.9 has no transfer call (0.10 adds one), so it is built from
+//! what 0.9 offers: the leader checks the target is caught up, pauses the election timers
+//! of the other voters and its own heartbeats, waits out the leader lease (followers refuse
+//! votes while it holds), and asks the target to start an election, which it wins because
+//! its log is complete and no one else competes. Timers and heartbeats are restored however
+//! it ends.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::network::{AdminRequest, ClusterClient, ForwardError, TransferHandler};
+use crate::types::{NodeId, Raft};
+
+pub(crate) struct LeaderTransfer {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub client: ClusterClient,
+    /// openraft's leader lease: the election timeout's maximum.
+    pub lease: Duration,
+}
+
+const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
+const ELECTION_WAIT: Duration = Duration::from_secs(5);
+
+impl LeaderTransfer {
+    async fn admin(&self, to: NodeId, request: AdminRequest) -> Result<(), ForwardError> {
+        let node = {
+            let metrics = self.raft.metrics().borrow().clone();
+            metrics.membership_config.membership().get_node(&to).cloned()
+        };
+        let node = node.ok_or_else(|| ForwardError::Unavailable(format!("replica {to} is not a member")))?;
+        match self.client.admin(to, &node.raft_address, &request).await {
+            Ok(result) => result,
+            Err(e) => Err(ForwardError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Runs on the leader.
+    async fn lead_transfer(&self, to: NodeId) -> Result<(), ForwardError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let voters: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+        if !voters.contains(&to) {
+            return Err(ForwardError::Unavailable(format!("replica {to} is not a voter")));
+        }
+        if to == self.id {
+            return Ok(());
+        }
+        // The target must hold every entry, or the other voters would refuse it.
+        let caught_up = async {
+            loop {
+                let m = self.raft.metrics().borrow().clone();
+                let matched = m.replication.as_ref().and_then(|r| r.get(&to).copied().flatten()).map(|l| l.index);
+                if matched.is_some() && matched == m.last_log_index {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(CATCH_UP_WAIT, caught_up)
+            .await
+            .map_err(|_| ForwardError::Unavailable(format!("replica {to} did not catch up within {CATCH_UP_WAIT:?}")))?;
+
+        let others: Vec<NodeId> = voters.iter().copied().filter(|v| *v != to && *v != self.id).collect();
+        for v in &others {
+            if let Err(e) = self.admin(*v, AdminRequest::AllowElection(false)).await {
+                tracing::warn!(replica = v, error = %e, "could not pause an election timer for a leader transfer");
+            }
+        }
+        self.raft.runtime_config().elect(false);
+        self.raft.runtime_config().heartbeat(false);
+        let result = async {
+            tokio::time::sleep(self.lease + Duration::from_millis(50)).await;
+            self.admin(to, AdminRequest::StartElection).await?;
+            let elected = async {
+                loop {
+                    if self.raft.metrics().borrow().current_leader == Some(to) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            tokio::time::timeout(ELECTION_WAIT, elected)
+                .await
+                .map_err(|_| ForwardError::Unavailable(format!("replica {to} was not elected within {ELECTION_WAIT:?}")))
+        }
+        .await;
+        self.raft.runtime_config().heartbeat(true);
+        self.raft.runtime_config().elect(true);
+        for v in &others {
+            let _ = self.admin(*v, AdminRequest::AllowElection(true)).await;
+        }
+        result
+    }
+}
+
+#[tonic::async_trait]
+impl TransferHandler for LeaderTransfer {
+    async fn transfer_leadership(&self, to: NodeId) -> Result<(), ForwardError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        match metrics.current_leader {
+            Some(leader) if leader == self.id => self.lead_transfer(to).await,
+            Some(leader) => self.admin(leader, AdminRequest::TransferLeadership { to }).await,
+            None => Err(ForwardError::NotLeader { leader: None }),
+        }
+    }
+}
