@@ -8,8 +8,8 @@ VENV="${TESTUDO_VENV:-$ROOT/.venv}"
 
 # System packages: libclang for RocksDB's bindgen, a C++ toolchain for RocksDB,
 # openssl for interop tests, SoftHSM2 and OpenSC for the PKCS#11 tests, and the
-# Python venv module for test tools.
-PACKAGES=(libclang-dev clang g++ make pkg-config openssl softhsm2 opensc python3-venv)
+# Python venv module for test tools, and etcd as the reference Raft store benchmarks compare with.
+PACKAGES=(libclang-dev clang g++ make pkg-config openssl softhsm2 opensc python3-venv etcd-server etcd-client)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

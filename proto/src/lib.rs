@@ -8,3 +8,9 @@ pub mod cluster {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("testudo.cluster.v1");
 }
+
+/// The subset of etcd's KV API the Raft benchmark drives etcd with (`etcdserverpb`).
+pub mod etcd {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("etcdserverpb");
+}

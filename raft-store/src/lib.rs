@@ -15,6 +15,8 @@ pub mod node;
 pub mod query;
 pub mod schema;
 mod state_machine;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod transfer;
 pub mod types;
 

@@ -1,0 +1,251 @@
+//! Committed Raft writes per second and latency: a 3-replica Testudo cluster (RocksDB with
+//! synced WAL, mutual TLS, loopback) against a 3-member etcd cluster from Debian's
+//! etcd-server on the same machine, with the same payload size and concurrency, in one run.
+//!
+//! cargo bench -p testudo-raft-store --bench raft_writes -- [--seconds N] [--concurrency C] [--payload BYTES]
+
+use std::net::TcpListener;
+use std::process::{Child, Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use identity::{Selector, SpiffeId};
+use proto::etcd::kv_client::KvClient;
+use proto::etcd::{request_op, PutRequest, RequestOp, TxnRequest};
+use raft_store::model::RegistrationEntry;
+use raft_store::testing::TestCluster;
+use raft_store::{Command, Outcome};
+
+struct Options {
+    seconds: u64,
+    concurrency: usize,
+    payload: usize,
+}
+
+fn options() -> Options {
+    let mut o = Options { seconds: 10, concurrency: 16, payload: 256 };
+    let args: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < args.len() {
+        let value = args.get(i + 1).and_then(|v| v.parse::<u64>().ok());
+        match (args[i].as_str(), value) {
+            ("--seconds", Some(v)) => o.seconds = v,
+            ("--concurrency", Some(v)) => o.concurrency = v as usize,
+            ("--payload", Some(v)) => o.payload = v as usize,
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    o
+}
+
+/// Latencies of one worker, and how many entries it got committed.
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<Duration>,
+    entries: u64,
+}
+
+struct Figures {
+    system: &'static str,
+    batch: usize,
+    requests_per_s: f64,
+    entries_per_s: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn summarise(system: &'static str, batch: usize, tallies: Vec<Tally>, elapsed: Duration) -> Figures {
+    let mut latencies: Vec<Duration> = tallies.iter().flat_map(|t| t.latencies.iter().copied()).collect();
+    latencies.sort();
+    let pick = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or_default();
+    let entries: u64 = tallies.iter().map(|t| t.entries).sum();
+    Figures {
+        system,
+        batch,
+        requests_per_s: latencies.len() as f64 / elapsed.as_secs_f64(),
+        entries_per_s: entries as f64 / elapsed.as_secs_f64(),
+        p50: pick(0.50),
+        p99: pick(0.99),
+    }
+}
+
+fn entry(id: String, payload: usize) -> RegistrationEntry {
+    RegistrationEntry {
+        spiffe_id: SpiffeId::parse(&format!("spiffe://bench.test/w/{id}")).expect("id"),
+        parent_id: SpiffeId::parse("spiffe://bench.test/spire/agent/bench").expect("parent"),
+        selectors: vec![Selector::parse("unix:uid:1000").expect("selector")],
+        x509_svid_ttl: 0,
+        jwt_svid_ttl: 0,
+        federates_with: vec![],
+        admin: false,
+        downstream: false,
+        expires_at: 0,
+        dns_names: vec![],
+        revision_number: 0,
+        store_svid: false,
+        hint: "x".repeat(payload),
+        created_at: 0,
+        id,
+    }
+}
+
+async fn testudo(o: &Options, batch: usize) -> Figures {
+    let cluster = TestCluster::start(3, 1_000_000).await;
+    let leader = cluster.wait_for_leader().await;
+    let replica = &cluster.replicas[&leader];
+    let deadline = Instant::now() + Duration::from_secs(o.seconds);
+    let start = Instant::now();
+    let workers = (0..o.concurrency).map(|w| async move {
+        let mut tally = Tally::default();
+        let mut n = 0u64;
+        while Instant::now() < deadline {
+            let entries = (0..batch).map(|i| entry(format!("w{w}-{n}-{i}"), o.payload)).collect();
+            n += 1;
+            let sent = Instant::now();
+            let response = replica.write(Command::CreateEntries(entries)).await.expect("write");
+            tally.latencies.push(sent.elapsed());
+            if let Outcome::Entries(results) = response.outcome {
+                tally.entries += results.iter().filter(|r| r.is_ok()).count() as u64;
+            }
+        }
+        tally
+    });
+    let tallies = join_all(workers).await;
+    let figures = summarise("testudo", batch, tallies, start.elapsed());
+    cluster.shutdown().await;
+    figures
+}
+
+/// Three etcd members on loopback; killed when dropped.
+struct Etcd {
+    _dir: tempfile::TempDir,
+    children: Vec<Child>,
+    clients: Vec<String>,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+fn start_etcd() -> Etcd {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let initial: Vec<String> = ports.iter().enumerate().map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}")).collect();
+    let mut children = Vec::new();
+    let mut clients = Vec::new();
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let child = Process::new("etcd")
+            .args(["--name", &format!("e{i}")])
+            .arg("--data-dir")
+            .arg(dir.path().join(format!("e{i}")))
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-cluster", &initial.join(",")])
+            .args(["--initial-cluster-state", "new", "--initial-cluster-token", "bench", "--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd from Debian's etcd-server package (deploy/bootstrap.sh installs it)");
+        children.push(child);
+        clients.push(format!("http://127.0.0.1:{client}"));
+    }
+    Etcd { _dir: dir, children, clients }
+}
+
+/// The client URL of etcd's current leader, once the cluster answers writes.
+async fn etcd_leader(etcd: &Etcd) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Process::new("etcdctl").env("ETCDCTL_API", "3").args(["--endpoints", &etcd.clients.join(","), "endpoint", "status", "-w", "json"]).output();
+        if let Ok(out) = out {
+            if let Ok(status) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+                let leader = status.as_array().and_then(|members| {
+                    members.iter().find(|m| m["Status"]["leader"].as_u64().is_some() && m["Status"]["leader"] == m["Status"]["header"]["member_id"])
+                });
+                if let Some(endpoint) = leader.and_then(|m| m["Endpoint"].as_str()) {
+                    return endpoint.to_owned();
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "etcd did not elect a leader");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn etcd(o: &Options, batch: usize) -> Figures {
+    let etcd = start_etcd();
+    let leader = etcd_leader(&etcd).await;
+    let channel = tonic::transport::Endpoint::from_shared(leader).expect("url").connect().await.expect("connect to etcd");
+    let deadline = Instant::now() + Duration::from_secs(o.seconds);
+    let start = Instant::now();
+    let value = vec![b'x'; o.payload];
+    let workers = (0..o.concurrency).map(|w| {
+        let mut client = KvClient::new(channel.clone());
+        let value = value.clone();
+        async move {
+            let mut tally = Tally::default();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let key = |i: usize| format!("w{w}-{n}-{i}").into_bytes();
+                let sent = Instant::now();
+                if batch == 1 {
+                    client.put(PutRequest { key: key(0), value: value.clone() }).await.expect("etcd put");
+                } else {
+                    let success = (0..batch)
+                        .map(|i| RequestOp { request: Some(request_op::Request::RequestPut(PutRequest { key: key(i), value: value.clone() })) })
+                        .collect();
+                    client.txn(TxnRequest { success }).await.expect("etcd txn");
+                }
+                tally.latencies.push(sent.elapsed());
+                tally.entries += batch as u64;
+                n += 1;
+            }
+            tally
+        }
+    });
+    let tallies = join_all(workers).await;
+    summarise("etcd 3.4", batch, tallies, start.elapsed())
+}
+
+fn main() {
+    let o = options();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    println!("# Raft writes: 3 replicas on loopback, fsync on, {} concurrent clients, {}-byte payload, {} s per run", o.concurrency, o.payload, o.seconds);
+    println!("| system | batch | requests/s | entries/s | p50 | p99 |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let mut ratios = Vec::new();
+    for batch in [1usize, 100] {
+        let ours = runtime.block_on(testudo(&o, batch));
+        let theirs = runtime.block_on(etcd(&o, batch));
+        for f in [&ours, &theirs] {
+            println!(
+                "| {} | {} | {:.0} | {:.0} | {:.1} ms | {:.1} ms |",
+                f.system,
+                f.batch,
+                f.requests_per_s,
+                f.entries_per_s,
+                f.p50.as_secs_f64() * 1e3,
+                f.p99.as_secs_f64() * 1e3
+            );
+        }
+        ratios.push((batch, ours.entries_per_s / theirs.entries_per_s));
+    }
+    for (batch, ratio) in ratios {
+        println!("batch {batch}: Testudo / etcd entries per second = {ratio:.2}");
+    }
+}
