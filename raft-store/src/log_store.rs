@@ -1,6 +1,9 @@
-//! The Raft log, vote, committed and last-purged ids in RocksDB. Everything is written
-//! with a synced WAL before it is acknowledged; every RocksDB call runs on a blocking
-//! thread, and openraft awaits each call before the next, so writes stay in order.
+//! The Raft log, vote, committed and last-purged ids in RocksDB. Nothing is acknowledged
+//! before the WAL holding it is synced. Appends are group-committed: an append writes its
+//! entries (readable at once) and hands openraft's callback to a syncer thread, which syncs
+//! the WAL once for every append that arrived meanwhile and only then reports them
+//! persisted. Vote, truncate and purge are synced writes. Every RocksDB call runs on a
+//! blocking thread, and openraft awaits each call before the next, so writes stay in order.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -19,6 +22,21 @@ use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    syncer: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+/// Syncs the WAL for every append callback waiting, then completes them. Exits when the
+/// last `LogStore` clone is dropped.
+fn run_syncer(db: Arc<DB>, pending: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = pending.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(pending.try_iter());
+        // A synced flush covers every write issued before it, so all of `waiting`.
+        let result = db.flush_wal(true).map_err(|e| e.to_string());
+        for callback in waiting {
+            callback.log_io_completed(result.clone().map_err(std::io::Error::other));
+        }
+    }
 }
 
 async fn blocking<T: Send + 'static>(
@@ -43,7 +61,13 @@ fn write_meta<T: serde::Serialize>(db: &DB, key: &[u8], what: &'static str, valu
 
 impl LogStore {
     pub fn new(db: Arc<DB>) -> Self {
-        Self { db }
+        let (syncer, pending) = std::sync::mpsc::channel();
+        let sync_db = db.clone();
+        std::thread::Builder::new()
+            .name("raft-log-sync".into())
+            .spawn(move || run_syncer(sync_db, pending))
+            .expect("spawning the log sync thread");
+        Self { db, syncer }
     }
 
     fn read_range(db: &DB, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StorageError> {
@@ -141,15 +165,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let bytes = codec::encode("log entry", entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
                 batch.put_cf(logs, u64_key(entry.log_id.index), bytes);
             }
-            db.write_opt(batch, &synced()).map_err(|e| StorageIOError::write_logs(&e).into())
+            // Written but not yet synced: readable now, persisted when the syncer says so.
+            db.write(batch).map_err(|e| StorageIOError::write_logs(&e).into())
         })
         .await;
-        // Acknowledged only after the synced write returned.
-        match &result {
-            Ok(()) => callback.log_io_completed(Ok(())),
-            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+        match result {
+            Ok(()) => {
+                if let Err(std::sync::mpsc::SendError(callback)) = self.syncer.send(callback) {
+                    callback.log_io_completed(Err(std::io::Error::other("log sync thread has stopped")));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(e)
+            }
         }
-        result
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, StorageIOError};
-use rocksdb::{WriteBatch, DB};
+use rocksdb::DB;
 
 pub use snapshot::SnapshotBuilder;
 
@@ -45,34 +45,41 @@ impl StateMachine {
         Self { db, snapshot_dir }
     }
 
-    fn apply_one(db: &DB, entry: &Entry) -> Result<Response, StorageError> {
-        let write_err = |e: &dyn std::error::Error| StorageError::from(StorageIOError::apply(entry.log_id, anyerror_of(e)));
+    /// Applies entries in one transaction and one RocksDB write. Each entry still gets its
+    /// own revision and change-log record; reads inside the transaction see earlier entries.
+    fn apply_all(db: &DB, entries: &[Entry]) -> Result<Vec<Response>, StorageError> {
+        let Some(last) = entries.last() else { return Ok(Vec::new()) };
+        let write_err = |log_id, e: &dyn std::error::Error| StorageError::from(StorageIOError::apply(log_id, anyerror_of(e)));
         let mut revision: u64 = read_sm(db, sm_key::REVISION, "revision")?.unwrap_or(0);
         let mut txn = Txn::new(db);
-        let outcome = match &entry.payload {
-            EntryPayload::Blank => Outcome::None,
-            EntryPayload::Membership(membership) => {
-                let stored = StoredMembership::new(Some(entry.log_id), membership.clone());
-                txn.put(Cf::SmMeta, sm_key::MEMBERSHIP, "membership", &stored).map_err(|e| write_err(&e))?;
-                Outcome::None
+        let mut responses = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let outcome = match &entry.payload {
+                EntryPayload::Blank => Outcome::None,
+                EntryPayload::Membership(membership) => {
+                    let stored = StoredMembership::new(Some(entry.log_id), membership.clone());
+                    txn.put(Cf::SmMeta, sm_key::MEMBERSHIP, "membership", &stored).map_err(|e| write_err(entry.log_id, &e))?;
+                    Outcome::None
+                }
+                EntryPayload::Normal(command) => {
+                    revision += 1;
+                    apply::apply_command(&mut txn, command, revision).map_err(|e| write_err(entry.log_id, &e))?
+                }
+            };
+            let changes = txn.take_changes();
+            if !changes.is_empty() {
+                let set = ChangeSet { revision, changes };
+                let bytes = codec::encode("change set", &set).map_err(|e| write_err(entry.log_id, &e))?;
+                txn.put_raw(Cf::ChangeLog, &u64_key(revision), bytes);
             }
-            EntryPayload::Normal(command) => {
-                revision += 1;
-                apply::apply_command(&mut txn, command, revision).map_err(|e| write_err(&e))?
-            }
-        };
-        txn.put(Cf::SmMeta, sm_key::REVISION, "revision", &revision).map_err(|e| write_err(&e))?;
-        txn.put(Cf::SmMeta, sm_key::LAST_APPLIED, "last applied", &entry.log_id).map_err(|e| write_err(&e))?;
-        let (mut batch, changes): (WriteBatch, _) = txn.into_parts();
-        if !changes.is_empty() {
-            let set = ChangeSet { revision, changes };
-            let bytes = codec::encode("change set", &set).map_err(|e| write_err(&e))?;
-            batch.put_cf(cf(db, Cf::ChangeLog), u64_key(revision), bytes);
+            responses.push(Response { revision, outcome });
         }
-        // Not synced: the log entry is durable, and the next synced log write (or the purge
-        // that follows a snapshot) syncs the shared WAL, this write included.
-        db.write(batch).map_err(|e| write_err(&e))?;
-        Ok(Response { revision, outcome })
+        txn.put(Cf::SmMeta, sm_key::REVISION, "revision", &revision).map_err(|e| write_err(last.log_id, &e))?;
+        txn.put(Cf::SmMeta, sm_key::LAST_APPLIED, "last applied", &last.log_id).map_err(|e| write_err(last.log_id, &e))?;
+        // Not synced: the log entries are durable, and the next synced log write (or the
+        // purge that follows a snapshot) syncs the shared WAL, this write included.
+        db.write(txn.into_batch()).map_err(|e| write_err(last.log_id, &e))?;
+        Ok(responses)
     }
 }
 
@@ -100,7 +107,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let db = self.db.clone();
-        blocking(move || entries.iter().map(|entry| Self::apply_one(&db, entry)).collect()).await
+        blocking(move || Self::apply_all(&db, &entries)).await
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

@@ -21,8 +21,8 @@ pub enum TxnError {
     Codec(#[from] CodecError),
 }
 
-/// Reads see the database plus this transaction's own writes; scans see the database as
-/// it was when the command started (apply scans before it writes).
+/// Reads and scans see the database plus this transaction's own writes. One transaction
+/// spans every entry of an apply call, and commits them in one write.
 pub struct Txn<'a> {
     db: &'a DB,
     batch: WriteBatch,
@@ -66,17 +66,26 @@ impl<'a> Txn<'a> {
         self.overlay.insert((table, key.to_vec()), None);
     }
 
-    /// Keys and values under `prefix`, as stored before this command.
+    /// Keys and values under `prefix`, in key order, including this transaction's writes,
+    /// so the result never depends on how entries were grouped into one apply call.
     pub fn scan_prefix(&self, table: Cf, prefix: &[u8]) -> Result<Vec<Row>, TxnError> {
-        let mut out = Vec::new();
+        let mut rows = std::collections::BTreeMap::new();
         for item in self.db.iterator_cf(cf(self.db, table), IteratorMode::From(prefix, Direction::Forward)) {
             let (key, value) = item?;
             if !key.starts_with(prefix) {
                 break;
             }
-            out.push((key.to_vec(), value.to_vec()));
+            rows.insert(key.to_vec(), value.to_vec());
         }
-        Ok(out)
+        for ((t, key), value) in &self.overlay {
+            if *t == table && key.starts_with(prefix) {
+                match value {
+                    Some(v) => rows.insert(key.clone(), v.clone()),
+                    None => rows.remove(key),
+                };
+            }
+        }
+        Ok(rows.into_iter().collect())
     }
 
     /// Notes a changed row for the change log.
@@ -84,7 +93,12 @@ impl<'a> Txn<'a> {
         self.changes.push(Change { table, key: key.to_owned(), deleted });
     }
 
-    pub fn into_parts(self) -> (WriteBatch, Vec<Change>) {
-        (self.batch, self.changes)
+    /// The changes recorded since the last call: one command's worth.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
+
+    pub fn into_batch(self) -> WriteBatch {
+        self.batch
     }
 }
