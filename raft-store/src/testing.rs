@@ -24,6 +24,12 @@ pub struct TestCa {
     pub bundle: Arc<RwLock<Bundle>>,
 }
 
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl TestCa {
     pub fn new() -> Self {
         let key = LocalKey::generate(KeyType::EcP256).unwrap();
