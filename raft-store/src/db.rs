@@ -29,6 +29,8 @@ pub enum OpenError {
     WrongNode { path: PathBuf, found: NodeId, expected: NodeId },
     #[error("data dir {path} belongs to cluster {found:?}, not cluster {expected:?}")]
     WrongCluster { path: PathBuf, found: String, expected: String },
+    #[error("data dir {path} is in use by another process (RocksDB lock held): {reason}")]
+    Locked { path: PathBuf, reason: String },
     #[error("cannot open data dir {path}: {reason}")]
     Io { path: PathBuf, reason: String },
 }
@@ -75,8 +77,14 @@ pub fn open(data_dir: &Path, node_id: NodeId, cluster_id: &str) -> Result<Store,
     opts.create_missing_column_families(fresh);
     opts.set_paranoid_checks(true);
     let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
-    let db = DB::open_cf_descriptors(&opts, &path, cfs)
-        .map_err(|e| OpenError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+    let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|e| {
+        let reason = e.to_string();
+        if reason.contains("lock") {
+            OpenError::Locked { path: path.clone(), reason }
+        } else {
+            OpenError::Corrupt { path: path.clone(), reason }
+        }
+    })?;
     let meta = db.cf_handle(Cf::Meta.name()).ok_or_else(|| OpenError::Corrupt { path: path.clone(), reason: "meta column family missing".into() })?;
 
     let expected = Header { format_version: FORMAT_VERSION, node_id, cluster_id: cluster_id.to_owned() };

@@ -22,7 +22,23 @@ use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    syncer: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+    syncer: Arc<Syncer>,
+}
+
+/// The syncer thread and the channel that feeds it. Dropping the last handle closes the
+/// channel and joins the thread, so the database is released when the store is.
+struct Syncer {
+    pending: Option<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        drop(self.pending.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Syncs the WAL for every append callback waiting, then completes them. Exits when the
@@ -61,13 +77,13 @@ fn write_meta<T: serde::Serialize>(db: &DB, key: &[u8], what: &'static str, valu
 
 impl LogStore {
     pub fn new(db: Arc<DB>) -> Self {
-        let (syncer, pending) = std::sync::mpsc::channel();
+        let (sender, pending) = std::sync::mpsc::channel();
         let sync_db = db.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("raft-log-sync".into())
             .spawn(move || run_syncer(sync_db, pending))
             .expect("spawning the log sync thread");
-        Self { db, syncer }
+        Self { db, syncer: Arc::new(Syncer { pending: Some(sender), thread: Some(thread) }) }
     }
 
     fn read_range(db: &DB, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StorageError> {
@@ -171,8 +187,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .await;
         match result {
             Ok(()) => {
-                if let Err(std::sync::mpsc::SendError(callback)) = self.syncer.send(callback) {
-                    callback.log_io_completed(Err(std::io::Error::other("log sync thread has stopped")));
+                match &self.syncer.pending {
+                    Some(pending) => {
+                        if let Err(std::sync::mpsc::SendError(callback)) = pending.send(callback) {
+                            callback.log_io_completed(Err(std::io::Error::other("log sync thread has stopped")));
+                        }
+                    }
+                    None => callback.log_io_completed(Err(std::io::Error::other("log sync thread has stopped"))),
                 }
                 Ok(())
             }

@@ -301,3 +301,22 @@ mod never_panics {
         }
     }
 }
+
+#[test]
+fn no_single_byte_change_verifies() {
+    // Exhaustive over every byte and a few values: the signature covers the TBS, and the
+    // outer algorithm identifier must repeat the signed one byte for byte.
+    let ca = root(KeyType::EcP256, DAY);
+    let (_, leaf) = svid(&ca, "spiffe://example.org/web", KeyType::EcP256, HOUR);
+    let bundle = bundle_of(&[&ca]);
+    for i in 0..leaf.der.len() {
+        for v in [0u8, 1, 0x40, 0xff] {
+            let mut bytes = leaf.der.clone();
+            if bytes[i] == v {
+                continue;
+            }
+            bytes[i] = v;
+            assert!(verify_x509_svid(&[&bytes], &bundle, now()).is_err(), "byte {i} set to {v:#04x} still verifies");
+        }
+    }
+}

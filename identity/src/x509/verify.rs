@@ -204,6 +204,14 @@ fn check_leaf(leaf: &X509Certificate<'_>) -> Result<SpiffeId, VerifyX509Error> {
 
 fn check_common(cert: &X509Certificate<'_>, index: usize, now: OffsetDateTime) -> Result<(), VerifyX509Error> {
     check_time(cert, index, now)?;
+    // A signature is whole bytes: any other unused-bit count is a re-encoding the signature
+    // does not cover, which would let one certificate take many byte forms.
+    if cert.signature_value.unused_bits != 0 {
+        return Err(VerifyX509Error::Malformed { index, reason: "signature BIT STRING has unused bits".into() });
+    }
+    if !outer_algorithm_matches_signed(cert) {
+        return Err(VerifyX509Error::Malformed { index, reason: "signatureAlgorithm differs from the signed one in tbsCertificate".into() });
+    }
     let oid = &cert.signature_algorithm.algorithm;
     if !SIGNATURE_ALGORITHMS.contains(oid) {
         return Err(VerifyX509Error::WeakSignatureAlgorithm { index, oid: oid.to_id_string() });
@@ -220,6 +228,57 @@ fn check_common(cert: &X509Certificate<'_>, index: usize, now: OffsetDateTime) -
         }
     }
     Ok(())
+}
+
+/// RFC 5280: the outer signatureAlgorithm must be the algorithm identifier inside the
+/// signed tbsCertificate. Compared as encoded bytes, since the outer one is not signed and a
+/// lenient parser would otherwise accept re-encodings of it.
+fn outer_algorithm_matches_signed(cert: &X509Certificate<'_>) -> bool {
+    let tbs = cert.tbs_certificate.as_ref();
+    let Some((_, tbs_body)) = der_tlv(tbs) else { return false };
+    // TBSCertificate: [0] version (optional), serialNumber, signature, …
+    let mut rest = tbs_body;
+    if rest.first() == Some(&0xa0) {
+        let Some((_, _)) = der_tlv(rest) else { return false };
+        rest = &rest[der_len(rest).unwrap_or(rest.len())..];
+    }
+    let Some(serial_len) = der_len(rest) else { return false };
+    rest = &rest[serial_len..];
+    let Some(inner_len) = der_len(rest) else { return false };
+    let inner = &rest[..inner_len];
+    // The whole certificate: SEQUENCE { tbs, signatureAlgorithm, signatureValue }.
+    let whole = cert.as_raw();
+    let Some((header_len, _)) = der_header(whole) else { return false };
+    let after_tbs = &whole[(header_len + tbs.len()).min(whole.len())..];
+    let Some(outer_len) = der_len(after_tbs) else { return false };
+    &after_tbs[..outer_len] == inner
+}
+
+/// (header length, content length) of the DER TLV at the start of `bytes`.
+fn der_header(bytes: &[u8]) -> Option<(usize, usize)> {
+    let len_byte = *bytes.get(1)?;
+    if len_byte < 0x80 {
+        return Some((2, usize::from(len_byte)));
+    }
+    let n = usize::from(len_byte & 0x7f);
+    if n == 0 || n > 4 {
+        return None;
+    }
+    let len = bytes.get(2..2 + n)?.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+    Some((2 + n, len))
+}
+
+/// Total length (header and content) of the DER TLV at the start of `bytes`.
+fn der_len(bytes: &[u8]) -> Option<usize> {
+    let (header, content) = der_header(bytes)?;
+    let total = header.checked_add(content)?;
+    (total <= bytes.len()).then_some(total)
+}
+
+/// The content of the DER TLV at the start of `bytes`.
+fn der_tlv(bytes: &[u8]) -> Option<(u8, &[u8])> {
+    let (header, content) = der_header(bytes)?;
+    Some((*bytes.first()?, bytes.get(header..header.checked_add(content)?)?))
 }
 
 fn check_time(cert: &X509Certificate<'_>, index: usize, now: OffsetDateTime) -> Result<(), VerifyX509Error> {

@@ -51,3 +51,13 @@ async fn refuses_corrupt_stores() {
     let err = open_store(dir.path(), 1, "c").await.err().unwrap();
     assert!(matches!(err, OpenError::Corrupt { .. }), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_in_use_is_refused_as_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = open_store(dir.path(), 1, "c").await.unwrap();
+    let err = open_store(dir.path(), 1, "c").await.err().unwrap();
+    assert!(matches!(err, OpenError::Locked { .. }), "{err}");
+    drop(open);
+    assert!(open_store(dir.path(), 1, "c").await.is_ok(), "released when the store is dropped");
+}
