@@ -26,6 +26,11 @@ async fn refuses_peers_that_are_not_replicas_and_malformed_messages() {
     assert!(err.contains("InvalidArgument") || err.contains("invalid argument") || err.contains("Invalid argument"), "{err}");
     assert!(err.contains("cannot decode Vote payload"), "{err}");
 
+    // A message over the cap is refused before it is decoded.
+    let huge = vec![0u8; raft_store::network::MAX_MESSAGE_BYTES + 1];
+    let err = call(client_endpoint(&replica, &address, timeout).unwrap(), huge).await.unwrap_err();
+    assert!(err.contains("decoded message length too large") && err.contains("67108864"), "{err}");
+
     // A workload SVID from the same CA is not a replica.
     let workload = cluster.ca.tls("spiffe://cluster.test/workload");
     assert!(call(client_endpoint(&workload, &address, timeout).unwrap(), vec![]).await.is_err());
