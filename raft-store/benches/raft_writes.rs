@@ -74,23 +74,11 @@ fn summarise(system: &'static str, batch: usize, tallies: Vec<Tally>, elapsed: D
 }
 
 fn entry(id: String, payload: usize) -> RegistrationEntry {
-    RegistrationEntry {
-        spiffe_id: SpiffeId::parse(&format!("spiffe://bench.test/w/{id}")).expect("id"),
-        parent_id: SpiffeId::parse("spiffe://bench.test/spire/agent/bench").expect("parent"),
-        selectors: vec![Selector::parse("unix:uid:1000").expect("selector")],
-        x509_svid_ttl: 0,
-        jwt_svid_ttl: 0,
-        federates_with: vec![],
-        admin: false,
-        downstream: false,
-        expires_at: 0,
-        dns_names: vec![],
-        revision_number: 0,
-        store_svid: false,
-        hint: "x".repeat(payload),
-        created_at: 0,
-        id,
-    }
+    let spiffe_id = SpiffeId::parse(&format!("spiffe://bench.test/w/{id}")).expect("id");
+    let parent = SpiffeId::parse("spiffe://bench.test/spire/agent/bench").expect("parent");
+    let mut entry = RegistrationEntry::new(id, spiffe_id, parent, vec![Selector::parse("unix:uid:1000").expect("selector")]);
+    entry.hint = "x".repeat(payload);
+    entry
 }
 
 async fn testudo(o: &Options, batch: usize) -> Figures {

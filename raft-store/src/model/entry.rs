@@ -30,6 +30,28 @@ pub struct RegistrationEntry {
 }
 
 impl RegistrationEntry {
+    /// An entry with the given identity and every other field at its default (server
+    /// default TTLs, no DNS names, not admin or downstream, never expires).
+    pub fn new(id: String, spiffe_id: SpiffeId, parent_id: SpiffeId, selectors: Vec<Selector>) -> Self {
+        Self {
+            id,
+            spiffe_id,
+            parent_id,
+            selectors,
+            x509_svid_ttl: 0,
+            jwt_svid_ttl: 0,
+            federates_with: vec![],
+            admin: false,
+            downstream: false,
+            expires_at: 0,
+            dns_names: vec![],
+            revision_number: 0,
+            store_svid: false,
+            hint: String::new(),
+            created_at: 0,
+        }
+    }
+
     /// Sorts and deduplicates the selectors; apply calls it so stored entries are canonical.
     pub fn normalize(&mut self) {
         self.selectors.sort();

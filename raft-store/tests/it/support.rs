@@ -39,21 +39,12 @@ impl TestStore {
 }
 
 pub fn entry(id: &str, spiffe_id: &str, parent: &str, selectors: &[&str]) -> RegistrationEntry {
-    RegistrationEntry {
-        id: id.into(),
-        spiffe_id: SpiffeId::parse(spiffe_id).unwrap(),
-        parent_id: SpiffeId::parse(parent).unwrap(),
-        selectors: selectors.iter().map(|s| Selector::parse(s).unwrap()).collect(),
-        x509_svid_ttl: 0,
-        jwt_svid_ttl: 0,
-        federates_with: vec![],
-        admin: false,
-        downstream: false,
-        expires_at: 0,
-        dns_names: vec![],
-        revision_number: 0,
-        store_svid: false,
-        hint: String::new(),
-        created_at: 100,
-    }
+    let mut entry = RegistrationEntry::new(
+        id.into(),
+        SpiffeId::parse(spiffe_id).unwrap(),
+        SpiffeId::parse(parent).unwrap(),
+        selectors.iter().map(|s| Selector::parse(s).unwrap()).collect(),
+    );
+    entry.created_at = 100;
+    entry
 }
