@@ -58,6 +58,10 @@ pub enum Command {
     CreateFederationRelationship(FederationRelationship),
     UpdateFederationRelationship(FederationRelationship),
     DeleteFederationRelationship { trust_domain: String },
+
+    /// Drops change-log records of revisions before `before_revision`; readers further
+    /// behind than that must resync from the tables instead of by delta.
+    PruneChangeLog { before_revision: u64 },
 }
 
 /// Why a command (or one item of a batch) was refused. Refusals are answers, not storage

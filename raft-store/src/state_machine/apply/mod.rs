@@ -37,7 +37,22 @@ pub fn apply_command(txn: &mut Txn<'_>, command: &Command, revision: u64) -> Res
         Command::DeleteBundle { scope, trust_domain } => bundles::delete(txn, *scope, trust_domain)?,
         Command::CaJournal { trust_domain, event } => ca::apply(txn, trust_domain, event)?,
         Command::CreateFederationRelationship(r) => federation::create(txn, r)?,
+        Command::PruneChangeLog { before_revision } => prune_change_log(txn, *before_revision)?,
         Command::UpdateFederationRelationship(r) => federation::update(txn, r)?,
         Command::DeleteFederationRelationship { trust_domain } => federation::delete(txn, trust_domain)?,
     })
+}
+
+fn prune_change_log(txn: &mut Txn<'_>, before_revision: u64) -> Result<Outcome, TxnError> {
+    let mut pruned = 0;
+    for (key, _) in txn.scan_prefix(crate::schema::Cf::ChangeLog, b"")? {
+        match crate::codec::key_u64(&key) {
+            Some(revision) if revision < before_revision => {
+                txn.delete(crate::schema::Cf::ChangeLog, &key);
+                pruned += 1;
+            }
+            _ => break,
+        }
+    }
+    Ok(Outcome::Pruned(pruned))
 }
