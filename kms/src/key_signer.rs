@@ -22,7 +22,17 @@ impl KeySigner {
     /// Looks the key up once; its public half is then cached.
     pub async fn new(manager: Arc<dyn KeyManager>, id: &str) -> Result<Self, KeyManagerError> {
         let info = manager.get_public_key(id).await?;
-        Ok(Self { manager, info, runtime: Handle::current() })
+        Self::for_known_key(manager, info)
+    }
+
+    /// A signer for a key whose type and public half the caller already holds (the CA
+    /// journal records them), so signing costs no extra key-manager round trip.
+    pub fn for_known_key(manager: Arc<dyn KeyManager>, info: KeyInfo) -> Result<Self, KeyManagerError> {
+        let runtime = Handle::try_current().map_err(|e| KeyManagerError::Unavailable {
+            backend: manager.backend(),
+            reason: format!("a signer needs a tokio runtime: {e}"),
+        })?;
+        Ok(Self { manager, info, runtime })
     }
 
     pub fn key(&self) -> &KeyInfo {

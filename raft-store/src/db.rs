@@ -76,7 +76,7 @@ pub fn open(data_dir: &Path, node_id: NodeId, cluster_id: &str) -> Result<Store,
     opts.create_if_missing(fresh);
     opts.create_missing_column_families(fresh);
     opts.set_paranoid_checks(true);
-    let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+    let cfs = Cf::all().map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
     let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|e| {
         let reason = e.to_string();
         if reason.contains("lock") {

@@ -45,8 +45,9 @@ pub async fn open_store(data_dir: &Path, node_id: NodeId, cluster_id: &str) -> R
     let store = tokio::task::spawn_blocking(move || db::open(&dir, node_id, &cluster))
         .await
         .map_err(|e| OpenError::Io { path: data_dir.to_path_buf(), reason: e.to_string() })??;
+    let log = LogStore::new(store.db.clone()).map_err(|e| OpenError::Io { path: data_dir.to_path_buf(), reason: format!("cannot start the log sync thread: {e}") })?;
     Ok(OpenedStore {
-        log: LogStore::new(store.db.clone()),
+        log,
         state_machine: StateMachine::new(store.db.clone(), data_dir.join("snapshots")),
         reader: StoreReader::new(store.db),
         header: store.header,

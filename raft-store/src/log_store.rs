@@ -76,14 +76,12 @@ fn write_meta<T: serde::Serialize>(db: &DB, key: &[u8], what: &'static str, valu
 }
 
 impl LogStore {
-    pub fn new(db: Arc<DB>) -> Self {
+    /// Starts the syncer thread; fails only if the OS cannot start a thread.
+    pub fn new(db: Arc<DB>) -> std::io::Result<Self> {
         let (sender, pending) = std::sync::mpsc::channel();
         let sync_db = db.clone();
-        let thread = std::thread::Builder::new()
-            .name("raft-log-sync".into())
-            .spawn(move || run_syncer(sync_db, pending))
-            .expect("spawning the log sync thread");
-        Self { db, syncer: Arc::new(Syncer { pending: Some(sender), thread: Some(thread) }) }
+        let thread = std::thread::Builder::new().name("raft-log-sync".into()).spawn(move || run_syncer(sync_db, pending))?;
+        Ok(Self { db, syncer: Arc::new(Syncer { pending: Some(sender), thread: Some(thread) }) })
     }
 
     fn read_range(db: &DB, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StorageError> {

@@ -26,24 +26,6 @@ pub enum Cf {
 }
 
 impl Cf {
-    pub const ALL: [Cf; 15] = [
-        Cf::Meta,
-        Cf::Logs,
-        Cf::SmMeta,
-        Cf::Entries,
-        Cf::EntriesByParent,
-        Cf::EntriesBySpiffeId,
-        Cf::EntriesBySelector,
-        Cf::EntriesByIdentity,
-        Cf::Agents,
-        Cf::JoinTokens,
-        Cf::LocalBundle,
-        Cf::FederatedBundles,
-        Cf::FederationRelationships,
-        Cf::CaJournal,
-        Cf::ChangeLog,
-    ];
-
     /// The column families that make up the state machine, which snapshots carry.
     pub const STATE: [Cf; 13] = [
         Cf::SmMeta,
@@ -60,6 +42,11 @@ impl Cf {
         Cf::CaJournal,
         Cf::ChangeLog,
     ];
+
+    /// Every column family: the log's own and the state machine's.
+    pub fn all() -> impl Iterator<Item = Cf> {
+        [Cf::Meta, Cf::Logs].into_iter().chain(Cf::STATE)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -82,7 +69,7 @@ impl Cf {
     }
 
     pub fn from_name(name: &str) -> Option<Cf> {
-        Cf::ALL.into_iter().find(|cf| cf.name() == name)
+        Cf::all().find(|cf| cf.name() == name)
     }
 }
 

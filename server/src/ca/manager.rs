@@ -12,7 +12,7 @@ use identity::crypto::{PublicKey, Signer};
 use identity::jwt::{sign_jwt_svid, JwtError, JwtSvidParams};
 use identity::x509::{mint_ca, mint_x509_svid, CaTemplate, Issuer, MintError, Subject, SvidTemplate};
 use identity::SpiffeId;
-use kms::{KeyManager, KeyManagerError, KeySigner};
+use kms::{KeyInfo, KeyManager, KeyManagerError, KeySigner};
 use time::OffsetDateTime;
 
 use raft_store::model::{publish, CaJournal, JournalError, JournalEvent, JwtKeyAuthority, SlotEvent, SlotId, StoredBundle, X509CaAuthority};
@@ -236,6 +236,13 @@ impl CaManager {
         Ok(events)
     }
 
+    /// A signer for a journal-recorded key, without asking the key manager for it again.
+    fn signer(&self, key_id: &str, public_key: PublicKey) -> Result<KeySigner, CaError> {
+        let key_type = public_key.key_type().ok_or_else(|| CaError::Task(format!("key {key_id} has an unsupported type")))?;
+        let info = KeyInfo { id: key_id.to_owned(), key_type, public_key };
+        Ok(KeySigner::for_known_key(self.keys.clone(), info)?)
+    }
+
     /// Mints an X.509-SVID with the active CA and returns the chain to present: the SVID,
     /// our CA certificate, then any upstream intermediates.
     pub async fn mint_x509_svid(
@@ -246,7 +253,8 @@ impl CaManager {
         dns_names: Vec<String>,
     ) -> Result<Vec<Vec<u8>>, CaError> {
         let active = self.journal.x509.active().ok_or(CaError::NoActiveAuthority("X.509"))?.authority.clone();
-        let signer = KeySigner::new(self.keys.clone(), &active.key_id).await?;
+        let ca_key = identity::x509::certificate_facts(&active.certificate).map_err(|e| CaError::Task(e.to_string()))?.public_key;
+        let signer = self.signer(&active.key_id, ca_key)?;
         let template = SvidTemplate {
             spiffe_id,
             public_key,
@@ -273,7 +281,8 @@ impl CaManager {
     /// Signs a JWT-SVID with the active JWT key; its expiry is capped at the key's.
     pub async fn mint_jwt_svid(&self, spiffe_id: SpiffeId, audience: Vec<String>, ttl: Option<Duration>) -> Result<String, CaError> {
         let active = self.journal.jwt.active().ok_or(CaError::NoActiveAuthority("JWT"))?.authority.clone();
-        let signer = KeySigner::new(self.keys.clone(), &active.key_id).await?;
+        let jwt_key = active.public_key().map_err(|e| CaError::Task(e.to_string()))?;
+        let signer = self.signer(&active.key_id, jwt_key)?;
         let ttl = ttl.unwrap_or(self.config.jwt_svid_ttl);
         let now = self.clock.now();
         tokio::task::spawn_blocking(move || {

@@ -38,14 +38,17 @@ fn erase(txn: &mut Txn<'_>, entry: &RegistrationEntry) {
     }
 }
 
-fn check(entry: &RegistrationEntry) -> Result<(), ApplyError> {
+/// The canonical form of an incoming entry, or why it cannot be stored.
+fn prepare(entry: &RegistrationEntry) -> Result<RegistrationEntry, ApplyError> {
     if entry.id.is_empty() {
         return Err(ApplyError::InvalidArgument("entry id cannot be empty".into()));
     }
     if entry.selectors.is_empty() {
         return Err(ApplyError::InvalidArgument("entry must have at least one selector".into()));
     }
-    Ok(())
+    let mut entry = entry.clone();
+    entry.normalize();
+    Ok(entry)
 }
 
 /// The id of another entry with the same SPIFFE ID, parent ID and selectors, if any.
@@ -57,12 +60,13 @@ fn similar(txn: &Txn<'_>, entry: &RegistrationEntry) -> Result<Option<String>, T
 pub fn create(txn: &mut Txn<'_>, entries: &[RegistrationEntry], revision: u64) -> Result<Outcome, TxnError> {
     let mut results = Vec::with_capacity(entries.len());
     for entry in entries {
-        let mut entry = entry.clone();
-        entry.normalize();
-        if let Err(e) = check(&entry) {
-            results.push(Err(e));
-            continue;
-        }
+        let mut entry = match prepare(entry) {
+            Ok(entry) => entry,
+            Err(e) => {
+                results.push(Err(e));
+                continue;
+            }
+        };
         if txn.exists(Cf::Entries, entry.id.as_bytes())? {
             results.push(Err(ApplyError::AlreadyExists(format!("entry id {:?}", entry.id))));
             continue;
@@ -81,12 +85,13 @@ pub fn create(txn: &mut Txn<'_>, entries: &[RegistrationEntry], revision: u64) -
 pub fn update(txn: &mut Txn<'_>, entries: &[RegistrationEntry], revision: u64) -> Result<Outcome, TxnError> {
     let mut results = Vec::with_capacity(entries.len());
     for entry in entries {
-        let mut entry = entry.clone();
-        entry.normalize();
-        if let Err(e) = check(&entry) {
-            results.push(Err(e));
-            continue;
-        }
+        let mut entry = match prepare(entry) {
+            Ok(entry) => entry,
+            Err(e) => {
+                results.push(Err(e));
+                continue;
+            }
+        };
         let Some(old) = txn.get::<RegistrationEntry>(Cf::Entries, entry.id.as_bytes(), WHAT)? else {
             results.push(Err(ApplyError::NotFound(format!("entry id {:?}", entry.id))));
             continue;
