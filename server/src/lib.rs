@@ -5,4 +5,5 @@
 
 pub mod ca;
 pub mod clock;
+pub mod config;
 pub mod upstream;

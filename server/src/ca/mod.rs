@@ -1,7 +1,7 @@
 //! The certificate authority: X.509 CA and JWT key slots, the rotation schedule, and the
 //! manager that carries it out through a key manager and an optional upstream authority.
 
-mod config;
+pub mod config;
 mod manager;
 mod prune;
 mod rotation;

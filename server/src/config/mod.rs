@@ -1,0 +1,153 @@
+//! The server's HCL config file, in SPIRE's shape plus a `cluster { … }` block.
+//!
+//! Parsing keeps the source so every refusal names the file, line and key: serde errors
+//! carry the key path (serde_path_to_error), and [`locate`] turns a path into a line.
+//! docs/server-config.md lists every key.
+
+mod error;
+mod locate;
+pub mod plugins;
+pub mod sections;
+pub mod values;
+
+use std::path::Path;
+
+use kms::KeyManagerConfig;
+use serde::Deserialize;
+
+use crate::ca::config::{CaConfig, CaConfigError};
+use crate::upstream::disk::DiskUpstreamConfig;
+pub use error::{ConfigError, InvalidKey};
+use identity::x509::Subject;
+use plugins::{NodeAttestorConfig, Plugins};
+use sections::{ClusterSection, HealthChecks, ServerSection, Telemetry};
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    server: ServerSection,
+    #[serde(default)]
+    plugins: Plugins,
+    cluster: ClusterSection,
+    #[serde(default)]
+    health_checks: HealthChecks,
+    #[serde(default)]
+    telemetry: Telemetry,
+}
+
+/// A checked server config.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub server: ServerSection,
+    pub cluster: ClusterSection,
+    pub health_checks: HealthChecks,
+    pub telemetry: Telemetry,
+    pub key_manager: KeyManagerConfig,
+    pub node_attestors: NodeAttestorConfig,
+    pub upstream_authority: Option<DiskUpstreamConfig>,
+    /// Settings that work but probably not as meant; logged at start-up.
+    pub warnings: Vec<String>,
+}
+
+impl ServerConfig {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&source, &path.display().to_string())
+    }
+
+    /// Checks config text; `file` names it in errors.
+    pub fn parse(source: &str, file: &str) -> Result<Self, ConfigError> {
+        let body = hcl_edit::parser::parse_body(source).map_err(|e| ConfigError::Syntax {
+            file: file.to_string(),
+            line: e.location().line(),
+            column: e.location().column(),
+            message: e.message().to_string(),
+        })?;
+        let invalid = |path: Vec<String>, message: String| {
+            let line = locate::line_of(source, &body, &path);
+            let key = if path.is_empty() { "(file)".to_string() } else { path.join(".") };
+            ConfigError::Invalid(InvalidKey { file: file.to_string(), line, key, message })
+        };
+
+        let deserializer = hcl::de::Deserializer::from_body(hcl::Body::from(body.clone()));
+        let parsed: File = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path: Vec<String> = e.path().iter().map(|segment| segment.to_string()).collect();
+            invalid(path, e.inner().to_string())
+        })?;
+
+        let problem = |(path, message): plugins::PluginProblem| invalid(path.into_iter().map(String::from).collect(), message);
+        let key_manager = parsed.plugins.key_manager().map_err(problem)?;
+        let node_attestors = parsed.plugins.node_attestors().map_err(problem)?;
+        let upstream_authority = parsed.plugins.upstream_authority().map_err(problem)?;
+
+        let config = Self {
+            server: parsed.server,
+            cluster: parsed.cluster,
+            health_checks: parsed.health_checks,
+            telemetry: parsed.telemetry,
+            key_manager,
+            node_attestors,
+            upstream_authority,
+            warnings: Vec::new(),
+        };
+        let warnings = config.check().map_err(|(path, message)| invalid(path.iter().map(|s| s.to_string()).collect(), message))?;
+        Ok(Self { warnings, ..config })
+    }
+
+    /// The CA settings this config asks for.
+    pub fn ca_config(&self) -> CaConfig {
+        let mut ca = CaConfig::new(self.server.trust_domain.clone());
+        ca.ca_ttl = self.server.ca_ttl;
+        ca.x509_svid_ttl = self.server.default_x509_svid_ttl;
+        ca.jwt_svid_ttl = self.server.default_jwt_svid_ttl;
+        ca.ca_key_type = self.server.ca_key_type;
+        ca.jwt_key_type = self.server.jwt_key_type;
+        if let Some(subject) = &self.server.ca_subject {
+            ca.ca_subject = Subject {
+                country: subject.country.first().cloned(),
+                organization: subject.organization.first().cloned(),
+                common_name: Some(subject.common_name.clone()).filter(|c| !c.is_empty()),
+            };
+        }
+        ca
+    }
+
+    /// Cross-key checks; returns warnings, or the path and reason of the first refusal.
+    fn check(&self) -> Result<Vec<String>, (Vec<&'static str>, String)> {
+        let warnings = self.ca_config().validate().map_err(|e| {
+            let key = match e {
+                CaConfigError::ZeroTtl(name) => name,
+                CaConfigError::CaTtlTooShort => "ca_ttl",
+            };
+            (vec!["server", key], e.to_string())
+        })?;
+        if let Some(issuer) = &self.server.jwt_issuer {
+            if !(issuer.starts_with("https://") || issuer.starts_with("http://")) || issuer.contains(char::is_whitespace) {
+                return Err((vec!["server", "jwt_issuer"], format!("invalid issuer {issuer:?}: must be an http(s) URL")));
+            }
+        }
+        if self.cluster.node_id == 0 {
+            return Err((vec!["cluster", "node_id"], "must be a positive integer".into()));
+        }
+        if self.cluster.election_timeout < self.cluster.heartbeat_interval * 3 {
+            return Err((
+                vec!["cluster", "election_timeout"],
+                "must be at least three heartbeat intervals, or followers start elections while the leader is healthy".into(),
+            ));
+        }
+        if self.cluster.snapshot_every == 0 {
+            return Err((vec!["cluster", "snapshot_every"], "must be positive".into()));
+        }
+        for (key, path) in [("live_path", &self.health_checks.live_path), ("ready_path", &self.health_checks.ready_path)] {
+            if !path.starts_with('/') {
+                return Err((vec!["health_checks", key], format!("{path:?} must start with '/'")));
+            }
+        }
+        Ok(warnings)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,151 @@
+//! The `plugins { … }` block: which key manager, node attestors and upstream authority run.
+//! Each kind is a struct with one optional field per implementation, so an unknown name is
+//! refused by name ("unknown field `tpm`, expected `join_token` or `x509pop`").
+
+use std::path::PathBuf;
+
+use kms::KeyManagerConfig;
+use serde::Deserialize;
+
+use crate::upstream::disk::DiskUpstreamConfig;
+
+/// One `Kind "name" { plugin_data { … } }` block.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginBlock<T> {
+    #[serde(default)]
+    pub plugin_data: T,
+    /// SPIRE's switch to keep a block in the file but not run it.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+/// A plugin that takes no settings.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NoSettings {}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plugins {
+    #[serde(rename = "KeyManager", default)]
+    pub key_manager: KeyManagers,
+    #[serde(rename = "NodeAttestor", default)]
+    pub node_attestor: NodeAttestors,
+    #[serde(rename = "UpstreamAuthority", default)]
+    pub upstream_authority: UpstreamAuthorities,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyManagers {
+    pub memory: Option<PluginBlock<NoSettings>>,
+    pub disk: Option<PluginBlock<DiskKeyManagerData>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskKeyManagerData {
+    pub keys_path: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeAttestors {
+    pub join_token: Option<PluginBlock<NoSettings>>,
+    pub x509pop: Option<PluginBlock<X509PopData>>,
+}
+
+/// SPIRE's x509pop server settings: the CA bundle agents' certificates must chain to.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct X509PopData {
+    pub ca_bundle_path: Option<PathBuf>,
+    #[serde(default)]
+    pub ca_bundle_paths: Vec<PathBuf>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamAuthorities {
+    pub disk: Option<PluginBlock<DiskUpstreamData>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskUpstreamData {
+    pub cert_file_path: Option<PathBuf>,
+    pub key_file_path: Option<PathBuf>,
+    pub bundle_file_path: Option<PathBuf>,
+}
+
+/// A cross-key problem in `plugins`, with the path of the key it concerns.
+pub type PluginProblem = (Vec<&'static str>, String);
+
+impl Plugins {
+    /// The one enabled key manager.
+    pub fn key_manager(&self) -> Result<KeyManagerConfig, PluginProblem> {
+        let mut chosen = Vec::new();
+        if self.key_manager.memory.as_ref().is_some_and(|b| b.enabled) {
+            chosen.push(("memory", KeyManagerConfig::Memory));
+        }
+        if let Some(block) = self.key_manager.disk.as_ref().filter(|b| b.enabled) {
+            let keys_path = block.plugin_data.keys_path.clone().ok_or_else(|| {
+                (vec!["plugins", "KeyManager", "disk", "plugin_data"], "missing field `keys_path`".to_string())
+            })?;
+            chosen.push(("disk", KeyManagerConfig::Disk { keys_path }));
+        }
+        match chosen.len() {
+            1 => Ok(chosen.remove(0).1),
+            0 => Err((vec!["plugins"], "exactly one KeyManager is required (\"memory\" or \"disk\")".into())),
+            _ => Err((vec!["plugins", "KeyManager"], "only one KeyManager may be enabled".into())),
+        }
+    }
+
+    /// The enabled node attestors; at least one is required.
+    pub fn node_attestors(&self) -> Result<NodeAttestorConfig, PluginProblem> {
+        let join_token = self.node_attestor.join_token.as_ref().is_some_and(|b| b.enabled);
+        let x509pop = match self.node_attestor.x509pop.as_ref().filter(|b| b.enabled) {
+            None => None,
+            Some(block) => {
+                let mut paths = block.plugin_data.ca_bundle_paths.clone();
+                paths.extend(block.plugin_data.ca_bundle_path.clone());
+                if paths.is_empty() {
+                    return Err((
+                        vec!["plugins", "NodeAttestor", "x509pop", "plugin_data"],
+                        "missing field `ca_bundle_path` (or `ca_bundle_paths`)".into(),
+                    ));
+                }
+                Some(paths)
+            }
+        };
+        if !join_token && x509pop.is_none() {
+            return Err((vec!["plugins"], "at least one NodeAttestor is required (\"join_token\" or \"x509pop\")".into()));
+        }
+        Ok(NodeAttestorConfig { join_token, x509pop_ca_bundle_paths: x509pop })
+    }
+
+    /// The upstream authority, if one is enabled.
+    pub fn upstream_authority(&self) -> Result<Option<DiskUpstreamConfig>, PluginProblem> {
+        let Some(block) = self.upstream_authority.disk.as_ref().filter(|b| b.enabled) else {
+            return Ok(None);
+        };
+        let path = vec!["plugins", "UpstreamAuthority", "disk", "plugin_data"];
+        let data = &block.plugin_data;
+        let cert_file_path = data.cert_file_path.clone().ok_or_else(|| (path.clone(), "missing field `cert_file_path`".to_string()))?;
+        let key_file_path = data.key_file_path.clone().ok_or_else(|| (path.clone(), "missing field `key_file_path`".to_string()))?;
+        Ok(Some(DiskUpstreamConfig { cert_file_path, key_file_path, bundle_file_path: data.bundle_file_path.clone() }))
+    }
+}
+
+/// Which node attestors the server accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeAttestorConfig {
+    pub join_token: bool,
+    /// x509pop is enabled when this is set: the CA bundles agents' certificates chain to.
+    pub x509pop_ca_bundle_paths: Option<Vec<PathBuf>>,
+}

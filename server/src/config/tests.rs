@@ -1,0 +1,241 @@
+use std::time::Duration;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+server {
+  trust_domain = "example.org"
+  data_dir = "/var/lib/testudo"
+}
+
+plugins {
+  KeyManager "memory" {}
+  NodeAttestor "join_token" {}
+}
+
+cluster {
+  node_id = 1
+  raft_bind_address = "127.0.0.1:8082"
+}
+"#;
+
+fn parse(text: &str) -> Result<ServerConfig, ConfigError> {
+    ServerConfig::parse(text, "server.hcl")
+}
+
+fn refusal(text: &str) -> InvalidKey {
+    match parse(text) {
+        Err(ConfigError::Invalid(key)) => key,
+        other => panic!("expected an invalid key, got {other:?}"),
+    }
+}
+
+#[test]
+fn minimal_file_gets_spires_defaults() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.server.trust_domain.name(), "example.org");
+    assert_eq!(config.server.bind_port, 8081);
+    assert_eq!(config.server.bind_address.to_string(), "0.0.0.0");
+    assert_eq!(config.server.socket_path, Path::new("/tmp/spire-server/private/api.sock"));
+    assert_eq!(config.server.ca_ttl, Duration::from_secs(86400));
+    assert_eq!(config.server.default_x509_svid_ttl, Duration::from_secs(3600));
+    assert_eq!(config.server.default_jwt_svid_ttl, Duration::from_secs(300));
+    assert_eq!(config.key_manager, KeyManagerConfig::Memory);
+    assert!(config.node_attestors.join_token);
+    assert_eq!(config.node_attestors.x509pop_ca_bundle_paths, None);
+    assert!(config.upstream_authority.is_none());
+    assert!(!config.health_checks.listener_enabled);
+    assert_eq!(config.health_checks.live_path, "/live");
+    assert!(config.telemetry.prometheus.is_none());
+    assert!(config.warnings.is_empty());
+}
+
+#[test]
+fn full_file_in_spires_shape() {
+    let text = r#"
+server {
+  bind_address = "127.0.0.1"
+  bind_port = "9081"
+  socket_path = "/run/testudo/api.sock"
+  trust_domain = "prod.example.org"
+  data_dir = "/var/lib/testudo"
+  log_level = "DEBUG"
+  log_format = "json"
+  ca_ttl = "168h"
+  default_x509_svid_ttl = "2h"
+  default_jwt_svid_ttl = "10m"
+  ca_key_type = "ec-p384"
+  jwt_key_type = "rsa-2048"
+  jwt_issuer = "https://oidc.example.org"
+  admin_ids = ["spiffe://prod.example.org/admin"]
+  ca_subject {
+    country = ["DE"]
+    organization = ["Example"]
+    common_name = "Example CA"
+  }
+}
+
+plugins {
+  KeyManager "disk" {
+    plugin_data {
+      keys_path = "/var/lib/testudo/keys.json"
+    }
+  }
+  NodeAttestor "join_token" {
+    plugin_data {}
+  }
+  NodeAttestor "x509pop" {
+    plugin_data {
+      ca_bundle_path = "/etc/testudo/x509pop-ca.pem"
+    }
+  }
+  UpstreamAuthority "disk" {
+    plugin_data {
+      cert_file_path = "/etc/testudo/upstream.crt"
+      key_file_path = "/etc/testudo/upstream.key"
+    }
+  }
+}
+
+cluster {
+  node_id = 3
+  raft_bind_address = "127.0.0.1:9082"
+  raft_advertise_address = "replica-3.internal:9082"
+  heartbeat_interval = "200ms"
+  election_timeout = "1s"
+}
+
+health_checks {
+  listener_enabled = true
+  bind_address = "127.0.0.1"
+  bind_port = "8080"
+}
+
+telemetry {
+  Prometheus {
+    host = "127.0.0.1"
+    port = 9988
+  }
+}
+"#;
+    let config = parse(text).unwrap();
+    assert_eq!(config.server.bind_port, 9081);
+    assert_eq!(config.server.log_level, sections::LogLevel::DEBUG);
+    assert_eq!(config.server.log_format, sections::LogFormat::Json);
+    assert_eq!(config.server.ca_ttl, Duration::from_secs(168 * 3600));
+    assert_eq!(config.server.admin_ids.len(), 1);
+    assert_eq!(config.key_manager, KeyManagerConfig::Disk { keys_path: "/var/lib/testudo/keys.json".into() });
+    assert_eq!(config.node_attestors.x509pop_ca_bundle_paths, Some(vec!["/etc/testudo/x509pop-ca.pem".into()]));
+    let upstream = config.upstream_authority.clone().unwrap();
+    assert_eq!(upstream.key_file_path, Path::new("/etc/testudo/upstream.key"));
+    assert_eq!(config.cluster.node_id, 3);
+    assert_eq!(config.cluster.election_timeout, Duration::from_secs(1));
+    assert_eq!(config.health_checks.bind_port, 8080);
+    assert_eq!(config.telemetry.prometheus.as_ref().map(|p| p.port), Some(9988));
+    let ca = config.ca_config();
+    assert_eq!(ca.ca_subject.common_name.as_deref(), Some("Example CA"));
+    assert_eq!(ca.ca_subject.country.as_deref(), Some("DE"));
+}
+
+#[test]
+fn unknown_key_is_named_with_its_line() {
+    let text = MINIMAL.replace("  data_dir", "  bind_prot = 1\n  data_dir");
+    let key = refusal(&text);
+    assert_eq!(key.key, "server.bind_prot");
+    assert_eq!(key.line, Some(4));
+    assert!(key.message.contains("unknown field `bind_prot`"), "{key}");
+    assert!(key.to_string().starts_with("server.hcl:4: server.bind_prot: unknown field"), "{key}");
+}
+
+#[test]
+fn bad_duration_is_named_with_its_line() {
+    let text = MINIMAL.replace("  data_dir", "  ca_ttl = \"a day\"\n  data_dir");
+    let key = refusal(&text);
+    assert_eq!((key.key.as_str(), key.line), ("server.ca_ttl", Some(4)));
+    assert!(key.message.contains("invalid duration \"a day\""), "{key}");
+}
+
+#[test]
+fn missing_required_field_points_at_its_block() {
+    let text = MINIMAL.replace("  data_dir = \"/var/lib/testudo\"\n", "");
+    let key = refusal(&text);
+    assert_eq!((key.key.as_str(), key.line), ("server", Some(2)));
+    assert!(key.message.contains("missing field `data_dir`"), "{key}");
+
+    let text = MINIMAL.replace("  node_id = 1\n", "");
+    let key = refusal(&text);
+    assert_eq!(key.key, "cluster");
+    assert!(key.message.contains("missing field `node_id`"), "{key}");
+}
+
+#[test]
+fn bad_values_are_refused_by_key() {
+    let cases = [
+        ("trust_domain = \"example.org\"", "trust_domain = \"Example.org\"", "server.trust_domain", "invalid trust domain"),
+        ("node_id = 1", "node_id = 0", "cluster.node_id", "positive"),
+        ("node_id = 1", "node_id = -1", "cluster.node_id", "invalid"),
+        ("raft_bind_address = \"127.0.0.1:8082\"", "raft_bind_address = \"localhost\"", "cluster.raft_bind_address", "invalid"),
+        ("data_dir = \"/var/lib/testudo\"", "data_dir = \"/var/lib/testudo\"\n  ca_key_type = \"ed25519\"", "server.ca_key_type", "ec-p256"),
+        ("data_dir = \"/var/lib/testudo\"", "data_dir = \"/var/lib/testudo\"\n  bind_port = 70000", "server.bind_port", "0 to 65535"),
+        ("data_dir = \"/var/lib/testudo\"", "data_dir = \"/var/lib/testudo\"\n  log_level = \"LOUD\"", "server.log_level", "unknown variant"),
+        ("data_dir = \"/var/lib/testudo\"", "data_dir = \"/var/lib/testudo\"\n  ca_ttl = \"30s\"", "server.ca_ttl", "at least one minute"),
+        ("data_dir = \"/var/lib/testudo\"", "data_dir = \"/var/lib/testudo\"\n  jwt_issuer = \"oidc\"", "server.jwt_issuer", "URL"),
+        ("data_dir = \"/var/lib/testudo\"", "data_dir = \"/var/lib/testudo\"\n  admin_ids = [\"spiffe://x/\"]", "server.admin_ids", "invalid SPIFFE ID"),
+    ];
+    for (from, to, want_key, want_message) in cases {
+        let key = refusal(&MINIMAL.replace(from, to));
+        assert_eq!(key.key, want_key, "{to}: {key}");
+        assert!(key.line.is_some(), "{to}: {key}");
+        assert!(key.message.contains(want_message), "{to}: {key}");
+    }
+}
+
+#[test]
+fn plugin_problems_are_named() {
+    let key = refusal(&MINIMAL.replace("KeyManager \"memory\" {}", "KeyManager \"vault\" {}"));
+    assert_eq!((key.key.as_str(), key.line), ("plugins.KeyManager.vault", Some(8)));
+    assert!(key.message.contains("unknown field `vault`"), "{key}");
+
+    let key = refusal(&MINIMAL.replace("KeyManager \"memory\" {}", ""));
+    assert!(key.message.contains("exactly one KeyManager"), "{key}");
+
+    let key = refusal(&MINIMAL.replace("KeyManager \"memory\" {}", "KeyManager \"memory\" {}\n  KeyManager \"disk\" {\n    plugin_data {\n      keys_path = \"k\"\n    }\n  }"));
+    assert!(key.message.contains("only one KeyManager"), "{key}");
+
+    let key = refusal(&MINIMAL.replace("KeyManager \"memory\" {}", "KeyManager \"disk\" {\n    plugin_data {}\n  }"));
+    assert_eq!((key.key.as_str(), key.line), ("plugins.KeyManager.disk.plugin_data", Some(9)));
+    assert!(key.message.contains("keys_path"), "{key}");
+
+    let key = refusal(&MINIMAL.replace("NodeAttestor \"join_token\" {}", "NodeAttestor \"tpm\" {}"));
+    assert_eq!(key.key, "plugins.NodeAttestor.tpm");
+
+    let key = refusal(&MINIMAL.replace("KeyManager \"memory\" {}", "KeyManager \"memory\" {\n    plugin_cmd = \"/bin/evil\"\n  }"));
+    assert_eq!((key.key.as_str(), key.line), ("plugins.KeyManager.memory.plugin_cmd", Some(9)));
+}
+
+#[test]
+fn syntax_errors_give_line_and_column() {
+    let text = MINIMAL.replace("node_id = 1", "node_id = = 1");
+    match parse(&text) {
+        Err(ConfigError::Syntax { file, line, .. }) => {
+            assert_eq!(file, "server.hcl");
+            assert_eq!(line, 13);
+        }
+        other => panic!("expected a syntax error, got {other:?}"),
+    }
+}
+
+#[test]
+fn disabled_plugins_do_not_count() {
+    let text = MINIMAL.replace(
+        "KeyManager \"memory\" {}",
+        "KeyManager \"memory\" {}\n  KeyManager \"disk\" {\n    enabled = false\n  }",
+    );
+    assert_eq!(parse(&text).unwrap().key_manager, KeyManagerConfig::Memory);
+}
+
+#[test]
+fn reading_a_missing_file_says_which() {
+    let err = ServerConfig::load(Path::new("/nonexistent/server.hcl")).unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/server.hcl"), "{err}");
+}
