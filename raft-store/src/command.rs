@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AttestedAgent, CaJournal, FederationRelationship, JournalEvent, JoinToken, RegistrationEntry, StoredBundle, StoredJwtKey, StoredX509Authority};
+use crate::model::{AttestedAgent, CaJournal, FederationRelationship, JournalEvent, JoinToken, RegistrationEntry, ReplicaInvite, StoredBundle, StoredJwtKey, StoredX509Authority};
 
 /// Which bundle table a bundle command addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +62,11 @@ pub enum Command {
     /// Drops change-log records of revisions before `before_revision`; readers further
     /// behind than that must resync from the tables instead of by delta.
     PruneChangeLog { before_revision: u64 },
+
+    /// Creates a one-time invitation for a new replica (stored by the secret's hash).
+    CreateReplicaInvite(ReplicaInvite),
+    /// Consumes an invitation exactly once; expired ones are refused.
+    ConsumeReplicaInvite { secret_sha256: String, now: i64 },
 }
 
 /// Why a command (or one item of a batch) was refused. Refusals are answers, not storage
@@ -93,6 +98,7 @@ pub enum Outcome {
     CaJournal(Result<Box<CaJournal>, ApplyError>),
     Deleted(Result<(), ApplyError>),
     Pruned(u64),
+    ReplicaInvite(Result<ReplicaInvite, ApplyError>),
 }
 
 /// What the state machine answers for a log entry.
@@ -113,6 +119,7 @@ pub enum Table {
     FederatedBundle,
     FederationRelationship,
     CaJournal,
+    ReplicaInvite,
 }
 
 /// One row written or deleted by a command.

@@ -13,7 +13,7 @@ use crate::schema::{meta_key, Cf};
 use crate::types::NodeId;
 
 /// The on-disk format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const DB_DIR: &str = "raft-db";
 
 /// Why the data directory cannot be used.

@@ -23,11 +23,13 @@ pub enum Cf {
     CaJournal,
     /// Revision (u64 big-endian) → what changed.
     ChangeLog,
+    /// SHA-256 of an invite secret (hex) → replica invitation.
+    ReplicaInvites,
 }
 
 impl Cf {
     /// The column families that make up the state machine, which snapshots carry.
-    pub const STATE: [Cf; 13] = [
+    pub const STATE: [Cf; 14] = [
         Cf::SmMeta,
         Cf::Entries,
         Cf::EntriesByParent,
@@ -41,6 +43,7 @@ impl Cf {
         Cf::FederationRelationships,
         Cf::CaJournal,
         Cf::ChangeLog,
+        Cf::ReplicaInvites,
     ];
 
     /// Every column family: the log's own and the state machine's.
@@ -65,6 +68,7 @@ impl Cf {
             Cf::FederationRelationships => "federation_relationships",
             Cf::CaJournal => "ca_journal",
             Cf::ChangeLog => "change_log",
+            Cf::ReplicaInvites => "replica_invites",
         }
     }
 

@@ -6,6 +6,7 @@ mod ca_journal;
 mod entry;
 mod federation;
 mod join_token;
+mod replica_invite;
 
 pub use agent::AttestedAgent;
 pub use bundle::{BundleConversionError, StoredBundle, StoredJwtKey, StoredX509Authority};
@@ -16,3 +17,4 @@ pub use ca_journal::{
 pub use entry::RegistrationEntry;
 pub use federation::{BundleEndpointProfile, FederationRelationship};
 pub use join_token::JoinToken;
+pub use replica_invite::ReplicaInvite;

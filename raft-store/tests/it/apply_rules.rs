@@ -2,7 +2,7 @@
 //! once, agent serial promotion, bundle sequence numbers, and the change log.
 
 use identity::{SpiffeId, TrustDomain};
-use raft_store::model::{AttestedAgent, BundleEndpointProfile, FederationRelationship, JoinToken, StoredBundle, StoredJwtKey, StoredX509Authority};
+use raft_store::model::{AttestedAgent, BundleEndpointProfile, FederationRelationship, JoinToken, ReplicaInvite, StoredBundle, StoredJwtKey, StoredX509Authority};
 use raft_store::{ApplyError, BundleScope, Command, Outcome, Table};
 
 use crate::support::{entry, TestStore};
@@ -110,6 +110,35 @@ async fn join_tokens_are_consumed_exactly_once() {
     }
     assert_eq!(s.apply_one(Command::PruneJoinTokens { expired_before: 25 }).await, Outcome::Pruned(2));
     assert!(s.store.reader.join_token("c").await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_invites_are_consumed_exactly_once_and_never_as_join_tokens() {
+    let mut s = TestStore::new().await;
+    let hash = "ab".repeat(32);
+    let invite = ReplicaInvite { secret_sha256: hash.clone(), expires_at: 1000 };
+    assert!(matches!(s.apply_one(Command::CreateReplicaInvite(invite.clone())).await, Outcome::ReplicaInvite(Ok(_))));
+    assert!(matches!(
+        s.apply_one(Command::CreateReplicaInvite(ReplicaInvite { secret_sha256: "not-hex".into(), expires_at: 1000 })).await,
+        Outcome::ReplicaInvite(Err(ApplyError::InvalidArgument(_)))
+    ));
+    // The agent join-token table is separate: the hash is not an agent token.
+    assert!(matches!(s.apply_one(Command::ConsumeJoinToken { token: hash.clone(), now: 500 }).await, Outcome::JoinToken(Err(ApplyError::NotFound(_)))));
+    let consume = || Command::ConsumeReplicaInvite { secret_sha256: hash.clone(), now: 500 };
+    let outcomes = s.apply(vec![consume(), consume()]).await;
+    assert_eq!(outcomes[0].outcome, Outcome::ReplicaInvite(Ok(invite)));
+    assert!(matches!(outcomes[1].outcome, Outcome::ReplicaInvite(Err(ApplyError::NotFound(_)))));
+
+    let late = ReplicaInvite { secret_sha256: "cd".repeat(32), expires_at: 1000 };
+    s.apply_one(Command::CreateReplicaInvite(late)).await;
+    assert!(matches!(
+        s.apply_one(Command::ConsumeReplicaInvite { secret_sha256: "cd".repeat(32), now: 1001 }).await,
+        Outcome::ReplicaInvite(Err(ApplyError::FailedPrecondition(_)))
+    ));
+    assert!(matches!(
+        s.apply_one(Command::ConsumeReplicaInvite { secret_sha256: "cd".repeat(32), now: 900 }).await,
+        Outcome::ReplicaInvite(Err(ApplyError::NotFound(_))),
+    ), "an expired invite is gone after the attempt");
 }
 
 fn agent(serial: &str) -> AttestedAgent {

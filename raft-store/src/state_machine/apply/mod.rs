@@ -6,6 +6,7 @@ mod bundles;
 mod ca;
 mod entries;
 mod federation;
+mod invites;
 mod tokens;
 
 use super::txn::{Txn, TxnError};
@@ -40,6 +41,8 @@ pub fn apply_command(txn: &mut Txn<'_>, command: &Command, revision: u64) -> Res
         Command::PruneChangeLog { before_revision } => prune_change_log(txn, *before_revision)?,
         Command::UpdateFederationRelationship(r) => federation::update(txn, r)?,
         Command::DeleteFederationRelationship { trust_domain } => federation::delete(txn, trust_domain)?,
+        Command::CreateReplicaInvite(invite) => invites::create(txn, invite)?,
+        Command::ConsumeReplicaInvite { secret_sha256, now } => invites::consume(txn, secret_sha256, *now)?,
     })
 }
 
