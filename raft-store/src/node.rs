@@ -14,14 +14,15 @@ use tokio::sync::oneshot;
 
 use crate::command::{Command, Response};
 use crate::network::tls::ClusterTls;
-use crate::network::{serve, ClusterClient, Faults, ForwardError, NetworkFactory, TransferHandler};
+use crate::membership::{add_member_step, remove_member, AddProgress};
+use crate::network::{serve, AdminRequest, ClusterClient, Faults, ForwardError, JoinHandler, NetworkFactory, TransferHandler};
 use crate::transfer::LeaderTransfer;
 use crate::query::StoreReader;
 use crate::types::{NodeId, Raft, ReplicaNode};
 use crate::{open_store, OpenError};
 
 /// How a replica runs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ReplicaConfig {
     pub node_id: NodeId,
     pub cluster_id: String,
@@ -32,6 +33,8 @@ pub struct ReplicaConfig {
     pub api_address: String,
     pub tls: ClusterTls,
     pub timing: Timing,
+    /// Admits new replicas over the Join call; `None` refuses joins.
+    pub join: Option<Arc<dyn JoinHandler>>,
 }
 
 /// Raft timing and batching, with defaults for replicas on one network.
@@ -154,7 +157,7 @@ impl Replica {
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let transfer = Arc::new(LeaderTransfer { id: config.node_id, raft: raft.clone(), client: client.clone(), lease: t.election_timeout_max });
         let (stop, stopped) = oneshot::channel::<()>();
-        let (address, server) = serve(raft.clone(), transfer.clone(), &config.tls, config.listen, async {
+        let (address, server) = serve(raft.clone(), transfer.clone(), config.join.clone(), &config.tls, config.listen, async {
             let _ = stopped.await;
         })
         .await
@@ -225,7 +228,7 @@ impl Replica {
         match self.client.forward_write(leader, &node.raft_address, command).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(ForwardError::NotLeader { .. })) => Err(ClusterError::NoLeader),
-            Ok(Err(ForwardError::Unavailable(e))) => Err(ClusterError::Unavailable(e)),
+            Ok(Err(ForwardError::Unavailable(e) | ForwardError::Refused(e))) => Err(ClusterError::Unavailable(e)),
             Err(e) => Err(ClusterError::LeaderUnreachable(e.to_string())),
         }
     }
@@ -301,12 +304,68 @@ impl Replica {
             .map_err(membership_error)
     }
 
+    /// Makes replica `id` a voter from any replica: the leader adds it as a learner and
+    /// promotes it once it has caught up. Returns when `id` votes, or fails after `within`.
+    pub async fn add_member(&self, id: NodeId, node: ReplicaNode, within: Duration) -> Result<(), ClusterError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let step = match add_member_step(&self.raft, id, node.clone()).await {
+                Err(ForwardError::NotLeader { leader: Some((leader, leader_node)) }) if leader != self.id => {
+                    self.admin_at_leader(leader, &leader_node, AdminRequest::AddMember { id, node: node.clone() }).await
+                }
+                other => other.map(Some),
+            };
+            let last = match step {
+                Ok(Some(AddProgress::Voter)) => return Ok(()),
+                Ok(Some(AddProgress::CatchingUp { lag })) => ClusterError::Membership(format!("replica {id} is still catching up (lag {lag:?})")),
+                Ok(None) => ClusterError::Membership("the leader gave no progress".into()),
+                Err(ForwardError::Refused(m)) => return Err(ClusterError::Membership(m)),
+                Err(ForwardError::NotLeader { .. }) => ClusterError::NoLeader,
+                Err(ForwardError::Unavailable(m)) => ClusterError::Unavailable(m),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(last);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Removes a member (voter or learner) from any replica, through the leader.
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), ClusterError> {
+        let deadline = tokio::time::Instant::now() + RETRY_FOR;
+        loop {
+            let result = match remove_member(&self.raft, id).await {
+                Err(ForwardError::NotLeader { leader: Some((leader, leader_node)) }) if leader != self.id => {
+                    self.admin_at_leader(leader, &leader_node, AdminRequest::RemoveMember { id }).await.map(|_| ())
+                }
+                other => other,
+            };
+            let last = match result {
+                Ok(()) => return Ok(()),
+                Err(ForwardError::Refused(m)) => return Err(ClusterError::Membership(m)),
+                Err(ForwardError::NotLeader { .. }) => ClusterError::NoLeader,
+                Err(ForwardError::Unavailable(m)) => ClusterError::Unavailable(m),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(last);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn admin_at_leader(&self, leader: NodeId, node: &ReplicaNode, request: AdminRequest) -> Result<Option<AddProgress>, ForwardError> {
+        match self.client.admin(leader, &node.raft_address, &request).await {
+            Ok(result) => result,
+            Err(e) => Err(ForwardError::Unavailable(format!("leader {leader} unreachable: {e}"))),
+        }
+    }
+
     /// Hands leadership to voter `to` (from any replica: the request goes to the leader).
     /// Returns once `to` leads. See `transfer` for how, on openraft 0.9.
     pub async fn transfer_leadership(&self, to: NodeId) -> Result<(), ClusterError> {
         self.transfer.transfer_leadership(to).await.map_err(|e| match e {
             ForwardError::NotLeader { .. } => ClusterError::NoLeader,
-            ForwardError::Unavailable(m) => ClusterError::Membership(format!("leader transfer to {to} failed: {m}")),
+            ForwardError::Unavailable(m) | ForwardError::Refused(m) => ClusterError::Membership(format!("leader transfer to {to} failed: {m}")),
         })
     }
 

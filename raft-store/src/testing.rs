@@ -20,7 +20,7 @@ pub const REPLICA_ID: &str = "spiffe://cluster.test/spire/server";
 /// A CA that issues replica certificates.
 pub struct TestCa {
     key: LocalKey,
-    cert: Vec<u8>,
+    pub cert: Vec<u8>,
     pub bundle: Arc<RwLock<Bundle>>,
 }
 
@@ -55,7 +55,7 @@ impl TestCa {
         let issuer = Issuer::new(&self.cert, &self.key).unwrap();
         let leaf = mint_x509_svid(&template, &issuer, OffsetDateTime::now_utc()).unwrap();
         ClusterTls {
-            chain: vec![leaf.der],
+            chain: vec![leaf.der, self.cert.clone()],
             key_pkcs8: key.to_pkcs8_der().unwrap(),
             bundle: self.bundle.clone(),
             replica_id: SpiffeId::parse(REPLICA_ID).unwrap(),
@@ -105,6 +105,7 @@ impl TestCluster {
             api_address: format!("api-of-{id}"),
             tls: self.ca.tls(REPLICA_ID),
             timing: fast_timing(self.snapshot_every),
+            join: None,
         }
     }
 

@@ -30,7 +30,7 @@ impl LeaderTransfer {
         };
         let node = node.ok_or_else(|| ForwardError::Unavailable(format!("replica {to} is not a member")))?;
         match self.client.admin(to, &node.raft_address, &request).await {
-            Ok(result) => result,
+            Ok(result) => result.map(|_| ()),
             Err(e) => Err(ForwardError::Unavailable(e.to_string())),
         }
     }

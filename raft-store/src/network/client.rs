@@ -20,6 +20,7 @@ use super::tls::{client_endpoint, ClusterTls};
 use super::wire::{AdminRequest, ForwardError};
 use crate::codec;
 use crate::command::{Command, Response};
+use crate::membership::AddProgress;
 use crate::types::{LogId, NodeId, ReplicaNode, TypeConfig};
 
 /// Opens channels to replicas, shared by openraft's replication and by forwarding.
@@ -107,7 +108,7 @@ impl ClusterClient {
     }
 
     /// Sends an administrative request to the replica at `address`.
-    pub async fn admin(&self, target: NodeId, address: &str, request: &AdminRequest) -> Result<Result<(), ForwardError>, CallError> {
+    pub async fn admin(&self, target: NodeId, address: &str, request: &AdminRequest) -> Result<Result<Option<AddProgress>, ForwardError>, CallError> {
         self.call(Some(target), address, Method::Admin, request).await
     }
 

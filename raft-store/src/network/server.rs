@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use super::tls::{server_config, ClusterTls, TlsError};
 use super::wire::{decode, encode, AdminRequest, ForwardError};
 use crate::command::Command;
+use crate::membership::{add_member_step, remove_member, AddProgress};
 use crate::types::{NodeId, Raft, TypeConfig};
 
 /// Largest cluster message accepted or sent: a batch of log entries or a snapshot chunk.
@@ -27,15 +28,32 @@ pub trait TransferHandler: Send + Sync + 'static {
     async fn transfer_leadership(&self, to: NodeId) -> Result<(), ForwardError>;
 }
 
+/// Admits new replicas. The server crate implements it (invites, certificates); this crate
+/// only routes the Join call, whose payloads it does not read.
+#[tonic::async_trait]
+pub trait JoinHandler: Send + Sync + 'static {
+    async fn join(&self, request: Vec<u8>) -> Result<Vec<u8>, Status>;
+}
+
 /// The gRPC service of one replica.
 pub struct ClusterService {
     raft: Raft,
     transfers: Arc<dyn TransferHandler>,
+    join: Option<Arc<dyn JoinHandler>>,
 }
 
 impl ClusterService {
-    pub fn new(raft: Raft, transfers: Arc<dyn TransferHandler>) -> Self {
-        Self { raft, transfers }
+    pub fn new(raft: Raft, transfers: Arc<dyn TransferHandler>, join: Option<Arc<dyn JoinHandler>>) -> Self {
+        Self { raft, transfers, join }
+    }
+}
+
+/// Every call but Join comes from a replica: its certificate was verified in the
+/// handshake, so here it only has to be there.
+fn require_replica<T>(request: &Request<T>) -> Result<(), Status> {
+    match request.peer_certs() {
+        Some(certs) if !certs.is_empty() => Ok(()),
+        _ => Err(Status::unauthenticated("a replica certificate is required for this call")),
     }
 }
 
@@ -52,24 +70,28 @@ pub(crate) fn forward_error(e: RaftError<NodeId, ClientWriteError<NodeId, crate:
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn append_entries(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        require_replica(&request)?;
         let req: AppendEntriesRequest<TypeConfig> = decode("AppendEntries", request.get_ref())?;
         let result = self.raft.append_entries(req).await;
         Ok(Response::new(encode("AppendEntries result", &result)?))
     }
 
     async fn vote(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        require_replica(&request)?;
         let req: VoteRequest<NodeId> = decode("Vote", request.get_ref())?;
         let result = self.raft.vote(req).await;
         Ok(Response::new(encode("Vote result", &result)?))
     }
 
     async fn install_snapshot(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        require_replica(&request)?;
         let req: InstallSnapshotRequest<TypeConfig> = decode("InstallSnapshot", request.get_ref())?;
         let result = self.raft.install_snapshot(req).await;
         Ok(Response::new(encode("InstallSnapshot result", &result)?))
     }
 
     async fn write(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        require_replica(&request)?;
         let command: Command = decode("Write", request.get_ref())?;
         let result = match self.raft.client_write(command).await {
             Ok(written) => Ok(written.data),
@@ -78,7 +100,8 @@ impl Cluster for ClusterService {
         Ok(Response::new(encode("Write result", &result)?))
     }
 
-    async fn read_index(&self, _request: Request<Payload>) -> Result<Response<Payload>, Status> {
+    async fn read_index(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        require_replica(&request)?;
         let result = match self.raft.ensure_linearizable().await {
             Ok(read_log_id) => Ok(read_log_id),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
@@ -90,24 +113,37 @@ impl Cluster for ClusterService {
     }
 
     async fn admin(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        require_replica(&request)?;
         let admin: AdminRequest = decode("Admin", request.get_ref())?;
-        let result = match admin {
+        let done = |r: Result<(), ForwardError>| r.map(|()| None);
+        let result: Result<Option<AddProgress>, ForwardError> = match admin {
             AdminRequest::AllowElection(enabled) => {
                 self.raft.runtime_config().elect(enabled);
-                Ok(())
+                Ok(None)
             }
-            AdminRequest::StartElection => self.raft.trigger().elect().await.map_err(|e| ForwardError::Unavailable(e.to_string())),
-            AdminRequest::TransferLeadership { to } => self.transfers.transfer_leadership(to).await,
+            AdminRequest::StartElection => done(self.raft.trigger().elect().await.map_err(|e| ForwardError::Unavailable(e.to_string()))),
+            AdminRequest::TransferLeadership { to } => done(self.transfers.transfer_leadership(to).await),
+            AdminRequest::AddMember { id, node } => add_member_step(&self.raft, id, node).await.map(Some),
+            AdminRequest::RemoveMember { id } => done(remove_member(&self.raft, id).await),
         };
         Ok(Response::new(encode("Admin result", &result)?))
     }
+
+    async fn join(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let Some(handler) = &self.join else {
+            return Err(Status::unimplemented("this replica does not admit new replicas"));
+        };
+        let data = handler.join(request.into_inner().data).await?;
+        Ok(Response::new(Payload { data }))
+    }
 }
 
-/// Binds `listen` and serves the cluster RPC over mutual TLS until `shutdown` resolves.
+/// Binds `listen` and serves the cluster RPC over TLS until `shutdown` resolves.
 /// Returns the bound address (useful with port 0) and the server task.
 pub async fn serve(
     raft: Raft,
     transfers: Arc<dyn TransferHandler>,
+    join: Option<Arc<dyn JoinHandler>>,
     tls: &ClusterTls,
     listen: SocketAddr,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -133,7 +169,7 @@ pub async fn serve(
             });
         }
     });
-    let service = ClusterServer::new(ClusterService::new(raft, transfers))
+    let service = ClusterServer::new(ClusterService::new(raft, transfers, join))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);

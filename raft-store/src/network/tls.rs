@@ -48,9 +48,18 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// Checks a peer's certificate chain: a valid SVID for the replica SPIFFE ID.
 pub struct PeerVerifier {
-    bundle: Arc<RwLock<Bundle>>,
+    trust: Trust,
     replica_id: SpiffeId,
     algorithms: WebPkiSupportedAlgorithms,
+}
+
+/// What a peer's chain must lead to.
+enum Trust {
+    /// The cluster's bundle, as replicas hold it.
+    Bundle(Arc<RwLock<Bundle>>),
+    /// A CA certificate known only by its SHA-256, which the peer must send in its chain:
+    /// how a joining replica, holding just an invite, recognises the cluster.
+    PinnedCa { trust_domain: identity::TrustDomain, sha256: [u8; 32] },
 }
 
 impl fmt::Debug for PeerVerifier {
@@ -62,9 +71,33 @@ impl fmt::Debug for PeerVerifier {
 impl PeerVerifier {
     pub fn new(tls: &ClusterTls) -> Self {
         Self {
-            bundle: tls.bundle.clone(),
+            trust: Trust::Bundle(tls.bundle.clone()),
             replica_id: tls.replica_id.clone(),
             algorithms: provider().signature_verification_algorithms,
+        }
+    }
+
+    /// Trusts the CA whose DER has this SHA-256, taken from the chain the peer sends.
+    pub fn pinned(replica_id: SpiffeId, ca_sha256: [u8; 32]) -> Self {
+        Self {
+            trust: Trust::PinnedCa { trust_domain: replica_id.trust_domain().clone(), sha256: ca_sha256 },
+            replica_id,
+            algorithms: provider().signature_verification_algorithms,
+        }
+    }
+
+    fn bundle(&self, intermediates: &[CertificateDer<'_>]) -> Result<Bundle, String> {
+        match &self.trust {
+            Trust::Bundle(bundle) => bundle.read().map(|b| b.clone()).map_err(|_| "bundle lock poisoned".to_string()),
+            Trust::PinnedCa { trust_domain, sha256 } => {
+                let ca = intermediates
+                    .iter()
+                    .find(|c| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, c.as_ref()).as_ref() == sha256.as_slice())
+                    .ok_or("the peer did not send the pinned cluster CA")?;
+                let mut bundle = Bundle::new(trust_domain.clone());
+                bundle.add_x509_authority(ca.as_ref()).map_err(|e| format!("pinned cluster CA: {e}"))?;
+                Ok(bundle)
+            }
         }
     }
 
@@ -73,11 +106,13 @@ impl PeerVerifier {
             tracing::warn!(reason = %why, "refused a replica certificate");
             rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)
         };
-        let mut chain: Vec<&[u8]> = vec![end_entity.as_ref()];
-        chain.extend(intermediates.iter().map(|c| c.as_ref()));
         let now = i64::try_from(now.as_secs()).ok().and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok()).ok_or_else(|| refused("bad clock".into()))?;
-        let bundle = self.bundle.read().map_err(|_| refused("bundle lock poisoned".into()))?;
-        let verified = verify_x509_svid(&chain, &*bundle, now).map_err(|e| refused(e.to_string()))?;
+        let bundle = self.bundle(intermediates).map_err(refused)?;
+        // A peer may send its root along; the root is the anchor, not part of the path.
+        let is_root = |der: &[u8]| bundle.x509_authorities().iter().any(|a| a.der.as_slice() == der);
+        let mut chain: Vec<&[u8]> = vec![end_entity.as_ref()];
+        chain.extend(intermediates.iter().map(|c| c.as_ref()).filter(|der| !is_root(der)));
+        let verified = verify_x509_svid(&chain, &bundle, now).map_err(|e| refused(e.to_string()))?;
         if verified.spiffe_id != self.replica_id {
             return Err(refused(format!("peer is {}, not a replica ({})", verified.spiffe_id, self.replica_id)));
         }
@@ -116,6 +151,12 @@ impl ClientCertVerifier for PeerVerifier {
         &[]
     }
 
+    /// A joining replica has no certificate yet; the service refuses every call but Join
+    /// from a connection without one. A certificate that is presented must verify.
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
     fn verify_client_cert(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>], now: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
         self.verify(end_entity, intermediates, now).map(|()| ClientCertVerified::assertion())
     }
@@ -133,7 +174,8 @@ impl ClientCertVerifier for PeerVerifier {
     }
 }
 
-/// The server side: TLS 1.3 only, a client certificate required, ALPN h2 for gRPC.
+/// The server side: TLS 1.3 only, a client certificate verified when presented (and
+/// required by every call but Join), ALPN h2 for gRPC.
 pub fn server_config(tls: &ClusterTls) -> Result<rustls::ServerConfig, TlsError> {
     let chain: Vec<CertificateDer<'static>> = tls.chain.iter().map(|c| CertificateDer::from(c.clone())).collect();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(tls.key_pkcs8.to_vec()));
@@ -145,6 +187,18 @@ pub fn server_config(tls: &ClusterTls) -> Result<rustls::ServerConfig, TlsError>
         .map_err(|e| TlsError::Config(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
+}
+
+/// The client side of a replica that has no certificate yet: no client identity, and a
+/// server check against the cluster CA pinned by its SHA-256 (from an invite).
+pub fn joiner_endpoint(replica_id: SpiffeId, ca_sha256: [u8; 32], address: &str, timeout: std::time::Duration) -> Result<tonic::transport::Endpoint, TlsError> {
+    let config = tonic::transport::ClientTlsConfig::new().domain_name("replica.testudo.invalid");
+    tonic::transport::Endpoint::from_shared(format!("https://{address}"))
+        .map_err(|e| TlsError::Config(format!("replica address {address:?}: {e}")))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .tls_config_with_verifier(config, Arc::new(PeerVerifier::pinned(replica_id, ca_sha256)))
+        .map_err(|e| TlsError::Config(e.to_string()))
 }
 
 /// The client side, for tonic: our identity as PEM, and the peer verifier.

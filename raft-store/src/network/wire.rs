@@ -13,6 +13,8 @@ pub enum ForwardError {
     NotLeader { leader: Option<(NodeId, ReplicaNode)> },
     #[error("the cluster cannot serve this now: {0}")]
     Unavailable(String),
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 /// Steps of a leader transfer that one replica asks of another.
@@ -24,6 +26,11 @@ pub enum AdminRequest {
     StartElection,
     /// Asks the leader to hand leadership to this replica.
     TransferLeadership { to: NodeId },
+    /// Asks the leader to add a replica as a learner, wait until it has caught up, and
+    /// make it a voter.
+    AddMember { id: NodeId, node: ReplicaNode },
+    /// Asks the leader to remove a member.
+    RemoveMember { id: NodeId },
 }
 
 pub fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<proto::cluster::Payload, tonic::Status> {

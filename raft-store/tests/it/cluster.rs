@@ -209,3 +209,34 @@ async fn members_can_be_removed_and_status_reports_lag() {
     assert!(err.to_string().contains("does not lead"), "{err}");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_replica_can_add_and_remove_members_through_the_leader() {
+    let mut cluster = TestCluster::start(3, 10_000).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.follower(leader);
+    for i in 0..20 {
+        cluster.replicas[&leader].write(create(&format!("before-{i}"))).await.unwrap();
+    }
+    cluster.start_replica(4).await;
+    let node = cluster.replicas[&4].node().clone();
+    cluster.replicas[&follower].add_member(4, node.clone(), Duration::from_secs(10)).await.unwrap();
+    let status = cluster.replicas[&leader].status();
+    assert!(status.members.iter().any(|m| m.node_id == 4 && m.voter), "{status:?}");
+    // Asking again is a no-op; the same id at another address is refused.
+    cluster.replicas[&follower].add_member(4, node.clone(), Duration::from_secs(5)).await.unwrap();
+    let mut elsewhere = node.clone();
+    elsewhere.raft_address = "127.0.0.1:1".into();
+    let err = cluster.replicas[&follower].add_member(4, elsewhere, Duration::from_secs(5)).await.unwrap_err();
+    assert!(err.to_string().contains("already a member"), "{err}");
+
+    let ids: BTreeSet<String> = (0..20).map(|i| format!("before-{i}")).collect();
+    assert_everywhere(&cluster, &ids).await;
+
+    cluster.replicas[&follower].remove_member(4).await.unwrap();
+    let status = cluster.replicas[&leader].status();
+    assert!(status.members.iter().all(|m| m.node_id != 4), "{status:?}");
+    cluster.stop(4).await;
+    cluster.replicas[&follower].write(create("after-removal")).await.unwrap();
+    cluster.shutdown().await;
+}

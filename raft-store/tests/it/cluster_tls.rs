@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use proto::cluster::cluster_client::ClusterClient;
 use proto::cluster::Payload;
-use raft_store::network::tls::client_endpoint;
+use raft_store::network::tls::{client_endpoint, joiner_endpoint};
 
 use crate::cluster_support::{TestCa, TestCluster, REPLICA_ID};
 
@@ -46,5 +46,39 @@ async fn refuses_peers_that_are_not_replicas_and_malformed_messages() {
     let mut wary = cluster.ca.tls(REPLICA_ID);
     wary.bundle = stranger_ca.bundle.clone();
     assert!(call(client_endpoint(&wary, &address, timeout).unwrap(), vec![]).await.is_err());
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_a_certificate_reaches_only_join() {
+    let cluster = TestCluster::start(1, 10_000).await;
+    let address = cluster.replicas[&1].address().to_string();
+    let timeout = Duration::from_secs(2);
+    let replica_id = identity::SpiffeId::parse(REPLICA_ID).unwrap();
+    let pin: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &cluster.ca.cert).as_ref().try_into().unwrap();
+    let connect = |pin: [u8; 32]| {
+        let endpoint = joiner_endpoint(replica_id.clone(), pin, &address, timeout).unwrap();
+        async move { endpoint.connect().await.map(ClusterClient::new) }
+    };
+
+    let mut client = connect(pin).await.expect("the pinned CA is the cluster's");
+    let err = client.vote(Payload { data: vec![] }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    let err = client.append_entries(Payload { data: vec![] }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    let err = client.write(Payload { data: vec![] }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    // The TLS handshake succeeded and Join was routed: this replica has no join handler.
+    let err = client.join(Payload { data: vec![] }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+
+    // With a wrong pin the joiner refuses the server: no call gets through.
+    let mut wrong = pin;
+    wrong[0] ^= 1;
+    let refused = match connect(wrong).await {
+        Err(_) => true,
+        Ok(mut c) => c.join(Payload { data: vec![] }).await.is_err_and(|e| e.code() == tonic::Code::Unavailable || e.code() == tonic::Code::Unknown),
+    };
+    assert!(refused, "a server whose CA does not match the pin must be refused");
     cluster.shutdown().await;
 }
