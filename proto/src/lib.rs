@@ -9,6 +9,12 @@ pub mod cluster {
     tonic::include_proto!("testudo.cluster.v1");
 }
 
+/// Administration of one server replica over its admin socket (`testudo.admin.v1`).
+pub mod admin {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("testudo.admin.v1");
+}
+
 /// The subset of etcd's KV API the Raft benchmark drives etcd with (`etcdserverpb`).
 pub mod etcd {
     #![allow(clippy::all, missing_docs)]

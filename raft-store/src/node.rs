@@ -33,6 +33,8 @@ pub struct ReplicaConfig {
     pub api_address: String,
     pub tls: ClusterTls,
     pub timing: Timing,
+    /// The cluster RPC address other replicas dial; `None` means the bound `listen` address.
+    pub advertise_address: Option<String>,
     /// Admits new replicas over the Join call; `None` refuses joins.
     pub join: Option<Arc<dyn JoinHandler>>,
 }
@@ -162,7 +164,8 @@ impl Replica {
         })
         .await
         .map_err(|e| StartError::Server(e.to_string()))?;
-        let node = ReplicaNode { raft_address: address.to_string(), api_address: config.api_address.clone() };
+        let raft_address = config.advertise_address.clone().unwrap_or_else(|| address.to_string());
+        let node = ReplicaNode { raft_address, api_address: config.api_address.clone() };
         tracing::info!(node_id = config.node_id, %address, "replica started");
         Ok(Self { id: config.node_id, raft, reader: store.reader, client, address, node, transfer, stop: Some(stop), server: Some(server) })
     }
@@ -327,6 +330,57 @@ impl Replica {
                 return Err(last);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Makes this replica a voter of a cluster it is not yet a member of, by asking the
+    /// replicas at `addresses` (following their leader hints) until it votes or `within`
+    /// passes. Used right after a new replica has been admitted.
+    pub async fn join_through(&self, addresses: &[String], within: Duration) -> Result<(), ClusterError> {
+        let deadline = tokio::time::Instant::now() + within;
+        let request = AdminRequest::AddMember { id: self.id, node: self.node.clone() };
+        let mut targets: Vec<String> = addresses.to_vec();
+        let mut next = 0;
+        loop {
+            let target = targets[next % targets.len().max(1)].clone();
+            let last = match self.client.admin(0, &target, &request).await {
+                Ok(Ok(Some(AddProgress::Voter))) => return Ok(()),
+                Ok(Ok(progress)) => ClusterError::Membership(format!("still catching up ({progress:?})")),
+                Ok(Err(ForwardError::NotLeader { leader: Some((_, leader)) })) => {
+                    if !targets.contains(&leader.raft_address) {
+                        targets.push(leader.raft_address.clone());
+                    }
+                    next = targets.iter().position(|t| *t == leader.raft_address).unwrap_or(0);
+                    continue;
+                }
+                Ok(Err(ForwardError::Refused(m))) => return Err(ClusterError::Membership(m)),
+                Ok(Err(e)) => {
+                    next += 1;
+                    ClusterError::Unavailable(e.to_string())
+                }
+                Err(e) => {
+                    next += 1;
+                    ClusterError::LeaderUnreachable(e.to_string())
+                }
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(last);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until this replica knows a leader, up to `within`.
+    pub async fn wait_for_leader(&self, within: Duration) -> Result<NodeId, ClusterError> {
+        let mut metrics = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(leader) = metrics.borrow().current_leader {
+                return Ok(leader);
+            }
+            if !matches!(tokio::time::timeout_at(deadline, metrics.changed()).await, Ok(Ok(()))) {
+                return Err(ClusterError::NoLeader);
+            }
         }
     }
 

@@ -106,6 +106,7 @@ impl TestCluster {
             tls: self.ca.tls(REPLICA_ID),
             timing: fast_timing(self.snapshot_every),
             join: None,
+            advertise_address: None,
         }
     }
 

@@ -3,7 +3,9 @@
 //! `disk` upstream authority. Later issues add the APIs, attestation and clustering.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod ca;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod upstream;

@@ -1,0 +1,101 @@
+//! `testudo.admin.v1.ClusterAdmin`: the cluster commands of the CLI.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::admin::cluster_admin_server::ClusterAdmin;
+use proto::admin::{
+    ClusterStatus, CreateInviteRequest, InitRequest, Invite, JoinRequest, Member, RemoveMemberRequest, StatusRequest, TransferLeadershipRequest,
+};
+use tonic::{Request, Response, Status};
+
+use crate::cluster::runtime::{ClusterRuntime, DEFAULT_INVITE_TTL};
+use crate::cluster::ClusterSetupError;
+
+pub struct ClusterAdminService {
+    pub runtime: Arc<ClusterRuntime>,
+}
+
+/// Longest invite lifetime an admin may ask for.
+const MAX_INVITE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn status_of(e: ClusterSetupError) -> Status {
+    match e {
+        ClusterSetupError::AlreadyMember | ClusterSetupError::NotMember => Status::failed_precondition(e.to_string()),
+        ClusterSetupError::Invite(_) => Status::invalid_argument(e.to_string()),
+        ClusterSetupError::Join(_) => Status::permission_denied(e.to_string()),
+        _ => Status::unavailable(e.to_string()),
+    }
+}
+
+impl ClusterAdminService {
+    async fn current(&self) -> ClusterStatus {
+        let cluster_id = self.runtime.cluster_id().await.unwrap_or_default();
+        match self.runtime.status().await {
+            None => ClusterStatus { initialized: false, ..Default::default() },
+            Some(s) => ClusterStatus {
+                initialized: true,
+                node_id: s.node_id,
+                cluster_id,
+                state: s.state,
+                leader: s.leader,
+                term: s.term,
+                last_log_index: s.last_log_index,
+                last_applied: s.last_applied,
+                members: s
+                    .members
+                    .into_iter()
+                    .map(|m| Member {
+                        node_id: m.node_id,
+                        raft_address: m.node.raft_address,
+                        api_address: m.node.api_address,
+                        voter: m.voter,
+                        matched_index: m.matched_index,
+                        lag: m.lag,
+                    })
+                    .collect(),
+            },
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterAdmin for ClusterAdminService {
+    async fn init(&self, _request: Request<InitRequest>) -> Result<Response<ClusterStatus>, Status> {
+        self.runtime.init().await.map_err(status_of)?;
+        Ok(Response::new(self.current().await))
+    }
+
+    async fn create_invite(&self, request: Request<CreateInviteRequest>) -> Result<Response<Invite>, Status> {
+        let ttl = match request.get_ref().ttl_seconds {
+            0 => DEFAULT_INVITE_TTL,
+            secs => Duration::from_secs(u64::from(secs)),
+        };
+        if ttl > MAX_INVITE_TTL {
+            return Err(Status::invalid_argument(format!("ttl_seconds must be at most {}", MAX_INVITE_TTL.as_secs())));
+        }
+        let (token, expires_at) = self.runtime.create_invite(ttl).await.map_err(status_of)?;
+        Ok(Response::new(Invite { token, expires_at }))
+    }
+
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<ClusterStatus>, Status> {
+        self.runtime.join(&request.get_ref().token).await.map_err(status_of)?;
+        Ok(Response::new(self.current().await))
+    }
+
+    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<ClusterStatus>, Status> {
+        Ok(Response::new(self.current().await))
+    }
+
+    async fn remove_member(&self, request: Request<RemoveMemberRequest>) -> Result<Response<ClusterStatus>, Status> {
+        let replica = self.runtime.replica().await.ok_or_else(|| status_of(ClusterSetupError::NotMember))?;
+        replica.remove_member(request.get_ref().node_id).await.map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(Response::new(self.current().await))
+    }
+
+    async fn transfer_leadership(&self, request: Request<TransferLeadershipRequest>) -> Result<Response<ClusterStatus>, Status> {
+        let replica = self.runtime.replica().await.ok_or_else(|| status_of(ClusterSetupError::NotMember))?;
+        replica.transfer_leadership(request.get_ref().node_id).await.map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(Response::new(self.current().await))
+    }
+}

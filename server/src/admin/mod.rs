@@ -1,0 +1,5 @@
+//! Admin services on the local Unix socket: today the cluster commands; the SPIRE admin
+//! APIs join them as they are built.
+
+pub mod cluster;
+pub mod socket;

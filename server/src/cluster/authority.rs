@@ -1,0 +1,64 @@
+//! The cluster CA: a long-lived CA, separate from the trust domain's SPIFFE CA, that
+//! issues the certificates replicas present to each other on the cluster RPC.
+
+use std::time::Duration;
+
+use identity::crypto::{KeyType, LocalKey, PublicKey, Signer};
+use identity::x509::{mint_ca, mint_x509_svid, CaTemplate, Issuer, Subject, SvidTemplate};
+use identity::{SpiffeId, TrustDomain};
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use super::ClusterSetupError;
+
+/// Lifetime of the cluster CA.
+const CA_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Lifetime of a replica certificate.
+const REPLICA_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The SPIFFE ID every replica presents on the cluster RPC. Under `/spire/`, so no
+/// workload entry can claim it, and distinct from the API server's `/spire/server`.
+pub fn replica_id(trust_domain: &TrustDomain) -> Result<SpiffeId, ClusterSetupError> {
+    SpiffeId::parse(&format!("spiffe://{}/spire/replica", trust_domain.name())).map_err(|e| ClusterSetupError::Certificate(e.to_string()))
+}
+
+/// The cluster CA's certificate and key.
+pub struct ClusterAuthority {
+    pub cert_der: Vec<u8>,
+    key: LocalKey,
+}
+
+impl ClusterAuthority {
+    /// A new self-signed cluster CA for `trust_domain`.
+    pub fn create(trust_domain: &TrustDomain) -> Result<Self, ClusterSetupError> {
+        let key = LocalKey::generate(KeyType::EcP256).map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
+        let subject = Subject { country: None, organization: Some("Testudo".into()), common_name: Some("Testudo cluster CA".into()) };
+        let template = CaTemplate { trust_domain: trust_domain.clone(), public_key: key.public_key().clone(), ttl: CA_TTL, subject, serial: None };
+        let minted = mint_ca(&template, None, Some(&key as &dyn Signer), OffsetDateTime::now_utc()).map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
+        Ok(Self { cert_der: minted.der, key })
+    }
+
+    pub fn from_parts(cert_der: Vec<u8>, key_pkcs8: &[u8]) -> Result<Self, ClusterSetupError> {
+        let key = LocalKey::from_pkcs8_der(KeyType::EcP256, key_pkcs8).map_err(|e| ClusterSetupError::Certificate(format!("cluster CA key: {e}")))?;
+        Issuer::new(&cert_der, &key).map_err(|e| ClusterSetupError::Certificate(format!("cluster CA certificate: {e}")))?;
+        Ok(Self { cert_der, key })
+    }
+
+    pub fn key_pkcs8(&self) -> Result<Zeroizing<Vec<u8>>, ClusterSetupError> {
+        self.key.to_pkcs8_der().map_err(|e| ClusterSetupError::Certificate(e.to_string()))
+    }
+
+    /// A replica certificate for `public_key`.
+    pub fn issue_replica(&self, trust_domain: &TrustDomain, public_key: PublicKey) -> Result<Vec<u8>, ClusterSetupError> {
+        let issuer = Issuer::new(&self.cert_der, &self.key).map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
+        let template = SvidTemplate {
+            spiffe_id: replica_id(trust_domain)?,
+            public_key,
+            ttl: REPLICA_TTL,
+            dns_names: vec![],
+            subject: Subject { country: None, organization: Some("Testudo".into()), common_name: None },
+            serial: None,
+        };
+        mint_x509_svid(&template, &issuer, OffsetDateTime::now_utc()).map(|m| m.der).map_err(|e| ClusterSetupError::Certificate(e.to_string()))
+    }
+}

@@ -1,0 +1,130 @@
+//! What a replica keeps on disk to take part in the cluster: the cluster id, the cluster CA
+//! and its own replica certificate and key, under `<data_dir>/cluster/`. Written once, when
+//! the replica initialises or joins; `cluster.json` is written last and marks the set
+//! complete, so a crash half-way leaves a pristine replica rather than a broken one.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::ClusterSetupError;
+
+const DIR: &str = "cluster";
+const MARKER: &str = "cluster.json";
+
+/// The files' contents.
+pub struct ClusterMaterial {
+    pub cluster_id: String,
+    pub ca_cert_der: Vec<u8>,
+    pub ca_key_pkcs8: Zeroizing<Vec<u8>>,
+    pub replica_cert_der: Vec<u8>,
+    pub replica_key_pkcs8: Zeroizing<Vec<u8>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Marker {
+    cluster_id: String,
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> ClusterSetupError {
+    ClusterSetupError::Files(format!("{}: {e}", path.display()))
+}
+
+/// `<data_dir>/cluster`.
+pub fn dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(DIR)
+}
+
+/// Reads the material if this replica has initialised or joined; `None` if it is pristine.
+pub fn load(data_dir: &Path) -> Result<Option<ClusterMaterial>, ClusterSetupError> {
+    let dir = dir(data_dir);
+    let marker_path = dir.join(MARKER);
+    let marker = match fs::read(&marker_path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(&marker_path, e)),
+    };
+    let marker: Marker = serde_json::from_slice(&marker).map_err(|e| ClusterSetupError::Files(format!("{}: {e}", marker_path.display())))?;
+    let read = |name: &str| fs::read(dir.join(name)).map_err(|e| io_error(&dir.join(name), e));
+    let read_secret = |name: &str| -> Result<Zeroizing<Vec<u8>>, ClusterSetupError> {
+        let path = dir.join(name);
+        let mode = fs::metadata(&path).map_err(|e| io_error(&path, e))?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(ClusterSetupError::Files(format!("{} is readable by group or others (mode {:o}); chmod 600 it", path.display(), mode & 0o777)));
+        }
+        read(name).map(Zeroizing::new)
+    };
+    Ok(Some(ClusterMaterial {
+        cluster_id: marker.cluster_id,
+        ca_cert_der: read("ca.der")?,
+        ca_key_pkcs8: read_secret("ca.key")?,
+        replica_cert_der: read("replica.der")?,
+        replica_key_pkcs8: read_secret("replica.key")?,
+    }))
+}
+
+/// Writes the material; refuses to overwrite a replica that already has some.
+pub fn store(data_dir: &Path, material: &ClusterMaterial) -> Result<(), ClusterSetupError> {
+    if load(data_dir)?.is_some() {
+        return Err(ClusterSetupError::AlreadyMember);
+    }
+    let dir = dir(data_dir);
+    fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(|e| io_error(&dir, e))?;
+    write_file(&dir, "ca.der", &material.ca_cert_der)?;
+    write_file(&dir, "ca.key", &material.ca_key_pkcs8)?;
+    write_file(&dir, "replica.der", &material.replica_cert_der)?;
+    write_file(&dir, "replica.key", &material.replica_key_pkcs8)?;
+    let marker = serde_json::to_vec(&Marker { cluster_id: material.cluster_id.clone() }).map_err(|e| ClusterSetupError::Files(e.to_string()))?;
+    write_file(&dir, MARKER, &marker)?;
+    fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| io_error(&dir, e))
+}
+
+/// Temp file (0600), fsync, rename: the file is whole or absent.
+fn write_file(dir: &Path, name: &str, contents: &[u8]) -> Result<(), ClusterSetupError> {
+    let path = dir.join(name);
+    let temp = dir.join(format!(".{name}.tmp"));
+    let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temp).map_err(|e| io_error(&temp, e))?;
+    file.write_all(contents).and_then(|()| file.sync_all()).map_err(|e| io_error(&temp, e))?;
+    fs::rename(&temp, &path).map_err(|e| io_error(&path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn material() -> ClusterMaterial {
+        ClusterMaterial {
+            cluster_id: "c1".into(),
+            ca_cert_der: vec![1],
+            ca_key_pkcs8: Zeroizing::new(vec![2]),
+            replica_cert_der: vec![3],
+            replica_key_pkcs8: Zeroizing::new(vec![4]),
+        }
+    }
+
+    #[test]
+    fn round_trips_and_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load(dir.path()).unwrap().is_none());
+        store(dir.path(), &material()).unwrap();
+        let loaded = load(dir.path()).unwrap().unwrap();
+        assert_eq!((loaded.cluster_id.as_str(), loaded.replica_key_pkcs8.as_slice()), ("c1", &[4u8][..]));
+        let mode = fs::metadata(dir.path().join("cluster/ca.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(matches!(store(dir.path(), &material()), Err(ClusterSetupError::AlreadyMember)));
+    }
+
+    #[test]
+    fn refuses_keys_others_can_read() {
+        let dir = tempfile::tempdir().unwrap();
+        store(dir.path(), &material()).unwrap();
+        fs::set_permissions(dir.path().join("cluster/replica.key"), fs::Permissions::from_mode(0o644)).unwrap();
+        let err = load(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+    }
+}

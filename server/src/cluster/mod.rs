@@ -1,0 +1,29 @@
+//! Cluster life cycle of a server replica: the cluster CA and replica certificates
+//! ([`authority`]), the files a replica keeps ([`files`]), one-time invites ([`invite`]),
+//! admission of joiners ([`admission`]) and the runtime that ties them to the Raft replica
+//! ([`runtime`]). docs/cluster.md describes the flow and its threat model.
+
+pub mod admission;
+pub mod authority;
+pub mod files;
+pub mod invite;
+pub mod runtime;
+
+/// Why a replica could not initialise, join or start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterSetupError {
+    #[error("this replica already belongs to a cluster")]
+    AlreadyMember,
+    #[error("this replica belongs to no cluster yet; run `testudo-server cluster init` or `cluster join`")]
+    NotMember,
+    #[error("cluster files: {0}")]
+    Files(String),
+    #[error("cluster certificate: {0}")]
+    Certificate(String),
+    #[error("invite: {0}")]
+    Invite(String),
+    #[error("join failed: {0}")]
+    Join(String),
+    #[error("replica: {0}")]
+    Replica(String),
+}

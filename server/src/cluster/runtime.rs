@@ -1,0 +1,233 @@
+//! One replica's place in the cluster over its life: pristine until an admin initialises a
+//! new cluster or joins an existing one, then a running Raft replica that restarts from its
+//! data dir.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use std::time::Duration;
+
+use identity::bundle::Bundle;
+use identity::crypto::{KeyType, LocalKey, Signer};
+use identity::TrustDomain;
+use raft_store::model::ReplicaInvite;
+use raft_store::network::tls::{joiner_endpoint, ClusterTls};
+use raft_store::node::{ClusterStatus, Replica, ReplicaConfig, Timing};
+use raft_store::{Command, Outcome};
+use tokio::sync::Mutex;
+use zeroize::Zeroizing;
+
+use super::admission::{Admission, JoinReply, JoinRequest};
+use super::authority::{replica_id, ClusterAuthority};
+use super::files::{self, ClusterMaterial};
+use super::invite::Invite;
+use super::ClusterSetupError;
+
+/// Where this replica listens and how it is reached.
+#[derive(Clone, Debug)]
+pub struct ReplicaSettings {
+    pub node_id: u64,
+    pub trust_domain: TrustDomain,
+    pub data_dir: PathBuf,
+    pub raft_listen: SocketAddr,
+    /// Address other replicas dial; `None` means the bound listen address.
+    pub raft_advertise: Option<String>,
+    pub api_address: String,
+    pub timing: Timing,
+}
+
+/// How long a new replica may take to catch up before its join is reported as failed.
+const CATCH_UP: Duration = Duration::from_secs(120);
+/// Default invite lifetime.
+pub const DEFAULT_INVITE_TTL: Duration = Duration::from_secs(3600);
+
+/// The replica, once it has one.
+pub struct ClusterRuntime {
+    settings: ReplicaSettings,
+    replica: Mutex<Option<(Arc<Replica>, String)>>,
+}
+
+impl ClusterRuntime {
+    /// Starts the replica if this data dir already belongs to a cluster.
+    pub async fn start(settings: ReplicaSettings) -> Result<Self, ClusterSetupError> {
+        let runtime = Self { settings, replica: Mutex::new(None) };
+        let material = files::load(&runtime.settings.data_dir)?;
+        if let Some(material) = material {
+            let mut slot = runtime.replica.lock().await;
+            *slot = Some(runtime.start_replica(&material).await?);
+        } else {
+            tracing::info!("this replica belongs to no cluster yet: run `testudo-server cluster init` or `cluster join`");
+        }
+        Ok(runtime)
+    }
+
+    /// The running replica, if any.
+    pub async fn replica(&self) -> Option<Arc<Replica>> {
+        self.replica.lock().await.as_ref().map(|(r, _)| r.clone())
+    }
+
+    /// The cluster id, if this replica belongs to a cluster.
+    pub async fn cluster_id(&self) -> Option<String> {
+        self.replica.lock().await.as_ref().map(|(_, id)| id.clone())
+    }
+
+    async fn start_replica(&self, material: &ClusterMaterial) -> Result<(Arc<Replica>, String), ClusterSetupError> {
+        let s = &self.settings;
+        let authority = Arc::new(ClusterAuthority::from_parts(material.ca_cert_der.clone(), &material.ca_key_pkcs8)?);
+        let mut bundle = Bundle::new(s.trust_domain.clone());
+        bundle.add_x509_authority(&material.ca_cert_der).map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
+        let tls = ClusterTls {
+            chain: vec![material.replica_cert_der.clone(), material.ca_cert_der.clone()],
+            key_pkcs8: material.replica_key_pkcs8.clone(),
+            bundle: Arc::new(RwLock::new(bundle)),
+            replica_id: replica_id(&s.trust_domain)?,
+        };
+        let late = Arc::new(OnceLock::new());
+        let admission = Admission { trust_domain: s.trust_domain.clone(), cluster_id: material.cluster_id.clone(), authority, replica: late.clone() };
+        let config = ReplicaConfig {
+            node_id: s.node_id,
+            cluster_id: material.cluster_id.clone(),
+            data_dir: s.data_dir.join("raft"),
+            listen: s.raft_listen,
+            api_address: s.api_address.clone(),
+            tls,
+            timing: s.timing.clone(),
+            join: Some(Arc::new(admission)),
+            advertise_address: s.raft_advertise.clone(),
+        };
+        let replica = Arc::new(Replica::start(config).await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?);
+        let _ = late.set(Arc::downgrade(&replica));
+        Ok((replica, material.cluster_id.clone()))
+    }
+
+    /// Makes this pristine replica the sole voter of a new cluster.
+    pub async fn init(&self) -> Result<ClusterStatus, ClusterSetupError> {
+        let mut slot = self.replica.lock().await;
+        if slot.is_some() || files::load(&self.settings.data_dir)?.is_some() {
+            return Err(ClusterSetupError::AlreadyMember);
+        }
+        let authority = ClusterAuthority::create(&self.settings.trust_domain)?;
+        let key = LocalKey::generate(KeyType::EcP256).map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
+        let replica_cert_der = authority.issue_replica(&self.settings.trust_domain, key.public_key().clone())?;
+        let mut id_bytes = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut id_bytes).map_err(|_| ClusterSetupError::Certificate("no randomness available".into()))?;
+        let material = ClusterMaterial {
+            cluster_id: super::invite::hex(&id_bytes),
+            ca_cert_der: authority.cert_der.clone(),
+            ca_key_pkcs8: authority.key_pkcs8()?,
+            replica_cert_der,
+            replica_key_pkcs8: key.to_pkcs8_der().map_err(|e| ClusterSetupError::Certificate(e.to_string()))?,
+        };
+        files::store(&self.settings.data_dir, &material)?;
+        let (replica, cluster_id) = self.start_replica(&material).await?;
+        replica.initialize().await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
+        replica.wait_for_leader(Duration::from_secs(10)).await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
+        tracing::info!(%cluster_id, node_id = self.settings.node_id, "initialised a new cluster");
+        *slot = Some((replica.clone(), cluster_id));
+        Ok(replica.status())
+    }
+
+    /// Creates a one-time invite valid for `ttl`.
+    pub async fn create_invite(&self, ttl: Duration) -> Result<(String, i64), ClusterSetupError> {
+        let replica = self.replica().await.ok_or(ClusterSetupError::NotMember)?;
+        let material = files::load(&self.settings.data_dir)?.ok_or(ClusterSetupError::NotMember)?;
+        let mut addresses = vec![replica.node().raft_address.clone()];
+        let status = replica.status();
+        addresses.extend(status.members.iter().filter(|m| m.node_id != status.node_id).map(|m| m.node.raft_address.clone()));
+        let invite = Invite::generate(&material.ca_cert_der, addresses)?;
+        let ttl_secs = i64::try_from(ttl.as_secs()).map_err(|_| ClusterSetupError::Invite("ttl too long".into()))?;
+        let expires_at = time::OffsetDateTime::now_utc().unix_timestamp() + ttl_secs;
+        let command = Command::CreateReplicaInvite(ReplicaInvite { secret_sha256: Invite::secret_sha256(&invite.secret), expires_at });
+        let response = replica.write(command).await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
+        match response.outcome {
+            Outcome::ReplicaInvite(Ok(_)) => Ok((invite.encode()?, expires_at)),
+            other => Err(ClusterSetupError::Replica(format!("invite not stored: {other:?}"))),
+        }
+    }
+
+    /// Joins this pristine replica to the cluster `token` names and waits until it votes.
+    pub async fn join(&self, token: &str) -> Result<ClusterStatus, ClusterSetupError> {
+        let invite = Invite::decode(token)?;
+        let mut slot = self.replica.lock().await;
+        if slot.is_some() || files::load(&self.settings.data_dir)?.is_some() {
+            return Err(ClusterSetupError::AlreadyMember);
+        }
+        let key = LocalKey::generate(KeyType::EcP256).map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
+        let request = JoinRequest {
+            secret: invite.secret.to_vec(),
+            node_id: self.settings.node_id,
+            raft_address: self.settings.raft_advertise.clone().unwrap_or_else(|| self.settings.raft_listen.to_string()),
+            api_address: self.settings.api_address.clone(),
+            public_key: key.public_key().spki_der().to_vec(),
+        };
+        let reply = self.ask_to_join(&invite, &request).await?;
+        if super::invite::sha256(&reply.ca_cert_der) != invite.ca_sha256 {
+            return Err(ClusterSetupError::Join("the cluster answered with a CA other than the invite's".into()));
+        }
+        let material = ClusterMaterial {
+            cluster_id: reply.cluster_id,
+            ca_cert_der: reply.ca_cert_der,
+            ca_key_pkcs8: Zeroizing::new(reply.ca_key_pkcs8),
+            replica_cert_der: reply.replica_cert_der,
+            replica_key_pkcs8: key.to_pkcs8_der().map_err(|e| ClusterSetupError::Certificate(e.to_string()))?,
+        };
+        // Check the reply before keeping it: a usable CA, and a replica certificate it signed.
+        ClusterAuthority::from_parts(material.ca_cert_der.clone(), &material.ca_key_pkcs8)?;
+        let mut bundle = Bundle::new(self.settings.trust_domain.clone());
+        bundle.add_x509_authority(&material.ca_cert_der).map_err(|e| ClusterSetupError::Join(format!("cluster CA: {e}")))?;
+        identity::x509::verify_x509_svid(&[material.replica_cert_der.as_slice()], &bundle, time::OffsetDateTime::now_utc())
+            .map_err(|e| ClusterSetupError::Join(format!("the replica certificate from the cluster does not verify: {e}")))?;
+        files::store(&self.settings.data_dir, &material)?;
+        let (replica, cluster_id) = self.start_replica(&material).await?;
+        *slot = Some((replica.clone(), cluster_id.clone()));
+        drop(slot);
+        replica.join_through(&invite.addresses, CATCH_UP).await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
+        tracing::info!(%cluster_id, node_id = self.settings.node_id, "joined the cluster as a voter");
+        Ok(replica.status())
+    }
+
+    async fn ask_to_join(&self, invite: &Invite, request: &JoinRequest) -> Result<JoinReply, ClusterSetupError> {
+        let data = serde_json::to_vec(request).map_err(|e| ClusterSetupError::Join(e.to_string()))?;
+        let replica_id = replica_id(&self.settings.trust_domain)?;
+        let mut failures = Vec::new();
+        for address in &invite.addresses {
+            let endpoint = joiner_endpoint(replica_id.clone(), invite.ca_sha256, address, Duration::from_secs(15)).map_err(|e| ClusterSetupError::Join(e.to_string()))?;
+            let channel = match endpoint.connect().await {
+                Ok(channel) => channel,
+                Err(e) => {
+                    failures.push(format!("{address}: {e}"));
+                    continue;
+                }
+            };
+            let mut client = proto::cluster::cluster_client::ClusterClient::new(channel);
+            match client.join(proto::cluster::Payload { data: data.clone() }).await {
+                Ok(reply) => {
+                    return serde_json::from_slice(&reply.into_inner().data).map_err(|e| ClusterSetupError::Join(format!("malformed reply from {address}: {e}")));
+                }
+                // A refusal is the cluster's answer: another address would say the same.
+                Err(status) if status.code() != tonic::Code::Unavailable => {
+                    return Err(ClusterSetupError::Join(format!("{address} refused: {}", status.message())));
+                }
+                Err(status) => failures.push(format!("{address}: {}", status.message())),
+            }
+        }
+        Err(ClusterSetupError::Join(format!("no replica of the invite answered: {}", failures.join("; "))))
+    }
+
+    /// Status of this replica's view of the cluster, or `None` when pristine.
+    pub async fn status(&self) -> Option<ClusterStatus> {
+        self.replica().await.map(|r| r.status())
+    }
+
+    /// Stops the replica, releasing the data dir.
+    pub async fn shutdown(&self) {
+        let taken = self.replica.lock().await.take();
+        if let Some((replica, _)) = taken {
+            match Arc::try_unwrap(replica) {
+                Ok(replica) => replica.shutdown().await,
+                Err(_) => tracing::warn!("replica still in use at shutdown; its tasks stop with the process"),
+            }
+        }
+    }
+}

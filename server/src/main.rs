@@ -1,0 +1,161 @@
+//! `testudo-server`: `run` starts a replica; every other command talks to a running
+//! replica over its admin socket.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use proto::admin::cluster_admin_client::ClusterAdminClient;
+use proto::admin::{ClusterStatus, CreateInviteRequest, InitRequest, JoinRequest, RemoveMemberRequest, StatusRequest, TransferLeadershipRequest};
+use server::admin::socket;
+
+mod run;
+
+#[derive(Parser)]
+#[command(name = "testudo-server", version, about = "Testudo server: a SPIFFE identity control plane replica")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs a server replica.
+    Run {
+        /// Path to the HCL config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Cluster life cycle: init, invite, join, status, remove, transfer.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Args)]
+struct Common {
+    /// The running replica's admin socket (`server.socket_path`).
+    #[arg(long, global = true, default_value = "/tmp/spire-server/private/api.sock")]
+    socket_path: PathBuf,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Pretty)]
+    output: Output,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Pretty,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Makes this pristine replica the sole voter of a new cluster.
+    Init,
+    /// Creates a one-time invite for a new replica.
+    Invite {
+        /// Invite lifetime in seconds (default 3600).
+        #[arg(long, default_value_t = 3600)]
+        ttl: u32,
+    },
+    /// Joins this pristine replica to the cluster an invite names.
+    Join {
+        #[arg(long)]
+        token: String,
+    },
+    /// Shows leader, term and each member's progress.
+    Status,
+    /// Removes a member.
+    Remove {
+        #[arg(long)]
+        node_id: u64,
+    },
+    /// Hands leadership to a voter.
+    Transfer {
+        #[arg(long)]
+        node_id: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run::run(&config),
+        Command::Cluster { command, common } => client(command, common),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn client(command: ClusterCommand, common: Common) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let channel = socket::connect(&common.socket_path)
+            .await
+            .with_context(|| format!("cannot reach the server's admin socket at {}", common.socket_path.display()))?;
+        let mut admin = ClusterAdminClient::new(channel);
+        let status = match command {
+            ClusterCommand::Init => admin.init(InitRequest {}).await,
+            ClusterCommand::Join { token } => admin.join(JoinRequest { token }).await,
+            ClusterCommand::Status => admin.status(StatusRequest {}).await,
+            ClusterCommand::Remove { node_id } => admin.remove_member(RemoveMemberRequest { node_id }).await,
+            ClusterCommand::Transfer { node_id } => admin.transfer_leadership(TransferLeadershipRequest { node_id }).await,
+            ClusterCommand::Invite { ttl } => {
+                let invite = admin.create_invite(CreateInviteRequest { ttl_seconds: ttl }).await.map_err(status_error)?.into_inner();
+                match common.output {
+                    Output::Json => println!("{}", serde_json::json!({ "token": invite.token, "expires_at": invite.expires_at })),
+                    Output::Pretty => println!("Token: {}\nExpires at (unix): {}", invite.token, invite.expires_at),
+                }
+                return Ok(());
+            }
+        };
+        print_status(&status.map_err(status_error)?.into_inner(), common.output);
+        Ok(())
+    })
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", status.code(), status.message())
+}
+
+fn print_status(s: &ClusterStatus, output: Output) {
+    if let Output::Json = output {
+        let members: Vec<_> = s
+            .members
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "node_id": m.node_id, "raft_address": m.raft_address, "api_address": m.api_address,
+                    "voter": m.voter, "matched_index": m.matched_index, "lag": m.lag,
+                })
+            })
+            .collect();
+        let value = serde_json::json!({
+            "initialized": s.initialized, "node_id": s.node_id, "cluster_id": s.cluster_id, "state": s.state,
+            "leader": s.leader, "term": s.term, "last_log_index": s.last_log_index, "last_applied": s.last_applied,
+            "members": members,
+        });
+        println!("{value}");
+        return;
+    }
+    if !s.initialized {
+        println!("This replica belongs to no cluster yet.");
+        return;
+    }
+    let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    println!("Cluster {}  node {}  {}  term {}  leader {}", s.cluster_id, s.node_id, s.state, s.term, opt(s.leader));
+    println!("{:<8} {:<8} {:<24} {:<24} {:>8} {:>6}", "NODE", "ROLE", "RAFT ADDRESS", "API ADDRESS", "MATCHED", "LAG");
+    for m in &s.members {
+        let role = if m.voter { "voter" } else { "learner" };
+        println!("{:<8} {:<8} {:<24} {:<24} {:>8} {:>6}", m.node_id, role, m.raft_address, m.api_address, opt(m.matched_index), opt(m.lag));
+    }
+}

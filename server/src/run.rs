@@ -1,0 +1,93 @@
+//! `testudo-server run`: load the config, start logging, the replica and the admin socket,
+//! and stop cleanly on SIGINT or SIGTERM.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use proto::admin::cluster_admin_server::ClusterAdminServer;
+use raft_store::node::Timing;
+use server::admin::cluster::ClusterAdminService;
+use server::admin::socket;
+use server::cluster::runtime::{ClusterRuntime, ReplicaSettings};
+use server::config::sections::LogFormat;
+use server::config::ServerConfig;
+use tokio_stream::wrappers::UnixListenerStream;
+
+pub fn run(config_path: &Path) -> anyhow::Result<()> {
+    let config = ServerConfig::load(config_path)?;
+    init_logging(&config);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    // One crypto provider for every TLS user in the process.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(serve(config))
+}
+
+fn init_logging(config: &ServerConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{},openraft=warn", config.server.log_level.as_filter())));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match config.server.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    let data_dir = &config.server.data_dir;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("cannot restrict data_dir {}", data_dir.display()))?;
+
+    let cluster = &config.cluster;
+    let api_address = cluster
+        .api_advertise_address
+        .clone()
+        .unwrap_or_else(|| std::net::SocketAddr::new(config.server.bind_address, config.server.bind_port).to_string());
+    let settings = ReplicaSettings {
+        node_id: cluster.node_id,
+        trust_domain: config.server.trust_domain.clone(),
+        data_dir: data_dir.clone(),
+        raft_listen: cluster.raft_bind_address,
+        raft_advertise: cluster.raft_advertise_address.clone(),
+        api_address,
+        timing: Timing {
+            heartbeat_interval: cluster.heartbeat_interval,
+            election_timeout_min: cluster.election_timeout,
+            election_timeout_max: cluster.election_timeout * 2,
+            rpc_timeout: Duration::from_secs(2),
+            snapshot_every: cluster.snapshot_every,
+        },
+    };
+    let runtime = Arc::new(ClusterRuntime::start(settings).await?);
+
+    let listener = socket::bind(&config.server.socket_path)
+        .with_context(|| format!("cannot listen on admin socket {}", config.server.socket_path.display()))?;
+    tracing::info!(socket = %config.server.socket_path.display(), "admin socket ready");
+    let admin = ClusterAdminServer::new(ClusterAdminService { runtime: runtime.clone() });
+    let served = tonic::transport::Server::builder()
+        .add_service(admin)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .await;
+    tracing::info!("shutting down");
+    runtime.shutdown().await;
+    let _ = std::fs::remove_file(&config.server.socket_path);
+    served.context("admin socket server failed")
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
