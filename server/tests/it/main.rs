@@ -1,5 +1,6 @@
-//! The CA manager driven by a fake clock through many rotations, resumed from its journal,
+//! Real server processes forming a cluster through the CLI; the CA manager driven by a fake clock through many rotations, resumed from its journal,
 //! and with a disk upstream authority, checked by identity's verifiers and openssl.
 
 mod ca_rotation;
+mod cluster_processes;
 mod upstream_disk;

@@ -1,0 +1,212 @@
+//! Real `testudo-server` processes on loopback, driven by the CLI over their admin sockets:
+//! init, invites (one use, expiry), joins, leader transfer, kill -9 of the leader and
+//! restart from disk, and removal.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_testudo-server");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// One replica process and its files; killed on drop, even when a test panics.
+struct Server {
+    id: u64,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn new(root: &Path, id: u64) -> Self {
+        let dir = root.join(format!("replica-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = format!(
+            r#"server {{
+  bind_address = "127.0.0.1"
+  bind_port = {api}
+  socket_path = "{dir}/admin.sock"
+  trust_domain = "example.org"
+  data_dir = "{dir}/data"
+}}
+plugins {{
+  KeyManager "memory" {{}}
+  NodeAttestor "join_token" {{}}
+}}
+cluster {{
+  node_id = {id}
+  raft_bind_address = "127.0.0.1:{raft}"
+  heartbeat_interval = "50ms"
+  election_timeout = "300ms"
+}}
+"#,
+            api = free_port(),
+            raft = free_port(),
+            dir = dir.display(),
+        );
+        std::fs::write(dir.join("server.hcl"), config).unwrap();
+        let mut server = Self { id, dir, child: None };
+        server.start();
+        server
+    }
+
+    fn start(&mut self) {
+        // A killed replica leaves its socket file behind; readiness means a new one.
+        let _ = std::fs::remove_file(self.socket());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("server.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(self.dir.join("server.hcl"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("testudo-server starts");
+        self.child = Some(child);
+        let socket = self.socket();
+        wait_until(Duration::from_secs(20), || socket.exists(), &format!("replica {}'s admin socket", self.id));
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN).arg("cluster").args(args).arg("--socket-path").arg(self.socket()).output().unwrap()
+    }
+
+    /// Runs a CLI command that must succeed and returns its JSON output.
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        let out = self.cli(&all);
+        assert!(out.status.success(), "replica {}: {args:?} failed: {}\nlog:\n{}", self.id, String::from_utf8_lossy(&out.stderr), self.log());
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn invite(&self, ttl: &str) -> String {
+        self.json(&["invite", "--ttl", ttl])["token"].as_str().unwrap().to_string()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        self.json(&["status"])
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn wait_until(within: Duration, mut ok: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + within;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn voters(status: &serde_json::Value) -> Vec<u64> {
+    status["members"].as_array().unwrap().iter().filter(|m| m["voter"] == true).map(|m| m["node_id"].as_u64().unwrap()).collect()
+}
+
+fn leader(status: &serde_json::Value) -> Option<u64> {
+    status["leader"].as_u64()
+}
+
+#[test]
+fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
+    let root = tempfile::tempdir().unwrap();
+    let mut servers: Vec<Server> = (1..=3).map(|id| Server::new(root.path(), id)).collect();
+
+    assert_eq!(servers[0].status()["initialized"], false);
+    let status = servers[0].json(&["init"]);
+    assert_eq!((leader(&status), voters(&status)), (Some(1), vec![1]));
+    let out = servers[0].cli(&["init"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("already belongs to a cluster"));
+
+    // An invite admits one replica, once.
+    let token = servers[0].invite("600");
+    let status = servers[1].json(&["join", "--token", &token]);
+    assert_eq!(voters(&status), vec![1, 2]);
+    let out = servers[2].cli(&["join", "--token", &token]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("invite is unknown or already used"), "{err}");
+    // A garbled token is refused before anything is sent.
+    let out = servers[2].cli(&["join", "--token", "testudo-invite-v1.garbage"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("invite"));
+    // An expired invite is refused (and the replica stays pristine, so it can try again).
+    let stale = servers[1].invite("1");
+    std::thread::sleep(Duration::from_millis(2100));
+    let out = servers[2].cli(&["join", "--token", &stale]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invite has expired"), "{}", String::from_utf8_lossy(&out.stderr));
+    // Invites can come from a follower too.
+    let token = servers[1].invite("600");
+    let status = servers[2].json(&["join", "--token", &token]);
+    assert_eq!(voters(&status), vec![1, 2, 3]);
+    let cluster_id = status["cluster_id"].as_str().unwrap().to_string();
+    for server in &servers {
+        assert_eq!(server.status()["cluster_id"], cluster_id.as_str());
+    }
+
+    // Leadership moves where an admin asks, from any replica.
+    let status = servers[2].json(&["transfer", "--node-id", "2"]);
+    assert_eq!(leader(&status), Some(2));
+
+    // kill -9 the leader: the other two elect a new one.
+    servers[1].kill();
+    let mut new_leader = None;
+    wait_until(
+        Duration::from_secs(20),
+        || {
+            new_leader = leader(&servers[0].status()).filter(|l| *l != 2);
+            new_leader.is_some()
+        },
+        "a new leader after the old one was killed",
+    );
+    let new_leader = new_leader.unwrap();
+    // The restarted replica rejoins from its disk, with no invite.
+    servers[1].start();
+    wait_until(Duration::from_secs(20), || leader(&servers[1].status()) == Some(new_leader), "the restarted replica to follow the new leader");
+    assert_eq!(voters(&servers[1].status()), vec![1, 2, 3]);
+
+    // Remove replica 3 through a replica that is not the leader.
+    let via = servers.iter().find(|s| s.id != new_leader && s.id != 3).unwrap();
+    let status = via.json(&["remove", "--node-id", "3"]);
+    assert!(!voters(&status).contains(&3), "{status}");
+    wait_until(Duration::from_secs(10), || servers[0].status()["members"].as_array().unwrap().len() == 2, "replica 3 to leave everyone's view");
+
+    // SIGTERM stops a replica cleanly and removes its socket.
+    let child = servers[0].child.take().unwrap();
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut child = child;
+    let code = child.wait().unwrap();
+    assert!(code.success(), "exit after SIGTERM: {code:?}\n{}", servers[0].log());
+    assert!(!servers[0].socket().exists());
+}
+
+#[test]
+fn a_bad_config_stops_start_up_naming_the_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("server.hcl");
+    std::fs::write(&path, "server {\n  trust_domain = \"example.org\"\n  data_dir = \"/tmp/x\"\n  ca_ttl = \"forever\"\n}\n").unwrap();
+    let out = Command::new(BIN).args(["run", "--config"]).arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("server.hcl:4: server.ca_ttl: invalid duration \"forever\""), "{err}");
+}
