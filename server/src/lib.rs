@@ -8,4 +8,5 @@ pub mod ca;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod ops;
 pub mod upstream;

@@ -64,7 +64,18 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
             snapshot_every: cluster.snapshot_every,
         },
     };
+    let metrics = server::ops::metrics::install().map_err(anyhow::Error::msg)?;
     let runtime = Arc::new(ClusterRuntime::start(settings).await?);
+    let mut background = vec![tokio::spawn(server::ops::metrics::sample_raft(runtime.clone(), Duration::from_secs(1)))];
+    if let Some(prometheus) = &config.telemetry.prometheus {
+        let router = server::ops::metrics::router(metrics);
+        background.push(serve_http("Prometheus metrics", &prometheus.host, prometheus.port, router).await?);
+    }
+    let health = &config.health_checks;
+    if health.listener_enabled {
+        let router = server::ops::health::router(runtime.clone(), &health.live_path, &health.ready_path);
+        background.push(serve_http("health checks", &health.bind_address, health.bind_port, router).await?);
+    }
 
     let listener = socket::bind(&config.server.socket_path)
         .with_context(|| format!("cannot listen on admin socket {}", config.server.socket_path.display()))?;
@@ -75,9 +86,25 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
         .await;
     tracing::info!("shutting down");
+    for task in background {
+        task.abort();
+    }
     runtime.shutdown().await;
     let _ = std::fs::remove_file(&config.server.socket_path);
     served.context("admin socket server failed")
+}
+
+/// Binds `host:port` and serves `router` on it in a task.
+async fn serve_http(what: &str, host: &str, port: u16, router: axum::Router) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind((host, port)).await.with_context(|| format!("cannot listen for {what} on {host}:{port}"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(address = %bound, "{what} listening");
+    let what = what.to_string();
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "{what} server stopped");
+        }
+    }))
 }
 
 async fn shutdown_signal() {

@@ -16,6 +16,8 @@ fn free_port() -> u16 {
 /// One replica process and its files; killed on drop, even when a test panics.
 struct Server {
     id: u64,
+    health_port: u16,
+    metrics_port: u16,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -23,6 +25,7 @@ struct Server {
 impl Server {
     fn new(root: &Path, id: u64) -> Self {
         let dir = root.join(format!("replica-{id}"));
+        let (health_port, metrics_port) = (free_port(), free_port());
         std::fs::create_dir_all(&dir).unwrap();
         let config = format!(
             r#"server {{
@@ -42,13 +45,26 @@ cluster {{
   heartbeat_interval = "50ms"
   election_timeout = "300ms"
 }}
+health_checks {{
+  listener_enabled = true
+  bind_address = "127.0.0.1"
+  bind_port = "{health}"
+}}
+telemetry {{
+  Prometheus {{
+    host = "127.0.0.1"
+    port = {metrics}
+  }}
+}}
 "#,
+            health = health_port,
+            metrics = metrics_port,
             api = free_port(),
             raft = free_port(),
             dir = dir.display(),
         );
         std::fs::write(dir.join("server.hcl"), config).unwrap();
-        let mut server = Self { id, dir, child: None };
+        let mut server = Self { id, health_port, metrics_port, dir, child: None };
         server.start();
         server
     }
@@ -112,6 +128,18 @@ impl Drop for Server {
     }
 }
 
+/// A plain HTTP/1.1 GET on loopback: (status code, body).
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
 fn wait_until(within: Duration, mut ok: impl FnMut() -> bool, what: &str) {
     let deadline = Instant::now() + within;
     while !ok() {
@@ -134,7 +162,18 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
     let mut servers: Vec<Server> = (1..=3).map(|id| Server::new(root.path(), id)).collect();
 
     assert_eq!(servers[0].status()["initialized"], false);
+    assert_eq!(http_get(servers[0].health_port, "/live").0, 200);
+    let (code, body) = http_get(servers[0].health_port, "/ready");
+    assert_eq!(code, 503, "a pristine replica is not ready: {body}");
     let status = servers[0].json(&["init"]);
+    let (code, body) = http_get(servers[0].health_port, "/ready");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"leader\":1"), "{body}");
+    wait_until(
+        Duration::from_secs(5),
+        || http_get(servers[0].metrics_port, "/metrics").1.contains("testudo_raft_is_leader 1"),
+        "the leader gauge in /metrics",
+    );
     assert_eq!((leader(&status), voters(&status)), (Some(1), vec![1]));
     let out = servers[0].cli(&["init"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("already belongs to a cluster"));

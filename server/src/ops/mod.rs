@@ -1,0 +1,4 @@
+//! Operations endpoints: liveness and readiness for orchestrators, and Prometheus metrics.
+
+pub mod health;
+pub mod metrics;
