@@ -322,9 +322,7 @@ impl Replica {
                 Ok(Some(AddProgress::Voter)) => return Ok(()),
                 Ok(Some(AddProgress::CatchingUp { lag })) => ClusterError::Membership(format!("replica {id} is still catching up (lag {lag:?})")),
                 Ok(None) => ClusterError::Membership("the leader gave no progress".into()),
-                Err(ForwardError::Refused(m)) => return Err(ClusterError::Membership(m)),
-                Err(ForwardError::NotLeader { .. }) => ClusterError::NoLeader,
-                Err(ForwardError::Unavailable(m)) => ClusterError::Unavailable(m),
+                Err(e) => retryable(e)?,
             };
             if tokio::time::Instant::now() >= deadline {
                 return Err(last);
@@ -396,9 +394,7 @@ impl Replica {
             };
             let last = match result {
                 Ok(()) => return Ok(()),
-                Err(ForwardError::Refused(m)) => return Err(ClusterError::Membership(m)),
-                Err(ForwardError::NotLeader { .. }) => ClusterError::NoLeader,
-                Err(ForwardError::Unavailable(m)) => ClusterError::Unavailable(m),
+                Err(e) => retryable(e)?,
             };
             if tokio::time::Instant::now() >= deadline {
                 return Err(last);
@@ -471,6 +467,16 @@ impl Replica {
         if let Some(server) = self.server.take() {
             let _ = server.await;
         }
+    }
+}
+
+/// A membership step that failed: worth retrying (`Ok`, the error to report if time runs
+/// out) or refused for good (`Err`).
+fn retryable(e: ForwardError) -> Result<ClusterError, ClusterError> {
+    match e {
+        ForwardError::Refused(m) => Err(ClusterError::Membership(m)),
+        ForwardError::NotLeader { .. } => Ok(ClusterError::NoLeader),
+        ForwardError::Unavailable(m) => Ok(ClusterError::Unavailable(m)),
     }
 }
 
