@@ -5,6 +5,7 @@
 // openraft's StorageError is large, and the storage traits return it by value.
 #![allow(clippy::result_large_err)]
 
+pub mod backup;
 pub mod codec;
 pub mod command;
 pub mod db;

@@ -29,6 +29,16 @@ pub struct StoreReader {
     db: Arc<DB>,
 }
 
+impl StoreReader {
+    /// The whole applied state as backup-file bytes, from one consistent view.
+    pub async fn backup(&self) -> Result<Vec<u8>, crate::backup::BackupError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || crate::backup::export(&db))
+            .await
+            .map_err(|e| crate::backup::BackupError::Storage(e.to_string()))?
+    }
+}
+
 /// One page of a listing, and where the next one starts.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Page<T> {

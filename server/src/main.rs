@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use proto::admin::cluster_admin_client::ClusterAdminClient;
-use proto::admin::{ClusterStatus, CreateInviteRequest, InitRequest, JoinRequest, RemoveMemberRequest, StatusRequest, TransferLeadershipRequest};
+use proto::admin::{ClusterStatus, CreateInviteRequest, InitRequest, JoinRequest, RemoveMemberRequest, SaveBackupRequest, StatusRequest, TransferLeadershipRequest};
 use server::admin::socket;
 
 mod run;
@@ -79,12 +79,26 @@ enum ClusterCommand {
         #[arg(long)]
         node_id: u64,
     },
+    /// Writes the whole replicated state to a new file (on the replica's host).
+    Backup {
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Offline: seeds this pristine replica from a backup as the only member of a new cluster.
+    Restore {
+        /// The replica's config (its data_dir must hold no cluster yet).
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run::run(&config),
+        Command::Cluster { command: ClusterCommand::Restore { config, file }, .. } => run::restore(&config, &file),
         Command::Cluster { command, common } => client(command, common),
     };
     match result {
@@ -109,6 +123,17 @@ fn client(command: ClusterCommand, common: Common) -> anyhow::Result<()> {
             ClusterCommand::Status => admin.status(StatusRequest {}).await,
             ClusterCommand::Remove { node_id } => admin.remove_member(RemoveMemberRequest { node_id }).await,
             ClusterCommand::Transfer { node_id } => admin.transfer_leadership(TransferLeadershipRequest { node_id }).await,
+            ClusterCommand::Restore { .. } => anyhow::bail!("restore runs offline, not over the admin socket"),
+            ClusterCommand::Backup { file } => {
+                let path = std::path::absolute(&file).with_context(|| format!("bad path {}", file.display()))?;
+                let path = path.to_str().context("the backup path must be UTF-8")?.to_string();
+                let saved = admin.save_backup(SaveBackupRequest { path }).await.map_err(status_error)?.into_inner();
+                match common.output {
+                    Output::Json => println!("{}", serde_json::json!({ "path": saved.path, "bytes": saved.bytes })),
+                    Output::Pretty => println!("Saved {} bytes to {}", saved.bytes, saved.path),
+                }
+                return Ok(());
+            }
             ClusterCommand::Invite { ttl } => {
                 let invite = admin.create_invite(CreateInviteRequest { ttl_seconds: ttl }).await.map_err(status_error)?.into_inner();
                 match common.output {

@@ -44,26 +44,7 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
     std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("cannot restrict data_dir {}", data_dir.display()))?;
 
-    let cluster = &config.cluster;
-    let api_address = cluster
-        .api_advertise_address
-        .clone()
-        .unwrap_or_else(|| std::net::SocketAddr::new(config.server.bind_address, config.server.bind_port).to_string());
-    let settings = ReplicaSettings {
-        node_id: cluster.node_id,
-        trust_domain: config.server.trust_domain.clone(),
-        data_dir: data_dir.clone(),
-        raft_listen: cluster.raft_bind_address,
-        raft_advertise: cluster.raft_advertise_address.clone(),
-        api_address,
-        timing: Timing {
-            heartbeat_interval: cluster.heartbeat_interval,
-            election_timeout_min: cluster.election_timeout,
-            election_timeout_max: cluster.election_timeout * 2,
-            rpc_timeout: Duration::from_secs(2),
-            snapshot_every: cluster.snapshot_every,
-        },
-    };
+    let settings = settings(&config);
     let metrics = server::ops::metrics::install().map_err(anyhow::Error::msg)?;
     let runtime = Arc::new(ClusterRuntime::start(settings).await?);
     let mut background = vec![tokio::spawn(server::ops::metrics::sample_raft(runtime.clone(), Duration::from_secs(1)))];
@@ -92,6 +73,43 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     runtime.shutdown().await;
     let _ = std::fs::remove_file(&config.server.socket_path);
     served.context("admin socket server failed")
+}
+
+/// Where this replica listens and how it is reached, from its config.
+pub fn settings(config: &ServerConfig) -> ReplicaSettings {
+    let cluster = &config.cluster;
+    let api_address = cluster
+        .api_advertise_address
+        .clone()
+        .unwrap_or_else(|| std::net::SocketAddr::new(config.server.bind_address, config.server.bind_port).to_string());
+    ReplicaSettings {
+        node_id: cluster.node_id,
+        trust_domain: config.server.trust_domain.clone(),
+        data_dir: config.server.data_dir.clone(),
+        raft_listen: cluster.raft_bind_address,
+        raft_advertise: cluster.raft_advertise_address.clone(),
+        api_address,
+        timing: Timing {
+            heartbeat_interval: cluster.heartbeat_interval,
+            election_timeout_min: cluster.election_timeout,
+            election_timeout_max: cluster.election_timeout * 2,
+            rpc_timeout: Duration::from_secs(2),
+            snapshot_every: cluster.snapshot_every,
+        },
+    }
+}
+
+/// `cluster restore`: seeds a pristine replica from a backup file, offline.
+pub fn restore(config_path: &Path, file: &Path) -> anyhow::Result<()> {
+    let config = ServerConfig::load(config_path)?;
+    let backup = std::fs::read(file).with_context(|| format!("cannot read backup {}", file.display()))?;
+    let data_dir = &config.server.data_dir;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("cannot restrict data_dir {}", data_dir.display()))?;
+    let (cluster_id, index) = ClusterRuntime::restore(&settings(&config), &backup)?;
+    println!("Restored state up to log index {index} into {}: a new cluster {cluster_id} with node {} as its only member.", data_dir.display(), config.cluster.node_id);
+    println!("Start it with `testudo-server run --config {}`, then invite the other replicas.", config_path.display());
+    Ok(())
 }
 
 /// Binds `host:port` and serves `router` on it in a task.

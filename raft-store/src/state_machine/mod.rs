@@ -1,7 +1,7 @@
 //! The replicated state machine over RocksDB column families.
 
 mod apply;
-mod snapshot;
+pub(crate) mod snapshot;
 pub(crate) mod txn;
 
 use std::io::Cursor;

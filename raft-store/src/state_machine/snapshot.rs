@@ -55,6 +55,13 @@ fn write_err(e: impl std::fmt::Display) -> StorageError {
 }
 
 fn build(db: &DB, dir: &Path) -> Result<Snapshot, StorageError> {
+    let (meta, data) = read_state(db)?;
+    save_current(dir, &meta, &data)?;
+    Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+}
+
+/// Every state row from one consistent view, with the metadata that view implies.
+pub(crate) fn read_state(db: &DB) -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
     let view = db.snapshot();
     let mut tables = Vec::with_capacity(Cf::STATE.len());
     let mut last_applied: Option<LogId> = None;
@@ -83,8 +90,22 @@ fn build(db: &DB, dir: &Path) -> Result<Snapshot, StorageError> {
         None => format!("--{n}"),
     };
     let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
-    save_current(dir, &meta, &data)?;
-    Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    Ok((meta, data))
+}
+
+/// A snapshot in the on-disk format (magic, then metadata and payload): what
+/// `snapshots/current` holds, and what a backup file holds.
+pub(crate) fn encode_file(meta: &SnapshotMeta, data: &[u8]) -> Result<Vec<u8>, StorageError> {
+    let stored = StoredSnapshot { meta: meta.clone(), data: data.to_vec() };
+    let mut bytes = MAGIC.to_vec();
+    bytes.extend(codec::encode("snapshot file", &stored).map_err(write_err)?);
+    Ok(bytes)
+}
+
+pub(crate) fn decode_file(bytes: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
+    let body = bytes.strip_prefix(MAGIC.as_slice()).ok_or_else(|| read_err("not a Testudo snapshot (bad magic)"))?;
+    let stored: StoredSnapshot = codec::decode("snapshot file", body).map_err(read_err)?;
+    Ok((stored.meta, stored.data))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -97,9 +118,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 /// Writes the snapshot beside the database: temporary file, fsync, rename, directory fsync.
 fn save_current(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
     std::fs::create_dir_all(dir).map_err(write_err)?;
-    let stored = StoredSnapshot { meta: meta.clone(), data: data.to_vec() };
-    let mut bytes = MAGIC.to_vec();
-    bytes.extend(codec::encode("snapshot file", &stored).map_err(write_err)?);
+    let bytes = encode_file(meta, data)?;
     let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
     let mut file = std::fs::File::create(&tmp).map_err(write_err)?;
     file.write_all(&bytes).map_err(write_err)?;
@@ -116,9 +135,8 @@ pub fn load_current(dir: &Path) -> Result<Option<Snapshot>, StorageError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(read_err(e)),
     };
-    let body = bytes.strip_prefix(MAGIC.as_slice()).ok_or_else(|| read_err(format!("{} is not a snapshot file", path.display())))?;
-    let stored: StoredSnapshot = codec::decode("snapshot file", body).map_err(read_err)?;
-    Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+    let (meta, data) = decode_file(&bytes).map_err(|e| read_err(format!("{}: {e}", path.display())))?;
+    Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
 }
 
 /// Replaces the whole state with the snapshot's, atomically, then keeps it as current.

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use proto::admin::cluster_admin_server::ClusterAdmin;
 use proto::admin::{
-    ClusterStatus, CreateInviteRequest, InitRequest, Invite, JoinRequest, Member, RemoveMemberRequest, StatusRequest, TransferLeadershipRequest,
+    ClusterStatus, CreateInviteRequest, InitRequest, Invite, JoinRequest, Member, RemoveMemberRequest, SaveBackupRequest, SaveBackupResponse,
+    StatusRequest, TransferLeadershipRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -91,6 +92,18 @@ impl ClusterAdmin for ClusterAdminService {
         let replica = self.runtime.replica().await.ok_or_else(|| status_of(ClusterSetupError::NotMember))?;
         replica.remove_member(request.get_ref().node_id).await.map_err(|e| Status::failed_precondition(e.to_string()))?;
         Ok(Response::new(self.current().await))
+    }
+
+    async fn save_backup(&self, request: Request<SaveBackupRequest>) -> Result<Response<SaveBackupResponse>, Status> {
+        let path = request.into_inner().path;
+        if path.is_empty() {
+            return Err(Status::invalid_argument("path is required"));
+        }
+        let bytes = self.runtime.save_backup(std::path::Path::new(&path)).await.map_err(|e| match e {
+            ClusterSetupError::Files(m) => Status::invalid_argument(m),
+            other => status_of(other),
+        })?;
+        Ok(Response::new(SaveBackupResponse { path, bytes }))
     }
 
     async fn transfer_leadership(&self, request: Request<TransferLeadershipRequest>) -> Result<Response<ClusterStatus>, Status> {

@@ -84,6 +84,19 @@ pub fn store(data_dir: &Path, material: &ClusterMaterial) -> Result<(), ClusterS
     fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| io_error(&dir, e))
 }
 
+/// Creates `path` (0600) with `contents`, whole or not at all; refuses an existing file.
+pub fn write_new(path: &Path, contents: &[u8]) -> Result<(), ClusterSetupError> {
+    if !path.is_absolute() {
+        return Err(ClusterSetupError::Files(format!("{} must be an absolute path", path.display())));
+    }
+    let dir = path.parent().ok_or_else(|| ClusterSetupError::Files(format!("{} has no directory", path.display())))?;
+    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| ClusterSetupError::Files(format!("{} has no file name", path.display())))?;
+    if path.exists() {
+        return Err(ClusterSetupError::Files(format!("{} exists; not overwriting it", path.display())));
+    }
+    write_file(dir, name, contents)
+}
+
 /// Temp file (0600), fsync, rename: the file is whole or absent.
 fn write_file(dir: &Path, name: &str, contents: &[u8]) -> Result<(), ClusterSetupError> {
     let path = dir.join(name);

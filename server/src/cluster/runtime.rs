@@ -42,6 +42,22 @@ const CATCH_UP: Duration = Duration::from_secs(120);
 /// Default invite lifetime.
 pub const DEFAULT_INVITE_TTL: Duration = Duration::from_secs(3600);
 
+/// A new cluster's id, CA, and this replica's certificate.
+fn new_cluster_material(trust_domain: &TrustDomain) -> Result<ClusterMaterial, ClusterSetupError> {
+    let authority = ClusterAuthority::create(trust_domain)?;
+    let key = LocalKey::generate(KeyType::EcP256).map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
+    let replica_cert_der = authority.issue_replica(trust_domain, key.public_key().clone())?;
+    let mut id_bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut id_bytes).map_err(|_| ClusterSetupError::Certificate("no randomness available".into()))?;
+    Ok(ClusterMaterial {
+        cluster_id: super::invite::hex(&id_bytes),
+        ca_cert_der: authority.cert_der.clone(),
+        ca_key_pkcs8: authority.key_pkcs8()?,
+        replica_cert_der,
+        replica_key_pkcs8: key.to_pkcs8_der().map_err(|e| ClusterSetupError::Certificate(e.to_string()))?,
+    })
+}
+
 /// The replica, once it has one.
 pub struct ClusterRuntime {
     settings: ReplicaSettings,
@@ -107,18 +123,7 @@ impl ClusterRuntime {
         if slot.is_some() || files::load(&self.settings.data_dir)?.is_some() {
             return Err(ClusterSetupError::AlreadyMember);
         }
-        let authority = ClusterAuthority::create(&self.settings.trust_domain)?;
-        let key = LocalKey::generate(KeyType::EcP256).map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
-        let replica_cert_der = authority.issue_replica(&self.settings.trust_domain, key.public_key().clone())?;
-        let mut id_bytes = [0u8; 16];
-        aws_lc_rs::rand::fill(&mut id_bytes).map_err(|_| ClusterSetupError::Certificate("no randomness available".into()))?;
-        let material = ClusterMaterial {
-            cluster_id: super::invite::hex(&id_bytes),
-            ca_cert_der: authority.cert_der.clone(),
-            ca_key_pkcs8: authority.key_pkcs8()?,
-            replica_cert_der,
-            replica_key_pkcs8: key.to_pkcs8_der().map_err(|e| ClusterSetupError::Certificate(e.to_string()))?,
-        };
+        let material = new_cluster_material(&self.settings.trust_domain)?;
         files::store(&self.settings.data_dir, &material)?;
         let (replica, cluster_id) = self.start_replica(&material).await?;
         replica.initialize().await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
@@ -126,6 +131,35 @@ impl ClusterRuntime {
         tracing::info!(%cluster_id, node_id = self.settings.node_id, "initialised a new cluster");
         *slot = Some((replica.clone(), cluster_id));
         Ok(replica.status())
+    }
+
+    /// Seeds this pristine replica's data dir from a backup, as the sole voter of a new
+    /// cluster (new cluster id, new cluster CA) holding the backup's state. Offline: run it
+    /// before `run`. Returns the new cluster id and the restored log index.
+    pub fn restore(settings: &ReplicaSettings, backup: &[u8]) -> Result<(String, u64), ClusterSetupError> {
+        if files::load(&settings.data_dir)?.is_some() {
+            return Err(ClusterSetupError::AlreadyMember);
+        }
+        let material = new_cluster_material(&settings.trust_domain)?;
+        let node = raft_store::ReplicaNode {
+            raft_address: settings.raft_advertise.clone().unwrap_or_else(|| settings.raft_listen.to_string()),
+            api_address: settings.api_address.clone(),
+        };
+        let index = raft_store::backup::restore(&settings.data_dir.join("raft"), settings.node_id, &material.cluster_id, node, backup)
+            .map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
+        files::store(&settings.data_dir, &material)?;
+        Ok((material.cluster_id, index))
+    }
+
+    /// Writes the replicated state, as of now (read-index barrier), to a new file at `path`.
+    pub async fn save_backup(&self, path: &std::path::Path) -> Result<u64, ClusterSetupError> {
+        let replica = self.replica().await.ok_or(ClusterSetupError::NotMember)?;
+        let reader = replica.linearizable_reader().await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
+        let bytes = reader.backup().await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
+        let path = path.to_path_buf();
+        let len = bytes.len() as u64;
+        tokio::task::spawn_blocking(move || files::write_new(&path, &bytes)).await.map_err(|e| ClusterSetupError::Files(e.to_string()))??;
+        Ok(len)
     }
 
     /// Creates a one-time invite valid for `ttl`.

@@ -249,3 +249,39 @@ fn a_bad_config_stops_start_up_naming_the_key_and_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("server.hcl:4: server.ca_ttl: invalid duration \"forever\""), "{err}");
 }
+
+#[test]
+fn a_backup_seeds_a_new_cluster_offline() {
+    let root = tempfile::tempdir().unwrap();
+    let origin = Server::new(root.path(), 1);
+    origin.json(&["init"]);
+    for _ in 0..3 {
+        origin.invite("600"); // each invite is a replicated write
+    }
+    let applied = origin.status()["last_applied"].as_u64().unwrap();
+    let file = root.path().join("backup.tsnp");
+    let saved = origin.json(&["backup", "--file", file.to_str().unwrap()]);
+    assert!(saved["bytes"].as_u64().unwrap() > 0);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let out = origin.cli(&["backup", "--file", file.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not overwriting"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A new replica (its own config, never started) is seeded from the file, then runs.
+    let mut fresh = Server::new(root.path(), 5);
+    fresh.kill();
+    let restore = |server: &Server| Command::new(BIN).args(["cluster", "restore", "--config"]).arg(server.dir.join("server.hcl")).arg("--file").arg(&file).output().unwrap();
+    // Its data dir was created by the start above, but holds no cluster: restore works.
+    let out = restore(&fresh);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = restore(&fresh);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("already belongs to a cluster"));
+    fresh.start();
+    wait_until(Duration::from_secs(20), || leader(&fresh.status()) == Some(5), "the restored replica to lead its new cluster");
+    let status = fresh.status();
+    assert_eq!(voters(&status), vec![5]);
+    assert!(status["last_applied"].as_u64().unwrap() >= applied, "{status}");
+    assert_ne!(status["cluster_id"], origin.status()["cluster_id"]);
+    // It accepts writes.
+    fresh.invite("600");
+}
