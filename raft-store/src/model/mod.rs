@@ -11,6 +11,7 @@ mod replica_invite;
 pub use agent::AttestedAgent;
 pub use bundle::{BundleConversionError, StoredBundle, StoredJwtKey, StoredX509Authority};
 pub use ca_journal::{
+    KeyMaterial,
     publish, Authority, CaJournal, JournalError, JournalEvent, JwtKeyAuthority, Slot, SlotEvent, SlotId, SlotPair, SlotStatus,
     X509CaAuthority,
 };

@@ -257,6 +257,7 @@ fn ca(n: u8) -> raft_store::model::X509CaAuthority {
         trust_anchors: vec![vec![n]],
         not_before: time::OffsetDateTime::from_unix_timestamp(0).unwrap(),
         not_after: time::OffsetDateTime::from_unix_timestamp(100).unwrap(),
+        private_key: None,
     }
 }
 

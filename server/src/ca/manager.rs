@@ -12,12 +12,13 @@ use identity::crypto::{PublicKey, Signer};
 use identity::jwt::{sign_jwt_svid, JwtError, JwtSvidParams};
 use identity::x509::{mint_ca, mint_x509_svid, CaTemplate, Issuer, MintError, Subject, SvidTemplate};
 use identity::SpiffeId;
-use kms::{KeyInfo, KeyManager, KeyManagerError, KeySigner};
+use kms::KeyManagerError;
 use time::OffsetDateTime;
 
 use raft_store::model::{publish, CaJournal, JournalError, JournalEvent, JwtKeyAuthority, SlotEvent, SlotId, StoredBundle, X509CaAuthority};
 
 use super::config::{CaConfig, CaConfigError};
+use super::keys::{CaKeys, CaSigner};
 use super::prune::prune_expired;
 use super::rotation::{next_step, RotationStep};
 use crate::clock::Clock;
@@ -49,7 +50,7 @@ pub enum CaError {
 /// The CA of one trust domain.
 pub struct CaManager {
     config: CaConfig,
-    keys: Arc<dyn KeyManager>,
+    keys: CaKeys,
     upstream: Option<Arc<dyn UpstreamAuthority>>,
     clock: Arc<dyn Clock>,
     journal: CaJournal,
@@ -63,7 +64,7 @@ impl CaManager {
     /// A CA with an empty journal and bundle; the first `rotate` creates its authorities.
     pub fn new(
         config: CaConfig,
-        keys: Arc<dyn KeyManager>,
+        keys: CaKeys,
         upstream: Option<Arc<dyn UpstreamAuthority>>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, CaError> {
@@ -74,7 +75,7 @@ impl CaManager {
     /// A CA that carries on from a journal and bundle, e.g. on a new leader.
     pub fn resume(
         config: CaConfig,
-        keys: Arc<dyn KeyManager>,
+        keys: CaKeys,
         upstream: Option<Arc<dyn UpstreamAuthority>>,
         clock: Arc<dyn Clock>,
         journal: CaJournal,
@@ -143,9 +144,7 @@ impl CaManager {
         };
         if let Some(key_id) = replaced_key {
             // The replaced authority has left signing for good; its key is no longer needed.
-            if let Err(e) = self.keys.delete_key(&key_id).await {
-                tracing::warn!(%key_id, error = %e, "could not delete a retired CA key");
-            }
+            self.keys.retire(&key_id).await;
         }
         match &event {
             JournalEvent::X509(SlotEvent::Activated { slot }) => tracing::info!(%slot, "X.509 CA activated"),
@@ -168,8 +167,8 @@ impl CaManager {
             RotationStep::Prepare { slot, activate } => (slot, activate),
         };
         let key_id = self.key_id("x509-CA", slot);
-        self.keys.generate_key(&key_id, self.config.ca_key_type).await?;
-        let signer = KeySigner::new(self.keys.clone(), &key_id).await?;
+        let (public_key, private_key) = self.keys.generate(&key_id, self.config.ca_key_type).await?;
+        let signer = self.keys.signer(&key_id, public_key, private_key.as_ref())?;
         let authority = match &self.upstream {
             Some(upstream) => {
                 let signed = upstream
@@ -183,6 +182,7 @@ impl CaManager {
                     trust_anchors: signed.roots,
                     not_before: facts.not_before,
                     not_after: facts.not_after,
+                    private_key,
                 }
             }
             None => {
@@ -203,6 +203,7 @@ impl CaManager {
                     trust_anchors: vec![minted.der],
                     not_before: minted.not_before,
                     not_after: minted.not_after,
+                    private_key,
                 }
             }
         };
@@ -220,14 +221,15 @@ impl CaManager {
             RotationStep::Prepare { slot, activate } => (slot, activate),
         };
         let key_id = self.key_id("JWT-Signer", slot);
-        let info = self.keys.generate_key(&key_id, self.config.jwt_key_type).await?;
+        let (public_key, private_key) = self.keys.generate(&key_id, self.config.jwt_key_type).await?;
         let ttl = time::Duration::try_from(self.config.ca_ttl).map_err(|e| CaError::Task(e.to_string()))?;
         let authority = JwtKeyAuthority {
             key_id,
             kid: random_kid()?,
-            public_key: info.public_key.spki_der().to_vec(),
+            public_key: public_key.spki_der().to_vec(),
             not_before: now,
             not_after: now + ttl,
+            private_key,
         };
         let mut events = vec![JournalEvent::Jwt(SlotEvent::Prepared { slot, authority })];
         if activate {
@@ -237,10 +239,8 @@ impl CaManager {
     }
 
     /// A signer for a journal-recorded key, without asking the key manager for it again.
-    fn signer(&self, key_id: &str, public_key: PublicKey) -> Result<KeySigner, CaError> {
-        let key_type = public_key.key_type().ok_or_else(|| CaError::Task(format!("key {key_id} has an unsupported type")))?;
-        let info = KeyInfo { id: key_id.to_owned(), key_type, public_key };
-        Ok(KeySigner::for_known_key(self.keys.clone(), info)?)
+    fn signer(&self, key_id: &str, public_key: PublicKey, private_key: Option<&raft_store::model::KeyMaterial>) -> Result<CaSigner, CaError> {
+        self.keys.signer(key_id, public_key, private_key)
     }
 
     /// Mints an X.509-SVID with the active CA and returns the chain to present: the SVID,
@@ -254,7 +254,7 @@ impl CaManager {
     ) -> Result<Vec<Vec<u8>>, CaError> {
         let active = self.journal.x509.active().ok_or(CaError::NoActiveAuthority("X.509"))?.authority.clone();
         let ca_key = identity::x509::certificate_facts(&active.certificate).map_err(|e| CaError::Task(e.to_string()))?.public_key;
-        let signer = self.signer(&active.key_id, ca_key)?;
+        let signer = self.signer(&active.key_id, ca_key, active.private_key.as_ref())?;
         let template = SvidTemplate {
             spiffe_id,
             public_key,
@@ -282,7 +282,7 @@ impl CaManager {
     pub async fn mint_jwt_svid(&self, spiffe_id: SpiffeId, audience: Vec<String>, ttl: Option<Duration>) -> Result<String, CaError> {
         let active = self.journal.jwt.active().ok_or(CaError::NoActiveAuthority("JWT"))?.authority.clone();
         let jwt_key = active.public_key().map_err(|e| CaError::Task(e.to_string()))?;
-        let signer = self.signer(&active.key_id, jwt_key)?;
+        let signer = self.signer(&active.key_id, jwt_key, active.private_key.as_ref())?;
         let ttl = ttl.unwrap_or(self.config.jwt_svid_ttl);
         let now = self.clock.now();
         tokio::task::spawn_blocking(move || {

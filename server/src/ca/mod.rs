@@ -2,11 +2,13 @@
 //! manager that carries it out through a key manager and an optional upstream authority.
 
 pub mod config;
+mod keys;
 mod manager;
 mod prune;
 mod rotation;
 
 pub use config::{CaConfig, CaConfigError, DEFAULT_CA_TTL, DEFAULT_JWT_SVID_TTL, DEFAULT_X509_SVID_TTL};
+pub use keys::{CaKeys, CaSigner};
 pub use manager::{CaError, CaManager};
 pub use prune::prune_expired;
 /// The journal and its slots are replicated state, so they live in raft-store's model.

@@ -9,7 +9,7 @@ use identity::jwt::validate_jwt_svid;
 use identity::x509::verify_x509_svid;
 use identity::{SpiffeId, TrustDomain};
 use kms::{KeyManager, KeyManagerConfig};
-use server::ca::{CaConfig, CaManager, JournalEvent, SlotEvent, SlotId, SlotStatus};
+use server::ca::{CaConfig, CaKeys, CaManager, JournalEvent, SlotEvent, SlotId, SlotStatus};
 use server::clock::{Clock, ManualClock};
 use time::OffsetDateTime;
 
@@ -23,7 +23,7 @@ fn config() -> CaConfig {
 
 async fn manager(clock: Arc<ManualClock>) -> (CaManager, Arc<dyn KeyManager>) {
     let keys = KeyManagerConfig::Memory.build().await.unwrap();
-    (CaManager::new(config(), keys.clone(), None, clock).unwrap(), keys)
+    (CaManager::new(config(), CaKeys::Managed(keys.clone()), None, clock).unwrap(), keys)
 }
 
 fn web() -> SpiffeId {
@@ -120,7 +120,7 @@ async fn ten_days_of_rotation_keep_every_svid_verifiable() {
 async fn a_new_leader_resumes_a_rotation_from_the_journal() {
     let clock = Arc::new(ManualClock::new(start()));
     let keys = KeyManagerConfig::Memory.build().await.unwrap();
-    let mut first = CaManager::new(config(), keys.clone(), None, clock.clone()).unwrap();
+    let mut first = CaManager::new(config(), CaKeys::Managed(keys.clone()), None, clock.clone()).unwrap();
     first.rotate().await.unwrap();
     clock.advance(Duration::from_secs(13 * 3600));
     let events = first.rotate().await.unwrap();
@@ -131,7 +131,7 @@ async fn a_new_leader_resumes_a_rotation_from_the_journal() {
     let journal = first.journal().clone();
     let bundle = first.stored_bundle().clone();
     drop(first);
-    let mut second = CaManager::resume(config(), keys.clone(), None, clock.clone(), journal, bundle).unwrap();
+    let mut second = CaManager::resume(config(), CaKeys::Managed(keys.clone()), None, clock.clone(), journal, bundle).unwrap();
     assert!(second.rotate().await.unwrap().is_empty(), "nothing is redone");
     clock.advance(Duration::from_secs(8 * 3600));
     let events = second.rotate().await.unwrap();
@@ -172,4 +172,31 @@ async fn svids_are_capped_at_the_ca_and_jwts_at_the_key() {
     let token = ca.mint_jwt_svid(web(), vec!["db".into()], Some(Duration::from_secs(7 * 86400))).await.unwrap();
     let v = validate_jwt_svid(&token, &ca.bundle().unwrap(), "db", clock.now()).unwrap();
     assert_eq!(v.expiry, ca.journal().jwt.active().unwrap().authority.not_after.unix_timestamp());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_keys_travel_in_the_journal_to_any_replica() {
+    let clock = Arc::new(ManualClock::new(start()));
+    let mut leader = CaManager::new(config(), CaKeys::Shared, None, clock.clone()).unwrap();
+    leader.rotate().await.unwrap();
+    let journal = leader.journal().clone();
+    let active = journal.x509.active().unwrap().authority.clone();
+    assert!(active.private_key.is_some(), "the shared key is in the journal");
+    assert!(format!("{active:?}").contains("<redacted>"), "and never printed");
+
+    // Another replica, with nothing but the replicated journal and bundle, signs with it.
+    let other = CaManager::resume(config(), CaKeys::Shared, None, clock.clone(), journal.clone(), leader.stored_bundle().clone()).unwrap();
+    let workload = LocalKey::generate(KeyType::EcP256).unwrap();
+    let chain = other.mint_x509_svid(web(), workload.public_key().clone(), None, vec![]).await.unwrap();
+    verify_x509_svid(&chain, &leader.bundle().unwrap(), clock.now()).unwrap();
+    let token = other.mint_jwt_svid(web(), vec!["db".into()], None).await.unwrap();
+    validate_jwt_svid(&token, &leader.bundle().unwrap(), "db", clock.now()).unwrap();
+
+    // A journal whose key was made by a key manager cannot be used in shared mode.
+    let keys = KeyManagerConfig::Memory.build().await.unwrap();
+    let mut managed = CaManager::new(config(), CaKeys::Managed(keys), None, clock.clone()).unwrap();
+    managed.rotate().await.unwrap();
+    let stranded = CaManager::resume(config(), CaKeys::Shared, None, clock.clone(), managed.journal().clone(), managed.stored_bundle().clone()).unwrap();
+    let err = stranded.mint_x509_svid(web(), workload.public_key().clone(), None, vec![]).await.unwrap_err();
+    assert!(err.to_string().contains("not in the journal"), "{err}");
 }

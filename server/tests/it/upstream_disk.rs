@@ -10,7 +10,7 @@ use identity::crypto::{KeyType, LocalKey, Signer};
 use identity::x509::{mint_ca, verify_x509_svid, CaTemplate, Issuer, Subject};
 use identity::{SpiffeId, TrustDomain};
 use kms::KeyManagerConfig;
-use server::ca::{CaConfig, CaManager};
+use server::ca::{CaConfig, CaKeys, CaManager};
 use server::clock::{Clock, ManualClock};
 use server::upstream::disk::{DiskUpstreamAuthority, DiskUpstreamConfig};
 use server::upstream::{UpstreamAuthority, UpstreamError};
@@ -59,7 +59,7 @@ async fn upstream_signed_ca_chains_to_the_upstream_root() {
     let clock = Arc::new(ManualClock::new(OffsetDateTime::now_utc()));
     let keys = KeyManagerConfig::Memory.build().await.unwrap();
     let config = CaConfig::new(TrustDomain::parse("example.org").unwrap());
-    let mut ca = CaManager::new(config, keys, Some(Arc::new(upstream)), clock.clone()).unwrap();
+    let mut ca = CaManager::new(config, CaKeys::Managed(keys), Some(Arc::new(upstream)), clock.clone()).unwrap();
     ca.rotate().await.unwrap();
 
     let bundle = ca.bundle().unwrap();

@@ -130,6 +130,7 @@ mod tests {
             public_key: vec![],
             not_before: OffsetDateTime::from_unix_timestamp(n).unwrap(),
             not_after: OffsetDateTime::from_unix_timestamp(n + 100).unwrap(),
+            private_key: None,
         }
     }
 

@@ -66,6 +66,8 @@ pub struct X509CaAuthority {
     pub not_before: OffsetDateTime,
     #[serde(with = "time::serde::timestamp")]
     pub not_after: OffsetDateTime,
+    /// The private key, when the key manager cannot share it by id (development managers).
+    pub private_key: Option<super::KeyMaterial>,
 }
 
 impl Authority for X509CaAuthority {
@@ -88,6 +90,8 @@ pub struct JwtKeyAuthority {
     pub not_before: OffsetDateTime,
     #[serde(with = "time::serde::timestamp")]
     pub not_after: OffsetDateTime,
+    /// The private key, when the key manager cannot share it by id (development managers).
+    pub private_key: Option<super::KeyMaterial>,
 }
 
 impl JwtKeyAuthority {
