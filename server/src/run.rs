@@ -48,6 +48,16 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let metrics = server::ops::metrics::install().map_err(anyhow::Error::msg)?;
     let runtime = Arc::new(ClusterRuntime::start(settings).await?);
     let mut background = vec![tokio::spawn(server::ops::metrics::sample_raft(runtime.clone(), Duration::from_secs(1)))];
+    let ca = cluster_ca(&config).await?;
+    let for_ca = runtime.clone();
+    background.push(tokio::spawn(server::ca::replicated::rotate_while_leading(
+        ca,
+        move || {
+            let runtime = for_ca.clone();
+            async move { runtime.replica().await }
+        },
+        CA_ROTATION_INTERVAL,
+    )));
     if let Some(prometheus) = &config.telemetry.prometheus {
         let router = server::ops::metrics::router(metrics);
         background.push(serve_http("Prometheus metrics", &prometheus.host, prometheus.port, router).await?);
@@ -73,6 +83,22 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     runtime.shutdown().await;
     let _ = std::fs::remove_file(&config.server.socket_path);
     served.context("admin socket server failed")
+}
+
+/// How often the leader checks whether a CA rotation step is due (SPIRE checks every 10 s).
+const CA_ROTATION_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The cluster's CA as this config describes it. The development key managers (`memory`,
+/// `disk`) share CA keys through the replicated journal.
+async fn cluster_ca(config: &ServerConfig) -> anyhow::Result<server::ca::replicated::ClusterCa> {
+    let keys = match config.key_manager {
+        kms::KeyManagerConfig::Memory | kms::KeyManagerConfig::Disk { .. } => server::ca::CaKeys::Shared,
+    };
+    let upstream: Option<Arc<dyn server::upstream::UpstreamAuthority>> = match &config.upstream_authority {
+        Some(disk) => Some(Arc::new(server::upstream::disk::DiskUpstreamAuthority::new(disk.clone()).await.context("UpstreamAuthority \"disk\"")?)),
+        None => None,
+    };
+    Ok(server::ca::replicated::ClusterCa { config: config.ca_config(), keys, upstream, clock: Arc::new(server::clock::SystemClock) })
 }
 
 /// Where this replica listens and how it is reached, from its config.

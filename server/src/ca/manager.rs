@@ -11,7 +11,7 @@ use identity::bundle::Bundle;
 use identity::crypto::{PublicKey, Signer};
 use identity::jwt::{sign_jwt_svid, JwtError, JwtSvidParams};
 use identity::x509::{mint_ca, mint_x509_svid, CaTemplate, Issuer, MintError, Subject, SvidTemplate};
-use identity::SpiffeId;
+use identity::{SpiffeId, TrustDomain};
 use kms::KeyManagerError;
 use time::OffsetDateTime;
 
@@ -19,7 +19,7 @@ use raft_store::model::{publish, CaJournal, JournalError, JournalEvent, JwtKeyAu
 
 use super::config::{CaConfig, CaConfigError};
 use super::keys::{CaKeys, CaSigner};
-use super::prune::prune_expired;
+use super::prune::{expired_x509, prune_expired};
 use super::rotation::{next_step, RotationStep};
 use crate::clock::Clock;
 use crate::upstream::{UpstreamAuthority, UpstreamError};
@@ -45,6 +45,8 @@ pub enum CaError {
     NoActiveAuthority(&'static str),
     #[error("CA task failed: {0}")]
     Task(String),
+    #[error("the cluster did not record a CA change: {0}")]
+    Replication(String),
 }
 
 /// The CA of one trust domain.
@@ -55,6 +57,27 @@ pub struct CaManager {
     clock: Arc<dyn Clock>,
     journal: CaJournal,
     bundle: StoredBundle,
+}
+
+/// Where the CA's journal events and bundle prunes are made durable before the manager
+/// applies them: nowhere for a lone CA, the Raft log in a cluster.
+#[async_trait::async_trait]
+pub trait JournalSink: Send + Sync {
+    async fn commit(&self, trust_domain: &TrustDomain, event: &JournalEvent) -> Result<(), CaError>;
+    async fn prune(&self, trust_domain: &TrustDomain, now: OffsetDateTime, expired_x509: Vec<Vec<u8>>) -> Result<(), CaError>;
+}
+
+/// Keeps nothing: the manager's own journal is the only copy.
+struct InMemory;
+
+#[async_trait::async_trait]
+impl JournalSink for InMemory {
+    async fn commit(&self, _: &TrustDomain, _: &JournalEvent) -> Result<(), CaError> {
+        Ok(())
+    }
+    async fn prune(&self, _: &TrustDomain, _: OffsetDateTime, _: Vec<Vec<u8>>) -> Result<(), CaError> {
+        Ok(())
+    }
 }
 
 /// A safety bound on steps per `rotate` call; a fresh CA needs four (two per kind).
@@ -106,8 +129,14 @@ impl CaManager {
     }
 
     /// Carries out every rotation step due now and prunes expired authorities from the
-    /// bundle. Returns the journal events it applied, in order.
+    /// bundle, keeping the journal in memory only. Returns the journal events it applied.
     pub async fn rotate(&mut self) -> Result<Vec<JournalEvent>, CaError> {
+        self.rotate_with(&InMemory).await
+    }
+
+    /// As [`rotate`](Self::rotate), making each event and prune durable through `sink`
+    /// first: an event the sink refuses is not applied here either.
+    pub async fn rotate_with(&mut self, sink: &dyn JournalSink) -> Result<Vec<JournalEvent>, CaError> {
         let mut applied = Vec::new();
         for _ in 0..MAX_STEPS_PER_ROTATION {
             let now = self.clock.now();
@@ -119,11 +148,17 @@ impl CaManager {
                 break;
             };
             for event in events {
+                sink.commit(&self.config.trust_domain, &event).await?;
                 self.apply(event.clone()).await?;
                 applied.push(event);
             }
         }
-        prune_expired(&mut self.bundle, self.clock.now());
+        let now = self.clock.now();
+        let mut pruned = self.bundle.clone();
+        if prune_expired(&mut pruned, now) {
+            sink.prune(&self.config.trust_domain, now, expired_x509(&self.bundle, now)).await?;
+            self.bundle = pruned;
+        }
         Ok(applied)
     }
 

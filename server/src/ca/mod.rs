@@ -5,12 +5,13 @@ pub mod config;
 mod keys;
 mod manager;
 mod prune;
+pub mod replicated;
 mod rotation;
 
 pub use config::{CaConfig, CaConfigError, DEFAULT_CA_TTL, DEFAULT_JWT_SVID_TTL, DEFAULT_X509_SVID_TTL};
 pub use keys::{CaKeys, CaSigner};
-pub use manager::{CaError, CaManager};
-pub use prune::prune_expired;
+pub use manager::{CaError, CaManager, JournalSink};
+pub use prune::{expired_x509, prune_expired};
 /// The journal and its slots are replicated state, so they live in raft-store's model.
 pub use raft_store::model::{
     publish, Authority, CaJournal, JournalError, JournalEvent, JwtKeyAuthority, Slot, SlotEvent, SlotId, SlotPair, SlotStatus,

@@ -2,5 +2,6 @@
 //! and with a disk upstream authority, checked by identity's verifiers and openssl.
 
 mod ca_rotation;
+mod cluster_ca;
 mod cluster_processes;
 mod upstream_disk;

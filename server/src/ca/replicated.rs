@@ -1,0 +1,128 @@
+//! The CA of a cluster: the leader drives rotation, each step a Raft command (so a leader
+//! change mid-rotation resumes from the replicated journal), and every replica signs with
+//! the active slot of the journal it has applied.
+
+use std::sync::Arc;
+
+use identity::TrustDomain;
+use raft_store::model::{JournalEvent, StoredBundle};
+use raft_store::node::Replica;
+use raft_store::{BundleScope, Command, Outcome};
+use time::OffsetDateTime;
+
+use super::config::CaConfig;
+use super::keys::CaKeys;
+use super::manager::{CaError, CaManager, JournalSink};
+use crate::clock::Clock;
+use crate::upstream::UpstreamAuthority;
+
+/// Makes CA changes durable by committing them through Raft.
+struct RaftJournal<'a> {
+    replica: &'a Replica,
+}
+
+fn replication(e: impl std::fmt::Display) -> CaError {
+    CaError::Replication(e.to_string())
+}
+
+#[async_trait::async_trait]
+impl JournalSink for RaftJournal<'_> {
+    async fn commit(&self, trust_domain: &TrustDomain, event: &JournalEvent) -> Result<(), CaError> {
+        let command = Command::CaJournal { trust_domain: trust_domain.name().to_owned(), event: event.clone() };
+        match self.replica.write(command).await.map_err(replication)?.outcome {
+            Outcome::CaJournal(Ok(_)) => Ok(()),
+            Outcome::CaJournal(Err(refused)) => Err(replication(format!("journal refused the change: {refused}"))),
+            other => Err(replication(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn prune(&self, trust_domain: &TrustDomain, now: OffsetDateTime, expired_x509: Vec<Vec<u8>>) -> Result<(), CaError> {
+        let command = Command::PruneBundle {
+            scope: BundleScope::Local,
+            trust_domain: trust_domain.name().to_owned(),
+            expired_before: now.unix_timestamp(),
+            expired_x509,
+        };
+        match self.replica.write(command).await.map_err(replication)?.outcome {
+            Outcome::Bundle(Ok(_)) => Ok(()),
+            Outcome::Bundle(Err(refused)) => Err(replication(format!("bundle prune refused: {refused}"))),
+            other => Err(replication(format!("unexpected outcome {other:?}"))),
+        }
+    }
+}
+
+/// What every replica needs to rotate (when it leads) and to sign.
+#[derive(Clone)]
+pub struct ClusterCa {
+    pub config: CaConfig,
+    pub keys: CaKeys,
+    pub upstream: Option<Arc<dyn UpstreamAuthority>>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl ClusterCa {
+    /// One rotation pass. Only the leader rotates; elsewhere this does nothing. Reads the
+    /// journal linearizably, so a new leader carries on exactly where the last one stopped.
+    pub async fn rotate(&self, replica: &Replica) -> Result<Vec<JournalEvent>, CaError> {
+        if !replica.is_leader() {
+            return Ok(Vec::new());
+        }
+        let reader = replica.linearizable_reader().await.map_err(replication)?;
+        let (journal, bundle) = self.read(reader).await?;
+        let mut manager = CaManager::resume(self.config.clone(), self.keys.clone(), self.upstream.clone(), self.clock.clone(), journal, bundle)?;
+        manager.rotate_with(&RaftJournal { replica }).await
+    }
+
+    /// The CA as this replica has applied it, ready to sign with the active authorities.
+    pub async fn local(&self, replica: &Replica) -> Result<CaManager, CaError> {
+        let (journal, bundle) = self.read(replica.local_reader()).await?;
+        CaManager::resume(self.config.clone(), self.keys.clone(), self.upstream.clone(), self.clock.clone(), journal, bundle)
+    }
+
+    async fn read(&self, reader: &raft_store::StoreReader) -> Result<(raft_store::model::CaJournal, StoredBundle), CaError> {
+        let journal = reader.ca_journal().await.map_err(replication)?;
+        let bundle = reader
+            .bundle(BundleScope::Local, self.config.trust_domain.name())
+            .await
+            .map_err(replication)?
+            .unwrap_or_else(|| StoredBundle::new(self.config.trust_domain.clone()));
+        Ok((journal, bundle))
+    }
+}
+
+/// Rotates whenever this replica leads, every `every`, until the task is dropped.
+pub async fn rotate_while_leading<F, Fut>(ca: ClusterCa, replica: F, every: std::time::Duration)
+where
+    F: Fn() -> Fut + Send,
+    Fut: std::future::Future<Output = Option<Arc<Replica>>> + Send,
+{
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(replica) = replica().await else { continue };
+        match ca.rotate(&replica).await {
+            Ok(events) => {
+                for event in &events {
+                    metrics::counter!("testudo_ca_rotation_events_total", "event" => event_name(event)).increment(1);
+                }
+            }
+            Err(e) => {
+                metrics::counter!("testudo_ca_rotation_errors_total").increment(1);
+                tracing::warn!(error = %e, "CA rotation pass failed; retrying");
+            }
+        }
+    }
+}
+
+fn event_name(event: &JournalEvent) -> &'static str {
+    use raft_store::model::SlotEvent;
+    match event {
+        JournalEvent::X509(SlotEvent::Prepared { .. }) => "x509_prepared",
+        JournalEvent::X509(SlotEvent::Activated { .. }) => "x509_activated",
+        JournalEvent::Jwt(SlotEvent::Prepared { .. }) => "jwt_prepared",
+        JournalEvent::Jwt(SlotEvent::Activated { .. }) => "jwt_activated",
+        JournalEvent::X509(_) => "x509_other",
+        JournalEvent::Jwt(_) => "jwt_other",
+    }
+}
