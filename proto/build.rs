@@ -6,7 +6,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        .compile_protos(&["proto/testudo/cluster/v1/cluster.proto", "proto/testudo/admin/v1/cluster_admin.proto", "proto/etcd/kv.proto"], &["proto"])?;
+        .compile_protos(&["proto/testudo/cluster/v1/cluster.proto", "proto/testudo/admin/v1/cluster_admin.proto",
+            "proto/spire/api/server/svid/v1/svid.proto",
+            "proto/spire/api/server/bundle/v1/bundle.proto",
+            "proto/spire/api/server/debug/v1/debug.proto",
+            "proto/etcd/kv.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -15,6 +15,36 @@ pub mod admin {
     tonic::include_proto!("testudo.admin.v1");
 }
 
+/// SPIRE's public API, wire-compatible: shared types and the server services built so far.
+pub mod spire {
+    pub mod api {
+        pub mod types {
+            #![allow(clippy::all, missing_docs)]
+            tonic::include_proto!("spire.api.types");
+        }
+        pub mod server {
+            pub mod svid {
+                pub mod v1 {
+                    #![allow(clippy::all, missing_docs)]
+                    tonic::include_proto!("spire.api.server.svid.v1");
+                }
+            }
+            pub mod bundle {
+                pub mod v1 {
+                    #![allow(clippy::all, missing_docs)]
+                    tonic::include_proto!("spire.api.server.bundle.v1");
+                }
+            }
+            pub mod debug {
+                pub mod v1 {
+                    #![allow(clippy::all, missing_docs)]
+                    tonic::include_proto!("spire.api.server.debug.v1");
+                }
+            }
+        }
+    }
+}
+
 /// The subset of etcd's KV API the Raft benchmark drives etcd with (`etcdserverpb`).
 pub mod etcd {
     #![allow(clippy::all, missing_docs)]

@@ -10,6 +10,7 @@ use proto::admin::cluster_admin_client::ClusterAdminClient;
 use proto::admin::{ClusterStatus, CreateInviteRequest, InitRequest, JoinRequest, RemoveMemberRequest, SaveBackupRequest, StatusRequest, TransferLeadershipRequest};
 use server::admin::socket;
 
+mod api_cli;
 mod run;
 
 #[derive(Parser)]
@@ -26,6 +27,27 @@ enum Command {
         /// Path to the HCL config file.
         #[arg(long)]
         config: PathBuf,
+    },
+    /// The trust bundle: `bundle show`.
+    Bundle {
+        #[command(subcommand)]
+        command: BundleCommand,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// X.509-SVIDs: `x509 mint`.
+    X509 {
+        #[command(subcommand)]
+        command: X509Command,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// JWT-SVIDs: `jwt mint`.
+    Jwt {
+        #[command(subcommand)]
+        command: JwtCommand,
+        #[command(flatten)]
+        common: Common,
     },
     /// Cluster life cycle: init, invite, join, status, remove, transfer.
     Cluster {
@@ -47,9 +69,44 @@ struct Common {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum Output {
+pub(crate) enum Output {
     Pretty,
     Json,
+}
+
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Prints the local bundle's X.509 authorities (PEM), or the bundle as JSON.
+    Show,
+}
+
+#[derive(Subcommand)]
+enum X509Command {
+    /// Mints an X.509-SVID for a key made here.
+    Mint {
+        #[arg(long)]
+        spiffe_id: String,
+        /// Seconds; 0 means the server's default.
+        #[arg(long, default_value_t = 0)]
+        ttl: i32,
+        /// Write svid.pem, key.pem and bundle.pem to this directory instead of printing.
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum JwtCommand {
+    /// Mints a JWT-SVID.
+    Mint {
+        #[arg(long)]
+        spiffe_id: String,
+        #[arg(long, required = true)]
+        audience: Vec<String>,
+        /// Seconds; 0 means the server's default.
+        #[arg(long, default_value_t = 0)]
+        ttl: i32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -100,6 +157,13 @@ fn main() -> ExitCode {
         Command::Run { config } => run::run(&config),
         Command::Cluster { command: ClusterCommand::Restore { config, file }, .. } => run::restore(&config, &file),
         Command::Cluster { command, common } => client(command, common),
+        Command::Bundle { command: BundleCommand::Show, common } => block_on(api_cli::bundle_show(&common.socket_path, common.output)),
+        Command::X509 { command: X509Command::Mint { spiffe_id, ttl, write }, common } => {
+            block_on(api_cli::x509_mint(&common.socket_path, &spiffe_id, ttl, write, common.output))
+        }
+        Command::Jwt { command: JwtCommand::Mint { spiffe_id, audience, ttl }, common } => {
+            block_on(api_cli::jwt_mint(&common.socket_path, &spiffe_id, audience, ttl, common.output))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -108,6 +172,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn block_on(future: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(future)
 }
 
 fn client(command: ClusterCommand, common: Common) -> anyhow::Result<()> {
@@ -148,7 +216,7 @@ fn client(command: ClusterCommand, common: Common) -> anyhow::Result<()> {
     })
 }
 
-fn status_error(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}: {}", status.code(), status.message())
 }
 

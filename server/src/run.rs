@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use proto::admin::cluster_admin_server::ClusterAdminServer;
+use proto::spire::api::server::bundle::v1::bundle_server::BundleServer;
+use proto::spire::api::server::debug::v1::debug_server::DebugServer;
+use proto::spire::api::server::svid::v1::svid_server::SvidServer;
 use raft_store::node::Timing;
 use server::admin::cluster::ClusterAdminService;
 use server::admin::socket;
@@ -49,6 +52,7 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let runtime = Arc::new(ClusterRuntime::start(settings).await?);
     let mut background = vec![tokio::spawn(server::ops::metrics::sample_raft(runtime.clone(), Duration::from_secs(1)))];
     let ca = cluster_ca(&config).await?;
+    let api = server::api::ApiContext { runtime: runtime.clone(), ca: ca.clone(), started: std::time::Instant::now() };
     let for_ca = runtime.clone();
     background.push(tokio::spawn(server::ca::replicated::rotate_while_leading(
         ca,
@@ -74,6 +78,9 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let admin = ClusterAdminServer::new(ClusterAdminService { runtime: runtime.clone() });
     let served = tonic::transport::Server::builder()
         .add_service(admin)
+        .add_service(SvidServer::new(server::api::svid::SvidService { context: api.clone() }))
+        .add_service(BundleServer::new(server::api::bundle::BundleService { context: api.clone() }))
+        .add_service(DebugServer::new(server::api::debug::DebugService { context: api }))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
         .await;
     tracing::info!("shutting down");
@@ -85,8 +92,9 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     served.context("admin socket server failed")
 }
 
-/// How often the leader checks whether a CA rotation step is due (SPIRE checks every 10 s).
-const CA_ROTATION_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the leader checks whether a CA rotation step is due. Each check is one
+/// read-index round; short, so a new cluster has a CA within a second of electing a leader.
+const CA_ROTATION_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The cluster's CA as this config describes it. The development key managers (`memory`,
 /// `disk`) share CA keys through the replicated journal.

@@ -34,6 +34,34 @@ pub fn public_key_from_csr(der: &[u8]) -> Result<PublicKey, CsrError> {
     Ok(key)
 }
 
+/// What a CSR asks for, after its self-signature verified: the key, and the URI and DNS
+/// names of its subjectAltName (for admin minting, where the caller names the identity).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CsrRequest {
+    pub public_key: PublicKey,
+    pub uris: Vec<String>,
+    pub dns_names: Vec<String>,
+}
+
+/// Verifies a CSR and returns its key and requested names.
+pub fn parse_csr(der: &[u8]) -> Result<CsrRequest, CsrError> {
+    let public_key = public_key_from_csr(der)?;
+    let (_, csr) = X509CertificationRequest::from_der(der).map_err(|_| CsrError::Malformed)?;
+    let (mut uris, mut dns_names) = (Vec::new(), Vec::new());
+    for extension in csr.requested_extensions().into_iter().flatten() {
+        if let x509_parser::extensions::ParsedExtension::SubjectAlternativeName(san) = extension {
+            for name in &san.general_names {
+                match name {
+                    x509_parser::extensions::GeneralName::URI(uri) => uris.push((*uri).to_owned()),
+                    x509_parser::extensions::GeneralName::DNSName(dns) => dns_names.push((*dns).to_owned()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(CsrRequest { public_key, uris, dns_names })
+}
+
 /// Builds a DER CSR for `signer`'s key, naming `spiffe_id` as its URI SAN.
 pub fn create_csr(signer: &dyn Signer, spiffe_id: Option<&SpiffeId>) -> Result<Vec<u8>, CsrError> {
     let mut params = rcgen::CertificateParams::default();
@@ -45,4 +73,23 @@ pub fn create_csr(signer: &dyn Signer, spiffe_id: Option<&SpiffeId>) -> Result<V
     let key = RcgenSigner::new(signer).map_err(|e| CsrError::Build(e.to_string()))?;
     let csr = params.serialize_request(&key).map_err(|e| CsrError::Build(key.take_error().map_or(e.to_string(), |s| s.to_string())))?;
     Ok(csr.der().to_vec())
+}
+
+#[cfg(test)]
+mod csr_request_tests {
+    use super::*;
+    use crate::crypto::{KeyType, LocalKey};
+
+    #[test]
+    fn parse_csr_returns_key_and_names() {
+        let key = LocalKey::generate(KeyType::EcP256).unwrap();
+        let id = SpiffeId::parse("spiffe://example.org/web").unwrap();
+        let request = parse_csr(&create_csr(&key, Some(&id)).unwrap()).unwrap();
+        assert_eq!(request.public_key, *key.public_key());
+        assert_eq!(request.uris, vec!["spiffe://example.org/web".to_string()]);
+        assert!(request.dns_names.is_empty());
+        let bare = parse_csr(&create_csr(&key, None).unwrap()).unwrap();
+        assert!(bare.uris.is_empty());
+        assert_eq!(parse_csr(b"junk"), Err(CsrError::Malformed));
+    }
 }

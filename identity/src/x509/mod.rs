@@ -5,7 +5,7 @@ mod mint;
 mod parsed;
 mod verify;
 
-pub use csr::{create_csr, public_key_from_csr, CsrError};
+pub use csr::{create_csr, parse_csr, public_key_from_csr, CsrError, CsrRequest};
 pub use mint::{
     mint_ca, mint_x509_svid, random_serial, CaTemplate, Issuer, MintError, MintedCertificate, Subject,
     SvidTemplate, BACKDATE,

@@ -97,7 +97,12 @@ telemetry {{
     }
 
     fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN).arg("cluster").args(args).arg("--socket-path").arg(self.socket()).output().unwrap()
+        self.command(&[&["cluster"], args].concat())
+    }
+
+    /// Any CLI command against this replica's admin socket.
+    fn command(&self, args: &[&str]) -> Output {
+        Command::new(BIN).args(args).arg("--socket-path").arg(self.socket()).output().unwrap()
     }
 
     /// Runs a CLI command that must succeed and returns its JSON output.
@@ -200,6 +205,26 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
     let cluster_id = status["cluster_id"].as_str().unwrap().to_string();
     for server in &servers {
         assert_eq!(server.status()["cluster_id"], cluster_id.as_str());
+    }
+
+    // One CA for the cluster: an SVID minted on any replica verifies (openssl) against the
+    // bundle read from another one.
+    let bundle = root.path().join("bundle.pem");
+    wait_until(Duration::from_secs(20), || servers[2].command(&["bundle", "show"]).status.success(), "the CA to publish a bundle");
+    std::fs::write(&bundle, servers[2].command(&["bundle", "show"]).stdout).unwrap();
+    for server in &servers {
+        let out_dir = root.path().join(format!("svid-{}", server.id));
+        let out = server.command(&["x509", "mint", "--spiffe-id", "spiffe://example.org/web", "--write", out_dir.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let verify = Command::new("openssl").args(["verify", "-CAfile"]).arg(&bundle).arg(out_dir.join("svid.pem")).output().unwrap();
+        assert!(verify.status.success(), "replica {}: {}{}", server.id, String::from_utf8_lossy(&verify.stdout), String::from_utf8_lossy(&verify.stderr));
+        let out = server.command(&["jwt", "mint", "--spiffe-id", "spiffe://example.org/web", "--audience", "db"]);
+        assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).trim().split('.').count() == 3);
+    }
+    for (id, want) in [("spiffe://example.org/spire/agent/x", "reserved"), ("spiffe://other.org/web", "not in trust domain")] {
+        let out = servers[1].command(&["x509", "mint", "--spiffe-id", id]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("invalid argument") && err.contains("csr:") && err.contains(want), "{id}: {err}");
     }
 
     // Leadership moves where an admin asks, from any replica.

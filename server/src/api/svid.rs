@@ -1,0 +1,115 @@
+//! `spire.api.server.svid.v1.SVID`: admin minting of X.509- and JWT-SVIDs with the cluster's
+//! active CA, on whichever replica is called.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use identity::SpiffeId;
+use proto::spire::api::server::svid::v1 as pb;
+use proto::spire::api::server::svid::v1::svid_server::Svid;
+use proto::spire::api::types;
+use tonic::{Request, Response, Status};
+
+use super::convert::{spiffe_id_from_pb, spiffe_id_to_pb};
+use super::ApiContext;
+use crate::ca::CaError;
+
+pub struct SvidService {
+    pub context: ApiContext,
+}
+
+/// The TTL a caller asked for: 0 means the server's default.
+fn ttl(seconds: i32) -> Result<Option<Duration>, Status> {
+    match seconds {
+        0 => Ok(None),
+        s if s < 0 => Err(Status::invalid_argument("ttl: must not be negative")),
+        s => Ok(Some(Duration::from_secs(s.unsigned_abs().into()))),
+    }
+}
+
+fn ca_error(e: CaError) -> Status {
+    match e {
+        CaError::NoActiveAuthority(_) => Status::unavailable(format!("{e}: the CA is still starting")),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+impl SvidService {
+    /// A workload identity the admin may mint: in our trust domain, outside `/spire/`.
+    fn check_workload_id(&self, id: &SpiffeId, field: &str) -> Result<(), Status> {
+        let td = &self.context.ca.config.trust_domain;
+        if id.trust_domain() != td {
+            return Err(Status::invalid_argument(format!("{field}: {id} is not in trust domain {}", td.name())));
+        }
+        if id.path().is_empty() || id.path() == "/spire" || id.path().starts_with("/spire/") {
+            return Err(Status::invalid_argument(format!("{field}: {id} is reserved; workload IDs need a path outside /spire/")));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Svid for SvidService {
+    async fn mint_x509svid(&self, request: Request<pb::MintX509svidRequest>) -> Result<Response<pb::MintX509svidResponse>, Status> {
+        let request = request.into_inner();
+        if request.csr.is_empty() {
+            return Err(Status::invalid_argument("csr: required"));
+        }
+        let csr = identity::x509::parse_csr(&request.csr).map_err(|e| Status::invalid_argument(format!("csr: {e}")))?;
+        let [uri] = csr.uris.as_slice() else {
+            return Err(Status::invalid_argument(format!("csr: must have exactly one URI SAN, has {}", csr.uris.len())));
+        };
+        let id = SpiffeId::parse(uri).map_err(|e| Status::invalid_argument(format!("csr: URI SAN {uri:?}: {e}")))?;
+        self.check_workload_id(&id, "csr")?;
+        let ttl = ttl(request.ttl)?;
+        let replica = self.context.replica().await?;
+        let ca = self.context.ca.local(&replica).await.map_err(ca_error)?;
+        let started = std::time::Instant::now();
+        let chain = ca.mint_x509_svid(id.clone(), csr.public_key, ttl, csr.dns_names).await.map_err(ca_error)?;
+        metrics::histogram!("testudo_ca_sign_seconds", "kind" => "x509").record(started.elapsed().as_secs_f64());
+        let leaf = chain.first().ok_or_else(|| Status::internal("the CA returned no certificate"))?;
+        let expires_at = identity::x509::certificate_facts(leaf).map_err(|e| Status::internal(e.to_string()))?.not_after.unix_timestamp();
+        let svid = types::X509svid { cert_chain: chain, id: Some(spiffe_id_to_pb(&id)), expires_at, hint: String::new() };
+        Ok(Response::new(pb::MintX509svidResponse { svid: Some(svid) }))
+    }
+
+    async fn mint_jwtsvid(&self, request: Request<pb::MintJwtsvidRequest>) -> Result<Response<pb::MintJwtsvidResponse>, Status> {
+        let request = request.into_inner();
+        let id = spiffe_id_from_pb(request.id.as_ref(), "id")?;
+        self.check_workload_id(&id, "id")?;
+        if request.audience.is_empty() || request.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument("audience: at least one non-empty audience is required"));
+        }
+        let ttl = ttl(request.ttl)?;
+        let replica = self.context.replica().await?;
+        let ca = self.context.ca.local(&replica).await.map_err(ca_error)?;
+        let started = std::time::Instant::now();
+        let token = ca.mint_jwt_svid(id.clone(), request.audience, ttl).await.map_err(ca_error)?;
+        metrics::histogram!("testudo_ca_sign_seconds", "kind" => "jwt").record(started.elapsed().as_secs_f64());
+        let (issued_at, expires_at) = times_of(&token)?;
+        let svid = types::Jwtsvid { token, id: Some(spiffe_id_to_pb(&id)), expires_at, issued_at, hint: String::new() };
+        Ok(Response::new(pb::MintJwtsvidResponse { svid: Some(svid) }))
+    }
+
+    async fn batch_new_x509svid(&self, _request: Request<pb::BatchNewX509svidRequest>) -> Result<Response<pb::BatchNewX509svidResponse>, Status> {
+        Err(Status::unimplemented("BatchNewX509SVID is not implemented by this server yet"))
+    }
+
+    async fn new_jwtsvid(&self, _request: Request<pb::NewJwtsvidRequest>) -> Result<Response<pb::NewJwtsvidResponse>, Status> {
+        Err(Status::unimplemented("NewJWTSVID is not implemented by this server yet"))
+    }
+
+    async fn new_downstream_x509ca(&self, _request: Request<pb::NewDownstreamX509caRequest>) -> Result<Response<pb::NewDownstreamX509caResponse>, Status> {
+        Err(Status::unimplemented("NewDownstreamX509CA is not implemented by this server yet"))
+    }
+}
+
+/// `iat` and `exp` of a token this server just signed.
+fn times_of(token: &str) -> Result<(i64, i64), Status> {
+    let claims = token.split('.').nth(1).ok_or_else(|| Status::internal("signed token is not a JWS"))?;
+    let claims = URL_SAFE_NO_PAD.decode(claims).map_err(|e| Status::internal(e.to_string()))?;
+    let claims: serde_json::Value = serde_json::from_slice(&claims).map_err(|e| Status::internal(e.to_string()))?;
+    let field = |name: &str| claims.get(name).and_then(serde_json::Value::as_i64).ok_or_else(|| Status::internal(format!("signed token has no {name}")));
+    Ok((field("iat")?, field("exp")?))
+}
