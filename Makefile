@@ -14,11 +14,13 @@ bootstrap:
 build: bootstrap
 	$(CARGO) build --workspace --all-targets
 
-## Every test: unit, property, interop (openssl, PyJWT, jsonwebtoken) and doc tests.
-## The last line sums every test binary's result, so the run ends with one total.
+## Every test: unit, property, interop (openssl, PyJWT, jsonwebtoken), multi-process and doc
+## tests. Benchmarks are only compiled here (`--all-targets` would run them); `make bench`
+## runs them. The last line sums every test binary's result, so the run ends with one total.
 test: bootstrap
 	@set -o pipefail; status=0; mkdir -p target; \
-	$(CARGO) test --workspace --all-targets 2>&1 | tee target/test-output.log || status=1; \
+	$(CARGO) build --workspace --benches 2>&1 | tee target/test-output.log || status=1; \
+	$(CARGO) test --workspace --lib --bins --tests 2>&1 | tee -a target/test-output.log || status=1; \
 	$(CARGO) test --workspace --doc 2>&1 | tee -a target/test-output.log || status=1; \
 	bash deploy/sum-test-results.sh target/test-output.log || status=1; \
 	exit $$status

@@ -3,6 +3,9 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     std::env::set_var("PROTOC", protoc);
+    // The well-known types (google/protobuf/wrappers.proto) come with the vendored protoc.
+    let well_known = protoc_bin_vendored::include_path()?;
+    let well_known = well_known.to_str().ok_or("the vendored protoc include path is not UTF-8")?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
@@ -10,7 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/spire/api/server/svid/v1/svid.proto",
             "proto/spire/api/server/bundle/v1/bundle.proto",
             "proto/spire/api/server/debug/v1/debug.proto",
-            "proto/etcd/kv.proto"], &["proto"])?;
+            "proto/spire/api/server/entry/v1/entry.proto",
+            "proto/etcd/kv.proto"], &["proto", well_known])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

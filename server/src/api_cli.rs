@@ -96,3 +96,230 @@ pub async fn jwt_mint(socket_path: &Path, spiffe_id: &str, audience: Vec<String>
     }
     Ok(())
 }
+
+/// `entry …` commands.
+#[derive(clap::Subcommand)]
+pub enum EntryCommand {
+    /// Creates a registration entry.
+    Create {
+        #[command(flatten)]
+        fields: EntryFields,
+        /// Choose the entry id instead of letting the server pick one.
+        #[arg(long)]
+        entry_id: Option<String>,
+    },
+    /// Changes every field of an entry to the values given (as SPIRE's `entry update`).
+    Update {
+        #[arg(long)]
+        entry_id: String,
+        #[command(flatten)]
+        fields: EntryFields,
+    },
+    /// Shows entries, all or those matching the filters.
+    Show {
+        #[arg(long)]
+        entry_id: Option<String>,
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        #[arg(long)]
+        parent_id: Option<String>,
+        /// `type:value`; repeat for several. Entries whose selectors include all of them.
+        #[arg(long)]
+        selector: Vec<String>,
+    },
+    /// Counts entries.
+    Count,
+    /// Deletes an entry.
+    Delete {
+        #[arg(long)]
+        entry_id: String,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct EntryFields {
+    #[arg(long)]
+    spiffe_id: String,
+    #[arg(long)]
+    parent_id: String,
+    /// `type:value`, e.g. `unix:uid:1000`; repeat for several.
+    #[arg(long, required = true)]
+    selector: Vec<String>,
+    /// X.509-SVID TTL in seconds (0: the server's default).
+    #[arg(long, default_value_t = 0)]
+    x509_svid_ttl: i32,
+    /// JWT-SVID TTL in seconds (0: the server's default).
+    #[arg(long, default_value_t = 0)]
+    jwt_svid_ttl: i32,
+    #[arg(long)]
+    dns_name: Vec<String>,
+    #[arg(long)]
+    federates_with: Vec<String>,
+    #[arg(long)]
+    admin: bool,
+    #[arg(long)]
+    downstream: bool,
+    #[arg(long)]
+    hint: Option<String>,
+}
+
+fn id_pb(text: &str, flag: &str) -> anyhow::Result<Spiffeid> {
+    let id = SpiffeId::parse(text).with_context(|| format!("--{flag} {text:?}"))?;
+    Ok(Spiffeid { trust_domain: id.trust_domain().name().to_owned(), path: id.path().to_owned() })
+}
+
+fn selectors_pb(selectors: &[String]) -> anyhow::Result<Vec<proto::spire::api::types::Selector>> {
+    selectors
+        .iter()
+        .map(|s| {
+            let parsed = identity::Selector::parse(s).with_context(|| format!("--selector {s:?}"))?;
+            Ok(proto::spire::api::types::Selector { r#type: parsed.kind().to_owned(), value: parsed.value().to_owned() })
+        })
+        .collect()
+}
+
+impl EntryFields {
+    fn to_pb(&self, id: String) -> anyhow::Result<proto::spire::api::types::Entry> {
+        Ok(proto::spire::api::types::Entry {
+            id,
+            spiffe_id: Some(id_pb(&self.spiffe_id, "spiffe-id")?),
+            parent_id: Some(id_pb(&self.parent_id, "parent-id")?),
+            selectors: selectors_pb(&self.selector)?,
+            x509_svid_ttl: self.x509_svid_ttl,
+            jwt_svid_ttl: self.jwt_svid_ttl,
+            dns_names: self.dns_name.clone(),
+            federates_with: self.federates_with.clone(),
+            admin: self.admin,
+            downstream: self.downstream,
+            hint: self.hint.clone().unwrap_or_default(),
+            ..Default::default()
+        })
+    }
+}
+
+fn entry_json(e: &proto::spire::api::types::Entry) -> serde_json::Value {
+    let id = |s: &Option<Spiffeid>| s.as_ref().map(|s| format!("spiffe://{}{}", s.trust_domain, s.path)).unwrap_or_default();
+    serde_json::json!({
+        "id": e.id, "spiffe_id": id(&e.spiffe_id), "parent_id": id(&e.parent_id),
+        "selectors": e.selectors.iter().map(|s| format!("{}:{}", s.r#type, s.value)).collect::<Vec<_>>(),
+        "x509_svid_ttl": e.x509_svid_ttl, "jwt_svid_ttl": e.jwt_svid_ttl, "federates_with": e.federates_with,
+        "dns_names": e.dns_names, "admin": e.admin, "downstream": e.downstream, "expires_at": e.expires_at,
+        "hint": e.hint, "revision_number": e.revision_number, "created_at": e.created_at,
+    })
+}
+
+fn print_entries(entries: &[proto::spire::api::types::Entry], output: Output) {
+    match output {
+        Output::Json => println!("{}", serde_json::json!({ "entries": entries.iter().map(entry_json).collect::<Vec<_>>() })),
+        Output::Pretty => {
+            println!("Found {} entr{}", entries.len(), if entries.len() == 1 { "y" } else { "ies" });
+            for e in entries {
+                let j = entry_json(e);
+                println!("Entry ID         : {}", e.id);
+                println!("SPIFFE ID        : {}", j["spiffe_id"].as_str().unwrap_or_default());
+                println!("Parent ID        : {}", j["parent_id"].as_str().unwrap_or_default());
+                println!("Revision         : {}", e.revision_number);
+                println!("X509-SVID TTL    : {}", if e.x509_svid_ttl == 0 { "default".to_string() } else { e.x509_svid_ttl.to_string() });
+                println!("JWT-SVID TTL     : {}", if e.jwt_svid_ttl == 0 { "default".to_string() } else { e.jwt_svid_ttl.to_string() });
+                for s in &e.selectors {
+                    println!("Selector         : {}:{}", s.r#type, s.value);
+                }
+                for td in &e.federates_with {
+                    println!("FederatesWith    : {td}");
+                }
+                for dns in &e.dns_names {
+                    println!("DNS name         : {dns}");
+                }
+                if e.admin {
+                    println!("Admin            : true");
+                }
+                if e.downstream {
+                    println!("Downstream       : true");
+                }
+                println!();
+            }
+        }
+    }
+}
+
+/// Fails with the first refused item's status, the way the batch APIs report them.
+fn first_refusal(statuses: impl Iterator<Item = Option<proto::spire::api::types::Status>>) -> anyhow::Result<()> {
+    for status in statuses.flatten() {
+        if status.code != 0 {
+            anyhow::bail!("{}: {}", tonic::Code::from_i32(status.code), status.message);
+        }
+    }
+    Ok(())
+}
+
+pub async fn entry(command: EntryCommand, socket_path: &Path, output: Output) -> anyhow::Result<()> {
+    use proto::spire::api::server::entry::v1 as pb;
+    let channel = socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+    let mut client = pb::entry_client::EntryClient::new(channel);
+    match command {
+        EntryCommand::Create { fields, entry_id } => {
+            let entry = fields.to_pb(entry_id.unwrap_or_default())?;
+            let response = client.batch_create_entry(pb::BatchCreateEntryRequest { entries: vec![entry], output_mask: None }).await.map_err(crate::status_error)?.into_inner();
+            first_refusal(response.results.iter().map(|r| r.status.clone()))?;
+            let created: Vec<_> = response.results.into_iter().filter_map(|r| r.entry).collect();
+            print_entries(&created, output);
+        }
+        EntryCommand::Update { entry_id, fields } => {
+            let entry = fields.to_pb(entry_id)?;
+            let response = client
+                .batch_update_entry(pb::BatchUpdateEntryRequest { entries: vec![entry], input_mask: None, output_mask: None })
+                .await
+                .map_err(crate::status_error)?
+                .into_inner();
+            first_refusal(response.results.iter().map(|r| r.status.clone()))?;
+            let updated: Vec<_> = response.results.into_iter().filter_map(|r| r.entry).collect();
+            print_entries(&updated, output);
+        }
+        EntryCommand::Show { entry_id: Some(id), .. } => {
+            let entry = client.get_entry(pb::GetEntryRequest { id, output_mask: None }).await.map_err(crate::status_error)?.into_inner();
+            print_entries(&[entry], output);
+        }
+        EntryCommand::Show { entry_id: None, spiffe_id, parent_id, selector } => {
+            let filter = pb::list_entries_request::Filter {
+                by_spiffe_id: spiffe_id.as_deref().map(|s| id_pb(s, "spiffe-id")).transpose()?,
+                by_parent_id: parent_id.as_deref().map(|s| id_pb(s, "parent-id")).transpose()?,
+                by_selectors: if selector.is_empty() {
+                    None
+                } else {
+                    Some(proto::spire::api::types::SelectorMatch { selectors: selectors_pb(&selector)?, r#match: proto::spire::api::types::selector_match::MatchBehavior::MatchSuperset as i32 })
+                },
+                ..Default::default()
+            };
+            let (mut entries, mut page_token) = (Vec::new(), String::new());
+            loop {
+                let page = client
+                    .list_entries(pb::ListEntriesRequest { filter: Some(filter.clone()), output_mask: None, page_size: 500, page_token })
+                    .await
+                    .map_err(crate::status_error)?
+                    .into_inner();
+                entries.extend(page.entries);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            print_entries(&entries, output);
+        }
+        EntryCommand::Count => {
+            let count = client.count_entries(pb::CountEntriesRequest { filter: None }).await.map_err(crate::status_error)?.into_inner().count;
+            match output {
+                Output::Json => println!("{}", serde_json::json!({ "count": count })),
+                Output::Pretty => println!("{count} registration entr{}", if count == 1 { "y" } else { "ies" }),
+            }
+        }
+        EntryCommand::Delete { entry_id } => {
+            let response = client.batch_delete_entry(pb::BatchDeleteEntryRequest { ids: vec![entry_id.clone()] }).await.map_err(crate::status_error)?.into_inner();
+            first_refusal(response.results.iter().map(|r| r.status.clone()))?;
+            match output {
+                Output::Json => println!("{}", serde_json::json!({ "deleted": entry_id })),
+                Output::Pretty => println!("Deleted entry with ID: {entry_id}"),
+            }
+        }
+    }
+    Ok(())
+}

@@ -28,6 +28,13 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Registration entries: create, show, count, update, delete.
+    Entry {
+        #[command(subcommand)]
+        command: api_cli::EntryCommand,
+        #[command(flatten)]
+        common: Common,
+    },
     /// The trust bundle: `bundle show`.
     Bundle {
         #[command(subcommand)]
@@ -157,6 +164,7 @@ fn main() -> ExitCode {
         Command::Run { config } => run::run(&config),
         Command::Cluster { command: ClusterCommand::Restore { config, file }, .. } => run::restore(&config, &file),
         Command::Cluster { command, common } => client(command, common),
+        Command::Entry { command, common } => block_on(api_cli::entry(command, &common.socket_path, common.output)),
         Command::Bundle { command: BundleCommand::Show, common } => block_on(api_cli::bundle_show(&common.socket_path, common.output)),
         Command::X509 { command: X509Command::Mint { spiffe_id, ttl, write }, common } => {
             block_on(api_cli::x509_mint(&common.socket_path, &spiffe_id, ttl, write, common.output))

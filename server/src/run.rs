@@ -10,6 +10,7 @@ use anyhow::Context;
 use proto::admin::cluster_admin_server::ClusterAdminServer;
 use proto::spire::api::server::bundle::v1::bundle_server::BundleServer;
 use proto::spire::api::server::debug::v1::debug_server::DebugServer;
+use proto::spire::api::server::entry::v1::entry_server::EntryServer;
 use proto::spire::api::server::svid::v1::svid_server::SvidServer;
 use raft_store::node::Timing;
 use server::admin::cluster::ClusterAdminService;
@@ -80,6 +81,7 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         .add_service(admin)
         .add_service(SvidServer::new(server::api::svid::SvidService { context: api.clone() }))
         .add_service(BundleServer::new(server::api::bundle::BundleService { context: api.clone() }))
+        .add_service(EntryServer::new(server::api::entry::EntryService { context: api.clone() }))
         .add_service(DebugServer::new(server::api::debug::DebugService { context: api }))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
         .await;

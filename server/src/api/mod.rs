@@ -5,6 +5,7 @@
 pub mod bundle;
 pub mod convert;
 pub mod debug;
+pub mod entry;
 pub mod svid;
 
 use std::sync::Arc;

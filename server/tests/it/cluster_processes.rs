@@ -227,6 +227,38 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
         assert!(!out.status.success() && err.contains("invalid argument") && err.contains("csr:") && err.contains(want), "{id}: {err}");
     }
 
+    // Entries written through one replica are read (linearizably) through the others.
+    let parent = "spiffe://example.org/spire/agent/join_token/abc";
+    let create = |server: &Server, id: &str, selector: &str| {
+        server.command(&["entry", "create", "--spiffe-id", id, "--parent-id", parent, "--selector", selector, "--output", "json"])
+    };
+    let out = create(&servers[1], "spiffe://example.org/web", "unix:uid:1000");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entry_id = created["entries"][0]["id"].as_str().unwrap().to_string();
+    for server in &servers {
+        let shown = server.command(&["entry", "show", "--entry-id", &entry_id, "--output", "json"]);
+        let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+        assert_eq!(shown["entries"][0]["spiffe_id"], "spiffe://example.org/web", "replica {}", server.id);
+    }
+    let refusals = [
+        (create(&servers[2], "spiffe://example.org/web", "unix:uid:1000"), "already exists"),
+        (create(&servers[2], "spiffe://example.org/spire/x", "unix:uid:1"), "spiffe_id"),
+        (create(&servers[2], "spiffe://other.org/web", "unix:uid:1"), "not in trust domain"),
+        (servers[0].command(&["entry", "show", "--entry-id", "no-such-entry"]), "not found"),
+        (servers[0].command(&["entry", "delete", "--entry-id", "no-such-entry"]), "not found"),
+    ];
+    for (out, want) in refusals {
+        let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert!(!out.status.success() && err.contains(want), "want {want:?}: {err}");
+    }
+    let out = servers[0].command(&["entry", "count", "--output", "json"]);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["count"], 1);
+    let out = servers[2].command(&["entry", "delete", "--entry-id", &entry_id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = servers[1].command(&["entry", "count", "--output", "json"]);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["count"], 0);
+
     // Leadership moves where an admin asks, from any replica.
     let status = servers[2].json(&["transfer", "--node-id", "2"]);
     assert_eq!(leader(&status), Some(2));

@@ -1,0 +1,258 @@
+//! `spire.api.server.entry.v1.Entry`: registration entries, created, changed and deleted
+//! through Raft in batches with a status per item, and read linearizably.
+
+mod convert;
+mod filter;
+
+use proto::spire::api::server::entry::v1 as pb;
+use proto::spire::api::server::entry::v1::entry_server::Entry;
+use proto::spire::api::types;
+use raft_store::model::RegistrationEntry;
+use raft_store::{ApplyError, Command, Outcome, StoreReader};
+use tonic::{Code, Request, Response, Status};
+
+pub use convert::{check_entry_id, entry_from_pb, entry_to_pb};
+use filter::EntryFilter;
+
+use super::{read_failed, ApiContext};
+
+/// Most items one batch call may carry: a batch is one Raft entry.
+pub const MAX_BATCH: usize = 500;
+/// Entries read from the store per step while listing.
+const SCAN_PAGE: usize = 1000;
+
+pub struct EntryService {
+    pub context: ApiContext,
+}
+
+fn status_pb(code: Code, message: impl Into<String>) -> Option<types::Status> {
+    Some(types::Status { code: code as i32, message: message.into() })
+}
+
+fn ok_status() -> Option<types::Status> {
+    status_pb(Code::Ok, "OK")
+}
+
+fn apply_status(e: &ApplyError) -> Option<types::Status> {
+    let code = match e {
+        ApplyError::AlreadyExists(_) => Code::AlreadyExists,
+        ApplyError::NotFound(_) => Code::NotFound,
+        ApplyError::FailedPrecondition(_) => Code::FailedPrecondition,
+        ApplyError::InvalidArgument(_) => Code::InvalidArgument,
+    };
+    status_pb(code, e.to_string())
+}
+
+fn check_batch(len: usize, what: &str) -> Result<(), Status> {
+    if len > MAX_BATCH {
+        return Err(Status::invalid_argument(format!("{what}: {len} items; at most {MAX_BATCH} per call")));
+    }
+    Ok(())
+}
+
+impl EntryService {
+    /// Writes a batch command and returns its per-item outcomes, in order.
+    async fn write_entries(&self, command: Command) -> Result<Vec<Result<RegistrationEntry, ApplyError>>, Status> {
+        let replica = self.context.replica().await?;
+        let response = replica.write(command).await.map_err(|e| Status::unavailable(format!("the cluster did not commit the change: {e}")))?;
+        match response.outcome {
+            Outcome::Entries(results) => Ok(results),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    /// Writes the items that passed their checks as one command, and answers every item in
+    /// request order: its refusal, or the outcome of the write.
+    async fn write_checked(
+        &self,
+        checked: Vec<Result<RegistrationEntry, Status>>,
+        command: fn(Vec<RegistrationEntry>) -> Command,
+        mask: Option<&types::EntryMask>,
+    ) -> Result<Vec<(Option<types::Status>, Option<types::Entry>)>, Status> {
+        let valid: Vec<RegistrationEntry> = checked.iter().filter_map(|c| c.as_ref().ok().cloned()).collect();
+        let mut written = if valid.is_empty() { Vec::new() } else { self.write_entries(command(valid)).await? }.into_iter();
+        Ok(checked
+            .into_iter()
+            .map(|item| match item {
+                Err(refused) => (status_pb(refused.code(), refused.message()), None),
+                Ok(_) => match written.next() {
+                    Some(Ok(entry)) => (ok_status(), Some(entry_to_pb(&entry, mask))),
+                    Some(Err(e)) => (apply_status(&e), None),
+                    None => (status_pb(Code::Internal, "no outcome for this entry"), None),
+                },
+            })
+            .collect())
+    }
+
+    /// Every entry matching `filter`, in id order, after `after`, at most `limit` (0: all).
+    /// Returns them and whether more may follow.
+    async fn matching(reader: &StoreReader, filter: &EntryFilter, after: Option<String>, limit: usize) -> Result<(Vec<RegistrationEntry>, bool), Status> {
+        let mut found = Vec::new();
+        // An exact parent or SPIFFE ID filter narrows the scan to an index.
+        let indexed = match (&filter.parent_id, &filter.spiffe_id) {
+            (Some(parent), _) => Some(reader.entries_by_parent(parent).await.map_err(read_failed)?),
+            (None, Some(id)) => Some(reader.entries_by_spiffe_id(id).await.map_err(read_failed)?),
+            _ => None,
+        };
+        if let Some(mut candidates) = indexed {
+            candidates.sort_by(|a, b| a.id.cmp(&b.id));
+            let mut rest = candidates.into_iter().filter(|e| after.as_ref().is_none_or(|a| e.id > *a)).filter(|e| filter.matches(e));
+            for entry in rest.by_ref() {
+                found.push(entry);
+                if limit > 0 && found.len() == limit {
+                    return Ok((found, rest.next().is_some()));
+                }
+            }
+            return Ok((found, false));
+        }
+        let mut cursor = after;
+        loop {
+            let page = reader.list_entries(cursor, SCAN_PAGE).await.map_err(read_failed)?;
+            let mut items = page.items.into_iter();
+            for entry in items.by_ref() {
+                if filter.matches(&entry) {
+                    found.push(entry);
+                    if limit > 0 && found.len() == limit {
+                        return Ok((found, items.next().is_some() || page.next.is_some()));
+                    }
+                }
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return Ok((found, false)),
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Entry for EntryService {
+    async fn count_entries(&self, request: Request<pb::CountEntriesRequest>) -> Result<Response<pb::CountEntriesResponse>, Status> {
+        let filter = request.into_inner().filter.map(|f| pb::list_entries_request::Filter {
+            by_spiffe_id: f.by_spiffe_id,
+            by_parent_id: f.by_parent_id,
+            by_selectors: f.by_selectors,
+            by_federates_with: f.by_federates_with,
+            by_hint: f.by_hint,
+            by_downstream: f.by_downstream,
+        });
+        let filter = EntryFilter::from_pb(filter.as_ref())?;
+        let replica = self.context.replica().await?;
+        let reader = replica.linearizable_reader().await.map_err(read_failed)?;
+        let (entries, _) = Self::matching(reader, &filter, None, 0).await?;
+        Ok(Response::new(pb::CountEntriesResponse { count: i32::try_from(entries.len()).unwrap_or(i32::MAX) }))
+    }
+
+    async fn list_entries(&self, request: Request<pb::ListEntriesRequest>) -> Result<Response<pb::ListEntriesResponse>, Status> {
+        let request = request.into_inner();
+        let filter = EntryFilter::from_pb(request.filter.as_ref())?;
+        if request.page_size < 0 {
+            return Err(Status::invalid_argument("page_size: must not be negative"));
+        }
+        let after = Some(request.page_token).filter(|t| !t.is_empty());
+        let replica = self.context.replica().await?;
+        let reader = replica.linearizable_reader().await.map_err(read_failed)?;
+        let limit = usize::try_from(request.page_size).unwrap_or(0);
+        let (entries, more) = Self::matching(reader, &filter, after, limit).await?;
+        let next_page_token = if more { entries.last().map(|e| e.id.clone()).unwrap_or_default() } else { String::new() };
+        let mask = request.output_mask.as_ref();
+        Ok(Response::new(pb::ListEntriesResponse { entries: entries.iter().map(|e| entry_to_pb(e, mask)).collect(), next_page_token }))
+    }
+
+    async fn get_entry(&self, request: Request<pb::GetEntryRequest>) -> Result<Response<types::Entry>, Status> {
+        let request = request.into_inner();
+        check_entry_id(&request.id)?;
+        let replica = self.context.replica().await?;
+        let reader = replica.linearizable_reader().await.map_err(read_failed)?;
+        let entry = reader.entry(&request.id).await.map_err(read_failed)?.ok_or_else(|| Status::not_found(format!("id: no entry {:?}", request.id)))?;
+        Ok(Response::new(entry_to_pb(&entry, request.output_mask.as_ref())))
+    }
+
+    async fn batch_create_entry(&self, request: Request<pb::BatchCreateEntryRequest>) -> Result<Response<pb::BatchCreateEntryResponse>, Status> {
+        let request = request.into_inner();
+        check_batch(request.entries.len(), "entries")?;
+        let td = &self.context.ca.config.trust_domain;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        // Each item is checked on its own; the valid ones go to Raft as one command.
+        let checked = request.entries.iter().map(|entry| {
+            let id = if entry.id.is_empty() { convert::new_entry_id() } else { check_entry_id(&entry.id).map(|()| entry.id.clone()) };
+            id.and_then(|id| entry_from_pb(entry, td, id, now))
+        });
+        let results = self.write_checked(checked.collect(), Command::CreateEntries, request.output_mask.as_ref()).await?;
+        let results = results.into_iter().map(|(status, entry)| pb::batch_create_entry_response::Result { status, entry }).collect();
+        Ok(Response::new(pb::BatchCreateEntryResponse { results }))
+    }
+
+    async fn batch_update_entry(&self, request: Request<pb::BatchUpdateEntryRequest>) -> Result<Response<pb::BatchUpdateEntryResponse>, Status> {
+        let request = request.into_inner();
+        check_batch(request.entries.len(), "entries")?;
+        let td = &self.context.ca.config.trust_domain;
+        let replica = self.context.replica().await?;
+        let reader = replica.linearizable_reader().await.map_err(read_failed)?;
+        let mut checked = Vec::with_capacity(request.entries.len());
+        for update in &request.entries {
+            checked.push(match check_entry_id(&update.id) {
+                Err(status) => Err(status),
+                Ok(()) => match reader.entry(&update.id).await.map_err(read_failed)? {
+                    None => Err(Status::not_found(format!("id: no entry {:?}", update.id))),
+                    Some(stored) => convert::apply_update(&stored, update, request.input_mask.as_ref(), td),
+                },
+            });
+        }
+        let results = self.write_checked(checked, Command::UpdateEntries, request.output_mask.as_ref()).await?;
+        let results = results.into_iter().map(|(status, entry)| pb::batch_update_entry_response::Result { status, entry }).collect();
+        Ok(Response::new(pb::BatchUpdateEntryResponse { results }))
+    }
+
+    async fn batch_delete_entry(&self, request: Request<pb::BatchDeleteEntryRequest>) -> Result<Response<pb::BatchDeleteEntryResponse>, Status> {
+        let ids = request.into_inner().ids;
+        check_batch(ids.len(), "ids")?;
+        let mut results: Vec<Option<pb::batch_delete_entry_response::Result>> = Vec::with_capacity(ids.len());
+        let mut valid = Vec::new();
+        for id in &ids {
+            match check_entry_id(id) {
+                Ok(()) => {
+                    valid.push(id.clone());
+                    results.push(None);
+                }
+                Err(status) => results.push(Some(pb::batch_delete_entry_response::Result { status: status_pb(status.code(), status.message()), id: id.clone() })),
+            }
+        }
+        let outcomes = if valid.is_empty() {
+            Vec::new()
+        } else {
+            let replica = self.context.replica().await?;
+            let response = replica.write(Command::DeleteEntries(valid.clone())).await.map_err(|e| Status::unavailable(format!("the cluster did not commit the change: {e}")))?;
+            match response.outcome {
+                Outcome::DeletedEntries(results) => results,
+                other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
+            }
+        };
+        let mut outcomes = outcomes.into_iter().zip(valid);
+        let results = results
+            .into_iter()
+            .map(|slot| match slot {
+                Some(refused) => refused,
+                None => match outcomes.next() {
+                    Some((Ok(id), _)) => pb::batch_delete_entry_response::Result { status: ok_status(), id },
+                    Some((Err(e), id)) => pb::batch_delete_entry_response::Result { status: apply_status(&e), id },
+                    None => pb::batch_delete_entry_response::Result { status: status_pb(Code::Internal, "no outcome for this id"), id: String::new() },
+                },
+            })
+            .collect();
+        Ok(Response::new(pb::BatchDeleteEntryResponse { results }))
+    }
+
+    async fn get_authorized_entries(&self, _request: Request<pb::GetAuthorizedEntriesRequest>) -> Result<Response<pb::GetAuthorizedEntriesResponse>, Status> {
+        Err(Status::unimplemented("GetAuthorizedEntries is for agents, which this server does not serve yet"))
+    }
+
+    type SyncAuthorizedEntriesStream = tokio_stream::Empty<Result<pb::SyncAuthorizedEntriesResponse, Status>>;
+
+    async fn sync_authorized_entries(
+        &self,
+        _request: Request<tonic::Streaming<pb::SyncAuthorizedEntriesRequest>>,
+    ) -> Result<Response<Self::SyncAuthorizedEntriesStream>, Status> {
+        Err(Status::unimplemented("SyncAuthorizedEntries is for agents, which this server does not serve yet"))
+    }
+}
