@@ -323,3 +323,115 @@ pub async fn entry(command: EntryCommand, socket_path: &Path, output: Output) ->
     }
     Ok(())
 }
+
+/// `token …` commands.
+#[derive(clap::Subcommand)]
+pub enum TokenCommand {
+    /// Creates a one-time join token for an agent.
+    Generate {
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 600)]
+        ttl: i32,
+        /// Also make the token's agent this SPIFFE ID (a node alias entry).
+        #[arg(long)]
+        spiffe_id: Option<String>,
+    },
+}
+
+pub async fn token(command: TokenCommand, socket_path: &Path, output: Output) -> anyhow::Result<()> {
+    use proto::spire::api::server::agent::v1 as pb;
+    let TokenCommand::Generate { ttl, spiffe_id } = command;
+    let channel = socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+    let agent_id = spiffe_id.as_deref().map(|s| id_pb(s, "spiffe-id")).transpose()?;
+    let token = pb::agent_client::AgentClient::new(channel)
+        .create_join_token(pb::CreateJoinTokenRequest { ttl, token: String::new(), agent_id })
+        .await
+        .map_err(crate::status_error)?
+        .into_inner();
+    match output {
+        Output::Json => println!("{}", serde_json::json!({ "value": token.value, "expires_at": token.expires_at })),
+        Output::Pretty => println!("Token: {}", token.value),
+    }
+    Ok(())
+}
+
+/// `agent …` commands.
+#[derive(clap::Subcommand)]
+pub enum AgentCommand {
+    /// Lists attested agents.
+    List,
+    /// Shows one agent.
+    Show {
+        #[arg(long)]
+        spiffe_id: String,
+    },
+    /// Counts attested agents.
+    Count,
+    /// Evicts an agent: it must attest again.
+    Evict {
+        #[arg(long)]
+        spiffe_id: String,
+    },
+    /// Bans an agent: it cannot renew or attest again until evicted.
+    Ban {
+        #[arg(long)]
+        spiffe_id: String,
+    },
+}
+
+fn print_agents(agents: &[proto::spire::api::types::Agent], output: Output) {
+    let json = |a: &proto::spire::api::types::Agent| {
+        serde_json::json!({
+            "id": a.id.as_ref().map(|i| format!("spiffe://{}{}", i.trust_domain, i.path)).unwrap_or_default(),
+            "attestation_type": a.attestation_type, "serial_number": a.x509svid_serial_number,
+            "expires_at": a.x509svid_expires_at, "banned": a.banned, "can_reattest": a.can_reattest,
+            "selectors": a.selectors.iter().map(|s| format!("{}:{}", s.r#type, s.value)).collect::<Vec<_>>(),
+        })
+    };
+    match output {
+        Output::Json => println!("{}", serde_json::json!({ "agents": agents.iter().map(json).collect::<Vec<_>>() })),
+        Output::Pretty => {
+            println!("Found {} attested agent{}:", agents.len(), if agents.len() == 1 { "" } else { "s" });
+            for a in agents {
+                let j = json(a);
+                println!("\nSPIFFE ID         : {}", j["id"].as_str().unwrap_or_default());
+                println!("Attestation type  : {}", a.attestation_type);
+                println!("Expiration time   : {}", a.x509svid_expires_at);
+                println!("Serial number     : {}", a.x509svid_serial_number);
+                println!("Banned            : {}", a.banned);
+            }
+        }
+    }
+}
+
+pub async fn agent(command: AgentCommand, socket_path: &Path, output: Output) -> anyhow::Result<()> {
+    use proto::spire::api::server::agent::v1 as pb;
+    let channel = socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+    let mut client = pb::agent_client::AgentClient::new(channel);
+    match command {
+        AgentCommand::List => {
+            let agents = client.list_agents(pb::ListAgentsRequest::default()).await.map_err(crate::status_error)?.into_inner().agents;
+            print_agents(&agents, output);
+        }
+        AgentCommand::Show { spiffe_id } => {
+            let agent = client.get_agent(pb::GetAgentRequest { id: Some(id_pb(&spiffe_id, "spiffe-id")?), output_mask: None }).await.map_err(crate::status_error)?.into_inner();
+            print_agents(&[agent], output);
+        }
+        AgentCommand::Count => {
+            let count = client.count_agents(pb::CountAgentsRequest { filter: None }).await.map_err(crate::status_error)?.into_inner().count;
+            match output {
+                Output::Json => println!("{}", serde_json::json!({ "count": count })),
+                Output::Pretty => println!("{count} attested agent{}", if count == 1 { "" } else { "s" }),
+            }
+        }
+        AgentCommand::Evict { spiffe_id } => {
+            client.delete_agent(pb::DeleteAgentRequest { id: Some(id_pb(&spiffe_id, "spiffe-id")?) }).await.map_err(crate::status_error)?;
+            println!("Agent evicted successfully");
+        }
+        AgentCommand::Ban { spiffe_id } => {
+            client.ban_agent(pb::BanAgentRequest { id: Some(id_pb(&spiffe_id, "spiffe-id")?) }).await.map_err(crate::status_error)?;
+            println!("Agent banned successfully");
+        }
+    }
+    Ok(())
+}

@@ -35,6 +35,20 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Attested agents: list, show, count, evict, ban.
+    Agent {
+        #[command(subcommand)]
+        command: api_cli::AgentCommand,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Join tokens: `token generate`.
+    Token {
+        #[command(subcommand)]
+        command: api_cli::TokenCommand,
+        #[command(flatten)]
+        common: Common,
+    },
     /// The trust bundle: `bundle show`.
     Bundle {
         #[command(subcommand)]
@@ -164,6 +178,8 @@ fn main() -> ExitCode {
         Command::Run { config } => run::run(&config),
         Command::Cluster { command: ClusterCommand::Restore { config, file }, .. } => run::restore(&config, &file),
         Command::Cluster { command, common } => client(command, common),
+        Command::Agent { command, common } => block_on(api_cli::agent(command, &common.socket_path, common.output)),
+        Command::Token { command, common } => block_on(api_cli::token(command, &common.socket_path, common.output)),
         Command::Entry { command, common } => block_on(api_cli::entry(command, &common.socket_path, common.output)),
         Command::Bundle { command: BundleCommand::Show, common } => block_on(api_cli::bundle_show(&common.socket_path, common.output)),
         Command::X509 { command: X509Command::Mint { spiffe_id, ttl, write }, common } => {

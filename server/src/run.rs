@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use proto::admin::cluster_admin_server::ClusterAdminServer;
+use proto::spire::api::server::agent::v1::agent_server::AgentServer;
 use proto::spire::api::server::bundle::v1::bundle_server::BundleServer;
 use proto::spire::api::server::debug::v1::debug_server::DebugServer;
 use proto::spire::api::server::entry::v1::entry_server::EntryServer;
@@ -81,6 +82,7 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         .add_service(admin)
         .add_service(SvidServer::new(server::api::svid::SvidService { context: api.clone() }))
         .add_service(BundleServer::new(server::api::bundle::BundleService { context: api.clone() }))
+        .add_service(AgentServer::new(server::api::agent::AgentService { context: api.clone() }))
         .add_service(EntryServer::new(server::api::entry::EntryService { context: api.clone() }))
         .add_service(DebugServer::new(server::api::debug::DebugService { context: api }))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())

@@ -2,6 +2,7 @@
 //! served to admin callers on the admin socket; the agent-facing calls and the network
 //! listener with mTLS authorization come next.
 
+pub mod agent;
 pub mod bundle;
 pub mod convert;
 pub mod debug;

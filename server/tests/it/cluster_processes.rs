@@ -259,6 +259,29 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
     let out = servers[1].command(&["entry", "count", "--output", "json"]);
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["count"], 0);
 
+    // Join tokens: created through any replica; one with an agent ID adds a node-alias entry.
+    let out = servers[0].command(&["token", "generate", "--ttl", "600", "--output", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(token["value"].as_str().unwrap().len(), 36);
+    let out = servers[1].command(&["token", "generate", "--spiffe-id", "spiffe://example.org/nodes/web", "--output", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = servers[2].command(&["entry", "show", "--spiffe-id", "spiffe://example.org/nodes/web", "--output", "json"]);
+    let alias: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(alias["entries"][0]["parent_id"].as_str().unwrap().starts_with("spiffe://example.org/spire/agent/join_token/"), "{alias}");
+    for (args, want) in [
+        (vec!["token", "generate", "--ttl", "0"], "ttl"),
+        (vec!["token", "generate", "--spiffe-id", "spiffe://example.org/spire/server"], "agent_id"),
+        (vec!["agent", "show", "--spiffe-id", "spiffe://example.org/spire/agent/join_token/none"], "no agent"),
+        (vec!["agent", "ban", "--spiffe-id", "spiffe://example.org/spire/agent/join_token/none"], "not found"),
+    ] {
+        let out = servers[2].command(&args);
+        let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert!(!out.status.success() && err.contains(want), "{args:?}: want {want:?}: {err}");
+    }
+    let out = servers[0].command(&["agent", "count", "--output", "json"]);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["count"], 0);
+
     // Leadership moves where an admin asks, from any replica.
     let status = servers[2].json(&["transfer", "--node-id", "2"]);
     assert_eq!(leader(&status), Some(2));

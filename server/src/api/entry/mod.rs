@@ -11,7 +11,7 @@ use raft_store::model::RegistrationEntry;
 use raft_store::{ApplyError, Command, Outcome, StoreReader};
 use tonic::{Code, Request, Response, Status};
 
-pub use convert::{check_entry_id, entry_from_pb, entry_to_pb};
+pub use convert::{check_entry_id, entry_from_pb, entry_to_pb, new_entry_id};
 use filter::EntryFilter;
 
 use super::{read_failed, ApiContext};

@@ -1,0 +1,274 @@
+//! `spire.api.server.agent.v1.Agent`: join tokens and the admin view of attested agents.
+//! Attestation and renewal (agent-facing) come with the agent listener.
+
+use identity::{Selector, SpiffeId};
+use proto::spire::api::server::agent::v1 as pb;
+use proto::spire::api::server::agent::v1::agent_server::Agent;
+use proto::spire::api::types;
+use raft_store::model::{AttestedAgent, JoinToken, RegistrationEntry};
+use raft_store::{ApplyError, Command, Outcome};
+use tonic::{Request, Response, Status};
+
+use super::convert::{spiffe_id_from_pb, spiffe_id_to_pb};
+use super::{read_failed, ApiContext};
+
+pub struct AgentService {
+    pub context: ApiContext,
+}
+
+const PAGE: usize = 1000;
+/// Longest join token a caller may choose.
+const MAX_TOKEN_LEN: usize = 255;
+
+fn agent_to_pb(agent: &AttestedAgent, mask: Option<&types::AgentMask>) -> types::Agent {
+    let m = mask.cloned().unwrap_or(types::AgentMask {
+        attestation_type: true,
+        x509svid_serial_number: true,
+        x509svid_expires_at: true,
+        selectors: true,
+        banned: true,
+        can_reattest: true,
+    });
+    types::Agent {
+        id: Some(spiffe_id_to_pb(&agent.spiffe_id)),
+        attestation_type: if m.attestation_type { agent.attestation_type.clone() } else { String::new() },
+        x509svid_serial_number: if m.x509svid_serial_number { agent.serial_number.clone() } else { String::new() },
+        x509svid_expires_at: if m.x509svid_expires_at { agent.expires_at } else { 0 },
+        selectors: if m.selectors {
+            agent.selectors.iter().map(|s| types::Selector { r#type: s.kind().to_owned(), value: s.value().to_owned() }).collect()
+        } else {
+            vec![]
+        },
+        banned: m.banned && agent.banned,
+        can_reattest: m.can_reattest && agent.can_reattest,
+    }
+}
+
+/// SPIRE's agent filters; every given one must hold.
+struct AgentFilter {
+    attestation_type: Option<String>,
+    selectors: Option<(Vec<Selector>, i32)>,
+    banned: Option<bool>,
+    can_reattest: Option<bool>,
+    expires_before: Option<i64>,
+}
+
+impl AgentFilter {
+    fn from_pb(f: Option<pb::list_agents_request::Filter>) -> Result<Self, Status> {
+        let Some(f) = f else {
+            return Ok(Self { attestation_type: None, selectors: None, banned: None, can_reattest: None, expires_before: None });
+        };
+        let selectors = match f.by_selector_match {
+            None => None,
+            Some(m) if m.selectors.is_empty() => return Err(Status::invalid_argument("filter.by_selector_match: at least one selector is required")),
+            Some(m) => Some((
+                m.selectors
+                    .iter()
+                    .map(|s| Selector::new(&s.r#type, &s.value).map_err(|e| Status::invalid_argument(format!("filter.by_selector_match: {e}"))))
+                    .collect::<Result<Vec<_>, _>>()?,
+                m.r#match,
+            )),
+        };
+        let expires_before = match f.by_expires_before.as_str() {
+            "" => None,
+            text => Some(
+                time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                    .map(|t| t.unix_timestamp())
+                    .or_else(|_| text.parse::<i64>())
+                    .map_err(|_| Status::invalid_argument(format!("filter.by_expires_before: {text:?} is neither RFC 3339 nor Unix seconds")))?,
+            ),
+        };
+        Ok(Self {
+            attestation_type: Some(f.by_attestation_type).filter(|t| !t.is_empty()),
+            selectors,
+            banned: f.by_banned,
+            can_reattest: f.by_can_reattest,
+            expires_before,
+        })
+    }
+
+    fn matches(&self, agent: &AttestedAgent) -> bool {
+        self.attestation_type.as_ref().is_none_or(|t| *t == agent.attestation_type)
+            && self.selectors.as_ref().is_none_or(|(want, how)| {
+                let have = &agent.selectors;
+                match how {
+                    0 => have.len() == want.len() && want.iter().all(|s| have.contains(s)),
+                    1 => have.iter().all(|s| want.contains(s)),
+                    2 => want.iter().all(|s| have.contains(s)),
+                    _ => want.iter().any(|s| have.contains(s)),
+                }
+            })
+            && self.banned.is_none_or(|b| b == agent.banned)
+            && self.can_reattest.is_none_or(|c| c == agent.can_reattest)
+            && self.expires_before.is_none_or(|t| agent.expires_at < t)
+    }
+}
+
+impl AgentService {
+    async fn all_matching(&self, filter: &AgentFilter) -> Result<Vec<AttestedAgent>, Status> {
+        let replica = self.context.replica().await?;
+        let reader = replica.linearizable_reader().await.map_err(read_failed)?;
+        let (mut found, mut after) = (Vec::new(), None);
+        loop {
+            let page = reader.list_agents(after, PAGE).await.map_err(read_failed)?;
+            found.extend(page.items.into_iter().filter(|a| filter.matches(a)));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(found),
+            }
+        }
+    }
+
+    fn agent_id(&self, id: Option<&types::Spiffeid>) -> Result<SpiffeId, Status> {
+        let id = spiffe_id_from_pb(id, "id")?;
+        if id.trust_domain() != &self.context.ca.config.trust_domain {
+            return Err(Status::invalid_argument(format!("id: {id} is not in trust domain {}", self.context.ca.config.trust_domain.name())));
+        }
+        Ok(id)
+    }
+
+    async fn write(&self, command: Command) -> Result<Outcome, Status> {
+        let replica = self.context.replica().await?;
+        Ok(replica.write(command).await.map_err(|e| Status::unavailable(format!("the cluster did not commit the change: {e}")))?.outcome)
+    }
+}
+
+fn apply_error(e: ApplyError) -> Status {
+    match e {
+        ApplyError::AlreadyExists(m) => Status::already_exists(m),
+        ApplyError::NotFound(m) => Status::not_found(m),
+        ApplyError::FailedPrecondition(m) => Status::failed_precondition(m),
+        ApplyError::InvalidArgument(m) => Status::invalid_argument(m),
+    }
+}
+
+/// A join token's value: printable ASCII, no '/', at most 255 bytes (it becomes a path
+/// segment of the agent's SPIFFE ID).
+pub fn check_token(token: &str) -> Result<(), Status> {
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        return Err(Status::invalid_argument(format!("token: must be 1 to {MAX_TOKEN_LEN} bytes")));
+    }
+    if !token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b)) {
+        return Err(Status::invalid_argument("token: may contain only letters, digits, '-', '_', '.' and '~'"));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn count_agents(&self, request: Request<pb::CountAgentsRequest>) -> Result<Response<pb::CountAgentsResponse>, Status> {
+        let filter = request.into_inner().filter.map(|f| pb::list_agents_request::Filter {
+            by_attestation_type: f.by_attestation_type,
+            by_selector_match: f.by_selector_match,
+            by_banned: f.by_banned,
+            by_can_reattest: f.by_can_reattest,
+            by_expires_before: f.by_expires_before,
+        });
+        let agents = self.all_matching(&AgentFilter::from_pb(filter)?).await?;
+        Ok(Response::new(pb::CountAgentsResponse { count: i32::try_from(agents.len()).unwrap_or(i32::MAX) }))
+    }
+
+    async fn list_agents(&self, request: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let request = request.into_inner();
+        if request.page_size < 0 {
+            return Err(Status::invalid_argument("page_size: must not be negative"));
+        }
+        let mut agents = self.all_matching(&AgentFilter::from_pb(request.filter)?).await?;
+        if !request.page_token.is_empty() {
+            agents.retain(|a| a.spiffe_id.to_string() > request.page_token);
+        }
+        let limit = usize::try_from(request.page_size).unwrap_or(0);
+        let more = limit > 0 && agents.len() > limit;
+        if more {
+            agents.truncate(limit);
+        }
+        let next_page_token = if more { agents.last().map(|a| a.spiffe_id.to_string()).unwrap_or_default() } else { String::new() };
+        let mask = request.output_mask.as_ref();
+        Ok(Response::new(pb::ListAgentsResponse { agents: agents.iter().map(|a| agent_to_pb(a, mask)).collect(), next_page_token }))
+    }
+
+    async fn get_agent(&self, request: Request<pb::GetAgentRequest>) -> Result<Response<types::Agent>, Status> {
+        let request = request.into_inner();
+        let id = self.agent_id(request.id.as_ref())?;
+        let replica = self.context.replica().await?;
+        let reader = replica.linearizable_reader().await.map_err(read_failed)?;
+        let agent = reader.agent(&id.to_string()).await.map_err(read_failed)?.ok_or_else(|| Status::not_found(format!("id: no agent {id}")))?;
+        Ok(Response::new(agent_to_pb(&agent, request.output_mask.as_ref())))
+    }
+
+    async fn delete_agent(&self, request: Request<pb::DeleteAgentRequest>) -> Result<Response<()>, Status> {
+        let id = self.agent_id(request.get_ref().id.as_ref())?;
+        match self.write(Command::DeleteAgent { spiffe_id: id.to_string() }).await? {
+            Outcome::Deleted(Ok(())) => Ok(Response::new(())),
+            Outcome::Deleted(Err(e)) => Err(apply_error(e)),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn ban_agent(&self, request: Request<pb::BanAgentRequest>) -> Result<Response<()>, Status> {
+        let id = self.agent_id(request.get_ref().id.as_ref())?;
+        match self.write(Command::BanAgent { spiffe_id: id.to_string() }).await? {
+            Outcome::Agent(Ok(_)) => Ok(Response::new(())),
+            Outcome::Agent(Err(e)) => Err(apply_error(e)),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    type AttestAgentStream = tokio_stream::Empty<Result<pb::AttestAgentResponse, Status>>;
+
+    async fn attest_agent(&self, _request: Request<tonic::Streaming<pb::AttestAgentRequest>>) -> Result<Response<Self::AttestAgentStream>, Status> {
+        Err(Status::unimplemented("AttestAgent is served on the agent listener, which this server does not run yet"))
+    }
+
+    async fn renew_agent(&self, _request: Request<pb::RenewAgentRequest>) -> Result<Response<pb::RenewAgentResponse>, Status> {
+        Err(Status::unimplemented("RenewAgent is served on the agent listener, which this server does not run yet"))
+    }
+
+    async fn create_join_token(&self, request: Request<pb::CreateJoinTokenRequest>) -> Result<Response<types::JoinToken>, Status> {
+        let request = request.into_inner();
+        if request.ttl <= 0 {
+            return Err(Status::invalid_argument("ttl: required, in seconds, positive"));
+        }
+        let token = if request.token.is_empty() { super::entry::new_entry_id()? } else { request.token };
+        check_token(&token)?;
+        let td = &self.context.ca.config.trust_domain;
+        let agent_path_id = SpiffeId::parse(&format!("spiffe://{}/spire/agent/join_token/{token}", td.name())).map_err(|e| Status::invalid_argument(format!("token: {e}")))?;
+        let alias = match request.agent_id.as_ref() {
+            None => None,
+            Some(id) => {
+                let id = spiffe_id_from_pb(Some(id), "agent_id")?;
+                if id.trust_domain() != td {
+                    return Err(Status::invalid_argument(format!("agent_id: {id} is not in trust domain {}", td.name())));
+                }
+                if id.path().is_empty() || id.path() == "/spire/server" {
+                    return Err(Status::invalid_argument(format!("agent_id: {id} cannot name an agent")));
+                }
+                Some(id)
+            }
+        };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let expires_at = now + i64::from(request.ttl);
+        let stored = JoinToken { token: token.clone(), expires_at, agent_id: alias.as_ref().map(ToString::to_string) };
+        match self.write(Command::CreateJoinToken(stored)).await? {
+            Outcome::JoinToken(Ok(_)) => {}
+            Outcome::JoinToken(Err(e)) => return Err(apply_error(e)),
+            other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+        if let Some(alias) = alias {
+            // As SPIRE does: an entry that makes the token's agent also `agent_id`.
+            let selector = Selector::new("spiffe_id", &agent_path_id.to_string()).map_err(|e| Status::internal(e.to_string()))?;
+            let mut entry = RegistrationEntry::new(super::entry::new_entry_id()?, alias, agent_path_id, vec![selector]);
+            entry.created_at = now;
+            if let Outcome::Entries(results) = self.write(Command::CreateEntries(vec![entry])).await? {
+                if let Some(Err(e)) = results.into_iter().next() {
+                    return Err(apply_error(e));
+                }
+            }
+        }
+        Ok(Response::new(types::JoinToken { value: token, expires_at }))
+    }
+
+    async fn post_status(&self, _request: Request<pb::PostStatusRequest>) -> Result<Response<pb::PostStatusResponse>, Status> {
+        Err(Status::unimplemented("PostStatus is served on the agent listener, which this server does not run yet"))
+    }
+}
