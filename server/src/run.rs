@@ -54,7 +54,25 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let runtime = Arc::new(ClusterRuntime::start(settings).await?);
     let mut background = vec![tokio::spawn(server::ops::metrics::sample_raft(runtime.clone(), Duration::from_secs(1)))];
     let ca = cluster_ca(&config).await?;
-    let api = server::api::ApiContext { runtime: runtime.clone(), ca: ca.clone(), started: std::time::Instant::now() };
+    let api = server::api::ApiContext {
+        runtime: runtime.clone(),
+        ca: ca.clone(),
+        started: std::time::Instant::now(),
+        admin_ids: config.server.admin_ids.clone(),
+    };
+    // The network listener: agents, and admins with an SVID listed in admin_ids.
+    let identity = Arc::new(server::api::listener::ServerIdentity::new(&config.server.trust_domain).map_err(anyhow::Error::msg)?);
+    let trust = Arc::new(std::sync::RwLock::new(identity::bundle::Bundle::new(config.server.trust_domain.clone())));
+    background.push(tokio::spawn(server::api::listener::maintain(identity.clone(), trust.clone(), ca.clone(), runtime.clone())));
+    let api_address = std::net::SocketAddr::new(config.server.bind_address, config.server.bind_port);
+    let (bound, incoming) = server::api::listener::bind(api_address, identity, trust).await.map_err(anyhow::Error::msg)?;
+    tracing::info!(address = %bound, "server API listening");
+    let network_routes = api_routes(&api, server::api::caller::on_network);
+    background.push(tokio::spawn(async move {
+        if let Err(e) = tonic::transport::Server::builder().add_routes(network_routes).serve_with_incoming(incoming).await {
+            tracing::error!(error = %e, "server API listener stopped");
+        }
+    }));
     let for_ca = runtime.clone();
     background.push(tokio::spawn(server::ca::replicated::rotate_while_leading(
         ca,
@@ -79,12 +97,8 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     tracing::info!(socket = %config.server.socket_path.display(), "admin socket ready");
     let admin = ClusterAdminServer::new(ClusterAdminService { runtime: runtime.clone() });
     let served = tonic::transport::Server::builder()
+        .add_routes(api_routes(&api, server::api::caller::on_admin_socket))
         .add_service(admin)
-        .add_service(SvidServer::new(server::api::svid::SvidService { context: api.clone() }))
-        .add_service(BundleServer::new(server::api::bundle::BundleService { context: api.clone() }))
-        .add_service(AgentServer::new(server::api::agent::AgentService { context: api.clone() }))
-        .add_service(EntryServer::new(server::api::entry::EntryService { context: api.clone() }))
-        .add_service(DebugServer::new(server::api::debug::DebugService { context: api }))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
         .await;
     tracing::info!("shutting down");
@@ -148,6 +162,18 @@ pub fn restore(config_path: &Path, file: &Path) -> anyhow::Result<()> {
     println!("Restored state up to log index {index} into {}: a new cluster {cluster_id} with node {} as its only member.", data_dir.display(), config.cluster.node_id);
     println!("Start it with `testudo-server run --config {}`, then invite the other replicas.", config_path.display());
     Ok(())
+}
+
+/// SPIRE's server APIs, each behind `intercept`, which records who is calling.
+fn api_routes(api: &server::api::ApiContext, intercept: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>) -> tonic::service::Routes {
+    use server::api::{agent::AgentService, bundle::BundleService, debug::DebugService, entry::EntryService, svid::SvidService};
+    let mut routes = tonic::service::RoutesBuilder::default();
+    routes.add_service(AgentServer::with_interceptor(AgentService { context: api.clone() }, intercept));
+    routes.add_service(EntryServer::with_interceptor(EntryService { context: api.clone() }, intercept));
+    routes.add_service(SvidServer::with_interceptor(SvidService { context: api.clone() }, intercept));
+    routes.add_service(BundleServer::with_interceptor(BundleService { context: api.clone() }, intercept));
+    routes.add_service(DebugServer::with_interceptor(DebugService { context: api.clone() }, intercept));
+    routes.routes()
 }
 
 /// Binds `host:port` and serves `router` on it in a task.

@@ -46,10 +46,13 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// Checks a peer's certificate chain: a valid SVID for the replica SPIFFE ID.
+/// Checks a peer's certificate chain: a valid X.509-SVID chaining to the bundle, for the
+/// replica SPIFFE ID (cluster RPC) or, with [`PeerVerifier::any_svid`], for any ID of the
+/// bundle's trust domain (the server API, where callers are agents and admins).
 pub struct PeerVerifier {
     trust: Trust,
-    replica_id: SpiffeId,
+    /// `None`: any SPIFFE ID the bundle vouches for.
+    replica_id: Option<SpiffeId>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -72,16 +75,21 @@ impl PeerVerifier {
     pub fn new(tls: &ClusterTls) -> Self {
         Self {
             trust: Trust::Bundle(tls.bundle.clone()),
-            replica_id: tls.replica_id.clone(),
+            replica_id: Some(tls.replica_id.clone()),
             algorithms: provider().signature_verification_algorithms,
         }
+    }
+
+    /// Accepts any SVID that chains to `bundle` (kept current by its owner).
+    pub fn any_svid(bundle: Arc<RwLock<Bundle>>) -> Self {
+        Self { trust: Trust::Bundle(bundle), replica_id: None, algorithms: provider().signature_verification_algorithms }
     }
 
     /// Trusts the CA whose DER has this SHA-256, taken from the chain the peer sends.
     pub fn pinned(replica_id: SpiffeId, ca_sha256: [u8; 32]) -> Self {
         Self {
             trust: Trust::PinnedCa { trust_domain: replica_id.trust_domain().clone(), sha256: ca_sha256 },
-            replica_id,
+            replica_id: Some(replica_id),
             algorithms: provider().signature_verification_algorithms,
         }
     }
@@ -113,8 +121,10 @@ impl PeerVerifier {
         let mut chain: Vec<&[u8]> = vec![end_entity.as_ref()];
         chain.extend(intermediates.iter().map(|c| c.as_ref()).filter(|der| !is_root(der)));
         let verified = verify_x509_svid(&chain, &bundle, now).map_err(|e| refused(e.to_string()))?;
-        if verified.spiffe_id != self.replica_id {
-            return Err(refused(format!("peer is {}, not a replica ({})", verified.spiffe_id, self.replica_id)));
+        if let Some(expected) = &self.replica_id {
+            if verified.spiffe_id != *expected {
+                return Err(refused(format!("peer is {}, not a replica ({expected})", verified.spiffe_id)));
+            }
         }
         Ok(())
     }

@@ -19,7 +19,8 @@ fn not_yet(call: &str) -> Status {
 
 #[tonic::async_trait]
 impl Bundle for BundleService {
-    async fn count_bundles(&self, _request: Request<pb::CountBundlesRequest>) -> Result<Response<pb::CountBundlesResponse>, Status> {
+    async fn count_bundles(&self, request: Request<pb::CountBundlesRequest>) -> Result<Response<pb::CountBundlesResponse>, Status> {
+        self.context.require_admin(&request)?;
         let replica = self.context.replica().await?;
         let reader = replica.linearizable_reader().await.map_err(read_failed)?;
         let federated = reader.list_bundles(BundleScope::Federated).await.map_err(read_failed)?.len();
@@ -36,15 +37,18 @@ impl Bundle for BundleService {
         Ok(Response::new(bundle_to_pb(&bundle, request.get_ref().output_mask.as_ref())))
     }
 
-    async fn append_bundle(&self, _request: Request<pb::AppendBundleRequest>) -> Result<Response<types::Bundle>, Status> {
+    async fn append_bundle(&self, request: Request<pb::AppendBundleRequest>) -> Result<Response<types::Bundle>, Status> {
+        self.context.require_admin(&request)?;
         Err(not_yet("AppendBundle"))
     }
 
-    async fn publish_jwt_authority(&self, _request: Request<pb::PublishJwtAuthorityRequest>) -> Result<Response<pb::PublishJwtAuthorityResponse>, Status> {
+    async fn publish_jwt_authority(&self, request: Request<pb::PublishJwtAuthorityRequest>) -> Result<Response<pb::PublishJwtAuthorityResponse>, Status> {
+        self.context.require_admin(&request)?;
         Err(not_yet("PublishJWTAuthority"))
     }
 
     async fn list_federated_bundles(&self, request: Request<pb::ListFederatedBundlesRequest>) -> Result<Response<pb::ListFederatedBundlesResponse>, Status> {
+        self.context.require_admin(&request)?;
         let replica = self.context.replica().await?;
         let reader = replica.linearizable_reader().await.map_err(read_failed)?;
         let bundles = reader.list_bundles(BundleScope::Federated).await.map_err(read_failed)?;
@@ -53,6 +57,7 @@ impl Bundle for BundleService {
     }
 
     async fn get_federated_bundle(&self, request: Request<pb::GetFederatedBundleRequest>) -> Result<Response<types::Bundle>, Status> {
+        self.context.require_admin(&request)?;
         let request = request.into_inner();
         let td = identity::TrustDomain::parse(&request.trust_domain).map_err(|e| Status::invalid_argument(format!("trust_domain: {e}")))?;
         if td == self.context.ca.config.trust_domain {
@@ -65,19 +70,23 @@ impl Bundle for BundleService {
         Ok(Response::new(bundle_to_pb(&bundle, request.output_mask.as_ref())))
     }
 
-    async fn batch_create_federated_bundle(&self, _request: Request<pb::BatchCreateFederatedBundleRequest>) -> Result<Response<pb::BatchCreateFederatedBundleResponse>, Status> {
+    async fn batch_create_federated_bundle(&self, request: Request<pb::BatchCreateFederatedBundleRequest>) -> Result<Response<pb::BatchCreateFederatedBundleResponse>, Status> {
+        self.context.require_admin(&request)?;
         Err(not_yet("BatchCreateFederatedBundle"))
     }
 
-    async fn batch_update_federated_bundle(&self, _request: Request<pb::BatchUpdateFederatedBundleRequest>) -> Result<Response<pb::BatchUpdateFederatedBundleResponse>, Status> {
+    async fn batch_update_federated_bundle(&self, request: Request<pb::BatchUpdateFederatedBundleRequest>) -> Result<Response<pb::BatchUpdateFederatedBundleResponse>, Status> {
+        self.context.require_admin(&request)?;
         Err(not_yet("BatchUpdateFederatedBundle"))
     }
 
-    async fn batch_set_federated_bundle(&self, _request: Request<pb::BatchSetFederatedBundleRequest>) -> Result<Response<pb::BatchSetFederatedBundleResponse>, Status> {
+    async fn batch_set_federated_bundle(&self, request: Request<pb::BatchSetFederatedBundleRequest>) -> Result<Response<pb::BatchSetFederatedBundleResponse>, Status> {
+        self.context.require_admin(&request)?;
         Err(not_yet("BatchSetFederatedBundle"))
     }
 
-    async fn batch_delete_federated_bundle(&self, _request: Request<pb::BatchDeleteFederatedBundleRequest>) -> Result<Response<pb::BatchDeleteFederatedBundleResponse>, Status> {
+    async fn batch_delete_federated_bundle(&self, request: Request<pb::BatchDeleteFederatedBundleRequest>) -> Result<Response<pb::BatchDeleteFederatedBundleResponse>, Status> {
+        self.context.require_admin(&request)?;
         Err(not_yet("BatchDeleteFederatedBundle"))
     }
 }

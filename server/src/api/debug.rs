@@ -16,7 +16,8 @@ const PAGE: usize = 1000;
 
 #[tonic::async_trait]
 impl Debug for DebugService {
-    async fn get_info(&self, _request: Request<pb::GetInfoRequest>) -> Result<Response<pb::GetInfoResponse>, Status> {
+    async fn get_info(&self, request: Request<pb::GetInfoRequest>) -> Result<Response<pb::GetInfoResponse>, Status> {
+        self.context.require_admin(&request)?;
         let replica = self.context.replica().await?;
         let reader = replica.local_reader();
         let (mut entries, mut after) = (0usize, None);

@@ -4,9 +4,11 @@
 
 pub mod agent;
 pub mod bundle;
+pub mod caller;
 pub mod convert;
 pub mod debug;
 pub mod entry;
+pub mod listener;
 pub mod svid;
 
 use std::sync::Arc;
@@ -24,9 +26,21 @@ pub struct ApiContext {
     pub runtime: Arc<ClusterRuntime>,
     pub ca: ClusterCa,
     pub started: Instant,
+    /// SPIFFE IDs whose SVIDs may call admin APIs over the network (`server.admin_ids`).
+    pub admin_ids: Vec<identity::SpiffeId>,
 }
 
 impl ApiContext {
+    /// Admin calls: from the admin socket, or from an SVID listed in `admin_ids`.
+    pub fn require_admin<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
+        match caller::caller_of(request) {
+            caller::Caller::Local => Ok(()),
+            caller::Caller::Peer { id, .. } if self.admin_ids.contains(&id) => Ok(()),
+            caller::Caller::Peer { id, .. } => Err(Status::permission_denied(format!("{id} may not call admin APIs"))),
+            caller::Caller::Anonymous => Err(Status::permission_denied("admin APIs need the admin socket or an admin SVID")),
+        }
+    }
+
     /// The running replica, or Unavailable while this server belongs to no cluster.
     pub async fn replica(&self) -> Result<Arc<Replica>, Status> {
         self.runtime.replica().await.ok_or_else(|| Status::unavailable("this server belongs to no cluster yet"))

@@ -16,6 +16,7 @@ fn free_port() -> u16 {
 /// One replica process and its files; killed on drop, even when a test panics.
 struct Server {
     id: u64,
+    api_port: u16,
     health_port: u16,
     metrics_port: u16,
     dir: PathBuf,
@@ -25,7 +26,7 @@ struct Server {
 impl Server {
     fn new(root: &Path, id: u64) -> Self {
         let dir = root.join(format!("replica-{id}"));
-        let (health_port, metrics_port) = (free_port(), free_port());
+        let (health_port, metrics_port, api_port) = (free_port(), free_port(), free_port());
         std::fs::create_dir_all(&dir).unwrap();
         let config = format!(
             r#"server {{
@@ -59,12 +60,12 @@ telemetry {{
 "#,
             health = health_port,
             metrics = metrics_port,
-            api = free_port(),
+            api = api_port,
             raft = free_port(),
             dir = dir.display(),
         );
         std::fs::write(dir.join("server.hcl"), config).unwrap();
-        let mut server = Self { id, health_port, metrics_port, dir, child: None };
+        let mut server = Self { id, api_port, health_port, metrics_port, dir, child: None };
         server.start();
         server
     }
@@ -227,6 +228,15 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
         assert!(!out.status.success() && err.contains("invalid argument") && err.contains("csr:") && err.contains(want), "{id}: {err}");
     }
 
+    // The network listener presents the server SVID, serves GetBundle to anyone and refuses
+    // admin calls from callers that are not admins.
+    let presented = || {
+        let script = format!("openssl s_client -connect 127.0.0.1:{} -alpn h2 </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName", servers[0].api_port);
+        String::from_utf8_lossy(&Command::new("sh").arg("-c").arg(script).output().unwrap().stdout).into_owned()
+    };
+    wait_until(Duration::from_secs(10), || presented().contains("URI:spiffe://example.org/spire/server"), "the server SVID on the API listener");
+    network_calls(&servers[1], &root.path().join("svid-2"));
+
     // Entries written through one replica are read (linearizably) through the others.
     let parent = "spiffe://example.org/spire/agent/join_token/abc";
     let create = |server: &Server, id: &str, selector: &str| {
@@ -317,6 +327,43 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
     let code = child.wait().unwrap();
     assert!(code.success(), "exit after SIGTERM: {code:?}\n{}", servers[0].log());
     assert!(!servers[0].socket().exists());
+}
+
+/// Calls over the network listener: anonymous, and with a workload SVID (not an admin).
+fn network_calls(server: &Server, workload_svid_dir: &Path) {
+    use proto::spire::api::server::bundle::v1::{bundle_client::BundleClient, GetBundleRequest};
+    use proto::spire::api::server::entry::v1::{entry_client::EntryClient, CountEntriesRequest};
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let bundle_pem = std::fs::read_to_string(workload_svid_dir.join("bundle.pem")).unwrap();
+    let mut bundle = identity::bundle::Bundle::new(identity::TrustDomain::parse("example.org").unwrap());
+    for der in pem::parse_many(&bundle_pem).unwrap() {
+        bundle.add_x509_authority(der.contents()).unwrap();
+    }
+    let verifier = std::sync::Arc::new(raft_store::network::tls::PeerVerifier::any_svid(std::sync::Arc::new(std::sync::RwLock::new(bundle))));
+    let address = format!("https://127.0.0.1:{}", server.api_port);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let tls = tonic::transport::ClientTlsConfig::new().domain_name("server.example.org");
+        let anonymous = tonic::transport::Endpoint::from_shared(address.clone()).unwrap().tls_config_with_verifier(tls.clone(), verifier.clone()).unwrap().connect().await.unwrap();
+        let bundle = BundleClient::new(anonymous.clone()).get_bundle(GetBundleRequest { output_mask: None }).await.unwrap().into_inner();
+        assert_eq!(bundle.trust_domain, "example.org");
+        assert!(!bundle.x509_authorities.is_empty());
+        let err = EntryClient::new(anonymous).count_entries(CountEntriesRequest { filter: None }).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+
+        let svid = std::fs::read_to_string(workload_svid_dir.join("svid.pem")).unwrap();
+        let key = std::fs::read_to_string(workload_svid_dir.join("key.pem")).unwrap();
+        let with_svid = tonic::transport::Endpoint::from_shared(address)
+            .unwrap()
+            .tls_config_with_verifier(tls.identity(tonic::transport::Identity::from_pem(svid, key)), verifier)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let err = EntryClient::new(with_svid).count_entries(CountEntriesRequest { filter: None }).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+        assert!(err.message().contains("spiffe://example.org/web may not call admin APIs"), "{err:?}");
+    });
 }
 
 #[test]

@@ -157,6 +157,7 @@ pub fn check_token(token: &str) -> Result<(), Status> {
 #[tonic::async_trait]
 impl Agent for AgentService {
     async fn count_agents(&self, request: Request<pb::CountAgentsRequest>) -> Result<Response<pb::CountAgentsResponse>, Status> {
+        self.context.require_admin(&request)?;
         let filter = request.into_inner().filter.map(|f| pb::list_agents_request::Filter {
             by_attestation_type: f.by_attestation_type,
             by_selector_match: f.by_selector_match,
@@ -169,6 +170,7 @@ impl Agent for AgentService {
     }
 
     async fn list_agents(&self, request: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        self.context.require_admin(&request)?;
         let request = request.into_inner();
         if request.page_size < 0 {
             return Err(Status::invalid_argument("page_size: must not be negative"));
@@ -188,6 +190,7 @@ impl Agent for AgentService {
     }
 
     async fn get_agent(&self, request: Request<pb::GetAgentRequest>) -> Result<Response<types::Agent>, Status> {
+        self.context.require_admin(&request)?;
         let request = request.into_inner();
         let id = self.agent_id(request.id.as_ref())?;
         let replica = self.context.replica().await?;
@@ -197,6 +200,7 @@ impl Agent for AgentService {
     }
 
     async fn delete_agent(&self, request: Request<pb::DeleteAgentRequest>) -> Result<Response<()>, Status> {
+        self.context.require_admin(&request)?;
         let id = self.agent_id(request.get_ref().id.as_ref())?;
         match self.write(Command::DeleteAgent { spiffe_id: id.to_string() }).await? {
             Outcome::Deleted(Ok(())) => Ok(Response::new(())),
@@ -206,6 +210,7 @@ impl Agent for AgentService {
     }
 
     async fn ban_agent(&self, request: Request<pb::BanAgentRequest>) -> Result<Response<()>, Status> {
+        self.context.require_admin(&request)?;
         let id = self.agent_id(request.get_ref().id.as_ref())?;
         match self.write(Command::BanAgent { spiffe_id: id.to_string() }).await? {
             Outcome::Agent(Ok(_)) => Ok(Response::new(())),
@@ -225,6 +230,7 @@ impl Agent for AgentService {
     }
 
     async fn create_join_token(&self, request: Request<pb::CreateJoinTokenRequest>) -> Result<Response<types::JoinToken>, Status> {
+        self.context.require_admin(&request)?;
         let request = request.into_inner();
         if request.ttl <= 0 {
             return Err(Status::invalid_argument("ttl: required, in seconds, positive"));

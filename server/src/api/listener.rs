@@ -1,0 +1,123 @@
+//! The network listener of the server API (`bind_address:bind_port`): TLS 1.3 with this
+//! replica's server SVID (`spiffe://<td>/spire/server`, minted locally with the cluster's
+//! active CA and renewed at half-life), and a client SVID verified against the trust bundle
+//! when the caller presents one. Who may call what is decided per method from the caller.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use identity::bundle::Bundle;
+use identity::crypto::{KeyType, LocalKey, Signer};
+use identity::SpiffeId;
+use raft_store::network::tls::PeerVerifier;
+use raft_store::node::Replica;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::ca::replicated::ClusterCa;
+
+/// This replica's server SVID, swapped in place when renewed.
+#[derive(Debug)]
+pub struct ServerIdentity {
+    id: SpiffeId,
+    current: RwLock<Option<(Arc<CertifiedKey>, OffsetDateTime)>>,
+}
+
+impl ServerIdentity {
+    pub fn new(trust_domain: &identity::TrustDomain) -> Result<Self, String> {
+        let id = SpiffeId::parse(&format!("spiffe://{}/spire/server", trust_domain.name())).map_err(|e| e.to_string())?;
+        Ok(Self { id, current: RwLock::new(None) })
+    }
+
+    /// Mints a new server SVID when there is none or the current one is past half-life.
+    pub async fn refresh_if_due(&self, ca: &ClusterCa, replica: &Replica, now: OffsetDateTime) -> Result<bool, String> {
+        let due = self.current.read().map_err(|_| "lock poisoned")?.as_ref().is_none_or(|(_, renew_at)| now >= *renew_at);
+        if !due {
+            return Ok(false);
+        }
+        let key = LocalKey::generate(KeyType::EcP256).map_err(|e| e.to_string())?;
+        let manager = ca.local(replica).await.map_err(|e| e.to_string())?;
+        let chain = manager.mint_x509_svid(self.id.clone(), key.public_key().clone(), None, vec![]).await.map_err(|e| e.to_string())?;
+        let facts = identity::x509::certificate_facts(&chain[0]).map_err(|e| e.to_string())?;
+        let renew_at = facts.not_before + (facts.not_after - facts.not_before) / 2;
+        let pkcs8 = key.to_pkcs8_der().map_err(|e| e.to_string())?;
+        let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.to_vec())))
+            .map_err(|e| e.to_string())?;
+        let certified = CertifiedKey::new(chain.into_iter().map(CertificateDer::from).collect(), signing);
+        *self.current.write().map_err(|_| "lock poisoned")? = Some((Arc::new(certified), renew_at));
+        tracing::info!(id = %self.id, renew_at = %renew_at, "server SVID minted");
+        Ok(true)
+    }
+}
+
+impl ResolvesServerCert for ServerIdentity {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().and_then(|c| c.as_ref().map(|(k, _)| k.clone()))
+    }
+}
+
+/// Keeps the server SVID and the bundle client certificates are checked against current,
+/// from this replica's applied state.
+pub async fn maintain(identity: Arc<ServerIdentity>, bundle: Arc<RwLock<Bundle>>, ca: ClusterCa, runtime: Arc<crate::cluster::runtime::ClusterRuntime>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut sequence = None;
+    loop {
+        tick.tick().await;
+        let Some(replica) = runtime.replica().await else { continue };
+        let Ok(manager) = ca.local(&replica).await else { continue };
+        let stored = manager.stored_bundle();
+        if sequence != Some(stored.sequence_number) && !stored.x509_authorities.is_empty() {
+            if let (Ok(fresh), Ok(mut current)) = (manager.bundle(), bundle.write()) {
+                *current = fresh;
+                sequence = Some(stored.sequence_number);
+            }
+        }
+        if let Err(e) = identity.refresh_if_due(&ca, &replica, OffsetDateTime::now_utc()).await {
+            tracing::debug!(error = %e, "server SVID not minted yet");
+        }
+    }
+}
+
+/// Binds the API listener. Returns the bound address and the stream of TLS connections
+/// for tonic; handshakes run in their own tasks with a time limit.
+pub async fn bind(
+    address: SocketAddr,
+    identity: Arc<ServerIdentity>,
+    bundle: Arc<RwLock<Bundle>>,
+) -> Result<(SocketAddr, tokio_stream::wrappers::ReceiverStream<Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>>), String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(Arc::new(PeerVerifier::any_svid(bundle)))
+        .with_cert_resolver(identity);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind(address).await.map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else { continue };
+            if tx.is_closed() {
+                break;
+            }
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "API TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "API TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    Ok((bound, tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
