@@ -59,6 +59,8 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         ca: ca.clone(),
         started: std::time::Instant::now(),
         admin_ids: config.server.admin_ids.clone(),
+        node_attestors: config.node_attestors.clone(),
+        agent_ttl: config.server.agent_ttl,
     };
     // The network listener: agents, and admins with an SVID listed in admin_ids.
     let identity = Arc::new(server::api::listener::ServerIdentity::new(&config.server.trust_domain).map_err(anyhow::Error::msg)?);

@@ -111,7 +111,7 @@ impl PeerVerifier {
 
     fn verify(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>], now: UnixTime) -> Result<(), rustls::Error> {
         let refused = |why: String| {
-            tracing::warn!(reason = %why, "refused a replica certificate");
+            tracing::warn!(reason = %why, "refused a peer certificate");
             rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)
         };
         let now = i64::try_from(now.as_secs()).ok().and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok()).ok_or_else(|| refused("bad clock".into()))?;

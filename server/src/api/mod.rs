@@ -3,6 +3,7 @@
 //! listener with mTLS authorization come next.
 
 pub mod agent;
+pub mod agent_auth;
 pub mod bundle;
 pub mod caller;
 pub mod convert;
@@ -28,6 +29,10 @@ pub struct ApiContext {
     pub started: Instant,
     /// SPIFFE IDs whose SVIDs may call admin APIs over the network (`server.admin_ids`).
     pub admin_ids: Vec<identity::SpiffeId>,
+    /// Which node attestors agents may use.
+    pub node_attestors: crate::config::plugins::NodeAttestorConfig,
+    /// Lifetime of agent SVIDs; `None`: the X.509-SVID default.
+    pub agent_ttl: Option<std::time::Duration>,
 }
 
 impl ApiContext {

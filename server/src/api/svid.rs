@@ -94,8 +94,44 @@ impl Svid for SvidService {
         Ok(Response::new(pb::MintJwtsvidResponse { svid: Some(svid) }))
     }
 
-    async fn batch_new_x509svid(&self, _request: Request<pb::BatchNewX509svidRequest>) -> Result<Response<pb::BatchNewX509svidResponse>, Status> {
-        Err(Status::unimplemented("BatchNewX509SVID is not implemented by this server yet"))
+    async fn batch_new_x509svid(&self, request: Request<pb::BatchNewX509svidRequest>) -> Result<Response<pb::BatchNewX509svidResponse>, Status> {
+        let replica = self.context.replica().await?;
+        let agent = super::agent_auth::require_agent(&request, &replica).await?;
+        let params = request.into_inner().params;
+        if params.len() > super::entry::MAX_BATCH {
+            return Err(Status::invalid_argument(format!("params: {} items; at most {} per call", params.len(), super::entry::MAX_BATCH)));
+        }
+        let server_id = SpiffeId::parse(&format!("spiffe://{}/spire/server", self.context.ca.config.trust_domain.name())).map_err(|e| Status::internal(e.to_string()))?;
+        let authorized = super::agent_auth::authorized_entries(replica.local_reader(), &agent, &server_id).await?;
+        let ca = self.context.ca.local(&replica).await.map_err(ca_error)?;
+        let status = |code: tonic::Code, message: String| Some(types::Status { code: code as i32, message });
+        let mut results = Vec::with_capacity(params.len());
+        for param in params {
+            let Some(entry) = authorized.get(&param.entry_id) else {
+                results.push(pb::batch_new_x509svid_response::Result { status: status(tonic::Code::NotFound, format!("entry_id: {:?} is not an entry this agent is authorized for", param.entry_id)), svid: None });
+                continue;
+            };
+            let public_key = match identity::x509::public_key_from_csr(&param.csr) {
+                Ok(key) => key,
+                Err(e) => {
+                    results.push(pb::batch_new_x509svid_response::Result { status: status(tonic::Code::InvalidArgument, format!("csr: {e}")), svid: None });
+                    continue;
+                }
+            };
+            let ttl = (entry.x509_svid_ttl > 0).then(|| Duration::from_secs(entry.x509_svid_ttl.unsigned_abs().into()));
+            let started = std::time::Instant::now();
+            let minted = ca.mint_x509_svid(entry.spiffe_id.clone(), public_key, ttl, entry.dns_names.clone()).await;
+            metrics::histogram!("testudo_ca_sign_seconds", "kind" => "x509").record(started.elapsed().as_secs_f64());
+            match minted {
+                Ok(chain) => {
+                    let expires_at = identity::x509::certificate_facts(&chain[0]).map(|f| f.not_after.unix_timestamp()).unwrap_or_default();
+                    let svid = types::X509svid { cert_chain: chain, id: Some(spiffe_id_to_pb(&entry.spiffe_id)), expires_at, hint: entry.hint.clone() };
+                    results.push(pb::batch_new_x509svid_response::Result { status: status(tonic::Code::Ok, "OK".into()), svid: Some(svid) });
+                }
+                Err(e) => results.push(pb::batch_new_x509svid_response::Result { status: status(tonic::Code::Unavailable, format!("cannot sign: {e}")), svid: None }),
+            }
+        }
+        Ok(Response::new(pb::BatchNewX509svidResponse { results }))
     }
 
     async fn new_jwtsvid(&self, _request: Request<pb::NewJwtsvidRequest>) -> Result<Response<pb::NewJwtsvidResponse>, Status> {

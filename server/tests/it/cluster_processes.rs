@@ -339,27 +339,18 @@ fn network_calls(server: &Server, workload_svid_dir: &Path) {
     for der in pem::parse_many(&bundle_pem).unwrap() {
         bundle.add_x509_authority(der.contents()).unwrap();
     }
-    let verifier = std::sync::Arc::new(raft_store::network::tls::PeerVerifier::any_svid(std::sync::Arc::new(std::sync::RwLock::new(bundle))));
-    let address = format!("https://127.0.0.1:{}", server.api_port);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let tls = tonic::transport::ClientTlsConfig::new().domain_name("server.example.org");
-        let anonymous = tonic::transport::Endpoint::from_shared(address.clone()).unwrap().tls_config_with_verifier(tls.clone(), verifier.clone()).unwrap().connect().await.unwrap();
-        let bundle = BundleClient::new(anonymous.clone()).get_bundle(GetBundleRequest { output_mask: None }).await.unwrap().into_inner();
-        assert_eq!(bundle.trust_domain, "example.org");
-        assert!(!bundle.x509_authorities.is_empty());
+        let anonymous = api_channel(server, &bundle, None).await;
+        let served = BundleClient::new(anonymous.clone()).get_bundle(GetBundleRequest { output_mask: None }).await.unwrap().into_inner();
+        assert_eq!(served.trust_domain, "example.org");
+        assert!(!served.x509_authorities.is_empty());
         let err = EntryClient::new(anonymous).count_entries(CountEntriesRequest { filter: None }).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
 
         let svid = std::fs::read_to_string(workload_svid_dir.join("svid.pem")).unwrap();
         let key = std::fs::read_to_string(workload_svid_dir.join("key.pem")).unwrap();
-        let with_svid = tonic::transport::Endpoint::from_shared(address)
-            .unwrap()
-            .tls_config_with_verifier(tls.identity(tonic::transport::Identity::from_pem(svid, key)), verifier)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let with_svid = api_channel(server, &bundle, Some((svid, key))).await;
         let err = EntryClient::new(with_svid).count_entries(CountEntriesRequest { filter: None }).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
         assert!(err.message().contains("spiffe://example.org/web may not call admin APIs"), "{err:?}");
@@ -411,4 +402,131 @@ fn a_backup_seeds_a_new_cluster_offline() {
     assert_ne!(status["cluster_id"], origin.status()["cluster_id"]);
     // It accepts writes.
     fresh.invite("600");
+}
+
+/// A TLS channel to the server API, trusting `bundle`, presenting `identity` if given.
+async fn api_channel(server: &Server, bundle: &identity::bundle::Bundle, identity: Option<(String, String)>) -> tonic::transport::Channel {
+    let verifier = std::sync::Arc::new(raft_store::network::tls::PeerVerifier::any_svid(std::sync::Arc::new(std::sync::RwLock::new(bundle.clone()))));
+    let mut tls = tonic::transport::ClientTlsConfig::new().domain_name("server.example.org");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+    }
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", server.api_port)).unwrap().tls_config_with_verifier(tls, verifier).unwrap();
+    // The listener presents its server SVID within a second of the CA's first activation.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match endpoint.connect().await {
+            Ok(channel) => return channel,
+            Err(e) if Instant::now() > deadline => panic!("connect: {e:?}\nserver log:\n{}", server.log()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+fn pem_of(label: &str, der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new(label, der.to_vec()))
+}
+
+#[test]
+fn agents_attest_with_join_tokens_renew_and_mint_only_their_entries() {
+    use identity::crypto::{KeyType, LocalKey};
+    use proto::spire::api::server::agent::v1 as agent_pb;
+    use proto::spire::api::server::svid::v1 as svid_pb;
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::new(root.path(), 1);
+    server.json(&["init"]);
+    wait_until(Duration::from_secs(20), || server.command(&["bundle", "show"]).status.success(), "the CA to publish a bundle");
+    let mut bundle = identity::bundle::Bundle::new(identity::TrustDomain::parse("example.org").unwrap());
+    for cert in pem::parse_many(server.command(&["bundle", "show"]).stdout).unwrap() {
+        bundle.add_x509_authority(cert.contents()).unwrap();
+    }
+    let token = |ttl: &str| {
+        let out = server.command(&["token", "generate", "--ttl", ttl, "--output", "json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["value"].as_str().unwrap().to_string()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let anonymous = api_channel(&server, &bundle, None).await;
+        let agent_key = LocalKey::generate(KeyType::EcP256).unwrap();
+        let csr = identity::x509::create_csr(&agent_key, None).unwrap();
+        let attest = |token: String| {
+            let params = agent_pb::attest_agent_request::Params {
+                data: Some(proto::spire::api::types::AttestationData { r#type: "join_token".into(), payload: token.into_bytes() }),
+                params: Some(agent_pb::AgentX509svidParams { csr: csr.clone() }),
+            };
+            let request = agent_pb::AttestAgentRequest { step: Some(agent_pb::attest_agent_request::Step::Params(params)) };
+            let mut client = agent_pb::agent_client::AgentClient::new(anonymous.clone());
+            async move {
+                let mut responses = client.attest_agent(tokio_stream::once(request)).await?.into_inner();
+                match responses.message().await?.and_then(|r| r.step) {
+                    Some(agent_pb::attest_agent_response::Step::Result(result)) => Ok::<_, tonic::Status>(result.svid.unwrap()),
+                    other => panic!("unexpected attestation step {other:?}"),
+                }
+            }
+        };
+        let value = token("600");
+        let svid = attest(value.clone()).await.unwrap();
+        let agent_id = format!("spiffe://example.org/spire/agent/join_token/{value}");
+        assert_eq!(identity::x509::verify_x509_svid(&svid.cert_chain, &bundle, time::OffsetDateTime::now_utc()).unwrap().spiffe_id.to_string(), agent_id);
+        let err = attest(value).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "a replayed token: {err:?}");
+        let stale = token("1");
+        std::thread::sleep(Duration::from_millis(2100));
+        let err = attest(stale).await.unwrap_err();
+        assert!(err.code() == tonic::Code::PermissionDenied && err.message().contains("expired"), "{err:?}");
+
+        // Entries: one for this agent, one for another.
+        let create = |spiffe_id: &str, parent: &str| {
+            let out = server.command(&["entry", "create", "--spiffe-id", spiffe_id, "--parent-id", parent, "--selector", "unix:uid:1000", "--output", "json"]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["entries"][0]["id"].as_str().unwrap().to_string()
+        };
+        let mine = create("spiffe://example.org/web", &agent_id);
+        let theirs = create("spiffe://example.org/db", "spiffe://example.org/spire/agent/join_token/someone-else");
+
+        let agent_identity = |svid: &proto::spire::api::types::X509svid| {
+            (svid.cert_chain.iter().map(|c| pem_of("CERTIFICATE", c)).collect::<String>(), pem_of("PRIVATE KEY", &agent_key.to_pkcs8_der().unwrap()))
+        };
+        let as_agent = api_channel(&server, &bundle, Some(agent_identity(&svid))).await;
+        let workload = LocalKey::generate(KeyType::EcP256).unwrap();
+        let workload_csr = identity::x509::create_csr(&workload, None).unwrap();
+        let request = svid_pb::BatchNewX509svidRequest {
+            params: vec![
+                svid_pb::NewX509svidParams { entry_id: mine.clone(), csr: workload_csr.clone() },
+                svid_pb::NewX509svidParams { entry_id: theirs, csr: workload_csr.clone() },
+                svid_pb::NewX509svidParams { entry_id: mine.clone(), csr: b"junk".to_vec() },
+            ],
+        };
+        let results = svid_pb::svid_client::SvidClient::new(as_agent.clone()).batch_new_x509svid(request.clone()).await.unwrap().into_inner().results;
+        let codes: Vec<i32> = results.iter().map(|r| r.status.as_ref().unwrap().code).collect();
+        assert_eq!(codes, vec![0, tonic::Code::NotFound as i32, tonic::Code::InvalidArgument as i32]);
+        let chain = &results[0].svid.as_ref().unwrap().cert_chain;
+        assert_eq!(identity::x509::verify_x509_svid(chain, &bundle, time::OffsetDateTime::now_utc()).unwrap().spiffe_id.to_string(), "spiffe://example.org/web");
+        let err = svid_pb::svid_client::SvidClient::new(anonymous.clone()).batch_new_x509svid(request.clone()).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+
+        // Renewal: the new SVID is promoted on first use; the old one then stops working.
+        let renewed = agent_pb::agent_client::AgentClient::new(as_agent.clone())
+            .renew_agent(agent_pb::RenewAgentRequest { params: Some(agent_pb::AgentX509svidParams { csr: csr.clone() }) })
+            .await
+            .unwrap()
+            .into_inner()
+            .svid
+            .unwrap();
+        let as_renewed = api_channel(&server, &bundle, Some(agent_identity(&renewed))).await;
+        svid_pb::svid_client::SvidClient::new(as_renewed.clone()).batch_new_x509svid(request.clone()).await.unwrap();
+        let err = svid_pb::svid_client::SvidClient::new(as_agent).batch_new_x509svid(request.clone()).await.unwrap_err();
+        assert!(err.code() == tonic::Code::PermissionDenied && err.message().contains("no longer active"), "{err:?}");
+
+        // A banned agent is refused; an evicted one too.
+        let out = server.command(&["agent", "ban", "--spiffe-id", &agent_id]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let err = svid_pb::svid_client::SvidClient::new(as_renewed.clone()).batch_new_x509svid(request.clone()).await.unwrap_err();
+        assert!(err.code() == tonic::Code::PermissionDenied && err.message().contains("banned"), "{err:?}");
+        let out = server.command(&["agent", "evict", "--spiffe-id", &agent_id]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let err = svid_pb::svid_client::SvidClient::new(as_renewed).batch_new_x509svid(request).await.unwrap_err();
+        assert!(err.code() == tonic::Code::PermissionDenied && err.message().contains("not attested"), "{err:?}");
+    });
 }

@@ -105,6 +105,32 @@ impl AgentFilter {
 }
 
 impl AgentService {
+    /// Consumes a join token (once, cluster-wide) and names the agent after it.
+    async fn attest_join_token(&self, payload: &[u8]) -> Result<(SpiffeId, Vec<Selector>), Status> {
+        let token = std::str::from_utf8(payload).map_err(|_| Status::invalid_argument("params.data.payload: the join token is not UTF-8"))?;
+        check_token(token).map_err(|e| Status::invalid_argument(format!("params.data.payload: {}", e.message())))?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        match self.write(Command::ConsumeJoinToken { token: token.to_owned(), now }).await? {
+            Outcome::JoinToken(Ok(_)) => {}
+            Outcome::JoinToken(Err(ApplyError::FailedPrecondition(_))) => return Err(Status::permission_denied("join token expired")),
+            Outcome::JoinToken(Err(_)) => return Err(Status::permission_denied("join token does not exist or has already been used")),
+            other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+        let td = self.context.ca.config.trust_domain.name();
+        let id = SpiffeId::parse(&format!("spiffe://{td}/spire/agent/join_token/{token}")).map_err(|e| Status::internal(e.to_string()))?;
+        Ok((id, Vec::new()))
+    }
+
+    /// An agent SVID for `public_key`, and its serial (hex).
+    async fn mint_agent_svid(&self, replica: &raft_store::node::Replica, id: &SpiffeId, public_key: identity::crypto::PublicKey) -> Result<(types::X509svid, String), Status> {
+        let ca = self.context.ca.local(replica).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let chain = ca.mint_x509_svid(id.clone(), public_key, self.context.agent_ttl, vec![]).await.map_err(|e| Status::unavailable(format!("cannot sign: {e}")))?;
+        let facts = identity::x509::certificate_facts(&chain[0]).map_err(|e| Status::internal(e.to_string()))?;
+        let serial = facts.serial.iter().map(|b| format!("{b:02x}")).collect();
+        let svid = types::X509svid { cert_chain: chain, id: Some(spiffe_id_to_pb(id)), expires_at: facts.not_after.unix_timestamp(), hint: String::new() };
+        Ok((svid, serial))
+    }
+
     async fn all_matching(&self, filter: &AgentFilter) -> Result<Vec<AttestedAgent>, Status> {
         let replica = self.context.replica().await?;
         let reader = replica.linearizable_reader().await.map_err(read_failed)?;
@@ -219,14 +245,63 @@ impl Agent for AgentService {
         }
     }
 
-    type AttestAgentStream = tokio_stream::Empty<Result<pb::AttestAgentResponse, Status>>;
+    type AttestAgentStream = tokio_stream::Once<Result<pb::AttestAgentResponse, Status>>;
 
-    async fn attest_agent(&self, _request: Request<tonic::Streaming<pb::AttestAgentRequest>>) -> Result<Response<Self::AttestAgentStream>, Status> {
-        Err(Status::unimplemented("AttestAgent is served on the agent listener, which this server does not run yet"))
+    async fn attest_agent(&self, request: Request<tonic::Streaming<pb::AttestAgentRequest>>) -> Result<Response<Self::AttestAgentStream>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("params: the stream ended before any message"))?;
+        let Some(pb::attest_agent_request::Step::Params(params)) = first.step else {
+            return Err(Status::invalid_argument("params: the first message must carry params"));
+        };
+        let data = params.data.ok_or_else(|| Status::invalid_argument("params.data: required"))?;
+        let csr = params.params.map(|p| p.csr).filter(|c| !c.is_empty()).ok_or_else(|| Status::invalid_argument("params.params.csr: required"))?;
+        let public_key = identity::x509::public_key_from_csr(&csr).map_err(|e| Status::invalid_argument(format!("params.params.csr: {e}")))?;
+        let (agent_id, selectors) = match data.r#type.as_str() {
+            "join_token" if self.context.node_attestors.join_token => self.attest_join_token(&data.payload).await?,
+            "join_token" | "x509pop" => return Err(Status::invalid_argument(format!("params.data.type: node attestor {:?} is not enabled on this server", data.r#type))),
+            other => return Err(Status::invalid_argument(format!("params.data.type: unknown node attestor {other:?}"))),
+        };
+        let replica = self.context.replica().await?;
+        let existing = replica.linearizable_reader().await.map_err(read_failed)?.agent(&agent_id.to_string()).await.map_err(read_failed)?;
+        if existing.as_ref().is_some_and(|a| a.banned) {
+            return Err(Status::permission_denied(format!("agent {agent_id} is banned")));
+        }
+        let (svid, serial) = self.mint_agent_svid(&replica, &agent_id, public_key).await?;
+        let agent = AttestedAgent {
+            spiffe_id: agent_id.clone(),
+            attestation_type: data.r#type.clone(),
+            selectors,
+            serial_number: serial,
+            expires_at: svid.expires_at,
+            new_serial_number: String::new(),
+            new_expires_at: 0,
+            banned: false,
+            can_reattest: false,
+        };
+        let command = if existing.is_some() { Command::UpdateAgent(agent) } else { Command::CreateAgent(agent) };
+        match self.write(command).await? {
+            Outcome::Agent(Ok(_)) => {}
+            Outcome::Agent(Err(e)) => return Err(apply_error(e)),
+            other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+        tracing::info!(agent = %agent_id, attestor = %data.r#type, "agent attested");
+        metrics::counter!("testudo_agent_attestations_total", "attestor" => data.r#type).increment(1);
+        let result = pb::attest_agent_response::Result { svid: Some(svid), reattestable: false };
+        Ok(Response::new(tokio_stream::once(Ok(pb::AttestAgentResponse { step: Some(pb::attest_agent_response::Step::Result(result)) }))))
     }
 
-    async fn renew_agent(&self, _request: Request<pb::RenewAgentRequest>) -> Result<Response<pb::RenewAgentResponse>, Status> {
-        Err(Status::unimplemented("RenewAgent is served on the agent listener, which this server does not run yet"))
+    async fn renew_agent(&self, request: Request<pb::RenewAgentRequest>) -> Result<Response<pb::RenewAgentResponse>, Status> {
+        let replica = self.context.replica().await?;
+        let agent = super::agent_auth::require_agent(&request, &replica).await?;
+        let csr = request.into_inner().params.map(|p| p.csr).filter(|c| !c.is_empty()).ok_or_else(|| Status::invalid_argument("params.csr: required"))?;
+        let public_key = identity::x509::public_key_from_csr(&csr).map_err(|e| Status::invalid_argument(format!("params.csr: {e}")))?;
+        let (svid, serial) = self.mint_agent_svid(&replica, &agent.spiffe_id, public_key).await?;
+        let command = Command::SetAgentNewSerial { spiffe_id: agent.spiffe_id.to_string(), serial_number: serial, expires_at: svid.expires_at };
+        match self.write(command).await? {
+            Outcome::Agent(Ok(_)) => Ok(Response::new(pb::RenewAgentResponse { svid: Some(svid) })),
+            Outcome::Agent(Err(e)) => Err(apply_error(e)),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
     }
 
     async fn create_join_token(&self, request: Request<pb::CreateJoinTokenRequest>) -> Result<Response<types::JoinToken>, Status> {
