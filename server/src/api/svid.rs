@@ -134,8 +134,22 @@ impl Svid for SvidService {
         Ok(Response::new(pb::BatchNewX509svidResponse { results }))
     }
 
-    async fn new_jwtsvid(&self, _request: Request<pb::NewJwtsvidRequest>) -> Result<Response<pb::NewJwtsvidResponse>, Status> {
-        Err(Status::unimplemented("NewJWTSVID is not implemented by this server yet"))
+    async fn new_jwtsvid(&self, request: Request<pb::NewJwtsvidRequest>) -> Result<Response<pb::NewJwtsvidResponse>, Status> {
+        let replica = self.context.replica().await?;
+        let agent = super::agent_auth::require_agent(&request, &replica).await?;
+        let request = request.into_inner();
+        if request.audience.is_empty() || request.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument("audience: at least one non-empty audience is required"));
+        }
+        let server_id = SpiffeId::parse(&format!("spiffe://{}/spire/server", self.context.ca.config.trust_domain.name())).map_err(|e| Status::internal(e.to_string()))?;
+        let authorized = super::agent_auth::authorized_entries(replica.local_reader(), &agent, &server_id).await?;
+        let entry = authorized.get(&request.entry_id).ok_or_else(|| Status::not_found(format!("entry_id: {:?} is not an entry this agent is authorized for", request.entry_id)))?;
+        let ttl = (entry.jwt_svid_ttl > 0).then(|| Duration::from_secs(entry.jwt_svid_ttl.unsigned_abs().into()));
+        let ca = self.context.ca.local(&replica).await.map_err(ca_error)?;
+        let token = ca.mint_jwt_svid(entry.spiffe_id.clone(), request.audience, ttl).await.map_err(ca_error)?;
+        let (issued_at, expires_at) = times_of(&token)?;
+        let svid = types::Jwtsvid { token, id: Some(spiffe_id_to_pb(&entry.spiffe_id)), expires_at, issued_at, hint: entry.hint.clone() };
+        Ok(Response::new(pb::NewJwtsvidResponse { svid: Some(svid) }))
     }
 
     async fn new_downstream_x509ca(&self, _request: Request<pb::NewDownstreamX509caRequest>) -> Result<Response<pb::NewDownstreamX509caResponse>, Status> {

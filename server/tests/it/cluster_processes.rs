@@ -506,6 +506,52 @@ fn agents_attest_with_join_tokens_renew_and_mint_only_their_entries() {
         let err = svid_pb::svid_client::SvidClient::new(anonymous.clone()).batch_new_x509svid(request.clone()).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
 
+        // What the agent may see and mint: its own entries only.
+        use proto::spire::api::server::entry::v1 as entry_pb;
+        let mut entries = entry_pb::entry_client::EntryClient::new(as_agent.clone());
+        let got = entries.get_authorized_entries(entry_pb::GetAuthorizedEntriesRequest { output_mask: None }).await.unwrap().into_inner().entries;
+        assert_eq!(got.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), vec![mine.as_str()]);
+        let sync = tokio_stream::once(entry_pb::SyncAuthorizedEntriesRequest { output_mask: None, ids: vec![] });
+        let mut synced = entries.sync_authorized_entries(sync).await.unwrap().into_inner();
+        let first = synced.message().await.unwrap().unwrap();
+        assert!(!first.more && first.entry_revisions.is_empty());
+        assert_eq!(first.entries.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), vec![mine.as_str()]);
+        // Past a page of entries, sync pages revisions first; the agent then asks by id.
+        let admin = server::admin::socket::connect(&server.socket()).await.unwrap();
+        let many: Vec<proto::spire::api::types::Entry> = (0..500)
+            .map(|i| proto::spire::api::types::Entry {
+                spiffe_id: Some(proto::spire::api::types::Spiffeid { trust_domain: "example.org".into(), path: format!("/many/{i}") }),
+                parent_id: Some(proto::spire::api::types::Spiffeid { trust_domain: "example.org".into(), path: agent_id.trim_start_matches("spiffe://example.org").into() }),
+                selectors: vec![proto::spire::api::types::Selector { r#type: "unix".into(), value: format!("uid:{i}") }],
+                ..Default::default()
+            })
+            .collect();
+        let created = entry_pb::entry_client::EntryClient::new(admin)
+            .batch_create_entry(entry_pb::BatchCreateEntryRequest { entries: many, output_mask: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        assert!(created.iter().all(|r| r.status.as_ref().unwrap().code == 0));
+        let (requests, stream) = tokio::sync::mpsc::channel(4);
+        requests.send(entry_pb::SyncAuthorizedEntriesRequest { output_mask: None, ids: vec![] }).await.unwrap();
+        let mut synced = entries.sync_authorized_entries(tokio_stream::wrappers::ReceiverStream::new(stream)).await.unwrap().into_inner();
+        let (first, second) = (synced.message().await.unwrap().unwrap(), synced.message().await.unwrap().unwrap());
+        assert!(first.more && first.entries.is_empty() && first.entry_revisions.len() == 500);
+        assert!(!second.more && second.entry_revisions.len() == 1);
+        let wanted: Vec<String> = first.entry_revisions.iter().take(3).map(|r| r.id.clone()).collect();
+        requests.send(entry_pb::SyncAuthorizedEntriesRequest { output_mask: None, ids: wanted.clone() }).await.unwrap();
+        let details = synced.message().await.unwrap().unwrap();
+        assert!(!details.more);
+        assert_eq!(details.entries.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), wanted);
+        drop(requests);
+
+        let mut jwt = svid_pb::svid_client::SvidClient::new(as_agent.clone());
+        let token = jwt.new_jwtsvid(svid_pb::NewJwtsvidRequest { entry_id: mine.clone(), audience: vec!["db".into()] }).await.unwrap().into_inner().svid.unwrap();
+        assert_eq!(token.id.unwrap().path, "/web");
+        let err = jwt.new_jwtsvid(svid_pb::NewJwtsvidRequest { entry_id: "nope".into(), audience: vec!["db".into()] }).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+
         // Renewal: the new SVID is promoted on first use; the old one then stops working.
         let renewed = agent_pb::agent_client::AgentClient::new(as_agent.clone())
             .renew_agent(agent_pb::RenewAgentRequest { params: Some(agent_pb::AgentX509svidParams { csr: csr.clone() }) })

@@ -18,6 +18,9 @@ use super::{read_failed, ApiContext};
 
 /// Most items one batch call may carry: a batch is one Raft entry.
 pub const MAX_BATCH: usize = 500;
+/// Entries (or revisions) per SyncAuthorizedEntries message, and the count under which
+/// entries are sent without a revision round.
+const SYNC_PAGE: usize = 500;
 /// Entries read from the store per step while listing.
 const SCAN_PAGE: usize = 1000;
 
@@ -51,6 +54,15 @@ fn check_batch(len: usize, what: &str) -> Result<(), Status> {
 }
 
 impl EntryService {
+    /// The entries the calling agent is authorized for, by id, from this replica's state.
+    async fn authorized_for_caller<T>(&self, request: &Request<T>) -> Result<(std::collections::BTreeMap<String, RegistrationEntry>, raft_store::model::AttestedAgent), Status> {
+        let replica = self.context.replica().await?;
+        let agent = super::agent_auth::require_agent(request, &replica).await?;
+        let server_id = identity::SpiffeId::parse(&format!("spiffe://{}/spire/server", self.context.ca.config.trust_domain.name())).map_err(|e| Status::internal(e.to_string()))?;
+        let authorized = super::agent_auth::authorized_entries(replica.local_reader(), &agent, &server_id).await?;
+        Ok((authorized, agent))
+    }
+
     /// Writes a batch command and returns its per-item outcomes, in order.
     async fn write_entries(&self, command: Command) -> Result<Vec<Result<RegistrationEntry, ApplyError>>, Status> {
         let replica = self.context.replica().await?;
@@ -249,16 +261,66 @@ impl Entry for EntryService {
         Ok(Response::new(pb::BatchDeleteEntryResponse { results }))
     }
 
-    async fn get_authorized_entries(&self, _request: Request<pb::GetAuthorizedEntriesRequest>) -> Result<Response<pb::GetAuthorizedEntriesResponse>, Status> {
-        Err(Status::unimplemented("GetAuthorizedEntries is for agents, which this server does not serve yet"))
+    async fn get_authorized_entries(&self, request: Request<pb::GetAuthorizedEntriesRequest>) -> Result<Response<pb::GetAuthorizedEntriesResponse>, Status> {
+        let (authorized, _) = self.authorized_for_caller(&request).await?;
+        let mask = request.get_ref().output_mask.as_ref();
+        Ok(Response::new(pb::GetAuthorizedEntriesResponse { entries: authorized.values().map(|e| entry_to_pb(e, mask)).collect() }))
     }
 
-    type SyncAuthorizedEntriesStream = tokio_stream::Empty<Result<pb::SyncAuthorizedEntriesResponse, Status>>;
+    type SyncAuthorizedEntriesStream = tokio_stream::wrappers::ReceiverStream<Result<pb::SyncAuthorizedEntriesResponse, Status>>;
 
+    /// SPIRE's sync protocol: under a page of entries, they are sent at once; otherwise
+    /// their revisions are paged first, and the agent then asks for the ids it lacks.
     async fn sync_authorized_entries(
         &self,
-        _request: Request<tonic::Streaming<pb::SyncAuthorizedEntriesRequest>>,
+        request: Request<tonic::Streaming<pb::SyncAuthorizedEntriesRequest>>,
     ) -> Result<Response<Self::SyncAuthorizedEntriesStream>, Status> {
-        Err(Status::unimplemented("SyncAuthorizedEntries is for agents, which this server does not serve yet"))
+        let (authorized, _) = self.authorized_for_caller(&request).await?;
+        let mut requests = request.into_inner();
+        let first = requests.message().await?.ok_or_else(|| Status::invalid_argument("the stream ended before the first request"))?;
+        if !first.ids.is_empty() {
+            return Err(Status::invalid_argument("ids: the first request carries only the output mask"));
+        }
+        let mask = first.output_mask;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let send_entries = |entries: Vec<&RegistrationEntry>| {
+                let pages: Vec<Vec<types::Entry>> = entries.chunks(SYNC_PAGE).map(|c| c.iter().map(|e| entry_to_pb(e, mask.as_ref())).collect()).collect();
+                let count = pages.len().max(1);
+                let mut pages = pages.into_iter();
+                (0..count).map(move |i| pb::SyncAuthorizedEntriesResponse { entry_revisions: vec![], entries: pages.next().unwrap_or_default(), more: i + 1 < count }).collect::<Vec<_>>()
+            };
+            let opening = if authorized.len() < SYNC_PAGE {
+                send_entries(authorized.values().collect())
+            } else {
+                let revisions: Vec<pb::EntryRevision> = authorized.values().map(|e| pb::EntryRevision { id: e.id.clone(), revision_number: e.revision_number }).collect();
+                let pages: Vec<_> = revisions.chunks(SYNC_PAGE).map(<[_]>::to_vec).collect();
+                let count = pages.len();
+                pages.into_iter().enumerate().map(|(i, page)| pb::SyncAuthorizedEntriesResponse { entry_revisions: page, entries: vec![], more: i + 1 < count }).collect()
+            };
+            for response in opening {
+                if tx.send(Ok(response)).await.is_err() {
+                    return;
+                }
+            }
+            // Then the full entries the agent asks for, until it closes the stream.
+            loop {
+                let ids = match requests.message().await {
+                    Ok(Some(request)) => request.ids,
+                    Ok(None) => return,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let wanted: Vec<&RegistrationEntry> = ids.iter().filter_map(|id| authorized.get(id)).collect();
+                for response in send_entries(wanted) {
+                    if tx.send(Ok(response)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 }
