@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/spire/api/server/debug/v1/debug.proto",
             "proto/spire/api/server/entry/v1/entry.proto",
             "proto/spire/api/server/agent/v1/agent.proto",
+            "proto/spire/api/server/localauthority/v1/localauthority.proto",
             "proto/etcd/kv.proto"], &["proto", well_known])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

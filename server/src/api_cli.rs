@@ -435,3 +435,97 @@ pub async fn agent(command: AgentCommand, socket_path: &Path, output: Output) ->
     }
     Ok(())
 }
+
+/// `localauthority x509|jwt …`.
+#[derive(clap::Subcommand)]
+pub enum LocalAuthorityCommand {
+    /// X.509 CA authorities.
+    X509 {
+        #[command(subcommand)]
+        action: AuthorityAction,
+    },
+    /// JWT signing authorities.
+    Jwt {
+        #[command(subcommand)]
+        action: AuthorityAction,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum AuthorityAction {
+    /// The active, prepared and old authorities.
+    Show,
+    /// Prepares the next authority now.
+    Prepare,
+    /// Activates the prepared authority.
+    Activate {
+        #[arg(long)]
+        authority_id: String,
+    },
+    /// Taints the old authority: what it signed is replaced.
+    Taint {
+        #[arg(long)]
+        authority_id: String,
+    },
+    /// Revokes the tainted authority: it leaves the bundle.
+    Revoke {
+        #[arg(long)]
+        authority_id: String,
+    },
+}
+
+pub async fn local_authority(command: LocalAuthorityCommand, socket_path: &Path, output: Output) -> anyhow::Result<()> {
+    use proto::spire::api::server::localauthority::v1 as pb;
+    let channel = socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+    let mut client = pb::local_authority_client::LocalAuthorityClient::new(channel);
+    let state = |s: Option<pb::AuthorityState>| s.map(|s| serde_json::json!({ "authority_id": s.authority_id, "expires_at": s.expires_at }));
+    let e = crate::status_error;
+    let value = match command {
+        LocalAuthorityCommand::X509 { action } => match action {
+            AuthorityAction::Show => {
+                let r = client.get_x509_authority_state(pb::GetX509AuthorityStateRequest {}).await.map_err(e)?.into_inner();
+                serde_json::json!({ "active": state(r.active), "prepared": state(r.prepared), "old": state(r.old) })
+            }
+            AuthorityAction::Prepare => serde_json::json!({ "prepared": state(client.prepare_x509_authority(pb::PrepareX509AuthorityRequest {}).await.map_err(e)?.into_inner().prepared_authority) }),
+            AuthorityAction::Activate { authority_id } => {
+                serde_json::json!({ "activated": state(client.activate_x509_authority(pb::ActivateX509AuthorityRequest { authority_id }).await.map_err(e)?.into_inner().activated_authority) })
+            }
+            AuthorityAction::Taint { authority_id } => {
+                serde_json::json!({ "tainted": state(client.taint_x509_authority(pb::TaintX509AuthorityRequest { authority_id }).await.map_err(e)?.into_inner().tainted_authority) })
+            }
+            AuthorityAction::Revoke { authority_id } => {
+                serde_json::json!({ "revoked": state(client.revoke_x509_authority(pb::RevokeX509AuthorityRequest { authority_id }).await.map_err(e)?.into_inner().revoked_authority) })
+            }
+        },
+        LocalAuthorityCommand::Jwt { action } => match action {
+            AuthorityAction::Show => {
+                let r = client.get_jwt_authority_state(pb::GetJwtAuthorityStateRequest {}).await.map_err(e)?.into_inner();
+                serde_json::json!({ "active": state(r.active), "prepared": state(r.prepared), "old": state(r.old) })
+            }
+            AuthorityAction::Prepare => serde_json::json!({ "prepared": state(client.prepare_jwt_authority(pb::PrepareJwtAuthorityRequest {}).await.map_err(e)?.into_inner().prepared_authority) }),
+            AuthorityAction::Activate { authority_id } => {
+                serde_json::json!({ "activated": state(client.activate_jwt_authority(pb::ActivateJwtAuthorityRequest { authority_id }).await.map_err(e)?.into_inner().activated_authority) })
+            }
+            AuthorityAction::Taint { authority_id } => {
+                serde_json::json!({ "tainted": state(client.taint_jwt_authority(pb::TaintJwtAuthorityRequest { authority_id }).await.map_err(e)?.into_inner().tainted_authority) })
+            }
+            AuthorityAction::Revoke { authority_id } => {
+                serde_json::json!({ "revoked": state(client.revoke_jwt_authority(pb::RevokeJwtAuthorityRequest { authority_id }).await.map_err(e)?.into_inner().revoked_authority) })
+            }
+        },
+    };
+    match output {
+        Output::Json => println!("{value}"),
+        Output::Pretty => {
+            if let Some(object) = value.as_object() {
+                for (name, state) in object {
+                    match state {
+                        serde_json::Value::Null => println!("{name:<10} -"),
+                        s => println!("{name:<10} {}  expires {}", s["authority_id"].as_str().unwrap_or_default(), s["expires_at"]),
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -49,6 +49,13 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// The CA's authorities: `localauthority x509|jwt show|prepare|activate|taint|revoke`.
+    Localauthority {
+        #[command(subcommand)]
+        command: api_cli::LocalAuthorityCommand,
+        #[command(flatten)]
+        common: Common,
+    },
     /// The trust bundle: `bundle show`.
     Bundle {
         #[command(subcommand)]
@@ -178,6 +185,7 @@ fn main() -> ExitCode {
         Command::Run { config } => run::run(&config),
         Command::Cluster { command: ClusterCommand::Restore { config, file }, .. } => run::restore(&config, &file),
         Command::Cluster { command, common } => client(command, common),
+        Command::Localauthority { command, common } => block_on(api_cli::local_authority(command, &common.socket_path, common.output)),
         Command::Agent { command, common } => block_on(api_cli::agent(command, &common.socket_path, common.output)),
         Command::Token { command, common } => block_on(api_cli::token(command, &common.socket_path, common.output)),
         Command::Entry { command, common } => block_on(api_cli::entry(command, &common.socket_path, common.output)),

@@ -168,12 +168,14 @@ pub fn restore(config_path: &Path, file: &Path) -> anyhow::Result<()> {
 
 /// SPIRE's server APIs, each behind `intercept`, which records who is calling.
 fn api_routes(api: &server::api::ApiContext, intercept: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>) -> tonic::service::Routes {
-    use server::api::{agent::AgentService, bundle::BundleService, debug::DebugService, entry::EntryService, svid::SvidService};
+    use proto::spire::api::server::localauthority::v1::local_authority_server::LocalAuthorityServer;
+    use server::api::{agent::AgentService, bundle::BundleService, debug::DebugService, entry::EntryService, local_authority::LocalAuthorityService, svid::SvidService};
     let mut routes = tonic::service::RoutesBuilder::default();
     routes.add_service(AgentServer::with_interceptor(AgentService { context: api.clone() }, intercept));
     routes.add_service(EntryServer::with_interceptor(EntryService { context: api.clone() }, intercept));
     routes.add_service(SvidServer::with_interceptor(SvidService { context: api.clone() }, intercept));
     routes.add_service(BundleServer::with_interceptor(BundleService { context: api.clone() }, intercept));
+    routes.add_service(LocalAuthorityServer::with_interceptor(LocalAuthorityService { context: api.clone() }, intercept));
     routes.add_service(DebugServer::with_interceptor(DebugService { context: api.clone() }, intercept));
     routes.routes()
 }

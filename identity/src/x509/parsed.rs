@@ -33,6 +33,8 @@ pub struct CertificateFacts {
     /// All URI SANs, valid SPIFFE IDs or not.
     pub uri_sans: Vec<String>,
     pub dns_sans: Vec<String>,
+    /// The subjectKeyIdentifier extension's value, if present (how SPIRE names authorities).
+    pub subject_key_id: Option<Vec<u8>>,
 }
 
 pub(crate) fn parse(der: &[u8]) -> Result<X509Certificate<'_>, ParseError> {
@@ -68,6 +70,10 @@ pub(crate) fn facts_of(cert: &X509Certificate<'_>) -> Result<CertificateFacts, P
         }
     }
     let spiffe_ids = uri_sans.iter().filter_map(|u| SpiffeId::parse(u).ok()).collect();
+    let subject_key_id = cert.extensions().iter().find_map(|e| match e.parsed_extension() {
+        x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
+        _ => None,
+    });
     Ok(CertificateFacts {
         serial: cert.raw_serial().to_vec(),
         not_before: cert.validity().not_before.to_datetime(),
@@ -77,5 +83,6 @@ pub(crate) fn facts_of(cert: &X509Certificate<'_>) -> Result<CertificateFacts, P
         spiffe_ids,
         uri_sans,
         dns_sans,
+        subject_key_id,
     })
 }

@@ -10,6 +10,7 @@ pub mod convert;
 pub mod debug;
 pub mod entry;
 pub mod listener;
+pub mod local_authority;
 pub mod svid;
 
 use std::sync::Arc;

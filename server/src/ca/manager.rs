@@ -47,6 +47,8 @@ pub enum CaError {
     Task(String),
     #[error("the cluster did not record a CA change: {0}")]
     Replication(String),
+    #[error("no authority with id {0:?}")]
+    UnknownAuthority(String),
 }
 
 /// The CA of one trust domain.
@@ -54,7 +56,7 @@ pub struct CaManager {
     config: CaConfig,
     keys: CaKeys,
     upstream: Option<Arc<dyn UpstreamAuthority>>,
-    clock: Arc<dyn Clock>,
+    pub(super) clock: Arc<dyn Clock>,
     journal: CaJournal,
     bundle: StoredBundle,
 }
@@ -196,7 +198,7 @@ impl CaManager {
     }
 
     /// The events one X.509 step produces; a prepare that must activate at once yields both.
-    async fn x509_step(&mut self, step: RotationStep, now: OffsetDateTime) -> Result<Vec<JournalEvent>, CaError> {
+    pub(super) async fn x509_step(&mut self, step: RotationStep, now: OffsetDateTime) -> Result<Vec<JournalEvent>, CaError> {
         let (slot, activate) = match step {
             RotationStep::Activate { slot } => return Ok(vec![JournalEvent::X509(SlotEvent::Activated { slot })]),
             RotationStep::Prepare { slot, activate } => (slot, activate),
@@ -250,7 +252,7 @@ impl CaManager {
     }
 
     /// The events one JWT step produces; a prepare that must activate at once yields both.
-    async fn jwt_step(&mut self, step: RotationStep, now: OffsetDateTime) -> Result<Vec<JournalEvent>, CaError> {
+    pub(super) async fn jwt_step(&mut self, step: RotationStep, now: OffsetDateTime) -> Result<Vec<JournalEvent>, CaError> {
         let (slot, activate) = match step {
             RotationStep::Activate { slot } => return Ok(vec![JournalEvent::Jwt(SlotEvent::Activated { slot })]),
             RotationStep::Prepare { slot, activate } => (slot, activate),

@@ -3,6 +3,7 @@
 
 pub mod config;
 mod keys;
+pub mod local_authority;
 mod manager;
 mod prune;
 pub mod replicated;

@@ -73,6 +73,31 @@ impl ClusterCa {
         manager.rotate_with(&RaftJournal { replica }).await
     }
 
+    /// An admin's LocalAuthority change, from any replica: the journal is read linearizably
+    /// and the change committed through Raft (the journal's rules refuse a conflicting one).
+    pub async fn prepare_now(&self, replica: &Replica, kind: super::local_authority::AuthorityKind) -> Result<super::local_authority::AuthorityState, CaError> {
+        let mut manager = self.linearizable(replica).await?;
+        manager.prepare_now(kind, &RaftJournal { replica }).await
+    }
+
+    pub async fn transition(
+        &self,
+        replica: &Replica,
+        kind: super::local_authority::AuthorityKind,
+        authority_id: &str,
+        transition: super::local_authority::Transition,
+    ) -> Result<super::local_authority::AuthorityState, CaError> {
+        let mut manager = self.linearizable(replica).await?;
+        manager.transition(kind, authority_id, transition, &RaftJournal { replica }).await
+    }
+
+    /// The CA as the cluster has committed it.
+    pub async fn linearizable(&self, replica: &Replica) -> Result<CaManager, CaError> {
+        let reader = replica.linearizable_reader().await.map_err(replication)?;
+        let (journal, bundle) = self.read(reader).await?;
+        CaManager::resume(self.config.clone(), self.keys.clone(), self.upstream.clone(), self.clock.clone(), journal, bundle)
+    }
+
     /// The CA as this replica has applied it, ready to sign with the active authorities.
     pub async fn local(&self, replica: &Replica) -> Result<CaManager, CaError> {
         let (journal, bundle) = self.read(replica.local_reader()).await?;

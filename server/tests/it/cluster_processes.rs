@@ -576,3 +576,51 @@ fn agents_attest_with_join_tokens_renew_and_mint_only_their_entries() {
         assert!(err.code() == tonic::Code::PermissionDenied && err.message().contains("not attested"), "{err:?}");
     });
 }
+
+#[test]
+fn local_authority_prepares_activates_taints_and_revokes_in_order() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::new(root.path(), 1);
+    server.json(&["init"]);
+    wait_until(Duration::from_secs(20), || server.command(&["bundle", "show"]).status.success(), "the CA to publish a bundle");
+    let run = |args: &[&str]| {
+        let mut all = vec!["localauthority"];
+        all.extend(args);
+        all.extend(["--output", "json"]);
+        let out = server.command(&all);
+        (out.status.success(), serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default(), String::from_utf8_lossy(&out.stderr).to_lowercase())
+    };
+    let certs = || pem::parse_many(server.command(&["bundle", "show"]).stdout).unwrap().len();
+    for kind in ["x509", "jwt"] {
+        let (ok, shown, _) = run(&[kind, "show"]);
+        assert!(ok && shown["prepared"].is_null() && shown["old"].is_null(), "{shown}");
+        let first = shown["active"]["authority_id"].as_str().unwrap().to_string();
+        let (ok, _, err) = run(&[kind, "taint", "--authority-id", &first]);
+        assert!(!ok && err.contains("only an old authority can be tainted"), "{err}");
+        let (ok, _, err) = run(&[kind, "revoke", "--authority-id", "no-such-authority"]);
+        assert!(!ok && err.contains("not found"), "{err}");
+        let (ok, prepared, err) = run(&[kind, "prepare"]);
+        assert!(ok, "{err}");
+        let second = prepared["prepared"]["authority_id"].as_str().unwrap().to_string();
+        assert_ne!(first, second);
+        let (ok, _, err) = run(&[kind, "activate", "--authority-id", &second]);
+        assert!(ok, "{err}");
+        let (_, shown, _) = run(&[kind, "show"]);
+        assert_eq!((shown["active"]["authority_id"].as_str(), shown["old"]["authority_id"].as_str()), (Some(second.as_str()), Some(first.as_str())));
+        let (ok, _, err) = run(&[kind, "revoke", "--authority-id", &first]);
+        assert!(!ok && err.contains("state required") && err.contains("tainted"), "only a tainted authority can be revoked: {err}");
+        let (ok, _, err) = run(&[kind, "taint", "--authority-id", &first]);
+        assert!(ok, "{err}");
+        let before = certs();
+        let (ok, _, err) = run(&[kind, "revoke", "--authority-id", &first]);
+        assert!(ok, "{err}");
+        let (_, shown, _) = run(&[kind, "show"]);
+        assert!(shown["old"].is_null(), "{shown}");
+        if kind == "x509" {
+            assert_eq!(certs(), before - 1, "a revoked CA leaves the bundle");
+        }
+    }
+    // SVIDs still mint with the new authority.
+    let out = server.command(&["x509", "mint", "--spiffe-id", "spiffe://example.org/web"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -1,0 +1,123 @@
+//! `spire.api.server.localauthority.v1.LocalAuthority`: admin control of the CA's X.509
+//! and JWT authorities, from any replica; every change is a Raft command.
+
+use proto::spire::api::server::localauthority::v1 as pb;
+use proto::spire::api::server::localauthority::v1::local_authority_server::LocalAuthority;
+use tonic::{Request, Response, Status};
+
+use super::ApiContext;
+use crate::ca::local_authority::{AuthorityKind, AuthorityState, AuthorityStates, Transition};
+use crate::ca::CaError;
+
+pub struct LocalAuthorityService {
+    pub context: ApiContext,
+}
+
+fn state_pb(state: AuthorityState) -> pb::AuthorityState {
+    pb::AuthorityState { authority_id: state.authority_id, expires_at: state.expires_at }
+}
+
+fn ca_status(e: CaError) -> Status {
+    match e {
+        CaError::UnknownAuthority(id) => Status::not_found(format!("authority_id: no authority {id:?}")),
+        CaError::Journal(e) => Status::failed_precondition(e.to_string()),
+        other => Status::unavailable(other.to_string()),
+    }
+}
+
+fn authority_id(id: &str) -> Result<&str, Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument("authority_id: required"));
+    }
+    Ok(id)
+}
+
+impl LocalAuthorityService {
+    async fn states(&self, kind: AuthorityKind) -> Result<AuthorityStates, Status> {
+        let replica = self.context.replica().await?;
+        Ok(self.context.ca.linearizable(&replica).await.map_err(ca_status)?.authority_states(kind))
+    }
+
+    async fn prepare(&self, kind: AuthorityKind) -> Result<pb::AuthorityState, Status> {
+        let replica = self.context.replica().await?;
+        Ok(state_pb(self.context.ca.prepare_now(&replica, kind).await.map_err(ca_status)?))
+    }
+
+    async fn change(&self, kind: AuthorityKind, id: &str, transition: Transition) -> Result<pb::AuthorityState, Status> {
+        let replica = self.context.replica().await?;
+        let state = self.context.ca.transition(&replica, kind, authority_id(id)?, transition).await.map_err(ca_status)?;
+        tracing::info!(?kind, ?transition, authority_id = %id, "local authority changed by an admin");
+        Ok(state_pb(state))
+    }
+}
+
+#[tonic::async_trait]
+impl LocalAuthority for LocalAuthorityService {
+    async fn get_jwt_authority_state(&self, request: Request<pb::GetJwtAuthorityStateRequest>) -> Result<Response<pb::GetJwtAuthorityStateResponse>, Status> {
+        self.context.require_admin(&request)?;
+        let s = self.states(AuthorityKind::Jwt).await?;
+        Ok(Response::new(pb::GetJwtAuthorityStateResponse { active: s.active.map(state_pb), prepared: s.prepared.map(state_pb), old: s.old.map(state_pb) }))
+    }
+
+    async fn prepare_jwt_authority(&self, request: Request<pb::PrepareJwtAuthorityRequest>) -> Result<Response<pb::PrepareJwtAuthorityResponse>, Status> {
+        self.context.require_admin(&request)?;
+        Ok(Response::new(pb::PrepareJwtAuthorityResponse { prepared_authority: Some(self.prepare(AuthorityKind::Jwt).await?) }))
+    }
+
+    async fn activate_jwt_authority(&self, request: Request<pb::ActivateJwtAuthorityRequest>) -> Result<Response<pb::ActivateJwtAuthorityResponse>, Status> {
+        self.context.require_admin(&request)?;
+        let state = self.change(AuthorityKind::Jwt, &request.get_ref().authority_id, Transition::Activate).await?;
+        Ok(Response::new(pb::ActivateJwtAuthorityResponse { activated_authority: Some(state) }))
+    }
+
+    async fn taint_jwt_authority(&self, request: Request<pb::TaintJwtAuthorityRequest>) -> Result<Response<pb::TaintJwtAuthorityResponse>, Status> {
+        self.context.require_admin(&request)?;
+        let state = self.change(AuthorityKind::Jwt, &request.get_ref().authority_id, Transition::Taint).await?;
+        Ok(Response::new(pb::TaintJwtAuthorityResponse { tainted_authority: Some(state) }))
+    }
+
+    async fn revoke_jwt_authority(&self, request: Request<pb::RevokeJwtAuthorityRequest>) -> Result<Response<pb::RevokeJwtAuthorityResponse>, Status> {
+        self.context.require_admin(&request)?;
+        let state = self.change(AuthorityKind::Jwt, &request.get_ref().authority_id, Transition::Revoke).await?;
+        Ok(Response::new(pb::RevokeJwtAuthorityResponse { revoked_authority: Some(state) }))
+    }
+
+    async fn get_x509_authority_state(&self, request: Request<pb::GetX509AuthorityStateRequest>) -> Result<Response<pb::GetX509AuthorityStateResponse>, Status> {
+        self.context.require_admin(&request)?;
+        let s = self.states(AuthorityKind::X509).await?;
+        Ok(Response::new(pb::GetX509AuthorityStateResponse { active: s.active.map(state_pb), prepared: s.prepared.map(state_pb), old: s.old.map(state_pb) }))
+    }
+
+    async fn prepare_x509_authority(&self, request: Request<pb::PrepareX509AuthorityRequest>) -> Result<Response<pb::PrepareX509AuthorityResponse>, Status> {
+        self.context.require_admin(&request)?;
+        Ok(Response::new(pb::PrepareX509AuthorityResponse { prepared_authority: Some(self.prepare(AuthorityKind::X509).await?) }))
+    }
+
+    async fn activate_x509_authority(&self, request: Request<pb::ActivateX509AuthorityRequest>) -> Result<Response<pb::ActivateX509AuthorityResponse>, Status> {
+        self.context.require_admin(&request)?;
+        let state = self.change(AuthorityKind::X509, &request.get_ref().authority_id, Transition::Activate).await?;
+        Ok(Response::new(pb::ActivateX509AuthorityResponse { activated_authority: Some(state) }))
+    }
+
+    async fn taint_x509_authority(&self, request: Request<pb::TaintX509AuthorityRequest>) -> Result<Response<pb::TaintX509AuthorityResponse>, Status> {
+        self.context.require_admin(&request)?;
+        let state = self.change(AuthorityKind::X509, &request.get_ref().authority_id, Transition::Taint).await?;
+        Ok(Response::new(pb::TaintX509AuthorityResponse { tainted_authority: Some(state) }))
+    }
+
+    async fn taint_x509_upstream_authority(&self, request: Request<pb::TaintX509UpstreamAuthorityRequest>) -> Result<Response<pb::TaintX509UpstreamAuthorityResponse>, Status> {
+        self.context.require_admin(&request)?;
+        Err(Status::unimplemented("tainting an upstream authority is not supported yet"))
+    }
+
+    async fn revoke_x509_authority(&self, request: Request<pb::RevokeX509AuthorityRequest>) -> Result<Response<pb::RevokeX509AuthorityResponse>, Status> {
+        self.context.require_admin(&request)?;
+        let state = self.change(AuthorityKind::X509, &request.get_ref().authority_id, Transition::Revoke).await?;
+        Ok(Response::new(pb::RevokeX509AuthorityResponse { revoked_authority: Some(state) }))
+    }
+
+    async fn revoke_x509_upstream_authority(&self, request: Request<pb::RevokeX509UpstreamAuthorityRequest>) -> Result<Response<pb::RevokeX509UpstreamAuthorityResponse>, Status> {
+        self.context.require_admin(&request)?;
+        Err(Status::unimplemented("revoking an upstream authority is not supported yet"))
+    }
+}

@@ -1,0 +1,118 @@
+//! SPIRE's LocalAuthority operations on the CA journal, for admins: prepare the next
+//! authority now, activate a prepared one, taint an old one (what it signed must be
+//! replaced), revoke a tainted one (it leaves the bundle). The journal enforces the order.
+
+use raft_store::model::{Authority, JournalEvent, SlotEvent, SlotId, SlotPair, SlotStatus};
+
+use super::manager::{CaError, CaManager, JournalSink};
+use super::rotation::RotationStep;
+
+/// Which authorities.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthorityKind {
+    X509,
+    Jwt,
+}
+
+/// A transition an admin asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    Activate,
+    Taint,
+    Revoke,
+}
+
+/// An authority as LocalAuthority shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthorityState {
+    /// X.509: the CA certificate's subject key id (hex); JWT: the key id.
+    pub authority_id: String,
+    pub expires_at: i64,
+}
+
+/// The active, prepared and old authorities of one kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuthorityStates {
+    pub active: Option<AuthorityState>,
+    pub prepared: Option<AuthorityState>,
+    pub old: Option<AuthorityState>,
+}
+
+/// An X.509 CA's authority id: its subject key identifier, else the SHA-256 of the DER.
+pub fn x509_authority_id(certificate: &[u8]) -> String {
+    let ski = identity::x509::certificate_facts(certificate).ok().and_then(|f| f.subject_key_id);
+    let bytes = ski.unwrap_or_else(|| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, certificate).as_ref().to_vec());
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn states<T: Authority>(pair: &SlotPair<T>, id: impl Fn(&T) -> String) -> AuthorityStates {
+    let state = |status| pair.with_status(status).map(|s| AuthorityState { authority_id: id(&s.authority), expires_at: s.authority.not_after().unix_timestamp() });
+    AuthorityStates { active: state(SlotStatus::Active), prepared: state(SlotStatus::Prepared), old: state(SlotStatus::Old) }
+}
+
+fn slot_of<T>(pair: &SlotPair<T>, authority_id: &str, id: impl Fn(&T) -> String) -> Option<SlotId> {
+    pair.iter().find(|s| id(&s.authority) == authority_id).map(|s| s.id)
+}
+
+impl CaManager {
+    pub fn authority_states(&self, kind: AuthorityKind) -> AuthorityStates {
+        match kind {
+            AuthorityKind::X509 => states(&self.journal().x509, |a| x509_authority_id(&a.certificate)),
+            AuthorityKind::Jwt => states(&self.journal().jwt, |a| a.kid.clone()),
+        }
+    }
+
+    /// Prepares the next authority now, in the slot that is not active.
+    pub async fn prepare_now(&mut self, kind: AuthorityKind, sink: &dyn JournalSink) -> Result<AuthorityState, CaError> {
+        let now = self.clock.now();
+        let events = match kind {
+            AuthorityKind::X509 => {
+                let slot = self.journal().x509.active().map_or(SlotId::A, |s| s.id.other());
+                self.x509_step(RotationStep::Prepare { slot, activate: false }, now).await?
+            }
+            AuthorityKind::Jwt => {
+                let slot = self.journal().jwt.active().map_or(SlotId::A, |s| s.id.other());
+                self.jwt_step(RotationStep::Prepare { slot, activate: false }, now).await?
+            }
+        };
+        for event in events {
+            self.commit(event, sink).await?;
+        }
+        self.authority_states(kind).prepared.ok_or(CaError::NoActiveAuthority("prepared"))
+    }
+
+    /// Activates, taints or revokes the authority named `authority_id`. Returns its state
+    /// before the change (a revoked authority has none after).
+    pub async fn transition(&mut self, kind: AuthorityKind, authority_id: &str, transition: Transition, sink: &dyn JournalSink) -> Result<AuthorityState, CaError> {
+        let (slot, expires_at) = match kind {
+            AuthorityKind::X509 => {
+                let pair = &self.journal().x509;
+                let slot = slot_of(pair, authority_id, |a| x509_authority_id(&a.certificate)).ok_or_else(|| CaError::UnknownAuthority(authority_id.to_owned()))?;
+                (slot, pair.get(slot).map(|s| s.authority.not_after.unix_timestamp()).unwrap_or_default())
+            }
+            AuthorityKind::Jwt => {
+                let pair = &self.journal().jwt;
+                let slot = slot_of(pair, authority_id, |a| a.kid.clone()).ok_or_else(|| CaError::UnknownAuthority(authority_id.to_owned()))?;
+                (slot, pair.get(slot).map(|s| s.authority.not_after.unix_timestamp()).unwrap_or_default())
+            }
+        };
+        let event = match (kind, transition) {
+            (AuthorityKind::X509, Transition::Activate) => JournalEvent::X509(SlotEvent::Activated { slot }),
+            (AuthorityKind::X509, Transition::Taint) => JournalEvent::X509(SlotEvent::Tainted { slot }),
+            (AuthorityKind::X509, Transition::Revoke) => JournalEvent::X509(SlotEvent::Revoked { slot }),
+            (AuthorityKind::Jwt, Transition::Activate) => JournalEvent::Jwt(SlotEvent::Activated { slot }),
+            (AuthorityKind::Jwt, Transition::Taint) => JournalEvent::Jwt(SlotEvent::Tainted { slot }),
+            (AuthorityKind::Jwt, Transition::Revoke) => JournalEvent::Jwt(SlotEvent::Revoked { slot }),
+        };
+        self.commit(event, sink).await?;
+        Ok(AuthorityState { authority_id: authority_id.to_owned(), expires_at })
+    }
+
+    /// Checks the event against the journal first, so a refusal names the rule, then makes
+    /// it durable and applies it.
+    async fn commit(&mut self, event: JournalEvent, sink: &dyn JournalSink) -> Result<(), CaError> {
+        self.journal().clone().apply(&event)?;
+        sink.commit(&self.config().trust_domain, &event).await?;
+        self.apply(event).await
+    }
+}
