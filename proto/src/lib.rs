@@ -63,6 +63,12 @@ pub mod spire {
     }
 }
 
+/// The gRPC health checking protocol (`grpc.health.v1`).
+pub mod health {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("grpc.health.v1");
+}
+
 /// The subset of etcd's KV API the Raft benchmark drives etcd with (`etcdserverpb`).
 pub mod etcd {
     #![allow(clippy::all, missing_docs)]

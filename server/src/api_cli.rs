@@ -529,3 +529,16 @@ pub async fn local_authority(command: LocalAuthorityCommand, socket_path: &Path,
     }
     Ok(())
 }
+
+/// `healthcheck`: gRPC health over the admin socket.
+pub async fn healthcheck(socket_path: &Path) -> anyhow::Result<()> {
+    use proto::health::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+    let channel = socket::connect(socket_path).await.with_context(|| format!("server is unhealthy: cannot reach {}", socket_path.display()))?;
+    let status = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await.map_err(crate::status_error)?.into_inner().status;
+    if status == ServingStatus::Serving as i32 {
+        println!("Server is healthy.");
+        Ok(())
+    } else {
+        anyhow::bail!("server is unhealthy: it belongs to no cluster or the cluster has no leader")
+    }
+}

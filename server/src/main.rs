@@ -56,6 +56,11 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Checks that the server is up and part of a cluster with a leader.
+    Healthcheck {
+        #[command(flatten)]
+        common: Common,
+    },
     /// The trust bundle: `bundle show`.
     Bundle {
         #[command(subcommand)]
@@ -185,6 +190,7 @@ fn main() -> ExitCode {
         Command::Run { config } => run::run(&config),
         Command::Cluster { command: ClusterCommand::Restore { config, file }, .. } => run::restore(&config, &file),
         Command::Cluster { command, common } => client(command, common),
+        Command::Healthcheck { common } => block_on(api_cli::healthcheck(&common.socket_path)),
         Command::Localauthority { command, common } => block_on(api_cli::local_authority(command, &common.socket_path, common.output)),
         Command::Agent { command, common } => block_on(api_cli::agent(command, &common.socket_path, common.output)),
         Command::Token { command, common } => block_on(api_cli::token(command, &common.socket_path, common.output)),

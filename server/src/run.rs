@@ -176,6 +176,7 @@ fn api_routes(api: &server::api::ApiContext, intercept: fn(tonic::Request<()>) -
     routes.add_service(SvidServer::with_interceptor(SvidService { context: api.clone() }, intercept));
     routes.add_service(BundleServer::with_interceptor(BundleService { context: api.clone() }, intercept));
     routes.add_service(LocalAuthorityServer::with_interceptor(LocalAuthorityService { context: api.clone() }, intercept));
+    routes.add_service(proto::health::health_server::HealthServer::with_interceptor(server::api::health::HealthService { context: api.clone() }, intercept));
     routes.add_service(DebugServer::with_interceptor(DebugService { context: api.clone() }, intercept));
     routes.routes()
 }

@@ -9,6 +9,7 @@ pub mod caller;
 pub mod convert;
 pub mod debug;
 pub mod entry;
+pub mod health;
 pub mod listener;
 pub mod local_authority;
 pub mod svid;

@@ -168,10 +168,14 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
     let mut servers: Vec<Server> = (1..=3).map(|id| Server::new(root.path(), id)).collect();
 
     assert_eq!(servers[0].status()["initialized"], false);
+    let out = servers[0].command(&["healthcheck"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unhealthy"));
     assert_eq!(http_get(servers[0].health_port, "/live").0, 200);
     let (code, body) = http_get(servers[0].health_port, "/ready");
     assert_eq!(code, 503, "a pristine replica is not ready: {body}");
     let status = servers[0].json(&["init"]);
+    let out = servers[0].command(&["healthcheck"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Server is healthy."));
     let (code, body) = http_get(servers[0].health_port, "/ready");
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"leader\":1"), "{body}");
@@ -342,6 +346,11 @@ fn network_calls(server: &Server, workload_svid_dir: &Path) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let anonymous = api_channel(server, &bundle, None).await;
+        let mut health = proto::health::health_client::HealthClient::new(anonymous.clone());
+        let serving = health.check(proto::health::HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+        assert_eq!(serving.status, proto::health::health_check_response::ServingStatus::Serving as i32);
+        let err = health.check(proto::health::HealthCheckRequest { service: "no.such.Service".into() }).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
         let served = BundleClient::new(anonymous.clone()).get_bundle(GetBundleRequest { output_mask: None }).await.unwrap().into_inner();
         assert_eq!(served.trust_domain, "example.org");
         assert!(!served.x509_authorities.is_empty());

@@ -1,0 +1,77 @@
+//! `grpc.health.v1.Health`: SERVING while this replica belongs to a cluster with a leader
+//! (it can then commit writes and serve linearizable reads), NOT_SERVING otherwise.
+
+use std::time::Duration;
+
+use proto::health::health_check_response::ServingStatus;
+use proto::health::health_server::Health;
+use proto::health::{HealthCheckRequest, HealthCheckResponse};
+use tonic::{Request, Response, Status};
+
+use super::ApiContext;
+
+/// The services a caller may ask about by name; "" is the server as a whole.
+const SERVICES: [&str; 8] = [
+    "",
+    "spire.api.server.agent.v1.Agent",
+    "spire.api.server.entry.v1.Entry",
+    "spire.api.server.svid.v1.SVID",
+    "spire.api.server.bundle.v1.Bundle",
+    "spire.api.server.localauthority.v1.LocalAuthority",
+    "spire.api.server.debug.v1.Debug",
+    "grpc.health.v1.Health",
+];
+
+pub struct HealthService {
+    pub context: ApiContext,
+}
+
+async fn status(context: &ApiContext) -> ServingStatus {
+    match context.runtime.status().await {
+        Some(s) if s.leader.is_some() => ServingStatus::Serving,
+        _ => ServingStatus::NotServing,
+    }
+}
+
+fn known(service: &str) -> Result<(), Status> {
+    if SERVICES.contains(&service) {
+        Ok(())
+    } else {
+        Err(Status::not_found(format!("service: unknown service {service:?}")))
+    }
+}
+
+#[tonic::async_trait]
+impl Health for HealthService {
+    async fn check(&self, request: Request<HealthCheckRequest>) -> Result<Response<HealthCheckResponse>, Status> {
+        known(&request.get_ref().service)?;
+        Ok(Response::new(HealthCheckResponse { status: status(&self.context).await as i32 }))
+    }
+
+    type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<HealthCheckResponse, Status>>;
+
+    async fn watch(&self, request: Request<HealthCheckRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let service = request.into_inner().service;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let context = self.context.clone();
+        tokio::spawn(async move {
+            if !SERVICES.contains(&service.as_str()) {
+                let _ = tx.send(Ok(HealthCheckResponse { status: ServingStatus::ServiceUnknown as i32 })).await;
+                return;
+            }
+            let mut last = None;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let now = status(&context).await;
+                if last != Some(now) {
+                    if tx.send(Ok(HealthCheckResponse { status: now as i32 })).await.is_err() {
+                        return;
+                    }
+                    last = Some(now);
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
