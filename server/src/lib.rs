@@ -9,5 +9,6 @@ pub mod ca;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod node_attestor;
 pub mod ops;
 pub mod upstream;

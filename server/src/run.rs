@@ -60,6 +60,10 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         started: std::time::Instant::now(),
         admin_ids: config.server.admin_ids.clone(),
         node_attestors: config.node_attestors.clone(),
+        x509pop: match &config.node_attestors.x509pop_ca_bundle_paths {
+            Some(paths) => Some(Arc::new(server::node_attestor::x509pop::X509Pop::load(paths).context("NodeAttestor \"x509pop\"")?)),
+            None => None,
+        },
         agent_ttl: config.server.agent_ttl,
     };
     // The network listener: agents, and admins with an SVID listed in admin_ids.
@@ -71,7 +75,8 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     tracing::info!(address = %bound, "server API listening");
     let network_routes = api_routes(&api, server::api::caller::on_network);
     background.push(tokio::spawn(async move {
-        if let Err(e) = tonic::transport::Server::builder().add_routes(network_routes).serve_with_incoming(incoming).await {
+        let server = tonic::transport::Server::builder().layer(server::ops::api_metrics::ApiMetricsLayer).add_routes(network_routes);
+        if let Err(e) = server.serve_with_incoming(incoming).await {
             tracing::error!(error = %e, "server API listener stopped");
         }
     }));
@@ -99,6 +104,7 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     tracing::info!(socket = %config.server.socket_path.display(), "admin socket ready");
     let admin = ClusterAdminServer::new(ClusterAdminService { runtime: runtime.clone() });
     let served = tonic::transport::Server::builder()
+        .layer(server::ops::api_metrics::ApiMetricsLayer)
         .add_routes(api_routes(&api, server::api::caller::on_admin_socket))
         .add_service(admin)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())

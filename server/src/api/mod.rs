@@ -33,6 +33,8 @@ pub struct ApiContext {
     pub admin_ids: Vec<identity::SpiffeId>,
     /// Which node attestors agents may use.
     pub node_attestors: crate::config::plugins::NodeAttestorConfig,
+    /// The x509pop attestor with its CA bundles, when enabled.
+    pub x509pop: Option<Arc<crate::node_attestor::x509pop::X509Pop>>,
     /// Lifetime of agent SVIDs; `None`: the X.509-SVID default.
     pub agent_ttl: Option<std::time::Duration>,
 }

@@ -25,6 +25,11 @@ struct Server {
 
 impl Server {
     fn new(root: &Path, id: u64) -> Self {
+        Self::with_plugins(root, id, "")
+    }
+
+    /// A replica whose `plugins` block also holds `extra_plugins`.
+    fn with_plugins(root: &Path, id: u64, extra_plugins: &str) -> Self {
         let dir = root.join(format!("replica-{id}"));
         let (health_port, metrics_port, api_port) = (free_port(), free_port(), free_port());
         std::fs::create_dir_all(&dir).unwrap();
@@ -39,6 +44,7 @@ impl Server {
 plugins {{
   KeyManager "memory" {{}}
   NodeAttestor "join_token" {{}}
+{extra_plugins}
 }}
 cluster {{
   node_id = {id}
@@ -240,6 +246,11 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
     };
     wait_until(Duration::from_secs(10), || presented().contains("URI:spiffe://example.org/spire/server"), "the server SVID on the API listener");
     network_calls(&servers[1], &root.path().join("svid-2"));
+    let metrics = http_get(servers[1].metrics_port, "/metrics").1;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("testudo_api_calls_total{") && l.contains("Entry/CountEntries") && l.contains("PermissionDenied")),
+        "API calls are counted by method and code"
+    );
 
     // Entries written through one replica are read (linearizably) through the others.
     let parent = "spiffe://example.org/spire/agent/join_token/abc";
@@ -632,4 +643,70 @@ fn local_authority_prepares_activates_taints_and_revokes_in_order() {
     // SVIDs still mint with the new authority.
     let out = server.command(&["x509", "mint", "--spiffe-id", "spiffe://example.org/web"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn an_agent_attests_with_x509pop_through_the_network_listener() {
+    use proto::spire::api::server::agent::v1 as agent_pb;
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let root = tempfile::tempdir().unwrap();
+    let pki_dir = root.path().join("pki");
+    std::fs::create_dir_all(&pki_dir).unwrap();
+    crate::x509pop::pki(&pki_dir, "nodes-ca", "node-1", "digitalSignature");
+    let plugin = format!("  NodeAttestor \"x509pop\" {{\n    plugin_data {{\n      ca_bundle_path = \"{}\"\n    }}\n  }}", pki_dir.join("nodes-ca.pem").display());
+    let server = Server::with_plugins(root.path(), 1, &plugin);
+    server.json(&["init"]);
+    wait_until(Duration::from_secs(20), || server.command(&["bundle", "show"]).status.success(), "the CA to publish a bundle");
+    let mut bundle = identity::bundle::Bundle::new(identity::TrustDomain::parse("example.org").unwrap());
+    for cert in pem::parse_many(server.command(&["bundle", "show"]).stdout).unwrap() {
+        bundle.add_x509_authority(cert.contents()).unwrap();
+    }
+    let leaf = crate::x509pop::der(&pki_dir, "node-1.pem");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let channel = api_channel(&server, &bundle, None).await;
+        let agent_key = identity::crypto::LocalKey::generate(identity::crypto::KeyType::EcP256).unwrap();
+        let csr = identity::x509::create_csr(&agent_key, None).unwrap();
+        for round in 0..2 {
+            let (requests, stream) = tokio::sync::mpsc::channel(2);
+            let params = agent_pb::attest_agent_request::Params {
+                data: Some(proto::spire::api::types::AttestationData { r#type: "x509pop".into(), payload: crate::x509pop::payload(&leaf) }),
+                params: Some(agent_pb::AgentX509svidParams { csr: csr.clone() }),
+            };
+            requests.send(agent_pb::AttestAgentRequest { step: Some(agent_pb::attest_agent_request::Step::Params(params)) }).await.unwrap();
+            let mut client = agent_pb::agent_client::AgentClient::new(channel.clone());
+            let mut responses = client.attest_agent(tokio_stream::wrappers::ReceiverStream::new(stream)).await.unwrap().into_inner();
+            let Some(agent_pb::attest_agent_response::Step::Challenge(challenge)) = responses.message().await.unwrap().unwrap().step else {
+                panic!("expected a challenge");
+            };
+            let answer = crate::x509pop::respond(&pki_dir, "node-1.key", &challenge, false);
+            requests.send(agent_pb::AttestAgentRequest { step: Some(agent_pb::attest_agent_request::Step::ChallengeResponse(answer)) }).await.unwrap();
+            let Some(agent_pb::attest_agent_response::Step::Result(result)) = responses.message().await.unwrap().unwrap().step else {
+                panic!("expected the result");
+            };
+            assert!(result.reattestable, "x509pop agents may attest again (round {round})");
+            let id = identity::x509::verify_x509_svid(&result.svid.unwrap().cert_chain, &bundle, time::OffsetDateTime::now_utc()).unwrap().spiffe_id;
+            assert!(id.path().starts_with("/spire/agent/x509pop/"), "{id}");
+        }
+        // A wrong answer is refused.
+        let (requests, stream) = tokio::sync::mpsc::channel(2);
+        let params = agent_pb::attest_agent_request::Params {
+            data: Some(proto::spire::api::types::AttestationData { r#type: "x509pop".into(), payload: crate::x509pop::payload(&leaf) }),
+            params: Some(agent_pb::AgentX509svidParams { csr: csr.clone() }),
+        };
+        requests.send(agent_pb::AttestAgentRequest { step: Some(agent_pb::attest_agent_request::Step::Params(params)) }).await.unwrap();
+        let mut responses = agent_pb::agent_client::AgentClient::new(channel.clone()).attest_agent(tokio_stream::wrappers::ReceiverStream::new(stream)).await.unwrap().into_inner();
+        let Some(agent_pb::attest_agent_response::Step::Challenge(challenge)) = responses.message().await.unwrap().unwrap().step else {
+            panic!("expected a challenge");
+        };
+        let answer = crate::x509pop::respond(&pki_dir, "node-1.key", &challenge, true);
+        requests.send(agent_pb::AttestAgentRequest { step: Some(agent_pb::attest_agent_request::Step::ChallengeResponse(answer)) }).await.unwrap();
+        let err = responses.message().await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    });
+    let out = server.command(&["agent", "list", "--output", "json"]);
+    let agents: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let agent = &agents["agents"][0];
+    assert_eq!(agent["attestation_type"], "x509pop");
+    assert!(agent["selectors"].as_array().unwrap().iter().any(|s| s == "x509pop:subject:cn:node-1"), "{agent}");
 }

@@ -5,3 +5,4 @@ mod ca_rotation;
 mod cluster_ca;
 mod cluster_processes;
 mod upstream_disk;
+mod x509pop;

@@ -17,6 +17,18 @@ pub struct AgentService {
 }
 
 const PAGE: usize = 1000;
+/// How long an agent has to answer an attestation challenge.
+const CHALLENGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn x509pop_status(e: crate::node_attestor::x509pop::X509PopError) -> Status {
+    use crate::node_attestor::x509pop::X509PopError;
+    match e {
+        X509PopError::BadInput(_) => Status::invalid_argument(e.to_string()),
+        X509PopError::Untrusted(_) | X509PopError::BadSignature => Status::permission_denied(e.to_string()),
+        X509PopError::Config { .. } => Status::internal(e.to_string()),
+    }
+}
+
 /// Longest join token a caller may choose.
 const MAX_TOKEN_LEN: usize = 255;
 
@@ -105,6 +117,67 @@ impl AgentFilter {
 }
 
 impl AgentService {
+    async fn attest(
+        &self,
+        mut stream: tonic::Streaming<pb::AttestAgentRequest>,
+        tx: &tokio::sync::mpsc::Sender<Result<pb::AttestAgentResponse, Status>>,
+    ) -> Result<pb::attest_agent_response::Result, Status> {
+        let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("params: the stream ended before any message"))?;
+        let Some(pb::attest_agent_request::Step::Params(params)) = first.step else {
+            return Err(Status::invalid_argument("params: the first message must carry params"));
+        };
+        let data = params.data.ok_or_else(|| Status::invalid_argument("params.data: required"))?;
+        let csr = params.params.map(|p| p.csr).filter(|c| !c.is_empty()).ok_or_else(|| Status::invalid_argument("params.params.csr: required"))?;
+        let public_key = identity::x509::public_key_from_csr(&csr).map_err(|e| Status::invalid_argument(format!("params.params.csr: {e}")))?;
+        let (agent_id, selectors) = match (data.r#type.as_str(), &self.context.x509pop) {
+            ("join_token", _) if self.context.node_attestors.join_token => self.attest_join_token(&data.payload).await?,
+            ("x509pop", Some(attestor)) => {
+                let td = &self.context.ca.config.trust_domain;
+                let pending = attestor.begin(&data.payload, td, rustls::pki_types::UnixTime::now()).map_err(x509pop_status)?;
+                let challenge = pb::AttestAgentResponse { step: Some(pb::attest_agent_response::Step::Challenge(pending.challenge.clone())) };
+                tx.send(Ok(challenge)).await.map_err(|_| Status::cancelled("the agent went away"))?;
+                let next = tokio::time::timeout(CHALLENGE_TIMEOUT, stream.message())
+                    .await
+                    .map_err(|_| Status::deadline_exceeded("no challenge response in time"))??
+                    .ok_or_else(|| Status::invalid_argument("challenge_response: the stream ended before it"))?;
+                let Some(pb::attest_agent_request::Step::ChallengeResponse(response)) = next.step else {
+                    return Err(Status::invalid_argument("challenge_response: expected after the challenge"));
+                };
+                crate::node_attestor::x509pop::X509Pop::finish(&pending, &response).map_err(x509pop_status)?;
+                (pending.agent_id, pending.selectors)
+            }
+            ("join_token" | "x509pop", _) => return Err(Status::invalid_argument(format!("params.data.type: node attestor {:?} is not enabled on this server", data.r#type))),
+            (other, _) => return Err(Status::invalid_argument(format!("params.data.type: unknown node attestor {other:?}"))),
+        };
+        let reattestable = data.r#type == crate::node_attestor::x509pop::NAME;
+        let replica = self.context.replica().await?;
+        let existing = replica.linearizable_reader().await.map_err(read_failed)?.agent(&agent_id.to_string()).await.map_err(read_failed)?;
+        if existing.as_ref().is_some_and(|a| a.banned) {
+            return Err(Status::permission_denied(format!("agent {agent_id} is banned")));
+        }
+        let (svid, serial) = self.mint_agent_svid(&replica, &agent_id, public_key).await?;
+        let agent = AttestedAgent {
+            spiffe_id: agent_id.clone(),
+            attestation_type: data.r#type.clone(),
+            selectors,
+            serial_number: serial,
+            expires_at: svid.expires_at,
+            new_serial_number: String::new(),
+            new_expires_at: 0,
+            banned: false,
+            can_reattest: reattestable,
+        };
+        let command = if existing.is_some() { Command::UpdateAgent(agent) } else { Command::CreateAgent(agent) };
+        match self.write(command).await? {
+            Outcome::Agent(Ok(_)) => {}
+            Outcome::Agent(Err(e)) => return Err(apply_error(e)),
+            other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+        tracing::info!(agent = %agent_id, attestor = %data.r#type, "agent attested");
+        metrics::counter!("testudo_agent_attestations_total", "attestor" => data.r#type).increment(1);
+        Ok(pb::attest_agent_response::Result { svid: Some(svid), reattestable })
+        }
+
     /// Consumes a join token (once, cluster-wide) and names the agent after it.
     async fn attest_join_token(&self, payload: &[u8]) -> Result<(SpiffeId, Vec<Selector>), Status> {
         let token = std::str::from_utf8(payload).map_err(|_| Status::invalid_argument("params.data.payload: the join token is not UTF-8"))?;
@@ -245,49 +318,24 @@ impl Agent for AgentService {
         }
     }
 
-    type AttestAgentStream = tokio_stream::Once<Result<pb::AttestAgentResponse, Status>>;
+    type AttestAgentStream = tokio_stream::wrappers::ReceiverStream<Result<pb::AttestAgentResponse, Status>>;
 
+    /// Node attestation: params, then (x509pop) a challenge and its response, then the
+    /// agent SVID. The exchange runs in its own task so the challenge can be sent before
+    /// the response is read.
     async fn attest_agent(&self, request: Request<tonic::Streaming<pb::AttestAgentRequest>>) -> Result<Response<Self::AttestAgentStream>, Status> {
-        let mut stream = request.into_inner();
-        let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("params: the stream ended before any message"))?;
-        let Some(pb::attest_agent_request::Step::Params(params)) = first.step else {
-            return Err(Status::invalid_argument("params: the first message must carry params"));
-        };
-        let data = params.data.ok_or_else(|| Status::invalid_argument("params.data: required"))?;
-        let csr = params.params.map(|p| p.csr).filter(|c| !c.is_empty()).ok_or_else(|| Status::invalid_argument("params.params.csr: required"))?;
-        let public_key = identity::x509::public_key_from_csr(&csr).map_err(|e| Status::invalid_argument(format!("params.params.csr: {e}")))?;
-        let (agent_id, selectors) = match data.r#type.as_str() {
-            "join_token" if self.context.node_attestors.join_token => self.attest_join_token(&data.payload).await?,
-            "join_token" | "x509pop" => return Err(Status::invalid_argument(format!("params.data.type: node attestor {:?} is not enabled on this server", data.r#type))),
-            other => return Err(Status::invalid_argument(format!("params.data.type: unknown node attestor {other:?}"))),
-        };
-        let replica = self.context.replica().await?;
-        let existing = replica.linearizable_reader().await.map_err(read_failed)?.agent(&agent_id.to_string()).await.map_err(read_failed)?;
-        if existing.as_ref().is_some_and(|a| a.banned) {
-            return Err(Status::permission_denied(format!("agent {agent_id} is banned")));
-        }
-        let (svid, serial) = self.mint_agent_svid(&replica, &agent_id, public_key).await?;
-        let agent = AttestedAgent {
-            spiffe_id: agent_id.clone(),
-            attestation_type: data.r#type.clone(),
-            selectors,
-            serial_number: serial,
-            expires_at: svid.expires_at,
-            new_serial_number: String::new(),
-            new_expires_at: 0,
-            banned: false,
-            can_reattest: false,
-        };
-        let command = if existing.is_some() { Command::UpdateAgent(agent) } else { Command::CreateAgent(agent) };
-        match self.write(command).await? {
-            Outcome::Agent(Ok(_)) => {}
-            Outcome::Agent(Err(e)) => return Err(apply_error(e)),
-            other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
-        }
-        tracing::info!(agent = %agent_id, attestor = %data.r#type, "agent attested");
-        metrics::counter!("testudo_agent_attestations_total", "attestor" => data.r#type).increment(1);
-        let result = pb::attest_agent_response::Result { svid: Some(svid), reattestable: false };
-        Ok(Response::new(tokio_stream::once(Ok(pb::AttestAgentResponse { step: Some(pb::attest_agent_response::Step::Result(result)) }))))
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let service = AgentService { context: self.context.clone() };
+        let stream = request.into_inner();
+        tokio::spawn(async move {
+            let outcome = service.attest(stream, &tx).await;
+            let message = outcome.map(|result| pb::AttestAgentResponse { step: Some(pb::attest_agent_response::Step::Result(result)) });
+            if let Err(status) = &message {
+                tracing::info!(code = ?status.code(), reason = %status.message(), "agent attestation refused");
+            }
+            let _ = tx.send(message).await;
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
     async fn renew_agent(&self, request: Request<pb::RenewAgentRequest>) -> Result<Response<pb::RenewAgentResponse>, Status> {

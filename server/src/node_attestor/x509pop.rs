@@ -1,0 +1,229 @@
+//! SPIRE's `x509pop` node attestor, server side: the agent sends a certificate chain that
+//! must lead to a configured CA; the server answers with a nonce; the agent proves it holds
+//! the leaf's private key by signing SHA-256(server nonce || agent nonce). The agent is
+//! named `spiffe://<td>/spire/agent/x509pop/<SHA-1 of the leaf, hex>`, as in SPIRE.
+//! Wire format (JSON): attestation `{"certificates": [base64 DER…]}`, challenge
+//! `{"ecdsa_signature"|"rsa_signature": {"nonce": b64}}`, response with the agent's
+//! `nonce` and `r`/`s` (ECDSA) or `signature` (RSA-PSS-SHA256).
+
+use std::path::PathBuf;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use identity::crypto::{PublicKey, PublicKeyKind};
+use identity::{Selector, SpiffeId, TrustDomain};
+use rustls::pki_types::{CertificateDer, UnixTime};
+use serde::{Deserialize, Serialize};
+
+/// The attestor's name in config and on the wire.
+pub const NAME: &str = "x509pop";
+const NONCE_LEN: usize = 32;
+/// An attestation payload bigger than this is not a certificate chain.
+const MAX_PAYLOAD: usize = 64 * 1024;
+
+/// Why an agent was refused; the message goes back to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum X509PopError {
+    #[error("x509pop: {0}")]
+    BadInput(String),
+    #[error("x509pop: certificate chain does not verify against the configured CA bundle: {0}")]
+    Untrusted(String),
+    #[error("x509pop: the challenge response does not verify")]
+    BadSignature,
+    #[error("x509pop: cannot read CA bundle {path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+}
+
+#[derive(Deserialize)]
+struct AttestationData {
+    certificates: Vec<Base64>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Nonce {
+    nonce: Base64,
+}
+
+#[derive(Serialize, Default)]
+struct Challenge {
+    rsa_signature: Option<Nonce>,
+    ecdsa_signature: Option<Nonce>,
+}
+
+#[derive(Deserialize)]
+struct EcdsaResponse {
+    nonce: Base64,
+    r: Base64,
+    s: Base64,
+}
+
+#[derive(Deserialize)]
+struct RsaResponse {
+    nonce: Base64,
+    signature: Base64,
+}
+
+#[derive(Deserialize)]
+struct Response {
+    rsa_signature: Option<RsaResponse>,
+    ecdsa_signature: Option<EcdsaResponse>,
+}
+
+/// Bytes as Go's encoding/json writes `[]byte`: standard base64.
+#[derive(Default, Clone)]
+struct Base64(Vec<u8>);
+
+impl Serialize for Base64 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Base64 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map(Base64).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The configured trust: the CA certificates agents' chains must lead to.
+pub struct X509Pop {
+    roots: Vec<CertificateDer<'static>>,
+}
+
+/// An attestation waiting for the agent's response.
+pub struct Pending {
+    leaf_key: PublicKey,
+    nonce: [u8; NONCE_LEN],
+    pub agent_id: SpiffeId,
+    pub selectors: Vec<Selector>,
+    /// What to send the agent.
+    pub challenge: Vec<u8>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha1_hex(der: &[u8]) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, der).as_ref())
+}
+
+impl X509Pop {
+    pub fn load(paths: &[PathBuf]) -> Result<Self, X509PopError> {
+        let mut roots = Vec::new();
+        for path in paths {
+            let text = std::fs::read(path).map_err(|e| X509PopError::Config { path: path.clone(), reason: e.to_string() })?;
+            let certs = pem::parse_many(&text).map_err(|e| X509PopError::Config { path: path.clone(), reason: e.to_string() })?;
+            let before = roots.len();
+            roots.extend(certs.into_iter().filter(|p| p.tag() == "CERTIFICATE").map(|p| CertificateDer::from(p.into_contents())));
+            if roots.len() == before {
+                return Err(X509PopError::Config { path: path.clone(), reason: "no CERTIFICATE in the file".into() });
+            }
+        }
+        Ok(Self { roots })
+    }
+
+    pub fn from_roots(roots: Vec<Vec<u8>>) -> Self {
+        Self { roots: roots.into_iter().map(CertificateDer::from).collect() }
+    }
+
+    /// Checks the chain and makes the challenge.
+    pub fn begin(&self, payload: &[u8], trust_domain: &TrustDomain, now: UnixTime) -> Result<Pending, X509PopError> {
+        if payload.len() > MAX_PAYLOAD {
+            return Err(X509PopError::BadInput(format!("attestation payload is {} bytes; at most {MAX_PAYLOAD}", payload.len())));
+        }
+        let data: AttestationData = serde_json::from_slice(payload).map_err(|e| X509PopError::BadInput(format!("attestation payload: {e}")))?;
+        let mut chain = data.certificates.into_iter().map(|c| CertificateDer::from(c.0));
+        let leaf = chain.next().ok_or_else(|| X509PopError::BadInput("attestation payload has no certificate".into()))?;
+        let intermediates: Vec<CertificateDer<'static>> = chain.collect();
+
+        let anchors = self
+            .roots
+            .iter()
+            .map(|r| webpki::anchor_from_trusted_cert(r).map_err(|e| X509PopError::Untrusted(format!("configured CA: {e:?}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let end_entity = webpki::EndEntityCert::try_from(&leaf).map_err(|e| X509PopError::BadInput(format!("leaf certificate: {e:?}")))?;
+        let algorithms = rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms;
+        let path = end_entity
+            .verify_for_usage(algorithms.all, &anchors, &intermediates, now, webpki::KeyUsage::client_auth(), None, None)
+            .map_err(|e| X509PopError::Untrusted(format!("{e:?}")))?;
+
+        let facts = identity::x509::certificate_facts(leaf.as_ref()).map_err(|e| X509PopError::BadInput(format!("leaf certificate: {e}")))?;
+        if !has_digital_signature(leaf.as_ref()) {
+            return Err(X509PopError::BadInput("leaf certificate is not meant for digital signatures (key usage)".into()));
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| X509PopError::BadInput("no randomness available".into()))?;
+        let challenge = match facts.public_key.kind() {
+            PublicKeyKind::EcP256 => Challenge { ecdsa_signature: Some(Nonce { nonce: Base64(nonce.to_vec()) }), ..Default::default() },
+            PublicKeyKind::Rsa { .. } => Challenge { rsa_signature: Some(Nonce { nonce: Base64(nonce.to_vec()) }), ..Default::default() },
+            other => return Err(X509PopError::BadInput(format!("leaf key type {other:?} is not supported (EC P-256 or RSA)"))),
+        };
+        let challenge = serde_json::to_vec(&challenge).map_err(|e| X509PopError::BadInput(e.to_string()))?;
+
+        let fingerprint = sha1_hex(leaf.as_ref());
+        let agent_id = SpiffeId::parse(&format!("spiffe://{}/spire/agent/x509pop/{fingerprint}", trust_domain.name())).map_err(|e| X509PopError::BadInput(e.to_string()))?;
+        let mut selectors = Vec::new();
+        if let Some(cn) = common_name(leaf.as_ref()) {
+            selectors.extend(Selector::new(NAME, &format!("subject:cn:{cn}")));
+        }
+        let anchor_der = self.roots.iter().find(|r| webpki::anchor_from_trusted_cert(r).is_ok_and(|a| a.subject == path.anchor().subject));
+        for ca in path.intermediate_certificates().map(|c| c.der()).chain(anchor_der.cloned()) {
+            selectors.extend(Selector::new(NAME, &format!("ca:fingerprint:{}", sha1_hex(ca.as_ref()))));
+        }
+        Ok(Pending { leaf_key: facts.public_key, nonce, agent_id, selectors, challenge })
+    }
+
+    /// Checks the agent's answer to the challenge.
+    pub fn finish(pending: &Pending, response: &[u8]) -> Result<(), X509PopError> {
+        let response: Response = serde_json::from_slice(response).map_err(|e| X509PopError::BadInput(format!("challenge response: {e}")))?;
+        let combined = |theirs: &[u8]| -> Result<aws_lc_rs::digest::Digest, X509PopError> {
+            if theirs.len() != NONCE_LEN {
+                return Err(X509PopError::BadInput("response nonce must be 32 bytes".into()));
+            }
+            let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+            ctx.update(&pending.nonce);
+            ctx.update(theirs);
+            Ok(ctx.finish())
+        };
+        use aws_lc_rs::signature::UnparsedPublicKey;
+        match (pending.leaf_key.kind(), response.ecdsa_signature, response.rsa_signature) {
+            (PublicKeyKind::EcP256, Some(ecdsa), _) => {
+                let digest = combined(&ecdsa.nonce.0)?;
+                let (r, s) = (ecdsa.r.0, ecdsa.s.0);
+                if r.len() > 32 || s.len() > 32 {
+                    return Err(X509PopError::BadSignature);
+                }
+                let mut signature = [0u8; 64];
+                signature[32 - r.len()..32].copy_from_slice(&r);
+                signature[64 - s.len()..].copy_from_slice(&s);
+                UnparsedPublicKey::new(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED, pending.leaf_key.key_bytes())
+                    .verify_digest(&digest, &signature)
+                    .map_err(|_| X509PopError::BadSignature)
+            }
+            (PublicKeyKind::Rsa { .. }, _, Some(rsa)) => {
+                let digest = combined(&rsa.nonce.0)?;
+                UnparsedPublicKey::new(&aws_lc_rs::signature::RSA_PSS_2048_8192_SHA256, pending.leaf_key.key_bytes())
+                    .verify_digest(&digest, &rsa.signature.0)
+                    .map_err(|_| X509PopError::BadSignature)
+            }
+            _ => Err(X509PopError::BadInput("challenge response is not for this key type".into())),
+        }
+    }
+}
+
+fn has_digital_signature(der: &[u8]) -> bool {
+    use x509_parser::prelude::FromDer;
+    x509_parser::certificate::X509Certificate::from_der(der)
+        .ok()
+        .and_then(|(_, cert)| cert.key_usage().ok().flatten().map(|ku| ku.value.digital_signature()))
+        .unwrap_or(false)
+}
+
+fn common_name(der: &[u8]) -> Option<String> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
+    Some(cn)
+}
