@@ -42,6 +42,7 @@ fuzz:
 BENCH_SECONDS ?= 10
 bench: bootstrap
 	$(CARGO) bench -p testudo-raft-store --bench raft_writes -- --seconds $(BENCH_SECONDS)
+	$(CARGO) bench -p testudo-server --bench svid_mint -- --seconds $(BENCH_SECONDS)
 
 chaos:
 	@echo "make chaos: not yet - the chaos harness arrives with the chaos-tests issue" >&2
