@@ -106,9 +106,8 @@ impl CaManager {
         journal: CaJournal,
         bundle: StoredBundle,
     ) -> Result<Self, CaError> {
-        for warning in config.validate()? {
-            tracing::warn!(%warning, "CA configuration");
-        }
+        // Warnings are the config loader's to log, once; a CA is resumed for every signing.
+        config.validate()?;
         Ok(Self { config, keys, upstream, clock, journal, bundle })
     }
 
