@@ -542,3 +542,75 @@ pub async fn healthcheck(socket_path: &Path) -> anyhow::Result<()> {
         anyhow::bail!("server is unhealthy: it belongs to no cluster or the cluster has no leader")
     }
 }
+
+/// `bundle list`: the federated bundles.
+pub async fn bundle_list(socket_path: &Path, output: Output) -> anyhow::Result<()> {
+    use proto::spire::api::server::bundle::v1::ListFederatedBundlesRequest;
+    let channel = socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+    let bundles = BundleClient::new(channel).list_federated_bundles(ListFederatedBundlesRequest::default()).await.map_err(crate::status_error)?.into_inner().bundles;
+    match output {
+        Output::Json => {
+            let list: Vec<_> = bundles.iter().map(|b| serde_json::json!({ "trust_domain": b.trust_domain, "x509_authorities": b.x509_authorities.len(), "jwt_authorities": b.jwt_authorities.len(), "sequence_number": b.sequence_number })).collect();
+            println!("{}", serde_json::json!({ "bundles": list }));
+        }
+        Output::Pretty => {
+            for b in &bundles {
+                println!("****************************************\n* {}\n****************************************", b.trust_domain);
+                for authority in &b.x509_authorities {
+                    print!("{}", pem("CERTIFICATE", &authority.asn1));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `bundle set`: a federated bundle from a PEM or SPIFFE bundle JSON file.
+pub async fn bundle_set(socket_path: &Path, id: &str, path: &Path, format: &str) -> anyhow::Result<()> {
+    use proto::spire::api::server::bundle::v1::BatchSetFederatedBundleRequest;
+    use proto::spire::api::types::{Bundle, JwtKey, X509Certificate};
+    let td = identity::TrustDomain::parse(id.trim_start_matches("spiffe://")).with_context(|| format!("--id {id:?}"))?;
+    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bundle = match format {
+        "pem" => Bundle {
+            trust_domain: td.name().to_owned(),
+            x509_authorities: identity::bundle::parse_pem_certificates(&String::from_utf8_lossy(&text))?.into_iter().map(|asn1| X509Certificate { asn1, tainted: false }).collect(),
+            ..Default::default()
+        },
+        "spiffe" => {
+            let parsed = identity::bundle::Bundle::from_spiffe_json(td.clone(), &text)?;
+            Bundle {
+                trust_domain: td.name().to_owned(),
+                x509_authorities: parsed.x509_authorities().iter().map(|a| X509Certificate { asn1: a.der.clone(), tainted: false }).collect(),
+                jwt_authorities: parsed
+                    .jwt_authorities()
+                    .iter()
+                    .map(|k| JwtKey { public_key: k.public_key.spki_der().to_vec(), key_id: k.key_id.clone(), expires_at: k.expires_at.unwrap_or(0), tainted: false })
+                    .collect(),
+                refresh_hint: parsed.refresh_hint.map_or(0, |h| i64::try_from(h).unwrap_or(i64::MAX)),
+                sequence_number: 0,
+            }
+        }
+        other => anyhow::bail!("--format {other:?}: use pem or spiffe"),
+    };
+    let channel = socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+    let results = BundleClient::new(channel).batch_set_federated_bundle(BatchSetFederatedBundleRequest { bundle: vec![bundle], output_mask: None }).await.map_err(crate::status_error)?.into_inner().results;
+    first_refusal(results.iter().map(|r| r.status.clone()))?;
+    println!("bundle set.");
+    Ok(())
+}
+
+/// `bundle delete`: removes a federated bundle.
+pub async fn bundle_delete(socket_path: &Path, id: &str) -> anyhow::Result<()> {
+    use proto::spire::api::server::bundle::v1::BatchDeleteFederatedBundleRequest;
+    let channel = socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+    let results = BundleClient::new(channel)
+        .batch_delete_federated_bundle(BatchDeleteFederatedBundleRequest { trust_domains: vec![id.to_owned()], mode: 0 })
+        .await
+        .map_err(crate::status_error)?
+        .into_inner()
+        .results;
+    first_refusal(results.iter().map(|r| r.status.clone()))?;
+    println!("bundle deleted.");
+    Ok(())
+}

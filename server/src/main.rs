@@ -111,6 +111,24 @@ pub(crate) enum Output {
 enum BundleCommand {
     /// Prints the local bundle's X.509 authorities (PEM), or the bundle as JSON.
     Show,
+    /// Lists the federated bundles.
+    List,
+    /// Creates or replaces a federated bundle from a file.
+    Set {
+        /// The federated trust domain, e.g. `spiffe://partner.org` or `partner.org`.
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        path: PathBuf,
+        /// `pem` (X.509 authorities) or `spiffe` (SPIFFE bundle JSON).
+        #[arg(long, default_value = "pem")]
+        format: String,
+    },
+    /// Deletes a federated bundle.
+    Delete {
+        #[arg(long)]
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -196,6 +214,9 @@ fn main() -> ExitCode {
         Command::Token { command, common } => block_on(api_cli::token(command, &common.socket_path, common.output)),
         Command::Entry { command, common } => block_on(api_cli::entry(command, &common.socket_path, common.output)),
         Command::Bundle { command: BundleCommand::Show, common } => block_on(api_cli::bundle_show(&common.socket_path, common.output)),
+        Command::Bundle { command: BundleCommand::List, common } => block_on(api_cli::bundle_list(&common.socket_path, common.output)),
+        Command::Bundle { command: BundleCommand::Set { id, path, format }, common } => block_on(api_cli::bundle_set(&common.socket_path, &id, &path, &format)),
+        Command::Bundle { command: BundleCommand::Delete { id }, common } => block_on(api_cli::bundle_delete(&common.socket_path, &id)),
         Command::X509 { command: X509Command::Mint { spiffe_id, ttl, write }, common } => {
             block_on(api_cli::x509_mint(&common.socket_path, &spiffe_id, ttl, write, common.output))
         }

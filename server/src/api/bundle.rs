@@ -6,11 +6,83 @@ use proto::spire::api::types;
 use raft_store::BundleScope;
 use tonic::{Request, Response, Status};
 
-use super::convert::bundle_to_pb;
+use raft_store::{Command, Outcome};
+
+use super::convert::{bundle_from_pb, bundle_to_pb, jwt_key_checked, jwt_key_to_stored};
 use super::{read_failed, ApiContext};
 
 pub struct BundleService {
     pub context: ApiContext,
+}
+
+/// Most bundles one batch call may carry.
+const MAX_BATCH: usize = 100;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Create,
+    Update,
+    Set,
+}
+
+fn item_status(code: tonic::Code, message: String) -> Option<types::Status> {
+    Some(types::Status { code: code as i32, message })
+}
+
+impl BundleService {
+    async fn write(&self, command: Command) -> Result<Outcome, Status> {
+        let replica = self.context.replica().await?;
+        Ok(replica.write(command).await.map_err(|e| Status::unavailable(format!("the cluster did not commit the change: {e}")))?.outcome)
+    }
+
+    async fn write_bundle(&self, command: Command) -> Result<raft_store::model::StoredBundle, Status> {
+        match self.write(command).await? {
+            Outcome::Bundle(Ok(bundle)) => Ok(bundle),
+            Outcome::Bundle(Err(e)) => Err(Status::invalid_argument(e.to_string())),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    /// Creates, replaces or upserts federated bundles, each item answered on its own.
+    async fn set_federated(&self, bundles: &[types::Bundle], mask: Option<&types::BundleMask>, mode: Mode) -> Result<Vec<(Option<types::Status>, Option<types::Bundle>)>, Status> {
+        if bundles.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!("bundle: {} items; at most {MAX_BATCH} per call", bundles.len())));
+        }
+        let replica = self.context.replica().await?;
+        let mut results = Vec::with_capacity(bundles.len());
+        for (i, bundle) in bundles.iter().enumerate() {
+            let checked = match bundle_from_pb(bundle, &format!("bundle[{i}]")) {
+                Ok(b) if b.trust_domain == self.context.ca.config.trust_domain => Err(Status::invalid_argument(format!("bundle[{i}].trust_domain: the local trust domain is not federated"))),
+                other => other,
+            };
+            let stored = match checked {
+                Err(status) => {
+                    results.push((item_status(status.code(), status.message().to_owned()), None));
+                    continue;
+                }
+                Ok(stored) => stored,
+            };
+            let reader = replica.linearizable_reader().await.map_err(read_failed)?;
+            let exists = reader.bundle(BundleScope::Federated, stored.trust_domain.name()).await.map_err(read_failed)?.is_some();
+            match (mode, exists) {
+                (Mode::Create, true) => {
+                    results.push((item_status(tonic::Code::AlreadyExists, format!("bundle for {} already exists", stored.trust_domain.name())), None));
+                    continue;
+                }
+                (Mode::Update, false) => {
+                    results.push((item_status(tonic::Code::NotFound, format!("no bundle for {}", stored.trust_domain.name())), None));
+                    continue;
+                }
+                _ => {}
+            }
+            match self.write(Command::SetBundle { scope: BundleScope::Federated, bundle: stored }).await? {
+                Outcome::Bundle(Ok(saved)) => results.push((item_status(tonic::Code::Ok, "OK".into()), Some(bundle_to_pb(&saved, mask)))),
+                Outcome::Bundle(Err(e)) => results.push((item_status(tonic::Code::InvalidArgument, e.to_string()), None)),
+                other => results.push((item_status(tonic::Code::Internal, format!("unexpected outcome {other:?}")), None)),
+            }
+        }
+        Ok(results)
+    }
 }
 
 fn not_yet(call: &str) -> Status {
@@ -39,7 +111,20 @@ impl Bundle for BundleService {
 
     async fn append_bundle(&self, request: Request<pb::AppendBundleRequest>) -> Result<Response<types::Bundle>, Status> {
         self.context.require_admin(&request)?;
-        Err(not_yet("AppendBundle"))
+        let request = request.into_inner();
+        let td = self.context.ca.config.trust_domain.clone();
+        let mut checked = identity::bundle::Bundle::new(td.clone());
+        for (i, authority) in request.x509_authorities.iter().enumerate() {
+            checked.add_x509_authority(&authority.asn1).map_err(|e| Status::invalid_argument(format!("x509_authorities[{i}]: {e}")))?;
+        }
+        for (i, key) in request.jwt_authorities.iter().enumerate() {
+            jwt_key_checked(key, &format!("jwt_authorities[{i}]"))?;
+        }
+        let x509 = raft_store::model::StoredBundle::from_bundle(&checked).x509_authorities;
+        let jwt = request.jwt_authorities.iter().map(jwt_key_to_stored).collect();
+        let command = Command::AppendBundle { scope: BundleScope::Local, trust_domain: td.name().to_owned(), x509, jwt };
+        let bundle = self.write_bundle(command).await?;
+        Ok(Response::new(bundle_to_pb(&bundle, request.output_mask.as_ref())))
     }
 
     async fn publish_jwt_authority(&self, request: Request<pb::PublishJwtAuthorityRequest>) -> Result<Response<pb::PublishJwtAuthorityResponse>, Status> {
@@ -72,21 +157,56 @@ impl Bundle for BundleService {
 
     async fn batch_create_federated_bundle(&self, request: Request<pb::BatchCreateFederatedBundleRequest>) -> Result<Response<pb::BatchCreateFederatedBundleResponse>, Status> {
         self.context.require_admin(&request)?;
-        Err(not_yet("BatchCreateFederatedBundle"))
+        let request = request.into_inner();
+        let results = self.set_federated(&request.bundle, request.output_mask.as_ref(), Mode::Create).await?;
+        let results = results.into_iter().map(|(status, bundle)| pb::batch_create_federated_bundle_response::Result { status, bundle }).collect();
+        Ok(Response::new(pb::BatchCreateFederatedBundleResponse { results }))
     }
 
     async fn batch_update_federated_bundle(&self, request: Request<pb::BatchUpdateFederatedBundleRequest>) -> Result<Response<pb::BatchUpdateFederatedBundleResponse>, Status> {
         self.context.require_admin(&request)?;
-        Err(not_yet("BatchUpdateFederatedBundle"))
+        let request = request.into_inner();
+        if request.input_mask.is_some() {
+            return Err(Status::invalid_argument("input_mask: partial updates are not supported; send whole bundles"));
+        }
+        let results = self.set_federated(&request.bundle, request.output_mask.as_ref(), Mode::Update).await?;
+        let results = results.into_iter().map(|(status, bundle)| pb::batch_update_federated_bundle_response::Result { status, bundle }).collect();
+        Ok(Response::new(pb::BatchUpdateFederatedBundleResponse { results }))
     }
 
     async fn batch_set_federated_bundle(&self, request: Request<pb::BatchSetFederatedBundleRequest>) -> Result<Response<pb::BatchSetFederatedBundleResponse>, Status> {
         self.context.require_admin(&request)?;
-        Err(not_yet("BatchSetFederatedBundle"))
+        let request = request.into_inner();
+        let results = self.set_federated(&request.bundle, request.output_mask.as_ref(), Mode::Set).await?;
+        let results = results.into_iter().map(|(status, bundle)| pb::batch_set_federated_bundle_response::Result { status, bundle }).collect();
+        Ok(Response::new(pb::BatchSetFederatedBundleResponse { results }))
     }
 
     async fn batch_delete_federated_bundle(&self, request: Request<pb::BatchDeleteFederatedBundleRequest>) -> Result<Response<pb::BatchDeleteFederatedBundleResponse>, Status> {
         self.context.require_admin(&request)?;
-        Err(not_yet("BatchDeleteFederatedBundle"))
+        let request = request.into_inner();
+        if request.trust_domains.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!("trust_domains: at most {MAX_BATCH} per call")));
+        }
+        if request.mode != pb::batch_delete_federated_bundle_request::Mode::Restrict as i32 {
+            return Err(Status::invalid_argument("mode: only RESTRICT is supported"));
+        }
+        let mut results = Vec::with_capacity(request.trust_domains.len());
+        for name in request.trust_domains {
+            let status = match identity::TrustDomain::parse(name.trim_start_matches("spiffe://")) {
+                Err(e) => item_status(tonic::Code::InvalidArgument, format!("trust_domains: {e}")),
+                Ok(td) if td == self.context.ca.config.trust_domain => item_status(tonic::Code::InvalidArgument, "trust_domains: the local bundle cannot be deleted".into()),
+                Ok(td) => {
+                    let command = Command::DeleteBundle { scope: BundleScope::Federated, trust_domain: td.name().to_owned() };
+                    match self.write(command).await? {
+                        Outcome::Deleted(Ok(())) => item_status(tonic::Code::Ok, "OK".into()),
+                        Outcome::Deleted(Err(e)) => item_status(tonic::Code::NotFound, e.to_string()),
+                        other => item_status(tonic::Code::Internal, format!("unexpected outcome {other:?}")),
+                    }
+                }
+            };
+            results.push(pb::batch_delete_federated_bundle_response::Result { status, trust_domain: name });
+        }
+        Ok(Response::new(pb::BatchDeleteFederatedBundleResponse { results }))
     }
 }

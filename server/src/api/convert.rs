@@ -42,3 +42,36 @@ pub fn bundle_to_pb(bundle: &StoredBundle, mask: Option<&pb::BundleMask>) -> pb:
         sequence_number: if mask.sequence_number { bundle.sequence_number } else { 0 },
     }
 }
+
+/// A bundle from the API, checked (trust domain, certificates, JWT keys) and ready to store.
+pub fn bundle_from_pb(bundle: &pb::Bundle, field: &str) -> Result<StoredBundle, Status> {
+    let td = identity::TrustDomain::parse(bundle.trust_domain.trim_start_matches("spiffe://"))
+        .map_err(|e| Status::invalid_argument(format!("{field}.trust_domain: {e}")))?;
+    let mut checked = identity::bundle::Bundle::new(td);
+    for (i, authority) in bundle.x509_authorities.iter().enumerate() {
+        checked.add_x509_authority(&authority.asn1).map_err(|e| Status::invalid_argument(format!("{field}.x509_authorities[{i}]: {e}")))?;
+    }
+    for (i, key) in bundle.jwt_authorities.iter().enumerate() {
+        jwt_key_checked(key, &format!("{field}.jwt_authorities[{i}]"))?;
+    }
+    if bundle.refresh_hint < 0 {
+        return Err(Status::invalid_argument(format!("{field}.refresh_hint: must not be negative")));
+    }
+    let mut stored = StoredBundle::from_bundle(&checked);
+    stored.jwt_authorities = bundle.jwt_authorities.iter().map(jwt_key_to_stored).collect();
+    stored.refresh_hint = bundle.refresh_hint;
+    Ok(stored)
+}
+
+/// A JWT key from the API: a key id and a public key that parses.
+pub fn jwt_key_checked(key: &pb::JwtKey, field: &str) -> Result<(), Status> {
+    if key.key_id.is_empty() {
+        return Err(Status::invalid_argument(format!("{field}.key_id: required")));
+    }
+    identity::crypto::PublicKey::from_spki_der(&key.public_key).map_err(|e| Status::invalid_argument(format!("{field}.public_key: {e}")))?;
+    Ok(())
+}
+
+pub fn jwt_key_to_stored(key: &pb::JwtKey) -> raft_store::model::StoredJwtKey {
+    raft_store::model::StoredJwtKey { key_id: key.key_id.clone(), public_key: key.public_key.clone(), expires_at: key.expires_at, tainted: key.tainted }
+}

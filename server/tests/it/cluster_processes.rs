@@ -710,3 +710,46 @@ fn an_agent_attests_with_x509pop_through_the_network_listener() {
     assert_eq!(agent["attestation_type"], "x509pop");
     assert!(agent["selectors"].as_array().unwrap().iter().any(|s| s == "x509pop:subject:cn:node-1"), "{agent}");
 }
+
+#[test]
+fn federated_bundles_are_set_listed_and_deleted() {
+    let root = tempfile::tempdir().unwrap();
+    let pki_dir = root.path().join("pki");
+    std::fs::create_dir_all(&pki_dir).unwrap();
+    crate::x509pop::pki(&pki_dir, "partner-ca", "partner-node", "digitalSignature");
+    let server = Server::new(root.path(), 1);
+    server.json(&["init"]);
+    wait_until(Duration::from_secs(20), || server.command(&["bundle", "show"]).status.success(), "the CA to publish a bundle");
+    let ca_pem = pki_dir.join("partner-ca.pem");
+    let set = |id: &str, path: &Path| server.command(&["bundle", "set", "--id", id, "--path", path.to_str().unwrap()]);
+    let out = set("spiffe://partner.org", &ca_pem);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(set("partner.org", &ca_pem).status.success(), "setting again replaces");
+    let listed: serde_json::Value = serde_json::from_slice(&server.command(&["bundle", "list", "--output", "json"]).stdout).unwrap();
+    assert_eq!(listed["bundles"][0]["trust_domain"], "partner.org");
+    assert_eq!(listed["bundles"][0]["x509_authorities"], 1);
+    assert_eq!(listed["bundles"][0]["sequence_number"], 2, "{listed}");
+    let out = set("example.org", &ca_pem);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not federated"), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(root.path().join("junk.pem"), "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+    assert!(!set("other.org", &root.path().join("junk.pem")).status.success());
+    let out = server.command(&["bundle", "delete", "--id", "partner.org"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = server.command(&["bundle", "delete", "--id", "partner.org"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).to_lowercase().contains("not found"));
+
+    // AppendBundle adds an authority to the local bundle (admin only).
+    let before = pem::parse_many(server.command(&["bundle", "show"]).stdout).unwrap().len();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        use proto::spire::api::server::bundle::v1::{bundle_client::BundleClient, AppendBundleRequest};
+        let admin = server::admin::socket::connect(&server.socket()).await.unwrap();
+        let der = crate::x509pop::der(&pki_dir, "partner-ca.pem");
+        let request = AppendBundleRequest { x509_authorities: vec![proto::spire::api::types::X509Certificate { asn1: der, tainted: false }], ..Default::default() };
+        BundleClient::new(admin.clone()).append_bundle(request).await.unwrap();
+        let bad = AppendBundleRequest { x509_authorities: vec![proto::spire::api::types::X509Certificate { asn1: b"junk".to_vec(), tainted: false }], ..Default::default() };
+        let err = BundleClient::new(admin).append_bundle(bad).await.unwrap_err();
+        assert!(err.code() == tonic::Code::InvalidArgument && err.message().starts_with("x509_authorities[0]"), "{err:?}");
+    });
+    assert_eq!(pem::parse_many(server.command(&["bundle", "show"]).stdout).unwrap().len(), before + 1);
+}
