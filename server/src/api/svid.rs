@@ -105,32 +105,47 @@ impl Svid for SvidService {
         let authorized = super::agent_auth::authorized_entries(replica.local_reader(), &agent, &server_id).await?;
         let ca = self.context.ca.local(&replica).await.map_err(ca_error)?;
         let status = |code: tonic::Code, message: String| Some(types::Status { code: code as i32, message });
-        let mut results = Vec::with_capacity(params.len());
+        // Authorization per item first; the authorized ones are minted in one batch.
+        let mut results: Vec<Option<pb::batch_new_x509svid_response::Result>> = Vec::with_capacity(params.len());
+        let mut requests = Vec::new();
+        let mut hints = Vec::new();
         for param in params {
-            let Some(entry) = authorized.get(&param.entry_id) else {
-                results.push(pb::batch_new_x509svid_response::Result { status: status(tonic::Code::NotFound, format!("entry_id: {:?} is not an entry this agent is authorized for", param.entry_id)), svid: None });
-                continue;
-            };
-            let public_key = match identity::x509::public_key_from_csr(&param.csr) {
-                Ok(key) => key,
-                Err(e) => {
-                    results.push(pb::batch_new_x509svid_response::Result { status: status(tonic::Code::InvalidArgument, format!("csr: {e}")), svid: None });
-                    continue;
+            match authorized.get(&param.entry_id) {
+                None => results.push(Some(pb::batch_new_x509svid_response::Result {
+                    status: status(tonic::Code::NotFound, format!("entry_id: {:?} is not an entry this agent is authorized for", param.entry_id)),
+                    svid: None,
+                })),
+                Some(entry) => {
+                    let ttl = (entry.x509_svid_ttl > 0).then(|| Duration::from_secs(entry.x509_svid_ttl.unsigned_abs().into()));
+                    requests.push(crate::ca::SvidRequest { spiffe_id: entry.spiffe_id.clone(), csr: param.csr, ttl, dns_names: entry.dns_names.clone() });
+                    hints.push((entry.spiffe_id.clone(), entry.hint.clone()));
+                    results.push(None);
                 }
-            };
-            let ttl = (entry.x509_svid_ttl > 0).then(|| Duration::from_secs(entry.x509_svid_ttl.unsigned_abs().into()));
-            let started = std::time::Instant::now();
-            let minted = ca.mint_x509_svid(entry.spiffe_id.clone(), public_key, ttl, entry.dns_names.clone()).await;
-            metrics::histogram!("testudo_ca_sign_seconds", "kind" => "x509").record(started.elapsed().as_secs_f64());
-            match minted {
-                Ok(chain) => {
-                    let expires_at = identity::x509::certificate_facts(&chain[0]).map(|f| f.not_after.unix_timestamp()).unwrap_or_default();
-                    let svid = types::X509svid { cert_chain: chain, id: Some(spiffe_id_to_pb(&entry.spiffe_id)), expires_at, hint: entry.hint.clone() };
-                    results.push(pb::batch_new_x509svid_response::Result { status: status(tonic::Code::Ok, "OK".into()), svid: Some(svid) });
-                }
-                Err(e) => results.push(pb::batch_new_x509svid_response::Result { status: status(tonic::Code::Unavailable, format!("cannot sign: {e}")), svid: None }),
             }
         }
+        let started = std::time::Instant::now();
+        let count = requests.len();
+        let mut minted = ca.mint_x509_svids(requests).await.map_err(ca_error)?.into_iter().zip(hints);
+        if count > 0 {
+            metrics::histogram!("testudo_ca_sign_seconds", "kind" => "x509").record(started.elapsed().as_secs_f64() / count as f64);
+        }
+        let results = results
+            .into_iter()
+            .map(|slot| match slot {
+                Some(refused) => refused,
+                None => match minted.next() {
+                    Some((Ok(svid), (id, hint))) => pb::batch_new_x509svid_response::Result {
+                        status: status(tonic::Code::Ok, "OK".into()),
+                        svid: Some(types::X509svid { cert_chain: svid.chain, id: Some(spiffe_id_to_pb(&id)), expires_at: svid.expires_at, hint }),
+                    },
+                    Some((Err(message), _)) => {
+                        let code = if message.starts_with("csr:") { tonic::Code::InvalidArgument } else { tonic::Code::Unavailable };
+                        pb::batch_new_x509svid_response::Result { status: status(code, message), svid: None }
+                    }
+                    None => pb::batch_new_x509svid_response::Result { status: status(tonic::Code::Internal, "no outcome for this item".into()), svid: None },
+                },
+            })
+            .collect();
         Ok(Response::new(pb::BatchNewX509svidResponse { results }))
     }
 

@@ -82,6 +82,21 @@ impl JournalSink for InMemory {
     }
 }
 
+/// One X.509-SVID a batch asks for; the CSR proves the requester holds the key.
+pub struct SvidRequest {
+    pub spiffe_id: SpiffeId,
+    pub csr: Vec<u8>,
+    pub ttl: Option<Duration>,
+    pub dns_names: Vec<String>,
+}
+
+/// A minted X.509-SVID: the chain to present (leaf first) and the leaf's expiry.
+#[derive(Debug)]
+pub struct MintedSvid {
+    pub chain: Vec<Vec<u8>>,
+    pub expires_at: i64,
+}
+
 /// A safety bound on steps per `rotate` call; a fresh CA needs four (two per kind).
 const MAX_STEPS_PER_ROTATION: usize = 8;
 
@@ -312,6 +327,42 @@ impl CaManager {
             chain.extend(slot.authority.upstream_chain.iter().cloned());
         }
         Ok(chain)
+    }
+
+    /// Mints a batch of X.509-SVIDs in one blocking task, with the CA key and certificate
+    /// prepared once: each item's CSR is verified, then signed. Items fail on their own.
+    pub async fn mint_x509_svids(&self, requests: Vec<SvidRequest>) -> Result<Vec<Result<MintedSvid, String>>, CaError> {
+        let slot = self.journal.x509.active().ok_or(CaError::NoActiveAuthority("X.509"))?;
+        let active = slot.authority.clone();
+        let ca_key = identity::x509::certificate_facts(&active.certificate).map_err(|e| CaError::Task(e.to_string()))?.public_key;
+        let signer = self.signer(&active.key_id, ca_key, active.private_key.as_ref())?;
+        let default_ttl = self.config.x509_svid_ttl;
+        let now = self.clock.now();
+        tokio::task::spawn_blocking(move || {
+            let issuer = Issuer::new(&active.certificate, &signer)?;
+            let tail: Vec<Vec<u8>> = std::iter::once(active.certificate.clone()).chain(active.upstream_chain.iter().cloned()).collect();
+            Ok(requests
+                .into_iter()
+                .map(|request| {
+                    let public_key = identity::x509::public_key_from_csr(&request.csr).map_err(|e| format!("csr: {e}"))?;
+                    let template = SvidTemplate {
+                        spiffe_id: request.spiffe_id,
+                        public_key,
+                        ttl: request.ttl.unwrap_or(default_ttl),
+                        dns_names: request.dns_names,
+                        subject: Subject::svid_default(),
+                        serial: None,
+                    };
+                    let leaf = mint_x509_svid(&template, &issuer, now).map_err(|e| format!("cannot sign: {e}"))?;
+                    let expires_at = leaf.not_after.unix_timestamp();
+                    let mut chain = vec![leaf.der];
+                    chain.extend(tail.iter().cloned());
+                    Ok(MintedSvid { chain, expires_at })
+                })
+                .collect())
+        })
+        .await
+        .map_err(|e| CaError::Task(e.to_string()))?
     }
 
     /// Signs a JWT-SVID with the active JWT key; its expiry is capped at the key's.

@@ -11,7 +11,7 @@ mod rotation;
 
 pub use config::{CaConfig, CaConfigError, DEFAULT_CA_TTL, DEFAULT_JWT_SVID_TTL, DEFAULT_X509_SVID_TTL};
 pub use keys::{CaKeys, CaSigner};
-pub use manager::{CaError, CaManager, JournalSink};
+pub use manager::{CaError, CaManager, JournalSink, MintedSvid, SvidRequest};
 pub use prune::{expired_x509, prune_expired};
 /// The journal and its slots are replicated state, so they live in raft-store's model.
 pub use raft_store::model::{
