@@ -92,7 +92,7 @@ fn not_yet(call: &str) -> Status {
 #[tonic::async_trait]
 impl Bundle for BundleService {
     async fn count_bundles(&self, request: Request<pb::CountBundlesRequest>) -> Result<Response<pb::CountBundlesResponse>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         let replica = self.context.replica().await?;
         let reader = replica.linearizable_reader().await.map_err(read_failed)?;
         let federated = reader.list_bundles(BundleScope::Federated).await.map_err(read_failed)?.len();
@@ -110,7 +110,7 @@ impl Bundle for BundleService {
     }
 
     async fn append_bundle(&self, request: Request<pb::AppendBundleRequest>) -> Result<Response<types::Bundle>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         let request = request.into_inner();
         let td = self.context.ca.config.trust_domain.clone();
         let mut checked = identity::bundle::Bundle::new(td.clone());
@@ -128,12 +128,12 @@ impl Bundle for BundleService {
     }
 
     async fn publish_jwt_authority(&self, request: Request<pb::PublishJwtAuthorityRequest>) -> Result<Response<pb::PublishJwtAuthorityResponse>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         Err(not_yet("PublishJWTAuthority"))
     }
 
     async fn list_federated_bundles(&self, request: Request<pb::ListFederatedBundlesRequest>) -> Result<Response<pb::ListFederatedBundlesResponse>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         let replica = self.context.replica().await?;
         let reader = replica.linearizable_reader().await.map_err(read_failed)?;
         let bundles = reader.list_bundles(BundleScope::Federated).await.map_err(read_failed)?;
@@ -142,7 +142,7 @@ impl Bundle for BundleService {
     }
 
     async fn get_federated_bundle(&self, request: Request<pb::GetFederatedBundleRequest>) -> Result<Response<types::Bundle>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         let request = request.into_inner();
         let td = identity::TrustDomain::parse(&request.trust_domain).map_err(|e| Status::invalid_argument(format!("trust_domain: {e}")))?;
         if td == self.context.ca.config.trust_domain {
@@ -156,7 +156,7 @@ impl Bundle for BundleService {
     }
 
     async fn batch_create_federated_bundle(&self, request: Request<pb::BatchCreateFederatedBundleRequest>) -> Result<Response<pb::BatchCreateFederatedBundleResponse>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         let request = request.into_inner();
         let results = self.set_federated(&request.bundle, request.output_mask.as_ref(), Mode::Create).await?;
         let results = results.into_iter().map(|(status, bundle)| pb::batch_create_federated_bundle_response::Result { status, bundle }).collect();
@@ -164,7 +164,7 @@ impl Bundle for BundleService {
     }
 
     async fn batch_update_federated_bundle(&self, request: Request<pb::BatchUpdateFederatedBundleRequest>) -> Result<Response<pb::BatchUpdateFederatedBundleResponse>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         let request = request.into_inner();
         if request.input_mask.is_some() {
             return Err(Status::invalid_argument("input_mask: partial updates are not supported; send whole bundles"));
@@ -175,7 +175,7 @@ impl Bundle for BundleService {
     }
 
     async fn batch_set_federated_bundle(&self, request: Request<pb::BatchSetFederatedBundleRequest>) -> Result<Response<pb::BatchSetFederatedBundleResponse>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         let request = request.into_inner();
         let results = self.set_federated(&request.bundle, request.output_mask.as_ref(), Mode::Set).await?;
         let results = results.into_iter().map(|(status, bundle)| pb::batch_set_federated_bundle_response::Result { status, bundle }).collect();
@@ -183,7 +183,7 @@ impl Bundle for BundleService {
     }
 
     async fn batch_delete_federated_bundle(&self, request: Request<pb::BatchDeleteFederatedBundleRequest>) -> Result<Response<pb::BatchDeleteFederatedBundleResponse>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         let request = request.into_inner();
         if request.trust_domains.len() > MAX_BATCH {
             return Err(Status::invalid_argument(format!("trust_domains: at most {MAX_BATCH} per call")));

@@ -54,70 +54,70 @@ impl LocalAuthorityService {
 #[tonic::async_trait]
 impl LocalAuthority for LocalAuthorityService {
     async fn get_jwt_authority_state(&self, request: Request<pb::GetJwtAuthorityStateRequest>) -> Result<Response<pb::GetJwtAuthorityStateResponse>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         let s = self.states(AuthorityKind::Jwt).await?;
         Ok(Response::new(pb::GetJwtAuthorityStateResponse { active: s.active.map(state_pb), prepared: s.prepared.map(state_pb), old: s.old.map(state_pb) }))
     }
 
     async fn prepare_jwt_authority(&self, request: Request<pb::PrepareJwtAuthorityRequest>) -> Result<Response<pb::PrepareJwtAuthorityResponse>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         Ok(Response::new(pb::PrepareJwtAuthorityResponse { prepared_authority: Some(self.prepare(AuthorityKind::Jwt).await?) }))
     }
 
     async fn activate_jwt_authority(&self, request: Request<pb::ActivateJwtAuthorityRequest>) -> Result<Response<pb::ActivateJwtAuthorityResponse>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         let state = self.change(AuthorityKind::Jwt, &request.get_ref().authority_id, Transition::Activate).await?;
         Ok(Response::new(pb::ActivateJwtAuthorityResponse { activated_authority: Some(state) }))
     }
 
     async fn taint_jwt_authority(&self, request: Request<pb::TaintJwtAuthorityRequest>) -> Result<Response<pb::TaintJwtAuthorityResponse>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         let state = self.change(AuthorityKind::Jwt, &request.get_ref().authority_id, Transition::Taint).await?;
         Ok(Response::new(pb::TaintJwtAuthorityResponse { tainted_authority: Some(state) }))
     }
 
     async fn revoke_jwt_authority(&self, request: Request<pb::RevokeJwtAuthorityRequest>) -> Result<Response<pb::RevokeJwtAuthorityResponse>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         let state = self.change(AuthorityKind::Jwt, &request.get_ref().authority_id, Transition::Revoke).await?;
         Ok(Response::new(pb::RevokeJwtAuthorityResponse { revoked_authority: Some(state) }))
     }
 
     async fn get_x509_authority_state(&self, request: Request<pb::GetX509AuthorityStateRequest>) -> Result<Response<pb::GetX509AuthorityStateResponse>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         let s = self.states(AuthorityKind::X509).await?;
         Ok(Response::new(pb::GetX509AuthorityStateResponse { active: s.active.map(state_pb), prepared: s.prepared.map(state_pb), old: s.old.map(state_pb) }))
     }
 
     async fn prepare_x509_authority(&self, request: Request<pb::PrepareX509AuthorityRequest>) -> Result<Response<pb::PrepareX509AuthorityResponse>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         Ok(Response::new(pb::PrepareX509AuthorityResponse { prepared_authority: Some(self.prepare(AuthorityKind::X509).await?) }))
     }
 
     async fn activate_x509_authority(&self, request: Request<pb::ActivateX509AuthorityRequest>) -> Result<Response<pb::ActivateX509AuthorityResponse>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         let state = self.change(AuthorityKind::X509, &request.get_ref().authority_id, Transition::Activate).await?;
         Ok(Response::new(pb::ActivateX509AuthorityResponse { activated_authority: Some(state) }))
     }
 
     async fn taint_x509_authority(&self, request: Request<pb::TaintX509AuthorityRequest>) -> Result<Response<pb::TaintX509AuthorityResponse>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         let state = self.change(AuthorityKind::X509, &request.get_ref().authority_id, Transition::Taint).await?;
         Ok(Response::new(pb::TaintX509AuthorityResponse { tainted_authority: Some(state) }))
     }
 
     async fn taint_x509_upstream_authority(&self, request: Request<pb::TaintX509UpstreamAuthorityRequest>) -> Result<Response<pb::TaintX509UpstreamAuthorityResponse>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         Err(Status::unimplemented("tainting an upstream authority is not supported yet"))
     }
 
     async fn revoke_x509_authority(&self, request: Request<pb::RevokeX509AuthorityRequest>) -> Result<Response<pb::RevokeX509AuthorityResponse>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         let state = self.change(AuthorityKind::X509, &request.get_ref().authority_id, Transition::Revoke).await?;
         Ok(Response::new(pb::RevokeX509AuthorityResponse { revoked_authority: Some(state) }))
     }
 
     async fn revoke_x509_upstream_authority(&self, request: Request<pb::RevokeX509UpstreamAuthorityRequest>) -> Result<Response<pb::RevokeX509UpstreamAuthorityResponse>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         Err(Status::unimplemented("revoking an upstream authority is not supported yet"))
     }
 }

@@ -40,12 +40,21 @@ pub struct ApiContext {
 }
 
 impl ApiContext {
-    /// Admin calls: from the admin socket, or from an SVID listed in `admin_ids`.
-    pub fn require_admin<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
+    /// Admin calls: from the admin socket, or from an SVID whose ID is listed in
+    /// `admin_ids` or is the SPIFFE ID of a registration entry marked `admin`.
+    pub async fn require_admin<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
         match caller::caller_of(request) {
             caller::Caller::Local => Ok(()),
             caller::Caller::Peer { id, .. } if self.admin_ids.contains(&id) => Ok(()),
-            caller::Caller::Peer { id, .. } => Err(Status::permission_denied(format!("{id} may not call admin APIs"))),
+            caller::Caller::Peer { id, .. } => {
+                let replica = self.replica().await?;
+                let entries = replica.local_reader().entries_by_spiffe_id(&id.to_string()).await.map_err(read_failed)?;
+                if entries.iter().any(|e| e.admin) {
+                    Ok(())
+                } else {
+                    Err(Status::permission_denied(format!("{id} may not call admin APIs")))
+                }
+            }
             caller::Caller::Anonymous => Err(Status::permission_denied("admin APIs need the admin socket or an admin SVID")),
         }
     }

@@ -52,7 +52,7 @@ impl SvidService {
 #[tonic::async_trait]
 impl Svid for SvidService {
     async fn mint_x509svid(&self, request: Request<pb::MintX509svidRequest>) -> Result<Response<pb::MintX509svidResponse>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         let request = request.into_inner();
         if request.csr.is_empty() {
             return Err(Status::invalid_argument("csr: required"));
@@ -76,7 +76,7 @@ impl Svid for SvidService {
     }
 
     async fn mint_jwtsvid(&self, request: Request<pb::MintJwtsvidRequest>) -> Result<Response<pb::MintJwtsvidResponse>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         let request = request.into_inner();
         let id = spiffe_id_from_pb(request.id.as_ref(), "id")?;
         self.check_workload_id(&id, "id")?;

@@ -753,3 +753,31 @@ fn federated_bundles_are_set_listed_and_deleted() {
     });
     assert_eq!(pem::parse_many(server.command(&["bundle", "show"]).stdout).unwrap().len(), before + 1);
 }
+
+#[test]
+fn an_svid_whose_entry_is_marked_admin_may_call_admin_apis() {
+    use proto::spire::api::server::entry::v1::{entry_client::EntryClient, CountEntriesRequest};
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::new(root.path(), 1);
+    server.json(&["init"]);
+    wait_until(Duration::from_secs(20), || server.command(&["bundle", "show"]).status.success(), "the CA to publish a bundle");
+    let dir = root.path().join("ops-svid");
+    let out = server.command(&["x509", "mint", "--spiffe-id", "spiffe://example.org/ops", "--write", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut bundle = identity::bundle::Bundle::new(identity::TrustDomain::parse("example.org").unwrap());
+    for cert in pem::parse_many(std::fs::read(dir.join("bundle.pem")).unwrap()).unwrap() {
+        bundle.add_x509_authority(cert.contents()).unwrap();
+    }
+    let identity_pem = (std::fs::read_to_string(dir.join("svid.pem")).unwrap(), std::fs::read_to_string(dir.join("key.pem")).unwrap());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let channel = api_channel(&server, &bundle, Some(identity_pem.clone())).await;
+        let err = EntryClient::new(channel.clone()).count_entries(CountEntriesRequest { filter: None }).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        let out = server.command(&["entry", "create", "--spiffe-id", "spiffe://example.org/ops", "--parent-id", "spiffe://example.org/spire/agent/x", "--selector", "unix:uid:0", "--admin"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let count = EntryClient::new(channel).count_entries(CountEntriesRequest { filter: None }).await.unwrap().into_inner().count;
+        assert_eq!(count, 1);
+    });
+}

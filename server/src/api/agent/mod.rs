@@ -256,7 +256,7 @@ pub fn check_token(token: &str) -> Result<(), Status> {
 #[tonic::async_trait]
 impl Agent for AgentService {
     async fn count_agents(&self, request: Request<pb::CountAgentsRequest>) -> Result<Response<pb::CountAgentsResponse>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         let filter = request.into_inner().filter.map(|f| pb::list_agents_request::Filter {
             by_attestation_type: f.by_attestation_type,
             by_selector_match: f.by_selector_match,
@@ -269,7 +269,7 @@ impl Agent for AgentService {
     }
 
     async fn list_agents(&self, request: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         let request = request.into_inner();
         if request.page_size < 0 {
             return Err(Status::invalid_argument("page_size: must not be negative"));
@@ -289,7 +289,7 @@ impl Agent for AgentService {
     }
 
     async fn get_agent(&self, request: Request<pb::GetAgentRequest>) -> Result<Response<types::Agent>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         let request = request.into_inner();
         let id = self.agent_id(request.id.as_ref())?;
         let replica = self.context.replica().await?;
@@ -299,7 +299,7 @@ impl Agent for AgentService {
     }
 
     async fn delete_agent(&self, request: Request<pb::DeleteAgentRequest>) -> Result<Response<()>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         let id = self.agent_id(request.get_ref().id.as_ref())?;
         match self.write(Command::DeleteAgent { spiffe_id: id.to_string() }).await? {
             Outcome::Deleted(Ok(())) => Ok(Response::new(())),
@@ -309,7 +309,7 @@ impl Agent for AgentService {
     }
 
     async fn ban_agent(&self, request: Request<pb::BanAgentRequest>) -> Result<Response<()>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         let id = self.agent_id(request.get_ref().id.as_ref())?;
         match self.write(Command::BanAgent { spiffe_id: id.to_string() }).await? {
             Outcome::Agent(Ok(_)) => Ok(Response::new(())),
@@ -353,7 +353,7 @@ impl Agent for AgentService {
     }
 
     async fn create_join_token(&self, request: Request<pb::CreateJoinTokenRequest>) -> Result<Response<types::JoinToken>, Status> {
-        self.context.require_admin(&request)?;
+        self.context.require_admin(&request).await?;
         let request = request.into_inner();
         if request.ttl <= 0 {
             return Err(Status::invalid_argument("ttl: required, in seconds, positive"));
