@@ -526,6 +526,10 @@ fn agents_attest_with_join_tokens_renew_and_mint_only_their_entries() {
         let err = svid_pb::svid_client::SvidClient::new(anonymous.clone()).batch_new_x509svid(request.clone()).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
 
+        agent_pb::agent_client::AgentClient::new(as_agent.clone()).post_status(agent_pb::PostStatusRequest { current_bundle_serial: 1 }).await.unwrap();
+        let err = agent_pb::agent_client::AgentClient::new(anonymous.clone()).post_status(agent_pb::PostStatusRequest { current_bundle_serial: 1 }).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+
         // What the agent may see and mint: its own entries only.
         use proto::spire::api::server::entry::v1 as entry_pb;
         let mut entries = entry_pb::entry_client::EntryClient::new(as_agent.clone());

@@ -397,7 +397,12 @@ impl Agent for AgentService {
         Ok(Response::new(types::JoinToken { value: token, expires_at }))
     }
 
-    async fn post_status(&self, _request: Request<pb::PostStatusRequest>) -> Result<Response<pb::PostStatusResponse>, Status> {
-        Err(Status::unimplemented("PostStatus is served on the agent listener, which this server does not run yet"))
+    /// An agent reports the bundle serial it holds; it is logged for operators (the bundle
+    /// itself reaches agents through GetBundle and their sync).
+    async fn post_status(&self, request: Request<pb::PostStatusRequest>) -> Result<Response<pb::PostStatusResponse>, Status> {
+        let replica = self.context.replica().await?;
+        let agent = super::agent_auth::require_agent(&request, &replica).await?;
+        tracing::debug!(agent = %agent.spiffe_id, bundle_serial = request.get_ref().current_bundle_serial, "agent status");
+        Ok(Response::new(pb::PostStatusResponse {}))
     }
 }
