@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use identity::crypto::{KeyType, LocalKey};
+use identity::bundle::to_pem_certificates;
 use identity::SpiffeId;
 use proto::spire::api::server::bundle::v1::bundle_client::BundleClient;
 use proto::spire::api::server::bundle::v1::GetBundleRequest;
@@ -19,18 +20,20 @@ fn pem(label: &str, der: &[u8]) -> String {
     pem::encode(&pem::Pem::new(label, der.to_vec()))
 }
 
+fn x509_pem(authorities: &[proto::spire::api::types::X509Certificate]) -> String {
+    to_pem_certificates(authorities.iter().map(|a| a.asn1.as_slice()))
+}
+
 /// `bundle show`: the local bundle's X.509 authorities as PEM, or the whole bundle as JSON.
 pub async fn bundle_show(socket_path: &Path, output: Output) -> anyhow::Result<()> {
     let channel = socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
     let bundle = BundleClient::new(channel).get_bundle(GetBundleRequest { output_mask: None }).await.map_err(crate::status_error)?.into_inner();
     match output {
         Output::Pretty => {
-            for authority in &bundle.x509_authorities {
-                print!("{}", pem("CERTIFICATE", &authority.asn1));
-            }
+            print!("{}", x509_pem(&bundle.x509_authorities));
         }
         Output::Json => {
-            let x509: Vec<String> = bundle.x509_authorities.iter().map(|a| pem("CERTIFICATE", &a.asn1)).collect();
+            let x509: Vec<String> = bundle.x509_authorities.iter().map(|a| to_pem_certificates([a.asn1.as_slice()])).collect();
             let jwt: Vec<_> = bundle.jwt_authorities.iter().map(|k| serde_json::json!({ "key_id": k.key_id, "expires_at": k.expires_at, "tainted": k.tainted })).collect();
             println!("{}", serde_json::json!({ "trust_domain": bundle.trust_domain, "sequence_number": bundle.sequence_number, "x509_authorities": x509, "jwt_authorities": jwt }));
         }
@@ -52,9 +55,9 @@ pub async fn x509_mint(socket_path: &Path, spiffe_id: &str, ttl: i32, write: Opt
         .svid
         .context("the server returned no SVID")?;
     let bundle = BundleClient::new(channel).get_bundle(GetBundleRequest { output_mask: None }).await.map_err(crate::status_error)?.into_inner();
-    let chain: String = svid.cert_chain.iter().map(|c| pem("CERTIFICATE", c)).collect();
+    let chain = to_pem_certificates(svid.cert_chain.iter().map(Vec::as_slice));
     let key_pem = pem("PRIVATE KEY", &key.to_pkcs8_der()?);
-    let bundle_pem: String = bundle.x509_authorities.iter().map(|a| pem("CERTIFICATE", &a.asn1)).collect();
+    let bundle_pem = x509_pem(&bundle.x509_authorities);
     if let Some(dir) = write {
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("svid.pem"), &chain)?;
@@ -556,9 +559,7 @@ pub async fn bundle_list(socket_path: &Path, output: Output) -> anyhow::Result<(
         Output::Pretty => {
             for b in &bundles {
                 println!("****************************************\n* {}\n****************************************", b.trust_domain);
-                for authority in &b.x509_authorities {
-                    print!("{}", pem("CERTIFICATE", &authority.asn1));
-                }
+                print!("{}", x509_pem(&b.x509_authorities));
             }
         }
     }

@@ -9,5 +9,5 @@ mod wire;
 
 pub use client::{ClusterClient, NetworkFactory, PeerNetwork};
 pub use faults::Faults;
-pub use server::{serve, ClusterService, JoinHandler, TransferHandler, MAX_MESSAGE_BYTES};
+pub use server::{accept_tls, serve, ClusterService, JoinHandler, TransferHandler, MAX_MESSAGE_BYTES};
 pub use wire::{AdminRequest, ForwardError};

@@ -9,8 +9,10 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use proto::cluster::cluster_server::{Cluster, ClusterServer};
 use proto::cluster::Payload;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::tls::{server_config, ClusterTls, TlsError};
@@ -138,6 +140,34 @@ impl Cluster for ClusterService {
     }
 }
 
+/// TLS connections accepted on `listener`, as a stream for tonic's `serve_with_incoming`.
+/// Each handshake runs in its own task with a 10 s limit, so a slow or hostile client
+/// cannot stall accepts. The returned task accepts until aborted or the stream is dropped;
+/// `what` names the listener in logs.
+pub fn accept_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    what: &'static str,
+) -> (ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let task = tokio::spawn(async move {
+        while !tx.is_closed() {
+            let Ok((stream, peer)) = listener.accept().await else { continue };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::warn!(%peer, error = %e, "{what} TLS handshake failed"),
+                    Err(_) => tracing::warn!(%peer, "{what} TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    (ReceiverStream::new(rx), task)
+}
+
 /// Binds `listen` and serves the cluster RPC over TLS until `shutdown` resolves.
 /// Returns the bound address (useful with port 0) and the server task.
 pub async fn serve(
@@ -151,28 +181,10 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(Arc::new(server_config(tls)?));
     let listener = TcpListener::bind(listen).await.map_err(|e| TlsError::Config(format!("cannot listen on {listen}: {e}")))?;
     let bound = listener.local_addr().map_err(|e| TlsError::Config(e.to_string()))?;
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    // Handshakes run in their own tasks so a slow or hostile client cannot stall accepts.
-    let accept_task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, peer)) = listener.accept().await else { continue };
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok::<_, std::io::Error>(tls)).await;
-                    }
-                    Ok(Err(e)) => tracing::warn!(%peer, error = %e, "cluster TLS handshake failed"),
-                    Err(_) => tracing::warn!(%peer, "cluster TLS handshake timed out"),
-                }
-            });
-        }
-    });
+    let (incoming, accept_task) = accept_tls(listener, acceptor, "cluster");
     let service = ClusterServer::new(ClusterService::new(raft, transfers, join))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
     let task = tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
             .add_service(service)

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use raft_store::{Command, Outcome};
 
 use super::convert::{bundle_from_pb, bundle_to_pb, jwt_key_checked, jwt_key_to_stored};
-use super::{read_failed, ApiContext};
+use super::{item_status, read_failed, ApiContext};
 
 pub struct BundleService {
     pub context: ApiContext,
@@ -25,18 +25,9 @@ enum Mode {
     Set,
 }
 
-fn item_status(code: tonic::Code, message: String) -> Option<types::Status> {
-    Some(types::Status { code: code as i32, message })
-}
-
 impl BundleService {
-    async fn write(&self, command: Command) -> Result<Outcome, Status> {
-        let replica = self.context.replica().await?;
-        Ok(replica.write(command).await.map_err(|e| Status::unavailable(format!("the cluster did not commit the change: {e}")))?.outcome)
-    }
-
     async fn write_bundle(&self, command: Command) -> Result<raft_store::model::StoredBundle, Status> {
-        match self.write(command).await? {
+        match self.context.write(command).await? {
             Outcome::Bundle(Ok(bundle)) => Ok(bundle),
             Outcome::Bundle(Err(e)) => Err(Status::invalid_argument(e.to_string())),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
@@ -75,8 +66,8 @@ impl BundleService {
                 }
                 _ => {}
             }
-            match self.write(Command::SetBundle { scope: BundleScope::Federated, bundle: stored }).await? {
-                Outcome::Bundle(Ok(saved)) => results.push((item_status(tonic::Code::Ok, "OK".into()), Some(bundle_to_pb(&saved, mask)))),
+            match self.context.write(Command::SetBundle { scope: BundleScope::Federated, bundle: stored }).await? {
+                Outcome::Bundle(Ok(saved)) => results.push((item_status(tonic::Code::Ok, "OK"), Some(bundle_to_pb(&saved, mask)))),
                 Outcome::Bundle(Err(e)) => results.push((item_status(tonic::Code::InvalidArgument, e.to_string()), None)),
                 other => results.push((item_status(tonic::Code::Internal, format!("unexpected outcome {other:?}")), None)),
             }
@@ -195,11 +186,11 @@ impl Bundle for BundleService {
         for name in request.trust_domains {
             let status = match identity::TrustDomain::parse(name.trim_start_matches("spiffe://")) {
                 Err(e) => item_status(tonic::Code::InvalidArgument, format!("trust_domains: {e}")),
-                Ok(td) if td == self.context.ca.config.trust_domain => item_status(tonic::Code::InvalidArgument, "trust_domains: the local bundle cannot be deleted".into()),
+                Ok(td) if td == self.context.ca.config.trust_domain => item_status(tonic::Code::InvalidArgument, "trust_domains: the local bundle cannot be deleted"),
                 Ok(td) => {
                     let command = Command::DeleteBundle { scope: BundleScope::Federated, trust_domain: td.name().to_owned() };
-                    match self.write(command).await? {
-                        Outcome::Deleted(Ok(())) => item_status(tonic::Code::Ok, "OK".into()),
+                    match self.context.write(command).await? {
+                        Outcome::Deleted(Ok(())) => item_status(tonic::Code::Ok, "OK"),
                         Outcome::Deleted(Err(e)) => item_status(tonic::Code::NotFound, e.to_string()),
                         other => item_status(tonic::Code::Internal, format!("unexpected outcome {other:?}")),
                     }

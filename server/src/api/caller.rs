@@ -28,7 +28,7 @@ pub fn on_network(mut request: Request<()>) -> Result<Request<()>, Status> {
         Some(leaf) => {
             let facts = identity::x509::certificate_facts(leaf.as_ref()).map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
             let id = facts.spiffe_ids.into_iter().next().ok_or_else(|| Status::unauthenticated("client certificate has no SPIFFE ID"))?;
-            Caller::Peer { id, serial: facts.serial.iter().map(|b| format!("{b:02x}")).collect() }
+            Caller::Peer { id, serial: hex::encode(&facts.serial) }
         }
     };
     request.extensions_mut().insert(caller);

@@ -30,7 +30,7 @@ pub struct ServerIdentity {
 
 impl ServerIdentity {
     pub fn new(trust_domain: &identity::TrustDomain) -> Result<Self, String> {
-        let id = SpiffeId::parse(&format!("spiffe://{}/spire/server", trust_domain.name())).map_err(|e| e.to_string())?;
+        let id = super::server_id(trust_domain).map_err(|e| e.to_string())?;
         Ok(Self { id, current: RwLock::new(None) })
     }
 
@@ -84,7 +84,7 @@ pub async fn maintain(identity: Arc<ServerIdentity>, bundle: Arc<RwLock<Bundle>>
 }
 
 /// Binds the API listener. Returns the bound address and the stream of TLS connections
-/// for tonic; handshakes run in their own tasks with a time limit.
+/// for tonic.
 pub async fn bind(
     address: SocketAddr,
     identity: Arc<ServerIdentity>,
@@ -100,24 +100,7 @@ pub async fn bind(
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind(address).await.map_err(|e| format!("cannot listen on {address}: {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, peer)) = listener.accept().await else { continue };
-            if tx.is_closed() {
-                break;
-            }
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
-            tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "API TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "API TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    Ok((bound, tokio_stream::wrappers::ReceiverStream::new(rx)))
+    // The accept task ends when tonic drops the stream.
+    let (incoming, _accepting) = raft_store::network::accept_tls(listener, acceptor, "API");
+    Ok((bound, incoming))
 }

@@ -1,6 +1,5 @@
-//! SPIRE's server APIs (`spire.api.server.*.v1`), one module per service. Today they are
-//! served to admin callers on the admin socket; the agent-facing calls and the network
-//! listener with mTLS authorization come next.
+//! SPIRE's server APIs (`spire.api.server.*.v1`), one module per service, served on the
+//! admin socket and on the network listener; who may call what is in docs/api.md.
 
 pub mod agent;
 pub mod agent_auth;
@@ -17,8 +16,11 @@ pub mod svid;
 use std::sync::Arc;
 use std::time::Instant;
 
+use identity::SpiffeId;
+use proto::spire::api::types;
 use raft_store::node::Replica;
-use tonic::Status;
+use raft_store::{ApplyError, Command, Outcome};
+use tonic::{Code, Status};
 
 use crate::ca::replicated::ClusterCa;
 use crate::cluster::runtime::ClusterRuntime;
@@ -63,6 +65,43 @@ impl ApiContext {
     pub async fn replica(&self) -> Result<Arc<Replica>, Status> {
         self.runtime.replica().await.ok_or_else(|| Status::unavailable("this server belongs to no cluster yet"))
     }
+
+    /// Commits a command through the cluster and returns what apply answered.
+    pub async fn write(&self, command: Command) -> Result<Outcome, Status> {
+        let replica = self.replica().await?;
+        let response = replica.write(command).await.map_err(|e| Status::unavailable(format!("the cluster did not commit the change: {e}")))?;
+        Ok(response.outcome)
+    }
+
+    /// This trust domain's server ID, `spiffe://<td>/spire/server`.
+    pub fn server_id(&self) -> Result<SpiffeId, Status> {
+        server_id(&self.ca.config.trust_domain).map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+/// The SPIFFE ID servers present, and node aliases are parented to.
+pub fn server_id(trust_domain: &identity::TrustDomain) -> Result<SpiffeId, identity::IdError> {
+    SpiffeId::parse(&format!("spiffe://{}/spire/server", trust_domain.name()))
+}
+
+/// The gRPC code for a refusal from apply.
+pub fn apply_code(e: &ApplyError) -> Code {
+    match e {
+        ApplyError::AlreadyExists(_) => Code::AlreadyExists,
+        ApplyError::NotFound(_) => Code::NotFound,
+        ApplyError::FailedPrecondition(_) => Code::FailedPrecondition,
+        ApplyError::InvalidArgument(_) => Code::InvalidArgument,
+    }
+}
+
+/// A refusal from apply as the answer to a whole call.
+pub fn apply_status(e: &ApplyError) -> Status {
+    Status::new(apply_code(e), e.to_string())
+}
+
+/// The status of one item of a batch call.
+pub fn item_status(code: Code, message: impl Into<String>) -> Option<types::Status> {
+    Some(types::Status { code: code as i32, message: message.into() })
 }
 
 /// A read that failed inside the store.

@@ -12,7 +12,8 @@ use proto::spire::api::types;
 use tonic::{Request, Response, Status};
 
 use super::convert::{spiffe_id_from_pb, spiffe_id_to_pb};
-use super::ApiContext;
+use super::entry::check_workload_id;
+use super::{item_status, ApiContext};
 use crate::ca::CaError;
 
 pub struct SvidService {
@@ -35,19 +36,6 @@ fn ca_error(e: CaError) -> Status {
     }
 }
 
-impl SvidService {
-    /// A workload identity the admin may mint: in our trust domain, outside `/spire/`.
-    fn check_workload_id(&self, id: &SpiffeId, field: &str) -> Result<(), Status> {
-        let td = &self.context.ca.config.trust_domain;
-        if id.trust_domain() != td {
-            return Err(Status::invalid_argument(format!("{field}: {id} is not in trust domain {}", td.name())));
-        }
-        if id.path().is_empty() || id.path() == "/spire" || id.path().starts_with("/spire/") {
-            return Err(Status::invalid_argument(format!("{field}: {id} is reserved; workload IDs need a path outside /spire/")));
-        }
-        Ok(())
-    }
-}
 
 #[tonic::async_trait]
 impl Svid for SvidService {
@@ -62,7 +50,7 @@ impl Svid for SvidService {
             return Err(Status::invalid_argument(format!("csr: must have exactly one URI SAN, has {}", csr.uris.len())));
         };
         let id = SpiffeId::parse(uri).map_err(|e| Status::invalid_argument(format!("csr: URI SAN {uri:?}: {e}")))?;
-        self.check_workload_id(&id, "csr")?;
+        check_workload_id(&id, &self.context.ca.config.trust_domain, "csr")?;
         let ttl = ttl(request.ttl)?;
         let replica = self.context.replica().await?;
         let ca = self.context.ca.local(&replica).await.map_err(ca_error)?;
@@ -79,7 +67,7 @@ impl Svid for SvidService {
         self.context.require_admin(&request).await?;
         let request = request.into_inner();
         let id = spiffe_id_from_pb(request.id.as_ref(), "id")?;
-        self.check_workload_id(&id, "id")?;
+        check_workload_id(&id, &self.context.ca.config.trust_domain, "id")?;
         if request.audience.is_empty() || request.audience.iter().any(String::is_empty) {
             return Err(Status::invalid_argument("audience: at least one non-empty audience is required"));
         }
@@ -101,10 +89,8 @@ impl Svid for SvidService {
         if params.len() > super::entry::MAX_BATCH {
             return Err(Status::invalid_argument(format!("params: {} items; at most {} per call", params.len(), super::entry::MAX_BATCH)));
         }
-        let server_id = SpiffeId::parse(&format!("spiffe://{}/spire/server", self.context.ca.config.trust_domain.name())).map_err(|e| Status::internal(e.to_string()))?;
-        let authorized = super::agent_auth::authorized_entries(replica.local_reader(), &agent, &server_id).await?;
+        let authorized = super::agent_auth::authorized_entries(replica.local_reader(), &agent, &self.context.server_id()?).await?;
         let ca = self.context.ca.local(&replica).await.map_err(ca_error)?;
-        let status = |code: tonic::Code, message: String| Some(types::Status { code: code as i32, message });
         // Authorization per item first; the authorized ones are minted in one batch.
         let mut results: Vec<Option<pb::batch_new_x509svid_response::Result>> = Vec::with_capacity(params.len());
         let mut requests = Vec::new();
@@ -112,7 +98,7 @@ impl Svid for SvidService {
         for param in params {
             match authorized.get(&param.entry_id) {
                 None => results.push(Some(pb::batch_new_x509svid_response::Result {
-                    status: status(tonic::Code::NotFound, format!("entry_id: {:?} is not an entry this agent is authorized for", param.entry_id)),
+                    status: item_status(tonic::Code::NotFound, format!("entry_id: {:?} is not an entry this agent is authorized for", param.entry_id)),
                     svid: None,
                 })),
                 Some(entry) => {
@@ -135,14 +121,14 @@ impl Svid for SvidService {
                 Some(refused) => refused,
                 None => match minted.next() {
                     Some((Ok(svid), (id, hint))) => pb::batch_new_x509svid_response::Result {
-                        status: status(tonic::Code::Ok, "OK".into()),
+                        status: item_status(tonic::Code::Ok, "OK"),
                         svid: Some(types::X509svid { cert_chain: svid.chain, id: Some(spiffe_id_to_pb(&id)), expires_at: svid.expires_at, hint }),
                     },
                     Some((Err(message), _)) => {
                         let code = if message.starts_with("csr:") { tonic::Code::InvalidArgument } else { tonic::Code::Unavailable };
-                        pb::batch_new_x509svid_response::Result { status: status(code, message), svid: None }
+                        pb::batch_new_x509svid_response::Result { status: item_status(code, message), svid: None }
                     }
-                    None => pb::batch_new_x509svid_response::Result { status: status(tonic::Code::Internal, "no outcome for this item".into()), svid: None },
+                    None => pb::batch_new_x509svid_response::Result { status: item_status(tonic::Code::Internal, "no outcome for this item"), svid: None },
                 },
             })
             .collect();
@@ -156,8 +142,7 @@ impl Svid for SvidService {
         if request.audience.is_empty() || request.audience.iter().any(String::is_empty) {
             return Err(Status::invalid_argument("audience: at least one non-empty audience is required"));
         }
-        let server_id = SpiffeId::parse(&format!("spiffe://{}/spire/server", self.context.ca.config.trust_domain.name())).map_err(|e| Status::internal(e.to_string()))?;
-        let authorized = super::agent_auth::authorized_entries(replica.local_reader(), &agent, &server_id).await?;
+        let authorized = super::agent_auth::authorized_entries(replica.local_reader(), &agent, &self.context.server_id()?).await?;
         let entry = authorized.get(&request.entry_id).ok_or_else(|| Status::not_found(format!("entry_id: {:?} is not an entry this agent is authorized for", request.entry_id)))?;
         let ttl = (entry.jwt_svid_ttl > 0).then(|| Duration::from_secs(entry.jwt_svid_ttl.unsigned_abs().into()));
         let ca = self.context.ca.local(&replica).await.map_err(ca_error)?;

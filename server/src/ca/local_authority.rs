@@ -42,7 +42,7 @@ pub struct AuthorityStates {
 pub fn x509_authority_id(certificate: &[u8]) -> String {
     let ski = identity::x509::certificate_facts(certificate).ok().and_then(|f| f.subject_key_id);
     let bytes = ski.unwrap_or_else(|| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, certificate).as_ref().to_vec());
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 fn states<T: Authority>(pair: &SlotPair<T>, id: impl Fn(&T) -> String) -> AuthorityStates {

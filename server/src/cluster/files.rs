@@ -35,7 +35,7 @@ fn io_error(path: &Path, e: std::io::Error) -> ClusterSetupError {
 }
 
 /// `<data_dir>/cluster`.
-pub fn dir(data_dir: &Path) -> PathBuf {
+fn dir(data_dir: &Path) -> PathBuf {
     data_dir.join(DIR)
 }
 

@@ -25,10 +25,6 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl Invite {
     /// A new invite with a fresh random secret.
     pub fn generate(ca_cert_der: &[u8], addresses: Vec<String>) -> Result<Self, ClusterSetupError> {
@@ -39,7 +35,7 @@ impl Invite {
 
     /// What the cluster stores: the secret's SHA-256, in hex.
     pub fn secret_sha256(secret: &[u8]) -> String {
-        hex(&sha256(secret))
+        hex::encode(sha256(secret))
     }
 
     pub fn encode(&self) -> Result<String, ClusterSetupError> {

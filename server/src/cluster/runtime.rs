@@ -50,7 +50,7 @@ fn new_cluster_material(trust_domain: &TrustDomain) -> Result<ClusterMaterial, C
     let mut id_bytes = [0u8; 16];
     aws_lc_rs::rand::fill(&mut id_bytes).map_err(|_| ClusterSetupError::Certificate("no randomness available".into()))?;
     Ok(ClusterMaterial {
-        cluster_id: super::invite::hex(&id_bytes),
+        cluster_id: hex::encode(id_bytes),
         ca_cert_der: authority.cert_der.clone(),
         ca_key_pkcs8: authority.key_pkcs8()?,
         replica_cert_der,
@@ -61,16 +61,23 @@ fn new_cluster_material(trust_domain: &TrustDomain) -> Result<ClusterMaterial, C
 /// The replica, once it has one.
 pub struct ClusterRuntime {
     settings: ReplicaSettings,
-    replica: Mutex<Option<(Arc<Replica>, String)>>,
+    member: Mutex<Option<Member>>,
+}
+
+/// A running replica of a cluster, and what invites need of the cluster's identity.
+struct Member {
+    replica: Arc<Replica>,
+    cluster_id: String,
+    ca_cert_der: Vec<u8>,
 }
 
 impl ClusterRuntime {
     /// Starts the replica if this data dir already belongs to a cluster.
     pub async fn start(settings: ReplicaSettings) -> Result<Self, ClusterSetupError> {
-        let runtime = Self { settings, replica: Mutex::new(None) };
+        let runtime = Self { settings, member: Mutex::new(None) };
         let material = files::load(&runtime.settings.data_dir)?;
         if let Some(material) = material {
-            let mut slot = runtime.replica.lock().await;
+            let mut slot = runtime.member.lock().await;
             *slot = Some(runtime.start_replica(&material).await?);
         } else {
             tracing::info!("this replica belongs to no cluster yet: run `testudo-server cluster init` or `cluster join`");
@@ -80,15 +87,15 @@ impl ClusterRuntime {
 
     /// The running replica, if any.
     pub async fn replica(&self) -> Option<Arc<Replica>> {
-        self.replica.lock().await.as_ref().map(|(r, _)| r.clone())
+        self.member.lock().await.as_ref().map(|m| m.replica.clone())
     }
 
     /// The cluster id, if this replica belongs to a cluster.
     pub async fn cluster_id(&self) -> Option<String> {
-        self.replica.lock().await.as_ref().map(|(_, id)| id.clone())
+        self.member.lock().await.as_ref().map(|m| m.cluster_id.clone())
     }
 
-    async fn start_replica(&self, material: &ClusterMaterial) -> Result<(Arc<Replica>, String), ClusterSetupError> {
+    async fn start_replica(&self, material: &ClusterMaterial) -> Result<Member, ClusterSetupError> {
         let s = &self.settings;
         let authority = Arc::new(ClusterAuthority::from_parts(material.ca_cert_der.clone(), &material.ca_key_pkcs8)?);
         let mut bundle = Bundle::new(s.trust_domain.clone());
@@ -114,22 +121,25 @@ impl ClusterRuntime {
         };
         let replica = Arc::new(Replica::start(config).await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?);
         let _ = late.set(Arc::downgrade(&replica));
-        Ok((replica, material.cluster_id.clone()))
+        Ok(Member { replica, cluster_id: material.cluster_id.clone(), ca_cert_der: material.ca_cert_der.clone() })
     }
 
     /// Makes this pristine replica the sole voter of a new cluster.
     pub async fn init(&self) -> Result<ClusterStatus, ClusterSetupError> {
-        let mut slot = self.replica.lock().await;
-        if slot.is_some() || files::load(&self.settings.data_dir)?.is_some() {
+        // A data dir with cluster files started its replica at start-up, so an empty slot
+        // means a pristine replica (and `files::store` refuses to overwrite regardless).
+        let mut slot = self.member.lock().await;
+        if slot.is_some() {
             return Err(ClusterSetupError::AlreadyMember);
         }
         let material = new_cluster_material(&self.settings.trust_domain)?;
         files::store(&self.settings.data_dir, &material)?;
-        let (replica, cluster_id) = self.start_replica(&material).await?;
+        let member = self.start_replica(&material).await?;
+        let (replica, cluster_id) = (member.replica.clone(), member.cluster_id.clone());
         replica.initialize().await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
         replica.wait_for_leader(Duration::from_secs(10)).await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
         tracing::info!(%cluster_id, node_id = self.settings.node_id, "initialised a new cluster");
-        *slot = Some((replica.clone(), cluster_id));
+        *slot = Some(member);
         Ok(replica.status())
     }
 
@@ -164,12 +174,15 @@ impl ClusterRuntime {
 
     /// Creates a one-time invite valid for `ttl`.
     pub async fn create_invite(&self, ttl: Duration) -> Result<(String, i64), ClusterSetupError> {
-        let replica = self.replica().await.ok_or(ClusterSetupError::NotMember)?;
-        let material = files::load(&self.settings.data_dir)?.ok_or(ClusterSetupError::NotMember)?;
+        let (replica, ca_cert_der) = {
+            let slot = self.member.lock().await;
+            let member = slot.as_ref().ok_or(ClusterSetupError::NotMember)?;
+            (member.replica.clone(), member.ca_cert_der.clone())
+        };
         let mut addresses = vec![replica.node().raft_address.clone()];
         let status = replica.status();
         addresses.extend(status.members.iter().filter(|m| m.node_id != status.node_id).map(|m| m.node.raft_address.clone()));
-        let invite = Invite::generate(&material.ca_cert_der, addresses)?;
+        let invite = Invite::generate(&ca_cert_der, addresses)?;
         let ttl_secs = i64::try_from(ttl.as_secs()).map_err(|_| ClusterSetupError::Invite("ttl too long".into()))?;
         let expires_at = time::OffsetDateTime::now_utc().unix_timestamp() + ttl_secs;
         let command = Command::CreateReplicaInvite(ReplicaInvite { secret_sha256: Invite::secret_sha256(&invite.secret), expires_at });
@@ -183,8 +196,8 @@ impl ClusterRuntime {
     /// Joins this pristine replica to the cluster `token` names and waits until it votes.
     pub async fn join(&self, token: &str) -> Result<ClusterStatus, ClusterSetupError> {
         let invite = Invite::decode(token)?;
-        let mut slot = self.replica.lock().await;
-        if slot.is_some() || files::load(&self.settings.data_dir)?.is_some() {
+        let mut slot = self.member.lock().await;
+        if slot.is_some() {
             return Err(ClusterSetupError::AlreadyMember);
         }
         let key = LocalKey::generate(KeyType::EcP256).map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
@@ -213,8 +226,9 @@ impl ClusterRuntime {
         identity::x509::verify_x509_svid(&[material.replica_cert_der.as_slice()], &bundle, time::OffsetDateTime::now_utc())
             .map_err(|e| ClusterSetupError::Join(format!("the replica certificate from the cluster does not verify: {e}")))?;
         files::store(&self.settings.data_dir, &material)?;
-        let (replica, cluster_id) = self.start_replica(&material).await?;
-        *slot = Some((replica.clone(), cluster_id.clone()));
+        let member = self.start_replica(&material).await?;
+        let (replica, cluster_id) = (member.replica.clone(), member.cluster_id.clone());
+        *slot = Some(member);
         drop(slot);
         replica.join_through(&invite.addresses, CATCH_UP).await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
         tracing::info!(%cluster_id, node_id = self.settings.node_id, "joined the cluster as a voter");
@@ -256,9 +270,9 @@ impl ClusterRuntime {
 
     /// Stops the replica, releasing the data dir.
     pub async fn shutdown(&self) {
-        let taken = self.replica.lock().await.take();
-        if let Some((replica, _)) = taken {
-            match Arc::try_unwrap(replica) {
+        let taken = self.member.lock().await.take();
+        if let Some(member) = taken {
+            match Arc::try_unwrap(member.replica) {
                 Ok(replica) => replica.shutdown().await,
                 Err(_) => tracing::warn!("replica still in use at shutdown; its tasks stop with the process"),
             }

@@ -101,12 +101,8 @@ pub struct Pending {
     pub challenge: Vec<u8>,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn sha1_hex(der: &[u8]) -> String {
-    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, der).as_ref())
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, der))
 }
 
 impl X509Pop {
@@ -122,10 +118,6 @@ impl X509Pop {
             }
         }
         Ok(Self { roots })
-    }
-
-    pub fn from_roots(roots: Vec<Vec<u8>>) -> Self {
-        Self { roots: roots.into_iter().map(CertificateDer::from).collect() }
     }
 
     /// Checks the chain and makes the challenge.

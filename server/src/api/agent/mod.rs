@@ -10,7 +10,7 @@ use raft_store::{ApplyError, Command, Outcome};
 use tonic::{Request, Response, Status};
 
 use super::convert::{spiffe_id_from_pb, spiffe_id_to_pb};
-use super::{read_failed, ApiContext};
+use super::{apply_status, read_failed, ApiContext};
 
 pub struct AgentService {
     pub context: ApiContext,
@@ -168,9 +168,9 @@ impl AgentService {
             can_reattest: reattestable,
         };
         let command = if existing.is_some() { Command::UpdateAgent(agent) } else { Command::CreateAgent(agent) };
-        match self.write(command).await? {
+        match self.context.write(command).await? {
             Outcome::Agent(Ok(_)) => {}
-            Outcome::Agent(Err(e)) => return Err(apply_error(e)),
+            Outcome::Agent(Err(e)) => return Err(apply_status(&e)),
             other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
         tracing::info!(agent = %agent_id, attestor = %data.r#type, "agent attested");
@@ -183,7 +183,7 @@ impl AgentService {
         let token = std::str::from_utf8(payload).map_err(|_| Status::invalid_argument("params.data.payload: the join token is not UTF-8"))?;
         check_token(token).map_err(|e| Status::invalid_argument(format!("params.data.payload: {}", e.message())))?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        match self.write(Command::ConsumeJoinToken { token: token.to_owned(), now }).await? {
+        match self.context.write(Command::ConsumeJoinToken { token: token.to_owned(), now }).await? {
             Outcome::JoinToken(Ok(_)) => {}
             Outcome::JoinToken(Err(ApplyError::FailedPrecondition(_))) => return Err(Status::permission_denied("join token expired")),
             Outcome::JoinToken(Err(_)) => return Err(Status::permission_denied("join token does not exist or has already been used")),
@@ -199,7 +199,7 @@ impl AgentService {
         let ca = self.context.ca.local(replica).await.map_err(|e| Status::unavailable(e.to_string()))?;
         let chain = ca.mint_x509_svid(id.clone(), public_key, self.context.agent_ttl, vec![]).await.map_err(|e| Status::unavailable(format!("cannot sign: {e}")))?;
         let facts = identity::x509::certificate_facts(&chain[0]).map_err(|e| Status::internal(e.to_string()))?;
-        let serial = facts.serial.iter().map(|b| format!("{b:02x}")).collect();
+        let serial = hex::encode(&facts.serial);
         let svid = types::X509svid { cert_chain: chain, id: Some(spiffe_id_to_pb(id)), expires_at: facts.not_after.unix_timestamp(), hint: String::new() };
         Ok((svid, serial))
     }
@@ -226,20 +226,8 @@ impl AgentService {
         Ok(id)
     }
 
-    async fn write(&self, command: Command) -> Result<Outcome, Status> {
-        let replica = self.context.replica().await?;
-        Ok(replica.write(command).await.map_err(|e| Status::unavailable(format!("the cluster did not commit the change: {e}")))?.outcome)
-    }
 }
 
-fn apply_error(e: ApplyError) -> Status {
-    match e {
-        ApplyError::AlreadyExists(m) => Status::already_exists(m),
-        ApplyError::NotFound(m) => Status::not_found(m),
-        ApplyError::FailedPrecondition(m) => Status::failed_precondition(m),
-        ApplyError::InvalidArgument(m) => Status::invalid_argument(m),
-    }
-}
 
 /// A join token's value: printable ASCII, no '/', at most 255 bytes (it becomes a path
 /// segment of the agent's SPIFFE ID).
@@ -301,9 +289,9 @@ impl Agent for AgentService {
     async fn delete_agent(&self, request: Request<pb::DeleteAgentRequest>) -> Result<Response<()>, Status> {
         self.context.require_admin(&request).await?;
         let id = self.agent_id(request.get_ref().id.as_ref())?;
-        match self.write(Command::DeleteAgent { spiffe_id: id.to_string() }).await? {
+        match self.context.write(Command::DeleteAgent { spiffe_id: id.to_string() }).await? {
             Outcome::Deleted(Ok(())) => Ok(Response::new(())),
-            Outcome::Deleted(Err(e)) => Err(apply_error(e)),
+            Outcome::Deleted(Err(e)) => Err(apply_status(&e)),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
     }
@@ -311,9 +299,9 @@ impl Agent for AgentService {
     async fn ban_agent(&self, request: Request<pb::BanAgentRequest>) -> Result<Response<()>, Status> {
         self.context.require_admin(&request).await?;
         let id = self.agent_id(request.get_ref().id.as_ref())?;
-        match self.write(Command::BanAgent { spiffe_id: id.to_string() }).await? {
+        match self.context.write(Command::BanAgent { spiffe_id: id.to_string() }).await? {
             Outcome::Agent(Ok(_)) => Ok(Response::new(())),
-            Outcome::Agent(Err(e)) => Err(apply_error(e)),
+            Outcome::Agent(Err(e)) => Err(apply_status(&e)),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
     }
@@ -345,9 +333,9 @@ impl Agent for AgentService {
         let public_key = identity::x509::public_key_from_csr(&csr).map_err(|e| Status::invalid_argument(format!("params.csr: {e}")))?;
         let (svid, serial) = self.mint_agent_svid(&replica, &agent.spiffe_id, public_key).await?;
         let command = Command::SetAgentNewSerial { spiffe_id: agent.spiffe_id.to_string(), serial_number: serial, expires_at: svid.expires_at };
-        match self.write(command).await? {
+        match self.context.write(command).await? {
             Outcome::Agent(Ok(_)) => Ok(Response::new(pb::RenewAgentResponse { svid: Some(svid) })),
-            Outcome::Agent(Err(e)) => Err(apply_error(e)),
+            Outcome::Agent(Err(e)) => Err(apply_status(&e)),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
     }
@@ -378,9 +366,9 @@ impl Agent for AgentService {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let expires_at = now + i64::from(request.ttl);
         let stored = JoinToken { token: token.clone(), expires_at, agent_id: alias.as_ref().map(ToString::to_string) };
-        match self.write(Command::CreateJoinToken(stored)).await? {
+        match self.context.write(Command::CreateJoinToken(stored)).await? {
             Outcome::JoinToken(Ok(_)) => {}
-            Outcome::JoinToken(Err(e)) => return Err(apply_error(e)),
+            Outcome::JoinToken(Err(e)) => return Err(apply_status(&e)),
             other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
         if let Some(alias) = alias {
@@ -388,9 +376,9 @@ impl Agent for AgentService {
             let selector = Selector::new("spiffe_id", &agent_path_id.to_string()).map_err(|e| Status::internal(e.to_string()))?;
             let mut entry = RegistrationEntry::new(super::entry::new_entry_id()?, alias, agent_path_id, vec![selector]);
             entry.created_at = now;
-            if let Outcome::Entries(results) = self.write(Command::CreateEntries(vec![entry])).await? {
+            if let Outcome::Entries(results) = self.context.write(Command::CreateEntries(vec![entry])).await? {
                 if let Some(Err(e)) = results.into_iter().next() {
-                    return Err(apply_error(e));
+                    return Err(apply_status(&e));
                 }
             }
         }

@@ -43,7 +43,7 @@ pub fn new_entry_id() -> Result<String, Status> {
 /// caller's, checked, or a fresh one); `now` stamps `created_at`.
 pub fn entry_from_pb(entry: &pb::Entry, trust_domain: &TrustDomain, id: String, now: i64) -> Result<RegistrationEntry, Status> {
     let spiffe_id = spiffe_id_from_pb(entry.spiffe_id.as_ref(), "spiffe_id")?;
-    check_workload_id(&spiffe_id, trust_domain)?;
+    check_workload_id(&spiffe_id, trust_domain, "spiffe_id")?;
     let parent_id = spiffe_id_from_pb(entry.parent_id.as_ref(), "parent_id")?;
     if parent_id.trust_domain() != trust_domain {
         return Err(invalid("parent_id", format!("{parent_id} is not in trust domain {}", trust_domain.name())));
@@ -97,16 +97,17 @@ pub fn entry_from_pb(entry: &pb::Entry, trust_domain: &TrustDomain, id: String, 
     Ok(model)
 }
 
-/// Workload IDs: in our trust domain, with a path, outside `/spire/`.
-pub fn check_workload_id(id: &SpiffeId, trust_domain: &TrustDomain) -> Result<(), Status> {
+/// Workload IDs: in our trust domain, with a path, outside `/spire/`; `field` names the
+/// request field in a refusal.
+pub fn check_workload_id(id: &SpiffeId, trust_domain: &TrustDomain, field: &str) -> Result<(), Status> {
     if id.trust_domain() != trust_domain {
-        return Err(invalid("spiffe_id", format!("{id} is not in trust domain {}", trust_domain.name())));
+        return Err(invalid(field, format!("{id} is not in trust domain {}", trust_domain.name())));
     }
     if id.path().is_empty() {
-        return Err(invalid("spiffe_id", format!("{id} has no path")));
+        return Err(invalid(field, format!("{id} has no path")));
     }
     if id.path() == "/spire" || id.path().starts_with("/spire/") {
-        return Err(invalid("spiffe_id", format!("{id} is reserved: paths under /spire/ belong to the server and agents")));
+        return Err(invalid(field, format!("{id} is reserved: paths under /spire/ belong to the server and agents")));
     }
     Ok(())
 }

@@ -11,10 +11,10 @@ use raft_store::model::RegistrationEntry;
 use raft_store::{ApplyError, Command, Outcome, StoreReader};
 use tonic::{Code, Request, Response, Status};
 
-pub use convert::{check_entry_id, entry_from_pb, entry_to_pb, new_entry_id};
+pub use convert::{check_entry_id, check_workload_id, entry_from_pb, entry_to_pb, new_entry_id};
 use filter::EntryFilter;
 
-use super::{read_failed, ApiContext};
+use super::{apply_code, item_status, read_failed, ApiContext};
 
 /// Most items one batch call may carry: a batch is one Raft entry.
 pub const MAX_BATCH: usize = 500;
@@ -26,24 +26,6 @@ const SCAN_PAGE: usize = 1000;
 
 pub struct EntryService {
     pub context: ApiContext,
-}
-
-fn status_pb(code: Code, message: impl Into<String>) -> Option<types::Status> {
-    Some(types::Status { code: code as i32, message: message.into() })
-}
-
-fn ok_status() -> Option<types::Status> {
-    status_pb(Code::Ok, "OK")
-}
-
-fn apply_status(e: &ApplyError) -> Option<types::Status> {
-    let code = match e {
-        ApplyError::AlreadyExists(_) => Code::AlreadyExists,
-        ApplyError::NotFound(_) => Code::NotFound,
-        ApplyError::FailedPrecondition(_) => Code::FailedPrecondition,
-        ApplyError::InvalidArgument(_) => Code::InvalidArgument,
-    };
-    status_pb(code, e.to_string())
 }
 
 fn check_batch(len: usize, what: &str) -> Result<(), Status> {
@@ -58,16 +40,13 @@ impl EntryService {
     async fn authorized_for_caller<T>(&self, request: &Request<T>) -> Result<(std::collections::BTreeMap<String, RegistrationEntry>, raft_store::model::AttestedAgent), Status> {
         let replica = self.context.replica().await?;
         let agent = super::agent_auth::require_agent(request, &replica).await?;
-        let server_id = identity::SpiffeId::parse(&format!("spiffe://{}/spire/server", self.context.ca.config.trust_domain.name())).map_err(|e| Status::internal(e.to_string()))?;
-        let authorized = super::agent_auth::authorized_entries(replica.local_reader(), &agent, &server_id).await?;
+        let authorized = super::agent_auth::authorized_entries(replica.local_reader(), &agent, &self.context.server_id()?).await?;
         Ok((authorized, agent))
     }
 
     /// Writes a batch command and returns its per-item outcomes, in order.
     async fn write_entries(&self, command: Command) -> Result<Vec<Result<RegistrationEntry, ApplyError>>, Status> {
-        let replica = self.context.replica().await?;
-        let response = replica.write(command).await.map_err(|e| Status::unavailable(format!("the cluster did not commit the change: {e}")))?;
-        match response.outcome {
+        match self.context.write(command).await? {
             Outcome::Entries(results) => Ok(results),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
@@ -86,11 +65,11 @@ impl EntryService {
         Ok(checked
             .into_iter()
             .map(|item| match item {
-                Err(refused) => (status_pb(refused.code(), refused.message()), None),
+                Err(refused) => (item_status(refused.code(), refused.message()), None),
                 Ok(_) => match written.next() {
-                    Some(Ok(entry)) => (ok_status(), Some(entry_to_pb(&entry, mask))),
-                    Some(Err(e)) => (apply_status(&e), None),
-                    None => (status_pb(Code::Internal, "no outcome for this entry"), None),
+                    Some(Ok(entry)) => (item_status(Code::Ok, "OK"), Some(entry_to_pb(&entry, mask))),
+                    Some(Err(e)) => (item_status(apply_code(&e), e.to_string()), None),
+                    None => (item_status(Code::Internal, "no outcome for this entry"), None),
                 },
             })
             .collect())
@@ -233,15 +212,13 @@ impl Entry for EntryService {
                     valid.push(id.clone());
                     results.push(None);
                 }
-                Err(status) => results.push(Some(pb::batch_delete_entry_response::Result { status: status_pb(status.code(), status.message()), id: id.clone() })),
+                Err(status) => results.push(Some(pb::batch_delete_entry_response::Result { status: item_status(status.code(), status.message()), id: id.clone() })),
             }
         }
         let outcomes = if valid.is_empty() {
             Vec::new()
         } else {
-            let replica = self.context.replica().await?;
-            let response = replica.write(Command::DeleteEntries(valid.clone())).await.map_err(|e| Status::unavailable(format!("the cluster did not commit the change: {e}")))?;
-            match response.outcome {
+            match self.context.write(Command::DeleteEntries(valid.clone())).await? {
                 Outcome::DeletedEntries(results) => results,
                 other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
             }
@@ -252,9 +229,9 @@ impl Entry for EntryService {
             .map(|slot| match slot {
                 Some(refused) => refused,
                 None => match outcomes.next() {
-                    Some((Ok(id), _)) => pb::batch_delete_entry_response::Result { status: ok_status(), id },
-                    Some((Err(e), id)) => pb::batch_delete_entry_response::Result { status: apply_status(&e), id },
-                    None => pb::batch_delete_entry_response::Result { status: status_pb(Code::Internal, "no outcome for this id"), id: String::new() },
+                    Some((Ok(id), _)) => pb::batch_delete_entry_response::Result { status: item_status(Code::Ok, "OK"), id },
+                    Some((Err(e), id)) => pb::batch_delete_entry_response::Result { status: item_status(apply_code(&e), e.to_string()), id },
+                    None => pb::batch_delete_entry_response::Result { status: item_status(Code::Internal, "no outcome for this id"), id: String::new() },
                 },
             })
             .collect();
