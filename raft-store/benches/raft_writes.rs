@@ -2,9 +2,12 @@
 //! synced WAL, mutual TLS, loopback) against a 3-member etcd cluster from Debian's
 //! etcd-server on the same machine, with the same payload size and concurrency, in one run.
 //!
-//! cargo bench -p testudo-raft-store --bench raft_writes -- [--seconds N] [--concurrency C] [--payload BYTES]
+//! cargo bench -p testudo-raft-store --bench raft_writes -- [--seconds N] [--concurrency C] [--payload BYTES] [--batch 1|100]
 
 use std::net::TcpListener;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::{Child, Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,10 +23,12 @@ struct Options {
     seconds: u64,
     concurrency: usize,
     payload: usize,
+    /// Only this batch size (both by default).
+    batch: Option<usize>,
 }
 
 fn options() -> Options {
-    let mut o = Options { seconds: 10, concurrency: 16, payload: 256 };
+    let mut o = Options { seconds: 10, concurrency: 16, payload: 256, batch: None };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
     while i < args.len() {
@@ -32,6 +37,7 @@ fn options() -> Options {
             ("--seconds", Some(v)) => o.seconds = v,
             ("--concurrency", Some(v)) => o.concurrency = v as usize,
             ("--payload", Some(v)) => o.payload = v as usize,
+            ("--batch", Some(v)) => o.batch = Some(v as usize),
             _ => {
                 i += 1;
                 continue;
@@ -217,7 +223,7 @@ fn main() {
     println!("| system | batch | requests/s | entries/s | p50 | p99 |");
     println!("| --- | --- | --- | --- | --- | --- |");
     let mut ratios = Vec::new();
-    for batch in [1usize, 100] {
+    for batch in [1usize, 100].into_iter().filter(|b| o.batch.is_none_or(|only| only == *b)) {
         let ours = runtime.block_on(testudo(&o, batch));
         let theirs = runtime.block_on(etcd(&o, batch));
         for f in [&ours, &theirs] {

@@ -67,6 +67,10 @@ pub enum Command {
     CreateReplicaInvite(ReplicaInvite),
     /// Consumes an invitation exactly once; expired ones are refused.
     ConsumeReplicaInvite { secret_sha256: String, now: i64 },
+
+    /// Several commands proposed together (group commit, see `proposer`): applied in order,
+    /// each with its own revision and outcome, answered with `Outcome::Batch`.
+    Batch(Vec<Command>),
 }
 
 /// Why a command (or one item of a batch) was refused. Refusals are answers, not storage
@@ -99,6 +103,8 @@ pub enum Outcome {
     Deleted(Result<(), ApplyError>),
     Pruned(u64),
     ReplicaInvite(Result<ReplicaInvite, ApplyError>),
+    /// One response per command of a `Command::Batch`, in order.
+    Batch(Vec<Response>),
 }
 
 /// What the state machine answers for a log entry.

@@ -14,6 +14,7 @@ mod membership;
 pub mod model;
 pub mod network;
 pub mod node;
+pub mod proposer;
 pub mod query;
 pub mod schema;
 mod state_machine;

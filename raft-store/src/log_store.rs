@@ -1,9 +1,8 @@
 //! The Raft log, vote, committed and last-purged ids in RocksDB. Nothing is acknowledged
-//! before the WAL holding it is synced. Appends are group-committed: an append writes its
-//! entries (readable at once) and hands openraft's callback to a syncer thread, which syncs
-//! the WAL once for every append that arrived meanwhile and only then reports them
-//! persisted. Vote, truncate and purge are synced writes. Every RocksDB call runs on a
-//! blocking thread, and openraft awaits each call before the next, so writes stay in order.
+//! before the WAL holding it is synced. Appends go to one writer thread, which writes every
+//! append waiting in one synced write (group commit) and then reports them persisted.
+//! Vote, truncate and purge are synced writes. Every RocksDB call runs off the reactor,
+//! and openraft awaits each call before the next, so writes stay in order.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -22,17 +21,25 @@ use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    syncer: Arc<Syncer>,
+    writer: Arc<Writer>,
 }
 
-/// The syncer thread and the channel that feeds it. Dropping the last handle closes the
+/// An append waiting for the writer thread: the encoded rows, openraft's callback, and
+/// who to tell once they are written and synced.
+struct Append {
+    rows: Vec<(u64, Vec<u8>)>,
+    callback: LogFlushed<TypeConfig>,
+    written: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// The writer thread and the channel that feeds it. Dropping the last handle closes the
 /// channel and joins the thread, so the database is released when the store is.
-struct Syncer {
-    pending: Option<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>,
+struct Writer {
+    pending: Option<std::sync::mpsc::Sender<Append>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Drop for Syncer {
+impl Drop for Writer {
     fn drop(&mut self) {
         drop(self.pending.take());
         if let Some(thread) = self.thread.take() {
@@ -41,16 +48,23 @@ impl Drop for Syncer {
     }
 }
 
-/// Syncs the WAL for every append callback waiting, then completes them. Exits when the
-/// last `LogStore` clone is dropped.
-fn run_syncer(db: Arc<DB>, pending: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+/// Writes every append waiting in one synced write (group commit), then completes them.
+/// One thread keeps appends in order. Exits when the last `LogStore` clone is dropped.
+fn run_writer(db: Arc<DB>, pending: std::sync::mpsc::Receiver<Append>) {
     while let Ok(first) = pending.recv() {
         let mut waiting = vec![first];
         waiting.extend(pending.try_iter());
-        // A synced flush covers every write issued before it, so all of `waiting`.
-        let result = db.flush_wal(true).map_err(|e| e.to_string());
-        for callback in waiting {
-            callback.log_io_completed(result.clone().map_err(std::io::Error::other));
+        let logs = cf(&db, Cf::Logs);
+        let mut batch = WriteBatch::default();
+        for append in &waiting {
+            for (index, bytes) in &append.rows {
+                batch.put_cf(logs, u64_key(*index), bytes);
+            }
+        }
+        let result = db.write_opt(batch, &synced()).map_err(|e| e.to_string());
+        for append in waiting {
+            append.callback.log_io_completed(result.clone().map_err(std::io::Error::other));
+            let _ = append.written.send(result.clone());
         }
     }
 }
@@ -76,12 +90,12 @@ fn write_meta<T: serde::Serialize>(db: &DB, key: &[u8], what: &'static str, valu
 }
 
 impl LogStore {
-    /// Starts the syncer thread; fails only if the OS cannot start a thread.
+    /// Starts the writer thread; fails only if the OS cannot start a thread.
     pub fn new(db: Arc<DB>) -> std::io::Result<Self> {
         let (sender, pending) = std::sync::mpsc::channel();
-        let sync_db = db.clone();
-        let thread = std::thread::Builder::new().name("raft-log-sync".into()).spawn(move || run_syncer(sync_db, pending))?;
-        Ok(Self { db, syncer: Arc::new(Syncer { pending: Some(sender), thread: Some(thread) }) })
+        let writer_db = db.clone();
+        let thread = std::thread::Builder::new().name("raft-log-writer".into()).spawn(move || run_writer(writer_db, pending))?;
+        Ok(Self { db, writer: Arc::new(Writer { pending: Some(sender), thread: Some(thread) }) })
     }
 
     fn read_range(db: &DB, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StorageError> {
@@ -170,35 +184,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        let db = self.db.clone();
-        let result = blocking(move || {
-            let logs = cf(&db, Cf::Logs);
-            let mut batch = WriteBatch::default();
-            for entry in &entries {
-                let bytes = codec::encode("log entry", entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
-                batch.put_cf(logs, u64_key(entry.log_id.index), bytes);
-            }
-            // Written but not yet synced: readable now, persisted when the syncer says so.
-            db.write(batch).map_err(|e| StorageIOError::write_logs(&e).into())
-        })
-        .await;
-        match result {
-            Ok(()) => {
-                match &self.syncer.pending {
-                    Some(pending) => {
-                        if let Err(std::sync::mpsc::SendError(callback)) = pending.send(callback) {
-                            callback.log_io_completed(Err(std::io::Error::other("log sync thread has stopped")));
-                        }
-                    }
-                    None => callback.log_io_completed(Err(std::io::Error::other("log sync thread has stopped"))),
-                }
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(e)
-            }
+        let mut rows = Vec::new();
+        for entry in entries {
+            let bytes = codec::encode("log entry", &entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
+            rows.push((entry.log_id.index, bytes));
+        }
+        let (written, done) = tokio::sync::oneshot::channel();
+        let stopped = || StorageError::from(StorageIOError::write_logs(&std::io::Error::other("log writer thread has stopped")));
+        let Some(pending) = &self.writer.pending else {
+            callback.log_io_completed(Err(std::io::Error::other("log writer thread has stopped")));
+            return Err(stopped());
+        };
+        if let Err(std::sync::mpsc::SendError(append)) = pending.send(Append { rows, callback, written }) {
+            append.callback.log_io_completed(Err(std::io::Error::other("log writer thread has stopped")));
+            return Err(stopped());
+        }
+        // Readable once written; openraft waits for the sync before its next step anyway,
+        // and the write is the sync (one synced WriteBatch).
+        match done.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StorageIOError::write_logs(&std::io::Error::other(e)).into()),
+            Err(_) => Err(stopped()),
         }
     }
 

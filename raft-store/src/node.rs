@@ -17,6 +17,7 @@ use crate::network::tls::ClusterTls;
 use crate::membership::{add_member_step, remove_member, AddProgress};
 use crate::network::{serve, AdminRequest, ClusterClient, Faults, ForwardError, JoinHandler, NetworkFactory, TransferHandler};
 use crate::transfer::LeaderTransfer;
+use crate::proposer::Proposer;
 use crate::query::StoreReader;
 use crate::types::{NodeId, Raft, ReplicaNode};
 use crate::{open_store, OpenError};
@@ -121,6 +122,7 @@ pub struct ClusterStatus {
 pub struct Replica {
     id: NodeId,
     raft: Raft,
+    proposer: Proposer,
     reader: StoreReader,
     client: ClusterClient,
     address: SocketAddr,
@@ -159,7 +161,8 @@ impl Replica {
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let transfer = Arc::new(LeaderTransfer { id: config.node_id, raft: raft.clone(), client: client.clone(), lease: t.election_timeout_max });
         let (stop, stopped) = oneshot::channel::<()>();
-        let (address, server) = serve(raft.clone(), transfer.clone(), config.join.clone(), &config.tls, config.listen, async {
+        let proposer = Proposer::start(raft.clone());
+        let (address, server) = serve(raft.clone(), proposer.clone(), transfer.clone(), config.join.clone(), &config.tls, config.listen, async {
             let _ = stopped.await;
         })
         .await
@@ -167,7 +170,7 @@ impl Replica {
         let raft_address = config.advertise_address.clone().unwrap_or_else(|| address.to_string());
         let node = ReplicaNode { raft_address, api_address: config.api_address.clone() };
         tracing::info!(node_id = config.node_id, %address, "replica started");
-        Ok(Self { id: config.node_id, raft, reader: store.reader, client, address, node, transfer, stop: Some(stop), server: Some(server) })
+        Ok(Self { id: config.node_id, raft, proposer, reader: store.reader, client, address, node, transfer, stop: Some(stop), server: Some(server) })
     }
 
     pub fn id(&self) -> NodeId {
@@ -207,8 +210,8 @@ impl Replica {
     pub async fn write(&self, command: Command) -> Result<Response, ClusterError> {
         let deadline = tokio::time::Instant::now() + RETRY_FOR;
         loop {
-            let attempt = match self.raft.client_write(command.clone()).await {
-                Ok(written) => return Ok(written.data),
+            let attempt = match self.proposer.write(command.clone()).await {
+                Ok(response) => return Ok(response),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match (f.leader_id, f.leader_node) {
                     (Some(id), Some(node)) if id != self.id => self.forward(id, &node, &command).await,
                     _ => Err(ClusterError::NoLeader),

@@ -19,6 +19,7 @@ use super::tls::{server_config, ClusterTls, TlsError};
 use super::wire::{decode, encode, AdminRequest, ForwardError};
 use crate::command::Command;
 use crate::membership::{add_member_step, remove_member, AddProgress};
+use crate::proposer::Proposer;
 use crate::types::{NodeId, Raft, TypeConfig};
 
 /// Largest cluster message accepted or sent: a batch of log entries or a snapshot chunk.
@@ -40,13 +41,14 @@ pub trait JoinHandler: Send + Sync + 'static {
 /// The gRPC service of one replica.
 pub struct ClusterService {
     raft: Raft,
+    proposer: Proposer,
     transfers: Arc<dyn TransferHandler>,
     join: Option<Arc<dyn JoinHandler>>,
 }
 
 impl ClusterService {
-    pub fn new(raft: Raft, transfers: Arc<dyn TransferHandler>, join: Option<Arc<dyn JoinHandler>>) -> Self {
-        Self { raft, transfers, join }
+    pub fn new(raft: Raft, proposer: Proposer, transfers: Arc<dyn TransferHandler>, join: Option<Arc<dyn JoinHandler>>) -> Self {
+        Self { raft, proposer, transfers, join }
     }
 }
 
@@ -95,8 +97,8 @@ impl Cluster for ClusterService {
     async fn write(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         require_replica(&request)?;
         let command: Command = decode("Write", request.get_ref())?;
-        let result = match self.raft.client_write(command).await {
-            Ok(written) => Ok(written.data),
+        let result = match self.proposer.write(command).await {
+            Ok(response) => Ok(response),
             Err(e) => Err(forward_error(e)),
         };
         Ok(Response::new(encode("Write result", &result)?))
@@ -152,7 +154,20 @@ pub fn accept_tls(
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let task = tokio::spawn(async move {
         while !tx.is_closed() {
-            let Ok((stream, peer)) = listener.accept().await else { continue };
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "{what} accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            // gRPC sends small frames and waits for answers: without this, Nagle's algorithm
+            // and delayed ACKs hold some of them back for tens of milliseconds.
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+            }
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
@@ -172,6 +187,7 @@ pub fn accept_tls(
 /// Returns the bound address (useful with port 0) and the server task.
 pub async fn serve(
     raft: Raft,
+    proposer: Proposer,
     transfers: Arc<dyn TransferHandler>,
     join: Option<Arc<dyn JoinHandler>>,
     tls: &ClusterTls,
@@ -182,7 +198,7 @@ pub async fn serve(
     let listener = TcpListener::bind(listen).await.map_err(|e| TlsError::Config(format!("cannot listen on {listen}: {e}")))?;
     let bound = listener.local_addr().map_err(|e| TlsError::Config(e.to_string()))?;
     let (incoming, accept_task) = accept_tls(listener, acceptor, "cluster");
-    let service = ClusterServer::new(ClusterService::new(raft, transfers, join))
+    let service = ClusterServer::new(ClusterService::new(raft, proposer, transfers, join))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let task = tokio::spawn(async move {

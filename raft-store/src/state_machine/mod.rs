@@ -15,7 +15,7 @@ use rocksdb::DB;
 pub use snapshot::SnapshotBuilder;
 
 use crate::codec::{self, u64_key};
-use crate::command::{ChangeSet, Outcome, Response};
+use crate::command::{ChangeSet, Command, Outcome, Response};
 use crate::db::cf;
 use crate::schema::{sm_key, Cf};
 use crate::types::{Entry, LogId, SnapshotMeta, Snapshot, StorageError, StoredMembership, TypeConfig};
@@ -62,16 +62,10 @@ impl StateMachine {
                     Outcome::None
                 }
                 EntryPayload::Normal(command) => {
-                    revision += 1;
-                    apply::apply_command(&mut txn, command, revision).map_err(|e| write_err(entry.log_id, &e))?
+                    responses.push(Self::apply_one(&mut txn, command, &mut revision).map_err(|e| write_err(entry.log_id, &e))?);
+                    continue;
                 }
             };
-            let changes = txn.take_changes();
-            if !changes.is_empty() {
-                let set = ChangeSet { revision, changes };
-                let bytes = codec::encode("change set", &set).map_err(|e| write_err(entry.log_id, &e))?;
-                txn.put_raw(Cf::ChangeLog, &u64_key(revision), bytes);
-            }
             responses.push(Response { revision, outcome });
         }
         txn.put(Cf::SmMeta, sm_key::REVISION, "revision", &revision).map_err(|e| write_err(last.log_id, &e))?;
@@ -80,6 +74,25 @@ impl StateMachine {
         // purge that follows a snapshot) syncs the shared WAL, this write included.
         db.write(txn.into_batch()).map_err(|e| write_err(last.log_id, &e))?;
         Ok(responses)
+    }
+}
+
+impl StateMachine {
+    /// Applies one command (a batch: each of its commands in order), bumping the revision
+    /// and recording the change set of each.
+    fn apply_one(txn: &mut Txn<'_>, command: &Command, revision: &mut u64) -> Result<Response, txn::TxnError> {
+        if let Command::Batch(commands) = command {
+            let responses = commands.iter().map(|c| Self::apply_one(txn, c, revision)).collect::<Result<Vec<_>, _>>()?;
+            return Ok(Response { revision: *revision, outcome: Outcome::Batch(responses) });
+        }
+        *revision += 1;
+        let outcome = apply::apply_command(txn, command, *revision)?;
+        let changes = txn.take_changes();
+        if !changes.is_empty() {
+            let set = ChangeSet { revision: *revision, changes };
+            txn.put_raw(Cf::ChangeLog, &u64_key(*revision), codec::encode("change set", &set)?);
+        }
+        Ok(Response { revision: *revision, outcome })
     }
 }
 

@@ -89,6 +89,29 @@ async fn every_command_bumps_the_revision_and_logs_its_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_entry_applies_each_command_with_its_own_revision() {
+    let mut s = TestStore::new().await;
+    s.apply_one(Command::CreateEntries(vec![entry("before", "spiffe://example.org/before", NODE, &["x:0"])])).await;
+    let outcome = s
+        .apply_one(Command::Batch(vec![
+            Command::CreateEntries(vec![entry("a", "spiffe://example.org/a", NODE, &["x:1"])]),
+            // Sees the first command of the same batch: refused as a duplicate.
+            Command::CreateEntries(vec![entry("a", "spiffe://example.org/a", NODE, &["x:1"])]),
+            Command::DeleteEntries(vec!["before".into()]),
+        ]))
+        .await;
+    let Outcome::Batch(responses) = outcome else { panic!("expected a batch outcome, got {outcome:?}") };
+    let revisions: Vec<u64> = responses.iter().map(|r| r.revision).collect();
+    assert_eq!(revisions, [2, 3, 4]);
+    assert_eq!(entries(responses[0].outcome.clone())[0].as_ref().unwrap().revision_number, 2);
+    assert!(matches!(entries(responses[1].outcome.clone())[0], Err(ApplyError::AlreadyExists(_))));
+    assert!(matches!(&responses[2].outcome, Outcome::DeletedEntries(d) if d[0].is_ok()));
+    let logged: Vec<u64> = s.store.reader.changes_since(1, 100).await.unwrap().iter().map(|c| c.revision).collect();
+    assert_eq!(logged, [2, 4], "each command of the batch logs its own changes; the refused one none");
+    assert_eq!(s.store.reader.revision().await.unwrap(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_tokens_are_consumed_exactly_once() {
     let mut s = TestStore::new().await;
     let token = JoinToken { token: "t1".into(), expires_at: 1000, agent_id: None };

@@ -68,6 +68,34 @@ async fn replicates_and_forwards_writes_from_followers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_log_entries_and_each_gets_its_own_answer() {
+    let cluster = TestCluster::start(3, 10_000).await;
+    let leader = cluster.wait_for_leader().await;
+    let replica = &cluster.replicas[&leader];
+    let before = replica.raft().metrics().borrow().last_log_index.unwrap_or(0);
+
+    // 64 writes at once, one of them twice: each caller must get the outcome of its own command.
+    let ids: Vec<String> = (0..64).map(|i| format!("group-{i}")).collect();
+    let mut commands: Vec<Command> = ids.iter().map(|id| create(id)).collect();
+    commands.push(create("group-7"));
+    let responses = futures::future::join_all(commands.into_iter().map(|c| replica.write(c))).await;
+    let mut revisions = BTreeSet::new();
+    for (i, response) in responses.iter().enumerate() {
+        let response = response.as_ref().unwrap();
+        assert!(revisions.insert(response.revision), "revision {} answered twice", response.revision);
+        match (&response.outcome, i) {
+            (Outcome::Entries(results), 64) => assert!(results[0].is_err(), "the duplicate of group-7 is refused: {results:?}"),
+            (Outcome::Entries(results), i) => assert_eq!(results[0].as_ref().map(|e| e.id.clone()).ok(), Some(ids[i].clone())),
+            (other, _) => panic!("{other:?}"),
+        }
+    }
+    let after = replica.raft().metrics().borrow().last_log_index.unwrap_or(0);
+    assert!(after - before < 32, "65 writes took {} log entries: they were not grouped", after - before);
+    assert_everywhere(&cluster, &ids.into_iter().collect()).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_failover_and_restart_keep_every_acknowledged_write() {
     let mut cluster = TestCluster::start(3, 10_000).await;
     let mut acked = BTreeSet::new();

@@ -43,6 +43,8 @@ pub fn apply_command(txn: &mut Txn<'_>, command: &Command, revision: u64) -> Res
         Command::DeleteFederationRelationship { trust_domain } => federation::delete(txn, trust_domain)?,
         Command::CreateReplicaInvite(invite) => invites::create(txn, invite)?,
         Command::ConsumeReplicaInvite { secret_sha256, now } => invites::consume(txn, secret_sha256, *now)?,
+        // The state machine applies a batch's commands one by one, each with its own revision.
+        Command::Batch(_) => Outcome::None,
     })
 }
 
