@@ -29,7 +29,7 @@ pub use command::{ApplyError, BundleScope, Change, ChangeSet, Command, Outcome, 
 pub use db::OpenError;
 pub use log_store::LogStore;
 pub use membership::AddProgress;
-pub use query::{Page, ReadError, StoreReader};
+pub use query::{EntryChanges, Page, ReadError, StoreReader};
 pub use state_machine::{SnapshotBuilder, StateMachine};
 pub use types::{NodeId, ReplicaNode, TypeConfig};
 

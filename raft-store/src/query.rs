@@ -7,7 +7,7 @@ use rocksdb::{Direction, IteratorMode, DB};
 use serde::de::DeserializeOwned;
 
 use crate::codec::{self, pair_prefix, u64_key, CodecError};
-use crate::command::{BundleScope, ChangeSet};
+use crate::command::{BundleScope, ChangeSet, Table};
 use crate::db::cf;
 use crate::model::{AttestedAgent, CaJournal, FederationRelationship, JoinToken, RegistrationEntry, StoredBundle};
 use crate::schema::{ca_key, sm_key, Cf};
@@ -21,6 +21,15 @@ pub enum ReadError {
     Codec(#[from] CodecError),
     #[error("read task failed: {0}")]
     Task(String),
+}
+
+/// Registration entries changed since a revision (see `StoreReader::entry_changes_since`).
+#[derive(Debug)]
+pub struct EntryChanges {
+    /// The revision this answer brings the reader to.
+    pub revision: u64,
+    /// Each changed entry id, with the entry as it is now (`None`: deleted).
+    pub changed: Vec<(String, Option<RegistrationEntry>)>,
 }
 
 /// Reads this replica's state. Cheap to clone; every call runs on a blocking thread.
@@ -137,6 +146,60 @@ impl StoreReader {
     /// The CA journal (empty before the first CA is prepared).
     pub async fn ca_journal(&self) -> Result<CaJournal, ReadError> {
         self.run(|db| get(db, Cf::CaJournal, ca_key::JOURNAL, "CA journal").map(Option::unwrap_or_default)).await
+    }
+
+    /// Every registration entry and the revision they reflect, from one consistent view.
+    pub async fn entries_at_revision(&self) -> Result<(u64, Vec<RegistrationEntry>), ReadError> {
+        self.run(|db| {
+            let view = db.snapshot();
+            let revision = view.get_cf(cf(db, Cf::SmMeta), sm_key::REVISION)?.map(|b| codec::decode::<u64>("revision", &b)).transpose()?.unwrap_or(0);
+            let mut entries = Vec::new();
+            for item in view.iterator_cf(cf(db, Cf::Entries), IteratorMode::Start) {
+                let (_, value) = item?;
+                entries.push(codec::decode("registration entry", &value)?);
+            }
+            Ok((revision, entries))
+        })
+        .await
+    }
+
+    /// The registration entries changed after revision `since`, from one consistent view:
+    /// each changed id with its current entry (`None` when deleted), and the revision the
+    /// answer brings a reader to. At most `limit` revisions are read; call again from the
+    /// returned revision for the rest. `None` when the change log no longer reaches back to
+    /// `since` (pruned): the reader must reload with `entries_at_revision`.
+    pub async fn entry_changes_since(&self, since: u64, limit: usize) -> Result<Option<EntryChanges>, ReadError> {
+        self.run(move |db| {
+            let view = db.snapshot();
+            let meta = |key: &[u8], what: &'static str| -> Result<u64, ReadError> {
+                Ok(view.get_cf(cf(db, Cf::SmMeta), key)?.map(|b| codec::decode::<u64>(what, &b)).transpose()?.unwrap_or(0))
+            };
+            if meta(sm_key::CHANGE_LOG_FLOOR, "change log floor")? > since.saturating_add(1) {
+                return Ok(None);
+            }
+            let mut revision = meta(sm_key::REVISION, "revision")?;
+            let mut ids = std::collections::BTreeSet::new();
+            let start = u64_key(since.saturating_add(1));
+            let mut read = 0;
+            for item in view.iterator_cf(cf(db, Cf::ChangeLog), IteratorMode::From(&start, Direction::Forward)) {
+                let (_, value) = item?;
+                let set: ChangeSet = codec::decode("change set", &value)?;
+                if read == limit {
+                    // Stop before this set: the caller resumes from the last one read.
+                    revision = set.revision.saturating_sub(1);
+                    break;
+                }
+                read += 1;
+                ids.extend(set.changes.into_iter().filter(|c| c.table == Table::Entry).map(|c| c.key));
+            }
+            let mut changed = Vec::with_capacity(ids.len());
+            for id in ids {
+                let entry = view.get_cf(cf(db, Cf::Entries), id.as_bytes())?.map(|b| codec::decode("registration entry", &b)).transpose()?;
+                changed.push((id, entry));
+            }
+            Ok(Some(EntryChanges { revision, changed }))
+        })
+        .await
     }
 
     /// What changed after revision `since`, oldest first, at most `limit` revisions.

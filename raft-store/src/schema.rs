@@ -95,4 +95,6 @@ pub mod sm_key {
     pub const LAST_APPLIED: &[u8] = b"last_applied";
     pub const MEMBERSHIP: &[u8] = b"membership";
     pub const REVISION: &[u8] = b"revision";
+    /// The oldest revision the change log may still hold: everything before it was pruned.
+    pub const CHANGE_LOG_FLOOR: &[u8] = b"change_log_floor";
 }

@@ -89,6 +89,11 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         },
         CA_ROTATION_INTERVAL,
     )));
+    background.push(tokio::spawn(server::cluster::change_log::prune_while_leading(
+        runtime.clone(),
+        server::cluster::change_log::KEEP,
+        CHANGE_LOG_PRUNE_INTERVAL,
+    )));
     if let Some(prometheus) = &config.telemetry.prometheus {
         let router = server::ops::metrics::router(metrics);
         background.push(serve_http("Prometheus metrics", &prometheus.host, prometheus.port, router).await?);
@@ -121,6 +126,8 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
 /// How often the leader checks whether a CA rotation step is due. Each check is one
 /// read-index round; short, so a new cluster has a CA within a second of electing a leader.
 const CA_ROTATION_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the leader checks whether the change log needs pruning.
+const CHANGE_LOG_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The cluster's CA as this config describes it. The development key managers (`memory`,
 /// `disk`) share CA keys through the replicated journal.

@@ -326,3 +326,34 @@ async fn the_change_log_can_be_pruned() {
     assert_eq!(left, [4, 5], "the prune itself changes no table, so it logs nothing");
     assert_eq!(s.store.reader.revision().await.unwrap(), 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entry_changes_since_a_revision_come_from_the_change_log_until_it_is_pruned() {
+    let mut s = TestStore::new().await;
+    s.apply(vec![
+        Command::CreateEntries(vec![entry("a", "spiffe://example.org/a", NODE, &["x:1"]), entry("b", "spiffe://example.org/b", NODE, &["x:2"])]),
+        Command::CreateJoinToken(JoinToken { token: "t".into(), expires_at: 10, agent_id: None }),
+        Command::DeleteEntries(vec!["a".into()]),
+        Command::CreateEntries(vec![entry("c", "spiffe://example.org/c", NODE, &["x:3"])]),
+    ])
+    .await;
+    let (revision, all) = s.store.reader.entries_at_revision().await.unwrap();
+    assert_eq!(revision, 4);
+    assert_eq!(all.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["b", "c"]);
+
+    let delta = s.store.reader.entry_changes_since(0, 100).await.unwrap().unwrap();
+    assert_eq!(delta.revision, 4);
+    let changed: Vec<(&str, bool)> = delta.changed.iter().map(|(id, e)| (id.as_str(), e.is_some())).collect();
+    assert_eq!(changed, [("a", false), ("b", true), ("c", true)], "a deleted entry comes back as None");
+
+    // A limit of two change sets stops after revision 2 (the token's, which changes no entry).
+    let first = s.store.reader.entry_changes_since(0, 2).await.unwrap().unwrap();
+    assert_eq!((first.revision, first.changed.len()), (2, 2));
+    let rest = s.store.reader.entry_changes_since(first.revision, 2).await.unwrap().unwrap();
+    assert_eq!((rest.revision, rest.changed.len()), (4, 2));
+    assert!(s.store.reader.entry_changes_since(4, 100).await.unwrap().unwrap().changed.is_empty());
+
+    s.apply_one(Command::PruneChangeLog { before_revision: 4 }).await;
+    assert!(s.store.reader.entry_changes_since(1, 100).await.unwrap().is_none(), "revisions 2 and 3 were pruned: reload");
+    assert!(s.store.reader.entry_changes_since(3, 100).await.unwrap().is_some(), "the log still reaches back to revision 4");
+}

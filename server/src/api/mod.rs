@@ -66,6 +66,19 @@ impl ApiContext {
         self.runtime.replica().await.ok_or_else(|| Status::unavailable("this server belongs to no cluster yet"))
     }
 
+    /// The entries `agent` may mint for, by id, from this replica's entry cache.
+    pub async fn authorized_entries(
+        &self,
+        agent: &raft_store::model::AttestedAgent,
+    ) -> Result<std::collections::BTreeMap<String, Arc<raft_store::model::RegistrationEntry>>, Status> {
+        use crate::cluster::entry_cache::EntryCacheError;
+        let (replica, entries) = self.runtime.replica_with_entries().await.ok_or_else(|| Status::unavailable("this server belongs to no cluster yet"))?;
+        entries.authorized(&replica, agent, &self.server_id()?).await.map_err(|e| match e {
+            EntryCacheError::Read(e) => read_failed(e),
+            too_many @ EntryCacheError::TooMany(_) => Status::resource_exhausted(too_many.to_string()),
+        })
+    }
+
     /// Commits a command through the cluster and returns what apply answered.
     pub async fn write(&self, command: Command) -> Result<Outcome, Status> {
         let replica = self.replica().await?;

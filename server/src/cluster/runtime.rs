@@ -20,6 +20,7 @@ use zeroize::Zeroizing;
 
 use super::admission::{Admission, JoinReply, JoinRequest};
 use super::authority::{replica_id, ClusterAuthority};
+use super::entry_cache::EntryCache;
 use super::files::{self, ClusterMaterial};
 use super::invite::Invite;
 use super::ClusterSetupError;
@@ -67,6 +68,8 @@ pub struct ClusterRuntime {
 /// A running replica of a cluster, and what invites need of the cluster's identity.
 struct Member {
     replica: Arc<Replica>,
+    /// Registration entries of this replica's state, in memory.
+    entries: Arc<EntryCache>,
     cluster_id: String,
     ca_cert_der: Vec<u8>,
 }
@@ -88,6 +91,11 @@ impl ClusterRuntime {
     /// The running replica, if any.
     pub async fn replica(&self) -> Option<Arc<Replica>> {
         self.member.lock().await.as_ref().map(|m| m.replica.clone())
+    }
+
+    /// The running replica with its entry cache, taken together so the two always match.
+    pub async fn replica_with_entries(&self) -> Option<(Arc<Replica>, Arc<EntryCache>)> {
+        self.member.lock().await.as_ref().map(|m| (m.replica.clone(), m.entries.clone()))
     }
 
     /// The cluster id, if this replica belongs to a cluster.
@@ -121,7 +129,7 @@ impl ClusterRuntime {
         };
         let replica = Arc::new(Replica::start(config).await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?);
         let _ = late.set(Arc::downgrade(&replica));
-        Ok(Member { replica, cluster_id: material.cluster_id.clone(), ca_cert_der: material.ca_cert_der.clone() })
+        Ok(Member { replica, entries: Arc::default(), cluster_id: material.cluster_id.clone(), ca_cert_der: material.ca_cert_der.clone() })
     }
 
     /// Makes this pristine replica the sole voter of a new cluster.

@@ -1,8 +1,10 @@
 //! Real server processes forming a cluster through the CLI; the CA manager driven by a fake clock through many rotations, resumed from its journal,
-//! and with a disk upstream authority, checked by identity's verifiers and openssl.
+//! and with a disk upstream authority, checked by identity's verifiers and openssl; the entry
+//! cache agents are authorized from, following the change log.
 
 mod ca_rotation;
 mod cluster_ca;
 mod cluster_processes;
+mod entry_cache;
 mod upstream_disk;
 mod x509pop;

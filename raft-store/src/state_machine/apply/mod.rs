@@ -49,6 +49,12 @@ pub fn apply_command(txn: &mut Txn<'_>, command: &Command, revision: u64) -> Res
 }
 
 fn prune_change_log(txn: &mut Txn<'_>, before_revision: u64) -> Result<Outcome, TxnError> {
+    use crate::schema::{sm_key, Cf};
+    // Readers behind the floor know to reload instead of trusting a delta with a hole.
+    let floor: u64 = txn.get(Cf::SmMeta, sm_key::CHANGE_LOG_FLOOR, "change log floor")?.unwrap_or(0);
+    if before_revision > floor {
+        txn.put(Cf::SmMeta, sm_key::CHANGE_LOG_FLOOR, "change log floor", &before_revision)?;
+    }
     let mut pruned = 0;
     for (key, _) in txn.scan_prefix(crate::schema::Cf::ChangeLog, b"")? {
         match crate::codec::key_u64(&key) {

@@ -37,10 +37,10 @@ fn check_batch(len: usize, what: &str) -> Result<(), Status> {
 
 impl EntryService {
     /// The entries the calling agent is authorized for, by id, from this replica's state.
-    async fn authorized_for_caller<T>(&self, request: &Request<T>) -> Result<(std::collections::BTreeMap<String, RegistrationEntry>, raft_store::model::AttestedAgent), Status> {
+    async fn authorized_for_caller<T>(&self, request: &Request<T>) -> Result<(std::collections::BTreeMap<String, std::sync::Arc<RegistrationEntry>>, raft_store::model::AttestedAgent), Status> {
         let replica = self.context.replica().await?;
         let agent = super::agent_auth::require_agent(request, &replica).await?;
-        let authorized = super::agent_auth::authorized_entries(replica.local_reader(), &agent, &self.context.server_id()?).await?;
+        let authorized = self.context.authorized_entries(&agent).await?;
         Ok((authorized, agent))
     }
 
@@ -268,7 +268,7 @@ impl Entry for EntryService {
                 (0..count).map(move |i| pb::SyncAuthorizedEntriesResponse { entry_revisions: vec![], entries: pages.next().unwrap_or_default(), more: i + 1 < count }).collect::<Vec<_>>()
             };
             let opening = if authorized.len() < SYNC_PAGE {
-                send_entries(authorized.values().collect())
+                send_entries(authorized.values().map(|e| &**e).collect())
             } else {
                 let revisions: Vec<pb::EntryRevision> = authorized.values().map(|e| pb::EntryRevision { id: e.id.clone(), revision_number: e.revision_number }).collect();
                 let pages: Vec<_> = revisions.chunks(SYNC_PAGE).map(<[_]>::to_vec).collect();
@@ -290,7 +290,7 @@ impl Entry for EntryService {
                         return;
                     }
                 };
-                let wanted: Vec<&RegistrationEntry> = ids.iter().filter_map(|id| authorized.get(id)).collect();
+                let wanted: Vec<&RegistrationEntry> = ids.iter().filter_map(|id| authorized.get(id)).map(|e| &**e).collect();
                 for response in send_entries(wanted) {
                     if tx.send(Ok(response)).await.is_err() {
                         return;
