@@ -76,10 +76,6 @@ impl BundleService {
     }
 }
 
-fn not_yet(call: &str) -> Status {
-    Status::unimplemented(format!("{call} is not implemented by this server yet"))
-}
-
 #[tonic::async_trait]
 impl Bundle for BundleService {
     async fn count_bundles(&self, request: Request<pb::CountBundlesRequest>) -> Result<Response<pb::CountBundlesResponse>, Status> {
@@ -118,9 +114,16 @@ impl Bundle for BundleService {
         Ok(Response::new(bundle_to_pb(&bundle, request.output_mask.as_ref())))
     }
 
+    /// A downstream server (nested cluster) publishes its JWT key into this trust domain's
+    /// bundle, so JWT-SVIDs it signs validate everywhere in the trust domain.
     async fn publish_jwt_authority(&self, request: Request<pb::PublishJwtAuthorityRequest>) -> Result<Response<pb::PublishJwtAuthorityResponse>, Status> {
-        self.context.require_admin(&request).await?;
-        Err(not_yet("PublishJWTAuthority"))
+        self.context.require_downstream(&request).await?;
+        let key = request.into_inner().jwt_authority.ok_or_else(|| Status::invalid_argument("jwt_authority: required"))?;
+        jwt_key_checked(&key, "jwt_authority")?;
+        let td = self.context.ca.config.trust_domain.clone();
+        let command = Command::AppendBundle { scope: BundleScope::Local, trust_domain: td.name().to_owned(), x509: vec![], jwt: vec![jwt_key_to_stored(&key)] };
+        let bundle = self.write_bundle(command).await?;
+        Ok(Response::new(pb::PublishJwtAuthorityResponse { jwt_authorities: bundle_to_pb(&bundle, None).jwt_authorities }))
     }
 
     async fn list_federated_bundles(&self, request: Request<pb::ListFederatedBundlesRequest>) -> Result<Response<pb::ListFederatedBundlesResponse>, Status> {

@@ -66,6 +66,20 @@ impl ApiContext {
         self.runtime.replica().await.ok_or_else(|| Status::unavailable("this server belongs to no cluster yet"))
     }
 
+    /// Downstream calls (nested clusters): the caller's SVID ID has a registration entry
+    /// marked `downstream`, which is returned.
+    pub async fn require_downstream<T>(&self, request: &tonic::Request<T>) -> Result<raft_store::model::RegistrationEntry, Status> {
+        let caller::Caller::Peer { id, .. } = caller::caller_of(request) else {
+            return Err(Status::permission_denied("this call needs the SVID of a downstream workload"));
+        };
+        let replica = self.replica().await?;
+        let entries = replica.local_reader().entries_by_spiffe_id(&id.to_string()).await.map_err(read_failed)?;
+        entries
+            .into_iter()
+            .find(|e| e.downstream)
+            .ok_or_else(|| Status::permission_denied(format!("{id} has no registration entry marked downstream")))
+    }
+
     /// The entries `agent` may mint for, by id, from this replica's entry cache.
     pub async fn authorized_entries(
         &self,

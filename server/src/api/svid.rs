@@ -89,7 +89,7 @@ impl Svid for SvidService {
         if params.len() > super::entry::MAX_BATCH {
             return Err(Status::invalid_argument(format!("params: {} items; at most {} per call", params.len(), super::entry::MAX_BATCH)));
         }
-        let authorized = super::agent_auth::authorized_entries(replica.local_reader(), &agent, &self.context.server_id()?).await?;
+        let authorized = self.context.authorized_entries(&agent).await?;
         let ca = self.context.ca.local(&replica).await.map_err(ca_error)?;
         // Authorization per item first; the authorized ones are minted in one batch.
         let mut results: Vec<Option<pb::batch_new_x509svid_response::Result>> = Vec::with_capacity(params.len());
@@ -142,7 +142,7 @@ impl Svid for SvidService {
         if request.audience.is_empty() || request.audience.iter().any(String::is_empty) {
             return Err(Status::invalid_argument("audience: at least one non-empty audience is required"));
         }
-        let authorized = super::agent_auth::authorized_entries(replica.local_reader(), &agent, &self.context.server_id()?).await?;
+        let authorized = self.context.authorized_entries(&agent).await?;
         let entry = authorized.get(&request.entry_id).ok_or_else(|| Status::not_found(format!("entry_id: {:?} is not an entry this agent is authorized for", request.entry_id)))?;
         let ttl = (entry.jwt_svid_ttl > 0).then(|| Duration::from_secs(entry.jwt_svid_ttl.unsigned_abs().into()));
         let ca = self.context.ca.local(&replica).await.map_err(ca_error)?;
@@ -152,8 +152,20 @@ impl Svid for SvidService {
         Ok(Response::new(pb::NewJwtsvidResponse { svid: Some(svid) }))
     }
 
-    async fn new_downstream_x509ca(&self, _request: Request<pb::NewDownstreamX509caRequest>) -> Result<Response<pb::NewDownstreamX509caResponse>, Status> {
-        Err(Status::unimplemented("NewDownstreamX509CA is not implemented by this server yet"))
+    /// A downstream server (nested cluster) asks for an intermediate CA. The caller is a
+    /// workload of this trust domain whose SPIFFE ID has a registration entry marked
+    /// `downstream`; that entry's X.509 TTL, if set, is the CA's TTL (`preferred_ttl` is
+    /// not honoured, as in SPIRE).
+    async fn new_downstream_x509ca(&self, request: Request<pb::NewDownstreamX509caRequest>) -> Result<Response<pb::NewDownstreamX509caResponse>, Status> {
+        let entry = self.context.require_downstream(&request).await?;
+        let replica = self.context.replica().await?;
+        let public_key = identity::x509::public_key_from_csr(&request.get_ref().csr).map_err(|e| Status::invalid_argument(format!("csr: {e}")))?;
+        let ttl = (entry.x509_svid_ttl > 0).then(|| Duration::from_secs(entry.x509_svid_ttl.unsigned_abs().into()));
+        let ca = self.context.ca.local(&replica).await.map_err(ca_error)?;
+        let ca_cert_chain = ca.mint_downstream_ca(public_key, ttl).await.map_err(ca_error)?;
+        let x509_authorities = ca.stored_bundle().x509_authorities.iter().map(|a| a.der.clone()).collect();
+        tracing::info!(caller = %entry.spiffe_id, entry = %entry.id, "signed a downstream X.509 CA");
+        Ok(Response::new(pb::NewDownstreamX509caResponse { ca_cert_chain, x509_authorities }))
     }
 }
 

@@ -365,6 +365,35 @@ impl CaManager {
         .map_err(|e| CaError::Task(e.to_string()))?
     }
 
+    /// Signs an intermediate CA for a downstream server of this trust domain (nested
+    /// clusters) with the active CA, and returns the chain to present: the new CA, our CA
+    /// certificate, then any upstream intermediates. `ttl` defaults to `ca_ttl`; the new
+    /// CA never outlives ours.
+    pub async fn mint_downstream_ca(&self, public_key: PublicKey, ttl: Option<Duration>) -> Result<Vec<Vec<u8>>, CaError> {
+        let slot = self.journal.x509.active().ok_or(CaError::NoActiveAuthority("X.509"))?;
+        let active = slot.authority.clone();
+        let ca_key = identity::x509::certificate_facts(&active.certificate).map_err(|e| CaError::Task(e.to_string()))?.public_key;
+        let signer = self.signer(&active.key_id, ca_key, active.private_key.as_ref())?;
+        let template = CaTemplate {
+            trust_domain: self.config.trust_domain.clone(),
+            public_key,
+            ttl: ttl.unwrap_or(self.config.ca_ttl),
+            subject: self.config.ca_subject.clone(),
+            serial: None,
+        };
+        let now = self.clock.now();
+        let certificate = active.certificate.clone();
+        let minted = tokio::task::spawn_blocking(move || {
+            let issuer = Issuer::new(&certificate, &signer)?;
+            mint_ca(&template, Some(&issuer), None, now)
+        })
+        .await
+        .map_err(|e| CaError::Task(e.to_string()))??;
+        let mut chain = vec![minted.der, active.certificate];
+        chain.extend(active.upstream_chain);
+        Ok(chain)
+    }
+
     /// Signs a JWT-SVID with the active JWT key; its expiry is capped at the key's.
     pub async fn mint_jwt_svid(&self, spiffe_id: SpiffeId, audience: Vec<String>, ttl: Option<Duration>) -> Result<String, CaError> {
         let active = self.journal.jwt.active().ok_or(CaError::NoActiveAuthority("JWT"))?.authority.clone();

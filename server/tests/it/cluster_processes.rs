@@ -371,10 +371,87 @@ fn network_calls(server: &Server, workload_svid_dir: &Path) {
         let svid = std::fs::read_to_string(workload_svid_dir.join("svid.pem")).unwrap();
         let key = std::fs::read_to_string(workload_svid_dir.join("key.pem")).unwrap();
         let with_svid = api_channel(server, &bundle, Some((svid, key))).await;
-        let err = EntryClient::new(with_svid).count_entries(CountEntriesRequest { filter: None }).await.unwrap_err();
+        let err = EntryClient::new(with_svid.clone()).count_entries(CountEntriesRequest { filter: None }).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
         assert!(err.message().contains("spiffe://example.org/web may not call admin APIs"), "{err:?}");
+
+        // Nested clusters: only a workload with a downstream entry gets an intermediate CA.
+        downstream_ca(server, &bundle, with_svid).await;
     });
+}
+
+/// NewDownstreamX509CA and PublishJWTAuthority: refused without a downstream entry; with
+/// one, the CA returned signs SVIDs that verify against this trust domain's bundle (ours and
+/// openssl's check), and a published JWT key joins the bundle everyone gets.
+async fn downstream_ca(server: &Server, bundle: &identity::bundle::Bundle, with_svid: tonic::transport::Channel) {
+    use identity::crypto::{KeyType, LocalKey, Signer};
+    use identity::x509::{mint_x509_svid, Issuer, Subject, SvidTemplate};
+    use proto::spire::api::server::svid::v1::{svid_client::SvidClient, NewDownstreamX509caRequest};
+    let key = LocalKey::generate(KeyType::EcP256).unwrap();
+    let request = NewDownstreamX509caRequest { csr: identity::x509::create_csr(&key, None).unwrap(), preferred_ttl: 0 };
+    let err = SvidClient::new(with_svid.clone()).new_downstream_x509ca(request.clone()).await.unwrap_err();
+    assert!(err.code() == tonic::Code::PermissionDenied && err.message().contains("downstream"), "{err:?}");
+    use proto::spire::api::server::bundle::v1::{bundle_client::BundleClient, GetBundleRequest, PublishJwtAuthorityRequest};
+    let jwt_key = LocalKey::generate(KeyType::EcP256).unwrap();
+    let expires_at = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+    let publish = PublishJwtAuthorityRequest {
+        jwt_authority: Some(proto::spire::api::types::JwtKey { public_key: jwt_key.public_key().spki_der().to_vec(), key_id: "downstream-1".into(), expires_at, tainted: false }),
+    };
+    let err = BundleClient::new(with_svid.clone()).publish_jwt_authority(publish.clone()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    let out = server.command(&["entry", "create", "--spiffe-id", "spiffe://example.org/web", "--parent-id", "spiffe://example.org/spire/agent/x", "--selector", "unix:uid:7", "--downstream", "--x509-svid-ttl", "3600", "--output", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let entry_id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["entries"][0]["id"].as_str().unwrap().to_string();
+    let published = BundleClient::new(with_svid.clone()).publish_jwt_authority(publish).await.unwrap().into_inner().jwt_authorities;
+    assert!(published.iter().any(|k| k.key_id == "downstream-1"), "{published:?}");
+    let served = BundleClient::new(with_svid.clone()).get_bundle(GetBundleRequest { output_mask: None }).await.unwrap().into_inner();
+    assert!(served.jwt_authorities.iter().any(|k| k.key_id == "downstream-1" && k.public_key == jwt_key.public_key().spki_der()));
+    let err = BundleClient::new(with_svid.clone()).publish_jwt_authority(PublishJwtAuthorityRequest { jwt_authority: None }).await.unwrap_err();
+    assert!(err.code() == tonic::Code::InvalidArgument && err.message().starts_with("jwt_authority"), "{err:?}");
+    let bad = NewDownstreamX509caRequest { csr: b"not a csr".to_vec(), preferred_ttl: 0 };
+    let err = SvidClient::new(with_svid.clone()).new_downstream_x509ca(bad).await.unwrap_err();
+    assert!(err.code() == tonic::Code::InvalidArgument && err.message().starts_with("csr"), "{err:?}");
+
+    let response = SvidClient::new(with_svid).new_downstream_x509ca(request).await.unwrap().into_inner();
+    let roots: Vec<Vec<u8>> = bundle.x509_authorities().iter().map(|a| a.der.clone()).collect();
+    assert_eq!(response.x509_authorities, roots, "the trust domain's roots");
+    let now = time::OffsetDateTime::now_utc();
+    let facts = identity::x509::certificate_facts(&response.ca_cert_chain[0]).unwrap();
+    assert!(facts.is_ca);
+    let life = facts.not_after - now;
+    assert!(life <= time::Duration::hours(1) && life > time::Duration::minutes(55), "the entry's TTL: {life}");
+    // A leaf from the downstream CA chains through it to the bundle.
+    let workload = LocalKey::generate(KeyType::EcP256).unwrap();
+    let template = SvidTemplate {
+        spiffe_id: identity::SpiffeId::parse("spiffe://example.org/downstream/app").unwrap(),
+        public_key: workload.public_key().clone(),
+        ttl: Duration::from_secs(600),
+        dns_names: vec![],
+        subject: Subject::svid_default(),
+        serial: None,
+    };
+    let leaf = mint_x509_svid(&template, &Issuer::new(&response.ca_cert_chain[0], &key).unwrap(), now).unwrap();
+    let chain: Vec<Vec<u8>> = std::iter::once(leaf.der).chain(response.ca_cert_chain.iter().cloned()).collect();
+    assert_eq!(identity::x509::verify_x509_svid(&chain, bundle, now).unwrap().spiffe_id.to_string(), "spiffe://example.org/downstream/app");
+    openssl_verify(bundle, &chain);
+    let out = server.command(&["entry", "delete", "--entry-id", &entry_id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `openssl verify` of a leaf chain against the bundle's roots.
+fn openssl_verify(bundle: &identity::bundle::Bundle, chain: &[Vec<u8>]) {
+    let dir = tempfile::tempdir().unwrap();
+    let roots: String = bundle.x509_authorities().iter().map(|a| pem_of("CERTIFICATE", &a.der)).collect();
+    std::fs::write(dir.path().join("roots.pem"), roots).unwrap();
+    std::fs::write(dir.path().join("leaf.pem"), pem_of("CERTIFICATE", &chain[0])).unwrap();
+    let untrusted: String = chain[1..].iter().map(|der| pem_of("CERTIFICATE", der)).collect();
+    std::fs::write(dir.path().join("untrusted.pem"), untrusted).unwrap();
+    let out = Command::new("openssl")
+        .args(["verify", "-CAfile", "roots.pem", "-untrusted", "untrusted.pem", "leaf.pem"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl verify: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
