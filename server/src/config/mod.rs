@@ -1,14 +1,9 @@
-//! The server's HCL config file, in SPIRE's shape plus a `cluster { … }` block.
-//!
-//! Parsing keeps the source so every refusal names the file, line and key: serde errors
-//! carry the key path (serde_path_to_error), and [`locate`] turns a path into a line.
-//! docs/server-config.md lists every key.
+//! The server's HCL config file, in SPIRE's shape plus a `cluster { … }` block, read with
+//! `hcl_config` so every refusal names the file, line and key. docs/server-config.md lists
+//! every key.
 
-mod error;
-mod locate;
 pub mod plugins;
 pub mod sections;
-pub mod values;
 
 use std::path::Path;
 
@@ -17,7 +12,7 @@ use serde::Deserialize;
 
 use crate::ca::config::{CaConfig, CaConfigError};
 use crate::upstream::disk::DiskUpstreamConfig;
-pub use error::{ConfigError, InvalidKey};
+pub use hcl_config::{values, ConfigError, InvalidKey};
 use identity::x509::Subject;
 use plugins::{NodeAttestorConfig, Plugins};
 use sections::{ClusterSection, HealthChecks, ServerSection, Telemetry};
@@ -53,40 +48,27 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Self::parse(&source, &path.display().to_string())
+        Self::check_parsed(hcl_config::load(path)?)
     }
 
     /// Checks config text; `file` names it in errors.
     pub fn parse(source: &str, file: &str) -> Result<Self, ConfigError> {
-        let body = hcl_edit::parser::parse_body(source).map_err(|e| ConfigError::Syntax {
-            file: file.to_string(),
-            line: e.location().line(),
-            column: e.location().column(),
-            message: e.message().to_string(),
-        })?;
-        let invalid = |path: Vec<String>, message: String| {
-            let line = locate::line_of(source, &body, &path);
-            let key = if path.is_empty() { "(file)".to_string() } else { path.join(".") };
-            ConfigError::Invalid(InvalidKey { file: file.to_string(), line, key, message })
-        };
+        Self::check_parsed(hcl_config::parse(source.to_owned(), file)?)
+    }
 
-        let deserializer = hcl::de::Deserializer::from_body(hcl::Body::from(body.clone()));
-        let parsed: File = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let path: Vec<String> = e.path().iter().map(|segment| segment.to_string()).collect();
-            invalid(path, e.inner().to_string())
-        })?;
-
+    fn check_parsed(file: hcl_config::Parsed<File>) -> Result<Self, ConfigError> {
+        let invalid = |path: Vec<String>, message: String| file.invalid(&path, message);
+        let parsed = &file.value;
         let problem = |(path, message): plugins::PluginProblem| invalid(path.into_iter().map(String::from).collect(), message);
         let key_manager = parsed.plugins.key_manager().map_err(problem)?;
         let node_attestors = parsed.plugins.node_attestors().map_err(problem)?;
         let upstream_authority = parsed.plugins.upstream_authority().map_err(problem)?;
 
         let config = Self {
-            server: parsed.server,
-            cluster: parsed.cluster,
-            health_checks: parsed.health_checks,
-            telemetry: parsed.telemetry,
+            server: parsed.server.clone(),
+            cluster: parsed.cluster.clone(),
+            health_checks: parsed.health_checks.clone(),
+            telemetry: parsed.telemetry.clone(),
             key_manager,
             node_attestors,
             upstream_authority,

@@ -1,0 +1,60 @@
+//! HCL config files in SPIRE's shape, shared by the server and the agent. Parsing keeps the
+//! source so every refusal names the file, line and key: serde errors carry the key path
+//! (serde_path_to_error), and [`locate`] turns a path into a line. [`values`] holds the
+//! deserializers for values written as text (durations, trust domains, ports), and
+//! [`sections`] the blocks both binaries share.
+#![forbid(unsafe_code)]
+
+mod error;
+pub mod locate;
+pub mod sections;
+pub mod values;
+
+use std::path::Path;
+
+pub use error::{ConfigError, InvalidKey};
+use serde::de::DeserializeOwned;
+
+/// A parsed file: the value serde built, and what is needed to point at a key later.
+pub struct Parsed<T> {
+    pub value: T,
+    source: String,
+    file: String,
+    body: hcl_edit::structure::Body,
+}
+
+impl<T> Parsed<T> {
+    /// A refusal of the key at `path` (dotted segments as serde sees them), with its line.
+    pub fn invalid<S: AsRef<str>>(&self, path: &[S], message: impl Into<String>) -> ConfigError {
+        let path: Vec<String> = path.iter().map(|s| s.as_ref().to_owned()).collect();
+        invalid(&self.source, &self.file, &self.body, path, message.into())
+    }
+}
+
+fn invalid(source: &str, file: &str, body: &hcl_edit::structure::Body, path: Vec<String>, message: String) -> ConfigError {
+    let line = locate::line_of(source, body, &path);
+    let key = if path.is_empty() { "(file)".to_string() } else { path.join(".") };
+    ConfigError::Invalid(InvalidKey { file: file.to_string(), line, key, message })
+}
+
+/// Reads a config file and deserializes it into `T`.
+pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Parsed<T>, ConfigError> {
+    let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    parse(source, &path.display().to_string())
+}
+
+/// Deserializes config text into `T`; `file` names it in errors.
+pub fn parse<T: DeserializeOwned>(source: String, file: &str) -> Result<Parsed<T>, ConfigError> {
+    let body = hcl_edit::parser::parse_body(&source).map_err(|e| ConfigError::Syntax {
+        file: file.to_string(),
+        line: e.location().line(),
+        column: e.location().column(),
+        message: e.message().to_string(),
+    })?;
+    let deserializer = hcl::de::Deserializer::from_body(hcl::Body::from(body.clone()));
+    let value = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path: Vec<String> = e.path().iter().map(|segment| segment.to_string()).collect();
+        invalid(&source, file, &body, path, e.inner().to_string())
+    })?;
+    Ok(Parsed { value, source, file: file.to_string(), body })
+}
