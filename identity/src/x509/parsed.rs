@@ -42,7 +42,37 @@ pub(crate) fn parse(der: &[u8]) -> Result<X509Certificate<'_>, ParseError> {
     if !rest.is_empty() {
         return Err(ParseError::TrailingBytes);
     }
+    check_outer_structure(der)?;
     Ok(cert)
+}
+
+/// x509-parser reads the signature BIT STRING without checking its tag's class, so a
+/// certificate whose unsigned outer bytes were altered could still parse. Insist on the
+/// DER shape RFC 5280 gives: SEQUENCE { SEQUENCE tbs, SEQUENCE algorithm, BIT STRING }.
+fn check_outer_structure(der: &[u8]) -> Result<(), ParseError> {
+    use x509_parser::asn1_rs::{Any, Class, FromDer, Tag};
+    let (_, outer) = Any::from_der(der).map_err(|_| ParseError::Malformed)?;
+    let universal = |any: &Any<'_>, tag: Tag, constructed: bool| {
+        any.header.class() == Class::Universal && any.header.tag() == tag && any.header.is_constructed() == constructed
+    };
+    if !universal(&outer, Tag::Sequence, true) {
+        return Err(ParseError::Malformed);
+    }
+    let mut content = outer.data;
+    let mut parts = Vec::with_capacity(3);
+    while !content.is_empty() {
+        let (rest, part) = Any::from_der(content).map_err(|_| ParseError::Malformed)?;
+        parts.push(part);
+        content = rest;
+    }
+    match parts.as_slice() {
+        [tbs, algorithm, signature]
+            if universal(tbs, Tag::Sequence, true) && universal(algorithm, Tag::Sequence, true) && universal(signature, Tag::BitString, false) =>
+        {
+            Ok(())
+        }
+        _ => Err(ParseError::Malformed),
+    }
 }
 
 /// Reads serial, validity, CA flag, public key and SANs from a DER certificate.

@@ -304,13 +304,16 @@ mod never_panics {
 
 #[test]
 fn no_single_byte_change_verifies() {
-    // Exhaustive over every byte and a few values: the signature covers the TBS, and the
-    // outer algorithm identifier must repeat the signed one byte for byte.
+    // Exhaustive over every byte, every single-bit flip and a few values: the signature
+    // covers the TBS, the outer algorithm identifier must repeat the signed one byte for
+    // byte, and the outer tags must be exactly DER's (a flipped class bit in the signature's
+    // BIT STRING tag once got through the parser).
     let ca = root(KeyType::EcP256, DAY);
     let (_, leaf) = svid(&ca, "spiffe://example.org/web", KeyType::EcP256, HOUR);
     let bundle = bundle_of(&[&ca]);
     for i in 0..leaf.der.len() {
-        for v in [0u8, 1, 0x40, 0xff] {
+        let flips = (0..8).map(|bit| leaf.der[i] ^ (1 << bit));
+        for v in [0u8, 1, 0x40, 0xff].into_iter().chain(flips) {
             let mut bytes = leaf.der.clone();
             if bytes[i] == v {
                 continue;
@@ -320,3 +323,4 @@ fn no_single_byte_change_verifies() {
         }
     }
 }
+
