@@ -2,11 +2,12 @@
 //! source so every refusal names the file, line and key: serde errors carry the key path
 //! (serde_path_to_error), and [`locate`] turns a path into a line. [`values`] holds the
 //! deserializers for values written as text (durations, trust domains, ports), and
-//! [`sections`] the blocks both binaries share.
+//! [`sections`] and [`plugins`] the blocks both binaries share.
 #![forbid(unsafe_code)]
 
 mod error;
 pub mod locate;
+pub mod plugins;
 pub mod sections;
 pub mod values;
 

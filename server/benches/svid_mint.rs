@@ -120,7 +120,7 @@ fn main() {
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     let (minted, elapsed, latencies) = runtime.block_on(async {
-        let verifier = Arc::new(raft_store::network::tls::PeerVerifier::any_svid(Arc::new(std::sync::RwLock::new(bundle.clone()))));
+        let verifier = Arc::new(spiffe_tls::SvidVerifier::any_svid(Arc::new(std::sync::RwLock::new(bundle.clone()))));
         let endpoint = |identity: Option<tonic::transport::Identity>| {
             let mut tls = tonic::transport::ClientTlsConfig::new().domain_name("server.example.org");
             if let Some(identity) = identity {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use identity::bundle::Bundle;
 use identity::crypto::{KeyType, LocalKey, Signer};
 use identity::SpiffeId;
-use raft_store::network::tls::PeerVerifier;
+use spiffe_tls::SvidVerifier;
 use raft_store::node::Replica;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -94,7 +94,7 @@ pub async fn bind(
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
-        .with_client_cert_verifier(Arc::new(PeerVerifier::any_svid(bundle)))
+        .with_client_cert_verifier(Arc::new(SvidVerifier::any_svid(bundle)))
         .with_cert_resolver(identity);
     config.alpn_protocols = vec![b"h2".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(config));

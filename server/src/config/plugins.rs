@@ -9,25 +9,7 @@ use serde::Deserialize;
 
 use crate::upstream::disk::DiskUpstreamConfig;
 
-/// One `Kind "name" { plugin_data { … } }` block.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PluginBlock<T> {
-    #[serde(default)]
-    pub plugin_data: T,
-    /// SPIRE's switch to keep a block in the file but not run it.
-    #[serde(default = "enabled")]
-    pub enabled: bool,
-}
-
-fn enabled() -> bool {
-    true
-}
-
-/// A plugin that takes no settings.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct NoSettings {}
+pub use hcl_config::plugins::{NoSettings, PluginBlock};
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -503,7 +503,7 @@ fn a_backup_seeds_a_new_cluster_offline() {
 
 /// A TLS channel to the server API, trusting `bundle`, presenting `identity` if given.
 async fn api_channel(server: &Server, bundle: &identity::bundle::Bundle, identity: Option<(String, String)>) -> tonic::transport::Channel {
-    let verifier = std::sync::Arc::new(raft_store::network::tls::PeerVerifier::any_svid(std::sync::Arc::new(std::sync::RwLock::new(bundle.clone()))));
+    let verifier = std::sync::Arc::new(spiffe_tls::SvidVerifier::any_svid(std::sync::Arc::new(std::sync::RwLock::new(bundle.clone()))));
     let mut tls = tonic::transport::ClientTlsConfig::new().domain_name("server.example.org");
     if let Some((cert, key)) = identity {
         tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
