@@ -17,7 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/spire/api/server/agent/v1/agent.proto",
             "proto/spire/api/server/localauthority/v1/localauthority.proto",
             "proto/grpc/health/v1/health.proto",
-            "proto/etcd/kv.proto"], &["proto", well_known])?;
+            "proto/etcd/kv.proto",
+            "proto/workload/workload.proto"], &["proto", well_known])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

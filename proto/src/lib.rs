@@ -3,6 +3,12 @@
 //! SDS come with the server and agent issues.
 #![forbid(unsafe_code)]
 
+/// The SPIFFE Workload API (no package: service `SpiffeWorkloadAPI`).
+pub mod workload {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("_");
+}
+
 /// The internal cluster RPC between server replicas (`testudo.cluster.v1`).
 pub mod cluster {
     #![allow(clippy::all, missing_docs)]
