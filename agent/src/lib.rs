@@ -1,4 +1,11 @@
 //! The agent: node attestation, the server pool with failover, entry sync, the SVID cache
-//! and rotation, workload attestors, and the Workload API and SDS on a Unix socket. Filled
-//! by the agent issue; never links `raft-store`.
+//! and rotation, workload attestors, and the Workload API on a Unix socket. Never links
+//! `raft-store`.
 #![forbid(unsafe_code)]
+
+pub mod attest;
+pub mod cache;
+pub mod config;
+pub mod identity_store;
+pub mod server_pool;
+pub mod sync;

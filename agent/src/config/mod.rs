@@ -1,0 +1,197 @@
+//! The agent's HCL config file, in SPIRE's shape (plus `sync_interval`), read with
+//! `hcl_config` so every refusal names the file, line and key. docs/agent-config.md lists
+//! every key.
+
+pub mod plugins;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hcl_config::sections::{HealthChecks, Telemetry};
+use hcl_config::{values, ConfigError, Parsed};
+use identity::TrustDomain;
+use serde::Deserialize;
+
+use plugins::{KeyStorage, NodeAttestor, Plugins, WorkloadAttestors};
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    agent: AgentSection,
+    #[serde(default)]
+    plugins: Plugins,
+    #[serde(default)]
+    health_checks: HealthChecks,
+    #[serde(default)]
+    telemetry: Telemetry,
+}
+
+/// `server_address`: one address, or a list of them.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum ServerAddresses {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `agent { … }`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    pub data_dir: PathBuf,
+    pub server_address: ServerAddresses,
+    /// The port of addresses written without one.
+    #[serde(default = "default_server_port", deserialize_with = "values::port")]
+    pub server_port: u16,
+    #[serde(deserialize_with = "values::trust_domain")]
+    pub trust_domain: TrustDomain,
+    pub trust_bundle_path: Option<PathBuf>,
+    pub trust_bundle_url: Option<String>,
+    #[serde(default = "default_bundle_format")]
+    pub trust_bundle_format: String,
+    #[serde(default)]
+    pub insecure_bootstrap: bool,
+    #[serde(default = "default_socket_path")]
+    pub socket_path: PathBuf,
+    pub admin_socket_path: Option<PathBuf>,
+    pub join_token: Option<String>,
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    #[serde(default = "default_log_format")]
+    pub log_format: String,
+    /// How often entries, bundles and SVIDs are synced with the servers.
+    #[serde(default = "default_sync_interval", deserialize_with = "values::duration")]
+    pub sync_interval: Duration,
+}
+
+/// How the agent first learns whom to trust.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TrustSource {
+    /// PEM certificates, or a SPIFFE bundle document (`trust_bundle_format = "spiffe"`).
+    File { path: PathBuf, spiffe_format: bool },
+    /// Trust the first server reached, once, to fetch the bundle (development only).
+    InsecureBootstrap,
+}
+
+/// A checked agent config.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub agent: AgentSection,
+    /// `host:port` of every server to use, in the order given.
+    pub servers: Vec<String>,
+    pub trust: TrustSource,
+    pub node_attestor: NodeAttestor,
+    pub key_storage: KeyStorage,
+    pub workload_attestors: WorkloadAttestors,
+    pub health_checks: HealthChecks,
+    pub telemetry: Telemetry,
+}
+
+impl AgentConfig {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::check(hcl_config::load(path)?)
+    }
+
+    /// Checks config text; `file` names it in errors.
+    pub fn parse(source: &str, file: &str) -> Result<Self, ConfigError> {
+        Self::check(hcl_config::parse(source.to_owned(), file)?)
+    }
+
+    fn check(file: Parsed<File>) -> Result<Self, ConfigError> {
+        let parsed = &file.value;
+        let agent = &parsed.agent;
+        let servers = server_addresses(&agent.server_address, agent.server_port).map_err(|e| file.invalid(&["agent", "server_address"], e))?;
+        let trust = match (&agent.trust_bundle_path, &agent.trust_bundle_url, agent.insecure_bootstrap) {
+            (Some(path), None, false) => {
+                let spiffe_format = match agent.trust_bundle_format.as_str() {
+                    "pem" => false,
+                    "spiffe" => true,
+                    other => return Err(file.invalid(&["agent", "trust_bundle_format"], format!("{other:?}: must be \"pem\" or \"spiffe\""))),
+                };
+                TrustSource::File { path: path.clone(), spiffe_format }
+            }
+            (None, None, true) => TrustSource::InsecureBootstrap,
+            (None, Some(_), false) => {
+                return Err(file.invalid(&["agent", "trust_bundle_url"], "not supported by this agent yet; use trust_bundle_path"));
+            }
+            (None, None, false) => {
+                return Err(file.invalid(&["agent"], "one of trust_bundle_path or insecure_bootstrap = true is required"));
+            }
+            _ => return Err(file.invalid(&["agent", "insecure_bootstrap"], "trust_bundle_path, trust_bundle_url and insecure_bootstrap exclude each other")),
+        };
+        if !matches!(agent.log_level.to_ascii_uppercase().as_str(), "DEBUG" | "INFO" | "WARN" | "ERROR") {
+            return Err(file.invalid(&["agent", "log_level"], format!("{:?}: must be DEBUG, INFO, WARN or ERROR", agent.log_level)));
+        }
+        if !matches!(agent.log_format.as_str(), "text" | "json") {
+            return Err(file.invalid(&["agent", "log_format"], format!("{:?}: must be text or json", agent.log_format)));
+        }
+        let problem = |(path, message): plugins::PluginProblem| file.invalid(&path, message);
+        let node_attestor = parsed.plugins.node_attestor().map_err(problem)?;
+        if node_attestor == NodeAttestor::JoinToken && agent.join_token.as_deref().is_some_and(str::is_empty) {
+            return Err(file.invalid(&["agent", "join_token"], "must not be empty"));
+        }
+        let key_storage = parsed.plugins.key_storage(&agent.data_dir).map_err(problem)?;
+        let workload_attestors = parsed.plugins.workload_attestors().map_err(problem)?;
+        Ok(Self {
+            agent: agent.clone(),
+            servers,
+            trust,
+            node_attestor,
+            key_storage,
+            workload_attestors,
+            health_checks: parsed.health_checks.clone(),
+            telemetry: parsed.telemetry.clone(),
+        })
+    }
+}
+
+/// `host:port` for every address; `port` where an address has none.
+fn server_addresses(addresses: &ServerAddresses, port: u16) -> Result<Vec<String>, String> {
+    let list = match addresses {
+        ServerAddresses::One(one) => vec![one.clone()],
+        ServerAddresses::Many(many) => many.clone(),
+    };
+    if list.is_empty() {
+        return Err("at least one server address is required".into());
+    }
+    list.iter()
+        .map(|address| {
+            let address = address.trim();
+            if address.is_empty() || address.contains('/') || address.contains(char::is_whitespace) {
+                return Err(format!("{address:?} is not a host or host:port"));
+            }
+            match address.rsplit_once(':') {
+                // An IPv6 literal without a port is written in brackets: [::1].
+                Some((host, p)) if !host.is_empty() && !host.ends_with(':') && p.chars().all(|c| c.is_ascii_digit()) && !address.ends_with(']') => {
+                    p.parse::<u16>().map_err(|_| format!("{address:?}: port {p:?} is not a number from 0 to 65535"))?;
+                    Ok(address.to_owned())
+                }
+                _ => Ok(format!("{address}:{port}")),
+            }
+        })
+        .collect()
+}
+
+fn default_server_port() -> u16 {
+    8081
+}
+fn default_bundle_format() -> String {
+    "pem".into()
+}
+fn default_socket_path() -> PathBuf {
+    PathBuf::from("/tmp/spire-agent/public/api.sock")
+}
+fn default_log_level() -> String {
+    "INFO".into()
+}
+fn default_log_format() -> String {
+    "text".into()
+}
+fn default_sync_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+#[cfg(test)]
+mod tests;

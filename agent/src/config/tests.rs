@@ -1,0 +1,77 @@
+use std::time::Duration;
+
+use hcl_config::InvalidKey;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+agent {
+  data_dir = "/var/lib/testudo-agent"
+  server_address = "spire-server"
+  trust_domain = "example.org"
+  trust_bundle_path = "/etc/testudo/bundle.pem"
+  join_token = "abc"
+}
+
+plugins {
+  NodeAttestor "join_token" {}
+  KeyManager "disk" {}
+  WorkloadAttestor "unix" {}
+}
+"#;
+
+fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+    AgentConfig::parse(text, "agent.hcl")
+}
+
+fn refusal(text: &str) -> InvalidKey {
+    match parse(text) {
+        Err(ConfigError::Invalid(key)) => key,
+        other => panic!("expected an invalid key, got {other:?}"),
+    }
+}
+
+#[test]
+fn minimal_file_gets_spires_defaults() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.servers, ["spire-server:8081"]);
+    assert_eq!(config.agent.socket_path, Path::new("/tmp/spire-agent/public/api.sock"));
+    assert_eq!(config.agent.sync_interval, Duration::from_secs(5));
+    assert_eq!(config.trust, TrustSource::File { path: "/etc/testudo/bundle.pem".into(), spiffe_format: false });
+    assert_eq!(config.node_attestor, NodeAttestor::JoinToken);
+    assert_eq!(config.key_storage, KeyStorage::Disk("/var/lib/testudo-agent".into()));
+    assert_eq!(config.workload_attestors.unix, Some(plugins::UnixData::default()));
+}
+
+#[test]
+fn a_list_of_servers_keeps_their_ports_and_fills_in_the_default() {
+    let text = MINIMAL.replace(r#"server_address = "spire-server""#, r#"server_address = ["10.0.0.1:9000", "10.0.0.2", "[::1]"]
+  server_port = "7000""#);
+    assert_eq!(parse(&text).unwrap().servers, ["10.0.0.1:9000", "10.0.0.2:7000", "[::1]:7000"]);
+}
+
+#[test]
+fn refusals_name_the_key_and_its_line() {
+    let unknown = refusal(&MINIMAL.replace("join_token = \"abc\"", "join_token = \"abc\"\n  colour = \"blue\""));
+    assert_eq!((unknown.key.as_str(), unknown.line), ("agent.colour", Some(8)));
+    assert!(unknown.message.contains("unknown field `colour`"), "{unknown:?}");
+
+    let duration = refusal(&MINIMAL.replace("join_token = \"abc\"", "sync_interval = \"often\""));
+    assert_eq!((duration.key.as_str(), duration.line), ("agent.sync_interval", Some(7)));
+
+    let missing = refusal(&MINIMAL.replace("  trust_domain = \"example.org\"\n", ""));
+    assert!(missing.message.contains("trust_domain"), "{missing:?}");
+
+    let both = refusal(&MINIMAL.replace("join_token = \"abc\"", "insecure_bootstrap = true"));
+    assert_eq!(both.key, "agent.insecure_bootstrap");
+
+    let plugin = refusal(&MINIMAL.replace("NodeAttestor \"join_token\"", "NodeAttestor \"tpm\""));
+    assert_eq!((plugin.key.as_str(), plugin.line), ("plugins.NodeAttestor.tpm", Some(11)));
+    assert!(plugin.message.contains("expected `join_token` or `x509pop`"), "{plugin:?}");
+
+    let no_workload = refusal(&MINIMAL.replace("  WorkloadAttestor \"unix\" {}\n", ""));
+    assert!(no_workload.message.contains("WorkloadAttestor"), "{no_workload:?}");
+
+    let bad_server = refusal(&MINIMAL.replace("\"spire-server\"", "\"https://spire-server\""));
+    assert_eq!(bad_server.key, "agent.server_address");
+}

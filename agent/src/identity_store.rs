@@ -1,0 +1,116 @@
+//! The agent's own identity between runs: its SVID chain, key and the last trust bundle, in
+//! the key storage directory. Files are replaced atomically (a temp file renamed over the
+//! old one, synced first) and created mode 0600, so a crash leaves the old or the new
+//! identity, never half of one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use identity::bundle::Bundle;
+use identity::TrustDomain;
+use zeroize::Zeroizing;
+
+const SVID_FILE: &str = "agent_svid.der";
+const KEY_FILE: &str = "agent_key.pk8";
+const BUNDLE_FILE: &str = "bundle.json";
+
+/// A stored file that could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+    #[error("{path}: not a valid {what}: {reason}")]
+    Corrupt { path: PathBuf, what: &'static str, reason: String },
+}
+
+/// The agent's SVID chain (leaf first, DER) and its PKCS#8 key.
+#[derive(Clone)]
+pub struct StoredIdentity {
+    pub chain: Vec<Vec<u8>>,
+    pub key_pkcs8: Zeroizing<Vec<u8>>,
+}
+
+/// Files in one directory.
+#[derive(Clone, Debug)]
+pub struct IdentityStore {
+    dir: PathBuf,
+}
+
+impl IdentityStore {
+    pub fn new(dir: &Path) -> Self {
+        Self { dir: dir.to_path_buf() }
+    }
+
+    /// The stored identity, if both files are there.
+    pub fn load_identity(&self) -> Result<Option<StoredIdentity>, StoreError> {
+        let (Some(chain), Some(key)) = (self.read(SVID_FILE)?, self.read(KEY_FILE)?) else { return Ok(None) };
+        let chain = split_der_certificates(&chain).map_err(|reason| StoreError::Corrupt { path: self.dir.join(SVID_FILE), what: "certificate chain", reason })?;
+        Ok(Some(StoredIdentity { chain, key_pkcs8: Zeroizing::new(key) }))
+    }
+
+    pub fn save_identity(&self, identity: &StoredIdentity) -> Result<(), StoreError> {
+        self.write(KEY_FILE, &identity.key_pkcs8)?;
+        self.write(SVID_FILE, &identity.chain.concat())
+    }
+
+    /// Forgets the identity (an evicted agent, or one whose SVID no longer verifies).
+    pub fn remove_identity(&self) -> Result<(), StoreError> {
+        for name in [SVID_FILE, KEY_FILE] {
+            let path = self.dir.join(name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::Io { path, reason: e.to_string() }),
+            }
+        }
+        Ok(())
+    }
+
+    /// The last bundle received from the servers.
+    pub fn load_bundle(&self, trust_domain: &TrustDomain) -> Result<Option<Bundle>, StoreError> {
+        let Some(json) = self.read(BUNDLE_FILE)? else { return Ok(None) };
+        Bundle::from_spiffe_json(trust_domain.clone(), &json)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt { path: self.dir.join(BUNDLE_FILE), what: "SPIFFE bundle", reason: e.to_string() })
+    }
+
+    pub fn save_bundle(&self, bundle: &Bundle) -> Result<(), StoreError> {
+        self.write(BUNDLE_FILE, bundle.to_spiffe_json().as_bytes())
+    }
+
+    fn read(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.dir.join(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io { path, reason: e.to_string() }),
+        }
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = self.dir.join(name);
+        let io = |e: std::io::Error| StoreError::Io { path: path.clone(), reason: e.to_string() };
+        std::fs::create_dir_all(&self.dir).map_err(io)?;
+        // tempfile creates the file 0600; persist() renames it over the old one.
+        let mut file = tempfile::NamedTempFile::new_in(&self.dir).map_err(io)?;
+        file.write_all(bytes).map_err(io)?;
+        file.as_file().sync_all().map_err(io)?;
+        file.persist(&path).map_err(|e| io(e.error))?;
+        Ok(())
+    }
+}
+
+/// Splits concatenated DER certificates (the Workload API's and this store's format).
+pub fn split_der_certificates(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let mut certs = Vec::new();
+    while !bytes.is_empty() {
+        let (rest, _) = x509_parser::parse_x509_certificate(bytes).map_err(|e| format!("certificate {}: {e}", certs.len()))?;
+        let length = bytes.len() - rest.len();
+        certs.push(bytes[..length].to_vec());
+        bytes = rest;
+    }
+    if certs.is_empty() {
+        return Err("no certificate".into());
+    }
+    Ok(certs)
+}
