@@ -26,9 +26,9 @@ test: bootstrap
 	exit $$status
 
 ## Three replicas on loopback form a cluster and mint a workload SVID (deploy/demo.sh).
-## The agent is a later issue: until then the SVID is minted through the admin API.
+## An agent attests to them and this shell fetches X.509- and JWT-SVIDs from it.
 demo: bootstrap
-	$(CARGO) build -p testudo-server --bin testudo-server
+	$(CARGO) build -p testudo-server --bin testudo-server -p testudo-agent --bin testudo-agent
 	@bash deploy/demo.sh
 
 ## Fuzz one target for a while: make fuzz TARGET=spiffe_id SECONDS=60 (needs cargo-fuzz and nightly).

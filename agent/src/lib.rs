@@ -7,5 +7,8 @@ pub mod attest;
 pub mod cache;
 pub mod config;
 pub mod identity_store;
+pub mod runtime;
 pub mod server_pool;
 pub mod sync;
+pub mod trust;
+pub mod workload;

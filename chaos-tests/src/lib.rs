@@ -1,4 +1,6 @@
-//! The failure-drill harness: starts real server and agent processes, injects faults,
-//! checks histories for lost writes and linearizability, and drives the benchmarks. Filled
-//! by the chaos-tests issue.
+//! Failure drills and benchmarks with real processes. [`harness`] starts and stops
+//! `testudo-server` replicas and `testudo-agent`s; the drills and the history checker
+//! arrive with the chaos issue.
 #![forbid(unsafe_code)]
+
+pub mod harness;

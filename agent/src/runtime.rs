@@ -1,0 +1,170 @@
+//! A running agent: its identity (restored from disk or attested), the server pool, the
+//! sync loop that keeps the cache and its own SVID fresh, and the Workload API socket.
+
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+
+use identity::bundle::Bundle;
+use identity::x509::{certificate_facts, verify_x509_svid};
+use identity::SpiffeId;
+use time::OffsetDateTime;
+use tonic::Code;
+
+use crate::cache::Cache;
+use crate::config::plugins::{KeyStorage, NodeAttestor};
+use crate::config::{AgentConfig, TrustSource};
+use crate::identity_store::{IdentityStore, StoredIdentity};
+use crate::server_pool::ServerPool;
+use crate::workload::api::WorkloadApi;
+use crate::{attest, sync, trust, workload};
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Trust(#[from] trust::TrustError),
+    #[error(transparent)]
+    Store(#[from] crate::identity_store::StoreError),
+    #[error("node attestation failed: {0}")]
+    Attestation(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("workload API socket {path}: {reason}")]
+    Socket { path: String, reason: String },
+}
+
+/// The agent's SVID and when to renew it.
+struct AgentSvid {
+    identity: StoredIdentity,
+    spiffe_id: SpiffeId,
+    renew_at: OffsetDateTime,
+}
+
+impl AgentSvid {
+    fn new(identity: StoredIdentity, bundle: &Bundle) -> Result<Self, String> {
+        let now = OffsetDateTime::now_utc();
+        let verified = verify_x509_svid(&identity.chain, bundle, now).map_err(|e| e.to_string())?;
+        let facts = certificate_facts(&identity.chain[0]).map_err(|e| e.to_string())?;
+        Ok(Self { spiffe_id: verified.spiffe_id, renew_at: sync::renewal_time(facts.not_before, facts.not_after), identity })
+    }
+}
+
+/// Runs the agent until `shutdown` resolves; removes the Workload API socket on the way out.
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+    let trust_domain = config.agent.trust_domain.clone();
+    let store_dir = match &config.key_storage {
+        KeyStorage::Disk(dir) => dir.clone(),
+        KeyStorage::Memory => config.agent.data_dir.clone(),
+    };
+    let store = IdentityStore::new(&store_dir);
+    let bundle = match store.load_bundle(&trust_domain)? {
+        Some(saved) => saved,
+        None => match trust::from_file(&trust_domain, &config.trust)? {
+            Some(configured) => configured,
+            None if config.trust == TrustSource::InsecureBootstrap => trust::bootstrap_insecurely(&config.servers).await?,
+            None => return Err(StartError::Config("no trust bundle".into())),
+        },
+    };
+    let trust = Arc::new(RwLock::new(bundle.clone()));
+    let server_id = SpiffeId::new(trust_domain.clone(), "/spire/server").map_err(|e| StartError::Config(e.to_string()))?;
+    let pool = Arc::new(ServerPool::new(config.servers.clone(), server_id, trust.clone()));
+
+    let restored = match (&config.key_storage, store.load_identity()?) {
+        (KeyStorage::Disk(_), Some(identity)) => match AgentSvid::new(identity, &bundle) {
+            Ok(svid) => Some(svid),
+            Err(e) => {
+                tracing::warn!(error = %e, "the stored agent SVID is no longer valid; attesting again");
+                None
+            }
+        },
+        _ => None,
+    };
+    let agent = match restored {
+        Some(svid) => {
+            tracing::info!(spiffe_id = %svid.spiffe_id, "resumed with the stored agent SVID");
+            svid
+        }
+        None => {
+            let identity = match &config.node_attestor {
+                NodeAttestor::JoinToken => {
+                    let token = config.agent.join_token.as_deref().ok_or_else(|| StartError::Config("agent.join_token is required to attest (no stored SVID)".into()))?;
+                    attest::with_join_token(&pool, token).await.map_err(|e| StartError::Attestation(format!("{:?}: {}", e.code(), e.message())))?
+                }
+                NodeAttestor::X509Pop { .. } => return Err(StartError::Config("the x509pop node attestor is not supported by this agent yet".into())),
+            };
+            let svid = AgentSvid::new(identity, &bundle).map_err(|e| StartError::Attestation(format!("the server issued an SVID that does not verify: {e}")))?;
+            tracing::info!(spiffe_id = %svid.spiffe_id, "node attested");
+            if matches!(config.key_storage, KeyStorage::Disk(_)) {
+                store.save_identity(&svid.identity)?;
+            }
+            svid
+        }
+    };
+    store.save_bundle(&bundle)?;
+    pool.set_identity(&agent.identity);
+
+    let cache = Cache::default();
+    let sync_task = tokio::spawn(sync_loop(config.clone(), pool.clone(), cache.clone(), trust.clone(), store.clone(), agent));
+
+    let socket = &config.agent.socket_path;
+    let listener = workload::bind(socket).map_err(|e| StartError::Socket { path: socket.display().to_string(), reason: e.to_string() })?;
+    tracing::info!(socket = %socket.display(), "Workload API listening");
+    let api = WorkloadApi::new(cache, config.workload_attestors.clone(), pool);
+    let served = tonic::transport::Server::builder()
+        .add_service(proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer::new(api))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), shutdown)
+        .await;
+    sync_task.abort();
+    let _ = std::fs::remove_file(socket);
+    served.map_err(|e| StartError::Socket { path: socket.display().to_string(), reason: e.to_string() })
+}
+
+async fn sync_loop(config: AgentConfig, pool: Arc<ServerPool>, cache: Cache, trust: Arc<RwLock<Bundle>>, store: IdentityStore, mut agent: AgentSvid) {
+    let mut tick = tokio::time::interval(config.agent.sync_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_bundle_sequence = None;
+    loop {
+        tick.tick().await;
+        match sync::sync_once(&pool, &cache, &trust).await {
+            Ok(report) => {
+                metrics::counter!("testudo_agent_syncs_total", "result" => "ok").increment(1);
+                if report.minted > 0 {
+                    tracing::info!(entries = report.entries, minted = report.minted, server = %pool.current(), "synced");
+                }
+            }
+            Err(status) if status.code() == Code::PermissionDenied => {
+                metrics::counter!("testudo_agent_syncs_total", "result" => "denied").increment(1);
+                tracing::error!(error = %status.message(), "the servers refuse this agent (banned or evicted?): it serves what it has and gets no new SVIDs");
+            }
+            Err(status) => {
+                metrics::counter!("testudo_agent_syncs_total", "result" => "failed").increment(1);
+                tracing::warn!(code = ?status.code(), error = %status.message(), "sync failed; serving the cached SVIDs and bundles");
+            }
+        }
+        let bundle = trust.read().map(|b| b.clone()).ok();
+        if let Some(bundle) = bundle.filter(|b| Some(b.sequence_number) != last_bundle_sequence) {
+            last_bundle_sequence = Some(bundle.sequence_number);
+            if let Err(e) = store.save_bundle(&bundle) {
+                tracing::warn!(error = %e, "cannot save the trust bundle");
+            }
+        }
+        if OffsetDateTime::now_utc() >= agent.renew_at {
+            match attest::renew(&pool).await {
+                Ok(identity) => match trust.read().map_err(|_| "bundle lock poisoned".to_string()).and_then(|b| AgentSvid::new(identity, &b)) {
+                    Ok(renewed) => {
+                        pool.set_identity(&renewed.identity);
+                        if matches!(config.key_storage, KeyStorage::Disk(_)) {
+                            if let Err(e) = store.save_identity(&renewed.identity) {
+                                tracing::warn!(error = %e, "cannot save the renewed agent SVID");
+                            }
+                        }
+                        tracing::info!(renew_at = %renewed.renew_at, "agent SVID renewed");
+                        agent = renewed;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "the renewed agent SVID does not verify; keeping the current one"),
+                },
+                Err(status) => tracing::warn!(code = ?status.code(), error = %status.message(), "agent SVID renewal failed; retrying at the next sync"),
+            }
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! A workload streaming from the agent does not notice replicas dying: kill -9 of the
+//! replica the agent uses, then of every replica; the stream stays open, the cached SVID
+//! stays valid, new entries still arrive while a majority lives, and rotation resumes when
+//! the replicas come back.
+
+use std::time::{Duration, Instant};
+
+use chaos_tests::harness::{AgentProcess, ServerProcess};
+use proto::workload as pb;
+
+use crate::workload_api::raw_client;
+
+/// Serial and expiry of the SVID for `spiffe_id` in a Workload API message.
+fn svid_of(response: &pb::X509svidResponse, spiffe_id: &str) -> Option<(Vec<u8>, time::OffsetDateTime)> {
+    let svid = response.svids.iter().find(|s| s.spiffe_id == spiffe_id)?;
+    let chain = agent::identity_store::split_der_certificates(&svid.x509_svid).ok()?;
+    identity::x509::certificate_facts(&chain[0]).ok().map(|f| (f.serial, f.not_after))
+}
+
+fn serial_of(response: &pb::X509svidResponse, spiffe_id: &str) -> Option<Vec<u8>> {
+    svid_of(response, spiffe_id).map(|(serial, _)| serial)
+}
+
+#[test]
+fn the_workload_keeps_its_identity_while_replicas_die_and_return() {
+    let root = tempfile::tempdir().unwrap();
+    // Short SVIDs (agent renewal at about 10 s) so rotation is seen within the test.
+    let mut servers = ServerProcess::cluster(root.path(), 3, r#"default_x509_svid_ttl = "20s""#);
+    let bundle_pem = servers[0].bundle_pem();
+    let token = servers[0].json(&["token", "generate", "--ttl", "600"])["value"].as_str().unwrap().to_string();
+    let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
+    let uid = nix::unistd::getuid().as_raw();
+    let selector = format!("unix:uid:{uid}");
+    servers[1].json(&["entry", "create", "--spiffe-id", "spiffe://example.org/web", "--parent-id", &agent_id, "--selector", &selector]);
+    let addresses: Vec<String> = servers.iter().map(|s| s.api_address()).collect();
+    let agent = AgentProcess::start(root.path(), &addresses, &bundle_pem, &token, "500ms");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut client = raw_client(&agent).await;
+        let mut request = tonic::Request::new(pb::X509svidRequest {});
+        request.metadata_mut().insert("workload.spiffe.io", "true".parse().unwrap());
+        let mut stream = client.fetch_x509svid(request).await.unwrap().into_inner();
+        // Every message the workload receives, until the test ends; any error fails it.
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<pb::X509svidResponse>();
+        let reader = tokio::spawn(async move {
+            loop {
+                match stream.message().await {
+                    Ok(Some(message)) => {
+                        if seen_tx.send(message).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Ok(None) => return Err("the agent ended the stream".to_string()),
+                    Err(status) => return Err(format!("the workload saw an error: {status:?}")),
+                }
+            }
+        });
+        let first = tokio::time::timeout(Duration::from_secs(30), seen.recv()).await.expect("a first SVID within 30 s").unwrap();
+        let first_serial = serial_of(&first, "spiffe://example.org/web").expect("the web SVID");
+
+        // kill -9 the replica the agent tries first; a new entry, written through another
+        // replica, still reaches the workload.
+        servers[0].kill();
+        servers[2].json(&["entry", "create", "--spiffe-id", "spiffe://example.org/api", "--parent-id", &agent_id, "--selector", &selector]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let message = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), seen.recv())
+                .await
+                .unwrap_or_else(|_| panic!("the new entry's SVID did not arrive after a replica died\nagent log:\n{}", agent.log()))
+                .unwrap();
+            if serial_of(&message, "spiffe://example.org/api").is_some() {
+                break;
+            }
+        }
+
+        // Every replica down: the workload keeps its (still valid) SVIDs and no error.
+        servers[1].kill();
+        servers[2].kill();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!reader.is_finished(), "the stream must stay open while the servers are down");
+        // What the workload holds now: the last web SVID it was sent, still valid.
+        let mut held = None;
+        while let Ok(message) = seen.try_recv() {
+            held = svid_of(&message, "spiffe://example.org/web").or(held);
+        }
+        let held = held.map_or_else(|| (first_serial.clone(), svid_of(&first, "spiffe://example.org/web").unwrap().1), |h| h);
+        assert!(held.1 > time::OffsetDateTime::now_utc(), "the workload's SVID expired while the servers were down");
+
+        // Back up: rotation resumes, and the workload receives a newer web SVID than it held.
+        for server in &mut servers {
+            server.restart();
+        }
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let message = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), seen.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no rotation after the replicas returned\nagent log:\n{}", agent.log()))
+                .unwrap();
+            if serial_of(&message, "spiffe://example.org/web").is_some_and(|s| s != held.0) {
+                break;
+            }
+        }
+        assert!(!reader.is_finished(), "no error reached the workload: {:?}", if reader.is_finished() { Some(reader.await) } else { None });
+    });
+}

@@ -1,0 +1,5 @@
+//! The agent as real processes against a real server replica, called by Workload API
+//! clients that others wrote (the `spiffe` crate) and by our own CLI.
+
+mod failover;
+mod workload_api;

@@ -1,0 +1,123 @@
+//! A workload gets its X.509- and JWT-SVIDs through the agent with the `spiffe` crate's
+//! clients, unchanged; refusals: no security header, no matching entry, another uid.
+
+use std::time::Duration;
+
+use chaos_tests::harness::{AgentProcess, ServerProcess};
+use proto::workload as pb;
+
+struct World {
+    _root: tempfile::TempDir,
+    _server: ServerProcess,
+    agent: AgentProcess,
+    bundle: identity::bundle::Bundle,
+}
+
+/// One replica, an agent attested with a join token, and an entry for this process's uid.
+fn world(server_extra: &str) -> World {
+    let root = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(root.path(), 1, server_extra);
+    server.json(&["cluster", "init"]);
+    let bundle_pem = server.bundle_pem();
+    let mut bundle = identity::bundle::Bundle::new(identity::TrustDomain::parse("example.org").unwrap());
+    for der in identity::bundle::parse_pem_certificates(&bundle_pem).unwrap() {
+        bundle.add_x509_authority(&der).unwrap();
+    }
+    let token = server.json(&["token", "generate", "--ttl", "600"])["value"].as_str().unwrap().to_string();
+    let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
+    let uid = nix::unistd::getuid().as_raw();
+    server.json(&["entry", "create", "--spiffe-id", "spiffe://example.org/workload", "--parent-id", &agent_id, "--selector", &format!("unix:uid:{uid}")]);
+    let agent = AgentProcess::start(root.path(), &[server.api_address()], &bundle_pem, &token, "1s");
+    World { _root: root, _server: server, agent, bundle }
+}
+
+pub async fn raw_client(agent: &AgentProcess) -> pb::spiffe_workload_api_client::SpiffeWorkloadApiClient<tonic::transport::Channel> {
+    let path = agent.socket();
+    let channel = tonic::transport::Endpoint::try_from("http://localhost")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .unwrap();
+    pb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel)
+}
+
+#[test]
+fn a_workload_gets_x509_and_jwt_svids_through_the_spiffe_crate() {
+    let world = world("");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let source = tokio::time::timeout(Duration::from_secs(30), spiffe::X509Source::builder().endpoint(world.agent.endpoint()).build())
+            .await
+            .unwrap_or_else(|_| panic!("no X.509 source within 30 s\nagent log:\n{}", world.agent.log()))
+            .unwrap_or_else(|e| panic!("X509Source: {e}\nagent log:\n{}", world.agent.log()));
+        let svid = source.svid().unwrap();
+        assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/workload");
+        let chain: Vec<Vec<u8>> = svid.cert_chain().iter().map(|c| c.as_ref().to_vec()).collect();
+        let verified = identity::x509::verify_x509_svid(&chain, &world.bundle, time::OffsetDateTime::now_utc()).unwrap();
+        assert_eq!(verified.spiffe_id.to_string(), "spiffe://example.org/workload");
+        let td = spiffe::TrustDomain::new("example.org").unwrap();
+        let served = source.bundle_set().unwrap();
+        assert!(served.get(&td).is_some(), "the source holds our trust domain's bundle");
+
+        let client = spiffe::WorkloadApiClient::connect_to(world.agent.endpoint()).await.unwrap();
+        let jwt = client.fetch_jwt_svid(["payments"], None).await.unwrap();
+        assert_eq!(jwt.spiffe_id().to_string(), "spiffe://example.org/workload");
+        let validated = client.validate_jwt_token("payments", jwt.token()).await.unwrap();
+        assert_eq!(validated.spiffe_id().to_string(), "spiffe://example.org/workload");
+        assert!(client.validate_jwt_token("someone-else", jwt.token()).await.is_err(), "the wrong audience is refused");
+        let again = client.fetch_jwt_svid(["payments"], None).await.unwrap();
+        assert_eq!(again.token(), jwt.token(), "JWT-SVIDs are cached until half-life");
+        let bundles = client.fetch_jwt_bundles().await.unwrap();
+        assert!(bundles.get(&td).is_some());
+
+        // Refusals: no security header (InvalidArgument) and an empty audience.
+        let mut raw = raw_client(&world.agent).await;
+        let err = raw.fetch_jwtsvid(pb::JwtsvidRequest { audience: vec!["payments".into()], spiffe_id: String::new() }).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        let mut request = tonic::Request::new(pb::JwtsvidRequest { audience: vec![], spiffe_id: String::new() });
+        request.metadata_mut().insert("workload.spiffe.io", "true".parse().unwrap());
+        assert_eq!(raw.fetch_jwtsvid(request).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+        source.shutdown().await;
+    });
+
+    // Another uid matches no entry: PermissionDenied, and never this uid's SVID.
+    if nix::unistd::getuid().is_root() {
+        use std::os::unix::process::CommandExt;
+        let out = std::process::Command::new(chaos_tests::harness::binary("testudo-agent"))
+            .args(["api", "fetch", "x509", "--output", "json", "--socket-path"])
+            .arg(world.agent.socket())
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("PermissionDenied"), "stdout {} stderr {stderr}", String::from_utf8_lossy(&out.stdout));
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("spiffe://example.org/workload"));
+    } else {
+        eprintln!("not root: the other-uid refusal is not exercised");
+    }
+    // The CLI as this uid, writing the SVID files.
+    let dir = world.agent.dir.join("fetched");
+    let out = std::process::Command::new(chaos_tests::harness::binary("testudo-agent"))
+        .args(["api", "fetch", "x509", "--write"])
+        .arg(&dir)
+        .arg("--socket-path")
+        .arg(world.agent.socket())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("spiffe://example.org/workload"));
+    for file in ["svid.0.pem", "svid.0.key", "bundle.0.pem"] {
+        assert!(dir.join(file).exists(), "{file}");
+    }
+    let verify = std::process::Command::new("openssl")
+        .args(["verify", "-CAfile", "bundle.0.pem", "svid.0.pem"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "openssl verify: {}", String::from_utf8_lossy(&verify.stderr));
+}
+

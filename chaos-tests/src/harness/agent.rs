@@ -1,0 +1,88 @@
+//! One `testudo-agent` process.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{binary, wait_until};
+
+/// An agent, its directory and Workload API socket.
+pub struct AgentProcess {
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl AgentProcess {
+    /// Starts an agent under `root` that attests with `join_token` to `servers`, trusting
+    /// `bundle_pem`, and syncs every `sync_interval` (e.g. `"1s"`).
+    pub fn start(root: &Path, servers: &[String], bundle_pem: &str, join_token: &str, sync_interval: &str) -> Self {
+        let dir = root.join("agent");
+        std::fs::create_dir_all(&dir).expect("agent dir");
+        std::fs::write(dir.join("bundle.pem"), bundle_pem).expect("bundle file");
+        let servers: Vec<String> = servers.iter().map(|s| format!("{s:?}")).collect();
+        let config = format!(
+            r#"agent {{
+  data_dir = "{dir}/data"
+  server_address = [{servers}]
+  trust_domain = "example.org"
+  trust_bundle_path = "{dir}/bundle.pem"
+  socket_path = "{dir}/api.sock"
+  join_token = "{join_token}"
+  sync_interval = "{sync_interval}"
+  log_level = "DEBUG"
+}}
+plugins {{
+  NodeAttestor "join_token" {{}}
+  KeyManager "disk" {{}}
+  WorkloadAttestor "unix" {{}}
+}}
+"#,
+            dir = dir.display(),
+            servers = servers.join(", "),
+        );
+        std::fs::write(dir.join("agent.hcl"), config).expect("agent config");
+        let mut agent = Self { dir, child: None };
+        agent.restart();
+        agent
+    }
+
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).expect("agent log");
+        let child = Command::new(binary("testudo-agent"))
+            .args(["run", "--config"])
+            .arg(self.dir.join("agent.hcl"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("testudo-agent starts");
+        self.child = Some(child);
+        let socket = self.socket();
+        wait_until(Duration::from_secs(20), || socket.exists(), "the agent's Workload API socket");
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("api.sock")
+    }
+
+    /// The socket as the SPIFFE libraries name endpoints: `unix:<path>`.
+    pub fn endpoint(&self) -> String {
+        format!("unix:{}", self.socket().display())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
