@@ -103,7 +103,26 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     store.save_bundle(&bundle)?;
     pool.set_identity(&agent.identity);
 
+    // As SPIRE's agent does, serve workloads only once the cache holds what the servers
+    // say: a workload that connects earlier would be told it has no identity.
     let cache = Cache::default();
+    let mut shutdown = Box::pin(shutdown);
+    loop {
+        let first = tokio::select! {
+            first = sync::sync_once(&pool, &cache, &trust) => first,
+            () = &mut shutdown => return Ok(()),
+        };
+        match first {
+            Ok(report) => {
+                tracing::info!(entries = report.entries, minted = report.minted, "first sync done");
+                break;
+            }
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), error = %status.message(), "first sync failed; retrying before serving workloads");
+                tokio::time::sleep(config.agent.sync_interval).await;
+            }
+        }
+    }
     let sync_task = tokio::spawn(sync_loop(config.clone(), pool.clone(), cache.clone(), trust.clone(), store.clone(), agent));
 
     let socket = &config.agent.socket_path;
@@ -112,11 +131,17 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     let api = WorkloadApi::new(cache, config.workload_attestors.clone(), pool);
     let served = tonic::transport::Server::builder()
         .add_service(proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer::new(api))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(accept(listener), shutdown)
         .await;
     sync_task.abort();
     let _ = std::fs::remove_file(socket);
     served.map_err(|e| StartError::Socket { path: socket.display().to_string(), reason: e.to_string() })
+}
+
+/// Accepted Workload API connections, each wrapped so any client's `:authority` passes.
+fn accept(listener: tokio::net::UnixListener) -> impl tokio_stream::Stream<Item = std::io::Result<workload::authority::AuthorityFixing>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::UnixListenerStream::new(listener).map(|accepted| accepted.map(workload::authority::AuthorityFixing::new))
 }
 
 async fn sync_loop(config: AgentConfig, pool: Arc<ServerPool>, cache: Cache, trust: Arc<RwLock<Bundle>>, store: IdentityStore, mut agent: AgentSvid) {

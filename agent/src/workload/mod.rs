@@ -1,7 +1,9 @@
-//! Serving workloads: the Workload API on a Unix socket ([`api`]) and the attestors that
-//! say who is calling ([`unix`]).
+//! Serving workloads: the Workload API on a Unix socket ([`api`]), the connection wrapper
+//! that lets gRPC C-core clients in ([`authority`]), and the attestors that say who is
+//! calling ([`unix`]).
 
 pub mod api;
+pub mod authority;
 pub mod unix;
 
 use std::path::Path;

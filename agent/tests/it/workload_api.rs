@@ -121,3 +121,23 @@ fn a_workload_gets_x509_and_jwt_svids_through_the_spiffe_crate() {
     assert!(verify.status.success(), "openssl verify: {}", String::from_utf8_lossy(&verify.stderr));
 }
 
+/// py-spiffe (PyPI `spiffe`, in the test venv): fetch, validate and a streamed rotation.
+#[test]
+fn py_spiffe_fetches_validates_and_sees_a_rotation() {
+    let python = std::env::var("TESTUDO_PYTHON").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python").to_string());
+    // Short SVIDs: the agent replaces them every few seconds.
+    let world = world(r#"default_x509_svid_ttl = "20s""#);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/workload_client.py");
+    let out = std::process::Command::new(&python).arg(script).arg(world.agent.endpoint()).output().unwrap_or_else(|e| panic!("{python}: {e} (make test creates the venv)"));
+    assert!(out.status.success(), "py-spiffe client failed: {}\nagent log:\n{}", String::from_utf8_lossy(&out.stderr), world.agent.log());
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["x509_spiffe_id"], "spiffe://example.org/workload");
+    assert_eq!(seen["x509_chain_length"], 2);
+    assert_eq!(seen["x509_bundle_trust_domains"], serde_json::json!(["example.org"]));
+    assert_eq!(seen["jwt_spiffe_id"], "spiffe://example.org/workload");
+    assert_eq!(seen["validated_spiffe_id"], "spiffe://example.org/workload");
+    assert_ne!(seen["wrong_audience"], "accepted", "{seen}");
+    assert_eq!(seen["jwt_bundle_count"], 1);
+    assert!(seen["streamed_serials"].as_u64().unwrap() >= 2, "no rotation reached the streaming client: {seen}");
+    assert_eq!(seen["stream_errors"], serde_json::json!([]), "{seen}");
+}
