@@ -42,6 +42,8 @@ BENCH_SECONDS ?= 10
 bench: bootstrap
 	$(CARGO) bench -p testudo-raft-store --bench raft_writes -- --seconds $(BENCH_SECONDS)
 	$(CARGO) bench -p testudo-server --bench svid_mint -- --seconds $(BENCH_SECONDS)
+	$(CARGO) build --release -p testudo-server --bin testudo-server
+	$(CARGO) bench -p testudo-agent --bench workload_api
 
 chaos:
 	@echo "make chaos: not yet - the chaos harness arrives with the chaos-tests issue" >&2

@@ -1,7 +1,7 @@
 //! Workload API latency through a real agent (release build) against a real server replica:
 //! FetchX509SVID (open a stream, take the first message) and FetchJWTSVID (cached), beside a
-//! bare gRPC unary call (grpc.health.v1 Check answering a constant) over the same kind of
-//! Unix socket, from the same client process, in the same run.
+//! bare gRPC unary call (grpc.health.v1 Check answering a constant) served by a process of
+//! its own over the same kind of Unix socket, from the same client, in the same run.
 //!
 //! cargo bench -p testudo-agent --bench workload_api -- [--calls N]
 //! (needs target/release/testudo-server: `make bench` builds it first)
@@ -76,7 +76,35 @@ impl proto::health::health_server::Health for Echo {
     }
 }
 
+/// Serves the echo from a process of its own, like the agent: `--echo-server <socket>`.
+fn echo_server(path: &str) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let listener = tokio::net::UnixListener::bind(path).expect("echo socket");
+        let served = tonic::transport::Server::builder()
+            .add_service(proto::health::health_server::HealthServer::new(Echo))
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+            .await;
+        served.expect("echo server");
+    });
+}
+
+/// Kills the echo process when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(path) = args.windows(2).find(|w| w[0] == "--echo-server").map(|w| w[1].clone()) {
+        echo_server(&path);
+        return;
+    }
     let n = calls();
     let root = tempfile::tempdir().expect("temp dir");
     let server = ServerProcess::start(root.path(), 1, "");
@@ -90,8 +118,10 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let echo_path = root.path().join("echo.sock");
-        let listener = tokio::net::UnixListener::bind(&echo_path).expect("echo socket");
-        tokio::spawn(tonic::transport::Server::builder().add_service(proto::health::health_server::HealthServer::new(Echo)).serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)));
+        let _echo_process = Child(std::process::Command::new(std::env::current_exe().expect("own path")).arg("--echo-server").arg(&echo_path).spawn().expect("echo process"));
+        while !echo_path.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let echo = proto::health::health_client::HealthClient::new(uds_channel(echo_path).await);
         let api = pb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(uds_channel(agent.socket()).await);
 
@@ -118,7 +148,7 @@ fn main() {
         })
         .await;
 
-        println!("# Workload API latency, {n} sequential calls each, one client connection, release agent");
+        println!("# Workload API latency, {n} sequential calls each, one client connection; agent (release) and echo in processes of their own");
         println!("| call | p50 | p99 | calls/s | p99 / echo p99 |");
         println!("| --- | --- | --- | --- | --- |");
         for (name, f) in [("bare gRPC echo (health Check) over UDS", &bare), ("FetchX509SVID (first message)", &x509), ("FetchJWTSVID (cached)", &jwt)] {

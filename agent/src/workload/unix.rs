@@ -4,7 +4,10 @@
 //! binary's path and SHA-256 from /proc. The process's start time is read before and after,
 //! so a pid reused by another process midway is caught.
 
+use std::collections::HashMap;
 use std::io::Read;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use identity::{Selector, SelectorSet};
 
@@ -54,12 +57,42 @@ fn supplementary_gids(pid: i32) -> Result<Vec<u32>, AttestError> {
         .unwrap_or_default())
 }
 
+/// How long a uid's or gid's name is remembered. A lookup goes through NSS (files, LDAP…)
+/// and cost more than the rest of an attestation; names change rarely.
+const NAME_TTL: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Id {
+    User(u32),
+    Group(u32),
+}
+
+fn name_of(id: Id) -> Option<String> {
+    static NAMES: OnceLock<Mutex<HashMap<Id, (Option<String>, Instant)>>> = OnceLock::new();
+    let names = NAMES.get_or_init(Mutex::default);
+    if let Some((name, at)) = names.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+        if at.elapsed() < NAME_TTL {
+            return name.clone();
+        }
+    }
+    let name = match id {
+        Id::User(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.name),
+        Id::Group(gid) => nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)).ok().flatten().map(|g| g.name),
+    };
+    let mut names = names.lock().unwrap_or_else(|p| p.into_inner());
+    if names.len() > 10_000 {
+        names.clear();
+    }
+    names.insert(id, (name.clone(), Instant::now()));
+    name
+}
+
 fn user_name(uid: u32) -> Option<String> {
-    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.name)
+    name_of(Id::User(uid))
 }
 
 fn group_name(gid: u32) -> Option<String> {
-    nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)).ok().flatten().map(|g| g.name)
+    name_of(Id::Group(gid))
 }
 
 /// The binary's path and SHA-256 (through /proc/<pid>/exe, so a replaced file on disk does

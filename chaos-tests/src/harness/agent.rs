@@ -14,7 +14,8 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     /// Starts an agent under `root` that attests with `join_token` to `servers`, trusting
-    /// `bundle_pem`, and syncs every `sync_interval` (e.g. `"1s"`).
+    /// `bundle_pem`, and syncs every `sync_interval` (e.g. `"1s"`). It logs at INFO;
+    /// set RUST_LOG for more.
     pub fn start(root: &Path, servers: &[String], bundle_pem: &str, join_token: &str, sync_interval: &str) -> Self {
         let dir = root.join("agent");
         std::fs::create_dir_all(&dir).expect("agent dir");
@@ -29,7 +30,7 @@ impl AgentProcess {
   socket_path = "{dir}/api.sock"
   join_token = "{join_token}"
   sync_interval = "{sync_interval}"
-  log_level = "DEBUG"
+  log_level = "INFO"
 }}
 plugins {{
   NodeAttestor "join_token" {{}}
