@@ -90,7 +90,11 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
                     let token = config.agent.join_token.as_deref().ok_or_else(|| StartError::Config("agent.join_token is required to attest (no stored SVID)".into()))?;
                     attest::with_join_token(&pool, token).await.map_err(|e| StartError::Attestation(format!("{:?}: {}", e.code(), e.message())))?
                 }
-                NodeAttestor::X509Pop { .. } => return Err(StartError::Config("the x509pop node attestor is not supported by this agent yet".into())),
+                NodeAttestor::X509Pop { private_key_path, certificate_path, intermediates_path } => {
+                    attest::with_x509pop(&pool, private_key_path, certificate_path, intermediates_path.as_deref())
+                        .await
+                        .map_err(|e| StartError::Attestation(format!("{:?}: {}", e.code(), e.message())))?
+                }
             };
             let svid = AgentSvid::new(identity, &bundle).map_err(|e| StartError::Attestation(format!("the server issued an SVID that does not verify: {e}")))?;
             tracing::info!(spiffe_id = %svid.spiffe_id, "node attested");

@@ -11,6 +11,7 @@ mod selector;
 mod spiffe_id;
 mod trust_domain;
 pub mod x509;
+pub mod x509pop;
 
 pub use selector::{entry_matches, Selector, SelectorError, SelectorSet};
 pub use spiffe_id::{IdError, SpiffeId, MAX_ID_BYTES, MAX_TRUST_DOMAIN_BYTES};

@@ -2,4 +2,5 @@
 //! clients that others wrote (the `spiffe` crate) and by our own CLI.
 
 mod failover;
+mod x509pop;
 mod workload_api;

@@ -17,6 +17,12 @@ impl AgentProcess {
     /// `bundle_pem`, and syncs every `sync_interval` (e.g. `"1s"`). It logs at INFO;
     /// set RUST_LOG for more.
     pub fn start(root: &Path, servers: &[String], bundle_pem: &str, join_token: &str, sync_interval: &str) -> Self {
+        Self::start_with_attestor(root, servers, bundle_pem, &format!("join_token = \"{join_token}\""), r#"NodeAttestor "join_token" {}"#, sync_interval)
+    }
+
+    /// An agent whose `agent { }` block also holds `agent_extra` and whose node attestor
+    /// block is `node_attestor`.
+    pub fn start_with_attestor(root: &Path, servers: &[String], bundle_pem: &str, agent_extra: &str, node_attestor: &str, sync_interval: &str) -> Self {
         let dir = root.join("agent");
         std::fs::create_dir_all(&dir).expect("agent dir");
         std::fs::write(dir.join("bundle.pem"), bundle_pem).expect("bundle file");
@@ -28,12 +34,12 @@ impl AgentProcess {
   trust_domain = "example.org"
   trust_bundle_path = "{dir}/bundle.pem"
   socket_path = "{dir}/api.sock"
-  join_token = "{join_token}"
+  {agent_extra}
   sync_interval = "{sync_interval}"
   log_level = "INFO"
 }}
 plugins {{
-  NodeAttestor "join_token" {{}}
+  {node_attestor}
   KeyManager "disk" {{}}
   WorkloadAttestor "unix" {{}}
 }}

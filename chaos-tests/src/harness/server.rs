@@ -19,6 +19,11 @@ impl ServerProcess {
     /// Writes the config of replica `id` under `root` and starts it. `server_extra` goes
     /// into the `server { }` block (e.g. `default_x509_svid_ttl = "1m"`).
     pub fn start(root: &Path, id: u64, server_extra: &str) -> Self {
+        Self::start_with_plugins(root, id, server_extra, "")
+    }
+
+    /// As [`Self::start`], with `plugins_extra` added to the `plugins { }` block.
+    pub fn start_with_plugins(root: &Path, id: u64, server_extra: &str, plugins_extra: &str) -> Self {
         let dir = root.join(format!("replica-{id}"));
         std::fs::create_dir_all(&dir).expect("replica dir");
         let (api_port, raft_port) = (free_port(), free_port());
@@ -34,6 +39,7 @@ impl ServerProcess {
 plugins {{
   KeyManager "memory" {{}}
   NodeAttestor "join_token" {{}}
+  {plugins_extra}
 }}
 cluster {{
   node_id = {id}
@@ -76,7 +82,13 @@ cluster {{
             .expect("testudo-server starts");
         self.child = Some(child);
         let socket = self.socket();
-        wait_until(Duration::from_secs(20), || socket.exists(), &format!("replica {}'s admin socket", self.id));
+        let child = self.child.as_mut().expect("just started");
+        wait_until(
+            Duration::from_secs(20),
+            || socket.exists() || child.try_wait().ok().flatten().is_some(),
+            &format!("replica {}'s admin socket", self.id),
+        );
+        assert!(socket.exists(), "replica {} exited at start-up:\n{}", self.id, self.log());
     }
 
     /// kill -9.

@@ -2,22 +2,17 @@
 //! must lead to a configured CA; the server answers with a nonce; the agent proves it holds
 //! the leaf's private key by signing SHA-256(server nonce || agent nonce). The agent is
 //! named `spiffe://<td>/spire/agent/x509pop/<SHA-1 of the leaf, hex>`, as in SPIRE.
-//! Wire format (JSON): attestation `{"certificates": [base64 DER…]}`, challenge
-//! `{"ecdsa_signature"|"rsa_signature": {"nonce": b64}}`, response with the agent's
-//! `nonce` and `r`/`s` (ECDSA) or `signature` (RSA-PSS-SHA256).
+//! The wire format lives in `identity::x509pop`, shared with the agent.
 
 use std::path::PathBuf;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use identity::crypto::{PublicKey, PublicKeyKind};
+use identity::x509pop::{AttestationData, Base64, Challenge, Nonce, Response, NONCE_LEN};
 use identity::{Selector, SpiffeId, TrustDomain};
 use rustls::pki_types::{CertificateDer, UnixTime};
-use serde::{Deserialize, Serialize};
 
 /// The attestor's name in config and on the wire.
 pub const NAME: &str = "x509pop";
-const NONCE_LEN: usize = 32;
 /// An attestation payload bigger than this is not a certificate chain.
 const MAX_PAYLOAD: usize = 64 * 1024;
 
@@ -32,58 +27,6 @@ pub enum X509PopError {
     BadSignature,
     #[error("x509pop: cannot read CA bundle {path}: {reason}")]
     Config { path: PathBuf, reason: String },
-}
-
-#[derive(Deserialize)]
-struct AttestationData {
-    certificates: Vec<Base64>,
-}
-
-#[derive(Serialize, Deserialize, Default)]
-struct Nonce {
-    nonce: Base64,
-}
-
-#[derive(Serialize, Default)]
-struct Challenge {
-    rsa_signature: Option<Nonce>,
-    ecdsa_signature: Option<Nonce>,
-}
-
-#[derive(Deserialize)]
-struct EcdsaResponse {
-    nonce: Base64,
-    r: Base64,
-    s: Base64,
-}
-
-#[derive(Deserialize)]
-struct RsaResponse {
-    nonce: Base64,
-    signature: Base64,
-}
-
-#[derive(Deserialize)]
-struct Response {
-    rsa_signature: Option<RsaResponse>,
-    ecdsa_signature: Option<EcdsaResponse>,
-}
-
-/// Bytes as Go's encoding/json writes `[]byte`: standard base64.
-#[derive(Default, Clone)]
-struct Base64(Vec<u8>);
-
-impl Serialize for Base64 {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&STANDARD.encode(&self.0))
-    }
-}
-
-impl<'de> Deserialize<'de> for Base64 {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        STANDARD.decode(text).map(Base64).map_err(serde::de::Error::custom)
-    }
 }
 
 /// The configured trust: the CA certificates agents' chains must lead to.
@@ -174,10 +117,7 @@ impl X509Pop {
             if theirs.len() != NONCE_LEN {
                 return Err(X509PopError::BadInput("response nonce must be 32 bytes".into()));
             }
-            let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-            ctx.update(&pending.nonce);
-            ctx.update(theirs);
-            Ok(ctx.finish())
+            Ok(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &identity::x509pop::signed_message(&pending.nonce, theirs)))
         };
         use aws_lc_rs::signature::UnparsedPublicKey;
         match (pending.leaf_key.kind(), response.ecdsa_signature, response.rsa_signature) {

@@ -10,21 +10,11 @@ use identity::TrustDomain;
 use rustls::pki_types::UnixTime;
 use server::node_attestor::x509pop::{X509Pop, X509PopError};
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
+use chaos_tests::harness::pki::openssl;
 
 /// A CA and a leaf it signed (`<name>.pem`, `<name>.key`); the leaf's key usage as given.
 pub(crate) fn pki(dir: &Path, ca: &str, leaf: &str, key_usage: &str) {
-    openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &format!("{ca}.key")]);
-    openssl(dir, &["req", "-x509", "-new", "-key", &format!("{ca}.key"), "-subj", &format!("/CN={ca}"), "-days", "1", "-out", &format!("{ca}.pem"),
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"]);
-    openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &format!("{leaf}.key")]);
-    openssl(dir, &["req", "-new", "-key", &format!("{leaf}.key"), "-subj", &format!("/CN={leaf}"), "-out", &format!("{leaf}.csr")]);
-    std::fs::write(dir.join(format!("{leaf}.ext")), format!("keyUsage=critical,{key_usage}\nextendedKeyUsage=clientAuth\n")).unwrap();
-    openssl(dir, &["x509", "-req", "-in", &format!("{leaf}.csr"), "-CA", &format!("{ca}.pem"), "-CAkey", &format!("{ca}.key"), "-CAcreateserial",
-        "-days", "1", "-out", &format!("{leaf}.pem"), "-extfile", &format!("{leaf}.ext")]);
+    chaos_tests::harness::pki::ca_and_leaf(dir, ca, leaf, key_usage);
 }
 
 pub(crate) fn der(dir: &Path, name: &str) -> Vec<u8> {
