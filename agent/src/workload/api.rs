@@ -81,10 +81,22 @@ impl WorkloadApi {
         let cred = info.peer_cred.ok_or_else(|| Status::internal("the socket gave no peer credentials"))?;
         let pid = cred.pid().ok_or_else(|| Status::internal("the socket gave no peer pid"))?;
         let peer = PeerCredentials { pid, uid: cred.uid(), gid: cred.gid() };
-        let Some(settings) = self.attestors.unix.clone() else {
-            return Err(Status::internal("no workload attestor is configured"));
-        };
-        let attested = tokio::time::timeout(ATTEST_TIMEOUT, tokio::task::spawn_blocking(move || unix::attest(peer, &settings)))
+        let attestors = self.attestors.clone();
+        let attested = tokio::time::timeout(
+            ATTEST_TIMEOUT,
+            tokio::task::spawn_blocking(move || {
+                unix::guarded(peer.pid, || {
+                    let mut selectors = SelectorSet::new();
+                    if let Some(settings) = &attestors.unix {
+                        selectors.extend(unix::attest(peer, settings)?);
+                    }
+                    if attestors.systemd {
+                        selectors.extend(super::systemd::attest(peer.pid)?);
+                    }
+                    Ok(selectors)
+                })
+            }),
+        )
             .await
             .map_err(|_| Status::unavailable("workload attestation timed out"))?
             .map_err(|e| Status::internal(e.to_string()))?;

@@ -1,9 +1,10 @@
 //! Serving workloads: the Workload API on a Unix socket ([`api`]), the connection wrapper
 //! that lets gRPC C-core clients in ([`authority`]), and the attestors that say who is
-//! calling ([`unix`]).
+//! calling ([`unix`], [`systemd`]).
 
 pub mod api;
 pub mod authority;
+pub mod systemd;
 pub mod unix;
 
 use std::path::Path;

@@ -1,8 +1,8 @@
 //! The `unix` workload attestor: who the calling process is, from the kernel. The uid and
 //! gid come from the socket's peer credentials (SO_PEERCRED, taken at connect time and not
 //! forgeable by the caller); supplementary groups and, with `discover_workload_path`, the
-//! binary's path and SHA-256 from /proc. The process's start time is read before and after,
-//! so a pid reused by another process midway is caught.
+//! binary's path and SHA-256 from /proc. [`guarded`] reads the process's start time before
+//! and after every attestor, so a pid reused by another process midway is caught.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -117,9 +117,20 @@ fn binary(pid: i32, limit: u64) -> Result<(String, String), AttestError> {
     Ok((path.to_string_lossy().into_owned(), hex::encode(digest.finish())))
 }
 
-/// The caller's `unix:` selectors. Blocking (reads /proc): run it off the reactor.
+/// Runs `attest` on process `pid` and refuses the result if the pid now names another
+/// process (its start time changed) or none.
+pub fn guarded<T>(pid: i32, attest: impl FnOnce() -> Result<T, AttestError>) -> Result<T, AttestError> {
+    let before = start_time(pid)?;
+    let result = attest()?;
+    if start_time(pid)? != before {
+        return Err(AttestError::ProcessChanged { pid });
+    }
+    Ok(result)
+}
+
+/// The caller's `unix:` selectors. Blocking (reads /proc): run it off the reactor, inside
+/// [`guarded`].
 pub fn attest(peer: PeerCredentials, settings: &UnixData) -> Result<SelectorSet, AttestError> {
-    let before = start_time(peer.pid)?;
     let mut selectors: SelectorSet = [selector("unix", format!("uid:{}", peer.uid)), selector("unix", format!("gid:{}", peer.gid))].into_iter().flatten().collect();
     if let Some(name) = user_name(peer.uid) {
         selectors.extend(selector("unix", format!("user:{name}")));
@@ -137,9 +148,6 @@ pub fn attest(peer: PeerCredentials, settings: &UnixData) -> Result<SelectorSet,
         let (path, sha256) = binary(peer.pid, settings.workload_size_limit)?;
         selectors.extend(selector("unix", format!("path:{path}")));
         selectors.extend(selector("unix", format!("sha256:{sha256}")));
-    }
-    if start_time(peer.pid)? != before {
-        return Err(AttestError::ProcessChanged { pid: peer.pid });
     }
     Ok(selectors)
 }
@@ -174,6 +182,6 @@ mod tests {
         let err = attest(me(), &UnixData { discover_workload_path: true, workload_size_limit: 10 }).unwrap_err();
         assert!(matches!(err, AttestError::TooLarge { limit: 10, .. }), "{err:?}");
         let gone = PeerCredentials { pid: i32::MAX, uid: 0, gid: 0 };
-        assert!(matches!(attest(gone, &UnixData::default()), Err(AttestError::ProcessChanged { .. })));
+        assert!(matches!(guarded(gone.pid, || attest(gone, &UnixData::default())), Err(AttestError::ProcessChanged { .. })));
     }
 }
