@@ -1,5 +1,6 @@
 //! The sync loop: every `sync_interval` the agent fetches its trust bundle, syncs its
 //! authorized entries by revision (SyncAuthorizedEntries: only changed entries travel),
+//! fetches the bundles of the trust domains those entries federate with,
 //! mints X.509-SVIDs for new entries and for those past half-life (±10%), or signed by an
 //! authority that was tainted, in batches (BatchNewX509SVID), and renews its own SVID at
 //! half-life. Every server call goes through the pool, so any replica serves it. A failed
@@ -85,6 +86,37 @@ pub async fn fetch_bundle(pool: &ServerPool) -> Result<Bundle, Status> {
         })
         .await?;
     bundle_from_pb(&pb).map_err(|e| Status::internal(format!("the server sent a bad bundle: {e}")))
+}
+
+/// The bundles of the trust domains `entries` federate with, from any replica; a trust
+/// domain the servers hold no bundle for is left out (and logged).
+pub async fn fetch_federated(pool: &ServerPool, entries: &BTreeMap<String, Entry>) -> Result<BTreeMap<TrustDomain, Bundle>, Status> {
+    let wanted: BTreeSet<TrustDomain> = entries.values().flat_map(|e| e.federates_with.iter().cloned()).collect();
+    let mut bundles = BTreeMap::new();
+    for td in wanted {
+        let name = td.name().to_owned();
+        let answer = pool
+            .call(2, |channel| {
+                let name = name.clone();
+                async move {
+                    let mut client = bundle_pb::bundle_client::BundleClient::new(channel);
+                    Ok(client.get_federated_bundle(bundle_pb::GetFederatedBundleRequest { trust_domain: name, output_mask: None }).await?.into_inner())
+                }
+            })
+            .await;
+        match answer {
+            Ok(pb) => match bundle_from_pb(&pb) {
+                Ok(bundle) if *bundle.trust_domain() == td => {
+                    bundles.insert(td, bundle);
+                }
+                Ok(bundle) => tracing::warn!(asked = %td, got = %bundle.trust_domain(), "the server sent another trust domain's bundle"),
+                Err(e) => tracing::warn!(trust_domain = %td, error = %e, "ignoring a federated bundle the agent cannot read"),
+            },
+            Err(status) if status.code() == tonic::Code::NotFound => tracing::debug!(trust_domain = %td, "no federated bundle for this trust domain yet"),
+            Err(status) => return Err(status),
+        }
+    }
+    Ok(bundles)
 }
 
 /// The authorized entries now, given those the agent has: the server sends every entry's
@@ -221,6 +253,7 @@ pub async fn sync_once(pool: &ServerPool, cache: &Cache, trust: &Arc<RwLock<Bund
     }
     let current: Arc<Snapshot> = cache.current();
     let entries = sync_entries(pool, &current.entries).await?;
+    let federated = fetch_federated(pool, &entries).await?;
     let now = OffsetDateTime::now_utc();
     let due: Vec<Entry> = entries.values().filter(|e| needs_mint(e, current.svids.get(&e.id), &bundle, now)).cloned().collect();
     let minted = if due.is_empty() { Vec::new() } else { mint(pool, due).await? };
@@ -228,6 +261,7 @@ pub async fn sync_once(pool: &ServerPool, cache: &Cache, trust: &Arc<RwLock<Bund
     let live: BTreeSet<String> = entries.keys().cloned().collect();
     cache.update(|snapshot| {
         snapshot.bundle = Some(bundle);
+        snapshot.federated = federated;
         snapshot.entries = entries;
         snapshot.svids.retain(|id, _| live.contains(id));
         snapshot.svids.extend(minted);

@@ -8,8 +8,9 @@ use proto::workload as pb;
 
 struct World {
     _root: tempfile::TempDir,
-    _server: ServerProcess,
+    server: ServerProcess,
     agent: AgentProcess,
+    agent_id: String,
     bundle: identity::bundle::Bundle,
 }
 
@@ -28,7 +29,7 @@ fn world(server_extra: &str) -> World {
     let uid = nix::unistd::getuid().as_raw();
     server.json(&["entry", "create", "--spiffe-id", "spiffe://example.org/workload", "--parent-id", &agent_id, "--selector", &format!("unix:uid:{uid}")]);
     let agent = AgentProcess::start(root.path(), &[server.api_address()], &bundle_pem, &token, "1s");
-    World { _root: root, _server: server, agent, bundle }
+    World { _root: root, server, agent, agent_id, bundle }
 }
 
 pub async fn raw_client(agent: &AgentProcess) -> pb::spiffe_workload_api_client::SpiffeWorkloadApiClient<tonic::transport::Channel> {
@@ -81,6 +82,33 @@ fn a_workload_gets_x509_and_jwt_svids_through_the_spiffe_crate() {
         request.metadata_mut().insert("workload.spiffe.io", "true".parse().unwrap());
         assert_eq!(raw.fetch_jwtsvid(request).await.unwrap_err().code(), tonic::Code::InvalidArgument);
         source.shutdown().await;
+
+        // Federation: an entry that federates with partner.org brings partner.org's bundle
+        // (set on the server) to the workload.
+        let pki_dir = world.agent.dir.join("partner");
+        std::fs::create_dir_all(&pki_dir).unwrap();
+        chaos_tests::harness::pki::ca_and_leaf(&pki_dir, "partner-ca", "partner-node", "digitalSignature");
+        let partner_ca = pki_dir.join("partner-ca.pem");
+        let set = world.server.command(&["bundle", "set", "--id", "spiffe://partner.org", "--path", partner_ca.to_str().unwrap()]);
+        assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+        let uid = nix::unistd::getuid().as_raw();
+        world.server.json(&["entry", "create", "--spiffe-id", "spiffe://example.org/federated", "--parent-id", &world.agent_id, "--selector", &format!("unix:uid:{uid}"), "--federates-with", "spiffe://partner.org"]);
+        let partner_der = identity::bundle::parse_pem_certificates(&std::fs::read_to_string(&partner_ca).unwrap()).unwrap().remove(0);
+        let mut request = tonic::Request::new(pb::X509svidRequest {});
+        request.metadata_mut().insert("workload.spiffe.io", "true".parse().unwrap());
+        let mut stream = raw.fetch_x509svid(request).await.unwrap().into_inner();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let message = tokio::time::timeout(deadline.saturating_duration_since(std::time::Instant::now()), stream.message())
+                .await
+                .unwrap_or_else(|_| panic!("no federated bundle reached the workload\nagent log:\n{}", world.agent.log()))
+                .unwrap()
+                .unwrap();
+            if message.svids.iter().any(|s| s.spiffe_id == "spiffe://example.org/federated") {
+                assert_eq!(message.federated_bundles.get("spiffe://partner.org"), Some(&partner_der), "{:?}", message.federated_bundles.keys());
+                break;
+            }
+        }
     });
 
     // Another uid matches no entry: PermissionDenied, and never this uid's SVID.

@@ -135,8 +135,14 @@ impl Bundle for BundleService {
         Ok(Response::new(pb::ListFederatedBundlesResponse { bundles: bundles.iter().map(|b| bundle_to_pb(b, mask)).collect(), next_page_token: String::new() }))
     }
 
+    /// Admins and agents (which serve federated bundles to their workloads), as in SPIRE.
     async fn get_federated_bundle(&self, request: Request<pb::GetFederatedBundleRequest>) -> Result<Response<types::Bundle>, Status> {
-        self.context.require_admin(&request).await?;
+        if let Err(not_admin) = self.context.require_admin(&request).await {
+            let replica = self.context.replica().await?;
+            if super::agent_auth::require_agent(&request, &replica).await.is_err() {
+                return Err(not_admin);
+            }
+        }
         let request = request.into_inner();
         let td = identity::TrustDomain::parse(&request.trust_domain).map_err(|e| Status::invalid_argument(format!("trust_domain: {e}")))?;
         if td == self.context.ca.config.trust_domain {
