@@ -127,13 +127,26 @@ fn a_workload_gets_x509_and_jwt_svids_through_the_spiffe_crate() {
     } else {
         eprintln!("not root: the other-uid refusal is not exercised");
     }
+    // A restarted agent resumes with its stored SVID: its join token was used up, so
+    // attesting again would be refused.
+    let mut agent = world.agent;
+    agent.kill();
+    agent.restart();
+    let out = std::process::Command::new(chaos_tests::harness::binary("testudo-agent"))
+        .args(["api", "fetch", "x509", "--output", "json", "--socket-path"])
+        .arg(agent.socket())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "after a restart: {}\nagent log:\n{}", String::from_utf8_lossy(&out.stderr), agent.log());
+    assert!(agent.log().contains("resumed with the stored agent SVID"), "{}", agent.log());
+
     // The CLI as this uid, writing the SVID files.
-    let dir = world.agent.dir.join("fetched");
+    let dir = agent.dir.join("fetched");
     let out = std::process::Command::new(chaos_tests::harness::binary("testudo-agent"))
         .args(["api", "fetch", "x509", "--write"])
         .arg(&dir)
         .arg("--socket-path")
-        .arg(world.agent.socket())
+        .arg(agent.socket())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

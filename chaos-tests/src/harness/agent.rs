@@ -54,6 +54,8 @@ plugins {{
     }
 
     pub fn restart(&mut self) {
+        // A killed agent leaves its socket file behind; readiness means a new one.
+        let _ = std::fs::remove_file(self.socket());
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).expect("agent log");
         let child = Command::new(binary("testudo-agent"))
             .args(["run", "--config"])
@@ -64,7 +66,9 @@ plugins {{
             .expect("testudo-agent starts");
         self.child = Some(child);
         let socket = self.socket();
-        wait_until(Duration::from_secs(20), || socket.exists(), "the agent's Workload API socket");
+        let child = self.child.as_mut().expect("just started");
+        wait_until(Duration::from_secs(20), || socket.exists() || child.try_wait().ok().flatten().is_some(), "the agent's Workload API socket");
+        assert!(socket.exists(), "the agent exited at start-up:\n{}", self.log());
     }
 
     pub fn kill(&mut self) {
