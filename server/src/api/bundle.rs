@@ -34,14 +34,46 @@ impl BundleService {
         }
     }
 
-    /// Creates, replaces or upserts federated bundles, each item answered on its own.
-    async fn set_federated(&self, bundles: &[types::Bundle], mask: Option<&types::BundleMask>, mode: Mode) -> Result<Vec<(Option<types::Status>, Option<types::Bundle>)>, Status> {
+    /// Creates, replaces or upserts federated bundles, each item answered on its own. An
+    /// update with `input_mask` changes only the masked fields of the stored bundle (the
+    /// sequence number is the server's: every change bumps it).
+    async fn set_federated(
+        &self,
+        bundles: &[types::Bundle],
+        input_mask: Option<&types::BundleMask>,
+        mask: Option<&types::BundleMask>,
+        mode: Mode,
+    ) -> Result<Vec<(Option<types::Status>, Option<types::Bundle>)>, Status> {
         if bundles.len() > MAX_BATCH {
             return Err(Status::invalid_argument(format!("bundle: {} items; at most {MAX_BATCH} per call", bundles.len())));
         }
         let replica = self.context.replica().await?;
         let mut results = Vec::with_capacity(bundles.len());
         for (i, bundle) in bundles.iter().enumerate() {
+            let merged;
+            let bundle = match (mode, input_mask) {
+                (Mode::Update, Some(input)) => {
+                    let td = bundle.trust_domain.trim_start_matches("spiffe://");
+                    let reader = replica.linearizable_reader().await.map_err(read_failed)?;
+                    let Some(stored) = reader.bundle(BundleScope::Federated, td).await.map_err(read_failed)? else {
+                        results.push((item_status(tonic::Code::NotFound, format!("no bundle for {td}")), None));
+                        continue;
+                    };
+                    let mut base = bundle_to_pb(&stored, None);
+                    if input.x509_authorities {
+                        base.x509_authorities = bundle.x509_authorities.clone();
+                    }
+                    if input.jwt_authorities {
+                        base.jwt_authorities = bundle.jwt_authorities.clone();
+                    }
+                    if input.refresh_hint {
+                        base.refresh_hint = bundle.refresh_hint;
+                    }
+                    merged = base;
+                    &merged
+                }
+                _ => bundle,
+            };
             let checked = match bundle_from_pb(bundle, &format!("bundle[{i}]")) {
                 Ok(b) if b.trust_domain == self.context.ca.config.trust_domain => Err(Status::invalid_argument(format!("bundle[{i}].trust_domain: the local trust domain is not federated"))),
                 other => other,
@@ -158,7 +190,7 @@ impl Bundle for BundleService {
     async fn batch_create_federated_bundle(&self, request: Request<pb::BatchCreateFederatedBundleRequest>) -> Result<Response<pb::BatchCreateFederatedBundleResponse>, Status> {
         self.context.require_admin(&request).await?;
         let request = request.into_inner();
-        let results = self.set_federated(&request.bundle, request.output_mask.as_ref(), Mode::Create).await?;
+        let results = self.set_federated(&request.bundle, None, request.output_mask.as_ref(), Mode::Create).await?;
         let results = results.into_iter().map(|(status, bundle)| pb::batch_create_federated_bundle_response::Result { status, bundle }).collect();
         Ok(Response::new(pb::BatchCreateFederatedBundleResponse { results }))
     }
@@ -166,10 +198,7 @@ impl Bundle for BundleService {
     async fn batch_update_federated_bundle(&self, request: Request<pb::BatchUpdateFederatedBundleRequest>) -> Result<Response<pb::BatchUpdateFederatedBundleResponse>, Status> {
         self.context.require_admin(&request).await?;
         let request = request.into_inner();
-        if request.input_mask.is_some() {
-            return Err(Status::invalid_argument("input_mask: partial updates are not supported; send whole bundles"));
-        }
-        let results = self.set_federated(&request.bundle, request.output_mask.as_ref(), Mode::Update).await?;
+        let results = self.set_federated(&request.bundle, request.input_mask.as_ref(), request.output_mask.as_ref(), Mode::Update).await?;
         let results = results.into_iter().map(|(status, bundle)| pb::batch_update_federated_bundle_response::Result { status, bundle }).collect();
         Ok(Response::new(pb::BatchUpdateFederatedBundleResponse { results }))
     }
@@ -177,7 +206,7 @@ impl Bundle for BundleService {
     async fn batch_set_federated_bundle(&self, request: Request<pb::BatchSetFederatedBundleRequest>) -> Result<Response<pb::BatchSetFederatedBundleResponse>, Status> {
         self.context.require_admin(&request).await?;
         let request = request.into_inner();
-        let results = self.set_federated(&request.bundle, request.output_mask.as_ref(), Mode::Set).await?;
+        let results = self.set_federated(&request.bundle, None, request.output_mask.as_ref(), Mode::Set).await?;
         let results = results.into_iter().map(|(status, bundle)| pb::batch_set_federated_bundle_response::Result { status, bundle }).collect();
         Ok(Response::new(pb::BatchSetFederatedBundleResponse { results }))
     }
