@@ -785,6 +785,11 @@ fn an_agent_attests_with_x509pop_through_the_network_listener() {
         let err = responses.message().await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     });
+    // The refusal came after the stream had started (a challenge was sent): the metric
+    // counts it by its real code, read from the trailers; the two good rounds as OK.
+    let metrics = http_get(server.metrics_port, "/metrics").1;
+    let attest = |code: &str| metrics.lines().any(|l| l.starts_with("testudo_api_calls_total{") && l.contains("AttestAgent") && l.contains(&format!("code=\"{code}\"")));
+    assert!(attest("PermissionDenied") && attest("Ok"), "{metrics}");
     let out = server.command(&["agent", "list", "--output", "json"]);
     let agents: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let agent = &agents["agents"][0];
