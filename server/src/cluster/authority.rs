@@ -48,6 +48,18 @@ impl ClusterAuthority {
         self.key.to_pkcs8_der().map_err(|e| ClusterSetupError::Certificate(e.to_string()))
     }
 
+    /// The replica certificate to use: `current` while it has more than half its life left,
+    /// otherwise a new one for the same key (the replica's key stays; only the
+    /// certificate is replaced, so the two files never disagree). `Some` when renewed.
+    pub fn renew_replica_if_due(&self, trust_domain: &TrustDomain, current: &[u8], now: OffsetDateTime) -> Result<Option<Vec<u8>>, ClusterSetupError> {
+        let facts = identity::x509::certificate_facts(current).map_err(|e| ClusterSetupError::Certificate(format!("replica certificate: {e}")))?;
+        let half_life = (facts.not_after - facts.not_before) / 2;
+        if now < facts.not_before + half_life {
+            return Ok(None);
+        }
+        self.issue_replica(trust_domain, facts.public_key).map(Some)
+    }
+
     /// A replica certificate for `public_key`.
     pub fn issue_replica(&self, trust_domain: &TrustDomain, public_key: PublicKey) -> Result<Vec<u8>, ClusterSetupError> {
         let issuer = Issuer::new(&self.cert_der, &self.key).map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
@@ -60,5 +72,28 @@ impl ClusterAuthority {
             serial: None,
         };
         mint_x509_svid(&template, &issuer, OffsetDateTime::now_utc()).map(|m| m.der).map_err(|e| ClusterSetupError::Certificate(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use identity::crypto::{KeyType, LocalKey, Signer};
+
+    use super::*;
+
+    #[test]
+    fn a_replica_certificate_is_renewed_for_the_same_key_past_half_its_life() {
+        let td = TrustDomain::parse("example.org").unwrap();
+        let authority = ClusterAuthority::create(&td).unwrap();
+        let key = LocalKey::generate(KeyType::EcP256).unwrap();
+        let cert = authority.issue_replica(&td, key.public_key().clone()).unwrap();
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(authority.renew_replica_if_due(&td, &cert, now).unwrap(), None, "fresh: kept");
+        let later = now + time::Duration::days(200);
+        let renewed = authority.renew_replica_if_due(&td, &cert, later).unwrap().expect("past half-life: renewed");
+        assert_ne!(renewed, cert);
+        let facts = identity::x509::certificate_facts(&renewed).unwrap();
+        assert_eq!(&facts.public_key, key.public_key(), "the key stays, so the key file still matches");
+        assert_eq!(facts.uri_sans, vec![replica_id(&td).unwrap().to_string()]);
     }
 }

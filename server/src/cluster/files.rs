@@ -84,6 +84,13 @@ pub fn store(data_dir: &Path, material: &ClusterMaterial) -> Result<(), ClusterS
     fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| io_error(&dir, e))
 }
 
+/// Replaces the replica certificate (same key) of a replica that has cluster files.
+pub fn replace_replica_certificate(data_dir: &Path, cert_der: &[u8]) -> Result<(), ClusterSetupError> {
+    let dir = dir(data_dir);
+    write_file(&dir, "replica.der", cert_der)?;
+    fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| io_error(&dir, e))
+}
+
 /// Creates `path` (0600) with `contents`, whole or not at all; refuses an existing file.
 pub fn write_new(path: &Path, contents: &[u8]) -> Result<(), ClusterSetupError> {
     if !path.is_absolute() {

@@ -106,10 +106,20 @@ impl ClusterRuntime {
     async fn start_replica(&self, material: &ClusterMaterial) -> Result<Member, ClusterSetupError> {
         let s = &self.settings;
         let authority = Arc::new(ClusterAuthority::from_parts(material.ca_cert_der.clone(), &material.ca_key_pkcs8)?);
+        // Replica certificates last a year; each start past half-life renews this one.
+        let mut replica_cert_der = material.replica_cert_der.clone();
+        if let Some(renewed) = authority.renew_replica_if_due(&s.trust_domain, &replica_cert_der, time::OffsetDateTime::now_utc())? {
+            files::replace_replica_certificate(&s.data_dir, &renewed)?;
+            tracing::info!("replica certificate past half its life: renewed");
+            replica_cert_der = renewed;
+        }
+        if let Ok(facts) = identity::x509::certificate_facts(&replica_cert_der) {
+            metrics::gauge!("testudo_cluster_certificate_expiry_seconds").set(facts.not_after.unix_timestamp() as f64);
+        }
         let mut bundle = Bundle::new(s.trust_domain.clone());
         bundle.add_x509_authority(&material.ca_cert_der).map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
         let tls = ClusterTls {
-            chain: vec![material.replica_cert_der.clone(), material.ca_cert_der.clone()],
+            chain: vec![replica_cert_der, material.ca_cert_der.clone()],
             key_pkcs8: material.replica_key_pkcs8.clone(),
             bundle: Arc::new(RwLock::new(bundle)),
             replica_id: replica_id(&s.trust_domain)?,
