@@ -2,5 +2,6 @@
 //! clients that others wrote (the `spiffe` crate) and by our own CLI.
 
 mod failover;
+mod rotation;
 mod x509pop;
 mod workload_api;

@@ -1,0 +1,54 @@
+//! Short-lived SVIDs over many rotations: a streaming workload always holds a valid one.
+
+use std::time::Duration;
+
+use chaos_tests::harness::{AgentProcess, ServerProcess};
+use proto::workload as pb;
+
+use crate::workload_api::raw_client;
+
+#[test]
+fn rotation_over_many_cycles_leaves_no_gap() {
+    let root = tempfile::tempdir().unwrap();
+    // 20 s SVIDs (30 s with the 10 s backdate): the agent replaces them every 5-6 s.
+    let server = ServerProcess::start(root.path(), 1, r#"default_x509_svid_ttl = "20s""#);
+    server.json(&["cluster", "init"]);
+    let bundle_pem = server.bundle_pem();
+    let token = server.json(&["token", "generate", "--ttl", "600"])["value"].as_str().unwrap().to_string();
+    let uid = nix::unistd::getuid().as_raw();
+    server.json(&["entry", "create", "--spiffe-id", "spiffe://example.org/short", "--parent-id", &format!("spiffe://example.org/spire/agent/join_token/{token}"), "--selector", &format!("unix:uid:{uid}")]);
+    let agent = AgentProcess::start(root.path(), &[server.api_address()], &bundle_pem, &token, "500ms");
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut client = raw_client(&agent).await;
+        let mut request = tonic::Request::new(pb::X509svidRequest {});
+        request.metadata_mut().insert("workload.spiffe.io", "true".parse().unwrap());
+        let mut stream = client.fetch_x509svid(request).await.unwrap().into_inner();
+        // (serial, not_after) of what the workload holds, and every change it saw.
+        let mut held: Option<(Vec<u8>, time::OffsetDateTime)> = None;
+        let mut rotations = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(35);
+        while tokio::time::Instant::now() < deadline {
+            let message = match tokio::time::timeout_at(deadline, stream.message()).await {
+                Err(_) => break,
+                Ok(message) => message.unwrap_or_else(|e| panic!("the stream failed: {e:?}\nagent log:\n{}", agent.log())).expect("the stream stays open"),
+            };
+            let now = time::OffsetDateTime::now_utc();
+            if let Some((_, not_after)) = &held {
+                assert!(*not_after > now, "the workload held an expired SVID until {now} (expired {not_after})");
+            }
+            let svid = message.svids.iter().find(|s| s.spiffe_id == "spiffe://example.org/short").expect("the SVID");
+            let chain = agent::identity_store::split_der_certificates(&svid.x509_svid).unwrap();
+            let facts = identity::x509::certificate_facts(&chain[0]).unwrap();
+            assert!(facts.not_after > now, "the agent sent an expired SVID");
+            if held.as_ref().is_some_and(|(serial, _)| *serial != facts.serial) {
+                rotations += 1;
+            }
+            held = Some((facts.serial, facts.not_after));
+        }
+        let (_, not_after) = held.expect("at least one SVID");
+        assert!(not_after > time::OffsetDateTime::now_utc(), "the last SVID held is still valid at the end");
+        assert!(rotations >= 4, "only {rotations} rotations in 35 s\nagent log:\n{}", agent.log());
+    });
+}
