@@ -85,17 +85,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
             svid
         }
         None => {
-            let identity = match &config.node_attestor {
-                NodeAttestor::JoinToken => {
-                    let token = config.agent.join_token.as_deref().ok_or_else(|| StartError::Config("agent.join_token is required to attest (no stored SVID)".into()))?;
-                    attest::with_join_token(&pool, token).await.map_err(|e| StartError::Attestation(format!("{:?}: {}", e.code(), e.message())))?
-                }
-                NodeAttestor::X509Pop { private_key_path, certificate_path, intermediates_path } => {
-                    attest::with_x509pop(&pool, private_key_path, certificate_path, intermediates_path.as_deref())
-                        .await
-                        .map_err(|e| StartError::Attestation(format!("{:?}: {}", e.code(), e.message())))?
-                }
-            };
+            if config.node_attestor == NodeAttestor::JoinToken && config.agent.join_token.is_none() {
+                return Err(StartError::Config("agent.join_token is required to attest (no stored SVID)".into()));
+            }
+            let identity = attest_node(&config, &pool).await.map_err(|e| StartError::Attestation(format!("{:?}: {}", e.code(), e.message())))?;
             let svid = AgentSvid::new(identity, &bundle).map_err(|e| StartError::Attestation(format!("the server issued an SVID that does not verify: {e}")))?;
             tracing::info!(spiffe_id = %svid.spiffe_id, "node attested");
             if matches!(config.key_storage, KeyStorage::Disk(_)) {
@@ -142,6 +135,19 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     served.map_err(|e| StartError::Socket { path: socket.display().to_string(), reason: e.to_string() })
 }
 
+/// Attests the node with the configured attestor.
+async fn attest_node(config: &AgentConfig, pool: &ServerPool) -> Result<StoredIdentity, tonic::Status> {
+    match &config.node_attestor {
+        NodeAttestor::JoinToken => {
+            let token = config.agent.join_token.as_deref().ok_or_else(|| tonic::Status::failed_precondition("no join_token configured"))?;
+            attest::with_join_token(pool, token).await
+        }
+        NodeAttestor::X509Pop { private_key_path, certificate_path, intermediates_path } => {
+            attest::with_x509pop(pool, private_key_path, certificate_path, intermediates_path.as_deref()).await
+        }
+    }
+}
+
 /// Accepted Workload API connections, each wrapped so any client's `:authority` passes.
 fn accept(listener: tokio::net::UnixListener) -> impl tokio_stream::Stream<Item = std::io::Result<workload::authority::AuthorityFixing>> {
     use tokio_stream::StreamExt;
@@ -163,7 +169,29 @@ async fn sync_loop(config: AgentConfig, pool: Arc<ServerPool>, cache: Cache, tru
             }
             Err(status) if status.code() == Code::PermissionDenied => {
                 metrics::counter!("testudo_agent_syncs_total", "result" => "denied").increment(1);
-                tracing::error!(error = %status.message(), "the servers refuse this agent (banned or evicted?): it serves what it has and gets no new SVIDs");
+                // An evicted agent whose attestor can prove the node again (x509pop; a join
+                // token works once) attests again, as SPIRE's does; a banned one cannot.
+                let evicted = status.message().contains("not attested");
+                if evicted && matches!(config.node_attestor, NodeAttestor::X509Pop { .. }) {
+                    tracing::warn!(error = %status.message(), "this agent was evicted; attesting again");
+                    match attest_node(&config, &pool).await.map_err(|e| e.to_string()).and_then(|identity| {
+                        trust.read().map_err(|_| "bundle lock poisoned".to_string()).and_then(|b| AgentSvid::new(identity, &b))
+                    }) {
+                        Ok(renewed) => {
+                            pool.set_identity(&renewed.identity);
+                            if matches!(config.key_storage, KeyStorage::Disk(_)) {
+                                if let Err(e) = store.save_identity(&renewed.identity) {
+                                    tracing::warn!(error = %e, "cannot save the new agent SVID");
+                                }
+                            }
+                            tracing::info!(spiffe_id = %renewed.spiffe_id, "attested again");
+                            agent = renewed;
+                        }
+                        Err(e) => tracing::error!(error = %e, "attesting again failed; serving what the agent has, no new SVIDs"),
+                    }
+                } else {
+                    tracing::error!(error = %status.message(), "the servers refuse this agent (banned, or evicted with a spent join token): it serves what it has and gets no new SVIDs");
+                }
             }
             Err(status) => {
                 metrics::counter!("testudo_agent_syncs_total", "result" => "failed").increment(1);

@@ -160,6 +160,21 @@ fn a_workload_gets_x509_and_jwt_svids_through_the_spiffe_crate() {
         .output()
         .unwrap();
     assert!(verify.status.success(), "openssl verify: {}", String::from_utf8_lossy(&verify.stderr));
+
+    // Banned: the agent keeps serving what it has, gets nothing new, and says why.
+    let banned = world.server.command(&["agent", "ban", "--spiffe-id", &world.agent_id]);
+    assert!(banned.status.success(), "{}", String::from_utf8_lossy(&banned.stderr));
+    let uid = nix::unistd::getuid().as_raw();
+    world.server.json(&["entry", "create", "--spiffe-id", "spiffe://example.org/after-ban", "--parent-id", &world.agent_id, "--selector", &format!("unix:uid:{uid}")]);
+    chaos_tests::harness::wait_until(Duration::from_secs(20), || agent.log().contains("banned"), "the agent to log that it is banned");
+    let out = std::process::Command::new(chaos_tests::harness::binary("testudo-agent"))
+        .args(["api", "fetch", "x509", "--output", "json", "--socket-path"])
+        .arg(agent.socket())
+        .output()
+        .unwrap();
+    let fetched = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && fetched.contains("spiffe://example.org/workload"), "the cached SVID is still served: {fetched}");
+    assert!(!fetched.contains("after-ban"), "a banned agent gets no new SVIDs: {fetched}");
 }
 
 /// py-spiffe (PyPI `spiffe`, in the test venv): fetch, validate and a streamed rotation.

@@ -39,6 +39,24 @@ fn an_agent_attests_with_x509pop_and_serves_its_workload() {
     assert_eq!(fetched["svids"][0]["spiffe_id"], "spiffe://example.org/node-workload");
     let agents = server.json(&["agent", "list"]);
     assert!(agents.to_string().contains(&agent_id), "{agents}");
+
+    // Evicted, the agent proves its node again and keeps getting new SVIDs.
+    let evicted = server.command(&["agent", "evict", "--spiffe-id", &agent_id]);
+    assert!(evicted.status.success(), "{}", String::from_utf8_lossy(&evicted.stderr));
+    server.json(&["entry", "create", "--spiffe-id", "spiffe://example.org/after-eviction", "--parent-id", &agent_id, "--selector", &format!("unix:uid:{uid}")]);
+    chaos_tests::harness::wait_until(
+        Duration::from_secs(30),
+        || {
+            let out = std::process::Command::new(chaos_tests::harness::binary("testudo-agent"))
+                .args(["api", "fetch", "x509", "--output", "json", "--socket-path"])
+                .arg(agent.socket())
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains("spiffe://example.org/after-eviction")
+        },
+        "the evicted agent to attest again and mint for a new entry",
+    );
+    assert!(agent.log().contains("attesting again") && agent.log().contains("attested again"), "{}", agent.log());
 }
 
 #[test]
