@@ -52,3 +52,48 @@ fn rotation_over_many_cycles_leaves_no_gap() {
         assert!(rotations >= 4, "only {rotations} rotations in 35 s\nagent log:\n{}", agent.log());
     });
 }
+
+#[test]
+fn an_svid_signed_by_a_tainted_authority_is_replaced_at_once() {
+    let root = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(root.path(), 1, "");
+    server.json(&["cluster", "init"]);
+    let bundle_pem = server.bundle_pem();
+    let token = server.json(&["token", "generate", "--ttl", "600"])["value"].as_str().unwrap().to_string();
+    let uid = nix::unistd::getuid().as_raw();
+    server.json(&["entry", "create", "--spiffe-id", "spiffe://example.org/tainted", "--parent-id", &format!("spiffe://example.org/spire/agent/join_token/{token}"), "--selector", &format!("unix:uid:{uid}")]);
+    let agent = AgentProcess::start(root.path(), &[server.api_address()], &bundle_pem, &token, "500ms");
+    let issuer_of = |message: &pb::X509svidResponse| {
+        let svid = message.svids.iter().find(|s| s.spiffe_id == "spiffe://example.org/tainted").expect("the SVID");
+        agent::identity_store::split_der_certificates(&svid.x509_svid).unwrap()[1].clone()
+    };
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut client = raw_client(&agent).await;
+        let mut request = tonic::Request::new(pb::X509svidRequest {});
+        request.metadata_mut().insert("workload.spiffe.io", "true".parse().unwrap());
+        let mut stream = client.fetch_x509svid(request).await.unwrap().into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        let old_ca = issuer_of(&first);
+
+        // A new authority, activated; the old one tainted. The SVID (valid for an hour)
+        // must be replaced now, by one from the new authority.
+        let old_id = server.json(&["localauthority", "x509", "show"])["active"]["authority_id"].as_str().unwrap().to_string();
+        let prepared = server.json(&["localauthority", "x509", "prepare"]);
+        let new_id = prepared["prepared"]["authority_id"].as_str().unwrap().to_string();
+        server.json(&["localauthority", "x509", "activate", "--authority-id", &new_id]);
+        server.json(&["localauthority", "x509", "taint", "--authority-id", &old_id]);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let message = tokio::time::timeout_at(deadline, stream.message())
+                .await
+                .unwrap_or_else(|_| panic!("no replacement for the tainted authority's SVID\nagent log:\n{}", agent.log()))
+                .unwrap()
+                .unwrap();
+            if issuer_of(&message) != old_ca {
+                break;
+            }
+        }
+    });
+}
