@@ -462,17 +462,20 @@ pub enum AuthorityAction {
     Prepare,
     /// Activates the prepared authority.
     Activate {
-        #[arg(long)]
+        /// JWT key ids are base64url and may start with `-`.
+        #[arg(long, allow_hyphen_values = true)]
         authority_id: String,
     },
     /// Taints the old authority: what it signed is replaced.
     Taint {
-        #[arg(long)]
+        /// JWT key ids are base64url and may start with `-`.
+        #[arg(long, allow_hyphen_values = true)]
         authority_id: String,
     },
     /// Revokes the tainted authority: it leaves the bundle.
     Revoke {
-        #[arg(long)]
+        /// JWT key ids are base64url and may start with `-`.
+        #[arg(long, allow_hyphen_values = true)]
         authority_id: String,
     },
 }

@@ -315,3 +315,19 @@ fn print_status(s: &ClusterStatus, output: Output) {
         println!("{:<8} {:<8} {:<24} {:<24} {:>8} {:>6}", m.node_id, role, m.raft_address, m.api_address, opt(m.matched_index), opt(m.lag));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    #[test]
+    fn authority_ids_may_start_with_a_hyphen() {
+        // JWT key ids are base64url: one in 64 starts with `-`.
+        for verb in ["activate", "taint", "revoke"] {
+            let parsed = Cli::try_parse_from(["testudo-server", "localauthority", "jwt", verb, "--authority-id", "-hZ3kx"]);
+            assert!(parsed.is_ok(), "{verb}: {:?}", parsed.err());
+        }
+    }
+}
