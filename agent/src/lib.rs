@@ -7,6 +7,7 @@ pub mod attest;
 pub mod cache;
 pub mod config;
 pub mod identity_store;
+pub mod ops;
 pub mod runtime;
 pub mod server_pool;
 pub mod sync;

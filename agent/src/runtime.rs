@@ -51,6 +51,8 @@ impl AgentSvid {
 
 /// Runs the agent until `shutdown` resolves; removes the Workload API socket on the way out.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ops = crate::ops::start(&config, ready.clone()).await.map_err(|e| StartError::Config(e.to_string()))?;
     let trust_domain = config.agent.trust_domain.clone();
     let store_dir = match &config.key_storage {
         KeyStorage::Disk(dir) => dir.clone(),
@@ -125,12 +127,14 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     let socket = &config.agent.socket_path;
     let listener = workload::bind(socket).map_err(|e| StartError::Socket { path: socket.display().to_string(), reason: e.to_string() })?;
     tracing::info!(socket = %socket.display(), "Workload API listening");
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let api = WorkloadApi::new(cache, config.workload_attestors.clone(), pool);
     let served = tonic::transport::Server::builder()
         .add_service(proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer::new(api))
         .serve_with_incoming_shutdown(accept(listener), shutdown)
         .await;
     sync_task.abort();
+    ops.iter().for_each(tokio::task::JoinHandle::abort);
     let _ = std::fs::remove_file(socket);
     served.map_err(|e| StartError::Socket { path: socket.display().to_string(), reason: e.to_string() })
 }

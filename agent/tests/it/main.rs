@@ -2,6 +2,7 @@
 //! clients that others wrote (the `spiffe` crate) and by our own CLI.
 
 mod failover;
+mod ops;
 mod rotation;
 mod x509pop;
 mod workload_api;

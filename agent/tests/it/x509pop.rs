@@ -28,7 +28,7 @@ fn an_agent_attests_with_x509pop_and_serves_its_workload() {
         key = pki_dir.join("node.key").display(),
         cert = pki_dir.join("node.pem").display(),
     );
-    let agent = AgentProcess::start_with_attestor(root.path(), &[server.api_address()], &bundle_pem, "", &attestor, "1s");
+    let agent = AgentProcess::start_with_attestor(root.path(), &[server.api_address()], &bundle_pem, "", &attestor, "1s", "");
     let out = std::process::Command::new(chaos_tests::harness::binary("testudo-agent"))
         .args(["api", "fetch", "x509", "--output", "json", "--socket-path"])
         .arg(agent.socket())

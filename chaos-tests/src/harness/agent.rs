@@ -17,12 +17,12 @@ impl AgentProcess {
     /// `bundle_pem`, and syncs every `sync_interval` (e.g. `"1s"`). It logs at INFO;
     /// set RUST_LOG for more.
     pub fn start(root: &Path, servers: &[String], bundle_pem: &str, join_token: &str, sync_interval: &str) -> Self {
-        Self::start_with_attestor(root, servers, bundle_pem, &format!("join_token = \"{join_token}\""), r#"NodeAttestor "join_token" {}"#, sync_interval)
+        Self::start_with_attestor(root, servers, bundle_pem, &format!("join_token = \"{join_token}\""), r#"NodeAttestor "join_token" {}"#, sync_interval, "")
     }
 
-    /// An agent whose `agent { }` block also holds `agent_extra` and whose node attestor
-    /// block is `node_attestor`.
-    pub fn start_with_attestor(root: &Path, servers: &[String], bundle_pem: &str, agent_extra: &str, node_attestor: &str, sync_interval: &str) -> Self {
+    /// An agent whose `agent { }` block also holds `agent_extra`, whose node attestor block
+    /// is `node_attestor`, and whose file ends with `extra_blocks` (e.g. `health_checks`).
+    pub fn start_with_attestor(root: &Path, servers: &[String], bundle_pem: &str, agent_extra: &str, node_attestor: &str, sync_interval: &str, extra_blocks: &str) -> Self {
         let dir = root.join("agent");
         std::fs::create_dir_all(&dir).expect("agent dir");
         std::fs::write(dir.join("bundle.pem"), bundle_pem).expect("bundle file");
@@ -43,6 +43,7 @@ plugins {{
   KeyManager "disk" {{}}
   WorkloadAttestor "unix" {{}}
 }}
+{extra_blocks}
 "#,
             dir = dir.display(),
             servers = servers.join(", "),

@@ -27,6 +27,21 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// A plain HTTP/1.1 GET on loopback: (status code, body); (0, "") if nothing answers.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return (0, String::new()) };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    if write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").is_err() {
+        return (0, String::new());
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (code, body)
+}
+
 /// Polls `ok` until it holds, or panics naming `what` after `within`.
 pub fn wait_until(within: Duration, mut ok: impl FnMut() -> bool, what: &str) {
     let deadline = Instant::now() + within;
