@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use chaos_tests::harness::{http_get, wait_until};
+
 const BIN: &str = env!("CARGO_BIN_EXE_testudo-server");
 
 fn free_port() -> u16 {
@@ -140,25 +142,7 @@ impl Drop for Server {
     }
 }
 
-/// A plain HTTP/1.1 GET on loopback: (status code, body).
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (code, body)
-}
 
-fn wait_until(within: Duration, mut ok: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + within;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn voters(status: &serde_json::Value) -> Vec<u64> {
     status["members"].as_array().unwrap().iter().filter(|m| m["voter"] == true).map(|m| m["node_id"].as_u64().unwrap()).collect()
