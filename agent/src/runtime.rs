@@ -122,6 +122,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
             }
         }
     }
+    let probe_task = tokio::spawn(pool.clone().probe_unhealthy(std::time::Duration::from_secs(1)));
     let sync_task = tokio::spawn(sync_loop(config.clone(), pool.clone(), cache.clone(), trust.clone(), store.clone(), agent));
 
     let socket = &config.agent.socket_path;
@@ -134,6 +135,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         .serve_with_incoming_shutdown(accept(listener), shutdown)
         .await;
     sync_task.abort();
+    probe_task.abort();
     ops.iter().for_each(tokio::task::JoinHandle::abort);
     let _ = std::fs::remove_file(socket);
     served.map_err(|e| StartError::Socket { path: socket.display().to_string(), reason: e.to_string() })

@@ -4,6 +4,8 @@
 //! backoff and the call moves to the next one. No call depends on reaching the Raft leader:
 //! any replica serves any agent call.
 //!
+//! Replicas marked unhealthy are probed (gRPC health) and return as soon as they answer.
+//!
 //! Connections are mutual TLS: the agent presents its SVID (none before attestation), and
 //! a server must present `spiffe://<td>/spire/server` chained to the agent's bundle.
 
@@ -171,6 +173,38 @@ impl ServerPool {
             }
         }
         Err(last)
+    }
+}
+
+impl ServerPool {
+    /// Probes every replica marked unhealthy with a gRPC health check, every `every`, and
+    /// returns those that answer SERVING to the pool at once (instead of when their backoff
+    /// runs out). Runs until the task is dropped.
+    pub async fn probe_unhealthy(self: std::sync::Arc<Self>, every: Duration) {
+        use proto::health::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let unhealthy: Vec<usize> = {
+                let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                (0..self.servers.len()).filter(|&i| state.health[i].failures > 0).collect()
+            };
+            for index in unhealthy {
+                let Ok(channel) = self.channel(index) else { continue };
+                let mut client = HealthClient::new(channel);
+                let check = client.check(HealthCheckRequest { service: String::new() });
+                let serving = matches!(
+                    tokio::time::timeout(CONNECT_TIMEOUT, check).await,
+                    Ok(Ok(answer)) if answer.get_ref().status == ServingStatus::Serving as i32
+                );
+                if serving {
+                    let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                    state.health[index] = Health::default();
+                    tracing::info!(server = %self.servers[index].address, "server replica is healthy again");
+                }
+            }
+        }
     }
 }
 
