@@ -1,7 +1,7 @@
 //! The agent's own identity between runs: its SVID chain, key and the last trust bundle, in
 //! the key storage directory. Files are replaced atomically (a temp file renamed over the
 //! old one, synced first) and created mode 0600, so a crash leaves the old or the new
-//! identity, never half of one.
+//! identity, never half of one. Every call runs on a blocking thread, off the reactor.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -41,41 +41,48 @@ impl IdentityStore {
         Self { dir: dir.to_path_buf() }
     }
 
+    /// Runs `f` on this store on a blocking thread.
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Self) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| StoreError::Io { path: self.dir.clone(), reason: e.to_string() })?
+    }
+
     /// The stored identity, if both files are there.
-    pub fn load_identity(&self) -> Result<Option<StoredIdentity>, StoreError> {
-        let (Some(chain), Some(key)) = (self.read(SVID_FILE)?, self.read(KEY_FILE)?) else { return Ok(None) };
-        let chain = split_der_certificates(&chain).map_err(|reason| StoreError::Corrupt { path: self.dir.join(SVID_FILE), what: "certificate chain", reason })?;
-        Ok(Some(StoredIdentity { chain, key_pkcs8: Zeroizing::new(key) }))
+    pub async fn load_identity(&self) -> Result<Option<StoredIdentity>, StoreError> {
+        self.blocking(|store| {
+            let (Some(chain), Some(key)) = (store.read(SVID_FILE)?, store.read(KEY_FILE)?) else { return Ok(None) };
+            let chain = split_der_certificates(&chain).map_err(|reason| StoreError::Corrupt { path: store.dir.join(SVID_FILE), what: "certificate chain", reason })?;
+            Ok(Some(StoredIdentity { chain, key_pkcs8: Zeroizing::new(key) }))
+        })
+        .await
     }
 
-    pub fn save_identity(&self, identity: &StoredIdentity) -> Result<(), StoreError> {
-        self.write(KEY_FILE, &identity.key_pkcs8)?;
-        self.write(SVID_FILE, &identity.chain.concat())
-    }
-
-    /// Forgets the identity (an evicted agent, or one whose SVID no longer verifies).
-    pub fn remove_identity(&self) -> Result<(), StoreError> {
-        for name in [SVID_FILE, KEY_FILE] {
-            let path = self.dir.join(name);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StoreError::Io { path, reason: e.to_string() }),
-            }
-        }
-        Ok(())
+    pub async fn save_identity(&self, identity: &StoredIdentity) -> Result<(), StoreError> {
+        let identity = identity.clone();
+        self.blocking(move |store| {
+            store.write(KEY_FILE, &identity.key_pkcs8)?;
+            store.write(SVID_FILE, &identity.chain.concat())
+        })
+        .await
     }
 
     /// The last bundle received from the servers.
-    pub fn load_bundle(&self, trust_domain: &TrustDomain) -> Result<Option<Bundle>, StoreError> {
-        let Some(json) = self.read(BUNDLE_FILE)? else { return Ok(None) };
-        Bundle::from_spiffe_json(trust_domain.clone(), &json)
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt { path: self.dir.join(BUNDLE_FILE), what: "SPIFFE bundle", reason: e.to_string() })
+    pub async fn load_bundle(&self, trust_domain: &TrustDomain) -> Result<Option<Bundle>, StoreError> {
+        let trust_domain = trust_domain.clone();
+        self.blocking(move |store| {
+            let Some(json) = store.read(BUNDLE_FILE)? else { return Ok(None) };
+            Bundle::from_spiffe_json(trust_domain, &json)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt { path: store.dir.join(BUNDLE_FILE), what: "SPIFFE bundle", reason: e.to_string() })
+        })
+        .await
     }
 
-    pub fn save_bundle(&self, bundle: &Bundle) -> Result<(), StoreError> {
-        self.write(BUNDLE_FILE, bundle.to_spiffe_json().as_bytes())
+    pub async fn save_bundle(&self, bundle: &Bundle) -> Result<(), StoreError> {
+        let json = bundle.to_spiffe_json();
+        self.blocking(move |store| store.write(BUNDLE_FILE, json.as_bytes())).await
     }
 
     fn read(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {

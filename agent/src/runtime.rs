@@ -59,7 +59,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         KeyStorage::Memory => config.agent.data_dir.clone(),
     };
     let store = IdentityStore::new(&store_dir);
-    let bundle = match store.load_bundle(&trust_domain)? {
+    let bundle = match store.load_bundle(&trust_domain).await? {
         Some(saved) => saved,
         None => match trust::from_file(&trust_domain, &config.trust)? {
             Some(configured) => configured,
@@ -71,7 +71,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     let server_id = SpiffeId::new(trust_domain.clone(), "/spire/server").map_err(|e| StartError::Config(e.to_string()))?;
     let pool = Arc::new(ServerPool::new(config.servers.clone(), server_id, trust.clone()));
 
-    let restored = match (&config.key_storage, store.load_identity()?) {
+    let restored = match (&config.key_storage, store.load_identity().await?) {
         (KeyStorage::Disk(_), Some(identity)) => match AgentSvid::new(identity, &bundle) {
             Ok(svid) => Some(svid),
             Err(e) => {
@@ -94,12 +94,12 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
             let svid = AgentSvid::new(identity, &bundle).map_err(|e| StartError::Attestation(format!("the server issued an SVID that does not verify: {e}")))?;
             tracing::info!(spiffe_id = %svid.spiffe_id, "node attested");
             if matches!(config.key_storage, KeyStorage::Disk(_)) {
-                store.save_identity(&svid.identity)?;
+                store.save_identity(&svid.identity).await?;
             }
             svid
         }
     };
-    store.save_bundle(&bundle)?;
+    store.save_bundle(&bundle).await?;
     pool.set_identity(&agent.identity);
 
     // As SPIRE's agent does, serve workloads only once the cache holds what the servers
@@ -141,6 +141,19 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     served.map_err(|e| StartError::Socket { path: socket.display().to_string(), reason: e.to_string() })
 }
 
+/// Starts using a new agent SVID (after renewal or a new attestation): checks it against
+/// the bundle, presents it from now on, and keeps it on disk with `KeyManager "disk"`.
+async fn adopt(identity: StoredIdentity, config: &AgentConfig, pool: &ServerPool, store: &IdentityStore, trust: &RwLock<Bundle>) -> Result<AgentSvid, String> {
+    let svid = trust.read().map_err(|_| "bundle lock poisoned".to_string()).and_then(|b| AgentSvid::new(identity, &b))?;
+    pool.set_identity(&svid.identity);
+    if matches!(config.key_storage, KeyStorage::Disk(_)) {
+        if let Err(e) = store.save_identity(&svid.identity).await {
+            tracing::warn!(error = %e, "cannot save the new agent SVID; a restart will attest again");
+        }
+    }
+    Ok(svid)
+}
+
 /// Attests the node with the configured attestor.
 async fn attest_node(config: &AgentConfig, pool: &ServerPool) -> Result<StoredIdentity, tonic::Status> {
     match &config.node_attestor {
@@ -180,19 +193,14 @@ async fn sync_loop(config: AgentConfig, pool: Arc<ServerPool>, cache: Cache, tru
                 let evicted = status.message().contains("not attested");
                 if evicted && matches!(config.node_attestor, NodeAttestor::X509Pop { .. }) {
                     tracing::warn!(error = %status.message(), "this agent was evicted; attesting again");
-                    match attest_node(&config, &pool).await.map_err(|e| e.to_string()).and_then(|identity| {
-                        trust.read().map_err(|_| "bundle lock poisoned".to_string()).and_then(|b| AgentSvid::new(identity, &b))
-                    }) {
-                        Ok(renewed) => {
-                            pool.set_identity(&renewed.identity);
-                            if matches!(config.key_storage, KeyStorage::Disk(_)) {
-                                if let Err(e) = store.save_identity(&renewed.identity) {
-                                    tracing::warn!(error = %e, "cannot save the new agent SVID");
-                                }
+                    match attest_node(&config, &pool).await {
+                        Ok(identity) => match adopt(identity, &config, &pool, &store, &trust).await {
+                            Ok(renewed) => {
+                                tracing::info!(spiffe_id = %renewed.spiffe_id, "attested again");
+                                agent = renewed;
                             }
-                            tracing::info!(spiffe_id = %renewed.spiffe_id, "attested again");
-                            agent = renewed;
-                        }
+                            Err(e) => tracing::error!(error = %e, "the new agent SVID does not verify; no new SVIDs"),
+                        },
                         Err(e) => tracing::error!(error = %e, "attesting again failed; serving what the agent has, no new SVIDs"),
                     }
                 } else {
@@ -207,20 +215,14 @@ async fn sync_loop(config: AgentConfig, pool: Arc<ServerPool>, cache: Cache, tru
         let bundle = trust.read().map(|b| b.clone()).ok();
         if let Some(bundle) = bundle.filter(|b| Some(b.sequence_number) != last_bundle_sequence) {
             last_bundle_sequence = Some(bundle.sequence_number);
-            if let Err(e) = store.save_bundle(&bundle) {
+            if let Err(e) = store.save_bundle(&bundle).await {
                 tracing::warn!(error = %e, "cannot save the trust bundle");
             }
         }
         if OffsetDateTime::now_utc() >= agent.renew_at {
             match attest::renew(&pool).await {
-                Ok(identity) => match trust.read().map_err(|_| "bundle lock poisoned".to_string()).and_then(|b| AgentSvid::new(identity, &b)) {
+                Ok(identity) => match adopt(identity, &config, &pool, &store, &trust).await {
                     Ok(renewed) => {
-                        pool.set_identity(&renewed.identity);
-                        if matches!(config.key_storage, KeyStorage::Disk(_)) {
-                            if let Err(e) = store.save_identity(&renewed.identity) {
-                                tracing::warn!(error = %e, "cannot save the renewed agent SVID");
-                            }
-                        }
                         tracing::info!(renew_at = %renewed.renew_at, "agent SVID renewed");
                         agent = renewed;
                     }

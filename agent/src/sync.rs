@@ -258,6 +258,15 @@ pub async fn sync_once(pool: &ServerPool, cache: &Cache, trust: &Arc<RwLock<Bund
     let due: Vec<Entry> = entries.values().filter(|e| needs_mint(e, current.svids.get(&e.id), &bundle, now)).cloned().collect();
     let minted = if due.is_empty() { Vec::new() } else { mint(pool, due).await? };
     let report = SyncReport { entries: entries.len(), minted: minted.len() };
+    // Every Workload API stream wakes on an update: skip it when nothing changed.
+    let unchanged = minted.is_empty()
+        && current.bundle.as_ref() == Some(&bundle)
+        && current.federated == federated
+        && current.entries == entries
+        && current.svids.keys().all(|id| entries.contains_key(id));
+    if unchanged {
+        return Ok(report);
+    }
     let live: BTreeSet<String> = entries.keys().cloned().collect();
     cache.update(|snapshot| {
         snapshot.bundle = Some(bundle);

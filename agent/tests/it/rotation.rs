@@ -2,26 +2,19 @@
 
 use std::time::Duration;
 
-use chaos_tests::harness::{AgentProcess, ServerProcess};
 use proto::workload as pb;
 
-use crate::workload_api::raw_client;
+use crate::workload_api::{raw_client, world};
 
 #[test]
 fn rotation_over_many_cycles_leaves_no_gap() {
-    let root = tempfile::tempdir().unwrap();
     // 20 s SVIDs (30 s with the 10 s backdate): the agent replaces them every 5-6 s.
-    let server = ServerProcess::start(root.path(), 1, r#"default_x509_svid_ttl = "20s""#);
-    server.json(&["cluster", "init"]);
-    let bundle_pem = server.bundle_pem();
-    let token = server.json(&["token", "generate", "--ttl", "600"])["value"].as_str().unwrap().to_string();
-    let uid = nix::unistd::getuid().as_raw();
-    server.json(&["entry", "create", "--spiffe-id", "spiffe://example.org/short", "--parent-id", &format!("spiffe://example.org/spire/agent/join_token/{token}"), "--selector", &format!("unix:uid:{uid}")]);
-    let agent = AgentProcess::start(root.path(), &[server.api_address()], &bundle_pem, &token, "500ms");
+    let world = world(r#"default_x509_svid_ttl = "20s""#, "500ms");
+    let agent = &world.agent;
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let mut client = raw_client(&agent).await;
+        let mut client = raw_client(agent).await;
         let mut request = tonic::Request::new(pb::X509svidRequest {});
         request.metadata_mut().insert("workload.spiffe.io", "true".parse().unwrap());
         let mut stream = client.fetch_x509svid(request).await.unwrap().into_inner();
@@ -38,7 +31,7 @@ fn rotation_over_many_cycles_leaves_no_gap() {
             if let Some((_, not_after)) = &held {
                 assert!(*not_after > now, "the workload held an expired SVID until {now} (expired {not_after})");
             }
-            let svid = message.svids.iter().find(|s| s.spiffe_id == "spiffe://example.org/short").expect("the SVID");
+            let svid = message.svids.iter().find(|s| s.spiffe_id == "spiffe://example.org/workload").expect("the SVID");
             let chain = agent::identity_store::split_der_certificates(&svid.x509_svid).unwrap();
             let facts = identity::x509::certificate_facts(&chain[0]).unwrap();
             assert!(facts.not_after > now, "the agent sent an expired SVID");
@@ -55,22 +48,16 @@ fn rotation_over_many_cycles_leaves_no_gap() {
 
 #[test]
 fn an_svid_signed_by_a_tainted_authority_is_replaced_at_once() {
-    let root = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(root.path(), 1, "");
-    server.json(&["cluster", "init"]);
-    let bundle_pem = server.bundle_pem();
-    let token = server.json(&["token", "generate", "--ttl", "600"])["value"].as_str().unwrap().to_string();
-    let uid = nix::unistd::getuid().as_raw();
-    server.json(&["entry", "create", "--spiffe-id", "spiffe://example.org/tainted", "--parent-id", &format!("spiffe://example.org/spire/agent/join_token/{token}"), "--selector", &format!("unix:uid:{uid}")]);
-    let agent = AgentProcess::start(root.path(), &[server.api_address()], &bundle_pem, &token, "500ms");
+    let world = world("", "500ms");
+    let (server, agent) = (&world.server, &world.agent);
     let issuer_of = |message: &pb::X509svidResponse| {
-        let svid = message.svids.iter().find(|s| s.spiffe_id == "spiffe://example.org/tainted").expect("the SVID");
+        let svid = message.svids.iter().find(|s| s.spiffe_id == "spiffe://example.org/workload").expect("the SVID");
         agent::identity_store::split_der_certificates(&svid.x509_svid).unwrap()[1].clone()
     };
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let mut client = raw_client(&agent).await;
+        let mut client = raw_client(agent).await;
         let mut request = tonic::Request::new(pb::X509svidRequest {});
         request.metadata_mut().insert("workload.spiffe.io", "true".parse().unwrap());
         let mut stream = client.fetch_x509svid(request).await.unwrap().into_inner();

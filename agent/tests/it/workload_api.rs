@@ -6,16 +6,17 @@ use std::time::Duration;
 use chaos_tests::harness::{AgentProcess, ServerProcess};
 use proto::workload as pb;
 
-struct World {
+pub struct World {
     _root: tempfile::TempDir,
-    server: ServerProcess,
-    agent: AgentProcess,
-    agent_id: String,
-    bundle: identity::bundle::Bundle,
+    pub server: ServerProcess,
+    pub agent: AgentProcess,
+    pub agent_id: String,
+    pub bundle: identity::bundle::Bundle,
 }
 
-/// One replica, an agent attested with a join token, and an entry for this process's uid.
-fn world(server_extra: &str) -> World {
+/// One replica, an agent attested with a join token (syncing every `sync_interval`), and an
+/// entry `spiffe://example.org/workload` for this process's uid.
+pub fn world(server_extra: &str, sync_interval: &str) -> World {
     let root = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(root.path(), 1, server_extra);
     server.json(&["cluster", "init"]);
@@ -28,7 +29,7 @@ fn world(server_extra: &str) -> World {
     let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
     let uid = nix::unistd::getuid().as_raw();
     server.json(&["entry", "create", "--spiffe-id", "spiffe://example.org/workload", "--parent-id", &agent_id, "--selector", &format!("unix:uid:{uid}")]);
-    let agent = AgentProcess::start(root.path(), &[server.api_address()], &bundle_pem, &token, "1s");
+    let agent = AgentProcess::start(root.path(), &[server.api_address()], &bundle_pem, &token, sync_interval);
     World { _root: root, server, agent, agent_id, bundle }
 }
 
@@ -47,7 +48,7 @@ pub async fn raw_client(agent: &AgentProcess) -> pb::spiffe_workload_api_client:
 
 #[test]
 fn a_workload_gets_x509_and_jwt_svids_through_the_spiffe_crate() {
-    let world = world("");
+    let world = world("", "1s");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
         let source = tokio::time::timeout(Duration::from_secs(30), spiffe::X509Source::builder().endpoint(world.agent.endpoint()).build())
@@ -182,7 +183,7 @@ fn a_workload_gets_x509_and_jwt_svids_through_the_spiffe_crate() {
 fn py_spiffe_fetches_validates_and_sees_a_rotation() {
     let python = std::env::var("TESTUDO_PYTHON").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python").to_string());
     // Short SVIDs: the agent replaces them every few seconds.
-    let world = world(r#"default_x509_svid_ttl = "20s""#);
+    let world = world(r#"default_x509_svid_ttl = "20s""#, "1s");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/workload_client.py");
     let out = std::process::Command::new(&python).arg(script).arg(world.agent.endpoint()).output().unwrap_or_else(|e| panic!("{python}: {e} (make test creates the venv)"));
     assert!(out.status.success(), "py-spiffe client failed: {}\nagent log:\n{}", String::from_utf8_lossy(&out.stderr), world.agent.log());

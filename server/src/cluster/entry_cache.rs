@@ -138,17 +138,17 @@ impl EntryCache {
                 (state.loaded, state.revision)
             };
             let delta = if loaded { reader.entry_changes_since(revision, REVISIONS_PER_READ).await? } else { None };
-            let fresh = match delta {
-                Some(_) => None,
-                None => Some(reader.entries_at_revision().await?),
+            let update = match delta {
+                Some(delta) => Ok(delta),
+                None => Err(reader.entries_at_revision().await?),
             };
             let mut state = self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-            match (delta, fresh) {
-                (Some(delta), _) => {
+            match update {
+                Ok(delta) => {
                     metrics::counter!("testudo_entry_cache_changes_total").increment(delta.changed.len() as u64);
                     state.apply(delta);
                 }
-                (None, Some((revision, entries))) => {
+                Err((revision, entries)) => {
                     tracing::info!(revision, entries = entries.len(), "entry cache reloaded");
                     metrics::counter!("testudo_entry_cache_reloads_total").increment(1);
                     self.reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -157,7 +157,6 @@ impl EntryCache {
                         state.insert(entry);
                     }
                 }
-                (None, None) => {}
             }
             metrics::gauge!("testudo_entry_cache_entries").set(state.entries.len() as f64);
         }

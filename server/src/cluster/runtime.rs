@@ -108,8 +108,20 @@ impl ClusterRuntime {
         let authority = Arc::new(ClusterAuthority::from_parts(material.ca_cert_der.clone(), &material.ca_key_pkcs8)?);
         // Replica certificates last a year; each start past half-life renews this one.
         let mut replica_cert_der = material.replica_cert_der.clone();
-        if let Some(renewed) = authority.renew_replica_if_due(&s.trust_domain, &replica_cert_der, time::OffsetDateTime::now_utc())? {
-            files::replace_replica_certificate(&s.data_dir, &renewed)?;
+        let renewal = {
+            let (authority, trust_domain, current, data_dir) = (authority.clone(), s.trust_domain.clone(), replica_cert_der.clone(), s.data_dir.clone());
+            // Signing and a synced file write: off the reactor.
+            tokio::task::spawn_blocking(move || {
+                let renewed = authority.renew_replica_if_due(&trust_domain, &current, time::OffsetDateTime::now_utc())?;
+                if let Some(renewed) = &renewed {
+                    files::replace_replica_certificate(&data_dir, renewed)?;
+                }
+                Ok::<_, ClusterSetupError>(renewed)
+            })
+            .await
+            .map_err(|e| ClusterSetupError::Files(e.to_string()))??
+        };
+        if let Some(renewed) = renewal {
             tracing::info!("replica certificate past half its life: renewed");
             replica_cert_der = renewed;
         }
