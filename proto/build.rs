@@ -18,7 +18,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/spire/api/server/localauthority/v1/localauthority.proto",
             "proto/grpc/health/v1/health.proto",
             "proto/etcd/kv.proto",
-            "proto/workload/workload.proto"], &["proto", well_known])?;
+            "proto/workload/workload.proto",
+            "proto/envoy/service/secret/v3/sds.proto",
+            "proto/envoy/extensions/transport_sockets/tls/v3/secret.proto"], &["proto", well_known])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -65,6 +65,20 @@ impl Snapshot {
     pub fn entries_for<'a>(&'a self, selectors: &'a SelectorSet) -> impl Iterator<Item = &'a Entry> + 'a {
         self.entries.values().filter(move |e| e.matches(selectors))
     }
+
+    /// The bundles a workload with these selectors may see: ours, and those of the trust
+    /// domains its entries federate with. Empty until the agent has a bundle.
+    pub fn bundles_for(&self, selectors: &SelectorSet) -> Vec<Bundle> {
+        let Some(bundle) = &self.bundle else { return vec![] };
+        let mut bundles = vec![bundle.clone()];
+        let entries: Vec<&Entry> = self.entries_for(selectors).collect();
+        for (td, b) in &self.federated {
+            if entries.iter().any(|e| e.federates_with.contains(td)) {
+                bundles.push(b.clone());
+            }
+        }
+        bundles
+    }
 }
 
 /// The published snapshot.

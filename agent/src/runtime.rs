@@ -16,6 +16,7 @@ use crate::config::{AgentConfig, TrustSource};
 use crate::identity_store::{IdentityStore, StoredIdentity};
 use crate::server_pool::ServerPool;
 use crate::workload::api::WorkloadApi;
+use crate::workload::sds::SecretDiscovery;
 use crate::{attest, sync, trust, workload};
 
 /// Why the agent could not start.
@@ -127,11 +128,13 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
 
     let socket = &config.agent.socket_path;
     let listener = workload::bind(socket).map_err(|e| StartError::Socket { path: socket.display().to_string(), reason: e.to_string() })?;
-    tracing::info!(socket = %socket.display(), "Workload API listening");
+    tracing::info!(socket = %socket.display(), "Workload API and Envoy SDS listening");
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sds = SecretDiscovery::new(cache.clone(), config.workload_attestors.clone(), config.agent.sds.clone());
     let api = WorkloadApi::new(cache, config.workload_attestors.clone(), pool);
     let served = tonic::transport::Server::builder()
         .add_service(proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer::new(api))
+        .add_service(proto::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer::new(sds))
         .serve_with_incoming_shutdown(accept(listener), shutdown)
         .await;
     sync_task.abort();

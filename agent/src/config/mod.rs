@@ -63,6 +63,34 @@ pub struct AgentSection {
     /// How often entries, bundles and SVIDs are synced with the servers.
     #[serde(default = "default_sync_interval", deserialize_with = "values::duration")]
     pub sync_interval: Duration,
+    /// Envoy SDS resource names.
+    #[serde(default)]
+    pub sds: SdsSection,
+}
+
+/// `agent { sds { … } }`: the resource names Envoy uses for the defaults, as in SPIRE.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SdsSection {
+    /// The TLS certificate name for the caller's default (first) X.509-SVID.
+    pub default_svid_name: String,
+    /// The validation context name for our trust domain's bundle.
+    pub default_bundle_name: String,
+    /// The validation context name for our bundle and every federated one.
+    pub default_all_bundles_name: String,
+    /// Send plain CA certificates instead of Envoy's SPIFFE certificate validator config.
+    pub disable_spiffe_cert_validation: bool,
+}
+
+impl Default for SdsSection {
+    fn default() -> Self {
+        Self {
+            default_svid_name: "default".into(),
+            default_bundle_name: "ROOTCA".into(),
+            default_all_bundles_name: "ALL".into(),
+            disable_spiffe_cert_validation: false,
+        }
+    }
 }
 
 /// How the agent first learns whom to trust.
@@ -127,6 +155,7 @@ impl AgentConfig {
         if !matches!(agent.log_format.as_str(), "text" | "json") {
             return Err(file.invalid(&["agent", "log_format"], format!("{:?}: must be text or json", agent.log_format)));
         }
+        check_sds_names(&agent.sds).map_err(|(key, message)| file.invalid(&["agent", "sds", key], message))?;
         let problem = |(path, message): plugins::PluginProblem| file.invalid(&path, message);
         let node_attestor = parsed.plugins.node_attestor().map_err(problem)?;
         if node_attestor == NodeAttestor::JoinToken && agent.join_token.as_deref().is_some_and(str::is_empty) {
@@ -145,6 +174,24 @@ impl AgentConfig {
             telemetry: parsed.telemetry.clone(),
         })
     }
+}
+
+/// The three default names must be distinct, non-empty and not SPIFFE IDs (which name
+/// SVIDs and bundles themselves).
+fn check_sds_names(sds: &SdsSection) -> Result<(), (&'static str, String)> {
+    let names = [("default_svid_name", &sds.default_svid_name), ("default_bundle_name", &sds.default_bundle_name), ("default_all_bundles_name", &sds.default_all_bundles_name)];
+    for (i, (key, name)) in names.iter().enumerate() {
+        if name.trim().is_empty() {
+            return Err((key, "must not be empty".into()));
+        }
+        if name.starts_with("spiffe://") {
+            return Err((key, format!("{name:?}: SPIFFE IDs already name SVIDs and bundles; choose another name")));
+        }
+        if let Some((other, _)) = names[..i].iter().find(|(_, n)| n == name) {
+            return Err((key, format!("{name:?} is already the {other}")));
+        }
+    }
+    Ok(())
 }
 
 /// `host:port` for every address; `port` where an address has none.

@@ -75,3 +75,22 @@ fn refusals_name_the_key_and_its_line() {
     let bad_server = refusal(&MINIMAL.replace("\"spire-server\"", "\"https://spire-server\""));
     assert_eq!(bad_server.key, "agent.server_address");
 }
+
+#[test]
+fn sds_names_default_to_spires_and_are_checked() {
+    assert_eq!(parse(MINIMAL).unwrap().agent.sds, SdsSection::default());
+    let set = |block: &str| MINIMAL.replace("join_token = \"abc\"", &format!("join_token = \"abc\"\n  sds {{\n    {block}\n  }}"));
+    let custom = parse(&set(r#"default_svid_name = "svid"
+    disable_spiffe_cert_validation = true"#)).unwrap();
+    assert_eq!(custom.agent.sds.default_svid_name, "svid");
+    assert_eq!(custom.agent.sds.default_bundle_name, "ROOTCA", "unset names keep their defaults");
+    assert!(custom.agent.sds.disable_spiffe_cert_validation);
+
+    let clash = refusal(&set(r#"default_bundle_name = "default""#));
+    assert_eq!(clash.key, "agent.sds.default_bundle_name");
+    assert!(clash.message.contains("default_svid_name"), "{clash:?}");
+    let id = refusal(&set(r#"default_all_bundles_name = "spiffe://example.org""#));
+    assert_eq!(id.key, "agent.sds.default_all_bundles_name");
+    let unknown = refusal(&set(r#"default_name = "x""#));
+    assert_eq!((unknown.key.as_str(), unknown.line), ("agent.sds.default_name", Some(9)));
+}

@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use identity::bundle::{Bundle, BundleSet};
 use identity::{SelectorSet, SpiffeId};
@@ -15,16 +14,11 @@ use proto::workload as pb;
 use proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use time::OffsetDateTime;
 use tokio_stream::Stream;
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
-use super::unix::{self, PeerCredentials};
 use crate::cache::{Cache, Entry, Snapshot};
 use crate::config::plugins::WorkloadAttestors;
 use crate::server_pool::ServerPool;
-
-/// How long attesting a caller may take.
-const ATTEST_TIMEOUT: Duration = Duration::from_secs(3);
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -74,35 +68,10 @@ impl WorkloadApi {
         Self { cache, attestors, pool, jwts: Arc::default() }
     }
 
-    /// The caller's selectors, from its peer credentials.
+    /// The caller's selectors, after checking the security header.
     async fn attest<T>(&self, request: &Request<T>) -> Result<SelectorSet, Status> {
         check_header(request)?;
-        let info = request.extensions().get::<UdsConnectInfo>().ok_or_else(|| Status::internal("not a Unix socket connection"))?;
-        let cred = info.peer_cred.ok_or_else(|| Status::internal("the socket gave no peer credentials"))?;
-        let pid = cred.pid().ok_or_else(|| Status::internal("the socket gave no peer pid"))?;
-        let peer = PeerCredentials { pid, uid: cred.uid(), gid: cred.gid() };
-        let attestors = self.attestors.clone();
-        let attested = tokio::time::timeout(
-            ATTEST_TIMEOUT,
-            tokio::task::spawn_blocking(move || {
-                unix::guarded(peer.pid, || {
-                    let mut selectors = SelectorSet::new();
-                    if let Some(settings) = &attestors.unix {
-                        selectors.extend(unix::attest(peer, settings)?);
-                    }
-                    if attestors.systemd {
-                        selectors.extend(super::systemd::attest(peer.pid)?);
-                    }
-                    Ok(selectors)
-                })
-            }),
-        )
-            .await
-            .map_err(|_| Status::unavailable("workload attestation timed out"))?
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let selectors = attested.map_err(|e| Status::permission_denied(format!("workload attestation failed: {e}")))?;
-        tracing::debug!(pid, uid = peer.uid, selectors = selectors.len(), "workload attested");
-        Ok(selectors)
+        super::caller::attest(&self.attestors, request.extensions()).await
     }
 
     /// The X.509 response for a caller, or `None` while its SVIDs are not minted yet.
@@ -126,18 +95,6 @@ impl WorkloadApi {
             }
         }
         (!svids.is_empty()).then(|| pb::X509svidResponse { svids, crl: vec![], federated_bundles: federated.into_iter().collect() })
-    }
-
-    fn bundles_of(snapshot: &Snapshot, selectors: &SelectorSet) -> Vec<Bundle> {
-        let Some(bundle) = &snapshot.bundle else { return vec![] };
-        let mut bundles = vec![bundle.clone()];
-        let entries: Vec<&Entry> = snapshot.entries_for(selectors).collect();
-        for (td, b) in &snapshot.federated {
-            if entries.iter().any(|e| e.federates_with.contains(td)) {
-                bundles.push(b.clone());
-            }
-        }
-        bundles
     }
 
     /// A stream that sends `render(snapshot)` now and whenever it changes.
@@ -227,7 +184,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             return Err(no_identity());
         }
         Ok(Response::new(self.follow(selectors, |snapshot, selectors| {
-            let bundles = Self::bundles_of(snapshot, selectors);
+            let bundles = snapshot.bundles_for(selectors);
             (!bundles.is_empty()).then(|| Ok(pb::X509BundlesResponse { crl: vec![], bundles: bundles.iter().map(|b| (b.trust_domain().id().to_string(), x509_bytes(b))).collect() }))
         })))
     }
@@ -268,7 +225,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             return Err(no_identity());
         }
         Ok(Response::new(self.follow(selectors, |snapshot, selectors| {
-            let bundles = Self::bundles_of(snapshot, selectors);
+            let bundles = snapshot.bundles_for(selectors);
             (!bundles.is_empty()).then(|| Ok(pb::JwtBundlesResponse { bundles: bundles.iter().map(|b| (b.trust_domain().id().to_string(), jwks_bytes(b))).collect() }))
         })))
     }
@@ -284,7 +241,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         }
         let snapshot = self.cache.current();
         let mut set = BundleSet::new();
-        for bundle in Self::bundles_of(&snapshot, &selectors) {
+        for bundle in snapshot.bundles_for(&selectors) {
             set.insert(bundle);
         }
         if set.iter().next().is_none() {

@@ -4,5 +4,6 @@
 mod failover;
 mod ops;
 mod rotation;
+mod sds;
 mod x509pop;
 mod workload_api;

@@ -178,16 +178,22 @@ fn a_workload_gets_x509_and_jwt_svids_through_the_spiffe_crate() {
     assert!(!fetched.contains("after-ban"), "a banned agent gets no new SVIDs: {fetched}");
 }
 
+/// Runs a client script from tests/py with the test venv's Python against the agent's
+/// socket; returns the JSON it prints.
+pub fn run_python_client(script: &str, agent: &AgentProcess) -> serde_json::Value {
+    let python = std::env::var("TESTUDO_PYTHON").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python").to_string());
+    let script = format!("{}/tests/py/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(&python).arg(&script).arg(agent.endpoint()).output().unwrap_or_else(|e| panic!("{python}: {e} (make test creates the venv)"));
+    assert!(out.status.success(), "{script} failed: {}\nagent log:\n{}", String::from_utf8_lossy(&out.stderr), agent.log());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// py-spiffe (PyPI `spiffe`, in the test venv): fetch, validate and a streamed rotation.
 #[test]
 fn py_spiffe_fetches_validates_and_sees_a_rotation() {
-    let python = std::env::var("TESTUDO_PYTHON").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python").to_string());
     // Short SVIDs: the agent replaces them every few seconds.
     let world = world(r#"default_x509_svid_ttl = "20s""#, "1s");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/workload_client.py");
-    let out = std::process::Command::new(&python).arg(script).arg(world.agent.endpoint()).output().unwrap_or_else(|e| panic!("{python}: {e} (make test creates the venv)"));
-    assert!(out.status.success(), "py-spiffe client failed: {}\nagent log:\n{}", String::from_utf8_lossy(&out.stderr), world.agent.log());
-    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seen = run_python_client("workload_client.py", &world.agent);
     assert_eq!(seen["x509_spiffe_id"], "spiffe://example.org/workload");
     assert_eq!(seen["x509_chain_length"], 2);
     assert_eq!(seen["x509_bundle_trust_domains"], serde_json::json!(["example.org"]));
