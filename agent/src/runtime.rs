@@ -62,10 +62,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     let store = IdentityStore::new(&store_dir);
     let bundle = match store.load_bundle(&trust_domain).await? {
         Some(saved) => saved,
-        None => match trust::from_file(&trust_domain, &config.trust)? {
-            Some(configured) => configured,
-            None if config.trust == TrustSource::InsecureBootstrap => trust::bootstrap_insecurely(&config.servers).await?,
-            None => return Err(StartError::Config("no trust bundle".into())),
+        None => match &config.trust {
+            TrustSource::File { path, spiffe_format } => trust::from_file(&trust_domain, path, *spiffe_format)?,
+            TrustSource::Url { url, spiffe_format } => trust::from_url(&trust_domain, url, *spiffe_format).await?,
+            TrustSource::InsecureBootstrap => trust::bootstrap_insecurely(&config.servers).await?,
         },
     };
     let trust = Arc::new(RwLock::new(bundle.clone()));

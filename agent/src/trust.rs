@@ -1,7 +1,8 @@
 //! Where the agent's first trust bundle comes from: the bundle it saved last time, the
-//! configured file, or — with `insecure_bootstrap` — whatever the first reachable server
-//! says, fetched once without checking the server (development only: anyone who can answer
-//! on that address can impersonate the trust domain).
+//! configured file, an HTTPS URL checked with the system's web roots (`trust_bundle_url`,
+//! as SPIRE's), or — with `insecure_bootstrap` — whatever the first reachable server says,
+//! fetched once without checking the server (development only: anyone who can answer on
+//! that address can impersonate the trust domain).
 
 use std::sync::Arc;
 
@@ -13,7 +14,6 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tonic::transport::{ClientTlsConfig, Endpoint};
 
-use crate::config::TrustSource;
 
 /// Why no trust bundle could be had.
 #[derive(Debug, thiserror::Error)]
@@ -22,27 +22,76 @@ pub enum TrustError {
     File { path: String, reason: String },
     #[error("insecure bootstrap: no server gave a bundle: {0}")]
     Bootstrap(String),
+    #[error("trust bundle URL {url}: {reason}")]
+    Url { url: String, reason: String },
 }
 
-/// Reads the configured trust bundle file (PEM certificates or a SPIFFE bundle document).
-pub fn from_file(trust_domain: &TrustDomain, source: &TrustSource) -> Result<Option<Bundle>, TrustError> {
-    let TrustSource::File { path, spiffe_format } = source else { return Ok(None) };
-    let error = |reason: String| TrustError::File { path: path.display().to_string(), reason };
-    let bytes = std::fs::read(path).map_err(|e| error(e.to_string()))?;
-    let bundle = if *spiffe_format {
-        Bundle::from_spiffe_json(trust_domain.clone(), &bytes).map_err(|e| error(e.to_string()))?
+/// How long fetching the bundle from `trust_bundle_url` may take, all told.
+const URL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A bundle from its bytes: PEM certificates, or a SPIFFE bundle document.
+fn parse_bundle(trust_domain: &TrustDomain, bytes: &[u8], spiffe_format: bool) -> Result<Bundle, String> {
+    let bundle = if spiffe_format {
+        Bundle::from_spiffe_json(trust_domain.clone(), bytes).map_err(|e| e.to_string())?
     } else {
-        let text = String::from_utf8(bytes).map_err(|_| error("not PEM text".into()))?;
+        let text = std::str::from_utf8(bytes).map_err(|_| "not PEM text".to_string())?;
         let mut bundle = Bundle::new(trust_domain.clone());
-        for der in identity::bundle::parse_pem_certificates(&text).map_err(|e| error(e.to_string()))? {
-            bundle.add_x509_authority(&der).map_err(|e| error(e.to_string()))?;
+        for der in identity::bundle::parse_pem_certificates(text).map_err(|e| e.to_string())? {
+            bundle.add_x509_authority(&der).map_err(|e| e.to_string())?;
         }
         bundle
     };
     if bundle.x509_authorities().is_empty() {
-        return Err(error("no X.509 authority in it".into()));
+        return Err("no X.509 authority in it".into());
     }
-    Ok(Some(bundle))
+    Ok(bundle)
+}
+
+/// Reads the configured trust bundle file (PEM certificates or a SPIFFE bundle document).
+pub fn from_file(trust_domain: &TrustDomain, path: &std::path::Path, spiffe_format: bool) -> Result<Bundle, TrustError> {
+    let error = |reason: String| TrustError::File { path: path.display().to_string(), reason };
+    let bytes = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+    parse_bundle(trust_domain, &bytes, spiffe_format).map_err(error)
+}
+
+/// Downloads the bundle from `url` over HTTPS, checking the server with the system's web
+/// roots (SSL_CERT_FILE and SSL_CERT_DIR are honoured); a response over
+/// [`MAX_BUNDLE_JSON_BYTES`] is refused.
+///
+/// [`MAX_BUNDLE_JSON_BYTES`]: identity::bundle::MAX_BUNDLE_JSON_BYTES
+pub async fn from_url(trust_domain: &TrustDomain, url: &str, spiffe_format: bool) -> Result<Bundle, TrustError> {
+    let error = |reason: String| TrustError::Url { url: url.to_owned(), reason };
+    let client = reqwest::Client::builder().https_only(true).timeout(URL_TIMEOUT).build().map_err(|e| error(format!("cannot set up HTTPS: {e}")))?;
+    let limit = identity::bundle::MAX_BUNDLE_JSON_BYTES;
+    let mut response = client.get(url).send().await.map_err(|e| error(error_chain(&e)))?;
+    if !response.status().is_success() {
+        return Err(error(format!("the server answered {}", response.status())));
+    }
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(error(format!("the bundle is over {limit} bytes")));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| error(e.to_string()))? {
+        if body.len() + chunk.len() > limit {
+            return Err(error(format!("the bundle is over {limit} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let bundle = parse_bundle(trust_domain, &body, spiffe_format).map_err(error)?;
+    tracing::info!(url, authorities = bundle.x509_authorities().len(), "trust bundle downloaded");
+    Ok(bundle)
+}
+
+/// An error with its sources: reqwest's own message ("error sending request") says little.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Asks each server in turn for the bundle, without verifying who answers.

@@ -98,6 +98,8 @@ impl Default for SdsSection {
 pub enum TrustSource {
     /// PEM certificates, or a SPIFFE bundle document (`trust_bundle_format = "spiffe"`).
     File { path: PathBuf, spiffe_format: bool },
+    /// The same, downloaded over HTTPS checked with the system's web roots.
+    Url { url: String, spiffe_format: bool },
     /// Trust the first server reached, once, to fetch the bundle (development only).
     InsecureBootstrap,
 }
@@ -131,21 +133,20 @@ impl AgentConfig {
         let parsed = &file.value;
         let agent = &parsed.agent;
         let servers = server_addresses(&agent.server_address, agent.server_port).map_err(|e| file.invalid(&["agent", "server_address"], e))?;
+        let spiffe_format = || match agent.trust_bundle_format.as_str() {
+            "pem" => Ok(false),
+            "spiffe" => Ok(true),
+            other => Err(file.invalid(&["agent", "trust_bundle_format"], format!("{other:?}: must be \"pem\" or \"spiffe\""))),
+        };
         let trust = match (&agent.trust_bundle_path, &agent.trust_bundle_url, agent.insecure_bootstrap) {
-            (Some(path), None, false) => {
-                let spiffe_format = match agent.trust_bundle_format.as_str() {
-                    "pem" => false,
-                    "spiffe" => true,
-                    other => return Err(file.invalid(&["agent", "trust_bundle_format"], format!("{other:?}: must be \"pem\" or \"spiffe\""))),
-                };
-                TrustSource::File { path: path.clone(), spiffe_format }
+            (Some(path), None, false) => TrustSource::File { path: path.clone(), spiffe_format: spiffe_format()? },
+            (None, Some(url), false) => {
+                check_bundle_url(url).map_err(|e| file.invalid(&["agent", "trust_bundle_url"], e))?;
+                TrustSource::Url { url: url.clone(), spiffe_format: spiffe_format()? }
             }
             (None, None, true) => TrustSource::InsecureBootstrap,
-            (None, Some(_), false) => {
-                return Err(file.invalid(&["agent", "trust_bundle_url"], "not supported by this agent yet; use trust_bundle_path"));
-            }
             (None, None, false) => {
-                return Err(file.invalid(&["agent"], "one of trust_bundle_path or insecure_bootstrap = true is required"));
+                return Err(file.invalid(&["agent"], "one of trust_bundle_path, trust_bundle_url or insecure_bootstrap = true is required"));
             }
             _ => return Err(file.invalid(&["agent", "insecure_bootstrap"], "trust_bundle_path, trust_bundle_url and insecure_bootstrap exclude each other")),
         };
@@ -174,6 +175,19 @@ impl AgentConfig {
             telemetry: parsed.telemetry.clone(),
         })
     }
+}
+
+/// `trust_bundle_url` must be an https URL with a host: the bundle decides whom the agent
+/// trusts, so it must not travel in plain text.
+fn check_bundle_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?}: {e}"))?;
+    if parsed.scheme() != "https" {
+        return Err(format!("{url:?}: must be an https:// URL"));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{url:?}: has no host"));
+    }
+    Ok(())
 }
 
 /// The three default names must be distinct, non-empty and not SPIFFE IDs (which name

@@ -94,3 +94,16 @@ fn sds_names_default_to_spires_and_are_checked() {
     let unknown = refusal(&set(r#"default_name = "x""#));
     assert_eq!((unknown.key.as_str(), unknown.line), ("agent.sds.default_name", Some(9)));
 }
+
+#[test]
+fn a_trust_bundle_url_must_be_https_and_alone() {
+    let with_url = |url: &str| MINIMAL.replace(r#"trust_bundle_path = "/etc/testudo/bundle.pem""#, &format!("trust_bundle_url = \"{url}\"\n  trust_bundle_format = \"spiffe\""));
+    let config = parse(&with_url("https://bundles.example.org/td.json")).unwrap();
+    assert_eq!(config.trust, TrustSource::Url { url: "https://bundles.example.org/td.json".into(), spiffe_format: true });
+    let plain = refusal(&with_url("http://bundles.example.org/td.json"));
+    assert_eq!((plain.key.as_str(), plain.line), ("agent.trust_bundle_url", Some(6)));
+    assert!(plain.message.contains("https://"), "{plain:?}");
+    assert_eq!(refusal(&with_url("not a url")).key, "agent.trust_bundle_url");
+    let both = refusal(&MINIMAL.replace("join_token = \"abc\"", "trust_bundle_url = \"https://x.example/b.pem\""));
+    assert!(both.message.contains("exclude each other"), "{both:?}");
+}

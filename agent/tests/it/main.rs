@@ -5,5 +5,6 @@ mod failover;
 mod ops;
 mod rotation;
 mod sds;
+mod trust_url;
 mod x509pop;
 mod workload_api;

@@ -10,6 +10,7 @@ use super::{binary, wait_until};
 pub struct AgentProcess {
     pub dir: PathBuf,
     child: Option<Child>,
+    env: Vec<(String, String)>,
 }
 
 impl AgentProcess {
@@ -26,8 +27,14 @@ impl AgentProcess {
         let dir = root.join("agent");
         std::fs::create_dir_all(&dir).expect("agent dir");
         std::fs::write(dir.join("bundle.pem"), bundle_pem).expect("bundle file");
+        Self::start_configured(root, &Self::config_text(root, servers, agent_extra, node_attestor, sync_interval, extra_blocks), &[])
+    }
+
+    /// The config file [`Self::start_with_attestor`] writes (trusting `<root>/agent/bundle.pem`),
+    /// for tests that change it before [`Self::start_configured`].
+    pub fn config_text(root: &Path, servers: &[String], agent_extra: &str, node_attestor: &str, sync_interval: &str, extra_blocks: &str) -> String {
         let servers: Vec<String> = servers.iter().map(|s| format!("{s:?}")).collect();
-        let config = format!(
+        format!(
             r#"agent {{
   data_dir = "{dir}/data"
   server_address = [{servers}]
@@ -45,11 +52,18 @@ plugins {{
 }}
 {extra_blocks}
 "#,
-            dir = dir.display(),
+            dir = root.join("agent").display(),
             servers = servers.join(", "),
-        );
+        )
+    }
+
+    /// Starts an agent under `root` with this config text and these extra environment
+    /// variables.
+    pub fn start_configured(root: &Path, config: &str, env: &[(&str, &str)]) -> Self {
+        let dir = root.join("agent");
+        std::fs::create_dir_all(&dir).expect("agent dir");
         std::fs::write(dir.join("agent.hcl"), config).expect("agent config");
-        let mut agent = Self { dir, child: None };
+        let mut agent = Self { dir, child: None, env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
         agent.restart();
         agent
     }
@@ -61,6 +75,7 @@ plugins {{
         let child = Command::new(binary("testudo-agent"))
             .args(["run", "--config"])
             .arg(self.dir.join("agent.hcl"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
