@@ -70,7 +70,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     };
     let trust = Arc::new(RwLock::new(bundle.clone()));
     let server_id = SpiffeId::new(trust_domain.clone(), "/spire/server").map_err(|e| StartError::Config(e.to_string()))?;
-    let pool = Arc::new(ServerPool::new(config.servers.clone(), server_id, trust.clone()));
+    let pool = Arc::new(ServerPool::new(config.servers.clone(), server_id, trust.clone()).await);
+    tracing::info!(servers = ?pool.addresses(), "server replicas");
 
     let restored = match (&config.key_storage, store.load_identity().await?) {
         (KeyStorage::Disk(_), Some(identity)) => match AgentSvid::new(identity, &bundle) {
@@ -124,6 +125,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         }
     }
     let probe_task = tokio::spawn(pool.clone().probe_unhealthy(std::time::Duration::from_secs(1)));
+    let dns_task = tokio::spawn(pool.clone().follow_dns(crate::server_pool::RESOLVE_EVERY));
     let sync_task = tokio::spawn(sync_loop(config.clone(), pool.clone(), cache.clone(), trust.clone(), store.clone(), agent));
 
     let socket = &config.agent.socket_path;
@@ -139,6 +141,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         .await;
     sync_task.abort();
     probe_task.abort();
+    dns_task.abort();
     ops.iter().for_each(tokio::task::JoinHandle::abort);
     let _ = std::fs::remove_file(socket);
     served.map_err(|e| StartError::Socket { path: socket.display().to_string(), reason: e.to_string() })

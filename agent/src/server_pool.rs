@@ -6,6 +6,11 @@
 //!
 //! Replicas marked unhealthy are probed (gRPC health) and return as soon as they answer.
 //!
+//! A configured DNS name stands for every address it resolves to (one DNS name with a record
+//! per replica, as SPIRE users configure `server_address`): each address is a replica of its
+//! own, and names are resolved again every [`RESOLVE_EVERY`], so replicas that come and go
+//! in DNS come and go in the pool.
+//!
 //! Connections are mutual TLS: the agent presents its SVID (none before attestation), and
 //! a server must present `spiffe://<td>/spire/server` chained to the agent's bundle.
 
@@ -28,26 +33,43 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Backoff for a replica that failed: doubles up to the maximum, with ±25% jitter.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How often configured DNS names are resolved again.
+pub const RESOLVE_EVERY: Duration = Duration::from_secs(30);
 
 /// The replicas and the agent's credentials for them.
 pub struct ServerPool {
-    servers: Vec<Server>,
+    /// `host:port` as configured.
+    configured: Vec<String>,
     server_id: SpiffeId,
     bundle: Arc<RwLock<Bundle>>,
     state: Mutex<PoolState>,
 }
 
-struct Server {
+/// One replica address.
+struct Member {
     address: String,
+    /// Built with the current identity; rebuilt after a failure or a new identity.
+    channel: Option<Channel>,
+    health: Health,
+}
+
+impl Member {
+    fn new(address: String) -> Self {
+        Self { address, channel: None, health: Health::default() }
+    }
 }
 
 struct PoolState {
-    /// The replica to try first.
-    current: usize,
+    /// The address to try first.
+    current: String,
     identity: Option<(String, Zeroizing<String>)>,
-    /// Channels built with the current identity, per replica.
-    channels: Vec<Option<Channel>>,
-    health: Vec<Health>,
+    members: Vec<Member>,
+}
+
+impl PoolState {
+    fn member(&mut self, address: &str) -> Option<&mut Member> {
+        self.members.iter_mut().find(|m| m.address == address)
+    }
 }
 
 #[derive(Clone, Copy, Default)]
@@ -62,15 +84,16 @@ fn replica_at_fault(status: &Status) -> bool {
 }
 
 impl ServerPool {
-    /// A pool over `servers` (`host:port`), trusting `bundle` (shared: the sync loop keeps
-    /// it current) to vouch for servers of `trust_domain`.
-    pub fn new(servers: Vec<String>, server_id: SpiffeId, bundle: Arc<RwLock<Bundle>>) -> Self {
-        let n = servers.len();
+    /// A pool over `servers` (`host:port`, each name standing for every address it
+    /// resolves to), trusting `bundle` (shared: the sync loop keeps it current) to vouch for
+    /// servers of `trust_domain`.
+    pub async fn new(servers: Vec<String>, server_id: SpiffeId, bundle: Arc<RwLock<Bundle>>) -> Self {
+        let addresses = resolve(&servers).await;
         Self {
-            servers: servers.into_iter().map(|address| Server { address }).collect(),
+            configured: servers,
             server_id,
             bundle,
-            state: Mutex::new(PoolState { current: 0, identity: None, channels: vec![None; n], health: vec![Health::default(); n] }),
+            state: Mutex::new(PoolState { current: addresses[0].clone(), identity: None, members: addresses.into_iter().map(Member::new).collect() }),
         }
     }
 
@@ -80,24 +103,28 @@ impl ServerPool {
         let key = Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", identity.key_pkcs8.to_vec())));
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.identity = Some((chain, key));
-        state.channels.iter_mut().for_each(|c| *c = None);
+        state.members.iter_mut().for_each(|m| m.channel = None);
     }
 
     /// The address of the replica calls go to first.
     pub fn current(&self) -> String {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        self.servers[state.current].address.clone()
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).current.clone()
     }
 
-    fn channel(&self, index: usize) -> Result<Channel, Status> {
+    /// Every replica address in the pool.
+    pub fn addresses(&self) -> Vec<String> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).members.iter().map(|m| m.address.clone()).collect()
+    }
+
+    fn channel(&self, address: &str) -> Result<Channel, Status> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(channel) = &state.channels[index] {
-            return Ok(channel.clone());
-        }
-        let address = &self.servers[index].address;
         let mut tls = ClientTlsConfig::new().domain_name("server.testudo.invalid");
         if let Some((chain, key)) = &state.identity {
             tls = tls.identity(Identity::from_pem(chain, key.as_bytes()));
+        }
+        let member = state.member(address).ok_or_else(|| Status::unavailable(format!("{address} left the pool")))?;
+        if let Some(channel) = &member.channel {
+            return Ok(channel.clone());
         }
         let verifier = Arc::new(SvidVerifier::for_id(self.bundle.clone(), self.server_id.clone()));
         let channel = Endpoint::from_shared(format!("https://{address}"))
@@ -108,37 +135,41 @@ impl ServerPool {
             .tls_config_with_verifier(tls, verifier)
             .map_err(|e| Status::internal(format!("TLS for {address}: {e}")))?
             .connect_lazy();
-        state.channels[index] = Some(channel.clone());
+        member.channel = Some(channel.clone());
         Ok(channel)
     }
 
     /// The order to try replicas in: the current one, then the others; healthy ones
     /// before those still in backoff.
-    fn order(&self) -> Vec<usize> {
+    fn order(&self) -> Vec<String> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        let n = self.servers.len();
-        let mut order: Vec<usize> = (0..n).map(|i| (state.current + i) % n).collect();
-        order.sort_by_key(|&i| state.health[i].unhealthy_until.is_some_and(|until| until > now));
-        order
+        let n = state.members.len();
+        let start = state.members.iter().position(|m| m.address == state.current).unwrap_or(0);
+        let mut order: Vec<&Member> = (0..n).map(|i| &state.members[(start + i) % n]).collect();
+        order.sort_by_key(|m| m.health.unhealthy_until.is_some_and(|until| until > now));
+        order.into_iter().map(|m| m.address.clone()).collect()
     }
 
-    fn succeeded(&self, index: usize) {
+    fn succeeded(&self, address: &str) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.current = index;
-        state.health[index] = Health::default();
+        if let Some(member) = state.member(address) {
+            member.health = Health::default();
+            state.current = address.to_owned();
+        }
     }
 
-    fn failed(&self, index: usize, status: &Status) {
+    fn failed(&self, address: &str, status: &Status) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let health = &mut state.health[index];
+        let Some(member) = state.member(address) else { return };
+        let health = &mut member.health;
         health.failures = health.failures.saturating_add(1);
         let backoff = BACKOFF_MIN.saturating_mul(1 << health.failures.min(6)).min(BACKOFF_MAX);
         health.unhealthy_until = Some(Instant::now() + jitter(backoff));
         // A broken connection is rebuilt on the next try.
-        state.channels[index] = None;
+        member.channel = None;
         metrics::counter!("testudo_agent_server_failures_total").increment(1);
-        tracing::warn!(server = %self.servers[index].address, code = ?status.code(), error = %status.message(), "server call failed; trying another replica");
+        tracing::warn!(server = %address, code = ?status.code(), error = %status.message(), "server call failed; trying another replica");
     }
 
     /// Runs `call` against the replicas in turn until one answers or every one has failed
@@ -153,20 +184,20 @@ impl ServerPool {
             if round > 0 {
                 tokio::time::sleep(jitter(BACKOFF_MIN.saturating_mul(1 << round.min(5)).min(BACKOFF_MAX))).await;
             }
-            for index in self.order() {
-                let channel = self.channel(index)?;
+            for address in self.order() {
+                let channel = self.channel(&address)?;
                 match call(channel).await {
                     Ok(answer) => {
-                        self.succeeded(index);
+                        self.succeeded(&address);
                         return Ok(answer);
                     }
                     Err(status) if replica_at_fault(&status) => {
-                        self.failed(index, &status);
+                        self.failed(&address, &status);
                         last = status;
                     }
                     Err(status) => {
                         // The replica answered; the request was refused.
-                        self.succeeded(index);
+                        self.succeeded(&address);
                         return Err(status);
                     }
                 }
@@ -186,12 +217,12 @@ impl ServerPool {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let unhealthy: Vec<usize> = {
+            let unhealthy: Vec<String> = {
                 let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                (0..self.servers.len()).filter(|&i| state.health[i].failures > 0).collect()
+                state.members.iter().filter(|m| m.health.failures > 0).map(|m| m.address.clone()).collect()
             };
-            for index in unhealthy {
-                let Ok(channel) = self.channel(index) else { continue };
+            for address in unhealthy {
+                let Ok(channel) = self.channel(&address) else { continue };
                 let mut client = HealthClient::new(channel);
                 let check = client.check(HealthCheckRequest { service: String::new() });
                 let serving = matches!(
@@ -200,16 +231,104 @@ impl ServerPool {
                 );
                 if serving {
                     let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                    state.health[index] = Health::default();
-                    tracing::info!(server = %self.servers[index].address, "server replica is healthy again");
+                    if let Some(member) = state.member(&address) {
+                        member.health = Health::default();
+                        tracing::info!(server = %address, "server replica is healthy again");
+                    }
                 }
             }
         }
     }
+
+    /// Resolves the configured names again every `every` and makes the pool's members
+    /// what they resolve to now, keeping the state of addresses that stay. Runs until the
+    /// task is dropped; does nothing when every configured address is an IP address.
+    pub async fn follow_dns(self: std::sync::Arc<Self>, every: Duration) {
+        if self.configured.iter().all(|a| is_ip_address(a)) {
+            return;
+        }
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let addresses = resolve(&self.configured).await;
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if state.members.iter().map(|m| &m.address).eq(addresses.iter()) {
+                continue;
+            }
+            tracing::info!(before = ?state.members.iter().map(|m| &m.address).collect::<Vec<_>>(), now = ?addresses, "server replicas changed in DNS");
+            let mut old = std::mem::take(&mut state.members);
+            state.members = addresses
+                .into_iter()
+                .map(|address| match old.iter().position(|m| m.address == address) {
+                    Some(i) => old.swap_remove(i),
+                    None => Member::new(address),
+                })
+                .collect();
+        }
+    }
+}
+
+/// Whether `host:port` names its host by IP address.
+fn is_ip_address(address: &str) -> bool {
+    address.parse::<std::net::SocketAddr>().is_ok()
+}
+
+/// Every address the configured `host:port`s stand for, in order, without repeats. A name
+/// that does not resolve now stays as it is (the connection resolves it when it is tried).
+pub async fn resolve(configured: &[String]) -> Vec<String> {
+    let mut addresses: Vec<String> = Vec::new();
+    for address in configured {
+        let found = if is_ip_address(address) {
+            vec![address.clone()]
+        } else {
+            match tokio::net::lookup_host(address.as_str()).await {
+                Ok(found) => found.map(|a| a.to_string()).collect(),
+                Err(e) => {
+                    tracing::warn!(server = %address, error = %e, "cannot resolve a server address now");
+                    vec![address.clone()]
+                }
+            }
+        };
+        for a in found {
+            if !addresses.contains(&a) {
+                addresses.push(a);
+            }
+        }
+    }
+    if addresses.is_empty() {
+        // A name that resolved to nothing: keep it, as for a failed lookup.
+        addresses.extend(configured.iter().cloned());
+    }
+    addresses
 }
 
 /// `d` ± 25%.
 fn jitter(d: Duration) -> Duration {
     let factor = 0.75 + fastrand::f64() * 0.5;
     d.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_name_stands_for_every_address_it_resolves_to() {
+        let expected: Vec<String> = tokio::net::lookup_host("localhost:8081").await.unwrap().map(|a| a.to_string()).fold(Vec::new(), |mut v, a| {
+            if !v.contains(&a) {
+                v.push(a);
+            }
+            v
+        });
+        assert!(!expected.is_empty());
+        let configured = vec!["127.0.0.1:9000".to_string(), "localhost:8081".to_string(), "127.0.0.1:9000".to_string()];
+        let mut want = vec!["127.0.0.1:9000".to_string()];
+        want.extend(expected.iter().filter(|a| *a != "127.0.0.1:9000").cloned());
+        assert_eq!(resolve(&configured).await, want);
+        assert!(want.contains(&"127.0.0.1:8081".to_string()), "localhost resolves to 127.0.0.1 here: {want:?}");
+        let unknown = vec!["no-such-host.invalid:8081".to_string()];
+        assert_eq!(resolve(&unknown).await, unknown, "an unresolvable name stays for later");
+    }
 }

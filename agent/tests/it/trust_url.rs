@@ -1,7 +1,8 @@
 //! `trust_bundle_url`: an agent with no bundle file downloads its first bundle over HTTPS,
 //! checked with the system's roots (here SSL_CERT_FILE names the test server's certificate),
 //! attests and serves workloads; a 404 or an untrusted server stops start-up with a message
-//! that names the URL.
+//! that names the URL. The server is named `localhost`, which the agent resolves to each of
+//! its addresses.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,7 +67,8 @@ fn an_agent_bootstraps_from_an_https_bundle_url() {
     let roots = root.path().join("web-roots.pem");
     std::fs::write(&roots, cert_pem).unwrap();
     let config_for = |path: &str| {
-        AgentProcess::config_text(root.path(), &[server.api_address()], &format!("join_token = \"{token}\""), r#"NodeAttestor "join_token" {}"#, "1s", "")
+        // The server by name: the agent resolves it to each of its addresses.
+        AgentProcess::config_text(root.path(), &[server.api_address().replace("127.0.0.1", "localhost")], &format!("join_token = \"{token}\""), r#"NodeAttestor "join_token" {}"#, "1s", "")
             .replace(&format!("trust_bundle_path = \"{}/agent/bundle.pem\"", root.path().display()), &format!("trust_bundle_url = \"https://localhost:{port}{path}\""))
     };
     let ssl_cert_file = ("SSL_CERT_FILE", roots.to_str().unwrap());
@@ -88,6 +90,8 @@ fn an_agent_bootstraps_from_an_https_bundle_url() {
 
     let agent = AgentProcess::start_configured(root.path(), &config_for("/bundle.pem"), &[ssl_cert_file]);
     assert!(agent.log().contains("trust bundle downloaded"), "{}", agent.log());
+    let replicas = agent.log().lines().find(|l| l.contains("server replicas")).map(str::to_owned).unwrap_or_default();
+    assert!(replicas.contains(&format!("\"{}\"", server.api_address())), "localhost was not resolved to the server's address: {replicas}");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let out = std::process::Command::new(binary("testudo-agent")).args(["api", "fetch", "x509", "--output", "json", "--socket-path"]).arg(agent.socket()).output().unwrap();
