@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/spire/api/server/svid/v1/svid.proto",
             "proto/spire/api/server/bundle/v1/bundle.proto",
             "proto/spire/api/server/debug/v1/debug.proto",
+            "proto/spire/api/agent/debug/v1/debug.proto",
             "proto/spire/api/server/entry/v1/entry.proto",
             "proto/spire/api/server/agent/v1/agent.proto",
             "proto/spire/api/server/localauthority/v1/localauthority.proto",

@@ -1,8 +1,9 @@
 //! The agent: node attestation, the server pool with failover, entry sync, the SVID cache
-//! and rotation, workload attestors, and the Workload API on a Unix socket. Never links
-//! `raft-store`.
+//! and rotation, workload attestors, the Workload API and Envoy SDS on a Unix socket, and
+//! the admin socket. Never links `raft-store`.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod attest;
 pub mod cache;
 pub mod config;
@@ -10,6 +11,8 @@ pub mod identity_store;
 pub mod ops;
 pub mod runtime;
 pub mod server_pool;
+pub mod socket;
+pub mod status;
 pub mod sync;
 pub mod trust;
 pub mod workload;

@@ -17,6 +17,8 @@ use crate::identity_store::{IdentityStore, StoredIdentity};
 use crate::server_pool::ServerPool;
 use crate::workload::api::WorkloadApi;
 use crate::workload::sds::SecretDiscovery;
+use crate::admin::DebugApi;
+use crate::status::AgentStatus;
 use crate::{attest, sync, trust, workload};
 
 /// Why the agent could not start.
@@ -103,6 +105,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     };
     store.save_bundle(&bundle).await?;
     pool.set_identity(&agent.identity);
+    let status = Arc::new(AgentStatus::default());
+    status.set_svid(&agent.identity.chain);
 
     // As SPIRE's agent does, serve workloads only once the cache holds what the servers
     // say: a workload that connects earlier would be told it has no identity.
@@ -116,6 +120,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         match first {
             Ok(report) => {
                 tracing::info!(entries = report.entries, minted = report.minted, "first sync done");
+                status.synced();
                 break;
             }
             Err(status) => {
@@ -126,14 +131,27 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     }
     let probe_task = tokio::spawn(pool.clone().probe_unhealthy(std::time::Duration::from_secs(1)));
     let dns_task = tokio::spawn(pool.clone().follow_dns(crate::server_pool::RESOLVE_EVERY));
-    let sync_task = tokio::spawn(sync_loop(config.clone(), pool.clone(), cache.clone(), trust.clone(), store.clone(), agent));
+    let sync_task = tokio::spawn(sync_loop(config.clone(), pool.clone(), cache.clone(), trust.clone(), store.clone(), agent, status.clone()));
 
     let socket = &config.agent.socket_path;
-    let listener = workload::bind(socket).map_err(|e| StartError::Socket { path: socket.display().to_string(), reason: e.to_string() })?;
+    let listener = crate::socket::bind(socket, 0o777).map_err(|e| StartError::Socket { path: socket.display().to_string(), reason: e.to_string() })?;
     tracing::info!(socket = %socket.display(), "Workload API and Envoy SDS listening");
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let sds = SecretDiscovery::new(cache.clone(), config.workload_attestors.clone(), config.agent.sds.clone());
-    let api = WorkloadApi::new(cache, config.workload_attestors.clone(), pool);
+    let api = WorkloadApi::new(cache.clone(), config.workload_attestors.clone(), pool);
+    let admin_task = match &config.agent.admin_socket_path {
+        Some(path) => {
+            let listener = crate::socket::bind(path, 0o600).map_err(|e| StartError::Socket { path: path.display().to_string(), reason: e.to_string() })?;
+            tracing::info!(socket = %path.display(), "admin API listening");
+            let debug = DebugApi { status: status.clone(), cache, workload: api.clone() };
+            Some(tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(proto::spire::agent::debug::v1::debug_server::DebugServer::new(debug))
+                    .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+            ))
+        }
+        None => None,
+    };
     let served = tonic::transport::Server::builder()
         .add_service(proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer::new(api))
         .add_service(proto::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer::new(sds))
@@ -141,6 +159,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         .await;
     sync_task.abort();
     probe_task.abort();
+    if let (Some(task), Some(path)) = (admin_task, &config.agent.admin_socket_path) {
+        task.abort();
+        let _ = std::fs::remove_file(path);
+    }
     dns_task.abort();
     ops.iter().for_each(tokio::task::JoinHandle::abort);
     let _ = std::fs::remove_file(socket);
@@ -149,9 +171,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
 
 /// Starts using a new agent SVID (after renewal or a new attestation): checks it against
 /// the bundle, presents it from now on, and keeps it on disk with `KeyManager "disk"`.
-async fn adopt(identity: StoredIdentity, config: &AgentConfig, pool: &ServerPool, store: &IdentityStore, trust: &RwLock<Bundle>) -> Result<AgentSvid, String> {
+async fn adopt(identity: StoredIdentity, config: &AgentConfig, pool: &ServerPool, store: &IdentityStore, trust: &RwLock<Bundle>, status: &AgentStatus) -> Result<AgentSvid, String> {
     let svid = trust.read().map_err(|_| "bundle lock poisoned".to_string()).and_then(|b| AgentSvid::new(identity, &b))?;
     pool.set_identity(&svid.identity);
+    status.set_svid(&svid.identity.chain);
     if matches!(config.key_storage, KeyStorage::Disk(_)) {
         if let Err(e) = store.save_identity(&svid.identity).await {
             tracing::warn!(error = %e, "cannot save the new agent SVID; a restart will attest again");
@@ -179,7 +202,7 @@ fn accept(listener: tokio::net::UnixListener) -> impl tokio_stream::Stream<Item 
     tokio_stream::wrappers::UnixListenerStream::new(listener).map(|accepted| accepted.map(workload::authority::AuthorityFixing::new))
 }
 
-async fn sync_loop(config: AgentConfig, pool: Arc<ServerPool>, cache: Cache, trust: Arc<RwLock<Bundle>>, store: IdentityStore, mut agent: AgentSvid) {
+async fn sync_loop(config: AgentConfig, pool: Arc<ServerPool>, cache: Cache, trust: Arc<RwLock<Bundle>>, store: IdentityStore, mut agent: AgentSvid, agent_status: Arc<AgentStatus>) {
     let mut tick = tokio::time::interval(config.agent.sync_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_bundle_sequence = None;
@@ -188,6 +211,7 @@ async fn sync_loop(config: AgentConfig, pool: Arc<ServerPool>, cache: Cache, tru
         match sync::sync_once(&pool, &cache, &trust).await {
             Ok(report) => {
                 metrics::counter!("testudo_agent_syncs_total", "result" => "ok").increment(1);
+                agent_status.synced();
                 if report.minted > 0 {
                     tracing::info!(entries = report.entries, minted = report.minted, server = %pool.current(), "synced");
                 }
@@ -200,7 +224,7 @@ async fn sync_loop(config: AgentConfig, pool: Arc<ServerPool>, cache: Cache, tru
                 if evicted && matches!(config.node_attestor, NodeAttestor::X509Pop { .. }) {
                     tracing::warn!(error = %status.message(), "this agent was evicted; attesting again");
                     match attest_node(&config, &pool).await {
-                        Ok(identity) => match adopt(identity, &config, &pool, &store, &trust).await {
+                        Ok(identity) => match adopt(identity, &config, &pool, &store, &trust, &agent_status).await {
                             Ok(renewed) => {
                                 tracing::info!(spiffe_id = %renewed.spiffe_id, "attested again");
                                 agent = renewed;
@@ -227,7 +251,7 @@ async fn sync_loop(config: AgentConfig, pool: Arc<ServerPool>, cache: Cache, tru
         }
         if OffsetDateTime::now_utc() >= agent.renew_at {
             match attest::renew(&pool).await {
-                Ok(identity) => match adopt(identity, &config, &pool, &store, &trust).await {
+                Ok(identity) => match adopt(identity, &config, &pool, &store, &trust, &agent_status).await {
                     Ok(renewed) => {
                         tracing::info!(renew_at = %renewed.renew_at, "agent SVID renewed");
                         agent = renewed;

@@ -21,8 +21,18 @@ pub mod admin {
     tonic::include_proto!("testudo.admin.v1");
 }
 
-/// SPIRE's public API, wire-compatible: shared types and the server services built so far.
+/// SPIRE's public API, wire-compatible: shared types, the server services and the agent's
+/// debug API.
 pub mod spire {
+    /// The agent's debug API (package `spire.agent.debug.v1`, as SPIRE publishes it).
+    pub mod agent {
+        pub mod debug {
+            pub mod v1 {
+                #![allow(clippy::all, missing_docs)]
+                tonic::include_proto!("spire.agent.debug.v1");
+            }
+        }
+    }
     pub mod api {
         pub mod types {
             #![allow(clippy::all, missing_docs)]

@@ -156,6 +156,9 @@ impl AgentConfig {
         if !matches!(agent.log_format.as_str(), "text" | "json") {
             return Err(file.invalid(&["agent", "log_format"], format!("{:?}: must be text or json", agent.log_format)));
         }
+        if let Some(admin) = &agent.admin_socket_path {
+            check_admin_socket(admin, &agent.socket_path).map_err(|e| file.invalid(&["agent", "admin_socket_path"], e))?;
+        }
         check_sds_names(&agent.sds).map_err(|(key, message)| file.invalid(&["agent", "sds", key], message))?;
         let problem = |(path, message): plugins::PluginProblem| file.invalid(&path, message);
         let node_attestor = parsed.plugins.node_attestor().map_err(problem)?;
@@ -175,6 +178,19 @@ impl AgentConfig {
             telemetry: parsed.telemetry.clone(),
         })
     }
+}
+
+/// As SPIRE requires: the admin socket must not sit in the Workload API socket's directory
+/// or below it, where workloads, which can reach that directory, could reach it too.
+fn check_admin_socket(admin: &Path, workload: &Path) -> Result<(), String> {
+    if !admin.is_absolute() {
+        return Err(format!("{}: must be an absolute path", admin.display()));
+    }
+    let workload_dir = workload.parent().unwrap_or(workload);
+    if admin.parent().is_some_and(|dir| dir.starts_with(workload_dir)) {
+        return Err(format!("{}: must not be in the directory of socket_path ({}) or below it", admin.display(), workload_dir.display()));
+    }
+    Ok(())
 }
 
 /// `trust_bundle_url` must be an https URL with a host: the bundle decides whom the agent

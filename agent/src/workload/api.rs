@@ -68,6 +68,12 @@ impl WorkloadApi {
         Self { cache, attestors, pool, jwts: Arc::default() }
     }
 
+    /// How many JWT-SVIDs are cached and not yet due for renewal.
+    pub fn cached_jwt_count(&self) -> usize {
+        let now = OffsetDateTime::now_utc();
+        self.jwts.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|c| c.renew_at > now).count()
+    }
+
     /// The caller's selectors, after checking the security header.
     async fn attest<T>(&self, request: &Request<T>) -> Result<SelectorSet, Status> {
         check_header(request)?;
