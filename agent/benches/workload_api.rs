@@ -17,14 +17,7 @@ fn calls() -> usize {
 }
 
 async fn uds_channel(path: std::path::PathBuf) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::try_from("http://localhost")
-        .expect("endpoint")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
-        }))
-        .await
-        .expect("connect")
+    agent::socket::connect(&path).await.expect("connect")
 }
 
 fn with_header<T>(message: T) -> tonic::Request<T> {

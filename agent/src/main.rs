@@ -172,14 +172,7 @@ async fn run(path: &Path) -> anyhow::Result<()> {
 }
 
 async fn connect(client: &Client) -> anyhow::Result<SpiffeWorkloadApiClient<Channel>> {
-    let path = client.socket_path.clone();
-    let channel = tonic::transport::Endpoint::try_from("http://localhost")?
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
-        }))
-        .await
-        .with_context(|| format!("cannot reach the agent at {}", client.socket_path.display()))?;
+    let channel = agent::socket::connect(&client.socket_path).await.with_context(|| format!("cannot reach the agent at {}", client.socket_path.display()))?;
     Ok(SpiffeWorkloadApiClient::new(channel))
 }
 

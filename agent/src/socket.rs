@@ -1,6 +1,7 @@
-//! Binding the agent's Unix sockets (the Workload API's and the admin socket).
+//! The agent's Unix sockets (the Workload API's and the admin socket): binding them, and
+//! a gRPC channel to one (the CLI, tests and benches are its clients).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokio::net::UnixListener;
 
@@ -19,4 +20,16 @@ pub fn bind(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(listener)
+}
+
+/// A gRPC channel to the Unix socket at `path`.
+pub async fn connect(path: &Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let path: PathBuf = path.to_path_buf();
+    // The URI is required by the API but unused: the connector dials the socket.
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
+        }))
+        .await
 }

@@ -28,14 +28,7 @@ fn health_and_metrics_endpoints_answer() {
     assert_eq!(std::fs::metadata(&admin).unwrap().permissions().mode() & 0o777, 0o600);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let info = runtime.block_on(async {
-        let channel = tonic::transport::Endpoint::try_from("http://localhost")
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                let path = admin.clone();
-                async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
-            }))
-            .await
-            .unwrap();
+        let channel = agent::socket::connect(&admin).await.unwrap();
         let mut client = proto::spire::agent::debug::v1::debug_client::DebugClient::new(channel);
         client.get_info(proto::spire::agent::debug::v1::GetInfoRequest {}).await.unwrap().into_inner()
     });

@@ -34,15 +34,7 @@ pub fn world(server_extra: &str, sync_interval: &str) -> World {
 }
 
 pub async fn raw_client(agent: &AgentProcess) -> pb::spiffe_workload_api_client::SpiffeWorkloadApiClient<tonic::transport::Channel> {
-    let path = agent.socket();
-    let channel = tonic::transport::Endpoint::try_from("http://localhost")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
-        }))
-        .await
-        .unwrap();
+    let channel = agent::socket::connect(&agent.socket()).await.unwrap();
     pb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel)
 }
 
