@@ -180,8 +180,7 @@ impl StoreReader {
             let mut revision = meta(sm_key::REVISION, "revision")?;
             let mut ids = std::collections::BTreeSet::new();
             let start = u64_key(since.saturating_add(1));
-            let mut read = 0;
-            for item in view.iterator_cf(cf(db, Cf::ChangeLog), IteratorMode::From(&start, Direction::Forward)) {
+            for (read, item) in view.iterator_cf(cf(db, Cf::ChangeLog), IteratorMode::From(&start, Direction::Forward)).enumerate() {
                 let (_, value) = item?;
                 let set: ChangeSet = codec::decode("change set", &value)?;
                 if read == limit {
@@ -189,7 +188,6 @@ impl StoreReader {
                     revision = set.revision.saturating_sub(1);
                     break;
                 }
-                read += 1;
                 ids.extend(set.changes.into_iter().filter(|c| c.table == Table::Entry).map(|c| c.key));
             }
             let mut changed = Vec::with_capacity(ids.len());

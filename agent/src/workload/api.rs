@@ -29,13 +29,16 @@ struct CachedJwt {
     renew_at: OffsetDateTime,
 }
 
+/// JWT-SVIDs by (SPIFFE ID, sorted audience).
+type JwtCache = HashMap<(SpiffeId, Vec<String>), CachedJwt>;
+
 /// The service; cheap to clone.
 #[derive(Clone)]
 pub struct WorkloadApi {
     cache: Cache,
     attestors: WorkloadAttestors,
     pool: Arc<ServerPool>,
-    jwts: Arc<Mutex<HashMap<(SpiffeId, Vec<String>), CachedJwt>>>,
+    jwts: Arc<Mutex<JwtCache>>,
 }
 
 fn check_header<T>(request: &Request<T>) -> Result<(), Status> {

@@ -227,7 +227,7 @@ mod tests {
 
     #[test]
     fn header_blocks_are_re_encoded_with_a_valid_authority() {
-        let headers = vec![
+        let headers = [
             (b":method".to_vec(), b"POST".to_vec()),
             (b":authority".to_vec(), b"tmp%2Fagent%2Fapi.sock".to_vec()),
             (b":path".to_vec(), b"/SpiffeWorkloadAPI/FetchX509SVID".to_vec()),

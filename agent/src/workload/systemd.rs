@@ -21,7 +21,7 @@ pub fn unit_of(cgroup: &str) -> Option<String> {
             let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
             (controllers.is_empty() || controllers == "name=systemd").then_some(path)
         })
-        .last()?;
+        .next_back()?;
     path.split('/').rev().find(|segment| segment.ends_with(".service") || segment.ends_with(".scope")).map(str::to_owned)
 }
 

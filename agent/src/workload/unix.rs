@@ -68,7 +68,8 @@ enum Id {
 }
 
 fn name_of(id: Id) -> Option<String> {
-    static NAMES: OnceLock<Mutex<HashMap<Id, (Option<String>, Instant)>>> = OnceLock::new();
+    type Names = HashMap<Id, (Option<String>, Instant)>;
+    static NAMES: OnceLock<Mutex<Names>> = OnceLock::new();
     let names = NAMES.get_or_init(Mutex::default);
     if let Some((name, at)) = names.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
         if at.elapsed() < NAME_TTL {

@@ -84,7 +84,7 @@ fn the_workload_keeps_its_identity_while_replicas_die_and_return() {
         while let Ok(message) = seen.try_recv() {
             held = svid_of(&message, "spiffe://example.org/web").or(held);
         }
-        let held = held.map_or_else(|| (first_serial.clone(), svid_of(&first, "spiffe://example.org/web").unwrap().1), |h| h);
+        let held = held.unwrap_or_else(|| (first_serial.clone(), svid_of(&first, "spiffe://example.org/web").unwrap().1));
         assert!(held.1 > time::OffsetDateTime::now_utc(), "the workload's SVID expired while the servers were down");
 
         // Back up: rotation resumes, and the workload receives a newer web SVID than it held.
