@@ -91,7 +91,9 @@ telemetry {{
             .expect("testudo-server starts");
         self.child = Some(child);
         let socket = self.socket();
-        wait_until(Duration::from_secs(20), || socket.exists(), &format!("replica {}'s admin socket", self.id));
+        let child = self.child.as_mut().expect("just started");
+        wait_until(Duration::from_secs(20), || socket.exists() || child.try_wait().ok().flatten().is_some(), &format!("replica {}'s admin socket", self.id));
+        assert!(socket.exists(), "replica {} exited at start-up:\n{}", self.id, self.log());
     }
 
     fn kill(&mut self) {
