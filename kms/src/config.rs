@@ -11,16 +11,18 @@ use crate::{disk::DiskKeyManager, memory::MemoryKeyManager, KeyManager, KeyManag
 pub enum KeyManagerConfig {
     Memory,
     Disk { keys_path: PathBuf },
+    Pkcs11(crate::pkcs11::Pkcs11Config),
 }
 
 impl KeyManagerConfig {
     /// The config names of the key managers this build knows.
-    pub const NAMES: [&'static str; 2] = [crate::memory::NAME, crate::disk::NAME];
+    pub const NAMES: [&'static str; 3] = [crate::memory::NAME, crate::disk::NAME, crate::pkcs11::NAME];
 
     pub async fn build(&self) -> Result<Arc<dyn KeyManager>, KeyManagerError> {
         Ok(match self {
             Self::Memory => Arc::new(MemoryKeyManager::new()),
             Self::Disk { keys_path } => Arc::new(DiskKeyManager::open(keys_path.clone()).await?),
+            Self::Pkcs11(config) => Arc::new(crate::pkcs11::Pkcs11KeyManager::open(config.clone()).await?),
         })
     }
 }

@@ -1,8 +1,8 @@
 //! Key managers: where signing keys live. A key is named by an id; its private half is
 //! reachable only through `sign`.
 //!
-//! Backends (one module each, built by name from config): `memory` and `disk` here; the
-//! KMS and HSM backends slot in behind the same trait. [`KeySigner`] adapts any backend's
+//! Backends (one module each, built by name from config): `memory` and `disk` (software
+//! keys, for development) and `pkcs11` (keys generated and kept on an HSM token). [`KeySigner`] adapts any backend's
 //! key to [`identity::crypto::Signer`], so certificate and JWT code never knows where a
 //! key lives.
 #![forbid(unsafe_code)]
@@ -15,6 +15,7 @@ mod keyring;
 mod key_signer;
 mod manager;
 pub mod memory;
+pub mod pkcs11;
 
 pub use config::KeyManagerConfig;
 pub use error::KeyManagerError;

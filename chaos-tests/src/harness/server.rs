@@ -13,6 +13,7 @@ pub struct ServerProcess {
     pub raft_port: u16,
     pub dir: PathBuf,
     child: Option<Child>,
+    env: Vec<(String, String)>,
 }
 
 impl ServerProcess {
@@ -24,6 +25,12 @@ impl ServerProcess {
 
     /// As [`Self::start`], with `plugins_extra` added to the `plugins { }` block.
     pub fn start_with_plugins(root: &Path, id: u64, server_extra: &str, plugins_extra: &str) -> Self {
+        Self::start_with_env(root, id, server_extra, plugins_extra, &[])
+    }
+
+    /// As [`Self::start_with_plugins`], with extra environment variables for the process.
+    /// When `plugins_extra` names a `KeyManager`, it replaces the default `memory` one.
+    pub fn start_with_env(root: &Path, id: u64, server_extra: &str, plugins_extra: &str, env: &[(&str, &str)]) -> Self {
         let dir = root.join(format!("replica-{id}"));
         std::fs::create_dir_all(&dir).expect("replica dir");
         let (api_port, raft_port) = (free_port(), free_port());
@@ -37,7 +44,7 @@ impl ServerProcess {
   {server_extra}
 }}
 plugins {{
-  KeyManager "memory" {{}}
+  {key_manager}
   NodeAttestor "join_token" {{}}
   {plugins_extra}
 }}
@@ -49,9 +56,11 @@ cluster {{
 }}
 "#,
             dir = dir.display(),
+            key_manager = if plugins_extra.contains("KeyManager") { "" } else { r#"KeyManager "memory" {}"# },
         );
         std::fs::write(dir.join("server.hcl"), config).expect("server config");
-        let mut server = Self { id, api_port, raft_port, dir, child: None };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut server = Self { id, api_port, raft_port, dir, child: None, env };
         server.restart();
         server
     }
@@ -59,7 +68,12 @@ cluster {{
     /// Starts `n` replicas under `root` and forms one cluster: replica 1 initialises, the
     /// others join with one-time invites.
     pub fn cluster(root: &Path, n: u64, server_extra: &str) -> Vec<Self> {
-        let servers: Vec<Self> = (1..=n).map(|id| Self::start(root, id, server_extra)).collect();
+        Self::cluster_with(root, n, server_extra, "", &[])
+    }
+
+    /// As [`Self::cluster`], each replica started as by [`Self::start_with_env`].
+    pub fn cluster_with(root: &Path, n: u64, server_extra: &str, plugins_extra: &str, env: &[(&str, &str)]) -> Vec<Self> {
+        let servers: Vec<Self> = (1..=n).map(|id| Self::start_with_env(root, id, server_extra, plugins_extra, env)).collect();
         servers[0].json(&["cluster", "init"]);
         for server in &servers[1..] {
             let invite = servers[0].json(&["cluster", "invite", "--ttl", "600"]);
@@ -76,6 +90,7 @@ cluster {{
         let child = Command::new(binary("testudo-server"))
             .args(["run", "--config"])
             .arg(self.dir.join("server.hcl"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -60,7 +60,7 @@ impl ServerConfig {
         let invalid = |path: Vec<String>, message: String| file.invalid(&path, message);
         let parsed = &file.value;
         let problem = |(path, message): plugins::PluginProblem| invalid(path.into_iter().map(String::from).collect(), message);
-        let key_manager = parsed.plugins.key_manager().map_err(problem)?;
+        let key_manager = parsed.plugins.key_manager(parsed.server.trust_domain.name()).map_err(problem)?;
         let node_attestors = parsed.plugins.node_attestors().map_err(problem)?;
         let upstream_authority = parsed.plugins.upstream_authority().map_err(problem)?;
 

@@ -27,6 +27,52 @@ pub struct Plugins {
 pub struct KeyManagers {
     pub memory: Option<PluginBlock<NoSettings>>,
     pub disk: Option<PluginBlock<DiskKeyManagerData>>,
+    pub pkcs11: Option<PluginBlock<Pkcs11KeyManagerData>>,
+}
+
+/// The `pkcs11` key manager's settings. The PIN comes from a file or an environment
+/// variable, never from the config text.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11KeyManagerData {
+    pub module_path: Option<PathBuf>,
+    pub token_label: Option<String>,
+    pub slot_id: Option<u64>,
+    pub user_pin_path: Option<PathBuf>,
+    pub user_pin_env: Option<String>,
+    pub key_label_prefix: Option<String>,
+}
+
+impl Pkcs11KeyManagerData {
+    /// The checked settings; `trust_domain` makes the default label prefix.
+    fn config(&self, trust_domain: &str) -> Result<kms::pkcs11::Pkcs11Config, PluginProblem> {
+        let at = |key: &'static str| vec!["plugins", "KeyManager", "pkcs11", "plugin_data", key];
+        let module_path = self.module_path.clone().ok_or_else(|| (at("module_path"), "required: the PKCS#11 module (.so) to load".to_string()))?;
+        if !module_path.is_file() {
+            return Err((at("module_path"), format!("{}: no such file", module_path.display())));
+        }
+        let token = match (&self.token_label, self.slot_id) {
+            (Some(label), None) if !label.is_empty() => kms::pkcs11::TokenSelector::Label(label.clone()),
+            (None, Some(slot)) => kms::pkcs11::TokenSelector::Slot(slot),
+            (None, None) => return Err((at("token_label"), "one of token_label or slot_id is required".into())),
+            (Some(label), None) if label.is_empty() => return Err((at("token_label"), "must not be empty".into())),
+            _ => return Err((at("slot_id"), "token_label and slot_id exclude each other".into())),
+        };
+        let user_pin = match (&self.user_pin_path, &self.user_pin_env) {
+            (Some(path), None) => {
+                let text = std::fs::read_to_string(path).map_err(|e| (at("user_pin_path"), format!("{}: {e}", path.display())))?;
+                zeroize::Zeroizing::new(text.trim_end_matches(['\r', '\n']).to_owned())
+            }
+            (None, Some(name)) => zeroize::Zeroizing::new(std::env::var(name).map_err(|_| (at("user_pin_env"), format!("environment variable {name} is not set")))?),
+            (None, None) => return Err((at("user_pin_path"), "one of user_pin_path or user_pin_env is required (the PIN is never written in the config)".into())),
+            _ => return Err((at("user_pin_env"), "user_pin_path and user_pin_env exclude each other".into())),
+        };
+        if user_pin.is_empty() {
+            return Err((at("user_pin_path"), "the user PIN is empty".into()));
+        }
+        let key_label_prefix = self.key_label_prefix.clone().unwrap_or_else(|| format!("testudo/{trust_domain}/"));
+        Ok(kms::pkcs11::Pkcs11Config { module_path, token, user_pin, key_label_prefix })
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -69,8 +115,8 @@ pub struct DiskUpstreamData {
 pub type PluginProblem = (Vec<&'static str>, String);
 
 impl Plugins {
-    /// The one enabled key manager.
-    pub fn key_manager(&self) -> Result<KeyManagerConfig, PluginProblem> {
+    /// The one enabled key manager; `trust_domain` names its keys by default.
+    pub fn key_manager(&self, trust_domain: &str) -> Result<KeyManagerConfig, PluginProblem> {
         let mut chosen = Vec::new();
         if self.key_manager.memory.as_ref().is_some_and(|b| b.enabled) {
             chosen.push(("memory", KeyManagerConfig::Memory));
@@ -81,9 +127,12 @@ impl Plugins {
             })?;
             chosen.push(("disk", KeyManagerConfig::Disk { keys_path }));
         }
+        if let Some(block) = self.key_manager.pkcs11.as_ref().filter(|b| b.enabled) {
+            chosen.push(("pkcs11", KeyManagerConfig::Pkcs11(block.plugin_data.config(trust_domain)?)));
+        }
         match chosen.len() {
             1 => Ok(chosen.remove(0).1),
-            0 => Err((vec!["plugins"], "exactly one KeyManager is required (\"memory\" or \"disk\")".into())),
+            0 => Err((vec!["plugins"], "exactly one KeyManager is required (\"memory\", \"disk\" or \"pkcs11\")".into())),
             _ => Err((vec!["plugins", "KeyManager"], "only one KeyManager may be enabled".into())),
         }
     }

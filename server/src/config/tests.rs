@@ -239,3 +239,36 @@ fn reading_a_missing_file_says_which() {
     let err = ServerConfig::load(Path::new("/nonexistent/server.hcl")).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/server.hcl"), "{err}");
 }
+
+#[test]
+fn a_pkcs11_key_manager_takes_its_pin_from_a_file_or_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("module.so");
+    std::fs::write(&module, b"not really a module; the config only checks it exists").unwrap();
+    let pin = dir.path().join("pin");
+    std::fs::write(&pin, "1234\n").unwrap();
+    let with = |data: &str| MINIMAL.replace("KeyManager \"memory\" {}", &format!("KeyManager \"pkcs11\" {{\n    plugin_data {{\n      {data}\n    }}\n  }}"));
+    let good = format!("module_path = \"{}\"\n      token_label = \"ca\"\n      user_pin_path = \"{}\"", module.display(), pin.display());
+    match parse(&with(&good)).unwrap().key_manager {
+        KeyManagerConfig::Pkcs11(config) => {
+            assert_eq!(config.user_pin.as_str(), "1234", "the trailing newline is not part of the PIN");
+            assert_eq!(config.token, kms::pkcs11::TokenSelector::Label("ca".into()));
+            assert_eq!(config.key_label_prefix, "testudo/example.org/");
+            assert!(!format!("{config:?}").contains("1234"), "the PIN never reaches a log");
+        }
+        other => panic!("{other:?}"),
+    }
+    let cases = [
+        (format!("module_path = \"{}\"\n      token_label = \"ca\"", module.display()), "plugins.KeyManager.pkcs11.plugin_data.user_pin_path", "never written in the config"),
+        (format!("module_path = \"{}\"\n      user_pin_path = \"{}\"", module.display(), pin.display()), "plugins.KeyManager.pkcs11.plugin_data.token_label", "token_label or slot_id"),
+        (format!("module_path = \"/nonexistent.so\"\n      token_label = \"ca\"\n      user_pin_path = \"{}\"", pin.display()), "plugins.KeyManager.pkcs11.plugin_data.module_path", "no such file"),
+        (format!("module_path = \"{}\"\n      token_label = \"ca\"\n      user_pin_env = \"TESTUDO_UNSET_PIN_VARIABLE\"", module.display()), "plugins.KeyManager.pkcs11.plugin_data.user_pin_env", "is not set"),
+        (format!("module_path = \"{}\"\n      slot_id = 1\n      token_label = \"ca\"\n      user_pin_path = \"{}\"", module.display(), pin.display()), "plugins.KeyManager.pkcs11.plugin_data.slot_id", "exclude each other"),
+        (format!("module_path = \"{}\"\n      token_label = \"ca\"\n      user_pin = \"1234\"", module.display()), "plugins.KeyManager.pkcs11.plugin_data.user_pin", "unknown field"),
+    ];
+    for (data, want_key, want_message) in cases {
+        let key = refusal(&with(&data));
+        assert_eq!(key.key, want_key, "{data}: {key}");
+        assert!(key.message.contains(want_message), "{data}: {key}");
+    }
+}

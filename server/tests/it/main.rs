@@ -1,4 +1,5 @@
-//! Real server processes forming a cluster through the CLI; the CA manager driven by a fake clock through many rotations, resumed from its journal,
+//! Real server processes forming a cluster through the CLI (with memory keys, and with keys on
+//! one SoftHSM2 token); the CA manager driven by a fake clock through many rotations, resumed from its journal,
 //! and with a disk upstream authority, checked by identity's verifiers and openssl; the entry
 //! cache agents are authorized from, following the change log.
 
@@ -6,5 +7,6 @@ mod ca_rotation;
 mod cluster_ca;
 mod cluster_processes;
 mod entry_cache;
+mod hsm;
 mod upstream_disk;
 mod x509pop;

@@ -1,0 +1,132 @@
+//! Against a real SoftHSM2 token initialised for this test process (SOFTHSM2_CONF points at
+//! a token directory in a temp dir; the module reads it once, at C_Initialize, so every
+//! test here shares the one token and uses its own label prefix).
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+use cryptoki::session::UserType;
+use cryptoki::types::AuthPin;
+use identity::crypto::verify_x509_signature;
+
+use super::*;
+
+const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const LABEL: &str = "testudo-unit";
+const PIN: &str = "4321";
+const PIN_LABEL: &str = "testudo-pin";
+
+/// The token, initialised once per process.
+fn token() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir").keep();
+        let tokens = dir.join("tokens");
+        std::fs::create_dir_all(&tokens).expect("token dir");
+        let conf = dir.join("softhsm2.conf");
+        std::fs::write(&conf, format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", tokens.display())).expect("conf");
+        std::env::set_var("SOFTHSM2_CONF", &conf);
+        // A second token for the wrong-PIN test: login state is per token and process, so
+        // a token the other tests have logged in to would not check a PIN again.
+        for label in [LABEL, PIN_LABEL] {
+            let out = std::process::Command::new("softhsm2-util")
+                .args(["--init-token", "--free", "--label", label, "--pin", PIN, "--so-pin", "12345678"])
+                .env("SOFTHSM2_CONF", &conf)
+                .output()
+                .expect("softhsm2-util (deploy/bootstrap.sh installs softhsm2)");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        dir
+    })
+}
+
+fn config(prefix: &str) -> Pkcs11Config {
+    token();
+    Pkcs11Config { module_path: MODULE.into(), token: TokenSelector::Label(LABEL.into()), user_pin: Zeroizing::new(PIN.into()), key_label_prefix: prefix.into() }
+}
+
+#[tokio::test]
+async fn keys_are_made_on_the_token_and_sign_every_algorithm() {
+    let manager = Pkcs11KeyManager::open(config("sign/")).await.unwrap();
+    let message = b"to be signed by the token";
+    for (id, key_type, algorithms) in [
+        ("ec256", KeyType::EcP256, &[SignatureAlgorithm::EcdsaP256Sha256][..]),
+        ("ec384", KeyType::EcP384, &[SignatureAlgorithm::EcdsaP384Sha384][..]),
+        ("rsa2048", KeyType::Rsa2048, &[SignatureAlgorithm::RsaPkcs1Sha256, SignatureAlgorithm::RsaPssSha256][..]),
+    ] {
+        let info = manager.generate_key(id, key_type).await.unwrap();
+        assert_eq!((info.id.as_str(), info.key_type), (id, key_type));
+        assert_eq!(manager.get_public_key(id).await.unwrap(), info, "the token's public half reads back");
+        for &algorithm in algorithms {
+            let signature = manager.sign(id, algorithm, message).await.unwrap();
+            verify_x509_signature(&info.public_key, algorithm, message, &signature).unwrap_or_else(|e| panic!("{id} {algorithm}: {e}"));
+            assert!(verify_x509_signature(&info.public_key, algorithm, b"another message", &signature).is_err());
+        }
+        let wrong = if key_type.is_rsa() { SignatureAlgorithm::EcdsaP256Sha256 } else { SignatureAlgorithm::RsaPkcs1Sha256 };
+        assert!(matches!(manager.sign(id, wrong, message).await, Err(KeyManagerError::AlgorithmMismatch { .. })));
+    }
+    let listed: Vec<String> = manager.list_keys().await.unwrap().into_iter().map(|k| k.id).collect();
+    assert_eq!(listed, ["ec256", "ec384", "rsa2048"]);
+}
+
+#[tokio::test]
+async fn generating_replaces_and_deleting_removes() {
+    let manager = Pkcs11KeyManager::open(config("replace/")).await.unwrap();
+    let first = manager.generate_key("slot-A", KeyType::EcP256).await.unwrap();
+    let second = manager.generate_key("slot-A", KeyType::EcP256).await.unwrap();
+    assert_ne!(first.public_key, second.public_key);
+    assert_eq!(manager.list_keys().await.unwrap(), vec![second.clone()], "one key per id");
+    // A second manager on the same token and prefix (another replica) sees and uses it.
+    let other = Pkcs11KeyManager::open(config("replace/")).await.unwrap();
+    let signature = other.sign("slot-A", SignatureAlgorithm::EcdsaP256Sha256, b"m").await.unwrap();
+    verify_x509_signature(&second.public_key, SignatureAlgorithm::EcdsaP256Sha256, b"m", &signature).unwrap();
+    manager.delete_key("slot-A").await.unwrap();
+    manager.delete_key("slot-A").await.unwrap();
+    assert!(matches!(other.get_public_key("slot-A").await, Err(KeyManagerError::NotFound(_))));
+    assert!(matches!(other.sign("slot-A", SignatureAlgorithm::EcdsaP256Sha256, b"m").await, Err(KeyManagerError::NotFound(_))));
+    assert!(matches!(manager.generate_key("has space", KeyType::EcP256).await, Err(KeyManagerError::InvalidKeyId { .. })));
+}
+
+#[tokio::test]
+async fn the_private_key_cannot_leave_the_token() {
+    let manager = Pkcs11KeyManager::open(config("export/")).await.unwrap();
+    manager.generate_key("secret", KeyType::EcP256).await.unwrap();
+    // Look at the object directly, as anyone with the PIN could.
+    let pkcs11 = session_pool::loaded_module(MODULE.as_ref()).unwrap();
+    let slot = pkcs11.get_slots_with_token().unwrap().into_iter().find(|s| pkcs11.get_token_info(*s).unwrap().label().trim_end() == LABEL).unwrap();
+    let session = pkcs11.open_ro_session(slot).unwrap();
+    let _ = session.login(UserType::User, Some(&AuthPin::new(PIN.into())));
+    let handle = session
+        .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Label(b"export/secret".to_vec())])
+        .unwrap()
+        .into_iter()
+        .next()
+        .expect("the private key object");
+    let flags = session.get_attributes(handle, &[AttributeType::Sensitive, AttributeType::Extractable, AttributeType::NeverExtractable, AttributeType::AlwaysSensitive]).unwrap();
+    assert_eq!(flags, vec![Attribute::Sensitive(true), Attribute::Extractable(false), Attribute::NeverExtractable(true), Attribute::AlwaysSensitive(true)]);
+    // CKA_VALUE (the private scalar) is not given out.
+    let value = session.get_attributes(handle, &[AttributeType::Value]).unwrap_or_default();
+    assert!(!value.iter().any(|a| matches!(a, Attribute::Value(v) if !v.is_empty())), "the private key was readable: {value:?}");
+}
+
+#[tokio::test]
+async fn a_wrong_pin_is_refused_and_a_missing_token_is_unavailable() {
+    let mut wrong = config("pin/");
+    wrong.token = TokenSelector::Label(PIN_LABEL.into());
+    wrong.user_pin = Zeroizing::new("0000".into());
+    match Pkcs11KeyManager::open(wrong).await {
+        Err(KeyManagerError::Crypto { reason, .. }) => assert!(reason.contains("PIN"), "{reason}"),
+        other => panic!("a wrong PIN must stop start-up: {:?}", other.err()),
+    }
+    let mut missing = config("missing/");
+    missing.token = TokenSelector::Label("no-such-token".into());
+    let manager = Pkcs11KeyManager::open(missing).await.expect("an unreachable token is not a start-up error");
+    match manager.sign("k", SignatureAlgorithm::EcdsaP256Sha256, b"m").await {
+        Err(KeyManagerError::Unavailable { backend, reason }) => {
+            assert_eq!(backend, "pkcs11");
+            assert!(reason.contains("no-such-token"), "{reason}");
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
