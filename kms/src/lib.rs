@@ -2,11 +2,13 @@
 //! reachable only through `sign`.
 //!
 //! Backends (one module each, built by name from config): `memory` and `disk` (software
-//! keys, for development) and `pkcs11` (keys generated and kept on an HSM token). [`KeySigner`] adapts any backend's
+//! keys, for development), `pkcs11` (keys generated and kept on an HSM token) and
+//! `aws_kms` (keys in AWS KMS). [`KeySigner`] adapts any backend's
 //! key to [`identity::crypto::Signer`], so certificate and JWT code never knows where a
 //! key lives.
 #![forbid(unsafe_code)]
 
+pub mod aws_kms;
 mod config;
 pub mod disk;
 mod error;

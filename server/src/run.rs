@@ -130,12 +130,12 @@ const CA_ROTATION_INTERVAL: Duration = Duration::from_secs(1);
 const CHANGE_LOG_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The cluster's CA as this config describes it. The development key managers (`memory`,
-/// `disk`) share CA keys through the replicated journal; with `pkcs11` the journal names
-/// keys that live on the token every replica reaches.
+/// `disk`) share CA keys through the replicated journal; with `pkcs11` and `aws_kms` the
+/// journal names keys that live in the HSM or KMS every replica reaches.
 async fn cluster_ca(config: &ServerConfig) -> anyhow::Result<server::ca::replicated::ClusterCa> {
     let keys = match &config.key_manager {
         kms::KeyManagerConfig::Memory | kms::KeyManagerConfig::Disk { .. } => server::ca::CaKeys::Shared,
-        kms::KeyManagerConfig::Pkcs11(_) => server::ca::CaKeys::Managed(config.key_manager.build().await.context("KeyManager \"pkcs11\"")?),
+        kms::KeyManagerConfig::Pkcs11(_) | kms::KeyManagerConfig::AwsKms(_) => server::ca::CaKeys::Managed(config.key_manager.build().await.context("the CA's KeyManager")?),
     };
     let upstream: Option<Arc<dyn server::upstream::UpstreamAuthority>> = match &config.upstream_authority {
         Some(disk) => Some(Arc::new(server::upstream::disk::DiskUpstreamAuthority::new(disk.clone()).await.context("UpstreamAuthority \"disk\"")?)),

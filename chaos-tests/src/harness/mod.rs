@@ -3,6 +3,7 @@
 //! The binaries come from the same target directory as the test (`make test` builds them).
 
 mod agent;
+pub mod moto;
 pub mod pki;
 mod server;
 

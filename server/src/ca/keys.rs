@@ -60,7 +60,9 @@ impl CaKeys {
     pub fn signer(&self, key_id: &str, public_key: PublicKey, material: Option<&KeyMaterial>) -> Result<CaSigner, CaError> {
         let key_type = public_key.key_type().ok_or_else(|| CaError::Task(format!("key {key_id} has an unsupported type")))?;
         match (self, material) {
-            (Self::Shared, Some(material)) => {
+            // A key the journal carries is used from there whatever the key manager is now:
+            // that is how a cluster moves from `memory`/`disk` to an HSM or KMS by rotating.
+            (_, Some(material)) => {
                 let key = LocalKey::from_pkcs8_der(key_type, material.pkcs8_der()).map_err(|e| CaError::Task(format!("key {key_id} in the journal: {e}")))?;
                 if key.public_key() != &public_key {
                     return Err(CaError::Task(format!("key {key_id} in the journal does not match its certificate")));
@@ -70,7 +72,7 @@ impl CaKeys {
             (Self::Shared, None) => Err(CaError::Task(format!(
                 "key {key_id} is not in the journal: it was made by a key manager this replica is not configured with"
             ))),
-            (Self::Managed(manager), _) => {
+            (Self::Managed(manager), None) => {
                 let info = KeyInfo { id: key_id.to_owned(), key_type, public_key };
                 Ok(CaSigner::Managed(KeySigner::for_known_key(manager.clone(), info)?))
             }
@@ -84,5 +86,26 @@ impl CaKeys {
                 tracing::warn!(%key_id, error = %e, "could not delete a retired CA key");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_managed_cluster_still_signs_with_keys_the_journal_carries() {
+        // An authority made before the switch to a managed key manager.
+        let (public_key, material) = CaKeys::Shared.generate("x509-CA-A-1", KeyType::EcP256).await.unwrap();
+        let material = material.expect("shared keys travel in the journal");
+        let managed = CaKeys::Managed(Arc::new(kms::memory::MemoryKeyManager::new()));
+        let signer = managed.signer("x509-CA-A-1", public_key.clone(), Some(&material)).unwrap();
+        assert!(matches!(signer, CaSigner::Local(_)), "the journal's key, not the (empty) key manager");
+        let signature = signer.sign(SignatureAlgorithm::EcdsaP256Sha256, b"m").unwrap();
+        identity::crypto::verify_x509_signature(&public_key, SignatureAlgorithm::EcdsaP256Sha256, b"m", &signature).unwrap();
+        // A new authority of the managed cluster carries no key and is reached by id.
+        let (new_public, new_material) = managed.generate("x509-CA-B-2", KeyType::EcP256).await.unwrap();
+        assert!(new_material.is_none());
+        assert!(matches!(managed.signer("x509-CA-B-2", new_public, None).unwrap(), CaSigner::Managed(_)));
     }
 }

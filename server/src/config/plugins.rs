@@ -28,6 +28,47 @@ pub struct KeyManagers {
     pub memory: Option<PluginBlock<NoSettings>>,
     pub disk: Option<PluginBlock<DiskKeyManagerData>>,
     pub pkcs11: Option<PluginBlock<Pkcs11KeyManagerData>>,
+    pub aws_kms: Option<PluginBlock<AwsKmsKeyManagerData>>,
+}
+
+/// The `aws_kms` key manager's settings. Credentials come the AWS way (environment,
+/// profile, role), never from the config.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsKmsKeyManagerData {
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub key_tags: std::collections::BTreeMap<String, String>,
+    pub alias_prefix: Option<String>,
+}
+
+impl AwsKmsKeyManagerData {
+    fn config(&self, trust_domain: &str) -> Result<kms::aws_kms::AwsKmsConfig, PluginProblem> {
+        let at = |key: &'static str| vec!["plugins", "KeyManager", "aws_kms", "plugin_data", key];
+        if let Some(endpoint) = &self.endpoint {
+            if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
+                return Err((at("endpoint"), format!("{endpoint:?}: must be an http:// or https:// URL")));
+            }
+        }
+        if self.region.as_deref().is_some_and(str::is_empty) {
+            return Err((at("region"), "must not be empty".into()));
+        }
+        let alias_prefix = self.alias_prefix.clone().unwrap_or_else(|| format!("alias/testudo/{}/", kms::aws_kms::alias_safe(trust_domain)));
+        if !alias_prefix.starts_with("alias/") || !alias_prefix.ends_with('/') || alias_prefix.starts_with("alias/aws/") || kms::aws_kms::alias_safe(&alias_prefix) != alias_prefix {
+            return Err((at("alias_prefix"), format!("{alias_prefix:?}: must start with \"alias/\" (not \"alias/aws/\"), end with \"/\" and hold only letters, digits, '/', '_' and '-'")));
+        }
+        if self.key_tags.keys().any(|k| k.starts_with("testudo-") || k.starts_with("aws:")) {
+            return Err((at("key_tags"), "tag keys starting with \"testudo-\" or \"aws:\" are reserved".into()));
+        }
+        Ok(kms::aws_kms::AwsKmsConfig {
+            region: self.region.clone(),
+            endpoint: self.endpoint.clone(),
+            key_tags: self.key_tags.clone(),
+            alias_prefix,
+            trust_domain: trust_domain.to_owned(),
+        })
+    }
 }
 
 /// The `pkcs11` key manager's settings. The PIN comes from a file or an environment
@@ -130,9 +171,12 @@ impl Plugins {
         if let Some(block) = self.key_manager.pkcs11.as_ref().filter(|b| b.enabled) {
             chosen.push(("pkcs11", KeyManagerConfig::Pkcs11(block.plugin_data.config(trust_domain)?)));
         }
+        if let Some(block) = self.key_manager.aws_kms.as_ref().filter(|b| b.enabled) {
+            chosen.push(("aws_kms", KeyManagerConfig::AwsKms(block.plugin_data.config(trust_domain)?)));
+        }
         match chosen.len() {
             1 => Ok(chosen.remove(0).1),
-            0 => Err((vec!["plugins"], "exactly one KeyManager is required (\"memory\", \"disk\" or \"pkcs11\")".into())),
+            0 => Err((vec!["plugins"], "exactly one KeyManager is required (\"memory\", \"disk\", \"pkcs11\" or \"aws_kms\")".into())),
             _ => Err((vec!["plugins", "KeyManager"], "only one KeyManager may be enabled".into())),
         }
     }

@@ -272,3 +272,26 @@ fn a_pkcs11_key_manager_takes_its_pin_from_a_file_or_the_environment() {
         assert!(key.message.contains(want_message), "{data}: {key}");
     }
 }
+
+#[test]
+fn an_aws_kms_key_manager_names_its_keys_after_the_trust_domain() {
+    let with = |data: &str| MINIMAL.replace("KeyManager \"memory\" {}", &format!("KeyManager \"aws_kms\" {{\n    plugin_data {{\n      {data}\n    }}\n  }}"));
+    match parse(&with("region = \"eu-west-1\"\n      key_tags = { team = \"identity\" }")).unwrap().key_manager {
+        KeyManagerConfig::AwsKms(config) => {
+            assert_eq!(config.alias_prefix, "alias/testudo/example_org/");
+            assert_eq!(config.region.as_deref(), Some("eu-west-1"));
+            assert_eq!(config.key_tags.get("team").map(String::as_str), Some("identity"));
+            assert_eq!(config.trust_domain, "example.org");
+        }
+        other => panic!("{other:?}"),
+    }
+    for (data, want_key) in [
+        ("alias_prefix = \"alias/aws/mine/\"", "plugins.KeyManager.aws_kms.plugin_data.alias_prefix"),
+        ("alias_prefix = \"alias/no.dots/\"", "plugins.KeyManager.aws_kms.plugin_data.alias_prefix"),
+        ("endpoint = \"kms.local:4566\"", "plugins.KeyManager.aws_kms.plugin_data.endpoint"),
+        ("key_tags = { testudo-key-id = \"x\" }", "plugins.KeyManager.aws_kms.plugin_data.key_tags"),
+        ("access_key_id = \"AKIA\"", "plugins.KeyManager.aws_kms.plugin_data.access_key_id"),
+    ] {
+        assert_eq!(refusal(&with(data)).key, want_key, "{data}");
+    }
+}

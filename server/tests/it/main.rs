@@ -7,6 +7,6 @@ mod ca_rotation;
 mod cluster_ca;
 mod cluster_processes;
 mod entry_cache;
-mod hsm;
+mod managed_keys;
 mod upstream_disk;
 mod x509pop;

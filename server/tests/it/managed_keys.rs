@@ -1,14 +1,17 @@
-//! `KeyManager "pkcs11"` in a 3-replica cluster of real processes sharing one SoftHSM2 token
-//! (each process loads the module with the same SOFTHSM2_CONF). The CA keys are made on the
-//! token and the journal only names them: every replica signs through the token, SVIDs
-//! verify with openssl, JWT-SVIDs with PyJWT, and the token (read with OpenSC's pkcs11-tool)
-//! holds exactly the keys in use, sensitive and never extractable. A forced rotation makes a
-//! new key; re-preparing the slot of the old authority deletes the old key.
+//! Managed CA keys in a 3-replica cluster of real processes: `KeyManager "pkcs11"` with one
+//! SoftHSM2 token every replica loads (the same SOFTHSM2_CONF), and `KeyManager "aws_kms"`
+//! with one local KMS (moto). The CA keys are made in the HSM or KMS and the journal only
+//! names them: every replica signs through it, SVIDs verify with openssl, JWT-SVIDs with
+//! PyJWT, and the backend, read with its own tools (OpenSC's pkcs11-tool, boto3), holds
+//! exactly the keys in use. A forced rotation makes a new key; preparing the slot of the old
+//! authority again retires the old key (deleted from the token; alias removed and key
+//! scheduled for deletion in KMS).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use chaos_tests::harness::moto::MotoServer;
 use chaos_tests::harness::{wait_until, ServerProcess};
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -53,8 +56,8 @@ fn private_keys(conf: &Path) -> Vec<(String, String)> {
     keys
 }
 
-fn labels(keys: &[(String, String)]) -> Vec<&str> {
-    keys.iter().map(|(l, _)| l.as_str()).collect()
+fn labels(keys: &[(String, String)]) -> Vec<String> {
+    keys.iter().map(|(l, _)| l.clone()).collect()
 }
 
 fn mint_and_verify(servers: &[ServerProcess], root: &Path, round: &str) {
@@ -110,6 +113,50 @@ fn python() -> PathBuf {
     std::env::var("TESTUDO_PYTHON").map(PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"))
 }
 
+/// JWT-SVIDs from every replica validate with PyJWT; then a forced rotation from a
+/// follower's CLI: prepare makes a third key, activate moves signing to it on every replica,
+/// and preparing again retires the first X.509 CA key. `keys` names the backend's keys in
+/// use. Returns the retired key's name.
+fn rotate_and_check(servers: &[ServerProcess], root: &Path, keys: impl Fn() -> Vec<String>) -> String {
+    mint_and_verify(servers, root, "first");
+    let first = keys();
+    assert_eq!(first.len(), 2, "one X.509 CA key and one JWT key: {first:?}");
+    let first_x509 = first.iter().find(|name| name.contains("x509-CA")).expect("the X.509 CA key").clone();
+
+    let jwks = root.join("jwt-keys.json");
+    std::fs::write(&jwks, serde_json::to_string(&jwt_keys(&servers[0])).unwrap()).unwrap();
+    let script = root.join("validate.py");
+    std::fs::write(&script, PYJWT_VALIDATE).unwrap();
+    for server in servers {
+        let out = server.command(&["jwt", "mint", "--spiffe-id", "spiffe://example.org/web", "--audience", "db"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let checked = Command::new(python()).arg(&script).arg(&token).arg(&jwks).arg("db").output().unwrap();
+        assert!(checked.status.success(), "replica {}: PyJWT refused the token: {}", server.id, String::from_utf8_lossy(&checked.stderr));
+        assert_eq!(String::from_utf8_lossy(&checked.stdout).trim(), "spiffe://example.org/web");
+    }
+
+    let run = |args: &[&str]| {
+        let mut all = vec!["localauthority", "x509"];
+        all.extend(args);
+        servers[1].json(&all)
+    };
+    let prepared = run(&["prepare"]);
+    let second = prepared["prepared"]["authority_id"].as_str().unwrap().to_owned();
+    let after_prepare = keys();
+    assert_eq!(after_prepare.len(), 3, "the prepared authority has a key of its own: {after_prepare:?}");
+    run(&["activate", "--authority-id", &second]);
+    wait_until(Duration::from_secs(10), || servers.iter().all(|s| s.command(&["x509", "mint", "--spiffe-id", "spiffe://example.org/probe"]).status.success()), "every replica to sign");
+    mint_and_verify(servers, root, "second");
+
+    run(&["prepare"]);
+    let after = keys();
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(!after.contains(&first_x509), "the replaced CA key is still in use: {after:?}");
+    mint_and_verify(servers, root, "third");
+    first_x509
+}
+
 #[test]
 fn three_replicas_sign_through_one_hsm_token() {
     let root = tempfile::tempdir().unwrap();
@@ -118,49 +165,46 @@ fn three_replicas_sign_through_one_hsm_token() {
         "KeyManager \"pkcs11\" {{\n    plugin_data {{\n      module_path = \"{MODULE}\"\n      token_label = \"{TOKEN}\"\n      user_pin_path = \"{}\"\n    }}\n  }}",
         pin.display()
     );
-    let conf_text = conf.to_str().unwrap();
-    let servers = ServerProcess::cluster_with(root.path(), 3, "", &plugins, &[("SOFTHSM2_CONF", conf_text)]);
-
-    // The first CA and JWT keys were made on the token, named after the trust domain.
-    mint_and_verify(&servers, root.path(), "first");
+    let servers = ServerProcess::cluster_with(root.path(), 3, "", &plugins, &[("SOFTHSM2_CONF", conf.to_str().unwrap())]);
     let first = private_keys(&conf);
-    assert_eq!(first.len(), 2, "one X.509 CA key and one JWT key: {first:?}");
-    assert!(first.iter().all(|(label, _)| label.starts_with("testudo/example.org/")), "{first:?}");
-    assert!(first.iter().all(|(_, access)| access.contains("sensitive") && access.contains("never extractable")), "{first:?}");
-    let first_x509 = first.iter().find(|(l, _)| l.contains("x509-CA")).expect("the X.509 CA key").0.clone();
-
-    // JWT-SVIDs signed through the token on every replica validate with PyJWT.
-    let keys = root.path().join("jwt-keys.json");
-    std::fs::write(&keys, serde_json::to_string(&jwt_keys(&servers[0])).unwrap()).unwrap();
-    let script = root.path().join("validate.py");
-    std::fs::write(&script, PYJWT_VALIDATE).unwrap();
-    for server in &servers {
-        let out = server.command(&["jwt", "mint", "--spiffe-id", "spiffe://example.org/web", "--audience", "db"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        let checked = Command::new(python()).arg(&script).arg(&token).arg(&keys).arg("db").output().unwrap();
-        assert!(checked.status.success(), "replica {}: PyJWT refused the token: {}", server.id, String::from_utf8_lossy(&checked.stderr));
-        assert_eq!(String::from_utf8_lossy(&checked.stdout).trim(), "spiffe://example.org/web");
-    }
-
-    // A forced rotation, driven from a follower's CLI: a new key on the token.
-    let run = |args: &[&str]| {
-        let mut all = vec!["localauthority", "x509"];
-        all.extend(args);
-        servers[1].json(&all)
-    };
-    let prepared = run(&["prepare"]);
-    let second = prepared["prepared"]["authority_id"].as_str().unwrap().to_owned();
-    let after_prepare = private_keys(&conf);
-    assert_eq!(after_prepare.len(), 3, "{after_prepare:?}");
-    run(&["activate", "--authority-id", &second]);
-    wait_until(Duration::from_secs(10), || servers.iter().all(|s| s.command(&["x509", "mint", "--spiffe-id", "spiffe://example.org/probe"]).status.success()), "every replica to sign");
-    mint_and_verify(&servers, root.path(), "second");
-
-    // Preparing again reuses the slot of the first authority: its key leaves the token.
-    run(&["prepare"]);
+    assert!(first.iter().all(|(label, _)| label.starts_with("testudo/example.org/")), "named after the trust domain: {first:?}");
+    rotate_and_check(&servers, root.path(), || labels(&private_keys(&conf)));
     let after = private_keys(&conf);
-    assert_eq!(after.len(), 3, "{after:?}");
-    assert!(!labels(&after).contains(&first_x509.as_str()), "the replaced CA key was not deleted: {after:?}");
-    mint_and_verify(&servers, root.path(), "third");
+    assert!(after.iter().all(|(_, access)| access.contains("sensitive") && access.contains("never extractable")), "{after:?}");
+}
+
+/// What the local KMS holds, read with boto3: our aliases, and the key ids (from the
+/// `testudo-key-id` tag) of keys pending deletion.
+const BOTO3_LIST: &str = r#"
+import sys, json, boto3
+kms = boto3.client("kms", endpoint_url=sys.argv[1], region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+aliases = sorted(a["AliasName"] for a in kms.list_aliases()["Aliases"] if a["AliasName"].startswith("alias/testudo/example_org/"))
+pending = []
+for key in kms.list_keys()["Keys"]:
+    meta = kms.describe_key(KeyId=key["KeyId"])["KeyMetadata"]
+    tags = {t["TagKey"]: t["TagValue"] for t in kms.list_resource_tags(KeyId=key["KeyId"])["Tags"]}
+    if meta["KeyState"] == "PendingDeletion":
+        pending.append(tags.get("testudo-key-id"))
+print(json.dumps({"aliases": aliases, "pending": sorted(p for p in pending if p)}))
+"#;
+
+#[test]
+fn three_replicas_sign_through_one_kms() {
+    let root = tempfile::tempdir().unwrap();
+    let moto = MotoServer::start();
+    let plugins = format!("KeyManager \"aws_kms\" {{\n    plugin_data {{\n      endpoint = \"{}\"\n      key_tags = {{ team = \"identity\" }}\n    }}\n  }}", moto.endpoint());
+    let env = moto.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let servers = ServerProcess::cluster_with(root.path(), 3, "", &plugins, &env);
+    let script = root.path().join("list.py");
+    std::fs::write(&script, BOTO3_LIST).unwrap();
+    let state = || {
+        let out = Command::new(python()).arg(&script).arg(moto.endpoint()).output().unwrap();
+        assert!(out.status.success(), "boto3: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let names = |v: &serde_json::Value| -> Vec<String> { v.as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect() };
+    let retired = rotate_and_check(&servers, root.path(), || names(&state()["aliases"]));
+    let retired_id = retired.strip_prefix("alias/testudo/example_org/").unwrap().to_owned();
+    assert_eq!(names(&state()["pending"]), [retired_id], "exactly the retired CA key is scheduled for deletion");
 }
