@@ -206,7 +206,8 @@ impl Replica {
     }
 
     /// Applies a command through the leader, forwarding it when this replica does not lead.
-    /// Returns once the command is committed and applied on the leader.
+    /// Returns once the command is committed and applied on the leader and, when forwarded,
+    /// on this replica too: a caller that reads here next sees its own write.
     pub async fn write(&self, command: Command) -> Result<Response, ClusterError> {
         let deadline = tokio::time::Instant::now() + RETRY_FOR;
         loop {
@@ -220,7 +221,14 @@ impl Replica {
                 Err(RaftError::Fatal(e)) => return Err(ClusterError::Unavailable(e.to_string())),
             };
             match attempt {
-                Ok(response) => return Ok(response),
+                Ok(response) => {
+                    // Forwarded and committed: wait until this replica has applied it too, so
+                    // a caller that reads here next sees its own write.
+                    if let Err(e) = self.linearizable_reader().await {
+                        tracing::debug!(error = %e, "a forwarded write is committed but not yet applied here");
+                    }
+                    return Ok(response);
+                }
                 Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
                 Err(e) => {
                     tracing::debug!(error = %e, "write not yet served; retrying");

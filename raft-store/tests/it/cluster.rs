@@ -52,12 +52,19 @@ async fn replicates_and_forwards_writes_from_followers() {
     let forwarded = cluster.replicas[&follower].write(create("via-follower")).await.unwrap();
     assert!(created(&forwarded.outcome), "a follower forwards to the leader and answers once committed");
     assert!(forwarded.revision > on_leader.revision);
+    // Read-your-writes on the replica that took the write: its local state has it already.
+    for i in 0..20 {
+        let id = format!("ryw-{i}");
+        cluster.replicas[&follower].write(create(&id)).await.unwrap();
+        assert!(cluster.replicas[&follower].local_reader().entry(&id).await.unwrap().is_some(), "{id} not applied on the replica that forwarded it");
+    }
 
     // A linearizable read on a follower sees the write acknowledged just before it.
     let reader = cluster.replicas[&follower].linearizable_reader().await.unwrap();
     assert!(reader.entry("via-follower").await.unwrap().is_some());
 
-    let ids: BTreeSet<String> = ["via-leader", "via-follower"].map(String::from).into();
+    let mut ids: BTreeSet<String> = ["via-leader", "via-follower"].map(String::from).into();
+    ids.extend((0..20).map(|i| format!("ryw-{i}")));
     assert_everywhere(&cluster, &ids).await;
 
     let status = cluster.replicas[&leader].status();
