@@ -4,6 +4,7 @@
 
 mod agent;
 pub mod moto;
+pub mod proxy;
 pub mod pki;
 mod server;
 

@@ -59,6 +59,9 @@ pub enum JwtError {
     AudienceMismatch { expected: String, actual: Vec<String> },
     #[error("cannot sign: {0}")]
     Sign(String),
+    /// The signer failed (its backend may be unavailable).
+    #[error(transparent)]
+    Signer(#[from] crate::crypto::SignError),
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ fn ttl(seconds: i32) -> Result<Option<Duration>, Status> {
 fn ca_error(e: CaError) -> Status {
     match e {
         CaError::NoActiveAuthority(_) => Status::unavailable(format!("{e}: the CA is still starting")),
+        other if other.signing_unavailable() => Status::unavailable(other.to_string()),
         other => Status::internal(other.to_string()),
     }
 }

@@ -51,6 +51,20 @@ pub enum CaError {
     UnknownAuthority(String),
 }
 
+impl CaError {
+    /// Whether the CA's key manager (KMS, HSM) could not be reached: callers should retry
+    /// (another replica, or later), not give up.
+    pub fn signing_unavailable(&self) -> bool {
+        use identity::crypto::SignError;
+        matches!(
+            self,
+            Self::KeyManager(KeyManagerError::Unavailable { .. })
+                | Self::Mint(MintError::Sign(SignError::Unavailable { .. }))
+                | Self::Jwt(JwtError::Signer(SignError::Unavailable { .. }))
+        )
+    }
+}
+
 /// The CA of one trust domain.
 pub struct CaManager {
     config: CaConfig,

@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use chaos_tests::harness::moto::MotoServer;
+use chaos_tests::harness::proxy::FaultProxy;
 use chaos_tests::harness::{wait_until, ServerProcess};
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -192,7 +193,9 @@ print(json.dumps({"aliases": aliases, "pending": sorted(p for p in pending if p)
 fn three_replicas_sign_through_one_kms() {
     let root = tempfile::tempdir().unwrap();
     let moto = MotoServer::start();
-    let plugins = format!("KeyManager \"aws_kms\" {{\n    plugin_data {{\n      endpoint = \"{}\"\n      key_tags = {{ team = \"identity\" }}\n    }}\n  }}", moto.endpoint());
+    // The replicas reach KMS through a proxy the test can cut.
+    let link = FaultProxy::start(format!("127.0.0.1:{}", moto.port).parse().unwrap());
+    let plugins = format!("KeyManager \"aws_kms\" {{\n    plugin_data {{\n      endpoint = \"http://{}\"\n      key_tags = {{ team = \"identity\" }}\n    }}\n  }}", link.address());
     let env = moto.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let servers = ServerProcess::cluster_with(root.path(), 3, "", &plugins, &env);
@@ -207,4 +210,16 @@ fn three_replicas_sign_through_one_kms() {
     let retired = rotate_and_check(&servers, root.path(), || names(&state()["aliases"]));
     let retired_id = retired.strip_prefix("alias/testudo/example_org/").unwrap().to_owned();
     assert_eq!(names(&state()["pending"]), [retired_id], "exactly the retired CA key is scheduled for deletion");
+
+    // KMS out of reach: signing answers Unavailable naming the backend; reads still work;
+    // once KMS is back, signing resumes by itself.
+    link.cut();
+    let mint = || servers[0].command(&["x509", "mint", "--spiffe-id", "spiffe://example.org/web"]);
+    let out = mint();
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(!out.status.success() && err.contains("unavailable") && err.contains("aws_kms"), "{err}");
+    assert!(servers[1].command(&["bundle", "show"]).status.success(), "reads do not need KMS");
+    assert!(servers[2].command(&["entry", "count"]).status.success(), "reads do not need KMS");
+    link.restore();
+    wait_until(Duration::from_secs(20), || mint().status.success(), "signing to resume once KMS is back");
 }
