@@ -4,11 +4,12 @@
 //! the digest: CKM_ECDSA (r || s back, converted to DER), CKM_RSA_PKCS over a DigestInfo,
 //! CKM_RSA_PKCS_PSS with SHA-256 and a 32-byte salt.
 
-use cryptoki::error::Error;
+use cryptoki::context::Function;
+use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType as CkKeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::Session;
+use cryptoki::session::{Session, SessionState};
 use identity::crypto::{fixed_to_der, KeyType, PublicKey, PublicKeyKind, SignatureAlgorithm};
 
 use super::NAME;
@@ -40,16 +41,25 @@ fn find(session: &Session, class: ObjectClass, label: &str) -> Result<Vec<Object
     session.find_objects(&[Attribute::Class(class), Attribute::Token(true), Attribute::Label(label.as_bytes().to_vec())])
 }
 
+/// The private key objects labelled `label`. Private objects are invisible without a login,
+/// so finding none on a session that lost it (token reset, re-inserted) is a connection
+/// failure to recover from, not a missing key.
+fn find_private(session: &Session, label: &str) -> Result<Vec<ObjectHandle>, Failure> {
+    let found = find(session, ObjectClass::PRIVATE_KEY, label)?;
+    if found.is_empty() && !matches!(session.get_session_info()?.session_state(), SessionState::RoUser | SessionState::RwUser) {
+        return Err(Failure::Module(Error::Pkcs11(RvError::UserNotLoggedIn, Function::FindObjects)));
+    }
+    Ok(found)
+}
+
 fn private_key(session: &Session, label: &str, id: &str) -> Result<ObjectHandle, Failure> {
-    find(session, ObjectClass::PRIVATE_KEY, label)?.into_iter().next().ok_or_else(|| Failure::Key(KeyManagerError::NotFound(id.to_owned())))
+    find_private(session, label)?.into_iter().next().ok_or_else(|| Failure::Key(KeyManagerError::NotFound(id.to_owned())))
 }
 
 /// Removes both halves of the key labelled `label`, if any.
 pub(super) fn destroy(session: &Session, label: &str) -> Result<(), Failure> {
-    for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
-        for handle in find(session, class, label)? {
-            session.destroy_object(handle)?;
-        }
+    for handle in find_private(session, label)?.into_iter().chain(find(session, ObjectClass::PUBLIC_KEY, label)?) {
+        session.destroy_object(handle)?;
     }
     Ok(())
 }

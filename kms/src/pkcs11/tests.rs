@@ -16,6 +16,7 @@ const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const LABEL: &str = "testudo-unit";
 const PIN: &str = "4321";
 const PIN_LABEL: &str = "testudo-pin";
+const RESET_LABEL: &str = "testudo-reset";
 
 /// The token, initialised once per process.
 fn token() -> &'static PathBuf {
@@ -27,9 +28,9 @@ fn token() -> &'static PathBuf {
         let conf = dir.join("softhsm2.conf");
         std::fs::write(&conf, format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", tokens.display())).expect("conf");
         std::env::set_var("SOFTHSM2_CONF", &conf);
-        // A second token for the wrong-PIN test: login state is per token and process, so
-        // a token the other tests have logged in to would not check a PIN again.
-        for label in [LABEL, PIN_LABEL] {
+        // Login state is per token and process, so the wrong-PIN test and the test that
+        // logs out each get a token of their own.
+        for label in [LABEL, PIN_LABEL, RESET_LABEL] {
             let out = std::process::Command::new("softhsm2-util")
                 .args(["--init-token", "--free", "--label", label, "--pin", PIN, "--so-pin", "12345678"])
                 .env("SOFTHSM2_CONF", &conf)
@@ -129,4 +130,23 @@ async fn a_wrong_pin_is_refused_and_a_missing_token_is_unavailable() {
         }
         other => panic!("expected Unavailable, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn lost_sessions_are_replaced_without_the_caller_noticing() {
+    let mut reset = config("reconnect/");
+    reset.token = TokenSelector::Label(RESET_LABEL.into());
+    let manager = Pkcs11KeyManager::open(reset).await.unwrap();
+    let info = manager.generate_key("k", KeyType::EcP256).await.unwrap();
+    // Log the application out behind the manager's back (as a token reset does): its
+    // pooled sessions no longer see private keys.
+    let pkcs11 = session_pool::loaded_module(MODULE.as_ref()).unwrap();
+    let slot = pkcs11.get_slots_with_token().unwrap().into_iter().find(|s| pkcs11.get_token_info(*s).unwrap().label().trim_end() == RESET_LABEL).unwrap();
+    pkcs11.open_ro_session(slot).unwrap().logout().unwrap();
+    let signature = manager.sign("k", SignatureAlgorithm::EcdsaP256Sha256, b"after the reset").await.expect("the manager reconnects and logs in again");
+    verify_x509_signature(&info.public_key, SignatureAlgorithm::EcdsaP256Sha256, b"after the reset", &signature).unwrap();
+    // Deleting after another logout removes the private half too, not just the public one.
+    pkcs11.open_ro_session(slot).unwrap().logout().unwrap();
+    manager.delete_key("k").await.unwrap();
+    assert!(matches!(manager.sign("k", SignatureAlgorithm::EcdsaP256Sha256, b"m").await, Err(KeyManagerError::NotFound(_))));
 }
