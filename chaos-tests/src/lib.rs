@@ -1,6 +1,8 @@
 //! Failure drills and benchmarks with real processes. [`harness`] starts and stops
-//! `testudo-server` replicas and `testudo-agent`s; the drills and the history checker
-//! arrive with the chaos issue.
+//! `testudo-server` replicas, `testudo-agent`s, a local KMS and fault proxies;
+//! [`linearizability`] checks recorded histories (every acknowledged write kept, single-key
+//! histories linearizable). The drills themselves arrive with the chaos issue.
 #![forbid(unsafe_code)]
 
 pub mod harness;
+pub mod linearizability;
