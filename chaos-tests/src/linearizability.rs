@@ -118,23 +118,20 @@ fn check_key(calls: &[Call], initial: Option<String>) -> bool {
         }
         // The earliest return among pending operations bounds which may go next.
         let horizon = (0..n).filter(|&i| !is_done(&done, i)).filter_map(|i| calls[i].returned).min().unwrap_or(u64::MAX);
-        let mut advanced = false;
-        for i in next_candidate..n {
+        let choice = (next_candidate..n).find_map(|i| {
             if is_done(&done, i) || calls[i].invoked > horizon {
-                continue;
+                return None;
             }
-            let Some(after) = step(&state, &calls[i]) else { continue };
+            let after = step(&state, &calls[i])?;
             let mut key = done.clone();
             key[i / 64] |= 1 << (i % 64);
-            if !seen.insert((key.clone(), after.clone())) {
-                continue;
-            }
-            stack.push((i, state.clone()));
+            seen.insert((key.clone(), after.clone())).then_some((i, key, after))
+        });
+        let advanced = choice.is_some();
+        if let Some((i, key, after)) = choice {
+            stack.push((i, std::mem::replace(&mut state, after)));
             done = key;
-            state = after;
             next_candidate = 0;
-            advanced = true;
-            break;
         }
         if !advanced {
             let Some((i, before)) = stack.pop() else { return false };
