@@ -114,6 +114,23 @@ cluster {{
         }
     }
 
+    /// SIGSTOP: the process stops answering but keeps its sockets, as a hung machine does.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Self::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill").arg(signal).arg(child.id().to_string()).status().expect("kill(1)");
+            assert!(status.success(), "kill {signal} {}", child.id());
+        }
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.join("admin.sock")
     }

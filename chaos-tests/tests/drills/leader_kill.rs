@@ -14,13 +14,6 @@ use super::workload;
 const KILLS: usize = 3;
 const CLIENTS: usize = 3;
 
-fn leader(servers: &[ServerProcess], alive: &[bool]) -> Option<u64> {
-    servers.iter().zip(alive).filter(|(_, up)| **up).find_map(|(s, _)| {
-        let out = s.command(&["cluster", "status", "--output", "json"]);
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).ok()?["leader"].as_u64()
-    })
-}
-
 #[test]
 fn leader_kill_loop_under_write_load() {
     let root = tempfile::tempdir().unwrap();
@@ -45,7 +38,7 @@ fn leader_kill_loop_under_write_load() {
     std::thread::sleep(Duration::from_secs(2));
     for _ in 0..KILLS {
         let up = alive.lock().unwrap().clone();
-        let Some(id) = leader(&servers, &up) else { panic!("no leader to kill") };
+        let Some(id) = workload::leader(&servers, &up) else { panic!("no leader to kill") };
         let index = servers.iter().position(|s| s.id == id).unwrap();
         alive.lock().unwrap()[index] = false;
         kills.push(start.elapsed().as_nanos() as u64);
@@ -64,7 +57,7 @@ fn leader_kill_loop_under_write_load() {
     let history = history.lock().unwrap().clone();
 
     // The cluster settles with all three replicas; each reads the same final state.
-    wait_until(Duration::from_secs(20), || leader(&servers, &[true; 3]).is_some(), "a leader after the drill");
+    wait_until(Duration::from_secs(20), || workload::leader(&servers, &[true; 3]).is_some(), "a leader after the drill");
     let finals: Vec<_> = servers.iter().map(|s| runtime.block_on(workload::final_state(&s.socket(), &ids))).collect();
     assert!(finals.windows(2).all(|w| w[0] == w[1]), "replicas disagree: {finals:?}");
 

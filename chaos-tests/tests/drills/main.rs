@@ -3,4 +3,5 @@
 //! lost and that every entry's history is linearizable.
 
 mod leader_kill;
+mod leader_pause;
 mod workload;

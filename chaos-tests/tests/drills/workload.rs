@@ -50,7 +50,18 @@ pub async fn final_state(socket: &Path, ids: &[String]) -> BTreeMap<String, Opti
     let mut client = entry_pb::entry_client::EntryClient::new(channel);
     let mut state = BTreeMap::new();
     for id in ids {
-        let entry = client.get_entry(entry_pb::GetEntryRequest { id: id.clone(), output_mask: None }).await.expect("a final read").into_inner();
+        // A replica that was just resumed or restarted may need a moment to rejoin.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let entry = loop {
+            match client.get_entry(entry_pb::GetEntryRequest { id: id.clone(), output_mask: None }).await {
+                Ok(entry) => break entry.into_inner(),
+                Err(status) if Instant::now() < deadline => {
+                    let _ = status;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(status) => panic!("no final read of {id} through {}: {status:?}", socket.display()),
+            }
+        };
         state.insert(id.clone(), Some(entry.hint).filter(|h| !h.is_empty()));
     }
     state
@@ -127,4 +138,12 @@ pub fn longest_write_gap(history: &[Recorded], from: u64, to: u64) -> u64 {
         last = t;
     }
     longest / 1_000_000
+}
+
+/// The leader, as the first answering replica among those `alive` reports it.
+pub fn leader(servers: &[chaos_tests::harness::ServerProcess], alive: &[bool]) -> Option<u64> {
+    servers.iter().zip(alive).filter(|(_, up)| **up).find_map(|(s, _)| {
+        let out = s.command(&["cluster", "status", "--output", "json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).ok()?["leader"].as_u64()
+    })
 }

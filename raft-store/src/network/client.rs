@@ -176,8 +176,11 @@ impl PeerNetwork {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(raft_error)) => Err(RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), raft_error))),
             Err(e @ (CallError::Cut(_) | CallError::Unreachable { .. })) => Err(RPCError::Unreachable(Unreachable::new(&e))),
-            Err(CallError::Status { status, .. }) if status.code() == tonic::Code::ResourceExhausted || status.code() == tonic::Code::OutOfRange => {
-                // The peer refused a message as too large: ask openraft to send fewer entries.
+            Err(CallError::Status { status, .. }) if entries > 1 && status.code() == tonic::Code::OutOfRange && status.message().contains("message length too large") => {
+                // The message was over the size limit: ask openraft to send fewer entries.
+                // Only then: openraft 0.9 panics on PayloadTooLarge for a request it cannot
+                // shrink (a heartbeat), and other refusals (ResourceExhausted is also what
+                // h2's ENHANCE_YOUR_CALM becomes) are transient network trouble.
                 Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint((entries / 2).max(1))))
             }
             Err(e) => Err(RPCError::Network(NetworkError::new(&e))),

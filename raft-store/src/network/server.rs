@@ -202,7 +202,11 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let task = tokio::spawn(async move {
+        // Peers are authenticated replicas, and a replica resumed after a pause finds many
+        // streams its peers gave up on (each heartbeat times out and is reset): h2's
+        // rapid-reset guard (20 by default) would close the connection for that.
         let result = tonic::transport::Server::builder()
+            .http2_max_pending_accept_reset_streams(Some(1024))
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
