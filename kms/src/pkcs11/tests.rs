@@ -22,7 +22,20 @@ const RESET_LABEL: &str = "testudo-reset";
 fn token() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir").keep();
+        // The token outlives every test of the process (statics are never dropped), so it
+        // lives in a directory named after the process, and those of finished processes
+        // are removed here.
+        let tmp = std::env::temp_dir();
+        for stale in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = stale.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("testudo-softhsm-") {
+                if !std::path::Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(stale.path());
+                }
+            }
+        }
+        let dir = tmp.join(format!("testudo-softhsm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         let tokens = dir.join("tokens");
         std::fs::create_dir_all(&tokens).expect("token dir");
         let conf = dir.join("softhsm2.conf");
