@@ -44,6 +44,7 @@ bench: bootstrap
 	$(CARGO) bench -p testudo-server --bench svid_mint -- --seconds $(BENCH_SECONDS)
 	$(CARGO) build --release -p testudo-server --bin testudo-server
 	$(CARGO) bench -p testudo-agent --bench workload_api
+	$(CARGO) bench -p testudo-kms --bench signing -- --seconds $(BENCH_SECONDS)
 
 chaos:
 	@echo "make chaos: not yet - the chaos harness arrives with the chaos-tests issue" >&2

@@ -4,4 +4,5 @@
 
 mod leader_kill;
 mod leader_pause;
+mod rolling_restart;
 mod workload;
