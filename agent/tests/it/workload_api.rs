@@ -107,7 +107,11 @@ fn a_workload_gets_x509_and_jwt_svids_through_the_spiffe_crate() {
     // Another uid matches no entry: PermissionDenied, and never this uid's SVID.
     if nix::unistd::getuid().is_root() {
         use std::os::unix::process::CommandExt;
-        let out = std::process::Command::new(chaos_tests::harness::binary("testudo-agent"))
+        // A copy the other user can run: the build may live under a home directory it
+        // cannot enter.
+        let copy = world.agent.dir.join("testudo-agent-copy");
+        std::fs::copy(chaos_tests::harness::binary("testudo-agent"), &copy).unwrap();
+        let out = std::process::Command::new(&copy)
             .args(["api", "fetch", "x509", "--output", "json", "--socket-path"])
             .arg(world.agent.socket())
             .uid(65534)
