@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use crate::command::{Command, Response};
 use crate::network::tls::ClusterTls;
 use crate::membership::{add_member_step, remove_member, AddProgress};
-use crate::network::{serve, AdminRequest, ClusterClient, Faults, ForwardError, JoinHandler, NetworkFactory, TransferHandler};
+use crate::network::{serve, AdminRequest, CallError, ClusterClient, Faults, ForwardError, JoinHandler, NetworkFactory, TransferHandler};
 use crate::transfer::LeaderTransfer;
 use crate::proposer::Proposer;
 use crate::query::StoreReader;
@@ -86,6 +86,10 @@ pub enum ClusterError {
     LeaderUnreachable(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The write reached the leader but its answer did not come back: it may or may not
+    /// have been applied. Not retried here, since applying it twice is not the same.
+    #[error("the write's outcome is unknown: {0}")]
+    Uncertain(String),
     #[error("timed out waiting for the cluster")]
     Timeout,
     #[error("membership change refused: {0}")]
@@ -229,6 +233,10 @@ impl Replica {
                     }
                     return Ok(response);
                 }
+                // Retried only when the command certainly was not taken: no leader, a
+                // leader that said it is not one (openraft also says so for entries it
+                // truncated), or one that could not be connected to.
+                Err(e) if !matches!(e, ClusterError::NoLeader | ClusterError::LeaderUnreachable(_)) => return Err(e),
                 Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
                 Err(e) => {
                     tracing::debug!(error = %e, "write not yet served; retrying");
@@ -242,8 +250,10 @@ impl Replica {
         match self.client.forward_write(leader, &node.raft_address, command).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(ForwardError::NotLeader { .. })) => Err(ClusterError::NoLeader),
-            Ok(Err(ForwardError::Unavailable(e) | ForwardError::Refused(e))) => Err(ClusterError::Unavailable(e)),
-            Err(e) => Err(ClusterError::LeaderUnreachable(e.to_string())),
+            Ok(Err(ForwardError::Refused(e))) => Err(ClusterError::Unavailable(e)),
+            Ok(Err(ForwardError::Unavailable(e))) => Err(ClusterError::Uncertain(e)),
+            Err(e @ (CallError::Cut(_) | CallError::Unreachable { .. })) => Err(ClusterError::LeaderUnreachable(e.to_string())),
+            Err(e) => Err(ClusterError::Uncertain(e.to_string())),
         }
     }
 

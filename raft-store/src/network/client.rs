@@ -39,10 +39,26 @@ pub enum CallError {
     Cut(NodeId),
     #[error("cannot reach replica at {address}: {reason}")]
     Unreachable { address: String, reason: String },
+    /// The connection failed after the request may have been delivered: the peer may or
+    /// may not have acted on it.
+    #[error("lost the call to replica at {address}: {reason}")]
+    Lost { address: String, reason: String },
     #[error("replica at {address} answered {status}")]
     Status { address: String, status: tonic::Status },
     #[error("replica at {address} sent an undecodable answer: {reason}")]
     Decode { address: String, reason: String },
+}
+
+/// Whether a call failed because no connection could be made (so nothing was sent).
+fn never_connected(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if format!("{error:?}").contains("ConnectError") {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 impl ClusterClient {
@@ -94,8 +110,10 @@ impl ClusterClient {
             Method::Admin => client.admin(payload).await,
         };
         let response = result.map_err(|status| match status.code() {
+            // Only a failed connect proves the request never left.
+            tonic::Code::Unavailable if never_connected(&status) => CallError::Unreachable { address: address.to_owned(), reason: status.message().to_owned() },
             tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
-                CallError::Unreachable { address: address.to_owned(), reason: status.message().to_owned() }
+                CallError::Lost { address: address.to_owned(), reason: status.message().to_owned() }
             }
             _ => CallError::Status { address: address.to_owned(), status },
         })?;
@@ -175,7 +193,7 @@ impl PeerNetwork {
         match answer {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(raft_error)) => Err(RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), raft_error))),
-            Err(e @ (CallError::Cut(_) | CallError::Unreachable { .. })) => Err(RPCError::Unreachable(Unreachable::new(&e))),
+            Err(e @ (CallError::Cut(_) | CallError::Unreachable { .. } | CallError::Lost { .. })) => Err(RPCError::Unreachable(Unreachable::new(&e))),
             Err(CallError::Status { status, .. }) if entries > 1 && status.code() == tonic::Code::OutOfRange && status.message().contains("message length too large") => {
                 // The message was over the size limit: ask openraft to send fewer entries.
                 // Only then: openraft 0.9 panics on PayloadTooLarge for a request it cannot

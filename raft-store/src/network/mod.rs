@@ -7,7 +7,7 @@ mod server;
 pub mod tls;
 mod wire;
 
-pub use client::{ClusterClient, NetworkFactory, PeerNetwork};
+pub use client::{CallError, ClusterClient, NetworkFactory, PeerNetwork};
 pub use faults::Faults;
 pub use server::{accept_tls, serve, ClusterService, JoinHandler, TransferHandler, MAX_MESSAGE_BYTES};
 pub use wire::{AdminRequest, ForwardError};
