@@ -74,5 +74,7 @@ fn leader_kill_loop_under_write_load() {
     );
     assert!(acknowledged > 50, "too few operations got through to mean anything: {acknowledged}");
     assert!(lost.is_empty(), "acknowledged writes lost for entries {lost:?}");
-    assert_eq!(verdict, Verdict::Linearizable);
+    if let Verdict::NotLinearizable { key, .. } = &verdict {
+        panic!("not linearizable: entry {key}; its operations (invoked µs, returned µs):\n{}", workload::describe(&history, key));
+    }
 }

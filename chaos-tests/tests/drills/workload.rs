@@ -147,3 +147,11 @@ pub fn leader(servers: &[chaos_tests::harness::ServerProcess], alive: &[bool]) -
         serde_json::from_slice::<serde_json::Value>(&out.stdout).ok()?["leader"].as_u64()
     })
 }
+
+/// The recorded operations on `key`, by invocation time, one per line (for a verdict that
+/// needs explaining).
+pub fn describe(history: &[Recorded], key: &str) -> String {
+    let mut ops: Vec<&Recorded> = history.iter().filter(|r| r.key == key).collect();
+    ops.sort_by_key(|r| r.invoked);
+    ops.iter().map(|r| format!("{:>12} {:>12} client {} {:?} -> {:?}", r.invoked / 1000, r.returned / 1000, r.client, r.op, r.outcome)).collect::<Vec<_>>().join("\n")
+}
