@@ -118,13 +118,13 @@ impl ServerPool {
 
     fn channel(&self, address: &str) -> Result<Channel, Status> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut tls = ClientTlsConfig::new().domain_name("server.testudo.invalid");
-        if let Some((chain, key)) = &state.identity {
-            tls = tls.identity(Identity::from_pem(chain, key.as_bytes()));
-        }
         let member = state.member(address).ok_or_else(|| Status::unavailable(format!("{address} left the pool")))?;
         if let Some(channel) = &member.channel {
             return Ok(channel.clone());
+        }
+        let mut tls = ClientTlsConfig::new().domain_name("server.testudo.invalid");
+        if let Some((chain, key)) = &state.identity {
+            tls = tls.identity(Identity::from_pem(chain, key.as_bytes()));
         }
         let verifier = Arc::new(SvidVerifier::for_id(self.bundle.clone(), self.server_id.clone()));
         let channel = Endpoint::from_shared(format!("https://{address}"))
@@ -135,7 +135,9 @@ impl ServerPool {
             .tls_config_with_verifier(tls, verifier)
             .map_err(|e| Status::internal(format!("TLS for {address}: {e}")))?
             .connect_lazy();
-        member.channel = Some(channel.clone());
+        if let Some(member) = state.member(address) {
+            member.channel = Some(channel.clone());
+        }
         Ok(channel)
     }
 

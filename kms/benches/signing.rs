@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chaos_tests::harness::moto::{self, MotoServer};
+use chaos_tests::harness::softhsm;
 use kms::{KeyManager, KeyType, SignatureAlgorithm};
 
 fn arg(name: &str, default: u64) -> u64 {
@@ -50,18 +51,9 @@ async fn rate(manager: Arc<dyn KeyManager>, tasks: u64, seconds: u64) -> (f64, f
 
 fn softhsm() -> (tempfile::TempDir, kms::pkcs11::Pkcs11Config) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let tokens = dir.path().join("tokens");
-    std::fs::create_dir_all(&tokens).expect("token dir");
-    let conf = dir.path().join("softhsm2.conf");
-    std::fs::write(&conf, format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", tokens.display())).expect("conf");
-    std::env::set_var("SOFTHSM2_CONF", &conf);
-    let out = std::process::Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", "bench", "--pin", "1111", "--so-pin", "22222222"])
-        .output()
-        .expect("softhsm2-util (deploy/bootstrap.sh installs softhsm2)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::env::set_var("SOFTHSM2_CONF", softhsm::init_token(dir.path(), "bench", "1111"));
     let config = kms::pkcs11::Pkcs11Config {
-        module_path: "/usr/lib/softhsm/libsofthsm2.so".into(),
+        module_path: softhsm::MODULE.into(),
         token: kms::pkcs11::TokenSelector::Label("bench".into()),
         user_pin: zeroize::Zeroizing::new("1111".into()),
         key_label_prefix: "bench/".into(),

@@ -5,6 +5,7 @@
 mod agent;
 pub mod moto;
 pub mod proxy;
+pub mod softhsm;
 pub mod pki;
 mod server;
 

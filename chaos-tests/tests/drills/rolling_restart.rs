@@ -16,14 +16,7 @@ fn with_header<T>(message: T) -> tonic::Request<T> {
 }
 
 async fn workload_client(socket: std::path::PathBuf) -> pb::spiffe_workload_api_client::SpiffeWorkloadApiClient<tonic::transport::Channel> {
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = socket.clone();
-            async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
-        }))
-        .await
-        .expect("the agent's socket");
-    pb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel)
+    pb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(super::workload::connect(&socket).await.expect("the agent's socket"))
 }
 
 /// The leaf of a concatenated DER chain: its serial number and `not_after` (epoch seconds).

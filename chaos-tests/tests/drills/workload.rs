@@ -16,9 +16,9 @@ use tonic::Code;
 /// How long one operation may take before its outcome counts as unknown.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A gRPC channel to a replica's admin socket, or `None` if it does not answer (then the
-/// operation was never sent: it failed).
-async fn connect(socket: &Path) -> Option<tonic::transport::Channel> {
+/// A gRPC channel to a Unix socket (a replica's admin socket, an agent's Workload API), or
+/// `None` if it does not answer (then an operation was never sent: it failed).
+pub async fn connect(socket: &Path) -> Option<tonic::transport::Channel> {
     let path = socket.to_path_buf();
     tonic::transport::Endpoint::from_static("http://admin.socket")
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {

@@ -8,11 +8,11 @@ use std::sync::OnceLock;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
+use chaos_tests::harness::softhsm::{self, MODULE};
 use identity::crypto::verify_x509_signature;
 
 use super::*;
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const LABEL: &str = "testudo-unit";
 const PIN: &str = "4321";
 const PIN_LABEL: &str = "testudo-pin";
@@ -36,21 +36,13 @@ fn token() -> &'static PathBuf {
         }
         let dir = tmp.join(format!("testudo-softhsm-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let tokens = dir.join("tokens");
-        std::fs::create_dir_all(&tokens).expect("token dir");
-        let conf = dir.join("softhsm2.conf");
-        std::fs::write(&conf, format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", tokens.display())).expect("conf");
-        std::env::set_var("SOFTHSM2_CONF", &conf);
         // Login state is per token and process, so the wrong-PIN test and the test that
         // logs out each get a token of their own.
+        let mut conf = PathBuf::new();
         for label in [LABEL, PIN_LABEL, RESET_LABEL] {
-            let out = std::process::Command::new("softhsm2-util")
-                .args(["--init-token", "--free", "--label", label, "--pin", PIN, "--so-pin", "12345678"])
-                .env("SOFTHSM2_CONF", &conf)
-                .output()
-                .expect("softhsm2-util (deploy/bootstrap.sh installs softhsm2)");
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            conf = softhsm::init_token(&dir, label, PIN);
         }
+        std::env::set_var("SOFTHSM2_CONF", &conf);
         dir
     })
 }

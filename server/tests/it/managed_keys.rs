@@ -13,24 +13,15 @@ use std::time::Duration;
 
 use chaos_tests::harness::moto::MotoServer;
 use chaos_tests::harness::proxy::FaultProxy;
+use chaos_tests::harness::softhsm::{self, MODULE};
 use chaos_tests::harness::{wait_until, ServerProcess};
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const TOKEN: &str = "testudo-cluster";
 const PIN: &str = "2468";
 
 /// A SoftHSM2 token in `root`; returns its SOFTHSM2_CONF and a PIN file.
 fn softhsm_token(root: &Path) -> (PathBuf, PathBuf) {
-    let tokens = root.join("tokens");
-    std::fs::create_dir_all(&tokens).unwrap();
-    let conf = root.join("softhsm2.conf");
-    std::fs::write(&conf, format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", tokens.display())).unwrap();
-    let out = Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", TOKEN, "--pin", PIN, "--so-pin", "87654321"])
-        .env("SOFTHSM2_CONF", &conf)
-        .output()
-        .expect("softhsm2-util (deploy/bootstrap.sh installs softhsm2)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let conf = softhsm::init_token(root, TOKEN, PIN);
     let pin = root.join("pin");
     std::fs::write(&pin, format!("{PIN}\n")).unwrap();
     (conf, pin)
