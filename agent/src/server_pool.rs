@@ -157,7 +157,10 @@ impl ServerPool {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(member) = state.member(address) {
             member.health = Health::default();
-            state.current = address.to_owned();
+            if state.current != address {
+                tracing::info!(server = %address, previous = %state.current, "calling another replica first from now on");
+                state.current = address.to_owned();
+            }
         }
     }
 

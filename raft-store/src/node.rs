@@ -36,6 +36,8 @@ pub struct ReplicaConfig {
     pub timing: Timing,
     /// The cluster RPC address other replicas dial; `None` means the bound `listen` address.
     pub advertise_address: Option<String>,
+    /// The local IP outbound cluster connections come from; `None` lets the kernel choose.
+    pub source_address: Option<std::net::IpAddr>,
     /// Admits new replicas over the Join call; `None` refuses joins.
     pub join: Option<Arc<dyn JoinHandler>>,
 }
@@ -158,7 +160,7 @@ impl Replica {
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
         let faults = Faults::default();
-        let client = ClusterClient::new(config.tls.clone(), t.rpc_timeout, faults);
+        let client = ClusterClient::new(config.tls.clone(), t.rpc_timeout, faults).with_source_address(config.source_address);
         let network = NetworkFactory::new(config.node_id, client.clone());
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, store.log, store.state_machine)
             .await

@@ -107,6 +107,7 @@ impl TestCluster {
             timing: fast_timing(self.snapshot_every),
             join: None,
             advertise_address: None,
+            source_address: None,
         }
     }
 

@@ -157,6 +157,7 @@ pub fn settings(config: &ServerConfig) -> ReplicaSettings {
         data_dir: config.server.data_dir.clone(),
         raft_listen: cluster.raft_bind_address,
         raft_advertise: cluster.raft_advertise_address.clone(),
+        raft_source: cluster.raft_source_address,
         api_address,
         timing: Timing {
             heartbeat_interval: cluster.heartbeat_interval,

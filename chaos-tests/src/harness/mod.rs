@@ -14,20 +14,21 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use agent::AgentProcess;
-pub use server::ServerProcess;
+pub use server::{ReplicaOptions, ServerProcess};
 
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
-/// The path of a workspace binary, next to the running test's `deps` directory.
+/// The path of a workspace binary: beside the running program (a binary such as
+/// `testudo-chaos`), or beside its `deps` directory (a test).
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's own path");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: build the workspace first (`cargo build --workspace`; `make test` does)", path.display());
-    path
+    let exe = std::env::current_exe().expect("the program's own path");
+    let dir = exe.parent().expect("the program's directory");
+    let candidates = [dir.join(name), dir.parent().map(|d| d.join(name)).unwrap_or_default()];
+    let found = candidates.iter().find(|p| p.is_file());
+    found.cloned().unwrap_or_else(|| panic!("{name} is missing beside {}: build the workspace first (`cargo build --workspace`; `make test` does)", dir.display()))
 }
 
 /// A plain HTTP/1.1 GET on loopback: (status code, body); (0, "") if nothing answers.

@@ -1,10 +1,27 @@
 //! One `testudo-server` replica process.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use super::{binary, free_port, wait_until};
+
+/// How a replica is configured beyond the harness's defaults.
+#[derive(Clone, Debug, Default)]
+pub struct ReplicaOptions {
+    /// Lines added to the `server { }` block (e.g. `default_x509_svid_ttl = "1m"`).
+    pub server_extra: String,
+    /// Lines added to `plugins { }`; one naming a `KeyManager` replaces the `memory` one.
+    pub plugins_extra: String,
+    /// Lines added to `cluster { }` (e.g. `snapshot_every = 100`).
+    pub cluster_extra: String,
+    pub env: Vec<(String, String)>,
+    /// The cluster RPC's listen address; a free port on 127.0.0.1 by default.
+    pub raft_bind: Option<SocketAddr>,
+    /// The data directory; `<replica dir>/data` by default.
+    pub data_dir: Option<PathBuf>,
+}
 
 /// A replica, its directory and ports.
 pub struct ServerProcess {
@@ -12,6 +29,8 @@ pub struct ServerProcess {
     pub api_port: u16,
     pub raft_port: u16,
     pub dir: PathBuf,
+    /// Where its state lives (`<dir>/data` unless the options put it elsewhere).
+    pub data_dir: PathBuf,
     child: Option<Child>,
     env: Vec<(String, String)>,
 }
@@ -31,16 +50,29 @@ impl ServerProcess {
     /// As [`Self::start_with_plugins`], with extra environment variables for the process.
     /// When `plugins_extra` names a `KeyManager`, it replaces the default `memory` one.
     pub fn start_with_env(root: &Path, id: u64, server_extra: &str, plugins_extra: &str, env: &[(&str, &str)]) -> Self {
+        let options = ReplicaOptions {
+            server_extra: server_extra.to_owned(),
+            plugins_extra: plugins_extra.to_owned(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        };
+        Self::start_with(root, id, &options)
+    }
+
+    /// Writes the config of replica `id` under `root`, as `options` shape it, and starts it.
+    pub fn start_with(root: &Path, id: u64, options: &ReplicaOptions) -> Self {
         let dir = root.join(format!("replica-{id}"));
         std::fs::create_dir_all(&dir).expect("replica dir");
-        let (api_port, raft_port) = (free_port(), free_port());
+        let api_port = free_port();
+        let raft_bind = options.raft_bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let data_dir = options.data_dir.clone().unwrap_or_else(|| dir.join("data"));
         let config = format!(
             r#"server {{
   bind_address = "127.0.0.1"
   bind_port = {api_port}
   socket_path = "{dir}/admin.sock"
   trust_domain = "example.org"
-  data_dir = "{dir}/data"
+  data_dir = "{data_dir}"
   {server_extra}
 }}
 plugins {{
@@ -50,17 +82,21 @@ plugins {{
 }}
 cluster {{
   node_id = {id}
-  raft_bind_address = "127.0.0.1:{raft_port}"
+  raft_bind_address = "{raft_bind}"
   heartbeat_interval = "50ms"
   election_timeout = "300ms"
+  {cluster_extra}
 }}
 "#,
             dir = dir.display(),
-            key_manager = if plugins_extra.contains("KeyManager") { "" } else { r#"KeyManager "memory" {}"# },
+            data_dir = data_dir.display(),
+            server_extra = options.server_extra,
+            plugins_extra = options.plugins_extra,
+            cluster_extra = options.cluster_extra,
+            key_manager = if options.plugins_extra.contains("KeyManager") { "" } else { r#"KeyManager "memory" {}"# },
         );
         std::fs::write(dir.join("server.hcl"), config).expect("server config");
-        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut server = Self { id, api_port, raft_port, dir, child: None, env };
+        let mut server = Self { id, api_port, raft_port: raft_bind.port(), dir, data_dir, child: None, env: options.env.clone() };
         server.restart();
         server
     }
@@ -74,13 +110,24 @@ cluster {{
     /// As [`Self::cluster`], each replica started as by [`Self::start_with_env`].
     pub fn cluster_with(root: &Path, n: u64, server_extra: &str, plugins_extra: &str, env: &[(&str, &str)]) -> Vec<Self> {
         let servers: Vec<Self> = (1..=n).map(|id| Self::start_with_env(root, id, server_extra, plugins_extra, env)).collect();
+        Self::form_cluster(&servers);
+        servers
+    }
+
+    /// Forms one cluster of started, pristine replicas: the first initialises, the others
+    /// join with one-time invites.
+    pub fn form_cluster(servers: &[Self]) {
         servers[0].json(&["cluster", "init"]);
         for server in &servers[1..] {
-            let invite = servers[0].json(&["cluster", "invite", "--ttl", "600"]);
-            let token = invite["token"].as_str().expect("an invite token").to_owned();
-            server.json(&["cluster", "join", "--token", &token]);
+            server.join(&servers[0]);
         }
-        servers
+    }
+
+    /// Joins this pristine replica to `member`'s cluster with a one-time invite.
+    pub fn join(&self, member: &Self) {
+        let invite = member.json(&["cluster", "invite", "--ttl", "600"]);
+        let token = invite["token"].as_str().expect("an invite token").to_owned();
+        self.json(&["cluster", "join", "--token", &token]);
     }
 
     /// Starts the process again (after `kill`), on the same data and ports.

@@ -1,8 +1,44 @@
-//! Bounded failure drills against real replica processes (the short suite `make test` runs).
-//! Each records every client operation and checks afterwards that no acknowledged write was
-//! lost and that every entry's history is linearizable.
+//! The bounded drills `make test` runs: each drill once, briefly, against real replica
+//! processes. `make chaos` runs the same drills for longer (`testudo-chaos`).
 
-mod leader_kill;
-mod leader_pause;
-mod rolling_restart;
-mod workload;
+use chaos_tests::drills::{self, Report, Settings};
+
+fn assert_passed(report: Report) {
+    eprintln!("{} drill: {}", report.drill, report.summary);
+    assert!(report.passed(), "{} drill failed:\n{}", report.drill, report.failures.join("\n"));
+}
+
+#[test]
+fn leader_kill_loop_under_write_load() {
+    assert_passed(drills::leader_kill::run(&Settings { iterations: 3, ..Settings::QUICK }));
+}
+
+#[test]
+fn partitions_leave_the_minority_unable_to_write_and_heal() {
+    assert_passed(drills::partition::run(&Settings::QUICK));
+}
+
+#[test]
+fn a_paused_leader_is_replaced_and_rejoins() {
+    assert_passed(drills::leader_pause::run(&Settings::QUICK));
+}
+
+#[test]
+fn a_rolling_restart_is_invisible_to_workloads() {
+    assert_passed(drills::rolling_restart::run(&Settings::QUICK));
+}
+
+#[test]
+fn workloads_keep_valid_svids_while_every_replica_is_down() {
+    assert_passed(drills::all_down::run(&Settings::QUICK));
+}
+
+#[test]
+fn a_wiped_replica_rejoins_by_snapshot() {
+    assert_passed(drills::wiped_replica::run(&Settings::QUICK));
+}
+
+#[test]
+fn a_full_disk_on_the_leader_loses_nothing() {
+    assert_passed(drills::disk_failure::run(&Settings::QUICK));
+}

@@ -2,6 +2,7 @@
 //! read-index requests to the leader.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ use crate::types::{LogId, NodeId, ReplicaNode, TypeConfig};
 pub struct ClusterClient {
     tls: ClusterTls,
     timeout: Duration,
+    /// The local address outbound connections come from; `None` lets the kernel choose.
+    source: Option<IpAddr>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     faults: Faults,
 }
@@ -63,7 +66,14 @@ fn never_connected(status: &tonic::Status) -> bool {
 
 impl ClusterClient {
     pub fn new(tls: ClusterTls, timeout: Duration, faults: Faults) -> Self {
-        Self { tls, timeout, channels: Arc::new(Mutex::new(HashMap::new())), faults }
+        Self { tls, timeout, source: None, channels: Arc::new(Mutex::new(HashMap::new())), faults }
+    }
+
+    /// Outbound connections bind to `source` (a multi-homed host whose peers admit replicas
+    /// by address).
+    pub fn with_source_address(mut self, source: Option<IpAddr>) -> Self {
+        self.source = source;
+        self
     }
 
     pub fn faults(&self) -> &Faults {
@@ -76,7 +86,7 @@ impl ClusterClient {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let channel = client_endpoint(&self.tls, address, self.timeout).map_err(|e| unreachable(e.to_string()))?.connect_lazy();
+        let channel = client_endpoint(&self.tls, address, self.timeout).map_err(|e| unreachable(e.to_string()))?.local_address(self.source).connect_lazy();
         channels.insert(address.to_owned(), channel.clone());
         Ok(channel)
     }

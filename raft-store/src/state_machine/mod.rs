@@ -134,7 +134,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
         let (db, dir, meta) = (self.db.clone(), self.snapshot_dir.clone(), meta.clone());
         let data = snapshot.into_inner();
-        blocking(move || snapshot::install(&db, &dir, &meta, data)).await
+        let (last, bytes) = (meta.last_log_id, data.len());
+        blocking(move || snapshot::install(&db, &dir, &meta, data)).await?;
+        tracing::info!(last_log_id = ?last, bytes, "installed a snapshot from the leader");
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {

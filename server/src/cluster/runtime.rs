@@ -34,6 +34,8 @@ pub struct ReplicaSettings {
     pub raft_listen: SocketAddr,
     /// Address other replicas dial; `None` means the bound listen address.
     pub raft_advertise: Option<String>,
+    /// The local IP outbound cluster connections come from; `None` lets the kernel choose.
+    pub raft_source: Option<std::net::IpAddr>,
     pub api_address: String,
     pub timing: Timing,
 }
@@ -148,6 +150,7 @@ impl ClusterRuntime {
             timing: s.timing.clone(),
             join: Some(Arc::new(admission)),
             advertise_address: s.raft_advertise.clone(),
+            source_address: s.raft_source,
         };
         let replica = Arc::new(Replica::start(config).await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?);
         let _ = late.set(Arc::downgrade(&replica));
@@ -270,7 +273,9 @@ impl ClusterRuntime {
         let replica_id = replica_id(&self.settings.trust_domain)?;
         let mut failures = Vec::new();
         for address in &invite.addresses {
-            let endpoint = joiner_endpoint(replica_id.clone(), invite.ca_sha256, address, Duration::from_secs(15)).map_err(|e| ClusterSetupError::Join(e.to_string()))?;
+            let endpoint = joiner_endpoint(replica_id.clone(), invite.ca_sha256, address, Duration::from_secs(15))
+                .map_err(|e| ClusterSetupError::Join(e.to_string()))?
+                .local_address(self.settings.raft_source);
             let channel = match endpoint.connect().await {
                 Ok(channel) => channel,
                 Err(e) => {

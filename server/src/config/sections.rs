@@ -108,6 +108,10 @@ pub struct ClusterSection {
     /// The address other replicas dial for the cluster RPC; defaults to `raft_bind_address`.
     #[serde(default)]
     pub raft_advertise_address: Option<String>,
+    /// The local IP outbound cluster connections come from (a host with several addresses
+    /// whose peers admit replicas by source address); by default the kernel chooses.
+    #[serde(default)]
+    pub raft_source_address: Option<IpAddr>,
     /// The API address given to callers redirected here; defaults to `bind_address:bind_port`.
     #[serde(default)]
     pub api_advertise_address: Option<String>,

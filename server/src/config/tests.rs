@@ -101,6 +101,7 @@ cluster {
   node_id = 3
   raft_bind_address = "127.0.0.1:9082"
   raft_advertise_address = "replica-3.internal:9082"
+  raft_source_address = "127.0.0.3"
   heartbeat_interval = "200ms"
   election_timeout = "1s"
 }
@@ -130,6 +131,7 @@ telemetry {
     assert_eq!(upstream.key_file_path, Path::new("/etc/testudo/upstream.key"));
     assert_eq!(config.cluster.node_id, 3);
     assert_eq!(config.cluster.election_timeout, Duration::from_secs(1));
+    assert_eq!(config.cluster.raft_source_address, Some("127.0.0.3".parse().unwrap()));
     assert_eq!(config.health_checks.bind_port, 8080);
     assert_eq!(config.telemetry.prometheus.as_ref().map(|p| p.port), Some(9988));
     let ca = config.ca_config();

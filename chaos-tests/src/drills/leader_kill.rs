@@ -1,0 +1,58 @@
+//! The leader is killed (kill -9) and restarted from its disk, again and again, while
+//! clients write and read entries through every live replica. Afterwards: the replicas agree,
+//! no acknowledged write is lost, every entry's history is linearizable, and writes were
+//! accepted again soon after each kill.
+
+use std::time::{Duration, Instant};
+
+use super::entry_clients::{self, Alive, Load};
+use super::{runtime, Report, Settings, Workdir};
+use crate::harness::ServerProcess;
+
+pub const NAME: &str = "leader_kill";
+const CLIENTS: usize = 3;
+/// One round: the leader down this long, then this long up before the next kill.
+const DOWN: Duration = Duration::from_secs(2);
+const UP: Duration = Duration::from_secs(4);
+
+pub fn run(settings: &Settings) -> Report {
+    let mut report = Report::new(NAME);
+    let mut root = Workdir::new(NAME);
+    let mut servers = ServerProcess::cluster(root.path(), 3, "");
+    let runtime = runtime();
+    let alive = Alive::new(servers.len());
+    let live = alive.targets();
+    let load = Load::start(&runtime, &servers, 4, vec![live; CLIENTS]);
+
+    std::thread::sleep(Duration::from_secs(2));
+    let (began, mut first_fault) = (Instant::now(), None);
+    while settings.another_round(report.faults, began) {
+        let up = alive.snapshot();
+        let Some(id) = entry_clients::leader(&servers, &up) else {
+            report.failures.push("no leader to kill".into());
+            break;
+        };
+        let Some(index) = servers.iter().position(|s| s.id == id) else { break };
+        alive.set(index, false);
+        first_fault.get_or_insert(load.now());
+        servers[index].kill();
+        report.faults += 1;
+        std::thread::sleep(DOWN);
+        servers[index].restart();
+        alive.set(index, true);
+        std::thread::sleep(UP);
+    }
+    let ids = load.ids.clone();
+    let start = load.start;
+    let history = load.finish(&runtime);
+    let end = start.elapsed().as_nanos() as u64;
+    entry_clients::check(&runtime, &servers, &ids, &history, first_fault.unwrap_or(0), end, &mut report);
+    let acknowledged = report.acknowledged;
+    report.check(acknowledged > 50, || format!("too few operations got through to mean anything: {acknowledged}"));
+    report.summary = format!(
+        "{} kills, {} operations ({} acknowledged), lost writes {:?}, linearizable {:?}, longest write gap {:?}",
+        report.faults, report.operations, report.acknowledged, report.lost_writes, report.linearizable, report.longest_write_gap
+    );
+    root.settle(&mut report);
+    report
+}

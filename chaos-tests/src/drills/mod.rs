@@ -1,0 +1,173 @@
+//! The failure drills. Each starts its own replicas (and agents) under a fresh directory,
+//! injects its faults while clients work, and returns a [`Report`]: what it did, what it
+//! measured and which of its checks failed. `make test` runs each once, briefly
+//! (`tests/drills`); `testudo-chaos` runs them for longer and prints the summary table.
+
+pub mod all_down;
+pub mod disk_failure;
+pub mod entry_clients;
+pub mod leader_kill;
+pub mod leader_pause;
+pub mod partition;
+pub mod rolling_restart;
+pub mod svid_watch;
+pub mod wiped_replica;
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// How hard a drill runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Fault rounds (kills, partitions, restarts…) at least.
+    pub iterations: usize,
+    /// Rounds go on until this much time has passed, if it is longer.
+    pub duration: Duration,
+}
+
+impl Settings {
+    /// The bounded run `make test` uses.
+    pub const QUICK: Settings = Settings { iterations: 1, duration: Duration::ZERO };
+
+    /// Whether round `done` (counted from 0) should be followed by another, given when the
+    /// rounds began.
+    pub fn another_round(&self, done: usize, began: std::time::Instant) -> bool {
+        done < self.iterations || began.elapsed() < self.duration
+    }
+}
+
+/// What one drill did and found.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub drill: &'static str,
+    pub faults: usize,
+    /// Client operations recorded, and how many of them were acknowledged.
+    pub operations: usize,
+    pub acknowledged: usize,
+    /// Entries whose final state no acknowledged write explains (`None`: no entry history).
+    pub lost_writes: Option<usize>,
+    /// Whether every entry's history is linearizable (`None`: no entry history).
+    pub linearizable: Option<bool>,
+    /// The longest time without an acknowledged write, from the first fault on.
+    pub longest_write_gap: Option<Duration>,
+    /// The longest time a workload held no unexpired SVID (`None`: no workload).
+    pub longest_workload_gap: Option<Duration>,
+    /// One line for a reader: the figures that matter for this drill.
+    pub summary: String,
+    /// Every check that failed; empty means the drill passed.
+    pub failures: Vec<String>,
+}
+
+impl Report {
+    pub fn new(drill: &'static str) -> Self {
+        Self { drill, ..Default::default() }
+    }
+
+    /// Records a failed check unless `ok`.
+    pub fn check(&mut self, ok: bool, failure: impl FnOnce() -> String) {
+        if !ok {
+            self.failures.push(failure());
+        }
+    }
+
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// A drill: its name, what it does, and how to run it.
+pub struct Drill {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub run: fn(&Settings) -> Report,
+}
+
+/// Every drill, in the order `testudo-chaos` runs them.
+pub const ALL: &[Drill] = &[
+    Drill { name: leader_kill::NAME, about: "kill -9 the leader under write load, restart it from disk", run: leader_kill::run },
+    Drill { name: partition::NAME, about: "isolate the leader, then a follower, then one way; heal", run: partition::run },
+    Drill { name: leader_pause::NAME, about: "SIGSTOP the leader beyond the election timeout, SIGCONT", run: leader_pause::run },
+    Drill { name: rolling_restart::NAME, about: "restart every replica in turn with an agent and workloads attached", run: rolling_restart::run },
+    Drill { name: all_down::NAME, about: "every replica down for less than half the SVID TTL", run: all_down::run },
+    Drill { name: wiped_replica::NAME, about: "a replica's disk wiped; it rejoins and catches up by snapshot", run: wiped_replica::run },
+    Drill { name: disk_failure::NAME, about: "one replica's disk fills up under write load, then is repaired", run: disk_failure::run },
+];
+
+/// Runs `drill`, turning a panic in its set-up (a replica that would not start, say) into
+/// a failed report.
+pub fn run_caught(drill: &Drill, settings: &Settings) -> Report {
+    match std::panic::catch_unwind(|| (drill.run)(settings)) {
+        Ok(report) => report,
+        Err(panic) => {
+            let message = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "a panic".into());
+            Report { drill: drill.name, failures: vec![format!("panicked: {message}")], ..Default::default() }
+        }
+    }
+}
+
+fn millis(d: Option<Duration>) -> String {
+    d.map(|d| format!("{} ms", d.as_millis())).unwrap_or_else(|| "-".into())
+}
+
+/// The summary table (Markdown, so it can go straight into a document).
+pub fn table(reports: &[Report]) -> String {
+    let mut out = String::from("| drill | faults | ops acknowledged | acknowledged writes lost | linearizable | longest write unavailability | longest workload gap | result |\n");
+    out.push_str("| --- | ---: | ---: | ---: | --- | ---: | ---: | --- |\n");
+    for r in reports {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} / {} | {} | {} | {} | {} | {} |",
+            r.drill,
+            r.faults,
+            r.acknowledged,
+            r.operations,
+            r.lost_writes.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+            r.linearizable.map(|l| if l { "yes" } else { "NO" }).unwrap_or("-"),
+            millis(r.longest_write_gap),
+            millis(r.longest_workload_gap),
+            if r.passed() { "pass" } else { "FAIL" },
+        );
+    }
+    out
+}
+
+/// A drill's directory (replicas, agents, their logs). Removed when dropped after a passing
+/// run; kept, and named in the report, when the drill failed or panicked, so the logs can be
+/// read.
+pub(crate) struct Workdir {
+    path: std::path::PathBuf,
+    remove: bool,
+}
+
+impl Workdir {
+    pub(crate) fn new(drill: &str) -> Self {
+        let path = tempfile::Builder::new().prefix(&format!("testudo-{drill}-")).tempdir().expect("a temporary directory").keep();
+        eprintln!("{drill}: working in {}", path.display());
+        Self { path, remove: false }
+    }
+
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Marks the directory for removal if `report` passed; otherwise names it in the report.
+    pub(crate) fn settle(&mut self, report: &mut Report) {
+        self.remove = report.passed();
+        if !self.remove {
+            report.failures.push(format!("logs kept in {}", self.path.display()));
+        }
+    }
+}
+
+impl Drop for Workdir {
+    fn drop(&mut self) {
+        if self.remove {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A tokio runtime for the drill's clients (the faults run on the calling thread).
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a tokio runtime")
+}
