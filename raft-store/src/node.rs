@@ -165,9 +165,9 @@ impl Replica {
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, store.log, store.state_machine)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        let transfer = Arc::new(LeaderTransfer { id: config.node_id, raft: raft.clone(), client: client.clone(), lease: t.election_timeout_max });
         let (stop, stopped) = oneshot::channel::<()>();
         let proposer = Proposer::start(raft.clone());
+        let transfer = Arc::new(LeaderTransfer { id: config.node_id, raft: raft.clone(), client: client.clone(), proposer: proposer.clone(), lease: t.election_timeout_max });
         let (address, server) = serve(raft.clone(), proposer.clone(), transfer.clone(), config.join.clone(), &config.tls, config.listen, async {
             let _ = stopped.await;
         })

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use openraft::error::{ClientWriteError, Fatal, RaftError};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::command::{Command, Outcome, Response};
 use crate::types::{NodeId, Raft, ReplicaNode};
@@ -31,7 +31,11 @@ const QUEUE: usize = 4096;
 #[derive(Clone)]
 pub struct Proposer {
     queue: mpsc::Sender<Proposal>,
+    in_flight: Arc<Semaphore>,
 }
+
+/// Holds the proposer still: no write is proposed until it is dropped.
+pub struct Paused(#[allow(dead_code)] OwnedSemaphorePermit);
 
 struct Proposal {
     command: Command,
@@ -42,8 +46,16 @@ impl Proposer {
     /// Starts the batching task for `raft` on the current tokio runtime.
     pub fn start(raft: Raft) -> Self {
         let (queue, waiting) = mpsc::channel(QUEUE);
-        tokio::spawn(run(raft, waiting));
-        Self { queue }
+        let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        tokio::spawn(run(raft, waiting, in_flight.clone()));
+        Self { queue, in_flight }
+    }
+
+    /// Waits until every proposal in flight is answered, then keeps new ones from being
+    /// proposed until the returned guard is dropped (writes queue meanwhile). A leader
+    /// transfer needs the log to stand still while the target catches up.
+    pub async fn pause(&self) -> Option<Paused> {
+        self.in_flight.clone().acquire_many_owned(MAX_IN_FLIGHT as u32).await.ok().map(Paused)
     }
 
     /// Proposes `command` and waits until it is committed and applied on this replica.
@@ -66,13 +78,9 @@ fn items(command: &Command) -> usize {
     }
 }
 
-async fn run(raft: Raft, mut waiting: mpsc::Receiver<Proposal>) {
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+async fn run(raft: Raft, mut waiting: mpsc::Receiver<Proposal>, in_flight: Arc<Semaphore>) {
     let mut held: Option<Proposal> = None;
     loop {
-        // Take the permit before the first write: while none is free, writes pile up into
-        // the next batch.
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
         let first = match held.take() {
             Some(p) => p,
             None => match waiting.recv().await {
@@ -80,6 +88,10 @@ async fn run(raft: Raft, mut waiting: mpsc::Receiver<Proposal>) {
                 None => return,
             },
         };
+        // The permit is taken after the first write arrives (so an idle proposer holds
+        // none and `pause` can take them all) and before the rest are gathered: while none
+        // is free, writes pile up into the next batch.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
         let mut total = items(&first.command);
         let mut batch = vec![first];
         while batch.len() < MAX_COMMANDS {

@@ -1,20 +1,23 @@
 //! Leader transfer. openraft 0.9 has no transfer call (0.10 adds one), so it is built from
-//! what 0.9 offers: the leader checks the target is caught up, pauses the election timers
-//! of the other voters and its own heartbeats, waits out the leader lease (followers refuse
-//! votes while it holds), and asks the target to start an election, which it wins because
-//! its log is complete and no one else competes. Timers and heartbeats are restored however
-//! it ends.
+//! what 0.9 offers: the leader stops proposing writes, checks the target is caught up,
+//! pauses the election timers of the other voters and its own heartbeats, waits out the
+//! leader lease (followers refuse votes while it holds), and asks the target to start an
+//! election, which it wins because its log is complete and no one else competes. Timers,
+//! heartbeats and writes are restored however it ends.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::network::{AdminRequest, ClusterClient, ForwardError, TransferHandler};
+use crate::proposer::Proposer;
 use crate::types::{NodeId, Raft};
 
 pub(crate) struct LeaderTransfer {
     pub id: NodeId,
     pub raft: Raft,
     pub client: ClusterClient,
+    /// Paused during a transfer, so the log stands still while the target catches up.
+    pub proposer: Proposer,
     /// openraft's leader lease: the election timeout's maximum.
     pub lease: Duration,
 }
@@ -45,7 +48,14 @@ impl LeaderTransfer {
         if to == self.id {
             return Ok(());
         }
-        // The target must hold every entry, or the other voters would refuse it.
+        // No new entries until the transfer ends (writes wait, then go to the new leader):
+        // the target must hold every entry when it stands, or the other voters refuse it,
+        // and its failed campaign would only raise the term.
+        let _paused = tokio::time::timeout(CATCH_UP_WAIT, self.proposer.pause())
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| ForwardError::Unavailable(format!("writes in flight were not committed within {CATCH_UP_WAIT:?}")))?;
         let caught_up = async {
             loop {
                 let m = self.raft.metrics().borrow().clone();

@@ -3,6 +3,7 @@
 //! write. Acknowledged writes are checked on every live replica, not assumed.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use raft_store::{Command, NodeId, Outcome};
@@ -215,6 +216,46 @@ async fn leadership_moves_where_an_admin_asks() {
 
     let err = cluster.replicas[&target].transfer_leadership(42).await.unwrap_err();
     assert!(err.to_string().contains("not a voter"), "{err}");
+    cluster.shutdown().await;
+}
+
+/// Writes new entries through `replica` until `stop`; returns those acknowledged.
+async fn write_until(replica: &raft_store::node::Replica, writer: usize, stop: &AtomicBool) -> BTreeSet<String> {
+    let mut acknowledged = BTreeSet::new();
+    let mut n = 0;
+    while !stop.load(Ordering::SeqCst) {
+        n += 1;
+        let id = format!("w{writer}-{n}");
+        if replica.write(create(&id)).await.is_ok_and(|r| created(&r.outcome)) {
+            acknowledged.insert(id);
+        }
+    }
+    acknowledged
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_while_clients_write() {
+    let cluster = TestCluster::start(3, 10_000).await;
+    let first = cluster.wait_for_leader().await;
+    // Writers keep the leader's log growing, so a target is always a little behind unless
+    // the transfer holds writes back while it catches up.
+    let stop = AtomicBool::new(false);
+    let writing = cluster.replicas.get(&first).unwrap();
+    let transfers = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for _ in 0..3 {
+            let leader = cluster.wait_for_leader().await;
+            let target = cluster.follower(leader);
+            cluster.replicas[&leader].transfer_leadership(target).await.unwrap();
+            assert_eq!(cluster.wait_for_leader().await, target);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        stop.store(true, Ordering::SeqCst);
+    };
+    let (a, b, c, d, ()) = tokio::join!(write_until(writing, 0, &stop), write_until(writing, 1, &stop), write_until(writing, 2, &stop), write_until(writing, 3, &stop), transfers);
+    let ids: BTreeSet<String> = [a, b, c, d].into_iter().flatten().collect();
+    assert!(ids.len() > 20, "writes went on around the transfers: {}", ids.len());
+    assert_everywhere(&cluster, &ids).await;
     cluster.shutdown().await;
 }
 
