@@ -41,14 +41,11 @@ SECONDS ?= 60
 fuzz:
 	cd identity/fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $(TARGET) -- -max_total_time=$(SECONDS)
 
-## Benchmarks print their figures; results and the commands that made them go in docs/benchmarks.md.
+## Every benchmark; deploy/bench.sh writes what each printed, with the command, the machine
+## and the date, to docs/benchmarks-latest.md (docs/benchmarks.md explains the figures).
 BENCH_SECONDS ?= 10
 bench: bootstrap
-	$(CARGO) bench -p testudo-raft-store --bench raft_writes -- --seconds $(BENCH_SECONDS)
-	$(CARGO) bench -p testudo-server --bench svid_mint -- --seconds $(BENCH_SECONDS)
-	$(CARGO) build --release -p testudo-server --bin testudo-server
-	$(CARGO) bench -p testudo-agent --bench workload_api
-	$(CARGO) bench -p testudo-kms --bench signing -- --seconds $(BENCH_SECONDS)
+	CARGO="$(CARGO)" BENCH_SECONDS=$(BENCH_SECONDS) bash deploy/bench.sh
 
 ## Every failure drill, longer than `make test` runs them, then a summary table:
 ## make chaos DURATION=10m ITERATIONS=5 (DRILLS="partition leader_kill" for a subset).

@@ -11,8 +11,8 @@ use super::{runtime, Report, Settings, Workdir};
 use crate::harness::ServerProcess;
 
 pub const NAME: &str = "leader_pause";
-/// Election timeout is 300 ms in the harness; four seconds is many of them.
-const PAUSE: Duration = Duration::from_secs(4);
+/// Much longer than an election takes (see `partition::HOLD` for what that is).
+const PAUSE: Duration = Duration::from_secs(6);
 const NOBODY: usize = usize::MAX;
 
 pub fn run(settings: &Settings) -> Report {
@@ -40,6 +40,7 @@ pub fn run(settings: &Settings) -> Report {
         };
         let Some(index) = servers.iter().position(|s| s.id == leader) else { break };
         let paused_at = load.now();
+        let wall = crate::harness::utc_now();
         first_fault.get_or_insert(paused_at);
         paused.store(index, Ordering::SeqCst);
         servers[index].pause();
@@ -65,7 +66,7 @@ pub fn run(settings: &Settings) -> Report {
             .iter()
             .filter(|o| matches!(o.recorded.outcome, crate::linearizability::Outcome::Ok(_)) && o.recorded.invoked > paused_at + 1_000_000_000 && o.recorded.returned < paused_at + PAUSE.as_nanos() as u64)
             .count();
-        report.check(acknowledged_during > 10, || format!("too few operations acknowledged while the leader was paused: {acknowledged_during}"));
+        report.check(acknowledged_during > 10, || format!("too few operations acknowledged while the leader ({leader}) was paused at {wall}: {acknowledged_during}"));
         std::thread::sleep(Duration::from_secs(2));
     }
     let ids = load.ids.clone();

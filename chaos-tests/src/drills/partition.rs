@@ -24,8 +24,12 @@ use crate::harness::{free_port, ReplicaOptions, ServerProcess};
 use crate::linearizability::{Op, Outcome};
 
 pub const NAME: &str = "partition";
-/// How long each partition holds (the harness's election timeout is 300 ms).
-const HOLD: Duration = Duration::from_secs(4);
+/// How long each partition holds. The majority elects after openraft's leader lease plus an
+/// election timeout (0.9–1.2 s with the harness's 300 ms), plus twice the timeout's maximum
+/// (1.2 s) if a replica saw a longer log in a failed election earlier; a write a follower
+/// had forwarded to the lost leader waits out the cluster RPC timeout (2 s) on top. Six
+/// seconds leave room for writes after all that.
+const HOLD: Duration = Duration::from_secs(6);
 const NOBODY: usize = usize::MAX;
 
 /// Replica `index`'s own loopback address.
@@ -97,6 +101,8 @@ fn acknowledged(history: &[Operation], via: usize, writes: bool, from: u64, to: 
 /// and the leader the majority reported at its end.
 struct Window {
     step: &'static str,
+    /// When it began, for finding it in the logs.
+    wall: String,
     cut_off: usize,
     from: u64,
     to: u64,
@@ -107,7 +113,8 @@ struct Window {
 fn judge(windows: &[Window], history: &[Operation], servers: &[ServerProcess], report: &mut Report) -> Vec<String> {
     let recorded: Vec<_> = history.iter().map(|o| o.recorded.clone()).collect();
     let mut notes = Vec::new();
-    for &Window { step, cut_off, from, to, majority_leader } in windows {
+    for Window { step, wall, cut_off, from, to, majority_leader } in windows {
+        let (step, cut_off, from, to, majority_leader) = (format!("{step} at {wall}"), *cut_off, *from, *to, *majority_leader);
         let gap = entry_clients::longest_write_gap(&recorded, from, to);
         if cut_off == NOBODY {
             notes.push(format!("{step}: longest write gap {gap} ms"));
@@ -164,6 +171,7 @@ pub fn run(settings: &Settings) -> Report {
                 _ => NOBODY,
             };
             let from = load.now();
+            let wall = crate::harness::utc_now();
             first_fault.get_or_insert(from);
             if cut_off == NOBODY {
                 cluster.break_link(leader, follower, link);
@@ -179,7 +187,7 @@ pub fn run(settings: &Settings) -> Report {
             isolated.store(NOBODY, Ordering::SeqCst);
 
             // Judged once every operation sent in the window has returned (at the end).
-            windows.push(Window { step, cut_off, from, to, majority_leader });
+            windows.push(Window { step, wall, cut_off, from, to, majority_leader });
             // The cut-off replica serves linearizable reads again once healed.
             let deadline = Instant::now() + Duration::from_secs(30);
             let back = (0..3).all(|i| loop {

@@ -46,6 +46,12 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
     (code, body)
 }
 
+/// The time now as the logs write it (UTC, RFC 3339), to find a fault's moment in them.
+pub fn utc_now() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    now.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| now.to_string())
+}
+
 /// Polls `ok` until it holds, or panics naming `what` after `within`.
 pub fn wait_until(within: Duration, mut ok: impl FnMut() -> bool, what: &str) {
     let deadline = Instant::now() + within;

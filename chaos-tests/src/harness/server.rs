@@ -21,6 +21,9 @@ pub struct ReplicaOptions {
     pub raft_bind: Option<SocketAddr>,
     /// The data directory; `<replica dir>/data` by default.
     pub data_dir: Option<PathBuf>,
+    /// Leave heartbeat and election timeout at the server's defaults instead of the
+    /// harness's fast ones (50 ms / 300 ms), as the failover benchmark must.
+    pub default_timing: bool,
 }
 
 /// A replica, its directory and ports.
@@ -83,8 +86,7 @@ plugins {{
 cluster {{
   node_id = {id}
   raft_bind_address = "{raft_bind}"
-  heartbeat_interval = "50ms"
-  election_timeout = "300ms"
+  {timing}
   {cluster_extra}
 }}
 "#,
@@ -93,6 +95,7 @@ cluster {{
             server_extra = options.server_extra,
             plugins_extra = options.plugins_extra,
             cluster_extra = options.cluster_extra,
+            timing = if options.default_timing { "" } else { "heartbeat_interval = \"50ms\"\n  election_timeout = \"300ms\"" },
             key_manager = if options.plugins_extra.contains("KeyManager") { "" } else { r#"KeyManager "memory" {}"# },
         );
         std::fs::write(dir.join("server.hcl"), config).expect("server config");
@@ -176,6 +179,18 @@ cluster {{
             let status = Command::new("kill").arg(signal).arg(child.id().to_string()).status().expect("kill(1)");
             assert!(status.success(), "kill {signal} {}", child.id());
         }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Resident memory now and at its peak (VmRSS, VmHWM), in KiB, from /proc.
+    pub fn memory_kib(&self) -> Option<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let field = |name: &str| status.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse().ok();
+        Some((field("VmRSS:")?, field("VmHWM:")?))
     }
 
     pub fn socket(&self) -> PathBuf {
