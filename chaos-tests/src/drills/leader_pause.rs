@@ -45,10 +45,18 @@ pub fn run(settings: &Settings) -> Report {
         paused.store(index, Ordering::SeqCst);
         servers[index].pause();
         report.faults += 1;
-        std::thread::sleep(PAUSE);
+        // Sampled through the pause: one sample can land mid-election or on a status call
+        // that is slow to answer.
         let mut up = [true; 3];
         up[index] = false;
-        let new_leader = entry_clients::leader(&servers, &up);
+        let mut new_leader = None;
+        let until = Instant::now() + PAUSE;
+        while Instant::now() < until {
+            if let Some(l) = entry_clients::leader(&servers, &up).filter(|l| *l != leader) {
+                new_leader = Some(l);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
         servers[index].resume();
         paused.store(NOBODY, Ordering::SeqCst);
         report.check(new_leader.is_some_and(|l| l != leader), || format!("the others elected no new leader while {leader} was paused: {new_leader:?}"));
