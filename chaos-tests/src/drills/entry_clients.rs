@@ -1,7 +1,9 @@
-//! Clients that update and read registration entries through random replicas' admin
-//! sockets (the SPIRE Entry API), recording each operation's invocation, answer and time.
-//! An entry's hint is the register: a write sets it (BatchUpdateEntry with an input mask
-//! of just the hint), a read is GetEntry (linearizable on every replica).
+//! Clients that create, update, delete and read registration entries through random
+//! replicas' admin sockets (the SPIRE Entry API), recording each operation's invocation,
+//! answer and time. Each entry is a register: its hint while it exists, nothing once
+//! deleted. A write sets the hint (BatchUpdateEntry with an input mask of just the hint) or
+//! creates the entry again under its own id with a hint (BatchCreateEntry); a delete
+//! (BatchDeleteEntry) writes nothing; a read is GetEntry (linearizable on every replica).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -33,17 +35,22 @@ pub async fn connect(socket: &Path) -> Option<tonic::transport::Channel> {
         .ok()
 }
 
+/// Drill entry `i`: id `drill-<i>`, so a client can create it again after a delete.
+fn drill_entry(i: usize, hint: &str) -> types::Entry {
+    types::Entry {
+        id: format!("drill-{i}"),
+        spiffe_id: Some(types::Spiffeid { trust_domain: "example.org".into(), path: format!("/drill/{i}") }),
+        parent_id: Some(types::Spiffeid { trust_domain: "example.org".into(), path: "/spire/agent/drill".into() }),
+        selectors: vec![types::Selector { r#type: "unix".into(), value: format!("uid:{}", 10_000 + i) }],
+        hint: hint.to_owned(),
+        ..Default::default()
+    }
+}
+
 /// Creates `n` entries through `socket`; returns their ids.
 pub async fn create_entries(socket: &Path, n: usize) -> Vec<String> {
     let channel = connect(socket).await.expect("the admin socket answers");
-    let entries = (0..n)
-        .map(|i| types::Entry {
-            spiffe_id: Some(types::Spiffeid { trust_domain: "example.org".into(), path: format!("/drill/{i}") }),
-            parent_id: Some(types::Spiffeid { trust_domain: "example.org".into(), path: "/spire/agent/drill".into() }),
-            selectors: vec![types::Selector { r#type: "unix".into(), value: format!("uid:{}", 10_000 + i) }],
-            ..Default::default()
-        })
-        .collect();
+    let entries = (0..n).map(|i| drill_entry(i, "")).collect();
     let out = entry_pb::entry_client::EntryClient::new(channel).batch_create_entry(entry_pb::BatchCreateEntryRequest { entries, output_mask: None }).await.expect("entries created").into_inner();
     out.results.into_iter().map(|r| r.entry.expect("a created entry").id).collect()
 }
@@ -56,9 +63,11 @@ pub async fn final_state(socket: &Path, ids: &[String]) -> Result<BTreeMap<Strin
     for id in ids {
         // A replica that was just resumed or restarted may need a moment to rejoin.
         let deadline = Instant::now() + Duration::from_secs(20);
-        let entry = loop {
+        let hint = loop {
             match client.get_entry(entry_pb::GetEntryRequest { id: id.clone(), output_mask: None }).await {
-                Ok(entry) => break entry.into_inner(),
+                Ok(entry) => break Some(entry.into_inner().hint).filter(|h| !h.is_empty()),
+                // Deleted: the register holds nothing.
+                Err(status) if status.code() == Code::NotFound => break None,
                 Err(status) if Instant::now() < deadline => {
                     let _ = status;
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -66,7 +75,7 @@ pub async fn final_state(socket: &Path, ids: &[String]) -> Result<BTreeMap<Strin
                 Err(status) => return Err(format!("no final read of {id} through {}: {status:?}", socket.display())),
             }
         };
-        state.insert(id.clone(), Some(entry.hint).filter(|h| !h.is_empty()));
+        state.insert(id.clone(), hint);
     }
     Ok(state)
 }
@@ -227,40 +236,74 @@ async fn client(number: usize, sockets: Arc<Vec<std::path::PathBuf>>, targets: T
         let via = live[fastrand::usize(..live.len())];
         let socket = &sockets[via];
         let id = ids[fastrand::usize(..ids.len())].clone();
-        let write = fastrand::bool();
+        let kind = match fastrand::u8(..20) {
+            0 => Kind::Delete,
+            1 => Kind::Create,
+            2..=9 => Kind::Update,
+            _ => Kind::Read,
+        };
         let value = format!("c{number}-{n}");
+        let op = match kind {
+            Kind::Read => Op::Read,
+            Kind::Update | Kind::Create => Op::Write(Some(value.clone())),
+            Kind::Delete => Op::Write(None),
+        };
         let invoked = start.elapsed().as_nanos() as u64;
-        let (op, outcome) = match connect(socket).await {
-            None => (if write { Op::Write(Some(value)) } else { Op::Read }, Outcome::Failed),
-            Some(channel) => {
-                let mut client = entry_pb::entry_client::EntryClient::new(channel);
-                if write {
-                    let update = types::Entry { id: id.clone(), hint: value.clone(), ..Default::default() };
-                    let mask = types::EntryMask { hint: true, ..Default::default() };
-                    let call = client.batch_update_entry(entry_pb::BatchUpdateEntryRequest { entries: vec![update], input_mask: Some(mask), output_mask: None });
-                    let outcome = match tokio::time::timeout(OP_TIMEOUT, call).await {
-                        Err(_) => Outcome::Unknown,
-                        Ok(Err(status)) => outcome_of(&status),
-                        Ok(Ok(response)) => match response.into_inner().results.first().and_then(|r| r.status.as_ref()) {
-                            Some(status) if status.code == 0 => Outcome::Ok(None),
-                            Some(status) => outcome_of(&tonic::Status::new(Code::from(status.code), status.message.clone())),
-                            None => Outcome::Unknown,
-                        },
-                    };
-                    (Op::Write(Some(value)), outcome)
-                } else {
-                    let call = client.get_entry(entry_pb::GetEntryRequest { id: id.clone(), output_mask: None });
-                    let outcome = match tokio::time::timeout(OP_TIMEOUT, call).await {
-                        Err(_) => Outcome::Unknown,
-                        Ok(Err(status)) => outcome_of(&status),
-                        Ok(Ok(entry)) => Outcome::Ok(Some(entry.into_inner().hint).filter(|h| !h.is_empty())),
-                    };
-                    (Op::Read, outcome)
-                }
-            }
+        let outcome = match connect(socket).await {
+            None => Outcome::Failed,
+            Some(channel) => tokio::time::timeout(OP_TIMEOUT, call(entry_pb::entry_client::EntryClient::new(channel), kind, &id, &value)).await.unwrap_or(Outcome::Unknown),
         };
         let returned = start.elapsed().as_nanos() as u64;
         history.lock().unwrap_or_else(|p| p.into_inner()).push(Operation { via, recorded: Recorded { client: number, key: id, op, invoked, returned, outcome } });
+    }
+}
+
+/// What a client does to an entry. Creating is modelled as a plain write and refusals are
+/// left out of the history, which can only make the check more lenient, never wrong.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// GetEntry; NotFound reads as nothing.
+    Read,
+    /// BatchUpdateEntry of the hint (NotFound once deleted: refused).
+    Update,
+    /// BatchCreateEntry under the entry's own id (AlreadyExists while it exists: refused).
+    Create,
+    /// BatchDeleteEntry (NotFound once deleted: refused).
+    Delete,
+}
+
+/// One call, and what its answer says about whether it took effect.
+async fn call(mut client: entry_pb::entry_client::EntryClient<tonic::transport::Channel>, kind: Kind, id: &str, value: &str) -> Outcome {
+    let item = |status: Option<&types::Status>| match status {
+        Some(status) if status.code == 0 => Outcome::Ok(None),
+        Some(status) => outcome_of(&tonic::Status::new(Code::from(status.code), status.message.clone())),
+        None => Outcome::Unknown,
+    };
+    match kind {
+        Kind::Read => match client.get_entry(entry_pb::GetEntryRequest { id: id.to_owned(), output_mask: None }).await {
+            Ok(entry) => Outcome::Ok(Some(entry.into_inner().hint).filter(|h| !h.is_empty())),
+            Err(status) if status.code() == Code::NotFound => Outcome::Ok(None),
+            Err(status) => outcome_of(&status),
+        },
+        Kind::Update => {
+            let update = types::Entry { id: id.to_owned(), hint: value.to_owned(), ..Default::default() };
+            let mask = types::EntryMask { hint: true, ..Default::default() };
+            match client.batch_update_entry(entry_pb::BatchUpdateEntryRequest { entries: vec![update], input_mask: Some(mask), output_mask: None }).await {
+                Ok(response) => item(response.into_inner().results.first().and_then(|r| r.status.as_ref())),
+                Err(status) => outcome_of(&status),
+            }
+        }
+        Kind::Create => {
+            let Some(i) = id.strip_prefix("drill-").and_then(|i| i.parse().ok()) else { return Outcome::Failed };
+            match client.batch_create_entry(entry_pb::BatchCreateEntryRequest { entries: vec![drill_entry(i, value)], output_mask: None }).await {
+                Ok(response) => item(response.into_inner().results.first().and_then(|r| r.status.as_ref())),
+                Err(status) => outcome_of(&status),
+            }
+        }
+        Kind::Delete => match client.batch_delete_entry(entry_pb::BatchDeleteEntryRequest { ids: vec![id.to_owned()] }).await {
+            Ok(response) => item(response.into_inner().results.first().and_then(|r| r.status.as_ref())),
+            Err(status) => outcome_of(&status),
+        },
     }
 }
 

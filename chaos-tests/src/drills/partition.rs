@@ -7,9 +7,11 @@
 //!    the majority elects a leader and goes on; the old leader acknowledges no write;
 //! 2. a follower is cut off: it acknowledges no write, the others go on;
 //! 3. the leader cannot reach one follower, which can still reach it (one way);
+//! 4. the links between the leader and one follower are slow (100 ms each way): writes go
+//!    on through the other follower;
 //!
 //! each held for a few election timeouts, then healed. Links stall (bytes wait, as on a dead
-//! route) in rounds 1 and 3 and are reset in round 2. Afterwards the replicas agree, nothing
+//! route) in steps 1 and 3 and are reset in step 2. Afterwards the replicas agree, nothing
 //! acknowledged is lost and every entry's history is linearizable: no split brain.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -31,6 +33,8 @@ pub const NAME: &str = "partition";
 /// seconds leave room for writes after all that.
 const HOLD: Duration = Duration::from_secs(6);
 const NOBODY: usize = usize::MAX;
+/// The step that slows the links between the leader and one follower, both ways.
+const SLOW: &str = "100 ms each way between the leader and a follower";
 
 /// Replica `index`'s own loopback address.
 fn address_of(index: usize) -> IpAddr {
@@ -117,6 +121,11 @@ fn judge(windows: &[Window], history: &[Operation], servers: &[ServerProcess], r
         let (step, cut_off, from, to, majority_leader) = (format!("{step} at {wall}"), *cut_off, *from, *to, *majority_leader);
         let gap = entry_clients::longest_write_gap(&recorded, from, to);
         if cut_off == NOBODY {
+            if step.starts_with(SLOW) {
+                // The leader commits through the other follower meanwhile.
+                let acknowledged: usize = (0..3).map(|i| acknowledged(history, i, true, from + 1_000_000_000, to)).sum();
+                report.check(acknowledged > 5, || format!("{step}: only {acknowledged} writes acknowledged"));
+            }
             notes.push(format!("{step}: longest write gap {gap} ms"));
             continue;
         }
@@ -159,7 +168,8 @@ pub fn run(settings: &Settings) -> Report {
     let mut windows = Vec::new();
     while settings.another_round(rounds, began) {
         rounds += 1;
-        for (step, link) in [("leader cut off", Link::Stall), ("follower cut off", Link::Reset), ("leader cannot reach a follower", Link::Stall)] {
+        let slow = Link::Delay(Duration::from_millis(100));
+        for (step, link) in [("leader cut off", Link::Stall), ("follower cut off", Link::Reset), ("leader cannot reach a follower", Link::Stall), (SLOW, slow)] {
             let Some(leader) = cluster.leader() else {
                 report.failures.push(format!("no leader before \"{step}\""));
                 break;
@@ -173,7 +183,10 @@ pub fn run(settings: &Settings) -> Report {
             let from = load.now();
             let wall = crate::harness::utc_now();
             first_fault.get_or_insert(from);
-            if cut_off == NOBODY {
+            if step == SLOW {
+                cluster.break_link(leader, follower, link);
+                cluster.break_link(follower, leader, link);
+            } else if cut_off == NOBODY {
                 cluster.break_link(leader, follower, link);
             } else {
                 isolated.store(cut_off, Ordering::SeqCst);
