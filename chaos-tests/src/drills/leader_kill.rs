@@ -1,6 +1,7 @@
-//! The leader is killed (kill -9) and restarted from its disk, again and again, while
-//! clients write and read entries through every live replica. Afterwards: the replicas agree,
-//! no acknowledged write is lost, every entry's history is linearizable, and writes were
+//! A replica is killed (kill -9) and restarted from its disk, again and again, while clients
+//! work on entries through every live replica: the leader, the leader again, a follower, a
+//! replica picked at random, and round again. Afterwards: the replicas agree, no
+//! acknowledged write is lost, every entry's history is linearizable, and writes were
 //! accepted again soon after each kill.
 
 use std::time::{Duration, Instant};
@@ -32,7 +33,13 @@ pub fn run(settings: &Settings) -> Report {
             report.failures.push("no leader to kill".into());
             break;
         };
-        let Some(index) = servers.iter().position(|s| s.id == id) else { break };
+        let Some(leader) = servers.iter().position(|s| s.id == id) else { break };
+        // Mostly the leader (the hard case), then a follower, then any replica.
+        let index = match report.faults % 4 {
+            2 => (leader + 1 + fastrand::usize(..2)) % 3,
+            3 => fastrand::usize(..3),
+            _ => leader,
+        };
         alive.set(index, false);
         first_fault.get_or_insert(load.now());
         servers[index].kill();

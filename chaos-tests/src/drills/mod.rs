@@ -84,7 +84,7 @@ pub struct Drill {
 
 /// Every drill, in the order `testudo-chaos` runs them.
 pub const ALL: &[Drill] = &[
-    Drill { name: leader_kill::NAME, about: "kill -9 the leader under write load, restart it from disk", run: leader_kill::run },
+    Drill { name: leader_kill::NAME, about: "kill -9 the leader (or a follower, or a random replica) under write load, restart it from disk", run: leader_kill::run },
     Drill { name: partition::NAME, about: "isolate the leader, then a follower, then one way, then slow links; heal", run: partition::run },
     Drill { name: leader_pause::NAME, about: "SIGSTOP the leader beyond the election timeout, SIGCONT", run: leader_pause::run },
     Drill { name: rolling_restart::NAME, about: "restart every replica in turn with an agent and workloads attached", run: rolling_restart::run },
