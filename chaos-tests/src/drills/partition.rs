@@ -193,8 +193,17 @@ pub fn run(settings: &Settings) -> Report {
                 cluster.isolate(cut_off, link);
             }
             report.faults += 1;
-            std::thread::sleep(HOLD);
-            let majority_leader = if cut_off == NOBODY { None } else { entry_clients::leader(&cluster.servers, &[0, 1, 2].map(|i| i != cut_off)) };
+            // The majority's own leader, looked for through the hold (one status call can
+            // land mid-election).
+            let mut majority_leader = None;
+            let until = Instant::now() + HOLD;
+            while Instant::now() < until {
+                if cut_off != NOBODY {
+                    let own = entry_clients::leader(&cluster.servers, &[0, 1, 2].map(|i| i != cut_off)).filter(|l| *l != cluster.servers[cut_off].id);
+                    majority_leader = own.or(majority_leader);
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
             let to = load.now();
             cluster.heal();
             isolated.store(NOBODY, Ordering::SeqCst);
