@@ -77,6 +77,18 @@ fn leaf(chain: &[u8]) -> Option<(Vec<u8>, u128)> {
     Some((cert.raw_serial().to_vec(), u128::try_from(cert.validity().not_after.timestamp()).ok()? * 1000))
 }
 
+/// A channel to the agent's socket, retried for a few seconds: a workload started beside a
+/// busy agent may find it slow to accept.
+async fn connect_agent(socket: &std::path::Path) -> Option<tonic::transport::Channel> {
+    for _ in 0..50 {
+        if let Some(channel) = connect(socket).await {
+            return Some(channel);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
 fn now_ms() -> u128 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or_default()
 }
@@ -106,7 +118,7 @@ impl Watch {
 
 async fn stream(socket: PathBuf, watched: String, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
     let error = |e: String| shared.seen.lock().unwrap_or_else(|p| p.into_inner()).errors.push(e);
-    let Some(channel) = connect(&socket).await else { return error("the agent's socket does not answer".into()) };
+    let Some(channel) = connect_agent(&socket).await else { return error("the agent's socket does not answer for 5 s".into()) };
     let mut client = pb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel);
     let mut stream = match client.fetch_x509svid(with_header(pb::X509svidRequest {})).await {
         Ok(s) => s.into_inner(),
@@ -150,7 +162,7 @@ async fn stream(socket: PathBuf, watched: String, shared: Arc<Shared>, stop: Arc
 
 async fn jwts(socket: PathBuf, ask: JwtAsk, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
     let error = |e: String| shared.seen.lock().unwrap_or_else(|p| p.into_inner()).errors.push(e);
-    let Some(channel) = connect(&socket).await else { return error("the agent's socket does not answer".into()) };
+    let Some(channel) = connect_agent(&socket).await else { return error("the agent's socket does not answer for 5 s".into()) };
     let mut client = pb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel);
     let mut n = 0;
     while !stop.load(Ordering::SeqCst) {

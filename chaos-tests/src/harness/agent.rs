@@ -83,8 +83,8 @@ plugins {{
         self.child = Some(child);
         let socket = self.socket();
         let child = self.child.as_mut().expect("just started");
-        wait_until(Duration::from_secs(20), || socket.exists() || child.try_wait().ok().flatten().is_some(), "the agent's Workload API socket");
-        assert!(socket.exists(), "the agent exited at start-up:\n{}", self.log());
+        wait_until(Duration::from_secs(20), || super::accepts(&socket) || child.try_wait().ok().flatten().is_some(), "the agent's Workload API socket");
+        assert!(super::accepts(&socket), "the agent exited at start-up:\n{}", self.log());
     }
 
     pub fn kill(&mut self) {

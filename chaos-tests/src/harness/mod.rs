@@ -31,6 +31,12 @@ pub fn binary(name: &str) -> PathBuf {
     found.cloned().unwrap_or_else(|| panic!("{name} is missing beside {}: build the workspace first (`cargo build --workspace`; `make test` does)", dir.display()))
 }
 
+/// Whether a Unix socket accepts connections. Its file appears at bind(), a moment before
+/// listen(): a file alone does not mean it is ready.
+pub fn accepts(socket: &std::path::Path) -> bool {
+    std::os::unix::net::UnixStream::connect(socket).is_ok()
+}
+
 /// A plain HTTP/1.1 GET on loopback: (status code, body); (0, "") if nothing answers.
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
     use std::io::{Read, Write};

@@ -150,10 +150,10 @@ cluster {{
         let child = self.child.as_mut().expect("just started");
         wait_until(
             Duration::from_secs(20),
-            || socket.exists() || child.try_wait().ok().flatten().is_some(),
+            || super::accepts(&socket) || child.try_wait().ok().flatten().is_some(),
             &format!("replica {}'s admin socket", self.id),
         );
-        assert!(socket.exists(), "replica {} exited at start-up:\n{}", self.id, self.log());
+        assert!(super::accepts(&socket), "replica {} exited at start-up:\n{}", self.id, self.log());
     }
 
     /// kill -9.
