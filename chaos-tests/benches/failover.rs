@@ -43,9 +43,10 @@ fn row(what: &str, mut figures: Vec<Duration>) {
 /// switches).
 fn agent_current(log: &str, first: &str) -> String {
     log.lines()
+        .rev()
         .filter(|l| l.contains("calling another replica first"))
         .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("server=")).map(str::to_owned))
-        .last()
+        .next()
         .unwrap_or_else(|| first.to_owned())
 }
 

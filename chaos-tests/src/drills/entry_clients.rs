@@ -131,6 +131,11 @@ impl Load {
         self.start.elapsed().as_nanos() as u64
     }
 
+    /// How many operations have been recorded so far.
+    pub fn recorded(&self) -> usize {
+        self.history.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// The operations recorded so far.
     pub fn history(&self) -> Vec<Operation> {
         self.history.lock().unwrap_or_else(|p| p.into_inner()).clone()

@@ -61,13 +61,8 @@ pub fn run(settings: &Settings) -> Report {
         paused.store(NOBODY, Ordering::SeqCst);
         report.check(new_leader.is_some_and(|l| l != leader), || format!("the others elected no new leader while {leader} was paused: {new_leader:?}"));
         // The resumed replica serves linearizable reads again.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !servers[index].command(&["entry", "count"]).status.success() {
-            if Instant::now() > deadline {
-                report.failures.push(format!("the resumed replica {leader} serves no reads 30 s after SIGCONT"));
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
+        if !servers[index].serves_within(Duration::from_secs(30)) {
+            report.failures.push(format!("the resumed replica {leader} serves no reads 30 s after SIGCONT"));
         }
         let history = load.history();
         acknowledged_during = history

@@ -211,16 +211,7 @@ pub fn run(settings: &Settings) -> Report {
             // Judged once every operation sent in the window has returned (at the end).
             windows.push(Window { step, wall, cut_off, from, to, majority_leader });
             // The cut-off replica serves linearizable reads again once healed.
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let back = (0..3).all(|i| loop {
-                if cluster.servers[i].command(&["entry", "count"]).status.success() {
-                    break true;
-                }
-                if Instant::now() > deadline {
-                    break false;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            });
+            let back = cluster.servers.iter().all(|s| s.serves_within(Duration::from_secs(30)));
             report.check(back, || format!("{step}: a replica serves no reads 30 s after healing"));
             std::thread::sleep(Duration::from_secs(1));
         }

@@ -42,8 +42,8 @@ pub fn run(settings: &Settings) -> Report {
         report.faults += 1;
 
         // While it is gone, enough writes go through the others to purge the log it lacks.
-        let written = load.history().len();
-        wait_until(Duration::from_secs(60), || load.history().len() > written + 4 * SNAPSHOT_EVERY as usize, "writes while the replica is gone");
+        let written = load.recorded();
+        wait_until(Duration::from_secs(60), || load.recorded() > written + 4 * SNAPSHOT_EVERY as usize, "writes while the replica is gone");
         servers[member].json(&["cluster", "remove", "--node-id", &old_id.to_string()]);
 
         let fresh = ServerProcess::start_with(root.path(), next_id, &options);

@@ -213,6 +213,21 @@ cluster {{
         serde_json::from_slice(&out.stdout).expect("JSON output")
     }
 
+    /// Whether this replica answers a linearizable read (`entry count`) within `within`,
+    /// asking every 200 ms: it has a leader and has caught up to it.
+    pub fn serves_within(&self, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if self.command(&["entry", "count"]).status.success() {
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// The trust bundle as PEM, once the CA has published one.
     pub fn bundle_pem(&self) -> String {
         let mut pem = String::new();
