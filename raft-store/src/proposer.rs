@@ -109,7 +109,7 @@ async fn run(raft: Raft, mut waiting: mpsc::Receiver<Proposal>, in_flight: Arc<S
         let single = commands.len() == 1;
         let command = if single { commands.into_iter().next() } else { Some(Command::Batch(commands)) };
         let Some(command) = command else { continue };
-        let submitted = raft.client_write_ff(command).await;
+        let submitted = raft.client_write_ff(command.into()).await;
         tokio::spawn(async move {
             let result = match submitted {
                 Ok(answer) => match answer.await {

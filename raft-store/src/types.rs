@@ -1,6 +1,7 @@
 //! The openraft type configuration, declared once.
 
 use std::io::Cursor;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,11 +25,35 @@ impl std::fmt::Display for ReplicaNode {
     }
 }
 
+/// A command as the Raft log carries it. Shared, so that the log's cache of recent
+/// entries, replication and apply hand it on without copying it; on disk and on the wire
+/// it is the command itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoggedCommand(pub Arc<Command>);
+
+impl From<Command> for LoggedCommand {
+    fn from(command: Command) -> Self {
+        Self(Arc::new(command))
+    }
+}
+
+impl Serialize for LoggedCommand {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for LoggedCommand {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Command::deserialize(deserializer).map(Self::from)
+    }
+}
+
 openraft::declare_raft_types!(
     /// Testudo's Raft types: commands in, responses out, snapshots as byte buffers that
     /// openraft streams to lagging replicas in chunks.
     pub TypeConfig:
-        D = Command,
+        D = LoggedCommand,
         R = Response,
         NodeId = NodeId,
         Node = ReplicaNode,

@@ -62,7 +62,7 @@ impl StateMachine {
                     Outcome::None
                 }
                 EntryPayload::Normal(command) => {
-                    responses.push(Self::apply_one(&mut txn, command, &mut revision).map_err(|e| write_err(entry.log_id, &e))?);
+                    responses.push(Self::apply_one(&mut txn, &command.0, &mut revision).map_err(|e| write_err(entry.log_id, &e))?);
                     continue;
                 }
             };

@@ -25,7 +25,7 @@ impl TestStore {
         let entries: Vec<Entry<TypeConfig>> = commands
             .into_iter()
             .map(|c| {
-                let e = Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), self.next_index), payload: EntryPayload::Normal(c) };
+                let e = Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), self.next_index), payload: EntryPayload::Normal(c.into()) };
                 self.next_index += 1;
                 e
             })

@@ -1,8 +1,11 @@
 //! The Raft log, vote, committed and last-purged ids in RocksDB. Nothing is acknowledged
 //! before the WAL holding it is synced. Appends go to one writer thread, which writes every
 //! append waiting in one synced write (group commit) and then reports them persisted.
-//! Vote, truncate and purge are synced writes. Every RocksDB call runs off the reactor,
-//! and openraft awaits each call before the next, so writes stay in order.
+//! Vote, truncate and purge are synced writes; the committed id is not (see `save_committed`). Every RocksDB call runs off the reactor,
+//! and openraft awaits each call before the next, so writes stay in order. The tail of
+//! the log is also kept in memory (`recent`), for apply and replication to read.
+
+mod recent;
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -16,12 +19,14 @@ use crate::codec::{self, key_u64, u64_key};
 use crate::db::{cf, synced};
 use crate::schema::{meta_key, Cf};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use recent::RecentEntries;
 
 /// The log store; cheap to clone (the reader is a clone).
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
     writer: Arc<Writer>,
+    recent: Arc<RecentEntries>,
 }
 
 /// An append waiting for the writer thread: the encoded rows, openraft's callback, and
@@ -95,7 +100,7 @@ impl LogStore {
         let (sender, pending) = std::sync::mpsc::channel();
         let writer_db = db.clone();
         let thread = std::thread::Builder::new().name("raft-log-writer".into()).spawn(move || run_writer(writer_db, pending))?;
-        Ok(Self { db, writer: Arc::new(Writer { pending: Some(sender), thread: Some(thread) }) })
+        Ok(Self { db, writer: Arc::new(Writer { pending: Some(sender), thread: Some(thread) }), recent: Arc::default() })
     }
 
     fn read_range(db: &DB, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StorageError> {
@@ -129,6 +134,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => Some(*x),
             Bound::Unbounded => None,
         };
+        if let Some(entries) = self.recent.get(start, end) {
+            return Ok(entries);
+        }
         let db = self.db.clone();
         blocking(move || Self::read_range(&db, start, end)).await
     }
@@ -169,9 +177,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         blocking(move || read_meta(&db, meta_key::VOTE, "vote")).await
     }
 
+    /// Not synced: the committed id only tells a restarting replica how far it may apply
+    /// before it hears from a leader. A lost update leaves an older id, which is still
+    /// committed; and it shares the WAL with the log, so it never outlives the entries it
+    /// names. Syncing it would cost a second fsync per commit inside openraft's core loop.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let db = self.db.clone();
-        blocking(move || write_meta(&db, meta_key::COMMITTED, "committed log id", &committed)).await
+        blocking(move || {
+            let bytes = codec::encode("committed log id", &committed).map_err(|e| StorageIOError::write(&e))?;
+            db.put_cf(cf(&db, Cf::Meta), meta_key::COMMITTED, bytes).map_err(|e| StorageIOError::write(&e).into())
+        })
+        .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -185,10 +201,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut rows = Vec::new();
+        let mut kept = Vec::new();
         for entry in entries {
             let bytes = codec::encode("log entry", &entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
             rows.push((entry.log_id.index, bytes));
+            kept.push((entry, rows.last().map_or(0, |(_, b)| b.len())));
         }
+        // Readers may see the entries before they are synced, as they may on disk: openraft
+        // counts them only once the callback reports them persisted.
+        self.recent.appended(kept);
         let (written, done) = tokio::sync::oneshot::channel();
         let stopped = || StorageError::from(StorageIOError::write_logs(&std::io::Error::other("log writer thread has stopped")));
         let Some(pending) = &self.writer.pending else {
@@ -209,6 +230,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.recent.truncated(log_id.index);
         let db = self.db.clone();
         blocking(move || {
             let mut batch = WriteBatch::default();
@@ -219,6 +241,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.recent.purged(log_id.index);
         let db = self.db.clone();
         blocking(move || {
             let mut batch = WriteBatch::default();
