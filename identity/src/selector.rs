@@ -59,6 +59,13 @@ impl Selector {
     pub fn value(&self) -> &str {
         &self.value
     }
+
+    /// Appends `type:value` (as `Display` writes it) to `out`, without the formatter.
+    pub fn append_to(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.kind.as_bytes());
+        out.push(b':');
+        out.extend_from_slice(self.value.as_bytes());
+    }
 }
 
 impl fmt::Display for Selector {
@@ -98,6 +105,9 @@ mod tests {
         assert_eq!(s.kind(), "k8s");
         assert_eq!(s.value(), "pod-label:app:web");
         assert_eq!(s.to_string(), "k8s:pod-label:app:web");
+        let mut bytes = Vec::new();
+        s.append_to(&mut bytes);
+        assert_eq!(bytes, b"k8s:pod-label:app:web");
     }
 
     #[test]

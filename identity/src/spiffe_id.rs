@@ -121,6 +121,15 @@ impl SpiffeId {
     fn len(&self) -> usize {
         SCHEME_PREFIX.len() + self.trust_domain.name().len() + self.path.len()
     }
+
+    /// Appends the ID's text (as `Display` writes it) to `out`, without the formatter:
+    /// storage keys are built from IDs for every entry written.
+    pub fn append_to(&self, out: &mut Vec<u8>) {
+        out.reserve(self.len());
+        out.extend_from_slice(SCHEME_PREFIX.as_bytes());
+        out.extend_from_slice(self.trust_domain.name().as_bytes());
+        out.extend_from_slice(self.path.as_bytes());
+    }
 }
 
 fn validate_path(path: &str) -> Result<(), IdError> {
@@ -311,7 +320,10 @@ mod tests {
             let td = TrustDomain::parse(&td).unwrap();
             let refs: Vec<&str> = segments.iter().map(String::as_str).collect();
             let id = SpiffeId::from_segments(td, &refs).unwrap();
-            prop_assert_eq!(SpiffeId::parse(&id.to_string()).unwrap(), id);
+            prop_assert_eq!(SpiffeId::parse(&id.to_string()).unwrap(), id.clone());
+            let mut bytes = b"prefix ".to_vec();
+            id.append_to(&mut bytes);
+            prop_assert_eq!(bytes, format!("prefix {id}").into_bytes());
         }
     }
 }

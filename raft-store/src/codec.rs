@@ -16,7 +16,11 @@ fn config() -> bincode::config::Configuration {
 }
 
 pub fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, CodecError> {
-    bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError { what, reason: e.to_string() })
+    // bincode's serde encoder grows its Vec from empty; most stored values are a few
+    // hundred bytes, so start there.
+    let mut bytes = Vec::with_capacity(256);
+    bincode::serde::encode_into_std_write(value, &mut bytes, config()).map_err(|e| CodecError { what, reason: e.to_string() })?;
+    Ok(bytes)
 }
 
 /// Decodes a value, refusing trailing bytes so a truncated or padded record is caught.

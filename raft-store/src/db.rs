@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
+use rocksdb::{BlockBasedOptions, ColumnFamilyDescriptor, Options, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
@@ -76,7 +76,7 @@ pub fn open(data_dir: &Path, node_id: NodeId, cluster_id: &str) -> Result<Store,
     opts.create_if_missing(fresh);
     opts.create_missing_column_families(fresh);
     opts.set_paranoid_checks(true);
-    let cfs = Cf::all().map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+    let cfs = Cf::all().map(|cf| ColumnFamilyDescriptor::new(cf.name(), table_options()));
     let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|e| {
         let reason = e.to_string();
         if reason.contains("lock") {
@@ -112,6 +112,17 @@ pub fn open(data_dir: &Path, node_id: NodeId, cluster_id: &str) -> Result<Store,
         }
     };
     Ok(Store { db: Arc::new(db), header, path })
+}
+
+/// Options of every column family. Apply looks up keys that mostly do not exist yet (a
+/// new entry's id, its identity key): bloom filters in SST files answer those without
+/// reading data blocks.
+fn table_options() -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
+    let mut opts = Options::default();
+    opts.set_block_based_table_factory(&table);
+    opts
 }
 
 /// Looks up a column family; every one is created when the store is.

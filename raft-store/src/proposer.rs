@@ -17,7 +17,7 @@ pub type WriteError = RaftError<NodeId, ClientWriteError<NodeId, ReplicaNode>>;
 
 /// Proposals in flight at once. Two keep the log busy: one is replicated and applied while
 /// the next is appended, and whatever arrives meanwhile waits to form the batch after.
-const MAX_IN_FLIGHT: usize = 2;
+const MAX_IN_FLIGHT: usize = 4;
 /// At most this many commands in one batch entry.
 const MAX_COMMANDS: usize = 256;
 /// At most this many items (registration entries, ids) in one batch entry, so that one

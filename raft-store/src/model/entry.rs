@@ -63,13 +63,13 @@ impl RegistrationEntry {
     /// The key of the uniqueness rule: no two entries share SPIFFE ID, parent ID and
     /// selectors (SPIRE answers AlreadyExists).
     pub(crate) fn identity_key(&self) -> Vec<u8> {
-        let mut key = Vec::new();
-        key.extend_from_slice(self.spiffe_id.to_string().as_bytes());
+        let mut key = Vec::with_capacity(128);
+        self.spiffe_id.append_to(&mut key);
         key.push(0);
-        key.extend_from_slice(self.parent_id.to_string().as_bytes());
+        self.parent_id.append_to(&mut key);
         for selector in &self.selectors {
             key.push(0);
-            key.extend_from_slice(selector.to_string().as_bytes());
+            selector.append_to(&mut key);
         }
         key
     }

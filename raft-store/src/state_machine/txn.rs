@@ -1,7 +1,8 @@
 //! One command's changes: read-your-writes over the database, collected in a WriteBatch
 //! that commits atomically with the revision, change log and last-applied log id.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
 use serde::de::DeserializeOwned;
@@ -25,34 +26,48 @@ pub enum TxnError {
 /// spans every entry of an apply call, and commits them in one write.
 pub struct Txn<'a> {
     db: &'a DB,
-    batch: WriteBatch,
-    overlay: HashMap<(Cf, Vec<u8>), Option<Vec<u8>>>,
+    /// Each key's last write (None: deleted), by column family. Only the last write of a
+    /// key matters to the committed state, so the batch is built from these at the end:
+    /// one copy of each value, and keys in order.
+    writes: BTreeMap<Cf, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     changes: Vec<Change>,
 }
 
 impl<'a> Txn<'a> {
     pub fn new(db: &'a DB) -> Self {
-        Self { db, batch: WriteBatch::default(), overlay: HashMap::new(), changes: Vec::new() }
+        Self { db, writes: BTreeMap::new(), changes: Vec::new() }
     }
 
-    pub fn get_raw(&self, table: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, TxnError> {
-        if let Some(value) = self.overlay.get(&(table, key.to_vec())) {
-            return Ok(value.clone());
-        }
-        Ok(self.db.get_cf(cf(self.db, table), key)?)
+    /// This transaction's write of `key`: Some(None) if it deleted it.
+    fn written(&self, table: Cf, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.writes.get(&table).and_then(|rows| rows.get(key)).map(|value| value.as_deref())
     }
 
     pub fn get<T: DeserializeOwned>(&self, table: Cf, key: &[u8], what: &'static str) -> Result<Option<T>, TxnError> {
-        self.get_raw(table, key)?.map(|b| codec::decode(what, &b).map_err(TxnError::from)).transpose()
+        let decode = |bytes: &[u8]| codec::decode(what, bytes).map_err(TxnError::from);
+        match self.written(table, key) {
+            Some(value) => value.map(decode).transpose(),
+            None => self.db.get_pinned_cf(cf(self.db, table), key)?.map(|b| decode(&b)).transpose(),
+        }
+    }
+
+    /// The stored value of `key`, as raw bytes.
+    pub fn get_raw(&self, table: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, TxnError> {
+        match self.written(table, key) {
+            Some(value) => Ok(value.map(<[u8]>::to_vec)),
+            None => Ok(self.db.get_pinned_cf(cf(self.db, table), key)?.map(|b| b.to_vec())),
+        }
     }
 
     pub fn exists(&self, table: Cf, key: &[u8]) -> Result<bool, TxnError> {
-        Ok(self.get_raw(table, key)?.is_some())
+        match self.written(table, key) {
+            Some(value) => Ok(value.is_some()),
+            None => Ok(self.db.get_pinned_cf(cf(self.db, table), key)?.is_some()),
+        }
     }
 
     pub fn put_raw(&mut self, table: Cf, key: &[u8], value: Vec<u8>) {
-        self.batch.put_cf(cf(self.db, table), key, &value);
-        self.overlay.insert((table, key.to_vec()), Some(value));
+        self.writes.entry(table).or_default().insert(key.to_vec(), Some(value));
     }
 
     pub fn put<T: Serialize>(&mut self, table: Cf, key: &[u8], what: &'static str, value: &T) -> Result<(), TxnError> {
@@ -62,14 +77,13 @@ impl<'a> Txn<'a> {
     }
 
     pub fn delete(&mut self, table: Cf, key: &[u8]) {
-        self.batch.delete_cf(cf(self.db, table), key);
-        self.overlay.insert((table, key.to_vec()), None);
+        self.writes.entry(table).or_default().insert(key.to_vec(), None);
     }
 
     /// Keys and values under `prefix`, in key order, including this transaction's writes,
     /// so the result never depends on how entries were grouped into one apply call.
     pub fn scan_prefix(&self, table: Cf, prefix: &[u8]) -> Result<Vec<Row>, TxnError> {
-        let mut rows = std::collections::BTreeMap::new();
+        let mut rows = BTreeMap::new();
         for item in self.db.iterator_cf(cf(self.db, table), IteratorMode::From(prefix, Direction::Forward)) {
             let (key, value) = item?;
             if !key.starts_with(prefix) {
@@ -77,13 +91,12 @@ impl<'a> Txn<'a> {
             }
             rows.insert(key.to_vec(), value.to_vec());
         }
-        for ((t, key), value) in &self.overlay {
-            if *t == table && key.starts_with(prefix) {
-                match value {
-                    Some(v) => rows.insert(key.clone(), v.clone()),
-                    None => rows.remove(key),
-                };
-            }
+        let written = self.writes.get(&table).into_iter().flat_map(|w| w.range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded)));
+        for (key, value) in written.take_while(|(key, _)| key.starts_with(prefix)) {
+            match value {
+                Some(v) => rows.insert(key.clone(), v.clone()),
+                None => rows.remove(key),
+            };
         }
         Ok(rows.into_iter().collect())
     }
@@ -98,7 +111,18 @@ impl<'a> Txn<'a> {
         std::mem::take(&mut self.changes)
     }
 
+    /// Every write of the transaction, for one atomic RocksDB write.
     pub fn into_batch(self) -> WriteBatch {
-        self.batch
+        let mut batch = WriteBatch::default();
+        for (table, rows) in &self.writes {
+            let handle = cf(self.db, *table);
+            for (key, value) in rows {
+                match value {
+                    Some(value) => batch.put_cf(handle, key, value),
+                    None => batch.delete_cf(handle, key),
+                }
+            }
+        }
+        batch
     }
 }

@@ -1,6 +1,5 @@
 //! Registration entries and their indexes (parent ID, SPIFFE ID, selector, identity).
 
-use crate::codec::pair_key;
 use crate::command::{ApplyError, Outcome, Table};
 use crate::model::RegistrationEntry;
 use crate::schema::Cf;
@@ -8,21 +7,30 @@ use crate::state_machine::txn::{Txn, TxnError};
 
 const WHAT: &str = "registration entry";
 
-fn index_keys(entry: &RegistrationEntry) -> Vec<(Cf, Vec<u8>)> {
-    let mut keys = vec![
-        (Cf::EntriesByParent, pair_key(&entry.parent_id.to_string(), &entry.id)),
-        (Cf::EntriesBySpiffeId, pair_key(&entry.spiffe_id.to_string(), &entry.id)),
-        (Cf::EntriesByIdentity, entry.identity_key()),
-    ];
+/// `text` then a 0 byte then the entry id: the key of an index row.
+fn index_key(text: impl FnOnce(&mut Vec<u8>), entry_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(96 + entry_id.len());
+    text(&mut key);
+    key.push(0);
+    key.extend_from_slice(entry_id.as_bytes());
+    key
+}
+
+/// The entry's index rows; `identity` is its `identity_key`, which callers have at hand.
+fn index_keys(entry: &RegistrationEntry, identity: Vec<u8>) -> Vec<(Cf, Vec<u8>)> {
+    let mut keys = Vec::with_capacity(3 + entry.selectors.len());
+    keys.push((Cf::EntriesByParent, index_key(|k| entry.parent_id.append_to(k), &entry.id)));
+    keys.push((Cf::EntriesBySpiffeId, index_key(|k| entry.spiffe_id.append_to(k), &entry.id)));
+    keys.push((Cf::EntriesByIdentity, identity));
     for selector in &entry.selectors {
-        keys.push((Cf::EntriesBySelector, pair_key(&selector.to_string(), &entry.id)));
+        keys.push((Cf::EntriesBySelector, index_key(|k| selector.append_to(k), &entry.id)));
     }
     keys
 }
 
-fn write(txn: &mut Txn<'_>, entry: &RegistrationEntry) -> Result<(), TxnError> {
+fn write(txn: &mut Txn<'_>, entry: &RegistrationEntry, identity: Vec<u8>) -> Result<(), TxnError> {
     txn.put(Cf::Entries, entry.id.as_bytes(), WHAT, entry)?;
-    for (cf, key) in index_keys(entry) {
+    for (cf, key) in index_keys(entry, identity) {
         let value = if cf == Cf::EntriesByIdentity { entry.id.as_bytes().to_vec() } else { Vec::new() };
         txn.put_raw(cf, &key, value);
     }
@@ -33,7 +41,7 @@ fn write(txn: &mut Txn<'_>, entry: &RegistrationEntry) -> Result<(), TxnError> {
 /// Removes the entry's row and index rows (an update rewrites them right after).
 fn erase(txn: &mut Txn<'_>, entry: &RegistrationEntry) {
     txn.delete(Cf::Entries, entry.id.as_bytes());
-    for (cf, key) in index_keys(entry) {
+    for (cf, key) in index_keys(entry, entry.identity_key()) {
         txn.delete(cf, &key);
     }
 }
@@ -52,8 +60,8 @@ fn prepare(entry: &RegistrationEntry) -> Result<RegistrationEntry, ApplyError> {
 }
 
 /// The id of another entry with the same SPIFFE ID, parent ID and selectors, if any.
-fn similar(txn: &Txn<'_>, entry: &RegistrationEntry) -> Result<Option<String>, TxnError> {
-    let existing = txn.get_raw(Cf::EntriesByIdentity, &entry.identity_key())?;
+fn similar(txn: &Txn<'_>, entry: &RegistrationEntry, identity: &[u8]) -> Result<Option<String>, TxnError> {
+    let existing = txn.get_raw(Cf::EntriesByIdentity, identity)?;
     Ok(existing.map(|id| String::from_utf8_lossy(&id).into_owned()).filter(|id| *id != entry.id))
 }
 
@@ -71,12 +79,13 @@ pub fn create(txn: &mut Txn<'_>, entries: &[RegistrationEntry], revision: u64) -
             results.push(Err(ApplyError::AlreadyExists(format!("entry id {:?}", entry.id))));
             continue;
         }
-        if let Some(other) = similar(txn, &entry)? {
+        let identity = entry.identity_key();
+        if let Some(other) = similar(txn, &entry, &identity)? {
             results.push(Err(ApplyError::AlreadyExists(format!("similar entry {other:?} has the same SPIFFE ID, parent ID and selectors"))));
             continue;
         }
         entry.revision_number = i64::try_from(revision).unwrap_or(i64::MAX);
-        write(txn, &entry)?;
+        write(txn, &entry, identity)?;
         results.push(Ok(entry));
     }
     Ok(Outcome::Entries(results))
@@ -96,14 +105,15 @@ pub fn update(txn: &mut Txn<'_>, entries: &[RegistrationEntry], revision: u64) -
             results.push(Err(ApplyError::NotFound(format!("entry id {:?}", entry.id))));
             continue;
         };
-        if let Some(other) = similar(txn, &entry)? {
+        let identity = entry.identity_key();
+        if let Some(other) = similar(txn, &entry, &identity)? {
             results.push(Err(ApplyError::AlreadyExists(format!("similar entry {other:?} has the same SPIFFE ID, parent ID and selectors"))));
             continue;
         }
         entry.created_at = old.created_at;
         entry.revision_number = i64::try_from(revision).unwrap_or(i64::MAX);
         erase(txn, &old);
-        write(txn, &entry)?;
+        write(txn, &entry, identity)?;
         results.push(Ok(entry));
     }
     Ok(Outcome::Entries(results))
