@@ -7,10 +7,11 @@
 use std::sync::Arc;
 
 use openraft::error::{ClientWriteError, Fatal, RaftError};
+use openraft::StorageIOError;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::command::{Command, Outcome, Response};
-use crate::types::{NodeId, Raft, ReplicaNode};
+use crate::types::{LoggedCommand, NodeId, Raft, ReplicaNode};
 
 /// What `raft.client_write` fails with.
 pub type WriteError = RaftError<NodeId, ClientWriteError<NodeId, ReplicaNode>>;
@@ -109,7 +110,16 @@ async fn run(raft: Raft, mut waiting: mpsc::Receiver<Proposal>, in_flight: Arc<S
         let single = commands.len() == 1;
         let command = if single { commands.into_iter().next() } else { Some(Command::Batch(commands)) };
         let Some(command) = command else { continue };
-        let submitted = raft.client_write_ff(command.into()).await;
+        let logged = match LoggedCommand::new(command) {
+            Ok(logged) => logged,
+            Err(e) => {
+                // Our own types always encode; if one does not, the callers hear why.
+                let error = RaftError::Fatal(Fatal::StorageError(StorageIOError::write_logs(&e).into()));
+                answer_all(Err(error), single, replies);
+                continue;
+            }
+        };
+        let submitted = raft.client_write_ff(logged).await;
         tokio::spawn(async move {
             let result = match submitted {
                 Ok(answer) => match answer.await {

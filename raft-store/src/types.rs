@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec::{self, CodecError};
 use crate::command::{Command, Response};
 
 /// A replica's id in the cluster.
@@ -25,27 +26,67 @@ impl std::fmt::Display for ReplicaNode {
     }
 }
 
-/// A command as the Raft log carries it. Shared, so that the log's cache of recent
-/// entries, replication and apply hand it on without copying it; on disk and on the wire
-/// it is the command itself.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LoggedCommand(pub Arc<Command>);
+/// A command as the Raft log carries it: the command and its encoding, made once (by the
+/// proposer on the leader, from the wire on a follower) and shared. The log's cache,
+/// replication and apply hand it on without copying; writing it to disk or the wire copies
+/// the encoded bytes instead of encoding the command again for each. Its serialized form is
+/// those bytes (a length-prefixed byte string holding the encoded command).
+#[derive(Clone, Debug)]
+pub struct LoggedCommand(Arc<Logged>);
 
-impl From<Command> for LoggedCommand {
-    fn from(command: Command) -> Self {
-        Self(Arc::new(command))
+#[derive(Debug)]
+struct Logged {
+    command: Command,
+    encoded: Vec<u8>,
+}
+
+impl LoggedCommand {
+    /// Encodes `command` for the log.
+    pub fn new(command: Command) -> Result<Self, CodecError> {
+        let encoded = codec::encode("command", &command)?;
+        Ok(Self(Arc::new(Logged { command, encoded })))
+    }
+
+    pub fn command(&self) -> &Command {
+        &self.0.command
+    }
+
+    /// The size of the encoded command.
+    pub fn encoded_len(&self) -> usize {
+        self.0.encoded.len()
+    }
+}
+
+impl PartialEq for LoggedCommand {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.command == other.0.command
     }
 }
 
 impl Serialize for LoggedCommand {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(serializer)
+        serializer.serialize_bytes(&self.0.encoded)
     }
 }
 
 impl<'de> Deserialize<'de> for LoggedCommand {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Command::deserialize(deserializer).map(Self::from)
+        struct Bytes;
+        impl serde::de::Visitor<'_> for Bytes {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an encoded command")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        let encoded = deserializer.deserialize_byte_buf(Bytes)?;
+        let command = codec::decode("command", &encoded).map_err(serde::de::Error::custom)?;
+        Ok(Self(Arc::new(Logged { command, encoded })))
     }
 }
 

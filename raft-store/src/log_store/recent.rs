@@ -11,7 +11,7 @@ use crate::types::Entry;
 /// At most this many entries are kept.
 const MAX_ENTRIES: usize = 4096;
 /// At most this many encoded bytes of entries are kept.
-const MAX_BYTES: usize = 32 << 20;
+const MAX_BYTES: usize = 16 << 20;
 
 /// A suffix of the log: consecutive indexes ending at the last appended entry, or empty.
 #[derive(Default)]

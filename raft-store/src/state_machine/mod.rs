@@ -16,7 +16,7 @@ pub use snapshot::SnapshotBuilder;
 
 use crate::codec::{self, u64_key};
 use crate::command::{ChangeSet, Command, Outcome, Response};
-use crate::db::cf;
+use crate::db::{cf, unlogged};
 use crate::schema::{sm_key, Cf};
 use crate::types::{Entry, LogId, SnapshotMeta, Snapshot, StorageError, StoredMembership, TypeConfig};
 use txn::Txn;
@@ -62,7 +62,7 @@ impl StateMachine {
                     Outcome::None
                 }
                 EntryPayload::Normal(command) => {
-                    responses.push(Self::apply_one(&mut txn, &command.0, &mut revision).map_err(|e| write_err(entry.log_id, &e))?);
+                    responses.push(Self::apply_one(&mut txn, command.command(), &mut revision).map_err(|e| write_err(entry.log_id, &e))?);
                     continue;
                 }
             };
@@ -70,9 +70,9 @@ impl StateMachine {
         }
         txn.put(Cf::SmMeta, sm_key::REVISION, "revision", &revision).map_err(|e| write_err(last.log_id, &e))?;
         txn.put(Cf::SmMeta, sm_key::LAST_APPLIED, "last applied", &last.log_id).map_err(|e| write_err(last.log_id, &e))?;
-        // Not synced: the log entries are durable, and the next synced log write (or the
-        // purge that follows a snapshot) syncs the shared WAL, this write included.
-        db.write(txn.into_batch()).map_err(|e| write_err(last.log_id, &e))?;
+        // Not logged: the entries are durable in the Raft log, and a crash only takes the
+        // state back to its last (atomic) flush, from which the log is applied again.
+        db.write_opt(txn.into_batch(), &unlogged()).map_err(|e| write_err(last.log_id, &e))?;
         Ok(responses)
     }
 }

@@ -5,6 +5,7 @@ mod apply_rules;
 mod cluster;
 mod cluster_support;
 mod cluster_tls;
+mod crash;
 mod data_dir;
 mod snapshots;
 mod storage_suite;

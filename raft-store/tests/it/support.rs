@@ -4,6 +4,7 @@ use identity::{Selector, SpiffeId};
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 use raft_store::model::RegistrationEntry;
+use raft_store::types::LoggedCommand;
 use raft_store::{open_store, Command, OpenedStore, Outcome, Response, TypeConfig};
 
 pub struct TestStore {
@@ -25,7 +26,7 @@ impl TestStore {
         let entries: Vec<Entry<TypeConfig>> = commands
             .into_iter()
             .map(|c| {
-                let e = Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), self.next_index), payload: EntryPayload::Normal(c.into()) };
+                let e = Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), self.next_index), payload: EntryPayload::Normal(LoggedCommand::new(c).unwrap()) };
                 self.next_index += 1;
                 e
             })
