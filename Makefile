@@ -3,6 +3,9 @@ SHELL := /bin/bash
 CARGO ?= cargo
 VENV ?= $(CURDIR)/.venv
 export TESTUDO_PYTHON ?= $(VENV)/bin/python
+# Tests find the venv through these at run time: a path compiled in (env!) would name
+# whichever clone last built the crate, since clones share the build cache.
+export TESTUDO_VENV ?= $(VENV)
 # Builds live outside the clone and are reused by the next clone on this machine: a cold
 # build takes about 25 minutes on 2 cores (RocksDB's C++ and the AWS SDK are most of it), a
 # warm one seconds. Set CARGO_TARGET_DIR to put them elsewhere.

@@ -178,7 +178,10 @@ fn a_workload_gets_x509_and_jwt_svids_through_the_spiffe_crate() {
 /// socket; returns the JSON it prints.
 pub fn run_python_client(script: &str, agent: &AgentProcess) -> serde_json::Value {
     let python = std::env::var("TESTUDO_PYTHON").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python").to_string());
-    let script = format!("{}/tests/py/{script}", env!("CARGO_MANIFEST_DIR"));
+    // Cargo and nextest set CARGO_MANIFEST_DIR when they run a test; the compiled-in one may
+    // name another clone that shares the build cache.
+    let package = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let script = format!("{package}/tests/py/{script}");
     let out = std::process::Command::new(&python).arg(&script).arg(agent.endpoint()).output().unwrap_or_else(|e| panic!("{python}: {e} (make test creates the venv)"));
     assert!(out.status.success(), "{script} failed: {}\nagent log:\n{}", String::from_utf8_lossy(&out.stderr), agent.log());
     serde_json::from_slice(&out.stdout).unwrap()
