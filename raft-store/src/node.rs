@@ -11,9 +11,11 @@ use std::time::Duration;
 use openraft::error::{ChangeMembershipError, ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use tokio::sync::oneshot;
+use tokio_rustls::TlsAcceptor;
+use zeroize::Zeroizing;
 
 use crate::command::{Command, Response};
-use crate::network::tls::ClusterTls;
+use crate::network::tls::{server_config, ClusterTls, PresentedCertificate, TlsError};
 use crate::membership::{add_member_step, remove_member, AddProgress};
 use crate::network::{serve, AdminRequest, CallError, ClusterClient, Faults, ForwardError, JoinHandler, NetworkFactory, TransferHandler};
 use crate::transfer::LeaderTransfer;
@@ -134,6 +136,8 @@ pub struct Replica {
     address: SocketAddr,
     node: ReplicaNode,
     transfer: Arc<LeaderTransfer>,
+    /// The certificate the cluster RPC server presents.
+    certificate: Arc<PresentedCertificate>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -168,7 +172,9 @@ impl Replica {
         let (stop, stopped) = oneshot::channel::<()>();
         let proposer = Proposer::start(raft.clone());
         let transfer = Arc::new(LeaderTransfer { id: config.node_id, raft: raft.clone(), client: client.clone(), proposer: proposer.clone(), lease: t.election_timeout_max });
-        let (address, server) = serve(raft.clone(), proposer.clone(), transfer.clone(), config.join.clone(), &config.tls, config.listen, async {
+        let certificate = Arc::new(PresentedCertificate::new(&config.tls.chain, &config.tls.key_pkcs8).map_err(|e| StartError::Server(e.to_string()))?);
+        let acceptor = TlsAcceptor::from(Arc::new(server_config(&config.tls, certificate.clone()).map_err(|e| StartError::Server(e.to_string()))?));
+        let (address, server) = serve(raft.clone(), proposer.clone(), transfer.clone(), config.join.clone(), acceptor, config.listen, async {
             let _ = stopped.await;
         })
         .await
@@ -176,7 +182,7 @@ impl Replica {
         let raft_address = config.advertise_address.clone().unwrap_or_else(|| address.to_string());
         let node = ReplicaNode { raft_address, api_address: config.api_address.clone() };
         tracing::info!(node_id = config.node_id, %address, "replica started");
-        Ok(Self { id: config.node_id, raft, proposer, reader: store.reader, client, address, node, transfer, stop: Some(stop), server: Some(server) })
+        Ok(Self { id: config.node_id, raft, proposer, reader: store.reader, client, address, node, transfer, certificate, stop: Some(stop), server: Some(server) })
     }
 
     pub fn id(&self) -> NodeId {
@@ -194,6 +200,15 @@ impl Replica {
 
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// Presents a new certificate chain (leaf first) and key on the cluster RPC from now on,
+    /// as server and as client (certificate renewal while running). Refused, changing
+    /// nothing, if the key does not match the leaf.
+    pub fn replace_certificate(&self, chain: Vec<Vec<u8>>, key_pkcs8: Zeroizing<Vec<u8>>) -> Result<(), TlsError> {
+        self.certificate.replace(&chain, &key_pkcs8)?;
+        self.client.replace_identity(chain, key_pkcs8);
+        Ok(())
     }
 
     /// The links this replica's outgoing traffic uses; tests cut them to isolate it.

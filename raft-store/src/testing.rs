@@ -182,6 +182,18 @@ impl TestCluster {
     }
 }
 
+/// The leaf certificate (DER) a cluster RPC server at `address` presents, fetched by
+/// `openssl s_client` (a TLS client of its own, without a certificate).
+pub fn presented_leaf_certificate(address: &str) -> Vec<u8> {
+    let out = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", address, "-tls1_3", "-alpn", "h2"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    pem::parse(text.as_bytes()).unwrap_or_else(|e| panic!("no certificate from {address}: {e}\n{text}")).into_contents()
+}
+
 /// Polls `check` until it returns `Some`, or gives up after `within`.
 pub async fn eventually<T>(within: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = tokio::time::Instant::now() + within;

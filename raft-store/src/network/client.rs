@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout, Unreachable};
@@ -14,6 +14,7 @@ use proto::cluster::Payload;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::Channel;
+use zeroize::Zeroizing;
 
 use super::faults::Faults;
 use super::server::MAX_MESSAGE_BYTES;
@@ -27,7 +28,8 @@ use crate::types::{LogId, NodeId, ReplicaNode, TypeConfig};
 /// Opens channels to replicas, shared by openraft's replication and by forwarding.
 #[derive(Clone)]
 pub struct ClusterClient {
-    tls: ClusterTls,
+    /// What this replica presents and trusts; replaced when its certificate is renewed.
+    tls: Arc<RwLock<ClusterTls>>,
     timeout: Duration,
     /// The local address outbound connections come from; `None` lets the kernel choose.
     source: Option<IpAddr>,
@@ -66,7 +68,19 @@ fn never_connected(status: &tonic::Status) -> bool {
 
 impl ClusterClient {
     pub fn new(tls: ClusterTls, timeout: Duration, faults: Faults) -> Self {
-        Self { tls, timeout, source: None, channels: Arc::new(Mutex::new(HashMap::new())), faults }
+        Self { tls: Arc::new(RwLock::new(tls)), timeout, source: None, channels: Arc::new(Mutex::new(HashMap::new())), faults }
+    }
+
+    /// Presents `chain` (leaf first) and its key on every connection opened from now on,
+    /// and drops the open ones from the table so the next call opens a new one (calls in
+    /// flight finish on theirs).
+    pub fn replace_identity(&self, chain: Vec<Vec<u8>>, key_pkcs8: Zeroizing<Vec<u8>>) {
+        {
+            let mut tls = self.tls.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            tls.chain = chain;
+            tls.key_pkcs8 = key_pkcs8;
+        }
+        self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
     }
 
     /// Outbound connections bind to `source` (a multi-homed host whose peers admit replicas
@@ -86,7 +100,11 @@ impl ClusterClient {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let channel = client_endpoint(&self.tls, address, self.timeout).map_err(|e| unreachable(e.to_string()))?.local_address(self.source).connect_lazy();
+        let endpoint = {
+            let tls = self.tls.read().map_err(|_| unreachable("TLS identity lock poisoned".into()))?;
+            client_endpoint(&tls, address, self.timeout).map_err(|e| unreachable(e.to_string()))?
+        };
+        let channel = endpoint.local_address(self.source).connect_lazy();
         channels.insert(address.to_owned(), channel.clone());
         Ok(channel)
     }

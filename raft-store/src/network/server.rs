@@ -15,7 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::tls::{server_config, ClusterTls, TlsError};
+use super::tls::TlsError;
 use super::wire::{decode, encode, AdminRequest, ForwardError};
 use crate::command::Command;
 use crate::membership::{add_member_step, remove_member, AddProgress};
@@ -183,18 +183,18 @@ pub fn accept_tls(
     (ReceiverStream::new(rx), task)
 }
 
-/// Binds `listen` and serves the cluster RPC over TLS until `shutdown` resolves.
+/// Binds `listen` and serves the cluster RPC over TLS (`acceptor`, from
+/// `tls::server_config`) until `shutdown` resolves.
 /// Returns the bound address (useful with port 0) and the server task.
 pub async fn serve(
     raft: Raft,
     proposer: Proposer,
     transfers: Arc<dyn TransferHandler>,
     join: Option<Arc<dyn JoinHandler>>,
-    tls: &ClusterTls,
+    acceptor: TlsAcceptor,
     listen: SocketAddr,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), TlsError> {
-    let acceptor = TlsAcceptor::from(Arc::new(server_config(tls)?));
     let listener = TcpListener::bind(listen).await.map_err(|e| TlsError::Config(format!("cannot listen on {listen}: {e}")))?;
     let bound = listener.local_addr().map_err(|e| TlsError::Config(e.to_string()))?;
     let (incoming, accept_task) = accept_tls(listener, acceptor, "cluster");

@@ -8,6 +8,8 @@ use std::sync::{Arc, RwLock};
 use identity::bundle::Bundle;
 use identity::SpiffeId;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use spiffe_tls::{provider, SvidVerifier};
 use zeroize::Zeroizing;
 
@@ -37,17 +39,47 @@ impl fmt::Debug for ClusterTls {
     }
 }
 
+/// The certificate the server side presents, replaceable while it runs (certificate
+/// renewal): each handshake takes the current one.
+#[derive(Debug)]
+pub struct PresentedCertificate {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl PresentedCertificate {
+    pub fn new(chain: &[Vec<u8>], key_pkcs8: &[u8]) -> Result<Self, TlsError> {
+        Ok(Self { current: RwLock::new(certified_key(chain, key_pkcs8)?) })
+    }
+
+    /// Presents `chain` (leaf first) and its key from the next handshake on; refuses a key
+    /// that does not match the leaf.
+    pub fn replace(&self, chain: &[Vec<u8>], key_pkcs8: &[u8]) -> Result<(), TlsError> {
+        let certified = certified_key(chain, key_pkcs8)?;
+        *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = certified;
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for PresentedCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone())
+    }
+}
+
+fn certified_key(chain: &[Vec<u8>], key_pkcs8: &[u8]) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = chain.iter().map(|c| CertificateDer::from(c.clone())).collect();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8.to_vec()));
+    CertifiedKey::from_der(chain, key, &provider()).map(Arc::new).map_err(|e| TlsError::Config(format!("replica certificate and key: {e}")))
+}
+
 /// The server side: TLS 1.3 only, a client certificate verified when presented (and
-/// required by every call but Join), ALPN h2 for gRPC.
-pub fn server_config(tls: &ClusterTls) -> Result<rustls::ServerConfig, TlsError> {
-    let chain: Vec<CertificateDer<'static>> = tls.chain.iter().map(|c| CertificateDer::from(c.clone())).collect();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(tls.key_pkcs8.to_vec()));
+/// required by every call but Join), ALPN h2 for gRPC; presents `certificate`.
+pub fn server_config(tls: &ClusterTls, certificate: Arc<PresentedCertificate>) -> Result<rustls::ServerConfig, TlsError> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(Arc::new(SvidVerifier::for_id(tls.bundle.clone(), tls.replica_id.clone())))
-        .with_single_cert(chain, key)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+        .with_cert_resolver(certificate);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }

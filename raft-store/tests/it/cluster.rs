@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use raft_store::{Command, NodeId, Outcome};
 
-use crate::cluster_support::{eventually, TestCluster};
+use crate::cluster_support::{eventually, presented_leaf_certificate, TestCluster};
 use crate::support::entry;
 
 const NODE: &str = "spiffe://example.org/spire/agent/x";
@@ -314,5 +314,33 @@ async fn any_replica_can_add_and_remove_members_through_the_leader() {
     assert!(status.members.iter().all(|m| m.node_id != 4), "{status:?}");
     cluster.stop(4).await;
     cluster.replicas[&follower].write(create("after-removal")).await.unwrap();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_renews_its_certificate_while_running() {
+    let cluster = TestCluster::start(3, 10_000).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.follower(leader);
+    let address = cluster.replicas[&follower].address().to_string();
+    let before = presented_leaf_certificate(&address);
+
+    // A key that does not match the leaf is refused, and nothing changes.
+    let renewed = cluster.ca.tls(crate::cluster_support::REPLICA_ID);
+    let other = cluster.ca.tls(crate::cluster_support::REPLICA_ID);
+    assert!(cluster.replicas[&follower].replace_certificate(renewed.chain.clone(), other.key_pkcs8.clone()).is_err());
+    assert_eq!(presented_leaf_certificate(&address), before);
+
+    cluster.replicas[&follower].replace_certificate(renewed.chain.clone(), renewed.key_pkcs8.clone()).unwrap();
+    let after = presented_leaf_certificate(&address);
+    assert_ne!(after, before, "the renewed certificate is presented from the next handshake on");
+    assert_eq!(after, renewed.chain[0]);
+
+    // It still takes part: it forwards writes to the leader over new connections that
+    // present the new certificate, and the leader's appends reach it.
+    let forwarded = cluster.replicas[&follower].write(create("after-renewal")).await.unwrap();
+    assert!(created(&forwarded.outcome));
+    cluster.replicas[&leader].write(create("to-renewed")).await.unwrap();
+    assert_everywhere(&cluster, &["after-renewal", "to-renewed"].map(String::from).into()).await;
     cluster.shutdown().await;
 }

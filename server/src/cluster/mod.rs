@@ -1,6 +1,6 @@
 //! Cluster life cycle of a server replica: the cluster CA and replica certificates
 //! ([`authority`]), the files a replica keeps ([`files`]), one-time invites ([`invite`]),
-//! admission of joiners ([`admission`]), the in-memory registration entries agents are
+//! admission of joiners ([`admission`]), renewal of replica certificates ([`renewal`]), the in-memory registration entries agents are
 //! authorized from ([`entry_cache`]), the change log's pruning ([`change_log`]) and the runtime that ties them to the Raft replica
 //! ([`runtime`]). docs/cluster.md describes the flow and its threat model.
 
@@ -10,6 +10,7 @@ pub mod change_log;
 pub mod entry_cache;
 pub mod files;
 pub mod invite;
+pub mod renewal;
 pub mod runtime;
 
 /// Why a replica could not initialise, join or start.

@@ -23,6 +23,7 @@ use super::authority::{replica_id, ClusterAuthority};
 use super::entry_cache::EntryCache;
 use super::files::{self, ClusterMaterial};
 use super::invite::Invite;
+use super::renewal::{Renewal, Renewing};
 use super::ClusterSetupError;
 
 /// Where this replica listens and how it is reached.
@@ -74,6 +75,8 @@ struct Member {
     entries: Arc<EntryCache>,
     cluster_id: String,
     ca_cert_der: Vec<u8>,
+    /// Renews this replica's certificate while it runs; stops when dropped.
+    _renewing: Renewing,
 }
 
 impl ClusterRuntime {
@@ -108,28 +111,15 @@ impl ClusterRuntime {
     async fn start_replica(&self, material: &ClusterMaterial) -> Result<Member, ClusterSetupError> {
         let s = &self.settings;
         let authority = Arc::new(ClusterAuthority::from_parts(material.ca_cert_der.clone(), &material.ca_key_pkcs8)?);
-        // Replica certificates last a year; each start past half-life renews this one.
-        let mut replica_cert_der = material.replica_cert_der.clone();
-        let renewal = {
-            let (authority, trust_domain, current, data_dir) = (authority.clone(), s.trust_domain.clone(), replica_cert_der.clone(), s.data_dir.clone());
-            // Signing and a synced file write: off the reactor.
-            tokio::task::spawn_blocking(move || {
-                let renewed = authority.renew_replica_if_due(&trust_domain, &current, time::OffsetDateTime::now_utc())?;
-                if let Some(renewed) = &renewed {
-                    files::replace_replica_certificate(&data_dir, renewed)?;
-                }
-                Ok::<_, ClusterSetupError>(renewed)
-            })
-            .await
-            .map_err(|e| ClusterSetupError::Files(e.to_string()))??
-        };
-        if let Some(renewed) = renewal {
-            tracing::info!("replica certificate past half its life: renewed");
-            replica_cert_der = renewed;
-        }
-        if let Ok(facts) = identity::x509::certificate_facts(&replica_cert_der) {
-            metrics::gauge!("testudo_cluster_certificate_expiry_seconds").set(facts.not_after.unix_timestamp() as f64);
-        }
+        let renewal = Arc::new(Renewal::new(
+            authority.clone(),
+            s.trust_domain.clone(),
+            s.data_dir.clone(),
+            material.ca_cert_der.clone(),
+            material.replica_key_pkcs8.clone(),
+            material.replica_cert_der.clone(),
+        ));
+        let replica_cert_der = renewal.certificate_at(time::OffsetDateTime::now_utc()).await?;
         let mut bundle = Bundle::new(s.trust_domain.clone());
         bundle.add_x509_authority(&material.ca_cert_der).map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
         let tls = ClusterTls {
@@ -154,7 +144,8 @@ impl ClusterRuntime {
         };
         let replica = Arc::new(Replica::start(config).await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?);
         let _ = late.set(Arc::downgrade(&replica));
-        Ok(Member { replica, entries: Arc::default(), cluster_id: material.cluster_id.clone(), ca_cert_der: material.ca_cert_der.clone() })
+        let renewing = renewal.spawn(Arc::downgrade(&replica));
+        Ok(Member { replica, entries: Arc::default(), cluster_id: material.cluster_id.clone(), ca_cert_der: material.ca_cert_der.clone(), _renewing: renewing })
     }
 
     /// Makes this pristine replica the sole voter of a new cluster.
