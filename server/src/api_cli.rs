@@ -484,7 +484,9 @@ pub async fn local_authority(command: LocalAuthorityCommand, socket_path: &Path,
     use proto::spire::api::server::localauthority::v1 as pb;
     let channel = socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
     let mut client = pb::local_authority_client::LocalAuthorityClient::new(channel);
-    let state = |s: Option<pb::AuthorityState>| s.map(|s| serde_json::json!({ "authority_id": s.authority_id, "expires_at": s.expires_at }));
+    let state = |s: Option<pb::AuthorityState>| {
+        s.map(|s| serde_json::json!({ "authority_id": s.authority_id, "expires_at": s.expires_at, "upstream_authority_subject_key_id": s.upstream_authority_subject_key_id }))
+    };
     let e = crate::status_error;
     let value = match command {
         LocalAuthorityCommand::X509 { action } => match action {
@@ -527,7 +529,10 @@ pub async fn local_authority(command: LocalAuthorityCommand, socket_path: &Path,
                 for (name, state) in object {
                     match state {
                         serde_json::Value::Null => println!("{name:<10} -"),
-                        s => println!("{name:<10} {}  expires {}", s["authority_id"].as_str().unwrap_or_default(), s["expires_at"]),
+                        s => {
+                            let upstream = s["upstream_authority_subject_key_id"].as_str().filter(|u| !u.is_empty()).map(|u| format!("  signed by upstream {u}")).unwrap_or_default();
+                            println!("{name:<10} {}  expires {}{upstream}", s["authority_id"].as_str().unwrap_or_default(), s["expires_at"]);
+                        }
                     }
                 }
             }

@@ -35,6 +35,8 @@ pub struct CertificateFacts {
     pub dns_sans: Vec<String>,
     /// The subjectKeyIdentifier extension's value, if present (how SPIRE names authorities).
     pub subject_key_id: Option<Vec<u8>>,
+    /// The issuer's key identifier (authority key identifier extension), if present.
+    pub authority_key_id: Option<Vec<u8>>,
 }
 
 pub(crate) fn parse(der: &[u8]) -> Result<X509Certificate<'_>, ParseError> {
@@ -104,6 +106,10 @@ pub(crate) fn facts_of(cert: &X509Certificate<'_>) -> Result<CertificateFacts, P
         x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
         _ => None,
     });
+    let authority_key_id = cert.extensions().iter().find_map(|e| match e.parsed_extension() {
+        x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => aki.key_identifier.as_ref().map(|id| id.0.to_vec()),
+        _ => None,
+    });
     Ok(CertificateFacts {
         serial: cert.raw_serial().to_vec(),
         not_before: cert.validity().not_before.to_datetime(),
@@ -114,5 +120,6 @@ pub(crate) fn facts_of(cert: &X509Certificate<'_>) -> Result<CertificateFacts, P
         uri_sans,
         dns_sans,
         subject_key_id,
+        authority_key_id,
     })
 }

@@ -14,7 +14,7 @@ pub struct LocalAuthorityService {
 }
 
 fn state_pb(state: AuthorityState) -> pb::AuthorityState {
-    pb::AuthorityState { authority_id: state.authority_id, expires_at: state.expires_at }
+    pb::AuthorityState { authority_id: state.authority_id, expires_at: state.expires_at, upstream_authority_subject_key_id: state.upstream_authority_id }
 }
 
 fn ca_status(e: CaError) -> Status {

@@ -2,7 +2,7 @@
 //! authority now, activate a prepared one, taint an old one (what it signed must be
 //! replaced), revoke a tainted one (it leaves the bundle). The journal enforces the order.
 
-use raft_store::model::{Authority, JournalEvent, SlotEvent, SlotId, SlotPair, SlotStatus};
+use raft_store::model::{Authority, JournalEvent, JwtKeyAuthority, SlotEvent, SlotId, SlotPair, SlotStatus, X509CaAuthority};
 
 use super::manager::{CaError, CaManager, JournalSink};
 use super::rotation::RotationStep;
@@ -28,6 +28,9 @@ pub struct AuthorityState {
     /// X.509: the CA certificate's subject key id (hex); JWT: the key id.
     pub authority_id: String,
     pub expires_at: i64,
+    /// X.509 signed by an upstream authority: the key id (hex) of the upstream certificate
+    /// that signed it, as SPIRE reports it; empty when self-signed, and for JWT.
+    pub upstream_authority_id: String,
 }
 
 /// The active, prepared and old authorities of one kind.
@@ -45,20 +48,34 @@ pub fn x509_authority_id(certificate: &[u8]) -> String {
     hex::encode(bytes)
 }
 
-fn states<T: Authority>(pair: &SlotPair<T>, id: impl Fn(&T) -> String) -> AuthorityStates {
-    let state = |status| pair.with_status(status).map(|s| AuthorityState { authority_id: id(&s.authority), expires_at: s.authority.not_after().unix_timestamp() });
+/// The key id of the upstream certificate that signed `authority` (its authority key
+/// identifier), or empty when it is self-signed.
+fn x509_upstream_id(authority: &X509CaAuthority) -> String {
+    if authority.trust_anchors.contains(&authority.certificate) {
+        return String::new();
+    }
+    identity::x509::certificate_facts(&authority.certificate).ok().and_then(|f| f.authority_key_id).map(hex::encode).unwrap_or_default()
+}
+
+fn x509_state(authority: &X509CaAuthority) -> AuthorityState {
+    AuthorityState { authority_id: x509_authority_id(&authority.certificate), expires_at: authority.not_after.unix_timestamp(), upstream_authority_id: x509_upstream_id(authority) }
+}
+
+fn jwt_state(authority: &JwtKeyAuthority) -> AuthorityState {
+    AuthorityState { authority_id: authority.kid.clone(), expires_at: authority.not_after.unix_timestamp(), upstream_authority_id: String::new() }
+}
+
+fn states<T: Authority>(pair: &SlotPair<T>, state_of: impl Fn(&T) -> AuthorityState) -> AuthorityStates {
+    let state = |status| pair.with_status(status).map(|s| state_of(&s.authority));
     AuthorityStates { active: state(SlotStatus::Active), prepared: state(SlotStatus::Prepared), old: state(SlotStatus::Old) }
 }
 
-fn slot_of<T>(pair: &SlotPair<T>, authority_id: &str, id: impl Fn(&T) -> String) -> Option<SlotId> {
-    pair.iter().find(|s| id(&s.authority) == authority_id).map(|s| s.id)
-}
 
 impl CaManager {
     pub fn authority_states(&self, kind: AuthorityKind) -> AuthorityStates {
         match kind {
-            AuthorityKind::X509 => states(&self.journal().x509, |a| x509_authority_id(&a.certificate)),
-            AuthorityKind::Jwt => states(&self.journal().jwt, |a| a.kid.clone()),
+            AuthorityKind::X509 => states(&self.journal().x509, x509_state),
+            AuthorityKind::Jwt => states(&self.journal().jwt, jwt_state),
         }
     }
 
@@ -84,16 +101,16 @@ impl CaManager {
     /// Activates, taints or revokes the authority named `authority_id`. Returns its state
     /// before the change (a revoked authority has none after).
     pub async fn transition(&mut self, kind: AuthorityKind, authority_id: &str, transition: Transition, sink: &dyn JournalSink) -> Result<AuthorityState, CaError> {
-        let (slot, expires_at) = match kind {
+        let (slot, state) = match kind {
             AuthorityKind::X509 => {
                 let pair = &self.journal().x509;
-                let slot = slot_of(pair, authority_id, |a| x509_authority_id(&a.certificate)).ok_or_else(|| CaError::UnknownAuthority(authority_id.to_owned()))?;
-                (slot, pair.get(slot).map(|s| s.authority.not_after.unix_timestamp()).unwrap_or_default())
+                let slot = pair.iter().find(|s| x509_authority_id(&s.authority.certificate) == authority_id).ok_or_else(|| CaError::UnknownAuthority(authority_id.to_owned()))?;
+                (slot.id, x509_state(&slot.authority))
             }
             AuthorityKind::Jwt => {
                 let pair = &self.journal().jwt;
-                let slot = slot_of(pair, authority_id, |a| a.kid.clone()).ok_or_else(|| CaError::UnknownAuthority(authority_id.to_owned()))?;
-                (slot, pair.get(slot).map(|s| s.authority.not_after.unix_timestamp()).unwrap_or_default())
+                let slot = pair.iter().find(|s| s.authority.kid == authority_id).ok_or_else(|| CaError::UnknownAuthority(authority_id.to_owned()))?;
+                (slot.id, jwt_state(&slot.authority))
             }
         };
         let event = match (kind, transition) {
@@ -105,7 +122,7 @@ impl CaManager {
             (AuthorityKind::Jwt, Transition::Revoke) => JournalEvent::Jwt(SlotEvent::Revoked { slot }),
         };
         self.commit(event, sink).await?;
-        Ok(AuthorityState { authority_id: authority_id.to_owned(), expires_at })
+        Ok(state)
     }
 
     /// Checks the event against the journal first, so a refusal names the rule, then makes

@@ -681,6 +681,7 @@ fn local_authority_prepares_activates_taints_and_revokes_in_order() {
     for kind in ["x509", "jwt"] {
         let (ok, shown, _) = run(&[kind, "show"]);
         assert!(ok && shown["prepared"].is_null() && shown["old"].is_null(), "{shown}");
+        assert_eq!(shown["active"]["upstream_authority_subject_key_id"], "", "no upstream authority signed it: {shown}");
         let first = shown["active"]["authority_id"].as_str().unwrap().to_string();
         let (ok, _, err) = run(&[kind, "taint", "--authority-id", &first]);
         assert!(!ok && err.contains("only an old authority can be tainted"), "{err}");

@@ -10,6 +10,7 @@ use identity::crypto::{KeyType, LocalKey, Signer};
 use identity::x509::{mint_ca, verify_x509_svid, CaTemplate, Issuer, Subject};
 use identity::{SpiffeId, TrustDomain};
 use kms::KeyManagerConfig;
+use server::ca::local_authority::AuthorityKind;
 use server::ca::{CaConfig, CaKeys, CaManager};
 use server::clock::{Clock, ManualClock};
 use server::upstream::disk::{DiskUpstreamAuthority, DiskUpstreamConfig};
@@ -66,6 +67,11 @@ async fn upstream_signed_ca_chains_to_the_upstream_root() {
     let root_der = identity::bundle::parse_pem_certificates(&files.root_pem).unwrap().remove(0);
     assert_eq!(bundle.x509_authorities().len(), 1);
     assert_eq!(bundle.x509_authorities()[0].der, root_der, "the bundle publishes the upstream root");
+    // LocalAuthority reports which upstream key signed the CA (SPIRE's
+    // upstream_authority_subject_key_id): the root's subject key id, as lowercase hex.
+    let root_skid = identity::x509::certificate_facts(&root_der).unwrap().subject_key_id.expect("openssl gives the root a subject key id");
+    let active = ca.authority_states(AuthorityKind::X509).active.expect("an active X.509 authority");
+    assert_eq!(active.upstream_authority_id, hex::encode(root_skid));
 
     let workload = LocalKey::generate(KeyType::EcP256).unwrap();
     let id = SpiffeId::parse("spiffe://example.org/web").unwrap();
