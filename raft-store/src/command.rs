@@ -71,6 +71,14 @@ pub enum Command {
     /// Several commands proposed together (group commit, see `proposer`): applied in order,
     /// each with its own revision and outcome, answered with `Outcome::Batch`.
     Batch(Vec<Command>),
+
+    /// Marks an X.509 authority of the local bundle tainted (an upstream authority an admin
+    /// no longer trusts). NotFound if the bundle lacks it, FailedPrecondition if it is
+    /// tainted already.
+    TaintLocalX509Authority { trust_domain: String, der: Vec<u8> },
+    /// Removes a tainted X.509 authority from the local bundle. NotFound if the bundle lacks
+    /// it, FailedPrecondition if it is not tainted or is the last one.
+    RevokeLocalX509Authority { trust_domain: String, der: Vec<u8> },
 }
 
 /// Why a command (or one item of a batch) was refused. Refusals are answers, not storage

@@ -480,6 +480,42 @@ pub enum AuthorityAction {
     },
 }
 
+#[derive(clap::Subcommand)]
+pub enum UpstreamAuthorityCommand {
+    /// Taints the upstream authority that signed the old X.509 authority: agents replace
+    /// what chains to it.
+    Taint {
+        /// Its subject key id, hex (as `localauthority x509 show` prints it).
+        #[arg(long)]
+        subject_key_id: String,
+    },
+    /// Revokes a tainted upstream authority: it leaves the bundle.
+    Revoke {
+        #[arg(long)]
+        subject_key_id: String,
+    },
+}
+
+pub async fn upstream_authority(command: UpstreamAuthorityCommand, socket_path: &Path, output: Output) -> anyhow::Result<()> {
+    use proto::spire::api::server::localauthority::v1 as pb;
+    let channel = socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+    let mut client = pb::local_authority_client::LocalAuthorityClient::new(channel);
+    let e = crate::status_error;
+    let (verb, key_id) = match command {
+        UpstreamAuthorityCommand::Taint { subject_key_id } => {
+            ("tainted", client.taint_x509_upstream_authority(pb::TaintX509UpstreamAuthorityRequest { subject_key_id }).await.map_err(e)?.into_inner().upstream_authority_subject_key_id)
+        }
+        UpstreamAuthorityCommand::Revoke { subject_key_id } => {
+            ("revoked", client.revoke_x509_upstream_authority(pb::RevokeX509UpstreamAuthorityRequest { subject_key_id }).await.map_err(e)?.into_inner().upstream_authority_subject_key_id)
+        }
+    };
+    match output {
+        Output::Json => println!("{}", serde_json::json!({ verb: key_id })),
+        Output::Pretty => println!("{verb} upstream authority {key_id}"),
+    }
+    Ok(())
+}
+
 pub async fn local_authority(command: LocalAuthorityCommand, socket_path: &Path, output: Output) -> anyhow::Result<()> {
     use proto::spire::api::server::localauthority::v1 as pb;
     let channel = socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;

@@ -60,6 +60,13 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Upstream authorities in the bundle: `upstreamauthority taint|revoke --subject-key-id`.
+    Upstreamauthority {
+        #[command(subcommand)]
+        command: api_cli::UpstreamAuthorityCommand,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Checks that the server is up and part of a cluster with a leader.
     Healthcheck {
         #[command(flatten)]
@@ -214,6 +221,7 @@ fn main() -> ExitCode {
         Command::Cluster { command, common } => client(command, common),
         Command::Healthcheck { common } => block_on(api_cli::healthcheck(&common.socket_path)),
         Command::Localauthority { command, common } => block_on(api_cli::local_authority(command, &common.socket_path, common.output)),
+        Command::Upstreamauthority { command, common } => block_on(api_cli::upstream_authority(command, &common.socket_path, common.output)),
         Command::Agent { command, common } => block_on(api_cli::agent(command, &common.socket_path, common.output)),
         Command::Token { command, common } => block_on(api_cli::token(command, &common.socket_path, common.output)),
         Command::Entry { command, common } => block_on(api_cli::entry(command, &common.socket_path, common.output)),

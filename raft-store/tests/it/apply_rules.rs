@@ -226,6 +226,25 @@ async fn bundle_sequence_numbers_rise_on_every_change() {
     let last = Command::PruneBundle { scope: BundleScope::Local, trust_domain: "example.org".into(), expired_before: 0, expired_x509: vec![vec![2]] };
     assert!(matches!(s.apply_one(last).await, Outcome::Bundle(Err(ApplyError::FailedPrecondition(_)))), "the local bundle keeps an X.509 authority");
 
+    // An upstream authority an admin distrusts: tainted once, then revoked, never the last.
+    let taint = |b: u8| Command::TaintLocalX509Authority { trust_domain: "example.org".into(), der: vec![b] };
+    let revoke = |b: u8| Command::RevokeLocalX509Authority { trust_domain: "example.org".into(), der: vec![b] };
+    assert_eq!(seq(s.apply_one(append(vec![x509(3)], vec![])).await), 4);
+    assert!(matches!(s.apply_one(revoke(3)).await, Outcome::Bundle(Err(ApplyError::FailedPrecondition(_)))), "only a tainted one is revoked");
+    assert!(matches!(s.apply_one(taint(7)).await, Outcome::Bundle(Err(ApplyError::NotFound(_)))));
+    match s.apply_one(taint(3)).await {
+        Outcome::Bundle(Ok(b)) => assert_eq!((b.sequence_number, b.x509_authorities.clone()), (5, vec![x509(2), StoredX509Authority { der: vec![3], tainted: true }])),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(s.apply_one(taint(3)).await, Outcome::Bundle(Err(ApplyError::FailedPrecondition(_)))), "tainted already");
+    assert!(matches!(s.apply_one(append(vec![x509(3)], vec![])).await, Outcome::Bundle(Ok(b)) if b.x509_authorities[1].tainted), "appending it again keeps the taint");
+    match s.apply_one(revoke(3)).await {
+        Outcome::Bundle(Ok(b)) => assert_eq!((b.sequence_number, b.x509_authorities), (6, vec![x509(2)])),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(s.apply_one(taint(2)).await, Outcome::Bundle(Ok(_))));
+    assert!(matches!(s.apply_one(revoke(2)).await, Outcome::Bundle(Err(ApplyError::FailedPrecondition(_)))), "the last one stays");
+
     let federated = StoredBundle { trust_domain: TrustDomain::parse("other.org").unwrap(), x509_authorities: vec![x509(9)], jwt_authorities: vec![], refresh_hint: 300, sequence_number: 77 };
     assert_eq!(seq(s.apply_one(Command::SetBundle { scope: BundleScope::Federated, bundle: federated.clone() }).await), 1, "the stored sequence decides, not the caller's");
     assert_eq!(seq(s.apply_one(Command::SetBundle { scope: BundleScope::Federated, bundle: federated }).await), 2);

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 use super::ApiContext;
 use crate::ca::local_authority::{AuthorityKind, AuthorityState, AuthorityStates, Transition};
 use crate::ca::CaError;
+use raft_store::{ApplyError, Command, Outcome};
 
 pub struct LocalAuthorityService {
     pub context: ApiContext,
@@ -48,6 +49,59 @@ impl LocalAuthorityService {
         let state = self.context.ca.transition(&replica, kind, authority_id(id)?, transition).await.map_err(ca_status)?;
         tracing::info!(?kind, ?transition, authority_id = %id, "local authority changed by an admin");
         Ok(state_pb(state))
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum UpstreamChange {
+    Taint,
+    Revoke,
+}
+
+impl LocalAuthorityService {
+    /// Taints or revokes, in the local bundle, the upstream authority with subject key id
+    /// `key_id` (hex, any case), with SPIRE's rules: only with an upstream authority
+    /// configured, and only the one that signed the old local authority, never the one that
+    /// signed the active one. Returns the normalised key id.
+    async fn change_upstream(&self, key_id: &str, change: UpstreamChange) -> Result<String, Status> {
+        if self.context.ca.upstream.is_none() {
+            return Err(Status::failed_precondition("upstream authority is not configured"));
+        }
+        let key_id = key_id.to_lowercase();
+        if key_id.is_empty() {
+            return Err(Status::invalid_argument("subject_key_id: required"));
+        }
+        let replica = self.context.replica().await?;
+        let ca = self.context.ca.linearizable(&replica).await.map_err(ca_status)?;
+        let states = ca.authority_states(AuthorityKind::X509);
+        if states.active.as_ref().is_some_and(|a| a.upstream_authority_id == key_id) {
+            return Err(Status::invalid_argument("subject_key_id: this upstream authority signed the active local authority"));
+        }
+        if states.old.as_ref().is_none_or(|o| o.upstream_authority_id != key_id) {
+            return Err(Status::invalid_argument("subject_key_id: only the upstream authority that signed the old local authority can be tainted or revoked"));
+        }
+        let bundle = ca.stored_bundle();
+        let der = bundle
+            .x509_authorities
+            .iter()
+            .find(|a| identity::x509::certificate_facts(&a.der).ok().and_then(|f| f.subject_key_id).is_some_and(|id| hex::encode(id) == key_id))
+            .map(|a| a.der.clone())
+            .ok_or_else(|| Status::not_found(format!("subject_key_id: no X.509 authority of the local bundle has subject key id {key_id}")))?;
+        let trust_domain = bundle.trust_domain.name().to_owned();
+        let command = match change {
+            UpstreamChange::Taint => Command::TaintLocalX509Authority { trust_domain, der },
+            UpstreamChange::Revoke => Command::RevokeLocalX509Authority { trust_domain, der },
+        };
+        let written = replica.write(command).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        match written.outcome {
+            Outcome::Bundle(Ok(_)) => {
+                tracing::info!(?change, subject_key_id = %key_id, "upstream authority changed by an admin");
+                Ok(key_id)
+            }
+            Outcome::Bundle(Err(ApplyError::NotFound(m))) => Err(Status::not_found(m)),
+            Outcome::Bundle(Err(refused)) => Err(Status::failed_precondition(refused.to_string())),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
     }
 }
 
@@ -107,7 +161,8 @@ impl LocalAuthority for LocalAuthorityService {
 
     async fn taint_x509_upstream_authority(&self, request: Request<pb::TaintX509UpstreamAuthorityRequest>) -> Result<Response<pb::TaintX509UpstreamAuthorityResponse>, Status> {
         self.context.require_admin(&request).await?;
-        Err(Status::unimplemented("tainting an upstream authority is not supported yet"))
+        let key_id = self.change_upstream(&request.get_ref().subject_key_id, UpstreamChange::Taint).await?;
+        Ok(Response::new(pb::TaintX509UpstreamAuthorityResponse { upstream_authority_subject_key_id: key_id }))
     }
 
     async fn revoke_x509_authority(&self, request: Request<pb::RevokeX509AuthorityRequest>) -> Result<Response<pb::RevokeX509AuthorityResponse>, Status> {
@@ -118,6 +173,7 @@ impl LocalAuthority for LocalAuthorityService {
 
     async fn revoke_x509_upstream_authority(&self, request: Request<pb::RevokeX509UpstreamAuthorityRequest>) -> Result<Response<pb::RevokeX509UpstreamAuthorityResponse>, Status> {
         self.context.require_admin(&request).await?;
-        Err(Status::unimplemented("revoking an upstream authority is not supported yet"))
+        let key_id = self.change_upstream(&request.get_ref().subject_key_id, UpstreamChange::Revoke).await?;
+        Ok(Response::new(pb::RevokeX509UpstreamAuthorityResponse { upstream_authority_subject_key_id: key_id }))
     }
 }

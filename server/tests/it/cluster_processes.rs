@@ -711,6 +711,84 @@ fn local_authority_prepares_activates_taints_and_revokes_in_order() {
     // SVIDs still mint with the new authority.
     let out = server.command(&["x509", "mint", "--spiffe-id", "spiffe://example.org/web"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Upstream authorities need one configured.
+    let out = server.command(&["upstreamauthority", "taint", "--subject-key-id", "ab"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("upstream authority is not configured"), "{out:?}");
+}
+
+/// Writes a new openssl-made root CA (P-256) to `cert` and `key`; returns its subject key
+/// id as lowercase hex and its DER.
+fn openssl_upstream_root(cert: &Path, key: &Path, name: &str) -> (String, Vec<u8>) {
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "30", "-subj", &format!("/O=Upstream/CN={name}")])
+        .args(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let der = pem::parse(std::fs::read(cert).unwrap()).unwrap().into_contents();
+    let skid = identity::x509::certificate_facts(&der).unwrap().subject_key_id.expect("openssl sets a subject key id");
+    (hex::encode(skid), der)
+}
+
+#[test]
+fn an_upstream_authority_that_signed_the_old_ca_is_tainted_then_revoked() {
+    let root = tempfile::tempdir().unwrap();
+    let (cert, key) = (root.path().join("upstream.crt"), root.path().join("upstream.key"));
+    let (first_root, first_der) = openssl_upstream_root(&cert, &key, "first");
+    let plugin = format!(
+        "  UpstreamAuthority \"disk\" {{\n    plugin_data {{\n      cert_file_path = \"{}\"\n      key_file_path = \"{}\"\n    }}\n  }}",
+        cert.display(),
+        key.display()
+    );
+    let server = Server::with_plugins(root.path(), 1, &plugin);
+    server.json(&["init"]);
+    wait_until(Duration::from_secs(20), || server.command(&["bundle", "show"]).status.success(), "the CA to publish a bundle");
+    let run = |server: &Server, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        let out = server.command(&all);
+        (out.status.success(), serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default(), String::from_utf8_lossy(&out.stderr).to_lowercase())
+    };
+    let bundle = |server: &Server| pem::parse_many(server.command(&["bundle", "show"]).stdout).unwrap().into_iter().map(|p| p.into_contents()).collect::<Vec<_>>();
+    let (_, shown, _) = run(&server, &["localauthority", "x509", "show"]);
+    assert_eq!(shown["active"]["upstream_authority_subject_key_id"], first_root.as_str(), "{shown}");
+    let (ok, _, err) = run(&server, &["upstreamauthority", "taint", "--subject-key-id", &first_root]);
+    assert!(!ok && err.contains("signed the active local authority"), "{err}");
+
+    // The upstream moves to a new root (the files are read at every signing); the next CA
+    // is signed by it.
+    let (second_root, _) = openssl_upstream_root(&cert, &key, "second");
+    let (ok, prepared, err) = run(&server, &["localauthority", "x509", "prepare"]);
+    assert!(ok, "{err}");
+    assert_eq!(prepared["prepared"]["upstream_authority_subject_key_id"], second_root.as_str(), "{prepared}");
+    let (ok, _, err) = run(&server, &["upstreamauthority", "taint", "--subject-key-id", &second_root]);
+    assert!(!ok && err.contains("signed the old local authority"), "it signed only the prepared one: {err}");
+    let prepared_id = prepared["prepared"]["authority_id"].as_str().unwrap().to_string();
+    let (ok, _, err) = run(&server, &["localauthority", "x509", "activate", "--authority-id", &prepared_id]);
+    assert!(ok, "{err}");
+    assert!(bundle(&server).contains(&first_der));
+
+    let (ok, _, err) = run(&server, &["upstreamauthority", "taint", "--subject-key-id", &second_root]);
+    assert!(!ok && err.contains("signed the active local authority"), "{err}");
+    let (ok, _, err) = run(&server, &["upstreamauthority", "revoke", "--subject-key-id", &first_root]);
+    assert!(!ok && err.contains("only a tainted"), "{err}");
+    let (ok, tainted, err) = run(&server, &["upstreamauthority", "taint", "--subject-key-id", &first_root.to_uppercase()]);
+    assert!(ok, "{err}");
+    assert_eq!(tainted["tainted"], first_root.as_str(), "the key id comes back normalised");
+    let (ok, _, err) = run(&server, &["upstreamauthority", "taint", "--subject-key-id", &first_root]);
+    assert!(!ok && err.contains("already tainted"), "{err}");
+    let (ok, _, err) = run(&server, &["upstreamauthority", "revoke", "--subject-key-id", &first_root]);
+    assert!(ok, "{err}");
+    assert!(!bundle(&server).contains(&first_der), "a revoked upstream root leaves the bundle");
+    let (ok, _, err) = run(&server, &["upstreamauthority", "revoke", "--subject-key-id", &first_root]);
+    assert!(!ok && err.contains("no x.509 authority of the local bundle"), "{err}");
+    // SVIDs still mint, chaining to the new root.
+    let out = server.command(&["x509", "mint", "--spiffe-id", "spiffe://example.org/web"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

@@ -77,3 +77,43 @@ pub fn delete(txn: &mut Txn<'_>, scope: BundleScope, trust_domain: &str) -> Resu
     txn.record(t, trust_domain, true);
     Ok(Outcome::Deleted(Ok(())))
 }
+
+/// The local bundle of `trust_domain` and the index of the X.509 authority `der` in it.
+fn local_x509(txn: &Txn<'_>, trust_domain: &str, der: &[u8]) -> Result<Result<(StoredBundle, usize), ApplyError>, TxnError> {
+    let Some(bundle) = load(txn, BundleScope::Local, trust_domain)? else {
+        return Ok(Err(ApplyError::NotFound(format!("bundle of {trust_domain:?}"))));
+    };
+    Ok(match bundle.x509_authorities.iter().position(|a| a.der == der) {
+        Some(index) => Ok((bundle, index)),
+        None => Err(ApplyError::NotFound("no X.509 authority of the local bundle has that certificate".into())),
+    })
+}
+
+pub fn taint_x509(txn: &mut Txn<'_>, trust_domain: &str, der: &[u8]) -> Result<Outcome, TxnError> {
+    let (mut bundle, index) = match local_x509(txn, trust_domain, der)? {
+        Ok(found) => found,
+        Err(refused) => return Ok(Outcome::Bundle(Err(refused))),
+    };
+    if bundle.x509_authorities[index].tainted {
+        return Ok(Outcome::Bundle(Err(ApplyError::FailedPrecondition("the X.509 authority is already tainted".into()))));
+    }
+    bundle.x509_authorities[index].tainted = true;
+    bundle.sequence_number += 1;
+    save(txn, BundleScope::Local, &bundle)
+}
+
+pub fn revoke_x509(txn: &mut Txn<'_>, trust_domain: &str, der: &[u8]) -> Result<Outcome, TxnError> {
+    let (mut bundle, index) = match local_x509(txn, trust_domain, der)? {
+        Ok(found) => found,
+        Err(refused) => return Ok(Outcome::Bundle(Err(refused))),
+    };
+    if !bundle.x509_authorities[index].tainted {
+        return Ok(Outcome::Bundle(Err(ApplyError::FailedPrecondition("only a tainted X.509 authority can be revoked".into()))));
+    }
+    if bundle.x509_authorities.len() == 1 {
+        return Ok(Outcome::Bundle(Err(ApplyError::FailedPrecondition("revoking would leave the local bundle without X.509 authorities".into()))));
+    }
+    bundle.x509_authorities.remove(index);
+    bundle.sequence_number += 1;
+    save(txn, BundleScope::Local, &bundle)
+}

@@ -36,6 +36,8 @@ pub fn apply_command(txn: &mut Txn<'_>, command: &Command, revision: u64) -> Res
             bundles::prune(txn, *scope, trust_domain, *expired_before, expired_x509)?
         }
         Command::DeleteBundle { scope, trust_domain } => bundles::delete(txn, *scope, trust_domain)?,
+        Command::TaintLocalX509Authority { trust_domain, der } => bundles::taint_x509(txn, trust_domain, der)?,
+        Command::RevokeLocalX509Authority { trust_domain, der } => bundles::revoke_x509(txn, trust_domain, der)?,
         Command::CaJournal { trust_domain, event } => ca::apply(txn, trust_domain, event)?,
         Command::CreateFederationRelationship(r) => federation::create(txn, r)?,
         Command::PruneChangeLog { before_revision } => prune_change_log(txn, *before_revision)?,
