@@ -510,15 +510,33 @@ fn pem_of(label: &str, der: &[u8]) -> String {
     pem::encode(&pem::Pem::new(label, der.to_vec()))
 }
 
+/// Every agent-facing call, and the admin calls around them, through the leader and then
+/// through a follower of a 3-replica cluster.
 #[test]
 fn agents_attest_with_join_tokens_renew_and_mint_only_their_entries() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let root = tempfile::tempdir().unwrap();
+    let servers: Vec<Server> = (1..=3).map(|id| Server::new(root.path(), id)).collect();
+    servers[0].json(&["init"]);
+    for server in &servers[1..] {
+        let token = servers[0].invite("600");
+        server.json(&["join", "--token", &token]);
+    }
+    let leader_id = leader(&servers[0].status()).expect("a leader");
+    let follower_id = (1..=3).find(|id| *id != leader_id).unwrap();
+    for (round, id) in [leader_id, follower_id].into_iter().enumerate() {
+        let server = &servers[usize::try_from(id).unwrap() - 1];
+        agent_calls(server, round);
+    }
+}
+
+/// An agent's life through `server`: attestation (a replayed and an expired token refused),
+/// minting only its own entries, authorized entries and paged sync, JWT-SVIDs, renewal with
+/// serial promotion, ban and eviction. `round` keeps its entries apart from other rounds'.
+fn agent_calls(server: &Server, round: usize) {
     use identity::crypto::{KeyType, LocalKey};
     use proto::spire::api::server::agent::v1 as agent_pb;
     use proto::spire::api::server::svid::v1 as svid_pb;
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let root = tempfile::tempdir().unwrap();
-    let server = Server::new(root.path(), 1);
-    server.json(&["init"]);
     wait_until(Duration::from_secs(20), || server.command(&["bundle", "show"]).status.success(), "the CA to publish a bundle");
     let mut bundle = identity::bundle::Bundle::new(identity::TrustDomain::parse("example.org").unwrap());
     for cert in pem::parse_many(server.command(&["bundle", "show"]).stdout).unwrap() {
@@ -566,7 +584,7 @@ fn agents_attest_with_join_tokens_renew_and_mint_only_their_entries() {
             serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["entries"][0]["id"].as_str().unwrap().to_string()
         };
         let mine = create("spiffe://example.org/web", &agent_id);
-        let theirs = create("spiffe://example.org/db", "spiffe://example.org/spire/agent/join_token/someone-else");
+        let theirs = create("spiffe://example.org/db", &format!("spiffe://example.org/spire/agent/join_token/someone-else-{round}"));
 
         let agent_identity = |svid: &proto::spire::api::types::X509svid| {
             (svid.cert_chain.iter().map(|c| pem_of("CERTIFICATE", c)).collect::<String>(), pem_of("PRIVATE KEY", &agent_key.to_pkcs8_der().unwrap()))
