@@ -516,18 +516,24 @@ fn pem_of(label: &str, der: &[u8]) -> String {
 fn agents_attest_with_join_tokens_renew_and_mint_only_their_entries() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let root = tempfile::tempdir().unwrap();
-    let servers: Vec<Server> = (1..=3).map(|id| Server::new(root.path(), id)).collect();
+    let (servers, leader_then_follower) = three_replicas(root.path());
+    for (round, index) in leader_then_follower.into_iter().enumerate() {
+        agent_calls(&servers[index], round);
+    }
+}
+
+/// Three replicas formed into a cluster, and the indexes of the leader and of a follower.
+fn three_replicas(root: &Path) -> (Vec<Server>, [usize; 2]) {
+    let servers: Vec<Server> = (1..=3).map(|id| Server::new(root, id)).collect();
     servers[0].json(&["init"]);
     for server in &servers[1..] {
         let token = servers[0].invite("600");
         server.json(&["join", "--token", &token]);
     }
     let leader_id = leader(&servers[0].status()).expect("a leader");
-    let follower_id = (1..=3).find(|id| *id != leader_id).unwrap();
-    for (round, id) in [leader_id, follower_id].into_iter().enumerate() {
-        let server = &servers[usize::try_from(id).unwrap() - 1];
-        agent_calls(server, round);
-    }
+    let follower_id = (1..=3).find(|id| *id != leader_id).expect("a follower");
+    let index = |id: u64| usize::try_from(id).expect("a small id") - 1;
+    (servers, [index(leader_id), index(follower_id)])
 }
 
 /// An agent's life through `server`: attestation (a replayed and an expired token refused),
@@ -548,7 +554,7 @@ fn agent_calls(server: &Server, round: usize) {
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let anonymous = api_channel(&server, &bundle, None).await;
+        let anonymous = api_channel(server, &bundle, None).await;
         let agent_key = LocalKey::generate(KeyType::EcP256).unwrap();
         let csr = identity::x509::create_csr(&agent_key, None).unwrap();
         let attest = |token: String| {
@@ -589,7 +595,7 @@ fn agent_calls(server: &Server, round: usize) {
         let agent_identity = |svid: &proto::spire::api::types::X509svid| {
             (svid.cert_chain.iter().map(|c| pem_of("CERTIFICATE", c)).collect::<String>(), pem_of("PRIVATE KEY", &agent_key.to_pkcs8_der().unwrap()))
         };
-        let as_agent = api_channel(&server, &bundle, Some(agent_identity(&svid))).await;
+        let as_agent = api_channel(server, &bundle, Some(agent_identity(&svid))).await;
         let workload = LocalKey::generate(KeyType::EcP256).unwrap();
         let workload_csr = identity::x509::create_csr(&workload, None).unwrap();
         let request = svid_pb::BatchNewX509svidRequest {
@@ -665,7 +671,7 @@ fn agent_calls(server: &Server, round: usize) {
             .into_inner()
             .svid
             .unwrap();
-        let as_renewed = api_channel(&server, &bundle, Some(agent_identity(&renewed))).await;
+        let as_renewed = api_channel(server, &bundle, Some(agent_identity(&renewed))).await;
         svid_pb::svid_client::SvidClient::new(as_renewed.clone()).batch_new_x509svid(request.clone()).await.unwrap();
         let err = svid_pb::svid_client::SvidClient::new(as_agent).batch_new_x509svid(request.clone()).await.unwrap_err();
         assert!(err.code() == tonic::Code::PermissionDenied && err.message().contains("no longer active"), "{err:?}");
@@ -685,8 +691,15 @@ fn agent_calls(server: &Server, round: usize) {
 #[test]
 fn local_authority_prepares_activates_taints_and_revokes_in_order() {
     let root = tempfile::tempdir().unwrap();
-    let server = Server::new(root.path(), 1);
-    server.json(&["init"]);
+    let (servers, leader_then_follower) = three_replicas(root.path());
+    for index in leader_then_follower {
+        local_authority_calls(&servers[index]);
+    }
+}
+
+/// One turn of X.509 and JWT authorities through `server`: show, prepare, activate, taint,
+/// revoke, each refused out of order; then SVIDs still mint.
+fn local_authority_calls(server: &Server) {
     wait_until(Duration::from_secs(20), || server.command(&["bundle", "show"]).status.success(), "the CA to publish a bundle");
     let run = |args: &[&str]| {
         let mut all = vec!["localauthority"];
@@ -886,8 +899,14 @@ fn federated_bundles_are_set_listed_and_deleted() {
     let pki_dir = root.path().join("pki");
     std::fs::create_dir_all(&pki_dir).unwrap();
     crate::x509pop::pki(&pki_dir, "partner-ca", "partner-node", "digitalSignature");
-    let server = Server::new(root.path(), 1);
-    server.json(&["init"]);
+    let (servers, leader_then_follower) = three_replicas(root.path());
+    for index in leader_then_follower {
+        bundle_calls(&servers[index], root.path(), &pki_dir);
+    }
+}
+
+/// Federated bundles set, listed and deleted, and AppendBundle, through `server`.
+fn bundle_calls(server: &Server, root: &Path, pki_dir: &Path) {
     wait_until(Duration::from_secs(20), || server.command(&["bundle", "show"]).status.success(), "the CA to publish a bundle");
     let ca_pem = pki_dir.join("partner-ca.pem");
     let set = |id: &str, path: &Path| server.command(&["bundle", "set", "--id", id, "--path", path.to_str().unwrap()]);
@@ -900,27 +919,32 @@ fn federated_bundles_are_set_listed_and_deleted() {
     assert_eq!(listed["bundles"][0]["sequence_number"], 2, "{listed}");
     let out = set("example.org", &ca_pem);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not federated"), "{}", String::from_utf8_lossy(&out.stderr));
-    std::fs::write(root.path().join("junk.pem"), "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
-    assert!(!set("other.org", &root.path().join("junk.pem")).status.success());
+    std::fs::write(root.join("junk.pem"), "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+    assert!(!set("other.org", &root.join("junk.pem")).status.success());
     let out = server.command(&["bundle", "delete", "--id", "partner.org"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = server.command(&["bundle", "delete", "--id", "partner.org"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).to_lowercase().contains("not found"));
 
     // AppendBundle adds an authority to the local bundle (admin only).
-    let before = pem::parse_many(server.command(&["bundle", "show"]).stdout).unwrap().len();
+    let shown = || pem::parse_many(server.command(&["bundle", "show"]).stdout).unwrap().into_iter().map(|p| p.into_contents()).collect::<Vec<Vec<u8>>>();
+    let partner_der = crate::x509pop::der(pki_dir, "partner-ca.pem");
+    let before = shown();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         use proto::spire::api::server::bundle::v1::{bundle_client::BundleClient, AppendBundleRequest};
         let admin = server::admin::socket::connect(&server.socket()).await.unwrap();
-        let der = crate::x509pop::der(&pki_dir, "partner-ca.pem");
+        let der = crate::x509pop::der(pki_dir, "partner-ca.pem");
         let request = AppendBundleRequest { x509_authorities: vec![proto::spire::api::types::X509Certificate { asn1: der, tainted: false }], ..Default::default() };
         BundleClient::new(admin.clone()).append_bundle(request).await.unwrap();
         let bad = AppendBundleRequest { x509_authorities: vec![proto::spire::api::types::X509Certificate { asn1: b"junk".to_vec(), tainted: false }], ..Default::default() };
         let err = BundleClient::new(admin).append_bundle(bad).await.unwrap_err();
         assert!(err.code() == tonic::Code::InvalidArgument && err.message().starts_with("x509_authorities[0]"), "{err:?}");
     });
-    assert_eq!(pem::parse_many(server.command(&["bundle", "show"]).stdout).unwrap().len(), before + 1);
+    let after = shown();
+    assert!(after.contains(&partner_der), "the appended authority is in the bundle");
+    // The second round appends what the first one did: nothing changes then.
+    assert_eq!(after.len(), before.len() + usize::from(!before.contains(&partner_der)));
 }
 
 #[test]
