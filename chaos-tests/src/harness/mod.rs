@@ -10,15 +10,38 @@ pub mod pki;
 mod server;
 
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use agent::AgentProcess;
 pub use server::{ReplicaOptions, ServerProcess};
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, for a process the test starts to bind later.
+/// Taken below the kernel's ephemeral range: a port the kernel handed out (bind to port 0)
+/// can be taken by an outgoing connection's local end before the process binds it, which
+/// made a drill's replica fail with "Address already in use". Never the same port twice in
+/// one test process; processes start at different points (by pid).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next().and_then(|low| low.parse::<u32>().ok()))
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(LOWEST);
+    if span < 5_000 {
+        return TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port");
+    }
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < span, "no free port left below {ephemeral_low}");
+        let port = u16::try_from(LOWEST + (start + n) % span).expect("below 65536");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// The path of a workspace binary: beside the running program (a binary such as

@@ -2,18 +2,14 @@
 //! init, invites (one use, expiry), joins, leader transfer, kill -9 of the leader and
 //! restart from disk, and removal.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use chaos_tests::harness::{http_get, wait_until};
+use chaos_tests::harness::{free_port, http_get, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_testudo-server");
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
 
 /// One replica process and its files; killed on drop, even when a test panics.
 struct Server {
@@ -591,6 +587,7 @@ fn agent_calls(server: &Server, round: usize) {
         };
         let mine = create("spiffe://example.org/web", &agent_id);
         let theirs = create("spiffe://example.org/db", &format!("spiffe://example.org/spire/agent/join_token/someone-else-{round}"));
+        let theirs_id = theirs.clone();
 
         let agent_identity = |svid: &proto::spire::api::types::X509svid| {
             (svid.cert_chain.iter().map(|c| pem_of("CERTIFICATE", c)).collect::<String>(), pem_of("PRIVATE KEY", &agent_key.to_pkcs8_der().unwrap()))
@@ -675,6 +672,30 @@ fn agent_calls(server: &Server, round: usize) {
         svid_pb::svid_client::SvidClient::new(as_renewed.clone()).batch_new_x509svid(request.clone()).await.unwrap();
         let err = svid_pb::svid_client::SvidClient::new(as_agent).batch_new_x509svid(request.clone()).await.unwrap_err();
         assert!(err.code() == tonic::Code::PermissionDenied && err.message().contains("no longer active"), "{err:?}");
+
+        // Admin calls about it through the same replica: agent show/list/count, entries
+        // listed by parent (501: paged), an entry updated, Debug GetInfo.
+        let json = |args: &[&str]| {
+            let out = server.command(&[args, &["--output", "json"]].concat());
+            assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        };
+        assert_eq!(json(&["agent", "show", "--spiffe-id", &agent_id])["agents"][0]["id"], agent_id.as_str());
+        let listed = json(&["agent", "list"]);
+        assert!(listed["agents"].as_array().unwrap().iter().any(|a| a["id"] == agent_id.as_str()), "{listed}");
+        assert!(json(&["agent", "count"])["count"].as_i64().unwrap() >= 1);
+        assert_eq!(json(&["entry", "show", "--parent-id", &agent_id])["entries"].as_array().unwrap().len(), 501);
+        let theirs_parent = format!("spiffe://example.org/spire/agent/join_token/someone-else-{round}");
+        let updated = json(&["entry", "update", "--entry-id", &theirs_id, "--spiffe-id", "spiffe://example.org/db2", "--parent-id", &theirs_parent, "--selector", "unix:uid:1001"]);
+        assert_eq!(updated["entries"][0]["spiffe_id"], "spiffe://example.org/db2", "{updated}");
+        assert_eq!(json(&["entry", "show", "--entry-id", &theirs_id])["entries"][0]["selectors"][0], "unix:uid:1001");
+        let admin = server::admin::socket::connect(&server.socket()).await.unwrap();
+        let info = proto::spire::api::server::debug::v1::debug_client::DebugClient::new(admin)
+            .get_info(proto::spire::api::server::debug::v1::GetInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(info.agents_count >= 1 && info.entries_count >= 502, "{info:?}");
 
         // A banned agent is refused; an evicted one too.
         let out = server.command(&["agent", "ban", "--spiffe-id", &agent_id]);
