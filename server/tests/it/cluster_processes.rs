@@ -689,13 +689,17 @@ fn agent_calls(server: &Server, round: usize) {
         let updated = json(&["entry", "update", "--entry-id", &theirs_id, "--spiffe-id", "spiffe://example.org/db2", "--parent-id", &theirs_parent, "--selector", "unix:uid:1001"]);
         assert_eq!(updated["entries"][0]["spiffe_id"], "spiffe://example.org/db2", "{updated}");
         assert_eq!(json(&["entry", "show", "--entry-id", &theirs_id])["entries"][0]["selectors"][0], "unix:uid:1001");
+        let out = server.command(&["entry", "delete", "--entry-id", &theirs_id]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = server.command(&["entry", "show", "--entry-id", &theirs_id]);
+        assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).to_lowercase().contains("not found"));
         let admin = server::admin::socket::connect(&server.socket()).await.unwrap();
         let info = proto::spire::api::server::debug::v1::debug_client::DebugClient::new(admin)
             .get_info(proto::spire::api::server::debug::v1::GetInfoRequest {})
             .await
             .unwrap()
             .into_inner();
-        assert!(info.agents_count >= 1 && info.entries_count >= 502, "{info:?}");
+        assert!(info.agents_count >= 1 && info.entries_count >= 501, "{info:?}");
 
         // A banned agent is refused; an evicted one too.
         let out = server.command(&["agent", "ban", "--spiffe-id", &agent_id]);
@@ -938,6 +942,17 @@ fn bundle_calls(server: &Server, root: &Path, pki_dir: &Path) {
     assert_eq!(listed["bundles"][0]["trust_domain"], "partner.org");
     assert_eq!(listed["bundles"][0]["x509_authorities"], 1);
     assert_eq!(listed["bundles"][0]["sequence_number"], 2, "{listed}");
+    // CountBundles and GetFederatedBundle over the admin socket.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        use proto::spire::api::server::bundle::v1::{bundle_client::BundleClient, CountBundlesRequest, GetFederatedBundleRequest};
+        let mut client = BundleClient::new(server::admin::socket::connect(&server.socket()).await.unwrap());
+        assert_eq!(client.count_bundles(CountBundlesRequest {}).await.unwrap().into_inner().count, 2, "the local bundle and partner.org");
+        let partner = client.get_federated_bundle(GetFederatedBundleRequest { trust_domain: "partner.org".into(), output_mask: None }).await.unwrap().into_inner();
+        assert_eq!((partner.trust_domain.as_str(), partner.x509_authorities.len()), ("partner.org", 1));
+        let err = client.get_federated_bundle(GetFederatedBundleRequest { trust_domain: "nobody.org".into(), output_mask: None }).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    });
     let out = set("example.org", &ca_pem);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not federated"), "{}", String::from_utf8_lossy(&out.stderr));
     std::fs::write(root.join("junk.pem"), "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
