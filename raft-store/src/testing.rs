@@ -79,14 +79,19 @@ pub struct TestCluster {
     pub replicas: BTreeMap<NodeId, Replica>,
     /// Where each replica listened, so a restart keeps its address in the membership.
     addresses: BTreeMap<NodeId, std::net::SocketAddr>,
-    snapshot_every: u64,
+    timing: Timing,
 }
 
 impl TestCluster {
     /// Starts `n` replicas: the first initialises, the others join as learners and are
     /// promoted to voters.
     pub async fn start(n: u64, snapshot_every: u64) -> Self {
-        let mut cluster = Self { dir: tempfile::tempdir().unwrap(), ca: TestCa::new(), replicas: BTreeMap::new(), addresses: BTreeMap::new(), snapshot_every };
+        Self::start_with(n, fast_timing(snapshot_every)).await
+    }
+
+    /// Like `start`, with the given Raft timing.
+    pub async fn start_with(n: u64, timing: Timing) -> Self {
+        let mut cluster = Self { dir: tempfile::tempdir().unwrap(), ca: TestCa::new(), replicas: BTreeMap::new(), addresses: BTreeMap::new(), timing };
         cluster.start_replica(1).await;
         cluster.replicas[&1].initialize().await.unwrap();
         cluster.wait_for_leader().await;
@@ -104,7 +109,7 @@ impl TestCluster {
             listen: self.addresses.get(&id).copied().unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()),
             api_address: format!("api-of-{id}"),
             tls: self.ca.tls(REPLICA_ID),
-            timing: fast_timing(self.snapshot_every),
+            timing: self.timing.clone(),
             join: None,
             advertise_address: None,
             source_address: None,

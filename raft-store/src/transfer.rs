@@ -24,6 +24,9 @@ pub(crate) struct LeaderTransfer {
 
 const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 const ELECTION_WAIT: Duration = Duration::from_secs(5);
+/// How long a replica waits for the leader to answer a forwarded transfer: both waits, the
+/// leader lease (a few seconds at most) and some margin.
+pub(crate) const TRANSFER_CALL_LIMIT: Duration = Duration::from_secs(20);
 
 impl LeaderTransfer {
     async fn admin(&self, to: NodeId, request: AdminRequest) -> Result<(), ForwardError> {

@@ -20,6 +20,7 @@ use super::faults::Faults;
 use super::server::MAX_MESSAGE_BYTES;
 use super::tls::{client_endpoint, ClusterTls};
 use super::wire::{AdminRequest, ForwardError};
+use crate::transfer::TRANSFER_CALL_LIMIT;
 use crate::codec;
 use crate::command::{Command, Response};
 use crate::membership::AddProgress;
@@ -115,13 +116,14 @@ impl ClusterClient {
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
 
-    /// One unary call: encode, send, decode.
+    /// One unary call: encode, send, decode; given up (as lost) after `deadline`.
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         target: Option<NodeId>,
         address: &str,
         method: Method,
         request: &Req,
+        deadline: Duration,
     ) -> Result<Resp, CallError> {
         if self.faults.is_blocked(target) {
             return Err(CallError::Cut(target.unwrap_or_default()));
@@ -129,13 +131,18 @@ impl ClusterClient {
         let data = codec::encode("request", request).map_err(|e| CallError::Decode { address: address.to_owned(), reason: e.to_string() })?;
         let mut client = self.grpc(address)?;
         let payload = Payload { data };
-        let result = match method {
-            Method::AppendEntries => client.append_entries(payload).await,
-            Method::Vote => client.vote(payload).await,
-            Method::InstallSnapshot => client.install_snapshot(payload).await,
-            Method::Write => client.write(payload).await,
-            Method::ReadIndex => client.read_index(payload).await,
-            Method::Admin => client.admin(payload).await,
+        let sent = async {
+            match method {
+                Method::AppendEntries => client.append_entries(payload).await,
+                Method::Vote => client.vote(payload).await,
+                Method::InstallSnapshot => client.install_snapshot(payload).await,
+                Method::Write => client.write(payload).await,
+                Method::ReadIndex => client.read_index(payload).await,
+                Method::Admin => client.admin(payload).await,
+            }
+        };
+        let Ok(result) = tokio::time::timeout(deadline, sent).await else {
+            return Err(CallError::Lost { address: address.to_owned(), reason: format!("no answer within {deadline:?}") });
         };
         let response = result.map_err(|status| match status.code() {
             // Only a failed connect proves the request never left.
@@ -150,17 +157,22 @@ impl ClusterClient {
 
     /// Sends a write to the replica at `address` (the leader, as far as we know).
     pub async fn forward_write(&self, target: NodeId, address: &str, command: &Command) -> Result<Result<Response, ForwardError>, CallError> {
-        self.call(Some(target), address, Method::Write, command).await
+        self.call(Some(target), address, Method::Write, command, self.timeout).await
     }
 
-    /// Sends an administrative request to the replica at `address`.
+    /// Sends an administrative request to the replica at `address`. A leader transfer is
+    /// answered when it is over, which takes longer than one RPC: it gets its own limit.
     pub async fn admin(&self, target: NodeId, address: &str, request: &AdminRequest) -> Result<Result<Option<AddProgress>, ForwardError>, CallError> {
-        self.call(Some(target), address, Method::Admin, request).await
+        let deadline = match request {
+            AdminRequest::TransferLeadership { .. } => TRANSFER_CALL_LIMIT,
+            _ => self.timeout,
+        };
+        self.call(Some(target), address, Method::Admin, request, deadline).await
     }
 
     /// Asks the replica at `address` for a read index.
     pub async fn read_index(&self, target: NodeId, address: &str) -> Result<Result<Option<LogId>, ForwardError>, CallError> {
-        self.call(Some(target), address, Method::ReadIndex, &()).await
+        self.call(Some(target), address, Method::ReadIndex, &(), self.timeout).await
     }
 }
 
@@ -213,7 +225,7 @@ impl PeerNetwork {
         entries: u64,
     ) -> Result<Resp, RPCError<NodeId, ReplicaNode, RaftError<NodeId, E>>> {
         let ttl = option.hard_ttl();
-        let call = self.client.call::<Req, Result<Resp, RaftError<NodeId, E>>>(Some(self.target), &self.node.raft_address, method, request);
+        let call = self.client.call::<Req, Result<Resp, RaftError<NodeId, E>>>(Some(self.target), &self.node.raft_address, method, request, self.client.timeout);
         let answer = match tokio::time::timeout(ttl, call).await {
             Err(_) => return Err(RPCError::Timeout(Timeout { action, id: self.id, target: self.target, timeout: ttl })),
             Ok(answer) => answer,

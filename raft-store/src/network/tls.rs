@@ -96,7 +96,9 @@ pub fn joiner_endpoint(replica_id: SpiffeId, ca_sha256: [u8; 32], address: &str,
         .map_err(|e| TlsError::Config(e.to_string()))
 }
 
-/// The client side, for tonic: our identity as PEM, and the peer verifier.
+/// The client side, for tonic: our identity as PEM, and the peer verifier. `timeout`
+/// limits connecting; each call sets its own limit (`ClusterClient`), since a forwarded
+/// leader transfer takes longer than an append.
 pub fn client_endpoint(tls: &ClusterTls, address: &str, timeout: std::time::Duration) -> Result<tonic::transport::Endpoint, TlsError> {
     let chain_pem: String = tls.chain.iter().map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.clone()))).collect();
     let key_pem = Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", tls.key_pkcs8.to_vec())));
@@ -105,7 +107,6 @@ pub fn client_endpoint(tls: &ClusterTls, address: &str, timeout: std::time::Dura
     tonic::transport::Endpoint::from_shared(format!("https://{address}"))
         .map_err(|e| TlsError::Config(format!("replica address {address:?}: {e}")))?
         .connect_timeout(timeout)
-        .timeout(timeout)
         .tls_config_with_verifier(config, Arc::new(SvidVerifier::for_id(tls.bundle.clone(), tls.replica_id.clone())))
         .map_err(|e| TlsError::Config(e.to_string()))
 }

@@ -344,3 +344,16 @@ async fn a_replica_renews_its_certificate_while_running() {
     assert_everywhere(&cluster, &["after-renewal", "to-renewed"].map(String::from).into()).await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_asked_of_a_follower_outlasts_the_rpc_timeout() {
+    // The leader's part of a transfer waits out its lease (600 ms here), longer than one
+    // cluster RPC may take (300 ms): the follower's forwarded request must wait for it.
+    let timing = raft_store::node::Timing { rpc_timeout: Duration::from_millis(300), ..crate::cluster_support::fast_timing(10_000) };
+    let cluster = TestCluster::start_with(3, timing).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.follower(leader);
+    cluster.replicas[&follower].transfer_leadership(follower).await.unwrap();
+    assert_eq!(cluster.wait_for_leader().await, follower);
+    cluster.shutdown().await;
+}

@@ -1017,8 +1017,7 @@ fn federated_bundle_updates_honour_the_input_mask() {
     use proto::spire::api::server::bundle::v1 as bundle_pb;
     use proto::spire::api::types;
     let root = tempfile::tempdir().unwrap();
-    let server = Server::new(root.path(), 1);
-    server.json(&["init"]);
+    let (servers, leader_then_follower) = three_replicas(root.path());
     let pki_dir = root.path().join("pki");
     std::fs::create_dir_all(&pki_dir).unwrap();
     chaos_tests::harness::pki::ca_and_leaf(&pki_dir, "partner-ca", "partner-leaf", "digitalSignature");
@@ -1027,44 +1026,49 @@ fn federated_bundle_updates_honour_the_input_mask() {
     let (first_ca, second_ca) = (ca("partner-ca.pem"), ca("partner-ca2.pem"));
     let jwt_key = LocalKey::generate(KeyType::EcP256).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let mut client = bundle_pb::bundle_client::BundleClient::new(server::admin::socket::connect(&server.socket()).await.unwrap());
-        let jwt = types::JwtKey { public_key: jwt_key.public_key().spki_der().to_vec(), key_id: "partner-kid".into(), expires_at: 0, tainted: false };
-        let bundle = |x509: &[u8], refresh_hint: i64, jwt: Vec<types::JwtKey>| types::Bundle {
-            trust_domain: "partner.org".into(),
-            x509_authorities: vec![types::X509Certificate { asn1: x509.to_vec(), tainted: false }],
-            jwt_authorities: jwt,
-            refresh_hint,
-            sequence_number: 0,
-        };
-        let created = client.batch_create_federated_bundle(bundle_pb::BatchCreateFederatedBundleRequest { bundle: vec![bundle(&first_ca, 60, vec![jwt.clone()])], output_mask: None }).await.unwrap().into_inner();
-        assert_eq!(created.results[0].status.as_ref().unwrap().code, 0, "{created:?}");
+    // Through the leader, then through a follower, each with a trust domain of its own.
+    for (round, index) in leader_then_follower.into_iter().enumerate() {
+        let server = &servers[index];
+        let partner = format!("partner{round}.org");
+        runtime.block_on(async {
+            let mut client = bundle_pb::bundle_client::BundleClient::new(server::admin::socket::connect(&server.socket()).await.unwrap());
+            let jwt = types::JwtKey { public_key: jwt_key.public_key().spki_der().to_vec(), key_id: "partner-kid".into(), expires_at: 0, tainted: false };
+            let bundle = |x509: &[u8], refresh_hint: i64, jwt: Vec<types::JwtKey>| types::Bundle {
+                trust_domain: partner.clone(),
+                x509_authorities: vec![types::X509Certificate { asn1: x509.to_vec(), tainted: false }],
+                jwt_authorities: jwt,
+                refresh_hint,
+                sequence_number: 0,
+            };
+            let created = client.batch_create_federated_bundle(bundle_pb::BatchCreateFederatedBundleRequest { bundle: vec![bundle(&first_ca, 60, vec![jwt.clone()])], output_mask: None }).await.unwrap().into_inner();
+            assert_eq!(created.results[0].status.as_ref().unwrap().code, 0, "{created:?}");
 
-        // Only the refresh hint: the authorities stay.
-        let only_hint = types::BundleMask { refresh_hint: true, ..Default::default() };
-        let update = bundle_pb::BatchUpdateFederatedBundleRequest { bundle: vec![bundle(&second_ca, 300, vec![])], input_mask: Some(only_hint), output_mask: None };
-        let updated = client.batch_update_federated_bundle(update).await.unwrap().into_inner().results.remove(0).bundle.unwrap();
-        assert_eq!(updated.refresh_hint, 300);
-        assert_eq!(updated.x509_authorities[0].asn1, first_ca);
-        assert_eq!(updated.jwt_authorities.len(), 1);
+            // Only the refresh hint: the authorities stay.
+            let only_hint = types::BundleMask { refresh_hint: true, ..Default::default() };
+            let update = bundle_pb::BatchUpdateFederatedBundleRequest { bundle: vec![bundle(&second_ca, 300, vec![])], input_mask: Some(only_hint), output_mask: None };
+            let updated = client.batch_update_federated_bundle(update).await.unwrap().into_inner().results.remove(0).bundle.unwrap();
+            assert_eq!(updated.refresh_hint, 300);
+            assert_eq!(updated.x509_authorities[0].asn1, first_ca);
+            assert_eq!(updated.jwt_authorities.len(), 1);
 
-        // Only the X.509 authorities: the JWT key stays.
-        let only_x509 = types::BundleMask { x509_authorities: true, ..Default::default() };
-        let update = bundle_pb::BatchUpdateFederatedBundleRequest { bundle: vec![bundle(&second_ca, 5, vec![])], input_mask: Some(only_x509), output_mask: None };
-        let updated = client.batch_update_federated_bundle(update).await.unwrap().into_inner().results.remove(0).bundle.unwrap();
-        assert_eq!(updated.x509_authorities[0].asn1, second_ca);
-        assert_eq!((updated.refresh_hint, updated.jwt_authorities.len()), (300, 1));
+            // Only the X.509 authorities: the JWT key stays.
+            let only_x509 = types::BundleMask { x509_authorities: true, ..Default::default() };
+            let update = bundle_pb::BatchUpdateFederatedBundleRequest { bundle: vec![bundle(&second_ca, 5, vec![])], input_mask: Some(only_x509), output_mask: None };
+            let updated = client.batch_update_federated_bundle(update).await.unwrap().into_inner().results.remove(0).bundle.unwrap();
+            assert_eq!(updated.x509_authorities[0].asn1, second_ca);
+            assert_eq!((updated.refresh_hint, updated.jwt_authorities.len()), (300, 1));
 
-        // No mask: the whole bundle is replaced. An unknown trust domain is NotFound.
-        let update = bundle_pb::BatchUpdateFederatedBundleRequest { bundle: vec![bundle(&first_ca, 7, vec![])], input_mask: None, output_mask: None };
-        let updated = client.batch_update_federated_bundle(update).await.unwrap().into_inner().results.remove(0).bundle.unwrap();
-        assert_eq!((updated.refresh_hint, updated.jwt_authorities.len()), (7, 0));
-        let mut unknown = bundle(&first_ca, 7, vec![]);
-        unknown.trust_domain = "nobody.org".into();
-        let update = bundle_pb::BatchUpdateFederatedBundleRequest { bundle: vec![unknown], input_mask: Some(only_x509), output_mask: None };
-        let result = client.batch_update_federated_bundle(update).await.unwrap().into_inner().results.remove(0);
-        assert_eq!(result.status.unwrap().code, tonic::Code::NotFound as i32);
-        let stored = client.get_federated_bundle(bundle_pb::GetFederatedBundleRequest { trust_domain: "partner.org".into(), output_mask: None }).await.unwrap().into_inner();
-        assert_eq!(stored.x509_authorities[0].asn1, first_ca);
-    });
+            // No mask: the whole bundle is replaced. An unknown trust domain is NotFound.
+            let update = bundle_pb::BatchUpdateFederatedBundleRequest { bundle: vec![bundle(&first_ca, 7, vec![])], input_mask: None, output_mask: None };
+            let updated = client.batch_update_federated_bundle(update).await.unwrap().into_inner().results.remove(0).bundle.unwrap();
+            assert_eq!((updated.refresh_hint, updated.jwt_authorities.len()), (7, 0));
+            let mut unknown = bundle(&first_ca, 7, vec![]);
+            unknown.trust_domain = "nobody.org".into();
+            let update = bundle_pb::BatchUpdateFederatedBundleRequest { bundle: vec![unknown], input_mask: Some(only_x509), output_mask: None };
+            let result = client.batch_update_federated_bundle(update).await.unwrap().into_inner().results.remove(0);
+            assert_eq!(result.status.unwrap().code, tonic::Code::NotFound as i32);
+            let stored = client.get_federated_bundle(bundle_pb::GetFederatedBundleRequest { trust_domain: partner.clone(), output_mask: None }).await.unwrap().into_inner();
+            assert_eq!(stored.x509_authorities[0].asn1, first_ca);
+        });
+    }
 }
