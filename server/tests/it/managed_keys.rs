@@ -158,6 +158,10 @@ fn three_replicas_sign_through_one_hsm_token() {
         pin.display()
     );
     let servers = ServerProcess::cluster_with(root.path(), 3, "", &plugins, &[("SOFTHSM2_CONF", conf.to_str().unwrap())]);
+    // SoftHSM keeps each object in a file that a replica may be writing while pkcs11-tool
+    // reads it (a listing once showed a key with no label yet): read until it settles.
+    let named = |keys: &[(String, String)]| !keys.is_empty() && keys.iter().all(|(label, _)| label.starts_with("testudo/example.org/"));
+    wait_until(Duration::from_secs(10), || named(&private_keys(&conf)), "the CA keys to be listed with their labels");
     let first = private_keys(&conf);
     assert!(first.iter().all(|(label, _)| label.starts_with("testudo/example.org/")), "named after the trust domain: {first:?}");
     rotate_and_check(&servers, root.path(), || labels(&private_keys(&conf)));
