@@ -61,7 +61,7 @@ pub fn synced() -> WriteOptions {
 /// Write options for state-machine writes: no WAL. The Raft log they come from is durable,
 /// so a crash loses nothing: the state on disk is that of the last flush, which is atomic
 /// across column families, and openraft applies the log from there again. The log is
-/// never purged past state that is not flushed (`flush_state`).
+/// purged only behind a snapshot, and building one flushes the state (`flush_state`).
 pub fn unlogged() -> WriteOptions {
     let mut opts = WriteOptions::default();
     opts.disable_wal(true);

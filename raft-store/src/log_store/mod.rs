@@ -16,7 +16,7 @@ use openraft::{OptionalSend, RaftLogReader, StorageIOError};
 use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
 
 use crate::codec::{self, key_u64, u64_key};
-use crate::db::{cf, flush_state, synced};
+use crate::db::{cf, synced};
 use crate::schema::{meta_key, Cf};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use recent::RecentEntries;
@@ -243,10 +243,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.recent.purged(log_id.index);
         let db = self.db.clone();
+        // openraft purges only behind its snapshot, whose state the snapshot's build flushed
+        // (or whose install was a synced write): the state these entries produced is on disk.
         blocking(move || {
-            // The state those entries produced may be only in memtables (state writes skip
-            // the WAL): put it on disk before the entries that could rebuild it are gone.
-            flush_state(&db).map_err(|e| StorageIOError::write_logs(&e))?;
             let mut batch = WriteBatch::default();
             let bytes = codec::encode("last purged log id", &log_id).map_err(|e| StorageIOError::write_logs(&e))?;
             batch.put_cf(cf(&db, Cf::Meta), meta_key::LAST_PURGED, bytes);

@@ -12,7 +12,7 @@ use rocksdb::{IteratorMode, ReadOptions, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, Row};
-use crate::db::{cf, synced};
+use crate::db::{cf, flush_state, synced};
 use crate::schema::{sm_key, Cf};
 use crate::types::{LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
@@ -56,6 +56,11 @@ fn write_err(e: impl std::fmt::Display) -> StorageError {
 
 fn build(db: &DB, dir: &Path) -> Result<Snapshot, StorageError> {
     let (meta, data) = read_state(db)?;
+    // State writes skip the WAL, and openraft purges the log only behind a snapshot: the
+    // state up to this snapshot must be on disk before the snapshot exists. Flushing after
+    // the read covers every write the read saw, and keeps the flush off openraft's core loop
+    // (it builds snapshots in a task of their own; purge runs in the loop).
+    flush_state(db).map_err(write_err)?;
     save_current(dir, &meta, &data)?;
     Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
 }

@@ -12,15 +12,16 @@ use std::time::Duration;
 
 use raft_store::node::{Replica, ReplicaConfig};
 use raft_store::testing::{eventually, fast_timing, TestCa, REPLICA_ID};
-use raft_store::schema::Cf;
+use raft_store::schema::{meta_key, Cf};
 use raft_store::Command;
 
 use crate::support::entry;
 
 const DIR_VAR: &str = "TESTUDO_CRASH_TEST_DIR";
+const SNAPSHOT_VAR: &str = "TESTUDO_CRASH_TEST_SNAPSHOT_EVERY";
 const NODE: &str = "spiffe://example.org/spire/agent/x";
 
-fn config(data_dir: &Path) -> ReplicaConfig {
+fn config(data_dir: &Path, snapshot_every: u64) -> ReplicaConfig {
     ReplicaConfig {
         node_id: 1,
         cluster_id: "crash-test".into(),
@@ -28,8 +29,7 @@ fn config(data_dir: &Path) -> ReplicaConfig {
         listen: "127.0.0.1:0".parse().expect("address"),
         api_address: "api-of-1".into(),
         tls: TestCa::new().tls(REPLICA_ID),
-        // No snapshot, so nothing flushes the state before the kill.
-        timing: fast_timing(1_000_000),
+        timing: fast_timing(snapshot_every),
         advertise_address: None,
         source_address: None,
         join: None,
@@ -42,7 +42,8 @@ fn config(data_dir: &Path) -> ReplicaConfig {
 #[ignore = "a child process of a_killed_replica_keeps_every_acknowledged_write"]
 async fn crash_child_writes_until_killed() {
     let dir = std::env::var(DIR_VAR).expect("the parent test names the data dir");
-    let replica = Replica::start(config(Path::new(&dir))).await.expect("start");
+    let snapshot_every = std::env::var(SNAPSHOT_VAR).ok().and_then(|n| n.parse().ok()).expect("the parent test names the snapshot interval");
+    let replica = Replica::start(config(Path::new(&dir), snapshot_every)).await.expect("start");
     replica.initialize().await.expect("initialize");
     for n in 0u64.. {
         let ids: Vec<String> = (0..10).map(|i| format!("e{n}-{i}")).collect();
@@ -54,13 +55,28 @@ async fn crash_child_writes_until_killed() {
     }
 }
 
+/// Without snapshots nothing flushes the state before the kill: it is all rebuilt from the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replica_keeps_every_acknowledged_write() {
+    kill_and_check(1_000_000).await;
+}
+
+/// With frequent snapshots the log is purged behind them while the replica writes: the
+/// state the purged entries produced must already be on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replica_whose_log_was_purged_keeps_every_acknowledged_write() {
+    kill_and_check(50).await;
+}
+
+/// Runs the writer child with `snapshot_every`, kills it, restarts the replica from its
+/// dir and finds every acknowledged write.
+async fn kill_and_check(snapshot_every: u64) {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("node-1");
     let mut child = Process::new(std::env::current_exe().unwrap())
         .args(["crash::crash_child_writes_until_killed", "--exact", "--ignored", "--nocapture", "--test-threads", "1"])
         .env(DIR_VAR, &data_dir)
+        .env(SNAPSHOT_VAR, snapshot_every.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -90,10 +106,12 @@ async fn a_killed_replica_keeps_every_acknowledged_write() {
     // to rebuild acknowledged writes from the log.
     let store = raft_store::db::open(&data_dir, 1, "crash-test").expect("reopen the killed replica's store");
     let on_disk = store.db.iterator_cf(raft_store::db::cf(&store.db, Cf::Entries), rocksdb::IteratorMode::Start).count();
+    let purged = store.db.get_cf(raft_store::db::cf(&store.db, Cf::Meta), meta_key::LAST_PURGED).unwrap().is_some();
     drop(store);
     assert!(on_disk < acked.len(), "all {} acknowledged writes were already in the state on disk", acked.len());
+    assert_eq!(purged, snapshot_every < 1000, "the log is purged exactly when snapshots are taken");
 
-    let replica = Replica::start(config(&data_dir)).await.expect("restart from the killed replica's dir");
+    let replica = Replica::start(config(&data_dir, snapshot_every)).await.expect("restart from the killed replica's dir");
     let reader = replica.local_reader().clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut missing = acked.clone();

@@ -5,10 +5,10 @@ use proto::spire::api::server::localauthority::v1 as pb;
 use proto::spire::api::server::localauthority::v1::local_authority_server::LocalAuthority;
 use tonic::{Request, Response, Status};
 
-use super::ApiContext;
+use super::{apply_status, ApiContext};
 use crate::ca::local_authority::{AuthorityKind, AuthorityState, AuthorityStates, Transition};
 use crate::ca::CaError;
-use raft_store::{ApplyError, Command, Outcome};
+use raft_store::{Command, Outcome};
 
 pub struct LocalAuthorityService {
     pub context: ApiContext,
@@ -92,14 +92,12 @@ impl LocalAuthorityService {
             UpstreamChange::Taint => Command::TaintLocalX509Authority { trust_domain, der },
             UpstreamChange::Revoke => Command::RevokeLocalX509Authority { trust_domain, der },
         };
-        let written = replica.write(command).await.map_err(|e| Status::unavailable(e.to_string()))?;
-        match written.outcome {
+        match self.context.write(command).await? {
             Outcome::Bundle(Ok(_)) => {
                 tracing::info!(?change, subject_key_id = %key_id, "upstream authority changed by an admin");
                 Ok(key_id)
             }
-            Outcome::Bundle(Err(ApplyError::NotFound(m))) => Err(Status::not_found(m)),
-            Outcome::Bundle(Err(refused)) => Err(Status::failed_precondition(refused.to_string())),
+            Outcome::Bundle(Err(refused)) => Err(apply_status(&refused)),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
     }

@@ -70,7 +70,6 @@ fn states<T: Authority>(pair: &SlotPair<T>, state_of: impl Fn(&T) -> AuthoritySt
     AuthorityStates { active: state(SlotStatus::Active), prepared: state(SlotStatus::Prepared), old: state(SlotStatus::Old) }
 }
 
-
 impl CaManager {
     pub fn authority_states(&self, kind: AuthorityKind) -> AuthorityStates {
         match kind {

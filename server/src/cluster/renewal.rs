@@ -38,9 +38,24 @@ impl Renewal {
     }
 
     /// The certificate to present: the current one, or (past half its life at `now`) a new
-    /// one, already written to the data dir. Signing and a synced file write run off the
-    /// reactor.
+    /// one, already written to the data dir.
     pub async fn certificate_at(&self, now: OffsetDateTime) -> Result<Vec<u8>, ClusterSetupError> {
+        self.renew_if_due(now).await?;
+        Ok(self.current.lock().await.clone())
+    }
+
+    /// Renews if due at `now` and makes `replica` present the result. True when it renewed.
+    pub async fn renew_running(&self, replica: &Replica, now: OffsetDateTime) -> Result<bool, ClusterSetupError> {
+        let Some(certificate) = self.renew_if_due(now).await? else { return Ok(false) };
+        replica
+            .replace_certificate(vec![certificate, self.ca_cert_der.clone()], self.key_pkcs8.clone())
+            .map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
+        Ok(true)
+    }
+
+    /// The new certificate, written to the data dir, if the current one is past half its
+    /// life at `now`. Signing and a synced file write run off the reactor.
+    async fn renew_if_due(&self, now: OffsetDateTime) -> Result<Option<Vec<u8>>, ClusterSetupError> {
         let mut current = self.current.lock().await;
         let (authority, trust_domain, data_dir, cert) = (self.authority.clone(), self.trust_domain.clone(), self.data_dir.clone(), current.clone());
         let renewed = tokio::task::spawn_blocking(move || {
@@ -52,27 +67,14 @@ impl Renewal {
         })
         .await
         .map_err(|e| ClusterSetupError::Files(e.to_string()))??;
-        if let Some(renewed) = renewed {
+        if let Some(renewed) = &renewed {
             tracing::info!("replica certificate past half its life: renewed");
-            *current = renewed;
+            current.clone_from(renewed);
         }
         if let Ok(facts) = identity::x509::certificate_facts(&current) {
             metrics::gauge!("testudo_cluster_certificate_expiry_seconds").set(facts.not_after.unix_timestamp() as f64);
         }
-        Ok(current.clone())
-    }
-
-    /// Renews if due at `now` and makes `replica` present the result. True when it renewed.
-    pub async fn renew_running(&self, replica: &Replica, now: OffsetDateTime) -> Result<bool, ClusterSetupError> {
-        let before = self.current.lock().await.clone();
-        let certificate = self.certificate_at(now).await?;
-        if certificate == before {
-            return Ok(false);
-        }
-        replica
-            .replace_certificate(vec![certificate, self.ca_cert_der.clone()], self.key_pkcs8.clone())
-            .map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
-        Ok(true)
+        Ok(renewed)
     }
 
     /// Checks every hour until the replica is gone or the handle is dropped. A failed
