@@ -380,7 +380,7 @@ impl Replica {
         loop {
             let target = targets[next % targets.len().max(1)].clone();
             let last = match self.client.admin(0, &target, &request).await {
-                Ok(Ok(Some(AddProgress::Voter))) => return Ok(()),
+                Ok(Ok(Some(AddProgress::Voter))) => return self.wait_until_voter(deadline.max(tokio::time::Instant::now() + Duration::from_secs(5))).await,
                 Ok(Ok(progress)) => ClusterError::Membership(format!("still catching up ({progress:?})")),
                 Ok(Err(ForwardError::NotLeader { leader: Some((_, leader)) })) => {
                     if !targets.contains(&leader.raft_address) {
@@ -403,6 +403,21 @@ impl Replica {
                 return Err(last);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until this replica's own membership has it as a voter. The leader reports the
+    /// change once a quorum holds it, which need not include this replica yet; until it does,
+    /// a status read here would still show the old members.
+    async fn wait_until_voter(&self, deadline: tokio::time::Instant) -> Result<(), ClusterError> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if metrics.borrow().membership_config.membership().voter_ids().any(|v| v == self.id) {
+                return Ok(());
+            }
+            if !matches!(tokio::time::timeout_at(deadline, metrics.changed()).await, Ok(Ok(()))) {
+                return Err(ClusterError::Membership("the leader made this replica a voter, but it has not received that membership yet".into()));
+            }
         }
     }
 

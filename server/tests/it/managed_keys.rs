@@ -158,12 +158,20 @@ fn three_replicas_sign_through_one_hsm_token() {
         pin.display()
     );
     let servers = ServerProcess::cluster_with(root.path(), 3, "", &plugins, &[("SOFTHSM2_CONF", conf.to_str().unwrap())]);
+    // The leader makes the CA keys after the cluster forms; on a loaded machine that can take
+    // a while (a make test run timed out waiting 10 s for the listing).
+    let mint = || servers[0].command(&["x509", "mint", "--spiffe-id", "spiffe://example.org/probe"]).status.success();
+    wait_until(Duration::from_secs(60), mint, "the cluster to sign");
     // SoftHSM keeps each object in a file that a replica may be writing while pkcs11-tool
     // reads it (a listing once showed a key with no label yet): read until it settles.
-    let named = |keys: &[(String, String)]| !keys.is_empty() && keys.iter().all(|(label, _)| label.starts_with("testudo/example.org/"));
-    wait_until(Duration::from_secs(10), || named(&private_keys(&conf)), "the CA keys to be listed with their labels");
-    let first = private_keys(&conf);
-    assert!(first.iter().all(|(label, _)| label.starts_with("testudo/example.org/")), "named after the trust domain: {first:?}");
+    let named = |keys: &[(String, String)]| keys.len() == 2 && keys.iter().all(|(label, _)| label.starts_with("testudo/example.org/"));
+    let mut first = private_keys(&conf);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !named(&first) {
+        assert!(std::time::Instant::now() < deadline, "the token lists {first:?}, not an X.509 CA key and a JWT key named after the trust domain");
+        std::thread::sleep(Duration::from_millis(100));
+        first = private_keys(&conf);
+    }
     rotate_and_check(&servers, root.path(), || labels(&private_keys(&conf)));
     let after = private_keys(&conf);
     assert!(after.iter().all(|(_, access)| access.contains("sensitive") && access.contains("never extractable")), "{after:?}");
