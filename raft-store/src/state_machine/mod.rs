@@ -90,7 +90,7 @@ impl StateMachine {
         let changes = txn.take_changes();
         if !changes.is_empty() {
             let set = ChangeSet { revision: *revision, changes };
-            txn.put_raw(Cf::ChangeLog, &u64_key(*revision), codec::encode("change set", &set)?);
+            txn.put_raw(Cf::ChangeLog, u64_key(*revision).to_vec(), codec::encode("change set", &set)?);
         }
         Ok(Response { revision: *revision, outcome })
     }

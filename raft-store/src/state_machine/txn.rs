@@ -66,13 +66,14 @@ impl<'a> Txn<'a> {
         }
     }
 
-    pub fn put_raw(&mut self, table: Cf, key: &[u8], value: Vec<u8>) {
-        self.writes.entry(table).or_default().insert(key.to_vec(), Some(value));
+    /// Writes `value` under `key`; both are kept as given, without a copy.
+    pub fn put_raw(&mut self, table: Cf, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.entry(table).or_default().insert(key, Some(value));
     }
 
     pub fn put<T: Serialize>(&mut self, table: Cf, key: &[u8], what: &'static str, value: &T) -> Result<(), TxnError> {
         let bytes = codec::encode(what, value)?;
-        self.put_raw(table, key, bytes);
+        self.put_raw(table, key.to_vec(), bytes);
         Ok(())
     }
 

@@ -32,7 +32,7 @@ fn write(txn: &mut Txn<'_>, entry: &RegistrationEntry, identity: Vec<u8>) -> Res
     txn.put(Cf::Entries, entry.id.as_bytes(), WHAT, entry)?;
     for (cf, key) in index_keys(entry, identity) {
         let value = if cf == Cf::EntriesByIdentity { entry.id.as_bytes().to_vec() } else { Vec::new() };
-        txn.put_raw(cf, &key, value);
+        txn.put_raw(cf, key, value);
     }
     txn.record(Table::Entry, &entry.id, false);
     Ok(())
