@@ -104,5 +104,5 @@ fn the_workload_keeps_its_identity_while_replicas_die_and_return() {
         assert!(!reader.is_finished(), "no error reached the workload: {:?}", if reader.is_finished() { Some(reader.await) } else { None });
     });
     // The replicas that failed were probed back into the pool.
-    chaos_tests::harness::wait_until(Duration::from_secs(10), || agent.log().contains("server replica is healthy again"), "a probe to find a returned replica");
+    chaos_tests::harness::wait_until(Duration::from_secs(30), || agent.log().contains("server replica is healthy again"), "a probe to find a returned replica");
 }

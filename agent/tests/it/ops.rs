@@ -21,7 +21,7 @@ fn health_and_metrics_endpoints_answer() {
     let agent = AgentProcess::start_with_attestor(root.path(), &[server.api_address()], &bundle_pem, &agent_extra, r#"NodeAttestor "join_token" {}"#, "500ms", &blocks);
     assert_eq!(http_get(health, "/live").0, 200, "{}", agent.log());
     assert_eq!(http_get(health, "/ready").0, 200, "ready once the Workload API serves");
-    wait_until(Duration::from_secs(10), || http_get(metrics, "/metrics").1.contains("testudo_agent_syncs_total{result=\"ok\"}"), "the sync counter in /metrics");
+    wait_until(Duration::from_secs(30), || http_get(metrics, "/metrics").1.contains("testudo_agent_syncs_total{result=\"ok\"}"), "the sync counter in /metrics");
 
     // The admin socket: owner-only, and GetInfo describes the agent.
     use std::os::unix::fs::PermissionsExt;

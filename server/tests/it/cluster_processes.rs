@@ -168,7 +168,7 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"leader\":1"), "{body}");
     wait_until(
-        Duration::from_secs(5),
+        Duration::from_secs(20),
         || http_get(servers[0].metrics_port, "/metrics").1.contains("testudo_raft_is_leader 1"),
         "the leader gauge in /metrics",
     );
@@ -226,7 +226,7 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
         let script = format!("openssl s_client -connect 127.0.0.1:{} -alpn h2 </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName", servers[0].api_port);
         String::from_utf8_lossy(&Command::new("sh").arg("-c").arg(script).output().unwrap().stdout).into_owned()
     };
-    wait_until(Duration::from_secs(10), || presented().contains("URI:spiffe://example.org/spire/server"), "the server SVID on the API listener");
+    wait_until(Duration::from_secs(30), || presented().contains("URI:spiffe://example.org/spire/server"), "the server SVID on the API listener");
     network_calls(&servers[1], &root.path().join("svid-2"));
     let metrics = http_get(servers[1].metrics_port, "/metrics").1;
     assert!(
@@ -314,7 +314,7 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
     let via = servers.iter().find(|s| s.id != new_leader && s.id != 3).unwrap();
     let status = via.json(&["remove", "--node-id", "3"]);
     assert!(!voters(&status).contains(&3), "{status}");
-    wait_until(Duration::from_secs(10), || servers[0].status()["members"].as_array().unwrap().len() == 2, "replica 3 to leave everyone's view");
+    wait_until(Duration::from_secs(30), || servers[0].status()["members"].as_array().unwrap().len() == 2, "replica 3 to leave everyone's view");
 
     // SIGTERM stops a replica cleanly and removes its socket.
     let child = servers[0].child.take().unwrap();

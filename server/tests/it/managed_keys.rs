@@ -138,7 +138,7 @@ fn rotate_and_check(servers: &[ServerProcess], root: &Path, keys: impl Fn() -> V
     let after_prepare = keys();
     assert_eq!(after_prepare.len(), 3, "the prepared authority has a key of its own: {after_prepare:?}");
     run(&["activate", "--authority-id", &second]);
-    wait_until(Duration::from_secs(10), || servers.iter().all(|s| s.command(&["x509", "mint", "--spiffe-id", "spiffe://example.org/probe"]).status.success()), "every replica to sign");
+    wait_until(Duration::from_secs(30), || servers.iter().all(|s| s.command(&["x509", "mint", "--spiffe-id", "spiffe://example.org/probe"]).status.success()), "every replica to sign");
     mint_and_verify(servers, root, "second");
 
     run(&["prepare"]);
