@@ -62,7 +62,19 @@ fn the_workload_keeps_its_identity_while_replicas_die_and_return() {
         // kill -9 the replica the agent tries first; a new entry, written through another
         // replica, still reaches the workload.
         servers[0].kill();
-        servers[2].json(&["entry", "create", "--spiffe-id", "spiffe://example.org/api", "--parent-id", &agent_id, "--selector", &selector]);
+        // The write waits for the other two to elect a leader. On a loaded machine that can
+        // outlast the CLI's 10 s, so ask again until the entry is there (a write that did
+        // commit is not made twice: the entry is found first).
+        let api = "spiffe://example.org/api";
+        let written = || {
+            let shown = servers[2].command(&["entry", "show", "--spiffe-id", api]);
+            shown.status.success() && String::from_utf8_lossy(&shown.stdout).contains(api)
+        };
+        chaos_tests::harness::wait_until(
+            Duration::from_secs(60),
+            || written() || servers[2].command(&["entry", "create", "--spiffe-id", api, "--parent-id", &agent_id, "--selector", &selector]).status.success(),
+            "a new entry written through replica 3 after replica 1 died",
+        );
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let message = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), seen.recv())
