@@ -469,7 +469,17 @@ impl Replica {
         self.transfer.transfer_leadership(to).await.map_err(|e| match e {
             ForwardError::NotLeader { .. } => ClusterError::NoLeader,
             ForwardError::Unavailable(m) | ForwardError::Refused(m) => ClusterError::Membership(format!("leader transfer to {to} failed: {m}")),
-        })
+        })?;
+        // The new leader has taken over, but this replica learns so only from its first
+        // heartbeat; until then a status read here would still name the old leader.
+        let mut metrics = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while metrics.borrow().current_leader != Some(to) {
+            if !matches!(tokio::time::timeout_at(deadline, metrics.changed()).await, Ok(Ok(()))) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Leader, term, and each member's matched index and lag (lag is known on the leader).
