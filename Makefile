@@ -27,7 +27,7 @@ build: bootstrap
 test: bootstrap
 	@set -o pipefail; status=0; mkdir -p target; \
 	$(CARGO) build --workspace --benches 2>&1 | tee target/test-output.log || status=1; \
-	$(CARGO) test --workspace --lib --bins --tests 2>&1 | tee -a target/test-output.log || status=1; \
+	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast 2>&1 | tee -a target/test-output.log || status=1; \
 	$(CARGO) test --workspace --doc 2>&1 | tee -a target/test-output.log || status=1; \
 	bash deploy/sum-test-results.sh target/test-output.log || status=1; \
 	exit $$status
