@@ -70,11 +70,11 @@ fn the_workload_keeps_its_identity_while_replicas_die_and_return() {
             let shown = servers[2].command(&["entry", "show", "--spiffe-id", api]);
             shown.status.success() && String::from_utf8_lossy(&shown.stdout).contains(api)
         };
-        chaos_tests::harness::wait_until(
-            Duration::from_secs(60),
-            || written() || servers[2].command(&["entry", "create", "--spiffe-id", api, "--parent-id", &agent_id, "--selector", &selector]).status.success(),
-            "a new entry written through replica 3 after replica 1 died",
-        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !(written() || servers[2].command(&["entry", "create", "--spiffe-id", api, "--parent-id", &agent_id, "--selector", &selector]).status.success()) {
+            assert!(Instant::now() < deadline, "no entry written through replica 3 after replica 1 died\nreplica 2:\n{}\nreplica 3:\n{}", servers[1].log(), servers[2].log());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let message = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), seen.recv())
