@@ -380,7 +380,10 @@ impl Replica {
         loop {
             let target = targets[next % targets.len().max(1)].clone();
             let last = match self.client.admin(0, &target, &request).await {
-                Ok(Ok(Some(AddProgress::Voter))) => return self.wait_until_voter(deadline.max(tokio::time::Instant::now() + Duration::from_secs(5))).await,
+                Ok(Ok(Some(AddProgress::Voter))) => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(5));
+                    return self.wait_until_voter(left).await;
+                }
                 Ok(Ok(progress)) => ClusterError::Membership(format!("still catching up ({progress:?})")),
                 Ok(Err(ForwardError::NotLeader { leader: Some((_, leader)) })) => {
                     if !targets.contains(&leader.raft_address) {
@@ -409,16 +412,14 @@ impl Replica {
     /// Waits until this replica's own membership has it as a voter. The leader reports the
     /// change once a quorum holds it, which need not include this replica yet; until it does,
     /// a status read here would still show the old members.
-    async fn wait_until_voter(&self, deadline: tokio::time::Instant) -> Result<(), ClusterError> {
-        let mut metrics = self.raft.metrics();
-        loop {
-            if metrics.borrow().membership_config.membership().voter_ids().any(|v| v == self.id) {
-                return Ok(());
-            }
-            if !matches!(tokio::time::timeout_at(deadline, metrics.changed()).await, Ok(Ok(()))) {
-                return Err(ClusterError::Membership("the leader made this replica a voter, but it has not received that membership yet".into()));
-            }
-        }
+    async fn wait_until_voter(&self, within: Duration) -> Result<(), ClusterError> {
+        let id = self.id;
+        self.raft
+            .wait(Some(within))
+            .metrics(|m| m.membership_config.membership().voter_ids().any(|v| v == id), "this replica to be a voter")
+            .await
+            .map(|_| ())
+            .map_err(|_| ClusterError::Membership("the leader made this replica a voter, but it has not received that membership yet".into()))
     }
 
     /// Waits until this replica knows a leader, up to `within`.
@@ -472,13 +473,8 @@ impl Replica {
         })?;
         // The new leader has taken over, but this replica learns so only from its first
         // heartbeat; until then a status read here would still name the old leader.
-        let mut metrics = self.raft.metrics();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while metrics.borrow().current_leader != Some(to) {
-            if !matches!(tokio::time::timeout_at(deadline, metrics.changed()).await, Ok(Ok(()))) {
-                break;
-            }
-        }
+        // Not an error if that takes longer: the transfer itself is done.
+        let _ = self.raft.wait(Some(Duration::from_secs(5))).current_leader(to, "the new leader").await;
         Ok(())
     }
 
