@@ -1,20 +1,26 @@
 //! A replica is killed (kill -9) and restarted from its disk, again and again, while clients
 //! work on entries through every live replica: the leader, the leader again, a follower, a
-//! replica picked at random, and round again. Afterwards: the replicas agree, no
-//! acknowledged write is lost, every entry's history is linearizable, and writes were
-//! accepted again soon after each kill.
+//! replica picked at random, and round again. The killed replica stays down until the two
+//! survivors have acknowledged a write on their own (so an election that never finishes is
+//! seen, not masked by the restart). Afterwards: the replicas agree, no acknowledged write
+//! is lost, every entry's history is linearizable, and writes were accepted again soon after
+//! each kill.
 
 use std::time::{Duration, Instant};
 
 use super::entry_clients::{self, Alive, Load};
 use super::{runtime, Report, Settings, Workdir};
 use crate::harness::ServerProcess;
+use crate::linearizability::{Op, Outcome};
 
 pub const NAME: &str = "leader_kill";
 const CLIENTS: usize = 3;
-/// One round: the leader down this long, then this long up before the next kill.
+/// One round: the leader down at least this long, then this long up before the next kill.
 const DOWN: Duration = Duration::from_secs(2);
 const UP: Duration = Duration::from_secs(4);
+/// Two replicas with a quorum that acknowledge no write for this long after a kill have
+/// failed to elect a leader (the election timeout is 300-600 ms).
+const RECOVERY_LIMIT: Duration = Duration::from_secs(20);
 
 pub fn run(settings: &Settings) -> Report {
     let mut report = Report::new(NAME);
@@ -27,6 +33,7 @@ pub fn run(settings: &Settings) -> Report {
 
     std::thread::sleep(Duration::from_secs(2));
     let (began, mut first_fault) = (Instant::now(), None);
+    let mut slowest_recovery = Duration::ZERO;
     while settings.another_round(report.faults, began) {
         let up = alive.snapshot();
         let Some(id) = entry_clients::leader(&servers, &up) else {
@@ -41,10 +48,23 @@ pub fn run(settings: &Settings) -> Report {
             _ => leader,
         };
         alive.set(index, false);
-        first_fault.get_or_insert(load.now());
+        let killed_at = load.now();
+        first_fault.get_or_insert(killed_at);
+        let killed = Instant::now();
         servers[index].kill();
         report.faults += 1;
-        std::thread::sleep(DOWN);
+        match first_write_after(&load, killed_at, RECOVERY_LIMIT) {
+            Some(after) => slowest_recovery = slowest_recovery.max(after),
+            None => {
+                report.failures.push(format!(
+                    "no write acknowledged by the two survivors within {RECOVERY_LIMIT:?} of killing replica {} (leader {id})\n{}",
+                    servers[index].id,
+                    entry_clients::trouble(&servers)
+                ));
+                break;
+            }
+        }
+        std::thread::sleep(DOWN.saturating_sub(killed.elapsed()));
         servers[index].restart();
         alive.set(index, true);
         std::thread::sleep(UP);
@@ -57,9 +77,31 @@ pub fn run(settings: &Settings) -> Report {
     let acknowledged = report.acknowledged;
     report.check(acknowledged > 50, || format!("too few operations got through to mean anything: {acknowledged}"));
     report.summary = format!(
-        "{} kills, {} operations ({} acknowledged), lost writes {:?}, linearizable {:?}, longest write gap {:?}",
-        report.faults, report.operations, report.acknowledged, report.lost_writes, report.linearizable, report.longest_write_gap
+        "{} kills, {} operations ({} acknowledged), lost writes {:?}, linearizable {:?}, longest write gap {:?}, slowest first write after a kill {:?}",
+        report.faults, report.operations, report.acknowledged, report.lost_writes, report.linearizable, report.longest_write_gap, slowest_recovery
     );
     root.settle(&mut report);
     report
+}
+
+/// How long after `since` (the history's clock) the first write invoked after it was
+/// acknowledged, waiting at most `limit`; `None` if none was.
+fn first_write_after(load: &Load, since: u64, limit: Duration) -> Option<Duration> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let first = load
+            .history()
+            .iter()
+            .map(|o| &o.recorded)
+            .filter(|r| r.invoked >= since && matches!(r.op, Op::Write(_)) && matches!(r.outcome, Outcome::Ok(_)))
+            .map(|r| r.returned)
+            .min();
+        if let Some(returned) = first {
+            return Some(Duration::from_nanos(returned - since));
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
