@@ -27,7 +27,7 @@ use std::path::Path;
 
 pub use command::{ApplyError, BundleScope, Change, ChangeSet, Command, Outcome, Response, Table};
 pub use db::OpenError;
-pub use log_store::LogStore;
+pub use log_store::{ApplyProgress, LogStore};
 pub use membership::AddProgress;
 pub use query::{EntryChanges, Page, ReadError, StoreReader};
 pub use state_machine::{SnapshotBuilder, StateMachine};
@@ -50,9 +50,10 @@ pub async fn open_store(data_dir: &Path, node_id: NodeId, cluster_id: &str) -> R
         .await
         .map_err(|e| OpenError::Io { path: data_dir.to_path_buf(), reason: e.to_string() })??;
     let log = LogStore::new(store.db.clone()).map_err(|e| OpenError::Io { path: data_dir.to_path_buf(), reason: format!("cannot start the log sync thread: {e}") })?;
+    let state_machine = StateMachine::new(store.db.clone(), data_dir.join("snapshots"), log.apply_progress());
     Ok(OpenedStore {
         log,
-        state_machine: StateMachine::new(store.db.clone(), data_dir.join("snapshots")),
+        state_machine,
         reader: StoreReader::new(store.db),
         header: store.header,
     })

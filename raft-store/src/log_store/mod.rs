@@ -21,6 +21,17 @@ use crate::schema::{meta_key, Cf};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use recent::RecentEntries;
 
+/// Handed to the state machine: reports the last applied index to the log's tail.
+#[derive(Clone)]
+pub struct ApplyProgress(Arc<RecentEntries>);
+
+impl ApplyProgress {
+    /// Every entry up to and including `index` is applied.
+    pub fn applied(&self, index: u64) {
+        self.0.applied(index);
+    }
+}
+
 /// The log store; cheap to clone (the reader is a clone).
 #[derive(Clone)]
 pub struct LogStore {
@@ -101,6 +112,12 @@ impl LogStore {
         let writer_db = db.clone();
         let thread = std::thread::Builder::new().name("raft-log-writer".into()).spawn(move || run_writer(writer_db, pending))?;
         Ok(Self { db, writer: Arc::new(Writer { pending: Some(sender), thread: Some(thread) }), recent: Arc::default() })
+    }
+
+    /// What the state machine tells the log as it applies, so the in-memory tail keeps
+    /// what is still to be applied.
+    pub fn apply_progress(&self) -> ApplyProgress {
+        ApplyProgress(self.recent.clone())
     }
 
     fn read_range(db: &DB, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StorageError> {

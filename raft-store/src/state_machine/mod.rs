@@ -17,6 +17,7 @@ pub use snapshot::SnapshotBuilder;
 use crate::codec::{self, u64_key};
 use crate::command::{ChangeSet, Command, Outcome, Response};
 use crate::db::{cf, unlogged};
+use crate::log_store::ApplyProgress;
 use crate::schema::{sm_key, Cf};
 use crate::types::{Entry, LogId, SnapshotMeta, Snapshot, StorageError, StoredMembership, TypeConfig};
 use txn::Txn;
@@ -25,6 +26,8 @@ use txn::Txn;
 pub struct StateMachine {
     db: Arc<DB>,
     snapshot_dir: PathBuf,
+    /// Tells the log's in-memory tail how far apply has come.
+    progress: ApplyProgress,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StorageError> + Send + 'static) -> Result<T, StorageError> {
@@ -41,8 +44,8 @@ pub(crate) fn read_sm<T: serde::de::DeserializeOwned>(db: &DB, key: &[u8], what:
 }
 
 impl StateMachine {
-    pub fn new(db: Arc<DB>, snapshot_dir: PathBuf) -> Self {
-        Self { db, snapshot_dir }
+    pub fn new(db: Arc<DB>, snapshot_dir: PathBuf, progress: ApplyProgress) -> Self {
+        Self { db, snapshot_dir, progress }
     }
 
     /// Applies entries in one transaction and one RocksDB write. Each entry still gets its
@@ -119,8 +122,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
+        let Some(last) = entries.last().map(|e| e.log_id.index) else { return Ok(Vec::new()) };
         let db = self.db.clone();
-        blocking(move || Self::apply_all(&db, &entries)).await
+        let responses = blocking(move || Self::apply_all(&db, &entries)).await?;
+        self.progress.applied(last);
+        Ok(responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
