@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AttestedAgent, CaJournal, FederationRelationship, JournalEvent, JoinToken, RegistrationEntry, ReplicaInvite, StoredBundle, StoredJwtKey, StoredX509Authority};
+use crate::model::{AttestedAgent, CaJournal, EntryWritten, FederationRelationship, JournalEvent, JoinToken, RegistrationEntry, ReplicaInvite, StoredBundle, StoredJwtKey, StoredX509Authority};
 
 /// Which bundle table a bundle command addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,7 +101,9 @@ pub enum Outcome {
     /// Membership changes and blank entries carry no command.
     #[default]
     None,
-    Entries(Vec<Result<RegistrationEntry, ApplyError>>),
+    /// Per entry of a create or update, in order: the stored entry is the proposed one with
+    /// these fields (`EntryWritten::stored`), or why it was refused.
+    Entries(Vec<Result<EntryWritten, ApplyError>>),
     DeletedEntries(Vec<Result<String, ApplyError>>),
     Agent(Result<AttestedAgent, ApplyError>),
     JoinToken(Result<JoinToken, ApplyError>),

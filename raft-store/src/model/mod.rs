@@ -3,7 +3,7 @@
 mod agent;
 mod bundle;
 mod ca_journal;
-mod entry;
+pub(crate) mod entry;
 mod federation;
 mod join_token;
 mod replica_invite;
@@ -15,7 +15,7 @@ pub use ca_journal::{
     publish, Authority, CaJournal, JournalError, JournalEvent, JwtKeyAuthority, Slot, SlotEvent, SlotId, SlotPair, SlotStatus,
     X509CaAuthority,
 };
-pub use entry::RegistrationEntry;
+pub use entry::{EntryWritten, RegistrationEntry};
 pub use federation::{BundleEndpointProfile, FederationRelationship};
 pub use join_token::JoinToken;
 pub use replica_invite::ReplicaInvite;

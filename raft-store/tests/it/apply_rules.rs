@@ -9,7 +9,7 @@ use crate::support::{entry, TestStore};
 
 const NODE: &str = "spiffe://example.org/spire/agent/join_token/abc";
 
-fn entries(outcome: Outcome) -> Vec<Result<raft_store::model::RegistrationEntry, ApplyError>> {
+fn entries(outcome: Outcome) -> Vec<Result<raft_store::model::EntryWritten, ApplyError>> {
     match outcome {
         Outcome::Entries(e) => e,
         other => panic!("expected entries, got {other:?}"),
@@ -40,9 +40,11 @@ async fn entries_follow_spires_uniqueness_rule() {
     let clash = entry("e3", "spiffe://example.org/web", NODE, &["unix:uid:1000"]);
     assert!(matches!(&entries(s.apply_one(Command::UpdateEntries(vec![clash])).await)[0], Err(ApplyError::AlreadyExists(_))));
     let moved = entry("e3", "spiffe://example.org/api", NODE, &["unix:uid:2000", "unix:gid:2000"]);
-    let updated = entries(s.apply_one(Command::UpdateEntries(vec![moved])).await).remove(0).unwrap();
-    assert_eq!(updated.selectors[0].to_string(), "unix:gid:2000", "selectors are stored sorted");
+    let written = entries(s.apply_one(Command::UpdateEntries(vec![moved.clone()])).await).remove(0).unwrap();
     let reader = &s.store.reader;
+    let stored = reader.entry("e3").await.unwrap().unwrap();
+    assert_eq!(stored.selectors[0].to_string(), "unix:gid:2000", "selectors are stored sorted");
+    assert_eq!(written.stored(moved), stored, "the answer and the proposed entry give the stored entry");
     assert!(reader.entries_by_selector("unix:uid:1001").await.unwrap().is_empty());
     assert_eq!(reader.entries_by_spiffe_id("spiffe://example.org/api").await.unwrap()[0].id, "e3");
     let missing = entry("nope", "spiffe://example.org/x", NODE, &["a:b"]);

@@ -93,7 +93,12 @@ async fn concurrent_writes_share_log_entries_and_each_gets_its_own_answer() {
         assert!(revisions.insert(response.revision), "revision {} answered twice", response.revision);
         match (&response.outcome, i) {
             (Outcome::Entries(results), 64) => assert!(results[0].is_err(), "the duplicate of group-7 is refused: {results:?}"),
-            (Outcome::Entries(results), i) => assert_eq!(results[0].as_ref().map(|e| e.id.clone()).ok(), Some(ids[i].clone())),
+            (Outcome::Entries(results), i) => {
+                // Its own command's revision, under which its own entry is stored.
+                assert_eq!(results[0].as_ref().map(|w| w.revision_number).ok(), i64::try_from(response.revision).ok());
+                let stored = replica.local_reader().entry(&ids[i]).await.unwrap().expect("the entry is stored");
+                assert_eq!(stored.revision_number as u64, response.revision);
+            }
             (other, _) => panic!("{other:?}"),
         }
     }

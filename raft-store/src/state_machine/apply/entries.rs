@@ -1,7 +1,10 @@
 //! Registration entries and their indexes (parent ID, SPIFFE ID, selector, identity).
 
+use std::borrow::Cow;
+
 use crate::command::{ApplyError, Outcome, Table};
-use crate::model::RegistrationEntry;
+use crate::model::entry::StoredEntry;
+use crate::model::{EntryWritten, RegistrationEntry};
 use crate::schema::Cf;
 use crate::state_machine::txn::{Txn, TxnError};
 
@@ -28,8 +31,8 @@ fn index_keys(entry: &RegistrationEntry, identity: Vec<u8>) -> Vec<(Cf, Vec<u8>)
     keys
 }
 
-fn write(txn: &mut Txn<'_>, entry: &RegistrationEntry, identity: Vec<u8>) -> Result<(), TxnError> {
-    txn.put(Cf::Entries, entry.id.as_bytes(), WHAT, entry)?;
+fn write(txn: &mut Txn<'_>, entry: &RegistrationEntry, written: EntryWritten, identity: Vec<u8>) -> Result<(), TxnError> {
+    txn.put(Cf::Entries, entry.id.as_bytes(), WHAT, &StoredEntry::new(entry, written))?;
     for (cf, key) in index_keys(entry, identity) {
         let value = if cf == Cf::EntriesByIdentity { entry.id.as_bytes().to_vec() } else { Vec::new() };
         txn.put_raw(cf, key, value);
@@ -46,17 +49,25 @@ fn erase(txn: &mut Txn<'_>, entry: &RegistrationEntry) {
     }
 }
 
-/// The canonical form of an incoming entry, or why it cannot be stored.
-fn prepare(entry: &RegistrationEntry) -> Result<RegistrationEntry, ApplyError> {
+/// The canonical form of an incoming entry (itself, when the proposer normalised it), or
+/// why it cannot be stored.
+fn prepare(entry: &RegistrationEntry) -> Result<Cow<'_, RegistrationEntry>, ApplyError> {
     if entry.id.is_empty() {
         return Err(ApplyError::InvalidArgument("entry id cannot be empty".into()));
     }
     if entry.selectors.is_empty() {
         return Err(ApplyError::InvalidArgument("entry must have at least one selector".into()));
     }
+    if entry.is_normalized() {
+        return Ok(Cow::Borrowed(entry));
+    }
     let mut entry = entry.clone();
     entry.normalize();
-    Ok(entry)
+    Ok(Cow::Owned(entry))
+}
+
+fn revision_number(revision: u64) -> i64 {
+    i64::try_from(revision).unwrap_or(i64::MAX)
 }
 
 /// The id of another entry with the same SPIFFE ID, parent ID and selectors, if any.
@@ -68,7 +79,7 @@ fn similar(txn: &Txn<'_>, entry: &RegistrationEntry, identity: &[u8]) -> Result<
 pub fn create(txn: &mut Txn<'_>, entries: &[RegistrationEntry], revision: u64) -> Result<Outcome, TxnError> {
     let mut results = Vec::with_capacity(entries.len());
     for entry in entries {
-        let mut entry = match prepare(entry) {
+        let entry = match prepare(entry) {
             Ok(entry) => entry,
             Err(e) => {
                 results.push(Err(e));
@@ -84,9 +95,9 @@ pub fn create(txn: &mut Txn<'_>, entries: &[RegistrationEntry], revision: u64) -
             results.push(Err(ApplyError::AlreadyExists(format!("similar entry {other:?} has the same SPIFFE ID, parent ID and selectors"))));
             continue;
         }
-        entry.revision_number = i64::try_from(revision).unwrap_or(i64::MAX);
-        write(txn, &entry, identity)?;
-        results.push(Ok(entry));
+        let written = EntryWritten { revision_number: revision_number(revision), created_at: entry.created_at };
+        write(txn, &entry, written, identity)?;
+        results.push(Ok(written));
     }
     Ok(Outcome::Entries(results))
 }
@@ -94,7 +105,7 @@ pub fn create(txn: &mut Txn<'_>, entries: &[RegistrationEntry], revision: u64) -
 pub fn update(txn: &mut Txn<'_>, entries: &[RegistrationEntry], revision: u64) -> Result<Outcome, TxnError> {
     let mut results = Vec::with_capacity(entries.len());
     for entry in entries {
-        let mut entry = match prepare(entry) {
+        let entry = match prepare(entry) {
             Ok(entry) => entry,
             Err(e) => {
                 results.push(Err(e));
@@ -110,11 +121,10 @@ pub fn update(txn: &mut Txn<'_>, entries: &[RegistrationEntry], revision: u64) -
             results.push(Err(ApplyError::AlreadyExists(format!("similar entry {other:?} has the same SPIFFE ID, parent ID and selectors"))));
             continue;
         }
-        entry.created_at = old.created_at;
-        entry.revision_number = i64::try_from(revision).unwrap_or(i64::MAX);
+        let written = EntryWritten { revision_number: revision_number(revision), created_at: old.created_at };
         erase(txn, &old);
-        write(txn, &entry, identity)?;
-        results.push(Ok(entry));
+        write(txn, &entry, written, identity)?;
+        results.push(Ok(written));
     }
     Ok(Outcome::Entries(results))
 }

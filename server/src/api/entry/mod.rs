@@ -7,7 +7,7 @@ mod filter;
 use proto::spire::api::server::entry::v1 as pb;
 use proto::spire::api::server::entry::v1::entry_server::Entry;
 use proto::spire::api::types;
-use raft_store::model::RegistrationEntry;
+use raft_store::model::{EntryWritten, RegistrationEntry};
 use raft_store::{ApplyError, Command, Outcome, StoreReader};
 use tonic::{Code, Request, Response, Status};
 
@@ -45,7 +45,7 @@ impl EntryService {
     }
 
     /// Writes a batch command and returns its per-item outcomes, in order.
-    async fn write_entries(&self, command: Command) -> Result<Vec<Result<RegistrationEntry, ApplyError>>, Status> {
+    async fn write_entries(&self, command: Command) -> Result<Vec<Result<EntryWritten, ApplyError>>, Status> {
         match self.context.write(command).await? {
             Outcome::Entries(results) => Ok(results),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
@@ -60,14 +60,25 @@ impl EntryService {
         command: fn(Vec<RegistrationEntry>) -> Command,
         mask: Option<&types::EntryMask>,
     ) -> Result<Vec<(Option<types::Status>, Option<types::Entry>)>, Status> {
+        // Proposed in stored (normalised) form, so apply stores them without a copy; the
+        // answer names what apply decided, and each item's stored entry is built from ours.
+        let checked: Vec<Result<RegistrationEntry, Status>> = checked
+            .into_iter()
+            .map(|item| {
+                item.map(|mut entry| {
+                    entry.normalize();
+                    entry
+                })
+            })
+            .collect();
         let valid: Vec<RegistrationEntry> = checked.iter().filter_map(|c| c.as_ref().ok().cloned()).collect();
         let mut written = if valid.is_empty() { Vec::new() } else { self.write_entries(command(valid)).await? }.into_iter();
         Ok(checked
             .into_iter()
             .map(|item| match item {
                 Err(refused) => (item_status(refused.code(), refused.message()), None),
-                Ok(_) => match written.next() {
-                    Some(Ok(entry)) => (item_status(Code::Ok, "OK"), Some(entry_to_pb(&entry, mask))),
+                Ok(proposed) => match written.next() {
+                    Some(Ok(written)) => (item_status(Code::Ok, "OK"), Some(entry_to_pb(&written.stored(proposed), mask))),
                     Some(Err(e)) => (item_status(apply_code(&e), e.to_string()), None),
                     None => (item_status(Code::Internal, "no outcome for this entry"), None),
                 },
