@@ -3,7 +3,9 @@
 //! pauses the election timers of the other voters and its own heartbeats, waits out the
 //! leader lease (followers refuse votes while it holds), and asks the target to start an
 //! election, which it wins because its log is complete and no one else competes. Timers,
-//! heartbeats and writes are restored however it ends.
+//! heartbeats and writes are restored however it ends: the transfer runs in a task of its
+//! own, so a caller that gives up does not cut it short, and the other voters restart
+//! their timers by themselves after a bounded pause if the leader dies first.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -12,6 +14,7 @@ use crate::network::{AdminRequest, ClusterClient, ForwardError, TransferHandler}
 use crate::proposer::Proposer;
 use crate::types::{NodeId, Raft};
 
+#[derive(Clone)]
 pub(crate) struct LeaderTransfer {
     pub id: NodeId,
     pub raft: Raft,
@@ -74,8 +77,12 @@ impl LeaderTransfer {
             .map_err(|_| ForwardError::Unavailable(format!("replica {to} did not catch up within {CATCH_UP_WAIT:?}")))?;
 
         let others: Vec<NodeId> = voters.iter().copied().filter(|v| *v != to && *v != self.id).collect();
+        // Longer than the transfer can take (lease, election wait, the calls), so a pause
+        // ends early only if this leader died or could not resume it.
+        let pause = self.lease + ELECTION_WAIT + Duration::from_secs(5);
+        let millis = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
         for v in &others {
-            if let Err(e) = self.admin(*v, AdminRequest::AllowElection(false)).await {
+            if let Err(e) = self.admin(*v, AdminRequest::PauseElection { millis }).await {
                 tracing::warn!(replica = v, error = %e, "could not pause an election timer for a leader transfer");
             }
         }
@@ -100,7 +107,9 @@ impl LeaderTransfer {
         self.raft.runtime_config().heartbeat(true);
         self.raft.runtime_config().elect(true);
         for v in &others {
-            let _ = self.admin(*v, AdminRequest::AllowElection(true)).await;
+            if let Err(e) = self.admin(*v, AdminRequest::ResumeElection).await {
+                tracing::warn!(replica = v, error = %e, "could not resume an election timer after a leader transfer; it resumes by itself");
+            }
         }
         result
     }
@@ -111,7 +120,14 @@ impl TransferHandler for LeaderTransfer {
     async fn transfer_leadership(&self, to: NodeId) -> Result<(), ForwardError> {
         let metrics = self.raft.metrics().borrow().clone();
         match metrics.current_leader {
-            Some(leader) if leader == self.id => self.lead_transfer(to).await,
+            Some(leader) if leader == self.id => {
+                // In a task of its own: dropping this call (a caller's deadline) must not
+                // leave heartbeats and elections switched off.
+                let transfer = self.clone();
+                tokio::spawn(async move { transfer.lead_transfer(to).await })
+                    .await
+                    .unwrap_or_else(|e| Err(ForwardError::Unavailable(format!("the leader transfer task failed: {e}"))))
+            }
             Some(leader) => self.admin(leader, AdminRequest::TransferLeadership { to }).await,
             None => Err(ForwardError::NotLeader { leader: None }),
         }

@@ -3,7 +3,9 @@
 //! replica certificate.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
@@ -44,11 +46,38 @@ pub struct ClusterService {
     proposer: Proposer,
     transfers: Arc<dyn TransferHandler>,
     join: Option<Arc<dyn JoinHandler>>,
+    /// Counts election pauses and resumes, so a pause's timer restores the election timer
+    /// only if nothing changed it since.
+    election_pauses: Arc<AtomicU64>,
 }
+
+/// The longest a leader may pause this replica's election timer, whatever it asks.
+const MAX_ELECTION_PAUSE: Duration = Duration::from_secs(60);
 
 impl ClusterService {
     pub fn new(raft: Raft, proposer: Proposer, transfers: Arc<dyn TransferHandler>, join: Option<Arc<dyn JoinHandler>>) -> Self {
-        Self { raft, proposer, transfers, join }
+        Self { raft, proposer, transfers, join, election_pauses: Arc::default() }
+    }
+
+    /// Stops the election timer for `pause` (at most [`MAX_ELECTION_PAUSE`]), then restarts
+    /// it unless a later pause or resume came first.
+    fn pause_election(&self, pause: Duration) {
+        let pause = pause.min(MAX_ELECTION_PAUSE);
+        let this_pause = self.election_pauses.fetch_add(1, Ordering::SeqCst) + 1;
+        self.raft.runtime_config().elect(false);
+        let (raft, pauses) = (self.raft.clone(), self.election_pauses.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(pause).await;
+            if pauses.load(Ordering::SeqCst) == this_pause {
+                tracing::warn!(?pause, "a leader transfer paused this replica's election timer and did not resume it; resuming it now");
+                raft.runtime_config().elect(true);
+            }
+        });
+    }
+
+    fn resume_election(&self) {
+        self.election_pauses.fetch_add(1, Ordering::SeqCst);
+        self.raft.runtime_config().elect(true);
     }
 }
 
@@ -121,8 +150,12 @@ impl Cluster for ClusterService {
         let admin: AdminRequest = decode("Admin", request.get_ref())?;
         let done = |r: Result<(), ForwardError>| r.map(|()| None);
         let result: Result<Option<AddProgress>, ForwardError> = match admin {
-            AdminRequest::AllowElection(enabled) => {
-                self.raft.runtime_config().elect(enabled);
+            AdminRequest::PauseElection { millis } => {
+                self.pause_election(Duration::from_millis(millis));
+                Ok(None)
+            }
+            AdminRequest::ResumeElection => {
+                self.resume_election();
                 Ok(None)
             }
             AdminRequest::StartElection => done(self.raft.trigger().elect().await.map_err(|e| ForwardError::Unavailable(e.to_string()))),

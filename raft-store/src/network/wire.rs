@@ -20,8 +20,12 @@ pub enum ForwardError {
 /// Steps of a leader transfer that one replica asks of another.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AdminRequest {
-    /// Enables or disables this replica's election timer.
-    AllowElection(bool),
+    /// Stops this replica's election timer for at most `millis` (a leader transfer in
+    /// progress); it restarts by itself then, so a transfer whose leader dies or whose
+    /// resume is lost never leaves the replica unable to stand.
+    PauseElection { millis: u64 },
+    /// Restarts this replica's election timer (the transfer ended).
+    ResumeElection,
     /// Starts an election now.
     StartElection,
     /// Asks the leader to hand leadership to this replica.

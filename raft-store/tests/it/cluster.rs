@@ -6,6 +6,8 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use raft_store::network::{AdminRequest, ClusterClient, Faults};
+use raft_store::testing::REPLICA_ID;
 use raft_store::{Command, NodeId, Outcome};
 
 use crate::cluster_support::{eventually, presented_leaf_certificate, TestCluster};
@@ -360,5 +362,31 @@ async fn a_transfer_asked_of_a_follower_outlasts_the_rpc_timeout() {
     let follower = cluster.follower(leader);
     cluster.replicas[&follower].transfer_leadership(follower).await.unwrap();
     assert_eq!(cluster.wait_for_leader().await, follower);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voters_paused_for_a_transfer_elect_again_when_its_leader_dies() {
+    // A leader handing over pauses the other voters' election timers; if it dies before it
+    // resumes them, they resume by themselves and elect a leader.
+    let mut cluster = TestCluster::start(3, 10_000).await;
+    let leader = cluster.wait_for_leader().await;
+    let client = ClusterClient::new(cluster.ca.tls(REPLICA_ID), Duration::from_secs(2), Faults::default());
+    let followers: Vec<NodeId> = cluster.replicas.keys().copied().filter(|id| *id != leader).collect();
+    for id in &followers {
+        let address = cluster.replicas[id].node().raft_address.clone();
+        client.admin(*id, &address, &AdminRequest::PauseElection { millis: 3000 }).await.unwrap().unwrap();
+    }
+    let stopped = std::time::Instant::now();
+    cluster.stop(leader).await;
+    // Paused: no one stands (unpaused, they elect within about a second here).
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    for id in &followers {
+        assert!(!cluster.replicas[id].is_leader(), "replica {id} was elected while its timer was paused");
+    }
+    let elected = cluster.wait_for_leader().await;
+    assert!(followers.contains(&elected));
+    assert!(stopped.elapsed() >= Duration::from_millis(3000), "elected before the pause ended: {:?}", stopped.elapsed());
+    assert!(created(&cluster.replicas[&elected].write(create("after-the-pause")).await.unwrap().outcome));
     cluster.shutdown().await;
 }
