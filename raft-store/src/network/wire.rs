@@ -17,15 +17,14 @@ pub enum ForwardError {
     Refused(String),
 }
 
-/// Steps of a leader transfer that one replica asks of another.
+/// Steps of a leader transfer that one replica asks of another. The variants' order is the
+/// wire format (bincode sends the index): new ones go at the end, so replicas of different
+/// builds still read each other during a rolling upgrade.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AdminRequest {
-    /// Stops this replica's election timer for at most `millis` (a leader transfer in
-    /// progress); it restarts by itself then, so a transfer whose leader dies or whose
-    /// resume is lost never leaves the replica unable to stand.
-    PauseElection { millis: u64 },
-    /// Restarts this replica's election timer (the transfer ended).
-    ResumeElection,
+    /// Stops (false) or restarts (true) this replica's election timer: what builds before
+    /// `PauseElection` send. A stop this way lasts at most the longest pause.
+    AllowElection(bool),
     /// Starts an election now.
     StartElection,
     /// Asks the leader to hand leadership to this replica.
@@ -35,6 +34,12 @@ pub enum AdminRequest {
     AddMember { id: NodeId, node: ReplicaNode },
     /// Asks the leader to remove a member.
     RemoveMember { id: NodeId },
+    /// Stops this replica's election timer for at most `millis` (a leader transfer in
+    /// progress); it restarts by itself then, so a transfer whose leader dies or whose
+    /// resume is lost never leaves the replica unable to stand.
+    PauseElection { millis: u64 },
+    /// Restarts this replica's election timer (the transfer ended).
+    ResumeElection,
 }
 
 pub fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<proto::cluster::Payload, tonic::Status> {
@@ -44,4 +49,20 @@ pub fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<proto::clus
 
 pub fn decode<T: DeserializeOwned>(what: &'static str, payload: &proto::cluster::Payload) -> Result<T, tonic::Status> {
     codec::decode(what, &payload.data).map_err(|e| tonic::Status::invalid_argument(format!("cannot decode {what} payload: {}", e.reason)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_requests_keep_their_wire_indexes() {
+        let index = |request: &AdminRequest| codec::encode("admin request", request).expect("encodes")[0];
+        assert_eq!(index(&AdminRequest::AllowElection(false)), 0);
+        assert_eq!(index(&AdminRequest::StartElection), 1);
+        assert_eq!(index(&AdminRequest::TransferLeadership { to: 2 }), 2);
+        assert_eq!(index(&AdminRequest::RemoveMember { id: 2 }), 4);
+        assert_eq!(index(&AdminRequest::PauseElection { millis: 1 }), 5);
+        assert_eq!(index(&AdminRequest::ResumeElection), 6);
+    }
 }
