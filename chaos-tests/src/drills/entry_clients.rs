@@ -141,6 +141,18 @@ impl Load {
         self.history.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// When the first write invoked at or after `since` was acknowledged (history clock),
+    /// if one was yet.
+    pub fn first_write_acknowledged_since(&self, since: u64) -> Option<u64> {
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        history
+            .iter()
+            .map(|o| &o.recorded)
+            .filter(|r| r.invoked >= since && matches!(r.op, Op::Write(_)) && matches!(r.outcome, Outcome::Ok(_)))
+            .map(|r| r.returned)
+            .min()
+    }
+
     /// Stops the clients (each finishes the operation it is in); returns the history.
     pub fn finish(self, runtime: &tokio::runtime::Runtime) -> Vec<Operation> {
         self.stop.store(true, Ordering::SeqCst);

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use super::entry_clients::{self, Alive, Load};
 use super::{runtime, Report, Settings, Workdir};
 use crate::harness::ServerProcess;
-use crate::linearizability::{Op, Outcome};
 
 pub const NAME: &str = "leader_kill";
 const CLIENTS: usize = 3;
@@ -89,14 +88,7 @@ pub fn run(settings: &Settings) -> Report {
 fn first_write_after(load: &Load, since: u64, limit: Duration) -> Option<Duration> {
     let deadline = Instant::now() + limit;
     loop {
-        let first = load
-            .history()
-            .iter()
-            .map(|o| &o.recorded)
-            .filter(|r| r.invoked >= since && matches!(r.op, Op::Write(_)) && matches!(r.outcome, Outcome::Ok(_)))
-            .map(|r| r.returned)
-            .min();
-        if let Some(returned) = first {
+        if let Some(returned) = load.first_write_acknowledged_since(since) {
             return Some(Duration::from_nanos(returned - since));
         }
         if Instant::now() >= deadline {

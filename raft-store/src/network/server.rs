@@ -150,19 +150,15 @@ impl Cluster for ClusterService {
         let admin: AdminRequest = decode("Admin", request.get_ref())?;
         let done = |r: Result<(), ForwardError>| r.map(|()| None);
         let result: Result<Option<AddProgress>, ForwardError> = match admin {
-            AdminRequest::AllowElection(false) => {
-                self.pause_election(MAX_ELECTION_PAUSE);
-                Ok(None)
-            }
-            AdminRequest::AllowElection(true) => {
-                self.resume_election();
-                Ok(None)
-            }
             AdminRequest::PauseElection { millis } => {
                 self.pause_election(Duration::from_millis(millis));
                 Ok(None)
             }
-            AdminRequest::ResumeElection => {
+            AdminRequest::AllowElection(false) => {
+                self.pause_election(MAX_ELECTION_PAUSE);
+                Ok(None)
+            }
+            AdminRequest::ResumeElection | AdminRequest::AllowElection(true) => {
                 self.resume_election();
                 Ok(None)
             }

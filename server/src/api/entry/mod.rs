@@ -60,17 +60,9 @@ impl EntryService {
         command: fn(Vec<RegistrationEntry>) -> Command,
         mask: Option<&types::EntryMask>,
     ) -> Result<Vec<(Option<types::Status>, Option<types::Entry>)>, Status> {
-        // Proposed in stored (normalised) form, so apply stores them without a copy; the
-        // answer names what apply decided, and each item's stored entry is built from ours.
-        let checked: Vec<Result<RegistrationEntry, Status>> = checked
-            .into_iter()
-            .map(|item| {
-                item.map(|mut entry| {
-                    entry.normalize();
-                    entry
-                })
-            })
-            .collect();
+        // `entry_from_pb` (every create and update goes through it) normalises, so apply
+        // stores these without a copy; the answer names what apply decided, and each item's
+        // stored entry is built from ours.
         let valid: Vec<RegistrationEntry> = checked.iter().filter_map(|c| c.as_ref().ok().cloned()).collect();
         let mut written = if valid.is_empty() { Vec::new() } else { self.write_entries(command(valid)).await? }.into_iter();
         Ok(checked
