@@ -6,10 +6,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The well-known types (google/protobuf/wrappers.proto) come with the vendored protoc.
     let well_known = protoc_bin_vendored::include_path()?;
     let well_known = well_known.to_str().ok_or("the vendored protoc include path is not UTF-8")?;
-    tonic_prost_build::configure()
-        .build_server(true)
-        .build_client(true)
-        .compile_protos(&["proto/testudo/cluster/v1/cluster.proto", "proto/testudo/admin/v1/cluster_admin.proto",
+    tonic_prost_build::configure().build_server(true).build_client(true).compile_protos(
+        &[
+            "proto/testudo/cluster/v1/cluster.proto",
+            "proto/testudo/admin/v1/cluster_admin.proto",
             "proto/spire/api/server/svid/v1/svid.proto",
             "proto/spire/api/server/bundle/v1/bundle.proto",
             "proto/spire/api/server/debug/v1/debug.proto",
@@ -21,7 +21,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/etcd/kv.proto",
             "proto/workload/workload.proto",
             "proto/envoy/service/secret/v3/sds.proto",
-            "proto/envoy/extensions/transport_sockets/tls/v3/secret.proto"], &["proto", well_known])?;
+            "proto/envoy/extensions/transport_sockets/tls/v3/secret.proto",
+        ],
+        &["proto", well_known],
+    )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

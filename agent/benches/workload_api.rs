@@ -58,13 +58,22 @@ struct Echo;
 
 #[tonic::async_trait]
 impl proto::health::health_server::Health for Echo {
-    async fn check(&self, _: tonic::Request<proto::health::HealthCheckRequest>) -> Result<tonic::Response<proto::health::HealthCheckResponse>, tonic::Status> {
-        Ok(tonic::Response::new(proto::health::HealthCheckResponse { status: proto::health::health_check_response::ServingStatus::Serving as i32 }))
+    async fn check(
+        &self,
+        _: tonic::Request<proto::health::HealthCheckRequest>,
+    ) -> Result<tonic::Response<proto::health::HealthCheckResponse>, tonic::Status> {
+        Ok(tonic::Response::new(proto::health::HealthCheckResponse {
+            status: proto::health::health_check_response::ServingStatus::Serving as i32,
+        }))
     }
 
-    type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<proto::health::HealthCheckResponse, tonic::Status>>;
+    type WatchStream =
+        tokio_stream::wrappers::ReceiverStream<Result<proto::health::HealthCheckResponse, tonic::Status>>;
 
-    async fn watch(&self, _: tonic::Request<proto::health::HealthCheckRequest>) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+    async fn watch(
+        &self,
+        _: tonic::Request<proto::health::HealthCheckRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
         Err(tonic::Status::unimplemented("watch"))
     }
 }
@@ -105,7 +114,16 @@ fn main() {
     let bundle_pem = server.bundle_pem();
     let token = server.json(&["token", "generate", "--ttl", "600"])["value"].as_str().expect("token").to_string();
     let uid = nix::unistd::getuid().as_raw();
-    server.json(&["entry", "create", "--spiffe-id", "spiffe://example.org/bench", "--parent-id", &format!("spiffe://example.org/spire/agent/join_token/{token}"), "--selector", &format!("unix:uid:{uid}")]);
+    server.json(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/bench",
+        "--parent-id",
+        &format!("spiffe://example.org/spire/agent/join_token/{token}"),
+        "--selector",
+        &format!("unix:uid:{uid}"),
+    ]);
     let agent = AgentProcess::start(root.path(), &[server.api_address()], &bundle_pem, &token, "5s");
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");

@@ -29,7 +29,11 @@ fn cert(der: &[u8]) -> pb::get_info_response::Cert {
         .ok()
         .and_then(|facts| facts.spiffe_ids.into_iter().next())
         .map(|id| Spiffeid { trust_domain: id.trust_domain().to_string(), path: id.path().to_string() });
-    pb::get_info_response::Cert { id, expires_at: parsed.validity().not_after.timestamp(), subject: parsed.subject().to_string() }
+    pb::get_info_response::Cert {
+        id,
+        expires_at: parsed.validity().not_after.timestamp(),
+        subject: parsed.subject().to_string(),
+    }
 }
 
 fn count(n: usize) -> i32 {

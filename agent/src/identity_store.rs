@@ -42,7 +42,10 @@ impl IdentityStore {
     }
 
     /// Runs `f` on this store on a blocking thread.
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Self) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Self) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let store = self.clone();
         tokio::task::spawn_blocking(move || f(&store))
             .await
@@ -53,7 +56,11 @@ impl IdentityStore {
     pub async fn load_identity(&self) -> Result<Option<StoredIdentity>, StoreError> {
         self.blocking(|store| {
             let (Some(chain), Some(key)) = (store.read(SVID_FILE)?, store.read(KEY_FILE)?) else { return Ok(None) };
-            let chain = split_der_certificates(&chain).map_err(|reason| StoreError::Corrupt { path: store.dir.join(SVID_FILE), what: "certificate chain", reason })?;
+            let chain = split_der_certificates(&chain).map_err(|reason| StoreError::Corrupt {
+                path: store.dir.join(SVID_FILE),
+                what: "certificate chain",
+                reason,
+            })?;
             Ok(Some(StoredIdentity { chain, key_pkcs8: Zeroizing::new(key) }))
         })
         .await
@@ -73,9 +80,11 @@ impl IdentityStore {
         let trust_domain = trust_domain.clone();
         self.blocking(move |store| {
             let Some(json) = store.read(BUNDLE_FILE)? else { return Ok(None) };
-            Bundle::from_spiffe_json(trust_domain, &json)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt { path: store.dir.join(BUNDLE_FILE), what: "SPIFFE bundle", reason: e.to_string() })
+            Bundle::from_spiffe_json(trust_domain, &json).map(Some).map_err(|e| StoreError::Corrupt {
+                path: store.dir.join(BUNDLE_FILE),
+                what: "SPIFFE bundle",
+                reason: e.to_string(),
+            })
         })
         .await
     }
@@ -111,7 +120,8 @@ impl IdentityStore {
 pub fn split_der_certificates(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     let mut certs = Vec::new();
     while !bytes.is_empty() {
-        let (rest, _) = x509_parser::parse_x509_certificate(bytes).map_err(|e| format!("certificate {}: {e}", certs.len()))?;
+        let (rest, _) =
+            x509_parser::parse_x509_certificate(bytes).map_err(|e| format!("certificate {}: {e}", certs.len()))?;
         let length = bytes.len() - rest.len();
         certs.push(bytes[..length].to_vec());
         bytes = rest;

@@ -121,9 +121,15 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { config } => run(&config).await,
             Command::Healthcheck { client } => healthcheck(&client).await,
-            Command::Api { call: ApiCall::Fetch { what: Fetch::X509 { client, write } } } => fetch_x509(&client, write.as_deref()).await,
-            Command::Api { call: ApiCall::Fetch { what: Fetch::Jwt { client, audience, spiffe_id } } } => fetch_jwt(&client, audience, spiffe_id).await,
-            Command::Api { call: ApiCall::Validate { what: Validate::Jwt { client, audience, svid } } } => validate_jwt(&client, audience, svid).await,
+            Command::Api { call: ApiCall::Fetch { what: Fetch::X509 { client, write } } } => {
+                fetch_x509(&client, write.as_deref()).await
+            }
+            Command::Api { call: ApiCall::Fetch { what: Fetch::Jwt { client, audience, spiffe_id } } } => {
+                fetch_jwt(&client, audience, spiffe_id).await
+            }
+            Command::Api { call: ApiCall::Validate { what: Validate::Jwt { client, audience, svid } } } => {
+                validate_jwt(&client, audience, svid).await
+            }
             Command::Api { call: ApiCall::Watch { client } } => watch(&client).await,
         }
     });
@@ -137,7 +143,8 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(config: &AgentConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config.agent.log_level.to_ascii_lowercase()));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config.agent.log_level.to_ascii_lowercase()));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if config.agent.log_format == "json" {
@@ -151,7 +158,8 @@ async fn run(path: &Path) -> anyhow::Result<()> {
     let config = AgentConfig::load(path)?;
     init_logging(&config);
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    std::fs::create_dir_all(&config.agent.data_dir).with_context(|| format!("cannot create data_dir {}", config.agent.data_dir.display()))?;
+    std::fs::create_dir_all(&config.agent.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", config.agent.data_dir.display()))?;
     let shutdown = async {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(term) => term,
@@ -172,7 +180,9 @@ async fn run(path: &Path) -> anyhow::Result<()> {
 }
 
 async fn connect(client: &Client) -> anyhow::Result<SpiffeWorkloadApiClient<Channel>> {
-    let channel = agent::socket::connect(&client.socket_path).await.with_context(|| format!("cannot reach the agent at {}", client.socket_path.display()))?;
+    let channel = agent::socket::connect(&client.socket_path)
+        .await
+        .with_context(|| format!("cannot reach the agent at {}", client.socket_path.display()))?;
     Ok(SpiffeWorkloadApiClient::new(channel))
 }
 
@@ -237,7 +247,13 @@ async fn fetch_x509(client: &Client, write: Option<&Path>) -> anyhow::Result<()>
             for svid in &out {
                 println!("SPIFFE ID:     {}", svid["spiffe_id"].as_str().unwrap_or_default());
                 println!("Serial:        {}", svid["serial"].as_str().unwrap_or_default());
-                let when = |key: &str| svid[key].as_i64().and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok()).map(|t| t.to_string()).unwrap_or_default();
+                let when = |key: &str| {
+                    svid[key]
+                        .as_i64()
+                        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+                        .map(|t| t.to_string())
+                        .unwrap_or_default()
+                };
                 println!("Valid:         {} .. {}", when("not_before"), when("not_after"));
                 println!("Chain length:  {}", svid["chain_length"]);
                 println!();
@@ -260,10 +276,18 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 async fn fetch_jwt(client: &Client, audience: Vec<String>, spiffe_id: Option<String>) -> anyhow::Result<()> {
     let mut api = connect(client).await?;
-    let response = api.fetch_jwtsvid(with_header(pb::JwtsvidRequest { audience, spiffe_id: spiffe_id.unwrap_or_default() })).await.map_err(status)?.into_inner();
+    let response = api
+        .fetch_jwtsvid(with_header(pb::JwtsvidRequest { audience, spiffe_id: spiffe_id.unwrap_or_default() }))
+        .await
+        .map_err(status)?
+        .into_inner();
     match client.output {
         Output::Json => {
-            let svids: Vec<_> = response.svids.iter().map(|s| serde_json::json!({ "spiffe_id": s.spiffe_id, "svid": s.svid, "hint": s.hint })).collect();
+            let svids: Vec<_> = response
+                .svids
+                .iter()
+                .map(|s| serde_json::json!({ "spiffe_id": s.spiffe_id, "svid": s.svid, "hint": s.hint }))
+                .collect();
             println!("{}", serde_json::json!({ "svids": svids }));
         }
         Output::Pretty => {
@@ -279,7 +303,11 @@ async fn fetch_jwt(client: &Client, audience: Vec<String>, spiffe_id: Option<Str
 
 async fn validate_jwt(client: &Client, audience: String, svid: String) -> anyhow::Result<()> {
     let mut api = connect(client).await?;
-    let response = api.validate_jwtsvid(with_header(pb::ValidateJwtsvidRequest { audience, svid })).await.map_err(status)?.into_inner();
+    let response = api
+        .validate_jwtsvid(with_header(pb::ValidateJwtsvidRequest { audience, svid }))
+        .await
+        .map_err(status)?
+        .into_inner();
     match client.output {
         Output::Json => println!("{}", serde_json::json!({ "spiffe_id": response.spiffe_id })),
         Output::Pretty => println!("SVID is valid.\nSPIFFE ID: {}", response.spiffe_id),
@@ -295,8 +323,13 @@ async fn watch(client: &Client) -> anyhow::Result<()> {
             let chain = split_certs(&svid.x509_svid)?;
             let facts = identity::x509::certificate_facts(&chain[0])?;
             match client.output {
-                Output::Json => println!("{}", serde_json::json!({ "spiffe_id": svid.spiffe_id, "serial": hex::encode(&facts.serial), "not_after": facts.not_after.unix_timestamp() })),
-                Output::Pretty => println!("{} serial {} valid until {}", svid.spiffe_id, hex::encode(&facts.serial), facts.not_after),
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({ "spiffe_id": svid.spiffe_id, "serial": hex::encode(&facts.serial), "not_after": facts.not_after.unix_timestamp() })
+                ),
+                Output::Pretty => {
+                    println!("{} serial {} valid until {}", svid.spiffe_id, hex::encode(&facts.serial), facts.not_after)
+                }
             }
         }
     }

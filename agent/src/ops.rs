@@ -16,33 +16,39 @@ pub async fn start(config: &AgentConfig, ready: Arc<AtomicBool>) -> std::io::Res
     let mut tasks = Vec::new();
     let health = &config.health_checks;
     if health.listener_enabled {
-        let router = Router::new()
-            .route(&health.live_path, get(|| async { (StatusCode::OK, "live\n") }))
-            .route(
-                &health.ready_path,
-                get(move || {
-                    let ready = ready.load(Ordering::Relaxed);
-                    async move {
-                        if ready {
-                            (StatusCode::OK, "ready\n")
-                        } else {
-                            (StatusCode::SERVICE_UNAVAILABLE, "not ready: the first sync with the servers is not done\n")
-                        }
+        let router = Router::new().route(&health.live_path, get(|| async { (StatusCode::OK, "live\n") })).route(
+            &health.ready_path,
+            get(move || {
+                let ready = ready.load(Ordering::Relaxed);
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready: the first sync with the servers is not done\n")
                     }
-                }),
-            );
+                }
+            }),
+        );
         tasks.push(listen("health checks", &health.bind_address, health.bind_port, router).await?);
     }
     if let Some(prometheus) = &config.telemetry.prometheus {
-        let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().map_err(std::io::Error::other)?;
+        let handle =
+            metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().map_err(std::io::Error::other)?;
         let router = Router::new().route("/metrics", get(move || std::future::ready(handle.render())));
         tasks.push(listen("Prometheus metrics", &prometheus.host, prometheus.port, router).await?);
     }
     Ok(tasks)
 }
 
-async fn listen(what: &'static str, host: &str, port: u16, router: Router) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind((host, port)).await.map_err(|e| std::io::Error::new(e.kind(), format!("{what} on {host}:{port}: {e}")))?;
+async fn listen(
+    what: &'static str,
+    host: &str,
+    port: u16,
+    router: Router,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind((host, port))
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{what} on {host}:{port}: {e}")))?;
     tracing::info!(address = %listener.local_addr()?, "{what} listening");
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {

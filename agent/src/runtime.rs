@@ -10,15 +10,15 @@ use identity::SpiffeId;
 use time::OffsetDateTime;
 use tonic::Code;
 
+use crate::admin::DebugApi;
 use crate::cache::Cache;
 use crate::config::plugins::{KeyStorage, NodeAttestor};
 use crate::config::{AgentConfig, TrustSource};
 use crate::identity_store::{IdentityStore, StoredIdentity};
 use crate::server_pool::ServerPool;
+use crate::status::AgentStatus;
 use crate::workload::api::WorkloadApi;
 use crate::workload::sds::SecretDiscovery;
-use crate::admin::DebugApi;
-use crate::status::AgentStatus;
 use crate::{attest, sync, trust, workload};
 
 /// Why the agent could not start.
@@ -48,7 +48,11 @@ impl AgentSvid {
         let now = OffsetDateTime::now_utc();
         let verified = verify_x509_svid(&identity.chain, bundle, now).map_err(|e| e.to_string())?;
         let facts = certificate_facts(&identity.chain[0]).map_err(|e| e.to_string())?;
-        Ok(Self { spiffe_id: verified.spiffe_id, renew_at: sync::renewal_time(facts.not_before, facts.not_after), identity })
+        Ok(Self {
+            spiffe_id: verified.spiffe_id,
+            renew_at: sync::renewal_time(facts.not_before, facts.not_after),
+            identity,
+        })
     }
 }
 
@@ -71,7 +75,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         },
     };
     let trust = Arc::new(RwLock::new(bundle.clone()));
-    let server_id = SpiffeId::new(trust_domain.clone(), "/spire/server").map_err(|e| StartError::Config(e.to_string()))?;
+    let server_id =
+        SpiffeId::new(trust_domain.clone(), "/spire/server").map_err(|e| StartError::Config(e.to_string()))?;
     let pool = Arc::new(ServerPool::new(config.servers.clone(), server_id, trust.clone()).await);
     tracing::info!(servers = ?pool.addresses(), "server replicas");
 
@@ -94,8 +99,11 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
             if config.node_attestor == NodeAttestor::JoinToken && config.agent.join_token.is_none() {
                 return Err(StartError::Config("agent.join_token is required to attest (no stored SVID)".into()));
             }
-            let identity = attest_node(&config, &pool).await.map_err(|e| StartError::Attestation(format!("{:?}: {}", e.code(), e.message())))?;
-            let svid = AgentSvid::new(identity, &bundle).map_err(|e| StartError::Attestation(format!("the server issued an SVID that does not verify: {e}")))?;
+            let identity = attest_node(&config, &pool)
+                .await
+                .map_err(|e| StartError::Attestation(format!("{:?}: {}", e.code(), e.message())))?;
+            let svid = AgentSvid::new(identity, &bundle)
+                .map_err(|e| StartError::Attestation(format!("the server issued an SVID that does not verify: {e}")))?;
             tracing::info!(spiffe_id = %svid.spiffe_id, "node attested");
             if matches!(config.key_storage, KeyStorage::Disk(_)) {
                 store.save_identity(&svid.identity).await?;
@@ -131,17 +139,27 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     }
     let probe_task = tokio::spawn(pool.clone().probe_unhealthy(std::time::Duration::from_secs(1)));
     let dns_task = tokio::spawn(pool.clone().follow_dns(crate::server_pool::RESOLVE_EVERY));
-    let sync_task = tokio::spawn(sync_loop(config.clone(), pool.clone(), cache.clone(), trust.clone(), store.clone(), agent, status.clone()));
+    let sync_task = tokio::spawn(sync_loop(
+        config.clone(),
+        pool.clone(),
+        cache.clone(),
+        trust.clone(),
+        store.clone(),
+        agent,
+        status.clone(),
+    ));
 
     let socket = &config.agent.socket_path;
-    let listener = crate::socket::bind(socket, 0o777).map_err(|e| StartError::Socket { path: socket.display().to_string(), reason: e.to_string() })?;
+    let listener = crate::socket::bind(socket, 0o777)
+        .map_err(|e| StartError::Socket { path: socket.display().to_string(), reason: e.to_string() })?;
     tracing::info!(socket = %socket.display(), "Workload API and Envoy SDS listening");
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let sds = SecretDiscovery::new(cache.clone(), config.workload_attestors.clone(), config.agent.sds.clone());
     let api = WorkloadApi::new(cache.clone(), config.workload_attestors.clone(), pool);
     let admin_task = match &config.agent.admin_socket_path {
         Some(path) => {
-            let listener = crate::socket::bind(path, 0o600).map_err(|e| StartError::Socket { path: path.display().to_string(), reason: e.to_string() })?;
+            let listener = crate::socket::bind(path, 0o600)
+                .map_err(|e| StartError::Socket { path: path.display().to_string(), reason: e.to_string() })?;
             tracing::info!(socket = %path.display(), "admin API listening");
             let debug = DebugApi { status: status.clone(), cache, workload: api.clone() };
             Some(tokio::spawn(
@@ -154,7 +172,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     };
     let served = tonic::transport::Server::builder()
         .add_service(proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer::new(api))
-        .add_service(proto::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer::new(sds))
+        .add_service(
+            proto::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer::new(sds),
+        )
         .serve_with_incoming_shutdown(accept(listener), shutdown)
         .await;
     sync_task.abort();
@@ -171,8 +191,16 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
 
 /// Starts using a new agent SVID (after renewal or a new attestation): checks it against
 /// the bundle, presents it from now on, and keeps it on disk with `KeyManager "disk"`.
-async fn adopt(identity: StoredIdentity, config: &AgentConfig, pool: &ServerPool, store: &IdentityStore, trust: &RwLock<Bundle>, status: &AgentStatus) -> Result<AgentSvid, String> {
-    let svid = trust.read().map_err(|_| "bundle lock poisoned".to_string()).and_then(|b| AgentSvid::new(identity, &b))?;
+async fn adopt(
+    identity: StoredIdentity,
+    config: &AgentConfig,
+    pool: &ServerPool,
+    store: &IdentityStore,
+    trust: &RwLock<Bundle>,
+    status: &AgentStatus,
+) -> Result<AgentSvid, String> {
+    let svid =
+        trust.read().map_err(|_| "bundle lock poisoned".to_string()).and_then(|b| AgentSvid::new(identity, &b))?;
     pool.set_identity(&svid.identity);
     status.set_svid(&svid.identity.chain);
     if matches!(config.key_storage, KeyStorage::Disk(_)) {
@@ -187,7 +215,11 @@ async fn adopt(identity: StoredIdentity, config: &AgentConfig, pool: &ServerPool
 async fn attest_node(config: &AgentConfig, pool: &ServerPool) -> Result<StoredIdentity, tonic::Status> {
     match &config.node_attestor {
         NodeAttestor::JoinToken => {
-            let token = config.agent.join_token.as_deref().ok_or_else(|| tonic::Status::failed_precondition("no join_token configured"))?;
+            let token = config
+                .agent
+                .join_token
+                .as_deref()
+                .ok_or_else(|| tonic::Status::failed_precondition("no join_token configured"))?;
             attest::with_join_token(pool, token).await
         }
         NodeAttestor::X509Pop { private_key_path, certificate_path, intermediates_path } => {
@@ -197,12 +229,23 @@ async fn attest_node(config: &AgentConfig, pool: &ServerPool) -> Result<StoredId
 }
 
 /// Accepted Workload API connections, each wrapped so any client's `:authority` passes.
-fn accept(listener: tokio::net::UnixListener) -> impl tokio_stream::Stream<Item = std::io::Result<workload::authority::AuthorityFixing>> {
+fn accept(
+    listener: tokio::net::UnixListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<workload::authority::AuthorityFixing>> {
     use tokio_stream::StreamExt;
-    tokio_stream::wrappers::UnixListenerStream::new(listener).map(|accepted| accepted.map(workload::authority::AuthorityFixing::new))
+    tokio_stream::wrappers::UnixListenerStream::new(listener)
+        .map(|accepted| accepted.map(workload::authority::AuthorityFixing::new))
 }
 
-async fn sync_loop(config: AgentConfig, pool: Arc<ServerPool>, cache: Cache, trust: Arc<RwLock<Bundle>>, store: IdentityStore, mut agent: AgentSvid, agent_status: Arc<AgentStatus>) {
+async fn sync_loop(
+    config: AgentConfig,
+    pool: Arc<ServerPool>,
+    cache: Cache,
+    trust: Arc<RwLock<Bundle>>,
+    store: IdentityStore,
+    mut agent: AgentSvid,
+    agent_status: Arc<AgentStatus>,
+) {
     let mut tick = tokio::time::interval(config.agent.sync_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_bundle_sequence = None;
@@ -231,7 +274,9 @@ async fn sync_loop(config: AgentConfig, pool: Arc<ServerPool>, cache: Cache, tru
                             }
                             Err(e) => tracing::error!(error = %e, "the new agent SVID does not verify; no new SVIDs"),
                         },
-                        Err(e) => tracing::error!(error = %e, "attesting again failed; serving what the agent has, no new SVIDs"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "attesting again failed; serving what the agent has, no new SVIDs")
+                        }
                     }
                 } else {
                     tracing::error!(error = %status.message(), "the servers refuse this agent (banned, or evicted with a spent join token): it serves what it has and gets no new SVIDs");
@@ -256,9 +301,13 @@ async fn sync_loop(config: AgentConfig, pool: Arc<ServerPool>, cache: Cache, tru
                         tracing::info!(renew_at = %renewed.renew_at, "agent SVID renewed");
                         agent = renewed;
                     }
-                    Err(e) => tracing::warn!(error = %e, "the renewed agent SVID does not verify; keeping the current one"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the renewed agent SVID does not verify; keeping the current one")
+                    }
                 },
-                Err(status) => tracing::warn!(code = ?status.code(), error = %status.message(), "agent SVID renewal failed; retrying at the next sync"),
+                Err(status) => {
+                    tracing::warn!(code = ?status.code(), error = %status.message(), "agent SVID renewal failed; retrying at the next sync")
+                }
             }
         }
     }

@@ -80,7 +80,16 @@ struct Health {
 
 /// Whether an error is the replica's (try another) or the request's (give up).
 fn replica_at_fault(status: &Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Internal | Code::ResourceExhausted | Code::Aborted | Code::Cancelled)
+    matches!(
+        status.code(),
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Internal
+            | Code::ResourceExhausted
+            | Code::Aborted
+            | Code::Cancelled
+    )
 }
 
 impl ServerPool {
@@ -93,13 +102,18 @@ impl ServerPool {
             configured: servers,
             server_id,
             bundle,
-            state: Mutex::new(PoolState { current: addresses[0].clone(), identity: None, members: addresses.into_iter().map(Member::new).collect() }),
+            state: Mutex::new(PoolState {
+                current: addresses[0].clone(),
+                identity: None,
+                members: addresses.into_iter().map(Member::new).collect(),
+            }),
         }
     }
 
     /// Presents `identity` from now on (after attestation and every renewal).
     pub fn set_identity(&self, identity: &StoredIdentity) {
-        let chain: String = identity.chain.iter().map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.clone()))).collect();
+        let chain: String =
+            identity.chain.iter().map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.clone()))).collect();
         let key = Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", identity.key_pkcs8.to_vec())));
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.identity = Some((chain, key));
@@ -321,12 +335,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_name_stands_for_every_address_it_resolves_to() {
-        let expected: Vec<String> = tokio::net::lookup_host("localhost:8081").await.unwrap().map(|a| a.to_string()).fold(Vec::new(), |mut v, a| {
-            if !v.contains(&a) {
-                v.push(a);
-            }
-            v
-        });
+        let expected: Vec<String> = tokio::net::lookup_host("localhost:8081")
+            .await
+            .unwrap()
+            .map(|a| a.to_string())
+            .fold(Vec::new(), |mut v, a| {
+                if !v.contains(&a) {
+                    v.push(a);
+                }
+                v
+            });
         assert!(!expected.is_empty());
         let configured = vec!["127.0.0.1:9000".to_string(), "localhost:8081".to_string(), "127.0.0.1:9000".to_string()];
         let mut want = vec!["127.0.0.1:9000".to_string()];

@@ -31,7 +31,8 @@ const IDS_PER_REQUEST: usize = 500;
 
 /// Converts the bundle the server serves.
 pub fn bundle_from_pb(pb: &types::Bundle) -> Result<Bundle, String> {
-    let trust_domain = TrustDomain::parse(&pb.trust_domain).map_err(|e| format!("bundle trust domain {:?}: {e}", pb.trust_domain))?;
+    let trust_domain =
+        TrustDomain::parse(&pb.trust_domain).map_err(|e| format!("bundle trust domain {:?}: {e}", pb.trust_domain))?;
     let mut bundle = Bundle::new(trust_domain);
     for (i, authority) in pb.x509_authorities.iter().enumerate() {
         bundle.add_x509_authority(&authority.asn1).map_err(|e| format!("x509_authorities[{i}]: {e}"))?;
@@ -43,7 +44,12 @@ pub fn bundle_from_pb(pb: &types::Bundle) -> Result<Bundle, String> {
         let public_key = PublicKey::from_spki_der(&key.public_key).map_err(|e| format!("jwt_authorities[{i}]: {e}"))?;
         let expires_at = (key.expires_at != 0).then_some(key.expires_at);
         bundle
-            .add_jwt_authority(JwtAuthority { key_id: key.key_id.clone(), public_key, expires_at, tainted: key.tainted })
+            .add_jwt_authority(JwtAuthority {
+                key_id: key.key_id.clone(),
+                public_key,
+                expires_at,
+                tainted: key.tainted,
+            })
             .map_err(|e| format!("jwt_authorities[{i}]: {e}"))?;
     }
     bundle.refresh_hint = u64::try_from(pb.refresh_hint).ok().filter(|h| *h > 0);
@@ -61,8 +67,16 @@ fn spiffe_id_from_pb(id: Option<&types::Spiffeid>) -> Result<SpiffeId, String> {
 fn entry_from_pb(pb: &types::Entry) -> Option<Entry> {
     let convert = || -> Result<Entry, String> {
         let spiffe_id = spiffe_id_from_pb(pb.spiffe_id.as_ref())?;
-        let selectors: SelectorSet = pb.selectors.iter().map(|s| Selector::new(&s.r#type, &s.value).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
-        let federates_with = pb.federates_with.iter().map(|td| TrustDomain::parse(td.trim_start_matches("spiffe://")).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
+        let selectors: SelectorSet = pb
+            .selectors
+            .iter()
+            .map(|s| Selector::new(&s.r#type, &s.value).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        let federates_with = pb
+            .federates_with
+            .iter()
+            .map(|td| TrustDomain::parse(td.trim_start_matches("spiffe://")).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
         Ok(Entry {
             id: pb.id.clone(),
             spiffe_id,
@@ -90,7 +104,10 @@ pub async fn fetch_bundle(pool: &ServerPool) -> Result<Bundle, Status> {
 
 /// The bundles of the trust domains `entries` federate with, from any replica; a trust
 /// domain the servers hold no bundle for is left out (and logged).
-pub async fn fetch_federated(pool: &ServerPool, entries: &BTreeMap<String, Entry>) -> Result<BTreeMap<TrustDomain, Bundle>, Status> {
+pub async fn fetch_federated(
+    pool: &ServerPool,
+    entries: &BTreeMap<String, Entry>,
+) -> Result<BTreeMap<TrustDomain, Bundle>, Status> {
     let wanted: BTreeSet<TrustDomain> = entries.values().flat_map(|e| e.federates_with.iter().cloned()).collect();
     let mut bundles = BTreeMap::new();
     for td in wanted {
@@ -100,7 +117,13 @@ pub async fn fetch_federated(pool: &ServerPool, entries: &BTreeMap<String, Entry
                 let name = name.clone();
                 async move {
                     let mut client = bundle_pb::bundle_client::BundleClient::new(channel);
-                    Ok(client.get_federated_bundle(bundle_pb::GetFederatedBundleRequest { trust_domain: name, output_mask: None }).await?.into_inner())
+                    Ok(client
+                        .get_federated_bundle(bundle_pb::GetFederatedBundleRequest {
+                            trust_domain: name,
+                            output_mask: None,
+                        })
+                        .await?
+                        .into_inner())
                 }
             })
             .await;
@@ -109,10 +132,16 @@ pub async fn fetch_federated(pool: &ServerPool, entries: &BTreeMap<String, Entry
                 Ok(bundle) if *bundle.trust_domain() == td => {
                     bundles.insert(td, bundle);
                 }
-                Ok(bundle) => tracing::warn!(asked = %td, got = %bundle.trust_domain(), "the server sent another trust domain's bundle"),
-                Err(e) => tracing::warn!(trust_domain = %td, error = %e, "ignoring a federated bundle the agent cannot read"),
+                Ok(bundle) => {
+                    tracing::warn!(asked = %td, got = %bundle.trust_domain(), "the server sent another trust domain's bundle")
+                }
+                Err(e) => {
+                    tracing::warn!(trust_domain = %td, error = %e, "ignoring a federated bundle the agent cannot read")
+                }
             },
-            Err(status) if status.code() == tonic::Code::NotFound => tracing::debug!(trust_domain = %td, "no federated bundle for this trust domain yet"),
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                tracing::debug!(trust_domain = %td, "no federated bundle for this trust domain yet")
+            }
             Err(status) => return Err(status),
         }
     }
@@ -122,17 +151,24 @@ pub async fn fetch_federated(pool: &ServerPool, entries: &BTreeMap<String, Entry
 /// The authorized entries now, given those the agent has: the server sends every entry's
 /// revision (or, for few entries, the entries themselves); the agent asks only for the
 /// ones that are new or changed.
-pub async fn sync_entries(pool: &ServerPool, known: &BTreeMap<String, Entry>) -> Result<BTreeMap<String, Entry>, Status> {
+pub async fn sync_entries(
+    pool: &ServerPool,
+    known: &BTreeMap<String, Entry>,
+) -> Result<BTreeMap<String, Entry>, Status> {
     pool.call(2, |channel| async move {
         let mut client = entry_pb::entry_client::EntryClient::new(channel);
         let (requests, stream) = tokio::sync::mpsc::channel(4);
         let first = entry_pb::SyncAuthorizedEntriesRequest { output_mask: None, ids: vec![] };
         requests.send(first).await.map_err(|_| Status::internal("sync request channel closed"))?;
-        let mut answers = client.sync_authorized_entries(tokio_stream::wrappers::ReceiverStream::new(stream)).await?.into_inner();
+        let mut answers =
+            client.sync_authorized_entries(tokio_stream::wrappers::ReceiverStream::new(stream)).await?.into_inner();
         let mut revisions: BTreeMap<String, i64> = BTreeMap::new();
         let mut fresh: BTreeMap<String, Entry> = BTreeMap::new();
         loop {
-            let answer = answers.message().await?.ok_or_else(|| Status::unavailable("the server ended the sync stream early"))?;
+            let answer = answers
+                .message()
+                .await?
+                .ok_or_else(|| Status::unavailable("the server ended the sync stream early"))?;
             revisions.extend(answer.entry_revisions.into_iter().map(|r| (r.id, r.revision_number)));
             for pb in &answer.entries {
                 revisions.insert(pb.id.clone(), pb.revision_number);
@@ -146,13 +182,21 @@ pub async fn sync_entries(pool: &ServerPool, known: &BTreeMap<String, Entry>) ->
         }
         let wanted: Vec<String> = revisions
             .iter()
-            .filter(|(id, revision)| !fresh.contains_key(*id) && known.get(*id).is_none_or(|e| e.revision_number != **revision))
+            .filter(|(id, revision)| {
+                !fresh.contains_key(*id) && known.get(*id).is_none_or(|e| e.revision_number != **revision)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for ids in wanted.chunks(IDS_PER_REQUEST) {
-            requests.send(entry_pb::SyncAuthorizedEntriesRequest { output_mask: None, ids: ids.to_vec() }).await.map_err(|_| Status::unavailable("the server ended the sync stream early"))?;
+            requests
+                .send(entry_pb::SyncAuthorizedEntriesRequest { output_mask: None, ids: ids.to_vec() })
+                .await
+                .map_err(|_| Status::unavailable("the server ended the sync stream early"))?;
             loop {
-                let answer = answers.message().await?.ok_or_else(|| Status::unavailable("the server ended the sync stream early"))?;
+                let answer = answers
+                    .message()
+                    .await?
+                    .ok_or_else(|| Status::unavailable("the server ended the sync stream early"))?;
                 fresh.extend(answer.entries.iter().filter_map(entry_from_pb).map(|e| (e.id.clone(), e)));
                 if !answer.more {
                     break;
@@ -172,14 +216,17 @@ pub async fn sync_entries(pool: &ServerPool, known: &BTreeMap<String, Entry>) ->
 /// or an authority in its chain was tainted.
 fn needs_mint(entry: &Entry, svid: Option<&WorkloadSvid>, bundle: &Bundle, now: OffsetDateTime) -> bool {
     let Some(svid) = svid else { return true };
-    let tainted = svid.chain.iter().skip(1).any(|der| bundle.x509_authorities().iter().any(|a| a.tainted && a.der == *der))
-        || bundle.x509_authorities().iter().filter(|a| a.tainted).any(|a| signed_by(&svid.chain, &a.der));
+    let tainted =
+        svid.chain.iter().skip(1).any(|der| bundle.x509_authorities().iter().any(|a| a.tainted && a.der == *der))
+            || bundle.x509_authorities().iter().filter(|a| a.tainted).any(|a| signed_by(&svid.chain, &a.der));
     svid.entry_revision != entry.revision_number || now >= svid.renew_at || svid.spiffe_id != entry.spiffe_id || tainted
 }
 
 /// Whether the chain's last certificate was issued by `authority` (by subject name).
 fn signed_by(chain: &[Vec<u8>], authority: &[u8]) -> bool {
-    let (Some(last), Ok((_, authority))) = (chain.last(), x509_parser::parse_x509_certificate(authority)) else { return false };
+    let (Some(last), Ok((_, authority))) = (chain.last(), x509_parser::parse_x509_certificate(authority)) else {
+        return false;
+    };
     x509_parser::parse_x509_certificate(last).is_ok_and(|(_, cert)| cert.issuer() == authority.subject())
 }
 
@@ -210,13 +257,20 @@ async fn mint(pool: &ServerPool, entries: Vec<Entry>) -> Result<Vec<(String, Wor
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| Status::internal(format!("cannot make workload keys: {e}")))?;
-        let params: Vec<svid_pb::NewX509svidParams> = keyed.iter().map(|(entry, _, csr)| svid_pb::NewX509svidParams { entry_id: entry.id.clone(), csr: csr.clone() }).collect();
+        let params: Vec<svid_pb::NewX509svidParams> = keyed
+            .iter()
+            .map(|(entry, _, csr)| svid_pb::NewX509svidParams { entry_id: entry.id.clone(), csr: csr.clone() })
+            .collect();
         let results = pool
             .call(2, |channel| {
                 let params = params.clone();
                 async move {
                     let mut client = svid_pb::svid_client::SvidClient::new(channel);
-                    Ok(client.batch_new_x509svid(svid_pb::BatchNewX509svidRequest { params }).await?.into_inner().results)
+                    Ok(client
+                        .batch_new_x509svid(svid_pb::BatchNewX509svidRequest { params })
+                        .await?
+                        .into_inner()
+                        .results)
                 }
             })
             .await?;
@@ -255,7 +309,8 @@ pub async fn sync_once(pool: &ServerPool, cache: &Cache, trust: &Arc<RwLock<Bund
     let entries = sync_entries(pool, &current.entries).await?;
     let federated = fetch_federated(pool, &entries).await?;
     let now = OffsetDateTime::now_utc();
-    let due: Vec<Entry> = entries.values().filter(|e| needs_mint(e, current.svids.get(&e.id), &bundle, now)).cloned().collect();
+    let due: Vec<Entry> =
+        entries.values().filter(|e| needs_mint(e, current.svids.get(&e.id), &bundle, now)).cloned().collect();
     let minted = if due.is_empty() { Vec::new() } else { mint(pool, due).await? };
     let report = SyncReport { entries: entries.len(), minted: minted.len() };
     // Every Workload API stream wakes on an update: skip it when nothing changed.

@@ -14,7 +14,6 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tonic::transport::{ClientTlsConfig, Endpoint};
 
-
 /// Why no trust bundle could be had.
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
@@ -48,7 +47,11 @@ fn parse_bundle(trust_domain: &TrustDomain, bytes: &[u8], spiffe_format: bool) -
 }
 
 /// Reads the configured trust bundle file (PEM certificates or a SPIFFE bundle document).
-pub fn from_file(trust_domain: &TrustDomain, path: &std::path::Path, spiffe_format: bool) -> Result<Bundle, TrustError> {
+pub fn from_file(
+    trust_domain: &TrustDomain,
+    path: &std::path::Path,
+    spiffe_format: bool,
+) -> Result<Bundle, TrustError> {
     let error = |reason: String| TrustError::File { path: path.display().to_string(), reason };
     let bytes = std::fs::read(path).map_err(|e| error(e.to_string()))?;
     parse_bundle(trust_domain, &bytes, spiffe_format).map_err(error)
@@ -61,7 +64,11 @@ pub fn from_file(trust_domain: &TrustDomain, path: &std::path::Path, spiffe_form
 /// [`MAX_BUNDLE_JSON_BYTES`]: identity::bundle::MAX_BUNDLE_JSON_BYTES
 pub async fn from_url(trust_domain: &TrustDomain, url: &str, spiffe_format: bool) -> Result<Bundle, TrustError> {
     let error = |reason: String| TrustError::Url { url: url.to_owned(), reason };
-    let client = reqwest::Client::builder().https_only(true).timeout(URL_TIMEOUT).build().map_err(|e| error(format!("cannot set up HTTPS: {e}")))?;
+    let client = reqwest::Client::builder()
+        .https_only(true)
+        .timeout(URL_TIMEOUT)
+        .build()
+        .map_err(|e| error(format!("cannot set up HTTPS: {e}")))?;
     let limit = identity::bundle::MAX_BUNDLE_JSON_BYTES;
     let mut response = client.get(url).send().await.map_err(|e| error(error_chain(&e)))?;
     if !response.status().is_success() {
@@ -140,15 +147,32 @@ impl Default for AcceptAnyServer {
 }
 
 impl ServerCertVerifier for AcceptAnyServer {
-    fn verify_server_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 

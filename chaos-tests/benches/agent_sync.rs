@@ -39,8 +39,15 @@ struct Args {
 
 fn args() -> Args {
     let raw: Vec<String> = std::env::args().collect();
-    let get = |name: &str, default: usize| raw.iter().position(|a| a == name).and_then(|i| raw.get(i + 1)).and_then(|n| n.parse().ok()).unwrap_or(default);
-    Args { agents: get("--agents", 10_000), per_agent: get("--per-agent", 10), probes: get("--probes", 1_000), concurrency: get("--concurrency", 16) }
+    let get = |name: &str, default: usize| {
+        raw.iter().position(|a| a == name).and_then(|i| raw.get(i + 1)).and_then(|n| n.parse().ok()).unwrap_or(default)
+    };
+    Args {
+        agents: get("--agents", 10_000),
+        per_agent: get("--per-agent", 10),
+        probes: get("--probes", 1_000),
+        concurrency: get("--concurrency", 16),
+    }
 }
 
 /// The replicas' API addresses, starting at replica `i % 3`, so agents spread over them.
@@ -64,7 +71,11 @@ impl Cluster {
     fn memory(&self) -> String {
         self.servers
             .iter()
-            .map(|s| s.memory_kib().map(|(now, peak)| format!("replica {}: {} MiB (peak {} MiB)", s.id, now / 1024, peak / 1024)).unwrap_or_default())
+            .map(|s| {
+                s.memory_kib()
+                    .map(|(now, peak)| format!("replica {}: {} MiB (peak {} MiB)", s.id, now / 1024, peak / 1024))
+                    .unwrap_or_default()
+            })
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -125,19 +136,32 @@ async fn create_entries(cluster: &Cluster, agent_ids: &[String], agents: std::op
         async move {
             let channel = connect(&socket).await.expect("an admin socket");
             let answer = entry_pb::entry_client::EntryClient::new(channel)
-                .batch_create_entry(entry_pb::BatchCreateEntryRequest { entries: batches[b].clone(), output_mask: None })
+                .batch_create_entry(entry_pb::BatchCreateEntryRequest {
+                    entries: batches[b].clone(),
+                    output_mask: None,
+                })
                 .await
                 .expect("entries created")
                 .into_inner();
             let failed = answer.results.iter().filter(|r| r.status.as_ref().is_some_and(|s| s.code != 0)).count();
-            assert_eq!(failed, 0, "entries refused: {:?}", answer.results.iter().find_map(|r| r.status.as_ref().filter(|s| s.code != 0)));
+            assert_eq!(
+                failed,
+                0,
+                "entries refused: {:?}",
+                answer.results.iter().find_map(|r| r.status.as_ref().filter(|s| s.code != 0))
+            );
         }
     })
     .await;
 }
 
 /// Sync latencies of the probes: (full sync, steady sync), and the entries each saw.
-async fn probe(cluster: &Arc<Cluster>, identities: &Arc<Vec<StoredIdentity>>, probes: usize, concurrency: usize) -> (Vec<Duration>, Vec<Duration>, Vec<usize>) {
+async fn probe(
+    cluster: &Arc<Cluster>,
+    identities: &Arc<Vec<StoredIdentity>>,
+    probes: usize,
+    concurrency: usize,
+) -> (Vec<Duration>, Vec<Duration>, Vec<usize>) {
     let (cluster, identities) = (cluster.clone(), identities.clone());
     let results = each(0..probes, concurrency, move |i| {
         let (cluster, identities) = (cluster.clone(), identities.clone());
@@ -163,7 +187,10 @@ async fn probe(cluster: &Arc<Cluster>, identities: &Arc<Vec<StoredIdentity>>, pr
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
-    sorted.get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1))).map(|d| d.as_secs_f64() * 1e3).unwrap_or_default()
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .map(|d| d.as_secs_f64() * 1e3)
+        .unwrap_or_default()
 }
 
 fn main() {
@@ -177,8 +204,14 @@ fn main() {
         bundle.add_x509_authority(cert.contents()).expect("a CA certificate");
     }
     let addresses = servers.iter().map(ServerProcess::api_address).collect();
-    let cluster = Arc::new(Cluster { servers, addresses, bundle: Arc::new(RwLock::new(bundle)), server_id: SpiffeId::parse("spiffe://example.org/spire/server").expect("the server ID") });
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
+    let cluster = Arc::new(Cluster {
+        servers,
+        addresses,
+        bundle: Arc::new(RwLock::new(bundle)),
+        server_id: SpiffeId::parse("spiffe://example.org/spire/server").expect("the server ID"),
+    });
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
     let concurrency = args.concurrency;
 
     // 1. Agents.
@@ -220,7 +253,11 @@ fn main() {
     let started = Instant::now();
     runtime.block_on(create_entries(&cluster, &agent_ids, probes..args.agents, args.per_agent));
     let total = args.agents * args.per_agent;
-    println!("phase B: {} more entries created in {:.1} s ({total} in all)", (args.agents - probes) * args.per_agent, started.elapsed().as_secs_f64());
+    println!(
+        "phase B: {} more entries created in {:.1} s ({total} in all)",
+        (args.agents - probes) * args.per_agent,
+        started.elapsed().as_secs_f64()
+    );
     let (full_b, steady_b, seen_b) = runtime.block_on(probe(&cluster, &identities, probes, PROBE_CONCURRENCY));
     assert!(seen_b.iter().all(|n| *n == args.per_agent), "a probe saw the wrong number of entries");
     let started = Instant::now();
@@ -247,8 +284,30 @@ fn main() {
     );
     println!("| phase | entries in all | full sync p50 / p99 ms | steady sync p50 / p99 ms | replica memory |");
     println!("| --- | ---: | --- | --- | --- |");
-    println!("| A | {} | {:.2} / {:.2} | {:.2} / {:.2} | {memory_a} |", probes * args.per_agent, pct(&full_a, 0.5), pct(&full_a, 0.99), pct(&steady_a, 0.5), pct(&steady_a, 0.99));
-    println!("| B | {total} | {:.2} / {:.2} | {:.2} / {:.2} | {memory_b} |", pct(&full_b, 0.5), pct(&full_b, 0.99), pct(&steady_b, 0.5), pct(&steady_b, 0.99));
-    println!("full sync p50, B / A: {:.2}; steady sync p50, B / A: {:.2}", pct(&full_b, 0.5) / pct(&full_a, 0.5), pct(&steady_b, 0.5) / pct(&steady_a, 0.5));
-    println!("every agent's full sync in phase B (new connection each): {} syncs in {:.1} s, {:.0} syncs/s", args.agents, all_time.as_secs_f64(), args.agents as f64 / all_time.as_secs_f64());
+    println!(
+        "| A | {} | {:.2} / {:.2} | {:.2} / {:.2} | {memory_a} |",
+        probes * args.per_agent,
+        pct(&full_a, 0.5),
+        pct(&full_a, 0.99),
+        pct(&steady_a, 0.5),
+        pct(&steady_a, 0.99)
+    );
+    println!(
+        "| B | {total} | {:.2} / {:.2} | {:.2} / {:.2} | {memory_b} |",
+        pct(&full_b, 0.5),
+        pct(&full_b, 0.99),
+        pct(&steady_b, 0.5),
+        pct(&steady_b, 0.99)
+    );
+    println!(
+        "full sync p50, B / A: {:.2}; steady sync p50, B / A: {:.2}",
+        pct(&full_b, 0.5) / pct(&full_a, 0.5),
+        pct(&steady_b, 0.5) / pct(&steady_a, 0.5)
+    );
+    println!(
+        "every agent's full sync in phase B (new connection each): {} syncs in {:.1} s, {:.0} syncs/s",
+        args.agents,
+        all_time.as_secs_f64(),
+        args.agents as f64 / all_time.as_secs_f64()
+    );
 }

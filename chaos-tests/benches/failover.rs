@@ -36,7 +36,13 @@ fn row(what: &str, mut figures: Vec<Duration>) {
     figures.sort();
     let ms = |d: Duration| format!("{:.0}", d.as_secs_f64() * 1e3);
     let all: Vec<String> = figures.iter().map(|d| ms(*d)).collect();
-    println!("| {what} | {} | {} | {} | {} |", figures.len(), ms(percentile(&figures, 0.5)), ms(figures.last().copied().unwrap_or_default()), all.join(", "));
+    println!(
+        "| {what} | {} | {} | {} | {} |",
+        figures.len(),
+        ms(percentile(&figures, 0.5)),
+        ms(figures.last().copied().unwrap_or_default()),
+        all.join(", ")
+    );
 }
 
 /// The API address the agent calls first, from its log (the first configured one until it
@@ -53,10 +59,16 @@ fn agent_current(log: &str, first: &str) -> String {
 fn main() {
     let rounds = rounds();
     let root = tempfile::tempdir().expect("a temporary directory");
-    let options = ReplicaOptions { default_timing: true, server_extra: r#"default_x509_svid_ttl = "1h""#.into(), ..Default::default() };
-    let mut servers: Vec<ServerProcess> = (1..=3).map(|id| ServerProcess::start_with(root.path(), id, &options)).collect();
+    let options = ReplicaOptions {
+        default_timing: true,
+        server_extra: r#"default_x509_svid_ttl = "1h""#.into(),
+        ..Default::default()
+    };
+    let mut servers: Vec<ServerProcess> =
+        (1..=3).map(|id| ServerProcess::start_with(root.path(), id, &options)).collect();
     ServerProcess::form_cluster(&servers);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
 
     // Leader kills under write load.
     let alive = Alive::new(3);
@@ -80,7 +92,11 @@ fn main() {
         .filter_map(|&kill| {
             history
                 .iter()
-                .filter(|o| matches!(o.recorded.op, Op::Write(_)) && matches!(o.recorded.outcome, Outcome::Ok(_)) && o.recorded.invoked >= kill)
+                .filter(|o| {
+                    matches!(o.recorded.op, Op::Write(_))
+                        && matches!(o.recorded.outcome, Outcome::Ok(_))
+                        && o.recorded.invoked >= kill
+                })
                 .map(|o| o.recorded.returned - kill)
                 .min()
                 .map(Duration::from_nanos)
@@ -99,8 +115,13 @@ fn main() {
             let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 n += 1;
-                let mut request = tonic::Request::new(pb::JwtsvidRequest { audience: vec![format!("failover-{n}")], spiffe_id: String::new() });
-                request.metadata_mut().insert("workload.spiffe.io", tonic::metadata::MetadataValue::from_static("true"));
+                let mut request = tonic::Request::new(pb::JwtsvidRequest {
+                    audience: vec![format!("failover-{n}")],
+                    spiffe_id: String::new(),
+                });
+                request
+                    .metadata_mut()
+                    .insert("workload.spiffe.io", tonic::metadata::MetadataValue::from_static("true"));
                 let sent = Instant::now();
                 let ok = client.fetch_jwtsvid(request).await.is_ok_and(|r| !r.get_ref().svids.is_empty());
                 calls.lock().unwrap_or_else(|p| p.into_inner()).push((sent, Instant::now(), ok));
@@ -135,11 +156,19 @@ fn main() {
     let _ = runtime.block_on(workload);
     let calls = calls.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let switch = |faults: &[Instant]| -> Vec<Duration> {
-        faults.iter().filter_map(|&at| calls.iter().filter(|(sent, _, ok)| *ok && *sent >= at).map(|(_, answered, _)| *answered - at).min()).collect()
+        faults
+            .iter()
+            .filter_map(|&at| {
+                calls.iter().filter(|(sent, _, ok)| *ok && *sent >= at).map(|(_, answered, _)| *answered - at).min()
+            })
+            .collect()
     };
     let failed_calls = calls.iter().filter(|(_, _, ok)| !ok).count();
 
-    println!("# Failover, 3 replicas ({}), default Raft timing, {rounds} rounds each", chaos_tests::harness::binary("testudo-server").display());
+    println!(
+        "# Failover, 3 replicas ({}), default Raft timing, {rounds} rounds each",
+        chaos_tests::harness::binary("testudo-server").display()
+    );
     println!("| what | rounds | p50 ms | max ms | every round, ms |");
     println!("| --- | ---: | ---: | ---: | --- |");
     row("leader kill -9 → first acknowledged write sent after it", recovered);

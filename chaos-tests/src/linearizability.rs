@@ -48,7 +48,10 @@ pub struct Recorded {
 pub enum Verdict {
     Linearizable,
     /// The first key (in key order) with no valid order, and how many operations it had.
-    NotLinearizable { key: String, operations: usize },
+    NotLinearizable {
+        key: String,
+        operations: usize,
+    },
 }
 
 /// One operation prepared for the search.
@@ -70,9 +73,15 @@ pub fn check(history: &[Recorded], initial: Option<String>) -> Verdict {
             (_, Outcome::Failed) => continue,
             // A read with no answer constrains nothing.
             (Op::Read, Outcome::Unknown) => continue,
-            (Op::Read, Outcome::Ok(seen)) => Call { op: Op::Read, read_result: Some(seen.clone()), invoked: r.invoked, returned: Some(r.returned) },
-            (op @ Op::Write(_), Outcome::Ok(_)) => Call { op: op.clone(), read_result: None, invoked: r.invoked, returned: Some(r.returned) },
-            (op @ Op::Write(_), Outcome::Unknown) => Call { op: op.clone(), read_result: None, invoked: r.invoked, returned: None },
+            (Op::Read, Outcome::Ok(seen)) => {
+                Call { op: Op::Read, read_result: Some(seen.clone()), invoked: r.invoked, returned: Some(r.returned) }
+            }
+            (op @ Op::Write(_), Outcome::Ok(_)) => {
+                Call { op: op.clone(), read_result: None, invoked: r.invoked, returned: Some(r.returned) }
+            }
+            (op @ Op::Write(_), Outcome::Unknown) => {
+                Call { op: op.clone(), read_result: None, invoked: r.invoked, returned: None }
+            }
         };
         by_key.entry(r.key.as_str()).or_default().push(call);
     }
@@ -117,7 +126,8 @@ fn check_key(calls: &[Call], initial: Option<String>) -> bool {
             return true;
         }
         // The earliest return among pending operations bounds which may go next.
-        let horizon = (0..n).filter(|&i| !is_done(&done, i)).filter_map(|i| calls[i].returned).min().unwrap_or(u64::MAX);
+        let horizon =
+            (0..n).filter(|&i| !is_done(&done, i)).filter_map(|i| calls[i].returned).min().unwrap_or(u64::MAX);
         let choice = (next_candidate..n).find_map(|i| {
             if is_done(&done, i) || calls[i].invoked > horizon {
                 return None;
@@ -157,7 +167,13 @@ pub fn lost_writes(history: &[Recorded], final_state: &BTreeMap<String, Option<S
         // write certainly followed (invoked after they returned).
         let possible: Vec<Option<String>> = writes
             .iter()
-            .filter(|w| !writes.iter().any(|later| matches!(later.outcome, Outcome::Ok(_)) && later.invoked > w.returned && w.outcome != Outcome::Unknown))
+            .filter(|w| {
+                !writes.iter().any(|later| {
+                    matches!(later.outcome, Outcome::Ok(_))
+                        && later.invoked > w.returned
+                        && w.outcome != Outcome::Unknown
+                })
+            })
             .filter_map(|w| match &w.op {
                 Op::Write(v) => Some(v.clone()),
                 Op::Read => None,
@@ -179,7 +195,14 @@ mod tests {
         Recorded { client, key: "k".into(), op: Op::Write(value.map(str::to_owned)), invoked, returned, outcome }
     }
     fn r(client: usize, seen: Option<&str>, invoked: u64, returned: u64) -> Recorded {
-        Recorded { client, key: "k".into(), op: Op::Read, invoked, returned, outcome: Outcome::Ok(seen.map(str::to_owned)) }
+        Recorded {
+            client,
+            key: "k".into(),
+            op: Op::Read,
+            invoked,
+            returned,
+            outcome: Outcome::Ok(seen.map(str::to_owned)),
+        }
     }
     fn ok() -> Outcome {
         Outcome::Ok(None)
@@ -226,10 +249,31 @@ mod tests {
         // 200 clients writing and reading one key in overlapping pairs: linearizable.
         for i in 0..200u64 {
             let v = format!("v{i}");
-            h.push(Recorded { client: (i % 7) as usize, key: "busy".into(), op: Op::Write(Some(v.clone())), invoked: i * 10, returned: i * 10 + 15, outcome: Outcome::Ok(None) });
-            h.push(Recorded { client: 7, key: "busy".into(), op: Op::Read, invoked: i * 10 + 16, returned: i * 10 + 19, outcome: Outcome::Ok(Some(v)) });
+            h.push(Recorded {
+                client: (i % 7) as usize,
+                key: "busy".into(),
+                op: Op::Write(Some(v.clone())),
+                invoked: i * 10,
+                returned: i * 10 + 15,
+                outcome: Outcome::Ok(None),
+            });
+            h.push(Recorded {
+                client: 7,
+                key: "busy".into(),
+                op: Op::Read,
+                invoked: i * 10 + 16,
+                returned: i * 10 + 19,
+                outcome: Outcome::Ok(Some(v)),
+            });
         }
-        h.push(Recorded { client: 9, key: "other".into(), op: Op::Read, invoked: 0, returned: 1, outcome: Outcome::Ok(Some("ghost".into())) });
+        h.push(Recorded {
+            client: 9,
+            key: "other".into(),
+            op: Op::Read,
+            invoked: 0,
+            returned: 1,
+            outcome: Outcome::Ok(Some("ghost".into())),
+        });
         assert_eq!(check(&h, None), Verdict::NotLinearizable { key: "other".into(), operations: 1 });
         h.pop();
         assert_eq!(check(&h, None), Verdict::Linearizable);
@@ -262,9 +306,23 @@ mod tests {
             if is_write {
                 let v = (value % 4 != 0).then(|| format!("v{value}"));
                 state = v.clone();
-                history.push(Recorded { client: n % 5, key: "k".into(), op: Op::Write(v), invoked, returned, outcome: Outcome::Ok(None) });
+                history.push(Recorded {
+                    client: n % 5,
+                    key: "k".into(),
+                    op: Op::Write(v),
+                    invoked,
+                    returned,
+                    outcome: Outcome::Ok(None),
+                });
             } else {
-                history.push(Recorded { client: n % 5, key: "k".into(), op: Op::Read, invoked, returned, outcome: Outcome::Ok(state.clone()) });
+                history.push(Recorded {
+                    client: n % 5,
+                    key: "k".into(),
+                    op: Op::Read,
+                    invoked,
+                    returned,
+                    outcome: Outcome::Ok(state.clone()),
+                });
             }
         }
         history

@@ -32,7 +32,13 @@ impl<T> Parsed<T> {
     }
 }
 
-fn invalid(source: &str, file: &str, body: &hcl_edit::structure::Body, path: Vec<String>, message: String) -> ConfigError {
+fn invalid(
+    source: &str,
+    file: &str,
+    body: &hcl_edit::structure::Body,
+    path: Vec<String>,
+    message: String,
+) -> ConfigError {
     let line = locate::line_of(source, body, &path);
     let key = if path.is_empty() { "(file)".to_string() } else { path.join(".") };
     ConfigError::Invalid(InvalidKey { file: file.to_string(), line, key, message })
@@ -40,7 +46,8 @@ fn invalid(source: &str, file: &str, body: &hcl_edit::structure::Body, path: Vec
 
 /// Reads a config file and deserializes it into `T`.
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Parsed<T>, ConfigError> {
-    let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let source =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
     parse(source, &path.display().to_string())
 }
 

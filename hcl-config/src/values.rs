@@ -57,7 +57,9 @@ pub fn port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
         Port::Number(n) => n.to_string(),
         Port::Text(t) => t,
     };
-    raw.trim().parse::<u16>().map_err(|_| D::Error::custom(format!("invalid port {raw:?}: must be a number from 0 to 65535")))
+    raw.trim()
+        .parse::<u16>()
+        .map_err(|_| D::Error::custom(format!("invalid port {raw:?}: must be a number from 0 to 65535")))
 }
 
 #[cfg(test)]

@@ -74,10 +74,7 @@ impl SpiffeId {
         };
         validate_name(td)?;
         validate_path(path)?;
-        Ok(Self {
-            trust_domain: TrustDomain::from_name(td)?,
-            path: path.to_owned(),
-        })
+        Ok(Self { trust_domain: TrustDomain::from_name(td)?, path: path.to_owned() })
     }
 
     /// Builds an ID from a trust domain and a path (`""` or `/a/b`), validating the path.
@@ -281,8 +278,10 @@ mod tests {
         let id = SpiffeId::from_segments(td.clone(), &["ns", "prod"]).unwrap();
         assert_eq!(id.to_string(), "spiffe://example.org/ns/prod");
         assert_eq!(SpiffeId::from_segments(td.clone(), &[""]), Err(IdError::TrailingSlash));
-        assert_eq!(SpiffeId::from_segments(td.clone(), &["a/b"]).map(|i| i.to_string()).ok(),
-            Some("spiffe://example.org/a/b".to_owned()));
+        assert_eq!(
+            SpiffeId::from_segments(td.clone(), &["a/b"]).map(|i| i.to_string()).ok(),
+            Some("spiffe://example.org/a/b".to_owned())
+        );
         assert_eq!(SpiffeId::from_segments(td.clone(), &[".."]), Err(IdError::DotSegment));
         assert_eq!(SpiffeId::new(td, "noslash"), Err(IdError::PathWithoutLeadingSlash));
     }

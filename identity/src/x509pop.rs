@@ -88,22 +88,39 @@ pub enum RespondError {
 
 /// The agent's answer to `challenge` (JSON), signed with the leaf's key.
 pub fn respond(challenge: &[u8], signer: &dyn Signer, agent_nonce: [u8; NONCE_LEN]) -> Result<Vec<u8>, RespondError> {
-    let challenge: Challenge = serde_json::from_slice(challenge).map_err(|e| RespondError::BadChallenge(e.to_string()))?;
+    let challenge: Challenge =
+        serde_json::from_slice(challenge).map_err(|e| RespondError::BadChallenge(e.to_string()))?;
     let sign = |algorithm, server: &Nonce| {
         if server.nonce.0.len() != NONCE_LEN {
-            return Err(RespondError::BadChallenge(format!("the server nonce is {} bytes, not {NONCE_LEN}", server.nonce.0.len())));
+            return Err(RespondError::BadChallenge(format!(
+                "the server nonce is {} bytes, not {NONCE_LEN}",
+                server.nonce.0.len()
+            )));
         }
-        signer.sign(algorithm, &signed_message(&server.nonce.0, &agent_nonce)).map_err(|e| RespondError::Sign(e.to_string()))
+        signer
+            .sign(algorithm, &signed_message(&server.nonce.0, &agent_nonce))
+            .map_err(|e| RespondError::Sign(e.to_string()))
     };
     let response = match (signer.public_key().kind(), &challenge.ecdsa_signature, &challenge.rsa_signature) {
         (PublicKeyKind::EcP256, Some(server), _) => {
-            let fixed = der_to_fixed(&sign(SignatureAlgorithm::EcdsaP256Sha256, server)?, 32).map_err(|e| RespondError::Sign(e.to_string()))?;
+            let fixed = der_to_fixed(&sign(SignatureAlgorithm::EcdsaP256Sha256, server)?, 32)
+                .map_err(|e| RespondError::Sign(e.to_string()))?;
             let (r, s) = fixed.split_at(32);
-            Response { ecdsa_signature: Some(EcdsaResponse { nonce: Base64(agent_nonce.to_vec()), r: Base64(r.to_vec()), s: Base64(s.to_vec()) }), ..Default::default() }
+            Response {
+                ecdsa_signature: Some(EcdsaResponse {
+                    nonce: Base64(agent_nonce.to_vec()),
+                    r: Base64(r.to_vec()),
+                    s: Base64(s.to_vec()),
+                }),
+                ..Default::default()
+            }
         }
         (PublicKeyKind::Rsa { .. }, _, Some(server)) => {
             let signature = sign(SignatureAlgorithm::RsaPssSha256, server)?;
-            Response { rsa_signature: Some(RsaResponse { nonce: Base64(agent_nonce.to_vec()), signature: Base64(signature) }), ..Default::default() }
+            Response {
+                rsa_signature: Some(RsaResponse { nonce: Base64(agent_nonce.to_vec()), signature: Base64(signature) }),
+                ..Default::default()
+            }
         }
         (kind, _, _) => return Err(RespondError::BadChallenge(format!("no challenge for a {kind:?} key"))),
     };

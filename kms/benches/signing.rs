@@ -31,7 +31,10 @@ async fn rate(manager: Arc<dyn KeyManager>, tasks: u64, seconds: u64) -> (f64, f
                 let mut latencies = Vec::new();
                 while Instant::now() < until {
                     let t = Instant::now();
-                    manager.sign("bench-key", SignatureAlgorithm::EcdsaP256Sha256, &message).await.expect("a signature");
+                    manager
+                        .sign("bench-key", SignatureAlgorithm::EcdsaP256Sha256, &message)
+                        .await
+                        .expect("a signature");
                     latencies.push(t.elapsed());
                 }
                 latencies
@@ -44,7 +47,11 @@ async fn rate(manager: Arc<dyn KeyManager>, tasks: u64, seconds: u64) -> (f64, f
     }
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort();
-    let at = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1))).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
     let _ = manager.delete_key("bench-key").await;
     (latencies.len() as f64 / elapsed, at(0.50), at(0.99))
 }
@@ -72,7 +79,8 @@ async fn main() {
     println!("{:<10} {r:>12.0} {p50:>10.3} {p99:>10.3}", "memory");
 
     let (_token, config) = softhsm();
-    let hsm: Arc<dyn KeyManager> = Arc::new(kms::pkcs11::Pkcs11KeyManager::open(config).await.expect("the SoftHSM token"));
+    let hsm: Arc<dyn KeyManager> =
+        Arc::new(kms::pkcs11::Pkcs11KeyManager::open(config).await.expect("the SoftHSM token"));
     let (r, p50, p99) = rate(hsm, tasks, seconds).await;
     println!("{:<10} {r:>12.0} {p50:>10.3} {p99:>10.3}", "pkcs11");
 
@@ -80,7 +88,9 @@ async fn main() {
     let sdk = aws_config::SdkConfig::builder()
         .behavior_version(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(moto::REGION))
-        .credentials_provider(aws_sdk_kms::config::SharedCredentialsProvider::new(aws_sdk_kms::config::Credentials::new(moto::ACCESS_KEY_ID, moto::SECRET_ACCESS_KEY, None, None, "bench")))
+        .credentials_provider(aws_sdk_kms::config::SharedCredentialsProvider::new(
+            aws_sdk_kms::config::Credentials::new(moto::ACCESS_KEY_ID, moto::SECRET_ACCESS_KEY, None, None, "bench"),
+        ))
         .build();
     let config = kms::aws_kms::AwsKmsConfig {
         region: None,
@@ -89,7 +99,8 @@ async fn main() {
         alias_prefix: "alias/bench/".into(),
         trust_domain: "example.org".into(),
     };
-    let aws: Arc<dyn KeyManager> = Arc::new(kms::aws_kms::AwsKmsKeyManager::with_sdk_config(&sdk, config).expect("a KMS client"));
+    let aws: Arc<dyn KeyManager> =
+        Arc::new(kms::aws_kms::AwsKmsKeyManager::with_sdk_config(&sdk, config).expect("a KMS client"));
     let (r, p50, p99) = rate(aws, tasks, seconds).await;
     println!("{:<10} {r:>12.0} {p50:>10.3} {p99:>10.3}", "aws_kms");
 }

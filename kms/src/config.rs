@@ -17,7 +17,8 @@ pub enum KeyManagerConfig {
 
 impl KeyManagerConfig {
     /// The config names of the key managers this build knows.
-    pub const NAMES: [&'static str; 4] = [crate::memory::NAME, crate::disk::NAME, crate::pkcs11::NAME, crate::aws_kms::NAME];
+    pub const NAMES: [&'static str; 4] =
+        [crate::memory::NAME, crate::disk::NAME, crate::pkcs11::NAME, crate::aws_kms::NAME];
 
     pub async fn build(&self) -> Result<Arc<dyn KeyManager>, KeyManagerError> {
         Ok(match self {

@@ -52,9 +52,8 @@ impl DiskKeyManager {
     /// Opens (or, on first use, will create) the keys file at `path`.
     pub async fn open(path: PathBuf) -> Result<Self, KeyManagerError> {
         let load_path = path.clone();
-        let keys = tokio::task::spawn_blocking(move || load(&load_path))
-            .await
-            .map_err(|e| storage(e.to_string()))??;
+        let keys =
+            tokio::task::spawn_blocking(move || load(&load_path)).await.map_err(|e| storage(e.to_string()))??;
         Ok(Self { path, keys: Keyring::new(NAME, keys), write_lock: tokio::sync::Mutex::new(()) })
     }
 
@@ -69,7 +68,11 @@ impl DiskKeyManager {
             let mut stored = Vec::with_capacity(snapshot.len());
             for (id, key) in &snapshot {
                 let der = key.to_pkcs8_der().map_err(|e| storage(e.to_string()))?;
-                stored.push(StoredKey { id: id.clone(), key_type: key.key_type(), pkcs8: STANDARD.encode(der.as_slice()) });
+                stored.push(StoredKey {
+                    id: id.clone(),
+                    key_type: key.key_type(),
+                    pkcs8: STANDARD.encode(der.as_slice()),
+                });
             }
             let file = KeysFile { version: FORMAT_VERSION, keys: stored };
             let bytes = Zeroizing::new(serde_json::to_vec_pretty(&file).map_err(|e| storage(e.to_string()))?);
@@ -98,9 +101,10 @@ fn load(path: &Path) -> Result<BTreeMap<String, Arc<LocalKey>>, KeyManagerError>
             path.display()
         )));
     }
-    let bytes = Zeroizing::new(fs::read(path).map_err(|e| storage(format!("cannot read keys file {}: {e}", path.display())))?);
-    let file: KeysFile = serde_json::from_slice(&bytes)
-        .map_err(|e| storage(format!("keys file {} is corrupt: {e}", path.display())))?;
+    let bytes =
+        Zeroizing::new(fs::read(path).map_err(|e| storage(format!("cannot read keys file {}: {e}", path.display())))?);
+    let file: KeysFile =
+        serde_json::from_slice(&bytes).map_err(|e| storage(format!("keys file {} is corrupt: {e}", path.display())))?;
     if file.version != FORMAT_VERSION {
         return Err(storage(format!(
             "keys file {} has format version {}, this build reads version {FORMAT_VERSION}",

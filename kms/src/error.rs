@@ -22,7 +22,9 @@ pub enum KeyManagerError {
 impl From<KeyManagerError> for identity::crypto::SignError {
     fn from(e: KeyManagerError) -> Self {
         match e {
-            KeyManagerError::Unavailable { backend, reason } => Self::Unavailable { backend: backend.to_owned(), reason },
+            KeyManagerError::Unavailable { backend, reason } => {
+                Self::Unavailable { backend: backend.to_owned(), reason }
+            }
             KeyManagerError::AlgorithmMismatch { key_type, algorithm, .. } => {
                 Self::AlgorithmMismatch { algorithm, key: key_type.to_string() }
             }

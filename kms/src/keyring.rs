@@ -22,7 +22,11 @@ impl Keyring {
         KeyManagerError::Storage { backend: self.backend, reason: "key table lock poisoned".into() }
     }
 
-    pub(crate) async fn generate(backend: &'static str, id: &str, key_type: KeyType) -> Result<Arc<LocalKey>, KeyManagerError> {
+    pub(crate) async fn generate(
+        backend: &'static str,
+        id: &str,
+        key_type: KeyType,
+    ) -> Result<Arc<LocalKey>, KeyManagerError> {
         validate_key_id(id)?;
         let key = tokio::task::spawn_blocking(move || LocalKey::generate(key_type))
             .await
@@ -71,7 +75,12 @@ impl Keyring {
         Ok(self.snapshot()?.iter().map(|(id, key)| Self::info(id, key)).collect())
     }
 
-    pub(crate) fn sign(&self, id: &str, algorithm: SignatureAlgorithm, message: &[u8]) -> Result<Vec<u8>, KeyManagerError> {
+    pub(crate) fn sign(
+        &self,
+        id: &str,
+        algorithm: SignatureAlgorithm,
+        message: &[u8],
+    ) -> Result<Vec<u8>, KeyManagerError> {
         let key = self.get(id)?;
         if !algorithm.fits(key.key_type()) {
             return Err(KeyManagerError::AlgorithmMismatch { id: id.to_owned(), key_type: key.key_type(), algorithm });

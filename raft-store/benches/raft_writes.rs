@@ -65,7 +65,8 @@ fn options() -> Options {
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
 }
@@ -92,7 +93,12 @@ struct Figures {
 fn summarise(system: &'static str, batch: usize, tallies: Vec<Tally>, elapsed: Duration, cpu_seconds: f64) -> Figures {
     let mut latencies: Vec<Duration> = tallies.iter().flat_map(|t| t.latencies.iter().copied()).collect();
     latencies.sort();
-    let pick = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pick = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     let entries: u64 = tallies.iter().map(|t| t.entries).sum();
     Figures {
         system,
@@ -183,7 +189,8 @@ fn free_port() -> u16 {
 fn start_etcd() -> Etcd {
     let dir = tempfile::tempdir().expect("temp dir");
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    let initial: Vec<String> = ports.iter().enumerate().map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}")).collect();
+    let initial: Vec<String> =
+        ports.iter().enumerate().map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}")).collect();
     let mut children = Vec::new();
     let mut clients = Vec::new();
     for (i, (client, peer)) in ports.iter().enumerate() {
@@ -211,11 +218,17 @@ fn start_etcd() -> Etcd {
 async fn etcd_leader(etcd: &Etcd) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let out = Process::new("etcdctl").env("ETCDCTL_API", "3").args(["--endpoints", &etcd.clients.join(","), "endpoint", "status", "-w", "json"]).output();
+        let out = Process::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &etcd.clients.join(","), "endpoint", "status", "-w", "json"])
+            .output();
         if let Ok(out) = out {
             if let Ok(status) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
                 let leader = status.as_array().and_then(|members| {
-                    members.iter().find(|m| m["Status"]["leader"].as_u64().is_some() && m["Status"]["leader"] == m["Status"]["header"]["member_id"])
+                    members.iter().find(|m| {
+                        m["Status"]["leader"].as_u64().is_some()
+                            && m["Status"]["leader"] == m["Status"]["header"]["member_id"]
+                    })
                 });
                 if let Some(endpoint) = leader.and_then(|m| m["Endpoint"].as_str()) {
                     return endpoint.to_owned();
@@ -230,7 +243,8 @@ async fn etcd_leader(etcd: &Etcd) -> String {
 async fn etcd(o: &Options, batch: usize) -> Figures {
     let etcd = start_etcd();
     let leader = etcd_leader(&etcd).await;
-    let channel = tonic::transport::Endpoint::from_shared(leader).expect("url").connect().await.expect("connect to etcd");
+    let channel =
+        tonic::transport::Endpoint::from_shared(leader).expect("url").connect().await.expect("connect to etcd");
     let deadline = Instant::now() + Duration::from_secs(o.seconds);
     let start = Instant::now();
     let cpu_all = || cpu_seconds(std::process::id()) + etcd.children.iter().map(|c| cpu_seconds(c.id())).sum::<f64>();
@@ -249,7 +263,12 @@ async fn etcd(o: &Options, batch: usize) -> Figures {
                     client.put(PutRequest { key: key(0), value: value.clone() }).await.expect("etcd put");
                 } else {
                     let success = (0..batch)
-                        .map(|i| RequestOp { request: Some(request_op::Request::RequestPut(PutRequest { key: key(i), value: value.clone() })) })
+                        .map(|i| RequestOp {
+                            request: Some(request_op::Request::RequestPut(PutRequest {
+                                key: key(i),
+                                value: value.clone(),
+                            })),
+                        })
                         .collect();
                     client.txn(TxnRequest { success }).await.expect("etcd txn");
                 }
@@ -268,7 +287,10 @@ async fn etcd(o: &Options, batch: usize) -> Figures {
 fn main() {
     let o = options();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    println!("# Raft writes: 3 replicas on loopback, fsync on, {} concurrent clients, {}-byte payload, {} s per run", o.concurrency, o.payload, o.seconds);
+    println!(
+        "# Raft writes: 3 replicas on loopback, fsync on, {} concurrent clients, {}-byte payload, {} s per run",
+        o.concurrency, o.payload, o.seconds
+    );
     println!("| round | system | batch | requests/s | entries/s | p50 | p99 | CPU ms / 1000 entries |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut ratios = Vec::new();
@@ -309,6 +331,9 @@ fn main() {
         let listed: Vec<String> = each.iter().map(|r| format!("{r:.2}")).collect();
         each.sort_by(f64::total_cmp);
         let median = each[each.len() / 2];
-        println!("batch {batch}: Testudo / etcd entries per second = {median:.2} (median of rounds: {})", listed.join(", "));
+        println!(
+            "batch {batch}: Testudo / etcd entries per second = {median:.2} (median of rounds: {})",
+            listed.join(", ")
+        );
     }
 }

@@ -44,8 +44,16 @@ pub(crate) fn export(db: &rocksdb::DB) -> Result<Vec<u8>, BackupError> {
 /// with `node_id` (at `node`) the only member. Starting a replica on it then makes it the
 /// leader of a one-replica cluster with the restored state. Returns the restored index.
 /// Blocking.
-pub fn restore(data_dir: &Path, node_id: NodeId, cluster_id: &str, node: ReplicaNode, backup: &[u8]) -> Result<u64, BackupError> {
-    if data_dir.exists() && std::fs::read_dir(data_dir).map_err(|e| BackupError::Storage(e.to_string()))?.next().is_some() {
+pub fn restore(
+    data_dir: &Path,
+    node_id: NodeId,
+    cluster_id: &str,
+    node: ReplicaNode,
+    backup: &[u8],
+) -> Result<u64, BackupError> {
+    if data_dir.exists()
+        && std::fs::read_dir(data_dir).map_err(|e| BackupError::Storage(e.to_string()))?.next().is_some()
+    {
         return Err(BackupError::NotPristine(data_dir.display().to_string()));
     }
     let (meta, data) = decode_file(backup).map_err(|e| BackupError::Format(e.to_string()))?;
@@ -54,7 +62,11 @@ pub fn restore(data_dir: &Path, node_id: NodeId, cluster_id: &str, node: Replica
     // Term 0: the first election of the new cluster moves to term 1, above every id here.
     let log_id = LogId::new(CommittedLeaderId::new(0, node_id), index);
     let membership = Membership::new(vec![BTreeSet::from([node_id])], BTreeMap::from([(node_id, node)]));
-    let meta = SnapshotMeta { last_log_id: Some(log_id), last_membership: StoredMembership::new(Some(log_id), membership), snapshot_id: format!("restore-{index}") };
+    let meta = SnapshotMeta {
+        last_log_id: Some(log_id),
+        last_membership: StoredMembership::new(Some(log_id), membership),
+        snapshot_id: format!("restore-{index}"),
+    };
     let storage = |e: &dyn std::fmt::Display| BackupError::Storage(e.to_string());
     install(&store.db, &data_dir.join("snapshots"), &meta, data).map_err(|e| storage(&e))?;
     // The log starts empty behind the restored state: purged and committed up to it.

@@ -19,13 +19,15 @@ pub fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, Co
     // bincode's serde encoder grows its Vec from empty; most stored values are a few
     // hundred bytes, so start there.
     let mut bytes = Vec::with_capacity(256);
-    bincode::serde::encode_into_std_write(value, &mut bytes, config()).map_err(|e| CodecError { what, reason: e.to_string() })?;
+    bincode::serde::encode_into_std_write(value, &mut bytes, config())
+        .map_err(|e| CodecError { what, reason: e.to_string() })?;
     Ok(bytes)
 }
 
 /// Decodes a value, refusing trailing bytes so a truncated or padded record is caught.
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, read) = bincode::serde::decode_from_slice(bytes, config()).map_err(|e| CodecError { what, reason: e.to_string() })?;
+    let (value, read) =
+        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| CodecError { what, reason: e.to_string() })?;
     if read != bytes.len() {
         return Err(CodecError { what, reason: format!("{} trailing bytes", bytes.len() - read) });
     }

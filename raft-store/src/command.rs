@@ -4,7 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AttestedAgent, CaJournal, EntryWritten, FederationRelationship, JournalEvent, JoinToken, RegistrationEntry, ReplicaInvite, StoredBundle, StoredJwtKey, StoredX509Authority};
+use crate::model::{
+    AttestedAgent, CaJournal, EntryWritten, FederationRelationship, JoinToken, JournalEvent, RegistrationEntry,
+    ReplicaInvite, StoredBundle, StoredJwtKey, StoredX509Authority,
+};
 
 /// Which bundle table a bundle command addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,43 +33,85 @@ pub enum Command {
     /// Replaces an agent's record (re-attestation, selector changes).
     UpdateAgent(AttestedAgent),
     /// Records the serial of an SVID a renewal issued, before the agent uses it.
-    SetAgentNewSerial { spiffe_id: String, serial_number: String, expires_at: i64 },
+    SetAgentNewSerial {
+        spiffe_id: String,
+        serial_number: String,
+        expires_at: i64,
+    },
     /// The agent used its new SVID: the new serial becomes the current one.
-    PromoteAgentSerial { spiffe_id: String, serial_number: String },
-    BanAgent { spiffe_id: String },
-    DeleteAgent { spiffe_id: String },
+    PromoteAgentSerial {
+        spiffe_id: String,
+        serial_number: String,
+    },
+    BanAgent {
+        spiffe_id: String,
+    },
+    DeleteAgent {
+        spiffe_id: String,
+    },
 
     CreateJoinToken(JoinToken),
     /// Consumes a token: succeeds once, refuses an expired token (`now` from the proposer).
-    ConsumeJoinToken { token: String, now: i64 },
+    ConsumeJoinToken {
+        token: String,
+        now: i64,
+    },
     /// Deletes tokens that expired before `expired_before`.
-    PruneJoinTokens { expired_before: i64 },
+    PruneJoinTokens {
+        expired_before: i64,
+    },
 
     /// Replaces a bundle; its sequence number becomes one more than the stored one.
-    SetBundle { scope: BundleScope, bundle: StoredBundle },
+    SetBundle {
+        scope: BundleScope,
+        bundle: StoredBundle,
+    },
     /// Adds authorities to a bundle (creating it if absent).
-    AppendBundle { scope: BundleScope, trust_domain: String, x509: Vec<StoredX509Authority>, jwt: Vec<StoredJwtKey> },
+    AppendBundle {
+        scope: BundleScope,
+        trust_domain: String,
+        x509: Vec<StoredX509Authority>,
+        jwt: Vec<StoredJwtKey>,
+    },
     /// Removes expired authorities: JWT keys expiring before `expired_before`, and the X.509
     /// authorities the proposer found expired.
-    PruneBundle { scope: BundleScope, trust_domain: String, expired_before: i64, expired_x509: Vec<Vec<u8>> },
-    DeleteBundle { scope: BundleScope, trust_domain: String },
+    PruneBundle {
+        scope: BundleScope,
+        trust_domain: String,
+        expired_before: i64,
+        expired_x509: Vec<Vec<u8>>,
+    },
+    DeleteBundle {
+        scope: BundleScope,
+        trust_domain: String,
+    },
 
     /// A CA journal transition, published in the local bundle of `trust_domain` in the
     /// same command (refused as FailedPrecondition when the journal's rules forbid it).
-    CaJournal { trust_domain: String, event: JournalEvent },
+    CaJournal {
+        trust_domain: String,
+        event: JournalEvent,
+    },
 
     CreateFederationRelationship(FederationRelationship),
     UpdateFederationRelationship(FederationRelationship),
-    DeleteFederationRelationship { trust_domain: String },
+    DeleteFederationRelationship {
+        trust_domain: String,
+    },
 
     /// Drops change-log records of revisions before `before_revision`; readers further
     /// behind than that must resync from the tables instead of by delta.
-    PruneChangeLog { before_revision: u64 },
+    PruneChangeLog {
+        before_revision: u64,
+    },
 
     /// Creates a one-time invitation for a new replica (stored by the secret's hash).
     CreateReplicaInvite(ReplicaInvite),
     /// Consumes an invitation exactly once; expired ones are refused.
-    ConsumeReplicaInvite { secret_sha256: String, now: i64 },
+    ConsumeReplicaInvite {
+        secret_sha256: String,
+        now: i64,
+    },
 
     /// Several commands proposed together (group commit, see `proposer`): applied in order,
     /// each with its own revision and outcome, answered with `Outcome::Batch`.
@@ -75,10 +120,16 @@ pub enum Command {
     /// Marks an X.509 authority of the local bundle tainted (an upstream authority an admin
     /// no longer trusts). NotFound if the bundle lacks it, FailedPrecondition if it is
     /// tainted already.
-    TaintLocalX509Authority { trust_domain: String, der: Vec<u8> },
+    TaintLocalX509Authority {
+        trust_domain: String,
+        der: Vec<u8>,
+    },
     /// Removes a tainted X.509 authority from the local bundle. NotFound if the bundle lacks
     /// it, FailedPrecondition if it is not tainted or is the last one.
-    RevokeLocalX509Authority { trust_domain: String, der: Vec<u8> },
+    RevokeLocalX509Authority {
+        trust_domain: String,
+        der: Vec<u8>,
+    },
 }
 
 /// Why a command (or one item of a batch) was refused. Refusals are answers, not storage

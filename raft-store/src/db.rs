@@ -108,20 +108,26 @@ pub fn open(data_dir: &Path, node_id: NodeId, cluster_id: &str) -> Result<Store,
             OpenError::Corrupt { path: path.clone(), reason }
         }
     })?;
-    let meta = db.cf_handle(Cf::Meta.name()).ok_or_else(|| OpenError::Corrupt { path: path.clone(), reason: "meta column family missing".into() })?;
+    let meta = db
+        .cf_handle(Cf::Meta.name())
+        .ok_or_else(|| OpenError::Corrupt { path: path.clone(), reason: "meta column family missing".into() })?;
 
     let expected = Header { format_version: FORMAT_VERSION, node_id, cluster_id: cluster_id.to_owned() };
-    let stored = db.get_cf(meta, meta_key::HEADER).map_err(|e| OpenError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+    let stored = db
+        .get_cf(meta, meta_key::HEADER)
+        .map_err(|e| OpenError::Corrupt { path: path.clone(), reason: e.to_string() })?;
     let header = match stored {
         None if fresh => {
-            let bytes = codec::encode("header", &expected).map_err(|e| OpenError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+            let bytes = codec::encode("header", &expected)
+                .map_err(|e| OpenError::Corrupt { path: path.clone(), reason: e.to_string() })?;
             db.put_cf_opt(meta, meta_key::HEADER, bytes, &synced())
                 .map_err(|e| OpenError::Io { path: path.clone(), reason: e.to_string() })?;
             expected
         }
         None => return Err(OpenError::Corrupt { path: path.clone(), reason: "format header is missing".into() }),
         Some(bytes) => {
-            let found: Header = codec::decode("header", &bytes).map_err(|e| OpenError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+            let found: Header = codec::decode("header", &bytes)
+                .map_err(|e| OpenError::Corrupt { path: path.clone(), reason: e.to_string() })?;
             if found.format_version != FORMAT_VERSION {
                 return Err(OpenError::Format { path: path.clone(), found: found.format_version });
             }
@@ -129,7 +135,11 @@ pub fn open(data_dir: &Path, node_id: NodeId, cluster_id: &str) -> Result<Store,
                 return Err(OpenError::WrongNode { path: path.clone(), found: found.node_id, expected: node_id });
             }
             if found.cluster_id != cluster_id {
-                return Err(OpenError::WrongCluster { path: path.clone(), found: found.cluster_id, expected: cluster_id.to_owned() });
+                return Err(OpenError::WrongCluster {
+                    path: path.clone(),
+                    found: found.cluster_id,
+                    expected: cluster_id.to_owned(),
+                });
             }
             found
         }

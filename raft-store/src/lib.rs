@@ -49,12 +49,10 @@ pub async fn open_store(data_dir: &Path, node_id: NodeId, cluster_id: &str) -> R
     let store = tokio::task::spawn_blocking(move || db::open(&dir, node_id, &cluster))
         .await
         .map_err(|e| OpenError::Io { path: data_dir.to_path_buf(), reason: e.to_string() })??;
-    let log = LogStore::new(store.db.clone()).map_err(|e| OpenError::Io { path: data_dir.to_path_buf(), reason: format!("cannot start the log sync thread: {e}") })?;
+    let log = LogStore::new(store.db.clone()).map_err(|e| OpenError::Io {
+        path: data_dir.to_path_buf(),
+        reason: format!("cannot start the log sync thread: {e}"),
+    })?;
     let state_machine = StateMachine::new(store.db.clone(), data_dir.join("snapshots"), log.apply_progress());
-    Ok(OpenedStore {
-        log,
-        state_machine,
-        reader: StoreReader::new(store.db),
-        header: store.header,
-    })
+    Ok(OpenedStore { log, state_machine, reader: StoreReader::new(store.db), header: store.header })
 }

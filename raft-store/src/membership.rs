@@ -25,7 +25,9 @@ pub enum AddProgress {
 
 fn refused(e: RaftError<NodeId, ClientWriteError<NodeId, ReplicaNode>>) -> ForwardError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ForwardError::NotLeader { leader: f.leader_id.zip(f.leader_node) },
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            ForwardError::NotLeader { leader: f.leader_id.zip(f.leader_node) }
+        }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_))) => {
             ForwardError::Unavailable("another membership change is in progress".into())
         }
@@ -39,7 +41,8 @@ fn not_leader(raft: &Raft) -> Option<ForwardError> {
     if m.current_leader == Some(m.id) {
         return None;
     }
-    let leader = m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned().map(|node| (id, node)));
+    let leader =
+        m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned().map(|node| (id, node)));
     Some(ForwardError::NotLeader { leader })
 }
 
@@ -52,7 +55,10 @@ pub(crate) async fn add_member_step(raft: &Raft, id: NodeId, node: ReplicaNode) 
     let membership = m.membership_config.membership();
     match membership.get_node(&id) {
         Some(existing) if *existing != node => {
-            return Err(ForwardError::Refused(format!("replica {id} is already a member at {}; remove it first", existing.raft_address)));
+            return Err(ForwardError::Refused(format!(
+                "replica {id} is already a member at {}; remove it first",
+                existing.raft_address
+            )));
         }
         Some(_) if membership.voter_ids().any(|v| v == id) => return Ok(AddProgress::Voter),
         Some(_) => {}

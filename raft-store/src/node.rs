@@ -15,12 +15,14 @@ use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
 use crate::command::{Command, Response};
-use crate::network::tls::{server_config, ClusterTls, PresentedCertificate, TlsError};
 use crate::membership::{add_member_step, remove_member, AddProgress};
-use crate::network::{serve, AdminRequest, CallError, ClusterClient, Faults, ForwardError, JoinHandler, NetworkFactory, TransferHandler};
-use crate::transfer::LeaderTransfer;
+use crate::network::tls::{server_config, ClusterTls, PresentedCertificate, TlsError};
+use crate::network::{
+    serve, AdminRequest, CallError, ClusterClient, Faults, ForwardError, JoinHandler, NetworkFactory, TransferHandler,
+};
 use crate::proposer::Proposer;
 use crate::query::StoreReader;
+use crate::transfer::LeaderTransfer;
 use crate::types::{NodeId, Raft, ReplicaNode};
 use crate::{open_store, OpenError};
 
@@ -164,25 +166,57 @@ impl Replica {
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
         let faults = Faults::default();
-        let client = ClusterClient::new(config.tls.clone(), t.rpc_timeout, faults).with_source_address(config.source_address);
+        let client =
+            ClusterClient::new(config.tls.clone(), t.rpc_timeout, faults).with_source_address(config.source_address);
         let network = NetworkFactory::new(config.node_id, client.clone());
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, store.log, store.state_machine)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let (stop, stopped) = oneshot::channel::<()>();
         let proposer = Proposer::start(raft.clone());
-        let transfer = Arc::new(LeaderTransfer { id: config.node_id, raft: raft.clone(), client: client.clone(), proposer: proposer.clone(), lease: t.election_timeout_max });
-        let certificate = Arc::new(PresentedCertificate::new(&config.tls.chain, &config.tls.key_pkcs8).map_err(|e| StartError::Server(e.to_string()))?);
-        let acceptor = TlsAcceptor::from(Arc::new(server_config(&config.tls, certificate.clone()).map_err(|e| StartError::Server(e.to_string()))?));
-        let (address, server) = serve(raft.clone(), proposer.clone(), transfer.clone(), config.join.clone(), acceptor, config.listen, async {
-            let _ = stopped.await;
-        })
+        let transfer = Arc::new(LeaderTransfer {
+            id: config.node_id,
+            raft: raft.clone(),
+            client: client.clone(),
+            proposer: proposer.clone(),
+            lease: t.election_timeout_max,
+        });
+        let certificate = Arc::new(
+            PresentedCertificate::new(&config.tls.chain, &config.tls.key_pkcs8)
+                .map_err(|e| StartError::Server(e.to_string()))?,
+        );
+        let acceptor = TlsAcceptor::from(Arc::new(
+            server_config(&config.tls, certificate.clone()).map_err(|e| StartError::Server(e.to_string()))?,
+        ));
+        let (address, server) = serve(
+            raft.clone(),
+            proposer.clone(),
+            transfer.clone(),
+            config.join.clone(),
+            acceptor,
+            config.listen,
+            async {
+                let _ = stopped.await;
+            },
+        )
         .await
         .map_err(|e| StartError::Server(e.to_string()))?;
         let raft_address = config.advertise_address.clone().unwrap_or_else(|| address.to_string());
         let node = ReplicaNode { raft_address, api_address: config.api_address.clone() };
         tracing::info!(node_id = config.node_id, %address, "replica started");
-        Ok(Self { id: config.node_id, raft, proposer, reader: store.reader, client, address, node, transfer, certificate, stop: Some(stop), server: Some(server) })
+        Ok(Self {
+            id: config.node_id,
+            raft,
+            proposer,
+            reader: store.reader,
+            client,
+            address,
+            node,
+            transfer,
+            certificate,
+            stop: Some(stop),
+            server: Some(server),
+        })
     }
 
     pub fn id(&self) -> NodeId {
@@ -221,7 +255,9 @@ impl Replica {
         let members = BTreeMap::from([(self.id, self.node.clone())]);
         match self.raft.initialize(members).await {
             Ok(()) => Ok(()),
-            Err(RaftError::APIError(InitializeError::NotAllowed(e))) => Err(ClusterError::Membership(format!("already initialized: {e}"))),
+            Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                Err(ClusterError::Membership(format!("already initialized: {e}")))
+            }
             Err(e) => Err(ClusterError::Membership(e.to_string())),
         }
     }
@@ -238,7 +274,9 @@ impl Replica {
                     (Some(id), Some(node)) if id != self.id => self.forward(id, &node, &command).await,
                     _ => Err(ClusterError::NoLeader),
                 },
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => return Err(ClusterError::Membership(e.to_string())),
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                    return Err(ClusterError::Membership(e.to_string()))
+                }
                 Err(RaftError::Fatal(e)) => return Err(ClusterError::Unavailable(e.to_string())),
             };
             match attempt {
@@ -269,7 +307,9 @@ impl Replica {
             Ok(Err(ForwardError::NotLeader { .. })) => Err(ClusterError::NoLeader),
             Ok(Err(ForwardError::Refused(e))) => Err(ClusterError::Unavailable(e)),
             Ok(Err(ForwardError::Unavailable(e))) => Err(ClusterError::Uncertain(e)),
-            Err(e @ (CallError::Cut(_) | CallError::Unreachable { .. })) => Err(ClusterError::LeaderUnreachable(e.to_string())),
+            Err(e @ (CallError::Cut(_) | CallError::Unreachable { .. })) => {
+                Err(ClusterError::LeaderUnreachable(e.to_string()))
+            }
             Err(e) => Err(ClusterError::Uncertain(e.to_string())),
         }
     }
@@ -300,14 +340,18 @@ impl Replica {
     async fn read_index(&self) -> Result<Option<u64>, ClusterError> {
         match self.raft.ensure_linearizable().await {
             Ok(log_id) => Ok(log_id.map(|l| l.index)),
-            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => match (f.leader_id, f.leader_node) {
-                (Some(id), Some(node)) if id != self.id => match self.client.read_index(id, &node.raft_address).await {
-                    Ok(Ok(log_id)) => Ok(log_id.map(|l| l.index)),
-                    Ok(Err(e)) => Err(ClusterError::Unavailable(e.to_string())),
-                    Err(e) => Err(ClusterError::LeaderUnreachable(e.to_string())),
-                },
-                _ => Err(ClusterError::NoLeader),
-            },
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                match (f.leader_id, f.leader_node) {
+                    (Some(id), Some(node)) if id != self.id => {
+                        match self.client.read_index(id, &node.raft_address).await {
+                            Ok(Ok(log_id)) => Ok(log_id.map(|l| l.index)),
+                            Ok(Err(e)) => Err(ClusterError::Unavailable(e.to_string())),
+                            Err(e) => Err(ClusterError::LeaderUnreachable(e.to_string())),
+                        }
+                    }
+                    _ => Err(ClusterError::NoLeader),
+                }
+            }
             Err(e) => Err(ClusterError::Unavailable(e.to_string())),
         }
     }
@@ -358,7 +402,9 @@ impl Replica {
             };
             let last = match step {
                 Ok(Some(AddProgress::Voter)) => return Ok(()),
-                Ok(Some(AddProgress::CatchingUp { lag })) => ClusterError::Membership(format!("replica {id} is still catching up (lag {lag:?})")),
+                Ok(Some(AddProgress::CatchingUp { lag })) => {
+                    ClusterError::Membership(format!("replica {id} is still catching up (lag {lag:?})"))
+                }
                 Ok(None) => ClusterError::Membership("the leader gave no progress".into()),
                 Err(e) => retryable(e)?,
             };
@@ -381,7 +427,8 @@ impl Replica {
             let target = targets[next % targets.len().max(1)].clone();
             let last = match self.client.admin(0, &target, &request).await {
                 Ok(Ok(Some(AddProgress::Voter))) => {
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(5));
+                    let left =
+                        deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(5));
                     return self.wait_until_voter(left).await;
                 }
                 Ok(Ok(progress)) => ClusterError::Membership(format!("still catching up ({progress:?})")),
@@ -419,7 +466,11 @@ impl Replica {
             .metrics(|m| m.membership_config.membership().voter_ids().any(|v| v == id), "this replica to be a voter")
             .await
             .map(|_| ())
-            .map_err(|_| ClusterError::Membership("the leader made this replica a voter, but it has not received that membership yet".into()))
+            .map_err(|_| {
+                ClusterError::Membership(
+                    "the leader made this replica a voter, but it has not received that membership yet".into(),
+                )
+            })
     }
 
     /// Waits until this replica knows a leader, up to `within`.
@@ -457,7 +508,12 @@ impl Replica {
         }
     }
 
-    async fn admin_at_leader(&self, leader: NodeId, node: &ReplicaNode, request: AdminRequest) -> Result<Option<AddProgress>, ForwardError> {
+    async fn admin_at_leader(
+        &self,
+        leader: NodeId,
+        node: &ReplicaNode,
+        request: AdminRequest,
+    ) -> Result<Option<AddProgress>, ForwardError> {
         match self.client.admin(leader, &node.raft_address, &request).await {
             Ok(result) => result,
             Err(e) => Err(ForwardError::Unavailable(format!("leader {leader} unreachable: {e}"))),
@@ -469,7 +525,9 @@ impl Replica {
     pub async fn transfer_leadership(&self, to: NodeId) -> Result<(), ClusterError> {
         self.transfer.transfer_leadership(to).await.map_err(|e| match e {
             ForwardError::NotLeader { .. } => ClusterError::NoLeader,
-            ForwardError::Unavailable(m) | ForwardError::Refused(m) => ClusterError::Membership(format!("leader transfer to {to} failed: {m}")),
+            ForwardError::Unavailable(m) | ForwardError::Refused(m) => {
+                ClusterError::Membership(format!("leader transfer to {to} failed: {m}"))
+            }
         })?;
         // The new leader has taken over, but this replica learns so only from its first
         // heartbeat; until then a status read here would still name the old leader.
@@ -497,7 +555,13 @@ impl Replica {
                     (Some(_), None, Some(last)) => Some(last + 1),
                     _ => None,
                 };
-                MemberStatus { node_id: *id, node: node.clone(), voter: voters.contains(id), matched_index: matched, lag }
+                MemberStatus {
+                    node_id: *id,
+                    node: node.clone(),
+                    voter: voters.contains(id),
+                    matched_index: matched,
+                    lag,
+                }
             })
             .collect();
         ClusterStatus {

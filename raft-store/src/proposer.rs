@@ -137,7 +137,11 @@ async fn run(raft: Raft, mut waiting: mpsc::Receiver<Proposal>, in_flight: Arc<S
 
 /// Hands each caller its own response: the whole result for a single command, its item
 /// of `Outcome::Batch` for a batch.
-fn answer_all(result: Result<Response, WriteError>, single: bool, replies: Vec<oneshot::Sender<Result<Response, WriteError>>>) {
+fn answer_all(
+    result: Result<Response, WriteError>,
+    single: bool,
+    replies: Vec<oneshot::Sender<Result<Response, WriteError>>>,
+) {
     let count = replies.len();
     match result {
         Ok(response) if single => {

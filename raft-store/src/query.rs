@@ -61,7 +61,10 @@ impl StoreReader {
         Self { db }
     }
 
-    async fn run<T: Send + 'static>(&self, f: impl FnOnce(&DB) -> Result<T, ReadError> + Send + 'static) -> Result<T, ReadError> {
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&DB) -> Result<T, ReadError> + Send + 'static,
+    ) -> Result<T, ReadError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || f(&db)).await.map_err(|e| ReadError::Task(e.to_string()))?
     }
@@ -77,7 +80,11 @@ impl StoreReader {
     }
 
     /// Entries in id order, starting after `after` (a page token), at most `limit`.
-    pub async fn list_entries(&self, after: Option<String>, limit: usize) -> Result<Page<RegistrationEntry>, ReadError> {
+    pub async fn list_entries(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Page<RegistrationEntry>, ReadError> {
         self.run(move |db| page(db, Cf::Entries, after.as_deref(), limit, "registration entry")).await
     }
 
@@ -140,7 +147,10 @@ impl StoreReader {
     }
 
     pub async fn list_relationships(&self) -> Result<Vec<FederationRelationship>, ReadError> {
-        self.run(|db| page(db, Cf::FederationRelationships, None, usize::MAX, "federation relationship").map(|p| p.items)).await
+        self.run(|db| {
+            page(db, Cf::FederationRelationships, None, usize::MAX, "federation relationship").map(|p| p.items)
+        })
+        .await
     }
 
     /// The CA journal (empty before the first CA is prepared).
@@ -152,7 +162,11 @@ impl StoreReader {
     pub async fn entries_at_revision(&self) -> Result<(u64, Vec<RegistrationEntry>), ReadError> {
         self.run(|db| {
             let view = db.snapshot();
-            let revision = view.get_cf(cf(db, Cf::SmMeta), sm_key::REVISION)?.map(|b| codec::decode::<u64>("revision", &b)).transpose()?.unwrap_or(0);
+            let revision = view
+                .get_cf(cf(db, Cf::SmMeta), sm_key::REVISION)?
+                .map(|b| codec::decode::<u64>("revision", &b))
+                .transpose()?
+                .unwrap_or(0);
             let mut entries = Vec::new();
             for item in view.iterator_cf(cf(db, Cf::Entries), IteratorMode::Start) {
                 let (_, value) = item?;
@@ -172,7 +186,11 @@ impl StoreReader {
         self.run(move |db| {
             let view = db.snapshot();
             let meta = |key: &[u8], what: &'static str| -> Result<u64, ReadError> {
-                Ok(view.get_cf(cf(db, Cf::SmMeta), key)?.map(|b| codec::decode::<u64>(what, &b)).transpose()?.unwrap_or(0))
+                Ok(view
+                    .get_cf(cf(db, Cf::SmMeta), key)?
+                    .map(|b| codec::decode::<u64>(what, &b))
+                    .transpose()?
+                    .unwrap_or(0))
             };
             if meta(sm_key::CHANGE_LOG_FLOOR, "change log floor")? > since.saturating_add(1) {
                 return Ok(None);
@@ -180,7 +198,9 @@ impl StoreReader {
             let mut revision = meta(sm_key::REVISION, "revision")?;
             let mut ids = std::collections::BTreeSet::new();
             let start = u64_key(since.saturating_add(1));
-            for (read, item) in view.iterator_cf(cf(db, Cf::ChangeLog), IteratorMode::From(&start, Direction::Forward)).enumerate() {
+            for (read, item) in
+                view.iterator_cf(cf(db, Cf::ChangeLog), IteratorMode::From(&start, Direction::Forward)).enumerate()
+            {
                 let (_, value) = item?;
                 let set: ChangeSet = codec::decode("change set", &value)?;
                 if read == limit {
@@ -192,7 +212,10 @@ impl StoreReader {
             }
             let mut changed = Vec::with_capacity(ids.len());
             for id in ids {
-                let entry = view.get_cf(cf(db, Cf::Entries), id.as_bytes())?.map(|b| codec::decode("registration entry", &b)).transpose()?;
+                let entry = view
+                    .get_cf(cf(db, Cf::Entries), id.as_bytes())?
+                    .map(|b| codec::decode("registration entry", &b))
+                    .transpose()?;
                 changed.push((id, entry));
             }
             Ok(Some(EntryChanges { revision, changed }))
@@ -205,7 +228,9 @@ impl StoreReader {
         self.run(move |db| {
             let start = u64_key(since.saturating_add(1));
             let mut out = Vec::new();
-            for item in db.iterator_cf(cf(db, Cf::ChangeLog), IteratorMode::From(&start, Direction::Forward)).take(limit) {
+            for item in
+                db.iterator_cf(cf(db, Cf::ChangeLog), IteratorMode::From(&start, Direction::Forward)).take(limit)
+            {
                 let (_, value) = item?;
                 out.push(codec::decode("change set", &value)?);
             }
@@ -226,7 +251,13 @@ fn get<T: DeserializeOwned>(db: &DB, table: Cf, key: &[u8], what: &'static str) 
     Ok(db.get_cf(cf(db, table), key)?.map(|b| codec::decode(what, &b)).transpose()?)
 }
 
-fn page<T: DeserializeOwned>(db: &DB, table: Cf, after: Option<&str>, limit: usize, what: &'static str) -> Result<Page<T>, ReadError> {
+fn page<T: DeserializeOwned>(
+    db: &DB,
+    table: Cf,
+    after: Option<&str>,
+    limit: usize,
+    what: &'static str,
+) -> Result<Page<T>, ReadError> {
     let mut items = Vec::new();
     let mode = match after {
         Some(after) => IteratorMode::From(after.as_bytes(), Direction::Forward),

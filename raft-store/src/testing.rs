@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::network::tls::ClusterTls;
+use crate::node::{Replica, ReplicaConfig, Timing};
+use crate::{NodeId, StoreReader};
 use identity::bundle::Bundle;
 use identity::crypto::{KeyType, LocalKey, Signer};
 use identity::x509::{mint_ca, mint_x509_svid, CaTemplate, Issuer, Subject, SvidTemplate};
 use identity::{SpiffeId, TrustDomain};
-use crate::network::tls::ClusterTls;
-use crate::node::{Replica, ReplicaConfig, Timing};
-use crate::{NodeId, StoreReader};
 use time::OffsetDateTime;
 
 pub const REPLICA_ID: &str = "spiffe://cluster.test/spire/server";
@@ -34,7 +34,13 @@ impl TestCa {
     pub fn new() -> Self {
         let key = LocalKey::generate(KeyType::EcP256).unwrap();
         let td = TrustDomain::parse("cluster.test").unwrap();
-        let template = CaTemplate { trust_domain: td.clone(), public_key: key.public_key().clone(), ttl: Duration::from_secs(86400), subject: Subject::ca_default(), serial: None };
+        let template = CaTemplate {
+            trust_domain: td.clone(),
+            public_key: key.public_key().clone(),
+            ttl: Duration::from_secs(86400),
+            subject: Subject::ca_default(),
+            serial: None,
+        };
         let cert = mint_ca(&template, None, Some(&key), OffsetDateTime::now_utc()).unwrap().der;
         let mut bundle = Bundle::new(td);
         bundle.add_x509_authority(&cert).unwrap();
@@ -91,7 +97,13 @@ impl TestCluster {
 
     /// Like `start`, with the given Raft timing.
     pub async fn start_with(n: u64, timing: Timing) -> Self {
-        let mut cluster = Self { dir: tempfile::tempdir().unwrap(), ca: TestCa::new(), replicas: BTreeMap::new(), addresses: BTreeMap::new(), timing };
+        let mut cluster = Self {
+            dir: tempfile::tempdir().unwrap(),
+            ca: TestCa::new(),
+            replicas: BTreeMap::new(),
+            addresses: BTreeMap::new(),
+            timing,
+        };
         cluster.start_replica(1).await;
         cluster.replicas[&1].initialize().await.unwrap();
         cluster.wait_for_leader().await;
@@ -136,7 +148,10 @@ impl TestCluster {
         eventually(Duration::from_secs(10), || {
             let leaders: Vec<Option<NodeId>> = self.replicas.values().map(|r| r.status().leader).collect();
             let first = leaders.first().copied().flatten()?;
-            (leaders.iter().all(|l| *l == Some(first)) && self.replicas.contains_key(&first) && self.replicas[&first].is_leader()).then_some(first)
+            (leaders.iter().all(|l| *l == Some(first))
+                && self.replicas.contains_key(&first)
+                && self.replicas[&first].is_leader())
+            .then_some(first)
         })
         .await
         .expect("a leader is elected")

@@ -57,11 +57,10 @@ impl LeaderTransfer {
         // No new entries until the transfer ends (writes wait, then go to the new leader):
         // the target must hold every entry when it stands, or the other voters refuse it,
         // and its failed campaign would only raise the term.
-        let _paused = tokio::time::timeout(CATCH_UP_WAIT, self.proposer.pause())
-            .await
-            .ok()
-            .flatten()
-            .ok_or_else(|| ForwardError::Unavailable(format!("writes in flight were not committed within {CATCH_UP_WAIT:?}")))?;
+        let _paused =
+            tokio::time::timeout(CATCH_UP_WAIT, self.proposer.pause()).await.ok().flatten().ok_or_else(|| {
+                ForwardError::Unavailable(format!("writes in flight were not committed within {CATCH_UP_WAIT:?}"))
+            })?;
         let caught_up = async {
             loop {
                 let m = self.raft.metrics().borrow().clone();
@@ -72,9 +71,9 @@ impl LeaderTransfer {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
-        tokio::time::timeout(CATCH_UP_WAIT, caught_up)
-            .await
-            .map_err(|_| ForwardError::Unavailable(format!("replica {to} did not catch up within {CATCH_UP_WAIT:?}")))?;
+        tokio::time::timeout(CATCH_UP_WAIT, caught_up).await.map_err(|_| {
+            ForwardError::Unavailable(format!("replica {to} did not catch up within {CATCH_UP_WAIT:?}"))
+        })?;
 
         let others: Vec<NodeId> = voters.iter().copied().filter(|v| *v != to && *v != self.id).collect();
         // Longer than the transfer can take (lease, election wait, the calls), so a pause
@@ -99,9 +98,9 @@ impl LeaderTransfer {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             };
-            tokio::time::timeout(ELECTION_WAIT, elected)
-                .await
-                .map_err(|_| ForwardError::Unavailable(format!("replica {to} was not elected within {ELECTION_WAIT:?}")))
+            tokio::time::timeout(ELECTION_WAIT, elected).await.map_err(|_| {
+                ForwardError::Unavailable(format!("replica {to} was not elected within {ELECTION_WAIT:?}"))
+            })
         }
         .await;
         self.raft.runtime_config().heartbeat(true);

@@ -57,7 +57,13 @@ impl Drop for Server {
 }
 
 fn cli(server: &Server, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(BIN).args(args).arg("--socket-path").arg(&server.socket).args(["--output", "json"]).output().expect("cli");
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--socket-path")
+        .arg(&server.socket)
+        .args(["--output", "json"])
+        .output()
+        .expect("cli");
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap_or_default()
 }
@@ -73,7 +79,12 @@ fn start_server() -> Server {
         free_port()
     );
     std::fs::write(dir.path().join("server.hcl"), config).expect("config");
-    let child = Command::new(BIN).args(["run", "--config"]).arg(dir.path().join("server.hcl")).stderr(Stdio::null()).spawn().expect("server starts");
+    let child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(dir.path().join("server.hcl"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("server starts");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !socket.exists() {
         assert!(Instant::now() < deadline, "server did not start");
@@ -98,7 +109,8 @@ fn main() {
     cli(&server, &["cluster", "init"]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let bundle_pem = loop {
-        let out = Command::new(BIN).args(["bundle", "show", "--socket-path"]).arg(&server.socket).output().expect("cli");
+        let out =
+            Command::new(BIN).args(["bundle", "show", "--socket-path"]).arg(&server.socket).output().expect("cli");
         if out.status.success() && !out.stdout.is_empty() {
             break out.stdout;
         }
@@ -113,7 +125,19 @@ fn main() {
     let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
     let entry_ids: Vec<String> = (0..o.batch)
         .map(|i| {
-            let created = cli(&server, &["entry", "create", "--spiffe-id", &format!("spiffe://example.org/w/{i}"), "--parent-id", &agent_id, "--selector", &format!("unix:uid:{i}")]);
+            let created = cli(
+                &server,
+                &[
+                    "entry",
+                    "create",
+                    "--spiffe-id",
+                    &format!("spiffe://example.org/w/{i}"),
+                    "--parent-id",
+                    &agent_id,
+                    "--selector",
+                    &format!("unix:uid:{i}"),
+                ],
+            );
             created["entries"][0]["id"].as_str().expect("entry id").to_string()
         })
         .collect();
@@ -126,7 +150,10 @@ fn main() {
             if let Some(identity) = identity {
                 tls = tls.identity(identity);
             }
-            tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", server.api_port)).unwrap().tls_config_with_verifier(tls, verifier.clone()).unwrap()
+            tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", server.api_port))
+                .unwrap()
+                .tls_config_with_verifier(tls, verifier.clone())
+                .unwrap()
         };
         let channel = loop {
             if let Ok(channel) = endpoint(None).connect().await {
@@ -136,21 +163,42 @@ fn main() {
         };
         let agent_key = LocalKey::generate(KeyType::EcP256).unwrap();
         let params = agent_pb::attest_agent_request::Params {
-            data: Some(proto::spire::api::types::AttestationData { r#type: "join_token".into(), payload: token.into_bytes() }),
+            data: Some(proto::spire::api::types::AttestationData {
+                r#type: "join_token".into(),
+                payload: token.into_bytes(),
+            }),
             params: Some(agent_pb::AgentX509svidParams { csr: identity::x509::create_csr(&agent_key, None).unwrap() }),
         };
         let request = agent_pb::AttestAgentRequest { step: Some(agent_pb::attest_agent_request::Step::Params(params)) };
-        let mut responses = agent_pb::agent_client::AgentClient::new(channel).attest_agent(tokio_stream::once(request)).await.expect("attest").into_inner();
-        let Some(agent_pb::attest_agent_response::Step::Result(result)) = responses.message().await.expect("attest").and_then(|r| r.step) else {
+        let mut responses = agent_pb::agent_client::AgentClient::new(channel)
+            .attest_agent(tokio_stream::once(request))
+            .await
+            .expect("attest")
+            .into_inner();
+        let Some(agent_pb::attest_agent_response::Step::Result(result)) =
+            responses.message().await.expect("attest").and_then(|r| r.step)
+        else {
             panic!("attestation failed");
         };
-        let chain: String = result.svid.unwrap().cert_chain.iter().map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.clone()))).collect();
+        let chain: String = result
+            .svid
+            .unwrap()
+            .cert_chain
+            .iter()
+            .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.clone())))
+            .collect();
         let key = pem::encode(&pem::Pem::new("PRIVATE KEY", agent_key.to_pkcs8_der().unwrap().to_vec()));
-        let agent = endpoint(Some(tonic::transport::Identity::from_pem(chain, key))).connect().await.expect("agent channel");
+        let agent =
+            endpoint(Some(tonic::transport::Identity::from_pem(chain, key))).connect().await.expect("agent channel");
         // One CSR per entry, made up front: the clients measure the server, not themselves.
         let workload = LocalKey::generate(KeyType::EcP256).unwrap();
         let csr = identity::x509::create_csr(&workload, None).unwrap();
-        let request = svid_pb::BatchNewX509svidRequest { params: entry_ids.iter().map(|id| svid_pb::NewX509svidParams { entry_id: id.clone(), csr: csr.clone() }).collect() };
+        let request = svid_pb::BatchNewX509svidRequest {
+            params: entry_ids
+                .iter()
+                .map(|id| svid_pb::NewX509svidParams { entry_id: id.clone(), csr: csr.clone() })
+                .collect(),
+        };
         let stop = Instant::now() + Duration::from_secs(o.seconds);
         let started = Instant::now();
         let workers = (0..o.concurrency).map(|_| {
@@ -179,7 +227,12 @@ fn main() {
     drop(server);
     let mut latencies = latencies;
     latencies.sort();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     let rate = minted as f64 / elapsed.as_secs_f64();
     let (sign, verify) = openssl_speed();
     let pair = 1.0 / (1.0 / sign + 1.0 / verify);
@@ -189,7 +242,12 @@ fn main() {
     println!("| --- | --- |");
     println!("| SVIDs minted/s (server, all cores) | {rate:.0} |");
     println!("| SVIDs minted/s per core | {:.0} |", rate / cores);
-    println!("| call latency p50 / p99 ({} SVIDs) | {:.1} ms / {:.1} ms |", o.batch, pct(0.5).as_secs_f64() * 1e3, pct(0.99).as_secs_f64() * 1e3);
+    println!(
+        "| call latency p50 / p99 ({} SVIDs) | {:.1} ms / {:.1} ms |",
+        o.batch,
+        pct(0.5).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3
+    );
     println!("| openssl ecdsap256 sign/s, verify/s (one core) | {sign:.0}, {verify:.0} |");
     println!("| openssl one-verify-plus-one-sign/s (one core) | {pair:.0} |");
     println!("| ratio per core (target >= 0.50) | {:.2} |", rate / cores / pair);

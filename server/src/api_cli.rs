@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use identity::crypto::{KeyType, LocalKey};
 use identity::bundle::to_pem_certificates;
+use identity::crypto::{KeyType, LocalKey};
 use identity::SpiffeId;
 use proto::spire::api::server::bundle::v1::bundle_client::BundleClient;
 use proto::spire::api::server::bundle::v1::GetBundleRequest;
@@ -26,27 +26,47 @@ fn x509_pem(authorities: &[proto::spire::api::types::X509Certificate]) -> String
 
 /// `bundle show`: the local bundle's X.509 authorities as PEM, or the whole bundle as JSON.
 pub async fn bundle_show(socket_path: &Path, output: Output) -> anyhow::Result<()> {
-    let channel = socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
-    let bundle = BundleClient::new(channel).get_bundle(GetBundleRequest { output_mask: None }).await.map_err(crate::status_error)?.into_inner();
+    let channel =
+        socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+    let bundle = BundleClient::new(channel)
+        .get_bundle(GetBundleRequest { output_mask: None })
+        .await
+        .map_err(crate::status_error)?
+        .into_inner();
     match output {
         Output::Pretty => {
             print!("{}", x509_pem(&bundle.x509_authorities));
         }
         Output::Json => {
-            let x509: Vec<String> = bundle.x509_authorities.iter().map(|a| to_pem_certificates([a.asn1.as_slice()])).collect();
-            let jwt: Vec<_> = bundle.jwt_authorities.iter().map(|k| serde_json::json!({ "key_id": k.key_id, "expires_at": k.expires_at, "tainted": k.tainted })).collect();
-            println!("{}", serde_json::json!({ "trust_domain": bundle.trust_domain, "sequence_number": bundle.sequence_number, "x509_authorities": x509, "jwt_authorities": jwt }));
+            let x509: Vec<String> =
+                bundle.x509_authorities.iter().map(|a| to_pem_certificates([a.asn1.as_slice()])).collect();
+            let jwt: Vec<_> = bundle
+                .jwt_authorities
+                .iter()
+                .map(|k| serde_json::json!({ "key_id": k.key_id, "expires_at": k.expires_at, "tainted": k.tainted }))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({ "trust_domain": bundle.trust_domain, "sequence_number": bundle.sequence_number, "x509_authorities": x509, "jwt_authorities": jwt })
+            );
         }
     }
     Ok(())
 }
 
 /// `x509 mint`: a key made here, a CSR for `spiffe_id`, and the SVID the server signs.
-pub async fn x509_mint(socket_path: &Path, spiffe_id: &str, ttl: i32, write: Option<PathBuf>, output: Output) -> anyhow::Result<()> {
+pub async fn x509_mint(
+    socket_path: &Path,
+    spiffe_id: &str,
+    ttl: i32,
+    write: Option<PathBuf>,
+    output: Output,
+) -> anyhow::Result<()> {
     let id = SpiffeId::parse(spiffe_id).with_context(|| format!("--spiffe-id {spiffe_id:?}"))?;
     let key = LocalKey::generate(KeyType::EcP256)?;
     let csr = identity::x509::create_csr(&key, Some(&id))?;
-    let channel = socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+    let channel =
+        socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
     let svid = SvidClient::new(channel.clone())
         .mint_x509svid(MintX509svidRequest { csr, ttl })
         .await
@@ -54,7 +74,11 @@ pub async fn x509_mint(socket_path: &Path, spiffe_id: &str, ttl: i32, write: Opt
         .into_inner()
         .svid
         .context("the server returned no SVID")?;
-    let bundle = BundleClient::new(channel).get_bundle(GetBundleRequest { output_mask: None }).await.map_err(crate::status_error)?.into_inner();
+    let bundle = BundleClient::new(channel)
+        .get_bundle(GetBundleRequest { output_mask: None })
+        .await
+        .map_err(crate::status_error)?
+        .into_inner();
     let chain = to_pem_certificates(svid.cert_chain.iter().map(Vec::as_slice));
     let key_pem = pem("PRIVATE KEY", &key.to_pkcs8_der()?);
     let bundle_pem = x509_pem(&bundle.x509_authorities);
@@ -70,7 +94,10 @@ pub async fn x509_mint(socket_path: &Path, spiffe_id: &str, ttl: i32, write: Opt
     }
     match output {
         Output::Pretty => println!("X509-SVID:\n{chain}\nPrivate key:\n{key_pem}\nRoot CAs:\n{bundle_pem}"),
-        Output::Json => println!("{}", serde_json::json!({ "spiffe_id": id.to_string(), "expires_at": svid.expires_at, "svid": chain, "key": key_pem, "bundle": bundle_pem })),
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({ "spiffe_id": id.to_string(), "expires_at": svid.expires_at, "svid": chain, "key": key_pem, "bundle": bundle_pem })
+        ),
     }
     Ok(())
 }
@@ -84,18 +111,34 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 /// `jwt mint`: a JWT-SVID for `spiffe_id` and `audience`.
-pub async fn jwt_mint(socket_path: &Path, spiffe_id: &str, audience: Vec<String>, ttl: i32, output: Output) -> anyhow::Result<()> {
+pub async fn jwt_mint(
+    socket_path: &Path,
+    spiffe_id: &str,
+    audience: Vec<String>,
+    ttl: i32,
+    output: Output,
+) -> anyhow::Result<()> {
     let id = SpiffeId::parse(spiffe_id).with_context(|| format!("--spiffe-id {spiffe_id:?}"))?;
-    let channel = socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+    let channel =
+        socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
     let request = MintJwtsvidRequest {
         id: Some(Spiffeid { trust_domain: id.trust_domain().name().to_owned(), path: id.path().to_owned() }),
         audience,
         ttl,
     };
-    let svid = SvidClient::new(channel).mint_jwtsvid(request).await.map_err(crate::status_error)?.into_inner().svid.context("the server returned no SVID")?;
+    let svid = SvidClient::new(channel)
+        .mint_jwtsvid(request)
+        .await
+        .map_err(crate::status_error)?
+        .into_inner()
+        .svid
+        .context("the server returned no SVID")?;
     match output {
         Output::Pretty => println!("{}", svid.token),
-        Output::Json => println!("{}", serde_json::json!({ "token": svid.token, "issued_at": svid.issued_at, "expires_at": svid.expires_at })),
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({ "token": svid.token, "issued_at": svid.issued_at, "expires_at": svid.expires_at })
+        ),
     }
     Ok(())
 }
@@ -176,7 +219,10 @@ fn selectors_pb(selectors: &[String]) -> anyhow::Result<Vec<proto::spire::api::t
         .iter()
         .map(|s| {
             let parsed = identity::Selector::parse(s).with_context(|| format!("--selector {s:?}"))?;
-            Ok(proto::spire::api::types::Selector { r#type: parsed.kind().to_owned(), value: parsed.value().to_owned() })
+            Ok(proto::spire::api::types::Selector {
+                r#type: parsed.kind().to_owned(),
+                value: parsed.value().to_owned(),
+            })
         })
         .collect()
 }
@@ -201,7 +247,8 @@ impl EntryFields {
 }
 
 fn entry_json(e: &proto::spire::api::types::Entry) -> serde_json::Value {
-    let id = |s: &Option<Spiffeid>| s.as_ref().map(|s| format!("spiffe://{}{}", s.trust_domain, s.path)).unwrap_or_default();
+    let id =
+        |s: &Option<Spiffeid>| s.as_ref().map(|s| format!("spiffe://{}{}", s.trust_domain, s.path)).unwrap_or_default();
     serde_json::json!({
         "id": e.id, "spiffe_id": id(&e.spiffe_id), "parent_id": id(&e.parent_id),
         "selectors": e.selectors.iter().map(|s| format!("{}:{}", s.r#type, s.value)).collect::<Vec<_>>(),
@@ -213,7 +260,9 @@ fn entry_json(e: &proto::spire::api::types::Entry) -> serde_json::Value {
 
 fn print_entries(entries: &[proto::spire::api::types::Entry], output: Output) {
     match output {
-        Output::Json => println!("{}", serde_json::json!({ "entries": entries.iter().map(entry_json).collect::<Vec<_>>() })),
+        Output::Json => {
+            println!("{}", serde_json::json!({ "entries": entries.iter().map(entry_json).collect::<Vec<_>>() }))
+        }
         Output::Pretty => {
             println!("Found {} entr{}", entries.len(), if entries.len() == 1 { "y" } else { "ies" });
             for e in entries {
@@ -222,8 +271,14 @@ fn print_entries(entries: &[proto::spire::api::types::Entry], output: Output) {
                 println!("SPIFFE ID        : {}", j["spiffe_id"].as_str().unwrap_or_default());
                 println!("Parent ID        : {}", j["parent_id"].as_str().unwrap_or_default());
                 println!("Revision         : {}", e.revision_number);
-                println!("X509-SVID TTL    : {}", if e.x509_svid_ttl == 0 { "default".to_string() } else { e.x509_svid_ttl.to_string() });
-                println!("JWT-SVID TTL     : {}", if e.jwt_svid_ttl == 0 { "default".to_string() } else { e.jwt_svid_ttl.to_string() });
+                println!(
+                    "X509-SVID TTL    : {}",
+                    if e.x509_svid_ttl == 0 { "default".to_string() } else { e.x509_svid_ttl.to_string() }
+                );
+                println!(
+                    "JWT-SVID TTL     : {}",
+                    if e.jwt_svid_ttl == 0 { "default".to_string() } else { e.jwt_svid_ttl.to_string() }
+                );
                 for s in &e.selectors {
                     println!("Selector         : {}:{}", s.r#type, s.value);
                 }
@@ -257,12 +312,17 @@ fn first_refusal(statuses: impl Iterator<Item = Option<proto::spire::api::types:
 
 pub async fn entry(command: EntryCommand, socket_path: &Path, output: Output) -> anyhow::Result<()> {
     use proto::spire::api::server::entry::v1 as pb;
-    let channel = socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+    let channel =
+        socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
     let mut client = pb::entry_client::EntryClient::new(channel);
     match command {
         EntryCommand::Create { fields, entry_id } => {
             let entry = fields.to_pb(entry_id.unwrap_or_default())?;
-            let response = client.batch_create_entry(pb::BatchCreateEntryRequest { entries: vec![entry], output_mask: None }).await.map_err(crate::status_error)?.into_inner();
+            let response = client
+                .batch_create_entry(pb::BatchCreateEntryRequest { entries: vec![entry], output_mask: None })
+                .await
+                .map_err(crate::status_error)?
+                .into_inner();
             first_refusal(response.results.iter().map(|r| r.status.clone()))?;
             let created: Vec<_> = response.results.into_iter().filter_map(|r| r.entry).collect();
             print_entries(&created, output);
@@ -270,7 +330,11 @@ pub async fn entry(command: EntryCommand, socket_path: &Path, output: Output) ->
         EntryCommand::Update { entry_id, fields } => {
             let entry = fields.to_pb(entry_id)?;
             let response = client
-                .batch_update_entry(pb::BatchUpdateEntryRequest { entries: vec![entry], input_mask: None, output_mask: None })
+                .batch_update_entry(pb::BatchUpdateEntryRequest {
+                    entries: vec![entry],
+                    input_mask: None,
+                    output_mask: None,
+                })
                 .await
                 .map_err(crate::status_error)?
                 .into_inner();
@@ -279,7 +343,11 @@ pub async fn entry(command: EntryCommand, socket_path: &Path, output: Output) ->
             print_entries(&updated, output);
         }
         EntryCommand::Show { entry_id: Some(id), .. } => {
-            let entry = client.get_entry(pb::GetEntryRequest { id, output_mask: None }).await.map_err(crate::status_error)?.into_inner();
+            let entry = client
+                .get_entry(pb::GetEntryRequest { id, output_mask: None })
+                .await
+                .map_err(crate::status_error)?
+                .into_inner();
             print_entries(&[entry], output);
         }
         EntryCommand::Show { entry_id: None, spiffe_id, parent_id, selector } => {
@@ -289,14 +357,22 @@ pub async fn entry(command: EntryCommand, socket_path: &Path, output: Output) ->
                 by_selectors: if selector.is_empty() {
                     None
                 } else {
-                    Some(proto::spire::api::types::SelectorMatch { selectors: selectors_pb(&selector)?, r#match: proto::spire::api::types::selector_match::MatchBehavior::MatchSuperset as i32 })
+                    Some(proto::spire::api::types::SelectorMatch {
+                        selectors: selectors_pb(&selector)?,
+                        r#match: proto::spire::api::types::selector_match::MatchBehavior::MatchSuperset as i32,
+                    })
                 },
                 ..Default::default()
             };
             let (mut entries, mut page_token) = (Vec::new(), String::new());
             loop {
                 let page = client
-                    .list_entries(pb::ListEntriesRequest { filter: Some(filter.clone()), output_mask: None, page_size: 500, page_token })
+                    .list_entries(pb::ListEntriesRequest {
+                        filter: Some(filter.clone()),
+                        output_mask: None,
+                        page_size: 500,
+                        page_token,
+                    })
                     .await
                     .map_err(crate::status_error)?
                     .into_inner();
@@ -309,14 +385,23 @@ pub async fn entry(command: EntryCommand, socket_path: &Path, output: Output) ->
             print_entries(&entries, output);
         }
         EntryCommand::Count => {
-            let count = client.count_entries(pb::CountEntriesRequest { filter: None }).await.map_err(crate::status_error)?.into_inner().count;
+            let count = client
+                .count_entries(pb::CountEntriesRequest { filter: None })
+                .await
+                .map_err(crate::status_error)?
+                .into_inner()
+                .count;
             match output {
                 Output::Json => println!("{}", serde_json::json!({ "count": count })),
                 Output::Pretty => println!("{count} registration entr{}", if count == 1 { "y" } else { "ies" }),
             }
         }
         EntryCommand::Delete { entry_id } => {
-            let response = client.batch_delete_entry(pb::BatchDeleteEntryRequest { ids: vec![entry_id.clone()] }).await.map_err(crate::status_error)?.into_inner();
+            let response = client
+                .batch_delete_entry(pb::BatchDeleteEntryRequest { ids: vec![entry_id.clone()] })
+                .await
+                .map_err(crate::status_error)?
+                .into_inner();
             first_refusal(response.results.iter().map(|r| r.status.clone()))?;
             match output {
                 Output::Json => println!("{}", serde_json::json!({ "deleted": entry_id })),
@@ -344,7 +429,8 @@ pub enum TokenCommand {
 pub async fn token(command: TokenCommand, socket_path: &Path, output: Output) -> anyhow::Result<()> {
     use proto::spire::api::server::agent::v1 as pb;
     let TokenCommand::Generate { ttl, spiffe_id } = command;
-    let channel = socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+    let channel =
+        socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
     let agent_id = spiffe_id.as_deref().map(|s| id_pb(s, "spiffe-id")).transpose()?;
     let token = pb::agent_client::AgentClient::new(channel)
         .create_join_token(pb::CreateJoinTokenRequest { ttl, token: String::new(), agent_id })
@@ -409,30 +495,51 @@ fn print_agents(agents: &[proto::spire::api::types::Agent], output: Output) {
 
 pub async fn agent(command: AgentCommand, socket_path: &Path, output: Output) -> anyhow::Result<()> {
     use proto::spire::api::server::agent::v1 as pb;
-    let channel = socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+    let channel =
+        socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
     let mut client = pb::agent_client::AgentClient::new(channel);
     match command {
         AgentCommand::List => {
-            let agents = client.list_agents(pb::ListAgentsRequest::default()).await.map_err(crate::status_error)?.into_inner().agents;
+            let agents = client
+                .list_agents(pb::ListAgentsRequest::default())
+                .await
+                .map_err(crate::status_error)?
+                .into_inner()
+                .agents;
             print_agents(&agents, output);
         }
         AgentCommand::Show { spiffe_id } => {
-            let agent = client.get_agent(pb::GetAgentRequest { id: Some(id_pb(&spiffe_id, "spiffe-id")?), output_mask: None }).await.map_err(crate::status_error)?.into_inner();
+            let agent = client
+                .get_agent(pb::GetAgentRequest { id: Some(id_pb(&spiffe_id, "spiffe-id")?), output_mask: None })
+                .await
+                .map_err(crate::status_error)?
+                .into_inner();
             print_agents(&[agent], output);
         }
         AgentCommand::Count => {
-            let count = client.count_agents(pb::CountAgentsRequest { filter: None }).await.map_err(crate::status_error)?.into_inner().count;
+            let count = client
+                .count_agents(pb::CountAgentsRequest { filter: None })
+                .await
+                .map_err(crate::status_error)?
+                .into_inner()
+                .count;
             match output {
                 Output::Json => println!("{}", serde_json::json!({ "count": count })),
                 Output::Pretty => println!("{count} attested agent{}", if count == 1 { "" } else { "s" }),
             }
         }
         AgentCommand::Evict { spiffe_id } => {
-            client.delete_agent(pb::DeleteAgentRequest { id: Some(id_pb(&spiffe_id, "spiffe-id")?) }).await.map_err(crate::status_error)?;
+            client
+                .delete_agent(pb::DeleteAgentRequest { id: Some(id_pb(&spiffe_id, "spiffe-id")?) })
+                .await
+                .map_err(crate::status_error)?;
             println!("Agent evicted successfully");
         }
         AgentCommand::Ban { spiffe_id } => {
-            client.ban_agent(pb::BanAgentRequest { id: Some(id_pb(&spiffe_id, "spiffe-id")?) }).await.map_err(crate::status_error)?;
+            client
+                .ban_agent(pb::BanAgentRequest { id: Some(id_pb(&spiffe_id, "spiffe-id")?) })
+                .await
+                .map_err(crate::status_error)?;
             println!("Agent banned successfully");
         }
     }
@@ -496,18 +603,35 @@ pub enum UpstreamAuthorityCommand {
     },
 }
 
-pub async fn upstream_authority(command: UpstreamAuthorityCommand, socket_path: &Path, output: Output) -> anyhow::Result<()> {
+pub async fn upstream_authority(
+    command: UpstreamAuthorityCommand,
+    socket_path: &Path,
+    output: Output,
+) -> anyhow::Result<()> {
     use proto::spire::api::server::localauthority::v1 as pb;
-    let channel = socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+    let channel =
+        socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
     let mut client = pb::local_authority_client::LocalAuthorityClient::new(channel);
     let e = crate::status_error;
     let (verb, key_id) = match command {
-        UpstreamAuthorityCommand::Taint { subject_key_id } => {
-            ("tainted", client.taint_x509_upstream_authority(pb::TaintX509UpstreamAuthorityRequest { subject_key_id }).await.map_err(e)?.into_inner().upstream_authority_subject_key_id)
-        }
-        UpstreamAuthorityCommand::Revoke { subject_key_id } => {
-            ("revoked", client.revoke_x509_upstream_authority(pb::RevokeX509UpstreamAuthorityRequest { subject_key_id }).await.map_err(e)?.into_inner().upstream_authority_subject_key_id)
-        }
+        UpstreamAuthorityCommand::Taint { subject_key_id } => (
+            "tainted",
+            client
+                .taint_x509_upstream_authority(pb::TaintX509UpstreamAuthorityRequest { subject_key_id })
+                .await
+                .map_err(e)?
+                .into_inner()
+                .upstream_authority_subject_key_id,
+        ),
+        UpstreamAuthorityCommand::Revoke { subject_key_id } => (
+            "revoked",
+            client
+                .revoke_x509_upstream_authority(pb::RevokeX509UpstreamAuthorityRequest { subject_key_id })
+                .await
+                .map_err(e)?
+                .into_inner()
+                .upstream_authority_subject_key_id,
+        ),
     };
     match output {
         Output::Json => println!("{}", serde_json::json!({ verb: key_id })),
@@ -518,7 +642,8 @@ pub async fn upstream_authority(command: UpstreamAuthorityCommand, socket_path: 
 
 pub async fn local_authority(command: LocalAuthorityCommand, socket_path: &Path, output: Output) -> anyhow::Result<()> {
     use proto::spire::api::server::localauthority::v1 as pb;
-    let channel = socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+    let channel =
+        socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
     let mut client = pb::local_authority_client::LocalAuthorityClient::new(channel);
     let state = |s: Option<pb::AuthorityState>| {
         s.map(|s| serde_json::json!({ "authority_id": s.authority_id, "expires_at": s.expires_at, "upstream_authority_subject_key_id": s.upstream_authority_subject_key_id }))
@@ -527,10 +652,13 @@ pub async fn local_authority(command: LocalAuthorityCommand, socket_path: &Path,
     let value = match command {
         LocalAuthorityCommand::X509 { action } => match action {
             AuthorityAction::Show => {
-                let r = client.get_x509_authority_state(pb::GetX509AuthorityStateRequest {}).await.map_err(e)?.into_inner();
+                let r =
+                    client.get_x509_authority_state(pb::GetX509AuthorityStateRequest {}).await.map_err(e)?.into_inner();
                 serde_json::json!({ "active": state(r.active), "prepared": state(r.prepared), "old": state(r.old) })
             }
-            AuthorityAction::Prepare => serde_json::json!({ "prepared": state(client.prepare_x509_authority(pb::PrepareX509AuthorityRequest {}).await.map_err(e)?.into_inner().prepared_authority) }),
+            AuthorityAction::Prepare => {
+                serde_json::json!({ "prepared": state(client.prepare_x509_authority(pb::PrepareX509AuthorityRequest {}).await.map_err(e)?.into_inner().prepared_authority) })
+            }
             AuthorityAction::Activate { authority_id } => {
                 serde_json::json!({ "activated": state(client.activate_x509_authority(pb::ActivateX509AuthorityRequest { authority_id }).await.map_err(e)?.into_inner().activated_authority) })
             }
@@ -543,10 +671,13 @@ pub async fn local_authority(command: LocalAuthorityCommand, socket_path: &Path,
         },
         LocalAuthorityCommand::Jwt { action } => match action {
             AuthorityAction::Show => {
-                let r = client.get_jwt_authority_state(pb::GetJwtAuthorityStateRequest {}).await.map_err(e)?.into_inner();
+                let r =
+                    client.get_jwt_authority_state(pb::GetJwtAuthorityStateRequest {}).await.map_err(e)?.into_inner();
                 serde_json::json!({ "active": state(r.active), "prepared": state(r.prepared), "old": state(r.old) })
             }
-            AuthorityAction::Prepare => serde_json::json!({ "prepared": state(client.prepare_jwt_authority(pb::PrepareJwtAuthorityRequest {}).await.map_err(e)?.into_inner().prepared_authority) }),
+            AuthorityAction::Prepare => {
+                serde_json::json!({ "prepared": state(client.prepare_jwt_authority(pb::PrepareJwtAuthorityRequest {}).await.map_err(e)?.into_inner().prepared_authority) })
+            }
             AuthorityAction::Activate { authority_id } => {
                 serde_json::json!({ "activated": state(client.activate_jwt_authority(pb::ActivateJwtAuthorityRequest { authority_id }).await.map_err(e)?.into_inner().activated_authority) })
             }
@@ -566,8 +697,16 @@ pub async fn local_authority(command: LocalAuthorityCommand, socket_path: &Path,
                     match state {
                         serde_json::Value::Null => println!("{name:<10} -"),
                         s => {
-                            let upstream = s["upstream_authority_subject_key_id"].as_str().filter(|u| !u.is_empty()).map(|u| format!("  signed by upstream {u}")).unwrap_or_default();
-                            println!("{name:<10} {}  expires {}{upstream}", s["authority_id"].as_str().unwrap_or_default(), s["expires_at"]);
+                            let upstream = s["upstream_authority_subject_key_id"]
+                                .as_str()
+                                .filter(|u| !u.is_empty())
+                                .map(|u| format!("  signed by upstream {u}"))
+                                .unwrap_or_default();
+                            println!(
+                                "{name:<10} {}  expires {}{upstream}",
+                                s["authority_id"].as_str().unwrap_or_default(),
+                                s["expires_at"]
+                            );
                         }
                     }
                 }
@@ -580,8 +719,15 @@ pub async fn local_authority(command: LocalAuthorityCommand, socket_path: &Path,
 /// `healthcheck`: gRPC health over the admin socket.
 pub async fn healthcheck(socket_path: &Path) -> anyhow::Result<()> {
     use proto::health::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
-    let channel = socket::connect(socket_path).await.with_context(|| format!("server is unhealthy: cannot reach {}", socket_path.display()))?;
-    let status = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await.map_err(crate::status_error)?.into_inner().status;
+    let channel = socket::connect(socket_path)
+        .await
+        .with_context(|| format!("server is unhealthy: cannot reach {}", socket_path.display()))?;
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest { service: String::new() })
+        .await
+        .map_err(crate::status_error)?
+        .into_inner()
+        .status;
     if status == ServingStatus::Serving as i32 {
         println!("Server is healthy.");
         Ok(())
@@ -593,8 +739,14 @@ pub async fn healthcheck(socket_path: &Path) -> anyhow::Result<()> {
 /// `bundle list`: the federated bundles.
 pub async fn bundle_list(socket_path: &Path, output: Output) -> anyhow::Result<()> {
     use proto::spire::api::server::bundle::v1::ListFederatedBundlesRequest;
-    let channel = socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
-    let bundles = BundleClient::new(channel).list_federated_bundles(ListFederatedBundlesRequest::default()).await.map_err(crate::status_error)?.into_inner().bundles;
+    let channel =
+        socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+    let bundles = BundleClient::new(channel)
+        .list_federated_bundles(ListFederatedBundlesRequest::default())
+        .await
+        .map_err(crate::status_error)?
+        .into_inner()
+        .bundles;
     match output {
         Output::Json => {
             let list: Vec<_> = bundles.iter().map(|b| serde_json::json!({ "trust_domain": b.trust_domain, "x509_authorities": b.x509_authorities.len(), "jwt_authorities": b.jwt_authorities.len(), "sequence_number": b.sequence_number })).collect();
@@ -602,7 +754,10 @@ pub async fn bundle_list(socket_path: &Path, output: Output) -> anyhow::Result<(
         }
         Output::Pretty => {
             for b in &bundles {
-                println!("****************************************\n* {}\n****************************************", b.trust_domain);
+                println!(
+                    "****************************************\n* {}\n****************************************",
+                    b.trust_domain
+                );
                 print!("{}", x509_pem(&b.x509_authorities));
             }
         }
@@ -614,23 +769,36 @@ pub async fn bundle_list(socket_path: &Path, output: Output) -> anyhow::Result<(
 pub async fn bundle_set(socket_path: &Path, id: &str, path: &Path, format: &str) -> anyhow::Result<()> {
     use proto::spire::api::server::bundle::v1::BatchSetFederatedBundleRequest;
     use proto::spire::api::types::{Bundle, JwtKey, X509Certificate};
-    let td = identity::TrustDomain::parse(id.trim_start_matches("spiffe://")).with_context(|| format!("--id {id:?}"))?;
+    let td =
+        identity::TrustDomain::parse(id.trim_start_matches("spiffe://")).with_context(|| format!("--id {id:?}"))?;
     let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let bundle = match format {
         "pem" => Bundle {
             trust_domain: td.name().to_owned(),
-            x509_authorities: identity::bundle::parse_pem_certificates(&String::from_utf8_lossy(&text))?.into_iter().map(|asn1| X509Certificate { asn1, tainted: false }).collect(),
+            x509_authorities: identity::bundle::parse_pem_certificates(&String::from_utf8_lossy(&text))?
+                .into_iter()
+                .map(|asn1| X509Certificate { asn1, tainted: false })
+                .collect(),
             ..Default::default()
         },
         "spiffe" => {
             let parsed = identity::bundle::Bundle::from_spiffe_json(td.clone(), &text)?;
             Bundle {
                 trust_domain: td.name().to_owned(),
-                x509_authorities: parsed.x509_authorities().iter().map(|a| X509Certificate { asn1: a.der.clone(), tainted: false }).collect(),
+                x509_authorities: parsed
+                    .x509_authorities()
+                    .iter()
+                    .map(|a| X509Certificate { asn1: a.der.clone(), tainted: false })
+                    .collect(),
                 jwt_authorities: parsed
                     .jwt_authorities()
                     .iter()
-                    .map(|k| JwtKey { public_key: k.public_key.spki_der().to_vec(), key_id: k.key_id.clone(), expires_at: k.expires_at.unwrap_or(0), tainted: false })
+                    .map(|k| JwtKey {
+                        public_key: k.public_key.spki_der().to_vec(),
+                        key_id: k.key_id.clone(),
+                        expires_at: k.expires_at.unwrap_or(0),
+                        tainted: false,
+                    })
                     .collect(),
                 refresh_hint: parsed.refresh_hint.map_or(0, |h| i64::try_from(h).unwrap_or(i64::MAX)),
                 sequence_number: 0,
@@ -638,8 +806,14 @@ pub async fn bundle_set(socket_path: &Path, id: &str, path: &Path, format: &str)
         }
         other => anyhow::bail!("--format {other:?}: use pem or spiffe"),
     };
-    let channel = socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
-    let results = BundleClient::new(channel).batch_set_federated_bundle(BatchSetFederatedBundleRequest { bundle: vec![bundle], output_mask: None }).await.map_err(crate::status_error)?.into_inner().results;
+    let channel =
+        socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+    let results = BundleClient::new(channel)
+        .batch_set_federated_bundle(BatchSetFederatedBundleRequest { bundle: vec![bundle], output_mask: None })
+        .await
+        .map_err(crate::status_error)?
+        .into_inner()
+        .results;
     first_refusal(results.iter().map(|r| r.status.clone()))?;
     println!("bundle set.");
     Ok(())
@@ -648,9 +822,13 @@ pub async fn bundle_set(socket_path: &Path, id: &str, path: &Path, format: &str)
 /// `bundle delete`: removes a federated bundle.
 pub async fn bundle_delete(socket_path: &Path, id: &str) -> anyhow::Result<()> {
     use proto::spire::api::server::bundle::v1::BatchDeleteFederatedBundleRequest;
-    let channel = socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+    let channel =
+        socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
     let results = BundleClient::new(channel)
-        .batch_delete_federated_bundle(BatchDeleteFederatedBundleRequest { trust_domains: vec![id.to_owned()], mode: 0 })
+        .batch_delete_federated_bundle(BatchDeleteFederatedBundleRequest {
+            trust_domains: vec![id.to_owned()],
+            mode: 0,
+        })
         .await
         .map_err(crate::status_error)?
         .into_inner()

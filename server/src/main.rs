@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use proto::admin::cluster_admin_client::ClusterAdminClient;
-use proto::admin::{ClusterStatus, CreateInviteRequest, InitRequest, JoinRequest, RemoveMemberRequest, SaveBackupRequest, StatusRequest, TransferLeadershipRequest};
+use proto::admin::{
+    ClusterStatus, CreateInviteRequest, InitRequest, JoinRequest, RemoveMemberRequest, SaveBackupRequest,
+    StatusRequest, TransferLeadershipRequest,
+};
 use server::admin::socket;
 
 mod api_cli;
@@ -220,15 +223,27 @@ fn main() -> ExitCode {
         Command::Cluster { command: ClusterCommand::Restore { config, file }, .. } => run::restore(&config, &file),
         Command::Cluster { command, common } => client(command, common),
         Command::Healthcheck { common } => block_on(api_cli::healthcheck(&common.socket_path)),
-        Command::Localauthority { command, common } => block_on(api_cli::local_authority(command, &common.socket_path, common.output)),
-        Command::Upstreamauthority { command, common } => block_on(api_cli::upstream_authority(command, &common.socket_path, common.output)),
+        Command::Localauthority { command, common } => {
+            block_on(api_cli::local_authority(command, &common.socket_path, common.output))
+        }
+        Command::Upstreamauthority { command, common } => {
+            block_on(api_cli::upstream_authority(command, &common.socket_path, common.output))
+        }
         Command::Agent { command, common } => block_on(api_cli::agent(command, &common.socket_path, common.output)),
         Command::Token { command, common } => block_on(api_cli::token(command, &common.socket_path, common.output)),
         Command::Entry { command, common } => block_on(api_cli::entry(command, &common.socket_path, common.output)),
-        Command::Bundle { command: BundleCommand::Show, common } => block_on(api_cli::bundle_show(&common.socket_path, common.output)),
-        Command::Bundle { command: BundleCommand::List, common } => block_on(api_cli::bundle_list(&common.socket_path, common.output)),
-        Command::Bundle { command: BundleCommand::Set { id, path, format }, common } => block_on(api_cli::bundle_set(&common.socket_path, &id, &path, &format)),
-        Command::Bundle { command: BundleCommand::Delete { id }, common } => block_on(api_cli::bundle_delete(&common.socket_path, &id)),
+        Command::Bundle { command: BundleCommand::Show, common } => {
+            block_on(api_cli::bundle_show(&common.socket_path, common.output))
+        }
+        Command::Bundle { command: BundleCommand::List, common } => {
+            block_on(api_cli::bundle_list(&common.socket_path, common.output))
+        }
+        Command::Bundle { command: BundleCommand::Set { id, path, format }, common } => {
+            block_on(api_cli::bundle_set(&common.socket_path, &id, &path, &format))
+        }
+        Command::Bundle { command: BundleCommand::Delete { id }, common } => {
+            block_on(api_cli::bundle_delete(&common.socket_path, &id))
+        }
         Command::X509 { command: X509Command::Mint { spiffe_id, ttl, write }, common } => {
             block_on(api_cli::x509_mint(&common.socket_path, &spiffe_id, ttl, write, common.output))
         }
@@ -261,7 +276,9 @@ fn client(command: ClusterCommand, common: Common) -> anyhow::Result<()> {
             ClusterCommand::Join { token } => admin.join(JoinRequest { token }).await,
             ClusterCommand::Status => admin.status(StatusRequest {}).await,
             ClusterCommand::Remove { node_id } => admin.remove_member(RemoveMemberRequest { node_id }).await,
-            ClusterCommand::Transfer { node_id } => admin.transfer_leadership(TransferLeadershipRequest { node_id }).await,
+            ClusterCommand::Transfer { node_id } => {
+                admin.transfer_leadership(TransferLeadershipRequest { node_id }).await
+            }
             ClusterCommand::Restore { .. } => anyhow::bail!("restore runs offline, not over the admin socket"),
             ClusterCommand::Backup { file } => {
                 let path = std::path::absolute(&file).with_context(|| format!("bad path {}", file.display()))?;
@@ -274,9 +291,15 @@ fn client(command: ClusterCommand, common: Common) -> anyhow::Result<()> {
                 return Ok(());
             }
             ClusterCommand::Invite { ttl } => {
-                let invite = admin.create_invite(CreateInviteRequest { ttl_seconds: ttl }).await.map_err(status_error)?.into_inner();
+                let invite = admin
+                    .create_invite(CreateInviteRequest { ttl_seconds: ttl })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
                 match common.output {
-                    Output::Json => println!("{}", serde_json::json!({ "token": invite.token, "expires_at": invite.expires_at })),
+                    Output::Json => {
+                        println!("{}", serde_json::json!({ "token": invite.token, "expires_at": invite.expires_at }))
+                    }
                     Output::Pretty => println!("Token: {}\nExpires at (unix): {}", invite.token, invite.expires_at),
                 }
                 return Ok(());
@@ -320,7 +343,15 @@ fn print_status(s: &ClusterStatus, output: Output) {
     println!("{:<8} {:<8} {:<24} {:<24} {:>8} {:>6}", "NODE", "ROLE", "RAFT ADDRESS", "API ADDRESS", "MATCHED", "LAG");
     for m in &s.members {
         let role = if m.voter { "voter" } else { "learner" };
-        println!("{:<8} {:<8} {:<24} {:<24} {:>8} {:>6}", m.node_id, role, m.raft_address, m.api_address, opt(m.matched_index), opt(m.lag));
+        println!(
+            "{:<8} {:<8} {:<24} {:<24} {:>8} {:>6}",
+            m.node_id,
+            role,
+            m.raft_address,
+            m.api_address,
+            opt(m.matched_index),
+            opt(m.lag)
+        );
     }
 }
 
@@ -334,7 +365,8 @@ mod tests {
     fn authority_ids_may_start_with_a_hyphen() {
         // JWT key ids are base64url: one in 64 starts with `-`.
         for verb in ["activate", "taint", "revoke"] {
-            let parsed = Cli::try_parse_from(["testudo-server", "localauthority", "jwt", verb, "--authority-id", "-hZ3kx"]);
+            let parsed =
+                Cli::try_parse_from(["testudo-server", "localauthority", "jwt", verb, "--authority-id", "-hZ3kx"]);
             assert!(parsed.is_ok(), "{verb}: {:?}", parsed.err());
         }
     }

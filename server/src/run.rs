@@ -34,8 +34,9 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
 }
 
 fn init_logging(config: &ServerConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{},openraft=warn", config.server.log_level.as_filter())));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{},openraft=warn", config.server.log_level.as_filter()))
+    });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match config.server.log_format {
@@ -47,7 +48,8 @@ fn init_logging(config: &ServerConfig) {
 async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let data_dir = &config.server.data_dir;
     std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
-    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("cannot restrict data_dir {}", data_dir.display()))?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict data_dir {}", data_dir.display()))?;
 
     let settings = settings(&config);
     let metrics = server::ops::metrics::install().map_err(anyhow::Error::msg)?;
@@ -61,21 +63,32 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         admin_ids: config.server.admin_ids.clone(),
         node_attestors: config.node_attestors.clone(),
         x509pop: match &config.node_attestors.x509pop_ca_bundle_paths {
-            Some(paths) => Some(Arc::new(server::node_attestor::x509pop::X509Pop::load(paths).context("NodeAttestor \"x509pop\"")?)),
+            Some(paths) => Some(Arc::new(
+                server::node_attestor::x509pop::X509Pop::load(paths).context("NodeAttestor \"x509pop\"")?,
+            )),
             None => None,
         },
         agent_ttl: config.server.agent_ttl,
     };
     // The network listener: agents, and admins with an SVID listed in admin_ids.
-    let identity = Arc::new(server::api::listener::ServerIdentity::new(&config.server.trust_domain).map_err(anyhow::Error::msg)?);
+    let identity =
+        Arc::new(server::api::listener::ServerIdentity::new(&config.server.trust_domain).map_err(anyhow::Error::msg)?);
     let trust = Arc::new(std::sync::RwLock::new(identity::bundle::Bundle::new(config.server.trust_domain.clone())));
-    background.push(tokio::spawn(server::api::listener::maintain(identity.clone(), trust.clone(), ca.clone(), runtime.clone())));
+    background.push(tokio::spawn(server::api::listener::maintain(
+        identity.clone(),
+        trust.clone(),
+        ca.clone(),
+        runtime.clone(),
+    )));
     let api_address = std::net::SocketAddr::new(config.server.bind_address, config.server.bind_port);
-    let (bound, incoming) = server::api::listener::bind(api_address, identity, trust).await.map_err(anyhow::Error::msg)?;
+    let (bound, incoming) =
+        server::api::listener::bind(api_address, identity, trust).await.map_err(anyhow::Error::msg)?;
     tracing::info!(address = %bound, "server API listening");
     let network_routes = api_routes(&api, server::api::caller::on_network);
     background.push(tokio::spawn(async move {
-        let server = tonic::transport::Server::builder().layer(server::ops::api_metrics::ApiMetricsLayer).add_routes(network_routes);
+        let server = tonic::transport::Server::builder()
+            .layer(server::ops::api_metrics::ApiMetricsLayer)
+            .add_routes(network_routes);
         if let Err(e) = server.serve_with_incoming(incoming).await {
             tracing::error!(error = %e, "server API listener stopped");
         }
@@ -135,13 +148,24 @@ const CHANGE_LOG_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 async fn cluster_ca(config: &ServerConfig) -> anyhow::Result<server::ca::replicated::ClusterCa> {
     let keys = match &config.key_manager {
         kms::KeyManagerConfig::Memory | kms::KeyManagerConfig::Disk { .. } => server::ca::CaKeys::Shared,
-        kms::KeyManagerConfig::Pkcs11(_) | kms::KeyManagerConfig::AwsKms(_) => server::ca::CaKeys::Managed(config.key_manager.build().await.context("the CA's KeyManager")?),
+        kms::KeyManagerConfig::Pkcs11(_) | kms::KeyManagerConfig::AwsKms(_) => {
+            server::ca::CaKeys::Managed(config.key_manager.build().await.context("the CA's KeyManager")?)
+        }
     };
     let upstream: Option<Arc<dyn server::upstream::UpstreamAuthority>> = match &config.upstream_authority {
-        Some(disk) => Some(Arc::new(server::upstream::disk::DiskUpstreamAuthority::new(disk.clone()).await.context("UpstreamAuthority \"disk\"")?)),
+        Some(disk) => Some(Arc::new(
+            server::upstream::disk::DiskUpstreamAuthority::new(disk.clone())
+                .await
+                .context("UpstreamAuthority \"disk\"")?,
+        )),
         None => None,
     };
-    Ok(server::ca::replicated::ClusterCa { config: config.ca_config(), keys, upstream, clock: Arc::new(server::clock::SystemClock) })
+    Ok(server::ca::replicated::ClusterCa {
+        config: config.ca_config(),
+        keys,
+        upstream,
+        clock: Arc::new(server::clock::SystemClock),
+    })
 }
 
 /// Where this replica listens and how it is reached, from its config.
@@ -175,31 +199,53 @@ pub fn restore(config_path: &Path, file: &Path) -> anyhow::Result<()> {
     let backup = std::fs::read(file).with_context(|| format!("cannot read backup {}", file.display()))?;
     let data_dir = &config.server.data_dir;
     std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
-    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("cannot restrict data_dir {}", data_dir.display()))?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict data_dir {}", data_dir.display()))?;
     let (cluster_id, index) = ClusterRuntime::restore(&settings(&config), &backup)?;
-    println!("Restored state up to log index {index} into {}: a new cluster {cluster_id} with node {} as its only member.", data_dir.display(), config.cluster.node_id);
+    println!(
+        "Restored state up to log index {index} into {}: a new cluster {cluster_id} with node {} as its only member.",
+        data_dir.display(),
+        config.cluster.node_id
+    );
     println!("Start it with `testudo-server run --config {}`, then invite the other replicas.", config_path.display());
     Ok(())
 }
 
 /// SPIRE's server APIs, each behind `intercept`, which records who is calling.
-fn api_routes(api: &server::api::ApiContext, intercept: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>) -> tonic::service::Routes {
+fn api_routes(
+    api: &server::api::ApiContext,
+    intercept: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
+) -> tonic::service::Routes {
     use proto::spire::api::server::localauthority::v1::local_authority_server::LocalAuthorityServer;
-    use server::api::{agent::AgentService, bundle::BundleService, debug::DebugService, entry::EntryService, local_authority::LocalAuthorityService, svid::SvidService};
+    use server::api::{
+        agent::AgentService, bundle::BundleService, debug::DebugService, entry::EntryService,
+        local_authority::LocalAuthorityService, svid::SvidService,
+    };
     let mut routes = tonic::service::RoutesBuilder::default();
     routes.add_service(AgentServer::with_interceptor(AgentService { context: api.clone() }, intercept));
     routes.add_service(EntryServer::with_interceptor(EntryService { context: api.clone() }, intercept));
     routes.add_service(SvidServer::with_interceptor(SvidService { context: api.clone() }, intercept));
     routes.add_service(BundleServer::with_interceptor(BundleService { context: api.clone() }, intercept));
-    routes.add_service(LocalAuthorityServer::with_interceptor(LocalAuthorityService { context: api.clone() }, intercept));
-    routes.add_service(proto::health::health_server::HealthServer::with_interceptor(server::api::health::HealthService { context: api.clone() }, intercept));
+    routes
+        .add_service(LocalAuthorityServer::with_interceptor(LocalAuthorityService { context: api.clone() }, intercept));
+    routes.add_service(proto::health::health_server::HealthServer::with_interceptor(
+        server::api::health::HealthService { context: api.clone() },
+        intercept,
+    ));
     routes.add_service(DebugServer::with_interceptor(DebugService { context: api.clone() }, intercept));
     routes.routes()
 }
 
 /// Binds `host:port` and serves `router` on it in a task.
-async fn serve_http(what: &str, host: &str, port: u16, router: axum::Router) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind((host, port)).await.with_context(|| format!("cannot listen for {what} on {host}:{port}"))?;
+async fn serve_http(
+    what: &str,
+    host: &str,
+    port: u16,
+    router: axum::Router,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind((host, port))
+        .await
+        .with_context(|| format!("cannot listen for {what} on {host}:{port}"))?;
     let bound = listener.local_addr()?;
     tracing::info!(address = %bound, "{what} listening");
     let what = what.to_string();

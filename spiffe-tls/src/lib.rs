@@ -50,7 +50,11 @@ impl fmt::Debug for SvidVerifier {
 impl SvidVerifier {
     /// Accepts only an SVID for `id` that chains to `bundle` (kept current by its owner).
     pub fn for_id(bundle: Arc<RwLock<Bundle>>, id: SpiffeId) -> Self {
-        Self { trust: Trust::Bundle(bundle), expected: Some(id), algorithms: provider().signature_verification_algorithms }
+        Self {
+            trust: Trust::Bundle(bundle),
+            expected: Some(id),
+            algorithms: provider().signature_verification_algorithms,
+        }
     }
 
     /// Accepts any SVID that chains to `bundle` (kept current by its owner).
@@ -74,7 +78,9 @@ impl SvidVerifier {
             Trust::PinnedCa { trust_domain, sha256 } => {
                 let ca = intermediates
                     .iter()
-                    .find(|c| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, c.as_ref()).as_ref() == sha256.as_slice())
+                    .find(|c| {
+                        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, c.as_ref()).as_ref() == sha256.as_slice()
+                    })
                     .ok_or("the peer did not send the pinned cluster CA")?;
                 let mut bundle = Bundle::new(trust_domain.clone());
                 bundle.add_x509_authority(ca.as_ref()).map_err(|e| format!("pinned cluster CA: {e}"))?;
@@ -83,12 +89,20 @@ impl SvidVerifier {
         }
     }
 
-    fn verify(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>], now: UnixTime) -> Result<(), rustls::Error> {
+    fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
         let refused = |why: String| {
             tracing::warn!(reason = %why, "refused a peer certificate");
             rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)
         };
-        let now = i64::try_from(now.as_secs()).ok().and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok()).ok_or_else(|| refused("bad clock".into()))?;
+        let now = i64::try_from(now.as_secs())
+            .ok()
+            .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+            .ok_or_else(|| refused("bad clock".into()))?;
         let bundle = self.bundle(intermediates).map_err(refused)?;
         // A peer may send its root along; the root is the anchor, not part of the path.
         let is_root = |der: &[u8]| bundle.x509_authorities().iter().any(|a| a.der.as_slice() == der);
@@ -117,11 +131,21 @@ impl ServerCertVerifier for SvidVerifier {
         self.verify(end_entity, intermediates, now).map(|()| ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
@@ -141,15 +165,30 @@ impl ClientCertVerifier for SvidVerifier {
         false
     }
 
-    fn verify_client_cert(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>], now: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
         self.verify(end_entity, intermediates, now).map(|()| ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 

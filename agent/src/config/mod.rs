@@ -132,12 +132,15 @@ impl AgentConfig {
     fn check(file: Parsed<File>) -> Result<Self, ConfigError> {
         let parsed = &file.value;
         let agent = &parsed.agent;
-        let servers = server_addresses(&agent.server_address, agent.server_port).map_err(|e| file.invalid(&["agent", "server_address"], e))?;
-        let spiffe_format = || match agent.trust_bundle_format.as_str() {
-            "pem" => Ok(false),
-            "spiffe" => Ok(true),
-            other => Err(file.invalid(&["agent", "trust_bundle_format"], format!("{other:?}: must be \"pem\" or \"spiffe\""))),
-        };
+        let servers = server_addresses(&agent.server_address, agent.server_port)
+            .map_err(|e| file.invalid(&["agent", "server_address"], e))?;
+        let spiffe_format =
+            || match agent.trust_bundle_format.as_str() {
+                "pem" => Ok(false),
+                "spiffe" => Ok(true),
+                other => Err(file
+                    .invalid(&["agent", "trust_bundle_format"], format!("{other:?}: must be \"pem\" or \"spiffe\""))),
+            };
         let trust = match (&agent.trust_bundle_path, &agent.trust_bundle_url, agent.insecure_bootstrap) {
             (Some(path), None, false) => TrustSource::File { path: path.clone(), spiffe_format: spiffe_format()? },
             (None, Some(url), false) => {
@@ -146,18 +149,30 @@ impl AgentConfig {
             }
             (None, None, true) => TrustSource::InsecureBootstrap,
             (None, None, false) => {
-                return Err(file.invalid(&["agent"], "one of trust_bundle_path, trust_bundle_url or insecure_bootstrap = true is required"));
+                return Err(file.invalid(
+                    &["agent"],
+                    "one of trust_bundle_path, trust_bundle_url or insecure_bootstrap = true is required",
+                ));
             }
-            _ => return Err(file.invalid(&["agent", "insecure_bootstrap"], "trust_bundle_path, trust_bundle_url and insecure_bootstrap exclude each other")),
+            _ => {
+                return Err(file.invalid(
+                    &["agent", "insecure_bootstrap"],
+                    "trust_bundle_path, trust_bundle_url and insecure_bootstrap exclude each other",
+                ))
+            }
         };
         if !matches!(agent.log_level.to_ascii_uppercase().as_str(), "DEBUG" | "INFO" | "WARN" | "ERROR") {
-            return Err(file.invalid(&["agent", "log_level"], format!("{:?}: must be DEBUG, INFO, WARN or ERROR", agent.log_level)));
+            return Err(file.invalid(
+                &["agent", "log_level"],
+                format!("{:?}: must be DEBUG, INFO, WARN or ERROR", agent.log_level),
+            ));
         }
         if !matches!(agent.log_format.as_str(), "text" | "json") {
             return Err(file.invalid(&["agent", "log_format"], format!("{:?}: must be text or json", agent.log_format)));
         }
         if let Some(admin) = &agent.admin_socket_path {
-            check_admin_socket(admin, &agent.socket_path).map_err(|e| file.invalid(&["agent", "admin_socket_path"], e))?;
+            check_admin_socket(admin, &agent.socket_path)
+                .map_err(|e| file.invalid(&["agent", "admin_socket_path"], e))?;
         }
         check_sds_names(&agent.sds).map_err(|(key, message)| file.invalid(&["agent", "sds", key], message))?;
         let problem = |(path, message): plugins::PluginProblem| file.invalid(&path, message);
@@ -188,7 +203,11 @@ fn check_admin_socket(admin: &Path, workload: &Path) -> Result<(), String> {
     }
     let workload_dir = workload.parent().unwrap_or(workload);
     if admin.parent().is_some_and(|dir| dir.starts_with(workload_dir)) {
-        return Err(format!("{}: must not be in the directory of socket_path ({}) or below it", admin.display(), workload_dir.display()));
+        return Err(format!(
+            "{}: must not be in the directory of socket_path ({}) or below it",
+            admin.display(),
+            workload_dir.display()
+        ));
     }
     Ok(())
 }
@@ -209,7 +228,11 @@ fn check_bundle_url(url: &str) -> Result<(), String> {
 /// The three default names must be distinct, non-empty and not SPIFFE IDs (which name
 /// SVIDs and bundles themselves).
 fn check_sds_names(sds: &SdsSection) -> Result<(), (&'static str, String)> {
-    let names = [("default_svid_name", &sds.default_svid_name), ("default_bundle_name", &sds.default_bundle_name), ("default_all_bundles_name", &sds.default_all_bundles_name)];
+    let names = [
+        ("default_svid_name", &sds.default_svid_name),
+        ("default_bundle_name", &sds.default_bundle_name),
+        ("default_all_bundles_name", &sds.default_all_bundles_name),
+    ];
     for (i, (key, name)) in names.iter().enumerate() {
         if name.trim().is_empty() {
             return Err((key, "must not be empty".into()));
@@ -241,7 +264,12 @@ fn server_addresses(addresses: &ServerAddresses, port: u16) -> Result<Vec<String
             }
             match address.rsplit_once(':') {
                 // An IPv6 literal without a port is written in brackets: [::1].
-                Some((host, p)) if !host.is_empty() && !host.ends_with(':') && p.chars().all(|c| c.is_ascii_digit()) && !address.ends_with(']') => {
+                Some((host, p))
+                    if !host.is_empty()
+                        && !host.ends_with(':')
+                        && p.chars().all(|c| c.is_ascii_digit())
+                        && !address.ends_with(']') =>
+                {
                     p.parse::<u16>().map_err(|_| format!("{address:?}: port {p:?} is not a number from 0 to 65535"))?;
                     Ok(address.to_owned())
                 }

@@ -102,21 +102,38 @@ impl Plugins {
         match (enabled(&self.node_attestor.join_token), enabled(&self.node_attestor.x509pop)) {
             (Some(_), None) => Ok(NodeAttestor::JoinToken),
             (None, Some(data)) => {
-                let private_key_path = data.private_key_path.clone().ok_or_else(|| (at("x509pop"), "plugin_data.private_key_path is required".to_string()))?;
-                let certificate_path = data.certificate_path.clone().ok_or_else(|| (at("x509pop"), "plugin_data.certificate_path is required".to_string()))?;
-                Ok(NodeAttestor::X509Pop { private_key_path, certificate_path, intermediates_path: data.intermediates_path.clone() })
+                let private_key_path = data
+                    .private_key_path
+                    .clone()
+                    .ok_or_else(|| (at("x509pop"), "plugin_data.private_key_path is required".to_string()))?;
+                let certificate_path = data
+                    .certificate_path
+                    .clone()
+                    .ok_or_else(|| (at("x509pop"), "plugin_data.certificate_path is required".to_string()))?;
+                Ok(NodeAttestor::X509Pop {
+                    private_key_path,
+                    certificate_path,
+                    intermediates_path: data.intermediates_path.clone(),
+                })
             }
             (None, None) => Err((vec!["plugins"], "a NodeAttestor (join_token or x509pop) is required".into())),
-            (Some(_), Some(_)) => Err((at("x509pop"), "an agent uses one NodeAttestor; remove join_token or x509pop".into())),
+            (Some(_), Some(_)) => {
+                Err((at("x509pop"), "an agent uses one NodeAttestor; remove join_token or x509pop".into()))
+            }
         }
     }
 
     pub fn key_storage(&self, data_dir: &Path) -> Result<KeyStorage, PluginProblem> {
         match (enabled(&self.key_manager.memory), enabled(&self.key_manager.disk)) {
             (Some(_), None) => Ok(KeyStorage::Memory),
-            (None, Some(data)) => Ok(KeyStorage::Disk(data.directory.clone().unwrap_or_else(|| data_dir.to_path_buf()))),
+            (None, Some(data)) => {
+                Ok(KeyStorage::Disk(data.directory.clone().unwrap_or_else(|| data_dir.to_path_buf())))
+            }
             (None, None) => Err((vec!["plugins"], "a KeyManager (memory or disk) is required".into())),
-            (Some(_), Some(_)) => Err((vec!["plugins", "KeyManager", "disk"], "an agent uses one KeyManager; remove memory or disk".into())),
+            (Some(_), Some(_)) => Err((
+                vec!["plugins", "KeyManager", "disk"],
+                "an agent uses one KeyManager; remove memory or disk".into(),
+            )),
         }
     }
 

@@ -45,8 +45,11 @@ fn minimal_file_gets_spires_defaults() {
 
 #[test]
 fn a_list_of_servers_keeps_their_ports_and_fills_in_the_default() {
-    let text = MINIMAL.replace(r#"server_address = "spire-server""#, r#"server_address = ["10.0.0.1:9000", "10.0.0.2", "[::1]"]
-  server_port = "7000""#);
+    let text = MINIMAL.replace(
+        r#"server_address = "spire-server""#,
+        r#"server_address = ["10.0.0.1:9000", "10.0.0.2", "[::1]"]
+  server_port = "7000""#,
+    );
     assert_eq!(parse(&text).unwrap().servers, ["10.0.0.1:9000", "10.0.0.2:7000", "[::1]:7000"]);
 }
 
@@ -79,9 +82,12 @@ fn refusals_name_the_key_and_its_line() {
 #[test]
 fn sds_names_default_to_spires_and_are_checked() {
     assert_eq!(parse(MINIMAL).unwrap().agent.sds, SdsSection::default());
-    let set = |block: &str| MINIMAL.replace("join_token = \"abc\"", &format!("join_token = \"abc\"\n  sds {{\n    {block}\n  }}"));
+    let set = |block: &str| {
+        MINIMAL.replace("join_token = \"abc\"", &format!("join_token = \"abc\"\n  sds {{\n    {block}\n  }}"))
+    };
     let custom = parse(&set(r#"default_svid_name = "svid"
-    disable_spiffe_cert_validation = true"#)).unwrap();
+    disable_spiffe_cert_validation = true"#))
+    .unwrap();
     assert_eq!(custom.agent.sds.default_svid_name, "svid");
     assert_eq!(custom.agent.sds.default_bundle_name, "ROOTCA", "unset names keep their defaults");
     assert!(custom.agent.sds.disable_spiffe_cert_validation);
@@ -97,9 +103,17 @@ fn sds_names_default_to_spires_and_are_checked() {
 
 #[test]
 fn a_trust_bundle_url_must_be_https_and_alone() {
-    let with_url = |url: &str| MINIMAL.replace(r#"trust_bundle_path = "/etc/testudo/bundle.pem""#, &format!("trust_bundle_url = \"{url}\"\n  trust_bundle_format = \"spiffe\""));
+    let with_url = |url: &str| {
+        MINIMAL.replace(
+            r#"trust_bundle_path = "/etc/testudo/bundle.pem""#,
+            &format!("trust_bundle_url = \"{url}\"\n  trust_bundle_format = \"spiffe\""),
+        )
+    };
     let config = parse(&with_url("https://bundles.example.org/td.json")).unwrap();
-    assert_eq!(config.trust, TrustSource::Url { url: "https://bundles.example.org/td.json".into(), spiffe_format: true });
+    assert_eq!(
+        config.trust,
+        TrustSource::Url { url: "https://bundles.example.org/td.json".into(), spiffe_format: true }
+    );
     let plain = refusal(&with_url("http://bundles.example.org/td.json"));
     assert_eq!((plain.key.as_str(), plain.line), ("agent.trust_bundle_url", Some(6)));
     assert!(plain.message.contains("https://"), "{plain:?}");
@@ -110,7 +124,9 @@ fn a_trust_bundle_url_must_be_https_and_alone() {
 
 #[test]
 fn the_admin_socket_must_not_be_where_workloads_reach() {
-    let with_admin = |path: &str| MINIMAL.replace("join_token = \"abc\"", &format!("join_token = \"abc\"\n  socket_path = \"/run/agent/public/api.sock\"\n  admin_socket_path = \"{path}\""));
+    let with_admin = |path: &str| {
+        MINIMAL.replace("join_token = \"abc\"", &format!("join_token = \"abc\"\n  socket_path = \"/run/agent/public/api.sock\"\n  admin_socket_path = \"{path}\""))
+    };
     assert!(parse(&with_admin("/run/agent/private/admin.sock")).is_ok());
     for inside in ["/run/agent/public/admin.sock", "/run/agent/public/deeper/admin.sock", "relative/admin.sock"] {
         assert_eq!(refusal(&with_admin(inside)).key, "agent.admin_socket_path", "{inside}");

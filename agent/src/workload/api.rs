@@ -103,7 +103,11 @@ impl WorkloadApi {
                 }
             }
         }
-        (!svids.is_empty()).then(|| pb::X509svidResponse { svids, crl: vec![], federated_bundles: federated.into_iter().collect() })
+        (!svids.is_empty()).then(|| pb::X509svidResponse {
+            svids,
+            crl: vec![],
+            federated_bundles: federated.into_iter().collect(),
+        })
     }
 
     /// A stream that sends `render(snapshot)` now and whenever it changes.
@@ -143,14 +147,18 @@ impl WorkloadApi {
     async fn jwt_for(&self, entry: &Entry, audience: &[String]) -> Result<String, Status> {
         let key = (entry.spiffe_id.clone(), audience.to_vec());
         let now = OffsetDateTime::now_utc();
-        if let Some(cached) = self.jwts.lock().unwrap_or_else(|p| p.into_inner()).get(&key).filter(|c| c.renew_at > now) {
+        if let Some(cached) = self.jwts.lock().unwrap_or_else(|p| p.into_inner()).get(&key).filter(|c| c.renew_at > now)
+        {
             return Ok(cached.token.clone());
         }
         let (entry_id, audience_list) = (entry.id.clone(), audience.to_vec());
         let svid = self
             .pool
             .call(2, |channel| {
-                let request = proto::spire::api::server::svid::v1::NewJwtsvidRequest { entry_id: entry_id.clone(), audience: audience_list.clone() };
+                let request = proto::spire::api::server::svid::v1::NewJwtsvidRequest {
+                    entry_id: entry_id.clone(),
+                    audience: audience_list.clone(),
+                };
                 async move {
                     let mut client = proto::spire::api::server::svid::v1::svid_client::SvidClient::new(channel);
                     Ok(client.new_jwtsvid(request).await?.into_inner().svid)
@@ -174,7 +182,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
     type FetchX509BundlesStream = ResponseStream<pb::X509BundlesResponse>;
     type FetchJWTBundlesStream = ResponseStream<pb::JwtBundlesResponse>;
 
-    async fn fetch_x509svid(&self, request: Request<pb::X509svidRequest>) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+    async fn fetch_x509svid(
+        &self,
+        request: Request<pb::X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let selectors = self.attest(&request).await?;
         if self.cache.current().entries_for(&selectors).next().is_none() {
             return Err(no_identity());
@@ -187,18 +198,29 @@ impl SpiffeWorkloadApi for WorkloadApi {
         })))
     }
 
-    async fn fetch_x509_bundles(&self, request: Request<pb::X509BundlesRequest>) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+    async fn fetch_x509_bundles(
+        &self,
+        request: Request<pb::X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         let selectors = self.attest(&request).await?;
         if self.cache.current().entries_for(&selectors).next().is_none() {
             return Err(no_identity());
         }
         Ok(Response::new(self.follow(selectors, |snapshot, selectors| {
             let bundles = snapshot.bundles_for(selectors);
-            (!bundles.is_empty()).then(|| Ok(pb::X509BundlesResponse { crl: vec![], bundles: bundles.iter().map(|b| (b.trust_domain().id().to_string(), x509_bytes(b))).collect() }))
+            (!bundles.is_empty()).then(|| {
+                Ok(pb::X509BundlesResponse {
+                    crl: vec![],
+                    bundles: bundles.iter().map(|b| (b.trust_domain().id().to_string(), x509_bytes(b))).collect(),
+                })
+            })
         })))
     }
 
-    async fn fetch_jwtsvid(&self, request: Request<pb::JwtsvidRequest>) -> Result<Response<pb::JwtsvidResponse>, Status> {
+    async fn fetch_jwtsvid(
+        &self,
+        request: Request<pb::JwtsvidRequest>,
+    ) -> Result<Response<pb::JwtsvidResponse>, Status> {
         let selectors = self.attest(&request).await?;
         let request = request.into_inner();
         if request.audience.is_empty() || request.audience.iter().any(String::is_empty) {
@@ -209,7 +231,11 @@ impl SpiffeWorkloadApi for WorkloadApi {
             text => Some(SpiffeId::parse(text).map_err(|e| Status::invalid_argument(format!("spiffe_id: {e}")))?),
         };
         let snapshot = self.cache.current();
-        let entries: Vec<Entry> = snapshot.entries_for(&selectors).filter(|e| wanted.as_ref().is_none_or(|w| *w == e.spiffe_id)).cloned().collect();
+        let entries: Vec<Entry> = snapshot
+            .entries_for(&selectors)
+            .filter(|e| wanted.as_ref().is_none_or(|w| *w == e.spiffe_id))
+            .cloned()
+            .collect();
         if entries.is_empty() {
             return Err(no_identity());
         }
@@ -228,18 +254,28 @@ impl SpiffeWorkloadApi for WorkloadApi {
         Ok(Response::new(pb::JwtsvidResponse { svids }))
     }
 
-    async fn fetch_jwt_bundles(&self, request: Request<pb::JwtBundlesRequest>) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+    async fn fetch_jwt_bundles(
+        &self,
+        request: Request<pb::JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         let selectors = self.attest(&request).await?;
         if self.cache.current().entries_for(&selectors).next().is_none() {
             return Err(no_identity());
         }
         Ok(Response::new(self.follow(selectors, |snapshot, selectors| {
             let bundles = snapshot.bundles_for(selectors);
-            (!bundles.is_empty()).then(|| Ok(pb::JwtBundlesResponse { bundles: bundles.iter().map(|b| (b.trust_domain().id().to_string(), jwks_bytes(b))).collect() }))
+            (!bundles.is_empty()).then(|| {
+                Ok(pb::JwtBundlesResponse {
+                    bundles: bundles.iter().map(|b| (b.trust_domain().id().to_string(), jwks_bytes(b))).collect(),
+                })
+            })
         })))
     }
 
-    async fn validate_jwtsvid(&self, request: Request<pb::ValidateJwtsvidRequest>) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
+    async fn validate_jwtsvid(
+        &self,
+        request: Request<pb::ValidateJwtsvidRequest>,
+    ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
         let selectors = self.attest(&request).await?;
         let request = request.into_inner();
         if request.audience.is_empty() {
@@ -256,9 +292,15 @@ impl SpiffeWorkloadApi for WorkloadApi {
         if set.iter().next().is_none() {
             return Err(no_identity());
         }
-        let validated = identity::jwt::validate_jwt_svid(&request.svid, &set, &request.audience, OffsetDateTime::now_utc()).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let claims = prost_types::Struct { fields: validated.claims.into_iter().map(|(k, v)| (k, json_to_prost(v))).collect() };
-        Ok(Response::new(pb::ValidateJwtsvidResponse { spiffe_id: validated.spiffe_id.to_string(), claims: Some(claims) }))
+        let validated =
+            identity::jwt::validate_jwt_svid(&request.svid, &set, &request.audience, OffsetDateTime::now_utc())
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let claims =
+            prost_types::Struct { fields: validated.claims.into_iter().map(|(k, v)| (k, json_to_prost(v))).collect() };
+        Ok(Response::new(pb::ValidateJwtsvidResponse {
+            spiffe_id: validated.spiffe_id.to_string(),
+            claims: Some(claims),
+        }))
     }
 }
 
@@ -269,8 +311,12 @@ fn json_to_prost(value: serde_json::Value) -> prost_types::Value {
         serde_json::Value::Bool(b) => Kind::BoolValue(b),
         serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
         serde_json::Value::String(s) => Kind::StringValue(s),
-        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue { values: items.into_iter().map(json_to_prost).collect() }),
-        serde_json::Value::Object(map) => Kind::StructValue(prost_types::Struct { fields: map.into_iter().map(|(k, v)| (k, json_to_prost(v))).collect() }),
+        serde_json::Value::Array(items) => {
+            Kind::ListValue(prost_types::ListValue { values: items.into_iter().map(json_to_prost).collect() })
+        }
+        serde_json::Value::Object(map) => Kind::StructValue(prost_types::Struct {
+            fields: map.into_iter().map(|(k, v)| (k, json_to_prost(v))).collect(),
+        }),
     };
     prost_types::Value { kind: Some(kind) }
 }

@@ -46,7 +46,15 @@ pub struct AuthorityFixing {
 
 impl AuthorityFixing {
     pub fn new(inner: UnixStream) -> Self {
-        Self { inner, raw: Vec::new(), ready: Vec::new(), preface_seen: false, block: None, decoder: loona_hpack::Decoder::new(), eof: false }
+        Self {
+            inner,
+            raw: Vec::new(),
+            ready: Vec::new(),
+            preface_seen: false,
+            block: None,
+            decoder: loona_hpack::Decoder::new(),
+            eof: false,
+        }
     }
 
     /// Moves every complete frame from `raw` to `ready`, rewriting header blocks.
@@ -98,7 +106,10 @@ impl AuthorityFixing {
                     self.block = Some((id, first_flags, fragment));
                     continue;
                 }
-                let headers = self.decoder.decode(&fragment).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("HPACK: {e:?}")))?;
+                let headers = self
+                    .decoder
+                    .decode(&fragment)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("HPACK: {e:?}")))?;
                 let encoded = encode_literals(&fixed(headers));
                 write_header_frames(&mut self.ready, id, first_flags & END_STREAM, &encoded);
             }

@@ -27,11 +27,11 @@ use std::pin::Pin;
 use identity::bundle::Bundle;
 use identity::SelectorSet;
 use prost::Message;
+use prost_types::Any;
 use proto::envoy::config::core::v3::{data_source, node, DataSource, Node, TypedExtensionConfig};
 use proto::envoy::extensions::transport_sockets::tls::v3 as tls;
 use proto::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use proto::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService;
-use prost_types::Any;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -41,7 +41,8 @@ use crate::config::SdsSection;
 
 /// The type of every resource SDS serves.
 pub const SECRET_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
-const SPIFFE_VALIDATOR_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig";
+const SPIFFE_VALIDATOR_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig";
 const SPIFFE_VALIDATOR_NAME: &str = "envoy.tls.cert_validator.spiffe";
 /// The node metadata key with which one Envoy turns the SPIFFE validator off.
 const DISABLE_VALIDATOR_KEY: &str = "disable_spiffe_cert_validation";
@@ -79,16 +80,23 @@ impl SecretDiscovery {
             return false;
         }
         match &node.user_agent_version_type {
-            Some(node::UserAgentVersionType::UserAgentBuildVersion(build)) => {
-                build.version.as_ref().is_none_or(|v| v.major_number > 1 || (v.major_number == 1 && v.minor_number >= 18))
-            }
+            Some(node::UserAgentVersionType::UserAgentBuildVersion(build)) => build
+                .version
+                .as_ref()
+                .is_none_or(|v| v.major_number > 1 || (v.major_number == 1 && v.minor_number >= 18)),
             _ => true,
         }
     }
 
     /// The secrets `names` resolve to for a caller, or `None` while some are not ready (no
     /// bundle yet, an SVID not minted yet): a later cache update brings them.
-    fn render(&self, snapshot: &Snapshot, selectors: &SelectorSet, names: &[String], spiffe_validator: bool) -> Result<Option<Vec<Any>>, Status> {
+    fn render(
+        &self,
+        snapshot: &Snapshot,
+        selectors: &SelectorSet,
+        names: &[String],
+        spiffe_validator: bool,
+    ) -> Result<Option<Vec<Any>>, Status> {
         let Some(own) = &snapshot.bundle else { return Ok(None) };
         let mut wanted: BTreeSet<&str> = names.iter().map(String::as_str).filter(|n| !n.is_empty()).collect();
         let all = wanted.is_empty();
@@ -127,14 +135,21 @@ impl SecretDiscovery {
             }
             let by_id = wanted.remove(spiffe_id.as_str()) || all;
             let by_default = index == 0 && wanted.remove(self.names.default_svid_name.as_str());
-            for name in [by_id.then_some(spiffe_id.as_str()), by_default.then_some(self.names.default_svid_name.as_str())].into_iter().flatten() {
+            for name in
+                [by_id.then_some(spiffe_id.as_str()), by_default.then_some(self.names.default_svid_name.as_str())]
+                    .into_iter()
+                    .flatten()
+            {
                 let Some(svid) = snapshot.svids.get(&entry.id) else { return Ok(None) };
                 resources.push(tls_certificate(name, &svid.chain, &svid.key_pkcs8));
             }
         }
 
         if !wanted.is_empty() {
-            return Err(Status::invalid_argument(format!("workload is not authorized for the requested identities {:?}", wanted)));
+            return Err(Status::invalid_argument(format!(
+                "workload is not authorized for the requested identities {:?}",
+                wanted
+            )));
         }
         Ok(Some(resources))
     }
@@ -157,7 +172,10 @@ fn tls_certificate(name: &str, chain: &[Vec<u8>], key_pkcs8: &[u8]) -> Any {
     let key_pem = zeroize::Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", key_pkcs8.to_vec())));
     secret(
         name,
-        tls::secret::Type::TlsCertificate(tls::TlsCertificate { certificate_chain: inline(chain_pem.into_bytes()), private_key: inline(key_pem.as_bytes().to_vec()) }),
+        tls::secret::Type::TlsCertificate(tls::TlsCertificate {
+            certificate_chain: inline(chain_pem.into_bytes()),
+            private_key: inline(key_pem.as_bytes().to_vec()),
+        }),
     )
 }
 
@@ -167,17 +185,28 @@ fn validation_context(name: &str, bundles: &[&Bundle], spiffe_validator: bool) -
     let context = if spiffe_validator {
         let mut trust_domains: Vec<_> = bundles
             .iter()
-            .map(|b| tls::spiffe_cert_validator_config::TrustDomain { name: b.trust_domain().to_string(), trust_bundle: inline(b.x509_authorities_pem().into_bytes()) })
+            .map(|b| tls::spiffe_cert_validator_config::TrustDomain {
+                name: b.trust_domain().to_string(),
+                trust_bundle: inline(b.x509_authorities_pem().into_bytes()),
+            })
             .collect();
         trust_domains.sort_by(|a, b| a.name.cmp(&b.name));
         let config = tls::SpiffeCertValidatorConfig { trust_domains };
         tls::CertificateValidationContext {
             trusted_ca: None,
-            custom_validator_config: Some(TypedExtensionConfig { name: SPIFFE_VALIDATOR_NAME.into(), typed_config: Some(any_of(SPIFFE_VALIDATOR_TYPE_URL, &config)) }),
+            custom_validator_config: Some(TypedExtensionConfig {
+                name: SPIFFE_VALIDATOR_NAME.into(),
+                typed_config: Some(any_of(SPIFFE_VALIDATOR_TYPE_URL, &config)),
+            }),
         }
     } else {
-        let [bundle] = bundles else { return Err(Status::internal("plain CA certificates for more than one trust domain")) };
-        tls::CertificateValidationContext { trusted_ca: inline(bundle.x509_authorities_pem().into_bytes()), custom_validator_config: None }
+        let [bundle] = bundles else {
+            return Err(Status::internal("plain CA certificates for more than one trust domain"));
+        };
+        tls::CertificateValidationContext {
+            trusted_ca: inline(bundle.x509_authorities_pem().into_bytes()),
+            custom_validator_config: None,
+        }
     };
     Ok(secret(name, tls::secret::Type::ValidationContext(context)))
 }
@@ -185,7 +214,9 @@ fn validation_context(name: &str, bundles: &[&Bundle], spiffe_validator: bool) -
 fn check_type_url(request: &DiscoveryRequest) -> Result<(), Status> {
     match request.type_url.as_str() {
         "" | SECRET_TYPE_URL => Ok(()),
-        other => Err(Status::invalid_argument(format!("type_url {other:?}: this service serves only {SECRET_TYPE_URL}"))),
+        other => {
+            Err(Status::invalid_argument(format!("type_url {other:?}: this service serves only {SECRET_TYPE_URL}")))
+        }
     }
 }
 
@@ -234,7 +265,13 @@ impl StreamState {
         let nonce = format!("{:016x}", fastrand::u64(..));
         self.nonce = Some(nonce.clone());
         self.sent = Some(resources.clone());
-        Some(DiscoveryResponse { version_info: self.version.to_string(), resources, canary: false, type_url: SECRET_TYPE_URL.into(), nonce })
+        Some(DiscoveryResponse {
+            version_info: self.version.to_string(),
+            resources,
+            canary: false,
+            type_url: SECRET_TYPE_URL.into(),
+            nonce,
+        })
     }
 }
 
@@ -242,7 +279,10 @@ impl StreamState {
 impl SecretDiscoveryService for SecretDiscovery {
     type StreamSecretsStream = ResponseStream;
 
-    async fn stream_secrets(&self, request: Request<Streaming<DiscoveryRequest>>) -> Result<Response<Self::StreamSecretsStream>, Status> {
+    async fn stream_secrets(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamSecretsStream>, Status> {
         let selectors = super::caller::attest(&self.attestors, request.extensions()).await?;
         let mut inbound = request.into_inner();
         let service = self.clone();
@@ -304,6 +344,12 @@ impl SecretDiscoveryService for SecretDiscovery {
         let resources = self
             .render(&snapshot, &selectors, &request.resource_names, self.spiffe_validator(request.node.as_ref()))?
             .ok_or_else(|| Status::unavailable("the requested secrets are not ready yet; retry shortly"))?;
-        Ok(Response::new(DiscoveryResponse { version_info: String::new(), resources, canary: false, type_url: SECRET_TYPE_URL.into(), nonce: String::new() }))
+        Ok(Response::new(DiscoveryResponse {
+            version_info: String::new(),
+            resources,
+            canary: false,
+            type_url: SECRET_TYPE_URL.into(),
+            nonce: String::new(),
+        }))
     }
 }

@@ -10,7 +10,8 @@ use identity::{Selector, SelectorSet};
 use super::unix::AttestError;
 
 /// Where systemd looks for unit files, in its order of precedence.
-const UNIT_DIRS: [&str; 4] = ["/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"];
+const UNIT_DIRS: [&str; 4] =
+    ["/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"];
 
 /// The innermost service or scope unit in a cgroup file's systemd line.
 pub fn unit_of(cgroup: &str) -> Option<String> {
@@ -22,7 +23,10 @@ pub fn unit_of(cgroup: &str) -> Option<String> {
             (controllers.is_empty() || controllers == "name=systemd").then_some(path)
         })
         .next_back()?;
-    path.split('/').rev().find(|segment| segment.ends_with(".service") || segment.ends_with(".scope")).map(str::to_owned)
+    path.split('/')
+        .rev()
+        .find(|segment| segment.ends_with(".service") || segment.ends_with(".scope"))
+        .map(str::to_owned)
 }
 
 /// The unit file systemd would load for `unit`, if one is in the standard directories.
@@ -32,7 +36,8 @@ fn fragment_path(unit: &str, dirs: &[&str]) -> Option<PathBuf> {
 
 /// The caller's `systemd:` selectors; none for a process outside any unit. Blocking.
 pub fn attest(pid: i32) -> Result<SelectorSet, AttestError> {
-    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|_| AttestError::ProcessChanged { pid })?;
+    let cgroup =
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|_| AttestError::ProcessChanged { pid })?;
     let mut selectors = SelectorSet::new();
     if let Some(unit) = unit_of(&cgroup) {
         selectors.extend(Selector::new("systemd", &format!("id:{unit}")).ok());
@@ -51,7 +56,10 @@ mod tests {
     fn units_are_read_from_unified_and_legacy_cgroup_lines() {
         assert_eq!(unit_of("0::/system.slice/nginx.service\n").as_deref(), Some("nginx.service"));
         assert_eq!(unit_of("12:pids:/\n1:name=systemd:/system.slice/sshd.service\n").as_deref(), Some("sshd.service"));
-        assert_eq!(unit_of("0::/user.slice/user-1000.slice/user@1000.service/app.slice/run-r1.scope\n").as_deref(), Some("run-r1.scope"));
+        assert_eq!(
+            unit_of("0::/user.slice/user-1000.slice/user@1000.service/app.slice/run-r1.scope\n").as_deref(),
+            Some("run-r1.scope")
+        );
         assert_eq!(unit_of("0::/\n"), None);
         assert_eq!(unit_of("4:memory:/process_api/abc\n0::/\n"), None);
         assert_eq!(unit_of("garbage"), None);

@@ -40,7 +40,10 @@ fn selector(kind: &str, value: impl std::fmt::Display) -> Option<Selector> {
 fn start_time(pid: i32) -> Result<u64, AttestError> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|_| AttestError::ProcessChanged { pid })?;
     // The command name (field 2) is in parentheses and may hold spaces: split after it.
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).ok_or_else(|| AttestError::Proc { pid, reason: "unreadable stat".into() })?;
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| AttestError::Proc { pid, reason: "unreadable stat".into() })?;
     after
         .split_whitespace()
         .nth(19)
@@ -49,7 +52,8 @@ fn start_time(pid: i32) -> Result<u64, AttestError> {
 }
 
 fn supplementary_gids(pid: i32) -> Result<Vec<u32>, AttestError> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| AttestError::ProcessChanged { pid })?;
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| AttestError::ProcessChanged { pid })?;
     Ok(status
         .lines()
         .find_map(|l| l.strip_prefix("Groups:"))
@@ -132,7 +136,11 @@ pub fn guarded<T>(pid: i32, attest: impl FnOnce() -> Result<T, AttestError>) -> 
 /// The caller's `unix:` selectors. Blocking (reads /proc): run it off the reactor, inside
 /// [`guarded`].
 pub fn attest(peer: PeerCredentials, settings: &UnixData) -> Result<SelectorSet, AttestError> {
-    let mut selectors: SelectorSet = [selector("unix", format!("uid:{}", peer.uid)), selector("unix", format!("gid:{}", peer.gid))].into_iter().flatten().collect();
+    let mut selectors: SelectorSet =
+        [selector("unix", format!("uid:{}", peer.uid)), selector("unix", format!("gid:{}", peer.gid))]
+            .into_iter()
+            .flatten()
+            .collect();
     if let Some(name) = user_name(peer.uid) {
         selectors.extend(selector("unix", format!("user:{name}")));
     }
@@ -158,7 +166,11 @@ mod tests {
     use super::*;
 
     fn me() -> PeerCredentials {
-        PeerCredentials { pid: std::process::id() as i32, uid: nix::unistd::getuid().as_raw(), gid: nix::unistd::getgid().as_raw() }
+        PeerCredentials {
+            pid: std::process::id() as i32,
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+        }
     }
 
     #[test]
@@ -183,6 +195,9 @@ mod tests {
         let err = attest(me(), &UnixData { discover_workload_path: true, workload_size_limit: 10 }).unwrap_err();
         assert!(matches!(err, AttestError::TooLarge { limit: 10, .. }), "{err:?}");
         let gone = PeerCredentials { pid: i32::MAX, uid: 0, gid: 0 };
-        assert!(matches!(guarded(gone.pid, || attest(gone, &UnixData::default())), Err(AttestError::ProcessChanged { .. })));
+        assert!(matches!(
+            guarded(gone.pid, || attest(gone, &UnixData::default())),
+            Err(AttestError::ProcessChanged { .. })
+        ));
     }
 }

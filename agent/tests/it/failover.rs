@@ -31,7 +31,16 @@ fn the_workload_keeps_its_identity_while_replicas_die_and_return() {
     let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
     let uid = nix::unistd::getuid().as_raw();
     let selector = format!("unix:uid:{uid}");
-    servers[1].json(&["entry", "create", "--spiffe-id", "spiffe://example.org/web", "--parent-id", &agent_id, "--selector", &selector]);
+    servers[1].json(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/web",
+        "--parent-id",
+        &agent_id,
+        "--selector",
+        &selector,
+    ]);
     let addresses: Vec<String> = servers.iter().map(|s| s.api_address()).collect();
     let agent = AgentProcess::start(root.path(), &addresses, &bundle_pem, &token, "500ms");
 
@@ -56,7 +65,10 @@ fn the_workload_keeps_its_identity_while_replicas_die_and_return() {
                 }
             }
         });
-        let first = tokio::time::timeout(Duration::from_secs(30), seen.recv()).await.expect("a first SVID within 30 s").unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(30), seen.recv())
+            .await
+            .expect("a first SVID within 30 s")
+            .unwrap();
         let first_serial = serial_of(&first, "spiffe://example.org/web").expect("the web SVID");
 
         // kill -9 the replica the agent tries first; a new entry, written through another
@@ -71,15 +83,27 @@ fn the_workload_keeps_its_identity_while_replicas_die_and_return() {
             shown.status.success() && String::from_utf8_lossy(&shown.stdout).contains(api)
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !(written() || servers[2].command(&["entry", "create", "--spiffe-id", api, "--parent-id", &agent_id, "--selector", &selector]).status.success()) {
-            assert!(Instant::now() < deadline, "no entry written through replica 3 after replica 1 died\nreplica 2:\n{}\nreplica 3:\n{}", servers[1].log(), servers[2].log());
+        while !(written()
+            || servers[2]
+                .command(&["entry", "create", "--spiffe-id", api, "--parent-id", &agent_id, "--selector", &selector])
+                .status
+                .success())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no entry written through replica 3 after replica 1 died\nreplica 2:\n{}\nreplica 3:\n{}",
+                servers[1].log(),
+                servers[2].log()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let message = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), seen.recv())
                 .await
-                .unwrap_or_else(|_| panic!("the new entry's SVID did not arrive after a replica died\nagent log:\n{}", agent.log()))
+                .unwrap_or_else(|_| {
+                    panic!("the new entry's SVID did not arrive after a replica died\nagent log:\n{}", agent.log())
+                })
                 .unwrap();
             if serial_of(&message, "spiffe://example.org/api").is_some() {
                 break;
@@ -96,7 +120,8 @@ fn the_workload_keeps_its_identity_while_replicas_die_and_return() {
         while let Ok(message) = seen.try_recv() {
             held = svid_of(&message, "spiffe://example.org/web").or(held);
         }
-        let held = held.unwrap_or_else(|| (first_serial.clone(), svid_of(&first, "spiffe://example.org/web").unwrap().1));
+        let held =
+            held.unwrap_or_else(|| (first_serial.clone(), svid_of(&first, "spiffe://example.org/web").unwrap().1));
         assert!(held.1 > time::OffsetDateTime::now_utc(), "the workload's SVID expired while the servers were down");
 
         // Back up: rotation resumes, and the workload receives a newer web SVID than it held.
@@ -113,8 +138,16 @@ fn the_workload_keeps_its_identity_while_replicas_die_and_return() {
                 break;
             }
         }
-        assert!(!reader.is_finished(), "no error reached the workload: {:?}", if reader.is_finished() { Some(reader.await) } else { None });
+        assert!(
+            !reader.is_finished(),
+            "no error reached the workload: {:?}",
+            if reader.is_finished() { Some(reader.await) } else { None }
+        );
     });
     // The replicas that failed were probed back into the pool.
-    chaos_tests::harness::wait_until(Duration::from_secs(30), || agent.log().contains("server replica is healthy again"), "a probe to find a returned replica");
+    chaos_tests::harness::wait_until(
+        Duration::from_secs(30),
+        || agent.log().contains("server replica is healthy again"),
+        "a probe to find a returned replica",
+    );
 }

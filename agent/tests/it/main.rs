@@ -6,5 +6,5 @@ mod ops;
 mod rotation;
 mod sds;
 mod trust_url;
-mod x509pop;
 mod workload_api;
+mod x509pop;

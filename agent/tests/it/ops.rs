@@ -18,10 +18,22 @@ fn health_and_metrics_endpoints_answer() {
     );
     let admin = root.path().join("admin").join("admin.sock");
     let agent_extra = format!("join_token = \"{token}\"\n  admin_socket_path = \"{}\"", admin.display());
-    let agent = AgentProcess::start_with_attestor(root.path(), &[server.api_address()], &bundle_pem, &agent_extra, r#"NodeAttestor "join_token" {}"#, "500ms", &blocks);
+    let agent = AgentProcess::start_with_attestor(
+        root.path(),
+        &[server.api_address()],
+        &bundle_pem,
+        &agent_extra,
+        r#"NodeAttestor "join_token" {}"#,
+        "500ms",
+        &blocks,
+    );
     assert_eq!(http_get(health, "/live").0, 200, "{}", agent.log());
     assert_eq!(http_get(health, "/ready").0, 200, "ready once the Workload API serves");
-    wait_until(Duration::from_secs(30), || http_get(metrics, "/metrics").1.contains("testudo_agent_syncs_total{result=\"ok\"}"), "the sync counter in /metrics");
+    wait_until(
+        Duration::from_secs(30),
+        || http_get(metrics, "/metrics").1.contains("testudo_agent_syncs_total{result=\"ok\"}"),
+        "the sync counter in /metrics",
+    );
 
     // The admin socket: owner-only, and GetInfo describes the agent.
     use std::os::unix::fs::PermissionsExt;
@@ -34,7 +46,10 @@ fn health_and_metrics_endpoints_answer() {
     });
     let leaf = info.svid_chain.first().unwrap_or_else(|| panic!("no agent SVID in {info:?}"));
     let id = leaf.id.as_ref().unwrap();
-    assert_eq!((id.trust_domain.as_str(), id.path.as_str()), ("example.org", format!("/spire/agent/join_token/{token}").as_str()));
+    assert_eq!(
+        (id.trust_domain.as_str(), id.path.as_str()),
+        ("example.org", format!("/spire/agent/join_token/{token}").as_str())
+    );
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     assert!(leaf.expires_at > now, "{info:?}");
     assert!(info.last_sync_success > 0 && info.last_sync_success <= now, "{info:?}");

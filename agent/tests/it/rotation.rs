@@ -25,7 +25,9 @@ fn rotation_over_many_cycles_leaves_no_gap() {
         while tokio::time::Instant::now() < deadline {
             let message = match tokio::time::timeout_at(deadline, stream.message()).await {
                 Err(_) => break,
-                Ok(message) => message.unwrap_or_else(|e| panic!("the stream failed: {e:?}\nagent log:\n{}", agent.log())).expect("the stream stays open"),
+                Ok(message) => message
+                    .unwrap_or_else(|e| panic!("the stream failed: {e:?}\nagent log:\n{}", agent.log()))
+                    .expect("the stream stays open"),
             };
             let now = time::OffsetDateTime::now_utc();
             if let Some((_, not_after)) = &held {
@@ -66,7 +68,8 @@ fn an_svid_signed_by_a_tainted_authority_is_replaced_at_once() {
 
         // A new authority, activated; the old one tainted. The SVID (valid for an hour)
         // must be replaced now, by one from the new authority.
-        let old_id = server.json(&["localauthority", "x509", "show"])["active"]["authority_id"].as_str().unwrap().to_string();
+        let old_id =
+            server.json(&["localauthority", "x509", "show"])["active"]["authority_id"].as_str().unwrap().to_string();
         let prepared = server.json(&["localauthority", "x509", "prepare"]);
         let new_id = prepared["prepared"]["authority_id"].as_str().unwrap().to_string();
         server.json(&["localauthority", "x509", "activate", "--authority-id", &new_id]);
@@ -75,7 +78,9 @@ fn an_svid_signed_by_a_tainted_authority_is_replaced_at_once() {
         loop {
             let message = tokio::time::timeout_at(deadline, stream.message())
                 .await
-                .unwrap_or_else(|_| panic!("no replacement for the tainted authority's SVID\nagent log:\n{}", agent.log()))
+                .unwrap_or_else(|_| {
+                    panic!("no replacement for the tainted authority's SVID\nagent log:\n{}", agent.log())
+                })
                 .unwrap()
                 .unwrap();
             if issuer_of(&message) != old_ca {

@@ -32,9 +32,17 @@ fn envoy_gets_svids_and_bundles_over_sds() {
     // new names are answered.
     assert_eq!(seen["resent_after_ack"], serde_json::json!([]), "{seen}");
     let after_stale = seen["after_stale_nonce"].as_array().unwrap();
-    assert!(after_stale.is_empty() || after_stale == &[Value::from("default")], "the stale request's names were served: {after_stale:?}");
+    assert!(
+        after_stale.is_empty() || after_stale == &[Value::from("default")],
+        "the stale request's names were served: {after_stale:?}"
+    );
     assert_eq!(seen["after_new_names"], serde_json::json!(["ROOTCA", "default"]));
-    assert_eq!(seen["rotated_serials"], 2, "the rotated SVID was not pushed: {seen}\nagent log:\n{}", world.agent.log());
+    assert_eq!(
+        seen["rotated_serials"],
+        2,
+        "the rotated SVID was not pushed: {seen}\nagent log:\n{}",
+        world.agent.log()
+    );
     assert_eq!(seen["versions_increase"], true);
 
     // No names: every bundle and SVID of the caller, named by ID; the SPIFFE validator.
@@ -44,12 +52,18 @@ fn envoy_gets_svids_and_bundles_over_sds() {
     assert_eq!(own["kind"], "spiffe_validator");
     assert_eq!(own["validator"], "envoy.tls.cert_validator.spiffe");
     assert_eq!(own["trust_domains"], serde_json::json!({ "example.org": bundle_pem }));
-    assert_eq!(seen["fetch_by_id"].as_object().unwrap().keys().collect::<Vec<_>>(), ["spiffe://example.org", "spiffe://example.org/workload"]);
+    assert_eq!(
+        seen["fetch_by_id"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["spiffe://example.org", "spiffe://example.org/workload"]
+    );
     assert_eq!(seen["fetch_all_bundles"]["ALL"]["trust_domains"], serde_json::json!({ "example.org": bundle_pem }));
 
     // Plain CA certificates for an Envoy older than 1.18 and when the node opts out; ALL
     // needs the validator.
-    assert_eq!(seen["fetch_old_envoy"]["ROOTCA"], serde_json::json!({ "kind": "trusted_ca", "trusted_ca": bundle_pem }));
+    assert_eq!(
+        seen["fetch_old_envoy"]["ROOTCA"],
+        serde_json::json!({ "kind": "trusted_ca", "trusted_ca": bundle_pem })
+    );
     assert_eq!(seen["fetch_disabled_by_metadata"]["ROOTCA"]["kind"], "trusted_ca");
     assert_eq!(seen["fetch_all_bundles_old_envoy"]["error"], "FAILED_PRECONDITION", "{seen}");
 

@@ -60,7 +60,16 @@ fn an_agent_bootstraps_from_an_https_bundle_url() {
     let token = server.json(&["token", "generate", "--ttl", "600"])["value"].as_str().unwrap().to_string();
     let uid = nix::unistd::getuid().as_raw();
     let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
-    server.json(&["entry", "create", "--spiffe-id", "spiffe://example.org/from-url", "--parent-id", &agent_id, "--selector", &format!("unix:uid:{uid}")]);
+    server.json(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/from-url",
+        "--parent-id",
+        &agent_id,
+        "--selector",
+        &format!("unix:uid:{uid}"),
+    ]);
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let (port, cert_pem) = runtime.block_on(bundle_server(server.bundle_pem()));
@@ -68,8 +77,18 @@ fn an_agent_bootstraps_from_an_https_bundle_url() {
     std::fs::write(&roots, cert_pem).unwrap();
     let config_for = |path: &str| {
         // The server by name: the agent resolves it to each of its addresses.
-        AgentProcess::config_text(root.path(), &[server.api_address().replace("127.0.0.1", "localhost")], &format!("join_token = \"{token}\""), r#"NodeAttestor "join_token" {}"#, "1s", "")
-            .replace(&format!("trust_bundle_path = \"{}/agent/bundle.pem\"", root.path().display()), &format!("trust_bundle_url = \"https://localhost:{port}{path}\""))
+        AgentProcess::config_text(
+            root.path(),
+            &[server.api_address().replace("127.0.0.1", "localhost")],
+            &format!("join_token = \"{token}\""),
+            r#"NodeAttestor "join_token" {}"#,
+            "1s",
+            "",
+        )
+        .replace(
+            &format!("trust_bundle_path = \"{}/agent/bundle.pem\"", root.path().display()),
+            &format!("trust_bundle_url = \"https://localhost:{port}{path}\""),
+        )
     };
     let ssl_cert_file = ("SSL_CERT_FILE", roots.to_str().unwrap());
 
@@ -86,19 +105,35 @@ fn an_agent_bootstraps_from_an_https_bundle_url() {
     let missing = refused(config_for("/missing"), &[ssl_cert_file]);
     assert!(missing.contains(&format!("https://localhost:{port}/missing")) && missing.contains("404"), "{missing}");
     let untrusted = refused(config_for("/bundle.pem"), &[]);
-    assert!(untrusted.contains(&format!("trust bundle URL https://localhost:{port}/bundle.pem")) && untrusted.contains("invalid peer certificate"), "an untrusted server must not be believed: {untrusted}");
+    assert!(
+        untrusted.contains(&format!("trust bundle URL https://localhost:{port}/bundle.pem"))
+            && untrusted.contains("invalid peer certificate"),
+        "an untrusted server must not be believed: {untrusted}"
+    );
 
     let agent = AgentProcess::start_configured(root.path(), &config_for("/bundle.pem"), &[ssl_cert_file]);
     assert!(agent.log().contains("trust bundle downloaded"), "{}", agent.log());
     let replicas = agent.log().lines().find(|l| l.contains("server replicas")).map(str::to_owned).unwrap_or_default();
-    assert!(replicas.contains(&format!("\"{}\"", server.api_address())), "localhost was not resolved to the server's address: {replicas}");
+    assert!(
+        replicas.contains(&format!("\"{}\"", server.api_address())),
+        "localhost was not resolved to the server's address: {replicas}"
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let out = std::process::Command::new(binary("testudo-agent")).args(["api", "fetch", "x509", "--output", "json", "--socket-path"]).arg(agent.socket()).output().unwrap();
+        let out = std::process::Command::new(binary("testudo-agent"))
+            .args(["api", "fetch", "x509", "--output", "json", "--socket-path"])
+            .arg(agent.socket())
+            .output()
+            .unwrap();
         if String::from_utf8_lossy(&out.stdout).contains("spiffe://example.org/from-url") {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no SVID: {}\nagent log:\n{}", String::from_utf8_lossy(&out.stderr), agent.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no SVID: {}\nagent log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            agent.log()
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
 }

@@ -28,12 +28,23 @@ pub fn world(server_extra: &str, sync_interval: &str) -> World {
     let token = server.json(&["token", "generate", "--ttl", "600"])["value"].as_str().unwrap().to_string();
     let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
     let uid = nix::unistd::getuid().as_raw();
-    server.json(&["entry", "create", "--spiffe-id", "spiffe://example.org/workload", "--parent-id", &agent_id, "--selector", &format!("unix:uid:{uid}")]);
+    server.json(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/workload",
+        "--parent-id",
+        &agent_id,
+        "--selector",
+        &format!("unix:uid:{uid}"),
+    ]);
     let agent = AgentProcess::start(root.path(), &[server.api_address()], &bundle_pem, &token, sync_interval);
     World { _root: root, server, agent, agent_id, bundle }
 }
 
-pub async fn raw_client(agent: &AgentProcess) -> pb::spiffe_workload_api_client::SpiffeWorkloadApiClient<tonic::transport::Channel> {
+pub async fn raw_client(
+    agent: &AgentProcess,
+) -> pb::spiffe_workload_api_client::SpiffeWorkloadApiClient<tonic::transport::Channel> {
     let channel = agent::socket::connect(&agent.socket()).await.unwrap();
     pb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel)
 }
@@ -43,14 +54,18 @@ fn a_workload_gets_x509_and_jwt_svids_through_the_spiffe_crate() {
     let world = world("", "1s");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
-        let source = tokio::time::timeout(Duration::from_secs(30), spiffe::X509Source::builder().endpoint(world.agent.endpoint()).build())
-            .await
-            .unwrap_or_else(|_| panic!("no X.509 source within 30 s\nagent log:\n{}", world.agent.log()))
-            .unwrap_or_else(|e| panic!("X509Source: {e}\nagent log:\n{}", world.agent.log()));
+        let source = tokio::time::timeout(
+            Duration::from_secs(30),
+            spiffe::X509Source::builder().endpoint(world.agent.endpoint()).build(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("no X.509 source within 30 s\nagent log:\n{}", world.agent.log()))
+        .unwrap_or_else(|e| panic!("X509Source: {e}\nagent log:\n{}", world.agent.log()));
         let svid = source.svid().unwrap();
         assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/workload");
         let chain: Vec<Vec<u8>> = svid.cert_chain().iter().map(|c| c.as_ref().to_vec()).collect();
-        let verified = identity::x509::verify_x509_svid(&chain, &world.bundle, time::OffsetDateTime::now_utc()).unwrap();
+        let verified =
+            identity::x509::verify_x509_svid(&chain, &world.bundle, time::OffsetDateTime::now_utc()).unwrap();
         assert_eq!(verified.spiffe_id.to_string(), "spiffe://example.org/workload");
         let td = spiffe::TrustDomain::new("example.org").unwrap();
         let served = source.bundle_set().unwrap();
@@ -69,7 +84,10 @@ fn a_workload_gets_x509_and_jwt_svids_through_the_spiffe_crate() {
 
         // Refusals: no security header (InvalidArgument) and an empty audience.
         let mut raw = raw_client(&world.agent).await;
-        let err = raw.fetch_jwtsvid(pb::JwtsvidRequest { audience: vec!["payments".into()], spiffe_id: String::new() }).await.unwrap_err();
+        let err = raw
+            .fetch_jwtsvid(pb::JwtsvidRequest { audience: vec!["payments".into()], spiffe_id: String::new() })
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
         let mut request = tonic::Request::new(pb::JwtsvidRequest { audience: vec![], spiffe_id: String::new() });
         request.metadata_mut().insert("workload.spiffe.io", "true".parse().unwrap());
@@ -82,23 +100,50 @@ fn a_workload_gets_x509_and_jwt_svids_through_the_spiffe_crate() {
         std::fs::create_dir_all(&pki_dir).unwrap();
         chaos_tests::harness::pki::ca_and_leaf(&pki_dir, "partner-ca", "partner-node", "digitalSignature");
         let partner_ca = pki_dir.join("partner-ca.pem");
-        let set = world.server.command(&["bundle", "set", "--id", "spiffe://partner.org", "--path", partner_ca.to_str().unwrap()]);
+        let set = world.server.command(&[
+            "bundle",
+            "set",
+            "--id",
+            "spiffe://partner.org",
+            "--path",
+            partner_ca.to_str().unwrap(),
+        ]);
         assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
         let uid = nix::unistd::getuid().as_raw();
-        world.server.json(&["entry", "create", "--spiffe-id", "spiffe://example.org/federated", "--parent-id", &world.agent_id, "--selector", &format!("unix:uid:{uid}"), "--federates-with", "spiffe://partner.org"]);
-        let partner_der = identity::bundle::parse_pem_certificates(&std::fs::read_to_string(&partner_ca).unwrap()).unwrap().remove(0);
+        world.server.json(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            "spiffe://example.org/federated",
+            "--parent-id",
+            &world.agent_id,
+            "--selector",
+            &format!("unix:uid:{uid}"),
+            "--federates-with",
+            "spiffe://partner.org",
+        ]);
+        let partner_der =
+            identity::bundle::parse_pem_certificates(&std::fs::read_to_string(&partner_ca).unwrap()).unwrap().remove(0);
         let mut request = tonic::Request::new(pb::X509svidRequest {});
         request.metadata_mut().insert("workload.spiffe.io", "true".parse().unwrap());
         let mut stream = raw.fetch_x509svid(request).await.unwrap().into_inner();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let message = tokio::time::timeout(deadline.saturating_duration_since(std::time::Instant::now()), stream.message())
-                .await
-                .unwrap_or_else(|_| panic!("no federated bundle reached the workload\nagent log:\n{}", world.agent.log()))
-                .unwrap()
-                .unwrap();
+            let message =
+                tokio::time::timeout(deadline.saturating_duration_since(std::time::Instant::now()), stream.message())
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!("no federated bundle reached the workload\nagent log:\n{}", world.agent.log())
+                    })
+                    .unwrap()
+                    .unwrap();
             if message.svids.iter().any(|s| s.spiffe_id == "spiffe://example.org/federated") {
-                assert_eq!(message.federated_bundles.get("spiffe://partner.org"), Some(&partner_der), "{:?}", message.federated_bundles.keys());
+                assert_eq!(
+                    message.federated_bundles.get("spiffe://partner.org"),
+                    Some(&partner_der),
+                    "{:?}",
+                    message.federated_bundles.keys()
+                );
                 break;
             }
         }
@@ -119,7 +164,11 @@ fn a_workload_gets_x509_and_jwt_svids_through_the_spiffe_crate() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && stderr.contains("PermissionDenied"), "stdout {} stderr {stderr}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success() && stderr.contains("PermissionDenied"),
+            "stdout {} stderr {stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         assert!(!String::from_utf8_lossy(&out.stdout).contains("spiffe://example.org/workload"));
     } else {
         eprintln!("not root: the other-uid refusal is not exercised");
@@ -134,7 +183,12 @@ fn a_workload_gets_x509_and_jwt_svids_through_the_spiffe_crate() {
         .arg(agent.socket())
         .output()
         .unwrap();
-    assert!(out.status.success(), "after a restart: {}\nagent log:\n{}", String::from_utf8_lossy(&out.stderr), agent.log());
+    assert!(
+        out.status.success(),
+        "after a restart: {}\nagent log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.log()
+    );
     assert!(agent.log().contains("resumed with the stored agent SVID"), "{}", agent.log());
 
     // The CLI as this uid, writing the SVID files.
@@ -162,28 +216,54 @@ fn a_workload_gets_x509_and_jwt_svids_through_the_spiffe_crate() {
     let banned = world.server.command(&["agent", "ban", "--spiffe-id", &world.agent_id]);
     assert!(banned.status.success(), "{}", String::from_utf8_lossy(&banned.stderr));
     let uid = nix::unistd::getuid().as_raw();
-    world.server.json(&["entry", "create", "--spiffe-id", "spiffe://example.org/after-ban", "--parent-id", &world.agent_id, "--selector", &format!("unix:uid:{uid}")]);
-    chaos_tests::harness::wait_until(Duration::from_secs(20), || agent.log().contains("banned"), "the agent to log that it is banned");
+    world.server.json(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/after-ban",
+        "--parent-id",
+        &world.agent_id,
+        "--selector",
+        &format!("unix:uid:{uid}"),
+    ]);
+    chaos_tests::harness::wait_until(
+        Duration::from_secs(20),
+        || agent.log().contains("banned"),
+        "the agent to log that it is banned",
+    );
     let out = std::process::Command::new(chaos_tests::harness::binary("testudo-agent"))
         .args(["api", "fetch", "x509", "--output", "json", "--socket-path"])
         .arg(agent.socket())
         .output()
         .unwrap();
     let fetched = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && fetched.contains("spiffe://example.org/workload"), "the cached SVID is still served: {fetched}");
+    assert!(
+        out.status.success() && fetched.contains("spiffe://example.org/workload"),
+        "the cached SVID is still served: {fetched}"
+    );
     assert!(!fetched.contains("after-ban"), "a banned agent gets no new SVIDs: {fetched}");
 }
 
 /// Runs a client script from tests/py with the test venv's Python against the agent's
 /// socket; returns the JSON it prints.
 pub fn run_python_client(script: &str, agent: &AgentProcess) -> serde_json::Value {
-    let python = std::env::var("TESTUDO_PYTHON").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python").to_string());
+    let python = std::env::var("TESTUDO_PYTHON")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python").to_string());
     // Cargo and nextest set CARGO_MANIFEST_DIR when they run a test; the compiled-in one may
     // name another clone that shares the build cache.
     let package = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
     let script = format!("{package}/tests/py/{script}");
-    let out = std::process::Command::new(&python).arg(&script).arg(agent.endpoint()).output().unwrap_or_else(|e| panic!("{python}: {e} (make test creates the venv)"));
-    assert!(out.status.success(), "{script} failed: {}\nagent log:\n{}", String::from_utf8_lossy(&out.stderr), agent.log());
+    let out = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(agent.endpoint())
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e} (make test creates the venv)"));
+    assert!(
+        out.status.success(),
+        "{script} failed: {}\nagent log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.log()
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 

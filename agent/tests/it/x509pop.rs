@@ -11,7 +11,10 @@ fn an_agent_attests_with_x509pop_and_serves_its_workload() {
     let pki_dir = root.path().join("pki");
     std::fs::create_dir_all(&pki_dir).unwrap();
     pki::ca_and_leaf(&pki_dir, "nodes-ca", "node", "digitalSignature");
-    let plugin = format!("NodeAttestor \"x509pop\" {{\n    plugin_data {{\n      ca_bundle_path = \"{}\"\n    }}\n  }}", pki_dir.join("nodes-ca.pem").display());
+    let plugin = format!(
+        "NodeAttestor \"x509pop\" {{\n    plugin_data {{\n      ca_bundle_path = \"{}\"\n    }}\n  }}",
+        pki_dir.join("nodes-ca.pem").display()
+    );
     let server = ServerProcess::start_with_plugins(root.path(), 1, "", &plugin);
     server.json(&["cluster", "init"]);
     let bundle_pem = server.bundle_pem();
@@ -21,14 +24,24 @@ fn an_agent_attests_with_x509pop_and_serves_its_workload() {
     let fingerprint = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &der));
     let agent_id = format!("spiffe://example.org/spire/agent/x509pop/{fingerprint}");
     let uid = nix::unistd::getuid().as_raw();
-    server.json(&["entry", "create", "--spiffe-id", "spiffe://example.org/node-workload", "--parent-id", &agent_id, "--selector", &format!("unix:uid:{uid}")]);
+    server.json(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/node-workload",
+        "--parent-id",
+        &agent_id,
+        "--selector",
+        &format!("unix:uid:{uid}"),
+    ]);
 
     let attestor = format!(
         "NodeAttestor \"x509pop\" {{\n    plugin_data {{\n      private_key_path = \"{key}\"\n      certificate_path = \"{cert}\"\n    }}\n  }}",
         key = pki_dir.join("node.key").display(),
         cert = pki_dir.join("node.pem").display(),
     );
-    let agent = AgentProcess::start_with_attestor(root.path(), &[server.api_address()], &bundle_pem, "", &attestor, "1s", "");
+    let agent =
+        AgentProcess::start_with_attestor(root.path(), &[server.api_address()], &bundle_pem, "", &attestor, "1s", "");
     let out = std::process::Command::new(chaos_tests::harness::binary("testudo-agent"))
         .args(["api", "fetch", "x509", "--output", "json", "--socket-path"])
         .arg(agent.socket())
@@ -43,7 +56,16 @@ fn an_agent_attests_with_x509pop_and_serves_its_workload() {
     // Evicted, the agent proves its node again and keeps getting new SVIDs.
     let evicted = server.command(&["agent", "evict", "--spiffe-id", &agent_id]);
     assert!(evicted.status.success(), "{}", String::from_utf8_lossy(&evicted.stderr));
-    server.json(&["entry", "create", "--spiffe-id", "spiffe://example.org/after-eviction", "--parent-id", &agent_id, "--selector", &format!("unix:uid:{uid}")]);
+    server.json(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/after-eviction",
+        "--parent-id",
+        &agent_id,
+        "--selector",
+        &format!("unix:uid:{uid}"),
+    ]);
     chaos_tests::harness::wait_until(
         Duration::from_secs(30),
         || {
@@ -66,7 +88,10 @@ fn an_agent_with_an_untrusted_node_certificate_is_refused() {
     std::fs::create_dir_all(&pki_dir).unwrap();
     pki::ca_and_leaf(&pki_dir, "nodes-ca", "node", "digitalSignature");
     pki::ca_and_leaf(&pki_dir, "rogue-ca", "rogue", "digitalSignature");
-    let plugin = format!("NodeAttestor \"x509pop\" {{\n    plugin_data {{\n      ca_bundle_path = \"{}\"\n    }}\n  }}", pki_dir.join("nodes-ca.pem").display());
+    let plugin = format!(
+        "NodeAttestor \"x509pop\" {{\n    plugin_data {{\n      ca_bundle_path = \"{}\"\n    }}\n  }}",
+        pki_dir.join("nodes-ca.pem").display()
+    );
     let server = ServerProcess::start_with_plugins(root.path(), 1, "", &plugin);
     server.json(&["cluster", "init"]);
     let bundle_pem = server.bundle_pem();

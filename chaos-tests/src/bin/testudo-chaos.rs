@@ -33,7 +33,10 @@ fn main() -> anyhow::Result<()> {
     let settings = Settings { iterations: args.iterations, duration: args.duration };
     let mut reports = Vec::new();
     for drill in drills::ALL.iter().filter(|d| args.drills.is_empty() || args.drills.iter().any(|n| n == d.name)) {
-        eprintln!("== {}: {} ({} rounds at least, {:?} at least)", drill.name, drill.about, settings.iterations, settings.duration);
+        eprintln!(
+            "== {}: {} ({} rounds at least, {:?} at least)",
+            drill.name, drill.about, settings.iterations, settings.duration
+        );
         let report = drills::run_caught(drill, &settings);
         eprintln!("   {}", report.summary);
         for failure in &report.failures {

@@ -19,7 +19,8 @@ const DOWN: Duration = Duration::from_secs(8);
 pub fn run(settings: &Settings) -> Report {
     let mut report = Report::new(NAME);
     let mut root = Workdir::new(NAME);
-    let mut servers = ServerProcess::cluster(root.path(), 3, &format!(r#"default_x509_svid_ttl = "{}s""#, TTL.as_secs()));
+    let mut servers =
+        ServerProcess::cluster(root.path(), 3, &format!(r#"default_x509_svid_ttl = "{}s""#, TTL.as_secs()));
     let (agent, _) = attach_agent(root.path(), &servers);
     let runtime = runtime();
     let watch = Watch::start(&runtime, agent.socket(), WEB, JwtAsk::SameAudience);
@@ -42,7 +43,19 @@ pub fn run(settings: &Settings) -> Report {
             Duration::from_secs(30),
             || {
                 n += 1;
-                servers[n % 3].command(&["entry", "create", "--spiffe-id", &format!("spiffe://example.org/after-{}-{n}", report.faults), "--parent-id", "spiffe://example.org/spire/agent/x", "--selector", "unix:uid:1"]).status.success()
+                servers[n % 3]
+                    .command(&[
+                        "entry",
+                        "create",
+                        "--spiffe-id",
+                        &format!("spiffe://example.org/after-{}-{n}", report.faults),
+                        "--parent-id",
+                        "spiffe://example.org/spire/agent/x",
+                        "--selector",
+                        "unix:uid:1",
+                    ])
+                    .status
+                    .success()
             },
             "a write accepted after every replica came back",
         );

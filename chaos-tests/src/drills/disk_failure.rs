@@ -28,7 +28,11 @@ struct SmallDisk {
 impl SmallDisk {
     fn mount(path: &Path, megabytes: u64) -> Result<Self, String> {
         std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
-        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"]).arg(path).output().map_err(|e| format!("mount: {e}"))?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(path)
+            .output()
+            .map_err(|e| format!("mount: {e}"))?;
         if !out.status.success() {
             return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
         }
@@ -86,7 +90,9 @@ pub fn run(settings: &Settings) -> Report {
         // The failing replica leads: the harder case, as the others must notice and elect.
         let target = servers[failing].id.to_string();
         let transferred = servers[failing].command(&["cluster", "transfer", "--node-id", &target]);
-        report.check(transferred.status.success(), || format!("leadership transfer to the failing replica: {}", String::from_utf8_lossy(&transferred.stderr)));
+        report.check(transferred.status.success(), || {
+            format!("leadership transfer to the failing replica: {}", String::from_utf8_lossy(&transferred.stderr))
+        });
         std::thread::sleep(Duration::from_millis(500));
 
         first_fault.get_or_insert(load.now());
@@ -94,7 +100,9 @@ pub fn run(settings: &Settings) -> Report {
         report.faults += 1;
         std::thread::sleep(FULL);
         let others_leader = entry_clients::leader(&servers, &[true, true, false]);
-        report.check(others_leader.is_some_and(|l| l != servers[failing].id), || format!("the others elected no leader of their own while the leader's disk was full: {others_leader:?}"));
+        report.check(others_leader.is_some_and(|l| l != servers[failing].id), || {
+            format!("the others elected no leader of their own while the leader's disk was full: {others_leader:?}")
+        });
 
         // Repair: free the disk, restart the replica from what it made durable.
         let _ = std::fs::remove_file(&filler);
@@ -103,14 +111,25 @@ pub fn run(settings: &Settings) -> Report {
         servers[failing].restart();
         alive.set(failing, true);
         if !servers[failing].serves_within(Duration::from_secs(30)) {
-            report.failures.push(format!("the repaired replica serves no reads 30 s after restarting:\n{}", servers[failing].log()));
+            report.failures.push(format!(
+                "the repaired replica serves no reads 30 s after restarting:\n{}",
+                servers[failing].log()
+            ));
         }
         std::thread::sleep(Duration::from_secs(2));
     }
     let ids = load.ids.clone();
     let start = load.start;
     let history = load.finish(&runtime);
-    entry_clients::check(&runtime, &servers, &ids, &history, first_fault.unwrap_or(0), start.elapsed().as_nanos() as u64, &mut report);
+    entry_clients::check(
+        &runtime,
+        &servers,
+        &ids,
+        &history,
+        first_fault.unwrap_or(0),
+        start.elapsed().as_nanos() as u64,
+        &mut report,
+    );
     let log = servers[failing].log();
     let saw_enospc = log.contains("No space left") || log.contains("NoSpace") || log.contains("no space");
     report.check(saw_enospc, || format!("the failing replica's log does not mention the full disk:\n{log}"));

@@ -51,7 +51,11 @@ fn drill_entry(i: usize, hint: &str) -> types::Entry {
 pub async fn create_entries(socket: &Path, n: usize) -> Vec<String> {
     let channel = connect(socket).await.expect("the admin socket answers");
     let entries = (0..n).map(|i| drill_entry(i, "")).collect();
-    let out = entry_pb::entry_client::EntryClient::new(channel).batch_create_entry(entry_pb::BatchCreateEntryRequest { entries, output_mask: None }).await.expect("entries created").into_inner();
+    let out = entry_pb::entry_client::EntryClient::new(channel)
+        .batch_create_entry(entry_pb::BatchCreateEntryRequest { entries, output_mask: None })
+        .await
+        .expect("entries created")
+        .into_inner();
     out.results.into_iter().map(|r| r.entry.expect("a created entry").id).collect()
 }
 
@@ -84,7 +88,11 @@ pub async fn final_state(socket: &Path, ids: &[String]) -> Result<BTreeMap<Strin
 fn outcome_of(status: &tonic::Status) -> Outcome {
     match status.code() {
         // Refused before anything was written.
-        Code::InvalidArgument | Code::NotFound | Code::PermissionDenied | Code::FailedPrecondition | Code::AlreadyExists => Outcome::Failed,
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::PermissionDenied
+        | Code::FailedPrecondition
+        | Code::AlreadyExists => Outcome::Failed,
         // The replica may have forwarded it, and the leader may have committed it.
         _ => Outcome::Unknown,
     }
@@ -113,7 +121,12 @@ pub struct Load {
 impl Load {
     /// Creates `entries` entries through `servers[0]`, then starts one client per item of
     /// `targets`, each calling the replicas its item names.
-    pub fn start(runtime: &tokio::runtime::Runtime, servers: &[ServerProcess], entries: usize, targets: Vec<Targets>) -> Self {
+    pub fn start(
+        runtime: &tokio::runtime::Runtime,
+        servers: &[ServerProcess],
+        entries: usize,
+        targets: Vec<Targets>,
+    ) -> Self {
         let ids = Arc::new(runtime.block_on(create_entries(&servers[0].socket(), entries)));
         let sockets: Arc<Vec<_>> = Arc::new(servers.iter().map(ServerProcess::socket).collect());
         let (history, stop) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
@@ -121,7 +134,9 @@ impl Load {
         let tasks = targets
             .into_iter()
             .enumerate()
-            .map(|(c, targets)| runtime.spawn(client(c, sockets.clone(), targets, ids.clone(), start, stop.clone(), history.clone())))
+            .map(|(c, targets)| {
+                runtime.spawn(client(c, sockets.clone(), targets, ids.clone(), start, stop.clone(), history.clone()))
+            })
             .collect();
         Self { ids, start, history, stop, tasks }
     }
@@ -199,7 +214,15 @@ pub fn any_replica(n: usize) -> Targets {
 /// that they agree on every entry, that no acknowledged write was lost and that every
 /// entry's history is linearizable; fills those parts of `report`. `first_fault` and `end`
 /// bound the longest write gap (history clock).
-pub fn check(runtime: &tokio::runtime::Runtime, servers: &[ServerProcess], ids: &[String], history: &[Operation], first_fault: u64, end: u64, report: &mut Report) {
+pub fn check(
+    runtime: &tokio::runtime::Runtime,
+    servers: &[ServerProcess],
+    ids: &[String],
+    history: &[Operation],
+    first_fault: u64,
+    end: u64,
+    report: &mut Report,
+) {
     let recorded: Vec<Recorded> = history.iter().map(|o| o.recorded.clone()).collect();
     report.operations = recorded.len();
     report.acknowledged = recorded.iter().filter(|r| matches!(r.outcome, Outcome::Ok(_))).count();
@@ -218,14 +241,18 @@ pub fn check(runtime: &tokio::runtime::Runtime, servers: &[ServerProcess], ids: 
             }
         }
     }
-    report.check(finals.windows(2).all(|w| w[0] == w[1]), || format!("replicas disagree on the final state: {finals:?}"));
+    report
+        .check(finals.windows(2).all(|w| w[0] == w[1]), || format!("replicas disagree on the final state: {finals:?}"));
     let lost = linearizability::lost_writes(&recorded, &finals[0]);
     report.lost_writes = Some(lost.len());
     report.check(lost.is_empty(), || format!("acknowledged writes lost for entries {lost:?}"));
     let verdict = linearizability::check(&recorded, None);
     report.linearizable = Some(matches!(verdict, Verdict::Linearizable));
     if let Verdict::NotLinearizable { key, .. } = &verdict {
-        report.failures.push(format!("not linearizable: entry {key}; its operations (invoked µs, returned µs):\n{}", describe(&recorded, key)));
+        report.failures.push(format!(
+            "not linearizable: entry {key}; its operations (invoked µs, returned µs):\n{}",
+            describe(&recorded, key)
+        ));
     }
 }
 
@@ -234,14 +261,30 @@ pub fn trouble(servers: &[ServerProcess]) -> String {
     let tail = |server: &ServerProcess| {
         let log = server.log();
         let lines: Vec<&str> = log.lines().filter(|l| !l.contains(" INFO ") && !l.contains(" DEBUG ")).collect();
-        lines[lines.len().saturating_sub(20)..].iter().map(|l| l.chars().take(400).collect::<String>()).collect::<Vec<_>>().join("\n")
+        lines[lines.len().saturating_sub(20)..]
+            .iter()
+            .map(|l| l.chars().take(400).collect::<String>())
+            .collect::<Vec<_>>()
+            .join("\n")
     };
-    servers.iter().map(|s| format!("--- replica {} (last warnings and errors):\n{}", s.id, tail(s))).collect::<Vec<_>>().join("\n")
+    servers
+        .iter()
+        .map(|s| format!("--- replica {} (last warnings and errors):\n{}", s.id, tail(s)))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// One client: until `stop`, picks a replica (`targets()` names those it may call), an
 /// entry and read or write at random, and records what happened.
-async fn client(number: usize, sockets: Arc<Vec<std::path::PathBuf>>, targets: Targets, ids: Arc<Vec<String>>, start: Instant, stop: Arc<AtomicBool>, history: Arc<Mutex<Vec<Operation>>>) {
+async fn client(
+    number: usize,
+    sockets: Arc<Vec<std::path::PathBuf>>,
+    targets: Targets,
+    ids: Arc<Vec<String>>,
+    start: Instant,
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<Vec<Operation>>>,
+) {
     let mut n = 0u64;
     while !stop.load(Ordering::SeqCst) {
         n += 1;
@@ -268,10 +311,18 @@ async fn client(number: usize, sockets: Arc<Vec<std::path::PathBuf>>, targets: T
         let invoked = start.elapsed().as_nanos() as u64;
         let outcome = match connect(socket).await {
             None => Outcome::Failed,
-            Some(channel) => tokio::time::timeout(OP_TIMEOUT, call(entry_pb::entry_client::EntryClient::new(channel), kind, &id, &value)).await.unwrap_or(Outcome::Unknown),
+            Some(channel) => tokio::time::timeout(
+                OP_TIMEOUT,
+                call(entry_pb::entry_client::EntryClient::new(channel), kind, &id, &value),
+            )
+            .await
+            .unwrap_or(Outcome::Unknown),
         };
         let returned = start.elapsed().as_nanos() as u64;
-        history.lock().unwrap_or_else(|p| p.into_inner()).push(Operation { via, recorded: Recorded { client: number, key: id, op, invoked, returned, outcome } });
+        history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Operation { via, recorded: Recorded { client: number, key: id, op, invoked, returned, outcome } });
     }
 }
 
@@ -290,37 +341,59 @@ enum Kind {
 }
 
 /// One call, and what its answer says about whether it took effect.
-async fn call(mut client: entry_pb::entry_client::EntryClient<tonic::transport::Channel>, kind: Kind, id: &str, value: &str) -> Outcome {
+async fn call(
+    mut client: entry_pb::entry_client::EntryClient<tonic::transport::Channel>,
+    kind: Kind,
+    id: &str,
+    value: &str,
+) -> Outcome {
     let item = |status: Option<&types::Status>| match status {
         Some(status) if status.code == 0 => Outcome::Ok(None),
         Some(status) => outcome_of(&tonic::Status::new(Code::from(status.code), status.message.clone())),
         None => Outcome::Unknown,
     };
     match kind {
-        Kind::Read => match client.get_entry(entry_pb::GetEntryRequest { id: id.to_owned(), output_mask: None }).await {
-            Ok(entry) => Outcome::Ok(Some(entry.into_inner().hint).filter(|h| !h.is_empty())),
-            Err(status) if status.code() == Code::NotFound => Outcome::Ok(None),
-            Err(status) => outcome_of(&status),
-        },
+        Kind::Read => {
+            match client.get_entry(entry_pb::GetEntryRequest { id: id.to_owned(), output_mask: None }).await {
+                Ok(entry) => Outcome::Ok(Some(entry.into_inner().hint).filter(|h| !h.is_empty())),
+                Err(status) if status.code() == Code::NotFound => Outcome::Ok(None),
+                Err(status) => outcome_of(&status),
+            }
+        }
         Kind::Update => {
             let update = types::Entry { id: id.to_owned(), hint: value.to_owned(), ..Default::default() };
             let mask = types::EntryMask { hint: true, ..Default::default() };
-            match client.batch_update_entry(entry_pb::BatchUpdateEntryRequest { entries: vec![update], input_mask: Some(mask), output_mask: None }).await {
+            match client
+                .batch_update_entry(entry_pb::BatchUpdateEntryRequest {
+                    entries: vec![update],
+                    input_mask: Some(mask),
+                    output_mask: None,
+                })
+                .await
+            {
                 Ok(response) => item(response.into_inner().results.first().and_then(|r| r.status.as_ref())),
                 Err(status) => outcome_of(&status),
             }
         }
         Kind::Create => {
             let Some(i) = id.strip_prefix("drill-").and_then(|i| i.parse().ok()) else { return Outcome::Failed };
-            match client.batch_create_entry(entry_pb::BatchCreateEntryRequest { entries: vec![drill_entry(i, value)], output_mask: None }).await {
+            match client
+                .batch_create_entry(entry_pb::BatchCreateEntryRequest {
+                    entries: vec![drill_entry(i, value)],
+                    output_mask: None,
+                })
+                .await
+            {
                 Ok(response) => item(response.into_inner().results.first().and_then(|r| r.status.as_ref())),
                 Err(status) => outcome_of(&status),
             }
         }
-        Kind::Delete => match client.batch_delete_entry(entry_pb::BatchDeleteEntryRequest { ids: vec![id.to_owned()] }).await {
-            Ok(response) => item(response.into_inner().results.first().and_then(|r| r.status.as_ref())),
-            Err(status) => outcome_of(&status),
-        },
+        Kind::Delete => {
+            match client.batch_delete_entry(entry_pb::BatchDeleteEntryRequest { ids: vec![id.to_owned()] }).await {
+                Ok(response) => item(response.into_inner().results.first().and_then(|r| r.status.as_ref())),
+                Err(status) => outcome_of(&status),
+            }
+        }
     }
 }
 
@@ -328,7 +401,9 @@ async fn call(mut client: entry_pb::entry_client::EntryClient<tonic::transport::
 pub fn longest_write_gap(history: &[Recorded], from: u64, to: u64) -> u64 {
     let mut acknowledged: Vec<u64> = history
         .iter()
-        .filter(|r| matches!(r.op, Op::Write(_)) && matches!(r.outcome, Outcome::Ok(_)) && r.returned > from && r.returned <= to)
+        .filter(|r| {
+            matches!(r.op, Op::Write(_)) && matches!(r.outcome, Outcome::Ok(_)) && r.returned > from && r.returned <= to
+        })
         .map(|r| r.returned)
         .collect();
     acknowledged.sort_unstable();
@@ -354,5 +429,17 @@ pub fn leader(servers: &[ServerProcess], alive: &[bool]) -> Option<u64> {
 pub fn describe(history: &[Recorded], key: &str) -> String {
     let mut ops: Vec<&Recorded> = history.iter().filter(|r| r.key == key).collect();
     ops.sort_by_key(|r| r.invoked);
-    ops.iter().map(|r| format!("{:>12} {:>12} client {} {:?} -> {:?}", r.invoked / 1000, r.returned / 1000, r.client, r.op, r.outcome)).collect::<Vec<_>>().join("\n")
+    ops.iter()
+        .map(|r| {
+            format!(
+                "{:>12} {:>12} client {} {:?} -> {:?}",
+                r.invoked / 1000,
+                r.returned / 1000,
+                r.client,
+                r.op,
+                r.outcome
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

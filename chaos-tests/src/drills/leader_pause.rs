@@ -59,7 +59,9 @@ pub fn run(settings: &Settings) -> Report {
         }
         servers[index].resume();
         paused.store(NOBODY, Ordering::SeqCst);
-        report.check(new_leader.is_some_and(|l| l != leader), || format!("the others elected no new leader while {leader} was paused: {new_leader:?}"));
+        report.check(new_leader.is_some_and(|l| l != leader), || {
+            format!("the others elected no new leader while {leader} was paused: {new_leader:?}")
+        });
         // The resumed replica serves linearizable reads again.
         if !servers[index].serves_within(Duration::from_secs(30)) {
             report.failures.push(format!("the resumed replica {leader} serves no reads 30 s after SIGCONT"));
@@ -67,7 +69,11 @@ pub fn run(settings: &Settings) -> Report {
         let history = load.history();
         acknowledged_during = history
             .iter()
-            .filter(|o| matches!(o.recorded.outcome, crate::linearizability::Outcome::Ok(_)) && o.recorded.invoked > paused_at + 1_000_000_000 && o.recorded.returned < paused_at + PAUSE.as_nanos() as u64)
+            .filter(|o| {
+                matches!(o.recorded.outcome, crate::linearizability::Outcome::Ok(_))
+                    && o.recorded.invoked > paused_at + 1_000_000_000
+                    && o.recorded.returned < paused_at + PAUSE.as_nanos() as u64
+            })
             .count();
         report.check(acknowledged_during > 10, || format!("too few operations acknowledged while the leader ({leader}) was paused at {wall}: {acknowledged_during}"));
         std::thread::sleep(Duration::from_secs(2));
@@ -75,7 +81,15 @@ pub fn run(settings: &Settings) -> Report {
     let ids = load.ids.clone();
     let start = load.start;
     let history = load.finish(&runtime);
-    entry_clients::check(&runtime, &servers, &ids, &history, first_fault.unwrap_or(0), start.elapsed().as_nanos() as u64, &mut report);
+    entry_clients::check(
+        &runtime,
+        &servers,
+        &ids,
+        &history,
+        first_fault.unwrap_or(0),
+        start.elapsed().as_nanos() as u64,
+        &mut report,
+    );
     report.summary = format!(
         "{} pauses, {} operations, {acknowledged_during} acknowledged while the last paused leader was stopped, lost writes {:?}, linearizable {:?}",
         report.faults, report.operations, report.lost_writes, report.linearizable

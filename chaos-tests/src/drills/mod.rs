@@ -84,13 +84,37 @@ pub struct Drill {
 
 /// Every drill, in the order `testudo-chaos` runs them.
 pub const ALL: &[Drill] = &[
-    Drill { name: leader_kill::NAME, about: "kill -9 the leader (or a follower, or a random replica) under write load, restart it from disk", run: leader_kill::run },
-    Drill { name: partition::NAME, about: "isolate the leader, then a follower, then one way, then slow links; heal", run: partition::run },
-    Drill { name: leader_pause::NAME, about: "SIGSTOP the leader beyond the election timeout, SIGCONT", run: leader_pause::run },
-    Drill { name: rolling_restart::NAME, about: "restart every replica in turn with an agent and workloads attached", run: rolling_restart::run },
+    Drill {
+        name: leader_kill::NAME,
+        about: "kill -9 the leader (or a follower, or a random replica) under write load, restart it from disk",
+        run: leader_kill::run,
+    },
+    Drill {
+        name: partition::NAME,
+        about: "isolate the leader, then a follower, then one way, then slow links; heal",
+        run: partition::run,
+    },
+    Drill {
+        name: leader_pause::NAME,
+        about: "SIGSTOP the leader beyond the election timeout, SIGCONT",
+        run: leader_pause::run,
+    },
+    Drill {
+        name: rolling_restart::NAME,
+        about: "restart every replica in turn with an agent and workloads attached",
+        run: rolling_restart::run,
+    },
     Drill { name: all_down::NAME, about: "every replica down for less than half the SVID TTL", run: all_down::run },
-    Drill { name: wiped_replica::NAME, about: "a replica's disk wiped; it rejoins and catches up by snapshot", run: wiped_replica::run },
-    Drill { name: disk_failure::NAME, about: "one replica's disk fills up under write load, then is repaired", run: disk_failure::run },
+    Drill {
+        name: wiped_replica::NAME,
+        about: "a replica's disk wiped; it rejoins and catches up by snapshot",
+        run: wiped_replica::run,
+    },
+    Drill {
+        name: disk_failure::NAME,
+        about: "one replica's disk fills up under write load, then is repaired",
+        run: disk_failure::run,
+    },
 ];
 
 /// Runs `drill`, turning a panic in its set-up (a replica that would not start, say) into
@@ -99,7 +123,11 @@ pub fn run_caught(drill: &Drill, settings: &Settings) -> Report {
     match std::panic::catch_unwind(|| (drill.run)(settings)) {
         Ok(report) => report,
         Err(panic) => {
-            let message = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "a panic".into());
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic".into());
             Report { drill: drill.name, failures: vec![format!("panicked: {message}")], ..Default::default() }
         }
     }
@@ -141,7 +169,11 @@ pub(crate) struct Workdir {
 
 impl Workdir {
     pub(crate) fn new(drill: &str) -> Self {
-        let path = tempfile::Builder::new().prefix(&format!("testudo-{drill}-")).tempdir().expect("a temporary directory").keep();
+        let path = tempfile::Builder::new()
+            .prefix(&format!("testudo-{drill}-"))
+            .tempdir()
+            .expect("a temporary directory")
+            .keep();
         eprintln!("{drill}: working in {}", path.display());
         Self { path, remove: false }
     }

@@ -56,7 +56,11 @@ impl Cluster {
             let proxy = FaultProxy::start(bind);
             let options = ReplicaOptions {
                 raft_bind: Some(bind),
-                cluster_extra: format!("raft_source_address = \"{}\"\n  raft_advertise_address = \"{}\"", address_of(index), proxy.address()),
+                cluster_extra: format!(
+                    "raft_source_address = \"{}\"\n  raft_advertise_address = \"{}\"",
+                    address_of(index),
+                    proxy.address()
+                ),
                 ..Default::default()
             };
             servers.push(ServerProcess::start_with(root, index as u64 + 1, &options));
@@ -96,7 +100,11 @@ impl Cluster {
 fn acknowledged(history: &[Operation], via: usize, writes: bool, from: u64, to: u64) -> usize {
     history
         .iter()
-        .filter(|o| o.via == via && (!writes || matches!(o.recorded.op, Op::Write(_))) && matches!(o.recorded.outcome, Outcome::Ok(_)))
+        .filter(|o| {
+            o.via == via
+                && (!writes || matches!(o.recorded.op, Op::Write(_)))
+                && matches!(o.recorded.outcome, Outcome::Ok(_))
+        })
         .filter(|o| o.recorded.invoked >= from && o.recorded.returned <= to)
         .count()
 }
@@ -118,12 +126,14 @@ fn judge(windows: &[Window], history: &[Operation], servers: &[ServerProcess], r
     let recorded: Vec<_> = history.iter().map(|o| o.recorded.clone()).collect();
     let mut notes = Vec::new();
     for Window { step, wall, cut_off, from, to, majority_leader } in windows {
-        let (step, cut_off, from, to, majority_leader) = (format!("{step} at {wall}"), *cut_off, *from, *to, *majority_leader);
+        let (step, cut_off, from, to, majority_leader) =
+            (format!("{step} at {wall}"), *cut_off, *from, *to, *majority_leader);
         let gap = entry_clients::longest_write_gap(&recorded, from, to);
         if cut_off == NOBODY {
             if step.starts_with(SLOW) {
                 // The leader commits through the other follower meanwhile.
-                let acknowledged: usize = (0..3).map(|i| acknowledged(history, i, true, from + 1_000_000_000, to)).sum();
+                let acknowledged: usize =
+                    (0..3).map(|i| acknowledged(history, i, true, from + 1_000_000_000, to)).sum();
                 report.check(acknowledged > 5, || format!("{step}: only {acknowledged} writes acknowledged"));
             }
             notes.push(format!("{step}: longest write gap {gap} ms"));
@@ -131,12 +141,22 @@ fn judge(windows: &[Window], history: &[Operation], servers: &[ServerProcess], r
         }
         // Linearizable reads need a quorum too: the minority acknowledges nothing.
         let by_minority = acknowledged(history, cut_off, false, from, to);
-        let tried = history.iter().filter(|o| o.via == cut_off && o.recorded.invoked >= from && o.recorded.invoked < to).count();
-        report.check(tried > 0, || format!("{step}: nothing was sent to the cut-off replica, so its refusal was not tested"));
-        report.check(by_minority == 0, || format!("{step}: the cut-off replica {} acknowledged {by_minority} operations", cut_off + 1));
-        let others: usize = (0..3).filter(|i| *i != cut_off).map(|i| acknowledged(history, i, true, from + 1_000_000_000, to)).sum();
+        let tried = history
+            .iter()
+            .filter(|o| o.via == cut_off && o.recorded.invoked >= from && o.recorded.invoked < to)
+            .count();
+        report.check(tried > 0, || {
+            format!("{step}: nothing was sent to the cut-off replica, so its refusal was not tested")
+        });
+        report.check(by_minority == 0, || {
+            format!("{step}: the cut-off replica {} acknowledged {by_minority} operations", cut_off + 1)
+        });
+        let others: usize =
+            (0..3).filter(|i| *i != cut_off).map(|i| acknowledged(history, i, true, from + 1_000_000_000, to)).sum();
         report.check(others > 5, || format!("{step}: the majority acknowledged only {others} writes"));
-        report.check(majority_leader.is_some_and(|l| l != servers[cut_off].id), || format!("{step}: the majority had no leader of its own: {majority_leader:?}"));
+        report.check(majority_leader.is_some_and(|l| l != servers[cut_off].id), || {
+            format!("{step}: the majority had no leader of its own: {majority_leader:?}")
+        });
         notes.push(format!("{step}: majority acknowledged {others} writes, the cut-off replica none of the {tried} operations sent to it, longest write gap {gap} ms"));
     }
     notes
@@ -161,7 +181,8 @@ pub fn run(settings: &Settings) -> Report {
             one => vec![one],
         })
     };
-    let load = Load::start(&runtime, &cluster.servers, 4, vec![any_replica(3), stuck, failing_over.clone(), failing_over]);
+    let load =
+        Load::start(&runtime, &cluster.servers, 4, vec![any_replica(3), stuck, failing_over.clone(), failing_over]);
     std::thread::sleep(Duration::from_secs(1));
 
     let (began, mut first_fault, mut rounds) = (Instant::now(), None, 0);
@@ -169,7 +190,12 @@ pub fn run(settings: &Settings) -> Report {
     while settings.another_round(rounds, began) {
         rounds += 1;
         let slow = Link::Delay(Duration::from_millis(100));
-        for (step, link) in [("leader cut off", Link::Stall), ("follower cut off", Link::Reset), ("leader cannot reach a follower", Link::Stall), (SLOW, slow)] {
+        for (step, link) in [
+            ("leader cut off", Link::Stall),
+            ("follower cut off", Link::Reset),
+            ("leader cannot reach a follower", Link::Stall),
+            (SLOW, slow),
+        ] {
             let Some(leader) = cluster.leader() else {
                 report.failures.push(format!("no leader before \"{step}\""));
                 break;
@@ -199,7 +225,8 @@ pub fn run(settings: &Settings) -> Report {
             let until = Instant::now() + HOLD;
             while Instant::now() < until {
                 if cut_off != NOBODY {
-                    let own = entry_clients::leader(&cluster.servers, &[0, 1, 2].map(|i| i != cut_off)).filter(|l| *l != cluster.servers[cut_off].id);
+                    let own = entry_clients::leader(&cluster.servers, &[0, 1, 2].map(|i| i != cut_off))
+                        .filter(|l| *l != cluster.servers[cut_off].id);
                     majority_leader = own.or(majority_leader);
                 }
                 std::thread::sleep(Duration::from_millis(250));
@@ -220,7 +247,15 @@ pub fn run(settings: &Settings) -> Report {
     let start = load.start;
     let history = load.finish(&runtime);
     let notes = judge(&windows, &history, &cluster.servers, &mut report);
-    entry_clients::check(&runtime, &cluster.servers, &ids, &history, first_fault.unwrap_or(0), start.elapsed().as_nanos() as u64, &mut report);
+    entry_clients::check(
+        &runtime,
+        &cluster.servers,
+        &ids,
+        &history,
+        first_fault.unwrap_or(0),
+        start.elapsed().as_nanos() as u64,
+        &mut report,
+    );
     report.summary = format!(
         "{} partitions; {}; {} operations ({} acknowledged), lost writes {:?}, linearizable {:?}, longest write gap {:?}",
         report.faults,

@@ -30,10 +30,23 @@ pub fn run(settings: &Settings) -> Report {
             report.faults += 1;
             std::thread::sleep(Duration::from_secs(1));
             servers[i].restart();
-            assert!(servers[i].serves_within(Duration::from_secs(20)), "the restarted replica {} serves no reads", servers[i].id);
+            assert!(
+                servers[i].serves_within(Duration::from_secs(20)),
+                "the restarted replica {} serves no reads",
+                servers[i].id
+            );
             if i == 1 && rounds == 1 {
                 // Registrations made mid-drill still reach the workload.
-                servers[(i + 1) % 3].json(&["entry", "create", "--spiffe-id", LATE, "--parent-id", &agent_id, "--selector", &uid_selector()]);
+                servers[(i + 1) % 3].json(&[
+                    "entry",
+                    "create",
+                    "--spiffe-id",
+                    LATE,
+                    "--parent-id",
+                    &agent_id,
+                    "--selector",
+                    &uid_selector(),
+                ]);
             }
         }
     }
@@ -50,7 +63,9 @@ pub fn run(settings: &Settings) -> Report {
         seen.longest_gap.as_millis(),
         seen.svids
     );
-    report.check(seen.ids.contains(LATE), || format!("an entry made mid-drill did not reach the workload: {:?}", seen.ids));
+    report.check(seen.ids.contains(LATE), || {
+        format!("an entry made mid-drill did not reach the workload: {:?}", seen.ids)
+    });
     root.settle(&mut report);
     report
 }

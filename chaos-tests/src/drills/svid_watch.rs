@@ -45,9 +45,15 @@ impl Seen {
         report.operations = self.jwt_calls;
         report.acknowledged = self.jwt_answered;
         report.longest_workload_gap = Some(self.longest_gap);
-        report.check(self.errors.is_empty(), || format!("the workload saw errors: {:?}\nagent log:\n{agent_log}", self.errors));
-        report.check(self.longest_gap.is_zero(), || format!("the workload held an expired SVID for {} ms", self.longest_gap.as_millis()));
-        report.check(self.svids >= svids, || format!("the SVID did not rotate: {} seen\nagent log:\n{agent_log}", self.svids));
+        report.check(self.errors.is_empty(), || {
+            format!("the workload saw errors: {:?}\nagent log:\n{agent_log}", self.errors)
+        });
+        report.check(self.longest_gap.is_zero(), || {
+            format!("the workload held an expired SVID for {} ms", self.longest_gap.as_millis())
+        });
+        report.check(self.svids >= svids, || {
+            format!("the SVID did not rotate: {} seen\nagent log:\n{agent_log}", self.svids)
+        });
     }
 }
 
@@ -118,7 +124,9 @@ impl Watch {
 
 async fn stream(socket: PathBuf, watched: String, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
     let error = |e: String| shared.seen.lock().unwrap_or_else(|p| p.into_inner()).errors.push(e);
-    let Some(channel) = connect_agent(&socket).await else { return error("the agent's socket does not answer for 5 s".into()) };
+    let Some(channel) = connect_agent(&socket).await else {
+        return error("the agent's socket does not answer for 5 s".into());
+    };
     let mut client = pb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel);
     let mut stream = match client.fetch_x509svid(with_header(pb::X509svidRequest {})).await {
         Ok(s) => s.into_inner(),
@@ -162,7 +170,9 @@ async fn stream(socket: PathBuf, watched: String, shared: Arc<Shared>, stop: Arc
 
 async fn jwts(socket: PathBuf, ask: JwtAsk, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
     let error = |e: String| shared.seen.lock().unwrap_or_else(|p| p.into_inner()).errors.push(e);
-    let Some(channel) = connect_agent(&socket).await else { return error("the agent's socket does not answer for 5 s".into()) };
+    let Some(channel) = connect_agent(&socket).await else {
+        return error("the agent's socket does not answer for 5 s".into());
+    };
     let mut client = pb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel);
     let mut n = 0;
     while !stop.load(Ordering::SeqCst) {
@@ -171,7 +181,9 @@ async fn jwts(socket: PathBuf, ask: JwtAsk, shared: Arc<Shared>, stop: Arc<Atomi
             JwtAsk::NewAudience => format!("aud-{n}"),
             JwtAsk::SameAudience => "drill".to_owned(),
         };
-        let answer = client.fetch_jwtsvid(with_header(pb::JwtsvidRequest { audience: vec![audience], spiffe_id: String::new() })).await;
+        let answer = client
+            .fetch_jwtsvid(with_header(pb::JwtsvidRequest { audience: vec![audience], spiffe_id: String::new() }))
+            .await;
         {
             let mut seen = shared.seen.lock().unwrap_or_else(|p| p.into_inner());
             seen.jwt_calls += 1;
@@ -188,8 +200,12 @@ async fn jwts(socket: PathBuf, ask: JwtAsk, shared: Arc<Shared>, stop: Arc<Atomi
 /// An agent attested to `servers` with a join token (all replicas in its server list,
 /// syncing every second), and an entry `spiffe://example.org/web` for this process's uid
 /// under it. Returns the agent and its SPIFFE ID.
-pub fn attach_agent(root: &std::path::Path, servers: &[crate::harness::ServerProcess]) -> (crate::harness::AgentProcess, String) {
-    let token = servers[0].json(&["token", "generate", "--ttl", "600"])["value"].as_str().expect("a join token").to_owned();
+pub fn attach_agent(
+    root: &std::path::Path,
+    servers: &[crate::harness::ServerProcess],
+) -> (crate::harness::AgentProcess, String) {
+    let token =
+        servers[0].json(&["token", "generate", "--ttl", "600"])["value"].as_str().expect("a join token").to_owned();
     let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
     servers[0].json(&["entry", "create", "--spiffe-id", WEB, "--parent-id", &agent_id, "--selector", &uid_selector()]);
     let addresses: Vec<String> = servers.iter().map(crate::harness::ServerProcess::api_address).collect();
@@ -202,6 +218,10 @@ pub const WEB: &str = "spiffe://example.org/web";
 
 /// `unix:uid:<this process's uid>`.
 pub fn uid_selector() -> String {
-    let uid = std::process::Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
+    let uid = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
     format!("unix:uid:{uid}")
 }

@@ -19,7 +19,8 @@ pub fn run(settings: &Settings) -> Report {
     let mut report = Report::new(NAME);
     let mut root = Workdir::new(NAME);
     let options = ReplicaOptions { cluster_extra: format!("snapshot_every = {SNAPSHOT_EVERY}"), ..Default::default() };
-    let mut servers: Vec<ServerProcess> = (1..=3).map(|id| ServerProcess::start_with(root.path(), id, &options)).collect();
+    let mut servers: Vec<ServerProcess> =
+        (1..=3).map(|id| ServerProcess::start_with(root.path(), id, &options)).collect();
     ServerProcess::form_cluster(&servers);
     let runtime = runtime();
     let alive = Alive::new(servers.len());
@@ -43,7 +44,11 @@ pub fn run(settings: &Settings) -> Report {
 
         // While it is gone, enough writes go through the others to purge the log it lacks.
         let written = load.recorded();
-        wait_until(Duration::from_secs(60), || load.recorded() > written + 4 * SNAPSHOT_EVERY as usize, "writes while the replica is gone");
+        wait_until(
+            Duration::from_secs(60),
+            || load.recorded() > written + 4 * SNAPSHOT_EVERY as usize,
+            "writes while the replica is gone",
+        );
         servers[member].json(&["cluster", "remove", "--node-id", &old_id.to_string()]);
 
         let fresh = ServerProcess::start_with(root.path(), next_id, &options);
@@ -55,16 +60,31 @@ pub fn run(settings: &Settings) -> Report {
         alive.set(index, true);
         let installed = servers[index].log().contains("installed a snapshot from the leader");
         installs += usize::from(installed);
-        report.check(installed, || format!("replica {} caught up without installing a snapshot:\n{}", servers[index].id, servers[index].log()));
-        report.summary = format!("replica {old_id} wiped; replica {} joined and caught up in {} ms", servers[index].id, caught_up.as_millis());
+        report.check(installed, || {
+            format!("replica {} caught up without installing a snapshot:\n{}", servers[index].id, servers[index].log())
+        });
+        report.summary = format!(
+            "replica {old_id} wiped; replica {} joined and caught up in {} ms",
+            servers[index].id,
+            caught_up.as_millis()
+        );
         std::thread::sleep(Duration::from_secs(2));
     }
     let ids = load.ids.clone();
     let start = load.start;
     let history = load.finish(&runtime);
-    entry_clients::check(&runtime, &servers, &ids, &history, first_fault.unwrap_or(0), start.elapsed().as_nanos() as u64, &mut report);
+    entry_clients::check(
+        &runtime,
+        &servers,
+        &ids,
+        &history,
+        first_fault.unwrap_or(0),
+        start.elapsed().as_nanos() as u64,
+        &mut report,
+    );
     let members = servers[0].json(&["cluster", "status"]);
-    let voters = members["members"].as_array().map(|m| m.iter().filter(|m| m["voter"] == true).count()).unwrap_or_default();
+    let voters =
+        members["members"].as_array().map(|m| m.iter().filter(|m| m["voter"] == true).count()).unwrap_or_default();
     report.check(voters == 3, || format!("the cluster does not have three members after the drill: {members}"));
     report.summary = format!(
         "{}; {} wipes, {installs} snapshot installs, {} operations ({} acknowledged), lost writes {:?}, linearizable {:?}",

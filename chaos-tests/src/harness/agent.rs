@@ -18,21 +18,48 @@ impl AgentProcess {
     /// `bundle_pem`, and syncs every `sync_interval` (e.g. `"1s"`). It logs at INFO;
     /// set RUST_LOG for more.
     pub fn start(root: &Path, servers: &[String], bundle_pem: &str, join_token: &str, sync_interval: &str) -> Self {
-        Self::start_with_attestor(root, servers, bundle_pem, &format!("join_token = \"{join_token}\""), r#"NodeAttestor "join_token" {}"#, sync_interval, "")
+        Self::start_with_attestor(
+            root,
+            servers,
+            bundle_pem,
+            &format!("join_token = \"{join_token}\""),
+            r#"NodeAttestor "join_token" {}"#,
+            sync_interval,
+            "",
+        )
     }
 
     /// An agent whose `agent { }` block also holds `agent_extra`, whose node attestor block
     /// is `node_attestor`, and whose file ends with `extra_blocks` (e.g. `health_checks`).
-    pub fn start_with_attestor(root: &Path, servers: &[String], bundle_pem: &str, agent_extra: &str, node_attestor: &str, sync_interval: &str, extra_blocks: &str) -> Self {
+    pub fn start_with_attestor(
+        root: &Path,
+        servers: &[String],
+        bundle_pem: &str,
+        agent_extra: &str,
+        node_attestor: &str,
+        sync_interval: &str,
+        extra_blocks: &str,
+    ) -> Self {
         let dir = root.join("agent");
         std::fs::create_dir_all(&dir).expect("agent dir");
         std::fs::write(dir.join("bundle.pem"), bundle_pem).expect("bundle file");
-        Self::start_configured(root, &Self::config_text(root, servers, agent_extra, node_attestor, sync_interval, extra_blocks), &[])
+        Self::start_configured(
+            root,
+            &Self::config_text(root, servers, agent_extra, node_attestor, sync_interval, extra_blocks),
+            &[],
+        )
     }
 
     /// The config file [`Self::start_with_attestor`] writes (trusting `<root>/agent/bundle.pem`),
     /// for tests that change it before [`Self::start_configured`].
-    pub fn config_text(root: &Path, servers: &[String], agent_extra: &str, node_attestor: &str, sync_interval: &str, extra_blocks: &str) -> String {
+    pub fn config_text(
+        root: &Path,
+        servers: &[String],
+        agent_extra: &str,
+        node_attestor: &str,
+        sync_interval: &str,
+        extra_blocks: &str,
+    ) -> String {
         let servers: Vec<String> = servers.iter().map(|s| format!("{s:?}")).collect();
         format!(
             r#"agent {{
@@ -63,7 +90,8 @@ plugins {{
         let dir = root.join("agent");
         std::fs::create_dir_all(&dir).expect("agent dir");
         std::fs::write(dir.join("agent.hcl"), config).expect("agent config");
-        let mut agent = Self { dir, child: None, env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
+        let mut agent =
+            Self { dir, child: None, env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
         agent.restart();
         agent
     }
@@ -71,7 +99,8 @@ plugins {{
     pub fn restart(&mut self) {
         // A killed agent leaves its socket file behind; readiness means a new one.
         let _ = std::fs::remove_file(self.socket());
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).expect("agent log");
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).expect("agent log");
         let child = Command::new(binary("testudo-agent"))
             .args(["run", "--config"])
             .arg(self.dir.join("agent.hcl"))
@@ -83,7 +112,11 @@ plugins {{
         self.child = Some(child);
         let socket = self.socket();
         let child = self.child.as_mut().expect("just started");
-        wait_until(Duration::from_secs(20), || super::accepts(&socket) || child.try_wait().ok().flatten().is_some(), "the agent's Workload API socket");
+        wait_until(
+            Duration::from_secs(20),
+            || super::accepts(&socket) || child.try_wait().ok().flatten().is_some(),
+            "the agent's Workload API socket",
+        );
         assert!(super::accepts(&socket), "the agent exited at start-up:\n{}", self.log());
     }
 

@@ -4,14 +4,14 @@
 
 mod agent;
 pub mod moto;
-pub mod proxy;
-pub mod softhsm;
 pub mod pki;
+pub mod proxy;
 mod server;
+pub mod softhsm;
 
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub use agent::AgentProcess;
@@ -51,7 +51,12 @@ pub fn binary(name: &str) -> PathBuf {
     let dir = exe.parent().expect("the program's directory");
     let candidates = [dir.join(name), dir.parent().map(|d| d.join(name)).unwrap_or_default()];
     let found = candidates.iter().find(|p| p.is_file());
-    found.cloned().unwrap_or_else(|| panic!("{name} is missing beside {}: build the workspace first (`cargo build --workspace`; `make test` does)", dir.display()))
+    found.cloned().unwrap_or_else(|| {
+        panic!(
+            "{name} is missing beside {}: build the workspace first (`cargo build --workspace`; `make test` does)",
+            dir.display()
+        )
+    })
 }
 
 /// Whether a Unix socket accepts connections. Its file appears at bind(), a moment before

@@ -20,7 +20,8 @@ pub struct MotoServer {
 impl MotoServer {
     /// Starts `moto_server` from the venv (`TESTUDO_VENV`, or `.venv` at the workspace root).
     pub fn start() -> Self {
-        let venv = std::env::var("TESTUDO_VENV").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv").to_string());
+        let venv = std::env::var("TESTUDO_VENV")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv").to_string());
         let port = free_port();
         let child = Command::new(format!("{venv}/bin/moto_server"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -29,7 +30,11 @@ impl MotoServer {
             .spawn()
             .unwrap_or_else(|e| panic!("{venv}/bin/moto_server: {e} (make test installs moto[server] into the venv)"));
         let server = Self { port, child };
-        wait_until(Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), "moto_server to listen");
+        wait_until(
+            Duration::from_secs(30),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            "moto_server to listen",
+        );
         server
     }
 
@@ -39,7 +44,12 @@ impl MotoServer {
 
     /// The environment a process needs to reach it with the AWS SDK's default chain.
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID.into()), ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY.into()), ("AWS_REGION", REGION.into()), ("AWS_EC2_METADATA_DISABLED", "true".into())]
+        vec![
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID.into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY.into()),
+            ("AWS_REGION", REGION.into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ]
     }
 }
 

@@ -139,7 +139,10 @@ impl FaultProxy {
     pub fn start(upstream: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("a proxy port");
         let port = listener.local_addr().expect("the proxy's address").port();
-        let shared = Arc::new(Shared { state: Mutex::new(State { every: Link::Open, by_source: HashMap::new(), live: Vec::new() }), stop: AtomicBool::new(false) });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State { every: Link::Open, by_source: HashMap::new(), live: Vec::new() }),
+            stop: AtomicBool::new(false),
+        });
         let accepting = shared.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
@@ -158,7 +161,11 @@ impl FaultProxy {
                 };
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
-                let (Ok(c1), Ok(c2), Ok(s1), Ok(s2)) = (client.try_clone(), client.try_clone(), server.try_clone(), server.try_clone()) else { continue };
+                let (Ok(c1), Ok(c2), Ok(s1), Ok(s2)) =
+                    (client.try_clone(), client.try_clone(), server.try_clone(), server.try_clone())
+                else {
+                    continue;
+                };
                 let finished = Arc::new(AtomicUsize::new(0));
                 {
                     let mut state = accepting.state();

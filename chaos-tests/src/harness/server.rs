@@ -95,11 +95,16 @@ cluster {{
             server_extra = options.server_extra,
             plugins_extra = options.plugins_extra,
             cluster_extra = options.cluster_extra,
-            timing = if options.default_timing { "" } else { "heartbeat_interval = \"50ms\"\n  election_timeout = \"300ms\"" },
+            timing = if options.default_timing {
+                ""
+            } else {
+                "heartbeat_interval = \"50ms\"\n  election_timeout = \"300ms\""
+            },
             key_manager = if options.plugins_extra.contains("KeyManager") { "" } else { r#"KeyManager "memory" {}"# },
         );
         std::fs::write(dir.join("server.hcl"), config).expect("server config");
-        let mut server = Self { id, api_port, raft_port: raft_bind.port(), dir, data_dir, child: None, env: options.env.clone() };
+        let mut server =
+            Self { id, api_port, raft_port: raft_bind.port(), dir, data_dir, child: None, env: options.env.clone() };
         server.restart();
         server
     }
@@ -111,8 +116,15 @@ cluster {{
     }
 
     /// As [`Self::cluster`], each replica started as by [`Self::start_with_env`].
-    pub fn cluster_with(root: &Path, n: u64, server_extra: &str, plugins_extra: &str, env: &[(&str, &str)]) -> Vec<Self> {
-        let servers: Vec<Self> = (1..=n).map(|id| Self::start_with_env(root, id, server_extra, plugins_extra, env)).collect();
+    pub fn cluster_with(
+        root: &Path,
+        n: u64,
+        server_extra: &str,
+        plugins_extra: &str,
+        env: &[(&str, &str)],
+    ) -> Vec<Self> {
+        let servers: Vec<Self> =
+            (1..=n).map(|id| Self::start_with_env(root, id, server_extra, plugins_extra, env)).collect();
         Self::form_cluster(&servers);
         servers
     }
@@ -136,7 +148,11 @@ cluster {{
     /// Starts the process again (after `kill`), on the same data and ports.
     pub fn restart(&mut self) {
         let _ = std::fs::remove_file(self.socket());
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("server.log")).expect("server log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .expect("server log");
         let child = Command::new(binary("testudo-server"))
             .args(["run", "--config"])
             .arg(self.dir.join("server.hcl"))
@@ -203,13 +219,30 @@ cluster {{
 
     /// Any CLI command against this replica's admin socket.
     pub fn command(&self, args: &[&str]) -> Output {
-        Command::new(binary("testudo-server")).args(args).arg("--socket-path").arg(self.socket()).output().expect("testudo-server CLI")
+        Command::new(binary("testudo-server"))
+            .args(args)
+            .arg("--socket-path")
+            .arg(self.socket())
+            .output()
+            .expect("testudo-server CLI")
     }
 
     /// A CLI command that must succeed, with `--output json`.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
-        let out = Command::new(binary("testudo-server")).args(args).arg("--socket-path").arg(self.socket()).args(["--output", "json"]).output().expect("testudo-server CLI");
-        assert!(out.status.success(), "replica {}: {args:?} failed: {}\nlog:\n{}", self.id, String::from_utf8_lossy(&out.stderr), self.log());
+        let out = Command::new(binary("testudo-server"))
+            .args(args)
+            .arg("--socket-path")
+            .arg(self.socket())
+            .args(["--output", "json"])
+            .output()
+            .expect("testudo-server CLI");
+        assert!(
+            out.status.success(),
+            "replica {}: {args:?} failed: {}\nlog:\n{}",
+            self.id,
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
         serde_json::from_slice(&out.stdout).expect("JSON output")
     }
 

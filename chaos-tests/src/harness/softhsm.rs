@@ -12,7 +12,11 @@ pub fn init_token(dir: &Path, label: &str, pin: &str) -> PathBuf {
     let tokens = dir.join("tokens");
     std::fs::create_dir_all(&tokens).expect("token dir");
     let conf = dir.join("softhsm2.conf");
-    std::fs::write(&conf, format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", tokens.display())).expect("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", tokens.display()),
+    )
+    .expect("softhsm2.conf");
     let out = std::process::Command::new("softhsm2-util")
         .args(["--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", "87654321"])
         .env("SOFTHSM2_CONF", &conf)

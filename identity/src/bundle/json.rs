@@ -122,11 +122,13 @@ fn add_x509(bundle: &mut Bundle, jwk: &Jwk) -> Result<(), String> {
         return Err(format!("x509-svid keys must have exactly one \"x5c\" certificate, found {}", x5c.len()));
     };
     let der = STANDARD.decode(cert_b64).map_err(|_| "\"x5c\" is not standard base64".to_string())?;
-    let (rest, cert) = x509_parser::parse_x509_certificate(&der).map_err(|_| "\"x5c\" is not an X.509 certificate".to_string())?;
+    let (rest, cert) =
+        x509_parser::parse_x509_certificate(&der).map_err(|_| "\"x5c\" is not an X.509 certificate".to_string())?;
     if !rest.is_empty() {
         return Err("\"x5c\" certificate has trailing bytes".into());
     }
-    let cert_key = PublicKey::from_parsed(cert.public_key(), cert.public_key().raw.to_vec()).map_err(|e| e.to_string())?;
+    let cert_key =
+        PublicKey::from_parsed(cert.public_key(), cert.public_key().raw.to_vec()).map_err(|e| e.to_string())?;
     let jwk_key = jwk_public_key(jwk)?;
     if jwk_key != cert_key {
         return Err("key parameters do not match the \"x5c\" certificate's key".into());

@@ -5,8 +5,8 @@ mod pem;
 
 use std::collections::BTreeMap;
 
-pub use json::{BundleJsonError, MAX_BUNDLE_JSON_BYTES};
 pub use self::pem::{parse_pem_certificates, to_pem_certificates, PemError};
+pub use json::{BundleJsonError, MAX_BUNDLE_JSON_BYTES};
 
 use crate::crypto::PublicKey;
 use crate::TrustDomain;

@@ -125,7 +125,10 @@ fn jwt_key_id_conflicts_are_refused() {
     let a = jwt_authority("k", KeyType::EcP256);
     assert!(bundle.add_jwt_authority(a.clone()).unwrap());
     assert!(!bundle.add_jwt_authority(a).unwrap());
-    assert_eq!(bundle.add_jwt_authority(jwt_authority("k", KeyType::EcP256)), Err(BundleError::KeyIdConflict("k".into())));
+    assert_eq!(
+        bundle.add_jwt_authority(jwt_authority("k", KeyType::EcP256)),
+        Err(BundleError::KeyIdConflict("k".into()))
+    );
     assert_eq!(bundle.add_jwt_authority(jwt_authority("", KeyType::EcP256)), Err(BundleError::EmptyKeyId));
     assert!(bundle.remove_jwt_authority("k"));
     assert!(!bundle.remove_jwt_authority("k"));

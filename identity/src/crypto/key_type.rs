@@ -57,10 +57,7 @@ impl FromStr for KeyType {
     type Err = UnknownKeyType;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.name() == s)
-            .ok_or_else(|| UnknownKeyType(s.to_owned()))
+        Self::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| UnknownKeyType(s.to_owned()))
     }
 }
 

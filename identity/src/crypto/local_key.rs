@@ -5,8 +5,8 @@ use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa;
 use aws_lc_rs::signature::{
-    EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING,
-    RSA_PKCS1_SHA256, RSA_PSS_SHA256,
+    EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING, RSA_PKCS1_SHA256,
+    RSA_PSS_SHA256,
 };
 
 use super::{KeyType, PublicKey, SignError, SignatureAlgorithm, Signer};
@@ -80,10 +80,8 @@ impl LocalKey {
         let invalid = |reason: String| LocalKeyError::Unreadable(reason);
         let block = pem::parse(text).map_err(|e| invalid(format!("not PEM: {e}")))?;
         let der = zeroize::Zeroizing::new(block.contents().to_vec());
-        let ec_curves = [
-            (KeyType::EcP256, &ECDSA_P256_SHA256_ASN1_SIGNING),
-            (KeyType::EcP384, &ECDSA_P384_SHA384_ASN1_SIGNING),
-        ];
+        let ec_curves =
+            [(KeyType::EcP256, &ECDSA_P256_SHA256_ASN1_SIGNING), (KeyType::EcP384, &ECDSA_P384_SHA384_ASN1_SIGNING)];
         let pair = match block.tag() {
             "PRIVATE KEY" => ec_curves
                 .iter()
@@ -97,10 +95,8 @@ impl LocalKey {
         };
         let (guess, pair) = pair.ok_or_else(|| invalid("not an EC P-256/P-384 or RSA private key".into()))?;
         let key = Self::from_pair(guess, pair)?;
-        let key_type = key
-            .public
-            .key_type()
-            .ok_or_else(|| invalid(format!("unsupported key size {:?}", key.public.kind())))?;
+        let key_type =
+            key.public.key_type().ok_or_else(|| invalid(format!("unsupported key size {:?}", key.public.kind())))?;
         Ok(Self { key_type, ..key })
     }
 
@@ -203,9 +199,6 @@ mod tests {
     #[test]
     fn refuses_algorithm_of_another_key_type() {
         let key = LocalKey::generate(KeyType::EcP256).unwrap();
-        assert!(matches!(
-            key.sign(SignatureAlgorithm::RsaPkcs1Sha256, b"m"),
-            Err(SignError::AlgorithmMismatch { .. })
-        ));
+        assert!(matches!(key.sign(SignatureAlgorithm::RsaPkcs1Sha256, b"m"), Err(SignError::AlgorithmMismatch { .. })));
     }
 }

@@ -1,6 +1,8 @@
 //! Public keys as DER SubjectPublicKeyInfo, with the facts the rest of the code asks of them.
 
-use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_NIST_EC_P521, OID_PKCS1_RSAENCRYPTION};
+use x509_parser::oid_registry::{
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_NIST_EC_P521, OID_PKCS1_RSAENCRYPTION,
+};
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey as ParsedKey;
 use x509_parser::x509::SubjectPublicKeyInfo;
@@ -57,12 +59,8 @@ impl PublicKey {
         let algorithm = &spki.algorithm.algorithm;
         let (mut rsa_n, mut rsa_e) = (Vec::new(), Vec::new());
         let kind = if *algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {
-            let curve = spki
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.as_oid().ok())
-                .ok_or(PublicKeyError::Unsupported)?;
+            let curve =
+                spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok()).ok_or(PublicKeyError::Unsupported)?;
             if curve == OID_EC_P256 {
                 PublicKeyKind::EcP256
             } else if curve == OID_NIST_EC_P384 {

@@ -38,14 +38,12 @@ impl<'a> RcgenSigner<'a> {
     /// Uses the key type's X.509 algorithm.
     pub(crate) fn new(signer: &'a dyn Signer) -> Result<Self, SignError> {
         let key = signer.public_key();
-        let key_type = key.key_type().ok_or_else(|| SignError::Failed(format!(
-            "cannot issue certificates with a {:?} key", key.kind()
-        )))?;
+        let key_type = key
+            .key_type()
+            .ok_or_else(|| SignError::Failed(format!("cannot issue certificates with a {:?} key", key.kind())))?;
         let algorithm = key_type.default_algorithm();
-        let rcgen_algorithm = algorithm.rcgen().ok_or_else(|| SignError::AlgorithmMismatch {
-            algorithm,
-            key: key_type.to_string(),
-        })?;
+        let rcgen_algorithm =
+            algorithm.rcgen().ok_or_else(|| SignError::AlgorithmMismatch { algorithm, key: key_type.to_string() })?;
         Ok(Self { signer, algorithm, rcgen_algorithm, last_error: std::sync::Mutex::new(None) })
     }
 

@@ -27,9 +27,7 @@ pub fn verify_x509_signature(
         (SignatureAlgorithm::RsaPssSha256, PublicKeyKind::Rsa { .. }) => &signature::RSA_PSS_2048_8192_SHA256,
         _ => return Err(VerifyError::AlgorithmMismatch),
     };
-    UnparsedPublicKey::new(alg, key.key_bytes())
-        .verify(message, sig)
-        .map_err(|_| VerifyError::BadSignature)
+    UnparsedPublicKey::new(alg, key.key_bytes()).verify(message, sig).map_err(|_| VerifyError::BadSignature)
 }
 
 /// Verifies a JWS signature (`r || s` for ECDSA) for a JWS `alg` name.
@@ -47,7 +45,5 @@ pub(crate) fn verify_jws_signature(key: &PublicKey, alg: &str, message: &[u8], s
         ("PS512", _) if rsa => &signature::RSA_PSS_2048_8192_SHA512,
         _ => return Err(VerifyError::AlgorithmMismatch),
     };
-    UnparsedPublicKey::new(algorithm, key.key_bytes())
-        .verify(message, sig)
-        .map_err(|_| VerifyError::BadSignature)
+    UnparsedPublicKey::new(algorithm, key.key_bytes()).verify(message, sig).map_err(|_| VerifyError::BadSignature)
 }

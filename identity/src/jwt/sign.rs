@@ -60,13 +60,9 @@ pub fn sign_jwt_svid(params: &JwtSvidParams<'_>, signer: &dyn Signer, now: Offse
         "exp": exp,
         "iat": iat,
     });
-    let signing_input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
-    let signature = signer
-        .sign(algorithm, signing_input.as_bytes())?;
+    let signing_input =
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let signature = signer.sign(algorithm, signing_input.as_bytes())?;
     let signature = match key.kind().ec_scalar_len() {
         Some(len) => der_to_fixed(&signature, len).map_err(|e| JwtError::Sign(e.to_string()))?,
         None => signature,

@@ -32,7 +32,8 @@ fn setup(key_type: KeyType) -> (LocalKey, Bundle) {
 fn token(key: &LocalKey, alg: Option<SignatureAlgorithm>, ttl: Duration) -> String {
     let id = SpiffeId::parse("spiffe://example.org/web").unwrap();
     let audience = vec!["db".to_owned(), "cache".to_owned()];
-    let params = JwtSvidParams { spiffe_id: &id, audience: &audience, ttl, key_id: "k1", algorithm: alg, not_after: None };
+    let params =
+        JwtSvidParams { spiffe_id: &id, audience: &audience, ttl, key_id: "k1", algorithm: alg, not_after: None };
     sign_jwt_svid(&params, key, now()).unwrap()
 }
 
@@ -56,7 +57,8 @@ fn round_trip_for_every_algorithm() {
     for (key_type, alg, name) in cases {
         let (key, bundle) = setup(key_type);
         let t = token(&key, alg, FIVE_MIN);
-        let header: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(t.split('.').next().unwrap()).unwrap()).unwrap();
+        let header: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(t.split('.').next().unwrap()).unwrap()).unwrap();
         assert_eq!(header["alg"], name);
         assert_eq!(header["typ"], "JWT");
         assert_eq!(header["kid"], "k1");
@@ -98,7 +100,10 @@ fn refuses_forbidden_headers() {
         (serde_json::json!({"alg": "ES256"}), JwtError::MissingKid),
         (serde_json::json!({"alg": "ES256", "kid": ""}), JwtError::MissingKid),
         (serde_json::json!({"alg": "ES256", "kid": "k1", "typ": "JWS"}), JwtError::BadTyp("\"JWS\"".into())),
-        (serde_json::json!({"alg": "ES256", "kid": "k1", "crit": ["exp"]}), JwtError::CriticalHeader("[\"exp\"]".into())),
+        (
+            serde_json::json!({"alg": "ES256", "kid": "k1", "crit": ["exp"]}),
+            JwtError::CriticalHeader("[\"exp\"]".into()),
+        ),
         (serde_json::json!({"alg": "RS256", "kid": "k1"}), JwtError::AlgKeyMismatch("RS256".into())),
     ];
     for (header, want) in cases {
@@ -116,7 +121,10 @@ fn refuses_bad_claims_before_trusting_them() {
     let header = serde_json::json!({"alg": "ES256", "kid": "k1", "typ": "JWT"});
     let cases = [
         (serde_json::json!({"aud": "db", "exp": 1}), JwtError::MissingSub),
-        (serde_json::json!({"sub": "spiffe://example.org/web/", "aud": "db"}), JwtError::BadSub(crate::IdError::TrailingSlash)),
+        (
+            serde_json::json!({"sub": "spiffe://example.org/web/", "aud": "db"}),
+            JwtError::BadSub(crate::IdError::TrailingSlash),
+        ),
         (serde_json::json!({"sub": "spiffe://example.org/web", "aud": "db"}), JwtError::BadSignature),
     ];
     for (claims, want) in cases {
@@ -129,7 +137,8 @@ fn claim_rules_apply_to_correctly_signed_tokens() {
     let (key, bundle) = setup(KeyType::EcP256);
     let sign = |claims: serde_json::Value| {
         let header = serde_json::json!({"alg": "ES256", "kid": "k1", "typ": "JWT"});
-        let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let input =
+            format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
         let der = key.sign(SignatureAlgorithm::EcdsaP256Sha256, input.as_bytes()).unwrap();
         let sig = crate::crypto::der_to_fixed(&der, 32).unwrap();
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
@@ -167,17 +176,24 @@ fn signing_refuses_bad_parameters() {
     let key = LocalKey::generate(KeyType::EcP256).unwrap();
     let id = SpiffeId::parse("spiffe://example.org/web").unwrap();
     let aud = vec!["db".to_owned()];
-    let base = JwtSvidParams { spiffe_id: &id, audience: &aud, ttl: FIVE_MIN, key_id: "k1", algorithm: None, not_after: None };
+    let base =
+        JwtSvidParams { spiffe_id: &id, audience: &aud, ttl: FIVE_MIN, key_id: "k1", algorithm: None, not_after: None };
     let none: Vec<String> = vec![];
     assert!(sign_jwt_svid(&JwtSvidParams { audience: &none, ..base.clone() }, &key, now()).is_err());
     assert!(sign_jwt_svid(&JwtSvidParams { key_id: "", ..base.clone() }, &key, now()).is_err());
-    assert!(sign_jwt_svid(&JwtSvidParams { algorithm: Some(SignatureAlgorithm::RsaPssSha256), ..base.clone() }, &key, now()).is_err());
+    assert!(sign_jwt_svid(
+        &JwtSvidParams { algorithm: Some(SignatureAlgorithm::RsaPssSha256), ..base.clone() },
+        &key,
+        now()
+    )
+    .is_err());
     let td_id = id.trust_domain().id();
     assert!(sign_jwt_svid(&JwtSvidParams { spiffe_id: &td_id, ..base.clone() }, &key, now()).is_err());
     // Expiry is capped at the key's own.
     let cap = now() + time::Duration::seconds(10);
     let t = sign_jwt_svid(&JwtSvidParams { not_after: Some(cap), ..base }, &key, now()).unwrap();
-    let claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(t.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(t.split('.').nth(1).unwrap()).unwrap()).unwrap();
     assert_eq!(claims["exp"], cap.unix_timestamp());
 }
 

@@ -74,10 +74,9 @@ pub fn validate_jwt_svid(
     let spiffe_id = SpiffeId::parse(sub).map_err(JwtError::BadSub)?;
     let td = spiffe_id.trust_domain();
     let bundle = bundles.bundle_for(td).ok_or_else(|| JwtError::NoBundle(td.to_string()))?;
-    let authority = bundle.jwt_authority(kid).ok_or_else(|| JwtError::UnknownKey {
-        kid: kid.to_owned(),
-        trust_domain: td.to_string(),
-    })?;
+    let authority = bundle
+        .jwt_authority(kid)
+        .ok_or_else(|| JwtError::UnknownKey { kid: kid.to_owned(), trust_domain: td.to_string() })?;
     let signing_input = &token[..header_b64.len() + 1 + claims_b64.len()];
     verify_jws_signature(&authority.public_key, alg, signing_input.as_bytes(), &signature).map_err(|e| match e {
         VerifyError::AlgorithmMismatch => JwtError::AlgKeyMismatch(alg.to_owned()),

@@ -1,7 +1,7 @@
 //! Certificate signing requests: agents make them, servers take only the public key.
 
-use x509_parser::prelude::FromDer;
 use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::prelude::FromDer;
 
 use crate::crypto::{PublicKey, RcgenSigner, Signer};
 use crate::SpiffeId;
@@ -71,7 +71,9 @@ pub fn create_csr(signer: &dyn Signer, spiffe_id: Option<&SpiffeId>) -> Result<V
         params.subject_alt_names.push(rcgen::SanType::URI(uri));
     }
     let key = RcgenSigner::new(signer).map_err(|e| CsrError::Build(e.to_string()))?;
-    let csr = params.serialize_request(&key).map_err(|e| CsrError::Build(key.take_error().map_or(e.to_string(), |s| s.to_string())))?;
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|e| CsrError::Build(key.take_error().map_or(e.to_string(), |s| s.to_string())))?;
     Ok(csr.der().to_vec())
 }
 

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose,
+    SanType, SerialNumber,
 };
 use time::OffsetDateTime;
 
@@ -147,7 +147,11 @@ pub fn random_serial() -> Result<Vec<u8>, MintError> {
 /// Mints an X.509-SVID: one URI SAN, CA=false, digitalSignature|keyEncipherment|keyAgreement,
 /// EKU serverAuth+clientAuth, NotBefore backdated by [`BACKDATE`], NotAfter capped at the
 /// issuer's.
-pub fn mint_x509_svid(template: &SvidTemplate, issuer: &Issuer<'_>, now: OffsetDateTime) -> Result<MintedCertificate, MintError> {
+pub fn mint_x509_svid(
+    template: &SvidTemplate,
+    issuer: &Issuer<'_>,
+    now: OffsetDateTime,
+) -> Result<MintedCertificate, MintError> {
     if template.spiffe_id.path().is_empty() {
         return Err(MintError::Template("an X.509-SVID's SPIFFE ID must have a path".into()));
     }
@@ -170,11 +174,8 @@ pub fn mint_x509_svid(template: &SvidTemplate, issuer: &Issuer<'_>, now: OffsetD
         params.subject_alt_names.push(SanType::DnsName(dns));
     }
     params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-        KeyUsagePurpose::KeyAgreement,
-    ];
+    params.key_usages =
+        vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment, KeyUsagePurpose::KeyAgreement];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     sign(params, &template.public_key, template.ttl, template.serial.clone(), Some(issuer), None, now)
 }
@@ -194,7 +195,9 @@ pub fn mint_ca(
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     match (issuer, self_signer) {
-        (Some(issuer), None) => sign(params, &template.public_key, template.ttl, template.serial.clone(), Some(issuer), None, now),
+        (Some(issuer), None) => {
+            sign(params, &template.public_key, template.ttl, template.serial.clone(), Some(issuer), None, now)
+        }
         (None, Some(signer)) => {
             if signer.public_key() != &template.public_key {
                 return Err(MintError::Template("self-signed CA: the signer's key is not the template's key".into()));
@@ -249,8 +252,8 @@ fn sign(
             let subject_key = RcgenPublicKey::new(public_key);
             let key = RcgenSigner::new(issuer.signer)?;
             let ca_der = rustls_pki_types::CertificateDer::from(issuer.certificate);
-            let rcgen_issuer = rcgen::Issuer::from_ca_cert_der(&ca_der, &key)
-                .map_err(|e| MintError::Issuer(e.to_string()))?;
+            let rcgen_issuer =
+                rcgen::Issuer::from_ca_cert_der(&ca_der, &key).map_err(|e| MintError::Issuer(e.to_string()))?;
             params
                 .signed_by(&subject_key, &rcgen_issuer)
                 .map_err(|e| key.take_error().map_or_else(|| MintError::Encode(e.to_string()), MintError::Sign))?

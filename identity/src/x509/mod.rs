@@ -7,8 +7,8 @@ mod verify;
 
 pub use csr::{create_csr, parse_csr, public_key_from_csr, CsrError, CsrRequest};
 pub use mint::{
-    mint_ca, mint_x509_svid, random_serial, CaTemplate, Issuer, MintError, MintedCertificate, Subject,
-    SvidTemplate, BACKDATE,
+    mint_ca, mint_x509_svid, random_serial, CaTemplate, Issuer, MintError, MintedCertificate, Subject, SvidTemplate,
+    BACKDATE,
 };
 pub use parsed::{certificate_facts, CertificateFacts, ParseError};
 pub use verify::{verify_ca_chain, verify_x509_svid, VerifiedX509Svid, VerifyX509Error, MAX_CHAIN_LENGTH};

@@ -69,7 +69,9 @@ fn check_outer_structure(der: &[u8]) -> Result<(), ParseError> {
     }
     match parts.as_slice() {
         [tbs, algorithm, signature]
-            if universal(tbs, Tag::Sequence, true) && universal(algorithm, Tag::Sequence, true) && universal(signature, Tag::BitString, false) =>
+            if universal(tbs, Tag::Sequence, true)
+                && universal(algorithm, Tag::Sequence, true)
+                && universal(signature, Tag::BitString, false) =>
         {
             Ok(())
         }
@@ -86,10 +88,8 @@ pub fn certificate_facts(der: &[u8]) -> Result<CertificateFacts, ParseError> {
 pub(crate) fn facts_of(cert: &X509Certificate<'_>) -> Result<CertificateFacts, ParseError> {
     let public_key = PublicKey::from_parsed(cert.public_key(), cert.public_key().raw.to_vec())
         .map_err(|e| ParseError::PublicKey(e.to_string()))?;
-    let is_ca = cert
-        .basic_constraints()
-        .map_err(|e| ParseError::Extension(e.to_string()))?
-        .is_some_and(|bc| bc.value.ca);
+    let is_ca =
+        cert.basic_constraints().map_err(|e| ParseError::Extension(e.to_string()))?.is_some_and(|bc| bc.value.ca);
     let mut uri_sans = Vec::new();
     let mut dns_sans = Vec::new();
     if let Some(san) = cert.subject_alternative_name().map_err(|e| ParseError::Extension(e.to_string()))? {
@@ -107,7 +107,9 @@ pub(crate) fn facts_of(cert: &X509Certificate<'_>) -> Result<CertificateFacts, P
         _ => None,
     });
     let authority_key_id = cert.extensions().iter().find_map(|e| match e.parsed_extension() {
-        x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => aki.key_identifier.as_ref().map(|id| id.0.to_vec()),
+        x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
+            aki.key_identifier.as_ref().map(|id| id.0.to_vec())
+        }
         _ => None,
     });
     Ok(CertificateFacts {

@@ -165,13 +165,13 @@ fn intermediate_chain_verifies_and_is_capped() {
     assert_eq!(verified.spiffe_id.path(), "/db");
     assert_eq!(verified.authority, root_ca.cert.der);
     assert_eq!(verify_ca_chain(&[&inter.cert.der], &bundle, now()).unwrap(), root_ca.cert.der);
-    assert!(matches!(verify_ca_chain(&[&inter.cert.der], &bundle_of(&[&inter]), now()), Err(VerifyX509Error::NoPathToAuthority(_))));
-    assert_eq!(verify_ca_chain(&[&leaf.der], &bundle, now()), Err(VerifyX509Error::SignerNotCa { index: 0 }));
-    // Without the intermediate there is no path.
     assert!(matches!(
-        verify_x509_svid(&[&leaf.der], &bundle, now()),
+        verify_ca_chain(&[&inter.cert.der], &bundle_of(&[&inter]), now()),
         Err(VerifyX509Error::NoPathToAuthority(_))
     ));
+    assert_eq!(verify_ca_chain(&[&leaf.der], &bundle, now()), Err(VerifyX509Error::SignerNotCa { index: 0 }));
+    // Without the intermediate there is no path.
+    assert!(matches!(verify_x509_svid(&[&leaf.der], &bundle, now()), Err(VerifyX509Error::NoPathToAuthority(_))));
 }
 
 #[test]
@@ -182,7 +182,10 @@ fn refuses_expired_not_yet_valid_and_unknown_authorities() {
     let later = now() + time::Duration::hours(2);
     assert!(matches!(verify_x509_svid(&[&leaf.der], &bundle, later), Err(VerifyX509Error::Expired { index: 0, .. })));
     let earlier = now() - time::Duration::minutes(1);
-    assert!(matches!(verify_x509_svid(&[&leaf.der], &bundle, earlier), Err(VerifyX509Error::NotYetValid { index: 0, .. })));
+    assert!(matches!(
+        verify_x509_svid(&[&leaf.der], &bundle, earlier),
+        Err(VerifyX509Error::NotYetValid { index: 0, .. })
+    ));
 
     let other = root(KeyType::EcP256, DAY);
     assert!(matches!(
@@ -323,4 +326,3 @@ fn no_single_byte_change_verifies() {
         }
     }
 }
-

@@ -104,7 +104,11 @@ pub fn verify_x509_svid<C: AsRef<[u8]>>(
 /// Verifies that a CA certificate (first) and the intermediates after it chain to one of
 /// `bundle`'s X.509 authorities at `now`; returns that authority. For checking an upstream-
 /// signed CA before publishing it.
-pub fn verify_ca_chain<C: AsRef<[u8]>>(chain: &[C], bundle: &Bundle, now: OffsetDateTime) -> Result<Vec<u8>, VerifyX509Error> {
+pub fn verify_ca_chain<C: AsRef<[u8]>>(
+    chain: &[C],
+    bundle: &Bundle,
+    now: OffsetDateTime,
+) -> Result<Vec<u8>, VerifyX509Error> {
     if chain.is_empty() {
         return Err(VerifyX509Error::EmptyChain);
     }
@@ -122,7 +126,9 @@ fn parse_all<C: AsRef<[u8]>>(chain: &[C]) -> Result<Vec<X509Certificate<'_>>, Ve
     chain
         .iter()
         .enumerate()
-        .map(|(index, der)| parse(der.as_ref()).map_err(|e| VerifyX509Error::Malformed { index, reason: e.to_string() }))
+        .map(|(index, der)| {
+            parse(der.as_ref()).map_err(|e| VerifyX509Error::Malformed { index, reason: e.to_string() })
+        })
         .collect()
 }
 
@@ -210,7 +216,10 @@ fn check_common(cert: &X509Certificate<'_>, index: usize, now: OffsetDateTime) -
         return Err(VerifyX509Error::Malformed { index, reason: "signature BIT STRING has unused bits".into() });
     }
     if !outer_algorithm_matches_signed(cert) {
-        return Err(VerifyX509Error::Malformed { index, reason: "signatureAlgorithm differs from the signed one in tbsCertificate".into() });
+        return Err(VerifyX509Error::Malformed {
+            index,
+            reason: "signatureAlgorithm differs from the signed one in tbsCertificate".into(),
+        });
     }
     let oid = &cert.signature_algorithm.algorithm;
     if !SIGNATURE_ALGORITHMS.contains(oid) {

@@ -31,7 +31,8 @@ fn decoding_key(key: &LocalKey) -> DecodingKey {
 
 fn bundle_with(key: &LocalKey, kid: &str) -> Bundle {
     let mut bundle = Bundle::new(td());
-    let authority = JwtAuthority { key_id: kid.into(), public_key: key.public_key().clone(), expires_at: None, tainted: false };
+    let authority =
+        JwtAuthority { key_id: kid.into(), public_key: key.public_key().clone(), expires_at: None, tainted: false };
     bundle.add_jwt_authority(authority).unwrap();
     bundle
 }
@@ -48,7 +49,14 @@ fn jsonwebtoken_validates_our_tokens() {
     let audience = vec!["db".to_owned()];
     for (key_type, alg, theirs) in cases {
         let key = LocalKey::generate(key_type).unwrap();
-        let params = JwtSvidParams { spiffe_id: &id, audience: &audience, ttl: Duration::from_secs(300), key_id: "k1", algorithm: alg, not_after: None };
+        let params = JwtSvidParams {
+            spiffe_id: &id,
+            audience: &audience,
+            ttl: Duration::from_secs(300),
+            key_id: "k1",
+            algorithm: alg,
+            not_after: None,
+        };
         let token = sign_jwt_svid(&params, &key, OffsetDateTime::now_utc()).unwrap();
         let mut validation = Validation::new(theirs);
         validation.set_audience(&["db"]);
@@ -71,7 +79,8 @@ fn we_validate_their_tokens_and_refuse_the_bad_ones() {
     let encoding = EncodingKey::from_ec_der(&pkcs8);
     let bundle = bundle_with(&key, "k1");
     let now = OffsetDateTime::now_utc().unix_timestamp();
-    let claims = |aud: &str, exp: i64| Claims { sub: "spiffe://example.org/web".into(), aud: vec![aud.into()], exp, iat: now };
+    let claims =
+        |aud: &str, exp: i64| Claims { sub: "spiffe://example.org/web".into(), aud: vec![aud.into()], exp, iat: now };
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some("k1".into());
 
@@ -80,15 +89,24 @@ fn we_validate_their_tokens_and_refuse_the_bad_ones() {
     assert_eq!(v.spiffe_id.to_string(), "spiffe://example.org/web");
 
     let wrong_aud = encode(&header, &claims("web", now + 60), &encoding).unwrap();
-    assert!(matches!(validate_jwt_svid(&wrong_aud, &bundle, "db", OffsetDateTime::now_utc()), Err(JwtError::AudienceMismatch { .. })));
+    assert!(matches!(
+        validate_jwt_svid(&wrong_aud, &bundle, "db", OffsetDateTime::now_utc()),
+        Err(JwtError::AudienceMismatch { .. })
+    ));
 
     let expired = encode(&header, &claims("db", now - 3600), &encoding).unwrap();
-    assert_eq!(validate_jwt_svid(&expired, &bundle, "db", OffsetDateTime::now_utc()), Err(JwtError::Expired(now - 3600)));
+    assert_eq!(
+        validate_jwt_svid(&expired, &bundle, "db", OffsetDateTime::now_utc()),
+        Err(JwtError::Expired(now - 3600))
+    );
 
     let mut hs_header = Header::new(Algorithm::HS256);
     hs_header.kid = Some("k1".into());
     let hs = encode(&hs_header, &claims("db", now + 60), &EncodingKey::from_secret(b"guessable")).unwrap();
-    assert_eq!(validate_jwt_svid(&hs, &bundle, "db", OffsetDateTime::now_utc()), Err(JwtError::AlgHmac("HS256".into())));
+    assert_eq!(
+        validate_jwt_svid(&hs, &bundle, "db", OffsetDateTime::now_utc()),
+        Err(JwtError::AlgHmac("HS256".into()))
+    );
 
     let no_kid = encode(&Header::new(Algorithm::ES256), &claims("db", now + 60), &encoding).unwrap();
     assert_eq!(validate_jwt_svid(&no_kid, &bundle, "db", OffsetDateTime::now_utc()), Err(JwtError::MissingKid));

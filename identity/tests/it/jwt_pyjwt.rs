@@ -52,7 +52,14 @@ fn pyjwt_validates_our_tokens() {
     for (key_type, alg, name) in cases {
         let key = LocalKey::generate(key_type).unwrap();
         let key_path = write(dir.path(), "key.pem", key.public_key().to_pem());
-        let params = JwtSvidParams { spiffe_id: &id, audience: &audience, ttl: Duration::from_secs(300), key_id: "kid-1", algorithm: alg, not_after: None };
+        let params = JwtSvidParams {
+            spiffe_id: &id,
+            audience: &audience,
+            ttl: Duration::from_secs(300),
+            key_id: "kid-1",
+            algorithm: alg,
+            not_after: None,
+        };
         let token = sign_jwt_svid(&params, &key, OffsetDateTime::now_utc()).unwrap();
         let (ok, out) = run(Command::new(python()).arg(&script).arg(&token).arg(&key_path).args([name, "cache"]));
         assert!(ok, "{name}: PyJWT refused our token: {out}");
@@ -67,14 +74,16 @@ fn we_refuse_pyjwt_tokens_the_spec_forbids() {
     let dir = tempfile::tempdir().unwrap();
     let script = write(dir.path(), "make.py", MAKE);
     let key = LocalKey::generate(KeyType::EcP256).unwrap();
-    let key_path = write(
-        dir.path(),
-        "key.pem",
-        pem::encode(&pem::Pem::new("PRIVATE KEY", key.to_pkcs8_der().unwrap().to_vec())),
-    );
+    let key_path =
+        write(dir.path(), "key.pem", pem::encode(&pem::Pem::new("PRIVATE KEY", key.to_pkcs8_der().unwrap().to_vec())));
     let mut bundle = Bundle::new(td());
     bundle
-        .add_jwt_authority(JwtAuthority { key_id: "k1".into(), public_key: key.public_key().clone(), expires_at: None, tainted: false })
+        .add_jwt_authority(JwtAuthority {
+            key_id: "k1".into(),
+            public_key: key.public_key().clone(),
+            expires_at: None,
+            tainted: false,
+        })
         .unwrap();
     let make = |kind: &str| {
         let (ok, out) = run(Command::new(python()).arg(&script).arg(&key_path).arg(kind));
@@ -83,7 +92,10 @@ fn we_refuse_pyjwt_tokens_the_spec_forbids() {
     };
     let now = OffsetDateTime::now_utc();
     assert!(validate_jwt_svid(&make("good"), &bundle, "db", now).is_ok());
-    assert!(matches!(validate_jwt_svid(&make("wrong-aud"), &bundle, "db", now), Err(JwtError::AudienceMismatch { .. })));
+    assert!(matches!(
+        validate_jwt_svid(&make("wrong-aud"), &bundle, "db", now),
+        Err(JwtError::AudienceMismatch { .. })
+    ));
     assert!(matches!(validate_jwt_svid(&make("expired"), &bundle, "db", now), Err(JwtError::Expired(_))));
     assert_eq!(validate_jwt_svid(&make("none"), &bundle, "db", now), Err(JwtError::AlgNone));
     assert_eq!(validate_jwt_svid(&make("hs256"), &bundle, "db", now), Err(JwtError::AlgHmac("HS256".into())));

@@ -101,7 +101,10 @@ fn openssl_accepts_our_csrs_and_we_accept_openssls() {
 
     // openssl → ours, then the SVID minted from it → openssl.
     let ca = root_ca(KeyType::EcP256);
-    for keyspec in [["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"], ["-newkey", "rsa:2048", "-pkeyopt", "rsa_keygen_pubexp:65537"]] {
+    for keyspec in [
+        ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        ["-newkey", "rsa:2048", "-pkeyopt", "rsa_keygen_pubexp:65537"],
+    ] {
         let key_path = dir.path().join("openssl.key");
         let csr_path = dir.path().join("openssl.csr");
         let (ok, out) = run(Command::new("openssl")
@@ -154,7 +157,18 @@ fn we_verify_what_openssl_signs_and_refuse_what_the_spec_forbids() {
         let csr = dir.path().join(format!("leaf{i}.csr"));
         let cert = dir.path().join(format!("leaf{i}.der"));
         let (ok, out) = run(Command::new("openssl")
-            .args(["req", "-new", "-nodes", "-subj", "/O=test", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-keyout"])
+            .args([
+                "req",
+                "-new",
+                "-nodes",
+                "-subj",
+                "/O=test",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-keyout",
+            ])
             .arg(&leaf_key)
             .arg("-out")
             .arg(&csr));

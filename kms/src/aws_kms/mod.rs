@@ -64,7 +64,11 @@ fn unavailable(reason: impl std::fmt::Display) -> KeyManagerError {
 
 /// Maps an SDK error: the service's refusal of a missing key is NotFound; network trouble,
 /// timeouts, throttling that outlived the retries and server faults are Unavailable.
-fn sdk_error<E: ProvideErrorMetadata + std::error::Error + 'static>(id: &str, what: &str, error: SdkError<E>) -> KeyManagerError {
+fn sdk_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    id: &str,
+    what: &str,
+    error: SdkError<E>,
+) -> KeyManagerError {
     match &error {
         SdkError::ServiceError(service) => {
             let err = service.err();
@@ -72,9 +76,11 @@ fn sdk_error<E: ProvideErrorMetadata + std::error::Error + 'static>(id: &str, wh
             let message = err.message().unwrap_or_default();
             match code {
                 "NotFoundException" => KeyManagerError::NotFound(id.to_owned()),
-                "ThrottlingException" | "KMSInternalException" | "DependencyTimeoutException" | "KeyUnavailableException" | "LimitExceededException" => {
-                    unavailable(format!("{what}: {code}: {message}"))
-                }
+                "ThrottlingException"
+                | "KMSInternalException"
+                | "DependencyTimeoutException"
+                | "KeyUnavailableException"
+                | "LimitExceededException" => unavailable(format!("{what}: {code}: {message}")),
                 _ if service.raw().status().is_server_error() => unavailable(format!("{what}: {code}: {message}")),
                 _ => KeyManagerError::Crypto { backend: NAME, reason: format!("{what}: {code}: {message}") },
             }
@@ -175,7 +181,10 @@ impl AwsKmsKeyManager {
         }
         let built = builder.build();
         if built.region().is_none() {
-            return Err(KeyManagerError::Crypto { backend: NAME, reason: "no region: set region in the config, or AWS_REGION".into() });
+            return Err(KeyManagerError::Crypto {
+                backend: NAME,
+                reason: "no region: set region in the config, or AWS_REGION".into(),
+            });
         }
         Ok(Self { client: aws_sdk_kms::Client::from_conf(built), config })
     }
@@ -196,18 +205,42 @@ impl AwsKmsKeyManager {
     }
 
     async fn schedule_deletion(&self, key_id: &str, id: &str) {
-        match self.client.schedule_key_deletion().key_id(key_id).pending_window_in_days(DELETION_WINDOW_DAYS).send().await {
+        match self
+            .client
+            .schedule_key_deletion()
+            .key_id(key_id)
+            .pending_window_in_days(DELETION_WINDOW_DAYS)
+            .send()
+            .await
+        {
             Ok(_) => tracing::info!(kms_key = key_id, id, "KMS key scheduled for deletion"),
-            Err(e) => tracing::warn!(kms_key = key_id, id, error = %sdk_error(id, "scheduling deletion", e), "could not schedule a KMS key for deletion"),
+            Err(e) => {
+                tracing::warn!(kms_key = key_id, id, error = %sdk_error(id, "scheduling deletion", e), "could not schedule a KMS key for deletion")
+            }
         }
     }
 
     async fn info(&self, key: &str, id: &str) -> Result<KeyInfo, KeyManagerError> {
-        let out = self.client.get_public_key().key_id(key).send().await.map_err(|e| sdk_error(id, "reading a public key", e))?;
-        let der = out.public_key().ok_or_else(|| KeyManagerError::Crypto { backend: NAME, reason: format!("key {id}: KMS returned no public key") })?;
-        let public_key = PublicKey::from_spki_der(der.as_ref()).map_err(|e| KeyManagerError::Crypto { backend: NAME, reason: format!("key {id}: {e}") })?;
+        let out = self
+            .client
+            .get_public_key()
+            .key_id(key)
+            .send()
+            .await
+            .map_err(|e| sdk_error(id, "reading a public key", e))?;
+        let der = out.public_key().ok_or_else(|| KeyManagerError::Crypto {
+            backend: NAME,
+            reason: format!("key {id}: KMS returned no public key"),
+        })?;
+        let public_key = PublicKey::from_spki_der(der.as_ref())
+            .map_err(|e| KeyManagerError::Crypto { backend: NAME, reason: format!("key {id}: {e}") })?;
         // The public key says what the key is (some KMS implementations leave KeySpec out).
-        let key_type = out.key_spec().and_then(key_type_of).or_else(|| public_key.key_type()).ok_or_else(|| KeyManagerError::Crypto { backend: NAME, reason: format!("key {id}: a key type this key manager does not use") })?;
+        let key_type = out.key_spec().and_then(key_type_of).or_else(|| public_key.key_type()).ok_or_else(|| {
+            KeyManagerError::Crypto {
+                backend: NAME,
+                reason: format!("key {id}: a key type this key manager does not use"),
+            }
+        })?;
         Ok(KeyInfo { id: id.to_owned(), key_type, public_key })
     }
 }
@@ -224,7 +257,13 @@ impl KeyManager for AwsKmsKeyManager {
         let mut tags: Vec<Tag> = Vec::new();
         let fixed = [("testudo-trust-domain", self.config.trust_domain.as_str()), ("testudo-key-id", id)];
         for (k, v) in self.config.key_tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(fixed) {
-            tags.push(Tag::builder().tag_key(k).tag_value(v).build().map_err(|e| KeyManagerError::Crypto { backend: NAME, reason: e.to_string() })?);
+            tags.push(
+                Tag::builder()
+                    .tag_key(k)
+                    .tag_value(v)
+                    .build()
+                    .map_err(|e| KeyManagerError::Crypto { backend: NAME, reason: e.to_string() })?,
+            );
         }
         let created = self
             .client
@@ -236,15 +275,31 @@ impl KeyManager for AwsKmsKeyManager {
             .send()
             .await
             .map_err(|e| sdk_error(id, "creating a key", e))?;
-        let key_id = created.key_metadata().map(|m| m.key_id().to_owned()).ok_or_else(|| unavailable("KMS created a key but returned no key id"))?;
+        let key_id = created
+            .key_metadata()
+            .map(|m| m.key_id().to_owned())
+            .ok_or_else(|| unavailable("KMS created a key but returned no key id"))?;
         let previous = self.target_of(&alias, id).await?;
         // The alias moves by DeleteAlias and CreateAlias rather than UpdateAlias, which the
         // local KMS the tests use (moto) gets wrong. Between the two calls the id names no
         // key; only an id being generated again is affected, and nothing signs with it.
         if previous.is_some() {
-            self.client.delete_alias().alias_name(&alias).send().await.map_err(|e| sdk_error(id, "moving an alias", e))?;
+            self.client
+                .delete_alias()
+                .alias_name(&alias)
+                .send()
+                .await
+                .map_err(|e| sdk_error(id, "moving an alias", e))?;
         }
-        let pointed = self.client.create_alias().alias_name(&alias).target_key_id(&key_id).send().await.map(|_| ()).map_err(|e| sdk_error(id, "creating an alias", e));
+        let pointed = self
+            .client
+            .create_alias()
+            .alias_name(&alias)
+            .target_key_id(&key_id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| sdk_error(id, "creating an alias", e));
         if let Err(e) = pointed {
             // Nothing names the new key: do not leave it behind.
             self.schedule_deletion(&key_id, id).await;
@@ -266,7 +321,13 @@ impl KeyManager for AwsKmsKeyManager {
         let mut keys = Vec::new();
         let mut marker = None;
         loop {
-            let page = self.client.list_aliases().set_marker(marker).send().await.map_err(|e| sdk_error("", "listing aliases", e))?;
+            let page = self
+                .client
+                .list_aliases()
+                .set_marker(marker)
+                .send()
+                .await
+                .map_err(|e| sdk_error("", "listing aliases", e))?;
             for alias in page.aliases() {
                 let (Some(name), Some(target)) = (alias.alias_name(), alias.target_key_id()) else { continue };
                 let Some(id) = name.strip_prefix(&self.config.alias_prefix) else { continue };
@@ -293,7 +354,8 @@ impl KeyManager for AwsKmsKeyManager {
         };
         let started = std::time::Instant::now();
         let signed = request.send().await;
-        metrics::histogram!("testudo_key_manager_sign_seconds", "backend" => NAME).record(started.elapsed().as_secs_f64());
+        metrics::histogram!("testudo_key_manager_sign_seconds", "backend" => NAME)
+            .record(started.elapsed().as_secs_f64());
         let signed = signed.map_err(|e| sdk_error(id, "signing", e))?;
         signed.signature().map(|s| s.as_ref().to_vec()).ok_or_else(|| unavailable("KMS returned no signature"))
     }
@@ -302,7 +364,12 @@ impl KeyManager for AwsKmsKeyManager {
         validate_key_id(id)?;
         let alias = self.alias(id);
         let Some(key_id) = self.target_of(&alias, id).await? else { return Ok(()) };
-        self.client.delete_alias().alias_name(&alias).send().await.map_err(|e| sdk_error(id, "deleting an alias", e))?;
+        self.client
+            .delete_alias()
+            .alias_name(&alias)
+            .send()
+            .await
+            .map_err(|e| sdk_error(id, "deleting an alias", e))?;
         self.schedule_deletion(&key_id, id).await;
         Ok(())
     }

@@ -10,13 +10,9 @@ fn sdk_config() -> aws_config::SdkConfig {
     aws_config::SdkConfig::builder()
         .behavior_version(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(moto::REGION))
-        .credentials_provider(aws_sdk_kms::config::SharedCredentialsProvider::new(aws_sdk_kms::config::Credentials::new(
-            moto::ACCESS_KEY_ID,
-            moto::SECRET_ACCESS_KEY,
-            None,
-            None,
-            "test",
-        )))
+        .credentials_provider(aws_sdk_kms::config::SharedCredentialsProvider::new(
+            aws_sdk_kms::config::Credentials::new(moto::ACCESS_KEY_ID, moto::SECRET_ACCESS_KEY, None, None, "test"),
+        ))
         .build()
 }
 
@@ -48,7 +44,8 @@ async fn keys_live_in_kms_and_sign_every_algorithm() {
         assert_eq!(manager.get_public_key(id).await.unwrap(), info);
         for &algorithm in algorithms {
             let signature = manager.sign(id, algorithm, message).await.unwrap();
-            verify_x509_signature(&info.public_key, algorithm, message, &signature).unwrap_or_else(|e| panic!("{id} {algorithm}: {e}"));
+            verify_x509_signature(&info.public_key, algorithm, message, &signature)
+                .unwrap_or_else(|e| panic!("{id} {algorithm}: {e}"));
         }
     }
     let listed: Vec<String> = manager.list_keys().await.unwrap().into_iter().map(|k| k.id).collect();
@@ -60,7 +57,14 @@ async fn keys_live_in_kms_and_sign_every_algorithm() {
     let key_id = manager.target_of(&alias, "x509-CA-A-1").await.unwrap().unwrap();
     let tags = manager.client.list_resource_tags().key_id(&key_id).send().await.unwrap();
     let tags: BTreeMap<&str, &str> = tags.tags().iter().map(|t| (t.tag_key(), t.tag_value())).collect();
-    assert_eq!(tags, BTreeMap::from([("team", "identity"), ("testudo-key-id", "x509-CA-A-1"), ("testudo-trust-domain", "example.org")]));
+    assert_eq!(
+        tags,
+        BTreeMap::from([
+            ("team", "identity"),
+            ("testudo-key-id", "x509-CA-A-1"),
+            ("testudo-trust-domain", "example.org")
+        ])
+    );
 }
 
 #[tokio::test]
@@ -76,7 +80,9 @@ async fn replacing_and_deleting_schedule_the_old_key_for_deletion() {
     assert_ne!(first_key, second_key, "the alias points at the new key");
     let state = |key: String| {
         let client = manager.client.clone();
-        async move { client.describe_key().key_id(key).send().await.unwrap().key_metadata().unwrap().key_state().unwrap().clone() }
+        async move {
+            client.describe_key().key_id(key).send().await.unwrap().key_metadata().unwrap().key_state().unwrap().clone()
+        }
     };
     assert_eq!(state(first_key.clone()).await, aws_sdk_kms::types::KeyState::PendingDeletion);
     assert_eq!(state(second_key.clone()).await, aws_sdk_kms::types::KeyState::Enabled);
@@ -85,7 +91,10 @@ async fn replacing_and_deleting_schedule_the_old_key_for_deletion() {
     manager.delete_key("slot").await.unwrap();
     assert_eq!(state(second_key).await, aws_sdk_kms::types::KeyState::PendingDeletion);
     assert!(matches!(manager.get_public_key("slot").await, Err(KeyManagerError::NotFound(_))));
-    assert!(matches!(manager.sign("slot", SignatureAlgorithm::EcdsaP256Sha256, b"m").await, Err(KeyManagerError::NotFound(_))));
+    assert!(matches!(
+        manager.sign("slot", SignatureAlgorithm::EcdsaP256Sha256, b"m").await,
+        Err(KeyManagerError::NotFound(_))
+    ));
 }
 
 #[tokio::test]

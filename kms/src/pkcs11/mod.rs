@@ -65,7 +65,9 @@ impl Pkcs11KeyManager {
         let manager = Self { pool: Arc::new(SessionPool::new(config)), prefix };
         match manager.blocking("connecting", |_| Ok(())).await {
             Ok(()) => {}
-            Err(KeyManagerError::Unavailable { reason, .. }) => tracing::warn!(%reason, "the PKCS#11 token is not reachable yet; signing waits for it"),
+            Err(KeyManagerError::Unavailable { reason, .. }) => {
+                tracing::warn!(%reason, "the PKCS#11 token is not reachable yet; signing waits for it")
+            }
             Err(e) => return Err(e),
         }
         Ok(manager)
@@ -114,8 +116,10 @@ impl KeyManager for Pkcs11KeyManager {
         validate_key_id(id)?;
         let (label, id, message) = (self.label(id), id.to_owned(), message.to_vec());
         let started = std::time::Instant::now();
-        let signed = self.blocking("signing", move |session| objects::sign(session, &label, &id, algorithm, &message)).await;
-        metrics::histogram!("testudo_key_manager_sign_seconds", "backend" => NAME).record(started.elapsed().as_secs_f64());
+        let signed =
+            self.blocking("signing", move |session| objects::sign(session, &label, &id, algorithm, &message)).await;
+        metrics::histogram!("testudo_key_manager_sign_seconds", "backend" => NAME)
+            .record(started.elapsed().as_secs_f64());
         signed
     }
 

@@ -19,7 +19,8 @@ use crate::{KeyInfo, KeyManagerError};
 const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 const P384_PARAMS: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
 /// DigestInfo prefix for SHA-256 (RFC 8017, section 9.2, note 1).
-const SHA256_DIGEST_INFO: &[u8] = &[0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20];
+const SHA256_DIGEST_INFO: &[u8] =
+    &[0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20];
 
 /// What went wrong on a session: the module (maybe the connection) or the key itself.
 pub(super) enum Failure {
@@ -38,7 +39,11 @@ fn crypto(reason: impl Into<String>) -> Failure {
 }
 
 fn find(session: &Session, class: ObjectClass, label: &str) -> Result<Vec<ObjectHandle>, Error> {
-    session.find_objects(&[Attribute::Class(class), Attribute::Token(true), Attribute::Label(label.as_bytes().to_vec())])
+    session.find_objects(&[
+        Attribute::Class(class),
+        Attribute::Token(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ])
 }
 
 /// The private key objects labelled `label`. Private objects are invisible without a login,
@@ -46,14 +51,19 @@ fn find(session: &Session, class: ObjectClass, label: &str) -> Result<Vec<Object
 /// failure to recover from, not a missing key.
 fn find_private(session: &Session, label: &str) -> Result<Vec<ObjectHandle>, Failure> {
     let found = find(session, ObjectClass::PRIVATE_KEY, label)?;
-    if found.is_empty() && !matches!(session.get_session_info()?.session_state(), SessionState::RoUser | SessionState::RwUser) {
+    if found.is_empty()
+        && !matches!(session.get_session_info()?.session_state(), SessionState::RoUser | SessionState::RwUser)
+    {
         return Err(Failure::Module(Error::Pkcs11(RvError::UserNotLoggedIn, Function::FindObjects)));
     }
     Ok(found)
 }
 
 fn private_key(session: &Session, label: &str, id: &str) -> Result<ObjectHandle, Failure> {
-    find_private(session, label)?.into_iter().next().ok_or_else(|| Failure::Key(KeyManagerError::NotFound(id.to_owned())))
+    find_private(session, label)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Failure::Key(KeyManagerError::NotFound(id.to_owned())))
 }
 
 /// Removes both halves of the key labelled `label`, if any.
@@ -68,20 +78,40 @@ pub(super) fn destroy(session: &Session, label: &str) -> Result<(), Failure> {
 pub(super) fn generate(session: &Session, label: &str, id: &str, key_type: KeyType) -> Result<KeyInfo, Failure> {
     destroy(session, label)?;
     let common = |extra: Vec<Attribute>| {
-        let mut attributes = vec![Attribute::Token(true), Attribute::Label(label.as_bytes().to_vec()), Attribute::Id(id.as_bytes().to_vec())];
+        let mut attributes = vec![
+            Attribute::Token(true),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Id(id.as_bytes().to_vec()),
+        ];
         attributes.extend(extra);
         attributes
     };
     let (mechanism, public_template) = match key_type {
-        KeyType::EcP256 => (Mechanism::EccKeyPairGen, common(vec![Attribute::Verify(true), Attribute::EcParams(P256_PARAMS.to_vec())])),
-        KeyType::EcP384 => (Mechanism::EccKeyPairGen, common(vec![Attribute::Verify(true), Attribute::EcParams(P384_PARAMS.to_vec())])),
+        KeyType::EcP256 => {
+            (Mechanism::EccKeyPairGen, common(vec![Attribute::Verify(true), Attribute::EcParams(P256_PARAMS.to_vec())]))
+        }
+        KeyType::EcP384 => {
+            (Mechanism::EccKeyPairGen, common(vec![Attribute::Verify(true), Attribute::EcParams(P384_PARAMS.to_vec())]))
+        }
         KeyType::Rsa2048 | KeyType::Rsa4096 => {
             let bits: u64 = if key_type == KeyType::Rsa2048 { 2048 } else { 4096 };
-            (Mechanism::RsaPkcsKeyPairGen, common(vec![Attribute::Verify(true), Attribute::ModulusBits(bits.into()), Attribute::PublicExponent(vec![0x01, 0x00, 0x01])]))
+            (
+                Mechanism::RsaPkcsKeyPairGen,
+                common(vec![
+                    Attribute::Verify(true),
+                    Attribute::ModulusBits(bits.into()),
+                    Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+                ]),
+            )
         }
     };
     // The private half signs and can never be read or wrapped out of the token.
-    let private_template = common(vec![Attribute::Private(true), Attribute::Sensitive(true), Attribute::Extractable(false), Attribute::Sign(true)]);
+    let private_template = common(vec![
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(true),
+    ]);
     let (public, _private) = session.generate_key_pair(&mechanism, &public_template, &private_template)?;
     let public_key = read_public_key(session, public, key_type)?;
     Ok(KeyInfo { id: id.to_owned(), key_type, public_key })
@@ -89,7 +119,8 @@ pub(super) fn generate(session: &Session, label: &str, id: &str, key_type: KeyTy
 
 /// The key type of a key object, from its attributes.
 fn key_type_of(session: &Session, handle: ObjectHandle) -> Result<KeyType, Failure> {
-    let attributes = session.get_attributes(handle, &[AttributeType::KeyType, AttributeType::EcParams, AttributeType::Modulus])?;
+    let attributes =
+        session.get_attributes(handle, &[AttributeType::KeyType, AttributeType::EcParams, AttributeType::Modulus])?;
     let mut kind = None;
     let mut params = None;
     let mut modulus_bits = None;
@@ -146,7 +177,10 @@ fn read_public_key(session: &Session, handle: ObjectHandle, key_type: KeyType) -
 
 /// The public half of the key labelled `label`.
 pub(super) fn public_key(session: &Session, label: &str, id: &str) -> Result<KeyInfo, Failure> {
-    let handle = find(session, ObjectClass::PUBLIC_KEY, label)?.into_iter().next().ok_or_else(|| Failure::Key(KeyManagerError::NotFound(id.to_owned())))?;
+    let handle = find(session, ObjectClass::PUBLIC_KEY, label)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Failure::Key(KeyManagerError::NotFound(id.to_owned())))?;
     let key_type = key_type_of(session, handle)?;
     Ok(KeyInfo { id: id.to_owned(), key_type, public_key: read_public_key(session, handle, key_type)? })
 }
@@ -160,7 +194,11 @@ pub(super) fn list(session: &Session, prefix: &str) -> Result<Vec<KeyInfo>, Fail
             Attribute::Label(l) => Some(l),
             _ => None,
         });
-        let Some(id) = label.and_then(|l| String::from_utf8(l).ok()).and_then(|l| l.strip_prefix(prefix).map(str::to_owned)) else { continue };
+        let Some(id) =
+            label.and_then(|l| String::from_utf8(l).ok()).and_then(|l| l.strip_prefix(prefix).map(str::to_owned))
+        else {
+            continue;
+        };
         let key_type = key_type_of(session, handle)?;
         keys.push(KeyInfo { public_key: read_public_key(session, handle, key_type)?, id, key_type });
     }
@@ -169,7 +207,13 @@ pub(super) fn list(session: &Session, prefix: &str) -> Result<Vec<KeyInfo>, Fail
 }
 
 /// Signs `message` with the private key labelled `label`. ECDSA signatures come back DER.
-pub(super) fn sign(session: &Session, label: &str, id: &str, algorithm: SignatureAlgorithm, message: &[u8]) -> Result<Vec<u8>, Failure> {
+pub(super) fn sign(
+    session: &Session,
+    label: &str,
+    id: &str,
+    algorithm: SignatureAlgorithm,
+    message: &[u8],
+) -> Result<Vec<u8>, Failure> {
     use aws_lc_rs::digest;
     let handle = private_key(session, label, id)?;
     let key_type = key_type_of(session, handle)?;
@@ -188,8 +232,13 @@ pub(super) fn sign(session: &Session, label: &str, id: &str, algorithm: Signatur
             Ok(session.sign(&Mechanism::RsaPkcs, handle, &digest_info)?)
         }
         SignatureAlgorithm::RsaPssSha256 => {
-            let params = PkcsPssParams { hash_alg: MechanismType::SHA256, mgf: PkcsMgfType::MGF1_SHA256, s_len: 32u64.into() };
-            Ok(session.sign(&Mechanism::RsaPkcsPss(params), handle, digest::digest(&digest::SHA256, message).as_ref())?)
+            let params =
+                PkcsPssParams { hash_alg: MechanismType::SHA256, mgf: PkcsMgfType::MGF1_SHA256, s_len: 32u64.into() };
+            Ok(session.sign(
+                &Mechanism::RsaPkcsPss(params),
+                handle,
+                digest::digest(&digest::SHA256, message).as_ref(),
+            )?)
         }
     }
 }

@@ -38,7 +38,8 @@ pub(super) struct SessionPool {
 /// initialisation per application, and modules (SoftHSM among them) are not safe against
 /// concurrent C_Initialize calls or being unloaded while another context uses them.
 pub(super) fn loaded_module(path: &std::path::Path) -> Result<Pkcs11, KeyManagerError> {
-    static MODULES: std::sync::OnceLock<Mutex<std::collections::HashMap<std::path::PathBuf, Pkcs11>>> = std::sync::OnceLock::new();
+    static MODULES: std::sync::OnceLock<Mutex<std::collections::HashMap<std::path::PathBuf, Pkcs11>>> =
+        std::sync::OnceLock::new();
     let mut modules = MODULES.get_or_init(Mutex::default).lock().unwrap_or_else(|p| p.into_inner());
     if let Some(pkcs11) = modules.get(path) {
         return Ok(pkcs11.clone());
@@ -91,9 +92,13 @@ impl SessionPool {
             Ok(()) | Err(Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
             Err(e) => return Err(unavailable(format!("initialising module {module}: {e}"))),
         }
-        let slots = pkcs11.get_slots_with_token().map_err(|e| unavailable(format!("listing slots of {module}: {e}")))?;
+        let slots =
+            pkcs11.get_slots_with_token().map_err(|e| unavailable(format!("listing slots of {module}: {e}")))?;
         let slot = match &self.config.token {
-            TokenSelector::Slot(id) => slots.into_iter().find(|s| s.id() == *id).ok_or_else(|| unavailable(format!("no token in slot {id} of {module}")))?,
+            TokenSelector::Slot(id) => slots
+                .into_iter()
+                .find(|s| s.id() == *id)
+                .ok_or_else(|| unavailable(format!("no token in slot {id} of {module}")))?,
             TokenSelector::Label(label) => slots
                 .into_iter()
                 .find(|s| pkcs11.get_token_info(*s).is_ok_and(|info| info.label().trim_end() == label))
@@ -151,7 +156,11 @@ impl SessionPool {
 
     /// Runs `operation` on a session (blocking: call from a blocking thread). After a
     /// connection error it reconnects and tries once more.
-    pub(super) fn run<T>(&self, describe: &str, operation: impl Fn(&Session) -> Result<T, Failure>) -> Result<T, KeyManagerError> {
+    pub(super) fn run<T>(
+        &self,
+        describe: &str,
+        operation: impl Fn(&Session) -> Result<T, Failure>,
+    ) -> Result<T, KeyManagerError> {
         let mut last = None;
         for _ in 0..2 {
             let (session, generation) = self.take()?;

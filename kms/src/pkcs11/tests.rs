@@ -5,10 +5,10 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use chaos_tests::harness::softhsm::{self, MODULE};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
-use chaos_tests::harness::softhsm::{self, MODULE};
 use identity::crypto::verify_x509_signature;
 
 use super::*;
@@ -49,7 +49,12 @@ fn token() -> &'static PathBuf {
 
 fn config(prefix: &str) -> Pkcs11Config {
     token();
-    Pkcs11Config { module_path: MODULE.into(), token: TokenSelector::Label(LABEL.into()), user_pin: Zeroizing::new(PIN.into()), key_label_prefix: prefix.into() }
+    Pkcs11Config {
+        module_path: MODULE.into(),
+        token: TokenSelector::Label(LABEL.into()),
+        user_pin: Zeroizing::new(PIN.into()),
+        key_label_prefix: prefix.into(),
+    }
 }
 
 #[tokio::test]
@@ -66,10 +71,12 @@ async fn keys_are_made_on_the_token_and_sign_every_algorithm() {
         assert_eq!(manager.get_public_key(id).await.unwrap(), info, "the token's public half reads back");
         for &algorithm in algorithms {
             let signature = manager.sign(id, algorithm, message).await.unwrap();
-            verify_x509_signature(&info.public_key, algorithm, message, &signature).unwrap_or_else(|e| panic!("{id} {algorithm}: {e}"));
+            verify_x509_signature(&info.public_key, algorithm, message, &signature)
+                .unwrap_or_else(|e| panic!("{id} {algorithm}: {e}"));
             assert!(verify_x509_signature(&info.public_key, algorithm, b"another message", &signature).is_err());
         }
-        let wrong = if key_type.is_rsa() { SignatureAlgorithm::EcdsaP256Sha256 } else { SignatureAlgorithm::RsaPkcs1Sha256 };
+        let wrong =
+            if key_type.is_rsa() { SignatureAlgorithm::EcdsaP256Sha256 } else { SignatureAlgorithm::RsaPkcs1Sha256 };
         assert!(matches!(manager.sign(id, wrong, message).await, Err(KeyManagerError::AlgorithmMismatch { .. })));
     }
     let listed: Vec<String> = manager.list_keys().await.unwrap().into_iter().map(|k| k.id).collect();
@@ -90,8 +97,14 @@ async fn generating_replaces_and_deleting_removes() {
     manager.delete_key("slot-A").await.unwrap();
     manager.delete_key("slot-A").await.unwrap();
     assert!(matches!(other.get_public_key("slot-A").await, Err(KeyManagerError::NotFound(_))));
-    assert!(matches!(other.sign("slot-A", SignatureAlgorithm::EcdsaP256Sha256, b"m").await, Err(KeyManagerError::NotFound(_))));
-    assert!(matches!(manager.generate_key("has space", KeyType::EcP256).await, Err(KeyManagerError::InvalidKeyId { .. })));
+    assert!(matches!(
+        other.sign("slot-A", SignatureAlgorithm::EcdsaP256Sha256, b"m").await,
+        Err(KeyManagerError::NotFound(_))
+    ));
+    assert!(matches!(
+        manager.generate_key("has space", KeyType::EcP256).await,
+        Err(KeyManagerError::InvalidKeyId { .. })
+    ));
 }
 
 #[tokio::test]
@@ -100,7 +113,12 @@ async fn the_private_key_cannot_leave_the_token() {
     manager.generate_key("secret", KeyType::EcP256).await.unwrap();
     // Look at the object directly, as anyone with the PIN could.
     let pkcs11 = session_pool::loaded_module(MODULE.as_ref()).unwrap();
-    let slot = pkcs11.get_slots_with_token().unwrap().into_iter().find(|s| pkcs11.get_token_info(*s).unwrap().label().trim_end() == LABEL).unwrap();
+    let slot = pkcs11
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| pkcs11.get_token_info(*s).unwrap().label().trim_end() == LABEL)
+        .unwrap();
     let session = pkcs11.open_ro_session(slot).unwrap();
     let _ = session.login(UserType::User, Some(&AuthPin::new(PIN.into())));
     let handle = session
@@ -109,11 +127,32 @@ async fn the_private_key_cannot_leave_the_token() {
         .into_iter()
         .next()
         .expect("the private key object");
-    let flags = session.get_attributes(handle, &[AttributeType::Sensitive, AttributeType::Extractable, AttributeType::NeverExtractable, AttributeType::AlwaysSensitive]).unwrap();
-    assert_eq!(flags, vec![Attribute::Sensitive(true), Attribute::Extractable(false), Attribute::NeverExtractable(true), Attribute::AlwaysSensitive(true)]);
+    let flags = session
+        .get_attributes(
+            handle,
+            &[
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+                AttributeType::NeverExtractable,
+                AttributeType::AlwaysSensitive,
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        flags,
+        vec![
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::NeverExtractable(true),
+            Attribute::AlwaysSensitive(true)
+        ]
+    );
     // CKA_VALUE (the private scalar) is not given out.
     let value = session.get_attributes(handle, &[AttributeType::Value]).unwrap_or_default();
-    assert!(!value.iter().any(|a| matches!(a, Attribute::Value(v) if !v.is_empty())), "the private key was readable: {value:?}");
+    assert!(
+        !value.iter().any(|a| matches!(a, Attribute::Value(v) if !v.is_empty())),
+        "the private key was readable: {value:?}"
+    );
 }
 
 #[tokio::test]
@@ -146,12 +185,24 @@ async fn lost_sessions_are_replaced_without_the_caller_noticing() {
     // Log the application out behind the manager's back (as a token reset does): its
     // pooled sessions no longer see private keys.
     let pkcs11 = session_pool::loaded_module(MODULE.as_ref()).unwrap();
-    let slot = pkcs11.get_slots_with_token().unwrap().into_iter().find(|s| pkcs11.get_token_info(*s).unwrap().label().trim_end() == RESET_LABEL).unwrap();
+    let slot = pkcs11
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| pkcs11.get_token_info(*s).unwrap().label().trim_end() == RESET_LABEL)
+        .unwrap();
     pkcs11.open_ro_session(slot).unwrap().logout().unwrap();
-    let signature = manager.sign("k", SignatureAlgorithm::EcdsaP256Sha256, b"after the reset").await.expect("the manager reconnects and logs in again");
-    verify_x509_signature(&info.public_key, SignatureAlgorithm::EcdsaP256Sha256, b"after the reset", &signature).unwrap();
+    let signature = manager
+        .sign("k", SignatureAlgorithm::EcdsaP256Sha256, b"after the reset")
+        .await
+        .expect("the manager reconnects and logs in again");
+    verify_x509_signature(&info.public_key, SignatureAlgorithm::EcdsaP256Sha256, b"after the reset", &signature)
+        .unwrap();
     // Deleting after another logout removes the private half too, not just the public one.
     pkcs11.open_ro_session(slot).unwrap().logout().unwrap();
     manager.delete_key("k").await.unwrap();
-    assert!(matches!(manager.sign("k", SignatureAlgorithm::EcdsaP256Sha256, b"m").await, Err(KeyManagerError::NotFound(_))));
+    assert!(matches!(
+        manager.sign("k", SignatureAlgorithm::EcdsaP256Sha256, b"m").await,
+        Err(KeyManagerError::NotFound(_))
+    ));
 }

@@ -50,7 +50,14 @@ async fn certificates_and_jwts_signed_through_a_key_manager_verify() {
             let svid = mint_x509_svid(&svid_template, &issuer, now).unwrap();
             let id = SpiffeId::parse("spiffe://example.org/web").unwrap();
             let audience = vec!["db".to_owned()];
-            let params = JwtSvidParams { spiffe_id: &id, audience: &audience, ttl: Duration::from_secs(300), key_id: "kid", algorithm: None, not_after: None };
+            let params = JwtSvidParams {
+                spiffe_id: &id,
+                audience: &audience,
+                ttl: Duration::from_secs(300),
+                key_id: "kid",
+                algorithm: None,
+                not_after: None,
+            };
             let token = sign_jwt_svid(&params, &jwt_signer, now).unwrap();
             (ca, svid, token)
         })
@@ -60,7 +67,14 @@ async fn certificates_and_jwts_signed_through_a_key_manager_verify() {
         let mut bundle = Bundle::new(TrustDomain::parse("example.org").unwrap());
         bundle.add_x509_authority(&ca.der).unwrap();
         let jwt_key = manager.get_public_key(&jwt_id).await.unwrap().public_key;
-        bundle.add_jwt_authority(JwtAuthority { key_id: "kid".into(), public_key: jwt_key, expires_at: None, tainted: false }).unwrap();
+        bundle
+            .add_jwt_authority(JwtAuthority {
+                key_id: "kid".into(),
+                public_key: jwt_key,
+                expires_at: None,
+                tainted: false,
+            })
+            .unwrap();
         let now = OffsetDateTime::now_utc();
         assert_eq!(verify_x509_svid(&[&svid.der], &bundle, now).unwrap().spiffe_id.path(), "/web");
         assert_eq!(validate_jwt_svid(&token, &bundle, "db", now).unwrap().spiffe_id.path(), "/web");
@@ -80,7 +94,8 @@ async fn a_key_deleted_under_the_signer_is_a_clear_error() {
     manager.generate_key("ca", KeyType::EcP256).await.unwrap();
     let signer = KeySigner::new(manager.clone(), "ca").await.unwrap();
     manager.delete_key("ca").await.unwrap();
-    let result = tokio::task::spawn_blocking(move || signer.sign(SignatureAlgorithm::EcdsaP256Sha256, b"m")).await.unwrap();
+    let result =
+        tokio::task::spawn_blocking(move || signer.sign(SignatureAlgorithm::EcdsaP256Sha256, b"m")).await.unwrap();
     assert!(matches!(result, Err(SignError::Failed(ref m)) if m.contains("not found")), "{result:?}");
     assert!(matches!(KeySigner::new(manager.clone(), "ca").await, Err(kms::KeyManagerError::NotFound(_))));
 

@@ -88,16 +88,16 @@ fn run_writer(db: Arc<DB>, pending: std::sync::mpsc::Receiver<Append>) {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, StorageError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StorageError::from(StorageIOError::read(&e)))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| StorageError::from(StorageIOError::read(&e)))?
 }
 
-fn read_meta<T: serde::de::DeserializeOwned>(db: &DB, key: &[u8], what: &'static str) -> Result<Option<T>, StorageError> {
+fn read_meta<T: serde::de::DeserializeOwned>(
+    db: &DB,
+    key: &[u8],
+    what: &'static str,
+) -> Result<Option<T>, StorageError> {
     let bytes = db.get_cf(cf(db, Cf::Meta), key).map_err(|e| StorageIOError::read(&e))?;
-    bytes
-        .map(|b| codec::decode(what, &b).map_err(|e| StorageIOError::read(&e).into()))
-        .transpose()
+    bytes.map(|b| codec::decode(what, &b).map_err(|e| StorageIOError::read(&e).into())).transpose()
 }
 
 fn write_meta<T: serde::Serialize>(db: &DB, key: &[u8], what: &'static str, value: &T) -> Result<(), StorageError> {
@@ -110,8 +110,13 @@ impl LogStore {
     pub fn new(db: Arc<DB>) -> std::io::Result<Self> {
         let (sender, pending) = std::sync::mpsc::channel();
         let writer_db = db.clone();
-        let thread = std::thread::Builder::new().name("raft-log-writer".into()).spawn(move || run_writer(writer_db, pending))?;
-        Ok(Self { db, writer: Arc::new(Writer { pending: Some(sender), thread: Some(thread) }), recent: Arc::default() })
+        let thread =
+            std::thread::Builder::new().name("raft-log-writer".into()).spawn(move || run_writer(writer_db, pending))?;
+        Ok(Self {
+            db,
+            writer: Arc::new(Writer { pending: Some(sender), thread: Some(thread) }),
+            recent: Arc::default(),
+        })
     }
 
     /// What the state machine tells the log as it applies, so the in-memory tail keeps
@@ -125,11 +130,14 @@ impl LogStore {
         let mut entries = Vec::new();
         for item in db.iterator_cf(logs, IteratorMode::From(&u64_key(start), Direction::Forward)) {
             let (key, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-            let index = key_u64(&key).ok_or_else(|| StorageIOError::read_logs(&codec::CodecError { what: "log key", reason: "not 8 bytes".into() }))?;
+            let index = key_u64(&key).ok_or_else(|| {
+                StorageIOError::read_logs(&codec::CodecError { what: "log key", reason: "not 8 bytes".into() })
+            })?;
             if end.is_some_and(|end| index >= end) {
                 break;
             }
-            let entry: Entry = codec::decode("log entry", &value).map_err(|e| StorageIOError::read_log_at_index(index, &e))?;
+            let entry: Entry =
+                codec::decode("log entry", &value).map_err(|e| StorageIOError::read_log_at_index(index, &e))?;
             entries.push(entry);
         }
         Ok(entries)
@@ -186,7 +194,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let (db, vote) = (self.db.clone(), *vote);
-        blocking(move || write_meta(&db, meta_key::VOTE, "vote", &vote).map_err(|e| StorageIOError::write_vote(&e).into())).await
+        blocking(move || {
+            write_meta(&db, meta_key::VOTE, "vote", &vote).map_err(|e| StorageIOError::write_vote(&e).into())
+        })
+        .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -220,7 +231,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut rows = Vec::new();
         let mut kept = Vec::new();
         for entry in entries {
-            let bytes = codec::encode("log entry", &entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
+            let bytes =
+                codec::encode("log entry", &entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
             rows.push((entry.log_id.index, bytes));
             kept.push((entry, rows.last().map_or(0, |(_, b)| b.len())));
         }
@@ -228,7 +240,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // counts them only once the callback reports them persisted.
         self.recent.appended(kept);
         let (written, done) = tokio::sync::oneshot::channel();
-        let stopped = || StorageError::from(StorageIOError::write_logs(&std::io::Error::other("log writer thread has stopped")));
+        let stopped =
+            || StorageError::from(StorageIOError::write_logs(&std::io::Error::other("log writer thread has stopped")));
         let Some(pending) = &self.writer.pending else {
             callback.log_io_completed(Err(std::io::Error::other("log writer thread has stopped")));
             return Err(stopped());

@@ -52,7 +52,9 @@ impl Tail {
     fn trim(&mut self, applied_end: u64) {
         while let Some((front, _)) = self.entries.front() {
             let applied = front.log_id.index < applied_end;
-            let over = |entries: usize, bytes: usize| self.entries.len() > entries || (self.bytes > bytes && self.entries.len() > 1);
+            let over = |entries: usize, bytes: usize| {
+                self.entries.len() > entries || (self.bytes > bytes && self.entries.len() > 1)
+            };
             if !(over(MAX_ENTRIES, MAX_BYTES) || (applied && over(APPLIED_ENTRIES, APPLIED_BYTES))) {
                 break;
             }

@@ -85,10 +85,16 @@ impl StoredBundle {
             }
         }
         for key in &self.jwt_authorities {
-            let public_key = identity::crypto::PublicKey::from_spki_der(&key.public_key).map_err(|e| err(format!("JWT key {:?}: {e}", key.key_id)))?;
+            let public_key = identity::crypto::PublicKey::from_spki_der(&key.public_key)
+                .map_err(|e| err(format!("JWT key {:?}: {e}", key.key_id)))?;
             let expires_at = (key.expires_at != 0).then_some(key.expires_at);
             bundle
-                .add_jwt_authority(identity::bundle::JwtAuthority { key_id: key.key_id.clone(), public_key, expires_at, tainted: key.tainted })
+                .add_jwt_authority(identity::bundle::JwtAuthority {
+                    key_id: key.key_id.clone(),
+                    public_key,
+                    expires_at,
+                    tainted: key.tainted,
+                })
                 .map_err(|e| err(e.to_string()))?;
         }
         bundle.refresh_hint = u64::try_from(self.refresh_hint).ok().filter(|h| *h > 0);
@@ -100,7 +106,11 @@ impl StoredBundle {
     pub fn from_bundle(bundle: &identity::bundle::Bundle) -> Self {
         Self {
             trust_domain: bundle.trust_domain().clone(),
-            x509_authorities: bundle.x509_authorities().iter().map(|a| StoredX509Authority { der: a.der.clone(), tainted: a.tainted }).collect(),
+            x509_authorities: bundle
+                .x509_authorities()
+                .iter()
+                .map(|a| StoredX509Authority { der: a.der.clone(), tainted: a.tainted })
+                .collect(),
             jwt_authorities: bundle
                 .jwt_authorities()
                 .iter()

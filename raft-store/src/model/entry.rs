@@ -200,7 +200,8 @@ mod tests {
         // `stored` normalises; the borrowed view encodes the selectors as given.
         let mut normalized = entry.clone();
         normalized.normalize();
-        let borrowed_normalized = crate::codec::encode("entry", &StoredEntry::new(&normalized, written)).expect("encodes");
+        let borrowed_normalized =
+            crate::codec::encode("entry", &StoredEntry::new(&normalized, written)).expect("encodes");
         assert_eq!(borrowed_normalized, owned);
         assert_ne!(borrowed, owned, "the fixture's selectors are out of order");
         let decoded: RegistrationEntry = crate::codec::decode("entry", &borrowed_normalized).expect("decodes");

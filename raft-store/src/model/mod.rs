@@ -11,9 +11,8 @@ mod replica_invite;
 pub use agent::AttestedAgent;
 pub use bundle::{BundleConversionError, StoredBundle, StoredJwtKey, StoredX509Authority};
 pub use ca_journal::{
-    KeyMaterial,
-    publish, Authority, CaJournal, JournalError, JournalEvent, JwtKeyAuthority, Slot, SlotEvent, SlotId, SlotPair, SlotStatus,
-    X509CaAuthority,
+    publish, Authority, CaJournal, JournalError, JournalEvent, JwtKeyAuthority, KeyMaterial, Slot, SlotEvent, SlotId,
+    SlotPair, SlotStatus, X509CaAuthority,
 };
 pub use entry::{EntryWritten, RegistrationEntry};
 pub use federation::{BundleEndpointProfile, FederationRelationship};

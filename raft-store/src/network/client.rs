@@ -6,9 +6,14 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
 use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
 use proto::cluster::cluster_client::ClusterClient as GrpcClient;
 use proto::cluster::Payload;
 use serde::de::DeserializeOwned;
@@ -20,10 +25,10 @@ use super::faults::Faults;
 use super::server::MAX_MESSAGE_BYTES;
 use super::tls::{client_endpoint, ClusterTls};
 use super::wire::{AdminRequest, ForwardError};
-use crate::transfer::TRANSFER_CALL_LIMIT;
 use crate::codec;
 use crate::command::{Command, Response};
 use crate::membership::AddProgress;
+use crate::transfer::TRANSFER_CALL_LIMIT;
 use crate::types::{LogId, NodeId, ReplicaNode, TypeConfig};
 
 /// Opens channels to replicas, shared by openraft's replication and by forwarding.
@@ -69,7 +74,13 @@ fn never_connected(status: &tonic::Status) -> bool {
 
 impl ClusterClient {
     pub fn new(tls: ClusterTls, timeout: Duration, faults: Faults) -> Self {
-        Self { tls: Arc::new(RwLock::new(tls)), timeout, source: None, channels: Arc::new(Mutex::new(HashMap::new())), faults }
+        Self {
+            tls: Arc::new(RwLock::new(tls)),
+            timeout,
+            source: None,
+            channels: Arc::new(Mutex::new(HashMap::new())),
+            faults,
+        }
     }
 
     /// Presents `chain` (leaf first) and its key on every connection opened from now on,
@@ -128,7 +139,8 @@ impl ClusterClient {
         if self.faults.is_blocked(target) {
             return Err(CallError::Cut(target.unwrap_or_default()));
         }
-        let data = codec::encode("request", request).map_err(|e| CallError::Decode { address: address.to_owned(), reason: e.to_string() })?;
+        let data = codec::encode("request", request)
+            .map_err(|e| CallError::Decode { address: address.to_owned(), reason: e.to_string() })?;
         let mut client = self.grpc(address)?;
         let payload = Payload { data };
         let sent = async {
@@ -142,27 +154,46 @@ impl ClusterClient {
             }
         };
         let Ok(result) = tokio::time::timeout(deadline, sent).await else {
-            return Err(CallError::Lost { address: address.to_owned(), reason: format!("no answer within {deadline:?}") });
+            return Err(CallError::Lost {
+                address: address.to_owned(),
+                reason: format!("no answer within {deadline:?}"),
+            });
         };
         let response = result.map_err(|status| match status.code() {
             // Only a failed connect proves the request never left.
-            tonic::Code::Unavailable if never_connected(&status) => CallError::Unreachable { address: address.to_owned(), reason: status.message().to_owned() },
-            tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
+            tonic::Code::Unavailable if never_connected(&status) => {
+                CallError::Unreachable { address: address.to_owned(), reason: status.message().to_owned() }
+            }
+            tonic::Code::Unavailable
+            | tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Unknown => {
                 CallError::Lost { address: address.to_owned(), reason: status.message().to_owned() }
             }
             _ => CallError::Status { address: address.to_owned(), status },
         })?;
-        codec::decode("response", &response.get_ref().data).map_err(|e| CallError::Decode { address: address.to_owned(), reason: e.to_string() })
+        codec::decode("response", &response.get_ref().data)
+            .map_err(|e| CallError::Decode { address: address.to_owned(), reason: e.to_string() })
     }
 
     /// Sends a write to the replica at `address` (the leader, as far as we know).
-    pub async fn forward_write(&self, target: NodeId, address: &str, command: &Command) -> Result<Result<Response, ForwardError>, CallError> {
+    pub async fn forward_write(
+        &self,
+        target: NodeId,
+        address: &str,
+        command: &Command,
+    ) -> Result<Result<Response, ForwardError>, CallError> {
         self.call(Some(target), address, Method::Write, command, self.timeout).await
     }
 
     /// Sends an administrative request to the replica at `address`. A leader transfer is
     /// answered when it is over, which takes longer than one RPC: it gets its own limit.
-    pub async fn admin(&self, target: NodeId, address: &str, request: &AdminRequest) -> Result<Result<Option<AddProgress>, ForwardError>, CallError> {
+    pub async fn admin(
+        &self,
+        target: NodeId,
+        address: &str,
+        request: &AdminRequest,
+    ) -> Result<Result<Option<AddProgress>, ForwardError>, CallError> {
         let deadline = match request {
             AdminRequest::TransferLeadership { .. } => TRANSFER_CALL_LIMIT,
             _ => self.timeout,
@@ -171,7 +202,11 @@ impl ClusterClient {
     }
 
     /// Asks the replica at `address` for a read index.
-    pub async fn read_index(&self, target: NodeId, address: &str) -> Result<Result<Option<LogId>, ForwardError>, CallError> {
+    pub async fn read_index(
+        &self,
+        target: NodeId,
+        address: &str,
+    ) -> Result<Result<Option<LogId>, ForwardError>, CallError> {
         self.call(Some(target), address, Method::ReadIndex, &(), self.timeout).await
     }
 }
@@ -225,16 +260,32 @@ impl PeerNetwork {
         entries: u64,
     ) -> Result<Resp, RPCError<NodeId, ReplicaNode, RaftError<NodeId, E>>> {
         let ttl = option.hard_ttl();
-        let call = self.client.call::<Req, Result<Resp, RaftError<NodeId, E>>>(Some(self.target), &self.node.raft_address, method, request, self.client.timeout);
+        let call = self.client.call::<Req, Result<Resp, RaftError<NodeId, E>>>(
+            Some(self.target),
+            &self.node.raft_address,
+            method,
+            request,
+            self.client.timeout,
+        );
         let answer = match tokio::time::timeout(ttl, call).await {
-            Err(_) => return Err(RPCError::Timeout(Timeout { action, id: self.id, target: self.target, timeout: ttl })),
+            Err(_) => {
+                return Err(RPCError::Timeout(Timeout { action, id: self.id, target: self.target, timeout: ttl }))
+            }
             Ok(answer) => answer,
         };
         match answer {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(raft_error)) => Err(RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), raft_error))),
-            Err(e @ (CallError::Cut(_) | CallError::Unreachable { .. } | CallError::Lost { .. })) => Err(RPCError::Unreachable(Unreachable::new(&e))),
-            Err(CallError::Status { status, .. }) if entries > 1 && status.code() == tonic::Code::OutOfRange && status.message().contains("message length too large") => {
+            Ok(Err(raft_error)) => {
+                Err(RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), raft_error)))
+            }
+            Err(e @ (CallError::Cut(_) | CallError::Unreachable { .. } | CallError::Lost { .. })) => {
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(CallError::Status { status, .. })
+                if entries > 1
+                    && status.code() == tonic::Code::OutOfRange
+                    && status.message().contains("message length too large") =>
+            {
                 // The message was over the size limit: ask openraft to send fewer entries.
                 // Only then: openraft 0.9 panics on PayloadTooLarge for a request it cannot
                 // shrink (a heartbeat), and other refusals (ResourceExhausted is also what
@@ -260,7 +311,8 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, ReplicaNode, RaftError<NodeId, InstallSnapshotError>>> {
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, ReplicaNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
         self.rpc(Method::InstallSnapshot, RPCTypes::InstallSnapshot, &rpc, &option, 1).await
     }
 

@@ -55,7 +55,12 @@ pub struct ClusterService {
 const MAX_ELECTION_PAUSE: Duration = Duration::from_secs(60);
 
 impl ClusterService {
-    pub fn new(raft: Raft, proposer: Proposer, transfers: Arc<dyn TransferHandler>, join: Option<Arc<dyn JoinHandler>>) -> Self {
+    pub fn new(
+        raft: Raft,
+        proposer: Proposer,
+        transfers: Arc<dyn TransferHandler>,
+        join: Option<Arc<dyn JoinHandler>>,
+    ) -> Self {
         Self { raft, proposer, transfers, join, election_pauses: Arc::default() }
     }
 
@@ -69,7 +74,10 @@ impl ClusterService {
         tokio::spawn(async move {
             tokio::time::sleep(pause).await;
             if pauses.load(Ordering::SeqCst) == this_pause {
-                tracing::warn!(?pause, "a leader transfer paused this replica's election timer and did not resume it; resuming it now");
+                tracing::warn!(
+                    ?pause,
+                    "a leader transfer paused this replica's election timer and did not resume it; resuming it now"
+                );
                 raft.runtime_config().elect(true);
             }
         });
@@ -93,9 +101,9 @@ fn require_replica<T>(request: &Request<T>) -> Result<(), Status> {
 /// Turns openraft's "not the leader" into a forward hint; everything else is unavailable.
 pub(crate) fn forward_error(e: RaftError<NodeId, ClientWriteError<NodeId, crate::ReplicaNode>>) -> ForwardError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ForwardError::NotLeader {
-            leader: f.leader_id.zip(f.leader_node),
-        },
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            ForwardError::NotLeader { leader: f.leader_id.zip(f.leader_node) }
+        }
         other => ForwardError::Unavailable(other.to_string()),
     }
 }
@@ -162,7 +170,9 @@ impl Cluster for ClusterService {
                 self.resume_election();
                 Ok(None)
             }
-            AdminRequest::StartElection => done(self.raft.trigger().elect().await.map_err(|e| ForwardError::Unavailable(e.to_string()))),
+            AdminRequest::StartElection => {
+                done(self.raft.trigger().elect().await.map_err(|e| ForwardError::Unavailable(e.to_string())))
+            }
             AdminRequest::TransferLeadership { to } => done(self.transfers.transfer_leadership(to).await),
             AdminRequest::AddMember { id, node } => add_member_step(&self.raft, id, node).await.map(Some),
             AdminRequest::RemoveMember { id } => done(remove_member(&self.raft, id).await),
@@ -232,7 +242,8 @@ pub async fn serve(
     listen: SocketAddr,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), TlsError> {
-    let listener = TcpListener::bind(listen).await.map_err(|e| TlsError::Config(format!("cannot listen on {listen}: {e}")))?;
+    let listener =
+        TcpListener::bind(listen).await.map_err(|e| TlsError::Config(format!("cannot listen on {listen}: {e}")))?;
     let bound = listener.local_addr().map_err(|e| TlsError::Config(e.to_string()))?;
     let (incoming, accept_task) = accept_tls(listener, acceptor, "cluster");
     let service = ClusterServer::new(ClusterService::new(raft, proposer, transfers, join))

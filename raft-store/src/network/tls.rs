@@ -69,12 +69,17 @@ impl ResolvesServerCert for PresentedCertificate {
 fn certified_key(chain: &[Vec<u8>], key_pkcs8: &[u8]) -> Result<Arc<CertifiedKey>, TlsError> {
     let chain: Vec<CertificateDer<'static>> = chain.iter().map(|c| CertificateDer::from(c.clone())).collect();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8.to_vec()));
-    CertifiedKey::from_der(chain, key, &provider()).map(Arc::new).map_err(|e| TlsError::Config(format!("replica certificate and key: {e}")))
+    CertifiedKey::from_der(chain, key, &provider())
+        .map(Arc::new)
+        .map_err(|e| TlsError::Config(format!("replica certificate and key: {e}")))
 }
 
 /// The server side: TLS 1.3 only, a client certificate verified when presented (and
 /// required by every call but Join), ALPN h2 for gRPC; presents `certificate`.
-pub fn server_config(tls: &ClusterTls, certificate: Arc<PresentedCertificate>) -> Result<rustls::ServerConfig, TlsError> {
+pub fn server_config(
+    tls: &ClusterTls,
+    certificate: Arc<PresentedCertificate>,
+) -> Result<rustls::ServerConfig, TlsError> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
@@ -86,7 +91,12 @@ pub fn server_config(tls: &ClusterTls, certificate: Arc<PresentedCertificate>) -
 
 /// The client side of a replica that has no certificate yet: no client identity, and a
 /// server check against the cluster CA pinned by its SHA-256 (from an invite).
-pub fn joiner_endpoint(replica_id: SpiffeId, ca_sha256: [u8; 32], address: &str, timeout: std::time::Duration) -> Result<tonic::transport::Endpoint, TlsError> {
+pub fn joiner_endpoint(
+    replica_id: SpiffeId,
+    ca_sha256: [u8; 32],
+    address: &str,
+    timeout: std::time::Duration,
+) -> Result<tonic::transport::Endpoint, TlsError> {
     let config = tonic::transport::ClientTlsConfig::new().domain_name("replica.testudo.invalid");
     tonic::transport::Endpoint::from_shared(format!("https://{address}"))
         .map_err(|e| TlsError::Config(format!("replica address {address:?}: {e}")))?
@@ -99,7 +109,11 @@ pub fn joiner_endpoint(replica_id: SpiffeId, ca_sha256: [u8; 32], address: &str,
 /// The client side, for tonic: our identity as PEM, and the peer verifier. `timeout`
 /// limits connecting; each call sets its own limit (`ClusterClient`), since a forwarded
 /// leader transfer takes longer than an append.
-pub fn client_endpoint(tls: &ClusterTls, address: &str, timeout: std::time::Duration) -> Result<tonic::transport::Endpoint, TlsError> {
+pub fn client_endpoint(
+    tls: &ClusterTls,
+    address: &str,
+    timeout: std::time::Duration,
+) -> Result<tonic::transport::Endpoint, TlsError> {
     let chain_pem: String = tls.chain.iter().map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.clone()))).collect();
     let key_pem = Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", tls.key_pkcs8.to_vec())));
     let identity = tonic::transport::Identity::from_pem(chain_pem, key_pem.as_bytes());

@@ -48,7 +48,8 @@ pub fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<proto::clus
 }
 
 pub fn decode<T: DeserializeOwned>(what: &'static str, payload: &proto::cluster::Payload) -> Result<T, tonic::Status> {
-    codec::decode(what, &payload.data).map_err(|e| tonic::Status::invalid_argument(format!("cannot decode {what} payload: {}", e.reason)))
+    codec::decode(what, &payload.data)
+        .map_err(|e| tonic::Status::invalid_argument(format!("cannot decode {what} payload: {}", e.reason)))
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use crate::command::{ChangeSet, Command, Outcome, Response};
 use crate::db::{cf, unlogged};
 use crate::log_store::ApplyProgress;
 use crate::schema::{sm_key, Cf};
-use crate::types::{Entry, LogId, SnapshotMeta, Snapshot, StorageError, StoredMembership, TypeConfig};
+use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use txn::Txn;
 
 /// The state machine: applies committed entries, builds and installs snapshots.
@@ -30,17 +30,19 @@ pub struct StateMachine {
     progress: ApplyProgress,
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StorageError> + Send + 'static) -> Result<T, StorageError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StorageError::from(StorageIOError::write_state_machine(&e)))?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| StorageError::from(StorageIOError::write_state_machine(&e)))?
 }
 
-pub(crate) fn read_sm<T: serde::de::DeserializeOwned>(db: &DB, key: &[u8], what: &'static str) -> Result<Option<T>, StorageError> {
+pub(crate) fn read_sm<T: serde::de::DeserializeOwned>(
+    db: &DB,
+    key: &[u8],
+    what: &'static str,
+) -> Result<Option<T>, StorageError> {
     let bytes = db.get_cf(cf(db, Cf::SmMeta), key).map_err(|e| StorageIOError::read_state_machine(&e))?;
-    bytes
-        .map(|b| codec::decode(what, &b).map_err(|e| StorageIOError::read_state_machine(&e).into()))
-        .transpose()
+    bytes.map(|b| codec::decode(what, &b).map_err(|e| StorageIOError::read_state_machine(&e).into())).transpose()
 }
 
 impl StateMachine {
@@ -52,7 +54,8 @@ impl StateMachine {
     /// own revision and change-log record; reads inside the transaction see earlier entries.
     fn apply_all(db: &DB, entries: &[Entry]) -> Result<Vec<Response>, StorageError> {
         let Some(last) = entries.last() else { return Ok(Vec::new()) };
-        let write_err = |log_id, e: &dyn std::error::Error| StorageError::from(StorageIOError::apply(log_id, anyerror_of(e)));
+        let write_err =
+            |log_id, e: &dyn std::error::Error| StorageError::from(StorageIOError::apply(log_id, anyerror_of(e)));
         let mut revision: u64 = read_sm(db, sm_key::REVISION, "revision")?.unwrap_or(0);
         let mut txn = Txn::new(db);
         let mut responses = Vec::with_capacity(entries.len());
@@ -61,18 +64,23 @@ impl StateMachine {
                 EntryPayload::Blank => Outcome::None,
                 EntryPayload::Membership(membership) => {
                     let stored = StoredMembership::new(Some(entry.log_id), membership.clone());
-                    txn.put(Cf::SmMeta, sm_key::MEMBERSHIP, "membership", &stored).map_err(|e| write_err(entry.log_id, &e))?;
+                    txn.put(Cf::SmMeta, sm_key::MEMBERSHIP, "membership", &stored)
+                        .map_err(|e| write_err(entry.log_id, &e))?;
                     Outcome::None
                 }
                 EntryPayload::Normal(command) => {
-                    responses.push(Self::apply_one(&mut txn, command.command(), &mut revision).map_err(|e| write_err(entry.log_id, &e))?);
+                    responses.push(
+                        Self::apply_one(&mut txn, command.command(), &mut revision)
+                            .map_err(|e| write_err(entry.log_id, &e))?,
+                    );
                     continue;
                 }
             };
             responses.push(Response { revision, outcome });
         }
         txn.put(Cf::SmMeta, sm_key::REVISION, "revision", &revision).map_err(|e| write_err(last.log_id, &e))?;
-        txn.put(Cf::SmMeta, sm_key::LAST_APPLIED, "last applied", &last.log_id).map_err(|e| write_err(last.log_id, &e))?;
+        txn.put(Cf::SmMeta, sm_key::LAST_APPLIED, "last applied", &last.log_id)
+            .map_err(|e| write_err(last.log_id, &e))?;
         // Not logged: the entries are durable in the Raft log, and a crash only takes the
         // state back to its last (atomic) flush, from which the log is applied again.
         db.write_opt(txn.into_batch(), &unlogged()).map_err(|e| write_err(last.log_id, &e))?;
@@ -85,7 +93,8 @@ impl StateMachine {
     /// and recording the change set of each.
     fn apply_one(txn: &mut Txn<'_>, command: &Command, revision: &mut u64) -> Result<Response, txn::TxnError> {
         if let Command::Batch(commands) = command {
-            let responses = commands.iter().map(|c| Self::apply_one(txn, c, revision)).collect::<Result<Vec<_>, _>>()?;
+            let responses =
+                commands.iter().map(|c| Self::apply_one(txn, c, revision)).collect::<Result<Vec<_>, _>>()?;
             return Ok(Response { revision: *revision, outcome: Outcome::Batch(responses) });
         }
         *revision += 1;
@@ -137,7 +146,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let (db, dir, meta) = (self.db.clone(), self.snapshot_dir.clone(), meta.clone());
         let data = snapshot.into_inner();
         let (last, bytes) = (meta.last_log_id, data.len());

@@ -4,8 +4,8 @@
 
 use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use openraft::{RaftSnapshotBuilder, StorageIOError};
 use rocksdb::{IteratorMode, ReadOptions, WriteBatch, DB};
@@ -164,10 +164,18 @@ pub fn install(db: &DB, dir: &Path, meta: &SnapshotMeta, data: Vec<u8>) -> Resul
     }
     // The snapshot's metadata is authoritative for what it contains.
     match meta.last_log_id {
-        Some(id) => batch.put_cf(cf(db, Cf::SmMeta), sm_key::LAST_APPLIED, codec::encode("last applied", &id).map_err(write_err)?),
+        Some(id) => batch.put_cf(
+            cf(db, Cf::SmMeta),
+            sm_key::LAST_APPLIED,
+            codec::encode("last applied", &id).map_err(write_err)?,
+        ),
         None => batch.delete_cf(cf(db, Cf::SmMeta), sm_key::LAST_APPLIED),
     }
-    batch.put_cf(cf(db, Cf::SmMeta), sm_key::MEMBERSHIP, codec::encode("membership", &meta.last_membership).map_err(write_err)?);
+    batch.put_cf(
+        cf(db, Cf::SmMeta),
+        sm_key::MEMBERSHIP,
+        codec::encode("membership", &meta.last_membership).map_err(write_err)?,
+    );
     db.write_opt(batch, &synced()).map_err(write_err)?;
     save_current(dir, meta, &data)
 }

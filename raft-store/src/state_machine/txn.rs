@@ -92,7 +92,11 @@ impl<'a> Txn<'a> {
             }
             rows.insert(key.to_vec(), value.to_vec());
         }
-        let written = self.writes.get(&table).into_iter().flat_map(|w| w.range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded)));
+        let written = self
+            .writes
+            .get(&table)
+            .into_iter()
+            .flat_map(|w| w.range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded)));
         for (key, value) in written.take_while(|(key, _)| key.starts_with(prefix)) {
             match value {
                 Some(v) => rows.insert(key.clone(), v.clone()),
@@ -116,7 +120,12 @@ impl<'a> Txn<'a> {
     pub fn into_batch(self) -> WriteBatch {
         // Sized up front: a batch of a thousand entries otherwise grows (and is copied) a
         // dozen times. Each record also holds a tag, a column family id and two lengths.
-        let size: usize = self.writes.values().flat_map(|rows| rows.iter()).map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 16).sum();
+        let size: usize = self
+            .writes
+            .values()
+            .flat_map(|rows| rows.iter())
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 16)
+            .sum();
         let mut batch = WriteBatch::with_capacity_bytes(size + 12);
         for (table, rows) in &self.writes {
             let handle = cf(self.db, *table);

@@ -59,7 +59,10 @@ async fn replicates_and_forwards_writes_from_followers() {
     for i in 0..20 {
         let id = format!("ryw-{i}");
         cluster.replicas[&follower].write(create(&id)).await.unwrap();
-        assert!(cluster.replicas[&follower].local_reader().entry(&id).await.unwrap().is_some(), "{id} not applied on the replica that forwarded it");
+        assert!(
+            cluster.replicas[&follower].local_reader().entry(&id).await.unwrap().is_some(),
+            "{id} not applied on the replica that forwarded it"
+        );
     }
 
     // A linearizable read on a follower sees the write acknowledged just before it.
@@ -94,7 +97,9 @@ async fn concurrent_writes_share_log_entries_and_each_gets_its_own_answer() {
         let response = response.as_ref().unwrap();
         assert!(revisions.insert(response.revision), "revision {} answered twice", response.revision);
         match (&response.outcome, i) {
-            (Outcome::Entries(results), 64) => assert!(results[0].is_err(), "the duplicate of group-7 is refused: {results:?}"),
+            (Outcome::Entries(results), 64) => {
+                assert!(results[0].is_err(), "the duplicate of group-7 is refused: {results:?}")
+            }
             (Outcome::Entries(results), i) => {
                 // Its own command's revision, under which its own entry is stored.
                 assert_eq!(results[0].as_ref().map(|w| w.revision_number).ok(), i64::try_from(response.revision).ok());
@@ -158,7 +163,10 @@ async fn a_wiped_replica_catches_up_by_snapshot() {
         }
     }
     // The leader has snapshotted and purged the log the victim would need.
-    let purged = eventually(Duration::from_secs(10), || cluster.replicas[&leader].raft().metrics().borrow().purged.map(|p| p.index)).await;
+    let purged = eventually(Duration::from_secs(10), || {
+        cluster.replicas[&leader].raft().metrics().borrow().purged.map(|p| p.index)
+    })
+    .await;
     assert!(purged.is_some_and(|p| p > 50), "leader purged its log: {purged:?}");
 
     cluster.wipe(victim);
@@ -178,16 +186,16 @@ async fn an_isolated_leader_cannot_write_and_catches_up_after_healing() {
 
     cluster.isolate(old_leader);
     // The minority side cannot commit: nothing is acknowledged.
-    let minority = tokio::time::timeout(Duration::from_secs(2), cluster.replicas[&old_leader].write(create("minority"))).await;
+    let minority =
+        tokio::time::timeout(Duration::from_secs(2), cluster.replicas[&old_leader].write(create("minority"))).await;
     assert!(!matches!(minority, Ok(Ok(_))), "an isolated replica acknowledged a write");
 
     // The majority elects a new leader and goes on.
     let majority: Vec<NodeId> = cluster.replicas.keys().copied().filter(|id| *id != old_leader).collect();
-    let new_leader = eventually(Duration::from_secs(10), || {
-        majority.iter().copied().find(|id| cluster.replicas[id].is_leader())
-    })
-    .await
-    .expect("the majority elects a leader");
+    let new_leader =
+        eventually(Duration::from_secs(10), || majority.iter().copied().find(|id| cluster.replicas[id].is_leader()))
+            .await
+            .expect("the majority elects a leader");
     let written = cluster.replicas[&majority[0]].write(create("majority")).await.unwrap();
     assert!(created(&written.outcome));
     assert_ne!(new_leader, old_leader);
@@ -259,7 +267,13 @@ async fn leadership_moves_while_clients_write() {
         }
         stop.store(true, Ordering::SeqCst);
     };
-    let (a, b, c, d, ()) = tokio::join!(write_until(writing, 0, &stop), write_until(writing, 1, &stop), write_until(writing, 2, &stop), write_until(writing, 3, &stop), transfers);
+    let (a, b, c, d, ()) = tokio::join!(
+        write_until(writing, 0, &stop),
+        write_until(writing, 1, &stop),
+        write_until(writing, 2, &stop),
+        write_until(writing, 3, &stop),
+        transfers
+    );
     let ids: BTreeSet<String> = [a, b, c, d].into_iter().flatten().collect();
     assert!(ids.len() > 20, "writes went on around the transfers: {}", ids.len());
     assert_everywhere(&cluster, &ids).await;
@@ -356,7 +370,10 @@ async fn a_replica_renews_its_certificate_while_running() {
 async fn a_transfer_asked_of_a_follower_outlasts_the_rpc_timeout() {
     // The leader's part of a transfer waits out its lease (600 ms here), longer than one
     // cluster RPC may take (300 ms): the follower's forwarded request must wait for it.
-    let timing = raft_store::node::Timing { rpc_timeout: Duration::from_millis(300), ..crate::cluster_support::fast_timing(10_000) };
+    let timing = raft_store::node::Timing {
+        rpc_timeout: Duration::from_millis(300),
+        ..crate::cluster_support::fast_timing(10_000)
+    };
     let cluster = TestCluster::start_with(3, timing).await;
     let leader = cluster.wait_for_leader().await;
     let follower = cluster.follower(leader);
@@ -386,7 +403,11 @@ async fn voters_paused_for_a_transfer_elect_again_when_its_leader_dies() {
     }
     let elected = cluster.wait_for_leader().await;
     assert!(followers.contains(&elected));
-    assert!(stopped.elapsed() >= Duration::from_millis(3000), "elected before the pause ended: {:?}", stopped.elapsed());
+    assert!(
+        stopped.elapsed() >= Duration::from_millis(3000),
+        "elected before the pause ended: {:?}",
+        stopped.elapsed()
+    );
     assert!(created(&cluster.replicas[&elected].write(create("after-the-pause")).await.unwrap().outcome));
     cluster.shutdown().await;
 }

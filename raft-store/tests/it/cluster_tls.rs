@@ -11,7 +11,11 @@ use crate::cluster_support::{TestCa, TestCluster, REPLICA_ID};
 
 async fn call(endpoint: tonic::transport::Endpoint, data: Vec<u8>) -> Result<Payload, String> {
     let channel = endpoint.connect().await.map_err(|e| format!("connect: {e:?}"))?;
-    ClusterClient::new(channel).vote(Payload { data }).await.map(|r| r.into_inner()).map_err(|s| format!("{}: {}", s.code(), s.message()))
+    ClusterClient::new(channel)
+        .vote(Payload { data })
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,8 +26,12 @@ async fn refuses_peers_that_are_not_replicas_and_malformed_messages() {
 
     // A replica certificate from this cluster's CA gets through, and garbage is refused.
     let replica = cluster.ca.tls(REPLICA_ID);
-    let err = call(client_endpoint(&replica, &address, timeout).unwrap(), b"\xff\xff garbage".to_vec()).await.unwrap_err();
-    assert!(err.contains("InvalidArgument") || err.contains("invalid argument") || err.contains("Invalid argument"), "{err}");
+    let err =
+        call(client_endpoint(&replica, &address, timeout).unwrap(), b"\xff\xff garbage".to_vec()).await.unwrap_err();
+    assert!(
+        err.contains("InvalidArgument") || err.contains("invalid argument") || err.contains("Invalid argument"),
+        "{err}"
+    );
     assert!(err.contains("cannot decode Vote payload"), "{err}");
 
     // A message over the cap is refused before it is decoded.
@@ -55,7 +63,8 @@ async fn a_client_without_a_certificate_reaches_only_join() {
     let address = cluster.replicas[&1].address().to_string();
     let timeout = Duration::from_secs(2);
     let replica_id = identity::SpiffeId::parse(REPLICA_ID).unwrap();
-    let pin: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &cluster.ca.cert).as_ref().try_into().unwrap();
+    let pin: [u8; 32] =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &cluster.ca.cert).as_ref().try_into().unwrap();
     let connect = |pin: [u8; 32]| {
         let endpoint = joiner_endpoint(replica_id.clone(), pin, &address, timeout).unwrap();
         async move { endpoint.connect().await.map(ClusterClient::new) }
@@ -77,7 +86,10 @@ async fn a_client_without_a_certificate_reaches_only_join() {
     wrong[0] ^= 1;
     let refused = match connect(wrong).await {
         Err(_) => true,
-        Ok(mut c) => c.join(Payload { data: vec![] }).await.is_err_and(|e| e.code() == tonic::Code::Unavailable || e.code() == tonic::Code::Unknown),
+        Ok(mut c) => c
+            .join(Payload { data: vec![] })
+            .await
+            .is_err_and(|e| e.code() == tonic::Code::Unavailable || e.code() == tonic::Code::Unknown),
     };
     assert!(refused, "a server whose CA does not match the pin must be refused");
     cluster.shutdown().await;

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft_store::node::{Replica, ReplicaConfig};
-use raft_store::testing::{eventually, fast_timing, TestCa, REPLICA_ID};
 use raft_store::schema::{meta_key, Cf};
+use raft_store::testing::{eventually, fast_timing, TestCa, REPLICA_ID};
 use raft_store::Command;
 
 use crate::support::entry;
@@ -42,12 +42,16 @@ fn config(data_dir: &Path, snapshot_every: u64) -> ReplicaConfig {
 #[ignore = "a child process of a_killed_replica_keeps_every_acknowledged_write"]
 async fn crash_child_writes_until_killed() {
     let dir = std::env::var(DIR_VAR).expect("the parent test names the data dir");
-    let snapshot_every = std::env::var(SNAPSHOT_VAR).ok().and_then(|n| n.parse().ok()).expect("the parent test names the snapshot interval");
+    let snapshot_every = std::env::var(SNAPSHOT_VAR)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .expect("the parent test names the snapshot interval");
     let replica = Replica::start(config(Path::new(&dir), snapshot_every)).await.expect("start");
     replica.initialize().await.expect("initialize");
     for n in 0u64.. {
         let ids: Vec<String> = (0..10).map(|i| format!("e{n}-{i}")).collect();
-        let entries = ids.iter().map(|id| entry(id, &format!("spiffe://example.org/{id}"), NODE, &["unix:uid:1"])).collect();
+        let entries =
+            ids.iter().map(|id| entry(id, &format!("spiffe://example.org/{id}"), NODE, &["unix:uid:1"])).collect();
         replica.write(Command::CreateEntries(entries)).await.expect("write");
         for id in ids {
             println!("acked {id}");
@@ -105,13 +109,15 @@ async fn kill_and_check(snapshot_every: u64) {
     // What the kill left of the state: the test means something only if the restart has
     // to rebuild acknowledged writes from the log.
     let store = raft_store::db::open(&data_dir, 1, "crash-test").expect("reopen the killed replica's store");
-    let on_disk = store.db.iterator_cf(raft_store::db::cf(&store.db, Cf::Entries), rocksdb::IteratorMode::Start).count();
+    let on_disk =
+        store.db.iterator_cf(raft_store::db::cf(&store.db, Cf::Entries), rocksdb::IteratorMode::Start).count();
     let purged = store.db.get_cf(raft_store::db::cf(&store.db, Cf::Meta), meta_key::LAST_PURGED).unwrap().is_some();
     drop(store);
     assert!(on_disk < acked.len(), "all {} acknowledged writes were already in the state on disk", acked.len());
     assert_eq!(purged, snapshot_every < 1000, "the log is purged exactly when snapshots are taken");
 
-    let replica = Replica::start(config(&data_dir, snapshot_every)).await.expect("restart from the killed replica's dir");
+    let replica =
+        Replica::start(config(&data_dir, snapshot_every)).await.expect("restart from the killed replica's dir");
     let reader = replica.local_reader().clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut missing = acked.clone();
@@ -128,6 +134,12 @@ async fn kill_and_check(snapshot_every: u64) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(missing.is_empty(), "{} of {} acknowledged writes are missing after the restart, e.g. {:?}", missing.len(), acked.len(), missing.first());
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged writes are missing after the restart, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        missing.first()
+    );
     replica.shutdown().await;
 }

@@ -8,7 +8,10 @@ async fn refuses_other_replicas_and_clusters_and_reopens_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path(), 1, "cluster-a").await.unwrap();
     drop(store);
-    assert!(matches!(open_store(dir.path(), 2, "cluster-a").await, Err(OpenError::WrongNode { found: 1, expected: 2, .. })));
+    assert!(matches!(
+        open_store(dir.path(), 2, "cluster-a").await,
+        Err(OpenError::WrongNode { found: 1, expected: 2, .. })
+    ));
     let err = open_store(dir.path(), 1, "cluster-b").await.err().unwrap();
     assert!(matches!(err, OpenError::WrongCluster { .. }));
     assert!(err.to_string().contains("cluster-a") && err.to_string().contains("cluster-b"), "{err}");

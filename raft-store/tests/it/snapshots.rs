@@ -12,11 +12,20 @@ const NODE: &str = "spiffe://example.org/spire/agent/x";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_replaces_a_lagging_replicas_state() {
     let mut leader = TestStore::new().await;
-    let batch: Vec<_> = (0..300).map(|i| entry(&format!("e{i:03}"), &format!("spiffe://example.org/w{i}"), NODE, &["unix:uid:1"])).collect();
+    let batch: Vec<_> = (0..300)
+        .map(|i| entry(&format!("e{i:03}"), &format!("spiffe://example.org/w{i}"), NODE, &["unix:uid:1"]))
+        .collect();
     leader.apply_one(Command::CreateEntries(batch)).await;
     leader.apply_one(Command::CreateJoinToken(JoinToken { token: "tok".into(), expires_at: 10, agent_id: None })).await;
     let authority = StoredX509Authority { der: vec![1, 2, 3], tainted: false };
-    leader.apply_one(Command::AppendBundle { scope: BundleScope::Local, trust_domain: "example.org".into(), x509: vec![authority.clone()], jwt: vec![] }).await;
+    leader
+        .apply_one(Command::AppendBundle {
+            scope: BundleScope::Local,
+            trust_domain: "example.org".into(),
+            x509: vec![authority.clone()],
+            jwt: vec![],
+        })
+        .await;
 
     let mut builder = leader.store.state_machine.get_snapshot_builder().await;
     let snapshot = builder.build_snapshot().await.unwrap();
@@ -26,7 +35,9 @@ async fn a_snapshot_replaces_a_lagging_replicas_state() {
 
     // The follower has stale state of its own, which the snapshot must wipe.
     let mut follower = TestStore::new().await;
-    follower.apply_one(Command::CreateEntries(vec![entry("stale", "spiffe://example.org/stale", NODE, &["a:b"])])).await;
+    follower
+        .apply_one(Command::CreateEntries(vec![entry("stale", "spiffe://example.org/stale", NODE, &["a:b"])]))
+        .await;
     let data = snapshot.snapshot.into_inner();
     follower.store.state_machine.install_snapshot(&snapshot.meta, Box::new(std::io::Cursor::new(data))).await.unwrap();
 
@@ -35,7 +46,10 @@ async fn a_snapshot_replaces_a_lagging_replicas_state() {
     assert!(reader.entry("e000").await.unwrap().is_some());
     assert_eq!(reader.entries_by_selector("unix:uid:1").await.unwrap().len(), 300, "indexes come along");
     assert!(reader.join_token("tok").await.unwrap().is_some());
-    assert_eq!(reader.bundle(BundleScope::Local, "example.org").await.unwrap().unwrap().x509_authorities, vec![authority]);
+    assert_eq!(
+        reader.bundle(BundleScope::Local, "example.org").await.unwrap().unwrap().x509_authorities,
+        vec![authority]
+    );
     assert_eq!(reader.revision().await.unwrap(), 3);
     assert_eq!(reader.changes_since(0, 10).await.unwrap().len(), 3, "the change log comes along");
     let (applied, _) = follower.store.state_machine.applied_state().await.unwrap();
@@ -64,7 +78,12 @@ async fn a_backup_restores_as_a_new_one_replica_cluster() {
     let leader = cluster.wait_for_leader().await;
     let follower = cluster.follower(leader);
     for i in 0..30 {
-        let e = crate::support::entry(&format!("kept-{i}"), &format!("spiffe://example.org/kept/{i}"), "spiffe://example.org/spire/agent/x", &["unix:uid:1"]);
+        let e = crate::support::entry(
+            &format!("kept-{i}"),
+            &format!("spiffe://example.org/kept/{i}"),
+            "spiffe://example.org/spire/agent/x",
+            &["unix:uid:1"],
+        );
         cluster.replicas[&leader].write(raft_store::Command::CreateEntries(vec![e])).await.unwrap();
     }
     // Taken on a follower after a read-index barrier: it holds every acknowledged write.
@@ -88,9 +107,17 @@ async fn a_backup_restores_as_a_new_one_replica_cluster() {
     for i in 0..30 {
         assert!(reader.entry(&format!("kept-{i}")).await.unwrap().is_some(), "kept-{i} restored");
     }
-    let e = crate::support::entry("after-restore", "spiffe://example.org/after", "spiffe://example.org/spire/agent/x", &["unix:uid:1"]);
+    let e = crate::support::entry(
+        "after-restore",
+        "spiffe://example.org/after",
+        "spiffe://example.org/spire/agent/x",
+        &["unix:uid:1"],
+    );
     let response = restored.write(raft_store::Command::CreateEntries(vec![e])).await.unwrap();
-    assert!(matches!(response.outcome, raft_store::Outcome::Entries(ref r) if r.iter().all(Result::is_ok)), "{response:?}");
+    assert!(
+        matches!(response.outcome, raft_store::Outcome::Entries(ref r) if r.iter().all(Result::is_ok)),
+        "{response:?}"
+    );
     assert_eq!(restored.status().members.len(), 1);
     restored.shutdown().await;
     cluster.shutdown().await;

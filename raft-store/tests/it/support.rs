@@ -26,7 +26,10 @@ impl TestStore {
         let entries: Vec<Entry<TypeConfig>> = commands
             .into_iter()
             .map(|c| {
-                let e = Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), self.next_index), payload: EntryPayload::Normal(LoggedCommand::new(c).unwrap()) };
+                let e = Entry {
+                    log_id: LogId::new(CommittedLeaderId::new(1, 1), self.next_index),
+                    payload: EntryPayload::Normal(LoggedCommand::new(c).unwrap()),
+                };
                 self.next_index += 1;
                 e
             })

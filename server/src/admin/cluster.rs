@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use proto::admin::cluster_admin_server::ClusterAdmin;
 use proto::admin::{
-    ClusterStatus, CreateInviteRequest, InitRequest, Invite, JoinRequest, Member, RemoveMemberRequest, SaveBackupRequest, SaveBackupResponse,
-    StatusRequest, TransferLeadershipRequest,
+    ClusterStatus, CreateInviteRequest, InitRequest, Invite, JoinRequest, Member, RemoveMemberRequest,
+    SaveBackupRequest, SaveBackupResponse, StatusRequest, TransferLeadershipRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -90,7 +90,10 @@ impl ClusterAdmin for ClusterAdminService {
 
     async fn remove_member(&self, request: Request<RemoveMemberRequest>) -> Result<Response<ClusterStatus>, Status> {
         let replica = self.runtime.replica().await.ok_or_else(|| status_of(ClusterSetupError::NotMember))?;
-        replica.remove_member(request.get_ref().node_id).await.map_err(|e| Status::failed_precondition(e.to_string()))?;
+        replica
+            .remove_member(request.get_ref().node_id)
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
         Ok(Response::new(self.current().await))
     }
 
@@ -106,9 +109,15 @@ impl ClusterAdmin for ClusterAdminService {
         Ok(Response::new(SaveBackupResponse { path, bytes }))
     }
 
-    async fn transfer_leadership(&self, request: Request<TransferLeadershipRequest>) -> Result<Response<ClusterStatus>, Status> {
+    async fn transfer_leadership(
+        &self,
+        request: Request<TransferLeadershipRequest>,
+    ) -> Result<Response<ClusterStatus>, Status> {
         let replica = self.runtime.replica().await.ok_or_else(|| status_of(ClusterSetupError::NotMember))?;
-        replica.transfer_leadership(request.get_ref().node_id).await.map_err(|e| Status::failed_precondition(e.to_string()))?;
+        replica
+            .transfer_leadership(request.get_ref().node_id)
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
         Ok(Response::new(self.current().await))
     }
 }

@@ -45,7 +45,10 @@ impl BundleService {
         mode: Mode,
     ) -> Result<Vec<(Option<types::Status>, Option<types::Bundle>)>, Status> {
         if bundles.len() > MAX_BATCH {
-            return Err(Status::invalid_argument(format!("bundle: {} items; at most {MAX_BATCH} per call", bundles.len())));
+            return Err(Status::invalid_argument(format!(
+                "bundle: {} items; at most {MAX_BATCH} per call",
+                bundles.len()
+            )));
         }
         let replica = self.context.replica().await?;
         let mut results = Vec::with_capacity(bundles.len());
@@ -75,7 +78,9 @@ impl BundleService {
                 _ => bundle,
             };
             let checked = match bundle_from_pb(bundle, &format!("bundle[{i}]")) {
-                Ok(b) if b.trust_domain == self.context.ca.config.trust_domain => Err(Status::invalid_argument(format!("bundle[{i}].trust_domain: the local trust domain is not federated"))),
+                Ok(b) if b.trust_domain == self.context.ca.config.trust_domain => Err(Status::invalid_argument(
+                    format!("bundle[{i}].trust_domain: the local trust domain is not federated"),
+                )),
                 other => other,
             };
             let stored = match checked {
@@ -86,22 +91,38 @@ impl BundleService {
                 Ok(stored) => stored,
             };
             let reader = replica.linearizable_reader().await.map_err(read_failed)?;
-            let exists = reader.bundle(BundleScope::Federated, stored.trust_domain.name()).await.map_err(read_failed)?.is_some();
+            let exists =
+                reader.bundle(BundleScope::Federated, stored.trust_domain.name()).await.map_err(read_failed)?.is_some();
             match (mode, exists) {
                 (Mode::Create, true) => {
-                    results.push((item_status(tonic::Code::AlreadyExists, format!("bundle for {} already exists", stored.trust_domain.name())), None));
+                    results.push((
+                        item_status(
+                            tonic::Code::AlreadyExists,
+                            format!("bundle for {} already exists", stored.trust_domain.name()),
+                        ),
+                        None,
+                    ));
                     continue;
                 }
                 (Mode::Update, false) => {
-                    results.push((item_status(tonic::Code::NotFound, format!("no bundle for {}", stored.trust_domain.name())), None));
+                    results.push((
+                        item_status(tonic::Code::NotFound, format!("no bundle for {}", stored.trust_domain.name())),
+                        None,
+                    ));
                     continue;
                 }
                 _ => {}
             }
             match self.context.write(Command::SetBundle { scope: BundleScope::Federated, bundle: stored }).await? {
-                Outcome::Bundle(Ok(saved)) => results.push((item_status(tonic::Code::Ok, "OK"), Some(bundle_to_pb(&saved, mask)))),
-                Outcome::Bundle(Err(e)) => results.push((item_status(tonic::Code::InvalidArgument, e.to_string()), None)),
-                other => results.push((item_status(tonic::Code::Internal, format!("unexpected outcome {other:?}")), None)),
+                Outcome::Bundle(Ok(saved)) => {
+                    results.push((item_status(tonic::Code::Ok, "OK"), Some(bundle_to_pb(&saved, mask))))
+                }
+                Outcome::Bundle(Err(e)) => {
+                    results.push((item_status(tonic::Code::InvalidArgument, e.to_string()), None))
+                }
+                other => {
+                    results.push((item_status(tonic::Code::Internal, format!("unexpected outcome {other:?}")), None))
+                }
             }
         }
         Ok(results)
@@ -110,12 +131,19 @@ impl BundleService {
 
 #[tonic::async_trait]
 impl Bundle for BundleService {
-    async fn count_bundles(&self, request: Request<pb::CountBundlesRequest>) -> Result<Response<pb::CountBundlesResponse>, Status> {
+    async fn count_bundles(
+        &self,
+        request: Request<pb::CountBundlesRequest>,
+    ) -> Result<Response<pb::CountBundlesResponse>, Status> {
         self.context.require_admin(&request).await?;
         let replica = self.context.replica().await?;
         let reader = replica.linearizable_reader().await.map_err(read_failed)?;
         let federated = reader.list_bundles(BundleScope::Federated).await.map_err(read_failed)?.len();
-        let local = reader.bundle(BundleScope::Local, self.context.ca.config.trust_domain.name()).await.map_err(read_failed)?.is_some();
+        let local = reader
+            .bundle(BundleScope::Local, self.context.ca.config.trust_domain.name())
+            .await
+            .map_err(read_failed)?
+            .is_some();
         let count = i32::try_from(federated + usize::from(local)).unwrap_or(i32::MAX);
         Ok(Response::new(pb::CountBundlesResponse { count }))
     }
@@ -124,51 +152,79 @@ impl Bundle for BundleService {
         let replica = self.context.replica().await?;
         let td = &self.context.ca.config.trust_domain;
         let bundle = replica.local_reader().bundle(BundleScope::Local, td.name()).await.map_err(read_failed)?;
-        let bundle = bundle.ok_or_else(|| Status::not_found(format!("no bundle for {} yet: the CA has not published one", td.name())))?;
+        let bundle = bundle.ok_or_else(|| {
+            Status::not_found(format!("no bundle for {} yet: the CA has not published one", td.name()))
+        })?;
         Ok(Response::new(bundle_to_pb(&bundle, request.get_ref().output_mask.as_ref())))
     }
 
-    async fn append_bundle(&self, request: Request<pb::AppendBundleRequest>) -> Result<Response<types::Bundle>, Status> {
+    async fn append_bundle(
+        &self,
+        request: Request<pb::AppendBundleRequest>,
+    ) -> Result<Response<types::Bundle>, Status> {
         self.context.require_admin(&request).await?;
         let request = request.into_inner();
         let td = self.context.ca.config.trust_domain.clone();
         let mut checked = identity::bundle::Bundle::new(td.clone());
         for (i, authority) in request.x509_authorities.iter().enumerate() {
-            checked.add_x509_authority(&authority.asn1).map_err(|e| Status::invalid_argument(format!("x509_authorities[{i}]: {e}")))?;
+            checked
+                .add_x509_authority(&authority.asn1)
+                .map_err(|e| Status::invalid_argument(format!("x509_authorities[{i}]: {e}")))?;
         }
         for (i, key) in request.jwt_authorities.iter().enumerate() {
             jwt_key_checked(key, &format!("jwt_authorities[{i}]"))?;
         }
         let x509 = raft_store::model::StoredBundle::from_bundle(&checked).x509_authorities;
         let jwt = request.jwt_authorities.iter().map(jwt_key_to_stored).collect();
-        let command = Command::AppendBundle { scope: BundleScope::Local, trust_domain: td.name().to_owned(), x509, jwt };
+        let command =
+            Command::AppendBundle { scope: BundleScope::Local, trust_domain: td.name().to_owned(), x509, jwt };
         let bundle = self.write_bundle(command).await?;
         Ok(Response::new(bundle_to_pb(&bundle, request.output_mask.as_ref())))
     }
 
     /// A downstream server (nested cluster) publishes its JWT key into this trust domain's
     /// bundle, so JWT-SVIDs it signs validate everywhere in the trust domain.
-    async fn publish_jwt_authority(&self, request: Request<pb::PublishJwtAuthorityRequest>) -> Result<Response<pb::PublishJwtAuthorityResponse>, Status> {
+    async fn publish_jwt_authority(
+        &self,
+        request: Request<pb::PublishJwtAuthorityRequest>,
+    ) -> Result<Response<pb::PublishJwtAuthorityResponse>, Status> {
         self.context.require_downstream(&request).await?;
-        let key = request.into_inner().jwt_authority.ok_or_else(|| Status::invalid_argument("jwt_authority: required"))?;
+        let key =
+            request.into_inner().jwt_authority.ok_or_else(|| Status::invalid_argument("jwt_authority: required"))?;
         jwt_key_checked(&key, "jwt_authority")?;
         let td = self.context.ca.config.trust_domain.clone();
-        let command = Command::AppendBundle { scope: BundleScope::Local, trust_domain: td.name().to_owned(), x509: vec![], jwt: vec![jwt_key_to_stored(&key)] };
+        let command = Command::AppendBundle {
+            scope: BundleScope::Local,
+            trust_domain: td.name().to_owned(),
+            x509: vec![],
+            jwt: vec![jwt_key_to_stored(&key)],
+        };
         let bundle = self.write_bundle(command).await?;
-        Ok(Response::new(pb::PublishJwtAuthorityResponse { jwt_authorities: bundle_to_pb(&bundle, None).jwt_authorities }))
+        Ok(Response::new(pb::PublishJwtAuthorityResponse {
+            jwt_authorities: bundle_to_pb(&bundle, None).jwt_authorities,
+        }))
     }
 
-    async fn list_federated_bundles(&self, request: Request<pb::ListFederatedBundlesRequest>) -> Result<Response<pb::ListFederatedBundlesResponse>, Status> {
+    async fn list_federated_bundles(
+        &self,
+        request: Request<pb::ListFederatedBundlesRequest>,
+    ) -> Result<Response<pb::ListFederatedBundlesResponse>, Status> {
         self.context.require_admin(&request).await?;
         let replica = self.context.replica().await?;
         let reader = replica.linearizable_reader().await.map_err(read_failed)?;
         let bundles = reader.list_bundles(BundleScope::Federated).await.map_err(read_failed)?;
         let mask = request.get_ref().output_mask.as_ref();
-        Ok(Response::new(pb::ListFederatedBundlesResponse { bundles: bundles.iter().map(|b| bundle_to_pb(b, mask)).collect(), next_page_token: String::new() }))
+        Ok(Response::new(pb::ListFederatedBundlesResponse {
+            bundles: bundles.iter().map(|b| bundle_to_pb(b, mask)).collect(),
+            next_page_token: String::new(),
+        }))
     }
 
     /// Admins and agents (which serve federated bundles to their workloads), as in SPIRE.
-    async fn get_federated_bundle(&self, request: Request<pb::GetFederatedBundleRequest>) -> Result<Response<types::Bundle>, Status> {
+    async fn get_federated_bundle(
+        &self,
+        request: Request<pb::GetFederatedBundleRequest>,
+    ) -> Result<Response<types::Bundle>, Status> {
         if let Err(not_admin) = self.context.require_admin(&request).await {
             let replica = self.context.replica().await?;
             if super::agent_auth::require_agent(&request, &replica).await.is_err() {
@@ -176,7 +232,8 @@ impl Bundle for BundleService {
             }
         }
         let request = request.into_inner();
-        let td = identity::TrustDomain::parse(&request.trust_domain).map_err(|e| Status::invalid_argument(format!("trust_domain: {e}")))?;
+        let td = identity::TrustDomain::parse(&request.trust_domain)
+            .map_err(|e| Status::invalid_argument(format!("trust_domain: {e}")))?;
         if td == self.context.ca.config.trust_domain {
             return Err(Status::invalid_argument("trust_domain: this is the local trust domain; use GetBundle"));
         }
@@ -187,31 +244,54 @@ impl Bundle for BundleService {
         Ok(Response::new(bundle_to_pb(&bundle, request.output_mask.as_ref())))
     }
 
-    async fn batch_create_federated_bundle(&self, request: Request<pb::BatchCreateFederatedBundleRequest>) -> Result<Response<pb::BatchCreateFederatedBundleResponse>, Status> {
+    async fn batch_create_federated_bundle(
+        &self,
+        request: Request<pb::BatchCreateFederatedBundleRequest>,
+    ) -> Result<Response<pb::BatchCreateFederatedBundleResponse>, Status> {
         self.context.require_admin(&request).await?;
         let request = request.into_inner();
         let results = self.set_federated(&request.bundle, None, request.output_mask.as_ref(), Mode::Create).await?;
-        let results = results.into_iter().map(|(status, bundle)| pb::batch_create_federated_bundle_response::Result { status, bundle }).collect();
+        let results = results
+            .into_iter()
+            .map(|(status, bundle)| pb::batch_create_federated_bundle_response::Result { status, bundle })
+            .collect();
         Ok(Response::new(pb::BatchCreateFederatedBundleResponse { results }))
     }
 
-    async fn batch_update_federated_bundle(&self, request: Request<pb::BatchUpdateFederatedBundleRequest>) -> Result<Response<pb::BatchUpdateFederatedBundleResponse>, Status> {
+    async fn batch_update_federated_bundle(
+        &self,
+        request: Request<pb::BatchUpdateFederatedBundleRequest>,
+    ) -> Result<Response<pb::BatchUpdateFederatedBundleResponse>, Status> {
         self.context.require_admin(&request).await?;
         let request = request.into_inner();
-        let results = self.set_federated(&request.bundle, request.input_mask.as_ref(), request.output_mask.as_ref(), Mode::Update).await?;
-        let results = results.into_iter().map(|(status, bundle)| pb::batch_update_federated_bundle_response::Result { status, bundle }).collect();
+        let results = self
+            .set_federated(&request.bundle, request.input_mask.as_ref(), request.output_mask.as_ref(), Mode::Update)
+            .await?;
+        let results = results
+            .into_iter()
+            .map(|(status, bundle)| pb::batch_update_federated_bundle_response::Result { status, bundle })
+            .collect();
         Ok(Response::new(pb::BatchUpdateFederatedBundleResponse { results }))
     }
 
-    async fn batch_set_federated_bundle(&self, request: Request<pb::BatchSetFederatedBundleRequest>) -> Result<Response<pb::BatchSetFederatedBundleResponse>, Status> {
+    async fn batch_set_federated_bundle(
+        &self,
+        request: Request<pb::BatchSetFederatedBundleRequest>,
+    ) -> Result<Response<pb::BatchSetFederatedBundleResponse>, Status> {
         self.context.require_admin(&request).await?;
         let request = request.into_inner();
         let results = self.set_federated(&request.bundle, None, request.output_mask.as_ref(), Mode::Set).await?;
-        let results = results.into_iter().map(|(status, bundle)| pb::batch_set_federated_bundle_response::Result { status, bundle }).collect();
+        let results = results
+            .into_iter()
+            .map(|(status, bundle)| pb::batch_set_federated_bundle_response::Result { status, bundle })
+            .collect();
         Ok(Response::new(pb::BatchSetFederatedBundleResponse { results }))
     }
 
-    async fn batch_delete_federated_bundle(&self, request: Request<pb::BatchDeleteFederatedBundleRequest>) -> Result<Response<pb::BatchDeleteFederatedBundleResponse>, Status> {
+    async fn batch_delete_federated_bundle(
+        &self,
+        request: Request<pb::BatchDeleteFederatedBundleRequest>,
+    ) -> Result<Response<pb::BatchDeleteFederatedBundleResponse>, Status> {
         self.context.require_admin(&request).await?;
         let request = request.into_inner();
         if request.trust_domains.len() > MAX_BATCH {
@@ -224,9 +304,12 @@ impl Bundle for BundleService {
         for name in request.trust_domains {
             let status = match identity::TrustDomain::parse(name.trim_start_matches("spiffe://")) {
                 Err(e) => item_status(tonic::Code::InvalidArgument, format!("trust_domains: {e}")),
-                Ok(td) if td == self.context.ca.config.trust_domain => item_status(tonic::Code::InvalidArgument, "trust_domains: the local bundle cannot be deleted"),
+                Ok(td) if td == self.context.ca.config.trust_domain => {
+                    item_status(tonic::Code::InvalidArgument, "trust_domains: the local bundle cannot be deleted")
+                }
                 Ok(td) => {
-                    let command = Command::DeleteBundle { scope: BundleScope::Federated, trust_domain: td.name().to_owned() };
+                    let command =
+                        Command::DeleteBundle { scope: BundleScope::Federated, trust_domain: td.name().to_owned() };
                     match self.context.write(command).await? {
                         Outcome::Deleted(Ok(())) => item_status(tonic::Code::Ok, "OK"),
                         Outcome::Deleted(Err(e)) => item_status(tonic::Code::NotFound, e.to_string()),

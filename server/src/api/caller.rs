@@ -26,8 +26,13 @@ pub fn on_network(mut request: Request<()>) -> Result<Request<()>, Status> {
     let caller = match request.peer_certs().as_deref().and_then(|certs| certs.first().cloned()) {
         None => Caller::Anonymous,
         Some(leaf) => {
-            let facts = identity::x509::certificate_facts(leaf.as_ref()).map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
-            let id = facts.spiffe_ids.into_iter().next().ok_or_else(|| Status::unauthenticated("client certificate has no SPIFFE ID"))?;
+            let facts = identity::x509::certificate_facts(leaf.as_ref())
+                .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
+            let id = facts
+                .spiffe_ids
+                .into_iter()
+                .next()
+                .ok_or_else(|| Status::unauthenticated("client certificate has no SPIFFE ID"))?;
             Caller::Peer { id, serial: hex::encode(&facts.serial) }
         }
     };

@@ -10,11 +10,11 @@ use std::time::Duration;
 use identity::bundle::Bundle;
 use identity::crypto::{KeyType, LocalKey, Signer};
 use identity::SpiffeId;
-use spiffe_tls::SvidVerifier;
 use raft_store::node::Replica;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use spiffe_tls::SvidVerifier;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -36,18 +36,24 @@ impl ServerIdentity {
 
     /// Mints a new server SVID when there is none or the current one is past half-life.
     pub async fn refresh_if_due(&self, ca: &ClusterCa, replica: &Replica, now: OffsetDateTime) -> Result<bool, String> {
-        let due = self.current.read().map_err(|_| "lock poisoned")?.as_ref().is_none_or(|(_, renew_at)| now >= *renew_at);
+        let due =
+            self.current.read().map_err(|_| "lock poisoned")?.as_ref().is_none_or(|(_, renew_at)| now >= *renew_at);
         if !due {
             return Ok(false);
         }
         let key = LocalKey::generate(KeyType::EcP256).map_err(|e| e.to_string())?;
         let manager = ca.local(replica).await.map_err(|e| e.to_string())?;
-        let chain = manager.mint_x509_svid(self.id.clone(), key.public_key().clone(), None, vec![]).await.map_err(|e| e.to_string())?;
+        let chain = manager
+            .mint_x509_svid(self.id.clone(), key.public_key().clone(), None, vec![])
+            .await
+            .map_err(|e| e.to_string())?;
         let facts = identity::x509::certificate_facts(&chain[0]).map_err(|e| e.to_string())?;
         let renew_at = facts.not_before + (facts.not_after - facts.not_before) / 2;
         let pkcs8 = key.to_pkcs8_der().map_err(|e| e.to_string())?;
-        let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.to_vec())))
-            .map_err(|e| e.to_string())?;
+        let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&PrivateKeyDer::Pkcs8(
+            PrivatePkcs8KeyDer::from(pkcs8.to_vec()),
+        ))
+        .map_err(|e| e.to_string())?;
         let certified = CertifiedKey::new(chain.into_iter().map(CertificateDer::from).collect(), signing);
         *self.current.write().map_err(|_| "lock poisoned")? = Some((Arc::new(certified), renew_at));
         tracing::info!(id = %self.id, renew_at = %renew_at, "server SVID minted");
@@ -63,7 +69,12 @@ impl ResolvesServerCert for ServerIdentity {
 
 /// Keeps the server SVID and the bundle client certificates are checked against current,
 /// from this replica's applied state.
-pub async fn maintain(identity: Arc<ServerIdentity>, bundle: Arc<RwLock<Bundle>>, ca: ClusterCa, runtime: Arc<crate::cluster::runtime::ClusterRuntime>) {
+pub async fn maintain(
+    identity: Arc<ServerIdentity>,
+    bundle: Arc<RwLock<Bundle>>,
+    ca: ClusterCa,
+    runtime: Arc<crate::cluster::runtime::ClusterRuntime>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut sequence = None;
     loop {
@@ -89,7 +100,15 @@ pub async fn bind(
     address: SocketAddr,
     identity: Arc<ServerIdentity>,
     bundle: Arc<RwLock<Bundle>>,
-) -> Result<(SocketAddr, tokio_stream::wrappers::ReceiverStream<Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>>), String> {
+) -> Result<
+    (
+        SocketAddr,
+        tokio_stream::wrappers::ReceiverStream<
+            Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+        >,
+    ),
+    String,
+> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])

@@ -15,7 +15,11 @@ pub struct LocalAuthorityService {
 }
 
 fn state_pb(state: AuthorityState) -> pb::AuthorityState {
-    pb::AuthorityState { authority_id: state.authority_id, expires_at: state.expires_at, upstream_authority_subject_key_id: state.upstream_authority_id }
+    pb::AuthorityState {
+        authority_id: state.authority_id,
+        expires_at: state.expires_at,
+        upstream_authority_subject_key_id: state.upstream_authority_id,
+    }
 }
 
 fn ca_status(e: CaError) -> Status {
@@ -44,9 +48,15 @@ impl LocalAuthorityService {
         Ok(state_pb(self.context.ca.prepare_now(&replica, kind).await.map_err(ca_status)?))
     }
 
-    async fn change(&self, kind: AuthorityKind, id: &str, transition: Transition) -> Result<pb::AuthorityState, Status> {
+    async fn change(
+        &self,
+        kind: AuthorityKind,
+        id: &str,
+        transition: Transition,
+    ) -> Result<pb::AuthorityState, Status> {
         let replica = self.context.replica().await?;
-        let state = self.context.ca.transition(&replica, kind, authority_id(id)?, transition).await.map_err(ca_status)?;
+        let state =
+            self.context.ca.transition(&replica, kind, authority_id(id)?, transition).await.map_err(ca_status)?;
         tracing::info!(?kind, ?transition, authority_id = %id, "local authority changed by an admin");
         Ok(state_pb(state))
     }
@@ -75,7 +85,9 @@ impl LocalAuthorityService {
         let ca = self.context.ca.linearizable(&replica).await.map_err(ca_status)?;
         let states = ca.authority_states(AuthorityKind::X509);
         if states.active.as_ref().is_some_and(|a| a.upstream_authority_id == key_id) {
-            return Err(Status::invalid_argument("subject_key_id: this upstream authority signed the active local authority"));
+            return Err(Status::invalid_argument(
+                "subject_key_id: this upstream authority signed the active local authority",
+            ));
         }
         if states.old.as_ref().is_none_or(|o| o.upstream_authority_id != key_id) {
             return Err(Status::invalid_argument("subject_key_id: only the upstream authority that signed the old local authority can be tainted or revoked"));
@@ -84,9 +96,18 @@ impl LocalAuthorityService {
         let der = bundle
             .x509_authorities
             .iter()
-            .find(|a| identity::x509::certificate_facts(&a.der).ok().and_then(|f| f.subject_key_id).is_some_and(|id| hex::encode(id) == key_id))
+            .find(|a| {
+                identity::x509::certificate_facts(&a.der)
+                    .ok()
+                    .and_then(|f| f.subject_key_id)
+                    .is_some_and(|id| hex::encode(id) == key_id)
+            })
             .map(|a| a.der.clone())
-            .ok_or_else(|| Status::not_found(format!("subject_key_id: no X.509 authority of the local bundle has subject key id {key_id}")))?;
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "subject_key_id: no X.509 authority of the local bundle has subject key id {key_id}"
+                ))
+            })?;
         let trust_domain = bundle.trust_domain.name().to_owned();
         let command = match change {
             UpstreamChange::Taint => Command::TaintLocalX509Authority { trust_domain, der },
@@ -105,71 +126,119 @@ impl LocalAuthorityService {
 
 #[tonic::async_trait]
 impl LocalAuthority for LocalAuthorityService {
-    async fn get_jwt_authority_state(&self, request: Request<pb::GetJwtAuthorityStateRequest>) -> Result<Response<pb::GetJwtAuthorityStateResponse>, Status> {
+    async fn get_jwt_authority_state(
+        &self,
+        request: Request<pb::GetJwtAuthorityStateRequest>,
+    ) -> Result<Response<pb::GetJwtAuthorityStateResponse>, Status> {
         self.context.require_admin(&request).await?;
         let s = self.states(AuthorityKind::Jwt).await?;
-        Ok(Response::new(pb::GetJwtAuthorityStateResponse { active: s.active.map(state_pb), prepared: s.prepared.map(state_pb), old: s.old.map(state_pb) }))
+        Ok(Response::new(pb::GetJwtAuthorityStateResponse {
+            active: s.active.map(state_pb),
+            prepared: s.prepared.map(state_pb),
+            old: s.old.map(state_pb),
+        }))
     }
 
-    async fn prepare_jwt_authority(&self, request: Request<pb::PrepareJwtAuthorityRequest>) -> Result<Response<pb::PrepareJwtAuthorityResponse>, Status> {
+    async fn prepare_jwt_authority(
+        &self,
+        request: Request<pb::PrepareJwtAuthorityRequest>,
+    ) -> Result<Response<pb::PrepareJwtAuthorityResponse>, Status> {
         self.context.require_admin(&request).await?;
-        Ok(Response::new(pb::PrepareJwtAuthorityResponse { prepared_authority: Some(self.prepare(AuthorityKind::Jwt).await?) }))
+        Ok(Response::new(pb::PrepareJwtAuthorityResponse {
+            prepared_authority: Some(self.prepare(AuthorityKind::Jwt).await?),
+        }))
     }
 
-    async fn activate_jwt_authority(&self, request: Request<pb::ActivateJwtAuthorityRequest>) -> Result<Response<pb::ActivateJwtAuthorityResponse>, Status> {
+    async fn activate_jwt_authority(
+        &self,
+        request: Request<pb::ActivateJwtAuthorityRequest>,
+    ) -> Result<Response<pb::ActivateJwtAuthorityResponse>, Status> {
         self.context.require_admin(&request).await?;
         let state = self.change(AuthorityKind::Jwt, &request.get_ref().authority_id, Transition::Activate).await?;
         Ok(Response::new(pb::ActivateJwtAuthorityResponse { activated_authority: Some(state) }))
     }
 
-    async fn taint_jwt_authority(&self, request: Request<pb::TaintJwtAuthorityRequest>) -> Result<Response<pb::TaintJwtAuthorityResponse>, Status> {
+    async fn taint_jwt_authority(
+        &self,
+        request: Request<pb::TaintJwtAuthorityRequest>,
+    ) -> Result<Response<pb::TaintJwtAuthorityResponse>, Status> {
         self.context.require_admin(&request).await?;
         let state = self.change(AuthorityKind::Jwt, &request.get_ref().authority_id, Transition::Taint).await?;
         Ok(Response::new(pb::TaintJwtAuthorityResponse { tainted_authority: Some(state) }))
     }
 
-    async fn revoke_jwt_authority(&self, request: Request<pb::RevokeJwtAuthorityRequest>) -> Result<Response<pb::RevokeJwtAuthorityResponse>, Status> {
+    async fn revoke_jwt_authority(
+        &self,
+        request: Request<pb::RevokeJwtAuthorityRequest>,
+    ) -> Result<Response<pb::RevokeJwtAuthorityResponse>, Status> {
         self.context.require_admin(&request).await?;
         let state = self.change(AuthorityKind::Jwt, &request.get_ref().authority_id, Transition::Revoke).await?;
         Ok(Response::new(pb::RevokeJwtAuthorityResponse { revoked_authority: Some(state) }))
     }
 
-    async fn get_x509_authority_state(&self, request: Request<pb::GetX509AuthorityStateRequest>) -> Result<Response<pb::GetX509AuthorityStateResponse>, Status> {
+    async fn get_x509_authority_state(
+        &self,
+        request: Request<pb::GetX509AuthorityStateRequest>,
+    ) -> Result<Response<pb::GetX509AuthorityStateResponse>, Status> {
         self.context.require_admin(&request).await?;
         let s = self.states(AuthorityKind::X509).await?;
-        Ok(Response::new(pb::GetX509AuthorityStateResponse { active: s.active.map(state_pb), prepared: s.prepared.map(state_pb), old: s.old.map(state_pb) }))
+        Ok(Response::new(pb::GetX509AuthorityStateResponse {
+            active: s.active.map(state_pb),
+            prepared: s.prepared.map(state_pb),
+            old: s.old.map(state_pb),
+        }))
     }
 
-    async fn prepare_x509_authority(&self, request: Request<pb::PrepareX509AuthorityRequest>) -> Result<Response<pb::PrepareX509AuthorityResponse>, Status> {
+    async fn prepare_x509_authority(
+        &self,
+        request: Request<pb::PrepareX509AuthorityRequest>,
+    ) -> Result<Response<pb::PrepareX509AuthorityResponse>, Status> {
         self.context.require_admin(&request).await?;
-        Ok(Response::new(pb::PrepareX509AuthorityResponse { prepared_authority: Some(self.prepare(AuthorityKind::X509).await?) }))
+        Ok(Response::new(pb::PrepareX509AuthorityResponse {
+            prepared_authority: Some(self.prepare(AuthorityKind::X509).await?),
+        }))
     }
 
-    async fn activate_x509_authority(&self, request: Request<pb::ActivateX509AuthorityRequest>) -> Result<Response<pb::ActivateX509AuthorityResponse>, Status> {
+    async fn activate_x509_authority(
+        &self,
+        request: Request<pb::ActivateX509AuthorityRequest>,
+    ) -> Result<Response<pb::ActivateX509AuthorityResponse>, Status> {
         self.context.require_admin(&request).await?;
         let state = self.change(AuthorityKind::X509, &request.get_ref().authority_id, Transition::Activate).await?;
         Ok(Response::new(pb::ActivateX509AuthorityResponse { activated_authority: Some(state) }))
     }
 
-    async fn taint_x509_authority(&self, request: Request<pb::TaintX509AuthorityRequest>) -> Result<Response<pb::TaintX509AuthorityResponse>, Status> {
+    async fn taint_x509_authority(
+        &self,
+        request: Request<pb::TaintX509AuthorityRequest>,
+    ) -> Result<Response<pb::TaintX509AuthorityResponse>, Status> {
         self.context.require_admin(&request).await?;
         let state = self.change(AuthorityKind::X509, &request.get_ref().authority_id, Transition::Taint).await?;
         Ok(Response::new(pb::TaintX509AuthorityResponse { tainted_authority: Some(state) }))
     }
 
-    async fn taint_x509_upstream_authority(&self, request: Request<pb::TaintX509UpstreamAuthorityRequest>) -> Result<Response<pb::TaintX509UpstreamAuthorityResponse>, Status> {
+    async fn taint_x509_upstream_authority(
+        &self,
+        request: Request<pb::TaintX509UpstreamAuthorityRequest>,
+    ) -> Result<Response<pb::TaintX509UpstreamAuthorityResponse>, Status> {
         self.context.require_admin(&request).await?;
         let key_id = self.change_upstream(&request.get_ref().subject_key_id, UpstreamChange::Taint).await?;
         Ok(Response::new(pb::TaintX509UpstreamAuthorityResponse { upstream_authority_subject_key_id: key_id }))
     }
 
-    async fn revoke_x509_authority(&self, request: Request<pb::RevokeX509AuthorityRequest>) -> Result<Response<pb::RevokeX509AuthorityResponse>, Status> {
+    async fn revoke_x509_authority(
+        &self,
+        request: Request<pb::RevokeX509AuthorityRequest>,
+    ) -> Result<Response<pb::RevokeX509AuthorityResponse>, Status> {
         self.context.require_admin(&request).await?;
         let state = self.change(AuthorityKind::X509, &request.get_ref().authority_id, Transition::Revoke).await?;
         Ok(Response::new(pb::RevokeX509AuthorityResponse { revoked_authority: Some(state) }))
     }
 
-    async fn revoke_x509_upstream_authority(&self, request: Request<pb::RevokeX509UpstreamAuthorityRequest>) -> Result<Response<pb::RevokeX509UpstreamAuthorityResponse>, Status> {
+    async fn revoke_x509_upstream_authority(
+        &self,
+        request: Request<pb::RevokeX509UpstreamAuthorityRequest>,
+    ) -> Result<Response<pb::RevokeX509UpstreamAuthorityResponse>, Status> {
         self.context.require_admin(&request).await?;
         let key_id = self.change_upstream(&request.get_ref().subject_key_id, UpstreamChange::Revoke).await?;
         Ok(Response::new(pb::RevokeX509UpstreamAuthorityResponse { upstream_authority_subject_key_id: key_id }))

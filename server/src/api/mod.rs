@@ -50,14 +50,17 @@ impl ApiContext {
             caller::Caller::Peer { id, .. } if self.admin_ids.contains(&id) => Ok(()),
             caller::Caller::Peer { id, .. } => {
                 let replica = self.replica().await?;
-                let entries = replica.local_reader().entries_by_spiffe_id(&id.to_string()).await.map_err(read_failed)?;
+                let entries =
+                    replica.local_reader().entries_by_spiffe_id(&id.to_string()).await.map_err(read_failed)?;
                 if entries.iter().any(|e| e.admin) {
                     Ok(())
                 } else {
                     Err(Status::permission_denied(format!("{id} may not call admin APIs")))
                 }
             }
-            caller::Caller::Anonymous => Err(Status::permission_denied("admin APIs need the admin socket or an admin SVID")),
+            caller::Caller::Anonymous => {
+                Err(Status::permission_denied("admin APIs need the admin socket or an admin SVID"))
+            }
         }
     }
 
@@ -68,7 +71,10 @@ impl ApiContext {
 
     /// Downstream calls (nested clusters): the caller's SVID ID has a registration entry
     /// marked `downstream`, which is returned.
-    pub async fn require_downstream<T>(&self, request: &tonic::Request<T>) -> Result<raft_store::model::RegistrationEntry, Status> {
+    pub async fn require_downstream<T>(
+        &self,
+        request: &tonic::Request<T>,
+    ) -> Result<raft_store::model::RegistrationEntry, Status> {
         let caller::Caller::Peer { id, .. } = caller::caller_of(request) else {
             return Err(Status::permission_denied("this call needs the SVID of a downstream workload"));
         };
@@ -86,7 +92,11 @@ impl ApiContext {
         agent: &raft_store::model::AttestedAgent,
     ) -> Result<std::collections::BTreeMap<String, Arc<raft_store::model::RegistrationEntry>>, Status> {
         use crate::cluster::entry_cache::EntryCacheError;
-        let (replica, entries) = self.runtime.replica_with_entries().await.ok_or_else(|| Status::unavailable("this server belongs to no cluster yet"))?;
+        let (replica, entries) = self
+            .runtime
+            .replica_with_entries()
+            .await
+            .ok_or_else(|| Status::unavailable("this server belongs to no cluster yet"))?;
         entries.authorized(&replica, agent, &self.server_id()?).await.map_err(|e| match e {
             EntryCacheError::Read(e) => read_failed(e),
             too_many @ EntryCacheError::TooMany(_) => Status::resource_exhausted(too_many.to_string()),
@@ -96,7 +106,10 @@ impl ApiContext {
     /// Commits a command through the cluster and returns what apply answered.
     pub async fn write(&self, command: Command) -> Result<Outcome, Status> {
         let replica = self.replica().await?;
-        let response = replica.write(command).await.map_err(|e| Status::unavailable(format!("the cluster did not commit the change: {e}")))?;
+        let response = replica
+            .write(command)
+            .await
+            .map_err(|e| Status::unavailable(format!("the cluster did not commit the change: {e}")))?;
         Ok(response.outcome)
     }
 

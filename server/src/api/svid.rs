@@ -37,10 +37,12 @@ fn ca_error(e: CaError) -> Status {
     }
 }
 
-
 #[tonic::async_trait]
 impl Svid for SvidService {
-    async fn mint_x509svid(&self, request: Request<pb::MintX509svidRequest>) -> Result<Response<pb::MintX509svidResponse>, Status> {
+    async fn mint_x509svid(
+        &self,
+        request: Request<pb::MintX509svidRequest>,
+    ) -> Result<Response<pb::MintX509svidResponse>, Status> {
         self.context.require_admin(&request).await?;
         let request = request.into_inner();
         if request.csr.is_empty() {
@@ -48,7 +50,10 @@ impl Svid for SvidService {
         }
         let csr = identity::x509::parse_csr(&request.csr).map_err(|e| Status::invalid_argument(format!("csr: {e}")))?;
         let [uri] = csr.uris.as_slice() else {
-            return Err(Status::invalid_argument(format!("csr: must have exactly one URI SAN, has {}", csr.uris.len())));
+            return Err(Status::invalid_argument(format!(
+                "csr: must have exactly one URI SAN, has {}",
+                csr.uris.len()
+            )));
         };
         let id = SpiffeId::parse(uri).map_err(|e| Status::invalid_argument(format!("csr: URI SAN {uri:?}: {e}")))?;
         check_workload_id(&id, &self.context.ca.config.trust_domain, "csr")?;
@@ -59,12 +64,19 @@ impl Svid for SvidService {
         let chain = ca.mint_x509_svid(id.clone(), csr.public_key, ttl, csr.dns_names).await.map_err(ca_error)?;
         metrics::histogram!("testudo_ca_sign_seconds", "kind" => "x509").record(started.elapsed().as_secs_f64());
         let leaf = chain.first().ok_or_else(|| Status::internal("the CA returned no certificate"))?;
-        let expires_at = identity::x509::certificate_facts(leaf).map_err(|e| Status::internal(e.to_string()))?.not_after.unix_timestamp();
-        let svid = types::X509svid { cert_chain: chain, id: Some(spiffe_id_to_pb(&id)), expires_at, hint: String::new() };
+        let expires_at = identity::x509::certificate_facts(leaf)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .not_after
+            .unix_timestamp();
+        let svid =
+            types::X509svid { cert_chain: chain, id: Some(spiffe_id_to_pb(&id)), expires_at, hint: String::new() };
         Ok(Response::new(pb::MintX509svidResponse { svid: Some(svid) }))
     }
 
-    async fn mint_jwtsvid(&self, request: Request<pb::MintJwtsvidRequest>) -> Result<Response<pb::MintJwtsvidResponse>, Status> {
+    async fn mint_jwtsvid(
+        &self,
+        request: Request<pb::MintJwtsvidRequest>,
+    ) -> Result<Response<pb::MintJwtsvidResponse>, Status> {
         self.context.require_admin(&request).await?;
         let request = request.into_inner();
         let id = spiffe_id_from_pb(request.id.as_ref(), "id")?;
@@ -83,12 +95,19 @@ impl Svid for SvidService {
         Ok(Response::new(pb::MintJwtsvidResponse { svid: Some(svid) }))
     }
 
-    async fn batch_new_x509svid(&self, request: Request<pb::BatchNewX509svidRequest>) -> Result<Response<pb::BatchNewX509svidResponse>, Status> {
+    async fn batch_new_x509svid(
+        &self,
+        request: Request<pb::BatchNewX509svidRequest>,
+    ) -> Result<Response<pb::BatchNewX509svidResponse>, Status> {
         let replica = self.context.replica().await?;
         let agent = super::agent_auth::require_agent(&request, &replica).await?;
         let params = request.into_inner().params;
         if params.len() > super::entry::MAX_BATCH {
-            return Err(Status::invalid_argument(format!("params: {} items; at most {} per call", params.len(), super::entry::MAX_BATCH)));
+            return Err(Status::invalid_argument(format!(
+                "params: {} items; at most {} per call",
+                params.len(),
+                super::entry::MAX_BATCH
+            )));
         }
         let authorized = self.context.authorized_entries(&agent).await?;
         let ca = self.context.ca.local(&replica).await.map_err(ca_error)?;
@@ -99,12 +118,21 @@ impl Svid for SvidService {
         for param in params {
             match authorized.get(&param.entry_id) {
                 None => results.push(Some(pb::batch_new_x509svid_response::Result {
-                    status: item_status(tonic::Code::NotFound, format!("entry_id: {:?} is not an entry this agent is authorized for", param.entry_id)),
+                    status: item_status(
+                        tonic::Code::NotFound,
+                        format!("entry_id: {:?} is not an entry this agent is authorized for", param.entry_id),
+                    ),
                     svid: None,
                 })),
                 Some(entry) => {
-                    let ttl = (entry.x509_svid_ttl > 0).then(|| Duration::from_secs(entry.x509_svid_ttl.unsigned_abs().into()));
-                    requests.push(crate::ca::SvidRequest { spiffe_id: entry.spiffe_id.clone(), csr: param.csr, ttl, dns_names: entry.dns_names.clone() });
+                    let ttl = (entry.x509_svid_ttl > 0)
+                        .then(|| Duration::from_secs(entry.x509_svid_ttl.unsigned_abs().into()));
+                    requests.push(crate::ca::SvidRequest {
+                        spiffe_id: entry.spiffe_id.clone(),
+                        csr: param.csr,
+                        ttl,
+                        dns_names: entry.dns_names.clone(),
+                    });
                     hints.push((entry.spiffe_id.clone(), entry.hint.clone()));
                     results.push(None);
                 }
@@ -114,7 +142,8 @@ impl Svid for SvidService {
         let count = requests.len();
         let mut minted = ca.mint_x509_svids(requests).await.map_err(ca_error)?.into_iter().zip(hints);
         if count > 0 {
-            metrics::histogram!("testudo_ca_sign_seconds", "kind" => "x509").record(started.elapsed().as_secs_f64() / count as f64);
+            metrics::histogram!("testudo_ca_sign_seconds", "kind" => "x509")
+                .record(started.elapsed().as_secs_f64() / count as f64);
         }
         let results = results
             .into_iter()
@@ -123,20 +152,35 @@ impl Svid for SvidService {
                 None => match minted.next() {
                     Some((Ok(svid), (id, hint))) => pb::batch_new_x509svid_response::Result {
                         status: item_status(tonic::Code::Ok, "OK"),
-                        svid: Some(types::X509svid { cert_chain: svid.chain, id: Some(spiffe_id_to_pb(&id)), expires_at: svid.expires_at, hint }),
+                        svid: Some(types::X509svid {
+                            cert_chain: svid.chain,
+                            id: Some(spiffe_id_to_pb(&id)),
+                            expires_at: svid.expires_at,
+                            hint,
+                        }),
                     },
                     Some((Err(message), _)) => {
-                        let code = if message.starts_with("csr:") { tonic::Code::InvalidArgument } else { tonic::Code::Unavailable };
+                        let code = if message.starts_with("csr:") {
+                            tonic::Code::InvalidArgument
+                        } else {
+                            tonic::Code::Unavailable
+                        };
                         pb::batch_new_x509svid_response::Result { status: item_status(code, message), svid: None }
                     }
-                    None => pb::batch_new_x509svid_response::Result { status: item_status(tonic::Code::Internal, "no outcome for this item"), svid: None },
+                    None => pb::batch_new_x509svid_response::Result {
+                        status: item_status(tonic::Code::Internal, "no outcome for this item"),
+                        svid: None,
+                    },
                 },
             })
             .collect();
         Ok(Response::new(pb::BatchNewX509svidResponse { results }))
     }
 
-    async fn new_jwtsvid(&self, request: Request<pb::NewJwtsvidRequest>) -> Result<Response<pb::NewJwtsvidResponse>, Status> {
+    async fn new_jwtsvid(
+        &self,
+        request: Request<pb::NewJwtsvidRequest>,
+    ) -> Result<Response<pb::NewJwtsvidResponse>, Status> {
         let replica = self.context.replica().await?;
         let agent = super::agent_auth::require_agent(&request, &replica).await?;
         let request = request.into_inner();
@@ -144,12 +188,20 @@ impl Svid for SvidService {
             return Err(Status::invalid_argument("audience: at least one non-empty audience is required"));
         }
         let authorized = self.context.authorized_entries(&agent).await?;
-        let entry = authorized.get(&request.entry_id).ok_or_else(|| Status::not_found(format!("entry_id: {:?} is not an entry this agent is authorized for", request.entry_id)))?;
+        let entry = authorized.get(&request.entry_id).ok_or_else(|| {
+            Status::not_found(format!("entry_id: {:?} is not an entry this agent is authorized for", request.entry_id))
+        })?;
         let ttl = (entry.jwt_svid_ttl > 0).then(|| Duration::from_secs(entry.jwt_svid_ttl.unsigned_abs().into()));
         let ca = self.context.ca.local(&replica).await.map_err(ca_error)?;
         let token = ca.mint_jwt_svid(entry.spiffe_id.clone(), request.audience, ttl).await.map_err(ca_error)?;
         let (issued_at, expires_at) = times_of(&token)?;
-        let svid = types::Jwtsvid { token, id: Some(spiffe_id_to_pb(&entry.spiffe_id)), expires_at, issued_at, hint: entry.hint.clone() };
+        let svid = types::Jwtsvid {
+            token,
+            id: Some(spiffe_id_to_pb(&entry.spiffe_id)),
+            expires_at,
+            issued_at,
+            hint: entry.hint.clone(),
+        };
         Ok(Response::new(pb::NewJwtsvidResponse { svid: Some(svid) }))
     }
 
@@ -157,10 +209,14 @@ impl Svid for SvidService {
     /// workload of this trust domain whose SPIFFE ID has a registration entry marked
     /// `downstream`; that entry's X.509 TTL, if set, is the CA's TTL (`preferred_ttl` is
     /// not honoured, as in SPIRE).
-    async fn new_downstream_x509ca(&self, request: Request<pb::NewDownstreamX509caRequest>) -> Result<Response<pb::NewDownstreamX509caResponse>, Status> {
+    async fn new_downstream_x509ca(
+        &self,
+        request: Request<pb::NewDownstreamX509caRequest>,
+    ) -> Result<Response<pb::NewDownstreamX509caResponse>, Status> {
         let entry = self.context.require_downstream(&request).await?;
         let replica = self.context.replica().await?;
-        let public_key = identity::x509::public_key_from_csr(&request.get_ref().csr).map_err(|e| Status::invalid_argument(format!("csr: {e}")))?;
+        let public_key = identity::x509::public_key_from_csr(&request.get_ref().csr)
+            .map_err(|e| Status::invalid_argument(format!("csr: {e}")))?;
         let ttl = (entry.x509_svid_ttl > 0).then(|| Duration::from_secs(entry.x509_svid_ttl.unsigned_abs().into()));
         let ca = self.context.ca.local(&replica).await.map_err(ca_error)?;
         let ca_cert_chain = ca.mint_downstream_ca(public_key, ttl).await.map_err(ca_error)?;
@@ -175,6 +231,11 @@ fn times_of(token: &str) -> Result<(i64, i64), Status> {
     let claims = token.split('.').nth(1).ok_or_else(|| Status::internal("signed token is not a JWS"))?;
     let claims = URL_SAFE_NO_PAD.decode(claims).map_err(|e| Status::internal(e.to_string()))?;
     let claims: serde_json::Value = serde_json::from_slice(&claims).map_err(|e| Status::internal(e.to_string()))?;
-    let field = |name: &str| claims.get(name).and_then(serde_json::Value::as_i64).ok_or_else(|| Status::internal(format!("signed token has no {name}")));
+    let field = |name: &str| {
+        claims
+            .get(name)
+            .and_then(serde_json::Value::as_i64)
+            .ok_or_else(|| Status::internal(format!("signed token has no {name}")))
+    };
     Ok((field("iat")?, field("exp")?))
 }

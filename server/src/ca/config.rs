@@ -51,7 +51,11 @@ impl CaConfig {
 
     /// Refuses settings that cannot work and returns warnings for ones that work badly.
     pub fn validate(&self) -> Result<Vec<String>, CaConfigError> {
-        for (name, ttl) in [("ca_ttl", self.ca_ttl), ("default_x509_svid_ttl", self.x509_svid_ttl), ("default_jwt_svid_ttl", self.jwt_svid_ttl)] {
+        for (name, ttl) in [
+            ("ca_ttl", self.ca_ttl),
+            ("default_x509_svid_ttl", self.x509_svid_ttl),
+            ("default_jwt_svid_ttl", self.jwt_svid_ttl),
+        ] {
             if ttl.is_zero() {
                 return Err(CaConfigError::ZeroTtl(name));
             }

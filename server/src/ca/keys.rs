@@ -57,13 +57,20 @@ impl CaKeys {
     }
 
     /// A signer for the key a journal authority names (and, for shared keys, carries).
-    pub fn signer(&self, key_id: &str, public_key: PublicKey, material: Option<&KeyMaterial>) -> Result<CaSigner, CaError> {
-        let key_type = public_key.key_type().ok_or_else(|| CaError::Task(format!("key {key_id} has an unsupported type")))?;
+    pub fn signer(
+        &self,
+        key_id: &str,
+        public_key: PublicKey,
+        material: Option<&KeyMaterial>,
+    ) -> Result<CaSigner, CaError> {
+        let key_type =
+            public_key.key_type().ok_or_else(|| CaError::Task(format!("key {key_id} has an unsupported type")))?;
         match (self, material) {
             // A key the journal carries is used from there whatever the key manager is now:
             // that is how a cluster moves from `memory`/`disk` to an HSM or KMS by rotating.
             (_, Some(material)) => {
-                let key = LocalKey::from_pkcs8_der(key_type, material.pkcs8_der()).map_err(|e| CaError::Task(format!("key {key_id} in the journal: {e}")))?;
+                let key = LocalKey::from_pkcs8_der(key_type, material.pkcs8_der())
+                    .map_err(|e| CaError::Task(format!("key {key_id} in the journal: {e}")))?;
                 if key.public_key() != &public_key {
                     return Err(CaError::Task(format!("key {key_id} in the journal does not match its certificate")));
                 }
@@ -102,7 +109,8 @@ mod tests {
         let signer = managed.signer("x509-CA-A-1", public_key.clone(), Some(&material)).unwrap();
         assert!(matches!(signer, CaSigner::Local(_)), "the journal's key, not the (empty) key manager");
         let signature = signer.sign(SignatureAlgorithm::EcdsaP256Sha256, b"m").unwrap();
-        identity::crypto::verify_x509_signature(&public_key, SignatureAlgorithm::EcdsaP256Sha256, b"m", &signature).unwrap();
+        identity::crypto::verify_x509_signature(&public_key, SignatureAlgorithm::EcdsaP256Sha256, b"m", &signature)
+            .unwrap();
         // A new authority of the managed cluster carries no key and is reached by id.
         let (new_public, new_material) = managed.generate("x509-CA-B-2", KeyType::EcP256).await.unwrap();
         assert!(new_material.is_none());

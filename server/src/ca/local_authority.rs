@@ -2,7 +2,9 @@
 //! authority now, activate a prepared one, taint an old one (what it signed must be
 //! replaced), revoke a tainted one (it leaves the bundle). The journal enforces the order.
 
-use raft_store::model::{Authority, JournalEvent, JwtKeyAuthority, SlotEvent, SlotId, SlotPair, SlotStatus, X509CaAuthority};
+use raft_store::model::{
+    Authority, JournalEvent, JwtKeyAuthority, SlotEvent, SlotId, SlotPair, SlotStatus, X509CaAuthority,
+};
 
 use super::manager::{CaError, CaManager, JournalSink};
 use super::rotation::RotationStep;
@@ -44,7 +46,8 @@ pub struct AuthorityStates {
 /// An X.509 CA's authority id: its subject key identifier, else the SHA-256 of the DER.
 pub fn x509_authority_id(certificate: &[u8]) -> String {
     let ski = identity::x509::certificate_facts(certificate).ok().and_then(|f| f.subject_key_id);
-    let bytes = ski.unwrap_or_else(|| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, certificate).as_ref().to_vec());
+    let bytes =
+        ski.unwrap_or_else(|| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, certificate).as_ref().to_vec());
     hex::encode(bytes)
 }
 
@@ -54,20 +57,36 @@ fn x509_upstream_id(authority: &X509CaAuthority) -> String {
     if authority.trust_anchors.contains(&authority.certificate) {
         return String::new();
     }
-    identity::x509::certificate_facts(&authority.certificate).ok().and_then(|f| f.authority_key_id).map(hex::encode).unwrap_or_default()
+    identity::x509::certificate_facts(&authority.certificate)
+        .ok()
+        .and_then(|f| f.authority_key_id)
+        .map(hex::encode)
+        .unwrap_or_default()
 }
 
 fn x509_state(authority: &X509CaAuthority) -> AuthorityState {
-    AuthorityState { authority_id: x509_authority_id(&authority.certificate), expires_at: authority.not_after.unix_timestamp(), upstream_authority_id: x509_upstream_id(authority) }
+    AuthorityState {
+        authority_id: x509_authority_id(&authority.certificate),
+        expires_at: authority.not_after.unix_timestamp(),
+        upstream_authority_id: x509_upstream_id(authority),
+    }
 }
 
 fn jwt_state(authority: &JwtKeyAuthority) -> AuthorityState {
-    AuthorityState { authority_id: authority.kid.clone(), expires_at: authority.not_after.unix_timestamp(), upstream_authority_id: String::new() }
+    AuthorityState {
+        authority_id: authority.kid.clone(),
+        expires_at: authority.not_after.unix_timestamp(),
+        upstream_authority_id: String::new(),
+    }
 }
 
 fn states<T: Authority>(pair: &SlotPair<T>, state_of: impl Fn(&T) -> AuthorityState) -> AuthorityStates {
     let state = |status| pair.with_status(status).map(|s| state_of(&s.authority));
-    AuthorityStates { active: state(SlotStatus::Active), prepared: state(SlotStatus::Prepared), old: state(SlotStatus::Old) }
+    AuthorityStates {
+        active: state(SlotStatus::Active),
+        prepared: state(SlotStatus::Prepared),
+        old: state(SlotStatus::Old),
+    }
 }
 
 impl CaManager {
@@ -79,7 +98,11 @@ impl CaManager {
     }
 
     /// Prepares the next authority now, in the slot that is not active.
-    pub async fn prepare_now(&mut self, kind: AuthorityKind, sink: &dyn JournalSink) -> Result<AuthorityState, CaError> {
+    pub async fn prepare_now(
+        &mut self,
+        kind: AuthorityKind,
+        sink: &dyn JournalSink,
+    ) -> Result<AuthorityState, CaError> {
         let now = self.clock.now();
         let events = match kind {
             AuthorityKind::X509 => {
@@ -99,16 +122,28 @@ impl CaManager {
 
     /// Activates, taints or revokes the authority named `authority_id`. Returns its state
     /// before the change (a revoked authority has none after).
-    pub async fn transition(&mut self, kind: AuthorityKind, authority_id: &str, transition: Transition, sink: &dyn JournalSink) -> Result<AuthorityState, CaError> {
+    pub async fn transition(
+        &mut self,
+        kind: AuthorityKind,
+        authority_id: &str,
+        transition: Transition,
+        sink: &dyn JournalSink,
+    ) -> Result<AuthorityState, CaError> {
         let (slot, state) = match kind {
             AuthorityKind::X509 => {
                 let pair = &self.journal().x509;
-                let slot = pair.iter().find(|s| x509_authority_id(&s.authority.certificate) == authority_id).ok_or_else(|| CaError::UnknownAuthority(authority_id.to_owned()))?;
+                let slot = pair
+                    .iter()
+                    .find(|s| x509_authority_id(&s.authority.certificate) == authority_id)
+                    .ok_or_else(|| CaError::UnknownAuthority(authority_id.to_owned()))?;
                 (slot.id, x509_state(&slot.authority))
             }
             AuthorityKind::Jwt => {
                 let pair = &self.journal().jwt;
-                let slot = pair.iter().find(|s| s.authority.kid == authority_id).ok_or_else(|| CaError::UnknownAuthority(authority_id.to_owned()))?;
+                let slot = pair
+                    .iter()
+                    .find(|s| s.authority.kid == authority_id)
+                    .ok_or_else(|| CaError::UnknownAuthority(authority_id.to_owned()))?;
                 (slot.id, jwt_state(&slot.authority))
             }
         };

@@ -15,7 +15,9 @@ use identity::{SpiffeId, TrustDomain};
 use kms::KeyManagerError;
 use time::OffsetDateTime;
 
-use raft_store::model::{publish, CaJournal, JournalError, JournalEvent, JwtKeyAuthority, SlotEvent, SlotId, StoredBundle, X509CaAuthority};
+use raft_store::model::{
+    publish, CaJournal, JournalError, JournalEvent, JwtKeyAuthority, SlotEvent, SlotId, StoredBundle, X509CaAuthority,
+};
 
 use super::config::{CaConfig, CaConfigError};
 use super::keys::{CaKeys, CaSigner};
@@ -80,7 +82,12 @@ pub struct CaManager {
 #[async_trait::async_trait]
 pub trait JournalSink: Send + Sync {
     async fn commit(&self, trust_domain: &TrustDomain, event: &JournalEvent) -> Result<(), CaError>;
-    async fn prune(&self, trust_domain: &TrustDomain, now: OffsetDateTime, expired_x509: Vec<Vec<u8>>) -> Result<(), CaError>;
+    async fn prune(
+        &self,
+        trust_domain: &TrustDomain,
+        now: OffsetDateTime,
+        expired_x509: Vec<Vec<u8>>,
+    ) -> Result<(), CaError>;
 }
 
 /// Keeps nothing: the manager's own journal is the only copy.
@@ -226,7 +233,11 @@ impl CaManager {
     }
 
     /// The events one X.509 step produces; a prepare that must activate at once yields both.
-    pub(super) async fn x509_step(&mut self, step: RotationStep, now: OffsetDateTime) -> Result<Vec<JournalEvent>, CaError> {
+    pub(super) async fn x509_step(
+        &mut self,
+        step: RotationStep,
+        now: OffsetDateTime,
+    ) -> Result<Vec<JournalEvent>, CaError> {
         let (slot, activate) = match step {
             RotationStep::Activate { slot } => return Ok(vec![JournalEvent::X509(SlotEvent::Activated { slot })]),
             RotationStep::Prepare { slot, activate } => (slot, activate),
@@ -237,9 +248,16 @@ impl CaManager {
         let authority = match &self.upstream {
             Some(upstream) => {
                 let signed = upstream
-                    .mint_x509_ca(&self.config.trust_domain, signer.public_key(), &self.config.ca_subject, self.config.ca_ttl, now)
+                    .mint_x509_ca(
+                        &self.config.trust_domain,
+                        signer.public_key(),
+                        &self.config.ca_subject,
+                        self.config.ca_ttl,
+                        now,
+                    )
                     .await?;
-                let facts = identity::x509::certificate_facts(&signed.certificate).map_err(|e| CaError::Task(e.to_string()))?;
+                let facts =
+                    identity::x509::certificate_facts(&signed.certificate).map_err(|e| CaError::Task(e.to_string()))?;
                 X509CaAuthority {
                     key_id,
                     certificate: signed.certificate,
@@ -280,7 +298,11 @@ impl CaManager {
     }
 
     /// The events one JWT step produces; a prepare that must activate at once yields both.
-    pub(super) async fn jwt_step(&mut self, step: RotationStep, now: OffsetDateTime) -> Result<Vec<JournalEvent>, CaError> {
+    pub(super) async fn jwt_step(
+        &mut self,
+        step: RotationStep,
+        now: OffsetDateTime,
+    ) -> Result<Vec<JournalEvent>, CaError> {
         let (slot, activate) = match step {
             RotationStep::Activate { slot } => return Ok(vec![JournalEvent::Jwt(SlotEvent::Activated { slot })]),
             RotationStep::Prepare { slot, activate } => (slot, activate),
@@ -304,7 +326,12 @@ impl CaManager {
     }
 
     /// A signer for a journal-recorded key, without asking the key manager for it again.
-    fn signer(&self, key_id: &str, public_key: PublicKey, private_key: Option<&raft_store::model::KeyMaterial>) -> Result<CaSigner, CaError> {
+    fn signer(
+        &self,
+        key_id: &str,
+        public_key: PublicKey,
+        private_key: Option<&raft_store::model::KeyMaterial>,
+    ) -> Result<CaSigner, CaError> {
         self.keys.signer(key_id, public_key, private_key)
     }
 
@@ -318,7 +345,9 @@ impl CaManager {
         dns_names: Vec<String>,
     ) -> Result<Vec<Vec<u8>>, CaError> {
         let active = self.journal.x509.active().ok_or(CaError::NoActiveAuthority("X.509"))?.authority.clone();
-        let ca_key = identity::x509::certificate_facts(&active.certificate).map_err(|e| CaError::Task(e.to_string()))?.public_key;
+        let ca_key = identity::x509::certificate_facts(&active.certificate)
+            .map_err(|e| CaError::Task(e.to_string()))?
+            .public_key;
         let signer = self.signer(&active.key_id, ca_key, active.private_key.as_ref())?;
         let template = SvidTemplate {
             spiffe_id,
@@ -345,20 +374,27 @@ impl CaManager {
 
     /// Mints a batch of X.509-SVIDs in one blocking task, with the CA key and certificate
     /// prepared once: each item's CSR is verified, then signed. Items fail on their own.
-    pub async fn mint_x509_svids(&self, requests: Vec<SvidRequest>) -> Result<Vec<Result<MintedSvid, String>>, CaError> {
+    pub async fn mint_x509_svids(
+        &self,
+        requests: Vec<SvidRequest>,
+    ) -> Result<Vec<Result<MintedSvid, String>>, CaError> {
         let slot = self.journal.x509.active().ok_or(CaError::NoActiveAuthority("X.509"))?;
         let active = slot.authority.clone();
-        let ca_key = identity::x509::certificate_facts(&active.certificate).map_err(|e| CaError::Task(e.to_string()))?.public_key;
+        let ca_key = identity::x509::certificate_facts(&active.certificate)
+            .map_err(|e| CaError::Task(e.to_string()))?
+            .public_key;
         let signer = self.signer(&active.key_id, ca_key, active.private_key.as_ref())?;
         let default_ttl = self.config.x509_svid_ttl;
         let now = self.clock.now();
         tokio::task::spawn_blocking(move || {
             let issuer = Issuer::new(&active.certificate, &signer)?;
-            let tail: Vec<Vec<u8>> = std::iter::once(active.certificate.clone()).chain(active.upstream_chain.iter().cloned()).collect();
+            let tail: Vec<Vec<u8>> =
+                std::iter::once(active.certificate.clone()).chain(active.upstream_chain.iter().cloned()).collect();
             Ok(requests
                 .into_iter()
                 .map(|request| {
-                    let public_key = identity::x509::public_key_from_csr(&request.csr).map_err(|e| format!("csr: {e}"))?;
+                    let public_key =
+                        identity::x509::public_key_from_csr(&request.csr).map_err(|e| format!("csr: {e}"))?;
                     let template = SvidTemplate {
                         spiffe_id: request.spiffe_id,
                         public_key,
@@ -383,10 +419,16 @@ impl CaManager {
     /// clusters) with the active CA, and returns the chain to present: the new CA, our CA
     /// certificate, then any upstream intermediates. `ttl` defaults to `ca_ttl`; the new
     /// CA never outlives ours.
-    pub async fn mint_downstream_ca(&self, public_key: PublicKey, ttl: Option<Duration>) -> Result<Vec<Vec<u8>>, CaError> {
+    pub async fn mint_downstream_ca(
+        &self,
+        public_key: PublicKey,
+        ttl: Option<Duration>,
+    ) -> Result<Vec<Vec<u8>>, CaError> {
         let slot = self.journal.x509.active().ok_or(CaError::NoActiveAuthority("X.509"))?;
         let active = slot.authority.clone();
-        let ca_key = identity::x509::certificate_facts(&active.certificate).map_err(|e| CaError::Task(e.to_string()))?.public_key;
+        let ca_key = identity::x509::certificate_facts(&active.certificate)
+            .map_err(|e| CaError::Task(e.to_string()))?
+            .public_key;
         let signer = self.signer(&active.key_id, ca_key, active.private_key.as_ref())?;
         let template = CaTemplate {
             trust_domain: self.config.trust_domain.clone(),
@@ -409,7 +451,12 @@ impl CaManager {
     }
 
     /// Signs a JWT-SVID with the active JWT key; its expiry is capped at the key's.
-    pub async fn mint_jwt_svid(&self, spiffe_id: SpiffeId, audience: Vec<String>, ttl: Option<Duration>) -> Result<String, CaError> {
+    pub async fn mint_jwt_svid(
+        &self,
+        spiffe_id: SpiffeId,
+        audience: Vec<String>,
+        ttl: Option<Duration>,
+    ) -> Result<String, CaError> {
         let active = self.journal.jwt.active().ok_or(CaError::NoActiveAuthority("JWT"))?.authority.clone();
         let jwt_key = active.public_key().map_err(|e| CaError::Task(e.to_string()))?;
         let signer = self.signer(&active.key_id, jwt_key, active.private_key.as_ref())?;

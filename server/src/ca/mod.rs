@@ -15,7 +15,7 @@ pub use manager::{CaError, CaManager, JournalSink, MintedSvid, SvidRequest};
 pub use prune::{expired_x509, prune_expired};
 /// The journal and its slots are replicated state, so they live in raft-store's model.
 pub use raft_store::model::{
-    publish, Authority, CaJournal, JournalError, JournalEvent, JwtKeyAuthority, Slot, SlotEvent, SlotId, SlotPair, SlotStatus,
-    X509CaAuthority,
+    publish, Authority, CaJournal, JournalError, JournalEvent, JwtKeyAuthority, Slot, SlotEvent, SlotId, SlotPair,
+    SlotStatus, X509CaAuthority,
 };
 pub use rotation::{activation_threshold, next_step, preparation_threshold, RotationStep};

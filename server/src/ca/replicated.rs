@@ -36,7 +36,12 @@ impl JournalSink for RaftJournal<'_> {
         }
     }
 
-    async fn prune(&self, trust_domain: &TrustDomain, now: OffsetDateTime, expired_x509: Vec<Vec<u8>>) -> Result<(), CaError> {
+    async fn prune(
+        &self,
+        trust_domain: &TrustDomain,
+        now: OffsetDateTime,
+        expired_x509: Vec<Vec<u8>>,
+    ) -> Result<(), CaError> {
         let command = Command::PruneBundle {
             scope: BundleScope::Local,
             trust_domain: trust_domain.name().to_owned(),
@@ -69,13 +74,24 @@ impl ClusterCa {
         }
         let reader = replica.linearizable_reader().await.map_err(replication)?;
         let (journal, bundle) = self.read(reader).await?;
-        let mut manager = CaManager::resume(self.config.clone(), self.keys.clone(), self.upstream.clone(), self.clock.clone(), journal, bundle)?;
+        let mut manager = CaManager::resume(
+            self.config.clone(),
+            self.keys.clone(),
+            self.upstream.clone(),
+            self.clock.clone(),
+            journal,
+            bundle,
+        )?;
         manager.rotate_with(&RaftJournal { replica }).await
     }
 
     /// An admin's LocalAuthority change, from any replica: the journal is read linearizably
     /// and the change committed through Raft (the journal's rules refuse a conflicting one).
-    pub async fn prepare_now(&self, replica: &Replica, kind: super::local_authority::AuthorityKind) -> Result<super::local_authority::AuthorityState, CaError> {
+    pub async fn prepare_now(
+        &self,
+        replica: &Replica,
+        kind: super::local_authority::AuthorityKind,
+    ) -> Result<super::local_authority::AuthorityState, CaError> {
         let mut manager = self.linearizable(replica).await?;
         manager.prepare_now(kind, &RaftJournal { replica }).await
     }
@@ -95,16 +111,33 @@ impl ClusterCa {
     pub async fn linearizable(&self, replica: &Replica) -> Result<CaManager, CaError> {
         let reader = replica.linearizable_reader().await.map_err(replication)?;
         let (journal, bundle) = self.read(reader).await?;
-        CaManager::resume(self.config.clone(), self.keys.clone(), self.upstream.clone(), self.clock.clone(), journal, bundle)
+        CaManager::resume(
+            self.config.clone(),
+            self.keys.clone(),
+            self.upstream.clone(),
+            self.clock.clone(),
+            journal,
+            bundle,
+        )
     }
 
     /// The CA as this replica has applied it, ready to sign with the active authorities.
     pub async fn local(&self, replica: &Replica) -> Result<CaManager, CaError> {
         let (journal, bundle) = self.read(replica.local_reader()).await?;
-        CaManager::resume(self.config.clone(), self.keys.clone(), self.upstream.clone(), self.clock.clone(), journal, bundle)
+        CaManager::resume(
+            self.config.clone(),
+            self.keys.clone(),
+            self.upstream.clone(),
+            self.clock.clone(),
+            journal,
+            bundle,
+        )
     }
 
-    async fn read(&self, reader: &raft_store::StoreReader) -> Result<(raft_store::model::CaJournal, StoredBundle), CaError> {
+    async fn read(
+        &self,
+        reader: &raft_store::StoreReader,
+    ) -> Result<(raft_store::model::CaJournal, StoredBundle), CaError> {
         let journal = reader.ca_journal().await.map_err(replication)?;
         let bundle = reader
             .bundle(BundleScope::Local, self.config.trust_domain.name())

@@ -52,9 +52,8 @@ pub fn next_step<T: Authority>(slots: &SlotPair<T>, now: OffsetDateTime) -> Opti
             };
             Some(RotationStep::Prepare { slot, activate: true })
         }
-        (Some(active), None) => {
-            (now >= preparation_threshold(&active.authority)).then_some(RotationStep::Prepare { slot: active.id.other(), activate: false })
-        }
+        (Some(active), None) => (now >= preparation_threshold(&active.authority))
+            .then_some(RotationStep::Prepare { slot: active.id.other(), activate: false }),
         (Some(active), Some(prepared)) => {
             (now >= activation_threshold(&active.authority)).then_some(RotationStep::Activate { slot: prepared.id })
         }
@@ -110,7 +109,16 @@ mod tests {
                 while let Some(step) = next_step(&slots, now) {
                     match step {
                         RotationStep::Prepare { slot, activate } => {
-                            apply_for_tests(&mut slots, SlotEvent::Prepared { slot, authority: Life(now - time::Duration::seconds(10), now + time::Duration::seconds(ttl)) });
+                            apply_for_tests(
+                                &mut slots,
+                                SlotEvent::Prepared {
+                                    slot,
+                                    authority: Life(
+                                        now - time::Duration::seconds(10),
+                                        now + time::Duration::seconds(ttl),
+                                    ),
+                                },
+                            );
                             prepared_at = Some(now);
                             if activate {
                                 apply_for_tests(&mut slots, SlotEvent::Activated { slot });
@@ -122,7 +130,11 @@ mod tests {
                             // The next authority was published well before it signs anything:
                             // min(L/2, 30d) − min(L/6, 7d) ahead.
                             let lead = (ttl / 2).min(30 * 86400) - (ttl / 6).min(7 * 86400);
-                            assert!(now - p >= time::Duration::seconds(lead - 2 * tick), "ttl {ttl}: published only {} before activation", now - p);
+                            assert!(
+                                now - p >= time::Duration::seconds(lead - 2 * tick),
+                                "ttl {ttl}: published only {} before activation",
+                                now - p
+                            );
                             apply_for_tests(&mut slots, SlotEvent::Activated { slot });
                             activations.push(now);
                         }
@@ -132,7 +144,10 @@ mod tests {
                 assert!(now < active.authority.not_after(), "ttl {ttl}: active authority expired at {now}");
                 // The active authority always has at least ~lifetime/6 left, so SVIDs are not cut short.
                 let left = active.authority.not_after() - now;
-                assert!(left >= time::Duration::seconds((ttl / 6).min(7 * 86400) - tick), "ttl {ttl}: only {left} left");
+                assert!(
+                    left >= time::Duration::seconds((ttl / 6).min(7 * 86400) - tick),
+                    "ttl {ttl}: only {left} left"
+                );
                 assert!(slots.iter().filter(|s| s.status == SlotStatus::Active).count() == 1);
                 now += time::Duration::seconds(tick);
             }

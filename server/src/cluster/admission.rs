@@ -52,38 +52,61 @@ pub struct Admission {
 impl JoinHandler for Admission {
     async fn join(&self, request: Vec<u8>) -> Result<Vec<u8>, Status> {
         if request.len() > MAX_JOIN_REQUEST {
-            return Err(Status::invalid_argument(format!("join request is {} bytes; at most {MAX_JOIN_REQUEST}", request.len())));
+            return Err(Status::invalid_argument(format!(
+                "join request is {} bytes; at most {MAX_JOIN_REQUEST}",
+                request.len()
+            )));
         }
-        let request: JoinRequest = serde_json::from_slice(&request).map_err(|e| Status::invalid_argument(format!("malformed join request: {e}")))?;
+        let request: JoinRequest = serde_json::from_slice(&request)
+            .map_err(|e| Status::invalid_argument(format!("malformed join request: {e}")))?;
         if request.node_id == 0 {
             return Err(Status::invalid_argument("node_id must be positive"));
         }
         if request.secret.len() != 32 {
             return Err(Status::invalid_argument("secret must be 32 bytes"));
         }
-        let public_key = PublicKey::from_spki_der(&request.public_key).map_err(|e| Status::invalid_argument(format!("public_key: {e}")))?;
-        let replica = self.replica.get().and_then(Weak::upgrade).ok_or_else(|| Status::unavailable("this replica is starting or stopping"))?;
+        let public_key = PublicKey::from_spki_der(&request.public_key)
+            .map_err(|e| Status::invalid_argument(format!("public_key: {e}")))?;
+        let replica = self
+            .replica
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or_else(|| Status::unavailable("this replica is starting or stopping"))?;
         let taken = replica.status().members.iter().any(|m| m.node_id == request.node_id);
         if taken {
-            return Err(Status::already_exists(format!("node_id {} is already a member of this cluster", request.node_id)));
+            return Err(Status::already_exists(format!(
+                "node_id {} is already a member of this cluster",
+                request.node_id
+            )));
         }
 
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let consume = Command::ConsumeReplicaInvite { secret_sha256: Invite::secret_sha256(&request.secret), now };
-        let response = replica.write(consume).await.map_err(|e| Status::unavailable(format!("cannot consume the invite: {e}")))?;
+        let response =
+            replica.write(consume).await.map_err(|e| Status::unavailable(format!("cannot consume the invite: {e}")))?;
         match response.outcome {
             Outcome::ReplicaInvite(Ok(ReplicaInvite { .. })) => {}
             Outcome::ReplicaInvite(Err(ApplyError::NotFound(_))) => {
                 tracing::warn!(node_id = request.node_id, "join refused: unknown or already used invite");
                 return Err(Status::permission_denied("invite is unknown or already used"));
             }
-            Outcome::ReplicaInvite(Err(ApplyError::FailedPrecondition(_))) => return Err(Status::permission_denied("invite has expired")),
+            Outcome::ReplicaInvite(Err(ApplyError::FailedPrecondition(_))) => {
+                return Err(Status::permission_denied("invite has expired"))
+            }
             other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
-        let replica_cert_der = self.authority.issue_replica(&self.trust_domain, public_key).map_err(|e| Status::internal(e.to_string()))?;
+        let replica_cert_der = self
+            .authority
+            .issue_replica(&self.trust_domain, public_key)
+            .map_err(|e| Status::internal(e.to_string()))?;
         let ca_key_pkcs8 = self.authority.key_pkcs8().map_err(|e| Status::internal(e.to_string()))?;
         tracing::info!(node_id = request.node_id, raft_address = %request.raft_address, "admitted a new replica");
-        let reply = JoinReply { cluster_id: self.cluster_id.clone(), ca_cert_der: self.authority.cert_der.clone(), ca_key_pkcs8: ca_key_pkcs8.to_vec(), replica_cert_der };
+        let reply = JoinReply {
+            cluster_id: self.cluster_id.clone(),
+            ca_cert_der: self.authority.cert_der.clone(),
+            ca_key_pkcs8: ca_key_pkcs8.to_vec(),
+            replica_cert_der,
+        };
         serde_json::to_vec(&reply).map_err(|e| Status::internal(e.to_string()))
     }
 }

@@ -19,7 +19,8 @@ const REPLICA_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The SPIFFE ID every replica presents on the cluster RPC. Under `/spire/`, so no
 /// workload entry can claim it, and distinct from the API server's `/spire/server`.
 pub fn replica_id(trust_domain: &TrustDomain) -> Result<SpiffeId, ClusterSetupError> {
-    SpiffeId::parse(&format!("spiffe://{}/spire/replica", trust_domain.name())).map_err(|e| ClusterSetupError::Certificate(e.to_string()))
+    SpiffeId::parse(&format!("spiffe://{}/spire/replica", trust_domain.name()))
+        .map_err(|e| ClusterSetupError::Certificate(e.to_string()))
 }
 
 /// The cluster CA's certificate and key.
@@ -32,15 +33,28 @@ impl ClusterAuthority {
     /// A new self-signed cluster CA for `trust_domain`.
     pub fn create(trust_domain: &TrustDomain) -> Result<Self, ClusterSetupError> {
         let key = LocalKey::generate(KeyType::EcP256).map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
-        let subject = Subject { country: None, organization: Some("Testudo".into()), common_name: Some("Testudo cluster CA".into()) };
-        let template = CaTemplate { trust_domain: trust_domain.clone(), public_key: key.public_key().clone(), ttl: CA_TTL, subject, serial: None };
-        let minted = mint_ca(&template, None, Some(&key as &dyn Signer), OffsetDateTime::now_utc()).map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
+        let subject = Subject {
+            country: None,
+            organization: Some("Testudo".into()),
+            common_name: Some("Testudo cluster CA".into()),
+        };
+        let template = CaTemplate {
+            trust_domain: trust_domain.clone(),
+            public_key: key.public_key().clone(),
+            ttl: CA_TTL,
+            subject,
+            serial: None,
+        };
+        let minted = mint_ca(&template, None, Some(&key as &dyn Signer), OffsetDateTime::now_utc())
+            .map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
         Ok(Self { cert_der: minted.der, key })
     }
 
     pub fn from_parts(cert_der: Vec<u8>, key_pkcs8: &[u8]) -> Result<Self, ClusterSetupError> {
-        let key = LocalKey::from_pkcs8_der(KeyType::EcP256, key_pkcs8).map_err(|e| ClusterSetupError::Certificate(format!("cluster CA key: {e}")))?;
-        Issuer::new(&cert_der, &key).map_err(|e| ClusterSetupError::Certificate(format!("cluster CA certificate: {e}")))?;
+        let key = LocalKey::from_pkcs8_der(KeyType::EcP256, key_pkcs8)
+            .map_err(|e| ClusterSetupError::Certificate(format!("cluster CA key: {e}")))?;
+        Issuer::new(&cert_der, &key)
+            .map_err(|e| ClusterSetupError::Certificate(format!("cluster CA certificate: {e}")))?;
         Ok(Self { cert_der, key })
     }
 
@@ -51,8 +65,14 @@ impl ClusterAuthority {
     /// The replica certificate to use: `current` while it has more than half its life left,
     /// otherwise a new one for the same key (the replica's key stays; only the
     /// certificate is replaced, so the two files never disagree). `Some` when renewed.
-    pub fn renew_replica_if_due(&self, trust_domain: &TrustDomain, current: &[u8], now: OffsetDateTime) -> Result<Option<Vec<u8>>, ClusterSetupError> {
-        let facts = identity::x509::certificate_facts(current).map_err(|e| ClusterSetupError::Certificate(format!("replica certificate: {e}")))?;
+    pub fn renew_replica_if_due(
+        &self,
+        trust_domain: &TrustDomain,
+        current: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<Option<Vec<u8>>, ClusterSetupError> {
+        let facts = identity::x509::certificate_facts(current)
+            .map_err(|e| ClusterSetupError::Certificate(format!("replica certificate: {e}")))?;
         let half_life = (facts.not_after - facts.not_before) / 2;
         if now < facts.not_before + half_life {
             return Ok(None);
@@ -61,8 +81,13 @@ impl ClusterAuthority {
     }
 
     /// A replica certificate for `public_key`.
-    pub fn issue_replica(&self, trust_domain: &TrustDomain, public_key: PublicKey) -> Result<Vec<u8>, ClusterSetupError> {
-        let issuer = Issuer::new(&self.cert_der, &self.key).map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
+    pub fn issue_replica(
+        &self,
+        trust_domain: &TrustDomain,
+        public_key: PublicKey,
+    ) -> Result<Vec<u8>, ClusterSetupError> {
+        let issuer =
+            Issuer::new(&self.cert_der, &self.key).map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
         let template = SvidTemplate {
             spiffe_id: replica_id(trust_domain)?,
             public_key,
@@ -71,7 +96,9 @@ impl ClusterAuthority {
             subject: Subject { country: None, organization: Some("Testudo".into()), common_name: None },
             serial: None,
         };
-        mint_x509_svid(&template, &issuer, OffsetDateTime::now_utc()).map(|m| m.der).map_err(|e| ClusterSetupError::Certificate(e.to_string()))
+        mint_x509_svid(&template, &issuer, OffsetDateTime::now_utc())
+            .map(|m| m.der)
+            .map_err(|e| ClusterSetupError::Certificate(e.to_string()))
     }
 }
 

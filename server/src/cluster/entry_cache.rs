@@ -93,7 +93,12 @@ impl EntryCache {
     /// (an entry parented to the server whose selectors the agent has), and their
     /// descendants, keyed by entry id. Reflects at least every write this replica had
     /// applied when the call began.
-    pub async fn authorized(&self, replica: &Replica, agent: &AttestedAgent, server_id: &SpiffeId) -> Result<BTreeMap<String, Arc<RegistrationEntry>>, EntryCacheError> {
+    pub async fn authorized(
+        &self,
+        replica: &Replica,
+        agent: &AttestedAgent,
+        server_id: &SpiffeId,
+    ) -> Result<BTreeMap<String, Arc<RegistrationEntry>>, EntryCacheError> {
         self.catch_up(replica).await?;
         let state = self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut parents: VecDeque<String> = VecDeque::from([agent.spiffe_id.to_string()]);

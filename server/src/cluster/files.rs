@@ -48,13 +48,18 @@ pub fn load(data_dir: &Path) -> Result<Option<ClusterMaterial>, ClusterSetupErro
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_error(&marker_path, e)),
     };
-    let marker: Marker = serde_json::from_slice(&marker).map_err(|e| ClusterSetupError::Files(format!("{}: {e}", marker_path.display())))?;
+    let marker: Marker = serde_json::from_slice(&marker)
+        .map_err(|e| ClusterSetupError::Files(format!("{}: {e}", marker_path.display())))?;
     let read = |name: &str| fs::read(dir.join(name)).map_err(|e| io_error(&dir.join(name), e));
     let read_secret = |name: &str| -> Result<Zeroizing<Vec<u8>>, ClusterSetupError> {
         let path = dir.join(name);
         let mode = fs::metadata(&path).map_err(|e| io_error(&path, e))?.permissions().mode();
         if mode & 0o077 != 0 {
-            return Err(ClusterSetupError::Files(format!("{} is readable by group or others (mode {:o}); chmod 600 it", path.display(), mode & 0o777)));
+            return Err(ClusterSetupError::Files(format!(
+                "{} is readable by group or others (mode {:o}); chmod 600 it",
+                path.display(),
+                mode & 0o777
+            )));
         }
         read(name).map(Zeroizing::new)
     };
@@ -79,7 +84,8 @@ pub fn store(data_dir: &Path, material: &ClusterMaterial) -> Result<(), ClusterS
     write_file(&dir, "ca.key", &material.ca_key_pkcs8)?;
     write_file(&dir, "replica.der", &material.replica_cert_der)?;
     write_file(&dir, "replica.key", &material.replica_key_pkcs8)?;
-    let marker = serde_json::to_vec(&Marker { cluster_id: material.cluster_id.clone() }).map_err(|e| ClusterSetupError::Files(e.to_string()))?;
+    let marker = serde_json::to_vec(&Marker { cluster_id: material.cluster_id.clone() })
+        .map_err(|e| ClusterSetupError::Files(e.to_string()))?;
     write_file(&dir, MARKER, &marker)?;
     fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| io_error(&dir, e))
 }
@@ -97,7 +103,10 @@ pub fn write_new(path: &Path, contents: &[u8]) -> Result<(), ClusterSetupError> 
         return Err(ClusterSetupError::Files(format!("{} must be an absolute path", path.display())));
     }
     let dir = path.parent().ok_or_else(|| ClusterSetupError::Files(format!("{} has no directory", path.display())))?;
-    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| ClusterSetupError::Files(format!("{} has no file name", path.display())))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| ClusterSetupError::Files(format!("{} has no file name", path.display())))?;
     if path.exists() {
         return Err(ClusterSetupError::Files(format!("{} exists; not overwriting it", path.display())));
     }
@@ -108,7 +117,13 @@ pub fn write_new(path: &Path, contents: &[u8]) -> Result<(), ClusterSetupError> 
 fn write_file(dir: &Path, name: &str, contents: &[u8]) -> Result<(), ClusterSetupError> {
     let path = dir.join(name);
     let temp = dir.join(format!(".{name}.tmp"));
-    let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temp).map_err(|e| io_error(&temp, e))?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .map_err(|e| io_error(&temp, e))?;
     file.write_all(contents).and_then(|()| file.sync_all()).map_err(|e| io_error(&temp, e))?;
     fs::rename(&temp, &path).map_err(|e| io_error(&path, e))
 }

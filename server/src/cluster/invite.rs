@@ -44,12 +44,18 @@ impl Invite {
     }
 
     pub fn decode(token: &str) -> Result<Self, ClusterSetupError> {
-        let body = token.trim().strip_prefix(PREFIX).ok_or_else(|| ClusterSetupError::Invite(format!("not an invite token (it must start with {PREFIX:?})")))?;
+        let body = token
+            .trim()
+            .strip_prefix(PREFIX)
+            .ok_or_else(|| ClusterSetupError::Invite(format!("not an invite token (it must start with {PREFIX:?})")))?;
         if body.len() > 4096 {
             return Err(ClusterSetupError::Invite("invite token is too long".into()));
         }
-        let json = URL_SAFE_NO_PAD.decode(body).map_err(|e| ClusterSetupError::Invite(format!("invite token is not base64url: {e}")))?;
-        let invite: Self = serde_json::from_slice(&json).map_err(|e| ClusterSetupError::Invite(format!("invite token is malformed: {e}")))?;
+        let json = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|e| ClusterSetupError::Invite(format!("invite token is not base64url: {e}")))?;
+        let invite: Self = serde_json::from_slice(&json)
+            .map_err(|e| ClusterSetupError::Invite(format!("invite token is malformed: {e}")))?;
         if invite.addresses.is_empty() {
             return Err(ClusterSetupError::Invite("invite token names no address".into()));
         }

@@ -33,7 +33,14 @@ pub struct Renewal {
 }
 
 impl Renewal {
-    pub fn new(authority: Arc<ClusterAuthority>, trust_domain: TrustDomain, data_dir: PathBuf, ca_cert_der: Vec<u8>, key_pkcs8: Zeroizing<Vec<u8>>, current: Vec<u8>) -> Self {
+    pub fn new(
+        authority: Arc<ClusterAuthority>,
+        trust_domain: TrustDomain,
+        data_dir: PathBuf,
+        ca_cert_der: Vec<u8>,
+        key_pkcs8: Zeroizing<Vec<u8>>,
+        current: Vec<u8>,
+    ) -> Self {
         Self { authority, trust_domain, data_dir, ca_cert_der, key_pkcs8, current: Mutex::new(current) }
     }
 
@@ -57,7 +64,8 @@ impl Renewal {
     /// life at `now`. Signing and a synced file write run off the reactor.
     async fn renew_if_due(&self, now: OffsetDateTime) -> Result<Option<Vec<u8>>, ClusterSetupError> {
         let mut current = self.current.lock().await;
-        let (authority, trust_domain, data_dir, cert) = (self.authority.clone(), self.trust_domain.clone(), self.data_dir.clone(), current.clone());
+        let (authority, trust_domain, data_dir, cert) =
+            (self.authority.clone(), self.trust_domain.clone(), self.data_dir.clone(), current.clone());
         let renewed = tokio::task::spawn_blocking(move || {
             let renewed = authority.renew_replica_if_due(&trust_domain, &cert, now)?;
             if let Some(renewed) = &renewed {
@@ -157,10 +165,20 @@ mod tests {
         let address = replica.address().to_string();
         assert_eq!(presented_leaf_certificate(&address), cert);
 
-        let renewal = Renewal::new(authority.clone(), td.clone(), dir.path().to_path_buf(), authority.cert_der.clone(), material.replica_key_pkcs8.clone(), cert.clone());
+        let renewal = Renewal::new(
+            authority.clone(),
+            td.clone(),
+            dir.path().to_path_buf(),
+            authority.cert_der.clone(),
+            material.replica_key_pkcs8.clone(),
+            cert.clone(),
+        );
         let now = OffsetDateTime::now_utc();
         assert!(!renewal.renew_running(&replica, now).await.unwrap(), "a fresh certificate is kept");
-        assert!(renewal.renew_running(&replica, now + time::Duration::days(200)).await.unwrap(), "past half its life: renewed");
+        assert!(
+            renewal.renew_running(&replica, now + time::Duration::days(200)).await.unwrap(),
+            "past half its life: renewed"
+        );
 
         let stored = files::load(dir.path()).unwrap().unwrap().replica_cert_der;
         assert_ne!(stored, cert);

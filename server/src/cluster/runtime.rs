@@ -52,7 +52,8 @@ fn new_cluster_material(trust_domain: &TrustDomain) -> Result<ClusterMaterial, C
     let key = LocalKey::generate(KeyType::EcP256).map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
     let replica_cert_der = authority.issue_replica(trust_domain, key.public_key().clone())?;
     let mut id_bytes = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut id_bytes).map_err(|_| ClusterSetupError::Certificate("no randomness available".into()))?;
+    aws_lc_rs::rand::fill(&mut id_bytes)
+        .map_err(|_| ClusterSetupError::Certificate("no randomness available".into()))?;
     Ok(ClusterMaterial {
         cluster_id: hex::encode(id_bytes),
         ca_cert_der: authority.cert_der.clone(),
@@ -88,7 +89,9 @@ impl ClusterRuntime {
             let mut slot = runtime.member.lock().await;
             *slot = Some(runtime.start_replica(&material).await?);
         } else {
-            tracing::info!("this replica belongs to no cluster yet: run `testudo-server cluster init` or `cluster join`");
+            tracing::info!(
+                "this replica belongs to no cluster yet: run `testudo-server cluster init` or `cluster join`"
+            );
         }
         Ok(runtime)
     }
@@ -129,7 +132,12 @@ impl ClusterRuntime {
             replica_id: replica_id(&s.trust_domain)?,
         };
         let late = Arc::new(OnceLock::new());
-        let admission = Admission { trust_domain: s.trust_domain.clone(), cluster_id: material.cluster_id.clone(), authority, replica: late.clone() };
+        let admission = Admission {
+            trust_domain: s.trust_domain.clone(),
+            cluster_id: material.cluster_id.clone(),
+            authority,
+            replica: late.clone(),
+        };
         let config = ReplicaConfig {
             node_id: s.node_id,
             cluster_id: material.cluster_id.clone(),
@@ -145,7 +153,13 @@ impl ClusterRuntime {
         let replica = Arc::new(Replica::start(config).await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?);
         let _ = late.set(Arc::downgrade(&replica));
         let renewing = renewal.spawn(Arc::downgrade(&replica));
-        Ok(Member { replica, entries: Arc::default(), cluster_id: material.cluster_id.clone(), ca_cert_der: material.ca_cert_der.clone(), _renewing: renewing })
+        Ok(Member {
+            replica,
+            entries: Arc::default(),
+            cluster_id: material.cluster_id.clone(),
+            ca_cert_der: material.ca_cert_der.clone(),
+            _renewing: renewing,
+        })
     }
 
     /// Makes this pristine replica the sole voter of a new cluster.
@@ -161,7 +175,10 @@ impl ClusterRuntime {
         let member = self.start_replica(&material).await?;
         let (replica, cluster_id) = (member.replica.clone(), member.cluster_id.clone());
         replica.initialize().await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
-        replica.wait_for_leader(Duration::from_secs(10)).await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
+        replica
+            .wait_for_leader(Duration::from_secs(10))
+            .await
+            .map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
         tracing::info!(%cluster_id, node_id = self.settings.node_id, "initialised a new cluster");
         *slot = Some(member);
         Ok(replica.status())
@@ -179,8 +196,14 @@ impl ClusterRuntime {
             raft_address: settings.raft_advertise.clone().unwrap_or_else(|| settings.raft_listen.to_string()),
             api_address: settings.api_address.clone(),
         };
-        let index = raft_store::backup::restore(&settings.data_dir.join("raft"), settings.node_id, &material.cluster_id, node, backup)
-            .map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
+        let index = raft_store::backup::restore(
+            &settings.data_dir.join("raft"),
+            settings.node_id,
+            &material.cluster_id,
+            node,
+            backup,
+        )
+        .map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
         files::store(&settings.data_dir, &material)?;
         Ok((material.cluster_id, index))
     }
@@ -192,7 +215,9 @@ impl ClusterRuntime {
         let bytes = reader.backup().await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
         let path = path.to_path_buf();
         let len = bytes.len() as u64;
-        tokio::task::spawn_blocking(move || files::write_new(&path, &bytes)).await.map_err(|e| ClusterSetupError::Files(e.to_string()))??;
+        tokio::task::spawn_blocking(move || files::write_new(&path, &bytes))
+            .await
+            .map_err(|e| ClusterSetupError::Files(e.to_string()))??;
         Ok(len)
     }
 
@@ -205,11 +230,15 @@ impl ClusterRuntime {
         };
         let mut addresses = vec![replica.node().raft_address.clone()];
         let status = replica.status();
-        addresses.extend(status.members.iter().filter(|m| m.node_id != status.node_id).map(|m| m.node.raft_address.clone()));
+        addresses
+            .extend(status.members.iter().filter(|m| m.node_id != status.node_id).map(|m| m.node.raft_address.clone()));
         let invite = Invite::generate(&ca_cert_der, addresses)?;
         let ttl_secs = i64::try_from(ttl.as_secs()).map_err(|_| ClusterSetupError::Invite("ttl too long".into()))?;
         let expires_at = time::OffsetDateTime::now_utc().unix_timestamp() + ttl_secs;
-        let command = Command::CreateReplicaInvite(ReplicaInvite { secret_sha256: Invite::secret_sha256(&invite.secret), expires_at });
+        let command = Command::CreateReplicaInvite(ReplicaInvite {
+            secret_sha256: Invite::secret_sha256(&invite.secret),
+            expires_at,
+        });
         let response = replica.write(command).await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
         match response.outcome {
             Outcome::ReplicaInvite(Ok(_)) => Ok((invite.encode()?, expires_at)),
@@ -246,15 +275,26 @@ impl ClusterRuntime {
         // Check the reply before keeping it: a usable CA, and a replica certificate it signed.
         ClusterAuthority::from_parts(material.ca_cert_der.clone(), &material.ca_key_pkcs8)?;
         let mut bundle = Bundle::new(self.settings.trust_domain.clone());
-        bundle.add_x509_authority(&material.ca_cert_der).map_err(|e| ClusterSetupError::Join(format!("cluster CA: {e}")))?;
-        identity::x509::verify_x509_svid(&[material.replica_cert_der.as_slice()], &bundle, time::OffsetDateTime::now_utc())
-            .map_err(|e| ClusterSetupError::Join(format!("the replica certificate from the cluster does not verify: {e}")))?;
+        bundle
+            .add_x509_authority(&material.ca_cert_der)
+            .map_err(|e| ClusterSetupError::Join(format!("cluster CA: {e}")))?;
+        identity::x509::verify_x509_svid(
+            &[material.replica_cert_der.as_slice()],
+            &bundle,
+            time::OffsetDateTime::now_utc(),
+        )
+        .map_err(|e| {
+            ClusterSetupError::Join(format!("the replica certificate from the cluster does not verify: {e}"))
+        })?;
         files::store(&self.settings.data_dir, &material)?;
         let member = self.start_replica(&material).await?;
         let (replica, cluster_id) = (member.replica.clone(), member.cluster_id.clone());
         *slot = Some(member);
         drop(slot);
-        replica.join_through(&invite.addresses, CATCH_UP).await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
+        replica
+            .join_through(&invite.addresses, CATCH_UP)
+            .await
+            .map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
         tracing::info!(%cluster_id, node_id = self.settings.node_id, "joined the cluster as a voter");
         Ok(replica.status())
     }
@@ -277,7 +317,8 @@ impl ClusterRuntime {
             let mut client = proto::cluster::cluster_client::ClusterClient::new(channel);
             match client.join(proto::cluster::Payload { data: data.clone() }).await {
                 Ok(reply) => {
-                    return serde_json::from_slice(&reply.into_inner().data).map_err(|e| ClusterSetupError::Join(format!("malformed reply from {address}: {e}")));
+                    return serde_json::from_slice(&reply.into_inner().data)
+                        .map_err(|e| ClusterSetupError::Join(format!("malformed reply from {address}: {e}")));
                 }
                 // A refusal is the cluster's answer: another address would say the same.
                 Err(status) if status.code() != tonic::Code::Unavailable => {

@@ -59,7 +59,8 @@ impl ServerConfig {
     fn check_parsed(file: hcl_config::Parsed<File>) -> Result<Self, ConfigError> {
         let invalid = |path: Vec<String>, message: String| file.invalid(&path, message);
         let parsed = &file.value;
-        let problem = |(path, message): plugins::PluginProblem| invalid(path.into_iter().map(String::from).collect(), message);
+        let problem =
+            |(path, message): plugins::PluginProblem| invalid(path.into_iter().map(String::from).collect(), message);
         let key_manager = parsed.plugins.key_manager(parsed.server.trust_domain.name()).map_err(problem)?;
         let node_attestors = parsed.plugins.node_attestors().map_err(problem)?;
         let upstream_authority = parsed.plugins.upstream_authority().map_err(problem)?;
@@ -74,7 +75,8 @@ impl ServerConfig {
             upstream_authority,
             warnings: Vec::new(),
         };
-        let warnings = config.check().map_err(|(path, message)| invalid(path.iter().map(|s| s.to_string()).collect(), message))?;
+        let warnings =
+            config.check().map_err(|(path, message)| invalid(path.iter().map(|s| s.to_string()).collect(), message))?;
         Ok(Self { warnings, ..config })
     }
 
@@ -106,8 +108,13 @@ impl ServerConfig {
             (vec!["server", key], e.to_string())
         })?;
         if let Some(issuer) = &self.server.jwt_issuer {
-            if !(issuer.starts_with("https://") || issuer.starts_with("http://")) || issuer.contains(char::is_whitespace) {
-                return Err((vec!["server", "jwt_issuer"], format!("invalid issuer {issuer:?}: must be an http(s) URL")));
+            if !(issuer.starts_with("https://") || issuer.starts_with("http://"))
+                || issuer.contains(char::is_whitespace)
+            {
+                return Err((
+                    vec!["server", "jwt_issuer"],
+                    format!("invalid issuer {issuer:?}: must be an http(s) URL"),
+                ));
             }
         }
         if self.cluster.node_id == 0 {
@@ -116,13 +123,16 @@ impl ServerConfig {
         if self.cluster.election_timeout < self.cluster.heartbeat_interval * 3 {
             return Err((
                 vec!["cluster", "election_timeout"],
-                "must be at least three heartbeat intervals, or followers start elections while the leader is healthy".into(),
+                "must be at least three heartbeat intervals, or followers start elections while the leader is healthy"
+                    .into(),
             ));
         }
         if self.cluster.snapshot_every == 0 {
             return Err((vec!["cluster", "snapshot_every"], "must be positive".into()));
         }
-        for (key, path) in [("live_path", &self.health_checks.live_path), ("ready_path", &self.health_checks.ready_path)] {
+        for (key, path) in
+            [("live_path", &self.health_checks.live_path), ("ready_path", &self.health_checks.ready_path)]
+        {
             if !path.starts_with('/') {
                 return Err((vec!["health_checks", key], format!("{path:?} must start with '/'")));
             }

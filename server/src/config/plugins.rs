@@ -54,8 +54,15 @@ impl AwsKmsKeyManagerData {
         if self.region.as_deref().is_some_and(str::is_empty) {
             return Err((at("region"), "must not be empty".into()));
         }
-        let alias_prefix = self.alias_prefix.clone().unwrap_or_else(|| format!("alias/testudo/{}/", kms::aws_kms::alias_safe(trust_domain)));
-        if !alias_prefix.starts_with("alias/") || !alias_prefix.ends_with('/') || alias_prefix.starts_with("alias/aws/") || kms::aws_kms::alias_safe(&alias_prefix) != alias_prefix {
+        let alias_prefix = self
+            .alias_prefix
+            .clone()
+            .unwrap_or_else(|| format!("alias/testudo/{}/", kms::aws_kms::alias_safe(trust_domain)));
+        if !alias_prefix.starts_with("alias/")
+            || !alias_prefix.ends_with('/')
+            || alias_prefix.starts_with("alias/aws/")
+            || kms::aws_kms::alias_safe(&alias_prefix) != alias_prefix
+        {
             return Err((at("alias_prefix"), format!("{alias_prefix:?}: must start with \"alias/\" (not \"alias/aws/\"), end with \"/\" and hold only letters, digits, '/', '_' and '-'")));
         }
         if self.key_tags.keys().any(|k| k.starts_with("testudo-") || k.starts_with("aws:")) {
@@ -88,7 +95,10 @@ impl Pkcs11KeyManagerData {
     /// The checked settings; `trust_domain` makes the default label prefix.
     fn config(&self, trust_domain: &str) -> Result<kms::pkcs11::Pkcs11Config, PluginProblem> {
         let at = |key: &'static str| vec!["plugins", "KeyManager", "pkcs11", "plugin_data", key];
-        let module_path = self.module_path.clone().ok_or_else(|| (at("module_path"), "required: the PKCS#11 module (.so) to load".to_string()))?;
+        let module_path = self
+            .module_path
+            .clone()
+            .ok_or_else(|| (at("module_path"), "required: the PKCS#11 module (.so) to load".to_string()))?;
         if !module_path.is_file() {
             return Err((at("module_path"), format!("{}: no such file", module_path.display())));
         }
@@ -101,11 +111,20 @@ impl Pkcs11KeyManagerData {
         };
         let user_pin = match (&self.user_pin_path, &self.user_pin_env) {
             (Some(path), None) => {
-                let text = std::fs::read_to_string(path).map_err(|e| (at("user_pin_path"), format!("{}: {e}", path.display())))?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| (at("user_pin_path"), format!("{}: {e}", path.display())))?;
                 zeroize::Zeroizing::new(text.trim_end_matches(['\r', '\n']).to_owned())
             }
-            (None, Some(name)) => zeroize::Zeroizing::new(std::env::var(name).map_err(|_| (at("user_pin_env"), format!("environment variable {name} is not set")))?),
-            (None, None) => return Err((at("user_pin_path"), "one of user_pin_path or user_pin_env is required (the PIN is never written in the config)".into())),
+            (None, Some(name)) => zeroize::Zeroizing::new(
+                std::env::var(name)
+                    .map_err(|_| (at("user_pin_env"), format!("environment variable {name} is not set")))?,
+            ),
+            (None, None) => {
+                return Err((
+                    at("user_pin_path"),
+                    "one of user_pin_path or user_pin_env is required (the PIN is never written in the config)".into(),
+                ))
+            }
             _ => return Err((at("user_pin_env"), "user_pin_path and user_pin_env exclude each other".into())),
         };
         if user_pin.is_empty() {
@@ -176,7 +195,10 @@ impl Plugins {
         }
         match chosen.len() {
             1 => Ok(chosen.remove(0).1),
-            0 => Err((vec!["plugins"], "exactly one KeyManager is required (\"memory\", \"disk\", \"pkcs11\" or \"aws_kms\")".into())),
+            0 => Err((
+                vec!["plugins"],
+                "exactly one KeyManager is required (\"memory\", \"disk\", \"pkcs11\" or \"aws_kms\")".into(),
+            )),
             _ => Err((vec!["plugins", "KeyManager"], "only one KeyManager may be enabled".into())),
         }
     }
@@ -199,7 +221,10 @@ impl Plugins {
             }
         };
         if !join_token && x509pop.is_none() {
-            return Err((vec!["plugins"], "at least one NodeAttestor is required (\"join_token\" or \"x509pop\")".into()));
+            return Err((
+                vec!["plugins"],
+                "at least one NodeAttestor is required (\"join_token\" or \"x509pop\")".into(),
+            ));
         }
         Ok(NodeAttestorConfig { join_token, x509pop_ca_bundle_paths: x509pop })
     }
@@ -211,8 +236,10 @@ impl Plugins {
         };
         let path = vec!["plugins", "UpstreamAuthority", "disk", "plugin_data"];
         let data = &block.plugin_data;
-        let cert_file_path = data.cert_file_path.clone().ok_or_else(|| (path.clone(), "missing field `cert_file_path`".to_string()))?;
-        let key_file_path = data.key_file_path.clone().ok_or_else(|| (path.clone(), "missing field `key_file_path`".to_string()))?;
+        let cert_file_path =
+            data.cert_file_path.clone().ok_or_else(|| (path.clone(), "missing field `cert_file_path`".to_string()))?;
+        let key_file_path =
+            data.key_file_path.clone().ok_or_else(|| (path.clone(), "missing field `key_file_path`".to_string()))?;
         Ok(Some(DiskUpstreamConfig { cert_file_path, key_file_path, bundle_file_path: data.bundle_file_path.clone() }))
     }
 }

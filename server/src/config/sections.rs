@@ -8,9 +8,9 @@ use identity::crypto::KeyType;
 use identity::{SpiffeId, TrustDomain};
 use serde::Deserialize;
 
-use hcl_config::values;
-pub use hcl_config::sections::{HealthChecks, Prometheus, Telemetry};
 use crate::ca::config::{DEFAULT_CA_TTL, DEFAULT_JWT_SVID_TTL, DEFAULT_X509_SVID_TTL};
+pub use hcl_config::sections::{HealthChecks, Prometheus, Telemetry};
+use hcl_config::values;
 
 /// `server { … }`.
 #[derive(Clone, Debug, Deserialize)]

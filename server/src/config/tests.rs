@@ -173,16 +173,56 @@ fn missing_required_field_points_at_its_block() {
 #[test]
 fn bad_values_are_refused_by_key() {
     let cases = [
-        ("trust_domain = \"example.org\"", "trust_domain = \"Example.org\"", "server.trust_domain", "invalid trust domain"),
+        (
+            "trust_domain = \"example.org\"",
+            "trust_domain = \"Example.org\"",
+            "server.trust_domain",
+            "invalid trust domain",
+        ),
         ("node_id = 1", "node_id = 0", "cluster.node_id", "positive"),
         ("node_id = 1", "node_id = -1", "cluster.node_id", "invalid"),
-        ("raft_bind_address = \"127.0.0.1:8082\"", "raft_bind_address = \"localhost\"", "cluster.raft_bind_address", "invalid"),
-        ("data_dir = \"/var/lib/testudo\"", "data_dir = \"/var/lib/testudo\"\n  ca_key_type = \"ed25519\"", "server.ca_key_type", "ec-p256"),
-        ("data_dir = \"/var/lib/testudo\"", "data_dir = \"/var/lib/testudo\"\n  bind_port = 70000", "server.bind_port", "0 to 65535"),
-        ("data_dir = \"/var/lib/testudo\"", "data_dir = \"/var/lib/testudo\"\n  log_level = \"LOUD\"", "server.log_level", "unknown variant"),
-        ("data_dir = \"/var/lib/testudo\"", "data_dir = \"/var/lib/testudo\"\n  ca_ttl = \"30s\"", "server.ca_ttl", "at least one minute"),
-        ("data_dir = \"/var/lib/testudo\"", "data_dir = \"/var/lib/testudo\"\n  jwt_issuer = \"oidc\"", "server.jwt_issuer", "URL"),
-        ("data_dir = \"/var/lib/testudo\"", "data_dir = \"/var/lib/testudo\"\n  admin_ids = [\"spiffe://x/\"]", "server.admin_ids", "invalid SPIFFE ID"),
+        (
+            "raft_bind_address = \"127.0.0.1:8082\"",
+            "raft_bind_address = \"localhost\"",
+            "cluster.raft_bind_address",
+            "invalid",
+        ),
+        (
+            "data_dir = \"/var/lib/testudo\"",
+            "data_dir = \"/var/lib/testudo\"\n  ca_key_type = \"ed25519\"",
+            "server.ca_key_type",
+            "ec-p256",
+        ),
+        (
+            "data_dir = \"/var/lib/testudo\"",
+            "data_dir = \"/var/lib/testudo\"\n  bind_port = 70000",
+            "server.bind_port",
+            "0 to 65535",
+        ),
+        (
+            "data_dir = \"/var/lib/testudo\"",
+            "data_dir = \"/var/lib/testudo\"\n  log_level = \"LOUD\"",
+            "server.log_level",
+            "unknown variant",
+        ),
+        (
+            "data_dir = \"/var/lib/testudo\"",
+            "data_dir = \"/var/lib/testudo\"\n  ca_ttl = \"30s\"",
+            "server.ca_ttl",
+            "at least one minute",
+        ),
+        (
+            "data_dir = \"/var/lib/testudo\"",
+            "data_dir = \"/var/lib/testudo\"\n  jwt_issuer = \"oidc\"",
+            "server.jwt_issuer",
+            "URL",
+        ),
+        (
+            "data_dir = \"/var/lib/testudo\"",
+            "data_dir = \"/var/lib/testudo\"\n  admin_ids = [\"spiffe://x/\"]",
+            "server.admin_ids",
+            "invalid SPIFFE ID",
+        ),
     ];
     for (from, to, want_key, want_message) in cases {
         let key = refusal(&MINIMAL.replace(from, to));
@@ -201,7 +241,10 @@ fn plugin_problems_are_named() {
     let key = refusal(&MINIMAL.replace("KeyManager \"memory\" {}", ""));
     assert!(key.message.contains("exactly one KeyManager"), "{key}");
 
-    let key = refusal(&MINIMAL.replace("KeyManager \"memory\" {}", "KeyManager \"memory\" {}\n  KeyManager \"disk\" {\n    plugin_data {\n      keys_path = \"k\"\n    }\n  }"));
+    let key = refusal(&MINIMAL.replace(
+        "KeyManager \"memory\" {}",
+        "KeyManager \"memory\" {}\n  KeyManager \"disk\" {\n    plugin_data {\n      keys_path = \"k\"\n    }\n  }",
+    ));
     assert!(key.message.contains("only one KeyManager"), "{key}");
 
     let key = refusal(&MINIMAL.replace("KeyManager \"memory\" {}", "KeyManager \"disk\" {\n    plugin_data {}\n  }"));
@@ -211,7 +254,9 @@ fn plugin_problems_are_named() {
     let key = refusal(&MINIMAL.replace("NodeAttestor \"join_token\" {}", "NodeAttestor \"tpm\" {}"));
     assert_eq!(key.key, "plugins.NodeAttestor.tpm");
 
-    let key = refusal(&MINIMAL.replace("KeyManager \"memory\" {}", "KeyManager \"memory\" {\n    plugin_cmd = \"/bin/evil\"\n  }"));
+    let key = refusal(
+        &MINIMAL.replace("KeyManager \"memory\" {}", "KeyManager \"memory\" {\n    plugin_cmd = \"/bin/evil\"\n  }"),
+    );
     assert_eq!((key.key.as_str(), key.line), ("plugins.KeyManager.memory.plugin_cmd", Some(9)));
 }
 
@@ -249,8 +294,17 @@ fn a_pkcs11_key_manager_takes_its_pin_from_a_file_or_the_environment() {
     std::fs::write(&module, b"not really a module; the config only checks it exists").unwrap();
     let pin = dir.path().join("pin");
     std::fs::write(&pin, "1234\n").unwrap();
-    let with = |data: &str| MINIMAL.replace("KeyManager \"memory\" {}", &format!("KeyManager \"pkcs11\" {{\n    plugin_data {{\n      {data}\n    }}\n  }}"));
-    let good = format!("module_path = \"{}\"\n      token_label = \"ca\"\n      user_pin_path = \"{}\"", module.display(), pin.display());
+    let with = |data: &str| {
+        MINIMAL.replace(
+            "KeyManager \"memory\" {}",
+            &format!("KeyManager \"pkcs11\" {{\n    plugin_data {{\n      {data}\n    }}\n  }}"),
+        )
+    };
+    let good = format!(
+        "module_path = \"{}\"\n      token_label = \"ca\"\n      user_pin_path = \"{}\"",
+        module.display(),
+        pin.display()
+    );
     match parse(&with(&good)).unwrap().key_manager {
         KeyManagerConfig::Pkcs11(config) => {
             assert_eq!(config.user_pin.as_str(), "1234", "the trailing newline is not part of the PIN");
@@ -261,12 +315,46 @@ fn a_pkcs11_key_manager_takes_its_pin_from_a_file_or_the_environment() {
         other => panic!("{other:?}"),
     }
     let cases = [
-        (format!("module_path = \"{}\"\n      token_label = \"ca\"", module.display()), "plugins.KeyManager.pkcs11.plugin_data.user_pin_path", "never written in the config"),
-        (format!("module_path = \"{}\"\n      user_pin_path = \"{}\"", module.display(), pin.display()), "plugins.KeyManager.pkcs11.plugin_data.token_label", "token_label or slot_id"),
-        (format!("module_path = \"/nonexistent.so\"\n      token_label = \"ca\"\n      user_pin_path = \"{}\"", pin.display()), "plugins.KeyManager.pkcs11.plugin_data.module_path", "no such file"),
-        (format!("module_path = \"{}\"\n      token_label = \"ca\"\n      user_pin_env = \"TESTUDO_UNSET_PIN_VARIABLE\"", module.display()), "plugins.KeyManager.pkcs11.plugin_data.user_pin_env", "is not set"),
-        (format!("module_path = \"{}\"\n      slot_id = 1\n      token_label = \"ca\"\n      user_pin_path = \"{}\"", module.display(), pin.display()), "plugins.KeyManager.pkcs11.plugin_data.slot_id", "exclude each other"),
-        (format!("module_path = \"{}\"\n      token_label = \"ca\"\n      user_pin = \"1234\"", module.display()), "plugins.KeyManager.pkcs11.plugin_data.user_pin", "unknown field"),
+        (
+            format!("module_path = \"{}\"\n      token_label = \"ca\"", module.display()),
+            "plugins.KeyManager.pkcs11.plugin_data.user_pin_path",
+            "never written in the config",
+        ),
+        (
+            format!("module_path = \"{}\"\n      user_pin_path = \"{}\"", module.display(), pin.display()),
+            "plugins.KeyManager.pkcs11.plugin_data.token_label",
+            "token_label or slot_id",
+        ),
+        (
+            format!(
+                "module_path = \"/nonexistent.so\"\n      token_label = \"ca\"\n      user_pin_path = \"{}\"",
+                pin.display()
+            ),
+            "plugins.KeyManager.pkcs11.plugin_data.module_path",
+            "no such file",
+        ),
+        (
+            format!(
+                "module_path = \"{}\"\n      token_label = \"ca\"\n      user_pin_env = \"TESTUDO_UNSET_PIN_VARIABLE\"",
+                module.display()
+            ),
+            "plugins.KeyManager.pkcs11.plugin_data.user_pin_env",
+            "is not set",
+        ),
+        (
+            format!(
+                "module_path = \"{}\"\n      slot_id = 1\n      token_label = \"ca\"\n      user_pin_path = \"{}\"",
+                module.display(),
+                pin.display()
+            ),
+            "plugins.KeyManager.pkcs11.plugin_data.slot_id",
+            "exclude each other",
+        ),
+        (
+            format!("module_path = \"{}\"\n      token_label = \"ca\"\n      user_pin = \"1234\"", module.display()),
+            "plugins.KeyManager.pkcs11.plugin_data.user_pin",
+            "unknown field",
+        ),
     ];
     for (data, want_key, want_message) in cases {
         let key = refusal(&with(&data));
@@ -277,7 +365,12 @@ fn a_pkcs11_key_manager_takes_its_pin_from_a_file_or_the_environment() {
 
 #[test]
 fn an_aws_kms_key_manager_names_its_keys_after_the_trust_domain() {
-    let with = |data: &str| MINIMAL.replace("KeyManager \"memory\" {}", &format!("KeyManager \"aws_kms\" {{\n    plugin_data {{\n      {data}\n    }}\n  }}"));
+    let with = |data: &str| {
+        MINIMAL.replace(
+            "KeyManager \"memory\" {}",
+            &format!("KeyManager \"aws_kms\" {{\n    plugin_data {{\n      {data}\n    }}\n  }}"),
+        )
+    };
     match parse(&with("region = \"eu-west-1\"\n      key_tags = { team = \"identity\" }")).unwrap().key_manager {
         KeyManagerConfig::AwsKms(config) => {
             assert_eq!(config.alias_prefix, "alias/testudo/example_org/");

@@ -52,10 +52,14 @@ impl X509Pop {
     pub fn load(paths: &[PathBuf]) -> Result<Self, X509PopError> {
         let mut roots = Vec::new();
         for path in paths {
-            let text = std::fs::read(path).map_err(|e| X509PopError::Config { path: path.clone(), reason: e.to_string() })?;
-            let certs = pem::parse_many(&text).map_err(|e| X509PopError::Config { path: path.clone(), reason: e.to_string() })?;
+            let text =
+                std::fs::read(path).map_err(|e| X509PopError::Config { path: path.clone(), reason: e.to_string() })?;
+            let certs = pem::parse_many(&text)
+                .map_err(|e| X509PopError::Config { path: path.clone(), reason: e.to_string() })?;
             let before = roots.len();
-            roots.extend(certs.into_iter().filter(|p| p.tag() == "CERTIFICATE").map(|p| CertificateDer::from(p.into_contents())));
+            roots.extend(
+                certs.into_iter().filter(|p| p.tag() == "CERTIFICATE").map(|p| CertificateDer::from(p.into_contents())),
+            );
             if roots.len() == before {
                 return Err(X509PopError::Config { path: path.clone(), reason: "no CERTIFICATE in the file".into() });
             }
@@ -66,44 +70,76 @@ impl X509Pop {
     /// Checks the chain and makes the challenge.
     pub fn begin(&self, payload: &[u8], trust_domain: &TrustDomain, now: UnixTime) -> Result<Pending, X509PopError> {
         if payload.len() > MAX_PAYLOAD {
-            return Err(X509PopError::BadInput(format!("attestation payload is {} bytes; at most {MAX_PAYLOAD}", payload.len())));
+            return Err(X509PopError::BadInput(format!(
+                "attestation payload is {} bytes; at most {MAX_PAYLOAD}",
+                payload.len()
+            )));
         }
-        let data: AttestationData = serde_json::from_slice(payload).map_err(|e| X509PopError::BadInput(format!("attestation payload: {e}")))?;
+        let data: AttestationData =
+            serde_json::from_slice(payload).map_err(|e| X509PopError::BadInput(format!("attestation payload: {e}")))?;
         let mut chain = data.certificates.into_iter().map(|c| CertificateDer::from(c.0));
-        let leaf = chain.next().ok_or_else(|| X509PopError::BadInput("attestation payload has no certificate".into()))?;
+        let leaf =
+            chain.next().ok_or_else(|| X509PopError::BadInput("attestation payload has no certificate".into()))?;
         let intermediates: Vec<CertificateDer<'static>> = chain.collect();
 
         let anchors = self
             .roots
             .iter()
-            .map(|r| webpki::anchor_from_trusted_cert(r).map_err(|e| X509PopError::Untrusted(format!("configured CA: {e:?}"))))
+            .map(|r| {
+                webpki::anchor_from_trusted_cert(r)
+                    .map_err(|e| X509PopError::Untrusted(format!("configured CA: {e:?}")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let end_entity = webpki::EndEntityCert::try_from(&leaf).map_err(|e| X509PopError::BadInput(format!("leaf certificate: {e:?}")))?;
+        let end_entity = webpki::EndEntityCert::try_from(&leaf)
+            .map_err(|e| X509PopError::BadInput(format!("leaf certificate: {e:?}")))?;
         let algorithms = rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms;
         let path = end_entity
-            .verify_for_usage(algorithms.all, &anchors, &intermediates, now, webpki::KeyUsage::client_auth(), None, None)
+            .verify_for_usage(
+                algorithms.all,
+                &anchors,
+                &intermediates,
+                now,
+                webpki::KeyUsage::client_auth(),
+                None,
+                None,
+            )
             .map_err(|e| X509PopError::Untrusted(format!("{e:?}")))?;
 
-        let facts = identity::x509::certificate_facts(leaf.as_ref()).map_err(|e| X509PopError::BadInput(format!("leaf certificate: {e}")))?;
+        let facts = identity::x509::certificate_facts(leaf.as_ref())
+            .map_err(|e| X509PopError::BadInput(format!("leaf certificate: {e}")))?;
         if !has_digital_signature(leaf.as_ref()) {
-            return Err(X509PopError::BadInput("leaf certificate is not meant for digital signatures (key usage)".into()));
+            return Err(X509PopError::BadInput(
+                "leaf certificate is not meant for digital signatures (key usage)".into(),
+            ));
         }
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).map_err(|_| X509PopError::BadInput("no randomness available".into()))?;
         let challenge = match facts.public_key.kind() {
-            PublicKeyKind::EcP256 => Challenge { ecdsa_signature: Some(Nonce { nonce: Base64(nonce.to_vec()) }), ..Default::default() },
-            PublicKeyKind::Rsa { .. } => Challenge { rsa_signature: Some(Nonce { nonce: Base64(nonce.to_vec()) }), ..Default::default() },
-            other => return Err(X509PopError::BadInput(format!("leaf key type {other:?} is not supported (EC P-256 or RSA)"))),
+            PublicKeyKind::EcP256 => {
+                Challenge { ecdsa_signature: Some(Nonce { nonce: Base64(nonce.to_vec()) }), ..Default::default() }
+            }
+            PublicKeyKind::Rsa { .. } => {
+                Challenge { rsa_signature: Some(Nonce { nonce: Base64(nonce.to_vec()) }), ..Default::default() }
+            }
+            other => {
+                return Err(X509PopError::BadInput(format!(
+                    "leaf key type {other:?} is not supported (EC P-256 or RSA)"
+                )))
+            }
         };
         let challenge = serde_json::to_vec(&challenge).map_err(|e| X509PopError::BadInput(e.to_string()))?;
 
         let fingerprint = sha1_hex(leaf.as_ref());
-        let agent_id = SpiffeId::parse(&format!("spiffe://{}/spire/agent/x509pop/{fingerprint}", trust_domain.name())).map_err(|e| X509PopError::BadInput(e.to_string()))?;
+        let agent_id = SpiffeId::parse(&format!("spiffe://{}/spire/agent/x509pop/{fingerprint}", trust_domain.name()))
+            .map_err(|e| X509PopError::BadInput(e.to_string()))?;
         let mut selectors = Vec::new();
         if let Some(cn) = common_name(leaf.as_ref()) {
             selectors.extend(Selector::new(NAME, &format!("subject:cn:{cn}")));
         }
-        let anchor_der = self.roots.iter().find(|r| webpki::anchor_from_trusted_cert(r).is_ok_and(|a| a.subject == path.anchor().subject));
+        let anchor_der = self
+            .roots
+            .iter()
+            .find(|r| webpki::anchor_from_trusted_cert(r).is_ok_and(|a| a.subject == path.anchor().subject));
         for ca in path.intermediate_certificates().map(|c| c.der()).chain(anchor_der.cloned()) {
             selectors.extend(Selector::new(NAME, &format!("ca:fingerprint:{}", sha1_hex(ca.as_ref()))));
         }
@@ -112,12 +148,16 @@ impl X509Pop {
 
     /// Checks the agent's answer to the challenge.
     pub fn finish(pending: &Pending, response: &[u8]) -> Result<(), X509PopError> {
-        let response: Response = serde_json::from_slice(response).map_err(|e| X509PopError::BadInput(format!("challenge response: {e}")))?;
+        let response: Response =
+            serde_json::from_slice(response).map_err(|e| X509PopError::BadInput(format!("challenge response: {e}")))?;
         let combined = |theirs: &[u8]| -> Result<aws_lc_rs::digest::Digest, X509PopError> {
             if theirs.len() != NONCE_LEN {
                 return Err(X509PopError::BadInput("response nonce must be 32 bytes".into()));
             }
-            Ok(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &identity::x509pop::signed_message(&pending.nonce, theirs)))
+            Ok(aws_lc_rs::digest::digest(
+                &aws_lc_rs::digest::SHA256,
+                &identity::x509pop::signed_message(&pending.nonce, theirs),
+            ))
         };
         use aws_lc_rs::signature::UnparsedPublicKey;
         match (pending.leaf_key.kind(), response.ecdsa_signature, response.rsa_signature) {

@@ -67,13 +67,19 @@ struct Call {
 
 impl Call {
     fn record(self, code: tonic::Code) {
-        metrics::counter!("testudo_api_calls_total", "method" => self.method.clone(), "code" => format!("{code:?}")).increment(1);
-        metrics::histogram!("testudo_api_call_seconds", "method" => self.method).record(self.started.elapsed().as_secs_f64());
+        metrics::counter!("testudo_api_calls_total", "method" => self.method.clone(), "code" => format!("{code:?}"))
+            .increment(1);
+        metrics::histogram!("testudo_api_call_seconds", "method" => self.method)
+            .record(self.started.elapsed().as_secs_f64());
     }
 }
 
 fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
-    headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok()).map(tonic::Code::from_i32)
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from_i32)
 }
 
 /// A response body that counts its call when the trailers carrying the status pass.
@@ -94,7 +100,10 @@ impl<R: tonic::codegen::Body + Unpin> tonic::codegen::Body for MeteredBody<R> {
     type Data = R::Data;
     type Error = R::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {

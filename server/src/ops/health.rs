@@ -31,7 +31,12 @@ pub fn router(runtime: Arc<ClusterRuntime>, live_path: &str, ready_path: &str) -
 async fn ready(State(runtime): State<Arc<ClusterRuntime>>) -> (StatusCode, Json<Ready>) {
     let status = runtime.status().await;
     let leader = status.as_ref().and_then(|s| s.leader);
-    let body = Ready { ready: leader.is_some(), member: status.is_some(), leader, node_id: status.as_ref().map(|s| s.node_id) };
+    let body = Ready {
+        ready: leader.is_some(),
+        member: status.is_some(),
+        leader,
+        node_id: status.as_ref().map(|s| s.node_id),
+    };
     let code = if body.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(body))
 }

@@ -93,21 +93,30 @@ async fn ten_days_of_rotation_keep_every_svid_verifiable() {
 
         // Every SVID still within its life verifies against today's bundle.
         for (chain, expires) in issued.iter().filter(|(_, e)| *e > now) {
-            verify_x509_svid(chain, &ca.bundle().unwrap(), now).unwrap_or_else(|e| panic!("SVID expiring {expires} refused at {now}: {e}"));
+            verify_x509_svid(chain, &ca.bundle().unwrap(), now)
+                .unwrap_or_else(|e| panic!("SVID expiring {expires} refused at {now}: {e}"));
         }
         for (token, exp) in tokens.iter().filter(|(_, e)| *e > now.unix_timestamp()) {
-            validate_jwt_svid(token, &ca.bundle().unwrap(), "db", now).unwrap_or_else(|e| panic!("JWT expiring {exp} refused at {now}: {e}"));
+            validate_jwt_svid(token, &ca.bundle().unwrap(), "db", now)
+                .unwrap_or_else(|e| panic!("JWT expiring {exp} refused at {now}: {e}"));
         }
         issued.retain(|(_, e)| *e > now);
         tokens.retain(|(_, e)| *e > now.unix_timestamp());
 
         let bundle = ca.bundle().unwrap();
         // At most: the old authority until it expires, the active one, and the next one.
-        assert!((1..=3).contains(&bundle.x509_authorities().len()), "{} X.509 authorities", bundle.x509_authorities().len());
+        assert!(
+            (1..=3).contains(&bundle.x509_authorities().len()),
+            "{} X.509 authorities",
+            bundle.x509_authorities().len()
+        );
         assert!((1..=3).contains(&bundle.jwt_authorities().len()));
         assert!(keys.list_keys().await.unwrap().len() <= 4, "retired keys are deleted");
         let active = ca.journal().x509.active().unwrap();
-        assert!(active.authority.not_after - now >= time::Duration::hours(4) - time::Duration::minutes(20), "activation leaves the CA at least lifetime/6");
+        assert!(
+            active.authority.not_after - now >= time::Duration::hours(4) - time::Duration::minutes(20),
+            "activation leaves the CA at least lifetime/6"
+        );
         clock.advance(step);
     }
     // Each CA is made at its predecessor's half-life and signs from its own age L/3 (the
@@ -131,7 +140,8 @@ async fn a_new_leader_resumes_a_rotation_from_the_journal() {
     let journal = first.journal().clone();
     let bundle = first.stored_bundle().clone();
     drop(first);
-    let mut second = CaManager::resume(config(), CaKeys::Managed(keys.clone()), None, clock.clone(), journal, bundle).unwrap();
+    let mut second =
+        CaManager::resume(config(), CaKeys::Managed(keys.clone()), None, clock.clone(), journal, bundle).unwrap();
     assert!(second.rotate().await.unwrap().is_empty(), "nothing is redone");
     clock.advance(Duration::from_secs(8 * 3600));
     let events = second.rotate().await.unwrap();
@@ -185,7 +195,15 @@ async fn shared_keys_travel_in_the_journal_to_any_replica() {
     assert!(format!("{active:?}").contains("<redacted>"), "and never printed");
 
     // Another replica, with nothing but the replicated journal and bundle, signs with it.
-    let other = CaManager::resume(config(), CaKeys::Shared, None, clock.clone(), journal.clone(), leader.stored_bundle().clone()).unwrap();
+    let other = CaManager::resume(
+        config(),
+        CaKeys::Shared,
+        None,
+        clock.clone(),
+        journal.clone(),
+        leader.stored_bundle().clone(),
+    )
+    .unwrap();
     let workload = LocalKey::generate(KeyType::EcP256).unwrap();
     let chain = other.mint_x509_svid(web(), workload.public_key().clone(), None, vec![]).await.unwrap();
     verify_x509_svid(&chain, &leader.bundle().unwrap(), clock.now()).unwrap();
@@ -196,7 +214,15 @@ async fn shared_keys_travel_in_the_journal_to_any_replica() {
     let keys = KeyManagerConfig::Memory.build().await.unwrap();
     let mut managed = CaManager::new(config(), CaKeys::Managed(keys), None, clock.clone()).unwrap();
     managed.rotate().await.unwrap();
-    let stranded = CaManager::resume(config(), CaKeys::Shared, None, clock.clone(), managed.journal().clone(), managed.stored_bundle().clone()).unwrap();
+    let stranded = CaManager::resume(
+        config(),
+        CaKeys::Shared,
+        None,
+        clock.clone(),
+        managed.journal().clone(),
+        managed.stored_bundle().clone(),
+    )
+    .unwrap();
     let err = stranded.mint_x509_svid(web(), workload.public_key().clone(), None, vec![]).await.unwrap_err();
     assert!(err.to_string().contains("not in the journal"), "{err}");
 }

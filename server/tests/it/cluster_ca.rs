@@ -29,7 +29,12 @@ fn openssl_verify(bundle_pem: &str, chain: &[Vec<u8>]) {
         cmd.arg("-untrusted").arg(write("chain.pem", &identity::bundle::to_pem_certificates(rest)));
     }
     let out = cmd.arg(&leaf).output().unwrap();
-    assert!(out.status.success(), "openssl: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,9 +60,11 @@ async fn every_replica_signs_with_the_one_replicated_ca() {
     let mut ca_certs = Vec::new();
     for (n, id) in ids.iter().enumerate() {
         let replica = &cluster.replicas[id];
-        eventually(Duration::from_secs(10), || Some(()).filter(|_| replica.status().last_applied >= cluster.replicas[&leader].status().last_applied))
-            .await
-            .expect("every replica applies the CA's commands");
+        eventually(Duration::from_secs(10), || {
+            Some(()).filter(|_| replica.status().last_applied >= cluster.replicas[&leader].status().last_applied)
+        })
+        .await
+        .expect("every replica applies the CA's commands");
         let local = ca.local(replica).await.unwrap();
         let chain = local.mint_x509_svid(web.clone(), workload.public_key().clone(), None, vec![]).await.unwrap();
         ca_certs.push(chain[1].clone());
@@ -75,14 +82,22 @@ async fn every_replica_signs_with_the_one_replicated_ca() {
     clock.advance(Duration::from_secs(13 * 3600));
     let events = ca.rotate(&cluster.replicas[&leader]).await.unwrap();
     assert_eq!(events.len(), 2, "next authorities prepared at half-life: {events:?}");
-    let prepared = ca.local(&cluster.replicas[&leader]).await.unwrap().journal().x509.prepared().unwrap().authority.clone();
+    let prepared =
+        ca.local(&cluster.replicas[&leader]).await.unwrap().journal().x509.prepared().unwrap().authority.clone();
     cluster.replicas[&follower].transfer_leadership(follower).await.unwrap();
     assert!(ca.rotate(&cluster.replicas[&leader]).await.unwrap().is_empty(), "the old leader no longer rotates");
-    assert!(ca.rotate(&cluster.replicas[&follower]).await.unwrap().is_empty(), "the prepared authorities are not prepared again");
+    assert!(
+        ca.rotate(&cluster.replicas[&follower]).await.unwrap().is_empty(),
+        "the prepared authorities are not prepared again"
+    );
     clock.advance(Duration::from_secs(8 * 3600));
     let events = ca.rotate(&cluster.replicas[&follower]).await.unwrap();
     assert!(events.iter().any(|e| matches!(e, JournalEvent::X509(SlotEvent::Activated { .. }))), "{events:?}");
     let journal = ca.local(&cluster.replicas[&follower]).await.unwrap().journal().clone();
-    assert_eq!(journal.x509.active().unwrap().authority, prepared, "the new leader activated what the old one prepared");
+    assert_eq!(
+        journal.x509.active().unwrap().authority,
+        prepared,
+        "the new leader activated what the old one prepared"
+    );
     cluster.shutdown().await;
 }

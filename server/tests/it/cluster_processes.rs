@@ -10,7 +10,6 @@ use chaos_tests::harness::{free_port, http_get, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_testudo-server");
 
-
 /// One replica process and its files; killed on drop, even when a test panics.
 struct Server {
     id: u64,
@@ -88,7 +87,11 @@ telemetry {{
         self.child = Some(child);
         let socket = self.socket();
         let child = self.child.as_mut().expect("just started");
-        wait_until(Duration::from_secs(20), || socket.exists() || child.try_wait().ok().flatten().is_some(), &format!("replica {}'s admin socket", self.id));
+        wait_until(
+            Duration::from_secs(20),
+            || socket.exists() || child.try_wait().ok().flatten().is_some(),
+            &format!("replica {}'s admin socket", self.id),
+        );
         assert!(socket.exists(), "replica {} exited at start-up:\n{}", self.id, self.log());
     }
 
@@ -117,7 +120,13 @@ telemetry {{
         let mut all = args.to_vec();
         all.extend(["--output", "json"]);
         let out = self.cli(&all);
-        assert!(out.status.success(), "replica {}: {args:?} failed: {}\nlog:\n{}", self.id, String::from_utf8_lossy(&out.stderr), self.log());
+        assert!(
+            out.status.success(),
+            "replica {}: {args:?} failed: {}\nlog:\n{}",
+            self.id,
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -140,10 +149,14 @@ impl Drop for Server {
     }
 }
 
-
-
 fn voters(status: &serde_json::Value) -> Vec<u64> {
-    status["members"].as_array().unwrap().iter().filter(|m| m["voter"] == true).map(|m| m["node_id"].as_u64().unwrap()).collect()
+    status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["voter"] == true)
+        .map(|m| m["node_id"].as_u64().unwrap())
+        .collect()
 }
 
 fn leader(status: &serde_json::Value) -> Option<u64> {
@@ -190,7 +203,11 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
     let stale = servers[1].invite("1");
     std::thread::sleep(Duration::from_millis(2100));
     let out = servers[2].cli(&["join", "--token", &stale]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invite has expired"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invite has expired"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Invites can come from a follower too.
     let token = servers[1].invite("600");
     let status = servers[2].json(&["join", "--token", &token]);
@@ -203,21 +220,48 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
     // One CA for the cluster: an SVID minted on any replica verifies (openssl) against the
     // bundle read from another one.
     let bundle = root.path().join("bundle.pem");
-    wait_until(Duration::from_secs(20), || servers[2].command(&["bundle", "show"]).status.success(), "the CA to publish a bundle");
+    wait_until(
+        Duration::from_secs(20),
+        || servers[2].command(&["bundle", "show"]).status.success(),
+        "the CA to publish a bundle",
+    );
     std::fs::write(&bundle, servers[2].command(&["bundle", "show"]).stdout).unwrap();
     for server in &servers {
         let out_dir = root.path().join(format!("svid-{}", server.id));
-        let out = server.command(&["x509", "mint", "--spiffe-id", "spiffe://example.org/web", "--write", out_dir.to_str().unwrap()]);
+        let out = server.command(&[
+            "x509",
+            "mint",
+            "--spiffe-id",
+            "spiffe://example.org/web",
+            "--write",
+            out_dir.to_str().unwrap(),
+        ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let verify = Command::new("openssl").args(["verify", "-CAfile"]).arg(&bundle).arg(out_dir.join("svid.pem")).output().unwrap();
-        assert!(verify.status.success(), "replica {}: {}{}", server.id, String::from_utf8_lossy(&verify.stdout), String::from_utf8_lossy(&verify.stderr));
+        let verify = Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(&bundle)
+            .arg(out_dir.join("svid.pem"))
+            .output()
+            .unwrap();
+        assert!(
+            verify.status.success(),
+            "replica {}: {}{}",
+            server.id,
+            String::from_utf8_lossy(&verify.stdout),
+            String::from_utf8_lossy(&verify.stderr)
+        );
         let out = server.command(&["jwt", "mint", "--spiffe-id", "spiffe://example.org/web", "--audience", "db"]);
         assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).trim().split('.').count() == 3);
     }
-    for (id, want) in [("spiffe://example.org/spire/agent/x", "reserved"), ("spiffe://other.org/web", "not in trust domain")] {
+    for (id, want) in
+        [("spiffe://example.org/spire/agent/x", "reserved"), ("spiffe://other.org/web", "not in trust domain")]
+    {
         let out = servers[1].command(&["x509", "mint", "--spiffe-id", id]);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains("invalid argument") && err.contains("csr:") && err.contains(want), "{id}: {err}");
+        assert!(
+            !out.status.success() && err.contains("invalid argument") && err.contains("csr:") && err.contains(want),
+            "{id}: {err}"
+        );
     }
 
     // The network listener presents the server SVID, serves GetBundle to anyone and refuses
@@ -226,18 +270,35 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
         let script = format!("openssl s_client -connect 127.0.0.1:{} -alpn h2 </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName", servers[0].api_port);
         String::from_utf8_lossy(&Command::new("sh").arg("-c").arg(script).output().unwrap().stdout).into_owned()
     };
-    wait_until(Duration::from_secs(30), || presented().contains("URI:spiffe://example.org/spire/server"), "the server SVID on the API listener");
+    wait_until(
+        Duration::from_secs(30),
+        || presented().contains("URI:spiffe://example.org/spire/server"),
+        "the server SVID on the API listener",
+    );
     network_calls(&servers[1], &root.path().join("svid-2"));
     let metrics = http_get(servers[1].metrics_port, "/metrics").1;
     assert!(
-        metrics.lines().any(|l| l.starts_with("testudo_api_calls_total{") && l.contains("Entry/CountEntries") && l.contains("PermissionDenied")),
+        metrics.lines().any(|l| l.starts_with("testudo_api_calls_total{")
+            && l.contains("Entry/CountEntries")
+            && l.contains("PermissionDenied")),
         "API calls are counted by method and code"
     );
 
     // Entries written through one replica are read (linearizably) through the others.
     let parent = "spiffe://example.org/spire/agent/join_token/abc";
     let create = |server: &Server, id: &str, selector: &str| {
-        server.command(&["entry", "create", "--spiffe-id", id, "--parent-id", parent, "--selector", selector, "--output", "json"])
+        server.command(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            id,
+            "--parent-id",
+            parent,
+            "--selector",
+            selector,
+            "--output",
+            "json",
+        ])
     };
     let out = create(&servers[1], "spiffe://example.org/web", "unix:uid:1000");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -271,11 +332,16 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let token: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(token["value"].as_str().unwrap().len(), 36);
-    let out = servers[1].command(&["token", "generate", "--spiffe-id", "spiffe://example.org/nodes/web", "--output", "json"]);
+    let out =
+        servers[1].command(&["token", "generate", "--spiffe-id", "spiffe://example.org/nodes/web", "--output", "json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = servers[2].command(&["entry", "show", "--spiffe-id", "spiffe://example.org/nodes/web", "--output", "json"]);
+    let out =
+        servers[2].command(&["entry", "show", "--spiffe-id", "spiffe://example.org/nodes/web", "--output", "json"]);
     let alias: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(alias["entries"][0]["parent_id"].as_str().unwrap().starts_with("spiffe://example.org/spire/agent/join_token/"), "{alias}");
+    assert!(
+        alias["entries"][0]["parent_id"].as_str().unwrap().starts_with("spiffe://example.org/spire/agent/join_token/"),
+        "{alias}"
+    );
     for (args, want) in [
         (vec!["token", "generate", "--ttl", "0"], "ttl"),
         (vec!["token", "generate", "--spiffe-id", "spiffe://example.org/spire/server"], "agent_id"),
@@ -307,14 +373,22 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
     let new_leader = new_leader.unwrap();
     // The restarted replica rejoins from its disk, with no invite.
     servers[1].start();
-    wait_until(Duration::from_secs(20), || leader(&servers[1].status()) == Some(new_leader), "the restarted replica to follow the new leader");
+    wait_until(
+        Duration::from_secs(20),
+        || leader(&servers[1].status()) == Some(new_leader),
+        "the restarted replica to follow the new leader",
+    );
     assert_eq!(voters(&servers[1].status()), vec![1, 2, 3]);
 
     // Remove replica 3 through a replica that is not the leader.
     let via = servers.iter().find(|s| s.id != new_leader && s.id != 3).unwrap();
     let status = via.json(&["remove", "--node-id", "3"]);
     assert!(!voters(&status).contains(&3), "{status}");
-    wait_until(Duration::from_secs(30), || servers[0].status()["members"].as_array().unwrap().len() == 2, "replica 3 to leave everyone's view");
+    wait_until(
+        Duration::from_secs(30),
+        || servers[0].status()["members"].as_array().unwrap().len() == 2,
+        "replica 3 to leave everyone's view",
+    );
 
     // SIGTERM stops a replica cleanly and removes its socket.
     let child = servers[0].child.take().unwrap();
@@ -340,11 +414,17 @@ fn network_calls(server: &Server, workload_svid_dir: &Path) {
     runtime.block_on(async {
         let anonymous = api_channel(server, &bundle, None).await;
         let mut health = proto::health::health_client::HealthClient::new(anonymous.clone());
-        let serving = health.check(proto::health::HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+        let serving =
+            health.check(proto::health::HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
         assert_eq!(serving.status, proto::health::health_check_response::ServingStatus::Serving as i32);
-        let err = health.check(proto::health::HealthCheckRequest { service: "no.such.Service".into() }).await.unwrap_err();
+        let err =
+            health.check(proto::health::HealthCheckRequest { service: "no.such.Service".into() }).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::NotFound);
-        let served = BundleClient::new(anonymous.clone()).get_bundle(GetBundleRequest { output_mask: None }).await.unwrap().into_inner();
+        let served = BundleClient::new(anonymous.clone())
+            .get_bundle(GetBundleRequest { output_mask: None })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(served.trust_domain, "example.org");
         assert!(!served.x509_authorities.is_empty());
         let err = EntryClient::new(anonymous).count_entries(CountEntriesRequest { filter: None }).await.unwrap_err();
@@ -353,7 +433,8 @@ fn network_calls(server: &Server, workload_svid_dir: &Path) {
         let svid = std::fs::read_to_string(workload_svid_dir.join("svid.pem")).unwrap();
         let key = std::fs::read_to_string(workload_svid_dir.join("key.pem")).unwrap();
         let with_svid = api_channel(server, &bundle, Some((svid, key))).await;
-        let err = EntryClient::new(with_svid.clone()).count_entries(CountEntriesRequest { filter: None }).await.unwrap_err();
+        let err =
+            EntryClient::new(with_svid.clone()).count_entries(CountEntriesRequest { filter: None }).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
         assert!(err.message().contains("spiffe://example.org/web may not call admin APIs"), "{err:?}");
 
@@ -373,22 +454,57 @@ async fn downstream_ca(server: &Server, bundle: &identity::bundle::Bundle, with_
     let request = NewDownstreamX509caRequest { csr: identity::x509::create_csr(&key, None).unwrap(), preferred_ttl: 0 };
     let err = SvidClient::new(with_svid.clone()).new_downstream_x509ca(request.clone()).await.unwrap_err();
     assert!(err.code() == tonic::Code::PermissionDenied && err.message().contains("downstream"), "{err:?}");
-    use proto::spire::api::server::bundle::v1::{bundle_client::BundleClient, GetBundleRequest, PublishJwtAuthorityRequest};
+    use proto::spire::api::server::bundle::v1::{
+        bundle_client::BundleClient, GetBundleRequest, PublishJwtAuthorityRequest,
+    };
     let jwt_key = LocalKey::generate(KeyType::EcP256).unwrap();
     let expires_at = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
     let publish = PublishJwtAuthorityRequest {
-        jwt_authority: Some(proto::spire::api::types::JwtKey { public_key: jwt_key.public_key().spki_der().to_vec(), key_id: "downstream-1".into(), expires_at, tainted: false }),
+        jwt_authority: Some(proto::spire::api::types::JwtKey {
+            public_key: jwt_key.public_key().spki_der().to_vec(),
+            key_id: "downstream-1".into(),
+            expires_at,
+            tainted: false,
+        }),
     };
     let err = BundleClient::new(with_svid.clone()).publish_jwt_authority(publish.clone()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
-    let out = server.command(&["entry", "create", "--spiffe-id", "spiffe://example.org/web", "--parent-id", "spiffe://example.org/spire/agent/x", "--selector", "unix:uid:7", "--downstream", "--x509-svid-ttl", "3600", "--output", "json"]);
+    let out = server.command(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/web",
+        "--parent-id",
+        "spiffe://example.org/spire/agent/x",
+        "--selector",
+        "unix:uid:7",
+        "--downstream",
+        "--x509-svid-ttl",
+        "3600",
+        "--output",
+        "json",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let entry_id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["entries"][0]["id"].as_str().unwrap().to_string();
-    let published = BundleClient::new(with_svid.clone()).publish_jwt_authority(publish).await.unwrap().into_inner().jwt_authorities;
+    let entry_id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["entries"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let published =
+        BundleClient::new(with_svid.clone()).publish_jwt_authority(publish).await.unwrap().into_inner().jwt_authorities;
     assert!(published.iter().any(|k| k.key_id == "downstream-1"), "{published:?}");
-    let served = BundleClient::new(with_svid.clone()).get_bundle(GetBundleRequest { output_mask: None }).await.unwrap().into_inner();
-    assert!(served.jwt_authorities.iter().any(|k| k.key_id == "downstream-1" && k.public_key == jwt_key.public_key().spki_der()));
-    let err = BundleClient::new(with_svid.clone()).publish_jwt_authority(PublishJwtAuthorityRequest { jwt_authority: None }).await.unwrap_err();
+    let served = BundleClient::new(with_svid.clone())
+        .get_bundle(GetBundleRequest { output_mask: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(served
+        .jwt_authorities
+        .iter()
+        .any(|k| k.key_id == "downstream-1" && k.public_key == jwt_key.public_key().spki_der()));
+    let err = BundleClient::new(with_svid.clone())
+        .publish_jwt_authority(PublishJwtAuthorityRequest { jwt_authority: None })
+        .await
+        .unwrap_err();
     assert!(err.code() == tonic::Code::InvalidArgument && err.message().starts_with("jwt_authority"), "{err:?}");
     let bad = NewDownstreamX509caRequest { csr: b"not a csr".to_vec(), preferred_ttl: 0 };
     let err = SvidClient::new(with_svid.clone()).new_downstream_x509ca(bad).await.unwrap_err();
@@ -414,7 +530,10 @@ async fn downstream_ca(server: &Server, bundle: &identity::bundle::Bundle, with_
     };
     let leaf = mint_x509_svid(&template, &Issuer::new(&response.ca_cert_chain[0], &key).unwrap(), now).unwrap();
     let chain: Vec<Vec<u8>> = std::iter::once(leaf.der).chain(response.ca_cert_chain.iter().cloned()).collect();
-    assert_eq!(identity::x509::verify_x509_svid(&chain, bundle, now).unwrap().spiffe_id.to_string(), "spiffe://example.org/downstream/app");
+    assert_eq!(
+        identity::x509::verify_x509_svid(&chain, bundle, now).unwrap().spiffe_id.to_string(),
+        "spiffe://example.org/downstream/app"
+    );
     openssl_verify(bundle, &chain);
     let out = server.command(&["entry", "delete", "--entry-id", &entry_id]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -433,14 +552,23 @@ fn openssl_verify(bundle: &identity::bundle::Bundle, chain: &[Vec<u8>]) {
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "openssl verify: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn a_bad_config_stops_start_up_naming_the_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("server.hcl");
-    std::fs::write(&path, "server {\n  trust_domain = \"example.org\"\n  data_dir = \"/tmp/x\"\n  ca_ttl = \"forever\"\n}\n").unwrap();
+    std::fs::write(
+        &path,
+        "server {\n  trust_domain = \"example.org\"\n  data_dir = \"/tmp/x\"\n  ca_ttl = \"forever\"\n}\n",
+    )
+    .unwrap();
     let out = Command::new(BIN).args(["run", "--config"]).arg(&path).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -462,19 +590,35 @@ fn a_backup_seeds_a_new_cluster_offline() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
     let out = origin.cli(&["backup", "--file", file.to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not overwriting"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not overwriting"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A new replica (its own config, never started) is seeded from the file, then runs.
     let mut fresh = Server::new(root.path(), 5);
     fresh.kill();
-    let restore = |server: &Server| Command::new(BIN).args(["cluster", "restore", "--config"]).arg(server.dir.join("server.hcl")).arg("--file").arg(&file).output().unwrap();
+    let restore = |server: &Server| {
+        Command::new(BIN)
+            .args(["cluster", "restore", "--config"])
+            .arg(server.dir.join("server.hcl"))
+            .arg("--file")
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
     // Its data dir was created by the start above, but holds no cluster: restore works.
     let out = restore(&fresh);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = restore(&fresh);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("already belongs to a cluster"));
     fresh.start();
-    wait_until(Duration::from_secs(20), || leader(&fresh.status()) == Some(5), "the restored replica to lead its new cluster");
+    wait_until(
+        Duration::from_secs(20),
+        || leader(&fresh.status()) == Some(5),
+        "the restored replica to lead its new cluster",
+    );
     let status = fresh.status();
     assert_eq!(voters(&status), vec![5]);
     assert!(status["last_applied"].as_u64().unwrap() >= applied, "{status}");
@@ -484,13 +628,22 @@ fn a_backup_seeds_a_new_cluster_offline() {
 }
 
 /// A TLS channel to the server API, trusting `bundle`, presenting `identity` if given.
-async fn api_channel(server: &Server, bundle: &identity::bundle::Bundle, identity: Option<(String, String)>) -> tonic::transport::Channel {
-    let verifier = std::sync::Arc::new(spiffe_tls::SvidVerifier::any_svid(std::sync::Arc::new(std::sync::RwLock::new(bundle.clone()))));
+async fn api_channel(
+    server: &Server,
+    bundle: &identity::bundle::Bundle,
+    identity: Option<(String, String)>,
+) -> tonic::transport::Channel {
+    let verifier = std::sync::Arc::new(spiffe_tls::SvidVerifier::any_svid(std::sync::Arc::new(
+        std::sync::RwLock::new(bundle.clone()),
+    )));
     let mut tls = tonic::transport::ClientTlsConfig::new().domain_name("server.example.org");
     if let Some((cert, key)) = identity {
         tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
     }
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", server.api_port)).unwrap().tls_config_with_verifier(tls, verifier).unwrap();
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", server.api_port))
+        .unwrap()
+        .tls_config_with_verifier(tls, verifier)
+        .unwrap();
     // The listener presents its server SVID within a second of the CA's first activation.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -539,7 +692,11 @@ fn agent_calls(server: &Server, round: usize) {
     use identity::crypto::{KeyType, LocalKey};
     use proto::spire::api::server::agent::v1 as agent_pb;
     use proto::spire::api::server::svid::v1 as svid_pb;
-    wait_until(Duration::from_secs(20), || server.command(&["bundle", "show"]).status.success(), "the CA to publish a bundle");
+    wait_until(
+        Duration::from_secs(20),
+        || server.command(&["bundle", "show"]).status.success(),
+        "the CA to publish a bundle",
+    );
     let mut bundle = identity::bundle::Bundle::new(identity::TrustDomain::parse("example.org").unwrap());
     for cert in pem::parse_many(server.command(&["bundle", "show"]).stdout).unwrap() {
         bundle.add_x509_authority(cert.contents()).unwrap();
@@ -555,15 +712,21 @@ fn agent_calls(server: &Server, round: usize) {
         let csr = identity::x509::create_csr(&agent_key, None).unwrap();
         let attest = |token: String| {
             let params = agent_pb::attest_agent_request::Params {
-                data: Some(proto::spire::api::types::AttestationData { r#type: "join_token".into(), payload: token.into_bytes() }),
+                data: Some(proto::spire::api::types::AttestationData {
+                    r#type: "join_token".into(),
+                    payload: token.into_bytes(),
+                }),
                 params: Some(agent_pb::AgentX509svidParams { csr: csr.clone() }),
             };
-            let request = agent_pb::AttestAgentRequest { step: Some(agent_pb::attest_agent_request::Step::Params(params)) };
+            let request =
+                agent_pb::AttestAgentRequest { step: Some(agent_pb::attest_agent_request::Step::Params(params)) };
             let mut client = agent_pb::agent_client::AgentClient::new(anonymous.clone());
             async move {
                 let mut responses = client.attest_agent(tokio_stream::once(request)).await?.into_inner();
                 match responses.message().await?.and_then(|r| r.step) {
-                    Some(agent_pb::attest_agent_response::Step::Result(result)) => Ok::<_, tonic::Status>(result.svid.unwrap()),
+                    Some(agent_pb::attest_agent_response::Step::Result(result)) => {
+                        Ok::<_, tonic::Status>(result.svid.unwrap())
+                    }
                     other => panic!("unexpected attestation step {other:?}"),
                 }
             }
@@ -571,7 +734,13 @@ fn agent_calls(server: &Server, round: usize) {
         let value = token("600");
         let svid = attest(value.clone()).await.unwrap();
         let agent_id = format!("spiffe://example.org/spire/agent/join_token/{value}");
-        assert_eq!(identity::x509::verify_x509_svid(&svid.cert_chain, &bundle, time::OffsetDateTime::now_utc()).unwrap().spiffe_id.to_string(), agent_id);
+        assert_eq!(
+            identity::x509::verify_x509_svid(&svid.cert_chain, &bundle, time::OffsetDateTime::now_utc())
+                .unwrap()
+                .spiffe_id
+                .to_string(),
+            agent_id
+        );
         let err = attest(value).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied, "a replayed token: {err:?}");
         let stale = token("1");
@@ -581,16 +750,36 @@ fn agent_calls(server: &Server, round: usize) {
 
         // Entries: one for this agent, one for another.
         let create = |spiffe_id: &str, parent: &str| {
-            let out = server.command(&["entry", "create", "--spiffe-id", spiffe_id, "--parent-id", parent, "--selector", "unix:uid:1000", "--output", "json"]);
+            let out = server.command(&[
+                "entry",
+                "create",
+                "--spiffe-id",
+                spiffe_id,
+                "--parent-id",
+                parent,
+                "--selector",
+                "unix:uid:1000",
+                "--output",
+                "json",
+            ]);
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["entries"][0]["id"].as_str().unwrap().to_string()
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["entries"][0]["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
         };
         let mine = create("spiffe://example.org/web", &agent_id);
-        let theirs = create("spiffe://example.org/db", &format!("spiffe://example.org/spire/agent/join_token/someone-else-{round}"));
+        let theirs = create(
+            "spiffe://example.org/db",
+            &format!("spiffe://example.org/spire/agent/join_token/someone-else-{round}"),
+        );
         let theirs_id = theirs.clone();
 
         let agent_identity = |svid: &proto::spire::api::types::X509svid| {
-            (svid.cert_chain.iter().map(|c| pem_of("CERTIFICATE", c)).collect::<String>(), pem_of("PRIVATE KEY", &agent_key.to_pkcs8_der().unwrap()))
+            (
+                svid.cert_chain.iter().map(|c| pem_of("CERTIFICATE", c)).collect::<String>(),
+                pem_of("PRIVATE KEY", &agent_key.to_pkcs8_der().unwrap()),
+            )
         };
         let as_agent = api_channel(server, &bundle, Some(agent_identity(&svid))).await;
         let workload = LocalKey::generate(KeyType::EcP256).unwrap();
@@ -602,22 +791,47 @@ fn agent_calls(server: &Server, round: usize) {
                 svid_pb::NewX509svidParams { entry_id: mine.clone(), csr: b"junk".to_vec() },
             ],
         };
-        let results = svid_pb::svid_client::SvidClient::new(as_agent.clone()).batch_new_x509svid(request.clone()).await.unwrap().into_inner().results;
+        let results = svid_pb::svid_client::SvidClient::new(as_agent.clone())
+            .batch_new_x509svid(request.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
         let codes: Vec<i32> = results.iter().map(|r| r.status.as_ref().unwrap().code).collect();
         assert_eq!(codes, vec![0, tonic::Code::NotFound as i32, tonic::Code::InvalidArgument as i32]);
         let chain = &results[0].svid.as_ref().unwrap().cert_chain;
-        assert_eq!(identity::x509::verify_x509_svid(chain, &bundle, time::OffsetDateTime::now_utc()).unwrap().spiffe_id.to_string(), "spiffe://example.org/web");
-        let err = svid_pb::svid_client::SvidClient::new(anonymous.clone()).batch_new_x509svid(request.clone()).await.unwrap_err();
+        assert_eq!(
+            identity::x509::verify_x509_svid(chain, &bundle, time::OffsetDateTime::now_utc())
+                .unwrap()
+                .spiffe_id
+                .to_string(),
+            "spiffe://example.org/web"
+        );
+        let err = svid_pb::svid_client::SvidClient::new(anonymous.clone())
+            .batch_new_x509svid(request.clone())
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
 
-        agent_pb::agent_client::AgentClient::new(as_agent.clone()).post_status(agent_pb::PostStatusRequest { current_bundle_serial: 1 }).await.unwrap();
-        let err = agent_pb::agent_client::AgentClient::new(anonymous.clone()).post_status(agent_pb::PostStatusRequest { current_bundle_serial: 1 }).await.unwrap_err();
+        agent_pb::agent_client::AgentClient::new(as_agent.clone())
+            .post_status(agent_pb::PostStatusRequest { current_bundle_serial: 1 })
+            .await
+            .unwrap();
+        let err = agent_pb::agent_client::AgentClient::new(anonymous.clone())
+            .post_status(agent_pb::PostStatusRequest { current_bundle_serial: 1 })
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
 
         // What the agent may see and mint: its own entries only.
         use proto::spire::api::server::entry::v1 as entry_pb;
         let mut entries = entry_pb::entry_client::EntryClient::new(as_agent.clone());
-        let got = entries.get_authorized_entries(entry_pb::GetAuthorizedEntriesRequest { output_mask: None }).await.unwrap().into_inner().entries;
+        let got = entries
+            .get_authorized_entries(entry_pb::GetAuthorizedEntriesRequest { output_mask: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .entries;
         assert_eq!(got.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), vec![mine.as_str()]);
         let sync = tokio_stream::once(entry_pb::SyncAuthorizedEntriesRequest { output_mask: None, ids: vec![] });
         let mut synced = entries.sync_authorized_entries(sync).await.unwrap().into_inner();
@@ -628,9 +842,18 @@ fn agent_calls(server: &Server, round: usize) {
         let admin = server::admin::socket::connect(&server.socket()).await.unwrap();
         let many: Vec<proto::spire::api::types::Entry> = (0..500)
             .map(|i| proto::spire::api::types::Entry {
-                spiffe_id: Some(proto::spire::api::types::Spiffeid { trust_domain: "example.org".into(), path: format!("/many/{i}") }),
-                parent_id: Some(proto::spire::api::types::Spiffeid { trust_domain: "example.org".into(), path: agent_id.trim_start_matches("spiffe://example.org").into() }),
-                selectors: vec![proto::spire::api::types::Selector { r#type: "unix".into(), value: format!("uid:{i}") }],
+                spiffe_id: Some(proto::spire::api::types::Spiffeid {
+                    trust_domain: "example.org".into(),
+                    path: format!("/many/{i}"),
+                }),
+                parent_id: Some(proto::spire::api::types::Spiffeid {
+                    trust_domain: "example.org".into(),
+                    path: agent_id.trim_start_matches("spiffe://example.org").into(),
+                }),
+                selectors: vec![proto::spire::api::types::Selector {
+                    r#type: "unix".into(),
+                    value: format!("uid:{i}"),
+                }],
                 ..Default::default()
             })
             .collect();
@@ -643,7 +866,11 @@ fn agent_calls(server: &Server, round: usize) {
         assert!(created.iter().all(|r| r.status.as_ref().unwrap().code == 0));
         let (requests, stream) = tokio::sync::mpsc::channel(4);
         requests.send(entry_pb::SyncAuthorizedEntriesRequest { output_mask: None, ids: vec![] }).await.unwrap();
-        let mut synced = entries.sync_authorized_entries(tokio_stream::wrappers::ReceiverStream::new(stream)).await.unwrap().into_inner();
+        let mut synced = entries
+            .sync_authorized_entries(tokio_stream::wrappers::ReceiverStream::new(stream))
+            .await
+            .unwrap()
+            .into_inner();
         let (first, second) = (synced.message().await.unwrap().unwrap(), synced.message().await.unwrap().unwrap());
         assert!(first.more && first.entries.is_empty() && first.entry_revisions.len() == 500);
         assert!(!second.more && second.entry_revisions.len() == 1);
@@ -655,14 +882,25 @@ fn agent_calls(server: &Server, round: usize) {
         drop(requests);
 
         let mut jwt = svid_pb::svid_client::SvidClient::new(as_agent.clone());
-        let token = jwt.new_jwtsvid(svid_pb::NewJwtsvidRequest { entry_id: mine.clone(), audience: vec!["db".into()] }).await.unwrap().into_inner().svid.unwrap();
+        let token = jwt
+            .new_jwtsvid(svid_pb::NewJwtsvidRequest { entry_id: mine.clone(), audience: vec!["db".into()] })
+            .await
+            .unwrap()
+            .into_inner()
+            .svid
+            .unwrap();
         assert_eq!(token.id.unwrap().path, "/web");
-        let err = jwt.new_jwtsvid(svid_pb::NewJwtsvidRequest { entry_id: "nope".into(), audience: vec!["db".into()] }).await.unwrap_err();
+        let err = jwt
+            .new_jwtsvid(svid_pb::NewJwtsvidRequest { entry_id: "nope".into(), audience: vec!["db".into()] })
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::NotFound);
 
         // Renewal: the new SVID is promoted on first use; the old one then stops working.
         let renewed = agent_pb::agent_client::AgentClient::new(as_agent.clone())
-            .renew_agent(agent_pb::RenewAgentRequest { params: Some(agent_pb::AgentX509svidParams { csr: csr.clone() }) })
+            .renew_agent(agent_pb::RenewAgentRequest {
+                params: Some(agent_pb::AgentX509svidParams { csr: csr.clone() }),
+            })
             .await
             .unwrap()
             .into_inner()
@@ -670,7 +908,8 @@ fn agent_calls(server: &Server, round: usize) {
             .unwrap();
         let as_renewed = api_channel(server, &bundle, Some(agent_identity(&renewed))).await;
         svid_pb::svid_client::SvidClient::new(as_renewed.clone()).batch_new_x509svid(request.clone()).await.unwrap();
-        let err = svid_pb::svid_client::SvidClient::new(as_agent).batch_new_x509svid(request.clone()).await.unwrap_err();
+        let err =
+            svid_pb::svid_client::SvidClient::new(as_agent).batch_new_x509svid(request.clone()).await.unwrap_err();
         assert!(err.code() == tonic::Code::PermissionDenied && err.message().contains("no longer active"), "{err:?}");
 
         // Admin calls about it through the same replica: agent show/list/count, entries
@@ -686,7 +925,18 @@ fn agent_calls(server: &Server, round: usize) {
         assert!(json(&["agent", "count"])["count"].as_i64().unwrap() >= 1);
         assert_eq!(json(&["entry", "show", "--parent-id", &agent_id])["entries"].as_array().unwrap().len(), 501);
         let theirs_parent = format!("spiffe://example.org/spire/agent/join_token/someone-else-{round}");
-        let updated = json(&["entry", "update", "--entry-id", &theirs_id, "--spiffe-id", "spiffe://example.org/db2", "--parent-id", &theirs_parent, "--selector", "unix:uid:1001"]);
+        let updated = json(&[
+            "entry",
+            "update",
+            "--entry-id",
+            &theirs_id,
+            "--spiffe-id",
+            "spiffe://example.org/db2",
+            "--parent-id",
+            &theirs_parent,
+            "--selector",
+            "unix:uid:1001",
+        ]);
         assert_eq!(updated["entries"][0]["spiffe_id"], "spiffe://example.org/db2", "{updated}");
         assert_eq!(json(&["entry", "show", "--entry-id", &theirs_id])["entries"][0]["selectors"][0], "unix:uid:1001");
         let out = server.command(&["entry", "delete", "--entry-id", &theirs_id]);
@@ -704,7 +954,10 @@ fn agent_calls(server: &Server, round: usize) {
         // A banned agent is refused; an evicted one too.
         let out = server.command(&["agent", "ban", "--spiffe-id", &agent_id]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let err = svid_pb::svid_client::SvidClient::new(as_renewed.clone()).batch_new_x509svid(request.clone()).await.unwrap_err();
+        let err = svid_pb::svid_client::SvidClient::new(as_renewed.clone())
+            .batch_new_x509svid(request.clone())
+            .await
+            .unwrap_err();
         assert!(err.code() == tonic::Code::PermissionDenied && err.message().contains("banned"), "{err:?}");
         let out = server.command(&["agent", "evict", "--spiffe-id", &agent_id]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -725,19 +978,30 @@ fn local_authority_prepares_activates_taints_and_revokes_in_order() {
 /// One turn of X.509 and JWT authorities through `server`: show, prepare, activate, taint,
 /// revoke, each refused out of order; then SVIDs still mint.
 fn local_authority_calls(server: &Server) {
-    wait_until(Duration::from_secs(20), || server.command(&["bundle", "show"]).status.success(), "the CA to publish a bundle");
+    wait_until(
+        Duration::from_secs(20),
+        || server.command(&["bundle", "show"]).status.success(),
+        "the CA to publish a bundle",
+    );
     let run = |args: &[&str]| {
         let mut all = vec!["localauthority"];
         all.extend(args);
         all.extend(["--output", "json"]);
         let out = server.command(&all);
-        (out.status.success(), serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default(), String::from_utf8_lossy(&out.stderr).to_lowercase())
+        (
+            out.status.success(),
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default(),
+            String::from_utf8_lossy(&out.stderr).to_lowercase(),
+        )
     };
     let certs = || pem::parse_many(server.command(&["bundle", "show"]).stdout).unwrap().len();
     for kind in ["x509", "jwt"] {
         let (ok, shown, _) = run(&[kind, "show"]);
         assert!(ok && shown["prepared"].is_null() && shown["old"].is_null(), "{shown}");
-        assert_eq!(shown["active"]["upstream_authority_subject_key_id"], "", "no upstream authority signed it: {shown}");
+        assert_eq!(
+            shown["active"]["upstream_authority_subject_key_id"], "",
+            "no upstream authority signed it: {shown}"
+        );
         let first = shown["active"]["authority_id"].as_str().unwrap().to_string();
         let (ok, _, err) = run(&[kind, "taint", "--authority-id", &first]);
         assert!(!ok && err.contains("only an old authority can be tainted"), "{err}");
@@ -750,9 +1014,15 @@ fn local_authority_calls(server: &Server) {
         let (ok, _, err) = run(&[kind, "activate", "--authority-id", &second]);
         assert!(ok, "{err}");
         let (_, shown, _) = run(&[kind, "show"]);
-        assert_eq!((shown["active"]["authority_id"].as_str(), shown["old"]["authority_id"].as_str()), (Some(second.as_str()), Some(first.as_str())));
+        assert_eq!(
+            (shown["active"]["authority_id"].as_str(), shown["old"]["authority_id"].as_str()),
+            (Some(second.as_str()), Some(first.as_str()))
+        );
         let (ok, _, err) = run(&[kind, "revoke", "--authority-id", &first]);
-        assert!(!ok && err.contains("state required") && err.contains("tainted"), "only a tainted authority can be revoked: {err}");
+        assert!(
+            !ok && err.contains("state required") && err.contains("tainted"),
+            "only a tainted authority can be revoked: {err}"
+        );
         let (ok, _, err) = run(&[kind, "taint", "--authority-id", &first]);
         assert!(ok, "{err}");
         let before = certs();
@@ -769,14 +1039,29 @@ fn local_authority_calls(server: &Server) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Upstream authorities need one configured.
     let out = server.command(&["upstreamauthority", "taint", "--subject-key-id", "ab"]);
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("upstream authority is not configured"), "{out:?}");
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("upstream authority is not configured"),
+        "{out:?}"
+    );
 }
 
 /// Writes a new openssl-made root CA (P-256) to `cert` and `key`; returns its subject key
 /// id as lowercase hex and its DER.
 fn openssl_upstream_root(cert: &Path, key: &Path, name: &str) -> (String, Vec<u8>) {
     let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "30", "-subj", &format!("/O=Upstream/CN={name}")])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            &format!("/O=Upstream/CN={name}"),
+        ])
         .args(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
         .arg("-keyout")
         .arg(key)
@@ -802,14 +1087,28 @@ fn an_upstream_authority_that_signed_the_old_ca_is_tainted_then_revoked() {
     );
     let server = Server::with_plugins(root.path(), 1, &plugin);
     server.json(&["init"]);
-    wait_until(Duration::from_secs(20), || server.command(&["bundle", "show"]).status.success(), "the CA to publish a bundle");
+    wait_until(
+        Duration::from_secs(20),
+        || server.command(&["bundle", "show"]).status.success(),
+        "the CA to publish a bundle",
+    );
     let run = |server: &Server, args: &[&str]| {
         let mut all = args.to_vec();
         all.extend(["--output", "json"]);
         let out = server.command(&all);
-        (out.status.success(), serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default(), String::from_utf8_lossy(&out.stderr).to_lowercase())
+        (
+            out.status.success(),
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default(),
+            String::from_utf8_lossy(&out.stderr).to_lowercase(),
+        )
     };
-    let bundle = |server: &Server| pem::parse_many(server.command(&["bundle", "show"]).stdout).unwrap().into_iter().map(|p| p.into_contents()).collect::<Vec<_>>();
+    let bundle = |server: &Server| {
+        pem::parse_many(server.command(&["bundle", "show"]).stdout)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.into_contents())
+            .collect::<Vec<_>>()
+    };
     let (_, shown, _) = run(&server, &["localauthority", "x509", "show"]);
     assert_eq!(shown["active"]["upstream_authority_subject_key_id"], first_root.as_str(), "{shown}");
     let (ok, _, err) = run(&server, &["upstreamauthority", "taint", "--subject-key-id", &first_root]);
@@ -832,7 +1131,8 @@ fn an_upstream_authority_that_signed_the_old_ca_is_tainted_then_revoked() {
     assert!(!ok && err.contains("signed the active local authority"), "{err}");
     let (ok, _, err) = run(&server, &["upstreamauthority", "revoke", "--subject-key-id", &first_root]);
     assert!(!ok && err.contains("only a tainted"), "{err}");
-    let (ok, tainted, err) = run(&server, &["upstreamauthority", "taint", "--subject-key-id", &first_root.to_uppercase()]);
+    let (ok, tainted, err) =
+        run(&server, &["upstreamauthority", "taint", "--subject-key-id", &first_root.to_uppercase()]);
     assert!(ok, "{err}");
     assert_eq!(tainted["tainted"], first_root.as_str(), "the key id comes back normalised");
     let (ok, _, err) = run(&server, &["upstreamauthority", "taint", "--subject-key-id", &first_root]);
@@ -855,10 +1155,17 @@ fn an_agent_attests_with_x509pop_through_the_network_listener() {
     let pki_dir = root.path().join("pki");
     std::fs::create_dir_all(&pki_dir).unwrap();
     crate::x509pop::pki(&pki_dir, "nodes-ca", "node-1", "digitalSignature");
-    let plugin = format!("  NodeAttestor \"x509pop\" {{\n    plugin_data {{\n      ca_bundle_path = \"{}\"\n    }}\n  }}", pki_dir.join("nodes-ca.pem").display());
+    let plugin = format!(
+        "  NodeAttestor \"x509pop\" {{\n    plugin_data {{\n      ca_bundle_path = \"{}\"\n    }}\n  }}",
+        pki_dir.join("nodes-ca.pem").display()
+    );
     let server = Server::with_plugins(root.path(), 1, &plugin);
     server.json(&["init"]);
-    wait_until(Duration::from_secs(20), || server.command(&["bundle", "show"]).status.success(), "the CA to publish a bundle");
+    wait_until(
+        Duration::from_secs(20),
+        || server.command(&["bundle", "show"]).status.success(),
+        "the CA to publish a bundle",
+    );
     let mut bundle = identity::bundle::Bundle::new(identity::TrustDomain::parse("example.org").unwrap());
     for cert in pem::parse_many(server.command(&["bundle", "show"]).stdout).unwrap() {
         bundle.add_x509_authority(cert.contents()).unwrap();
@@ -872,44 +1179,89 @@ fn an_agent_attests_with_x509pop_through_the_network_listener() {
         for round in 0..2 {
             let (requests, stream) = tokio::sync::mpsc::channel(2);
             let params = agent_pb::attest_agent_request::Params {
-                data: Some(proto::spire::api::types::AttestationData { r#type: "x509pop".into(), payload: crate::x509pop::payload(&leaf) }),
+                data: Some(proto::spire::api::types::AttestationData {
+                    r#type: "x509pop".into(),
+                    payload: crate::x509pop::payload(&leaf),
+                }),
                 params: Some(agent_pb::AgentX509svidParams { csr: csr.clone() }),
             };
-            requests.send(agent_pb::AttestAgentRequest { step: Some(agent_pb::attest_agent_request::Step::Params(params)) }).await.unwrap();
+            requests
+                .send(agent_pb::AttestAgentRequest { step: Some(agent_pb::attest_agent_request::Step::Params(params)) })
+                .await
+                .unwrap();
             let mut client = agent_pb::agent_client::AgentClient::new(channel.clone());
-            let mut responses = client.attest_agent(tokio_stream::wrappers::ReceiverStream::new(stream)).await.unwrap().into_inner();
-            let Some(agent_pb::attest_agent_response::Step::Challenge(challenge)) = responses.message().await.unwrap().unwrap().step else {
+            let mut responses =
+                client.attest_agent(tokio_stream::wrappers::ReceiverStream::new(stream)).await.unwrap().into_inner();
+            let Some(agent_pb::attest_agent_response::Step::Challenge(challenge)) =
+                responses.message().await.unwrap().unwrap().step
+            else {
                 panic!("expected a challenge");
             };
             let answer = crate::x509pop::respond(&pki_dir, "node-1.key", &challenge, false);
-            requests.send(agent_pb::AttestAgentRequest { step: Some(agent_pb::attest_agent_request::Step::ChallengeResponse(answer)) }).await.unwrap();
-            let Some(agent_pb::attest_agent_response::Step::Result(result)) = responses.message().await.unwrap().unwrap().step else {
+            requests
+                .send(agent_pb::AttestAgentRequest {
+                    step: Some(agent_pb::attest_agent_request::Step::ChallengeResponse(answer)),
+                })
+                .await
+                .unwrap();
+            let Some(agent_pb::attest_agent_response::Step::Result(result)) =
+                responses.message().await.unwrap().unwrap().step
+            else {
                 panic!("expected the result");
             };
             assert!(result.reattestable, "x509pop agents may attest again (round {round})");
-            let id = identity::x509::verify_x509_svid(&result.svid.unwrap().cert_chain, &bundle, time::OffsetDateTime::now_utc()).unwrap().spiffe_id;
+            let id = identity::x509::verify_x509_svid(
+                &result.svid.unwrap().cert_chain,
+                &bundle,
+                time::OffsetDateTime::now_utc(),
+            )
+            .unwrap()
+            .spiffe_id;
             assert!(id.path().starts_with("/spire/agent/x509pop/"), "{id}");
         }
         // A wrong answer is refused.
         let (requests, stream) = tokio::sync::mpsc::channel(2);
         let params = agent_pb::attest_agent_request::Params {
-            data: Some(proto::spire::api::types::AttestationData { r#type: "x509pop".into(), payload: crate::x509pop::payload(&leaf) }),
+            data: Some(proto::spire::api::types::AttestationData {
+                r#type: "x509pop".into(),
+                payload: crate::x509pop::payload(&leaf),
+            }),
             params: Some(agent_pb::AgentX509svidParams { csr: csr.clone() }),
         };
-        requests.send(agent_pb::AttestAgentRequest { step: Some(agent_pb::attest_agent_request::Step::Params(params)) }).await.unwrap();
-        let mut responses = agent_pb::agent_client::AgentClient::new(channel.clone()).attest_agent(tokio_stream::wrappers::ReceiverStream::new(stream)).await.unwrap().into_inner();
-        let Some(agent_pb::attest_agent_response::Step::Challenge(challenge)) = responses.message().await.unwrap().unwrap().step else {
+        requests
+            .send(agent_pb::AttestAgentRequest { step: Some(agent_pb::attest_agent_request::Step::Params(params)) })
+            .await
+            .unwrap();
+        let mut responses = agent_pb::agent_client::AgentClient::new(channel.clone())
+            .attest_agent(tokio_stream::wrappers::ReceiverStream::new(stream))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(agent_pb::attest_agent_response::Step::Challenge(challenge)) =
+            responses.message().await.unwrap().unwrap().step
+        else {
             panic!("expected a challenge");
         };
         let answer = crate::x509pop::respond(&pki_dir, "node-1.key", &challenge, true);
-        requests.send(agent_pb::AttestAgentRequest { step: Some(agent_pb::attest_agent_request::Step::ChallengeResponse(answer)) }).await.unwrap();
+        requests
+            .send(agent_pb::AttestAgentRequest {
+                step: Some(agent_pb::attest_agent_request::Step::ChallengeResponse(answer)),
+            })
+            .await
+            .unwrap();
         let err = responses.message().await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     });
     // The refusal came after the stream had started (a challenge was sent): the metric
     // counts it by its real code, read from the trailers; the two good rounds as OK.
     let metrics = http_get(server.metrics_port, "/metrics").1;
-    let attest = |code: &str| metrics.lines().any(|l| l.starts_with("testudo_api_calls_total{") && l.contains("AttestAgent") && l.contains(&format!("code=\"{code}\"")));
+    let attest = |code: &str| {
+        metrics.lines().any(|l| {
+            l.starts_with("testudo_api_calls_total{")
+                && l.contains("AttestAgent")
+                && l.contains(&format!("code=\"{code}\""))
+        })
+    };
     assert!(attest("PermissionDenied") && attest("Ok"), "{metrics}");
     let out = server.command(&["agent", "list", "--output", "json"]);
     let agents: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -932,29 +1284,51 @@ fn federated_bundles_are_set_listed_and_deleted() {
 
 /// Federated bundles set, listed and deleted, and AppendBundle, through `server`.
 fn bundle_calls(server: &Server, root: &Path, pki_dir: &Path) {
-    wait_until(Duration::from_secs(20), || server.command(&["bundle", "show"]).status.success(), "the CA to publish a bundle");
+    wait_until(
+        Duration::from_secs(20),
+        || server.command(&["bundle", "show"]).status.success(),
+        "the CA to publish a bundle",
+    );
     let ca_pem = pki_dir.join("partner-ca.pem");
     let set = |id: &str, path: &Path| server.command(&["bundle", "set", "--id", id, "--path", path.to_str().unwrap()]);
     let out = set("spiffe://partner.org", &ca_pem);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(set("partner.org", &ca_pem).status.success(), "setting again replaces");
-    let listed: serde_json::Value = serde_json::from_slice(&server.command(&["bundle", "list", "--output", "json"]).stdout).unwrap();
+    let listed: serde_json::Value =
+        serde_json::from_slice(&server.command(&["bundle", "list", "--output", "json"]).stdout).unwrap();
     assert_eq!(listed["bundles"][0]["trust_domain"], "partner.org");
     assert_eq!(listed["bundles"][0]["x509_authorities"], 1);
     assert_eq!(listed["bundles"][0]["sequence_number"], 2, "{listed}");
     // CountBundles and GetFederatedBundle over the admin socket.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        use proto::spire::api::server::bundle::v1::{bundle_client::BundleClient, CountBundlesRequest, GetFederatedBundleRequest};
+        use proto::spire::api::server::bundle::v1::{
+            bundle_client::BundleClient, CountBundlesRequest, GetFederatedBundleRequest,
+        };
         let mut client = BundleClient::new(server::admin::socket::connect(&server.socket()).await.unwrap());
-        assert_eq!(client.count_bundles(CountBundlesRequest {}).await.unwrap().into_inner().count, 2, "the local bundle and partner.org");
-        let partner = client.get_federated_bundle(GetFederatedBundleRequest { trust_domain: "partner.org".into(), output_mask: None }).await.unwrap().into_inner();
+        assert_eq!(
+            client.count_bundles(CountBundlesRequest {}).await.unwrap().into_inner().count,
+            2,
+            "the local bundle and partner.org"
+        );
+        let partner = client
+            .get_federated_bundle(GetFederatedBundleRequest { trust_domain: "partner.org".into(), output_mask: None })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!((partner.trust_domain.as_str(), partner.x509_authorities.len()), ("partner.org", 1));
-        let err = client.get_federated_bundle(GetFederatedBundleRequest { trust_domain: "nobody.org".into(), output_mask: None }).await.unwrap_err();
+        let err = client
+            .get_federated_bundle(GetFederatedBundleRequest { trust_domain: "nobody.org".into(), output_mask: None })
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
     });
     let out = set("example.org", &ca_pem);
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not federated"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not federated"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::write(root.join("junk.pem"), "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
     assert!(!set("other.org", &root.join("junk.pem")).status.success());
     let out = server.command(&["bundle", "delete", "--id", "partner.org"]);
@@ -963,7 +1337,13 @@ fn bundle_calls(server: &Server, root: &Path, pki_dir: &Path) {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).to_lowercase().contains("not found"));
 
     // AppendBundle adds an authority to the local bundle (admin only).
-    let shown = || pem::parse_many(server.command(&["bundle", "show"]).stdout).unwrap().into_iter().map(|p| p.into_contents()).collect::<Vec<Vec<u8>>>();
+    let shown = || {
+        pem::parse_many(server.command(&["bundle", "show"]).stdout)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.into_contents())
+            .collect::<Vec<Vec<u8>>>()
+    };
     let partner_der = crate::x509pop::der(pki_dir, "partner-ca.pem");
     let before = shown();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -971,11 +1351,23 @@ fn bundle_calls(server: &Server, root: &Path, pki_dir: &Path) {
         use proto::spire::api::server::bundle::v1::{bundle_client::BundleClient, AppendBundleRequest};
         let admin = server::admin::socket::connect(&server.socket()).await.unwrap();
         let der = crate::x509pop::der(pki_dir, "partner-ca.pem");
-        let request = AppendBundleRequest { x509_authorities: vec![proto::spire::api::types::X509Certificate { asn1: der, tainted: false }], ..Default::default() };
+        let request = AppendBundleRequest {
+            x509_authorities: vec![proto::spire::api::types::X509Certificate { asn1: der, tainted: false }],
+            ..Default::default()
+        };
         BundleClient::new(admin.clone()).append_bundle(request).await.unwrap();
-        let bad = AppendBundleRequest { x509_authorities: vec![proto::spire::api::types::X509Certificate { asn1: b"junk".to_vec(), tainted: false }], ..Default::default() };
+        let bad = AppendBundleRequest {
+            x509_authorities: vec![proto::spire::api::types::X509Certificate {
+                asn1: b"junk".to_vec(),
+                tainted: false,
+            }],
+            ..Default::default()
+        };
         let err = BundleClient::new(admin).append_bundle(bad).await.unwrap_err();
-        assert!(err.code() == tonic::Code::InvalidArgument && err.message().starts_with("x509_authorities[0]"), "{err:?}");
+        assert!(
+            err.code() == tonic::Code::InvalidArgument && err.message().starts_with("x509_authorities[0]"),
+            "{err:?}"
+        );
     });
     let after = shown();
     assert!(after.contains(&partner_der), "the appended authority is in the bundle");
@@ -989,24 +1381,46 @@ fn an_svid_whose_entry_is_marked_admin_may_call_admin_apis() {
     let root = tempfile::tempdir().unwrap();
     let server = Server::new(root.path(), 1);
     server.json(&["init"]);
-    wait_until(Duration::from_secs(20), || server.command(&["bundle", "show"]).status.success(), "the CA to publish a bundle");
+    wait_until(
+        Duration::from_secs(20),
+        || server.command(&["bundle", "show"]).status.success(),
+        "the CA to publish a bundle",
+    );
     let dir = root.path().join("ops-svid");
-    let out = server.command(&["x509", "mint", "--spiffe-id", "spiffe://example.org/ops", "--write", dir.to_str().unwrap()]);
+    let out =
+        server.command(&["x509", "mint", "--spiffe-id", "spiffe://example.org/ops", "--write", dir.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut bundle = identity::bundle::Bundle::new(identity::TrustDomain::parse("example.org").unwrap());
     for cert in pem::parse_many(std::fs::read(dir.join("bundle.pem")).unwrap()).unwrap() {
         bundle.add_x509_authority(cert.contents()).unwrap();
     }
-    let identity_pem = (std::fs::read_to_string(dir.join("svid.pem")).unwrap(), std::fs::read_to_string(dir.join("key.pem")).unwrap());
+    let identity_pem =
+        (std::fs::read_to_string(dir.join("svid.pem")).unwrap(), std::fs::read_to_string(dir.join("key.pem")).unwrap());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let channel = api_channel(&server, &bundle, Some(identity_pem.clone())).await;
-        let err = EntryClient::new(channel.clone()).count_entries(CountEntriesRequest { filter: None }).await.unwrap_err();
+        let err =
+            EntryClient::new(channel.clone()).count_entries(CountEntriesRequest { filter: None }).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
-        let out = server.command(&["entry", "create", "--spiffe-id", "spiffe://example.org/ops", "--parent-id", "spiffe://example.org/spire/agent/x", "--selector", "unix:uid:0", "--admin"]);
+        let out = server.command(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            "spiffe://example.org/ops",
+            "--parent-id",
+            "spiffe://example.org/spire/agent/x",
+            "--selector",
+            "unix:uid:0",
+            "--admin",
+        ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let count = EntryClient::new(channel).count_entries(CountEntriesRequest { filter: None }).await.unwrap().into_inner().count;
+        let count = EntryClient::new(channel)
+            .count_entries(CountEntriesRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .count;
         assert_eq!(count, 1);
     });
 }
@@ -1022,7 +1436,11 @@ fn federated_bundle_updates_honour_the_input_mask() {
     std::fs::create_dir_all(&pki_dir).unwrap();
     chaos_tests::harness::pki::ca_and_leaf(&pki_dir, "partner-ca", "partner-leaf", "digitalSignature");
     chaos_tests::harness::pki::ca_and_leaf(&pki_dir, "partner-ca2", "partner-leaf2", "digitalSignature");
-    let ca = |name: &str| identity::bundle::parse_pem_certificates(&std::fs::read_to_string(pki_dir.join(name)).unwrap()).unwrap().remove(0);
+    let ca = |name: &str| {
+        identity::bundle::parse_pem_certificates(&std::fs::read_to_string(pki_dir.join(name)).unwrap())
+            .unwrap()
+            .remove(0)
+    };
     let (first_ca, second_ca) = (ca("partner-ca.pem"), ca("partner-ca2.pem"));
     let jwt_key = LocalKey::generate(KeyType::EcP256).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -1031,8 +1449,15 @@ fn federated_bundle_updates_honour_the_input_mask() {
         let server = &servers[index];
         let partner = format!("partner{round}.org");
         runtime.block_on(async {
-            let mut client = bundle_pb::bundle_client::BundleClient::new(server::admin::socket::connect(&server.socket()).await.unwrap());
-            let jwt = types::JwtKey { public_key: jwt_key.public_key().spki_der().to_vec(), key_id: "partner-kid".into(), expires_at: 0, tainted: false };
+            let mut client = bundle_pb::bundle_client::BundleClient::new(
+                server::admin::socket::connect(&server.socket()).await.unwrap(),
+            );
+            let jwt = types::JwtKey {
+                public_key: jwt_key.public_key().spki_der().to_vec(),
+                key_id: "partner-kid".into(),
+                expires_at: 0,
+                tainted: false,
+            };
             let bundle = |x509: &[u8], refresh_hint: i64, jwt: Vec<types::JwtKey>| types::Bundle {
                 trust_domain: partner.clone(),
                 x509_authorities: vec![types::X509Certificate { asn1: x509.to_vec(), tainted: false }],
@@ -1040,34 +1465,88 @@ fn federated_bundle_updates_honour_the_input_mask() {
                 refresh_hint,
                 sequence_number: 0,
             };
-            let created = client.batch_create_federated_bundle(bundle_pb::BatchCreateFederatedBundleRequest { bundle: vec![bundle(&first_ca, 60, vec![jwt.clone()])], output_mask: None }).await.unwrap().into_inner();
+            let created = client
+                .batch_create_federated_bundle(bundle_pb::BatchCreateFederatedBundleRequest {
+                    bundle: vec![bundle(&first_ca, 60, vec![jwt.clone()])],
+                    output_mask: None,
+                })
+                .await
+                .unwrap()
+                .into_inner();
             assert_eq!(created.results[0].status.as_ref().unwrap().code, 0, "{created:?}");
 
             // Only the refresh hint: the authorities stay.
             let only_hint = types::BundleMask { refresh_hint: true, ..Default::default() };
-            let update = bundle_pb::BatchUpdateFederatedBundleRequest { bundle: vec![bundle(&second_ca, 300, vec![])], input_mask: Some(only_hint), output_mask: None };
-            let updated = client.batch_update_federated_bundle(update).await.unwrap().into_inner().results.remove(0).bundle.unwrap();
+            let update = bundle_pb::BatchUpdateFederatedBundleRequest {
+                bundle: vec![bundle(&second_ca, 300, vec![])],
+                input_mask: Some(only_hint),
+                output_mask: None,
+            };
+            let updated = client
+                .batch_update_federated_bundle(update)
+                .await
+                .unwrap()
+                .into_inner()
+                .results
+                .remove(0)
+                .bundle
+                .unwrap();
             assert_eq!(updated.refresh_hint, 300);
             assert_eq!(updated.x509_authorities[0].asn1, first_ca);
             assert_eq!(updated.jwt_authorities.len(), 1);
 
             // Only the X.509 authorities: the JWT key stays.
             let only_x509 = types::BundleMask { x509_authorities: true, ..Default::default() };
-            let update = bundle_pb::BatchUpdateFederatedBundleRequest { bundle: vec![bundle(&second_ca, 5, vec![])], input_mask: Some(only_x509), output_mask: None };
-            let updated = client.batch_update_federated_bundle(update).await.unwrap().into_inner().results.remove(0).bundle.unwrap();
+            let update = bundle_pb::BatchUpdateFederatedBundleRequest {
+                bundle: vec![bundle(&second_ca, 5, vec![])],
+                input_mask: Some(only_x509),
+                output_mask: None,
+            };
+            let updated = client
+                .batch_update_federated_bundle(update)
+                .await
+                .unwrap()
+                .into_inner()
+                .results
+                .remove(0)
+                .bundle
+                .unwrap();
             assert_eq!(updated.x509_authorities[0].asn1, second_ca);
             assert_eq!((updated.refresh_hint, updated.jwt_authorities.len()), (300, 1));
 
             // No mask: the whole bundle is replaced. An unknown trust domain is NotFound.
-            let update = bundle_pb::BatchUpdateFederatedBundleRequest { bundle: vec![bundle(&first_ca, 7, vec![])], input_mask: None, output_mask: None };
-            let updated = client.batch_update_federated_bundle(update).await.unwrap().into_inner().results.remove(0).bundle.unwrap();
+            let update = bundle_pb::BatchUpdateFederatedBundleRequest {
+                bundle: vec![bundle(&first_ca, 7, vec![])],
+                input_mask: None,
+                output_mask: None,
+            };
+            let updated = client
+                .batch_update_federated_bundle(update)
+                .await
+                .unwrap()
+                .into_inner()
+                .results
+                .remove(0)
+                .bundle
+                .unwrap();
             assert_eq!((updated.refresh_hint, updated.jwt_authorities.len()), (7, 0));
             let mut unknown = bundle(&first_ca, 7, vec![]);
             unknown.trust_domain = "nobody.org".into();
-            let update = bundle_pb::BatchUpdateFederatedBundleRequest { bundle: vec![unknown], input_mask: Some(only_x509), output_mask: None };
+            let update = bundle_pb::BatchUpdateFederatedBundleRequest {
+                bundle: vec![unknown],
+                input_mask: Some(only_x509),
+                output_mask: None,
+            };
             let result = client.batch_update_federated_bundle(update).await.unwrap().into_inner().results.remove(0);
             assert_eq!(result.status.unwrap().code, tonic::Code::NotFound as i32);
-            let stored = client.get_federated_bundle(bundle_pb::GetFederatedBundleRequest { trust_domain: partner.clone(), output_mask: None }).await.unwrap().into_inner();
+            let stored = client
+                .get_federated_bundle(bundle_pb::GetFederatedBundleRequest {
+                    trust_domain: partner.clone(),
+                    output_mask: None,
+                })
+                .await
+                .unwrap()
+                .into_inner();
             assert_eq!(stored.x509_authorities[0].asn1, first_ca);
         });
     }

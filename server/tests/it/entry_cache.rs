@@ -63,15 +63,23 @@ async fn the_cache_follows_changes_on_every_replica_and_reloads_only_after_a_pru
         .unwrap();
 
     let leader_cache = EntryCache::default();
-    assert_eq!(authorized_ids(&leader_cache, on_leader).await, ids(&["direct", "via-alias", "grandchild"]), "aliases themselves are not minted for");
+    assert_eq!(
+        authorized_ids(&leader_cache, on_leader).await,
+        ids(&["direct", "via-alias", "grandchild"]),
+        "aliases themselves are not minted for"
+    );
     assert_eq!(leader_cache.reloads(), 1);
 
     // Changes through a follower: reparent, delete, create. The leader's cache sees each one
     // on the next call (read-your-writes on the replica that applied them), by delta.
-    let moved = entry("grandchild", "spiffe://example.org/web/sidecar", "spiffe://example.org/red-nodes", &["unix:uid:4"]);
+    let moved =
+        entry("grandchild", "spiffe://example.org/web/sidecar", "spiffe://example.org/red-nodes", &["unix:uid:4"]);
     on_follower.write(Command::UpdateEntries(vec![moved])).await.unwrap();
     on_follower.write(Command::DeleteEntries(vec!["alias".into()])).await.unwrap();
-    on_follower.write(Command::CreateEntries(vec![entry("new", "spiffe://example.org/new", AGENT, &["unix:uid:5"])])).await.unwrap();
+    on_follower
+        .write(Command::CreateEntries(vec![entry("new", "spiffe://example.org/new", AGENT, &["unix:uid:5"])]))
+        .await
+        .unwrap();
     assert_eq!(authorized_ids(&leader_cache, on_leader).await, ids(&["direct", "new"]));
     assert_eq!(leader_cache.reloads(), 1, "changes arrive by delta, not by reloading");
     assert_eq!(leader_cache.revision(), on_leader.local_reader().revision().await.unwrap());
@@ -87,12 +95,18 @@ async fn the_cache_follows_changes_on_every_replica_and_reloads_only_after_a_pru
     assert_eq!(authorized_ids(&follower_cache, on_follower).await, ids(&["direct", "new"]));
 
     // Prune the change log past the cache's revision: the next call reloads, once.
-    on_leader.write(Command::CreateEntries(vec![entry("late", "spiffe://example.org/late", AGENT, &["unix:uid:6"])])).await.unwrap();
+    on_leader
+        .write(Command::CreateEntries(vec![entry("late", "spiffe://example.org/late", AGENT, &["unix:uid:6"])]))
+        .await
+        .unwrap();
     let head = on_leader.write(Command::DeleteEntries(vec!["direct".into()])).await.unwrap().revision;
     on_leader.write(Command::PruneChangeLog { before_revision: head + 1 }).await.unwrap();
     assert_eq!(authorized_ids(&leader_cache, on_leader).await, ids(&["new", "late"]));
     assert_eq!(leader_cache.reloads(), 2, "a pruned change log means one reload");
-    on_leader.write(Command::CreateEntries(vec![entry("after", "spiffe://example.org/after", AGENT, &["unix:uid:7"])])).await.unwrap();
+    on_leader
+        .write(Command::CreateEntries(vec![entry("after", "spiffe://example.org/after", AGENT, &["unix:uid:7"])]))
+        .await
+        .unwrap();
     assert_eq!(authorized_ids(&leader_cache, on_leader).await, ids(&["new", "late", "after"]));
     assert_eq!(leader_cache.reloads(), 2);
     cluster.shutdown().await;
@@ -105,7 +119,15 @@ async fn the_leader_prunes_the_change_log_behind_what_it_keeps() {
     let leader = cluster.wait_for_leader().await;
     let replica = &cluster.replicas[&leader];
     for i in 0..30 {
-        replica.write(Command::CreateEntries(vec![entry(&format!("e{i}"), &format!("spiffe://example.org/w/{i}"), AGENT, &["unix:uid:1"])])).await.unwrap();
+        replica
+            .write(Command::CreateEntries(vec![entry(
+                &format!("e{i}"),
+                &format!("spiffe://example.org/w/{i}"),
+                AGENT,
+                &["unix:uid:1"],
+            )]))
+            .await
+            .unwrap();
     }
     assert_eq!(prune_once(&cluster.replicas[&cluster.follower(leader)], 20, 0).await, None, "only the leader prunes");
     let revision = replica.local_reader().revision().await.unwrap();

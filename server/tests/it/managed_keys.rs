@@ -30,7 +30,18 @@ fn softhsm_token(root: &Path) -> (PathBuf, PathBuf) {
 /// The private keys on the token, as OpenSC's pkcs11-tool lists them: (label, access flags).
 fn private_keys(conf: &Path) -> Vec<(String, String)> {
     let out = Command::new("pkcs11-tool")
-        .args(["--module", MODULE, "--token-label", TOKEN, "--login", "--pin", PIN, "--list-objects", "--type", "privkey"])
+        .args([
+            "--module",
+            MODULE,
+            "--token-label",
+            TOKEN,
+            "--login",
+            "--pin",
+            PIN,
+            "--list-objects",
+            "--type",
+            "privkey",
+        ])
         .env("SOFTHSM2_CONF", conf)
         .output()
         .expect("pkcs11-tool (deploy/bootstrap.sh installs opensc)");
@@ -57,10 +68,34 @@ fn mint_and_verify(servers: &[ServerProcess], root: &Path, round: &str) {
     std::fs::write(&bundle, servers[2].bundle_pem()).unwrap();
     for server in servers {
         let dir = root.join(format!("svid-{round}-{}", server.id));
-        let out = server.command(&["x509", "mint", "--spiffe-id", "spiffe://example.org/web", "--write", dir.to_str().unwrap()]);
-        assert!(out.status.success(), "replica {}: {}\n{}", server.id, String::from_utf8_lossy(&out.stderr), server.log());
-        let verify = Command::new("openssl").args(["verify", "-CAfile"]).arg(&bundle).arg(dir.join("svid.pem")).output().unwrap();
-        assert!(verify.status.success(), "replica {}: {}{}", server.id, String::from_utf8_lossy(&verify.stdout), String::from_utf8_lossy(&verify.stderr));
+        let out = server.command(&[
+            "x509",
+            "mint",
+            "--spiffe-id",
+            "spiffe://example.org/web",
+            "--write",
+            dir.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "replica {}: {}\n{}",
+            server.id,
+            String::from_utf8_lossy(&out.stderr),
+            server.log()
+        );
+        let verify = Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(&bundle)
+            .arg(dir.join("svid.pem"))
+            .output()
+            .unwrap();
+        assert!(
+            verify.status.success(),
+            "replica {}: {}{}",
+            server.id,
+            String::from_utf8_lossy(&verify.stdout),
+            String::from_utf8_lossy(&verify.stderr)
+        );
     }
 }
 
@@ -74,21 +109,34 @@ fn jwt_keys(server: &ServerProcess) -> Vec<(String, String)> {
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let verifier = std::sync::Arc::new(spiffe_tls::SvidVerifier::any_svid(std::sync::Arc::new(std::sync::RwLock::new(bundle))));
+        let verifier = std::sync::Arc::new(spiffe_tls::SvidVerifier::any_svid(std::sync::Arc::new(
+            std::sync::RwLock::new(bundle),
+        )));
         let tls = tonic::transport::ClientTlsConfig::new().domain_name("server.example.org");
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{}", server.api_address())).unwrap().tls_config_with_verifier(tls, verifier).unwrap();
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{}", server.api_address()))
+            .unwrap()
+            .tls_config_with_verifier(tls, verifier)
+            .unwrap();
         // The listener presents its server SVID shortly after the CA's first activation.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let channel = loop {
             match endpoint.connect().await {
                 Ok(channel) => break channel,
-                Err(e) if std::time::Instant::now() > deadline => panic!("connect: {e:?}
-server log:\n{}", server.log()),
+                Err(e) if std::time::Instant::now() > deadline => panic!(
+                    "connect: {e:?}
+server log:\n{}",
+                    server.log()
+                ),
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         };
-        let served = BundleClient::new(channel).get_bundle(GetBundleRequest { output_mask: None }).await.unwrap().into_inner();
-        served.jwt_authorities.iter().map(|k| (k.key_id.clone(), pem::encode(&pem::Pem::new("PUBLIC KEY", k.public_key.clone())))).collect()
+        let served =
+            BundleClient::new(channel).get_bundle(GetBundleRequest { output_mask: None }).await.unwrap().into_inner();
+        served
+            .jwt_authorities
+            .iter()
+            .map(|k| (k.key_id.clone(), pem::encode(&pem::Pem::new("PUBLIC KEY", k.public_key.clone()))))
+            .collect()
     })
 }
 
@@ -102,7 +150,9 @@ print(claims["sub"])
 "#;
 
 fn python() -> PathBuf {
-    std::env::var("TESTUDO_PYTHON").map(PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"))
+    std::env::var("TESTUDO_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"))
 }
 
 /// JWT-SVIDs from every replica validate with PyJWT; then a forced rotation from a
@@ -124,7 +174,12 @@ fn rotate_and_check(servers: &[ServerProcess], root: &Path, keys: impl Fn() -> V
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         let checked = Command::new(python()).arg(&script).arg(&token).arg(&jwks).arg("db").output().unwrap();
-        assert!(checked.status.success(), "replica {}: PyJWT refused the token: {}", server.id, String::from_utf8_lossy(&checked.stderr));
+        assert!(
+            checked.status.success(),
+            "replica {}: PyJWT refused the token: {}",
+            server.id,
+            String::from_utf8_lossy(&checked.stderr)
+        );
         assert_eq!(String::from_utf8_lossy(&checked.stdout).trim(), "spiffe://example.org/web");
     }
 
@@ -138,7 +193,15 @@ fn rotate_and_check(servers: &[ServerProcess], root: &Path, keys: impl Fn() -> V
     let after_prepare = keys();
     assert_eq!(after_prepare.len(), 3, "the prepared authority has a key of its own: {after_prepare:?}");
     run(&["activate", "--authority-id", &second]);
-    wait_until(Duration::from_secs(30), || servers.iter().all(|s| s.command(&["x509", "mint", "--spiffe-id", "spiffe://example.org/probe"]).status.success()), "every replica to sign");
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            servers
+                .iter()
+                .all(|s| s.command(&["x509", "mint", "--spiffe-id", "spiffe://example.org/probe"]).status.success())
+        },
+        "every replica to sign",
+    );
     mint_and_verify(servers, root, "second");
 
     run(&["prepare"]);
@@ -157,24 +220,33 @@ fn three_replicas_sign_through_one_hsm_token() {
         "KeyManager \"pkcs11\" {{\n    plugin_data {{\n      module_path = \"{MODULE}\"\n      token_label = \"{TOKEN}\"\n      user_pin_path = \"{}\"\n    }}\n  }}",
         pin.display()
     );
-    let servers = ServerProcess::cluster_with(root.path(), 3, "", &plugins, &[("SOFTHSM2_CONF", conf.to_str().unwrap())]);
+    let servers =
+        ServerProcess::cluster_with(root.path(), 3, "", &plugins, &[("SOFTHSM2_CONF", conf.to_str().unwrap())]);
     // The leader makes the CA keys after the cluster forms; on a loaded machine that can take
     // a while (a make test run timed out waiting 10 s for the listing).
     let mint = || servers[0].command(&["x509", "mint", "--spiffe-id", "spiffe://example.org/probe"]).status.success();
     wait_until(Duration::from_secs(60), mint, "the cluster to sign");
     // SoftHSM keeps each object in a file that a replica may be writing while pkcs11-tool
     // reads it (a listing once showed a key with no label yet): read until it settles.
-    let named = |keys: &[(String, String)]| keys.len() == 2 && keys.iter().all(|(label, _)| label.starts_with("testudo/example.org/"));
+    let named = |keys: &[(String, String)]| {
+        keys.len() == 2 && keys.iter().all(|(label, _)| label.starts_with("testudo/example.org/"))
+    };
     let mut first = private_keys(&conf);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !named(&first) {
-        assert!(std::time::Instant::now() < deadline, "the token lists {first:?}, not an X.509 CA key and a JWT key named after the trust domain");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the token lists {first:?}, not an X.509 CA key and a JWT key named after the trust domain"
+        );
         std::thread::sleep(Duration::from_millis(100));
         first = private_keys(&conf);
     }
     rotate_and_check(&servers, root.path(), || labels(&private_keys(&conf)));
     let after = private_keys(&conf);
-    assert!(after.iter().all(|(_, access)| access.contains("sensitive") && access.contains("never extractable")), "{after:?}");
+    assert!(
+        after.iter().all(|(_, access)| access.contains("sensitive") && access.contains("never extractable")),
+        "{after:?}"
+    );
 }
 
 /// What the local KMS holds, read with boto3: our aliases, and the key ids (from the
@@ -209,7 +281,9 @@ fn three_replicas_sign_through_one_kms() {
         assert!(out.status.success(), "boto3: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
-    let names = |v: &serde_json::Value| -> Vec<String> { v.as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect() };
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect()
+    };
     let retired = rotate_and_check(&servers, root.path(), || names(&state()["aliases"]));
     let retired_id = retired.strip_prefix("alias/testudo/example_org/").unwrap().to_owned();
     assert_eq!(names(&state()["pending"]), [retired_id], "exactly the retired CA key is scheduled for deletion");

@@ -34,7 +34,19 @@ fn openssl_root() -> Files {
     let key = dir.path().join("upstream.key");
     let cert = dir.path().join("upstream.crt");
     let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384", "-nodes", "-days", "30", "-subj", "/O=Upstream/CN=root"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/O=Upstream/CN=root",
+        ])
         .args(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
         .arg("-keyout")
         .arg(&key)
@@ -69,7 +81,10 @@ async fn upstream_signed_ca_chains_to_the_upstream_root() {
     assert_eq!(bundle.x509_authorities()[0].der, root_der, "the bundle publishes the upstream root");
     // LocalAuthority reports which upstream key signed the CA (SPIRE's
     // upstream_authority_subject_key_id): the root's subject key id, as lowercase hex.
-    let root_skid = identity::x509::certificate_facts(&root_der).unwrap().subject_key_id.expect("openssl gives the root a subject key id");
+    let root_skid = identity::x509::certificate_facts(&root_der)
+        .unwrap()
+        .subject_key_id
+        .expect("openssl gives the root a subject key id");
     let active = ca.authority_states(AuthorityKind::X509).active.expect("an active X.509 authority");
     assert_eq!(active.upstream_authority_id, hex::encode(root_skid));
 
@@ -104,7 +119,13 @@ async fn upstream_intermediate_with_a_bundle_file() {
     let td = TrustDomain::parse("upstream.org").unwrap();
     let root_key = LocalKey::generate(KeyType::EcP256).unwrap();
     let root = mint_ca(
-        &CaTemplate { trust_domain: td.clone(), public_key: root_key.public_key().clone(), ttl: Duration::from_secs(30 * 86400), subject: Subject::ca_default(), serial: None },
+        &CaTemplate {
+            trust_domain: td.clone(),
+            public_key: root_key.public_key().clone(),
+            ttl: Duration::from_secs(30 * 86400),
+            subject: Subject::ca_default(),
+            serial: None,
+        },
         None,
         Some(&root_key),
         now,
@@ -113,7 +134,13 @@ async fn upstream_intermediate_with_a_bundle_file() {
     let mid_key = LocalKey::generate(KeyType::EcP256).unwrap();
     let root_issuer = Issuer::new(&root.der, &root_key).unwrap();
     let mid = mint_ca(
-        &CaTemplate { trust_domain: td, public_key: mid_key.public_key().clone(), ttl: Duration::from_secs(10 * 86400), subject: Subject::ca_default(), serial: None },
+        &CaTemplate {
+            trust_domain: td,
+            public_key: mid_key.public_key().clone(),
+            ttl: Duration::from_secs(10 * 86400),
+            subject: Subject::ca_default(),
+            serial: None,
+        },
         Some(&root_issuer),
         None,
         now,
@@ -124,12 +151,22 @@ async fn upstream_intermediate_with_a_bundle_file() {
     write(&cert, &mid.pem());
     write(&key, &pem::encode(&pem::Pem::new("PRIVATE KEY", mid_key.to_pkcs8_der().unwrap().to_vec())));
     write(&bundle, &root.pem());
-    let upstream = DiskUpstreamAuthority::new(DiskUpstreamConfig { cert_file_path: cert, key_file_path: key.clone(), bundle_file_path: Some(bundle.clone()) })
-        .await
-        .unwrap();
+    let upstream = DiskUpstreamAuthority::new(DiskUpstreamConfig {
+        cert_file_path: cert,
+        key_file_path: key.clone(),
+        bundle_file_path: Some(bundle.clone()),
+    })
+    .await
+    .unwrap();
     let ours = LocalKey::generate(KeyType::EcP256).unwrap();
     let signed = upstream
-        .mint_x509_ca(&TrustDomain::parse("example.org").unwrap(), ours.public_key(), &Subject::ca_default(), Duration::from_secs(20 * 86400), now)
+        .mint_x509_ca(
+            &TrustDomain::parse("example.org").unwrap(),
+            ours.public_key(),
+            &Subject::ca_default(),
+            Duration::from_secs(20 * 86400),
+            now,
+        )
         .await
         .unwrap();
     assert_eq!(signed.roots, vec![root.der.clone()]);
@@ -140,7 +177,13 @@ async fn upstream_intermediate_with_a_bundle_file() {
     // A bundle file with the wrong root is caught before anything is published.
     let stranger_key = LocalKey::generate(KeyType::EcP256).unwrap();
     let stranger = mint_ca(
-        &CaTemplate { trust_domain: TrustDomain::parse("x.org").unwrap(), public_key: stranger_key.public_key().clone(), ttl: Duration::from_secs(86400), subject: Subject::ca_default(), serial: None },
+        &CaTemplate {
+            trust_domain: TrustDomain::parse("x.org").unwrap(),
+            public_key: stranger_key.public_key().clone(),
+            ttl: Duration::from_secs(86400),
+            subject: Subject::ca_default(),
+            serial: None,
+        },
         None,
         Some(&stranger_key),
         now,
@@ -148,7 +191,13 @@ async fn upstream_intermediate_with_a_bundle_file() {
     .unwrap();
     write(&bundle, &stranger.pem());
     let err = upstream
-        .mint_x509_ca(&TrustDomain::parse("example.org").unwrap(), ours.public_key(), &Subject::ca_default(), Duration::from_secs(86400), now)
+        .mint_x509_ca(
+            &TrustDomain::parse("example.org").unwrap(),
+            ours.public_key(),
+            &Subject::ca_default(),
+            Duration::from_secs(86400),
+            now,
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("does not chain to the bundle roots"), "{err}");
@@ -159,10 +208,38 @@ async fn misconfiguration_is_reported_with_the_file() {
     let files = openssl_root();
     let other = openssl_root();
     let cases = [
-        (DiskUpstreamConfig { cert_file_path: files.cert.clone(), key_file_path: other.key.clone(), bundle_file_path: None }, "does not match"),
-        (DiskUpstreamConfig { cert_file_path: files.cert.with_extension("missing"), key_file_path: files.key.clone(), bundle_file_path: None }, "cannot read cert_file_path"),
-        (DiskUpstreamConfig { cert_file_path: files.key.clone(), key_file_path: files.key.clone(), bundle_file_path: None }, "cert_file_path"),
-        (DiskUpstreamConfig { cert_file_path: files.cert.clone(), key_file_path: files.cert.clone(), bundle_file_path: None }, "key_file_path"),
+        (
+            DiskUpstreamConfig {
+                cert_file_path: files.cert.clone(),
+                key_file_path: other.key.clone(),
+                bundle_file_path: None,
+            },
+            "does not match",
+        ),
+        (
+            DiskUpstreamConfig {
+                cert_file_path: files.cert.with_extension("missing"),
+                key_file_path: files.key.clone(),
+                bundle_file_path: None,
+            },
+            "cannot read cert_file_path",
+        ),
+        (
+            DiskUpstreamConfig {
+                cert_file_path: files.key.clone(),
+                key_file_path: files.key.clone(),
+                bundle_file_path: None,
+            },
+            "cert_file_path",
+        ),
+        (
+            DiskUpstreamConfig {
+                cert_file_path: files.cert.clone(),
+                key_file_path: files.cert.clone(),
+                bundle_file_path: None,
+            },
+            "key_file_path",
+        ),
     ];
     for (config, needle) in cases {
         let err = DiskUpstreamAuthority::new(config).await.err().unwrap();

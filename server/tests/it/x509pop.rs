@@ -58,19 +58,32 @@ fn an_agent_holding_the_key_of_a_trusted_certificate_is_attested() {
     X509Pop::finish(&pending, &respond(d, "node-1.key", &pending.challenge, false)).unwrap();
 
     let fingerprint = |name: &str| {
-        let out = Command::new("openssl").args(["x509", "-noout", "-fingerprint", "-sha1", "-in", name]).current_dir(d).output().unwrap();
+        let out = Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha1", "-in", name])
+            .current_dir(d)
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().rsplit('=').next().unwrap().replace(':', "").to_lowercase()
     };
-    assert_eq!(pending.agent_id.to_string(), format!("spiffe://example.org/spire/agent/x509pop/{}", fingerprint("node-1.pem")));
+    assert_eq!(
+        pending.agent_id.to_string(),
+        format!("spiffe://example.org/spire/agent/x509pop/{}", fingerprint("node-1.pem"))
+    );
     let selectors: Vec<String> = pending.selectors.iter().map(ToString::to_string).collect();
     assert!(selectors.contains(&"x509pop:subject:cn:node-1".to_string()), "{selectors:?}");
     assert!(selectors.contains(&format!("x509pop:ca:fingerprint:{}", fingerprint("root.pem"))), "{selectors:?}");
 
     // A wrong signature, or the right one for another challenge, is refused.
     let pending = attestor.begin(&payload(&leaf), &td, UnixTime::now()).unwrap();
-    assert!(matches!(X509Pop::finish(&pending, &respond(d, "node-1.key", &pending.challenge, true)), Err(X509PopError::BadSignature)));
+    assert!(matches!(
+        X509Pop::finish(&pending, &respond(d, "node-1.key", &pending.challenge, true)),
+        Err(X509PopError::BadSignature)
+    ));
     let other = attestor.begin(&payload(&leaf), &td, UnixTime::now()).unwrap();
-    assert!(matches!(X509Pop::finish(&pending, &respond(d, "node-1.key", &other.challenge, false)), Err(X509PopError::BadSignature)));
+    assert!(matches!(
+        X509Pop::finish(&pending, &respond(d, "node-1.key", &other.challenge, false)),
+        Err(X509PopError::BadSignature)
+    ));
 }
 
 #[test]
@@ -86,7 +99,12 @@ fn untrusted_unsuitable_or_malformed_chains_are_refused() {
     assert!(matches!(err, X509PopError::Untrusted(_)), "{err}");
     let err = attestor.begin(&payload(&der(d, "node-3.pem")), &td, UnixTime::now()).err().unwrap();
     assert!(err.to_string().contains("digital signature"), "{err}");
-    for bad in [b"not json".to_vec(), b"{\"certificates\": []}".to_vec(), b"{\"certificates\": [\"!!\"]}".to_vec(), b"{\"certificates\": [\"AAAA\"]}".to_vec()] {
+    for bad in [
+        b"not json".to_vec(),
+        b"{\"certificates\": []}".to_vec(),
+        b"{\"certificates\": [\"!!\"]}".to_vec(),
+        b"{\"certificates\": [\"AAAA\"]}".to_vec(),
+    ] {
         let err = attestor.begin(&bad, &td, UnixTime::now()).err().unwrap();
         assert!(matches!(err, X509PopError::BadInput(_)), "{err}");
     }

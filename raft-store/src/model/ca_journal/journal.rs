@@ -60,7 +60,10 @@ impl CaJournal {
             JournalEvent::X509(e) => self.x509.apply(e)?,
             JournalEvent::Jwt(e) => self.jwt.apply(e)?,
         }
-        if matches!(event, JournalEvent::X509(SlotEvent::Prepared { .. }) | JournalEvent::Jwt(SlotEvent::Prepared { .. })) {
+        if matches!(
+            event,
+            JournalEvent::X509(SlotEvent::Prepared { .. }) | JournalEvent::Jwt(SlotEvent::Prepared { .. })
+        ) {
             self.prepared_count += 1;
         }
         Ok(())
@@ -80,7 +83,10 @@ fn apply_slot_event<T: Clone>(pair: &mut SlotPair<T>, event: &SlotEvent<T>) -> R
             if pair.get(*slot).is_some_and(|s| s.status == SlotStatus::Active) {
                 return Err(JournalError::SlotActive(*slot));
             }
-            pair.set(*slot, Some(Slot { id: *slot, status: SlotStatus::Prepared, tainted: false, authority: authority.clone() }));
+            pair.set(
+                *slot,
+                Some(Slot { id: *slot, status: SlotStatus::Prepared, tainted: false, authority: authority.clone() }),
+            );
         }
         SlotEvent::Activated { slot } => {
             let target = pair.get(*slot).ok_or(JournalError::SlotEmpty(*slot))?;
@@ -164,9 +170,18 @@ mod tests {
         assert!(matches!(j.apply(&jwt(SlotEvent::Tainted { slot: SlotId::A })), Err(JournalError::NotOld { .. })));
         j.apply(&jwt(SlotEvent::Activated { slot: SlotId::A })).unwrap();
         let before = j.clone();
-        assert_eq!(j.apply(&jwt(SlotEvent::Prepared { slot: SlotId::A, authority: key(2) })), Err(JournalError::SlotActive(SlotId::A)));
-        assert!(matches!(j.apply(&jwt(SlotEvent::Activated { slot: SlotId::A })), Err(JournalError::NotPrepared { .. })));
-        assert!(matches!(j.apply(&jwt(SlotEvent::Tainted { slot: SlotId::A })), Err(JournalError::NotOld { .. })), "the active authority cannot be tainted");
+        assert_eq!(
+            j.apply(&jwt(SlotEvent::Prepared { slot: SlotId::A, authority: key(2) })),
+            Err(JournalError::SlotActive(SlotId::A))
+        );
+        assert!(matches!(
+            j.apply(&jwt(SlotEvent::Activated { slot: SlotId::A })),
+            Err(JournalError::NotPrepared { .. })
+        ));
+        assert!(
+            matches!(j.apply(&jwt(SlotEvent::Tainted { slot: SlotId::A })), Err(JournalError::NotOld { .. })),
+            "the active authority cannot be tainted"
+        );
         assert_eq!(j.apply(&jwt(SlotEvent::Revoked { slot: SlotId::A })), Err(JournalError::NotTainted(SlotId::A)));
         assert_eq!(j, before);
     }

@@ -10,8 +10,11 @@ use crate::model::{StoredBundle, StoredJwtKey, StoredX509Authority};
 pub fn publish(bundle: &mut StoredBundle, before: &CaJournal, event: &JournalEvent) -> bool {
     let changed = match event {
         JournalEvent::X509(SlotEvent::Prepared { authority, .. }) => {
-            let anchors: Vec<StoredX509Authority> =
-                authority.trust_anchors.iter().map(|der| StoredX509Authority { der: der.clone(), tainted: false }).collect();
+            let anchors: Vec<StoredX509Authority> = authority
+                .trust_anchors
+                .iter()
+                .map(|der| StoredX509Authority { der: der.clone(), tainted: false })
+                .collect();
             bundle.append(&anchors, &[])
         }
         JournalEvent::Jwt(SlotEvent::Prepared { authority, .. }) => {
@@ -25,20 +28,29 @@ pub fn publish(bundle: &mut StoredBundle, before: &CaJournal, event: &JournalEve
         }
         // Only a self-signed CA's own certificate is ours to taint or remove; upstream roots
         // are shared with the CAs that come after it.
-        JournalEvent::X509(SlotEvent::Tainted { slot }) => before
-            .x509
-            .get(*slot)
-            .filter(|s| is_self_signed(&s.authority))
-            .is_some_and(|s| set_tainted(bundle.x509_authorities.iter_mut().filter(|a| a.der == s.authority.certificate).map(|a| &mut a.tainted))),
-        JournalEvent::X509(SlotEvent::Revoked { slot }) => before.x509.get(*slot).filter(|s| is_self_signed(&s.authority)).is_some_and(|s| {
-            let n = bundle.x509_authorities.len();
-            bundle.x509_authorities.retain(|a| a.der != s.authority.certificate);
-            n != bundle.x509_authorities.len()
+        JournalEvent::X509(SlotEvent::Tainted { slot }) => {
+            before.x509.get(*slot).filter(|s| is_self_signed(&s.authority)).is_some_and(|s| {
+                set_tainted(
+                    bundle
+                        .x509_authorities
+                        .iter_mut()
+                        .filter(|a| a.der == s.authority.certificate)
+                        .map(|a| &mut a.tainted),
+                )
+            })
+        }
+        JournalEvent::X509(SlotEvent::Revoked { slot }) => {
+            before.x509.get(*slot).filter(|s| is_self_signed(&s.authority)).is_some_and(|s| {
+                let n = bundle.x509_authorities.len();
+                bundle.x509_authorities.retain(|a| a.der != s.authority.certificate);
+                n != bundle.x509_authorities.len()
+            })
+        }
+        JournalEvent::Jwt(SlotEvent::Tainted { slot }) => before.jwt.get(*slot).is_some_and(|s| {
+            set_tainted(
+                bundle.jwt_authorities.iter_mut().filter(|k| k.key_id == s.authority.kid).map(|k| &mut k.tainted),
+            )
         }),
-        JournalEvent::Jwt(SlotEvent::Tainted { slot }) => before
-            .jwt
-            .get(*slot)
-            .is_some_and(|s| set_tainted(bundle.jwt_authorities.iter_mut().filter(|k| k.key_id == s.authority.kid).map(|k| &mut k.tainted))),
         JournalEvent::Jwt(SlotEvent::Revoked { slot }) => before.jwt.get(*slot).is_some_and(|s| {
             let n = bundle.jwt_authorities.len();
             bundle.jwt_authorities.retain(|k| k.key_id != s.authority.kid);

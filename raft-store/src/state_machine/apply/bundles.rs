@@ -44,7 +44,11 @@ pub fn append(
         Some(b) => b,
         None => match identity::TrustDomain::parse(trust_domain) {
             Ok(td) => StoredBundle::new(td),
-            Err(e) => return Ok(Outcome::Bundle(Err(ApplyError::InvalidArgument(format!("trust domain {trust_domain:?}: {e}"))))),
+            Err(e) => {
+                return Ok(Outcome::Bundle(Err(ApplyError::InvalidArgument(format!(
+                    "trust domain {trust_domain:?}: {e}"
+                )))))
+            }
         },
     };
     if !bundle.append(x509, jwt) {
@@ -54,7 +58,13 @@ pub fn append(
     save(txn, scope, &bundle)
 }
 
-pub fn prune(txn: &mut Txn<'_>, scope: BundleScope, trust_domain: &str, expired_before: i64, expired_x509: &[Vec<u8>]) -> Result<Outcome, TxnError> {
+pub fn prune(
+    txn: &mut Txn<'_>,
+    scope: BundleScope,
+    trust_domain: &str,
+    expired_before: i64,
+    expired_x509: &[Vec<u8>],
+) -> Result<Outcome, TxnError> {
     let Some(mut bundle) = load(txn, scope, trust_domain)? else {
         return Ok(Outcome::Bundle(Err(ApplyError::NotFound(format!("bundle of {trust_domain:?}")))));
     };
@@ -62,7 +72,9 @@ pub fn prune(txn: &mut Txn<'_>, scope: BundleScope, trust_domain: &str, expired_
         return Ok(Outcome::Bundle(Ok(bundle)));
     }
     if bundle.x509_authorities.is_empty() && scope == BundleScope::Local {
-        return Ok(Outcome::Bundle(Err(ApplyError::FailedPrecondition("pruning would leave the local bundle without X.509 authorities".into()))));
+        return Ok(Outcome::Bundle(Err(ApplyError::FailedPrecondition(
+            "pruning would leave the local bundle without X.509 authorities".into(),
+        ))));
     }
     bundle.sequence_number += 1;
     save(txn, scope, &bundle)
@@ -79,7 +91,11 @@ pub fn delete(txn: &mut Txn<'_>, scope: BundleScope, trust_domain: &str) -> Resu
 }
 
 /// The local bundle of `trust_domain` and the index of the X.509 authority `der` in it.
-fn local_x509(txn: &Txn<'_>, trust_domain: &str, der: &[u8]) -> Result<Result<(StoredBundle, usize), ApplyError>, TxnError> {
+fn local_x509(
+    txn: &Txn<'_>,
+    trust_domain: &str,
+    der: &[u8],
+) -> Result<Result<(StoredBundle, usize), ApplyError>, TxnError> {
     let Some(bundle) = load(txn, BundleScope::Local, trust_domain)? else {
         return Ok(Err(ApplyError::NotFound(format!("bundle of {trust_domain:?}"))));
     };
@@ -95,7 +111,9 @@ pub fn taint_x509(txn: &mut Txn<'_>, trust_domain: &str, der: &[u8]) -> Result<O
         Err(refused) => return Ok(Outcome::Bundle(Err(refused))),
     };
     if bundle.x509_authorities[index].tainted {
-        return Ok(Outcome::Bundle(Err(ApplyError::FailedPrecondition("the X.509 authority is already tainted".into()))));
+        return Ok(Outcome::Bundle(Err(ApplyError::FailedPrecondition(
+            "the X.509 authority is already tainted".into(),
+        ))));
     }
     bundle.x509_authorities[index].tainted = true;
     bundle.sequence_number += 1;
@@ -108,10 +126,14 @@ pub fn revoke_x509(txn: &mut Txn<'_>, trust_domain: &str, der: &[u8]) -> Result<
         Err(refused) => return Ok(Outcome::Bundle(Err(refused))),
     };
     if !bundle.x509_authorities[index].tainted {
-        return Ok(Outcome::Bundle(Err(ApplyError::FailedPrecondition("only a tainted X.509 authority can be revoked".into()))));
+        return Ok(Outcome::Bundle(Err(ApplyError::FailedPrecondition(
+            "only a tainted X.509 authority can be revoked".into(),
+        ))));
     }
     if bundle.x509_authorities.len() == 1 {
-        return Ok(Outcome::Bundle(Err(ApplyError::FailedPrecondition("revoking would leave the local bundle without X.509 authorities".into()))));
+        return Ok(Outcome::Bundle(Err(ApplyError::FailedPrecondition(
+            "revoking would leave the local bundle without X.509 authorities".into(),
+        ))));
     }
     bundle.x509_authorities.remove(index);
     bundle.sequence_number += 1;

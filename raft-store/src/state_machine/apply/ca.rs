@@ -8,7 +8,11 @@ use crate::state_machine::txn::{Txn, TxnError};
 pub fn apply(txn: &mut Txn<'_>, trust_domain: &str, event: &JournalEvent) -> Result<Outcome, TxnError> {
     let td = match identity::TrustDomain::parse(trust_domain) {
         Ok(td) => td,
-        Err(e) => return Ok(Outcome::CaJournal(Err(ApplyError::InvalidArgument(format!("trust domain {trust_domain:?}: {e}"))))),
+        Err(e) => {
+            return Ok(Outcome::CaJournal(Err(ApplyError::InvalidArgument(format!(
+                "trust domain {trust_domain:?}: {e}"
+            )))))
+        }
     };
     let before: CaJournal = txn.get(Cf::CaJournal, ca_key::JOURNAL, "CA journal")?.unwrap_or_default();
     let mut journal = before.clone();
@@ -17,7 +21,8 @@ pub fn apply(txn: &mut Txn<'_>, trust_domain: &str, event: &JournalEvent) -> Res
     }
     txn.put(Cf::CaJournal, ca_key::JOURNAL, "CA journal", &journal)?;
     txn.record(Table::CaJournal, "journal", false);
-    let mut bundle: StoredBundle = txn.get(Cf::LocalBundle, td.name().as_bytes(), "bundle")?.unwrap_or_else(|| StoredBundle::new(td.clone()));
+    let mut bundle: StoredBundle =
+        txn.get(Cf::LocalBundle, td.name().as_bytes(), "bundle")?.unwrap_or_else(|| StoredBundle::new(td.clone()));
     if publish(&mut bundle, &before, event) {
         txn.put(Cf::LocalBundle, td.name().as_bytes(), "bundle", &bundle)?;
         txn.record(Table::LocalBundle, td.name(), false);

@@ -31,7 +31,12 @@ fn index_keys(entry: &RegistrationEntry, identity: Vec<u8>) -> Vec<(Cf, Vec<u8>)
     keys
 }
 
-fn write(txn: &mut Txn<'_>, entry: &RegistrationEntry, written: EntryWritten, identity: Vec<u8>) -> Result<(), TxnError> {
+fn write(
+    txn: &mut Txn<'_>,
+    entry: &RegistrationEntry,
+    written: EntryWritten,
+    identity: Vec<u8>,
+) -> Result<(), TxnError> {
     txn.put(Cf::Entries, entry.id.as_bytes(), WHAT, &StoredEntry::new(entry, written))?;
     for (cf, key) in index_keys(entry, identity) {
         let value = if cf == Cf::EntriesByIdentity { entry.id.as_bytes().to_vec() } else { Vec::new() };
@@ -92,7 +97,9 @@ pub fn create(txn: &mut Txn<'_>, entries: &[RegistrationEntry], revision: u64) -
         }
         let identity = entry.identity_key();
         if let Some(other) = similar(txn, &entry, &identity)? {
-            results.push(Err(ApplyError::AlreadyExists(format!("similar entry {other:?} has the same SPIFFE ID, parent ID and selectors"))));
+            results.push(Err(ApplyError::AlreadyExists(format!(
+                "similar entry {other:?} has the same SPIFFE ID, parent ID and selectors"
+            ))));
             continue;
         }
         let written = EntryWritten { revision_number: revision_number(revision), created_at: entry.created_at };
@@ -118,7 +125,9 @@ pub fn update(txn: &mut Txn<'_>, entries: &[RegistrationEntry], revision: u64) -
         };
         let identity = entry.identity_key();
         if let Some(other) = similar(txn, &entry, &identity)? {
-            results.push(Err(ApplyError::AlreadyExists(format!("similar entry {other:?} has the same SPIFFE ID, parent ID and selectors"))));
+            results.push(Err(ApplyError::AlreadyExists(format!(
+                "similar entry {other:?} has the same SPIFFE ID, parent ID and selectors"
+            ))));
             continue;
         }
         let written = EntryWritten { revision_number: revision_number(revision), created_at: old.created_at };

@@ -16,21 +16,29 @@ fn save(txn: &mut Txn<'_>, r: &FederationRelationship) -> Result<Outcome, TxnErr
 
 pub fn create(txn: &mut Txn<'_>, r: &FederationRelationship) -> Result<Outcome, TxnError> {
     if txn.exists(Cf::FederationRelationships, r.trust_domain.name().as_bytes())? {
-        return Ok(Outcome::Relationship(Err(ApplyError::AlreadyExists(format!("federation relationship with {}", r.trust_domain)))));
+        return Ok(Outcome::Relationship(Err(ApplyError::AlreadyExists(format!(
+            "federation relationship with {}",
+            r.trust_domain
+        )))));
     }
     save(txn, r)
 }
 
 pub fn update(txn: &mut Txn<'_>, r: &FederationRelationship) -> Result<Outcome, TxnError> {
     if !txn.exists(Cf::FederationRelationships, r.trust_domain.name().as_bytes())? {
-        return Ok(Outcome::Relationship(Err(ApplyError::NotFound(format!("federation relationship with {}", r.trust_domain)))));
+        return Ok(Outcome::Relationship(Err(ApplyError::NotFound(format!(
+            "federation relationship with {}",
+            r.trust_domain
+        )))));
     }
     save(txn, r)
 }
 
 pub fn delete(txn: &mut Txn<'_>, trust_domain: &str) -> Result<Outcome, TxnError> {
     if !txn.exists(Cf::FederationRelationships, trust_domain.as_bytes())? {
-        return Ok(Outcome::Deleted(Err(ApplyError::NotFound(format!("federation relationship with {trust_domain:?}")))));
+        return Ok(Outcome::Deleted(Err(ApplyError::NotFound(format!(
+            "federation relationship with {trust_domain:?}"
+        )))));
     }
     txn.delete(Cf::FederationRelationships, trust_domain.as_bytes());
     txn.record(Table::FederationRelationship, trust_domain, true);

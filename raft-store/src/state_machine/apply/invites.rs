@@ -10,7 +10,9 @@ const WHAT: &str = "replica invite";
 pub fn create(txn: &mut Txn<'_>, invite: &ReplicaInvite) -> Result<Outcome, TxnError> {
     let hash = &invite.secret_sha256;
     if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Ok(Outcome::ReplicaInvite(Err(ApplyError::InvalidArgument("invite hash must be 64 hex digits".into()))));
+        return Ok(Outcome::ReplicaInvite(Err(ApplyError::InvalidArgument(
+            "invite hash must be 64 hex digits".into(),
+        ))));
     }
     if txn.exists(Cf::ReplicaInvites, hash.as_bytes())? {
         return Ok(Outcome::ReplicaInvite(Err(ApplyError::AlreadyExists(WHAT.into()))));

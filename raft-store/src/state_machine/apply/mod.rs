@@ -24,14 +24,18 @@ pub fn apply_command(txn: &mut Txn<'_>, command: &Command, revision: u64) -> Res
         Command::SetAgentNewSerial { spiffe_id, serial_number, expires_at } => {
             agents::set_new_serial(txn, spiffe_id, serial_number, *expires_at)?
         }
-        Command::PromoteAgentSerial { spiffe_id, serial_number } => agents::promote_serial(txn, spiffe_id, serial_number)?,
+        Command::PromoteAgentSerial { spiffe_id, serial_number } => {
+            agents::promote_serial(txn, spiffe_id, serial_number)?
+        }
         Command::BanAgent { spiffe_id } => agents::ban(txn, spiffe_id)?,
         Command::DeleteAgent { spiffe_id } => agents::delete(txn, spiffe_id)?,
         Command::CreateJoinToken(token) => tokens::create(txn, token)?,
         Command::ConsumeJoinToken { token, now } => tokens::consume(txn, token, *now)?,
         Command::PruneJoinTokens { expired_before } => tokens::prune(txn, *expired_before)?,
         Command::SetBundle { scope, bundle } => bundles::set(txn, *scope, bundle)?,
-        Command::AppendBundle { scope, trust_domain, x509, jwt } => bundles::append(txn, *scope, trust_domain, x509, jwt)?,
+        Command::AppendBundle { scope, trust_domain, x509, jwt } => {
+            bundles::append(txn, *scope, trust_domain, x509, jwt)?
+        }
         Command::PruneBundle { scope, trust_domain, expired_before, expired_x509 } => {
             bundles::prune(txn, *scope, trust_domain, *expired_before, expired_x509)?
         }

@@ -47,7 +47,11 @@ fn agent_to_pb(agent: &AttestedAgent, mask: Option<&types::AgentMask>) -> types:
         x509svid_serial_number: if m.x509svid_serial_number { agent.serial_number.clone() } else { String::new() },
         x509svid_expires_at: if m.x509svid_expires_at { agent.expires_at } else { 0 },
         selectors: if m.selectors {
-            agent.selectors.iter().map(|s| types::Selector { r#type: s.kind().to_owned(), value: s.value().to_owned() }).collect()
+            agent
+                .selectors
+                .iter()
+                .map(|s| types::Selector { r#type: s.kind().to_owned(), value: s.value().to_owned() })
+                .collect()
         } else {
             vec![]
         },
@@ -68,15 +72,26 @@ struct AgentFilter {
 impl AgentFilter {
     fn from_pb(f: Option<pb::list_agents_request::Filter>) -> Result<Self, Status> {
         let Some(f) = f else {
-            return Ok(Self { attestation_type: None, selectors: None, banned: None, can_reattest: None, expires_before: None });
+            return Ok(Self {
+                attestation_type: None,
+                selectors: None,
+                banned: None,
+                can_reattest: None,
+                expires_before: None,
+            });
         };
         let selectors = match f.by_selector_match {
             None => None,
-            Some(m) if m.selectors.is_empty() => return Err(Status::invalid_argument("filter.by_selector_match: at least one selector is required")),
+            Some(m) if m.selectors.is_empty() => {
+                return Err(Status::invalid_argument("filter.by_selector_match: at least one selector is required"))
+            }
             Some(m) => Some((
                 m.selectors
                     .iter()
-                    .map(|s| Selector::new(&s.r#type, &s.value).map_err(|e| Status::invalid_argument(format!("filter.by_selector_match: {e}"))))
+                    .map(|s| {
+                        Selector::new(&s.r#type, &s.value)
+                            .map_err(|e| Status::invalid_argument(format!("filter.by_selector_match: {e}")))
+                    })
                     .collect::<Result<Vec<_>, _>>()?,
                 m.r#match,
             )),
@@ -87,7 +102,11 @@ impl AgentFilter {
                 time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
                     .map(|t| t.unix_timestamp())
                     .or_else(|_| text.parse::<i64>())
-                    .map_err(|_| Status::invalid_argument(format!("filter.by_expires_before: {text:?} is neither RFC 3339 nor Unix seconds")))?,
+                    .map_err(|_| {
+                        Status::invalid_argument(format!(
+                            "filter.by_expires_before: {text:?} is neither RFC 3339 nor Unix seconds"
+                        ))
+                    })?,
             ),
         };
         Ok(Self {
@@ -122,19 +141,32 @@ impl AgentService {
         mut stream: tonic::Streaming<pb::AttestAgentRequest>,
         tx: &tokio::sync::mpsc::Sender<Result<pb::AttestAgentResponse, Status>>,
     ) -> Result<pb::attest_agent_response::Result, Status> {
-        let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("params: the stream ended before any message"))?;
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("params: the stream ended before any message"))?;
         let Some(pb::attest_agent_request::Step::Params(params)) = first.step else {
             return Err(Status::invalid_argument("params: the first message must carry params"));
         };
         let data = params.data.ok_or_else(|| Status::invalid_argument("params.data: required"))?;
-        let csr = params.params.map(|p| p.csr).filter(|c| !c.is_empty()).ok_or_else(|| Status::invalid_argument("params.params.csr: required"))?;
-        let public_key = identity::x509::public_key_from_csr(&csr).map_err(|e| Status::invalid_argument(format!("params.params.csr: {e}")))?;
+        let csr = params
+            .params
+            .map(|p| p.csr)
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| Status::invalid_argument("params.params.csr: required"))?;
+        let public_key = identity::x509::public_key_from_csr(&csr)
+            .map_err(|e| Status::invalid_argument(format!("params.params.csr: {e}")))?;
         let (agent_id, selectors) = match (data.r#type.as_str(), &self.context.x509pop) {
-            ("join_token", _) if self.context.node_attestors.join_token => self.attest_join_token(&data.payload).await?,
+            ("join_token", _) if self.context.node_attestors.join_token => {
+                self.attest_join_token(&data.payload).await?
+            }
             ("x509pop", Some(attestor)) => {
                 let td = &self.context.ca.config.trust_domain;
-                let pending = attestor.begin(&data.payload, td, rustls::pki_types::UnixTime::now()).map_err(x509pop_status)?;
-                let challenge = pb::AttestAgentResponse { step: Some(pb::attest_agent_response::Step::Challenge(pending.challenge.clone())) };
+                let pending =
+                    attestor.begin(&data.payload, td, rustls::pki_types::UnixTime::now()).map_err(x509pop_status)?;
+                let challenge = pb::AttestAgentResponse {
+                    step: Some(pb::attest_agent_response::Step::Challenge(pending.challenge.clone())),
+                };
                 tx.send(Ok(challenge)).await.map_err(|_| Status::cancelled("the agent went away"))?;
                 let next = tokio::time::timeout(CHALLENGE_TIMEOUT, stream.message())
                     .await
@@ -146,12 +178,25 @@ impl AgentService {
                 crate::node_attestor::x509pop::X509Pop::finish(&pending, &response).map_err(x509pop_status)?;
                 (pending.agent_id, pending.selectors)
             }
-            ("join_token" | "x509pop", _) => return Err(Status::invalid_argument(format!("params.data.type: node attestor {:?} is not enabled on this server", data.r#type))),
-            (other, _) => return Err(Status::invalid_argument(format!("params.data.type: unknown node attestor {other:?}"))),
+            ("join_token" | "x509pop", _) => {
+                return Err(Status::invalid_argument(format!(
+                    "params.data.type: node attestor {:?} is not enabled on this server",
+                    data.r#type
+                )))
+            }
+            (other, _) => {
+                return Err(Status::invalid_argument(format!("params.data.type: unknown node attestor {other:?}")))
+            }
         };
         let reattestable = data.r#type == crate::node_attestor::x509pop::NAME;
         let replica = self.context.replica().await?;
-        let existing = replica.linearizable_reader().await.map_err(read_failed)?.agent(&agent_id.to_string()).await.map_err(read_failed)?;
+        let existing = replica
+            .linearizable_reader()
+            .await
+            .map_err(read_failed)?
+            .agent(&agent_id.to_string())
+            .await
+            .map_err(read_failed)?;
         if existing.as_ref().is_some_and(|a| a.banned) {
             return Err(Status::permission_denied(format!("agent {agent_id} is banned")));
         }
@@ -176,31 +221,50 @@ impl AgentService {
         tracing::info!(agent = %agent_id, attestor = %data.r#type, "agent attested");
         metrics::counter!("testudo_agent_attestations_total", "attestor" => data.r#type).increment(1);
         Ok(pb::attest_agent_response::Result { svid: Some(svid), reattestable })
-        }
+    }
 
     /// Consumes a join token (once, cluster-wide) and names the agent after it.
     async fn attest_join_token(&self, payload: &[u8]) -> Result<(SpiffeId, Vec<Selector>), Status> {
-        let token = std::str::from_utf8(payload).map_err(|_| Status::invalid_argument("params.data.payload: the join token is not UTF-8"))?;
+        let token = std::str::from_utf8(payload)
+            .map_err(|_| Status::invalid_argument("params.data.payload: the join token is not UTF-8"))?;
         check_token(token).map_err(|e| Status::invalid_argument(format!("params.data.payload: {}", e.message())))?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         match self.context.write(Command::ConsumeJoinToken { token: token.to_owned(), now }).await? {
             Outcome::JoinToken(Ok(_)) => {}
-            Outcome::JoinToken(Err(ApplyError::FailedPrecondition(_))) => return Err(Status::permission_denied("join token expired")),
-            Outcome::JoinToken(Err(_)) => return Err(Status::permission_denied("join token does not exist or has already been used")),
+            Outcome::JoinToken(Err(ApplyError::FailedPrecondition(_))) => {
+                return Err(Status::permission_denied("join token expired"))
+            }
+            Outcome::JoinToken(Err(_)) => {
+                return Err(Status::permission_denied("join token does not exist or has already been used"))
+            }
             other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
         let td = self.context.ca.config.trust_domain.name();
-        let id = SpiffeId::parse(&format!("spiffe://{td}/spire/agent/join_token/{token}")).map_err(|e| Status::internal(e.to_string()))?;
+        let id = SpiffeId::parse(&format!("spiffe://{td}/spire/agent/join_token/{token}"))
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok((id, Vec::new()))
     }
 
     /// An agent SVID for `public_key`, and its serial (hex).
-    async fn mint_agent_svid(&self, replica: &raft_store::node::Replica, id: &SpiffeId, public_key: identity::crypto::PublicKey) -> Result<(types::X509svid, String), Status> {
+    async fn mint_agent_svid(
+        &self,
+        replica: &raft_store::node::Replica,
+        id: &SpiffeId,
+        public_key: identity::crypto::PublicKey,
+    ) -> Result<(types::X509svid, String), Status> {
         let ca = self.context.ca.local(replica).await.map_err(|e| Status::unavailable(e.to_string()))?;
-        let chain = ca.mint_x509_svid(id.clone(), public_key, self.context.agent_ttl, vec![]).await.map_err(|e| Status::unavailable(format!("cannot sign: {e}")))?;
+        let chain = ca
+            .mint_x509_svid(id.clone(), public_key, self.context.agent_ttl, vec![])
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot sign: {e}")))?;
         let facts = identity::x509::certificate_facts(&chain[0]).map_err(|e| Status::internal(e.to_string()))?;
         let serial = hex::encode(&facts.serial);
-        let svid = types::X509svid { cert_chain: chain, id: Some(spiffe_id_to_pb(id)), expires_at: facts.not_after.unix_timestamp(), hint: String::new() };
+        let svid = types::X509svid {
+            cert_chain: chain,
+            id: Some(spiffe_id_to_pb(id)),
+            expires_at: facts.not_after.unix_timestamp(),
+            hint: String::new(),
+        };
         Ok((svid, serial))
     }
 
@@ -221,13 +285,14 @@ impl AgentService {
     fn agent_id(&self, id: Option<&types::Spiffeid>) -> Result<SpiffeId, Status> {
         let id = spiffe_id_from_pb(id, "id")?;
         if id.trust_domain() != &self.context.ca.config.trust_domain {
-            return Err(Status::invalid_argument(format!("id: {id} is not in trust domain {}", self.context.ca.config.trust_domain.name())));
+            return Err(Status::invalid_argument(format!(
+                "id: {id} is not in trust domain {}",
+                self.context.ca.config.trust_domain.name()
+            )));
         }
         Ok(id)
     }
-
 }
-
 
 /// A join token's value: printable ASCII, no '/', at most 255 bytes (it becomes a path
 /// segment of the agent's SPIFFE ID).
@@ -243,7 +308,10 @@ pub fn check_token(token: &str) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl Agent for AgentService {
-    async fn count_agents(&self, request: Request<pb::CountAgentsRequest>) -> Result<Response<pb::CountAgentsResponse>, Status> {
+    async fn count_agents(
+        &self,
+        request: Request<pb::CountAgentsRequest>,
+    ) -> Result<Response<pb::CountAgentsResponse>, Status> {
         self.context.require_admin(&request).await?;
         let filter = request.into_inner().filter.map(|f| pb::list_agents_request::Filter {
             by_attestation_type: f.by_attestation_type,
@@ -256,7 +324,10 @@ impl Agent for AgentService {
         Ok(Response::new(pb::CountAgentsResponse { count: i32::try_from(agents.len()).unwrap_or(i32::MAX) }))
     }
 
-    async fn list_agents(&self, request: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         self.context.require_admin(&request).await?;
         let request = request.into_inner();
         if request.page_size < 0 {
@@ -271,9 +342,13 @@ impl Agent for AgentService {
         if more {
             agents.truncate(limit);
         }
-        let next_page_token = if more { agents.last().map(|a| a.spiffe_id.to_string()).unwrap_or_default() } else { String::new() };
+        let next_page_token =
+            if more { agents.last().map(|a| a.spiffe_id.to_string()).unwrap_or_default() } else { String::new() };
         let mask = request.output_mask.as_ref();
-        Ok(Response::new(pb::ListAgentsResponse { agents: agents.iter().map(|a| agent_to_pb(a, mask)).collect(), next_page_token }))
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: agents.iter().map(|a| agent_to_pb(a, mask)).collect(),
+            next_page_token,
+        }))
     }
 
     async fn get_agent(&self, request: Request<pb::GetAgentRequest>) -> Result<Response<types::Agent>, Status> {
@@ -282,7 +357,11 @@ impl Agent for AgentService {
         let id = self.agent_id(request.id.as_ref())?;
         let replica = self.context.replica().await?;
         let reader = replica.linearizable_reader().await.map_err(read_failed)?;
-        let agent = reader.agent(&id.to_string()).await.map_err(read_failed)?.ok_or_else(|| Status::not_found(format!("id: no agent {id}")))?;
+        let agent = reader
+            .agent(&id.to_string())
+            .await
+            .map_err(read_failed)?
+            .ok_or_else(|| Status::not_found(format!("id: no agent {id}")))?;
         Ok(Response::new(agent_to_pb(&agent, request.output_mask.as_ref())))
     }
 
@@ -311,13 +390,17 @@ impl Agent for AgentService {
     /// Node attestation: params, then (x509pop) a challenge and its response, then the
     /// agent SVID. The exchange runs in its own task so the challenge can be sent before
     /// the response is read.
-    async fn attest_agent(&self, request: Request<tonic::Streaming<pb::AttestAgentRequest>>) -> Result<Response<Self::AttestAgentStream>, Status> {
+    async fn attest_agent(
+        &self,
+        request: Request<tonic::Streaming<pb::AttestAgentRequest>>,
+    ) -> Result<Response<Self::AttestAgentStream>, Status> {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let service = AgentService { context: self.context.clone() };
         let stream = request.into_inner();
         tokio::spawn(async move {
             let outcome = service.attest(stream, &tx).await;
-            let message = outcome.map(|result| pb::AttestAgentResponse { step: Some(pb::attest_agent_response::Step::Result(result)) });
+            let message = outcome
+                .map(|result| pb::AttestAgentResponse { step: Some(pb::attest_agent_response::Step::Result(result)) });
             if let Err(status) = &message {
                 tracing::info!(code = ?status.code(), reason = %status.message(), "agent attestation refused");
             }
@@ -326,13 +409,26 @@ impl Agent for AgentService {
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
-    async fn renew_agent(&self, request: Request<pb::RenewAgentRequest>) -> Result<Response<pb::RenewAgentResponse>, Status> {
+    async fn renew_agent(
+        &self,
+        request: Request<pb::RenewAgentRequest>,
+    ) -> Result<Response<pb::RenewAgentResponse>, Status> {
         let replica = self.context.replica().await?;
         let agent = super::agent_auth::require_agent(&request, &replica).await?;
-        let csr = request.into_inner().params.map(|p| p.csr).filter(|c| !c.is_empty()).ok_or_else(|| Status::invalid_argument("params.csr: required"))?;
-        let public_key = identity::x509::public_key_from_csr(&csr).map_err(|e| Status::invalid_argument(format!("params.csr: {e}")))?;
+        let csr = request
+            .into_inner()
+            .params
+            .map(|p| p.csr)
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| Status::invalid_argument("params.csr: required"))?;
+        let public_key = identity::x509::public_key_from_csr(&csr)
+            .map_err(|e| Status::invalid_argument(format!("params.csr: {e}")))?;
         let (svid, serial) = self.mint_agent_svid(&replica, &agent.spiffe_id, public_key).await?;
-        let command = Command::SetAgentNewSerial { spiffe_id: agent.spiffe_id.to_string(), serial_number: serial, expires_at: svid.expires_at };
+        let command = Command::SetAgentNewSerial {
+            spiffe_id: agent.spiffe_id.to_string(),
+            serial_number: serial,
+            expires_at: svid.expires_at,
+        };
         match self.context.write(command).await? {
             Outcome::Agent(Ok(_)) => Ok(Response::new(pb::RenewAgentResponse { svid: Some(svid) })),
             Outcome::Agent(Err(e)) => Err(apply_status(&e)),
@@ -340,7 +436,10 @@ impl Agent for AgentService {
         }
     }
 
-    async fn create_join_token(&self, request: Request<pb::CreateJoinTokenRequest>) -> Result<Response<types::JoinToken>, Status> {
+    async fn create_join_token(
+        &self,
+        request: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<types::JoinToken>, Status> {
         self.context.require_admin(&request).await?;
         let request = request.into_inner();
         if request.ttl <= 0 {
@@ -349,13 +448,17 @@ impl Agent for AgentService {
         let token = if request.token.is_empty() { super::entry::new_entry_id()? } else { request.token };
         check_token(&token)?;
         let td = &self.context.ca.config.trust_domain;
-        let agent_path_id = SpiffeId::parse(&format!("spiffe://{}/spire/agent/join_token/{token}", td.name())).map_err(|e| Status::invalid_argument(format!("token: {e}")))?;
+        let agent_path_id = SpiffeId::parse(&format!("spiffe://{}/spire/agent/join_token/{token}", td.name()))
+            .map_err(|e| Status::invalid_argument(format!("token: {e}")))?;
         let alias = match request.agent_id.as_ref() {
             None => None,
             Some(id) => {
                 let id = spiffe_id_from_pb(Some(id), "agent_id")?;
                 if id.trust_domain() != td {
-                    return Err(Status::invalid_argument(format!("agent_id: {id} is not in trust domain {}", td.name())));
+                    return Err(Status::invalid_argument(format!(
+                        "agent_id: {id} is not in trust domain {}",
+                        td.name()
+                    )));
                 }
                 if id.path().is_empty() || id.path() == "/spire/server" {
                     return Err(Status::invalid_argument(format!("agent_id: {id} cannot name an agent")));
@@ -373,7 +476,8 @@ impl Agent for AgentService {
         }
         if let Some(alias) = alias {
             // As SPIRE does: an entry that makes the token's agent also `agent_id`.
-            let selector = Selector::new("spiffe_id", &agent_path_id.to_string()).map_err(|e| Status::internal(e.to_string()))?;
+            let selector =
+                Selector::new("spiffe_id", &agent_path_id.to_string()).map_err(|e| Status::internal(e.to_string()))?;
             let mut entry = RegistrationEntry::new(super::entry::new_entry_id()?, alias, agent_path_id, vec![selector]);
             entry.created_at = now;
             if let Outcome::Entries(results) = self.context.write(Command::CreateEntries(vec![entry])).await? {
@@ -387,7 +491,10 @@ impl Agent for AgentService {
 
     /// An agent reports the bundle serial it holds; it is logged for operators (the bundle
     /// itself reaches agents through GetBundle and their sync).
-    async fn post_status(&self, request: Request<pb::PostStatusRequest>) -> Result<Response<pb::PostStatusResponse>, Status> {
+    async fn post_status(
+        &self,
+        request: Request<pb::PostStatusRequest>,
+    ) -> Result<Response<pb::PostStatusResponse>, Status> {
         let replica = self.context.replica().await?;
         let agent = super::agent_auth::require_agent(&request, &replica).await?;
         tracing::debug!(agent = %agent.spiffe_id, bundle_serial = request.get_ref().current_bundle_serial, "agent status");

@@ -41,7 +41,12 @@ pub fn new_entry_id() -> Result<String, Status> {
 
 /// Checks an API entry and turns it into the model. `id` is the id to store under (the
 /// caller's, checked, or a fresh one); `now` stamps `created_at`.
-pub fn entry_from_pb(entry: &pb::Entry, trust_domain: &TrustDomain, id: String, now: i64) -> Result<RegistrationEntry, Status> {
+pub fn entry_from_pb(
+    entry: &pb::Entry,
+    trust_domain: &TrustDomain,
+    id: String,
+    now: i64,
+) -> Result<RegistrationEntry, Status> {
     let spiffe_id = spiffe_id_from_pb(entry.spiffe_id.as_ref(), "spiffe_id")?;
     check_workload_id(&spiffe_id, trust_domain, "spiffe_id")?;
     let parent_id = spiffe_id_from_pb(entry.parent_id.as_ref(), "parent_id")?;
@@ -54,7 +59,10 @@ pub fn entry_from_pb(entry: &pb::Entry, trust_domain: &TrustDomain, id: String, 
     let selectors = entry
         .selectors
         .iter()
-        .map(|s| Selector::new(&s.r#type, &s.value).map_err(|e| invalid("selectors", format!("{}:{}: {e}", s.r#type, s.value))))
+        .map(|s| {
+            Selector::new(&s.r#type, &s.value)
+                .map_err(|e| invalid("selectors", format!("{}:{}: {e}", s.r#type, s.value)))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if entry.x509_svid_ttl < 0 {
         return Err(invalid("x509_svid_ttl", "must not be negative"));
@@ -69,7 +77,8 @@ pub fn entry_from_pb(entry: &pb::Entry, trust_domain: &TrustDomain, id: String, 
         .federates_with
         .iter()
         .map(|td| {
-            let td = TrustDomain::parse(td.trim_start_matches("spiffe://")).map_err(|e| invalid("federates_with", format!("{td:?}: {e}")))?;
+            let td = TrustDomain::parse(td.trim_start_matches("spiffe://"))
+                .map_err(|e| invalid("federates_with", format!("{td:?}: {e}")))?;
             if &td == trust_domain {
                 return Err(invalid("federates_with", "an entry cannot federate with its own trust domain"));
             }
@@ -117,7 +126,11 @@ fn check_dns_name(name: &str) -> Result<(), Status> {
         && name.len() <= 253
         && name.split('.').enumerate().all(|(i, label)| {
             let label = if i == 0 && label == "*" { "a" } else { label };
-            !label.is_empty() && label.len() <= 63 && !label.starts_with('-') && !label.ends_with('-') && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     if ok {
         Ok(())
@@ -149,12 +162,20 @@ pub fn entry_to_pb(entry: &RegistrationEntry, mask: Option<&pb::EntryMask>) -> p
         spiffe_id: m.spiffe_id.then(|| spiffe_id_to_pb(&entry.spiffe_id)),
         parent_id: m.parent_id.then(|| spiffe_id_to_pb(&entry.parent_id)),
         selectors: if m.selectors {
-            entry.selectors.iter().map(|s| pb::Selector { r#type: s.kind().to_owned(), value: s.value().to_owned() }).collect()
+            entry
+                .selectors
+                .iter()
+                .map(|s| pb::Selector { r#type: s.kind().to_owned(), value: s.value().to_owned() })
+                .collect()
         } else {
             vec![]
         },
         x509_svid_ttl: if m.x509_svid_ttl { entry.x509_svid_ttl } else { 0 },
-        federates_with: if m.federates_with { entry.federates_with.iter().map(|td| td.name().to_owned()).collect() } else { vec![] },
+        federates_with: if m.federates_with {
+            entry.federates_with.iter().map(|td| td.name().to_owned()).collect()
+        } else {
+            vec![]
+        },
         admin: m.admin && entry.admin,
         downstream: m.downstream && entry.downstream,
         expires_at: if m.expires_at { entry.expires_at } else { 0 },
@@ -169,7 +190,12 @@ pub fn entry_to_pb(entry: &RegistrationEntry, mask: Option<&pb::EntryMask>) -> p
 
 /// `stored` with the fields `mask` names taken from `update` (all without a mask),
 /// checked as a whole.
-pub fn apply_update(stored: &RegistrationEntry, update: &pb::Entry, mask: Option<&pb::EntryMask>, trust_domain: &TrustDomain) -> Result<RegistrationEntry, Status> {
+pub fn apply_update(
+    stored: &RegistrationEntry,
+    update: &pb::Entry,
+    mask: Option<&pb::EntryMask>,
+    trust_domain: &TrustDomain,
+) -> Result<RegistrationEntry, Status> {
     let mut merged = entry_to_pb(stored, None);
     let all = mask.is_none();
     let m = mask.cloned().unwrap_or_default();

@@ -24,11 +24,26 @@ pub struct EntryFilter {
 impl EntryFilter {
     pub fn from_pb(filter: Option<&Filter>) -> Result<Self, Status> {
         let Some(f) = filter else { return Ok(Self::default()) };
-        let spiffe_id = f.by_spiffe_id.as_ref().map(|id| spiffe_id_from_pb(Some(id), "filter.by_spiffe_id").map(|id| id.to_string())).transpose()?;
-        let parent_id = f.by_parent_id.as_ref().map(|id| spiffe_id_from_pb(Some(id), "filter.by_parent_id").map(|id| id.to_string())).transpose()?;
+        let spiffe_id = f
+            .by_spiffe_id
+            .as_ref()
+            .map(|id| spiffe_id_from_pb(Some(id), "filter.by_spiffe_id").map(|id| id.to_string()))
+            .transpose()?;
+        let parent_id = f
+            .by_parent_id
+            .as_ref()
+            .map(|id| spiffe_id_from_pb(Some(id), "filter.by_parent_id").map(|id| id.to_string()))
+            .transpose()?;
         let selectors = f.by_selectors.as_ref().map(selector_set).transpose()?;
         let federates_with = f.by_federates_with.as_ref().map(trust_domain_set).transpose()?;
-        Ok(Self { spiffe_id, parent_id, selectors, federates_with, hint: f.by_hint.clone(), downstream: f.by_downstream })
+        Ok(Self {
+            spiffe_id,
+            parent_id,
+            selectors,
+            federates_with,
+            hint: f.by_hint.clone(),
+            downstream: f.by_downstream,
+        })
     }
 
     pub fn matches(&self, entry: &RegistrationEntry) -> bool {
@@ -61,11 +76,16 @@ fn selector_set(m: &SelectorMatch) -> Result<(BTreeSet<String>, i32), Status> {
     if m.selectors.is_empty() {
         return Err(Status::invalid_argument("filter.by_selectors: at least one selector is required"));
     }
-    let how = selector_match::MatchBehavior::try_from(m.r#match).map_err(|_| Status::invalid_argument(format!("filter.by_selectors: unknown match {}", m.r#match)))?;
+    let how = selector_match::MatchBehavior::try_from(m.r#match)
+        .map_err(|_| Status::invalid_argument(format!("filter.by_selectors: unknown match {}", m.r#match)))?;
     let set = m
         .selectors
         .iter()
-        .map(|s| identity::Selector::new(&s.r#type, &s.value).map(|s| s.to_string()).map_err(|e| Status::invalid_argument(format!("filter.by_selectors: {e}"))))
+        .map(|s| {
+            identity::Selector::new(&s.r#type, &s.value)
+                .map(|s| s.to_string())
+                .map_err(|e| Status::invalid_argument(format!("filter.by_selectors: {e}")))
+        })
         .collect::<Result<_, _>>()?;
     Ok((set, how as i32))
 }
@@ -74,11 +94,16 @@ fn trust_domain_set(m: &FederatesWithMatch) -> Result<(BTreeSet<String>, i32), S
     if m.trust_domains.is_empty() {
         return Err(Status::invalid_argument("filter.by_federates_with: at least one trust domain is required"));
     }
-    let how = federates_with_match::MatchBehavior::try_from(m.r#match).map_err(|_| Status::invalid_argument(format!("filter.by_federates_with: unknown match {}", m.r#match)))?;
+    let how = federates_with_match::MatchBehavior::try_from(m.r#match)
+        .map_err(|_| Status::invalid_argument(format!("filter.by_federates_with: unknown match {}", m.r#match)))?;
     let set = m
         .trust_domains
         .iter()
-        .map(|td| TrustDomain::parse(td.trim_start_matches("spiffe://")).map(|td| td.name().to_owned()).map_err(|e| Status::invalid_argument(format!("filter.by_federates_with: {td:?}: {e}"))))
+        .map(|td| {
+            TrustDomain::parse(td.trim_start_matches("spiffe://"))
+                .map(|td| td.name().to_owned())
+                .map_err(|e| Status::invalid_argument(format!("filter.by_federates_with: {td:?}: {e}")))
+        })
         .collect::<Result<_, _>>()?;
     Ok((set, how as i32))
 }
@@ -106,12 +131,19 @@ mod tests {
 
     #[test]
     fn empty_or_bad_filters_are_refused() {
-        let filter = Filter { by_selectors: Some(SelectorMatch { selectors: vec![], r#match: 0 }), ..Default::default() };
-        assert!(EntryFilter::from_pb(Some(&filter)).is_err());
-        let filter = Filter { by_federates_with: Some(FederatesWithMatch { trust_domains: vec!["Bad TD".into()], r#match: 0 }), ..Default::default() };
+        let filter =
+            Filter { by_selectors: Some(SelectorMatch { selectors: vec![], r#match: 0 }), ..Default::default() };
         assert!(EntryFilter::from_pb(Some(&filter)).is_err());
         let filter = Filter {
-            by_selectors: Some(SelectorMatch { selectors: vec![proto::spire::api::types::Selector { r#type: "unix".into(), value: "uid:1".into() }], r#match: 9 }),
+            by_federates_with: Some(FederatesWithMatch { trust_domains: vec!["Bad TD".into()], r#match: 0 }),
+            ..Default::default()
+        };
+        assert!(EntryFilter::from_pb(Some(&filter)).is_err());
+        let filter = Filter {
+            by_selectors: Some(SelectorMatch {
+                selectors: vec![proto::spire::api::types::Selector { r#type: "unix".into(), value: "uid:1".into() }],
+                r#match: 9,
+            }),
             ..Default::default()
         };
         assert!(EntryFilter::from_pb(Some(&filter)).unwrap_err().message().contains("unknown match"));

@@ -37,7 +37,13 @@ fn check_batch(len: usize, what: &str) -> Result<(), Status> {
 
 impl EntryService {
     /// The entries the calling agent is authorized for, by id, from this replica's state.
-    async fn authorized_for_caller<T>(&self, request: &Request<T>) -> Result<(std::collections::BTreeMap<String, std::sync::Arc<RegistrationEntry>>, raft_store::model::AttestedAgent), Status> {
+    async fn authorized_for_caller<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<
+        (std::collections::BTreeMap<String, std::sync::Arc<RegistrationEntry>>, raft_store::model::AttestedAgent),
+        Status,
+    > {
         let replica = self.context.replica().await?;
         let agent = super::agent_auth::require_agent(request, &replica).await?;
         let authorized = self.context.authorized_entries(&agent).await?;
@@ -64,13 +70,16 @@ impl EntryService {
         // stores these without a copy; the answer names what apply decided, and each item's
         // stored entry is built from ours.
         let valid: Vec<RegistrationEntry> = checked.iter().filter_map(|c| c.as_ref().ok().cloned()).collect();
-        let mut written = if valid.is_empty() { Vec::new() } else { self.write_entries(command(valid)).await? }.into_iter();
+        let mut written =
+            if valid.is_empty() { Vec::new() } else { self.write_entries(command(valid)).await? }.into_iter();
         Ok(checked
             .into_iter()
             .map(|item| match item {
                 Err(refused) => (item_status(refused.code(), refused.message()), None),
                 Ok(proposed) => match written.next() {
-                    Some(Ok(written)) => (item_status(Code::Ok, "OK"), Some(entry_to_pb(&written.stored(proposed), mask))),
+                    Some(Ok(written)) => {
+                        (item_status(Code::Ok, "OK"), Some(entry_to_pb(&written.stored(proposed), mask)))
+                    }
                     Some(Err(e)) => (item_status(apply_code(&e), e.to_string()), None),
                     None => (item_status(Code::Internal, "no outcome for this entry"), None),
                 },
@@ -80,7 +89,12 @@ impl EntryService {
 
     /// Every entry matching `filter`, in id order, after `after`, at most `limit` (0: all).
     /// Returns them and whether more may follow.
-    async fn matching(reader: &StoreReader, filter: &EntryFilter, after: Option<String>, limit: usize) -> Result<(Vec<RegistrationEntry>, bool), Status> {
+    async fn matching(
+        reader: &StoreReader,
+        filter: &EntryFilter,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<RegistrationEntry>, bool), Status> {
         let mut found = Vec::new();
         // An exact parent or SPIFFE ID filter narrows the scan to an index.
         let indexed = match (&filter.parent_id, &filter.spiffe_id) {
@@ -90,7 +104,10 @@ impl EntryService {
         };
         if let Some(mut candidates) = indexed {
             candidates.sort_by(|a, b| a.id.cmp(&b.id));
-            let mut rest = candidates.into_iter().filter(|e| after.as_ref().is_none_or(|a| e.id > *a)).filter(|e| filter.matches(e));
+            let mut rest = candidates
+                .into_iter()
+                .filter(|e| after.as_ref().is_none_or(|a| e.id > *a))
+                .filter(|e| filter.matches(e));
             for entry in rest.by_ref() {
                 found.push(entry);
                 if limit > 0 && found.len() == limit {
@@ -121,7 +138,10 @@ impl EntryService {
 
 #[tonic::async_trait]
 impl Entry for EntryService {
-    async fn count_entries(&self, request: Request<pb::CountEntriesRequest>) -> Result<Response<pb::CountEntriesResponse>, Status> {
+    async fn count_entries(
+        &self,
+        request: Request<pb::CountEntriesRequest>,
+    ) -> Result<Response<pb::CountEntriesResponse>, Status> {
         self.context.require_admin(&request).await?;
         let filter = request.into_inner().filter.map(|f| pb::list_entries_request::Filter {
             by_spiffe_id: f.by_spiffe_id,
@@ -138,7 +158,10 @@ impl Entry for EntryService {
         Ok(Response::new(pb::CountEntriesResponse { count: i32::try_from(entries.len()).unwrap_or(i32::MAX) }))
     }
 
-    async fn list_entries(&self, request: Request<pb::ListEntriesRequest>) -> Result<Response<pb::ListEntriesResponse>, Status> {
+    async fn list_entries(
+        &self,
+        request: Request<pb::ListEntriesRequest>,
+    ) -> Result<Response<pb::ListEntriesResponse>, Status> {
         self.context.require_admin(&request).await?;
         let request = request.into_inner();
         let filter = EntryFilter::from_pb(request.filter.as_ref())?;
@@ -150,9 +173,13 @@ impl Entry for EntryService {
         let reader = replica.linearizable_reader().await.map_err(read_failed)?;
         let limit = usize::try_from(request.page_size).unwrap_or(0);
         let (entries, more) = Self::matching(reader, &filter, after, limit).await?;
-        let next_page_token = if more { entries.last().map(|e| e.id.clone()).unwrap_or_default() } else { String::new() };
+        let next_page_token =
+            if more { entries.last().map(|e| e.id.clone()).unwrap_or_default() } else { String::new() };
         let mask = request.output_mask.as_ref();
-        Ok(Response::new(pb::ListEntriesResponse { entries: entries.iter().map(|e| entry_to_pb(e, mask)).collect(), next_page_token }))
+        Ok(Response::new(pb::ListEntriesResponse {
+            entries: entries.iter().map(|e| entry_to_pb(e, mask)).collect(),
+            next_page_token,
+        }))
     }
 
     async fn get_entry(&self, request: Request<pb::GetEntryRequest>) -> Result<Response<types::Entry>, Status> {
@@ -161,11 +188,18 @@ impl Entry for EntryService {
         check_entry_id(&request.id)?;
         let replica = self.context.replica().await?;
         let reader = replica.linearizable_reader().await.map_err(read_failed)?;
-        let entry = reader.entry(&request.id).await.map_err(read_failed)?.ok_or_else(|| Status::not_found(format!("id: no entry {:?}", request.id)))?;
+        let entry = reader
+            .entry(&request.id)
+            .await
+            .map_err(read_failed)?
+            .ok_or_else(|| Status::not_found(format!("id: no entry {:?}", request.id)))?;
         Ok(Response::new(entry_to_pb(&entry, request.output_mask.as_ref())))
     }
 
-    async fn batch_create_entry(&self, request: Request<pb::BatchCreateEntryRequest>) -> Result<Response<pb::BatchCreateEntryResponse>, Status> {
+    async fn batch_create_entry(
+        &self,
+        request: Request<pb::BatchCreateEntryRequest>,
+    ) -> Result<Response<pb::BatchCreateEntryResponse>, Status> {
         self.context.require_admin(&request).await?;
         let request = request.into_inner();
         check_batch(request.entries.len(), "entries")?;
@@ -173,15 +207,26 @@ impl Entry for EntryService {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         // Each item is checked on its own; the valid ones go to Raft as one command.
         let checked = request.entries.iter().map(|entry| {
-            let id = if entry.id.is_empty() { convert::new_entry_id() } else { check_entry_id(&entry.id).map(|()| entry.id.clone()) };
+            let id = if entry.id.is_empty() {
+                convert::new_entry_id()
+            } else {
+                check_entry_id(&entry.id).map(|()| entry.id.clone())
+            };
             id.and_then(|id| entry_from_pb(entry, td, id, now))
         });
-        let results = self.write_checked(checked.collect(), Command::CreateEntries, request.output_mask.as_ref()).await?;
-        let results = results.into_iter().map(|(status, entry)| pb::batch_create_entry_response::Result { status, entry }).collect();
+        let results =
+            self.write_checked(checked.collect(), Command::CreateEntries, request.output_mask.as_ref()).await?;
+        let results = results
+            .into_iter()
+            .map(|(status, entry)| pb::batch_create_entry_response::Result { status, entry })
+            .collect();
         Ok(Response::new(pb::BatchCreateEntryResponse { results }))
     }
 
-    async fn batch_update_entry(&self, request: Request<pb::BatchUpdateEntryRequest>) -> Result<Response<pb::BatchUpdateEntryResponse>, Status> {
+    async fn batch_update_entry(
+        &self,
+        request: Request<pb::BatchUpdateEntryRequest>,
+    ) -> Result<Response<pb::BatchUpdateEntryResponse>, Status> {
         self.context.require_admin(&request).await?;
         let request = request.into_inner();
         check_batch(request.entries.len(), "entries")?;
@@ -199,11 +244,17 @@ impl Entry for EntryService {
             });
         }
         let results = self.write_checked(checked, Command::UpdateEntries, request.output_mask.as_ref()).await?;
-        let results = results.into_iter().map(|(status, entry)| pb::batch_update_entry_response::Result { status, entry }).collect();
+        let results = results
+            .into_iter()
+            .map(|(status, entry)| pb::batch_update_entry_response::Result { status, entry })
+            .collect();
         Ok(Response::new(pb::BatchUpdateEntryResponse { results }))
     }
 
-    async fn batch_delete_entry(&self, request: Request<pb::BatchDeleteEntryRequest>) -> Result<Response<pb::BatchDeleteEntryResponse>, Status> {
+    async fn batch_delete_entry(
+        &self,
+        request: Request<pb::BatchDeleteEntryRequest>,
+    ) -> Result<Response<pb::BatchDeleteEntryResponse>, Status> {
         self.context.require_admin(&request).await?;
         let ids = request.into_inner().ids;
         check_batch(ids.len(), "ids")?;
@@ -215,7 +266,10 @@ impl Entry for EntryService {
                     valid.push(id.clone());
                     results.push(None);
                 }
-                Err(status) => results.push(Some(pb::batch_delete_entry_response::Result { status: item_status(status.code(), status.message()), id: id.clone() })),
+                Err(status) => results.push(Some(pb::batch_delete_entry_response::Result {
+                    status: item_status(status.code(), status.message()),
+                    id: id.clone(),
+                })),
             }
         }
         let outcomes = if valid.is_empty() {
@@ -232,22 +286,36 @@ impl Entry for EntryService {
             .map(|slot| match slot {
                 Some(refused) => refused,
                 None => match outcomes.next() {
-                    Some((Ok(id), _)) => pb::batch_delete_entry_response::Result { status: item_status(Code::Ok, "OK"), id },
-                    Some((Err(e), id)) => pb::batch_delete_entry_response::Result { status: item_status(apply_code(&e), e.to_string()), id },
-                    None => pb::batch_delete_entry_response::Result { status: item_status(Code::Internal, "no outcome for this id"), id: String::new() },
+                    Some((Ok(id), _)) => {
+                        pb::batch_delete_entry_response::Result { status: item_status(Code::Ok, "OK"), id }
+                    }
+                    Some((Err(e), id)) => pb::batch_delete_entry_response::Result {
+                        status: item_status(apply_code(&e), e.to_string()),
+                        id,
+                    },
+                    None => pb::batch_delete_entry_response::Result {
+                        status: item_status(Code::Internal, "no outcome for this id"),
+                        id: String::new(),
+                    },
                 },
             })
             .collect();
         Ok(Response::new(pb::BatchDeleteEntryResponse { results }))
     }
 
-    async fn get_authorized_entries(&self, request: Request<pb::GetAuthorizedEntriesRequest>) -> Result<Response<pb::GetAuthorizedEntriesResponse>, Status> {
+    async fn get_authorized_entries(
+        &self,
+        request: Request<pb::GetAuthorizedEntriesRequest>,
+    ) -> Result<Response<pb::GetAuthorizedEntriesResponse>, Status> {
         let (authorized, _) = self.authorized_for_caller(&request).await?;
         let mask = request.get_ref().output_mask.as_ref();
-        Ok(Response::new(pb::GetAuthorizedEntriesResponse { entries: authorized.values().map(|e| entry_to_pb(e, mask)).collect() }))
+        Ok(Response::new(pb::GetAuthorizedEntriesResponse {
+            entries: authorized.values().map(|e| entry_to_pb(e, mask)).collect(),
+        }))
     }
 
-    type SyncAuthorizedEntriesStream = tokio_stream::wrappers::ReceiverStream<Result<pb::SyncAuthorizedEntriesResponse, Status>>;
+    type SyncAuthorizedEntriesStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::SyncAuthorizedEntriesResponse, Status>>;
 
     /// SPIRE's sync protocol: under a page of entries, they are sent at once; otherwise
     /// their revisions are paged first, and the agent then asks for the ids it lacks.
@@ -257,7 +325,10 @@ impl Entry for EntryService {
     ) -> Result<Response<Self::SyncAuthorizedEntriesStream>, Status> {
         let (authorized, _) = self.authorized_for_caller(&request).await?;
         let mut requests = request.into_inner();
-        let first = requests.message().await?.ok_or_else(|| Status::invalid_argument("the stream ended before the first request"))?;
+        let first = requests
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the stream ended before the first request"))?;
         if !first.ids.is_empty() {
             return Err(Status::invalid_argument("ids: the first request carries only the output mask"));
         }
@@ -265,18 +336,38 @@ impl Entry for EntryService {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             let send_entries = |entries: Vec<&RegistrationEntry>| {
-                let pages: Vec<Vec<types::Entry>> = entries.chunks(SYNC_PAGE).map(|c| c.iter().map(|e| entry_to_pb(e, mask.as_ref())).collect()).collect();
+                let pages: Vec<Vec<types::Entry>> = entries
+                    .chunks(SYNC_PAGE)
+                    .map(|c| c.iter().map(|e| entry_to_pb(e, mask.as_ref())).collect())
+                    .collect();
                 let count = pages.len().max(1);
                 let mut pages = pages.into_iter();
-                (0..count).map(move |i| pb::SyncAuthorizedEntriesResponse { entry_revisions: vec![], entries: pages.next().unwrap_or_default(), more: i + 1 < count }).collect::<Vec<_>>()
+                (0..count)
+                    .map(move |i| pb::SyncAuthorizedEntriesResponse {
+                        entry_revisions: vec![],
+                        entries: pages.next().unwrap_or_default(),
+                        more: i + 1 < count,
+                    })
+                    .collect::<Vec<_>>()
             };
             let opening = if authorized.len() < SYNC_PAGE {
                 send_entries(authorized.values().map(|e| &**e).collect())
             } else {
-                let revisions: Vec<pb::EntryRevision> = authorized.values().map(|e| pb::EntryRevision { id: e.id.clone(), revision_number: e.revision_number }).collect();
+                let revisions: Vec<pb::EntryRevision> = authorized
+                    .values()
+                    .map(|e| pb::EntryRevision { id: e.id.clone(), revision_number: e.revision_number })
+                    .collect();
                 let pages: Vec<_> = revisions.chunks(SYNC_PAGE).map(<[_]>::to_vec).collect();
                 let count = pages.len();
-                pages.into_iter().enumerate().map(|(i, page)| pb::SyncAuthorizedEntriesResponse { entry_revisions: page, entries: vec![], more: i + 1 < count }).collect()
+                pages
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, page)| pb::SyncAuthorizedEntriesResponse {
+                        entry_revisions: page,
+                        entries: vec![],
+                        more: i + 1 < count,
+                    })
+                    .collect()
             };
             for response in opening {
                 if tx.send(Ok(response)).await.is_err() {
@@ -293,7 +384,8 @@ impl Entry for EntryService {
                         return;
                     }
                 };
-                let wanted: Vec<&RegistrationEntry> = ids.iter().filter_map(|id| authorized.get(id)).map(|e| &**e).collect();
+                let wanted: Vec<&RegistrationEntry> =
+                    ids.iter().filter_map(|id| authorized.get(id)).map(|e| &**e).collect();
                 for response in send_entries(wanted) {
                     if tx.send(Ok(response)).await.is_err() {
                         return;
