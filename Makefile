@@ -11,7 +11,7 @@ export TESTUDO_VENV ?= $(VENV)
 # warm one seconds. Set CARGO_TARGET_DIR to put them elsewhere.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/testudo/target
 
-.PHONY: all bootstrap build test demo fuzz chaos bench clean
+.PHONY: all bootstrap build lint test demo fuzz chaos bench clean
 
 all: build
 
@@ -21,10 +21,15 @@ bootstrap:
 build: bootstrap
 	$(CARGO) build --workspace --all-targets
 
+## Layout and lints first: rustfmt.toml sets the width, and clippy's warnings are errors.
+lint: bootstrap
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
 ## Every test: unit, property, interop (openssl, PyJWT, jsonwebtoken), multi-process and doc
 ## tests. Benchmarks are only compiled here (`--all-targets` would run them); `make bench`
 ## runs them. The last line sums every test binary's result, so the run ends with one total.
-test: bootstrap
+test: bootstrap lint
 	@set -o pipefail; status=0; mkdir -p target; \
 	$(CARGO) build --workspace --benches 2>&1 | tee target/test-output.log || status=1; \
 	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast 2>&1 | tee -a target/test-output.log || status=1; \
