@@ -263,7 +263,7 @@ async fn sync_loop(
                 metrics::counter!("testudo_agent_syncs_total", "result" => "denied").increment(1);
                 // An evicted agent whose attestor can prove the node again (x509pop; a join
                 // token works once) attests again, as SPIRE's does; a banned one cannot.
-                let evicted = status.message().contains("not attested");
+                let evicted = proto::reason::Reason::of(&status) == Some(proto::reason::Reason::AgentNotAttested);
                 if evicted && matches!(config.node_attestor, NodeAttestor::X509Pop { .. }) {
                     tracing::warn!(error = %status.message(), "this agent was evicted; attesting again");
                     match attest_node(&config, &pool).await {

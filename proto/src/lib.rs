@@ -3,6 +3,8 @@
 //! the etcd KV API the Raft benchmark compares against.
 #![forbid(unsafe_code)]
 
+pub mod reason;
+
 /// The SPIFFE Workload API (no package: service `SpiffeWorkloadAPI`).
 pub mod workload {
     #![allow(clippy::all, missing_docs)]

@@ -18,6 +18,7 @@ use futures::future::join_all;
 use identity::{Selector, SpiffeId};
 use proto::etcd::kv_client::KvClient;
 use proto::etcd::{request_op, PutRequest, RequestOp, TxnRequest};
+use raft_store::command::CreateEntries;
 use raft_store::model::RegistrationEntry;
 use raft_store::testing::TestCluster;
 use raft_store::{Command, Outcome};
@@ -151,7 +152,7 @@ async fn testudo(o: &Options, batch: usize) -> Figures {
             let entries = (0..batch).map(|i| template.entry(format!("w{w}-{n}-{i}"))).collect();
             n += 1;
             let sent = Instant::now();
-            let response = replica.write(Command::CreateEntries(entries)).await.expect("write");
+            let response = replica.write_command(Command::CreateEntries(CreateEntries(entries))).await.expect("write");
             tally.latencies.push(sent.elapsed());
             if let Outcome::Entries(results) = response.outcome {
                 tally.entries += results.iter().filter(|r| r.is_ok()).count() as u64;

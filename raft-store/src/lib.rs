@@ -25,7 +25,7 @@ pub mod types;
 
 use std::path::Path;
 
-pub use command::{ApplyError, BundleScope, Change, ChangeSet, Command, Outcome, Response, Table};
+pub use command::{ApplyError, BundleScope, Change, ChangeSet, Command, Outcome, Response, Table, Write};
 pub use db::OpenError;
 pub use log_store::{ApplyProgress, LogStore};
 pub use membership::AddProgress;

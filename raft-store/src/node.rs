@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
-use crate::command::{Command, Response};
+use crate::command::{Command, Response, Write};
 use crate::membership::{add_member_step, remove_member, AddProgress};
 use crate::network::tls::{server_config, ClusterTls, PresentedCertificate, TlsError};
 use crate::network::{
@@ -102,6 +102,10 @@ pub enum ClusterError {
     Membership(String),
     #[error("read failed: {0}")]
     Read(#[from] crate::ReadError),
+    /// Apply answered with the outcome of another kind of command: replicas of builds that
+    /// disagree on the command set, or a bug.
+    #[error("the write was answered with another command's outcome: {0}")]
+    MismatchedOutcome(String),
 }
 
 /// One member's replication progress, as the leader sees it.
@@ -262,10 +266,20 @@ impl Replica {
         }
     }
 
+    /// Applies a command through the leader and answers what apply answered it with. See
+    /// [`Self::write_command`].
+    pub async fn write<W: Write>(&self, command: W) -> Result<W::Output, ClusterError> {
+        let response = self.write_command(command.into()).await?;
+        W::output(response.outcome).map_err(|other| {
+            tracing::error!(?other, "a write was answered with another command's outcome");
+            ClusterError::MismatchedOutcome(format!("{other:?}").chars().take(200).collect())
+        })
+    }
+
     /// Applies a command through the leader, forwarding it when this replica does not lead.
     /// Returns once the command is committed and applied on the leader and, when forwarded,
     /// on this replica too: a caller that reads here next sees its own write.
-    pub async fn write(&self, command: Command) -> Result<Response, ClusterError> {
+    pub async fn write_command(&self, command: Command) -> Result<Response, ClusterError> {
         let deadline = tokio::time::Instant::now() + RETRY_FOR;
         loop {
             let attempt = match self.proposer.write(command.clone()).await {

@@ -10,7 +10,7 @@ use openraft::error::{ClientWriteError, Fatal, RaftError};
 use openraft::StorageIOError;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::command::{Command, Outcome, Response};
+use crate::command::{Command, CreateEntries, DeleteEntries, Outcome, Response, UpdateEntries};
 use crate::types::{LoggedCommand, NodeId, Raft, ReplicaNode};
 
 /// What `raft.client_write` fails with.
@@ -72,8 +72,8 @@ impl Proposer {
 /// How much of a batch a command takes: the rows it names, at least one.
 fn items(command: &Command) -> usize {
     match command {
-        Command::CreateEntries(e) | Command::UpdateEntries(e) => e.len().max(1),
-        Command::DeleteEntries(ids) => ids.len().max(1),
+        Command::CreateEntries(CreateEntries(e)) | Command::UpdateEntries(UpdateEntries(e)) => e.len().max(1),
+        Command::DeleteEntries(DeleteEntries(ids)) => ids.len().max(1),
         Command::Batch(commands) => commands.iter().map(items).sum::<usize>().max(1),
         _ => 1,
     }

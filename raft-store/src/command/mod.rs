@@ -2,11 +2,14 @@
 //! deterministically: everything that depends on time, randomness or keys is decided by the
 //! proposer and carried in the command.
 
+mod writes;
+
 use serde::{Deserialize, Serialize};
 
+pub use writes::*;
+
 use crate::model::{
-    AttestedAgent, CaJournal, EntryWritten, FederationRelationship, JoinToken, JournalEvent, RegistrationEntry,
-    ReplicaInvite, StoredBundle, StoredJwtKey, StoredX509Authority,
+    AttestedAgent, CaJournal, EntryWritten, FederationRelationship, JoinToken, ReplicaInvite, StoredBundle,
 };
 
 /// Which bundle table a bundle command addresses.
@@ -18,118 +21,51 @@ pub enum BundleScope {
     Federated,
 }
 
-/// A change to replicated state.
+/// A change to replicated state: one of the commands in [`writes`], each of which names the
+/// result apply answers it with ([`Write::Output`]). Only `Batch`, which the proposer forms,
+/// has no type of its own.
+///
+/// The log and the cluster wire carry this enum (bincode): variants and fields keep their
+/// order, new ones go at the end, and `tests/it/durable_formats.rs` pins every encoding.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Command {
-    /// Creates entries; each fails alone (AlreadyExists for a duplicate id or for the same
-    /// SPIFFE ID, parent ID and selectors as an existing entry).
-    CreateEntries(Vec<RegistrationEntry>),
-    /// Replaces entries by id; each fails alone (NotFound, AlreadyExists).
-    UpdateEntries(Vec<RegistrationEntry>),
-    /// Deletes entries by id; each fails alone (NotFound).
-    DeleteEntries(Vec<String>),
+    CreateEntries(CreateEntries),
+    UpdateEntries(UpdateEntries),
+    DeleteEntries(DeleteEntries),
 
-    CreateAgent(AttestedAgent),
-    /// Replaces an agent's record (re-attestation, selector changes).
-    UpdateAgent(AttestedAgent),
-    /// Records the serial of an SVID a renewal issued, before the agent uses it.
-    SetAgentNewSerial {
-        spiffe_id: String,
-        serial_number: String,
-        expires_at: i64,
-    },
-    /// The agent used its new SVID: the new serial becomes the current one.
-    PromoteAgentSerial {
-        spiffe_id: String,
-        serial_number: String,
-    },
-    BanAgent {
-        spiffe_id: String,
-    },
-    DeleteAgent {
-        spiffe_id: String,
-    },
+    CreateAgent(CreateAgent),
+    UpdateAgent(UpdateAgent),
+    SetAgentNewSerial(SetAgentNewSerial),
+    PromoteAgentSerial(PromoteAgentSerial),
+    BanAgent(BanAgent),
+    DeleteAgent(DeleteAgent),
 
-    CreateJoinToken(JoinToken),
-    /// Consumes a token: succeeds once, refuses an expired token (`now` from the proposer).
-    ConsumeJoinToken {
-        token: String,
-        now: i64,
-    },
-    /// Deletes tokens that expired before `expired_before`.
-    PruneJoinTokens {
-        expired_before: i64,
-    },
+    CreateJoinToken(CreateJoinToken),
+    ConsumeJoinToken(ConsumeJoinToken),
+    PruneJoinTokens(PruneJoinTokens),
 
-    /// Replaces a bundle; its sequence number becomes one more than the stored one.
-    SetBundle {
-        scope: BundleScope,
-        bundle: StoredBundle,
-    },
-    /// Adds authorities to a bundle (creating it if absent).
-    AppendBundle {
-        scope: BundleScope,
-        trust_domain: String,
-        x509: Vec<StoredX509Authority>,
-        jwt: Vec<StoredJwtKey>,
-    },
-    /// Removes expired authorities: JWT keys expiring before `expired_before`, and the X.509
-    /// authorities the proposer found expired.
-    PruneBundle {
-        scope: BundleScope,
-        trust_domain: String,
-        expired_before: i64,
-        expired_x509: Vec<Vec<u8>>,
-    },
-    DeleteBundle {
-        scope: BundleScope,
-        trust_domain: String,
-    },
+    SetBundle(SetBundle),
+    AppendBundle(AppendBundle),
+    PruneBundle(PruneBundle),
+    DeleteBundle(DeleteBundle),
 
-    /// A CA journal transition, published in the local bundle of `trust_domain` in the
-    /// same command (refused as FailedPrecondition when the journal's rules forbid it).
-    CaJournal {
-        trust_domain: String,
-        event: JournalEvent,
-    },
+    CaJournal(RecordCaEvent),
 
-    CreateFederationRelationship(FederationRelationship),
-    UpdateFederationRelationship(FederationRelationship),
-    DeleteFederationRelationship {
-        trust_domain: String,
-    },
+    CreateFederationRelationship(CreateFederationRelationship),
+    UpdateFederationRelationship(UpdateFederationRelationship),
+    DeleteFederationRelationship(DeleteFederationRelationship),
 
-    /// Drops change-log records of revisions before `before_revision`; readers further
-    /// behind than that must resync from the tables instead of by delta.
-    PruneChangeLog {
-        before_revision: u64,
-    },
+    PruneChangeLog(PruneChangeLog),
 
-    /// Creates a one-time invitation for a new replica (stored by the secret's hash).
-    CreateReplicaInvite(ReplicaInvite),
-    /// Consumes an invitation exactly once; expired ones are refused.
-    ConsumeReplicaInvite {
-        secret_sha256: String,
-        now: i64,
-    },
+    CreateReplicaInvite(CreateReplicaInvite),
+    ConsumeReplicaInvite(ConsumeReplicaInvite),
 
     /// Several commands proposed together (group commit, see `proposer`): applied in order,
     /// each with its own revision and outcome, answered with `Outcome::Batch`.
     Batch(Vec<Command>),
 
-    /// Marks an X.509 authority of the local bundle tainted (an upstream authority an admin
-    /// no longer trusts). NotFound if the bundle lacks it, FailedPrecondition if it is
-    /// tainted already.
-    TaintLocalX509Authority {
-        trust_domain: String,
-        der: Vec<u8>,
-    },
-    /// Removes a tainted X.509 authority from the local bundle. NotFound if the bundle lacks
-    /// it, FailedPrecondition if it is not tainted or is the last one.
-    RevokeLocalX509Authority {
-        trust_domain: String,
-        der: Vec<u8>,
-    },
+    TaintLocalX509Authority(TaintLocalX509Authority),
+    RevokeLocalX509Authority(RevokeLocalX509Authority),
 }
 
 /// Why a command (or one item of a batch) was refused. Refusals are answers, not storage

@@ -2,6 +2,7 @@
 //! once, agent serial promotion, bundle sequence numbers, and the change log.
 
 use identity::{SpiffeId, TrustDomain};
+use raft_store::command::*;
 use raft_store::model::{
     AttestedAgent, BundleEndpointProfile, FederationRelationship, JoinToken, ReplicaInvite, StoredBundle, StoredJwtKey,
     StoredX509Authority,
@@ -26,7 +27,13 @@ async fn entries_follow_spires_uniqueness_rule() {
     let same_identity = entry("e2", "spiffe://example.org/web", NODE, &["unix:uid:1000"]);
     let other_selectors = entry("e3", "spiffe://example.org/web", NODE, &["unix:uid:1001"]);
     let results = entries(
-        s.apply_one(Command::CreateEntries(vec![web.clone(), same_identity, other_selectors, web.clone()])).await,
+        s.apply_one(Command::CreateEntries(CreateEntries(vec![
+            web.clone(),
+            same_identity,
+            other_selectors,
+            web.clone(),
+        ])))
+        .await,
     );
     assert!(results[0].is_ok());
     assert!(
@@ -38,7 +45,7 @@ async fn entries_follow_spires_uniqueness_rule() {
     assert!(matches!(&results[3], Err(ApplyError::AlreadyExists(m)) if m.contains("entry id")));
     let no_selectors = entry("e4", "spiffe://example.org/db", NODE, &[]);
     assert!(matches!(
-        &entries(s.apply_one(Command::CreateEntries(vec![no_selectors])).await)[0],
+        &entries(s.apply_one(Command::CreateEntries(CreateEntries(vec![no_selectors]))).await)[0],
         Err(ApplyError::InvalidArgument(_))
     ));
 
@@ -51,11 +58,12 @@ async fn entries_follow_spires_uniqueness_rule() {
     // Updating e3 into e1's identity is refused; updating it elsewhere moves its indexes.
     let clash = entry("e3", "spiffe://example.org/web", NODE, &["unix:uid:1000"]);
     assert!(matches!(
-        &entries(s.apply_one(Command::UpdateEntries(vec![clash])).await)[0],
+        &entries(s.apply_one(Command::UpdateEntries(UpdateEntries(vec![clash]))).await)[0],
         Err(ApplyError::AlreadyExists(_))
     ));
     let moved = entry("e3", "spiffe://example.org/api", NODE, &["unix:uid:2000", "unix:gid:2000"]);
-    let written = entries(s.apply_one(Command::UpdateEntries(vec![moved.clone()])).await).remove(0).unwrap();
+    let written =
+        entries(s.apply_one(Command::UpdateEntries(UpdateEntries(vec![moved.clone()]))).await).remove(0).unwrap();
     let reader = &s.store.reader;
     let stored = reader.entry("e3").await.unwrap().unwrap();
     assert_eq!(stored.selectors[0].to_string(), "unix:gid:2000", "selectors are stored sorted");
@@ -64,12 +72,12 @@ async fn entries_follow_spires_uniqueness_rule() {
     assert_eq!(reader.entries_by_spiffe_id("spiffe://example.org/api").await.unwrap()[0].id, "e3");
     let missing = entry("nope", "spiffe://example.org/x", NODE, &["a:b"]);
     assert!(matches!(
-        &entries(s.apply_one(Command::UpdateEntries(vec![missing])).await)[0],
+        &entries(s.apply_one(Command::UpdateEntries(UpdateEntries(vec![missing]))).await)[0],
         Err(ApplyError::NotFound(_))
     ));
 
     // Deleting frees the identity for a new entry.
-    match s.apply_one(Command::DeleteEntries(vec!["e1".into(), "e1".into()])).await {
+    match s.apply_one(Command::DeleteEntries(DeleteEntries(vec!["e1".into(), "e1".into()]))).await {
         Outcome::DeletedEntries(r) => {
             assert!(r[0].is_ok());
             assert!(matches!(r[1], Err(ApplyError::NotFound(_))));
@@ -77,7 +85,7 @@ async fn entries_follow_spires_uniqueness_rule() {
         other => panic!("{other:?}"),
     }
     let again = entry("e5", "spiffe://example.org/web", NODE, &["unix:uid:1000"]);
-    assert!(entries(s.apply_one(Command::CreateEntries(vec![again])).await)[0].is_ok());
+    assert!(entries(s.apply_one(Command::CreateEntries(CreateEntries(vec![again]))).await)[0].is_ok());
     assert!(s.store.reader.entry("e1").await.unwrap().is_none());
 }
 
@@ -86,9 +94,9 @@ async fn every_command_bumps_the_revision_and_logs_its_changes() {
     let mut s = TestStore::new().await;
     let responses = s
         .apply(vec![
-            Command::CreateEntries(vec![entry("a", "spiffe://example.org/a", NODE, &["x:1"])]),
-            Command::CreateEntries(vec![entry("a", "spiffe://example.org/a", NODE, &["x:1"])]),
-            Command::DeleteEntries(vec!["a".into()]),
+            Command::CreateEntries(CreateEntries(vec![entry("a", "spiffe://example.org/a", NODE, &["x:1"])])),
+            Command::CreateEntries(CreateEntries(vec![entry("a", "spiffe://example.org/a", NODE, &["x:1"])])),
+            Command::DeleteEntries(DeleteEntries(vec!["a".into()])),
         ])
         .await;
     let revisions: Vec<u64> = responses.iter().map(|r| r.revision).collect();
@@ -115,13 +123,19 @@ async fn every_command_bumps_the_revision_and_logs_its_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_entry_applies_each_command_with_its_own_revision() {
     let mut s = TestStore::new().await;
-    s.apply_one(Command::CreateEntries(vec![entry("before", "spiffe://example.org/before", NODE, &["x:0"])])).await;
+    s.apply_one(Command::CreateEntries(CreateEntries(vec![entry(
+        "before",
+        "spiffe://example.org/before",
+        NODE,
+        &["x:0"],
+    )])))
+    .await;
     let outcome = s
         .apply_one(Command::Batch(vec![
-            Command::CreateEntries(vec![entry("a", "spiffe://example.org/a", NODE, &["x:1"])]),
+            Command::CreateEntries(CreateEntries(vec![entry("a", "spiffe://example.org/a", NODE, &["x:1"])])),
             // Sees the first command of the same batch: refused as a duplicate.
-            Command::CreateEntries(vec![entry("a", "spiffe://example.org/a", NODE, &["x:1"])]),
-            Command::DeleteEntries(vec!["before".into()]),
+            Command::CreateEntries(CreateEntries(vec![entry("a", "spiffe://example.org/a", NODE, &["x:1"])])),
+            Command::DeleteEntries(DeleteEntries(vec!["before".into()])),
         ]))
         .await;
     let Outcome::Batch(responses) = outcome else { panic!("expected a batch outcome, got {outcome:?}") };
@@ -139,32 +153,40 @@ async fn a_batch_entry_applies_each_command_with_its_own_revision() {
 async fn join_tokens_are_consumed_exactly_once() {
     let mut s = TestStore::new().await;
     let token = JoinToken { token: "t1".into(), expires_at: 1000, agent_id: None };
-    assert!(matches!(s.apply_one(Command::CreateJoinToken(token.clone())).await, Outcome::JoinToken(Ok(_))));
     assert!(matches!(
-        s.apply_one(Command::CreateJoinToken(token.clone())).await,
+        s.apply_one(Command::CreateJoinToken(CreateJoinToken(token.clone()))).await,
+        Outcome::JoinToken(Ok(_))
+    ));
+    assert!(matches!(
+        s.apply_one(Command::CreateJoinToken(CreateJoinToken(token.clone()))).await,
         Outcome::JoinToken(Err(ApplyError::AlreadyExists(_)))
     ));
     let outcomes = s
         .apply(vec![
-            Command::ConsumeJoinToken { token: "t1".into(), now: 500 },
-            Command::ConsumeJoinToken { token: "t1".into(), now: 500 },
+            Command::ConsumeJoinToken(ConsumeJoinToken { token: "t1".into(), now: 500 }),
+            Command::ConsumeJoinToken(ConsumeJoinToken { token: "t1".into(), now: 500 }),
         ])
         .await;
     assert_eq!(outcomes[0].outcome, Outcome::JoinToken(Ok(token)));
     assert!(matches!(outcomes[1].outcome, Outcome::JoinToken(Err(ApplyError::NotFound(_)))));
 
     let expired = JoinToken { token: "t2".into(), expires_at: 1000, agent_id: None };
-    s.apply_one(Command::CreateJoinToken(expired)).await;
+    s.apply_one(Command::CreateJoinToken(CreateJoinToken(expired))).await;
     assert!(matches!(
-        s.apply_one(Command::ConsumeJoinToken { token: "t2".into(), now: 1001 }).await,
+        s.apply_one(Command::ConsumeJoinToken(ConsumeJoinToken { token: "t2".into(), now: 1001 })).await,
         Outcome::JoinToken(Err(ApplyError::FailedPrecondition(_)))
     ));
     assert!(s.store.reader.join_token("t2").await.unwrap().is_none(), "an expired token is gone after the attempt");
 
     for (t, exp) in [("a", 10), ("b", 20), ("c", 30)] {
-        s.apply_one(Command::CreateJoinToken(JoinToken { token: t.into(), expires_at: exp, agent_id: None })).await;
+        s.apply_one(Command::CreateJoinToken(CreateJoinToken(JoinToken {
+            token: t.into(),
+            expires_at: exp,
+            agent_id: None,
+        })))
+        .await;
     }
-    assert_eq!(s.apply_one(Command::PruneJoinTokens { expired_before: 25 }).await, Outcome::Pruned(2));
+    assert_eq!(s.apply_one(Command::PruneJoinTokens(PruneJoinTokens { expired_before: 25 })).await, Outcome::Pruned(2));
     assert!(s.store.reader.join_token("c").await.unwrap().is_some());
 }
 
@@ -173,31 +195,42 @@ async fn replica_invites_are_consumed_exactly_once_and_never_as_join_tokens() {
     let mut s = TestStore::new().await;
     let hash = "ab".repeat(32);
     let invite = ReplicaInvite { secret_sha256: hash.clone(), expires_at: 1000 };
-    assert!(matches!(s.apply_one(Command::CreateReplicaInvite(invite.clone())).await, Outcome::ReplicaInvite(Ok(_))));
     assert!(matches!(
-        s.apply_one(Command::CreateReplicaInvite(ReplicaInvite { secret_sha256: "not-hex".into(), expires_at: 1000 }))
-            .await,
+        s.apply_one(Command::CreateReplicaInvite(CreateReplicaInvite(invite.clone()))).await,
+        Outcome::ReplicaInvite(Ok(_))
+    ));
+    assert!(matches!(
+        s.apply_one(Command::CreateReplicaInvite(CreateReplicaInvite(ReplicaInvite {
+            secret_sha256: "not-hex".into(),
+            expires_at: 1000
+        })))
+        .await,
         Outcome::ReplicaInvite(Err(ApplyError::InvalidArgument(_)))
     ));
     // The agent join-token table is separate: the hash is not an agent token.
     assert!(matches!(
-        s.apply_one(Command::ConsumeJoinToken { token: hash.clone(), now: 500 }).await,
+        s.apply_one(Command::ConsumeJoinToken(ConsumeJoinToken { token: hash.clone(), now: 500 })).await,
         Outcome::JoinToken(Err(ApplyError::NotFound(_)))
     ));
-    let consume = || Command::ConsumeReplicaInvite { secret_sha256: hash.clone(), now: 500 };
+    let consume = || Command::ConsumeReplicaInvite(ConsumeReplicaInvite { secret_sha256: hash.clone(), now: 500 });
     let outcomes = s.apply(vec![consume(), consume()]).await;
     assert_eq!(outcomes[0].outcome, Outcome::ReplicaInvite(Ok(invite)));
     assert!(matches!(outcomes[1].outcome, Outcome::ReplicaInvite(Err(ApplyError::NotFound(_)))));
 
     let late = ReplicaInvite { secret_sha256: "cd".repeat(32), expires_at: 1000 };
-    s.apply_one(Command::CreateReplicaInvite(late)).await;
+    s.apply_one(Command::CreateReplicaInvite(CreateReplicaInvite(late))).await;
     assert!(matches!(
-        s.apply_one(Command::ConsumeReplicaInvite { secret_sha256: "cd".repeat(32), now: 1001 }).await,
+        s.apply_one(Command::ConsumeReplicaInvite(ConsumeReplicaInvite { secret_sha256: "cd".repeat(32), now: 1001 }))
+            .await,
         Outcome::ReplicaInvite(Err(ApplyError::FailedPrecondition(_)))
     ));
     assert!(
         matches!(
-            s.apply_one(Command::ConsumeReplicaInvite { secret_sha256: "cd".repeat(32), now: 900 }).await,
+            s.apply_one(Command::ConsumeReplicaInvite(ConsumeReplicaInvite {
+                secret_sha256: "cd".repeat(32),
+                now: 900
+            }))
+            .await,
             Outcome::ReplicaInvite(Err(ApplyError::NotFound(_))),
         ),
         "an expired invite is gone after the attempt"
@@ -221,21 +254,35 @@ fn agent(serial: &str) -> AttestedAgent {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_renewal_promotes_the_new_serial_only_when_used() {
     let mut s = TestStore::new().await;
-    assert!(matches!(s.apply_one(Command::CreateAgent(agent("01"))).await, Outcome::Agent(Ok(_))));
+    assert!(matches!(s.apply_one(Command::CreateAgent(CreateAgent(agent("01")))).await, Outcome::Agent(Ok(_))));
     assert!(matches!(
-        s.apply_one(Command::CreateAgent(agent("01"))).await,
+        s.apply_one(Command::CreateAgent(CreateAgent(agent("01")))).await,
         Outcome::Agent(Err(ApplyError::AlreadyExists(_)))
     ));
-    s.apply_one(Command::SetAgentNewSerial { spiffe_id: NODE.into(), serial_number: "02".into(), expires_at: 200 })
-        .await;
+    s.apply_one(Command::SetAgentNewSerial(SetAgentNewSerial {
+        spiffe_id: NODE.into(),
+        serial_number: "02".into(),
+        expires_at: 200,
+    }))
+    .await;
     let stored = s.store.reader.agent(NODE).await.unwrap().unwrap();
     assert_eq!((stored.serial_number.as_str(), stored.new_serial_number.as_str()), ("01", "02"));
     // The old SVID is still current until the new one is seen in use.
     assert!(matches!(
-        s.apply_one(Command::PromoteAgentSerial { spiffe_id: NODE.into(), serial_number: "03".into() }).await,
+        s.apply_one(Command::PromoteAgentSerial(PromoteAgentSerial {
+            spiffe_id: NODE.into(),
+            serial_number: "03".into()
+        }))
+        .await,
         Outcome::Agent(Err(ApplyError::FailedPrecondition(_)))
     ));
-    match s.apply_one(Command::PromoteAgentSerial { spiffe_id: NODE.into(), serial_number: "02".into() }).await {
+    match s
+        .apply_one(Command::PromoteAgentSerial(PromoteAgentSerial {
+            spiffe_id: NODE.into(),
+            serial_number: "02".into(),
+        }))
+        .await
+    {
         Outcome::Agent(Ok(a)) => {
             assert_eq!((a.serial_number.as_str(), a.new_serial_number.as_str(), a.expires_at), ("02", "", 200))
         }
@@ -243,23 +290,34 @@ async fn agent_renewal_promotes_the_new_serial_only_when_used() {
     }
     assert!(
         matches!(
-            s.apply_one(Command::PromoteAgentSerial { spiffe_id: NODE.into(), serial_number: "02".into() }).await,
+            s.apply_one(Command::PromoteAgentSerial(PromoteAgentSerial {
+                spiffe_id: NODE.into(),
+                serial_number: "02".into()
+            }))
+            .await,
             Outcome::Agent(Ok(_))
         ),
         "repeating is harmless"
     );
-    match s.apply_one(Command::BanAgent { spiffe_id: NODE.into() }).await {
+    match s.apply_one(Command::BanAgent(BanAgent { spiffe_id: NODE.into() })).await {
         Outcome::Agent(Ok(a)) => assert!(a.banned && a.serial_number.is_empty()),
         other => panic!("{other:?}"),
     }
     assert!(matches!(
-        s.apply_one(Command::SetAgentNewSerial { spiffe_id: NODE.into(), serial_number: "04".into(), expires_at: 1 })
-            .await,
+        s.apply_one(Command::SetAgentNewSerial(SetAgentNewSerial {
+            spiffe_id: NODE.into(),
+            serial_number: "04".into(),
+            expires_at: 1
+        }))
+        .await,
         Outcome::Agent(Err(ApplyError::FailedPrecondition(_)))
     ));
-    assert_eq!(s.apply_one(Command::DeleteAgent { spiffe_id: NODE.into() }).await, Outcome::Deleted(Ok(())));
+    assert_eq!(
+        s.apply_one(Command::DeleteAgent(DeleteAgent { spiffe_id: NODE.into() })).await,
+        Outcome::Deleted(Ok(()))
+    );
     assert!(matches!(
-        s.apply_one(Command::DeleteAgent { spiffe_id: NODE.into() }).await,
+        s.apply_one(Command::DeleteAgent(DeleteAgent { spiffe_id: NODE.into() })).await,
         Outcome::Deleted(Err(ApplyError::NotFound(_)))
     ));
 }
@@ -274,21 +332,23 @@ async fn bundle_sequence_numbers_rise_on_every_change() {
         Outcome::Bundle(Ok(b)) => b.sequence_number,
         other => panic!("{other:?}"),
     };
-    let append = |x: Vec<StoredX509Authority>, j: Vec<StoredJwtKey>| Command::AppendBundle {
-        scope: BundleScope::Local,
-        trust_domain: "example.org".into(),
-        x509: x,
-        jwt: j,
+    let append = |x: Vec<StoredX509Authority>, j: Vec<StoredJwtKey>| {
+        Command::AppendBundle(AppendBundle {
+            scope: BundleScope::Local,
+            trust_domain: "example.org".into(),
+            x509: x,
+            jwt: j,
+        })
     };
     assert_eq!(seq(s.apply_one(append(vec![x509(1)], vec![jwt("k1", 50)])).await), 1);
     assert_eq!(seq(s.apply_one(append(vec![x509(1)], vec![])).await), 1, "nothing new, no change");
     assert_eq!(seq(s.apply_one(append(vec![x509(2)], vec![jwt("k2", 500)])).await), 2);
-    let prune = Command::PruneBundle {
+    let prune = Command::PruneBundle(PruneBundle {
         scope: BundleScope::Local,
         trust_domain: "example.org".into(),
         expired_before: 100,
         expired_x509: vec![vec![1]],
-    };
+    });
     let pruned = match s.apply_one(prune).await {
         Outcome::Bundle(Ok(b)) => b,
         other => panic!("{other:?}"),
@@ -296,20 +356,24 @@ async fn bundle_sequence_numbers_rise_on_every_change() {
     assert_eq!(pruned.sequence_number, 3);
     assert_eq!(pruned.x509_authorities, vec![x509(2)]);
     assert_eq!(pruned.jwt_authorities, vec![jwt("k2", 500)]);
-    let last = Command::PruneBundle {
+    let last = Command::PruneBundle(PruneBundle {
         scope: BundleScope::Local,
         trust_domain: "example.org".into(),
         expired_before: 0,
         expired_x509: vec![vec![2]],
-    };
+    });
     assert!(
         matches!(s.apply_one(last).await, Outcome::Bundle(Err(ApplyError::FailedPrecondition(_)))),
         "the local bundle keeps an X.509 authority"
     );
 
     // An upstream authority an admin distrusts: tainted once, then revoked, never the last.
-    let taint = |b: u8| Command::TaintLocalX509Authority { trust_domain: "example.org".into(), der: vec![b] };
-    let revoke = |b: u8| Command::RevokeLocalX509Authority { trust_domain: "example.org".into(), der: vec![b] };
+    let taint = |b: u8| {
+        Command::TaintLocalX509Authority(TaintLocalX509Authority { trust_domain: "example.org".into(), der: vec![b] })
+    };
+    let revoke = |b: u8| {
+        Command::RevokeLocalX509Authority(RevokeLocalX509Authority { trust_domain: "example.org".into(), der: vec![b] })
+    };
     assert_eq!(seq(s.apply_one(append(vec![x509(3)], vec![])).await), 4);
     assert!(
         matches!(s.apply_one(revoke(3)).await, Outcome::Bundle(Err(ApplyError::FailedPrecondition(_)))),
@@ -349,18 +413,27 @@ async fn bundle_sequence_numbers_rise_on_every_change() {
         sequence_number: 77,
     };
     assert_eq!(
-        seq(s.apply_one(Command::SetBundle { scope: BundleScope::Federated, bundle: federated.clone() }).await),
+        seq(s
+            .apply_one(Command::SetBundle(SetBundle { scope: BundleScope::Federated, bundle: federated.clone() }))
+            .await),
         1,
         "the stored sequence decides, not the caller's"
     );
-    assert_eq!(seq(s.apply_one(Command::SetBundle { scope: BundleScope::Federated, bundle: federated }).await), 2);
+    assert_eq!(
+        seq(s.apply_one(Command::SetBundle(SetBundle { scope: BundleScope::Federated, bundle: federated })).await),
+        2
+    );
     assert!(
         s.store.reader.bundle(BundleScope::Local, "other.org").await.unwrap().is_none(),
         "scopes are separate tables"
     );
     assert_eq!(s.store.reader.list_bundles(BundleScope::Federated).await.unwrap().len(), 1);
     assert_eq!(
-        s.apply_one(Command::DeleteBundle { scope: BundleScope::Federated, trust_domain: "other.org".into() }).await,
+        s.apply_one(Command::DeleteBundle(DeleteBundle {
+            scope: BundleScope::Federated,
+            trust_domain: "other.org".into()
+        }))
+        .await,
         Outcome::Deleted(Ok(()))
     );
 }
@@ -374,11 +447,11 @@ async fn federation_relationships_crud() {
         profile: BundleEndpointProfile::HttpsWeb,
     };
     assert!(matches!(
-        s.apply_one(Command::CreateFederationRelationship(rel.clone())).await,
+        s.apply_one(Command::CreateFederationRelationship(CreateFederationRelationship(rel.clone()))).await,
         Outcome::Relationship(Ok(_))
     ));
     assert!(matches!(
-        s.apply_one(Command::CreateFederationRelationship(rel.clone())).await,
+        s.apply_one(Command::CreateFederationRelationship(CreateFederationRelationship(rel.clone()))).await,
         Outcome::Relationship(Err(ApplyError::AlreadyExists(_)))
     ));
     let mut changed = rel.clone();
@@ -386,16 +459,19 @@ async fn federation_relationships_crud() {
         endpoint_spiffe_id: SpiffeId::parse("spiffe://other.org/spire/server").unwrap(),
     };
     assert!(matches!(
-        s.apply_one(Command::UpdateFederationRelationship(changed.clone())).await,
+        s.apply_one(Command::UpdateFederationRelationship(UpdateFederationRelationship(changed.clone()))).await,
         Outcome::Relationship(Ok(_))
     ));
     assert_eq!(s.store.reader.relationship("other.org").await.unwrap(), Some(changed));
     assert_eq!(
-        s.apply_one(Command::DeleteFederationRelationship { trust_domain: "other.org".into() }).await,
+        s.apply_one(Command::DeleteFederationRelationship(DeleteFederationRelationship {
+            trust_domain: "other.org".into()
+        }))
+        .await,
         Outcome::Deleted(Ok(()))
     );
     assert!(matches!(
-        s.apply_one(Command::UpdateFederationRelationship(rel)).await,
+        s.apply_one(Command::UpdateFederationRelationship(UpdateFederationRelationship(rel))).await,
         Outcome::Relationship(Err(ApplyError::NotFound(_)))
     ));
 }
@@ -405,7 +481,7 @@ async fn listing_pages_through_every_entry() {
     let mut s = TestStore::new().await;
     let batch: Vec<_> =
         (0..25).map(|i| entry(&format!("id{i:02}"), &format!("spiffe://example.org/w{i}"), NODE, &["x:1"])).collect();
-    s.apply_one(Command::CreateEntries(batch)).await;
+    s.apply_one(Command::CreateEntries(CreateEntries(batch))).await;
     let mut seen = Vec::new();
     let mut token = None;
     loop {
@@ -437,9 +513,8 @@ fn ca(n: u8) -> raft_store::model::X509CaAuthority {
 async fn ca_journal_transitions_publish_in_the_same_command() {
     use raft_store::model::{JournalEvent, SlotEvent, SlotId, SlotStatus};
     let mut s = TestStore::new().await;
-    let step = |event: SlotEvent<raft_store::model::X509CaAuthority>| Command::CaJournal {
-        trust_domain: "example.org".into(),
-        event: JournalEvent::X509(event),
+    let step = |event: SlotEvent<raft_store::model::X509CaAuthority>| {
+        Command::CaJournal(RecordCaEvent { trust_domain: "example.org".into(), event: JournalEvent::X509(event) })
     };
     let journal = |o: Outcome| match o {
         Outcome::CaJournal(r) => r,
@@ -471,15 +546,15 @@ async fn ca_journal_transitions_publish_in_the_same_command() {
 async fn the_change_log_can_be_pruned() {
     let mut s = TestStore::new().await;
     for i in 0..5 {
-        s.apply_one(Command::CreateEntries(vec![entry(
+        s.apply_one(Command::CreateEntries(CreateEntries(vec![entry(
             &format!("p{i}"),
             &format!("spiffe://example.org/p{i}"),
             NODE,
             &["x:1"],
-        )]))
+        )])))
         .await;
     }
-    assert_eq!(s.apply_one(Command::PruneChangeLog { before_revision: 4 }).await, Outcome::Pruned(3));
+    assert_eq!(s.apply_one(Command::PruneChangeLog(PruneChangeLog { before_revision: 4 })).await, Outcome::Pruned(3));
     let left: Vec<u64> = s.store.reader.changes_since(0, 100).await.unwrap().iter().map(|c| c.revision).collect();
     assert_eq!(left, [4, 5], "the prune itself changes no table, so it logs nothing");
     assert_eq!(s.store.reader.revision().await.unwrap(), 6);
@@ -489,13 +564,13 @@ async fn the_change_log_can_be_pruned() {
 async fn entry_changes_since_a_revision_come_from_the_change_log_until_it_is_pruned() {
     let mut s = TestStore::new().await;
     s.apply(vec![
-        Command::CreateEntries(vec![
+        Command::CreateEntries(CreateEntries(vec![
             entry("a", "spiffe://example.org/a", NODE, &["x:1"]),
             entry("b", "spiffe://example.org/b", NODE, &["x:2"]),
-        ]),
-        Command::CreateJoinToken(JoinToken { token: "t".into(), expires_at: 10, agent_id: None }),
-        Command::DeleteEntries(vec!["a".into()]),
-        Command::CreateEntries(vec![entry("c", "spiffe://example.org/c", NODE, &["x:3"])]),
+        ])),
+        Command::CreateJoinToken(CreateJoinToken(JoinToken { token: "t".into(), expires_at: 10, agent_id: None })),
+        Command::DeleteEntries(DeleteEntries(vec!["a".into()])),
+        Command::CreateEntries(CreateEntries(vec![entry("c", "spiffe://example.org/c", NODE, &["x:3"])])),
     ])
     .await;
     let (revision, all) = s.store.reader.entries_at_revision().await.unwrap();
@@ -514,7 +589,7 @@ async fn entry_changes_since_a_revision_come_from_the_change_log_until_it_is_pru
     assert_eq!((rest.revision, rest.changed.len()), (4, 2));
     assert!(s.store.reader.entry_changes_since(4, 100).await.unwrap().unwrap().changed.is_empty());
 
-    s.apply_one(Command::PruneChangeLog { before_revision: 4 }).await;
+    s.apply_one(Command::PruneChangeLog(PruneChangeLog { before_revision: 4 })).await;
     assert!(
         s.store.reader.entry_changes_since(1, 100).await.unwrap().is_none(),
         "revisions 2 and 3 were pruned: reload"

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use raft_store::command::*;
 use raft_store::network::{AdminRequest, ClusterClient, Faults};
 use raft_store::testing::REPLICA_ID;
 use raft_store::{Command, NodeId, Outcome};
@@ -16,7 +17,7 @@ use crate::support::entry;
 const NODE: &str = "spiffe://example.org/spire/agent/x";
 
 fn create(id: &str) -> Command {
-    Command::CreateEntries(vec![entry(id, &format!("spiffe://example.org/{id}"), NODE, &["unix:uid:1"])])
+    Command::CreateEntries(CreateEntries(vec![entry(id, &format!("spiffe://example.org/{id}"), NODE, &["unix:uid:1"])]))
 }
 
 fn created(outcome: &Outcome) -> bool {
@@ -50,15 +51,15 @@ async fn replicates_and_forwards_writes_from_followers() {
     let leader = cluster.wait_for_leader().await;
     let follower = cluster.follower(leader);
 
-    let on_leader = cluster.replicas[&leader].write(create("via-leader")).await.unwrap();
+    let on_leader = cluster.replicas[&leader].write_command(create("via-leader")).await.unwrap();
     assert!(created(&on_leader.outcome));
-    let forwarded = cluster.replicas[&follower].write(create("via-follower")).await.unwrap();
+    let forwarded = cluster.replicas[&follower].write_command(create("via-follower")).await.unwrap();
     assert!(created(&forwarded.outcome), "a follower forwards to the leader and answers once committed");
     assert!(forwarded.revision > on_leader.revision);
     // Read-your-writes on the replica that took the write: its local state has it already.
     for i in 0..20 {
         let id = format!("ryw-{i}");
-        cluster.replicas[&follower].write(create(&id)).await.unwrap();
+        cluster.replicas[&follower].write_command(create(&id)).await.unwrap();
         assert!(
             cluster.replicas[&follower].local_reader().entry(&id).await.unwrap().is_some(),
             "{id} not applied on the replica that forwarded it"
@@ -91,7 +92,7 @@ async fn concurrent_writes_share_log_entries_and_each_gets_its_own_answer() {
     let ids: Vec<String> = (0..64).map(|i| format!("group-{i}")).collect();
     let mut commands: Vec<Command> = ids.iter().map(|id| create(id)).collect();
     commands.push(create("group-7"));
-    let responses = futures::future::join_all(commands.into_iter().map(|c| replica.write(c))).await;
+    let responses = futures::future::join_all(commands.into_iter().map(|c| replica.write_command(c))).await;
     let mut revisions = BTreeSet::new();
     for (i, response) in responses.iter().enumerate() {
         let response = response.as_ref().unwrap();
@@ -122,7 +123,7 @@ async fn leader_failover_and_restart_keep_every_acknowledged_write() {
     for i in 0..20 {
         let id = format!("before-{i}");
         let target = 1 + (i % 3) as NodeId;
-        if created(&cluster.replicas[&target].write(create(&id)).await.unwrap().outcome) {
+        if created(&cluster.replicas[&target].write_command(create(&id)).await.unwrap().outcome) {
             acked.insert(id);
         }
     }
@@ -134,7 +135,7 @@ async fn leader_failover_and_restart_keep_every_acknowledged_write() {
     for i in 0..20 {
         let id = format!("after-{i}");
         let target = survivors[i % survivors.len()];
-        if created(&cluster.replicas[&target].write(create(&id)).await.unwrap().outcome) {
+        if created(&cluster.replicas[&target].write_command(create(&id)).await.unwrap().outcome) {
             acked.insert(id);
         }
     }
@@ -158,7 +159,7 @@ async fn a_wiped_replica_catches_up_by_snapshot() {
     let mut acked = BTreeSet::new();
     for i in 0..120 {
         let id = format!("e{i:03}");
-        if created(&cluster.replicas[&leader].write(create(&id)).await.unwrap().outcome) {
+        if created(&cluster.replicas[&leader].write_command(create(&id)).await.unwrap().outcome) {
             acked.insert(id);
         }
     }
@@ -182,12 +183,13 @@ async fn a_wiped_replica_catches_up_by_snapshot() {
 async fn an_isolated_leader_cannot_write_and_catches_up_after_healing() {
     let cluster = TestCluster::start(3, 10_000).await;
     let old_leader = cluster.wait_for_leader().await;
-    cluster.replicas[&old_leader].write(create("before")).await.unwrap();
+    cluster.replicas[&old_leader].write_command(create("before")).await.unwrap();
 
     cluster.isolate(old_leader);
     // The minority side cannot commit: nothing is acknowledged.
     let minority =
-        tokio::time::timeout(Duration::from_secs(2), cluster.replicas[&old_leader].write(create("minority"))).await;
+        tokio::time::timeout(Duration::from_secs(2), cluster.replicas[&old_leader].write_command(create("minority")))
+            .await;
     assert!(!matches!(minority, Ok(Ok(_))), "an isolated replica acknowledged a write");
 
     // The majority elects a new leader and goes on.
@@ -196,7 +198,7 @@ async fn an_isolated_leader_cannot_write_and_catches_up_after_healing() {
         eventually(Duration::from_secs(10), || majority.iter().copied().find(|id| cluster.replicas[id].is_leader()))
             .await
             .expect("the majority elects a leader");
-    let written = cluster.replicas[&majority[0]].write(create("majority")).await.unwrap();
+    let written = cluster.replicas[&majority[0]].write_command(create("majority")).await.unwrap();
     assert!(created(&written.outcome));
     assert_ne!(new_leader, old_leader);
 
@@ -217,14 +219,14 @@ async fn an_isolated_leader_cannot_write_and_catches_up_after_healing() {
 async fn leadership_moves_where_an_admin_asks() {
     let cluster = TestCluster::start(3, 10_000).await;
     let leader = cluster.wait_for_leader().await;
-    cluster.replicas[&leader].write(create("before")).await.unwrap();
+    cluster.replicas[&leader].write_command(create("before")).await.unwrap();
     let target = cluster.follower(leader);
     let asker = *cluster.replicas.keys().find(|id| **id != leader && **id != target).unwrap();
 
     // Asked on a replica that is neither leader nor target: the request finds the leader.
     cluster.replicas[&asker].transfer_leadership(target).await.unwrap();
     assert_eq!(cluster.wait_for_leader().await, target);
-    let written = cluster.replicas[&leader].write(create("after")).await.unwrap();
+    let written = cluster.replicas[&leader].write_command(create("after")).await.unwrap();
     assert!(created(&written.outcome), "writes go on through the old leader, now a follower");
     let ids: BTreeSet<String> = ["before", "after"].map(String::from).into();
     assert_everywhere(&cluster, &ids).await;
@@ -241,7 +243,7 @@ async fn write_until(replica: &raft_store::node::Replica, writer: usize, stop: &
     while !stop.load(Ordering::SeqCst) {
         n += 1;
         let id = format!("w{writer}-{n}");
-        if replica.write(create(&id)).await.is_ok_and(|r| created(&r.outcome)) {
+        if replica.write_command(create(&id)).await.is_ok_and(|r| created(&r.outcome)) {
             acknowledged.insert(id);
         }
     }
@@ -291,13 +293,13 @@ async fn members_can_be_removed_and_status_reports_lag() {
     assert_eq!(status.members.len(), 2);
     assert!(status.members.iter().all(|m| m.node_id != leaving));
     // Two voters remain, so both must be up: writes still commit.
-    cluster.replicas[&leader].write(create("two-voters")).await.unwrap();
+    cluster.replicas[&leader].write_command(create("two-voters")).await.unwrap();
 
     // A learner that is down shows growing lag on the leader.
     cluster.join(7).await;
     cluster.stop(7).await;
     for i in 0..5 {
-        cluster.replicas[&leader].write(create(&format!("lagging-{i}"))).await.unwrap();
+        cluster.replicas[&leader].write_command(create(&format!("lagging-{i}"))).await.unwrap();
     }
     let status = cluster.replicas[&leader].status();
     let seven = status.members.iter().find(|m| m.node_id == 7).unwrap();
@@ -313,7 +315,7 @@ async fn any_replica_can_add_and_remove_members_through_the_leader() {
     let leader = cluster.wait_for_leader().await;
     let follower = cluster.follower(leader);
     for i in 0..20 {
-        cluster.replicas[&leader].write(create(&format!("before-{i}"))).await.unwrap();
+        cluster.replicas[&leader].write_command(create(&format!("before-{i}"))).await.unwrap();
     }
     cluster.start_replica(4).await;
     let node = cluster.replicas[&4].node().clone();
@@ -334,7 +336,7 @@ async fn any_replica_can_add_and_remove_members_through_the_leader() {
     let status = cluster.replicas[&leader].status();
     assert!(status.members.iter().all(|m| m.node_id != 4), "{status:?}");
     cluster.stop(4).await;
-    cluster.replicas[&follower].write(create("after-removal")).await.unwrap();
+    cluster.replicas[&follower].write_command(create("after-removal")).await.unwrap();
     cluster.shutdown().await;
 }
 
@@ -359,9 +361,9 @@ async fn a_replica_renews_its_certificate_while_running() {
 
     // It still takes part: it forwards writes to the leader over new connections that
     // present the new certificate, and the leader's appends reach it.
-    let forwarded = cluster.replicas[&follower].write(create("after-renewal")).await.unwrap();
+    let forwarded = cluster.replicas[&follower].write_command(create("after-renewal")).await.unwrap();
     assert!(created(&forwarded.outcome));
-    cluster.replicas[&leader].write(create("to-renewed")).await.unwrap();
+    cluster.replicas[&leader].write_command(create("to-renewed")).await.unwrap();
     assert_everywhere(&cluster, &["after-renewal", "to-renewed"].map(String::from).into()).await;
     cluster.shutdown().await;
 }
@@ -408,6 +410,6 @@ async fn voters_paused_for_a_transfer_elect_again_when_its_leader_dies() {
         "elected before the pause ended: {:?}",
         stopped.elapsed()
     );
-    assert!(created(&cluster.replicas[&elected].write(create("after-the-pause")).await.unwrap().outcome));
+    assert!(created(&cluster.replicas[&elected].write_command(create("after-the-pause")).await.unwrap().outcome));
     cluster.shutdown().await;
 }

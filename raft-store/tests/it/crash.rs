@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use raft_store::command::*;
 use raft_store::node::{Replica, ReplicaConfig};
 use raft_store::schema::{meta_key, Cf};
 use raft_store::testing::{eventually, fast_timing, TestCa, REPLICA_ID};
@@ -52,7 +53,7 @@ async fn crash_child_writes_until_killed() {
         let ids: Vec<String> = (0..10).map(|i| format!("e{n}-{i}")).collect();
         let entries =
             ids.iter().map(|id| entry(id, &format!("spiffe://example.org/{id}"), NODE, &["unix:uid:1"])).collect();
-        replica.write(Command::CreateEntries(entries)).await.expect("write");
+        replica.write_command(Command::CreateEntries(CreateEntries(entries))).await.expect("write");
         for id in ids {
             println!("acked {id}");
         }

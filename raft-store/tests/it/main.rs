@@ -7,6 +7,7 @@ mod cluster_support;
 mod cluster_tls;
 mod crash;
 mod data_dir;
+mod durable_formats;
 mod snapshots;
 mod storage_suite;
 mod support;

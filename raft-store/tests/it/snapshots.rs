@@ -2,6 +2,7 @@
 //! on, installed atomically over whatever a lagging replica had.
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use raft_store::command::*;
 use raft_store::model::{JoinToken, StoredX509Authority};
 use raft_store::{BundleScope, Command};
 
@@ -15,28 +16,39 @@ async fn a_snapshot_replaces_a_lagging_replicas_state() {
     let batch: Vec<_> = (0..300)
         .map(|i| entry(&format!("e{i:03}"), &format!("spiffe://example.org/w{i}"), NODE, &["unix:uid:1"]))
         .collect();
-    leader.apply_one(Command::CreateEntries(batch)).await;
-    leader.apply_one(Command::CreateJoinToken(JoinToken { token: "tok".into(), expires_at: 10, agent_id: None })).await;
+    leader.apply_one(Command::CreateEntries(CreateEntries(batch))).await;
+    leader
+        .apply_one(Command::CreateJoinToken(CreateJoinToken(JoinToken {
+            token: "tok".into(),
+            expires_at: 10,
+            agent_id: None,
+        })))
+        .await;
     let authority = StoredX509Authority { der: vec![1, 2, 3], tainted: false };
     leader
-        .apply_one(Command::AppendBundle {
+        .apply_one(Command::AppendBundle(AppendBundle {
             scope: BundleScope::Local,
             trust_domain: "example.org".into(),
             x509: vec![authority.clone()],
             jwt: vec![],
-        })
+        }))
         .await;
 
     let mut builder = leader.store.state_machine.get_snapshot_builder().await;
     let snapshot = builder.build_snapshot().await.unwrap();
     assert_eq!(snapshot.meta.last_log_id.map(|l| l.index), Some(3));
     // Writes after the snapshot was built are not in it.
-    leader.apply_one(Command::DeleteEntries(vec!["e000".into()])).await;
+    leader.apply_one(Command::DeleteEntries(DeleteEntries(vec!["e000".into()]))).await;
 
     // The follower has stale state of its own, which the snapshot must wipe.
     let mut follower = TestStore::new().await;
     follower
-        .apply_one(Command::CreateEntries(vec![entry("stale", "spiffe://example.org/stale", NODE, &["a:b"])]))
+        .apply_one(Command::CreateEntries(CreateEntries(vec![entry(
+            "stale",
+            "spiffe://example.org/stale",
+            NODE,
+            &["a:b"],
+        )])))
         .await;
     let data = snapshot.snapshot.into_inner();
     follower.store.state_machine.install_snapshot(&snapshot.meta, Box::new(std::io::Cursor::new(data))).await.unwrap();
@@ -61,7 +73,8 @@ async fn a_snapshot_replaces_a_lagging_replicas_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_snapshot_is_refused_and_changes_nothing() {
     let mut s = TestStore::new().await;
-    s.apply_one(Command::CreateEntries(vec![entry("keep", "spiffe://example.org/k", NODE, &["a:b"])])).await;
+    s.apply_one(Command::CreateEntries(CreateEntries(vec![entry("keep", "spiffe://example.org/k", NODE, &["a:b"])])))
+        .await;
     let mut builder = s.store.state_machine.get_snapshot_builder().await;
     let snapshot = builder.build_snapshot().await.unwrap();
     let mut data = snapshot.snapshot.into_inner();
@@ -84,7 +97,10 @@ async fn a_backup_restores_as_a_new_one_replica_cluster() {
             "spiffe://example.org/spire/agent/x",
             &["unix:uid:1"],
         );
-        cluster.replicas[&leader].write(raft_store::Command::CreateEntries(vec![e])).await.unwrap();
+        cluster.replicas[&leader]
+            .write_command(raft_store::Command::CreateEntries(CreateEntries(vec![e])))
+            .await
+            .unwrap();
     }
     // Taken on a follower after a read-index barrier: it holds every acknowledged write.
     let backup = cluster.replicas[&follower].linearizable_reader().await.unwrap().backup().await.unwrap();
@@ -113,7 +129,7 @@ async fn a_backup_restores_as_a_new_one_replica_cluster() {
         "spiffe://example.org/spire/agent/x",
         &["unix:uid:1"],
     );
-    let response = restored.write(raft_store::Command::CreateEntries(vec![e])).await.unwrap();
+    let response = restored.write_command(raft_store::Command::CreateEntries(CreateEntries(vec![e]))).await.unwrap();
     assert!(
         matches!(response.outcome, raft_store::Outcome::Entries(ref r) if r.iter().all(Result::is_ok)),
         "{response:?}"

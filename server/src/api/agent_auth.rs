@@ -1,13 +1,15 @@
 //! Agent callers: who they are, and whether their SVID is still the one the cluster knows.
 //! Which entries they may mint for is `entry_cache`'s answer.
 
+use proto::reason::Reason;
+use raft_store::command::PromoteAgentSerial;
 use raft_store::model::AttestedAgent;
 use raft_store::node::Replica;
-use raft_store::{Command, Outcome};
-use tonic::{Request, Status};
+use raft_store::ApplyError;
+use tonic::{Code, Request, Status};
 
 use super::caller::{caller_of, Caller};
-use super::read_failed;
+use super::{read_failed, write_failed};
 
 /// The calling agent, after checking it is attested, not banned, and presenting its
 /// current SVID — or its new one, which this call then promotes (a Raft write).
@@ -19,20 +21,26 @@ pub async fn require_agent<T>(request: &Request<T>, replica: &Replica) -> Result
         return Err(Status::permission_denied(format!("{id} is not an agent")));
     }
     let agent = replica.local_reader().agent(&id.to_string()).await.map_err(read_failed)?;
-    let agent = agent.ok_or_else(|| Status::permission_denied(format!("agent {id} is not attested (evicted?)")))?;
+    let agent = agent.ok_or_else(|| {
+        Reason::AgentNotAttested.status(Code::PermissionDenied, format!("agent {id} is not attested (evicted?)"))
+    })?;
     if agent.banned {
-        return Err(Status::permission_denied(format!("agent {id} is banned")));
+        return Err(Reason::AgentBanned.status(Code::PermissionDenied, format!("agent {id} is banned")));
     }
     if agent.serial_number == serial {
         return Ok(agent);
     }
     if !agent.new_serial_number.is_empty() && agent.new_serial_number == serial {
-        let promote = Command::PromoteAgentSerial { spiffe_id: id.to_string(), serial_number: serial };
-        return match replica.write(promote).await.map_err(|e| Status::unavailable(e.to_string()))?.outcome {
-            Outcome::Agent(Ok(agent)) => Ok(agent),
-            Outcome::Agent(Err(e)) => Err(Status::permission_denied(e.to_string())),
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
-        };
+        let promote = PromoteAgentSerial { spiffe_id: id.to_string(), serial_number: serial };
+        return replica.write(promote).await.map_err(write_failed)?.map_err(|e| {
+            let reason = if matches!(e, ApplyError::NotFound(_)) {
+                Reason::AgentNotAttested
+            } else {
+                Reason::AgentSvidSuperseded
+            };
+            reason.status(Code::PermissionDenied, format!("agent {id}: {e}"))
+        });
     }
-    Err(Status::permission_denied(format!("agent {id} presented an SVID that is no longer active")))
+    Err(Reason::AgentSvidSuperseded
+        .status(Code::PermissionDenied, format!("agent {id} presented an SVID that is no longer active")))
 }

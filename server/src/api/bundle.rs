@@ -6,7 +6,7 @@ use proto::spire::api::types;
 use raft_store::BundleScope;
 use tonic::{Request, Response, Status};
 
-use raft_store::{Command, Outcome};
+use raft_store::command::{AppendBundle, DeleteBundle, SetBundle};
 
 use super::convert::{bundle_from_pb, bundle_to_pb, jwt_key_checked, jwt_key_to_stored};
 use super::{item_status, read_failed, ApiContext};
@@ -26,12 +26,8 @@ enum Mode {
 }
 
 impl BundleService {
-    async fn write_bundle(&self, command: Command) -> Result<raft_store::model::StoredBundle, Status> {
-        match self.context.write(command).await? {
-            Outcome::Bundle(Ok(bundle)) => Ok(bundle),
-            Outcome::Bundle(Err(e)) => Err(Status::invalid_argument(e.to_string())),
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
-        }
+    async fn append_local(&self, command: AppendBundle) -> Result<raft_store::model::StoredBundle, Status> {
+        self.context.write(command).await?.map_err(|e| Status::invalid_argument(e.to_string()))
     }
 
     /// Creates, replaces or upserts federated bundles, each item answered on its own. An
@@ -113,16 +109,9 @@ impl BundleService {
                 }
                 _ => {}
             }
-            match self.context.write(Command::SetBundle { scope: BundleScope::Federated, bundle: stored }).await? {
-                Outcome::Bundle(Ok(saved)) => {
-                    results.push((item_status(tonic::Code::Ok, "OK"), Some(bundle_to_pb(&saved, mask))))
-                }
-                Outcome::Bundle(Err(e)) => {
-                    results.push((item_status(tonic::Code::InvalidArgument, e.to_string()), None))
-                }
-                other => {
-                    results.push((item_status(tonic::Code::Internal, format!("unexpected outcome {other:?}")), None))
-                }
+            match self.context.write(SetBundle { scope: BundleScope::Federated, bundle: stored }).await? {
+                Ok(saved) => results.push((item_status(tonic::Code::Ok, "OK"), Some(bundle_to_pb(&saved, mask)))),
+                Err(e) => results.push((item_status(tonic::Code::InvalidArgument, e.to_string()), None)),
             }
         }
         Ok(results)
@@ -176,9 +165,8 @@ impl Bundle for BundleService {
         }
         let x509 = raft_store::model::StoredBundle::from_bundle(&checked).x509_authorities;
         let jwt = request.jwt_authorities.iter().map(jwt_key_to_stored).collect();
-        let command =
-            Command::AppendBundle { scope: BundleScope::Local, trust_domain: td.name().to_owned(), x509, jwt };
-        let bundle = self.write_bundle(command).await?;
+        let command = AppendBundle { scope: BundleScope::Local, trust_domain: td.name().to_owned(), x509, jwt };
+        let bundle = self.append_local(command).await?;
         Ok(Response::new(bundle_to_pb(&bundle, request.output_mask.as_ref())))
     }
 
@@ -193,13 +181,13 @@ impl Bundle for BundleService {
             request.into_inner().jwt_authority.ok_or_else(|| Status::invalid_argument("jwt_authority: required"))?;
         jwt_key_checked(&key, "jwt_authority")?;
         let td = self.context.ca.config.trust_domain.clone();
-        let command = Command::AppendBundle {
+        let command = AppendBundle {
             scope: BundleScope::Local,
             trust_domain: td.name().to_owned(),
             x509: vec![],
             jwt: vec![jwt_key_to_stored(&key)],
         };
-        let bundle = self.write_bundle(command).await?;
+        let bundle = self.append_local(command).await?;
         Ok(Response::new(pb::PublishJwtAuthorityResponse {
             jwt_authorities: bundle_to_pb(&bundle, None).jwt_authorities,
         }))
@@ -308,12 +296,10 @@ impl Bundle for BundleService {
                     item_status(tonic::Code::InvalidArgument, "trust_domains: the local bundle cannot be deleted")
                 }
                 Ok(td) => {
-                    let command =
-                        Command::DeleteBundle { scope: BundleScope::Federated, trust_domain: td.name().to_owned() };
+                    let command = DeleteBundle { scope: BundleScope::Federated, trust_domain: td.name().to_owned() };
                     match self.context.write(command).await? {
-                        Outcome::Deleted(Ok(())) => item_status(tonic::Code::Ok, "OK"),
-                        Outcome::Deleted(Err(e)) => item_status(tonic::Code::NotFound, e.to_string()),
-                        other => item_status(tonic::Code::Internal, format!("unexpected outcome {other:?}")),
+                        Ok(()) => item_status(tonic::Code::Ok, "OK"),
+                        Err(e) => item_status(tonic::Code::NotFound, e.to_string()),
                     }
                 }
             };

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use super::{apply_status, ApiContext};
 use crate::ca::local_authority::{AuthorityKind, AuthorityState, AuthorityStates, Transition};
 use crate::ca::CaError;
-use raft_store::{Command, Outcome};
+use raft_store::command::{RevokeLocalX509Authority, TaintLocalX509Authority};
 
 pub struct LocalAuthorityService {
     pub context: ApiContext,
@@ -109,18 +109,13 @@ impl LocalAuthorityService {
                 ))
             })?;
         let trust_domain = bundle.trust_domain.name().to_owned();
-        let command = match change {
-            UpstreamChange::Taint => Command::TaintLocalX509Authority { trust_domain, der },
-            UpstreamChange::Revoke => Command::RevokeLocalX509Authority { trust_domain, der },
+        let written = match change {
+            UpstreamChange::Taint => self.context.write(TaintLocalX509Authority { trust_domain, der }).await?,
+            UpstreamChange::Revoke => self.context.write(RevokeLocalX509Authority { trust_domain, der }).await?,
         };
-        match self.context.write(command).await? {
-            Outcome::Bundle(Ok(_)) => {
-                tracing::info!(?change, subject_key_id = %key_id, "upstream authority changed by an admin");
-                Ok(key_id)
-            }
-            Outcome::Bundle(Err(refused)) => Err(apply_status(&refused)),
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
-        }
+        written.map_err(|refused| apply_status(&refused))?;
+        tracing::info!(?change, subject_key_id = %key_id, "upstream authority changed by an admin");
+        Ok(key_id)
     }
 }
 

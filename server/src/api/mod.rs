@@ -17,9 +17,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use identity::SpiffeId;
+use proto::reason::Reason;
 use proto::spire::api::types;
+use raft_store::node::ClusterError;
 use raft_store::node::Replica;
-use raft_store::{ApplyError, Command, Outcome};
+use raft_store::{ApplyError, Write};
 use tonic::{Code, Status};
 
 use crate::ca::replicated::ClusterCa;
@@ -66,7 +68,7 @@ impl ApiContext {
 
     /// The running replica, or Unavailable while this server belongs to no cluster.
     pub async fn replica(&self) -> Result<Arc<Replica>, Status> {
-        self.runtime.replica().await.ok_or_else(|| Status::unavailable("this server belongs to no cluster yet"))
+        self.runtime.replica().await.ok_or_else(no_cluster)
     }
 
     /// Downstream calls (nested clusters): the caller's SVID ID has a registration entry
@@ -92,25 +94,17 @@ impl ApiContext {
         agent: &raft_store::model::AttestedAgent,
     ) -> Result<std::collections::BTreeMap<String, Arc<raft_store::model::RegistrationEntry>>, Status> {
         use crate::cluster::entry_cache::EntryCacheError;
-        let (replica, entries) = self
-            .runtime
-            .replica_with_entries()
-            .await
-            .ok_or_else(|| Status::unavailable("this server belongs to no cluster yet"))?;
+        let (replica, entries) = self.runtime.replica_with_entries().await.ok_or_else(no_cluster)?;
         entries.authorized(&replica, agent, &self.server_id()?).await.map_err(|e| match e {
             EntryCacheError::Read(e) => read_failed(e),
             too_many @ EntryCacheError::TooMany(_) => Status::resource_exhausted(too_many.to_string()),
         })
     }
 
-    /// Commits a command through the cluster and returns what apply answered.
-    pub async fn write(&self, command: Command) -> Result<Outcome, Status> {
+    /// Commits a command through the cluster and returns what apply answered it with.
+    pub async fn write<W: Write>(&self, command: W) -> Result<W::Output, Status> {
         let replica = self.replica().await?;
-        let response = replica
-            .write(command)
-            .await
-            .map_err(|e| Status::unavailable(format!("the cluster did not commit the change: {e}")))?;
-        Ok(response.outcome)
+        replica.write(command).await.map_err(write_failed)
     }
 
     /// This trust domain's server ID, `spiffe://<td>/spire/server`.
@@ -146,5 +140,15 @@ pub fn item_status(code: Code, message: impl Into<String>) -> Option<types::Stat
 
 /// A read that failed inside the store.
 pub fn read_failed(e: impl std::fmt::Display) -> Status {
-    Status::unavailable(format!("cannot read the replicated state: {e}"))
+    Reason::ClusterUnavailable.status(Code::Unavailable, format!("cannot read the replicated state: {e}"))
+}
+
+/// A write the cluster did not commit (or whose fate is unknown).
+pub fn write_failed(e: ClusterError) -> Status {
+    Reason::ClusterUnavailable.status(Code::Unavailable, format!("the cluster did not commit the change: {e}"))
+}
+
+/// The answer while this server has no cluster to serve from.
+pub fn no_cluster() -> Status {
+    Reason::NoCluster.status(Code::Unavailable, "this server belongs to no cluster yet")
 }

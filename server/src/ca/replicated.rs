@@ -5,9 +5,10 @@
 use std::sync::Arc;
 
 use identity::TrustDomain;
+use raft_store::command::{PruneBundle, RecordCaEvent};
 use raft_store::model::{JournalEvent, StoredBundle};
 use raft_store::node::Replica;
-use raft_store::{BundleScope, Command, Outcome};
+use raft_store::BundleScope;
 use time::OffsetDateTime;
 
 use super::config::CaConfig;
@@ -28,12 +29,9 @@ fn replication(e: impl std::fmt::Display) -> CaError {
 #[async_trait::async_trait]
 impl JournalSink for RaftJournal<'_> {
     async fn commit(&self, trust_domain: &TrustDomain, event: &JournalEvent) -> Result<(), CaError> {
-        let command = Command::CaJournal { trust_domain: trust_domain.name().to_owned(), event: event.clone() };
-        match self.replica.write(command).await.map_err(replication)?.outcome {
-            Outcome::CaJournal(Ok(_)) => Ok(()),
-            Outcome::CaJournal(Err(refused)) => Err(replication(format!("journal refused the change: {refused}"))),
-            other => Err(replication(format!("unexpected outcome {other:?}"))),
-        }
+        let command = RecordCaEvent { trust_domain: trust_domain.name().to_owned(), event: event.clone() };
+        let recorded = self.replica.write(command).await.map_err(replication)?;
+        recorded.map(|_| ()).map_err(|refused| replication(format!("journal refused the change: {refused}")))
     }
 
     async fn prune(
@@ -42,17 +40,14 @@ impl JournalSink for RaftJournal<'_> {
         now: OffsetDateTime,
         expired_x509: Vec<Vec<u8>>,
     ) -> Result<(), CaError> {
-        let command = Command::PruneBundle {
+        let command = PruneBundle {
             scope: BundleScope::Local,
             trust_domain: trust_domain.name().to_owned(),
             expired_before: now.unix_timestamp(),
             expired_x509,
         };
-        match self.replica.write(command).await.map_err(replication)?.outcome {
-            Outcome::Bundle(Ok(_)) => Ok(()),
-            Outcome::Bundle(Err(refused)) => Err(replication(format!("bundle prune refused: {refused}"))),
-            other => Err(replication(format!("unexpected outcome {other:?}"))),
-        }
+        let pruned = self.replica.write(command).await.map_err(replication)?;
+        pruned.map(|_| ()).map_err(|refused| replication(format!("bundle prune refused: {refused}")))
     }
 }
 

@@ -7,10 +7,10 @@ use std::sync::{Arc, OnceLock, Weak};
 
 use identity::crypto::PublicKey;
 use identity::TrustDomain;
-use raft_store::model::ReplicaInvite;
+use raft_store::command::ConsumeReplicaInvite;
 use raft_store::network::JoinHandler;
 use raft_store::node::Replica;
-use raft_store::{ApplyError, Command, Outcome};
+use raft_store::ApplyError;
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
@@ -81,19 +81,16 @@ impl JoinHandler for Admission {
         }
 
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let consume = Command::ConsumeReplicaInvite { secret_sha256: Invite::secret_sha256(&request.secret), now };
-        let response =
+        let consume = ConsumeReplicaInvite { secret_sha256: Invite::secret_sha256(&request.secret), now };
+        let consumed =
             replica.write(consume).await.map_err(|e| Status::unavailable(format!("cannot consume the invite: {e}")))?;
-        match response.outcome {
-            Outcome::ReplicaInvite(Ok(ReplicaInvite { .. })) => {}
-            Outcome::ReplicaInvite(Err(ApplyError::NotFound(_))) => {
-                tracing::warn!(node_id = request.node_id, "join refused: unknown or already used invite");
+        match consumed {
+            Ok(_) => {}
+            Err(ApplyError::FailedPrecondition(_)) => return Err(Status::permission_denied("invite has expired")),
+            Err(e) => {
+                tracing::warn!(node_id = request.node_id, error = %e, "join refused: unknown or already used invite");
                 return Err(Status::permission_denied("invite is unknown or already used"));
             }
-            Outcome::ReplicaInvite(Err(ApplyError::FailedPrecondition(_))) => {
-                return Err(Status::permission_denied("invite has expired"))
-            }
-            other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
         let replica_cert_der = self
             .authority

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use raft_store::command::PruneChangeLog;
 use raft_store::node::Replica;
-use raft_store::Command;
 
 use super::runtime::ClusterRuntime;
 
@@ -45,7 +45,7 @@ pub async fn prune_once(replica: &Replica, keep: u64, floor: u64) -> Option<u64>
     if before < floor + (keep / 10).max(1) {
         return None;
     }
-    match replica.write(Command::PruneChangeLog { before_revision: before }).await {
+    match replica.write(PruneChangeLog { before_revision: before }).await {
         Ok(_) => {
             tracing::debug!(before, "change log pruned");
             Some(before)

@@ -11,10 +11,10 @@ use std::time::Duration;
 use identity::bundle::Bundle;
 use identity::crypto::{KeyType, LocalKey, Signer};
 use identity::TrustDomain;
+use raft_store::command::CreateReplicaInvite;
 use raft_store::model::ReplicaInvite;
 use raft_store::network::tls::{joiner_endpoint, ClusterTls};
 use raft_store::node::{ClusterStatus, Replica, ReplicaConfig, Timing};
-use raft_store::{Command, Outcome};
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
@@ -235,15 +235,11 @@ impl ClusterRuntime {
         let invite = Invite::generate(&ca_cert_der, addresses)?;
         let ttl_secs = i64::try_from(ttl.as_secs()).map_err(|_| ClusterSetupError::Invite("ttl too long".into()))?;
         let expires_at = time::OffsetDateTime::now_utc().unix_timestamp() + ttl_secs;
-        let command = Command::CreateReplicaInvite(ReplicaInvite {
-            secret_sha256: Invite::secret_sha256(&invite.secret),
-            expires_at,
-        });
-        let response = replica.write(command).await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
-        match response.outcome {
-            Outcome::ReplicaInvite(Ok(_)) => Ok((invite.encode()?, expires_at)),
-            other => Err(ClusterSetupError::Replica(format!("invite not stored: {other:?}"))),
-        }
+        let command =
+            CreateReplicaInvite(ReplicaInvite { secret_sha256: Invite::secret_sha256(&invite.secret), expires_at });
+        let stored = replica.write(command).await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
+        stored.map_err(|e| ClusterSetupError::Replica(format!("invite not stored: {e}")))?;
+        Ok((invite.encode()?, expires_at))
     }
 
     /// Joins this pristine replica to the cluster `token` names and waits until it votes.

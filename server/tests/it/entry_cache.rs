@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use identity::{Selector, SpiffeId};
+use raft_store::command::*;
 use raft_store::model::{AttestedAgent, RegistrationEntry};
 use raft_store::testing::TestCluster;
-use raft_store::Command;
 use server::cluster::entry_cache::EntryCache;
 
 const AGENT: &str = "spiffe://example.org/spire/agent/join_token/a";
@@ -49,7 +49,7 @@ async fn the_cache_follows_changes_on_every_replica_and_reloads_only_after_a_pru
     let follower = cluster.follower(leader);
     let (on_leader, on_follower) = (&cluster.replicas[&leader], &cluster.replicas[&follower]);
     on_leader
-        .write(Command::CreateEntries(vec![
+        .write_command(Command::CreateEntries(CreateEntries(vec![
             entry("direct", "spiffe://example.org/web", AGENT, &["unix:uid:1"]),
             // A node alias whose selectors the agent has, one it lacks, and their children.
             entry("alias", "spiffe://example.org/blue-nodes", SERVER, &["k8s:cluster:blue"]),
@@ -58,7 +58,7 @@ async fn the_cache_follows_changes_on_every_replica_and_reloads_only_after_a_pru
             entry("not-mine", "spiffe://example.org/cache", "spiffe://example.org/red-nodes", &["unix:uid:3"]),
             // A descendant of an authorized workload.
             entry("grandchild", "spiffe://example.org/web/sidecar", "spiffe://example.org/web", &["unix:uid:4"]),
-        ]))
+        ])))
         .await
         .unwrap();
 
@@ -74,10 +74,15 @@ async fn the_cache_follows_changes_on_every_replica_and_reloads_only_after_a_pru
     // on the next call (read-your-writes on the replica that applied them), by delta.
     let moved =
         entry("grandchild", "spiffe://example.org/web/sidecar", "spiffe://example.org/red-nodes", &["unix:uid:4"]);
-    on_follower.write(Command::UpdateEntries(vec![moved])).await.unwrap();
-    on_follower.write(Command::DeleteEntries(vec!["alias".into()])).await.unwrap();
+    on_follower.write_command(Command::UpdateEntries(UpdateEntries(vec![moved]))).await.unwrap();
+    on_follower.write_command(Command::DeleteEntries(DeleteEntries(vec!["alias".into()]))).await.unwrap();
     on_follower
-        .write(Command::CreateEntries(vec![entry("new", "spiffe://example.org/new", AGENT, &["unix:uid:5"])]))
+        .write_command(Command::CreateEntries(CreateEntries(vec![entry(
+            "new",
+            "spiffe://example.org/new",
+            AGENT,
+            &["unix:uid:5"],
+        )])))
         .await
         .unwrap();
     assert_eq!(authorized_ids(&leader_cache, on_leader).await, ids(&["direct", "new"]));
@@ -96,15 +101,26 @@ async fn the_cache_follows_changes_on_every_replica_and_reloads_only_after_a_pru
 
     // Prune the change log past the cache's revision: the next call reloads, once.
     on_leader
-        .write(Command::CreateEntries(vec![entry("late", "spiffe://example.org/late", AGENT, &["unix:uid:6"])]))
+        .write_command(Command::CreateEntries(CreateEntries(vec![entry(
+            "late",
+            "spiffe://example.org/late",
+            AGENT,
+            &["unix:uid:6"],
+        )])))
         .await
         .unwrap();
-    let head = on_leader.write(Command::DeleteEntries(vec!["direct".into()])).await.unwrap().revision;
-    on_leader.write(Command::PruneChangeLog { before_revision: head + 1 }).await.unwrap();
+    let head =
+        on_leader.write_command(Command::DeleteEntries(DeleteEntries(vec!["direct".into()]))).await.unwrap().revision;
+    on_leader.write_command(Command::PruneChangeLog(PruneChangeLog { before_revision: head + 1 })).await.unwrap();
     assert_eq!(authorized_ids(&leader_cache, on_leader).await, ids(&["new", "late"]));
     assert_eq!(leader_cache.reloads(), 2, "a pruned change log means one reload");
     on_leader
-        .write(Command::CreateEntries(vec![entry("after", "spiffe://example.org/after", AGENT, &["unix:uid:7"])]))
+        .write_command(Command::CreateEntries(CreateEntries(vec![entry(
+            "after",
+            "spiffe://example.org/after",
+            AGENT,
+            &["unix:uid:7"],
+        )])))
         .await
         .unwrap();
     assert_eq!(authorized_ids(&leader_cache, on_leader).await, ids(&["new", "late", "after"]));
@@ -120,12 +136,12 @@ async fn the_leader_prunes_the_change_log_behind_what_it_keeps() {
     let replica = &cluster.replicas[&leader];
     for i in 0..30 {
         replica
-            .write(Command::CreateEntries(vec![entry(
+            .write_command(Command::CreateEntries(CreateEntries(vec![entry(
                 &format!("e{i}"),
                 &format!("spiffe://example.org/w/{i}"),
                 AGENT,
                 &["unix:uid:1"],
-            )]))
+            )])))
             .await
             .unwrap();
     }

@@ -16,39 +16,31 @@ use crate::command::{Command, Outcome};
 /// failures are errors.
 pub fn apply_command(txn: &mut Txn<'_>, command: &Command, revision: u64) -> Result<Outcome, TxnError> {
     Ok(match command {
-        Command::CreateEntries(entries) => entries::create(txn, entries, revision)?,
-        Command::UpdateEntries(entries) => entries::update(txn, entries, revision)?,
-        Command::DeleteEntries(ids) => entries::delete(txn, ids)?,
-        Command::CreateAgent(agent) => agents::create(txn, agent)?,
-        Command::UpdateAgent(agent) => agents::update(txn, agent)?,
-        Command::SetAgentNewSerial { spiffe_id, serial_number, expires_at } => {
-            agents::set_new_serial(txn, spiffe_id, serial_number, *expires_at)?
-        }
-        Command::PromoteAgentSerial { spiffe_id, serial_number } => {
-            agents::promote_serial(txn, spiffe_id, serial_number)?
-        }
-        Command::BanAgent { spiffe_id } => agents::ban(txn, spiffe_id)?,
-        Command::DeleteAgent { spiffe_id } => agents::delete(txn, spiffe_id)?,
-        Command::CreateJoinToken(token) => tokens::create(txn, token)?,
-        Command::ConsumeJoinToken { token, now } => tokens::consume(txn, token, *now)?,
-        Command::PruneJoinTokens { expired_before } => tokens::prune(txn, *expired_before)?,
-        Command::SetBundle { scope, bundle } => bundles::set(txn, *scope, bundle)?,
-        Command::AppendBundle { scope, trust_domain, x509, jwt } => {
-            bundles::append(txn, *scope, trust_domain, x509, jwt)?
-        }
-        Command::PruneBundle { scope, trust_domain, expired_before, expired_x509 } => {
-            bundles::prune(txn, *scope, trust_domain, *expired_before, expired_x509)?
-        }
-        Command::DeleteBundle { scope, trust_domain } => bundles::delete(txn, *scope, trust_domain)?,
-        Command::TaintLocalX509Authority { trust_domain, der } => bundles::taint_x509(txn, trust_domain, der)?,
-        Command::RevokeLocalX509Authority { trust_domain, der } => bundles::revoke_x509(txn, trust_domain, der)?,
-        Command::CaJournal { trust_domain, event } => ca::apply(txn, trust_domain, event)?,
-        Command::CreateFederationRelationship(r) => federation::create(txn, r)?,
-        Command::PruneChangeLog { before_revision } => prune_change_log(txn, *before_revision)?,
-        Command::UpdateFederationRelationship(r) => federation::update(txn, r)?,
-        Command::DeleteFederationRelationship { trust_domain } => federation::delete(txn, trust_domain)?,
-        Command::CreateReplicaInvite(invite) => invites::create(txn, invite)?,
-        Command::ConsumeReplicaInvite { secret_sha256, now } => invites::consume(txn, secret_sha256, *now)?,
+        Command::CreateEntries(c) => entries::create(txn, &c.0, revision)?,
+        Command::UpdateEntries(c) => entries::update(txn, &c.0, revision)?,
+        Command::DeleteEntries(c) => entries::delete(txn, &c.0)?,
+        Command::CreateAgent(c) => agents::create(txn, &c.0)?,
+        Command::UpdateAgent(c) => agents::update(txn, &c.0)?,
+        Command::SetAgentNewSerial(c) => agents::set_new_serial(txn, &c.spiffe_id, &c.serial_number, c.expires_at)?,
+        Command::PromoteAgentSerial(c) => agents::promote_serial(txn, &c.spiffe_id, &c.serial_number)?,
+        Command::BanAgent(c) => agents::ban(txn, &c.spiffe_id)?,
+        Command::DeleteAgent(c) => agents::delete(txn, &c.spiffe_id)?,
+        Command::CreateJoinToken(c) => tokens::create(txn, &c.0)?,
+        Command::ConsumeJoinToken(c) => tokens::consume(txn, &c.token, c.now)?,
+        Command::PruneJoinTokens(c) => tokens::prune(txn, c.expired_before)?,
+        Command::SetBundle(c) => bundles::set(txn, c.scope, &c.bundle)?,
+        Command::AppendBundle(c) => bundles::append(txn, c.scope, &c.trust_domain, &c.x509, &c.jwt)?,
+        Command::PruneBundle(c) => bundles::prune(txn, c.scope, &c.trust_domain, c.expired_before, &c.expired_x509)?,
+        Command::DeleteBundle(c) => bundles::delete(txn, c.scope, &c.trust_domain)?,
+        Command::TaintLocalX509Authority(c) => bundles::taint_x509(txn, &c.trust_domain, &c.der)?,
+        Command::RevokeLocalX509Authority(c) => bundles::revoke_x509(txn, &c.trust_domain, &c.der)?,
+        Command::CaJournal(c) => ca::apply(txn, &c.trust_domain, &c.event)?,
+        Command::CreateFederationRelationship(c) => federation::create(txn, &c.0)?,
+        Command::UpdateFederationRelationship(c) => federation::update(txn, &c.0)?,
+        Command::DeleteFederationRelationship(c) => federation::delete(txn, &c.trust_domain)?,
+        Command::PruneChangeLog(c) => prune_change_log(txn, c.before_revision)?,
+        Command::CreateReplicaInvite(c) => invites::create(txn, &c.0)?,
+        Command::ConsumeReplicaInvite(c) => invites::consume(txn, &c.secret_sha256, c.now)?,
         // The state machine applies a batch's commands one by one, each with its own revision.
         Command::Batch(_) => Outcome::None,
     })

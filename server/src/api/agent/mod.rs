@@ -5,8 +5,12 @@ use identity::{Selector, SpiffeId};
 use proto::spire::api::server::agent::v1 as pb;
 use proto::spire::api::server::agent::v1::agent_server::Agent;
 use proto::spire::api::types;
+use raft_store::command::{
+    BanAgent, ConsumeJoinToken, CreateAgent, CreateEntries, CreateJoinToken, DeleteAgent, SetAgentNewSerial,
+    UpdateAgent,
+};
 use raft_store::model::{AttestedAgent, JoinToken, RegistrationEntry};
-use raft_store::{ApplyError, Command, Outcome};
+use raft_store::ApplyError;
 use tonic::{Request, Response, Status};
 
 use super::convert::{spiffe_id_from_pb, spiffe_id_to_pb};
@@ -212,12 +216,12 @@ impl AgentService {
             banned: false,
             can_reattest: reattestable,
         };
-        let command = if existing.is_some() { Command::UpdateAgent(agent) } else { Command::CreateAgent(agent) };
-        match self.context.write(command).await? {
-            Outcome::Agent(Ok(_)) => {}
-            Outcome::Agent(Err(e)) => return Err(apply_status(&e)),
-            other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
-        }
+        let written = if existing.is_some() {
+            self.context.write(UpdateAgent(agent)).await?
+        } else {
+            self.context.write(CreateAgent(agent)).await?
+        };
+        written.map_err(|e| apply_status(&e))?;
         tracing::info!(agent = %agent_id, attestor = %data.r#type, "agent attested");
         metrics::counter!("testudo_agent_attestations_total", "attestor" => data.r#type).increment(1);
         Ok(pb::attest_agent_response::Result { svid: Some(svid), reattestable })
@@ -229,15 +233,10 @@ impl AgentService {
             .map_err(|_| Status::invalid_argument("params.data.payload: the join token is not UTF-8"))?;
         check_token(token).map_err(|e| Status::invalid_argument(format!("params.data.payload: {}", e.message())))?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        match self.context.write(Command::ConsumeJoinToken { token: token.to_owned(), now }).await? {
-            Outcome::JoinToken(Ok(_)) => {}
-            Outcome::JoinToken(Err(ApplyError::FailedPrecondition(_))) => {
-                return Err(Status::permission_denied("join token expired"))
-            }
-            Outcome::JoinToken(Err(_)) => {
-                return Err(Status::permission_denied("join token does not exist or has already been used"))
-            }
-            other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        match self.context.write(ConsumeJoinToken { token: token.to_owned(), now }).await? {
+            Ok(_) => {}
+            Err(ApplyError::FailedPrecondition(_)) => return Err(Status::permission_denied("join token expired")),
+            Err(_) => return Err(Status::permission_denied("join token does not exist or has already been used")),
         }
         let td = self.context.ca.config.trust_domain.name();
         let id = SpiffeId::parse(&format!("spiffe://{td}/spire/agent/join_token/{token}"))
@@ -368,21 +367,15 @@ impl Agent for AgentService {
     async fn delete_agent(&self, request: Request<pb::DeleteAgentRequest>) -> Result<Response<()>, Status> {
         self.context.require_admin(&request).await?;
         let id = self.agent_id(request.get_ref().id.as_ref())?;
-        match self.context.write(Command::DeleteAgent { spiffe_id: id.to_string() }).await? {
-            Outcome::Deleted(Ok(())) => Ok(Response::new(())),
-            Outcome::Deleted(Err(e)) => Err(apply_status(&e)),
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
-        }
+        self.context.write(DeleteAgent { spiffe_id: id.to_string() }).await?.map_err(|e| apply_status(&e))?;
+        Ok(Response::new(()))
     }
 
     async fn ban_agent(&self, request: Request<pb::BanAgentRequest>) -> Result<Response<()>, Status> {
         self.context.require_admin(&request).await?;
         let id = self.agent_id(request.get_ref().id.as_ref())?;
-        match self.context.write(Command::BanAgent { spiffe_id: id.to_string() }).await? {
-            Outcome::Agent(Ok(_)) => Ok(Response::new(())),
-            Outcome::Agent(Err(e)) => Err(apply_status(&e)),
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
-        }
+        self.context.write(BanAgent { spiffe_id: id.to_string() }).await?.map_err(|e| apply_status(&e))?;
+        Ok(Response::new(()))
     }
 
     type AttestAgentStream = tokio_stream::wrappers::ReceiverStream<Result<pb::AttestAgentResponse, Status>>;
@@ -424,16 +417,13 @@ impl Agent for AgentService {
         let public_key = identity::x509::public_key_from_csr(&csr)
             .map_err(|e| Status::invalid_argument(format!("params.csr: {e}")))?;
         let (svid, serial) = self.mint_agent_svid(&replica, &agent.spiffe_id, public_key).await?;
-        let command = Command::SetAgentNewSerial {
+        let command = SetAgentNewSerial {
             spiffe_id: agent.spiffe_id.to_string(),
             serial_number: serial,
             expires_at: svid.expires_at,
         };
-        match self.context.write(command).await? {
-            Outcome::Agent(Ok(_)) => Ok(Response::new(pb::RenewAgentResponse { svid: Some(svid) })),
-            Outcome::Agent(Err(e)) => Err(apply_status(&e)),
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
-        }
+        self.context.write(command).await?.map_err(|e| apply_status(&e))?;
+        Ok(Response::new(pb::RenewAgentResponse { svid: Some(svid) }))
     }
 
     async fn create_join_token(
@@ -469,21 +459,15 @@ impl Agent for AgentService {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let expires_at = now + i64::from(request.ttl);
         let stored = JoinToken { token: token.clone(), expires_at, agent_id: alias.as_ref().map(ToString::to_string) };
-        match self.context.write(Command::CreateJoinToken(stored)).await? {
-            Outcome::JoinToken(Ok(_)) => {}
-            Outcome::JoinToken(Err(e)) => return Err(apply_status(&e)),
-            other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
-        }
+        self.context.write(CreateJoinToken(stored)).await?.map_err(|e| apply_status(&e))?;
         if let Some(alias) = alias {
             // As SPIRE does: an entry that makes the token's agent also `agent_id`.
             let selector =
                 Selector::new("spiffe_id", &agent_path_id.to_string()).map_err(|e| Status::internal(e.to_string()))?;
             let mut entry = RegistrationEntry::new(super::entry::new_entry_id()?, alias, agent_path_id, vec![selector]);
             entry.created_at = now;
-            if let Outcome::Entries(results) = self.context.write(Command::CreateEntries(vec![entry])).await? {
-                if let Some(Err(e)) = results.into_iter().next() {
-                    return Err(apply_status(&e));
-                }
+            if let Some(Err(e)) = self.context.write(CreateEntries(vec![entry])).await?.into_iter().next() {
+                return Err(apply_status(&e));
             }
         }
         Ok(Response::new(types::JoinToken { value: token, expires_at }))

@@ -7,8 +7,9 @@ mod filter;
 use proto::spire::api::server::entry::v1 as pb;
 use proto::spire::api::server::entry::v1::entry_server::Entry;
 use proto::spire::api::types;
+use raft_store::command::{CreateEntries, DeleteEntries, UpdateEntries};
 use raft_store::model::{EntryWritten, RegistrationEntry};
-use raft_store::{ApplyError, Command, Outcome, StoreReader};
+use raft_store::{ApplyError, StoreReader, Write};
 use tonic::{Code, Request, Response, Status};
 
 pub use convert::{check_entry_id, check_workload_id, entry_from_pb, entry_to_pb, new_entry_id};
@@ -50,20 +51,12 @@ impl EntryService {
         Ok((authorized, agent))
     }
 
-    /// Writes a batch command and returns its per-item outcomes, in order.
-    async fn write_entries(&self, command: Command) -> Result<Vec<Result<EntryWritten, ApplyError>>, Status> {
-        match self.context.write(command).await? {
-            Outcome::Entries(results) => Ok(results),
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
-        }
-    }
-
     /// Writes the items that passed their checks as one command, and answers every item in
     /// request order: its refusal, or the outcome of the write.
-    async fn write_checked(
+    async fn write_checked<W: Write<Output = Vec<Result<EntryWritten, ApplyError>>>>(
         &self,
         checked: Vec<Result<RegistrationEntry, Status>>,
-        command: fn(Vec<RegistrationEntry>) -> Command,
+        command: fn(Vec<RegistrationEntry>) -> W,
         mask: Option<&types::EntryMask>,
     ) -> Result<Vec<(Option<types::Status>, Option<types::Entry>)>, Status> {
         // `entry_from_pb` (every create and update goes through it) normalises, so apply
@@ -71,7 +64,7 @@ impl EntryService {
         // stored entry is built from ours.
         let valid: Vec<RegistrationEntry> = checked.iter().filter_map(|c| c.as_ref().ok().cloned()).collect();
         let mut written =
-            if valid.is_empty() { Vec::new() } else { self.write_entries(command(valid)).await? }.into_iter();
+            if valid.is_empty() { Vec::new() } else { self.context.write(command(valid)).await? }.into_iter();
         Ok(checked
             .into_iter()
             .map(|item| match item {
@@ -214,8 +207,7 @@ impl Entry for EntryService {
             };
             id.and_then(|id| entry_from_pb(entry, td, id, now))
         });
-        let results =
-            self.write_checked(checked.collect(), Command::CreateEntries, request.output_mask.as_ref()).await?;
+        let results = self.write_checked(checked.collect(), CreateEntries, request.output_mask.as_ref()).await?;
         let results = results
             .into_iter()
             .map(|(status, entry)| pb::batch_create_entry_response::Result { status, entry })
@@ -243,7 +235,7 @@ impl Entry for EntryService {
                 },
             });
         }
-        let results = self.write_checked(checked, Command::UpdateEntries, request.output_mask.as_ref()).await?;
+        let results = self.write_checked(checked, UpdateEntries, request.output_mask.as_ref()).await?;
         let results = results
             .into_iter()
             .map(|(status, entry)| pb::batch_update_entry_response::Result { status, entry })
@@ -272,14 +264,8 @@ impl Entry for EntryService {
                 })),
             }
         }
-        let outcomes = if valid.is_empty() {
-            Vec::new()
-        } else {
-            match self.context.write(Command::DeleteEntries(valid.clone())).await? {
-                Outcome::DeletedEntries(results) => results,
-                other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
-            }
-        };
+        let outcomes =
+            if valid.is_empty() { Vec::new() } else { self.context.write(DeleteEntries(valid.clone())).await? };
         let mut outcomes = outcomes.into_iter().zip(valid);
         let results = results
             .into_iter()
