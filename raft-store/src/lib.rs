@@ -5,6 +5,7 @@
 // openraft's StorageError is large, and the storage traits return it by value.
 #![allow(clippy::result_large_err)]
 
+pub mod applied;
 pub mod backup;
 pub mod codec;
 pub mod command;
@@ -25,6 +26,7 @@ pub mod types;
 
 use std::path::Path;
 
+pub use applied::{Applied, AppliedFeed};
 pub use command::{ApplyError, BundleScope, Change, ChangeSet, Command, Outcome, Response, Table, Write};
 pub use db::OpenError;
 pub use log_store::{ApplyProgress, LogStore};
@@ -33,11 +35,12 @@ pub use query::{EntryChanges, Page, ReadError, StoreReader};
 pub use state_machine::{SnapshotBuilder, StateMachine};
 pub use types::{NodeId, ReplicaNode, TypeConfig};
 
-/// The three views of one replica's data directory.
+/// The views of one replica's data directory, and where its apply announces.
 pub struct OpenedStore {
     pub log: LogStore,
     pub state_machine: StateMachine,
     pub reader: StoreReader,
+    pub applied: AppliedFeed,
     pub header: db::Header,
 }
 
@@ -46,13 +49,18 @@ pub struct OpenedStore {
 pub async fn open_store(data_dir: &Path, node_id: NodeId, cluster_id: &str) -> Result<OpenedStore, OpenError> {
     let dir = data_dir.to_path_buf();
     let cluster = cluster_id.to_owned();
-    let store = tokio::task::spawn_blocking(move || db::open(&dir, node_id, &cluster))
-        .await
-        .map_err(|e| OpenError::Io { path: data_dir.to_path_buf(), reason: e.to_string() })??;
-    let log = LogStore::new(store.db.clone()).map_err(|e| OpenError::Io {
-        path: data_dir.to_path_buf(),
-        reason: format!("cannot start the log sync thread: {e}"),
-    })?;
-    let state_machine = StateMachine::new(store.db.clone(), data_dir.join("snapshots"), log.apply_progress());
-    Ok(OpenedStore { log, state_machine, reader: StoreReader::new(store.db), header: store.header })
+    let io = |reason: String| OpenError::Io { path: data_dir.to_path_buf(), reason };
+    let (store, revision) = tokio::task::spawn_blocking(move || {
+        let store = db::open(&dir, node_id, &cluster)?;
+        let revision = state_machine::read_revision(&store.db)
+            .map_err(|e| OpenError::Corrupt { path: dir.clone(), reason: e.to_string() })?;
+        Ok::<_, OpenError>((store, revision))
+    })
+    .await
+    .map_err(|e| io(e.to_string()))??;
+    let log = LogStore::new(store.db.clone()).map_err(|e| io(format!("cannot start the log sync thread: {e}")))?;
+    let applied = AppliedFeed::new(revision);
+    let state_machine =
+        StateMachine::new(store.db.clone(), data_dir.join("snapshots"), log.apply_progress(), applied.clone());
+    Ok(OpenedStore { log, state_machine, reader: StoreReader::new(store.db), applied, header: store.header })
 }

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
+use crate::applied::AppliedFeed;
 use crate::command::{Command, Response, Write};
 use crate::membership::{add_member_step, remove_member, AddProgress};
 use crate::network::tls::{server_config, ClusterTls, PresentedCertificate, TlsError};
@@ -138,6 +139,7 @@ pub struct Replica {
     raft: Raft,
     proposer: Proposer,
     reader: StoreReader,
+    applied: AppliedFeed,
     client: ClusterClient,
     address: SocketAddr,
     node: ReplicaNode,
@@ -213,6 +215,7 @@ impl Replica {
             raft,
             proposer,
             reader: store.reader,
+            applied: store.applied,
             client,
             address,
             node,
@@ -368,6 +371,11 @@ impl Replica {
             }
             Err(e) => Err(ClusterError::Unavailable(e.to_string())),
         }
+    }
+
+    /// Where this replica's apply announces what it changed.
+    pub fn applied(&self) -> &AppliedFeed {
+        &self.applied
     }
 
     /// This replica's applied state, which may lag the leader by a moment.

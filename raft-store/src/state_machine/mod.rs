@@ -14,6 +14,7 @@ use rocksdb::DB;
 
 pub use snapshot::SnapshotBuilder;
 
+use crate::applied::{Applied, AppliedFeed};
 use crate::codec::{self, u64_key};
 use crate::command::{ChangeSet, Command, Outcome, Response};
 use crate::db::{cf, unlogged};
@@ -28,6 +29,13 @@ pub struct StateMachine {
     snapshot_dir: PathBuf,
     /// Tells the log's in-memory tail how far apply has come.
     progress: ApplyProgress,
+    /// Where every applied change is announced.
+    applied: AppliedFeed,
+}
+
+/// The revision of the last applied command (0 in a new store). Blocking.
+pub(crate) fn read_revision(db: &DB) -> Result<u64, StorageError> {
+    Ok(read_sm(db, sm_key::REVISION, "revision")?.unwrap_or(0))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -46,19 +54,22 @@ pub(crate) fn read_sm<T: serde::de::DeserializeOwned>(
 }
 
 impl StateMachine {
-    pub fn new(db: Arc<DB>, snapshot_dir: PathBuf, progress: ApplyProgress) -> Self {
-        Self { db, snapshot_dir, progress }
+    pub fn new(db: Arc<DB>, snapshot_dir: PathBuf, progress: ApplyProgress, applied: AppliedFeed) -> Self {
+        Self { db, snapshot_dir, progress, applied }
     }
 
     /// Applies entries in one transaction and one RocksDB write. Each entry still gets its
     /// own revision and change-log record; reads inside the transaction see earlier entries.
-    fn apply_all(db: &DB, entries: &[Entry]) -> Result<Vec<Response>, StorageError> {
-        let Some(last) = entries.last() else { return Ok(Vec::new()) };
+    fn apply_all(db: &DB, entries: &[Entry]) -> Result<(Vec<Response>, Applied), StorageError> {
+        let Some(last) = entries.last() else {
+            return Ok((Vec::new(), Applied::Changes { revision: read_revision(db)?, sets: Arc::new([]) }));
+        };
         let write_err =
             |log_id, e: &dyn std::error::Error| StorageError::from(StorageIOError::apply(log_id, anyerror_of(e)));
-        let mut revision: u64 = read_sm(db, sm_key::REVISION, "revision")?.unwrap_or(0);
+        let mut revision = read_revision(db)?;
         let mut txn = Txn::new(db);
         let mut responses = Vec::with_capacity(entries.len());
+        let mut sets = Vec::new();
         for entry in entries {
             let outcome = match &entry.payload {
                 EntryPayload::Blank => Outcome::None,
@@ -70,7 +81,7 @@ impl StateMachine {
                 }
                 EntryPayload::Normal(command) => {
                     responses.push(
-                        Self::apply_one(&mut txn, command.command(), &mut revision)
+                        Self::apply_one(&mut txn, command.command(), &mut revision, &mut sets)
                             .map_err(|e| write_err(entry.log_id, &e))?,
                     );
                     continue;
@@ -84,17 +95,22 @@ impl StateMachine {
         // Not logged: the entries are durable in the Raft log, and a crash only takes the
         // state back to its last (atomic) flush, from which the log is applied again.
         db.write_opt(txn.into_batch(), &unlogged()).map_err(|e| write_err(last.log_id, &e))?;
-        Ok(responses)
+        Ok((responses, Applied::Changes { revision, sets: sets.into() }))
     }
 }
 
 impl StateMachine {
     /// Applies one command (a batch: each of its commands in order), bumping the revision
     /// and recording the change set of each.
-    fn apply_one(txn: &mut Txn<'_>, command: &Command, revision: &mut u64) -> Result<Response, txn::TxnError> {
+    fn apply_one(
+        txn: &mut Txn<'_>,
+        command: &Command,
+        revision: &mut u64,
+        sets: &mut Vec<ChangeSet>,
+    ) -> Result<Response, txn::TxnError> {
         if let Command::Batch(commands) = command {
             let responses =
-                commands.iter().map(|c| Self::apply_one(txn, c, revision)).collect::<Result<Vec<_>, _>>()?;
+                commands.iter().map(|c| Self::apply_one(txn, c, revision, sets)).collect::<Result<Vec<_>, _>>()?;
             return Ok(Response { revision: *revision, outcome: Outcome::Batch(responses) });
         }
         *revision += 1;
@@ -103,6 +119,7 @@ impl StateMachine {
         if !changes.is_empty() {
             let set = ChangeSet { revision: *revision, changes };
             txn.put_raw(Cf::ChangeLog, u64_key(*revision).to_vec(), codec::encode("change set", &set)?);
+            sets.push(set);
         }
         Ok(Response { revision: *revision, outcome })
     }
@@ -133,8 +150,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let Some(last) = entries.last().map(|e| e.log_id.index) else { return Ok(Vec::new()) };
         let db = self.db.clone();
-        let responses = blocking(move || Self::apply_all(&db, &entries)).await?;
+        let (responses, applied) = blocking(move || Self::apply_all(&db, &entries)).await?;
         self.progress.applied(last);
+        self.applied.publish(applied);
         Ok(responses)
     }
 
@@ -154,7 +172,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (db, dir, meta) = (self.db.clone(), self.snapshot_dir.clone(), meta.clone());
         let data = snapshot.into_inner();
         let (last, bytes) = (meta.last_log_id, data.len());
-        blocking(move || snapshot::install(&db, &dir, &meta, data)).await?;
+        let revision = blocking(move || {
+            snapshot::install(&db, &dir, &meta, data)?;
+            read_revision(&db)
+        })
+        .await?;
+        self.applied.publish(Applied::Replaced { revision });
         tracing::info!(last_log_id = ?last, bytes, "installed a snapshot from the leader");
         Ok(())
     }

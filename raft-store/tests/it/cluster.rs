@@ -176,6 +176,45 @@ async fn a_wiped_replica_catches_up_by_snapshot() {
     let snapshot = cluster.replicas[&victim].raft().metrics().borrow().snapshot;
     assert!(snapshot.is_some(), "the wiped replica was sent a snapshot");
     assert_eq!(cluster.reader(victim).entries_by_selector("unix:uid:1").await.unwrap().len(), 120);
+    // Installing the snapshot moved the announced revision to the leader's.
+    let leader_revision = cluster.replicas[&leader].applied().current_revision();
+    let victim_feed = cluster.replicas[&victim].applied().clone();
+    let reached =
+        eventually(Duration::from_secs(10), || (victim_feed.current_revision() == leader_revision).then_some(())).await;
+    assert!(reached.is_some(), "the wiped replica announces revision {leader_revision}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_announces_every_change_with_its_revision_on_every_replica() {
+    let cluster = TestCluster::start(3, 10_000).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.follower(leader);
+    let mut announced = cluster.replicas[&follower].applied().subscribe();
+
+    // Typed writes answer with their own result type.
+    let written = cluster.replicas[&leader]
+        .write(CreateEntries(vec![entry("a1", "spiffe://example.org/a1", NODE, &["unix:uid:1"])]))
+        .await
+        .unwrap();
+    assert!(written[0].is_ok());
+    let deleted = cluster.replicas[&follower].write(DeleteEntries(vec!["a1".into(), "missing".into()])).await.unwrap();
+    assert!(deleted[0].is_ok() && matches!(deleted[1], Err(raft_store::ApplyError::NotFound(_))));
+
+    // The follower announced both revisions, in order, with the rows each changed.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let next = tokio::time::timeout(Duration::from_secs(10), announced.recv()).await.expect("announced").unwrap();
+        if let raft_store::Applied::Changes { sets, revision } = next {
+            assert!(sets.last().is_none_or(|s| s.revision <= revision));
+            seen.extend(sets.iter().cloned());
+        }
+    }
+    let entry_changes: Vec<(String, bool)> =
+        seen.iter().flat_map(|s| s.changes.iter()).map(|c| (c.key.clone(), c.deleted)).collect();
+    assert_eq!(entry_changes, vec![("a1".to_owned(), false), ("a1".to_owned(), true)]);
+    assert!(seen[0].revision < seen[1].revision);
+    assert_eq!(cluster.replicas[&follower].applied().current_revision(), seen[1].revision);
     cluster.shutdown().await;
 }
 
