@@ -42,7 +42,7 @@ impl ServerIdentity {
             return Ok(false);
         }
         let key = LocalKey::generate(KeyType::EcP256).map_err(|e| e.to_string())?;
-        let manager = ca.local(replica).await.map_err(|e| e.to_string())?;
+        let manager = ca.signing(replica).await.map_err(|e| e.to_string())?;
         let chain = manager
             .mint_x509_svid(self.id.clone(), key.public_key().clone(), None, vec![])
             .await
@@ -80,7 +80,7 @@ pub async fn maintain(
     loop {
         tick.tick().await;
         let Some(replica) = runtime.replica().await else { continue };
-        let Ok(manager) = ca.local(&replica).await else { continue };
+        let Ok(manager) = ca.signing(&replica).await else { continue };
         let stored = manager.stored_bundle();
         if sequence != Some(stored.sequence_number) && !stored.x509_authorities.is_empty() {
             if let (Ok(fresh), Ok(mut current)) = (manager.bundle(), bundle.write()) {

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{spiffe_id_from_pb, spiffe_id_to_pb};
 use super::entry::check_workload_id;
 use super::{item_status, ApiContext};
-use crate::ca::CaError;
+use crate::ca::{CaError, MintRefusal};
 
 pub struct SvidService {
     pub context: ApiContext,
@@ -59,7 +59,7 @@ impl Svid for SvidService {
         check_workload_id(&id, &self.context.ca.config.trust_domain, "csr")?;
         let ttl = ttl(request.ttl)?;
         let replica = self.context.replica().await?;
-        let ca = self.context.ca.local(&replica).await.map_err(ca_error)?;
+        let ca = self.context.ca.signing(&replica).await.map_err(ca_error)?;
         let started = std::time::Instant::now();
         let chain = ca.mint_x509_svid(id.clone(), csr.public_key, ttl, csr.dns_names).await.map_err(ca_error)?;
         metrics::histogram!("testudo_ca_sign_seconds", "kind" => "x509").record(started.elapsed().as_secs_f64());
@@ -86,7 +86,7 @@ impl Svid for SvidService {
         }
         let ttl = ttl(request.ttl)?;
         let replica = self.context.replica().await?;
-        let ca = self.context.ca.local(&replica).await.map_err(ca_error)?;
+        let ca = self.context.ca.signing(&replica).await.map_err(ca_error)?;
         let started = std::time::Instant::now();
         let token = ca.mint_jwt_svid(id.clone(), request.audience, ttl).await.map_err(ca_error)?;
         metrics::histogram!("testudo_ca_sign_seconds", "kind" => "jwt").record(started.elapsed().as_secs_f64());
@@ -110,7 +110,7 @@ impl Svid for SvidService {
             )));
         }
         let authorized = self.context.authorized_entries(&agent).await?;
-        let ca = self.context.ca.local(&replica).await.map_err(ca_error)?;
+        let ca = self.context.ca.signing(&replica).await.map_err(ca_error)?;
         // Authorization per item first; the authorized ones are minted in one batch.
         let mut results: Vec<Option<pb::batch_new_x509svid_response::Result>> = Vec::with_capacity(params.len());
         let mut requests = Vec::new();
@@ -159,13 +159,13 @@ impl Svid for SvidService {
                             hint,
                         }),
                     },
-                    Some((Err(message), _)) => {
-                        let code = if message.starts_with("csr:") {
-                            tonic::Code::InvalidArgument
-                        } else {
-                            tonic::Code::Unavailable
+                    Some((Err(refusal), _)) => {
+                        let code = match refusal {
+                            MintRefusal::Csr(_) => tonic::Code::InvalidArgument,
+                            MintRefusal::Signing(_) => tonic::Code::Unavailable,
                         };
-                        pb::batch_new_x509svid_response::Result { status: item_status(code, message), svid: None }
+                        let status = item_status(code, refusal.to_string());
+                        pb::batch_new_x509svid_response::Result { status, svid: None }
                     }
                     None => pb::batch_new_x509svid_response::Result {
                         status: item_status(tonic::Code::Internal, "no outcome for this item"),
@@ -192,7 +192,7 @@ impl Svid for SvidService {
             Status::not_found(format!("entry_id: {:?} is not an entry this agent is authorized for", request.entry_id))
         })?;
         let ttl = (entry.jwt_svid_ttl > 0).then(|| Duration::from_secs(entry.jwt_svid_ttl.unsigned_abs().into()));
-        let ca = self.context.ca.local(&replica).await.map_err(ca_error)?;
+        let ca = self.context.ca.signing(&replica).await.map_err(ca_error)?;
         let token = ca.mint_jwt_svid(entry.spiffe_id.clone(), request.audience, ttl).await.map_err(ca_error)?;
         let (issued_at, expires_at) = times_of(&token)?;
         let svid = types::Jwtsvid {
@@ -218,7 +218,7 @@ impl Svid for SvidService {
         let public_key = identity::x509::public_key_from_csr(&request.get_ref().csr)
             .map_err(|e| Status::invalid_argument(format!("csr: {e}")))?;
         let ttl = (entry.x509_svid_ttl > 0).then(|| Duration::from_secs(entry.x509_svid_ttl.unsigned_abs().into()));
-        let ca = self.context.ca.local(&replica).await.map_err(ca_error)?;
+        let ca = self.context.ca.signing(&replica).await.map_err(ca_error)?;
         let ca_cert_chain = ca.mint_downstream_ca(public_key, ttl).await.map_err(ca_error)?;
         let x509_authorities = ca.stored_bundle().x509_authorities.iter().map(|a| a.der.clone()).collect();
         tracing::info!(caller = %entry.spiffe_id, entry = %entry.id, "signed a downstream X.509 CA");

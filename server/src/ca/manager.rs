@@ -3,15 +3,14 @@
 //! signs SVIDs with the active authorities.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use identity::bundle::Bundle;
-use identity::crypto::{PublicKey, Signer};
-use identity::jwt::{sign_jwt_svid, JwtError, JwtSvidParams};
-use identity::x509::{mint_ca, mint_x509_svid, CaTemplate, Issuer, MintError, Subject, SvidTemplate};
-use identity::{SpiffeId, TrustDomain};
+use identity::crypto::Signer;
+use identity::jwt::JwtError;
+use identity::x509::{mint_ca, CaTemplate, MintError};
+use identity::TrustDomain;
 use kms::KeyManagerError;
 use time::OffsetDateTime;
 
@@ -20,9 +19,10 @@ use raft_store::model::{
 };
 
 use super::config::{CaConfig, CaConfigError};
-use super::keys::{CaKeys, CaSigner};
+use super::keys::CaKeys;
 use super::prune::{expired_x509, prune_expired};
 use super::rotation::{next_step, RotationStep};
+use super::signing::Signing;
 use crate::clock::Clock;
 use crate::upstream::{UpstreamAuthority, UpstreamError};
 
@@ -101,21 +101,6 @@ impl JournalSink for InMemory {
     async fn prune(&self, _: &TrustDomain, _: OffsetDateTime, _: Vec<Vec<u8>>) -> Result<(), CaError> {
         Ok(())
     }
-}
-
-/// One X.509-SVID a batch asks for; the CSR proves the requester holds the key.
-pub struct SvidRequest {
-    pub spiffe_id: SpiffeId,
-    pub csr: Vec<u8>,
-    pub ttl: Option<Duration>,
-    pub dns_names: Vec<String>,
-}
-
-/// A minted X.509-SVID: the chain to present (leaf first) and the leaf's expiry.
-#[derive(Debug)]
-pub struct MintedSvid {
-    pub chain: Vec<Vec<u8>>,
-    pub expires_at: i64,
 }
 
 /// A safety bound on steps per `rotate` call; a fresh CA needs four (two per kind).
@@ -325,157 +310,16 @@ impl CaManager {
         Ok(events)
     }
 
-    /// A signer for a journal-recorded key, without asking the key manager for it again.
-    fn signer(
-        &self,
-        key_id: &str,
-        public_key: PublicKey,
-        private_key: Option<&raft_store::model::KeyMaterial>,
-    ) -> Result<CaSigner, CaError> {
-        self.keys.signer(key_id, public_key, private_key)
-    }
-
-    /// Mints an X.509-SVID with the active CA and returns the chain to present: the SVID,
-    /// our CA certificate, then any upstream intermediates.
-    pub async fn mint_x509_svid(
-        &self,
-        spiffe_id: SpiffeId,
-        public_key: PublicKey,
-        ttl: Option<Duration>,
-        dns_names: Vec<String>,
-    ) -> Result<Vec<Vec<u8>>, CaError> {
-        let active = self.journal.x509.active().ok_or(CaError::NoActiveAuthority("X.509"))?.authority.clone();
-        let ca_key = identity::x509::certificate_facts(&active.certificate)
-            .map_err(|e| CaError::Task(e.to_string()))?
-            .public_key;
-        let signer = self.signer(&active.key_id, ca_key, active.private_key.as_ref())?;
-        let template = SvidTemplate {
-            spiffe_id,
-            public_key,
-            ttl: ttl.unwrap_or(self.config.x509_svid_ttl),
-            dns_names,
-            subject: Subject::svid_default(),
-            serial: None,
-        };
-        let now = self.clock.now();
-        let leaf = tokio::task::spawn_blocking(move || {
-            let issuer = Issuer::new(&active.certificate, &signer)?;
-            mint_x509_svid(&template, &issuer, now)
-        })
-        .await
-        .map_err(|e| CaError::Task(e.to_string()))??;
-        let mut chain = vec![leaf.der];
-        if let Some(slot) = self.journal.x509.active() {
-            chain.push(slot.authority.certificate.clone());
-            chain.extend(slot.authority.upstream_chain.iter().cloned());
-        }
-        Ok(chain)
-    }
-
-    /// Mints a batch of X.509-SVIDs in one blocking task, with the CA key and certificate
-    /// prepared once: each item's CSR is verified, then signed. Items fail on their own.
-    pub async fn mint_x509_svids(
-        &self,
-        requests: Vec<SvidRequest>,
-    ) -> Result<Vec<Result<MintedSvid, String>>, CaError> {
-        let slot = self.journal.x509.active().ok_or(CaError::NoActiveAuthority("X.509"))?;
-        let active = slot.authority.clone();
-        let ca_key = identity::x509::certificate_facts(&active.certificate)
-            .map_err(|e| CaError::Task(e.to_string()))?
-            .public_key;
-        let signer = self.signer(&active.key_id, ca_key, active.private_key.as_ref())?;
-        let default_ttl = self.config.x509_svid_ttl;
-        let now = self.clock.now();
-        tokio::task::spawn_blocking(move || {
-            let issuer = Issuer::new(&active.certificate, &signer)?;
-            let tail: Vec<Vec<u8>> =
-                std::iter::once(active.certificate.clone()).chain(active.upstream_chain.iter().cloned()).collect();
-            Ok(requests
-                .into_iter()
-                .map(|request| {
-                    let public_key =
-                        identity::x509::public_key_from_csr(&request.csr).map_err(|e| format!("csr: {e}"))?;
-                    let template = SvidTemplate {
-                        spiffe_id: request.spiffe_id,
-                        public_key,
-                        ttl: request.ttl.unwrap_or(default_ttl),
-                        dns_names: request.dns_names,
-                        subject: Subject::svid_default(),
-                        serial: None,
-                    };
-                    let leaf = mint_x509_svid(&template, &issuer, now).map_err(|e| format!("cannot sign: {e}"))?;
-                    let expires_at = leaf.not_after.unix_timestamp();
-                    let mut chain = vec![leaf.der];
-                    chain.extend(tail.iter().cloned());
-                    Ok(MintedSvid { chain, expires_at })
-                })
-                .collect())
-        })
-        .await
-        .map_err(|e| CaError::Task(e.to_string()))?
-    }
-
-    /// Signs an intermediate CA for a downstream server of this trust domain (nested
-    /// clusters) with the active CA, and returns the chain to present: the new CA, our CA
-    /// certificate, then any upstream intermediates. `ttl` defaults to `ca_ttl`; the new
-    /// CA never outlives ours.
-    pub async fn mint_downstream_ca(
-        &self,
-        public_key: PublicKey,
-        ttl: Option<Duration>,
-    ) -> Result<Vec<Vec<u8>>, CaError> {
-        let slot = self.journal.x509.active().ok_or(CaError::NoActiveAuthority("X.509"))?;
-        let active = slot.authority.clone();
-        let ca_key = identity::x509::certificate_facts(&active.certificate)
-            .map_err(|e| CaError::Task(e.to_string()))?
-            .public_key;
-        let signer = self.signer(&active.key_id, ca_key, active.private_key.as_ref())?;
-        let template = CaTemplate {
-            trust_domain: self.config.trust_domain.clone(),
-            public_key,
-            ttl: ttl.unwrap_or(self.config.ca_ttl),
-            subject: self.config.ca_subject.clone(),
-            serial: None,
-        };
-        let now = self.clock.now();
-        let certificate = active.certificate.clone();
-        let minted = tokio::task::spawn_blocking(move || {
-            let issuer = Issuer::new(&certificate, &signer)?;
-            mint_ca(&template, Some(&issuer), None, now)
-        })
-        .await
-        .map_err(|e| CaError::Task(e.to_string()))??;
-        let mut chain = vec![minted.der, active.certificate];
-        chain.extend(active.upstream_chain);
-        Ok(chain)
-    }
-
-    /// Signs a JWT-SVID with the active JWT key; its expiry is capped at the key's.
-    pub async fn mint_jwt_svid(
-        &self,
-        spiffe_id: SpiffeId,
-        audience: Vec<String>,
-        ttl: Option<Duration>,
-    ) -> Result<String, CaError> {
-        let active = self.journal.jwt.active().ok_or(CaError::NoActiveAuthority("JWT"))?.authority.clone();
-        let jwt_key = active.public_key().map_err(|e| CaError::Task(e.to_string()))?;
-        let signer = self.signer(&active.key_id, jwt_key, active.private_key.as_ref())?;
-        let ttl = ttl.unwrap_or(self.config.jwt_svid_ttl);
-        let now = self.clock.now();
-        tokio::task::spawn_blocking(move || {
-            let params = JwtSvidParams {
-                spiffe_id: &spiffe_id,
-                audience: &audience,
-                ttl,
-                key_id: &active.kid,
-                algorithm: None,
-                not_after: Some(active.not_after),
-            };
-            sign_jwt_svid(&params, &signer, now)
-        })
-        .await
-        .map_err(|e| CaError::Task(e.to_string()))?
-        .map_err(CaError::from)
+    /// The active authorities, ready to sign.
+    pub fn signing(&self) -> Result<Signing, CaError> {
+        Signing::build(
+            self.config.clone(),
+            &self.keys,
+            self.clock.clone(),
+            self.journal.clone(),
+            self.bundle.clone(),
+            None,
+        )
     }
 }
 

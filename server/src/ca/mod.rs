@@ -8,10 +8,11 @@ mod manager;
 mod prune;
 pub mod replicated;
 mod rotation;
+mod signing;
 
 pub use config::{CaConfig, CaConfigError, DEFAULT_CA_TTL, DEFAULT_JWT_SVID_TTL, DEFAULT_X509_SVID_TTL};
 pub use keys::{CaKeys, CaSigner};
-pub use manager::{CaError, CaManager, JournalSink, MintedSvid, SvidRequest};
+pub use manager::{CaError, CaManager, JournalSink};
 pub use prune::{expired_x509, prune_expired};
 /// The journal and its slots are replicated state, so they live in raft-store's model.
 pub use raft_store::model::{
@@ -19,3 +20,4 @@ pub use raft_store::model::{
     SlotStatus, X509CaAuthority,
 };
 pub use rotation::{activation_threshold, next_step, preparation_threshold, RotationStep};
+pub use signing::{MintRefusal, MintedSvid, Signing, SvidRequest};

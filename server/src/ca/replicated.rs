@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use super::config::CaConfig;
 use super::keys::CaKeys;
 use super::manager::{CaError, CaManager, JournalSink};
+use super::signing::Signing;
 use crate::clock::Clock;
 use crate::upstream::UpstreamAuthority;
 
@@ -116,17 +117,10 @@ impl ClusterCa {
         )
     }
 
-    /// The CA as this replica has applied it, ready to sign with the active authorities.
-    pub async fn local(&self, replica: &Replica) -> Result<CaManager, CaError> {
+    /// The active authorities as this replica has applied them, ready to sign.
+    pub async fn signing(&self, replica: &Replica) -> Result<Signing, CaError> {
         let (journal, bundle) = self.read(replica.local_reader()).await?;
-        CaManager::resume(
-            self.config.clone(),
-            self.keys.clone(),
-            self.upstream.clone(),
-            self.clock.clone(),
-            journal,
-            bundle,
-        )
+        Signing::build(self.config.clone(), &self.keys, self.clock.clone(), journal, bundle, None)
     }
 
     async fn read(

@@ -57,13 +57,13 @@ async fn a_fresh_ca_prepares_and_activates_both_authorities() {
     assert_eq!(keys.list_keys().await.unwrap().len(), 2);
 
     let workload = LocalKey::generate(KeyType::EcP256).unwrap();
-    let chain = ca.mint_x509_svid(web(), workload.public_key().clone(), None, vec![]).await.unwrap();
+    let chain = ca.signing().unwrap().mint_x509_svid(web(), workload.public_key().clone(), None, vec![]).await.unwrap();
     assert_eq!(chain.len(), 2, "SVID and the CA certificate");
     let verified = verify_x509_svid(&chain, &ca.bundle().unwrap(), clock.now()).unwrap();
     assert_eq!(verified.spiffe_id, web());
     assert_eq!(verified.not_after, clock.now() + time::Duration::hours(1), "default X.509-SVID TTL is 1h");
 
-    let token = ca.mint_jwt_svid(web(), vec!["db".into()], None).await.unwrap();
+    let token = ca.signing().unwrap().mint_jwt_svid(web(), vec!["db".into()], None).await.unwrap();
     let validated = validate_jwt_svid(&token, &ca.bundle().unwrap(), "db", clock.now()).unwrap();
     assert_eq!(validated.expiry, clock.now().unix_timestamp() + 300, "default JWT-SVID TTL is 5m");
 }
@@ -87,9 +87,13 @@ async fn ten_days_of_rotation_keep_every_svid_verifiable() {
             }
         }
         let now = clock.now();
-        let chain = ca.mint_x509_svid(web(), workload.public_key().clone(), None, vec![]).await.unwrap();
+        let chain =
+            ca.signing().unwrap().mint_x509_svid(web(), workload.public_key().clone(), None, vec![]).await.unwrap();
         issued.push((chain, now + time::Duration::hours(1)));
-        tokens.push((ca.mint_jwt_svid(web(), vec!["db".into()], None).await.unwrap(), now.unix_timestamp() + 300));
+        tokens.push((
+            ca.signing().unwrap().mint_jwt_svid(web(), vec!["db".into()], None).await.unwrap(),
+            now.unix_timestamp() + 300,
+        ));
 
         // Every SVID still within its life verifies against today's bundle.
         for (chain, expires) in issued.iter().filter(|(_, e)| *e > now) {
@@ -163,7 +167,7 @@ async fn a_ca_down_past_its_expiry_recovers_at_once() {
     let bundle = ca.bundle().unwrap();
     assert_eq!(bundle.x509_authorities().len(), 1, "the expired CA was pruned");
     let workload = LocalKey::generate(KeyType::EcP256).unwrap();
-    let chain = ca.mint_x509_svid(web(), workload.public_key().clone(), None, vec![]).await.unwrap();
+    let chain = ca.signing().unwrap().mint_x509_svid(web(), workload.public_key().clone(), None, vec![]).await.unwrap();
     verify_x509_svid(&chain, &ca.bundle().unwrap(), clock.now()).unwrap();
 }
 
@@ -174,12 +178,19 @@ async fn svids_are_capped_at_the_ca_and_jwts_at_the_key() {
     ca.rotate().await.unwrap();
     let workload = LocalKey::generate(KeyType::EcP256).unwrap();
     let chain = ca
+        .signing()
+        .unwrap()
         .mint_x509_svid(web(), workload.public_key().clone(), Some(Duration::from_secs(7 * 86400)), vec![])
         .await
         .unwrap();
     let leaf = identity::x509::certificate_facts(&chain[0]).unwrap();
     assert_eq!(leaf.not_after, ca.journal().x509.active().unwrap().authority.not_after);
-    let token = ca.mint_jwt_svid(web(), vec!["db".into()], Some(Duration::from_secs(7 * 86400))).await.unwrap();
+    let token = ca
+        .signing()
+        .unwrap()
+        .mint_jwt_svid(web(), vec!["db".into()], Some(Duration::from_secs(7 * 86400)))
+        .await
+        .unwrap();
     let v = validate_jwt_svid(&token, &ca.bundle().unwrap(), "db", clock.now()).unwrap();
     assert_eq!(v.expiry, ca.journal().jwt.active().unwrap().authority.not_after.unix_timestamp());
 }
@@ -205,9 +216,10 @@ async fn shared_keys_travel_in_the_journal_to_any_replica() {
     )
     .unwrap();
     let workload = LocalKey::generate(KeyType::EcP256).unwrap();
-    let chain = other.mint_x509_svid(web(), workload.public_key().clone(), None, vec![]).await.unwrap();
+    let chain =
+        other.signing().unwrap().mint_x509_svid(web(), workload.public_key().clone(), None, vec![]).await.unwrap();
     verify_x509_svid(&chain, &leader.bundle().unwrap(), clock.now()).unwrap();
-    let token = other.mint_jwt_svid(web(), vec!["db".into()], None).await.unwrap();
+    let token = other.signing().unwrap().mint_jwt_svid(web(), vec!["db".into()], None).await.unwrap();
     validate_jwt_svid(&token, &leader.bundle().unwrap(), "db", clock.now()).unwrap();
 
     // A journal whose key was made by a key manager cannot be used in shared mode.
@@ -223,6 +235,6 @@ async fn shared_keys_travel_in_the_journal_to_any_replica() {
         managed.stored_bundle().clone(),
     )
     .unwrap();
-    let err = stranded.mint_x509_svid(web(), workload.public_key().clone(), None, vec![]).await.unwrap_err();
+    let err = stranded.signing().err().expect("no signer for a key the journal lacks");
     assert!(err.to_string().contains("not in the journal"), "{err}");
 }

@@ -65,12 +65,12 @@ async fn every_replica_signs_with_the_one_replicated_ca() {
         })
         .await
         .expect("every replica applies the CA's commands");
-        let local = ca.local(replica).await.unwrap();
+        let local = ca.signing(replica).await.unwrap();
         let chain = local.mint_x509_svid(web.clone(), workload.public_key().clone(), None, vec![]).await.unwrap();
         ca_certs.push(chain[1].clone());
         // Checked against the bundle as another replica holds it.
         let other = &cluster.replicas[&ids[(n + 1) % ids.len()]];
-        let bundle = ca.local(other).await.unwrap().bundle().unwrap();
+        let bundle = ca.signing(other).await.unwrap().bundle().unwrap();
         assert_eq!(verify_x509_svid(&chain, &bundle, clock.now()).unwrap().spiffe_id, web);
         openssl_verify(&bundle.x509_authorities_pem(), &chain);
         let token = local.mint_jwt_svid(web.clone(), vec!["db".into()], None).await.unwrap();
@@ -83,7 +83,7 @@ async fn every_replica_signs_with_the_one_replicated_ca() {
     let events = ca.rotate(&cluster.replicas[&leader]).await.unwrap();
     assert_eq!(events.len(), 2, "next authorities prepared at half-life: {events:?}");
     let prepared =
-        ca.local(&cluster.replicas[&leader]).await.unwrap().journal().x509.prepared().unwrap().authority.clone();
+        ca.signing(&cluster.replicas[&leader]).await.unwrap().journal().x509.prepared().unwrap().authority.clone();
     cluster.replicas[&follower].transfer_leadership(follower).await.unwrap();
     assert!(ca.rotate(&cluster.replicas[&leader]).await.unwrap().is_empty(), "the old leader no longer rotates");
     assert!(
@@ -93,7 +93,7 @@ async fn every_replica_signs_with_the_one_replicated_ca() {
     clock.advance(Duration::from_secs(8 * 3600));
     let events = ca.rotate(&cluster.replicas[&follower]).await.unwrap();
     assert!(events.iter().any(|e| matches!(e, JournalEvent::X509(SlotEvent::Activated { .. }))), "{events:?}");
-    let journal = ca.local(&cluster.replicas[&follower]).await.unwrap().journal().clone();
+    let journal = ca.signing(&cluster.replicas[&follower]).await.unwrap().journal().clone();
     assert_eq!(
         journal.x509.active().unwrap().authority,
         prepared,

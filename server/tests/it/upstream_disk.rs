@@ -90,7 +90,8 @@ async fn upstream_signed_ca_chains_to_the_upstream_root() {
 
     let workload = LocalKey::generate(KeyType::EcP256).unwrap();
     let id = SpiffeId::parse("spiffe://example.org/web").unwrap();
-    let chain = ca.mint_x509_svid(id.clone(), workload.public_key().clone(), None, vec![]).await.unwrap();
+    let chain =
+        ca.signing().unwrap().mint_x509_svid(id.clone(), workload.public_key().clone(), None, vec![]).await.unwrap();
     assert_eq!(chain.len(), 2, "SVID then the intermediate");
     assert_eq!(verify_x509_svid(&chain, &ca.bundle().unwrap(), clock.now()).unwrap().spiffe_id, id);
 

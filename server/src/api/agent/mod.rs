@@ -251,7 +251,7 @@ impl AgentService {
         id: &SpiffeId,
         public_key: identity::crypto::PublicKey,
     ) -> Result<(types::X509svid, String), Status> {
-        let ca = self.context.ca.local(replica).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let ca = self.context.ca.signing(replica).await.map_err(|e| Status::unavailable(e.to_string()))?;
         let chain = ca
             .mint_x509_svid(id.clone(), public_key, self.context.agent_ttl, vec![])
             .await
