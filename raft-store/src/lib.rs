@@ -31,7 +31,7 @@ pub use command::{ApplyError, BundleScope, Change, ChangeSet, Command, Outcome, 
 pub use db::OpenError;
 pub use log_store::{ApplyProgress, LogStore};
 pub use membership::AddProgress;
-pub use query::{EntryChanges, Page, ReadError, StoreReader};
+pub use query::{ChangedKeys, EntryChanges, Page, ReadError, Rows, StoreReader};
 pub use state_machine::{SnapshotBuilder, StateMachine};
 pub use types::{NodeId, ReplicaNode, TypeConfig};
 

@@ -12,3 +12,4 @@ pub mod config;
 pub mod node_attestor;
 pub mod ops;
 pub mod upstream;
+pub mod views;

@@ -53,9 +53,9 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
 
     let settings = settings(&config);
     let metrics = server::ops::metrics::install().map_err(anyhow::Error::msg)?;
-    let runtime = Arc::new(ClusterRuntime::start(settings).await?);
-    let mut background = vec![tokio::spawn(server::ops::metrics::sample_raft(runtime.clone(), Duration::from_secs(1)))];
     let ca = cluster_ca(&config).await?;
+    let runtime = Arc::new(ClusterRuntime::start(settings, ca.clone()).await?);
+    let mut background = vec![tokio::spawn(server::ops::metrics::sample_raft(runtime.clone(), Duration::from_secs(1)))];
     let api = server::api::ApiContext {
         runtime: runtime.clone(),
         ca: ca.clone(),
@@ -74,12 +74,7 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let identity =
         Arc::new(server::api::listener::ServerIdentity::new(&config.server.trust_domain).map_err(anyhow::Error::msg)?);
     let trust = Arc::new(std::sync::RwLock::new(identity::bundle::Bundle::new(config.server.trust_domain.clone())));
-    background.push(tokio::spawn(server::api::listener::maintain(
-        identity.clone(),
-        trust.clone(),
-        ca.clone(),
-        runtime.clone(),
-    )));
+    background.push(tokio::spawn(server::api::listener::maintain(identity.clone(), trust.clone(), runtime.clone())));
     let api_address = std::net::SocketAddr::new(config.server.bind_address, config.server.bind_port);
     let (bound, incoming) =
         server::api::listener::bind(api_address, identity, trust).await.map_err(anyhow::Error::msg)?;
@@ -98,7 +93,7 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         ca,
         move || {
             let runtime = for_ca.clone();
-            async move { runtime.replica().await }
+            async move { runtime.replica() }
         },
         CA_ROTATION_INTERVAL,
     )));

@@ -31,8 +31,8 @@ fn status_of(e: ClusterSetupError) -> Status {
 
 impl ClusterAdminService {
     async fn current(&self) -> ClusterStatus {
-        let cluster_id = self.runtime.cluster_id().await.unwrap_or_default();
-        match self.runtime.status().await {
+        let cluster_id = self.runtime.cluster_id().unwrap_or_default();
+        match self.runtime.status() {
             None => ClusterStatus { initialized: false, ..Default::default() },
             Some(s) => ClusterStatus {
                 initialized: true,
@@ -89,7 +89,7 @@ impl ClusterAdmin for ClusterAdminService {
     }
 
     async fn remove_member(&self, request: Request<RemoveMemberRequest>) -> Result<Response<ClusterStatus>, Status> {
-        let replica = self.runtime.replica().await.ok_or_else(|| status_of(ClusterSetupError::NotMember))?;
+        let replica = self.runtime.replica().ok_or_else(|| status_of(ClusterSetupError::NotMember))?;
         replica
             .remove_member(request.get_ref().node_id)
             .await
@@ -113,7 +113,7 @@ impl ClusterAdmin for ClusterAdminService {
         &self,
         request: Request<TransferLeadershipRequest>,
     ) -> Result<Response<ClusterStatus>, Status> {
-        let replica = self.runtime.replica().await.ok_or_else(|| status_of(ClusterSetupError::NotMember))?;
+        let replica = self.runtime.replica().ok_or_else(|| status_of(ClusterSetupError::NotMember))?;
         replica
             .transfer_leadership(request.get_ref().node_id)
             .await

@@ -1,38 +1,37 @@
 //! Agent callers: who they are, and whether their SVID is still the one the cluster knows.
-//! Which entries they may mint for is `entry_cache`'s answer.
+//! Which entries they may mint for is the entry view's answer (`views::entries`).
 
 use proto::reason::Reason;
 use raft_store::command::PromoteAgentSerial;
 use raft_store::model::AttestedAgent;
-use raft_store::node::Replica;
 use raft_store::ApplyError;
 use tonic::{Code, Request, Status};
 
 use super::caller::{caller_of, Caller};
-use super::{read_failed, write_failed};
+use super::{write_failed, ApiContext};
 
 /// The calling agent, after checking it is attested, not banned, and presenting its
 /// current SVID — or its new one, which this call then promotes (a Raft write).
-pub async fn require_agent<T>(request: &Request<T>, replica: &Replica) -> Result<AttestedAgent, Status> {
+pub async fn require_agent<T>(request: &Request<T>, context: &ApiContext) -> Result<AttestedAgent, Status> {
     let Caller::Peer { id, serial } = caller_of(request) else {
         return Err(Status::permission_denied("this call needs an agent SVID"));
     };
     if !id.path().starts_with("/spire/agent/") {
         return Err(Status::permission_denied(format!("{id} is not an agent")));
     }
-    let agent = replica.local_reader().agent(&id.to_string()).await.map_err(read_failed)?;
-    let agent = agent.ok_or_else(|| {
+    let member = context.current().await?;
+    let agent = member.views.agents().get(&id.to_string()).ok_or_else(|| {
         Reason::AgentNotAttested.status(Code::PermissionDenied, format!("agent {id} is not attested (evicted?)"))
     })?;
     if agent.banned {
         return Err(Reason::AgentBanned.status(Code::PermissionDenied, format!("agent {id} is banned")));
     }
     if agent.serial_number == serial {
-        return Ok(agent);
+        return Ok(AttestedAgent::clone(&agent));
     }
     if !agent.new_serial_number.is_empty() && agent.new_serial_number == serial {
         let promote = PromoteAgentSerial { spiffe_id: id.to_string(), serial_number: serial };
-        return replica.write(promote).await.map_err(write_failed)?.map_err(|e| {
+        return member.replica.write(promote).await.map_err(write_failed)?.map_err(|e| {
             let reason = if matches!(e, ApplyError::NotFound(_)) {
                 Reason::AgentNotAttested
             } else {

@@ -46,7 +46,7 @@ impl BundleService {
                 bundles.len()
             )));
         }
-        let replica = self.context.replica().await?;
+        let replica = self.context.replica()?;
         let mut results = Vec::with_capacity(bundles.len());
         for (i, bundle) in bundles.iter().enumerate() {
             let merged;
@@ -125,7 +125,7 @@ impl Bundle for BundleService {
         request: Request<pb::CountBundlesRequest>,
     ) -> Result<Response<pb::CountBundlesResponse>, Status> {
         self.context.require_admin(&request).await?;
-        let replica = self.context.replica().await?;
+        let replica = self.context.replica()?;
         let reader = replica.linearizable_reader().await.map_err(read_failed)?;
         let federated = reader.list_bundles(BundleScope::Federated).await.map_err(read_failed)?.len();
         let local = reader
@@ -138,7 +138,7 @@ impl Bundle for BundleService {
     }
 
     async fn get_bundle(&self, request: Request<pb::GetBundleRequest>) -> Result<Response<types::Bundle>, Status> {
-        let replica = self.context.replica().await?;
+        let replica = self.context.replica()?;
         let td = &self.context.ca.config.trust_domain;
         let bundle = replica.local_reader().bundle(BundleScope::Local, td.name()).await.map_err(read_failed)?;
         let bundle = bundle.ok_or_else(|| {
@@ -198,7 +198,7 @@ impl Bundle for BundleService {
         request: Request<pb::ListFederatedBundlesRequest>,
     ) -> Result<Response<pb::ListFederatedBundlesResponse>, Status> {
         self.context.require_admin(&request).await?;
-        let replica = self.context.replica().await?;
+        let replica = self.context.replica()?;
         let reader = replica.linearizable_reader().await.map_err(read_failed)?;
         let bundles = reader.list_bundles(BundleScope::Federated).await.map_err(read_failed)?;
         let mask = request.get_ref().output_mask.as_ref();
@@ -214,8 +214,7 @@ impl Bundle for BundleService {
         request: Request<pb::GetFederatedBundleRequest>,
     ) -> Result<Response<types::Bundle>, Status> {
         if let Err(not_admin) = self.context.require_admin(&request).await {
-            let replica = self.context.replica().await?;
-            if super::agent_auth::require_agent(&request, &replica).await.is_err() {
+            if super::agent_auth::require_agent(&request, &self.context).await.is_err() {
                 return Err(not_admin);
             }
         }
@@ -225,7 +224,7 @@ impl Bundle for BundleService {
         if td == self.context.ca.config.trust_domain {
             return Err(Status::invalid_argument("trust_domain: this is the local trust domain; use GetBundle"));
         }
-        let replica = self.context.replica().await?;
+        let replica = self.context.replica()?;
         let reader = replica.linearizable_reader().await.map_err(read_failed)?;
         let bundle = reader.bundle(BundleScope::Federated, td.name()).await.map_err(read_failed)?;
         let bundle = bundle.ok_or_else(|| Status::not_found(format!("no federated bundle for {}", td.name())))?;

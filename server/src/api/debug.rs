@@ -18,7 +18,7 @@ const PAGE: usize = 1000;
 impl Debug for DebugService {
     async fn get_info(&self, request: Request<pb::GetInfoRequest>) -> Result<Response<pb::GetInfoResponse>, Status> {
         self.context.require_admin(&request).await?;
-        let replica = self.context.replica().await?;
+        let replica = self.context.replica()?;
         let reader = replica.local_reader();
         let (mut entries, mut after) = (0usize, None);
         loop {

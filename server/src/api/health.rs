@@ -27,7 +27,7 @@ pub struct HealthService {
 }
 
 async fn status(context: &ApiContext) -> ServingStatus {
-    match context.runtime.status().await {
+    match context.runtime.status() {
         Some(s) if s.leader.is_some() => ServingStatus::Serving,
         _ => ServingStatus::NotServing,
     }

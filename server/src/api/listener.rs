@@ -10,7 +10,6 @@ use std::time::Duration;
 use identity::bundle::Bundle;
 use identity::crypto::{KeyType, LocalKey, Signer};
 use identity::SpiffeId;
-use raft_store::node::Replica;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -19,7 +18,8 @@ use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::ca::replicated::ClusterCa;
+use crate::ca::Signing;
+use crate::cluster::runtime::ClusterRuntime;
 
 /// This replica's server SVID, swapped in place when renewed.
 #[derive(Debug)]
@@ -35,15 +35,14 @@ impl ServerIdentity {
     }
 
     /// Mints a new server SVID when there is none or the current one is past half-life.
-    pub async fn refresh_if_due(&self, ca: &ClusterCa, replica: &Replica, now: OffsetDateTime) -> Result<bool, String> {
+    pub async fn refresh_if_due(&self, signing: &Signing, now: OffsetDateTime) -> Result<bool, String> {
         let due =
             self.current.read().map_err(|_| "lock poisoned")?.as_ref().is_none_or(|(_, renew_at)| now >= *renew_at);
         if !due {
             return Ok(false);
         }
         let key = LocalKey::generate(KeyType::EcP256).map_err(|e| e.to_string())?;
-        let manager = ca.signing(replica).await.map_err(|e| e.to_string())?;
-        let chain = manager
+        let chain = signing
             .mint_x509_svid(self.id.clone(), key.public_key().clone(), None, vec![])
             .await
             .map_err(|e| e.to_string())?;
@@ -59,6 +58,11 @@ impl ServerIdentity {
         tracing::info!(id = %self.id, renew_at = %renew_at, "server SVID minted");
         Ok(true)
     }
+
+    /// When the current server SVID is due for renewal; `None` before the first.
+    pub fn renew_at(&self) -> Option<OffsetDateTime> {
+        self.current.read().ok().and_then(|c| c.as_ref().map(|(_, at)| *at))
+    }
 }
 
 impl ResolvesServerCert for ServerIdentity {
@@ -67,29 +71,48 @@ impl ResolvesServerCert for ServerIdentity {
     }
 }
 
-/// Keeps the server SVID and the bundle client certificates are checked against current,
-/// from this replica's applied state.
-pub async fn maintain(
-    identity: Arc<ServerIdentity>,
-    bundle: Arc<RwLock<Bundle>>,
-    ca: ClusterCa,
-    runtime: Arc<crate::cluster::runtime::ClusterRuntime>,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut sequence = None;
+/// Keeps the server SVID and the bundle client certificates are checked against current:
+/// the bundle whenever the views announce a new one, the SVID at half-life (and as soon as
+/// a CA is active in a new cluster).
+pub async fn maintain(identity: Arc<ServerIdentity>, bundle: Arc<RwLock<Bundle>>, runtime: Arc<ClusterRuntime>) {
+    let mut phases = runtime.phases();
     loop {
-        tick.tick().await;
-        let Some(replica) = runtime.replica().await else { continue };
-        let Ok(manager) = ca.signing(&replica).await else { continue };
-        let stored = manager.stored_bundle();
-        if sequence != Some(stored.sequence_number) && !stored.x509_authorities.is_empty() {
-            if let (Ok(fresh), Ok(mut current)) = (manager.bundle(), bundle.write()) {
-                *current = fresh;
-                sequence = Some(stored.sequence_number);
+        let member = match runtime.member() {
+            Ok(member) => member,
+            Err(_) => {
+                if phases.changed().await.is_err() {
+                    return;
+                }
+                continue;
             }
-        }
-        if let Err(e) = identity.refresh_if_due(&ca, &replica, OffsetDateTime::now_utc()).await {
-            tracing::debug!(error = %e, "server SVID not minted yet");
+        };
+        let mut changes = member.views.signing_changes();
+        let mut sequence = None;
+        loop {
+            let signing = changes.borrow_and_update().clone();
+            let mut retry = None;
+            if let Some(signing) = &signing {
+                let stored = signing.stored_bundle();
+                if sequence != Some(stored.sequence_number) && !stored.x509_authorities.is_empty() {
+                    if let (Ok(fresh), Ok(mut current)) = (signing.bundle(), bundle.write()) {
+                        *current = fresh;
+                        sequence = Some(stored.sequence_number);
+                    }
+                }
+                if let Err(e) = identity.refresh_if_due(signing, OffsetDateTime::now_utc()).await {
+                    tracing::warn!(error = %e, "server SVID not minted; retrying");
+                    retry = Some(Duration::from_secs(1));
+                }
+            }
+            let renew_in = identity
+                .renew_at()
+                .map(|at| Duration::try_from(at - OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO));
+            let wait = retry.or(renew_in.filter(|_| signing.is_some())).unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { break },
+                _ = tokio::time::sleep(wait) => {}
+                _ = phases.changed() => break,
+            }
         }
     }
 }

@@ -39,12 +39,12 @@ fn authority_id(id: &str) -> Result<&str, Status> {
 
 impl LocalAuthorityService {
     async fn states(&self, kind: AuthorityKind) -> Result<AuthorityStates, Status> {
-        let replica = self.context.replica().await?;
+        let replica = self.context.replica()?;
         Ok(self.context.ca.linearizable(&replica).await.map_err(ca_status)?.authority_states(kind))
     }
 
     async fn prepare(&self, kind: AuthorityKind) -> Result<pb::AuthorityState, Status> {
-        let replica = self.context.replica().await?;
+        let replica = self.context.replica()?;
         Ok(state_pb(self.context.ca.prepare_now(&replica, kind).await.map_err(ca_status)?))
     }
 
@@ -54,7 +54,7 @@ impl LocalAuthorityService {
         id: &str,
         transition: Transition,
     ) -> Result<pb::AuthorityState, Status> {
-        let replica = self.context.replica().await?;
+        let replica = self.context.replica()?;
         let state =
             self.context.ca.transition(&replica, kind, authority_id(id)?, transition).await.map_err(ca_status)?;
         tracing::info!(?kind, ?transition, authority_id = %id, "local authority changed by an admin");
@@ -81,7 +81,7 @@ impl LocalAuthorityService {
         if key_id.is_empty() {
             return Err(Status::invalid_argument("subject_key_id: required"));
         }
-        let replica = self.context.replica().await?;
+        let replica = self.context.replica()?;
         let ca = self.context.ca.linearizable(&replica).await.map_err(ca_status)?;
         let states = ca.authority_states(AuthorityKind::X509);
         if states.active.as_ref().is_some_and(|a| a.upstream_authority_id == key_id) {

@@ -25,7 +25,7 @@ use raft_store::{ApplyError, Write};
 use tonic::{Code, Status};
 
 use crate::ca::replicated::ClusterCa;
-use crate::cluster::runtime::ClusterRuntime;
+use crate::cluster::runtime::{ClusterRuntime, Member, NotServing};
 
 /// What every service needs: the replica (once there is one), the CA, and the start time.
 #[derive(Clone)]
@@ -51,7 +51,7 @@ impl ApiContext {
             caller::Caller::Local => Ok(()),
             caller::Caller::Peer { id, .. } if self.admin_ids.contains(&id) => Ok(()),
             caller::Caller::Peer { id, .. } => {
-                let replica = self.replica().await?;
+                let replica = self.replica()?;
                 let entries =
                     replica.local_reader().entries_by_spiffe_id(&id.to_string()).await.map_err(read_failed)?;
                 if entries.iter().any(|e| e.admin) {
@@ -66,9 +66,37 @@ impl ApiContext {
         }
     }
 
-    /// The running replica, or Unavailable while this server belongs to no cluster.
-    pub async fn replica(&self) -> Result<Arc<Replica>, Status> {
-        self.runtime.replica().await.ok_or_else(no_cluster)
+    /// The running member, or Unavailable at once (with the reason) while this server
+    /// belongs to no cluster, forms or joins one, or shuts down.
+    pub fn member(&self) -> Result<Arc<Member>, Status> {
+        self.runtime.member().map_err(not_serving)
+    }
+
+    /// The running replica, or Unavailable as for [`Self::member`].
+    pub fn replica(&self) -> Result<Arc<Replica>, Status> {
+        Ok(self.member()?.replica.clone())
+    }
+
+    /// The member, with its in-memory views brought up to everything this replica had
+    /// applied when the call began (so a caller sees its own earlier writes).
+    pub async fn current(&self) -> Result<Arc<Member>, Status> {
+        let member = self.member()?;
+        let applied = member.replica.applied().current_revision();
+        member
+            .views
+            .reach(applied)
+            .await
+            .map_err(|behind| Reason::ClusterUnavailable.status(Code::Unavailable, format!("try again: {behind}")))?;
+        Ok(member)
+    }
+
+    /// The active authorities, from this replica's views.
+    pub async fn signing(&self) -> Result<Arc<crate::ca::Signing>, Status> {
+        self.current()
+            .await?
+            .views
+            .signing()
+            .ok_or_else(|| Reason::SigningUnavailable.status(Code::Unavailable, "this cluster has no active CA yet"))
     }
 
     /// Downstream calls (nested clusters): the caller's SVID ID has a registration entry
@@ -80,7 +108,7 @@ impl ApiContext {
         let caller::Caller::Peer { id, .. } = caller::caller_of(request) else {
             return Err(Status::permission_denied("this call needs the SVID of a downstream workload"));
         };
-        let replica = self.replica().await?;
+        let replica = self.replica()?;
         let entries = replica.local_reader().entries_by_spiffe_id(&id.to_string()).await.map_err(read_failed)?;
         entries
             .into_iter()
@@ -93,17 +121,17 @@ impl ApiContext {
         &self,
         agent: &raft_store::model::AttestedAgent,
     ) -> Result<std::collections::BTreeMap<String, Arc<raft_store::model::RegistrationEntry>>, Status> {
-        use crate::cluster::entry_cache::EntryCacheError;
-        let (replica, entries) = self.runtime.replica_with_entries().await.ok_or_else(no_cluster)?;
-        entries.authorized(&replica, agent, &self.server_id()?).await.map_err(|e| match e {
-            EntryCacheError::Read(e) => read_failed(e),
-            too_many @ EntryCacheError::TooMany(_) => Status::resource_exhausted(too_many.to_string()),
-        })
+        let member = self.current().await?;
+        member
+            .views
+            .entries()
+            .authorized(agent, &self.server_id()?)
+            .map_err(|e| Status::resource_exhausted(e.to_string()))
     }
 
     /// Commits a command through the cluster and returns what apply answered it with.
     pub async fn write<W: Write>(&self, command: W) -> Result<W::Output, Status> {
-        let replica = self.replica().await?;
+        let replica = self.replica()?;
         replica.write(command).await.map_err(write_failed)
     }
 
@@ -149,6 +177,6 @@ pub fn write_failed(e: ClusterError) -> Status {
 }
 
 /// The answer while this server has no cluster to serve from.
-pub fn no_cluster() -> Status {
-    Reason::NoCluster.status(Code::Unavailable, "this server belongs to no cluster yet")
+pub fn not_serving(why: NotServing) -> Status {
+    Reason::NoCluster.status(Code::Unavailable, why.to_string())
 }

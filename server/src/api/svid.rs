@@ -58,8 +58,7 @@ impl Svid for SvidService {
         let id = SpiffeId::parse(uri).map_err(|e| Status::invalid_argument(format!("csr: URI SAN {uri:?}: {e}")))?;
         check_workload_id(&id, &self.context.ca.config.trust_domain, "csr")?;
         let ttl = ttl(request.ttl)?;
-        let replica = self.context.replica().await?;
-        let ca = self.context.ca.signing(&replica).await.map_err(ca_error)?;
+        let ca = self.context.signing().await?;
         let started = std::time::Instant::now();
         let chain = ca.mint_x509_svid(id.clone(), csr.public_key, ttl, csr.dns_names).await.map_err(ca_error)?;
         metrics::histogram!("testudo_ca_sign_seconds", "kind" => "x509").record(started.elapsed().as_secs_f64());
@@ -85,8 +84,7 @@ impl Svid for SvidService {
             return Err(Status::invalid_argument("audience: at least one non-empty audience is required"));
         }
         let ttl = ttl(request.ttl)?;
-        let replica = self.context.replica().await?;
-        let ca = self.context.ca.signing(&replica).await.map_err(ca_error)?;
+        let ca = self.context.signing().await?;
         let started = std::time::Instant::now();
         let token = ca.mint_jwt_svid(id.clone(), request.audience, ttl).await.map_err(ca_error)?;
         metrics::histogram!("testudo_ca_sign_seconds", "kind" => "jwt").record(started.elapsed().as_secs_f64());
@@ -99,8 +97,7 @@ impl Svid for SvidService {
         &self,
         request: Request<pb::BatchNewX509svidRequest>,
     ) -> Result<Response<pb::BatchNewX509svidResponse>, Status> {
-        let replica = self.context.replica().await?;
-        let agent = super::agent_auth::require_agent(&request, &replica).await?;
+        let agent = super::agent_auth::require_agent(&request, &self.context).await?;
         let params = request.into_inner().params;
         if params.len() > super::entry::MAX_BATCH {
             return Err(Status::invalid_argument(format!(
@@ -110,7 +107,7 @@ impl Svid for SvidService {
             )));
         }
         let authorized = self.context.authorized_entries(&agent).await?;
-        let ca = self.context.ca.signing(&replica).await.map_err(ca_error)?;
+        let ca = self.context.signing().await?;
         // Authorization per item first; the authorized ones are minted in one batch.
         let mut results: Vec<Option<pb::batch_new_x509svid_response::Result>> = Vec::with_capacity(params.len());
         let mut requests = Vec::new();
@@ -181,8 +178,7 @@ impl Svid for SvidService {
         &self,
         request: Request<pb::NewJwtsvidRequest>,
     ) -> Result<Response<pb::NewJwtsvidResponse>, Status> {
-        let replica = self.context.replica().await?;
-        let agent = super::agent_auth::require_agent(&request, &replica).await?;
+        let agent = super::agent_auth::require_agent(&request, &self.context).await?;
         let request = request.into_inner();
         if request.audience.is_empty() || request.audience.iter().any(String::is_empty) {
             return Err(Status::invalid_argument("audience: at least one non-empty audience is required"));
@@ -192,7 +188,7 @@ impl Svid for SvidService {
             Status::not_found(format!("entry_id: {:?} is not an entry this agent is authorized for", request.entry_id))
         })?;
         let ttl = (entry.jwt_svid_ttl > 0).then(|| Duration::from_secs(entry.jwt_svid_ttl.unsigned_abs().into()));
-        let ca = self.context.ca.signing(&replica).await.map_err(ca_error)?;
+        let ca = self.context.signing().await?;
         let token = ca.mint_jwt_svid(entry.spiffe_id.clone(), request.audience, ttl).await.map_err(ca_error)?;
         let (issued_at, expires_at) = times_of(&token)?;
         let svid = types::Jwtsvid {
@@ -214,11 +210,10 @@ impl Svid for SvidService {
         request: Request<pb::NewDownstreamX509caRequest>,
     ) -> Result<Response<pb::NewDownstreamX509caResponse>, Status> {
         let entry = self.context.require_downstream(&request).await?;
-        let replica = self.context.replica().await?;
         let public_key = identity::x509::public_key_from_csr(&request.get_ref().csr)
             .map_err(|e| Status::invalid_argument(format!("csr: {e}")))?;
         let ttl = (entry.x509_svid_ttl > 0).then(|| Duration::from_secs(entry.x509_svid_ttl.unsigned_abs().into()));
-        let ca = self.context.ca.signing(&replica).await.map_err(ca_error)?;
+        let ca = self.context.signing().await?;
         let ca_cert_chain = ca.mint_downstream_ca(public_key, ttl).await.map_err(ca_error)?;
         let x509_authorities = ca.stored_bundle().x509_authorities.iter().map(|a| a.der.clone()).collect();
         tracing::info!(caller = %entry.spiffe_id, entry = %entry.id, "signed a downstream X.509 CA");

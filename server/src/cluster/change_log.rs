@@ -21,7 +21,7 @@ pub async fn prune_while_leading(runtime: Arc<ClusterRuntime>, keep: u64, every:
     let mut floor = 0;
     loop {
         tick.tick().await;
-        let Some(replica) = runtime.replica().await else { continue };
+        let Some(replica) = runtime.replica() else { continue };
         if let Some(pruned) = prune_once(&replica, keep, floor).await {
             floor = pruned;
         }

@@ -7,7 +7,6 @@
 pub mod admission;
 pub mod authority;
 pub mod change_log;
-pub mod entry_cache;
 pub mod files;
 pub mod invite;
 pub mod renewal;

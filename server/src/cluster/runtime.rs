@@ -15,12 +15,14 @@ use raft_store::command::CreateReplicaInvite;
 use raft_store::model::ReplicaInvite;
 use raft_store::network::tls::{joiner_endpoint, ClusterTls};
 use raft_store::node::{ClusterStatus, Replica, ReplicaConfig, Timing};
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
+
+use crate::ca::replicated::ClusterCa;
+use crate::views::Views;
 use zeroize::Zeroizing;
 
 use super::admission::{Admission, JoinReply, JoinRequest};
 use super::authority::{replica_id, ClusterAuthority};
-use super::entry_cache::EntryCache;
 use super::files::{self, ClusterMaterial};
 use super::invite::Invite;
 use super::renewal::{Renewal, Renewing};
@@ -63,31 +65,76 @@ fn new_cluster_material(trust_domain: &TrustDomain) -> Result<ClusterMaterial, C
     })
 }
 
-/// The replica, once it has one.
+/// The replica, once it has one. Its phase is read without waiting: a call that arrives
+/// while the replica forms or joins a cluster is answered at once, never held behind it.
 pub struct ClusterRuntime {
     settings: ReplicaSettings,
-    member: Mutex<Option<Member>>,
+    ca: ClusterCa,
+    phase: watch::Sender<Phase>,
+    /// One init, join or shutdown at a time; never held by a call that only reads.
+    setup: Mutex<()>,
 }
 
-/// A running replica of a cluster, and what invites need of the cluster's identity.
-struct Member {
-    replica: Arc<Replica>,
-    /// Registration entries of this replica's state, in memory.
-    entries: Arc<EntryCache>,
+/// Where this replica is in its life.
+#[derive(Clone)]
+pub enum Phase {
+    /// Belongs to no cluster: waits for `cluster init` or `cluster join`.
+    Pristine,
+    /// Forming a new cluster or joining one.
+    Joining,
+    Member(Arc<Member>),
+    /// Shut down.
+    Stopped,
+}
+
+/// Why the replica cannot serve a call now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotServing {
+    #[error("this server belongs to no cluster yet")]
+    Pristine,
+    #[error("this server is forming or joining a cluster")]
+    Joining,
+    #[error("this server is shutting down")]
+    Stopped,
+}
+
+/// A running replica of a cluster, its in-memory views, and what invites need of the
+/// cluster's identity.
+pub struct Member {
+    pub replica: Arc<Replica>,
+    pub views: Arc<Views>,
     cluster_id: String,
     ca_cert_der: Vec<u8>,
     /// Renews this replica's certificate while it runs; stops when dropped.
     _renewing: Renewing,
+    /// Keeps `views` current; stops when dropped.
+    _following: AbortOnDrop,
+}
+
+impl Member {
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl ClusterRuntime {
-    /// Starts the replica if this data dir already belongs to a cluster.
-    pub async fn start(settings: ReplicaSettings) -> Result<Self, ClusterSetupError> {
-        let runtime = Self { settings, member: Mutex::new(None) };
+    /// Starts the replica if this data dir already belongs to a cluster. `ca` is what its
+    /// views build signers with.
+    pub async fn start(settings: ReplicaSettings, ca: ClusterCa) -> Result<Self, ClusterSetupError> {
+        let runtime = Self { settings, ca, phase: watch::channel(Phase::Pristine).0, setup: Mutex::new(()) };
         let material = files::load(&runtime.settings.data_dir)?;
         if let Some(material) = material {
-            let mut slot = runtime.member.lock().await;
-            *slot = Some(runtime.start_replica(&material).await?);
+            let member = runtime.start_replica(&material).await?;
+            runtime.phase.send_replace(Phase::Member(Arc::new(member)));
         } else {
             tracing::info!(
                 "this replica belongs to no cluster yet: run `testudo-server cluster init` or `cluster join`"
@@ -96,19 +143,34 @@ impl ClusterRuntime {
         Ok(runtime)
     }
 
-    /// The running replica, if any.
-    pub async fn replica(&self) -> Option<Arc<Replica>> {
-        self.member.lock().await.as_ref().map(|m| m.replica.clone())
+    /// What this replica is now.
+    pub fn phase(&self) -> Phase {
+        self.phase.borrow().clone()
     }
 
-    /// The running replica with its entry cache, taken together so the two always match.
-    pub async fn replica_with_entries(&self) -> Option<(Arc<Replica>, Arc<EntryCache>)> {
-        self.member.lock().await.as_ref().map(|m| (m.replica.clone(), m.entries.clone()))
+    /// Changes of phase, as they happen.
+    pub fn phases(&self) -> watch::Receiver<Phase> {
+        self.phase.subscribe()
+    }
+
+    /// The running member, or why there is none.
+    pub fn member(&self) -> Result<Arc<Member>, NotServing> {
+        match self.phase() {
+            Phase::Member(member) => Ok(member),
+            Phase::Pristine => Err(NotServing::Pristine),
+            Phase::Joining => Err(NotServing::Joining),
+            Phase::Stopped => Err(NotServing::Stopped),
+        }
+    }
+
+    /// The running replica, if any.
+    pub fn replica(&self) -> Option<Arc<Replica>> {
+        self.member().ok().map(|m| m.replica.clone())
     }
 
     /// The cluster id, if this replica belongs to a cluster.
-    pub async fn cluster_id(&self) -> Option<String> {
-        self.member.lock().await.as_ref().map(|m| m.cluster_id.clone())
+    pub fn cluster_id(&self) -> Option<String> {
+        self.member().ok().map(|m| m.cluster_id.clone())
     }
 
     async fn start_replica(&self, material: &ClusterMaterial) -> Result<Member, ClusterSetupError> {
@@ -153,34 +215,34 @@ impl ClusterRuntime {
         let replica = Arc::new(Replica::start(config).await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?);
         let _ = late.set(Arc::downgrade(&replica));
         let renewing = renewal.spawn(Arc::downgrade(&replica));
+        let views = Arc::new(Views::new(self.ca.clone()));
+        let following =
+            AbortOnDrop(tokio::spawn(views.clone().follow(replica.local_reader().clone(), replica.applied().clone())));
         Ok(Member {
             replica,
-            entries: Arc::default(),
+            views,
             cluster_id: material.cluster_id.clone(),
             ca_cert_der: material.ca_cert_der.clone(),
             _renewing: renewing,
+            _following: following,
         })
     }
 
     /// Makes this pristine replica the sole voter of a new cluster.
     pub async fn init(&self) -> Result<ClusterStatus, ClusterSetupError> {
-        // A data dir with cluster files started its replica at start-up, so an empty slot
-        // means a pristine replica (and `files::store` refuses to overwrite regardless).
-        let mut slot = self.member.lock().await;
-        if slot.is_some() {
-            return Err(ClusterSetupError::AlreadyMember);
-        }
+        let _setup = self.begin_setup().await?;
         let material = new_cluster_material(&self.settings.trust_domain)?;
         files::store(&self.settings.data_dir, &material)?;
         let member = self.start_replica(&material).await?;
         let (replica, cluster_id) = (member.replica.clone(), member.cluster_id.clone());
+        // From here the data dir holds a cluster: whatever happens next, this is a member.
+        self.phase.send_replace(Phase::Member(Arc::new(member)));
         replica.initialize().await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
         replica
             .wait_for_leader(Duration::from_secs(10))
             .await
             .map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
         tracing::info!(%cluster_id, node_id = self.settings.node_id, "initialised a new cluster");
-        *slot = Some(member);
         Ok(replica.status())
     }
 
@@ -210,7 +272,7 @@ impl ClusterRuntime {
 
     /// Writes the replicated state, as of now (read-index barrier), to a new file at `path`.
     pub async fn save_backup(&self, path: &std::path::Path) -> Result<u64, ClusterSetupError> {
-        let replica = self.replica().await.ok_or(ClusterSetupError::NotMember)?;
+        let replica = self.replica().ok_or(ClusterSetupError::NotMember)?;
         let reader = replica.linearizable_reader().await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
         let bytes = reader.backup().await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
         let path = path.to_path_buf();
@@ -223,11 +285,8 @@ impl ClusterRuntime {
 
     /// Creates a one-time invite valid for `ttl`.
     pub async fn create_invite(&self, ttl: Duration) -> Result<(String, i64), ClusterSetupError> {
-        let (replica, ca_cert_der) = {
-            let slot = self.member.lock().await;
-            let member = slot.as_ref().ok_or(ClusterSetupError::NotMember)?;
-            (member.replica.clone(), member.ca_cert_der.clone())
-        };
+        let member = self.member().map_err(|_| ClusterSetupError::NotMember)?;
+        let (replica, ca_cert_der) = (member.replica.clone(), member.ca_cert_der.clone());
         let mut addresses = vec![replica.node().raft_address.clone()];
         let status = replica.status();
         addresses
@@ -245,10 +304,7 @@ impl ClusterRuntime {
     /// Joins this pristine replica to the cluster `token` names and waits until it votes.
     pub async fn join(&self, token: &str) -> Result<ClusterStatus, ClusterSetupError> {
         let invite = Invite::decode(token)?;
-        let mut slot = self.member.lock().await;
-        if slot.is_some() {
-            return Err(ClusterSetupError::AlreadyMember);
-        }
+        let setup = self.begin_setup().await?;
         let key = LocalKey::generate(KeyType::EcP256).map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
         let request = JoinRequest {
             secret: invite.secret.to_vec(),
@@ -285,8 +341,8 @@ impl ClusterRuntime {
         files::store(&self.settings.data_dir, &material)?;
         let member = self.start_replica(&material).await?;
         let (replica, cluster_id) = (member.replica.clone(), member.cluster_id.clone());
-        *slot = Some(member);
-        drop(slot);
+        self.phase.send_replace(Phase::Member(Arc::new(member)));
+        drop(setup);
         replica
             .join_through(&invite.addresses, CATCH_UP)
             .await
@@ -327,18 +383,55 @@ impl ClusterRuntime {
     }
 
     /// Status of this replica's view of the cluster, or `None` when pristine.
-    pub async fn status(&self) -> Option<ClusterStatus> {
-        self.replica().await.map(|r| r.status())
+    pub fn status(&self) -> Option<ClusterStatus> {
+        self.replica().map(|r| r.status())
+    }
+
+    /// Starts an init or join: refused unless pristine, and the phase is `Joining` until
+    /// the returned guard is dropped or the caller moves the phase on. A setup that fails
+    /// before starting a replica leaves the replica pristine again.
+    async fn begin_setup(&self) -> Result<Setup<'_>, ClusterSetupError> {
+        let lock = self.setup.lock().await;
+        match self.phase() {
+            Phase::Pristine => {}
+            Phase::Stopped => return Err(ClusterSetupError::Replica(NotServing::Stopped.to_string())),
+            Phase::Joining | Phase::Member(_) => return Err(ClusterSetupError::AlreadyMember),
+        }
+        self.phase.send_replace(Phase::Joining);
+        Ok(Setup { phase: &self.phase, _lock: lock })
     }
 
     /// Stops the replica, releasing the data dir.
     pub async fn shutdown(&self) {
-        let taken = self.member.lock().await.take();
-        if let Some(member) = taken {
-            match Arc::try_unwrap(member.replica) {
-                Ok(replica) => replica.shutdown().await,
-                Err(_) => tracing::warn!("replica still in use at shutdown; its tasks stop with the process"),
+        let _setup = self.setup.lock().await;
+        let Phase::Member(member) = self.phase.send_replace(Phase::Stopped) else { return };
+        match Arc::try_unwrap(member) {
+            Ok(member) => {
+                drop(member._following);
+                match Arc::try_unwrap(member.replica) {
+                    Ok(replica) => replica.shutdown().await,
+                    Err(_) => tracing::warn!("replica still in use at shutdown; its tasks stop with the process"),
+                }
             }
+            Err(_) => tracing::warn!("replica still in use at shutdown; its tasks stop with the process"),
         }
+    }
+}
+
+/// An init or join in progress: back to pristine if dropped while still joining.
+struct Setup<'a> {
+    phase: &'a watch::Sender<Phase>,
+    _lock: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl Drop for Setup<'_> {
+    fn drop(&mut self) {
+        self.phase.send_if_modified(|phase| {
+            let joining = matches!(phase, Phase::Joining);
+            if joining {
+                *phase = Phase::Pristine;
+            }
+            joining
+        });
     }
 }

@@ -29,7 +29,7 @@ pub fn router(runtime: Arc<ClusterRuntime>, live_path: &str, ready_path: &str) -
 }
 
 async fn ready(State(runtime): State<Arc<ClusterRuntime>>) -> (StatusCode, Json<Ready>) {
-    let status = runtime.status().await;
+    let status = runtime.status();
     let leader = status.as_ref().and_then(|s| s.leader);
     let body = Ready {
         ready: leader.is_some(),

@@ -25,7 +25,7 @@ pub async fn sample_raft(runtime: Arc<ClusterRuntime>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
-        let Some(status) = runtime.status().await else {
+        let Some(status) = runtime.status() else {
             metrics::gauge!("testudo_raft_member").set(0.0);
             continue;
         };

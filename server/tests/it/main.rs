@@ -6,7 +6,7 @@
 mod ca_rotation;
 mod cluster_ca;
 mod cluster_processes;
-mod entry_cache;
 mod managed_keys;
 mod upstream_disk;
+mod views;
 mod x509pop;

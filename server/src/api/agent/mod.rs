@@ -193,7 +193,7 @@ impl AgentService {
             }
         };
         let reattestable = data.r#type == crate::node_attestor::x509pop::NAME;
-        let replica = self.context.replica().await?;
+        let replica = self.context.replica()?;
         let existing = replica
             .linearizable_reader()
             .await
@@ -204,7 +204,7 @@ impl AgentService {
         if existing.as_ref().is_some_and(|a| a.banned) {
             return Err(Status::permission_denied(format!("agent {agent_id} is banned")));
         }
-        let (svid, serial) = self.mint_agent_svid(&replica, &agent_id, public_key).await?;
+        let (svid, serial) = self.mint_agent_svid(&agent_id, public_key).await?;
         let agent = AttestedAgent {
             spiffe_id: agent_id.clone(),
             attestation_type: data.r#type.clone(),
@@ -247,11 +247,10 @@ impl AgentService {
     /// An agent SVID for `public_key`, and its serial (hex).
     async fn mint_agent_svid(
         &self,
-        replica: &raft_store::node::Replica,
         id: &SpiffeId,
         public_key: identity::crypto::PublicKey,
     ) -> Result<(types::X509svid, String), Status> {
-        let ca = self.context.ca.signing(replica).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let ca = self.context.signing().await?;
         let chain = ca
             .mint_x509_svid(id.clone(), public_key, self.context.agent_ttl, vec![])
             .await
@@ -268,7 +267,7 @@ impl AgentService {
     }
 
     async fn all_matching(&self, filter: &AgentFilter) -> Result<Vec<AttestedAgent>, Status> {
-        let replica = self.context.replica().await?;
+        let replica = self.context.replica()?;
         let reader = replica.linearizable_reader().await.map_err(read_failed)?;
         let (mut found, mut after) = (Vec::new(), None);
         loop {
@@ -354,7 +353,7 @@ impl Agent for AgentService {
         self.context.require_admin(&request).await?;
         let request = request.into_inner();
         let id = self.agent_id(request.id.as_ref())?;
-        let replica = self.context.replica().await?;
+        let replica = self.context.replica()?;
         let reader = replica.linearizable_reader().await.map_err(read_failed)?;
         let agent = reader
             .agent(&id.to_string())
@@ -406,8 +405,7 @@ impl Agent for AgentService {
         &self,
         request: Request<pb::RenewAgentRequest>,
     ) -> Result<Response<pb::RenewAgentResponse>, Status> {
-        let replica = self.context.replica().await?;
-        let agent = super::agent_auth::require_agent(&request, &replica).await?;
+        let agent = super::agent_auth::require_agent(&request, &self.context).await?;
         let csr = request
             .into_inner()
             .params
@@ -416,7 +414,7 @@ impl Agent for AgentService {
             .ok_or_else(|| Status::invalid_argument("params.csr: required"))?;
         let public_key = identity::x509::public_key_from_csr(&csr)
             .map_err(|e| Status::invalid_argument(format!("params.csr: {e}")))?;
-        let (svid, serial) = self.mint_agent_svid(&replica, &agent.spiffe_id, public_key).await?;
+        let (svid, serial) = self.mint_agent_svid(&agent.spiffe_id, public_key).await?;
         let command = SetAgentNewSerial {
             spiffe_id: agent.spiffe_id.to_string(),
             serial_number: serial,
@@ -479,8 +477,7 @@ impl Agent for AgentService {
         &self,
         request: Request<pb::PostStatusRequest>,
     ) -> Result<Response<pb::PostStatusResponse>, Status> {
-        let replica = self.context.replica().await?;
-        let agent = super::agent_auth::require_agent(&request, &replica).await?;
+        let agent = super::agent_auth::require_agent(&request, &self.context).await?;
         tracing::debug!(agent = %agent.spiffe_id, bundle_serial = request.get_ref().current_bundle_serial, "agent status");
         Ok(Response::new(pb::PostStatusResponse {}))
     }

@@ -45,8 +45,7 @@ impl EntryService {
         (std::collections::BTreeMap<String, std::sync::Arc<RegistrationEntry>>, raft_store::model::AttestedAgent),
         Status,
     > {
-        let replica = self.context.replica().await?;
-        let agent = super::agent_auth::require_agent(request, &replica).await?;
+        let agent = super::agent_auth::require_agent(request, &self.context).await?;
         let authorized = self.context.authorized_entries(&agent).await?;
         Ok((authorized, agent))
     }
@@ -145,7 +144,7 @@ impl Entry for EntryService {
             by_downstream: f.by_downstream,
         });
         let filter = EntryFilter::from_pb(filter.as_ref())?;
-        let replica = self.context.replica().await?;
+        let replica = self.context.replica()?;
         let reader = replica.linearizable_reader().await.map_err(read_failed)?;
         let (entries, _) = Self::matching(reader, &filter, None, 0).await?;
         Ok(Response::new(pb::CountEntriesResponse { count: i32::try_from(entries.len()).unwrap_or(i32::MAX) }))
@@ -162,7 +161,7 @@ impl Entry for EntryService {
             return Err(Status::invalid_argument("page_size: must not be negative"));
         }
         let after = Some(request.page_token).filter(|t| !t.is_empty());
-        let replica = self.context.replica().await?;
+        let replica = self.context.replica()?;
         let reader = replica.linearizable_reader().await.map_err(read_failed)?;
         let limit = usize::try_from(request.page_size).unwrap_or(0);
         let (entries, more) = Self::matching(reader, &filter, after, limit).await?;
@@ -179,7 +178,7 @@ impl Entry for EntryService {
         self.context.require_admin(&request).await?;
         let request = request.into_inner();
         check_entry_id(&request.id)?;
-        let replica = self.context.replica().await?;
+        let replica = self.context.replica()?;
         let reader = replica.linearizable_reader().await.map_err(read_failed)?;
         let entry = reader
             .entry(&request.id)
@@ -223,7 +222,7 @@ impl Entry for EntryService {
         let request = request.into_inner();
         check_batch(request.entries.len(), "entries")?;
         let td = &self.context.ca.config.trust_domain;
-        let replica = self.context.replica().await?;
+        let replica = self.context.replica()?;
         let reader = replica.linearizable_reader().await.map_err(read_failed)?;
         let mut checked = Vec::with_capacity(request.entries.len());
         for update in &request.entries {

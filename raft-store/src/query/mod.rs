@@ -1,6 +1,10 @@
 //! Typed reads of the replicated state. `StoreReader` reads this replica's applied state;
 //! the node decides whether a read first waits for the read index (linearizable) or not.
 
+mod rows;
+
+pub use rows::{ChangedKeys, Rows};
+
 use std::sync::Arc;
 
 use rocksdb::{Direction, IteratorMode, DB};

@@ -1,15 +1,20 @@
-//! The agent-authorization cache follows the Raft change log: changes made anywhere in the
-//! cluster show up on the next call without reloading everything, node aliases and
-//! descendants are followed, and a pruned change log makes it reload once.
+//! The in-memory views follow what apply announces: changes made anywhere in the cluster
+//! show up on every replica without reloading everything, node aliases and descendants are
+//! followed, and pruning the change log changes nothing for them.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use identity::TrustDomain;
 use identity::{Selector, SpiffeId};
 use raft_store::command::*;
 use raft_store::model::{AttestedAgent, RegistrationEntry};
 use raft_store::testing::TestCluster;
-use server::cluster::entry_cache::EntryCache;
+use server::ca::replicated::ClusterCa;
+use server::ca::{CaConfig, CaKeys};
+use server::clock::SystemClock;
+use server::views::Views;
+use std::sync::Arc;
 
 const AGENT: &str = "spiffe://example.org/spire/agent/join_token/a";
 const SERVER: &str = "spiffe://example.org/spire/server";
@@ -33,9 +38,24 @@ fn agent() -> AttestedAgent {
     }
 }
 
-async fn authorized_ids(cache: &EntryCache, replica: &raft_store::node::Replica) -> BTreeSet<String> {
+async fn authorized_ids(views: &Views, replica: &raft_store::node::Replica) -> BTreeSet<String> {
     let server = SpiffeId::parse(SERVER).unwrap();
-    cache.authorized(replica, &agent(), &server).await.unwrap().into_keys().collect()
+    // A caller's view reflects everything its replica applied when it asked.
+    views.reach(replica.applied().current_revision()).await.unwrap();
+    views.entries().authorized(&agent(), &server).unwrap().into_keys().collect()
+}
+
+/// Views of `replica`'s state, kept current from what it announces.
+fn follow(replica: &raft_store::node::Replica) -> Arc<Views> {
+    let ca = ClusterCa {
+        config: CaConfig::new(TrustDomain::parse("example.org").unwrap()),
+        keys: CaKeys::Shared,
+        upstream: None,
+        clock: Arc::new(SystemClock),
+    };
+    let views = Arc::new(Views::new(ca));
+    tokio::spawn(views.clone().follow(replica.local_reader().clone(), replica.applied().clone()));
+    views
 }
 
 fn ids(list: &[&str]) -> BTreeSet<String> {
@@ -43,7 +63,7 @@ fn ids(list: &[&str]) -> BTreeSet<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cache_follows_changes_on_every_replica_and_reloads_only_after_a_prune() {
+async fn the_views_follow_changes_on_every_replica_without_reloading() {
     let cluster = TestCluster::start(3, 10_000).await;
     let leader = cluster.wait_for_leader().await;
     let follower = cluster.follower(leader);
@@ -62,15 +82,15 @@ async fn the_cache_follows_changes_on_every_replica_and_reloads_only_after_a_pru
         .await
         .unwrap();
 
-    let leader_cache = EntryCache::default();
+    let leader_views = follow(on_leader);
     assert_eq!(
-        authorized_ids(&leader_cache, on_leader).await,
+        authorized_ids(&leader_views, on_leader).await,
         ids(&["direct", "via-alias", "grandchild"]),
         "aliases themselves are not minted for"
     );
-    assert_eq!(leader_cache.reloads(), 1);
+    assert_eq!(leader_views.reloads(), 1);
 
-    // Changes through a follower: reparent, delete, create. The leader's cache sees each one
+    // Changes through a follower: reparent, delete, create. The leader's views see each one
     // on the next call (read-your-writes on the replica that applied them), by delta.
     let moved =
         entry("grandchild", "spiffe://example.org/web/sidecar", "spiffe://example.org/red-nodes", &["unix:uid:4"]);
@@ -85,21 +105,22 @@ async fn the_cache_follows_changes_on_every_replica_and_reloads_only_after_a_pru
         )])))
         .await
         .unwrap();
-    assert_eq!(authorized_ids(&leader_cache, on_leader).await, ids(&["direct", "new"]));
-    assert_eq!(leader_cache.reloads(), 1, "changes arrive by delta, not by reloading");
-    assert_eq!(leader_cache.revision(), on_leader.local_reader().revision().await.unwrap());
+    assert_eq!(authorized_ids(&leader_views, on_leader).await, ids(&["direct", "new"]));
+    assert_eq!(leader_views.reloads(), 1, "changes arrive by delta, not by reloading");
+    assert_eq!(leader_views.revision(), on_leader.local_reader().revision().await.unwrap());
+    assert_eq!(leader_views.revision(), on_leader.applied().current_revision());
 
-    // A follower's cache converges once the follower has applied the same revision.
-    let follower_cache = EntryCache::default();
+    // A follower's views converge once the follower has applied the same revision.
+    let follower_views = follow(on_follower);
     let target = on_leader.local_reader().revision().await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while on_follower.local_reader().revision().await.unwrap() < target {
         assert!(tokio::time::Instant::now() < deadline, "the follower applies every write");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(authorized_ids(&follower_cache, on_follower).await, ids(&["direct", "new"]));
+    assert_eq!(authorized_ids(&follower_views, on_follower).await, ids(&["direct", "new"]));
 
-    // Prune the change log past the cache's revision: the next call reloads, once.
+    // Pruning the change log changes nothing for views that follow apply.
     on_leader
         .write_command(Command::CreateEntries(CreateEntries(vec![entry(
             "late",
@@ -112,8 +133,8 @@ async fn the_cache_follows_changes_on_every_replica_and_reloads_only_after_a_pru
     let head =
         on_leader.write_command(Command::DeleteEntries(DeleteEntries(vec!["direct".into()]))).await.unwrap().revision;
     on_leader.write_command(Command::PruneChangeLog(PruneChangeLog { before_revision: head + 1 })).await.unwrap();
-    assert_eq!(authorized_ids(&leader_cache, on_leader).await, ids(&["new", "late"]));
-    assert_eq!(leader_cache.reloads(), 2, "a pruned change log means one reload");
+    assert_eq!(authorized_ids(&leader_views, on_leader).await, ids(&["new", "late"]));
+    assert_eq!(leader_views.reloads(), 1, "a pruned change log costs no reload");
     on_leader
         .write_command(Command::CreateEntries(CreateEntries(vec![entry(
             "after",
@@ -123,8 +144,9 @@ async fn the_cache_follows_changes_on_every_replica_and_reloads_only_after_a_pru
         )])))
         .await
         .unwrap();
-    assert_eq!(authorized_ids(&leader_cache, on_leader).await, ids(&["new", "late", "after"]));
-    assert_eq!(leader_cache.reloads(), 2);
+    assert_eq!(authorized_ids(&leader_views, on_leader).await, ids(&["new", "late", "after"]));
+    assert_eq!(leader_views.reloads(), 1);
+    assert_eq!(follower_views.reloads(), 1);
     cluster.shutdown().await;
 }
 
@@ -153,9 +175,9 @@ async fn the_leader_prunes_the_change_log_behind_what_it_keeps() {
     assert_eq!(oldest, floor, "records before the floor are gone, the rest kept");
     assert_eq!(prune_once(replica, 20, floor).await, None, "the floor would move by less than a tenth of what is kept");
 
-    // A cache that was behind the floor reloads, and still answers right.
-    let cache = EntryCache::default();
-    assert_eq!(authorized_ids(&cache, replica).await.len(), 30);
-    assert_eq!(cache.reloads(), 1);
+    // Views started after the prune load every entry.
+    let views = follow(replica);
+    assert_eq!(authorized_ids(&views, replica).await.len(), 30);
+    assert_eq!(views.reloads(), 1);
     cluster.shutdown().await;
 }
