@@ -1551,3 +1551,53 @@ fn federated_bundle_updates_honour_the_input_mask() {
         });
     }
 }
+
+/// A replica that is joining a cluster answers every other call at once, saying so: the
+/// join (here stuck on an invite address that accepts TCP and never speaks TLS) holds no
+/// lock that API calls wait behind.
+#[test]
+fn calls_made_during_a_join_answer_within_a_second() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::new(root.path(), 1);
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let invite = server::cluster::invite::Invite {
+        secret: [7; 32],
+        ca_sha256: [9; 32],
+        addresses: vec![silent.local_addr().unwrap().to_string()],
+    }
+    .encode()
+    .unwrap();
+    let mut joining = Command::new(BIN)
+        .args(["cluster", "join", "--token", &invite, "--socket-path"])
+        .arg(server.socket())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The join is under way once the server has connected to the silent address.
+    silent.set_nonblocking(true).unwrap();
+    let mut held = None;
+    wait_until(
+        Duration::from_secs(20),
+        || {
+            held = held.take().or_else(|| silent.accept().ok());
+            held.is_some()
+        },
+        "the joining replica to dial the invite's address",
+    );
+
+    for args in [vec!["entry", "count"], vec!["agent", "count"], vec!["cluster", "status"]] {
+        let started = Instant::now();
+        let out = server.command(&args);
+        let took = started.elapsed();
+        let said = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+        assert!(took < Duration::from_secs(1), "{args:?} took {took:?} during a join: {said}");
+        if args[0] != "cluster" {
+            assert!(!out.status.success(), "{args:?} cannot be served while joining");
+            assert!(said.contains("forming or joining a cluster"), "{args:?} says why: {said}");
+        }
+    }
+    assert!(joining.try_wait().unwrap().is_none(), "the join was still under way during the calls");
+    let _ = joining.kill();
+    let _ = joining.wait();
+}
