@@ -601,6 +601,13 @@ impl Replica {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 
+    /// Waits until this replica leads (`leading`) or stops leading (`!leading`); returns
+    /// at once if it already does. Also returns when Raft stops.
+    pub async fn wait_until_leading(&self, leading: bool) {
+        let mut metrics = self.raft.metrics();
+        let _ = metrics.wait_for(|m| (m.state == ServerState::Leader) == leading).await;
+    }
+
     /// Stops Raft and the RPC server, releasing the data directory.
     pub async fn shutdown(mut self) {
         if let Err(e) = self.raft.shutdown().await {

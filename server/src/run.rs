@@ -88,20 +88,7 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
             tracing::error!(error = %e, "server API listener stopped");
         }
     }));
-    let for_ca = runtime.clone();
-    background.push(tokio::spawn(server::ca::replicated::rotate_while_leading(
-        ca,
-        move || {
-            let runtime = for_ca.clone();
-            async move { runtime.replica() }
-        },
-        CA_ROTATION_INTERVAL,
-    )));
-    background.push(tokio::spawn(server::cluster::change_log::prune_while_leading(
-        runtime.clone(),
-        server::cluster::change_log::KEEP,
-        CHANGE_LOG_PRUNE_INTERVAL,
-    )));
+    background.push(tokio::spawn(server::leader::run(runtime.clone(), server::leader::server_duties(ca))));
     if let Some(prometheus) = &config.telemetry.prometheus {
         let router = server::ops::metrics::router(metrics);
         background.push(serve_http("Prometheus metrics", &prometheus.host, prometheus.port, router).await?);
@@ -130,12 +117,6 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&config.server.socket_path);
     served.context("admin socket server failed")
 }
-
-/// How often the leader checks whether a CA rotation step is due. Each check is one
-/// read-index round; short, so a new cluster has a CA within a second of electing a leader.
-const CA_ROTATION_INTERVAL: Duration = Duration::from_secs(1);
-/// How often the leader checks whether the change log needs pruning.
-const CHANGE_LOG_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The cluster's CA as this config describes it. The development key managers (`memory`,
 /// `disk`) share CA keys through the replicated journal; with `pkcs11` and `aws_kms` the

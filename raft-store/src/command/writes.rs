@@ -170,6 +170,12 @@ pub struct RevokeLocalX509Authority {
     pub der: Vec<u8>,
 }
 
+/// Deletes invitations that expired before `expired_before`; answers how many.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PruneReplicaInvites {
+    pub expired_before: i64,
+}
+
 /// `command => Command variant, Outcome variant: output type` for every typed command.
 macro_rules! typed_writes {
     ($($command:ident => $variant:ident, $outcome:ident: $output:ty;)*) => {
@@ -220,4 +226,5 @@ typed_writes! {
     ConsumeReplicaInvite => ConsumeReplicaInvite, ReplicaInvite: Result<ReplicaInvite, ApplyError>;
     TaintLocalX509Authority => TaintLocalX509Authority, Bundle: Result<StoredBundle, ApplyError>;
     RevokeLocalX509Authority => RevokeLocalX509Authority, Bundle: Result<StoredBundle, ApplyError>;
+    PruneReplicaInvites => PruneReplicaInvites, Pruned: u64;
 }

@@ -13,7 +13,9 @@ use serde::de::DeserializeOwned;
 use crate::codec::{self, pair_prefix, u64_key, CodecError};
 use crate::command::{BundleScope, ChangeSet, Table};
 use crate::db::cf;
-use crate::model::{AttestedAgent, CaJournal, FederationRelationship, JoinToken, RegistrationEntry, StoredBundle};
+use crate::model::{
+    AttestedAgent, CaJournal, FederationRelationship, JoinToken, RegistrationEntry, ReplicaInvite, StoredBundle,
+};
 use crate::schema::{ca_key, sm_key, Cf};
 
 /// A read that failed in the store itself.
@@ -157,6 +159,25 @@ impl StoreReader {
         .await
     }
 
+    /// The earliest expiry of a join token, if any is stored.
+    pub async fn earliest_join_token_expiry(&self) -> Result<Option<i64>, ReadError> {
+        self.run(|db| earliest_expiry::<JoinToken>(db, Cf::JoinTokens, "join token", |t| t.expires_at)).await
+    }
+
+    /// The earliest expiry of a replica invite, if any is stored.
+    pub async fn earliest_invite_expiry(&self) -> Result<Option<i64>, ReadError> {
+        self.run(|db| earliest_expiry::<ReplicaInvite>(db, Cf::ReplicaInvites, "replica invite", |i| i.expires_at))
+            .await
+    }
+
+    /// The revision before which the change log was pruned (0: never).
+    pub async fn change_log_floor(&self) -> Result<u64, ReadError> {
+        self.run(|db| {
+            get::<u64>(db, Cf::SmMeta, sm_key::CHANGE_LOG_FLOOR, "change log floor").map(Option::unwrap_or_default)
+        })
+        .await
+    }
+
     /// The CA journal (empty before the first CA is prepared).
     pub async fn ca_journal(&self) -> Result<CaJournal, ReadError> {
         self.run(|db| get(db, Cf::CaJournal, ca_key::JOURNAL, "CA journal").map(Option::unwrap_or_default)).await
@@ -249,6 +270,21 @@ fn scope_cf(scope: BundleScope) -> Cf {
         BundleScope::Local => Cf::LocalBundle,
         BundleScope::Federated => Cf::FederatedBundles,
     }
+}
+
+fn earliest_expiry<T: DeserializeOwned>(
+    db: &DB,
+    table: Cf,
+    what: &'static str,
+    expiry: impl Fn(&T) -> i64,
+) -> Result<Option<i64>, ReadError> {
+    let mut earliest = None;
+    for item in db.iterator_cf(cf(db, table), IteratorMode::Start) {
+        let (_, value) = item?;
+        let at = expiry(&codec::decode(what, &value)?);
+        earliest = Some(earliest.map_or(at, |e: i64| e.min(at)));
+    }
+    Ok(earliest)
 }
 
 fn get<T: DeserializeOwned>(db: &DB, table: Cf, key: &[u8], what: &'static str) -> Result<Option<T>, ReadError> {

@@ -235,6 +235,16 @@ async fn replica_invites_are_consumed_exactly_once_and_never_as_join_tokens() {
         ),
         "an expired invite is gone after the attempt"
     );
+
+    // Pruning removes the invites that expired before the given time, and only those.
+    for (hash, expires_at) in [("e1", 100), ("e2", 200), ("e3", 300)] {
+        let invite = ReplicaInvite { secret_sha256: hash.repeat(32), expires_at };
+        s.apply_one(Command::CreateReplicaInvite(CreateReplicaInvite(invite))).await;
+    }
+    assert_eq!(s.store.reader.earliest_invite_expiry().await.unwrap(), Some(100));
+    let pruned = s.apply_one(Command::PruneReplicaInvites(PruneReplicaInvites { expired_before: 250 })).await;
+    assert_eq!(pruned, Outcome::Pruned(2));
+    assert_eq!(s.store.reader.earliest_invite_expiry().await.unwrap(), Some(300));
 }
 
 fn agent(serial: &str) -> AttestedAgent {

@@ -220,6 +220,7 @@ fn every_command() -> Vec<(&'static str, Command)> {
                 der: vec![0x30, 0x09],
             }),
         ),
+        ("PruneReplicaInvites", Command::PruneReplicaInvites(PruneReplicaInvites { expired_before: 1_700_000_005 })),
     ]
 }
 

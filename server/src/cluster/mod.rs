@@ -1,12 +1,11 @@
 //! Cluster life cycle of a server replica: the cluster CA and replica certificates
 //! ([`authority`]), the files a replica keeps ([`files`]), one-time invites ([`invite`]),
-//! admission of joiners ([`admission`]), renewal of replica certificates ([`renewal`]), the in-memory registration entries agents are
-//! authorized from ([`entry_cache`]), the change log's pruning ([`change_log`]) and the runtime that ties them to the Raft replica
-//! ([`runtime`]). docs/cluster.md describes the flow and its threat model.
+//! admission of joiners ([`admission`]), renewal of replica certificates ([`renewal`]) and
+//! the runtime that ties them to the Raft replica and its views ([`runtime`]).
+//! docs/cluster.md describes the flow and its threat model.
 
 pub mod admission;
 pub mod authority;
-pub mod change_log;
 pub mod files;
 pub mod invite;
 pub mod renewal;

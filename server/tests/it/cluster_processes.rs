@@ -355,9 +355,21 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
     let out = servers[0].command(&["agent", "count", "--output", "json"]);
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["count"], 0);
 
-    // Leadership moves where an admin asks, from any replica.
+    // Leadership moves where an admin asks, from any replica; the leader's duties move
+    // with it: they run on the leader only.
+    let duties = |server: &Server| {
+        let metrics = http_get(server.metrics_port, "/metrics").1;
+        metrics.lines().find_map(|l| l.strip_prefix("testudo_leader_duties_running ").map(str::to_owned))
+    };
+    wait_until(Duration::from_secs(20), || duties(&servers[0]).as_deref() == Some("3"), "duties on leader 1");
     let status = servers[2].json(&["transfer", "--node-id", "2"]);
     assert_eq!(leader(&status), Some(2));
+    wait_until(
+        Duration::from_secs(20),
+        || duties(&servers[1]).as_deref() == Some("3") && duties(&servers[0]).as_deref() == Some("0"),
+        "the duties to stop on replica 1 and start on replica 2",
+    );
+    assert_ne!(duties(&servers[2]).as_deref(), Some("3"), "a follower runs no duty");
 
     // kill -9 the leader: the other two elect a new one.
     servers[1].kill();

@@ -152,7 +152,7 @@ async fn the_views_follow_changes_on_every_replica_without_reloading() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_prunes_the_change_log_behind_what_it_keeps() {
-    use server::cluster::change_log::prune_once;
+    use server::leader::change_log::prune_once;
     let cluster = TestCluster::start(2, 10_000).await;
     let leader = cluster.wait_for_leader().await;
     let replica = &cluster.replicas[&leader];
@@ -167,13 +167,22 @@ async fn the_leader_prunes_the_change_log_behind_what_it_keeps() {
             .await
             .unwrap();
     }
-    assert_eq!(prune_once(&cluster.replicas[&cluster.follower(leader)], 20, 0).await, None, "only the leader prunes");
     let revision = replica.local_reader().revision().await.unwrap();
-    let floor = prune_once(replica, 20, 0).await.expect("30 revisions, 20 kept: prune");
+    let floor = prune_once(replica, 20).await.unwrap().expect("30 revisions, 20 kept: prune");
     assert_eq!(floor, revision - 20);
     let oldest = replica.local_reader().changes_since(0, 1).await.unwrap()[0].revision;
     assert_eq!(oldest, floor, "records before the floor are gone, the rest kept");
-    assert_eq!(prune_once(replica, 20, floor).await, None, "the floor would move by less than a tenth of what is kept");
+    assert_eq!(
+        prune_once(replica, 20).await.unwrap(),
+        None,
+        "the floor would move by less than a tenth of what is kept"
+    );
+    // The floor is replicated: another replica that leads next resumes from it.
+    let follower = &cluster.replicas[&cluster.follower(leader)];
+    let head = replica.applied().current_revision();
+    follower.linearizable_reader().await.unwrap();
+    assert!(follower.applied().current_revision() >= head);
+    assert_eq!(prune_once(follower, 20).await.unwrap(), None, "a new leader does not prune the same records again");
 
     // Views started after the prune load every entry.
     let views = follow(replica);

@@ -35,3 +35,16 @@ pub fn consume(txn: &mut Txn<'_>, secret_sha256: &str, now: i64) -> Result<Outco
     }
     Ok(Outcome::ReplicaInvite(Ok(stored)))
 }
+
+pub fn prune(txn: &mut Txn<'_>, expired_before: i64) -> Result<Outcome, TxnError> {
+    let mut pruned = 0;
+    for (key, value) in txn.scan_prefix(Cf::ReplicaInvites, b"")? {
+        let invite: ReplicaInvite = crate::codec::decode(WHAT, &value)?;
+        if invite.expires_at < expired_before {
+            txn.delete(Cf::ReplicaInvites, &key);
+            txn.record(Table::ReplicaInvite, &invite.secret_sha256, true);
+            pruned += 1;
+        }
+    }
+    Ok(Outcome::Pruned(pruned))
+}
