@@ -7,6 +7,7 @@ pub mod admin;
 pub mod attest;
 pub mod cache;
 pub mod config;
+pub mod entry_watch;
 pub mod identity_store;
 pub mod ops;
 pub mod runtime;

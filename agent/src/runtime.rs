@@ -139,14 +139,19 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     }
     let probe_task = tokio::spawn(pool.clone().probe_unhealthy(std::time::Duration::from_secs(1)));
     let dns_task = tokio::spawn(pool.clone().follow_dns(crate::server_pool::RESOLVE_EVERY));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let watch_task = tokio::spawn(crate::entry_watch::watch(pool.clone(), wake.clone()));
     let sync_task = tokio::spawn(sync_loop(
-        config.clone(),
-        pool.clone(),
-        cache.clone(),
-        trust.clone(),
-        store.clone(),
+        SyncParts {
+            config: config.clone(),
+            pool: pool.clone(),
+            cache: cache.clone(),
+            trust: trust.clone(),
+            store: store.clone(),
+            agent_status: status.clone(),
+            wake,
+        },
         agent,
-        status.clone(),
     ));
 
     let socket = &config.agent.socket_path;
@@ -178,6 +183,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         .serve_with_incoming_shutdown(accept(listener), shutdown)
         .await;
     sync_task.abort();
+    watch_task.abort();
     probe_task.abort();
     if let (Some(task), Some(path)) = (admin_task, &config.agent.admin_socket_path) {
         task.abort();
@@ -237,20 +243,32 @@ fn accept(
         .map(|accepted| accepted.map(workload::authority::AuthorityFixing::new))
 }
 
-async fn sync_loop(
+/// What the sync loop works with.
+struct SyncParts {
     config: AgentConfig,
     pool: Arc<ServerPool>,
     cache: Cache,
     trust: Arc<RwLock<Bundle>>,
     store: IdentityStore,
-    mut agent: AgentSvid,
     agent_status: Arc<AgentStatus>,
-) {
+    /// Woken when the servers say this agent's entries changed: sync now.
+    wake: Arc<tokio::sync::Notify>,
+}
+
+/// Syncs every `sync_interval`, and at once when woken by an entry notification.
+async fn sync_loop(parts: SyncParts, mut agent: AgentSvid) {
+    let SyncParts { config, pool, cache, trust, store, agent_status, wake } = parts;
     let mut tick = tokio::time::interval(config.agent.sync_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_bundle_sequence = None;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = wake.notified() => {
+                // The periodic sync counts from here: this one just happened.
+                tick.reset();
+            }
+        }
         match sync::sync_once(&pool, &cache, &trust).await {
             Ok(report) => {
                 metrics::counter!("testudo_agent_syncs_total", "result" => "ok").increment(1);

@@ -30,6 +30,9 @@ use crate::identity_store::StoredIdentity;
 /// How long one call may take before the next replica is tried.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// HTTP/2 pings on an open connection, and how long one may go unanswered.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Backoff for a replica that failed: doubles up to the maximum, with ±25% jitter.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -145,6 +148,10 @@ impl ServerPool {
             .map_err(|e| Status::invalid_argument(format!("server address {address:?}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(CALL_TIMEOUT)
+            // A replica that stops answering (SIGSTOP, a cut link) is noticed on a stream
+            // that carries nothing for long: the entry notifications.
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .tcp_nodelay(true)
             .tls_config_with_verifier(tls, verifier)
             .map_err(|e| Status::internal(format!("TLS for {address}: {e}")))?
@@ -324,7 +331,7 @@ pub async fn resolve(configured: &[String]) -> Vec<String> {
 }
 
 /// `d` ± 25%.
-fn jitter(d: Duration) -> Duration {
+pub(crate) fn jitter(d: Duration) -> Duration {
     let factor = 0.75 + fastrand::f64() * 0.5;
     d.mul_f64(factor)
 }

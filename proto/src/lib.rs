@@ -17,6 +17,12 @@ pub mod cluster {
     tonic::include_proto!("testudo.cluster.v1");
 }
 
+/// Pushes from servers to agents (`testudo.agent.v1`): entry change notifications.
+pub mod agent_push {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("testudo.agent.v1");
+}
+
 /// Administration of one server replica over its admin socket (`testudo.admin.v1`).
 pub mod admin {
     #![allow(clippy::all, missing_docs)]

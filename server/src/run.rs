@@ -192,7 +192,9 @@ fn api_routes(
     api: &server::api::ApiContext,
     intercept: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
 ) -> tonic::service::Routes {
+    use proto::agent_push::entry_notifications_server::EntryNotificationsServer;
     use proto::spire::api::server::localauthority::v1::local_authority_server::LocalAuthorityServer;
+    use server::api::entry_notifications::EntryNotificationService;
     use server::api::{
         agent::AgentService, bundle::BundleService, debug::DebugService, entry::EntryService,
         local_authority::LocalAuthorityService, svid::SvidService,
@@ -200,6 +202,8 @@ fn api_routes(
     let mut routes = tonic::service::RoutesBuilder::default();
     routes.add_service(AgentServer::with_interceptor(AgentService { context: api.clone() }, intercept));
     routes.add_service(EntryServer::with_interceptor(EntryService { context: api.clone() }, intercept));
+    routes
+        .add_service(EntryNotificationsServer::with_interceptor(EntryNotificationService::new(api.clone()), intercept));
     routes.add_service(SvidServer::with_interceptor(SvidService { context: api.clone() }, intercept));
     routes.add_service(BundleServer::with_interceptor(BundleService { context: api.clone() }, intercept));
     routes

@@ -1,6 +1,7 @@
 //! The agent as real processes against a real server replica, called by Workload API
 //! clients that others wrote (the `spiffe` crate) and by our own CLI.
 
+mod entry_push;
 mod failover;
 mod ops;
 mod rotation;

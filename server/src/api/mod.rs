@@ -8,6 +8,7 @@ pub mod caller;
 pub mod convert;
 pub mod debug;
 pub mod entry;
+pub mod entry_notifications;
 pub mod health;
 pub mod listener;
 pub mod local_authority;

@@ -17,6 +17,9 @@ pub struct EntryCache {
     state: RwLock<State>,
 }
 
+/// Entries by id.
+pub type EntriesById = BTreeMap<String, Arc<RegistrationEntry>>;
+
 /// The agent is authorized for more entries than one answer may carry.
 #[derive(Debug, thiserror::Error)]
 #[error("the agent is authorized for more than {MAX_AUTHORIZED} entries")]
@@ -72,19 +75,31 @@ impl EntryCache {
         *self.write() = state;
     }
 
-    /// Applies changed rows: each id with its entry as it is now (`None`: deleted).
-    pub(super) fn apply(&self, changed: impl IntoIterator<Item = (String, Option<RegistrationEntry>)>) {
+    /// Applies changed rows: each id with its entry as it is now (`None`: deleted). Returns
+    /// the parent IDs of every changed entry, before and after the change.
+    pub(super) fn apply(
+        &self,
+        changed: impl IntoIterator<Item = (String, Option<RegistrationEntry>)>,
+    ) -> BTreeSet<String> {
         let mut state = self.write();
         let mut count = 0u64;
+        let mut parents = BTreeSet::new();
         for (id, entry) in changed {
+            if let Some(old) = state.entries.get(&id) {
+                parents.insert(old.parent_id.to_string());
+            }
             match entry {
-                Some(entry) => state.insert(entry),
+                Some(entry) => {
+                    parents.insert(entry.parent_id.to_string());
+                    state.insert(entry)
+                }
                 None => state.remove(&id),
             }
             count += 1;
         }
         metrics::counter!("testudo_entry_cache_changes_total").increment(count);
         metrics::gauge!("testudo_entry_cache_entries").set(state.entries.len() as f64);
+        parents
     }
 
     /// How many entries the cache holds.
@@ -99,11 +114,18 @@ impl EntryCache {
     /// Every entry `agent` may mint for: those parented to it, to a node alias it holds
     /// (an entry parented to the server whose selectors the agent has), and their
     /// descendants, keyed by entry id.
-    pub fn authorized(
+    pub fn authorized(&self, agent: &AttestedAgent, server_id: &SpiffeId) -> Result<EntriesById, TooManyEntries> {
+        self.authorized_with_parents(agent, server_id).map(|(authorized, _)| authorized)
+    }
+
+    /// As [`Self::authorized`], with every parent ID the answer depends on: the agent's,
+    /// its node aliases' and its authorized entries' SPIFFE IDs. A change to an entry under
+    /// none of these (or to a node alias) cannot change the answer.
+    pub fn authorized_with_parents(
         &self,
         agent: &AttestedAgent,
         server_id: &SpiffeId,
-    ) -> Result<BTreeMap<String, Arc<RegistrationEntry>>, TooManyEntries> {
+    ) -> Result<(EntriesById, BTreeSet<String>), TooManyEntries> {
         let state = self.read();
         let mut parents: VecDeque<String> = VecDeque::from([agent.spiffe_id.to_string()]);
         let agent_selectors: BTreeSet<_> = agent.selectors.iter().collect();
@@ -126,6 +148,6 @@ impl EntryCache {
                 }
             }
         }
-        Ok(authorized)
+        Ok((authorized, seen))
     }
 }

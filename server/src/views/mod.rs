@@ -8,6 +8,7 @@
 pub mod agents;
 pub mod entries;
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,9 +24,21 @@ use entries::EntryCache;
 /// How long a call waits for the views to reach the revision its replica has applied.
 const CATCH_UP: Duration = Duration::from_secs(5);
 
+/// Registration entries changed: at `revision`, under these parent IDs (before and after
+/// the change); `None` when everything was loaded again, which may change anything.
+#[derive(Clone, Debug)]
+pub struct EntriesChanged {
+    pub revision: u64,
+    pub parents: Option<Arc<BTreeSet<String>>>,
+}
+
+/// Entry changes a slow listener may fall behind by before it is told it lagged.
+const ENTRY_CHANGES_BACKLOG: usize = 1024;
+
 /// The views of one replica's state.
 pub struct Views {
     ca: ClusterCa,
+    entry_changes: broadcast::Sender<EntriesChanged>,
     signing: watch::Sender<Option<Arc<Signing>>>,
     entries: EntryCache,
     agents: AgentRecords,
@@ -47,6 +60,7 @@ impl Views {
         Self {
             ca,
             signing: watch::channel(None).0,
+            entry_changes: broadcast::channel(ENTRY_CHANGES_BACKLOG).0,
             entries: EntryCache::default(),
             agents: AgentRecords::default(),
             revision: watch::channel(0).0,
@@ -86,6 +100,11 @@ impl Views {
     /// Changes of the active authorities and local bundle, as they are applied.
     pub fn signing_changes(&self) -> watch::Receiver<Option<Arc<Signing>>> {
         self.signing.subscribe()
+    }
+
+    /// Registration entry changes from now on, announced once the views reflect them.
+    pub fn entry_changes(&self) -> broadcast::Receiver<EntriesChanged> {
+        self.entry_changes.subscribe()
     }
 
     pub fn entries(&self) -> &EntryCache {
@@ -178,12 +197,17 @@ impl Views {
     }
 
     fn update(&self, rows: Rows, revision: u64) {
-        self.entries.apply(rows.entries);
+        let entries_changed = !rows.entries.is_empty();
+        let parents = self.entries.apply(rows.entries);
         self.agents.apply(rows.agents);
         if let Some((journal, bundle)) = rows.ca {
             self.rebuild_signing(journal, bundle);
         }
         self.revision.send_replace(revision);
+        if entries_changed {
+            // No listener is not an error: agents come and go.
+            let _ = self.entry_changes.send(EntriesChanged { revision, parents: Some(Arc::new(parents)) });
+        }
     }
 
     /// A new `Signing` for a changed journal or bundle, keeping the signers of authorities
