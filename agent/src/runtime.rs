@@ -19,7 +19,7 @@ use crate::server_pool::ServerPool;
 use crate::status::AgentStatus;
 use crate::workload::api::WorkloadApi;
 use crate::workload::sds::SecretDiscovery;
-use crate::{attest, sync, trust, workload};
+use crate::{attest, sync, trust};
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -159,8 +159,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         .map_err(|e| StartError::Socket { path: socket.display().to_string(), reason: e.to_string() })?;
     tracing::info!(socket = %socket.display(), "Workload API and Envoy SDS listening");
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
-    let sds = SecretDiscovery::new(cache.clone(), config.workload_attestors.clone(), config.agent.sds.clone());
-    let api = WorkloadApi::new(cache.clone(), config.workload_attestors.clone(), pool);
+    let attestors = crate::workload::attestor::WorkloadAttestors::build(&config.workload_attestors);
+    tracing::info!(attestors = ?attestors.names(), "workload attestors");
+    let sds = SecretDiscovery::new(cache.clone(), attestors.clone(), config.agent.sds.clone());
+    let api = WorkloadApi::new(cache.clone(), attestors, pool);
     let admin_task = match &config.agent.admin_socket_path {
         Some(path) => {
             let listener = crate::socket::bind(path, 0o600)
@@ -170,7 +172,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
             Some(tokio::spawn(
                 tonic::transport::Server::builder()
                     .add_service(proto::spire::agent::debug::v1::debug_server::DebugServer::new(debug))
-                    .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+                    .serve_with_incoming(proto::unix_authority::accept(listener)),
             ))
         }
         None => None,
@@ -180,7 +182,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         .add_service(
             proto::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer::new(sds),
         )
-        .serve_with_incoming_shutdown(accept(listener), shutdown)
+        .serve_with_incoming_shutdown(proto::unix_authority::accept(listener), shutdown)
         .await;
     sync_task.abort();
     watch_task.abort();
@@ -232,15 +234,6 @@ async fn attest_node(config: &AgentConfig, pool: &ServerPool) -> Result<StoredId
             attest::with_x509pop(pool, private_key_path, certificate_path, intermediates_path.as_deref()).await
         }
     }
-}
-
-/// Accepted Workload API connections, each wrapped so any client's `:authority` passes.
-fn accept(
-    listener: tokio::net::UnixListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<workload::authority::AuthorityFixing>> {
-    use tokio_stream::StreamExt;
-    tokio_stream::wrappers::UnixListenerStream::new(listener)
-        .map(|accepted| accepted.map(workload::authority::AuthorityFixing::new))
 }
 
 /// What the sync loop works with.

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod reason;
+pub mod unix_authority;
 
 /// The SPIFFE Workload API (no package: service `SpiffeWorkloadAPI`).
 pub mod workload {

@@ -19,7 +19,6 @@ use server::admin::socket;
 use server::cluster::runtime::{ClusterRuntime, ReplicaSettings};
 use server::config::sections::LogFormat;
 use server::config::ServerConfig;
-use tokio_stream::wrappers::UnixListenerStream;
 
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = ServerConfig::load(config_path)?;
@@ -61,13 +60,7 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         ca: ca.clone(),
         started: std::time::Instant::now(),
         admin_ids: config.server.admin_ids.clone(),
-        node_attestors: config.node_attestors.clone(),
-        x509pop: match &config.node_attestors.x509pop_ca_bundle_paths {
-            Some(paths) => Some(Arc::new(
-                server::node_attestor::x509pop::X509Pop::load(paths).context("NodeAttestor \"x509pop\"")?,
-            )),
-            None => None,
-        },
+        node_attestors: Arc::new(server::node_attestor::NodeAttestors::build(&config.node_attestors)?),
         agent_ttl: config.server.agent_ttl,
     };
     // The network listener: agents, and admins with an SVID listed in admin_ids.
@@ -107,7 +100,7 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         .layer(server::ops::api_metrics::ApiMetricsLayer)
         .add_routes(api_routes(&api, server::api::caller::on_admin_socket))
         .add_service(admin)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .serve_with_incoming_shutdown(proto::unix_authority::accept(listener), shutdown_signal())
         .await;
     tracing::info!("shutting down");
     for task in background {

@@ -12,7 +12,7 @@ use hcl_config::{values, ConfigError, Parsed};
 use identity::TrustDomain;
 use serde::Deserialize;
 
-use plugins::{KeyStorage, NodeAttestor, Plugins, WorkloadAttestors};
+use plugins::{KeyStorage, NodeAttestor, Plugins, WorkloadAttestorConfig};
 
 /// The file as written.
 #[derive(Debug, Deserialize)]
@@ -113,7 +113,7 @@ pub struct AgentConfig {
     pub trust: TrustSource,
     pub node_attestor: NodeAttestor,
     pub key_storage: KeyStorage,
-    pub workload_attestors: WorkloadAttestors,
+    pub workload_attestors: WorkloadAttestorConfig,
     pub health_checks: HealthChecks,
     pub telemetry: Telemetry,
 }

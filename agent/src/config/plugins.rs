@@ -85,9 +85,10 @@ pub enum KeyStorage {
     Disk(PathBuf),
 }
 
-/// The workload attestors that run for every Workload API call.
+/// Which workload attestors the config enables, with their `plugin_data`
+/// (`workload::attestor::WorkloadAttestors` builds them).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct WorkloadAttestors {
+pub struct WorkloadAttestorConfig {
     pub unix: Option<UnixData>,
     pub systemd: bool,
 }
@@ -137,8 +138,8 @@ impl Plugins {
         }
     }
 
-    pub fn workload_attestors(&self) -> Result<WorkloadAttestors, PluginProblem> {
-        let attestors = WorkloadAttestors {
+    pub fn workload_attestors(&self) -> Result<WorkloadAttestorConfig, PluginProblem> {
+        let attestors = WorkloadAttestorConfig {
             unix: enabled(&self.workload_attestor.unix).cloned(),
             systemd: enabled(&self.workload_attestor.systemd).is_some(),
         };

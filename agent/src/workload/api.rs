@@ -16,8 +16,8 @@ use time::OffsetDateTime;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::attestor::WorkloadAttestors;
 use crate::cache::{Cache, Entry, Snapshot};
-use crate::config::plugins::WorkloadAttestors;
 use crate::server_pool::ServerPool;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;

@@ -1,5 +1,5 @@
 //! Who is calling: the caller's selectors from the socket's peer credentials, through every
-//! enabled workload attestor, with a short time limit. Shared by the Workload API and SDS,
+//! enabled workload attestor (`attestor`), with a short time limit. Shared by the Workload API and SDS,
 //! which differ only in what they ask of the request itself.
 
 use std::time::Duration;
@@ -8,8 +8,8 @@ use identity::SelectorSet;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::Status;
 
+use super::attestor::WorkloadAttestors;
 use super::unix::{self, PeerCredentials};
-use crate::config::plugins::WorkloadAttestors;
 
 /// How long attesting a caller may take.
 const ATTEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -23,18 +23,7 @@ pub async fn attest(attestors: &WorkloadAttestors, extensions: &http::Extensions
     let attestors = attestors.clone();
     let attested = tokio::time::timeout(
         ATTEST_TIMEOUT,
-        tokio::task::spawn_blocking(move || {
-            unix::guarded(peer.pid, || {
-                let mut selectors = SelectorSet::new();
-                if let Some(settings) = &attestors.unix {
-                    selectors.extend(unix::attest(peer, settings)?);
-                }
-                if attestors.systemd {
-                    selectors.extend(super::systemd::attest(peer.pid)?);
-                }
-                Ok(selectors)
-            })
-        }),
+        tokio::task::spawn_blocking(move || unix::guarded(peer.pid, || attestors.attest(peer))),
     )
     .await
     .map_err(|_| Status::unavailable("workload attestation timed out"))?

@@ -1,9 +1,9 @@
 //! Serving workloads: the Workload API ([`api`]) and Envoy SDS ([`sds`]) on one Unix
-//! socket, the connection wrapper that lets gRPC C-core clients in ([`authority`]), and
-//! who is calling ([`caller`], through the [`unix`] and [`systemd`] attestors).
+//! socket (accepted through `proto::unix_authority`, which lets gRPC C-core clients in), and
+//! who is calling ([`caller`], through the [`attestor`]s: [`unix`] and [`systemd`]).
 
 pub mod api;
-pub mod authority;
+pub mod attestor;
 pub mod caller;
 pub mod sds;
 pub mod systemd;

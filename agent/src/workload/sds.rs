@@ -35,8 +35,8 @@ use proto::envoy::service::secret::v3::secret_discovery_service_server::SecretDi
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::attestor::WorkloadAttestors;
 use crate::cache::{Cache, Snapshot};
-use crate::config::plugins::WorkloadAttestors;
 use crate::config::SdsSection;
 
 /// The type of every resource SDS serves.

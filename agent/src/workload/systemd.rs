@@ -9,6 +9,29 @@ use identity::{Selector, SelectorSet};
 
 use super::unix::AttestError;
 
+/// The attestor's name in config and its selectors' type.
+pub const NAME: &str = "systemd";
+
+/// The `systemd` attestor (it takes no `plugin_data`).
+pub struct Systemd;
+
+/// Builds the attestor when the config enables it.
+pub fn build(
+    config: &crate::config::plugins::WorkloadAttestorConfig,
+) -> Option<std::sync::Arc<dyn super::attestor::WorkloadAttestor>> {
+    config.systemd.then(|| std::sync::Arc::new(Systemd) as _)
+}
+
+impl super::attestor::WorkloadAttestor for Systemd {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn attest(&self, peer: super::unix::PeerCredentials) -> Result<SelectorSet, AttestError> {
+        attest(peer.pid)
+    }
+}
+
 /// Where systemd looks for unit files, in its order of precedence.
 const UNIT_DIRS: [&str; 4] =
     ["/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"];

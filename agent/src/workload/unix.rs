@@ -13,6 +13,31 @@ use identity::{Selector, SelectorSet};
 
 use crate::config::plugins::UnixData;
 
+/// The attestor's name in config and its selectors' type.
+pub const NAME: &str = "unix";
+
+/// The `unix` attestor with its `plugin_data`.
+pub struct Unix {
+    settings: UnixData,
+}
+
+/// Builds the attestor when the config enables it.
+pub fn build(
+    config: &crate::config::plugins::WorkloadAttestorConfig,
+) -> Option<std::sync::Arc<dyn super::attestor::WorkloadAttestor>> {
+    config.unix.clone().map(|settings| std::sync::Arc::new(Unix { settings }) as _)
+}
+
+impl super::attestor::WorkloadAttestor for Unix {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn attest(&self, peer: PeerCredentials) -> Result<SelectorSet, AttestError> {
+        attest(peer, &self.settings)
+    }
+}
+
 /// Why a caller could not be attested.
 #[derive(Debug, thiserror::Error)]
 pub enum AttestError {

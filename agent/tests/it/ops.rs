@@ -53,4 +53,18 @@ fn health_and_metrics_endpoints_answer() {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     assert!(leaf.expires_at > now, "{info:?}");
     assert!(info.last_sync_success > 0 && info.last_sync_success <= now, "{info:?}");
+
+    // A stock grpcio client with stubs from SPIRE's proto is served there too.
+    let python = std::env::var("TESTUDO_PYTHON")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python").to_string());
+    let package = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let out = std::process::Command::new(&python)
+        .arg(format!("{package}/tests/py/debug_client.py"))
+        .arg(format!("{package}/../proto/proto"))
+        .arg(format!("unix:{}", admin.display()))
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e} (make test creates the venv)"));
+    assert!(out.status.success(), "debug_client.py: {}", String::from_utf8_lossy(&out.stderr));
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(seen["svid_chain"].as_u64().unwrap() >= 1, "{seen}");
 }

@@ -36,10 +36,8 @@ pub struct ApiContext {
     pub started: Instant,
     /// SPIFFE IDs whose SVIDs may call admin APIs over the network (`server.admin_ids`).
     pub admin_ids: Vec<identity::SpiffeId>,
-    /// Which node attestors agents may use.
-    pub node_attestors: crate::config::plugins::NodeAttestorConfig,
-    /// The x509pop attestor with its CA bundles, when enabled.
-    pub x509pop: Option<Arc<crate::node_attestor::x509pop::X509Pop>>,
+    /// The node attestors agents may use, by name.
+    pub node_attestors: Arc<crate::node_attestor::NodeAttestors>,
     /// Lifetime of agent SVIDs; `None`: the X.509-SVID default.
     pub agent_ttl: Option<std::time::Duration>,
 }

@@ -199,3 +199,41 @@ fn common_name(der: &[u8]) -> Option<String> {
     let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
     Some(cn)
 }
+
+/// Builds the attestor when the config enables it, loading its CA bundles.
+pub fn build(
+    config: &crate::config::plugins::NodeAttestorConfig,
+) -> Result<Option<std::sync::Arc<dyn super::NodeAttestor>>, super::BuildError> {
+    let Some(paths) = &config.x509pop_ca_bundle_paths else { return Ok(None) };
+    let attestor = X509Pop::load(paths).map_err(|e| super::BuildError { name: NAME, reason: e.to_string() })?;
+    Ok(Some(std::sync::Arc::new(attestor)))
+}
+
+fn status_of(e: X509PopError) -> tonic::Status {
+    match e {
+        X509PopError::BadInput(_) => tonic::Status::invalid_argument(e.to_string()),
+        X509PopError::Untrusted(_) | X509PopError::BadSignature => tonic::Status::permission_denied(e.to_string()),
+        X509PopError::Config { .. } => tonic::Status::internal(e.to_string()),
+    }
+}
+
+#[async_trait::async_trait]
+impl super::NodeAttestor for X509Pop {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    /// The chain must lead to a configured CA; the agent then signs our nonce with the
+    /// leaf's key. An agent attested this way may attest again.
+    async fn attest(
+        &self,
+        payload: &[u8],
+        agent: &mut dyn super::Challenger,
+        context: &crate::api::ApiContext,
+    ) -> Result<super::Attested, tonic::Status> {
+        let pending = self.begin(payload, &context.ca.config.trust_domain, UnixTime::now()).map_err(status_of)?;
+        let response = agent.challenge(pending.challenge.clone()).await?;
+        Self::finish(&pending, &response).map_err(status_of)?;
+        Ok(super::Attested { agent_id: pending.agent_id, selectors: pending.selectors, can_reattest: true })
+    }
+}

@@ -6,15 +6,14 @@ use proto::spire::api::server::agent::v1 as pb;
 use proto::spire::api::server::agent::v1::agent_server::Agent;
 use proto::spire::api::types;
 use raft_store::command::{
-    BanAgent, ConsumeJoinToken, CreateAgent, CreateEntries, CreateJoinToken, DeleteAgent, SetAgentNewSerial,
-    UpdateAgent,
+    BanAgent, CreateAgent, CreateEntries, CreateJoinToken, DeleteAgent, SetAgentNewSerial, UpdateAgent,
 };
 use raft_store::model::{AttestedAgent, JoinToken, RegistrationEntry};
-use raft_store::ApplyError;
 use tonic::{Request, Response, Status};
 
 use super::convert::{spiffe_id_from_pb, spiffe_id_to_pb};
 use super::{apply_status, read_failed, ApiContext};
+use crate::node_attestor::{Attested, Challenger};
 
 pub struct AgentService {
     pub context: ApiContext,
@@ -23,18 +22,6 @@ pub struct AgentService {
 const PAGE: usize = 1000;
 /// How long an agent has to answer an attestation challenge.
 const CHALLENGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-fn x509pop_status(e: crate::node_attestor::x509pop::X509PopError) -> Status {
-    use crate::node_attestor::x509pop::X509PopError;
-    match e {
-        X509PopError::BadInput(_) => Status::invalid_argument(e.to_string()),
-        X509PopError::Untrusted(_) | X509PopError::BadSignature => Status::permission_denied(e.to_string()),
-        X509PopError::Config { .. } => Status::internal(e.to_string()),
-    }
-}
-
-/// Longest join token a caller may choose.
-const MAX_TOKEN_LEN: usize = 255;
 
 fn agent_to_pb(agent: &AttestedAgent, mask: Option<&types::AgentMask>) -> types::Agent {
     let m = mask.cloned().unwrap_or(types::AgentMask {
@@ -139,6 +126,29 @@ impl AgentFilter {
     }
 }
 
+/// The agent's side of an attestation, over the AttestAgent stream: a challenge goes out,
+/// its response is awaited for at most `CHALLENGE_TIMEOUT`.
+struct AttestationStream<'a> {
+    stream: &'a mut tonic::Streaming<pb::AttestAgentRequest>,
+    tx: &'a tokio::sync::mpsc::Sender<Result<pb::AttestAgentResponse, Status>>,
+}
+
+#[async_trait::async_trait]
+impl Challenger for AttestationStream<'_> {
+    async fn challenge(&mut self, challenge: Vec<u8>) -> Result<Vec<u8>, Status> {
+        let message = pb::AttestAgentResponse { step: Some(pb::attest_agent_response::Step::Challenge(challenge)) };
+        self.tx.send(Ok(message)).await.map_err(|_| Status::cancelled("the agent went away"))?;
+        let next = tokio::time::timeout(CHALLENGE_TIMEOUT, self.stream.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no challenge response in time"))??
+            .ok_or_else(|| Status::invalid_argument("challenge_response: the stream ended before it"))?;
+        let Some(pb::attest_agent_request::Step::ChallengeResponse(response)) = next.step else {
+            return Err(Status::invalid_argument("challenge_response: expected after the challenge"));
+        };
+        Ok(response)
+    }
+}
+
 impl AgentService {
     async fn attest(
         &self,
@@ -160,39 +170,10 @@ impl AgentService {
             .ok_or_else(|| Status::invalid_argument("params.params.csr: required"))?;
         let public_key = identity::x509::public_key_from_csr(&csr)
             .map_err(|e| Status::invalid_argument(format!("params.params.csr: {e}")))?;
-        let (agent_id, selectors) = match (data.r#type.as_str(), &self.context.x509pop) {
-            ("join_token", _) if self.context.node_attestors.join_token => {
-                self.attest_join_token(&data.payload).await?
-            }
-            ("x509pop", Some(attestor)) => {
-                let td = &self.context.ca.config.trust_domain;
-                let pending =
-                    attestor.begin(&data.payload, td, rustls::pki_types::UnixTime::now()).map_err(x509pop_status)?;
-                let challenge = pb::AttestAgentResponse {
-                    step: Some(pb::attest_agent_response::Step::Challenge(pending.challenge.clone())),
-                };
-                tx.send(Ok(challenge)).await.map_err(|_| Status::cancelled("the agent went away"))?;
-                let next = tokio::time::timeout(CHALLENGE_TIMEOUT, stream.message())
-                    .await
-                    .map_err(|_| Status::deadline_exceeded("no challenge response in time"))??
-                    .ok_or_else(|| Status::invalid_argument("challenge_response: the stream ended before it"))?;
-                let Some(pb::attest_agent_request::Step::ChallengeResponse(response)) = next.step else {
-                    return Err(Status::invalid_argument("challenge_response: expected after the challenge"));
-                };
-                crate::node_attestor::x509pop::X509Pop::finish(&pending, &response).map_err(x509pop_status)?;
-                (pending.agent_id, pending.selectors)
-            }
-            ("join_token" | "x509pop", _) => {
-                return Err(Status::invalid_argument(format!(
-                    "params.data.type: node attestor {:?} is not enabled on this server",
-                    data.r#type
-                )))
-            }
-            (other, _) => {
-                return Err(Status::invalid_argument(format!("params.data.type: unknown node attestor {other:?}")))
-            }
-        };
-        let reattestable = data.r#type == crate::node_attestor::x509pop::NAME;
+        let attestor = self.context.node_attestors.get(&data.r#type)?;
+        let mut agent_side = AttestationStream { stream: &mut stream, tx };
+        let Attested { agent_id, selectors, can_reattest: reattestable } =
+            attestor.attest(&data.payload, &mut agent_side, &self.context).await?;
         let replica = self.context.replica()?;
         let existing = replica
             .linearizable_reader()
@@ -225,23 +206,6 @@ impl AgentService {
         tracing::info!(agent = %agent_id, attestor = %data.r#type, "agent attested");
         metrics::counter!("testudo_agent_attestations_total", "attestor" => data.r#type).increment(1);
         Ok(pb::attest_agent_response::Result { svid: Some(svid), reattestable })
-    }
-
-    /// Consumes a join token (once, cluster-wide) and names the agent after it.
-    async fn attest_join_token(&self, payload: &[u8]) -> Result<(SpiffeId, Vec<Selector>), Status> {
-        let token = std::str::from_utf8(payload)
-            .map_err(|_| Status::invalid_argument("params.data.payload: the join token is not UTF-8"))?;
-        check_token(token).map_err(|e| Status::invalid_argument(format!("params.data.payload: {}", e.message())))?;
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        match self.context.write(ConsumeJoinToken { token: token.to_owned(), now }).await? {
-            Ok(_) => {}
-            Err(ApplyError::FailedPrecondition(_)) => return Err(Status::permission_denied("join token expired")),
-            Err(_) => return Err(Status::permission_denied("join token does not exist or has already been used")),
-        }
-        let td = self.context.ca.config.trust_domain.name();
-        let id = SpiffeId::parse(&format!("spiffe://{td}/spire/agent/join_token/{token}"))
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok((id, Vec::new()))
     }
 
     /// An agent SVID for `public_key`, and its serial (hex).
@@ -294,16 +258,6 @@ impl AgentService {
 
 /// A join token's value: printable ASCII, no '/', at most 255 bytes (it becomes a path
 /// segment of the agent's SPIFFE ID).
-pub fn check_token(token: &str) -> Result<(), Status> {
-    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
-        return Err(Status::invalid_argument(format!("token: must be 1 to {MAX_TOKEN_LEN} bytes")));
-    }
-    if !token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b)) {
-        return Err(Status::invalid_argument("token: may contain only letters, digits, '-', '_', '.' and '~'"));
-    }
-    Ok(())
-}
-
 #[tonic::async_trait]
 impl Agent for AgentService {
     async fn count_agents(
@@ -434,7 +388,7 @@ impl Agent for AgentService {
             return Err(Status::invalid_argument("ttl: required, in seconds, positive"));
         }
         let token = if request.token.is_empty() { super::entry::new_entry_id()? } else { request.token };
-        check_token(&token)?;
+        crate::node_attestor::join_token::check_token(&token)?;
         let td = &self.context.ca.config.trust_domain;
         let agent_path_id = SpiffeId::parse(&format!("spiffe://{}/spire/agent/join_token/{token}", td.name()))
             .map_err(|e| Status::invalid_argument(format!("token: {e}")))?;

@@ -1,7 +1,9 @@
-//! Workload API clients built on gRPC's C core (py-spiffe, grpc-java, Bazel…) send the
-//! socket path, percent-encoded, as the HTTP/2 `:authority` of every request. The h2 server
-//! under tonic refuses such an authority (PROTOCOL_ERROR), so those clients could not talk
-//! to us; Go's gRPC and SPIRE accept it. This stream sits between the socket and the HTTP/2
+//! gRPC clients built on gRPC's C core (Python's grpcio, C++, Ruby, PHP; py-spiffe) send
+//! the socket path, percent-encoded, as the HTTP/2 `:authority` of every request over a
+//! Unix socket. The h2 server under tonic refuses such an authority (PROTOCOL_ERROR), so
+//! those clients could not talk to us; Go's gRPC and SPIRE accept it. Every Unix socket the
+//! project serves (the agent's Workload API and admin sockets, the server's admin socket)
+//! accepts connections through [`accept`]. This stream sits between the socket and the HTTP/2
 //! server and rewrites an `:authority` that is not a valid URI authority to `localhost`,
 //! as grpc-go and Kubernetes use for Unix sockets; nothing else in the request changes.
 //!
@@ -14,7 +16,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::UnixStream;
+use tokio::net::{UnixListener, UnixStream};
 use tonic::transport::server::{Connected, UdsConnectInfo};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -29,6 +31,13 @@ const PRIORITY: u8 = 0x20;
 const MAX_FRAME: usize = 16_384;
 /// A header block larger than this is refused (the server's own limit is lower).
 const MAX_BLOCK: usize = 1 << 20;
+
+/// Connections accepted on `listener`, each wrapped so any client's `:authority` passes;
+/// hand the stream to tonic's `serve_with_incoming`.
+pub fn accept(listener: UnixListener) -> impl tokio_stream::Stream<Item = io::Result<AuthorityFixing>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::UnixListenerStream::new(listener).map(|accepted| accepted.map(AuthorityFixing::new))
+}
 
 /// A Unix socket connection whose requests reach the server with a valid `:authority`.
 pub struct AuthorityFixing {
