@@ -3,9 +3,11 @@
 //! previous build applies what this one proposed: reordering a variant or a field changes
 //! the bytes and must fail here, not in a cluster.
 //!
-//! The fixtures are in `tests/fixtures/commands.hex`, one `Name hex` line per command.
-//! Regenerate them (after a deliberate format change, with a new on-disk format version and
-//! an upgrade step) with `TESTUDO_BLESS=1 cargo test -p testudo-raft-store --test it durable_formats`.
+//! The fixtures: `tests/fixtures/commands.hex` (one `Name hex` line per command),
+//! `header.hex` (the data dir's format header) and `backup-format3.tsnp` (a backup, which is
+//! the snapshot file format, of a state holding one row of most tables). Regenerate them
+//! (after a deliberate format change, with a new on-disk format version and an upgrade
+//! step) with `TESTUDO_BLESS=1 cargo test -p testudo-raft-store --test it durable_formats`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -270,4 +272,73 @@ fn every_fixture_decodes_to_the_command_it_names() {
         let decoded: Command = codec::decode("command", &bytes).unwrap();
         assert_eq!(decoded, command, "{name}");
     }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+#[test]
+fn the_data_dir_header_keeps_its_encoding() {
+    let header =
+        raft_store::db::Header { format_version: raft_store::db::FORMAT_VERSION, node_id: 7, cluster_id: "c1".into() };
+    let encoded = hex::encode(codec::encode("header", &header).unwrap());
+    if std::env::var_os("TESTUDO_BLESS").is_some() {
+        std::fs::write(fixture("header.hex"), format!("{encoded}\n")).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(fixture("header.hex")).unwrap();
+    assert_eq!(encoded, expected.trim(), "the data dir header's encoding changed");
+}
+
+/// The commands whose state the backup fixture holds.
+fn backup_state() -> Vec<Command> {
+    vec![
+        Command::CreateEntries(CreateEntries(vec![entry()])),
+        Command::CreateAgent(CreateAgent(agent())),
+        Command::CreateJoinToken(CreateJoinToken(JoinToken {
+            token: "t".into(),
+            expires_at: 1_900_000_000,
+            agent_id: None,
+        })),
+        Command::SetBundle(SetBundle {
+            scope: BundleScope::Federated,
+            bundle: StoredBundle { trust_domain: td("partner.org"), ..bundle() },
+        }),
+        Command::CaJournal(RecordCaEvent {
+            trust_domain: "example.org".into(),
+            event: JournalEvent::X509(SlotEvent::Prepared { slot: SlotId::A, authority: x509_authority() }),
+        }),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_written_by_format_3_restores() {
+    let path = fixture("backup-format3.tsnp");
+    if std::env::var_os("TESTUDO_BLESS").is_some() {
+        let mut store = crate::support::TestStore::new().await;
+        store.apply(backup_state()).await;
+        std::fs::write(&path, store.store.reader.backup().await.unwrap()).unwrap();
+        return;
+    }
+    let backup = std::fs::read(&path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let node = raft_store::ReplicaNode { raft_address: "127.0.0.1:1".into(), api_address: "127.0.0.1:2".into() };
+    let index = raft_store::backup::restore(dir.path(), 3, "restored", node, &backup).unwrap();
+    assert_eq!(index, backup_state().len() as u64, "the backup was taken after every command was applied");
+    let opened = raft_store::open_store(dir.path(), 3, "restored").await.unwrap();
+    let reader = &opened.reader;
+    assert_eq!(reader.revision().await.unwrap(), backup_state().len() as u64);
+    let stored = reader.entry("e-1").await.unwrap().expect("the entry");
+    assert_eq!(
+        (stored.spiffe_id, stored.created_at, stored.revision_number),
+        (entry().spiffe_id, entry().created_at, 1)
+    );
+    assert_eq!(reader.agent(&agent().spiffe_id.to_string()).await.unwrap(), Some(agent()));
+    assert_eq!(reader.join_token("t").await.unwrap().map(|t| t.expires_at), Some(1_900_000_000));
+    let federated = reader.bundle(BundleScope::Federated, "partner.org").await.unwrap().expect("the federated bundle");
+    assert_eq!(federated.jwt_authorities, bundle().jwt_authorities);
+    let journal = reader.ca_journal().await.unwrap();
+    assert_eq!(journal.x509.get(SlotId::A).map(|s| &s.authority), Some(&x509_authority()));
+    assert_eq!(reader.entries_by_selector("unix:uid:1000").await.unwrap().len(), 1, "indexes come along");
 }
