@@ -129,7 +129,13 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let echo_path = root.path().join("echo.sock");
-        let _echo_process = Child(std::process::Command::new(std::env::current_exe().expect("own path")).arg("--echo-server").arg(&echo_path).spawn().expect("echo process"));
+        let _echo_process = Child(
+            std::process::Command::new(std::env::current_exe().expect("own path"))
+                .arg("--echo-server")
+                .arg(&echo_path)
+                .spawn()
+                .expect("echo process"),
+        );
         while !echo_path.exists() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -146,7 +152,8 @@ fn main() {
         let x509 = measure(n, || {
             let mut api = api.clone();
             async move {
-                let mut stream = api.fetch_x509svid(with_header(pb::X509svidRequest {})).await.expect("FetchX509SVID").into_inner();
+                let mut stream =
+                    api.fetch_x509svid(with_header(pb::X509svidRequest {})).await.expect("FetchX509SVID").into_inner();
                 stream.message().await.expect("first message").expect("an SVID");
             }
         })
@@ -154,15 +161,27 @@ fn main() {
         let jwt = measure(n, || {
             let mut api = api.clone();
             async move {
-                api.fetch_jwtsvid(with_header(pb::JwtsvidRequest { audience: vec!["bench".into()], spiffe_id: String::new() })).await.expect("FetchJWTSVID");
+                api.fetch_jwtsvid(with_header(pb::JwtsvidRequest {
+                    audience: vec!["bench".into()],
+                    spiffe_id: String::new(),
+                }))
+                .await
+                .expect("FetchJWTSVID");
             }
         })
         .await;
 
-        println!("# Workload API latency, {n} sequential calls each, one client connection; agent (release) and echo in processes of their own");
+        println!(
+            "# Workload API latency, {n} sequential calls each, one client connection; agent (release) and echo \
+            in processes of their own"
+        );
         println!("| call | p50 | p99 | calls/s | p99 / echo p99 |");
         println!("| --- | --- | --- | --- | --- |");
-        for (name, f) in [("bare gRPC echo (health Check) over UDS", &bare), ("FetchX509SVID (first message)", &x509), ("FetchJWTSVID (cached)", &jwt)] {
+        for (name, f) in [
+            ("bare gRPC echo (health Check) over UDS", &bare),
+            ("FetchX509SVID (first message)", &x509),
+            ("FetchJWTSVID (cached)", &jwt),
+        ] {
             println!(
                 "| {name} | {:.0} µs | {:.0} µs | {:.0} | {:.2} |",
                 f.p50.as_secs_f64() * 1e6,

@@ -132,7 +132,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
                 break;
             }
             Err(status) => {
-                tracing::warn!(code = ?status.code(), error = %status.message(), "first sync failed; retrying before serving workloads");
+                tracing::warn!(code = ?status.code(), error = %status.message(), "first sync failed; retrying before \
+                    serving workloads");
                 tokio::time::sleep(config.agent.sync_interval).await;
             }
         }
@@ -286,16 +287,19 @@ async fn sync_loop(parts: SyncParts, mut agent: AgentSvid) {
                             Err(e) => tracing::error!(error = %e, "the new agent SVID does not verify; no new SVIDs"),
                         },
                         Err(e) => {
-                            tracing::error!(error = %e, "attesting again failed; serving what the agent has, no new SVIDs")
+                            tracing::error!(error = %e, "attesting again failed; serving what the agent has, no new \
+                                SVIDs")
                         }
                     }
                 } else {
-                    tracing::error!(error = %status.message(), "the servers refuse this agent (banned, or evicted with a spent join token): it serves what it has and gets no new SVIDs");
+                    tracing::error!(error = %status.message(), "the servers refuse this agent (banned, or evicted \
+                        with a spent join token): it serves what it has and gets no new SVIDs");
                 }
             }
             Err(status) => {
                 metrics::counter!("testudo_agent_syncs_total", "result" => "failed").increment(1);
-                tracing::warn!(code = ?status.code(), error = %status.message(), "sync failed; serving the cached SVIDs and bundles");
+                tracing::warn!(code = ?status.code(), error = %status.message(), "sync failed; serving the cached \
+                    SVIDs and bundles");
             }
         }
         let bundle = trust.read().map(|b| b.clone()).ok();
@@ -317,7 +321,8 @@ async fn sync_loop(parts: SyncParts, mut agent: AgentSvid) {
                     }
                 },
                 Err(status) => {
-                    tracing::warn!(code = ?status.code(), error = %status.message(), "agent SVID renewal failed; retrying at the next sync")
+                    tracing::warn!(code = ?status.code(), error = %status.message(), "agent SVID renewal failed; \
+                        retrying at the next sync")
                 }
             }
         }

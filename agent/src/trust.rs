@@ -125,7 +125,8 @@ pub async fn bootstrap_insecurely(servers: &[String]) -> Result<Bundle, TrustErr
         };
         match attempt.await {
             Ok(bundle) => {
-                tracing::warn!(server = %address, "trust bundle taken from a server that was not verified (insecure_bootstrap)");
+                tracing::warn!(server = %address, "trust bundle taken from a server that was not verified \
+                    (insecure_bootstrap)");
                 return Ok(bundle);
             }
             Err(e) => last = format!("{address}: {e}"),

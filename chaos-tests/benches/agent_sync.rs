@@ -277,7 +277,8 @@ fn main() {
     let memory_b = cluster.memory();
 
     println!(
-        "# Agent sync at scale: {} agents, {} entries each, 3 replicas ({}), {probes} probes syncing 4 at a time, {concurrency} at a time for every agent",
+        "# Agent sync at scale: {} agents, {} entries each, 3 replicas ({}), {probes} probes syncing 4 at a time, \
+            {concurrency} at a time for every agent",
         args.agents,
         args.per_agent,
         chaos_tests::harness::binary("testudo-server").display()

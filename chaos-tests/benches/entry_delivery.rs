@@ -156,7 +156,8 @@ fn main() {
             let pool = Arc::new(ServerPool::new(vec![follower.api_address()], server_id.clone(), bundle.clone()).await);
             let identity = agent::attest::with_join_token(&pool, &token).await.expect("attested");
             pool.set_identity(&identity);
-            let parent = SpiffeId::parse(&format!("spiffe://example.org/spire/agent/join_token/{token}")).expect("an ID");
+            let parent =
+                SpiffeId::parse(&format!("spiffe://example.org/spire/agent/join_token/{token}")).expect("an ID");
             create_entry(&leader.socket(), &format!("/idle/{i}"), &parent, "unix:uid:1").await;
             let wake = Arc::new(tokio::sync::Notify::new());
             watchers.push(tokio::spawn(agent::entry_watch::watch(pool, wake.clone())));
@@ -167,7 +168,8 @@ fn main() {
             tokio::time::timeout(Duration::from_secs(60), wake.notified()).await.expect("a notification stream opened");
         }
         println!(
-            "{extra_agents} more agents attested, each with an entry and a notification stream open to replica {}, in {:.1} s",
+            "{extra_agents} more agents attested, each with an entry and a notification stream open to replica {}, in \
+                {:.1} s",
             follower.id,
             started.elapsed().as_secs_f64()
         );
@@ -177,7 +179,9 @@ fn main() {
         }
 
         println!(
-            "# Entry → SVID delivery: BatchCreateEntry returned (leader) → the workload's FetchX509SVID stream (agent on follower {}) carries the SVID; sync_interval {SYNC_INTERVAL}, {count} entries one after another",
+            "# Entry → SVID delivery: BatchCreateEntry returned (leader) → the workload's FetchX509SVID stream (agent \
+                on follower {}) carries the SVID; sync_interval {SYNC_INTERVAL}, {count} entries one after \
+                another",
             follower.id
         );
         println!("| agents attached to the follower | p50 ms | p99 ms | max ms |");

@@ -107,7 +107,8 @@ impl LeaderTransfer {
         self.raft.runtime_config().elect(true);
         for v in &others {
             if let Err(e) = self.admin(*v, AdminRequest::ResumeElection).await {
-                tracing::warn!(replica = v, error = %e, "could not resume an election timer after a leader transfer; it resumes by itself");
+                tracing::warn!(replica = v, error = %e, "could not resume an election timer after a leader transfer; \
+                    it resumes by itself");
             }
         }
         result

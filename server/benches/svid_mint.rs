@@ -73,7 +73,10 @@ fn start_server() -> Server {
     let socket = dir.path().join("admin.sock");
     let api_port = free_port();
     let config = format!(
-        "server {{\n  bind_address = \"127.0.0.1\"\n  bind_port = {api_port}\n  socket_path = \"{}\"\n  trust_domain = \"example.org\"\n  data_dir = \"{}\"\n  log_level = \"WARN\"\n}}\nplugins {{\n  KeyManager \"memory\" {{}}\n  NodeAttestor \"join_token\" {{}}\n}}\ncluster {{\n  node_id = 1\n  raft_bind_address = \"127.0.0.1:{}\"\n}}\n",
+        "server {{\n  bind_address = \"127.0.0.1\"\n  bind_port = {api_port}\n  socket_path = \"{}\"\n  trust_domain \
+            = \"example.org\"\n  data_dir = \"{}\"\n  log_level = \"WARN\"\n}}\nplugins {{\n  KeyManager \
+            \"memory\" {{}}\n  NodeAttestor \"join_token\" {{}}\n}}\ncluster {{\n  node_id = \
+            1\n  raft_bind_address = \"127.0.0.1:{}\"\n}}\n",
         socket.display(),
         dir.path().join("data").display(),
         free_port()
@@ -237,7 +240,11 @@ fn main() {
     let (sign, verify) = openssl_speed();
     let pair = 1.0 / (1.0 / sign + 1.0 / verify);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
-    println!("# BatchNewX509SVID on one replica (memory key manager, ec-p256), {} clients, {} SVIDs per call, {} s, {} cores", o.concurrency, o.batch, o.seconds, cores);
+    println!(
+        "# BatchNewX509SVID on one replica (memory key manager, ec-p256), {} clients, {} SVIDs per call, {} s, \
+        {} cores",
+        o.concurrency, o.batch, o.seconds, cores
+    );
     println!("| what | figure |");
     println!("| --- | --- |");
     println!("| SVIDs minted/s (server, all cores) | {rate:.0} |");

@@ -125,7 +125,13 @@ fn a_trust_bundle_url_must_be_https_and_alone() {
 #[test]
 fn the_admin_socket_must_not_be_where_workloads_reach() {
     let with_admin = |path: &str| {
-        MINIMAL.replace("join_token = \"abc\"", &format!("join_token = \"abc\"\n  socket_path = \"/run/agent/public/api.sock\"\n  admin_socket_path = \"{path}\""))
+        MINIMAL.replace(
+            "join_token = \"abc\"",
+            &format!(
+                "join_token = \"abc\"\n  socket_path = \
+            \"/run/agent/public/api.sock\"\n  admin_socket_path = \"{path}\""
+            ),
+        )
     };
     assert!(parse(&with_admin("/run/agent/private/admin.sock")).is_ok());
     for inside in ["/run/agent/public/admin.sock", "/run/agent/public/deeper/admin.sock", "relative/admin.sock"] {

@@ -114,7 +114,9 @@ impl SecretDiscovery {
         if wanted.remove(self.names.default_all_bundles_name.as_str()) {
             if !spiffe_validator {
                 return Err(Status::failed_precondition(format!(
-                    "{:?} needs Envoy's SPIFFE certificate validator (Envoy 1.18 or later, disable_spiffe_cert_validation off): plain CA certificates of several trust domains would let any of them vouch for the others' IDs",
+                    "{:?} needs Envoy's SPIFFE certificate validator (Envoy 1.18 or later, \
+                        disable_spiffe_cert_validation off): plain CA certificates of several trust domains \
+                        would let any of them vouch for the others' IDs",
                     self.names.default_all_bundles_name
                 )));
             }

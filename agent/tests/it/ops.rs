@@ -14,7 +14,9 @@ fn health_and_metrics_endpoints_answer() {
     let token = server.json(&["token", "generate", "--ttl", "600"])["value"].as_str().unwrap().to_string();
     let (health, metrics) = (free_port(), free_port());
     let blocks = format!(
-        "health_checks {{\n  listener_enabled = true\n  bind_address = \"127.0.0.1\"\n  bind_port = \"{health}\"\n}}\ntelemetry {{\n  Prometheus {{\n    host = \"127.0.0.1\"\n    port = {metrics}\n  }}\n}}\n"
+        "health_checks {{\n  listener_enabled = true\n  bind_address = \"127.0.0.1\"\n  bind_port = \
+            \"{health}\"\n}}\ntelemetry {{\n  Prometheus {{\n    host = \"127.0.0.1\"\n    port = \
+            {metrics}\n  }}\n}}\n"
     );
     let admin = root.path().join("admin").join("admin.sock");
     let agent_extra = format!("join_token = \"{token}\"\n  admin_socket_path = \"{}\"", admin.display());

@@ -40,7 +40,11 @@ async fn bundle_server(body: String) -> (u16, String) {
                     }
                 }
                 let response = if request.starts_with(b"GET /bundle.pem ") {
-                    format!("HTTP/1.1 200 OK\r\ncontent-type: application/x-pem-file\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/x-pem-file\r\ncontent-length: \
+                        {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
                 } else {
                     "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string()
                 };

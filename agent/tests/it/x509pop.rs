@@ -36,7 +36,8 @@ fn an_agent_attests_with_x509pop_and_serves_its_workload() {
     ]);
 
     let attestor = format!(
-        "NodeAttestor \"x509pop\" {{\n    plugin_data {{\n      private_key_path = \"{key}\"\n      certificate_path = \"{cert}\"\n    }}\n  }}",
+        "NodeAttestor \"x509pop\" {{\n    plugin_data {{\n      private_key_path = \"{key}\"\n      certificate_path \
+            = \"{cert}\"\n    }}\n  }}",
         key = pki_dir.join("node.key").display(),
         cert = pki_dir.join("node.pem").display(),
     );

@@ -67,7 +67,8 @@ pub fn run(settings: &Settings) -> Report {
     report.longest_write_gap = Some(longest_unavailable);
     seen.judge(2, &agent.log(), &mut report);
     report.summary = format!(
-        "{} outages of {} s each (SVID TTL {} s), writes refused for at most {} ms, {} workload errors, longest time without a valid SVID {} ms, {} X.509-SVIDs seen",
+        "{} outages of {} s each (SVID TTL {} s), writes refused for at most {} ms, {} workload errors, longest time \
+            without a valid SVID {} ms, {} X.509-SVIDs seen",
         report.faults,
         DOWN.as_secs(),
         TTL.as_secs(),

@@ -134,8 +134,15 @@ pub fn run(settings: &Settings) -> Report {
     let saw_enospc = log.contains("No space left") || log.contains("NoSpace") || log.contains("no space");
     report.check(saw_enospc, || format!("the failing replica's log does not mention the full disk:\n{log}"));
     report.summary = format!(
-        "{} disk fills on the leader ({} MB tmpfs), {} operations ({} acknowledged), lost writes {:?}, linearizable {:?}, longest write gap {:?}",
-        report.faults, DISK_MB, report.operations, report.acknowledged, report.lost_writes, report.linearizable, report.longest_write_gap
+        "{} disk fills on the leader ({} MB tmpfs), {} operations ({} acknowledged), lost writes {:?}, linearizable \
+            {:?}, longest write gap {:?}",
+        report.faults,
+        DISK_MB,
+        report.operations,
+        report.acknowledged,
+        report.lost_writes,
+        report.linearizable,
+        report.longest_write_gap
     );
     root.settle(&mut report);
     report

@@ -56,7 +56,8 @@ pub fn run(settings: &Settings) -> Report {
             Some(after) => slowest_recovery = slowest_recovery.max(after),
             None => {
                 report.failures.push(format!(
-                    "no write acknowledged by the two survivors within {RECOVERY_LIMIT:?} of killing replica {} (leader {id})\n{}",
+                    "no write acknowledged by the two survivors within {RECOVERY_LIMIT:?} of killing replica {} \
+                        (leader {id})\n{}",
                     servers[index].id,
                     entry_clients::trouble(&servers)
                 ));
@@ -76,8 +77,15 @@ pub fn run(settings: &Settings) -> Report {
     let acknowledged = report.acknowledged;
     report.check(acknowledged > 50, || format!("too few operations got through to mean anything: {acknowledged}"));
     report.summary = format!(
-        "{} kills, {} operations ({} acknowledged), lost writes {:?}, linearizable {:?}, longest write gap {:?}, slowest first write after a kill {:?}",
-        report.faults, report.operations, report.acknowledged, report.lost_writes, report.linearizable, report.longest_write_gap, slowest_recovery
+        "{} kills, {} operations ({} acknowledged), lost writes {:?}, linearizable {:?}, longest write gap {:?}, \
+            slowest first write after a kill {:?}",
+        report.faults,
+        report.operations,
+        report.acknowledged,
+        report.lost_writes,
+        report.linearizable,
+        report.longest_write_gap,
+        slowest_recovery
     );
     root.settle(&mut report);
     report

@@ -75,7 +75,12 @@ pub fn run(settings: &Settings) -> Report {
                     && o.recorded.returned < paused_at + PAUSE.as_nanos() as u64
             })
             .count();
-        report.check(acknowledged_during > 10, || format!("too few operations acknowledged while the leader ({leader}) was paused at {wall}: {acknowledged_during}"));
+        report.check(acknowledged_during > 10, || {
+            format!(
+                "too few operations acknowledged while the leader \
+            ({leader}) was paused at {wall}: {acknowledged_during}"
+            )
+        });
         std::thread::sleep(Duration::from_secs(2));
     }
     let ids = load.ids.clone();
@@ -91,7 +96,8 @@ pub fn run(settings: &Settings) -> Report {
         &mut report,
     );
     report.summary = format!(
-        "{} pauses, {} operations, {acknowledged_during} acknowledged while the last paused leader was stopped, lost writes {:?}, linearizable {:?}",
+        "{} pauses, {} operations, {acknowledged_during} acknowledged while the last paused leader was stopped, lost \
+            writes {:?}, linearizable {:?}",
         report.faults, report.operations, report.lost_writes, report.linearizable
     );
     root.settle(&mut report);

@@ -139,7 +139,10 @@ fn millis(d: Option<Duration>) -> String {
 
 /// The summary table (Markdown, so it can go straight into a document).
 pub fn table(reports: &[Report]) -> String {
-    let mut out = String::from("| drill | faults | ops acknowledged | acknowledged writes lost | linearizable | longest write unavailability | longest workload gap | result |\n");
+    let mut out = String::from(
+        "| drill | faults | ops acknowledged | acknowledged writes lost | linearizable | \
+        longest write unavailability | longest workload gap | result |\n",
+    );
     out.push_str("| --- | ---: | ---: | ---: | --- | ---: | ---: | --- |\n");
     for r in reports {
         let _ = writeln!(

@@ -157,7 +157,10 @@ fn judge(windows: &[Window], history: &[Operation], servers: &[ServerProcess], r
         report.check(majority_leader.is_some_and(|l| l != servers[cut_off].id), || {
             format!("{step}: the majority had no leader of its own: {majority_leader:?}")
         });
-        notes.push(format!("{step}: majority acknowledged {others} writes, the cut-off replica none of the {tried} operations sent to it, longest write gap {gap} ms"));
+        notes.push(format!(
+            "{step}: majority acknowledged {others} writes, the cut-off replica none of the {tried} \
+            operations sent to it, longest write gap {gap} ms"
+        ));
     }
     notes
 }
@@ -257,7 +260,8 @@ pub fn run(settings: &Settings) -> Report {
         &mut report,
     );
     report.summary = format!(
-        "{} partitions; {}; {} operations ({} acknowledged), lost writes {:?}, linearizable {:?}, longest write gap {:?}",
+        "{} partitions; {}; {} operations ({} acknowledged), lost writes {:?}, linearizable {:?}, longest write gap \
+            {:?}",
         report.faults,
         notes.join("; "),
         report.operations,

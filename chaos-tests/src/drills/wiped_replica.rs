@@ -87,7 +87,8 @@ pub fn run(settings: &Settings) -> Report {
         members["members"].as_array().map(|m| m.iter().filter(|m| m["voter"] == true).count()).unwrap_or_default();
     report.check(voters == 3, || format!("the cluster does not have three members after the drill: {members}"));
     report.summary = format!(
-        "{}; {} wipes, {installs} snapshot installs, {} operations ({} acknowledged), lost writes {:?}, linearizable {:?}",
+        "{}; {} wipes, {installs} snapshot installs, {} operations ({} acknowledged), lost writes {:?}, linearizable \
+            {:?}",
         report.summary, report.faults, report.operations, report.acknowledged, report.lost_writes, report.linearizable
     );
     root.settle(&mut report);

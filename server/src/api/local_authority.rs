@@ -90,7 +90,10 @@ impl LocalAuthorityService {
             ));
         }
         if states.old.as_ref().is_none_or(|o| o.upstream_authority_id != key_id) {
-            return Err(Status::invalid_argument("subject_key_id: only the upstream authority that signed the old local authority can be tainted or revoked"));
+            return Err(Status::invalid_argument(
+                "subject_key_id: only the upstream authority that signed the old \
+                local authority can be tainted or revoked",
+            ));
         }
         let bundle = ca.stored_bundle();
         let der = bundle

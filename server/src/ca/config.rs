@@ -75,7 +75,8 @@ impl CaConfig {
             .filter(|(_, ttl)| *ttl > limit)
             .map(|(name, ttl)| {
                 format!(
-                    "{name} ({}s) exceeds min(ca_ttl/6, 7d) ({}s): SVIDs signed late in a CA's life will be cut short at the CA's expiry; lower {name} or raise ca_ttl",
+                    "{name} ({}s) exceeds min(ca_ttl/6, 7d) ({}s): SVIDs signed late in a CA's life will be cut short \
+                        at the CA's expiry; lower {name} or raise ca_ttl",
                     ttl.as_secs(),
                     limit.as_secs()
                 )

@@ -96,7 +96,8 @@ impl Renewal {
                 ticks.tick().await;
                 let Some(replica) = replica.upgrade() else { return };
                 if let Err(e) = self.renew_running(&replica, OffsetDateTime::now_utc()).await {
-                    tracing::error!(error = %e, "could not renew this replica's cluster certificate; will try again in an hour");
+                    tracing::error!(error = %e, "could not renew this replica's cluster certificate; will try again \
+                        in an hour");
                 }
             }
         }))

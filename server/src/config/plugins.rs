@@ -63,7 +63,13 @@ impl AwsKmsKeyManagerData {
             || alias_prefix.starts_with("alias/aws/")
             || kms::aws_kms::alias_safe(&alias_prefix) != alias_prefix
         {
-            return Err((at("alias_prefix"), format!("{alias_prefix:?}: must start with \"alias/\" (not \"alias/aws/\"), end with \"/\" and hold only letters, digits, '/', '_' and '-'")));
+            return Err((
+                at("alias_prefix"),
+                format!(
+                    "{alias_prefix:?}: must start with \"alias/\" (not \
+                \"alias/aws/\"), end with \"/\" and hold only letters, digits, '/', '_' and '-'"
+                ),
+            ));
         }
         if self.key_tags.keys().any(|k| k.starts_with("testudo-") || k.starts_with("aws:")) {
             return Err((at("key_tags"), "tag keys starting with \"testudo-\" or \"aws:\" are reserved".into()));

@@ -226,7 +226,8 @@ impl Views {
             }
             Err(e) => {
                 metrics::counter!("testudo_ca_signer_errors_total").increment(1);
-                tracing::error!(error = %e, "cannot build the signers of the active authorities; signing with the previous ones");
+                tracing::error!(error = %e, "cannot build the signers of the active authorities; signing with the \
+                    previous ones");
             }
         }
     }

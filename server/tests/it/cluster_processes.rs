@@ -267,7 +267,11 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
     // The network listener presents the server SVID, serves GetBundle to anyone and refuses
     // admin calls from callers that are not admins.
     let presented = || {
-        let script = format!("openssl s_client -connect 127.0.0.1:{} -alpn h2 </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName", servers[0].api_port);
+        let script = format!(
+            "openssl s_client -connect 127.0.0.1:{} -alpn h2 </dev/null 2>/dev/null | openssl x509 \
+            -noout -ext subjectAltName",
+            servers[0].api_port
+        );
         String::from_utf8_lossy(&Command::new("sh").arg("-c").arg(script).output().unwrap().stdout).into_owned()
     };
     wait_until(
@@ -1093,7 +1097,8 @@ fn an_upstream_authority_that_signed_the_old_ca_is_tainted_then_revoked() {
     let (cert, key) = (root.path().join("upstream.crt"), root.path().join("upstream.key"));
     let (first_root, first_der) = openssl_upstream_root(&cert, &key, "first");
     let plugin = format!(
-        "  UpstreamAuthority \"disk\" {{\n    plugin_data {{\n      cert_file_path = \"{}\"\n      key_file_path = \"{}\"\n    }}\n  }}",
+        "  UpstreamAuthority \"disk\" {{\n    plugin_data {{\n      cert_file_path = \"{}\"\n      key_file_path = \
+            \"{}\"\n    }}\n  }}",
         cert.display(),
         key.display()
     );

@@ -217,7 +217,8 @@ fn three_replicas_sign_through_one_hsm_token() {
     let root = tempfile::tempdir().unwrap();
     let (conf, pin) = softhsm_token(root.path());
     let plugins = format!(
-        "KeyManager \"pkcs11\" {{\n    plugin_data {{\n      module_path = \"{MODULE}\"\n      token_label = \"{TOKEN}\"\n      user_pin_path = \"{}\"\n    }}\n  }}",
+        "KeyManager \"pkcs11\" {{\n    plugin_data {{\n      module_path = \"{MODULE}\"\n      token_label = \
+            \"{TOKEN}\"\n      user_pin_path = \"{}\"\n    }}\n  }}",
         pin.display()
     );
     let servers =
@@ -270,7 +271,11 @@ fn three_replicas_sign_through_one_kms() {
     let moto = MotoServer::start();
     // The replicas reach KMS through a proxy the test can cut.
     let link = FaultProxy::start(format!("127.0.0.1:{}", moto.port).parse().unwrap());
-    let plugins = format!("KeyManager \"aws_kms\" {{\n    plugin_data {{\n      endpoint = \"http://{}\"\n      key_tags = {{ team = \"identity\" }}\n    }}\n  }}", link.address());
+    let plugins = format!(
+        "KeyManager \"aws_kms\" {{\n    plugin_data {{\n      endpoint = \
+        \"http://{}\"\n      key_tags = {{ team = \"identity\" }}\n    }}\n  }}",
+        link.address()
+    );
     let env = moto.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let servers = ServerProcess::cluster_with(root.path(), 3, "", &plugins, &env);
