@@ -70,10 +70,7 @@ impl StoreReader {
                 rows.agents.push((id, agent));
             }
             if keys.ca {
-                let journal = get(Cf::CaJournal, ca_key::JOURNAL)?.map(|b| codec::decode(JOURNAL, &b)).transpose()?;
-                let bundle =
-                    get(Cf::LocalBundle, trust_domain.as_bytes())?.map(|b| codec::decode(BUNDLE, &b)).transpose()?;
-                rows.ca = Some((journal.unwrap_or_default(), bundle));
+                rows.ca = Some(ca_rows(db, &view, &trust_domain)?);
             }
             Ok(rows)
         })
@@ -94,11 +91,7 @@ impl StoreReader {
                 let (key, value) = item?;
                 rows.agents.push((String::from_utf8_lossy(&key).into_owned(), Some(codec::decode(AGENT, &value)?)));
             }
-            let get = |table: Cf, key: &[u8]| view.get_cf(cf(db, table), key);
-            let journal = get(Cf::CaJournal, ca_key::JOURNAL)?.map(|b| codec::decode(JOURNAL, &b)).transpose()?;
-            let bundle =
-                get(Cf::LocalBundle, trust_domain.as_bytes())?.map(|b| codec::decode(BUNDLE, &b)).transpose()?;
-            rows.ca = Some((journal.unwrap_or_default(), bundle));
+            rows.ca = Some(ca_rows(db, &view, &trust_domain)?);
             Ok(rows)
         })
         .await
@@ -109,6 +102,18 @@ const ENTRY: &str = "registration entry";
 const AGENT: &str = "attested agent";
 const JOURNAL: &str = "CA journal";
 const BUNDLE: &str = "bundle";
+
+/// The CA journal and the local bundle of `trust_domain`, as `view` sees them.
+fn ca_rows(
+    db: &DB,
+    view: &rocksdb::Snapshot<'_>,
+    trust_domain: &str,
+) -> Result<(CaJournal, Option<StoredBundle>), ReadError> {
+    let get = |table: Cf, key: &[u8]| view.get_cf(cf(db, table), key);
+    let journal = get(Cf::CaJournal, ca_key::JOURNAL)?.map(|b| codec::decode(JOURNAL, &b)).transpose()?;
+    let bundle = get(Cf::LocalBundle, trust_domain.as_bytes())?.map(|b| codec::decode(BUNDLE, &b)).transpose()?;
+    Ok((journal.unwrap_or_default(), bundle))
+}
 
 fn revision(db: &DB, view: &rocksdb::Snapshot<'_>) -> Result<u64, ReadError> {
     Ok(view
