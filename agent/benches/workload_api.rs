@@ -8,8 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use chaos_tests::harness::{AgentProcess, ServerProcess};
 use proto::workload as pb;
+use testkit::{AgentProcess, ServerProcess};
 
 fn calls() -> usize {
     let args: Vec<String> = std::env::args().collect();

@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 use agent::identity_store::StoredIdentity;
 use agent::server_pool::ServerPool;
 use chaos_tests::drills::entry_clients::connect;
-use chaos_tests::harness::ServerProcess;
 use identity::bundle::Bundle;
 use identity::{SpiffeId, TrustDomain};
 use proto::spire::api::server::agent::v1 as agent_pb;
 use proto::spire::api::server::entry::v1 as entry_pb;
 use proto::spire::api::types;
+use testkit::ServerProcess;
 
 /// Probes sync a few at a time, so their latency is mostly the servers' work, not queueing.
 const PROBE_CONCURRENCY: usize = 4;
@@ -281,7 +281,7 @@ fn main() {
             {concurrency} at a time for every agent",
         args.agents,
         args.per_agent,
-        chaos_tests::harness::binary("testudo-server").display()
+        testkit::binary("testudo-server").display()
     );
     println!("| phase | entries in all | full sync p50 / p99 ms | steady sync p50 / p99 ms | replica memory |");
     println!("| --- | ---: | --- | --- | --- |");

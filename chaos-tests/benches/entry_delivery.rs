@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 
 use agent::server_pool::ServerPool;
 use chaos_tests::drills::entry_clients::connect;
-use chaos_tests::harness::{AgentProcess, ServerProcess};
 use identity::bundle::Bundle;
 use identity::{SpiffeId, TrustDomain};
 use proto::spire::api::server::agent::v1 as agent_pb;
 use proto::spire::api::server::entry::v1 as entry_pb;
 use proto::spire::api::types;
 use proto::workload as workload_pb;
+use testkit::{AgentProcess, ServerProcess};
 
 const SYNC_INTERVAL: &str = "5s";
 /// A round that sees nothing this long has failed: even the periodic sync would be late.

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use chaos_tests::drills::entry_clients::{self, Alive, Load};
 use chaos_tests::drills::svid_watch::attach_agent;
-use chaos_tests::harness::{ReplicaOptions, ServerProcess};
 use chaos_tests::linearizability::{Op, Outcome};
 use proto::workload as pb;
+use testkit::{ReplicaOptions, ServerProcess};
 
 fn rounds() -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -167,7 +167,7 @@ fn main() {
 
     println!(
         "# Failover, 3 replicas ({}), default Raft timing, {rounds} rounds each",
-        chaos_tests::harness::binary("testudo-server").display()
+        testkit::binary("testudo-server").display()
     );
     println!("| what | rounds | p50 ms | max ms | every round, ms |");
     println!("| --- | ---: | ---: | ---: | --- |");

@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chaos_tests::harness::moto::{self, MotoServer};
-use chaos_tests::harness::softhsm;
 use kms::{KeyManager, KeyType, SignatureAlgorithm};
+use testkit::moto::{self, MotoServer};
+use testkit::softhsm;
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();

@@ -16,7 +16,7 @@ fn ids(message: &pb::X509svidResponse) -> Vec<String> {
 /// The next message on the stream, within 10 s.
 async fn next(
     stream: &mut tonic::Streaming<pb::X509svidResponse>,
-    agent: &chaos_tests::harness::AgentProcess,
+    agent: &testkit::AgentProcess,
 ) -> pb::X509svidResponse {
     tokio::time::timeout(Duration::from_secs(10), stream.message())
         .await

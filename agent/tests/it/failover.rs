@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use chaos_tests::harness::{AgentProcess, ServerProcess};
 use proto::workload as pb;
+use testkit::{AgentProcess, ServerProcess};
 
 use crate::workload_api::raw_client;
 
@@ -145,7 +145,7 @@ fn the_workload_keeps_its_identity_while_replicas_die_and_return() {
         );
     });
     // The replicas that failed were probed back into the pool.
-    chaos_tests::harness::wait_until(
+    testkit::wait_until(
         Duration::from_secs(30),
         || agent.log().contains("server replica is healthy again"),
         "a probe to find a returned replica",

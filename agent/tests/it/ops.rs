@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chaos_tests::harness::{free_port, http_get, wait_until, AgentProcess, ServerProcess};
+use testkit::{free_port, http_get, wait_until, AgentProcess, ServerProcess};
 
 #[test]
 fn health_and_metrics_endpoints_answer() {

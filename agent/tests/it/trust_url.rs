@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chaos_tests::harness::{binary, AgentProcess, ServerProcess};
+use testkit::{binary, AgentProcess, ServerProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An HTTPS server on 127.0.0.1 for `localhost` that serves `body` at /bundle.pem and 404

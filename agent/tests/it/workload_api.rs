@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use chaos_tests::harness::{AgentProcess, ServerProcess};
 use proto::workload as pb;
+use testkit::{AgentProcess, ServerProcess};
 
 pub struct World {
     _root: tempfile::TempDir,
@@ -98,7 +98,7 @@ fn a_workload_gets_x509_and_jwt_svids_through_the_spiffe_crate() {
         // (set on the server) to the workload.
         let pki_dir = world.agent.dir.join("partner");
         std::fs::create_dir_all(&pki_dir).unwrap();
-        chaos_tests::harness::pki::ca_and_leaf(&pki_dir, "partner-ca", "partner-node", "digitalSignature");
+        testkit::pki::ca_and_leaf(&pki_dir, "partner-ca", "partner-node", "digitalSignature");
         let partner_ca = pki_dir.join("partner-ca.pem");
         let set = world.server.command(&[
             "bundle",
@@ -155,7 +155,7 @@ fn a_workload_gets_x509_and_jwt_svids_through_the_spiffe_crate() {
         // A copy the other user can run: the build may live under a home directory it
         // cannot enter.
         let copy = world.agent.dir.join("testudo-agent-copy");
-        std::fs::copy(chaos_tests::harness::binary("testudo-agent"), &copy).unwrap();
+        std::fs::copy(testkit::binary("testudo-agent"), &copy).unwrap();
         let out = std::process::Command::new(&copy)
             .args(["api", "fetch", "x509", "--output", "json", "--socket-path"])
             .arg(world.agent.socket())
@@ -178,7 +178,7 @@ fn a_workload_gets_x509_and_jwt_svids_through_the_spiffe_crate() {
     let mut agent = world.agent;
     agent.kill();
     agent.restart();
-    let out = std::process::Command::new(chaos_tests::harness::binary("testudo-agent"))
+    let out = std::process::Command::new(testkit::binary("testudo-agent"))
         .args(["api", "fetch", "x509", "--output", "json", "--socket-path"])
         .arg(agent.socket())
         .output()
@@ -193,7 +193,7 @@ fn a_workload_gets_x509_and_jwt_svids_through_the_spiffe_crate() {
 
     // The CLI as this uid, writing the SVID files.
     let dir = agent.dir.join("fetched");
-    let out = std::process::Command::new(chaos_tests::harness::binary("testudo-agent"))
+    let out = std::process::Command::new(testkit::binary("testudo-agent"))
         .args(["api", "fetch", "x509", "--write"])
         .arg(&dir)
         .arg("--socket-path")
@@ -226,12 +226,12 @@ fn a_workload_gets_x509_and_jwt_svids_through_the_spiffe_crate() {
         "--selector",
         &format!("unix:uid:{uid}"),
     ]);
-    chaos_tests::harness::wait_until(
+    testkit::wait_until(
         Duration::from_secs(20),
         || agent.log().contains("banned"),
         "the agent to log that it is banned",
     );
-    let out = std::process::Command::new(chaos_tests::harness::binary("testudo-agent"))
+    let out = std::process::Command::new(testkit::binary("testudo-agent"))
         .args(["api", "fetch", "x509", "--output", "json", "--socket-path"])
         .arg(agent.socket())
         .output()

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chaos_tests::harness::{pki, AgentProcess, ServerProcess};
+use testkit::{pki, AgentProcess, ServerProcess};
 
 #[test]
 fn an_agent_attests_with_x509pop_and_serves_its_workload() {
@@ -43,7 +43,7 @@ fn an_agent_attests_with_x509pop_and_serves_its_workload() {
     );
     let agent =
         AgentProcess::start_with_attestor(root.path(), &[server.api_address()], &bundle_pem, "", &attestor, "1s", "");
-    let out = std::process::Command::new(chaos_tests::harness::binary("testudo-agent"))
+    let out = std::process::Command::new(testkit::binary("testudo-agent"))
         .args(["api", "fetch", "x509", "--output", "json", "--socket-path"])
         .arg(agent.socket())
         .output()
@@ -67,10 +67,10 @@ fn an_agent_attests_with_x509pop_and_serves_its_workload() {
         "--selector",
         &format!("unix:uid:{uid}"),
     ]);
-    chaos_tests::harness::wait_until(
+    testkit::wait_until(
         Duration::from_secs(30),
         || {
-            let out = std::process::Command::new(chaos_tests::harness::binary("testudo-agent"))
+            let out = std::process::Command::new(testkit::binary("testudo-agent"))
                 .args(["api", "fetch", "x509", "--output", "json", "--socket-path"])
                 .arg(agent.socket())
                 .output()
@@ -124,7 +124,7 @@ plugins {{
         cert = pki_dir.join("rogue.pem").display(),
     );
     std::fs::write(dir.join("agent.hcl"), config).unwrap();
-    let mut child = std::process::Command::new(chaos_tests::harness::binary("testudo-agent"))
+    let mut child = std::process::Command::new(testkit::binary("testudo-agent"))
         .args(["run", "--config"])
         .arg(dir.join("agent.hcl"))
         .stderr(std::process::Stdio::piped())

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::svid_watch::{attach_agent, JwtAsk, Watch, WEB};
 use super::{runtime, Report, Settings, Workdir};
-use crate::harness::{wait_until, ServerProcess};
+use testkit::{wait_until, ServerProcess};
 
 pub const NAME: &str = "all_down";
 /// SVID lifetime; the agent rotates at half of it.

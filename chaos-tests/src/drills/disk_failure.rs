@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::entry_clients::{self, Alive, Load};
 use super::{runtime, Report, Settings, Workdir};
-use crate::harness::{ReplicaOptions, ServerProcess};
+use testkit::{ReplicaOptions, ServerProcess};
 
 pub const NAME: &str = "disk_failure";
 /// Room for RocksDB's files with the default options, and little more.

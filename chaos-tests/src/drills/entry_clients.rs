@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::harness::ServerProcess;
 use crate::linearizability::{self, Op, Outcome, Recorded, Verdict};
 use proto::spire::api::server::entry::v1 as entry_pb;
 use proto::spire::api::types;
+use testkit::ServerProcess;
 use tonic::Code;
 
 use super::Report;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::entry_clients::{self, Alive, Load};
 use super::{runtime, Report, Settings, Workdir};
-use crate::harness::ServerProcess;
+use testkit::ServerProcess;
 
 pub const NAME: &str = "leader_kill";
 const CLIENTS: usize = 3;

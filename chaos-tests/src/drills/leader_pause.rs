@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::entry_clients::{self, any_replica, Load, Targets};
 use super::{runtime, Report, Settings, Workdir};
-use crate::harness::ServerProcess;
+use testkit::ServerProcess;
 
 pub const NAME: &str = "leader_pause";
 /// Much longer than an election takes (see `partition::HOLD` for what that is).
@@ -40,7 +40,7 @@ pub fn run(settings: &Settings) -> Report {
         };
         let Some(index) = servers.iter().position(|s| s.id == leader) else { break };
         let paused_at = load.now();
-        let wall = crate::harness::utc_now();
+        let wall = testkit::utc_now();
         first_fault.get_or_insert(paused_at);
         paused.store(index, Ordering::SeqCst);
         servers[index].pause();

@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use super::entry_clients::{self, any_replica, Load, Operation, Targets};
 use super::{runtime, Report, Settings, Workdir};
-use crate::harness::proxy::{FaultProxy, Link};
-use crate::harness::{free_port, ReplicaOptions, ServerProcess};
 use crate::linearizability::{Op, Outcome};
+use testkit::proxy::{FaultProxy, Link};
+use testkit::{free_port, ReplicaOptions, ServerProcess};
 
 pub const NAME: &str = "partition";
 /// How long each partition holds. The majority elects after openraft's leader lease plus an
@@ -210,7 +210,7 @@ pub fn run(settings: &Settings) -> Report {
                 _ => NOBODY,
             };
             let from = load.now();
-            let wall = crate::harness::utc_now();
+            let wall = testkit::utc_now();
             first_fault.get_or_insert(from);
             if step == SLOW {
                 cluster.break_link(leader, follower, link);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::svid_watch::{attach_agent, uid_selector, JwtAsk, Watch, WEB};
 use super::{runtime, Report, Settings, Workdir};
-use crate::harness::ServerProcess;
+use testkit::ServerProcess;
 
 pub const NAME: &str = "rolling_restart";
 const LATE: &str = "spiffe://example.org/late";

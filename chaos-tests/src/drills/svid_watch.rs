@@ -200,16 +200,13 @@ async fn jwts(socket: PathBuf, ask: JwtAsk, shared: Arc<Shared>, stop: Arc<Atomi
 /// An agent attested to `servers` with a join token (all replicas in its server list,
 /// syncing every second), and an entry `spiffe://example.org/web` for this process's uid
 /// under it. Returns the agent and its SPIFFE ID.
-pub fn attach_agent(
-    root: &std::path::Path,
-    servers: &[crate::harness::ServerProcess],
-) -> (crate::harness::AgentProcess, String) {
+pub fn attach_agent(root: &std::path::Path, servers: &[testkit::ServerProcess]) -> (testkit::AgentProcess, String) {
     let token =
         servers[0].json(&["token", "generate", "--ttl", "600"])["value"].as_str().expect("a join token").to_owned();
     let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
     servers[0].json(&["entry", "create", "--spiffe-id", WEB, "--parent-id", &agent_id, "--selector", &uid_selector()]);
-    let addresses: Vec<String> = servers.iter().map(crate::harness::ServerProcess::api_address).collect();
-    let agent = crate::harness::AgentProcess::start(root, &addresses, &servers[0].bundle_pem(), &token, "1s");
+    let addresses: Vec<String> = servers.iter().map(testkit::ServerProcess::api_address).collect();
+    let agent = testkit::AgentProcess::start(root, &addresses, &servers[0].bundle_pem(), &token, "1s");
     (agent, agent_id)
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::entry_clients::{self, Alive, Load};
 use super::{runtime, Report, Settings, Workdir};
-use crate::harness::{wait_until, ReplicaOptions, ServerProcess};
+use testkit::{wait_until, ReplicaOptions, ServerProcess};
 
 pub const NAME: &str = "wiped_replica";
 /// Small, so the writes made while the replica is gone outrun the log kept behind snapshots.

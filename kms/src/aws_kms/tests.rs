@@ -1,8 +1,8 @@
 //! Against moto's KMS server on loopback (started per test): create, read back, sign with
 //! every algorithm (verified here), replace, list, delete; errors when KMS is unreachable.
 
-use chaos_tests::harness::moto::{self, MotoServer};
 use identity::crypto::verify_x509_signature;
+use testkit::moto::{self, MotoServer};
 
 use super::*;
 

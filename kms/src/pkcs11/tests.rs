@@ -5,11 +5,11 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use chaos_tests::harness::softhsm::{self, MODULE};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
 use identity::crypto::verify_x509_signature;
+use testkit::softhsm::{self, MODULE};
 
 use super::*;
 

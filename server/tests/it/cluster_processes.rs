@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use chaos_tests::harness::{free_port, http_get, wait_until};
+use testkit::{free_port, http_get, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_testudo-server");
 
@@ -1451,8 +1451,8 @@ fn federated_bundle_updates_honour_the_input_mask() {
     let (servers, leader_then_follower) = three_replicas(root.path());
     let pki_dir = root.path().join("pki");
     std::fs::create_dir_all(&pki_dir).unwrap();
-    chaos_tests::harness::pki::ca_and_leaf(&pki_dir, "partner-ca", "partner-leaf", "digitalSignature");
-    chaos_tests::harness::pki::ca_and_leaf(&pki_dir, "partner-ca2", "partner-leaf2", "digitalSignature");
+    testkit::pki::ca_and_leaf(&pki_dir, "partner-ca", "partner-leaf", "digitalSignature");
+    testkit::pki::ca_and_leaf(&pki_dir, "partner-ca2", "partner-leaf2", "digitalSignature");
     let ca = |name: &str| {
         identity::bundle::parse_pem_certificates(&std::fs::read_to_string(pki_dir.join(name)).unwrap())
             .unwrap()

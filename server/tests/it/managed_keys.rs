@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use chaos_tests::harness::moto::MotoServer;
-use chaos_tests::harness::proxy::FaultProxy;
-use chaos_tests::harness::softhsm::{self, MODULE};
-use chaos_tests::harness::{wait_until, ServerProcess};
+use testkit::moto::MotoServer;
+use testkit::proxy::FaultProxy;
+use testkit::softhsm::{self, MODULE};
+use testkit::{wait_until, ServerProcess};
 
 const TOKEN: &str = "testudo-cluster";
 const PIN: &str = "2468";

@@ -3,7 +3,7 @@
 //! C core sends an `:authority` that the HTTP/2 server under tonic refuses unless the socket
 //! accepts it; SPIRE's socket serves such clients, so ours must.
 
-use chaos_tests::harness::ServerProcess;
+use testkit::ServerProcess;
 
 #[test]
 fn grpcio_with_spires_protos_calls_the_admin_socket() {

@@ -10,11 +10,11 @@ use identity::TrustDomain;
 use rustls::pki_types::UnixTime;
 use server::node_attestor::x509pop::{X509Pop, X509PopError};
 
-use chaos_tests::harness::pki::openssl;
+use testkit::pki::openssl;
 
 /// A CA and a leaf it signed (`<name>.pem`, `<name>.key`); the leaf's key usage as given.
 pub(crate) fn pki(dir: &Path, ca: &str, leaf: &str, key_usage: &str) {
-    chaos_tests::harness::pki::ca_and_leaf(dir, ca, leaf, key_usage);
+    testkit::pki::ca_and_leaf(dir, ca, leaf, key_usage);
 }
 
 pub(crate) fn der(dir: &Path, name: &str) -> Vec<u8> {

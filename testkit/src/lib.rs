@@ -1,6 +1,9 @@
-//! Real `testudo-server` and `testudo-agent` processes on loopback, each with its own
-//! directory, free ports and log file; killed when dropped, even when a test panics.
-//! The binaries come from the same target directory as the test (`make test` builds them).
+//! The test kit every multi-process test, benchmark and drill uses: real `testudo-server`
+//! and `testudo-agent` processes on loopback, each with its own directory, free ports and
+//! log file, killed when dropped, even when a test panics; a local KMS (moto), SoftHSM2
+//! tokens, a per-link fault proxy, test PKI through openssl, free ports and polling. The
+//! binaries come from the same target directory as the test (`make test` builds them).
+#![forbid(unsafe_code)]
 
 mod agent;
 pub mod moto;
