@@ -6,16 +6,14 @@
 //! Each minted SVID costs the server one CSR signature check and one signature; the
 //! reference is openssl's rate for that pair on one core: 1 / (1/sign + 1/verify).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use identity::crypto::{KeyType, LocalKey};
 use proto::spire::api::server::agent::v1 as agent_pb;
 use proto::spire::api::server::svid::v1 as svid_pb;
-
-const BIN: &str = env!("CARGO_BIN_EXE_testudo-server");
+use testkit::{ReplicaOptions, ServerProcess};
 
 struct Options {
     seconds: u64,
@@ -38,64 +36,6 @@ fn options() -> Options {
     o
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
-struct Server {
-    child: Child,
-    _dir: tempfile::TempDir,
-    socket: std::path::PathBuf,
-    api_port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn cli(server: &Server, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--socket-path")
-        .arg(&server.socket)
-        .args(["--output", "json"])
-        .output()
-        .expect("cli");
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_default()
-}
-
-fn start_server() -> Server {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let socket = dir.path().join("admin.sock");
-    let api_port = free_port();
-    let config = format!(
-        "server {{\n  bind_address = \"127.0.0.1\"\n  bind_port = {api_port}\n  socket_path = \"{}\"\n  trust_domain \
-            = \"example.org\"\n  data_dir = \"{}\"\n  log_level = \"WARN\"\n}}\nplugins {{\n  KeyManager \
-            \"memory\" {{}}\n  NodeAttestor \"join_token\" {{}}\n}}\ncluster {{\n  node_id = \
-            1\n  raft_bind_address = \"127.0.0.1:{}\"\n}}\n",
-        socket.display(),
-        dir.path().join("data").display(),
-        free_port()
-    );
-    std::fs::write(dir.path().join("server.hcl"), config).expect("config");
-    let child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(dir.path().join("server.hcl"))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("server starts");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Server { child, _dir: dir, socket, api_port }
-}
-
 fn openssl_speed() -> (f64, f64) {
     let out = Command::new("openssl").args(["speed", "-seconds", "3", "ecdsap256"]).output().expect("openssl speed");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -108,39 +48,32 @@ fn openssl_speed() -> (f64, f64) {
 fn main() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let o = options();
-    let server = start_server();
-    cli(&server, &["cluster", "init"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let bundle_pem = loop {
-        let out =
-            Command::new(BIN).args(["bundle", "show", "--socket-path"]).arg(&server.socket).output().expect("cli");
-        if out.status.success() && !out.stdout.is_empty() {
-            break out.stdout;
-        }
-        assert!(Instant::now() < deadline, "no CA");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let root = tempfile::tempdir().expect("temp dir");
+    let server = ServerProcess::start_with(
+        root.path(),
+        1,
+        &ReplicaOptions { server_extra: r#"log_level = "WARN""#.into(), default_timing: true, ..Default::default() },
+    );
+    server.json(&["cluster", "init"]);
+    let bundle_pem = server.bundle_pem();
     let mut bundle = identity::bundle::Bundle::new(identity::TrustDomain::parse("example.org").unwrap());
     for cert in pem::parse_many(&bundle_pem).expect("bundle") {
         bundle.add_x509_authority(cert.contents()).expect("authority");
     }
-    let token = cli(&server, &["token", "generate", "--ttl", "600"])["value"].as_str().expect("token").to_string();
+    let token = server.json(&["token", "generate", "--ttl", "600"])["value"].as_str().expect("token").to_string();
     let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
     let entry_ids: Vec<String> = (0..o.batch)
         .map(|i| {
-            let created = cli(
-                &server,
-                &[
-                    "entry",
-                    "create",
-                    "--spiffe-id",
-                    &format!("spiffe://example.org/w/{i}"),
-                    "--parent-id",
-                    &agent_id,
-                    "--selector",
-                    &format!("unix:uid:{i}"),
-                ],
-            );
+            let created = server.json(&[
+                "entry",
+                "create",
+                "--spiffe-id",
+                &format!("spiffe://example.org/w/{i}"),
+                "--parent-id",
+                &agent_id,
+                "--selector",
+                &format!("unix:uid:{i}"),
+            ]);
             created["entries"][0]["id"].as_str().expect("entry id").to_string()
         })
         .collect();
