@@ -1,6 +1,8 @@
 //! Agent callers: who they are, and whether their SVID is still the one the cluster knows.
 //! Which entries they may mint for is the entry view's answer (`views::entries`).
 
+use std::sync::Arc;
+
 use proto::reason::Reason;
 use raft_store::command::PromoteAgentSerial;
 use raft_store::model::AttestedAgent;
@@ -9,6 +11,19 @@ use tonic::{Code, Request, Status};
 
 use super::caller::{caller_of, Caller};
 use super::{write_failed, ApiContext};
+use crate::views::Views;
+
+/// Agent `id` as this replica's views hold it, if it is attested and not banned; otherwise
+/// the refusal, with the reason the agent acts on.
+pub fn attested_agent(views: &Views, id: &str) -> Result<Arc<AttestedAgent>, Status> {
+    let agent = views.agents().get(id).ok_or_else(|| {
+        Reason::AgentNotAttested.status(Code::PermissionDenied, format!("agent {id} is not attested (evicted?)"))
+    })?;
+    if agent.banned {
+        return Err(Reason::AgentBanned.status(Code::PermissionDenied, format!("agent {id} is banned")));
+    }
+    Ok(agent)
+}
 
 /// The calling agent, after checking it is attested, not banned, and presenting its
 /// current SVID — or its new one, which this call then promotes (a Raft write).
@@ -20,12 +35,7 @@ pub async fn require_agent<T>(request: &Request<T>, context: &ApiContext) -> Res
         return Err(Status::permission_denied(format!("{id} is not an agent")));
     }
     let member = context.current().await?;
-    let agent = member.views.agents().get(&id.to_string()).ok_or_else(|| {
-        Reason::AgentNotAttested.status(Code::PermissionDenied, format!("agent {id} is not attested (evicted?)"))
-    })?;
-    if agent.banned {
-        return Err(Reason::AgentBanned.status(Code::PermissionDenied, format!("agent {id} is banned")));
-    }
+    let agent = attested_agent(&member.views, &id.to_string())?;
     if agent.serial_number == serial {
         return Ok(AttestedAgent::clone(&agent));
     }

@@ -115,16 +115,7 @@ async fn watch(
 ) {
     let views = &member.views;
     let look = || -> Result<Authorization, Status> {
-        let agent = match views.agents().get(&agent_id) {
-            None => {
-                return Err(Reason::AgentNotAttested
-                    .status(Code::PermissionDenied, format!("agent {agent_id} is not attested")))
-            }
-            Some(agent) if agent.banned => {
-                return Err(Reason::AgentBanned.status(Code::PermissionDenied, format!("agent {agent_id} is banned")))
-            }
-            Some(agent) => agent,
-        };
+        let agent = super::agent_auth::attested_agent(views, &agent_id)?;
         let (authorized, mut parents) = views
             .entries()
             .authorized_with_parents(&agent, &server_id)

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft_store::{Applied, AppliedFeed, ChangedKeys, Rows, StoreReader};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, watch};
 
 use crate::ca::replicated::ClusterCa;
@@ -138,26 +139,26 @@ impl Views {
             // Everything announced so far, coalesced into one read.
             let mut keys = ChangedKeys::default();
             let mut target = None;
-            let first = announced.recv().await;
-            for next in std::iter::once(first).chain(std::iter::from_fn(|| match announced.try_recv() {
-                Err(broadcast::error::TryRecvError::Empty) => None,
-                other => Some(other.map_err(|e| match e {
-                    broadcast::error::TryRecvError::Lagged(n) => broadcast::error::RecvError::Lagged(n),
-                    _ => broadcast::error::RecvError::Closed,
-                })),
-            })) {
+            let mut next = announced.recv().await;
+            loop {
                 match next {
                     Ok(Applied::Changes { revision, sets }) => {
                         keys.add(&sets);
                         target = Some(revision);
                     }
                     Ok(Applied::Replaced { .. }) => reload = true,
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    Err(RecvError::Lagged(missed)) => {
                         tracing::info!(missed, "the in-memory state fell behind apply; loading it again");
                         reload = true;
                     }
-                    Err(broadcast::error::RecvError::Closed) => return,
+                    Err(RecvError::Closed) => return,
                 }
+                next = match announced.try_recv() {
+                    Ok(applied) => Ok(applied),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Lagged(missed)) => Err(RecvError::Lagged(missed)),
+                    Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                };
             }
             if reload {
                 continue;
