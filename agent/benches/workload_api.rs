@@ -17,7 +17,7 @@ fn calls() -> usize {
 }
 
 async fn uds_channel(path: std::path::PathBuf) -> tonic::transport::Channel {
-    agent::socket::connect(&path).await.expect("connect")
+    proto::unix_socket::connect(&path).await.expect("connect")
 }
 
 fn with_header<T>(message: T) -> tonic::Request<T> {

@@ -12,7 +12,6 @@ pub mod identity_store;
 pub mod ops;
 pub mod runtime;
 pub mod server_pool;
-pub mod socket;
 pub mod status;
 pub mod sync;
 pub mod trust;

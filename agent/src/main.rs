@@ -180,7 +180,7 @@ async fn run(path: &Path) -> anyhow::Result<()> {
 }
 
 async fn connect(client: &Client) -> anyhow::Result<SpiffeWorkloadApiClient<Channel>> {
-    let channel = agent::socket::connect(&client.socket_path)
+    let channel = proto::unix_socket::connect(&client.socket_path)
         .await
         .with_context(|| format!("cannot reach the agent at {}", client.socket_path.display()))?;
     Ok(SpiffeWorkloadApiClient::new(channel))

@@ -156,7 +156,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     ));
 
     let socket = &config.agent.socket_path;
-    let listener = crate::socket::bind(socket, 0o777)
+    let listener = proto::unix_socket::bind(socket, 0o777)
         .map_err(|e| StartError::Socket { path: socket.display().to_string(), reason: e.to_string() })?;
     tracing::info!(socket = %socket.display(), "Workload API and Envoy SDS listening");
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -166,7 +166,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     let api = WorkloadApi::new(cache.clone(), attestors, pool);
     let admin_task = match &config.agent.admin_socket_path {
         Some(path) => {
-            let listener = crate::socket::bind(path, 0o600)
+            let listener = proto::unix_socket::bind(path, 0o600)
                 .map_err(|e| StartError::Socket { path: path.display().to_string(), reason: e.to_string() })?;
             tracing::info!(socket = %path.display(), "admin API listening");
             let debug = DebugApi { status: status.clone(), cache, workload: api.clone() };

@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use agent::identity_store::StoredIdentity;
 use agent::server_pool::ServerPool;
-use chaos_tests::drills::entry_clients::connect;
 use identity::bundle::Bundle;
 use identity::{SpiffeId, TrustDomain};
 use proto::spire::api::server::agent::v1 as agent_pb;
 use proto::spire::api::server::entry::v1 as entry_pb;
 use proto::spire::api::types;
+use proto::unix_socket::connect;
 use testkit::ServerProcess;
 
 /// Probes sync a few at a time, so their latency is mostly the servers' work, not queueing.

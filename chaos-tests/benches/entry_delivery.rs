@@ -16,12 +16,12 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use agent::server_pool::ServerPool;
-use chaos_tests::drills::entry_clients::connect;
 use identity::bundle::Bundle;
 use identity::{SpiffeId, TrustDomain};
 use proto::spire::api::server::agent::v1 as agent_pb;
 use proto::spire::api::server::entry::v1 as entry_pb;
 use proto::spire::api::types;
+use proto::unix_socket::connect;
 use proto::workload as workload_pb;
 use testkit::{AgentProcess, ServerProcess};
 
@@ -127,7 +127,7 @@ fn main() {
     let agent = AgentProcess::start(root.path(), &[follower.api_address()], &bundle_pem, &token, SYNC_INTERVAL);
 
     runtime.block_on(async {
-        let channel = agent::socket::connect(&agent.socket()).await.expect("the Workload API socket");
+        let channel = proto::unix_socket::connect(&agent.socket()).await.expect("the Workload API socket");
         let mut client = workload_pb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel);
         let mut request = tonic::Request::new(workload_pb::X509svidRequest {});
         request.metadata_mut().insert("workload.spiffe.io", "true".parse().expect("a header value"));

@@ -110,7 +110,7 @@ fn main() {
     let workload = {
         let (calls, stop, socket): (_, _, PathBuf) = (calls.clone(), stop.clone(), agent.socket());
         runtime.spawn(async move {
-            let channel = entry_clients::connect(&socket).await.expect("the agent's socket");
+            let channel = proto::unix_socket::connect(&socket).await.expect("the agent's socket");
             let mut client = pb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel);
             let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {

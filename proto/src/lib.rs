@@ -5,6 +5,7 @@
 
 pub mod reason;
 pub mod unix_authority;
+pub mod unix_socket;
 
 /// The SPIFFE Workload API (no package: service `SpiffeWorkloadAPI`).
 pub mod workload {

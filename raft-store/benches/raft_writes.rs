@@ -7,7 +7,7 @@
 //! Each round runs both systems back to back (in alternating order), so that a ratio
 //! compares runs that shared the machine's state; the median ratio over rounds is reported.
 
-use std::net::TcpListener;
+use testkit::free_port;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -181,10 +181,6 @@ impl Drop for Etcd {
             let _ = child.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 fn start_etcd() -> Etcd {

@@ -12,7 +12,7 @@ use proto::spire::api::server::bundle::v1::GetBundleRequest;
 use proto::spire::api::server::svid::v1::svid_client::SvidClient;
 use proto::spire::api::server::svid::v1::{MintJwtsvidRequest, MintX509svidRequest};
 use proto::spire::api::types::Spiffeid;
-use server::admin::socket;
+use proto::unix_socket as socket;
 
 use crate::Output;
 

@@ -11,7 +11,7 @@ use proto::admin::{
     ClusterStatus, CreateInviteRequest, InitRequest, JoinRequest, RemoveMemberRequest, SaveBackupRequest,
     StatusRequest, TransferLeadershipRequest,
 };
-use server::admin::socket;
+use proto::unix_socket as socket;
 
 mod api_cli;
 mod run;

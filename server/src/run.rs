@@ -13,9 +13,9 @@ use proto::spire::api::server::bundle::v1::bundle_server::BundleServer;
 use proto::spire::api::server::debug::v1::debug_server::DebugServer;
 use proto::spire::api::server::entry::v1::entry_server::EntryServer;
 use proto::spire::api::server::svid::v1::svid_server::SvidServer;
+use proto::unix_socket as socket;
 use raft_store::node::Timing;
 use server::admin::cluster::ClusterAdminService;
-use server::admin::socket;
 use server::cluster::runtime::{ClusterRuntime, ReplicaSettings};
 use server::config::sections::LogFormat;
 use server::config::ServerConfig;
@@ -92,7 +92,7 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         background.push(serve_http("health checks", &health.bind_address, health.bind_port, router).await?);
     }
 
-    let listener = socket::bind(&config.server.socket_path)
+    let listener = socket::bind(&config.server.socket_path, 0o600)
         .with_context(|| format!("cannot listen on admin socket {}", config.server.socket_path.display()))?;
     tracing::info!(socket = %config.server.socket_path.display(), "admin socket ready");
     let admin = ClusterAdminServer::new(ClusterAdminService { runtime: runtime.clone() });

@@ -31,6 +31,10 @@ pub struct ServerProcess {
     pub id: u64,
     pub api_port: u16,
     pub raft_port: u16,
+    /// `/live` and `/ready`.
+    pub health_port: u16,
+    /// Prometheus `/metrics`.
+    pub metrics_port: u16,
     pub dir: PathBuf,
     /// Where its state lives (`<dir>/data` unless the options put it elsewhere).
     pub data_dir: PathBuf,
@@ -66,7 +70,7 @@ impl ServerProcess {
     pub fn start_with(root: &Path, id: u64, options: &ReplicaOptions) -> Self {
         let dir = root.join(format!("replica-{id}"));
         std::fs::create_dir_all(&dir).expect("replica dir");
-        let api_port = free_port();
+        let (api_port, health_port, metrics_port) = (free_port(), free_port(), free_port());
         let raft_bind = options.raft_bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
         let data_dir = options.data_dir.clone().unwrap_or_else(|| dir.join("data"));
         let config = format!(
@@ -89,6 +93,17 @@ cluster {{
   {timing}
   {cluster_extra}
 }}
+health_checks {{
+  listener_enabled = true
+  bind_address = "127.0.0.1"
+  bind_port = "{health_port}"
+}}
+telemetry {{
+  Prometheus {{
+    host = "127.0.0.1"
+    port = {metrics_port}
+  }}
+}}
 "#,
             dir = dir.display(),
             data_dir = data_dir.display(),
@@ -103,8 +118,17 @@ cluster {{
             key_manager = if options.plugins_extra.contains("KeyManager") { "" } else { r#"KeyManager "memory" {}"# },
         );
         std::fs::write(dir.join("server.hcl"), config).expect("server config");
-        let mut server =
-            Self { id, api_port, raft_port: raft_bind.port(), dir, data_dir, child: None, env: options.env.clone() };
+        let mut server = Self {
+            id,
+            api_port,
+            raft_port: raft_bind.port(),
+            health_port,
+            metrics_port,
+            dir,
+            data_dir,
+            child: None,
+            env: options.env.clone(),
+        };
         server.restart();
         server
     }
@@ -140,9 +164,19 @@ cluster {{
 
     /// Joins this pristine replica to `member`'s cluster with a one-time invite.
     pub fn join(&self, member: &Self) {
-        let invite = member.json(&["cluster", "invite", "--ttl", "600"]);
-        let token = invite["token"].as_str().expect("an invite token").to_owned();
+        let token = member.invite("600");
         self.json(&["cluster", "join", "--token", &token]);
+    }
+
+    /// A one-time invite to this replica's cluster, valid for `ttl_seconds`.
+    pub fn invite(&self, ttl_seconds: &str) -> String {
+        let invite = self.json(&["cluster", "invite", "--ttl", ttl_seconds]);
+        invite["token"].as_str().expect("an invite token").to_owned()
+    }
+
+    /// `cluster status` as JSON.
+    pub fn status(&self) -> serde_json::Value {
+        self.json(&["cluster", "status"])
     }
 
     /// Starts the process again (after `kill`), on the same data and ports.
@@ -178,6 +212,13 @@ cluster {{
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// SIGTERM, then waits for the process to exit: a clean stop.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        let mut child = self.child.take().expect("the replica runs");
+        child.wait().expect("the replica exits")
     }
 
     /// SIGSTOP: the process stops answering but keeps its sockets, as a hung machine does.

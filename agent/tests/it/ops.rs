@@ -42,7 +42,7 @@ fn health_and_metrics_endpoints_answer() {
     assert_eq!(std::fs::metadata(&admin).unwrap().permissions().mode() & 0o777, 0o600);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let info = runtime.block_on(async {
-        let channel = agent::socket::connect(&admin).await.unwrap();
+        let channel = proto::unix_socket::connect(&admin).await.unwrap();
         let mut client = proto::spire::agent::debug::v1::debug_client::DebugClient::new(channel);
         client.get_info(proto::spire::agent::debug::v1::GetInfoRequest {}).await.unwrap().into_inner()
     });

@@ -45,7 +45,7 @@ pub fn world(server_extra: &str, sync_interval: &str) -> World {
 pub async fn raw_client(
     agent: &AgentProcess,
 ) -> pb::spiffe_workload_api_client::SpiffeWorkloadApiClient<tonic::transport::Channel> {
-    let channel = agent::socket::connect(&agent.socket()).await.unwrap();
+    let channel = proto::unix_socket::connect(&agent.socket()).await.unwrap();
     pb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel)
 }
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::linearizability::{self, Op, Outcome, Recorded, Verdict};
 use proto::spire::api::server::entry::v1 as entry_pb;
 use proto::spire::api::types;
+use proto::unix_socket::connect;
 use testkit::ServerProcess;
 use tonic::Code;
 
@@ -21,19 +22,6 @@ use super::Report;
 
 /// How long one operation may take before its outcome counts as unknown.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A gRPC channel to a Unix socket (a replica's admin socket, an agent's Workload API), or
-/// `None` if it does not answer (then an operation was never sent: it failed).
-pub async fn connect(socket: &Path) -> Option<tonic::transport::Channel> {
-    let path = socket.to_path_buf();
-    tonic::transport::Endpoint::from_static("http://admin.socket")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
-        }))
-        .await
-        .ok()
-}
 
 /// Drill entry `i`: id `drill-<i>`, so a client can create it again after a delete.
 fn drill_entry(i: usize, hint: &str) -> types::Entry {
@@ -61,7 +49,7 @@ pub async fn create_entries(socket: &Path, n: usize) -> Vec<String> {
 
 /// Reads every entry's hint through `socket` (linearizable).
 pub async fn final_state(socket: &Path, ids: &[String]) -> Result<BTreeMap<String, Option<String>>, String> {
-    let channel = connect(socket).await.ok_or_else(|| format!("{} does not answer", socket.display()))?;
+    let channel = connect(socket).await.map_err(|e| format!("{} does not answer: {e}", socket.display()))?;
     let mut client = entry_pb::entry_client::EntryClient::new(channel);
     let mut state = BTreeMap::new();
     for id in ids {
@@ -309,7 +297,7 @@ async fn client(
             Kind::Delete => Op::Write(None),
         };
         let invoked = start.elapsed().as_nanos() as u64;
-        let outcome = match connect(socket).await {
+        let outcome = match connect(socket).await.ok() {
             None => Outcome::Failed,
             Some(channel) => tokio::time::timeout(
                 OP_TIMEOUT,

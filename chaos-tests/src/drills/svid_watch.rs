@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto::workload as pb;
 
-use super::entry_clients::connect;
+use proto::unix_socket::connect;
 
 /// Which JWT-SVIDs the workload asks for, every 200 ms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,7 +87,7 @@ fn leaf(chain: &[u8]) -> Option<(Vec<u8>, u128)> {
 /// busy agent may find it slow to accept.
 async fn connect_agent(socket: &std::path::Path) -> Option<tonic::transport::Channel> {
     for _ in 0..50 {
-        if let Some(channel) = connect(socket).await {
+        if let Ok(channel) = connect(socket).await {
             return Some(channel);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -2,4 +2,3 @@
 //! APIs join them as they are built.
 
 pub mod cluster;
-pub mod socket;

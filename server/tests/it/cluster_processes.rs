@@ -2,152 +2,13 @@
 //! init, invites (one use, expiry), joins, leader transfer, kill -9 of the leader and
 //! restart from disk, and removal.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use testkit::{free_port, http_get, wait_until};
+use testkit::{http_get, wait_until, ServerProcess as Server};
 
 const BIN: &str = env!("CARGO_BIN_EXE_testudo-server");
-
-/// One replica process and its files; killed on drop, even when a test panics.
-struct Server {
-    id: u64,
-    api_port: u16,
-    health_port: u16,
-    metrics_port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Server {
-    fn new(root: &Path, id: u64) -> Self {
-        Self::with_plugins(root, id, "")
-    }
-
-    /// A replica whose `plugins` block also holds `extra_plugins`.
-    fn with_plugins(root: &Path, id: u64, extra_plugins: &str) -> Self {
-        let dir = root.join(format!("replica-{id}"));
-        let (health_port, metrics_port, api_port) = (free_port(), free_port(), free_port());
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = format!(
-            r#"server {{
-  bind_address = "127.0.0.1"
-  bind_port = {api}
-  socket_path = "{dir}/admin.sock"
-  trust_domain = "example.org"
-  data_dir = "{dir}/data"
-}}
-plugins {{
-  KeyManager "memory" {{}}
-  NodeAttestor "join_token" {{}}
-{extra_plugins}
-}}
-cluster {{
-  node_id = {id}
-  raft_bind_address = "127.0.0.1:{raft}"
-  heartbeat_interval = "50ms"
-  election_timeout = "300ms"
-}}
-health_checks {{
-  listener_enabled = true
-  bind_address = "127.0.0.1"
-  bind_port = "{health}"
-}}
-telemetry {{
-  Prometheus {{
-    host = "127.0.0.1"
-    port = {metrics}
-  }}
-}}
-"#,
-            health = health_port,
-            metrics = metrics_port,
-            api = api_port,
-            raft = free_port(),
-            dir = dir.display(),
-        );
-        std::fs::write(dir.join("server.hcl"), config).unwrap();
-        let mut server = Self { id, api_port, health_port, metrics_port, dir, child: None };
-        server.start();
-        server
-    }
-
-    fn start(&mut self) {
-        // A killed replica leaves its socket file behind; readiness means a new one.
-        let _ = std::fs::remove_file(self.socket());
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("server.log")).unwrap();
-        let child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(self.dir.join("server.hcl"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("testudo-server starts");
-        self.child = Some(child);
-        let socket = self.socket();
-        let child = self.child.as_mut().expect("just started");
-        wait_until(
-            Duration::from_secs(20),
-            || socket.exists() || child.try_wait().ok().flatten().is_some(),
-            &format!("replica {}'s admin socket", self.id),
-        );
-        assert!(socket.exists(), "replica {} exited at start-up:\n{}", self.id, self.log());
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("admin.sock")
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        self.command(&[&["cluster"], args].concat())
-    }
-
-    /// Any CLI command against this replica's admin socket.
-    fn command(&self, args: &[&str]) -> Output {
-        Command::new(BIN).args(args).arg("--socket-path").arg(self.socket()).output().unwrap()
-    }
-
-    /// Runs a CLI command that must succeed and returns its JSON output.
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = args.to_vec();
-        all.extend(["--output", "json"]);
-        let out = self.cli(&all);
-        assert!(
-            out.status.success(),
-            "replica {}: {args:?} failed: {}\nlog:\n{}",
-            self.id,
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn invite(&self, ttl: &str) -> String {
-        self.json(&["invite", "--ttl", ttl])["token"].as_str().unwrap().to_string()
-    }
-
-    fn status(&self) -> serde_json::Value {
-        self.json(&["status"])
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn voters(status: &serde_json::Value) -> Vec<u64> {
     status["members"]
@@ -166,7 +27,7 @@ fn leader(status: &serde_json::Value) -> Option<u64> {
 #[test]
 fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
     let root = tempfile::tempdir().unwrap();
-    let mut servers: Vec<Server> = (1..=3).map(|id| Server::new(root.path(), id)).collect();
+    let mut servers: Vec<Server> = (1..=3).map(|id| Server::start(root.path(), id, "")).collect();
 
     assert_eq!(servers[0].status()["initialized"], false);
     let out = servers[0].command(&["healthcheck"]);
@@ -174,7 +35,7 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
     assert_eq!(http_get(servers[0].health_port, "/live").0, 200);
     let (code, body) = http_get(servers[0].health_port, "/ready");
     assert_eq!(code, 503, "a pristine replica is not ready: {body}");
-    let status = servers[0].json(&["init"]);
+    let status = servers[0].json(&["cluster", "init"]);
     let out = servers[0].command(&["healthcheck"]);
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Server is healthy."));
     let (code, body) = http_get(servers[0].health_port, "/ready");
@@ -186,23 +47,23 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
         "the leader gauge in /metrics",
     );
     assert_eq!((leader(&status), voters(&status)), (Some(1), vec![1]));
-    let out = servers[0].cli(&["init"]);
+    let out = servers[0].command(&["cluster", "init"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("already belongs to a cluster"));
 
     // An invite admits one replica, once.
     let token = servers[0].invite("600");
-    let status = servers[1].json(&["join", "--token", &token]);
+    let status = servers[1].json(&["cluster", "join", "--token", &token]);
     assert_eq!(voters(&status), vec![1, 2]);
-    let out = servers[2].cli(&["join", "--token", &token]);
+    let out = servers[2].command(&["cluster", "join", "--token", &token]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("invite is unknown or already used"), "{err}");
     // A garbled token is refused before anything is sent.
-    let out = servers[2].cli(&["join", "--token", "testudo-invite-v1.garbage"]);
+    let out = servers[2].command(&["cluster", "join", "--token", "testudo-invite-v1.garbage"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("invite"));
     // An expired invite is refused (and the replica stays pristine, so it can try again).
     let stale = servers[1].invite("1");
     std::thread::sleep(Duration::from_millis(2100));
-    let out = servers[2].cli(&["join", "--token", &stale]);
+    let out = servers[2].command(&["cluster", "join", "--token", &stale]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("invite has expired"),
         "{}",
@@ -210,7 +71,7 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
     );
     // Invites can come from a follower too.
     let token = servers[1].invite("600");
-    let status = servers[2].json(&["join", "--token", &token]);
+    let status = servers[2].json(&["cluster", "join", "--token", &token]);
     assert_eq!(voters(&status), vec![1, 2, 3]);
     let cluster_id = status["cluster_id"].as_str().unwrap().to_string();
     for server in &servers {
@@ -366,7 +227,7 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
         metrics.lines().find_map(|l| l.strip_prefix("testudo_leader_duties_running ").map(str::to_owned))
     };
     wait_until(Duration::from_secs(20), || duties(&servers[0]).as_deref() == Some("3"), "duties on leader 1");
-    let status = servers[2].json(&["transfer", "--node-id", "2"]);
+    let status = servers[2].json(&["cluster", "transfer", "--node-id", "2"]);
     assert_eq!(leader(&status), Some(2));
     wait_until(
         Duration::from_secs(20),
@@ -388,7 +249,7 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
     );
     let new_leader = new_leader.unwrap();
     // The restarted replica rejoins from its disk, with no invite.
-    servers[1].start();
+    servers[1].restart();
     wait_until(
         Duration::from_secs(20),
         || leader(&servers[1].status()) == Some(new_leader),
@@ -398,7 +259,7 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
 
     // Remove replica 3 through a replica that is not the leader.
     let via = servers.iter().find(|s| s.id != new_leader && s.id != 3).unwrap();
-    let status = via.json(&["remove", "--node-id", "3"]);
+    let status = via.json(&["cluster", "remove", "--node-id", "3"]);
     assert!(!voters(&status).contains(&3), "{status}");
     wait_until(
         Duration::from_secs(30),
@@ -407,11 +268,7 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
     );
 
     // SIGTERM stops a replica cleanly and removes its socket.
-    let child = servers[0].child.take().unwrap();
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let mut child = child;
-    let code = child.wait().unwrap();
+    let code = servers[0].terminate();
     assert!(code.success(), "exit after SIGTERM: {code:?}\n{}", servers[0].log());
     assert!(!servers[0].socket().exists());
 }
@@ -594,18 +451,18 @@ fn a_bad_config_stops_start_up_naming_the_key_and_line() {
 #[test]
 fn a_backup_seeds_a_new_cluster_offline() {
     let root = tempfile::tempdir().unwrap();
-    let origin = Server::new(root.path(), 1);
-    origin.json(&["init"]);
+    let origin = Server::start(root.path(), 1, "");
+    origin.json(&["cluster", "init"]);
     for _ in 0..3 {
         origin.invite("600"); // each invite is a replicated write
     }
     let applied = origin.status()["last_applied"].as_u64().unwrap();
     let file = root.path().join("backup.tsnp");
-    let saved = origin.json(&["backup", "--file", file.to_str().unwrap()]);
+    let saved = origin.json(&["cluster", "backup", "--file", file.to_str().unwrap()]);
     assert!(saved["bytes"].as_u64().unwrap() > 0);
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
-    let out = origin.cli(&["backup", "--file", file.to_str().unwrap()]);
+    let out = origin.command(&["cluster", "backup", "--file", file.to_str().unwrap()]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("not overwriting"),
         "{}",
@@ -613,7 +470,7 @@ fn a_backup_seeds_a_new_cluster_offline() {
     );
 
     // A new replica (its own config, never started) is seeded from the file, then runs.
-    let mut fresh = Server::new(root.path(), 5);
+    let mut fresh = Server::start(root.path(), 5, "");
     fresh.kill();
     let restore = |server: &Server| {
         Command::new(BIN)
@@ -629,7 +486,7 @@ fn a_backup_seeds_a_new_cluster_offline() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = restore(&fresh);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("already belongs to a cluster"));
-    fresh.start();
+    fresh.restart();
     wait_until(
         Duration::from_secs(20),
         || leader(&fresh.status()) == Some(5),
@@ -689,11 +546,11 @@ fn agents_attest_with_join_tokens_renew_and_mint_only_their_entries() {
 
 /// Three replicas formed into a cluster, and the indexes of the leader and of a follower.
 fn three_replicas(root: &Path) -> (Vec<Server>, [usize; 2]) {
-    let servers: Vec<Server> = (1..=3).map(|id| Server::new(root, id)).collect();
-    servers[0].json(&["init"]);
+    let servers: Vec<Server> = (1..=3).map(|id| Server::start(root, id, "")).collect();
+    servers[0].json(&["cluster", "init"]);
     for server in &servers[1..] {
         let token = servers[0].invite("600");
-        server.json(&["join", "--token", &token]);
+        server.json(&["cluster", "join", "--token", &token]);
     }
     let leader_id = leader(&servers[0].status()).expect("a leader");
     let follower_id = (1..=3).find(|id| *id != leader_id).expect("a follower");
@@ -855,7 +712,7 @@ fn agent_calls(server: &Server, round: usize) {
         assert!(!first.more && first.entry_revisions.is_empty());
         assert_eq!(first.entries.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), vec![mine.as_str()]);
         // Past a page of entries, sync pages revisions first; the agent then asks by id.
-        let admin = server::admin::socket::connect(&server.socket()).await.unwrap();
+        let admin = proto::unix_socket::connect(&server.socket()).await.unwrap();
         let many: Vec<proto::spire::api::types::Entry> = (0..500)
             .map(|i| proto::spire::api::types::Entry {
                 spiffe_id: Some(proto::spire::api::types::Spiffeid {
@@ -959,7 +816,7 @@ fn agent_calls(server: &Server, round: usize) {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let out = server.command(&["entry", "show", "--entry-id", &theirs_id]);
         assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).to_lowercase().contains("not found"));
-        let admin = server::admin::socket::connect(&server.socket()).await.unwrap();
+        let admin = proto::unix_socket::connect(&server.socket()).await.unwrap();
         let info = proto::spire::api::server::debug::v1::debug_client::DebugClient::new(admin)
             .get_info(proto::spire::api::server::debug::v1::GetInfoRequest {})
             .await
@@ -1102,8 +959,8 @@ fn an_upstream_authority_that_signed_the_old_ca_is_tainted_then_revoked() {
         cert.display(),
         key.display()
     );
-    let server = Server::with_plugins(root.path(), 1, &plugin);
-    server.json(&["init"]);
+    let server = Server::start_with_plugins(root.path(), 1, "", &plugin);
+    server.json(&["cluster", "init"]);
     wait_until(
         Duration::from_secs(20),
         || server.command(&["bundle", "show"]).status.success(),
@@ -1176,8 +1033,8 @@ fn an_agent_attests_with_x509pop_through_the_network_listener() {
         "  NodeAttestor \"x509pop\" {{\n    plugin_data {{\n      ca_bundle_path = \"{}\"\n    }}\n  }}",
         pki_dir.join("nodes-ca.pem").display()
     );
-    let server = Server::with_plugins(root.path(), 1, &plugin);
-    server.json(&["init"]);
+    let server = Server::start_with_plugins(root.path(), 1, "", &plugin);
+    server.json(&["cluster", "init"]);
     wait_until(
         Duration::from_secs(20),
         || server.command(&["bundle", "show"]).status.success(),
@@ -1322,7 +1179,7 @@ fn bundle_calls(server: &Server, root: &Path, pki_dir: &Path) {
         use proto::spire::api::server::bundle::v1::{
             bundle_client::BundleClient, CountBundlesRequest, GetFederatedBundleRequest,
         };
-        let mut client = BundleClient::new(server::admin::socket::connect(&server.socket()).await.unwrap());
+        let mut client = BundleClient::new(proto::unix_socket::connect(&server.socket()).await.unwrap());
         assert_eq!(
             client.count_bundles(CountBundlesRequest {}).await.unwrap().into_inner().count,
             2,
@@ -1366,7 +1223,7 @@ fn bundle_calls(server: &Server, root: &Path, pki_dir: &Path) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         use proto::spire::api::server::bundle::v1::{bundle_client::BundleClient, AppendBundleRequest};
-        let admin = server::admin::socket::connect(&server.socket()).await.unwrap();
+        let admin = proto::unix_socket::connect(&server.socket()).await.unwrap();
         let der = crate::x509pop::der(pki_dir, "partner-ca.pem");
         let request = AppendBundleRequest {
             x509_authorities: vec![proto::spire::api::types::X509Certificate { asn1: der, tainted: false }],
@@ -1396,8 +1253,8 @@ fn bundle_calls(server: &Server, root: &Path, pki_dir: &Path) {
 fn an_svid_whose_entry_is_marked_admin_may_call_admin_apis() {
     use proto::spire::api::server::entry::v1::{entry_client::EntryClient, CountEntriesRequest};
     let root = tempfile::tempdir().unwrap();
-    let server = Server::new(root.path(), 1);
-    server.json(&["init"]);
+    let server = Server::start(root.path(), 1, "");
+    server.json(&["cluster", "init"]);
     wait_until(
         Duration::from_secs(20),
         || server.command(&["bundle", "show"]).status.success(),
@@ -1467,7 +1324,7 @@ fn federated_bundle_updates_honour_the_input_mask() {
         let partner = format!("partner{round}.org");
         runtime.block_on(async {
             let mut client = bundle_pb::bundle_client::BundleClient::new(
-                server::admin::socket::connect(&server.socket()).await.unwrap(),
+                proto::unix_socket::connect(&server.socket()).await.unwrap(),
             );
             let jwt = types::JwtKey {
                 public_key: jwt_key.public_key().spki_der().to_vec(),
@@ -1575,7 +1432,7 @@ fn federated_bundle_updates_honour_the_input_mask() {
 #[test]
 fn calls_made_during_a_join_answer_within_a_second() {
     let root = tempfile::tempdir().unwrap();
-    let server = Server::new(root.path(), 1);
+    let server = Server::start(root.path(), 1, "");
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let invite = server::cluster::invite::Invite {
         secret: [7; 32],

@@ -1,18 +1,19 @@
-//! The admin Unix socket: local callers (the CLI) reach admin services through it, and the
-//! file's permissions decide who may.
+//! The project's Unix sockets (a server's admin socket, an agent's Workload API and admin
+//! sockets): binding one with the file mode that decides who may call, and a gRPC channel
+//! to one for the CLIs, tests and benches.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use hyper_util::rt::TokioIo;
 use tokio::net::{UnixListener, UnixStream};
 use tonic::transport::{Channel, Endpoint, Uri};
 
-/// Binds the admin socket: creates its directory, replaces a stale socket file, and makes
-/// the socket reachable by the owner only.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+/// Binds a Unix socket at `path` with file mode `mode`: creates its directory and replaces
+/// a stale socket file left by a process that did not stop cleanly.
+pub fn bind(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}
@@ -20,15 +21,15 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
         Err(e) => return Err(e),
     }
     let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(listener)
 }
 
-/// A gRPC channel to the admin socket at `path`.
+/// A gRPC channel to the Unix socket at `path`.
 pub async fn connect(path: &Path) -> Result<Channel, tonic::transport::Error> {
     let path: PathBuf = path.to_path_buf();
     // The URI is required by the API but unused: the connector dials the socket.
-    Endpoint::from_static("http://admin.socket")
+    Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
             async move { UnixStream::connect(path).await.map(TokioIo::new) }
