@@ -64,3 +64,32 @@ async fn a_store_in_use_is_refused_as_locked() {
     drop(open);
     assert!(open_store(dir.path(), 1, "c").await.is_ok(), "released when the store is dropped");
 }
+
+/// A new store in a temporary dir whose format header says `format_version`.
+fn store_of_format(format_version: u32) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let store = raft_store::db::open(dir.path(), 1, "c").unwrap();
+    let header = raft_store::db::Header { format_version, node_id: 1, cluster_id: "c".into() };
+    let meta = raft_store::db::cf(&store.db, raft_store::schema::Cf::Meta);
+    let bytes = raft_store::codec::encode("header", &header).unwrap();
+    store.db.put_cf(meta, raft_store::schema::meta_key::HEADER, bytes).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_newer_format_and_one_older_than_the_previous() {
+    use raft_store::db::{FORMAT_VERSION, PREVIOUS_FORMAT};
+    let newer = store_of_format(FORMAT_VERSION + 1);
+    for _ in 0..2 {
+        let err = open_store(newer.path(), 1, "c").await.err().unwrap();
+        assert!(matches!(err, OpenError::NewerFormat { found, .. } if found == FORMAT_VERSION + 1), "{err}");
+        assert!(err.to_string().contains("newer Testudo"), "{err}");
+    }
+
+    let older = store_of_format(PREVIOUS_FORMAT - 1);
+    for _ in 0..2 {
+        let err = open_store(older.path(), 1, "c").await.err().unwrap();
+        assert!(matches!(err, OpenError::OlderFormat { found, .. } if found == PREVIOUS_FORMAT - 1), "{err}");
+        assert!(err.to_string().contains(&format!("upgrades format {PREVIOUS_FORMAT} only")), "{err}");
+    }
+}

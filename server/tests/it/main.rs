@@ -1,13 +1,15 @@
 //! Real server processes forming a cluster through the CLI (with memory keys, and with keys on
 //! one SoftHSM2 token); the CA manager driven by a fake clock through many rotations, resumed from its journal,
 //! and with a disk upstream authority, checked by identity's verifiers and openssl; the views
-//! that follow apply; stock gRPC clients (grpcio) on the admin socket.
+//! that follow apply; stock gRPC clients (grpcio) on the admin socket; a data dir of the
+//! previous on-disk format, upgraded on start.
 
 mod ca_rotation;
 mod cluster_ca;
 mod cluster_processes;
 mod managed_keys;
 mod stock_clients;
+mod upgrade;
 mod upstream_disk;
 mod views;
 mod x509pop;

@@ -12,7 +12,12 @@ use crate::codec;
 use crate::schema::{meta_key, Cf};
 use crate::types::NodeId;
 
-/// The on-disk format this build writes and reads.
+mod upgrade;
+
+pub use upgrade::PREVIOUS_FORMAT;
+
+/// The on-disk format this build writes and reads; a data dir of the format before it is
+/// upgraded on open (`upgrade`).
 /// 3: log entries carry each command as a byte string of its encoding.
 pub const FORMAT_VERSION: u32 = 3;
 const DB_DIR: &str = "raft-db";
@@ -24,8 +29,20 @@ pub enum OpenError {
     Foreign { path: PathBuf },
     #[error("data dir {path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
-    #[error("data dir {path} has on-disk format {found}; this build reads format {FORMAT_VERSION}")]
-    Format { path: PathBuf, found: u32 },
+    #[error(
+        "data dir {path} was written by a newer Testudo (on-disk format {found}); this build reads format \
+         {FORMAT_VERSION}: run the newer build, or restore a backup into an empty data dir"
+    )]
+    NewerFormat { path: PathBuf, found: u32 },
+    #[error(
+        "data dir {path} has on-disk format {found}, which this build cannot upgrade (it upgrades format \
+         {PREVIOUS_FORMAT} only): start it once with a release that reads format {} first", found + 1
+    )]
+    OlderFormat { path: PathBuf, found: u32 },
+    #[error(
+        "data dir {path} has on-disk format {PREVIOUS_FORMAT} and could not be upgraded (left as it was): {reason}"
+    )]
+    Upgrade { path: PathBuf, reason: String },
     #[error("data dir {path} belongs to replica {found}, not replica {expected}")]
     WrongNode { path: PathBuf, found: NodeId, expected: NodeId },
     #[error("data dir {path} belongs to cluster {found:?}, not cluster {expected:?}")]
@@ -128,9 +145,6 @@ pub fn open(data_dir: &Path, node_id: NodeId, cluster_id: &str) -> Result<Store,
         Some(bytes) => {
             let found: Header = codec::decode("header", &bytes)
                 .map_err(|e| OpenError::Corrupt { path: path.clone(), reason: e.to_string() })?;
-            if found.format_version != FORMAT_VERSION {
-                return Err(OpenError::Format { path: path.clone(), found: found.format_version });
-            }
             if found.node_id != node_id {
                 return Err(OpenError::WrongNode { path: path.clone(), found: found.node_id, expected: node_id });
             }
@@ -141,7 +155,25 @@ pub fn open(data_dir: &Path, node_id: NodeId, cluster_id: &str) -> Result<Store,
                     expected: cluster_id.to_owned(),
                 });
             }
-            found
+            match found.format_version {
+                FORMAT_VERSION => found,
+                PREVIOUS_FORMAT => {
+                    let rewritten = upgrade::from_previous(&db, &found)
+                        .map_err(|e| OpenError::Upgrade { path: path.clone(), reason: e.to_string() })?;
+                    tracing::info!(
+                        path = %path.display(),
+                        from = PREVIOUS_FORMAT,
+                        to = FORMAT_VERSION,
+                        log_entries = rewritten,
+                        "upgraded the data dir's on-disk format"
+                    );
+                    Header { format_version: FORMAT_VERSION, ..found }
+                }
+                newer if newer > FORMAT_VERSION => {
+                    return Err(OpenError::NewerFormat { path: path.clone(), found: newer })
+                }
+                older => return Err(OpenError::OlderFormat { path: path.clone(), found: older }),
+            }
         }
     };
     Ok(Store { db: Arc::new(db), header, path })
