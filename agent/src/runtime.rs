@@ -183,7 +183,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         .add_service(
             proto::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer::new(sds),
         )
-        .serve_with_incoming_shutdown(proto::unix_authority::accept(listener), shutdown)
+        .serve_with_incoming_shutdown(crate::workload::peer_process::accept(listener), shutdown)
         .await;
     sync_task.abort();
     watch_task.abort();

@@ -54,6 +54,11 @@ pub struct AuthorityFixing {
 }
 
 impl AuthorityFixing {
+    /// The accepted connection, e.g. to ask the kernel about its peer.
+    pub fn get_ref(&self) -> &UnixStream {
+        &self.inner
+    }
+
     pub fn new(inner: UnixStream) -> Self {
         Self {
             inner,

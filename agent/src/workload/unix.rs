@@ -1,8 +1,8 @@
 //! The `unix` workload attestor: who the calling process is, from the kernel. The uid and
 //! gid come from the socket's peer credentials (SO_PEERCRED, taken at connect time and not
 //! forgeable by the caller); supplementary groups and, with `discover_workload_path`, the
-//! binary's path and SHA-256 from /proc. [`guarded`] reads the process's start time before
-//! and after every attestor, so a pid reused by another process midway is caught.
+//! binary's path and SHA-256 from /proc, read while the caller's process is pinned
+//! (`peer_process`), so a pid that now names another process is never read.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -41,8 +41,10 @@ impl super::attestor::WorkloadAttestor for Unix {
 /// Why a caller could not be attested.
 #[derive(Debug, thiserror::Error)]
 pub enum AttestError {
-    #[error("the calling process {pid} is gone or changed during attestation")]
+    #[error("the calling process {pid} is gone: it exited, or its pid now names another process")]
     ProcessChanged { pid: i32 },
+    #[error("the caller was not identified when it connected: {reason}")]
+    NotPinned { reason: String },
     #[error("reading /proc/{pid}: {reason}")]
     Proc { pid: i32, reason: String },
     #[error("the workload binary is {size} bytes, over workload_size_limit ({limit})")]
@@ -62,7 +64,7 @@ fn selector(kind: &str, value: impl std::fmt::Display) -> Option<Selector> {
 }
 
 /// Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot.
-fn start_time(pid: i32) -> Result<u64, AttestError> {
+pub(crate) fn start_time(pid: i32) -> Result<u64, AttestError> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|_| AttestError::ProcessChanged { pid })?;
     // The command name (field 2) is in parentheses and may hold spaces: split after it.
     let after = stat
@@ -147,19 +149,8 @@ fn binary(pid: i32, limit: u64) -> Result<(String, String), AttestError> {
     Ok((path.to_string_lossy().into_owned(), hex::encode(digest.finish())))
 }
 
-/// Runs `attest` on process `pid` and refuses the result if the pid now names another
-/// process (its start time changed) or none.
-pub fn guarded<T>(pid: i32, attest: impl FnOnce() -> Result<T, AttestError>) -> Result<T, AttestError> {
-    let before = start_time(pid)?;
-    let result = attest()?;
-    if start_time(pid)? != before {
-        return Err(AttestError::ProcessChanged { pid });
-    }
-    Ok(result)
-}
-
 /// The caller's `unix:` selectors. Blocking (reads /proc): run it off the reactor, inside
-/// [`guarded`].
+/// `PeerProcess::guard`.
 pub fn attest(peer: PeerCredentials, settings: &UnixData) -> Result<SelectorSet, AttestError> {
     let mut selectors: SelectorSet =
         [selector("unix", format!("uid:{}", peer.uid)), selector("unix", format!("gid:{}", peer.gid))]
@@ -220,9 +211,7 @@ mod tests {
         let err = attest(me(), &UnixData { discover_workload_path: true, workload_size_limit: 10 }).unwrap_err();
         assert!(matches!(err, AttestError::TooLarge { limit: 10, .. }), "{err:?}");
         let gone = PeerCredentials { pid: i32::MAX, uid: 0, gid: 0 };
-        assert!(matches!(
-            guarded(gone.pid, || attest(gone, &UnixData::default())),
-            Err(AttestError::ProcessChanged { .. })
-        ));
+        assert!(attest(gone, &UnixData::default()).is_err());
+        assert!(matches!(start_time(gone.pid), Err(AttestError::ProcessChanged { .. })));
     }
 }

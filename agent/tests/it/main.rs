@@ -3,6 +3,7 @@
 
 mod entry_push;
 mod failover;
+mod hostile_workloads;
 mod ops;
 mod rotation;
 mod sds;
