@@ -1,13 +1,15 @@
 //! The Raft network: openraft's RPCs, forwarded writes and read-index requests over gRPC
 //! with mutual TLS, plus a fault switchboard tests use to cut links.
 
+mod accept;
 mod client;
 mod faults;
 mod server;
 pub mod tls;
 mod wire;
 
+pub use accept::{accept_tls, Accepted, ConnectionLimits, Incoming};
 pub use client::{CallError, ClusterClient, NetworkFactory, PeerNetwork};
 pub use faults::Faults;
-pub use server::{accept_tls, serve, ClusterService, JoinHandler, TransferHandler, MAX_MESSAGE_BYTES};
+pub use server::{serve, ClusterService, JoinHandler, TransferHandler, MAX_MESSAGE_BYTES};
 pub use wire::{AdminRequest, ForwardError};

@@ -1,6 +1,7 @@
 //! The cluster RPC server: hands Raft messages to openraft, serves forwarded writes and
-//! read-index requests when this replica leads. Listens with TLS 1.3 and requires a
-//! replica certificate.
+//! read-index requests when this replica leads. Listens with TLS 1.3; every call but Join
+//! requires a replica certificate, and callers without one are served apart, with small
+//! limits (`serve`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,12 +12,12 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use proto::cluster::cluster_server::{Cluster, ClusterServer};
 use proto::cluster::Payload;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::server::TlsStream;
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::accept::{accept_tls, ConnectionLimits, Incoming};
 use super::tls::TlsError;
 use super::wire::{decode, encode, AdminRequest, ForwardError};
 use crate::command::Command;
@@ -26,6 +27,24 @@ use crate::types::{NodeId, Raft, TypeConfig};
 
 /// Largest cluster message accepted or sent: a batch of log entries or a snapshot chunk.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Concurrent streams on one replica's connection: forwarded writes and reads from many
+/// API callers, replication and heartbeats.
+const REPLICA_MAX_STREAMS: u32 = 1024;
+/// A replica connection whose peer stops answering pings is closed.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Callers without a replica certificate may only Join, whose request is a few hundred
+/// bytes: they get small messages and headers, a few streams, a request time limit, and a
+/// connection that closes after a minute whatever it does.
+const ANONYMOUS_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+const ANONYMOUS_MAX_HEADER_BYTES: u32 = 16 * 1024;
+const ANONYMOUS_MAX_STREAMS: u32 = 4;
+const ANONYMOUS_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+const ANONYMOUS_LIFETIME: Duration = Duration::from_secs(60);
+/// Anonymous connections open at once, from all sources.
+const ANONYMOUS_MAX_CONNECTIONS: usize = 64;
 
 /// Carries out leader transfers asked of this replica; the node implements it.
 #[tonic::async_trait]
@@ -41,6 +60,7 @@ pub trait JoinHandler: Send + Sync + 'static {
 }
 
 /// The gRPC service of one replica.
+#[derive(Clone)]
 pub struct ClusterService {
     raft: Raft,
     proposer: Proposer,
@@ -189,47 +209,6 @@ impl Cluster for ClusterService {
     }
 }
 
-/// TLS connections accepted on `listener`, as a stream for tonic's `serve_with_incoming`.
-/// Each handshake runs in its own task with a 10 s limit, so a slow or hostile client
-/// cannot stall accepts. The returned task accepts until aborted or the stream is dropped;
-/// `what` names the listener in logs.
-pub fn accept_tls(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    what: &'static str,
-) -> (ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>>, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let task = tokio::spawn(async move {
-        while !tx.is_closed() {
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "{what} accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            // gRPC sends small frames and waits for answers: without this, Nagle's algorithm
-            // and delayed ACKs hold some of them back for tens of milliseconds.
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
-            }
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
-            tokio::spawn(async move {
-                match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
-                    }
-                    Ok(Err(e)) => tracing::warn!(%peer, error = %e, "{what} TLS handshake failed"),
-                    Err(_) => tracing::warn!(%peer, "{what} TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    (ReceiverStream::new(rx), task)
-}
-
 /// Binds `listen` and serves the cluster RPC over TLS (`acceptor`, from
 /// `tls::server_config`) until `shutdown` resolves.
 /// Returns the bound address (useful with port 0) and the server task.
@@ -245,22 +224,75 @@ pub async fn serve(
     let listener =
         TcpListener::bind(listen).await.map_err(|e| TlsError::Config(format!("cannot listen on {listen}: {e}")))?;
     let bound = listener.local_addr().map_err(|e| TlsError::Config(e.to_string()))?;
-    let (incoming, accept_task) = accept_tls(listener, acceptor, "cluster");
-    let service = ClusterServer::new(ClusterService::new(raft, proposer, transfers, join))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (mut incoming, accept_task) = accept_tls(listener, acceptor, "cluster", ConnectionLimits::CLUSTER);
+    let service = ClusterService::new(raft, proposer, transfers, join);
+    // Replicas and anonymous callers are served apart, each with its own limits: only a
+    // replica certificate earns the large messages and many streams replication needs.
+    let (replicas, anonymous) =
+        (tokio::sync::mpsc::channel::<Incoming>(16), tokio::sync::mpsc::channel::<Incoming>(16));
+    let anonymous_connections = Arc::new(tokio::sync::Semaphore::new(ANONYMOUS_MAX_CONNECTIONS));
+    let sort_task = tokio::spawn(async move {
+        use tokio_stream::StreamExt;
+        while let Some(Ok(connection)) = incoming.next().await {
+            let sent = if connection.has_client_certificate() {
+                replicas.0.send(Ok(connection)).await.is_ok()
+            } else if let Ok(permit) = anonymous_connections.clone().try_acquire_owned() {
+                let connection = connection.hold(permit).with_lifetime(ANONYMOUS_LIFETIME);
+                anonymous.0.send(Ok(connection)).await.is_ok()
+            } else {
+                metrics::counter!("testudo_tls_connections_refused_total", "listener" => "cluster", "reason" => "anonymous")
+                    .increment(1);
+                true
+            };
+            if !sent {
+                break;
+            }
+        }
+    });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let replica_server = tonic::transport::Server::builder()
+        // A replica resumed after a pause finds many streams its peers gave up on (each
+        // heartbeat times out and is reset): h2's rapid-reset guard (20 by default) would
+        // close the connection for that. Only authenticated replicas get this allowance.
+        .http2_max_pending_accept_reset_streams(Some(1024))
+        .max_concurrent_streams(Some(REPLICA_MAX_STREAMS))
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_service(
+            ClusterServer::new(service.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(ReceiverStream::new(replicas.1), until_stopped());
+    let anonymous_server = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(ANONYMOUS_MAX_STREAMS))
+        .http2_max_header_list_size(Some(ANONYMOUS_MAX_HEADER_BYTES))
+        .timeout(ANONYMOUS_REQUEST_TIMEOUT)
+        .add_service(
+            ClusterServer::new(service)
+                .max_decoding_message_size(ANONYMOUS_MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(ReceiverStream::new(anonymous.1), until_stopped());
     let task = tokio::spawn(async move {
-        // Peers are authenticated replicas, and a replica resumed after a pause finds many
-        // streams its peers gave up on (each heartbeat times out and is reset): h2's
-        // rapid-reset guard (20 by default) would close the connection for that.
-        let result = tonic::transport::Server::builder()
-            .http2_max_pending_accept_reset_streams(Some(1024))
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
+        let stopper = tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        });
+        let (replica_result, anonymous_result) = tokio::join!(replica_server, anonymous_server);
         accept_task.abort();
-        if let Err(e) = result {
-            tracing::error!(error = %e, "cluster RPC server stopped");
+        sort_task.abort();
+        stopper.abort();
+        for result in [replica_result, anonymous_result] {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "cluster RPC server stopped");
+            }
         }
     });
     Ok((bound, task))

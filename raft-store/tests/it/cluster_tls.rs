@@ -94,3 +94,66 @@ async fn a_client_without_a_certificate_reaches_only_join() {
     assert!(refused, "a server whose CA does not match the pin must be refused");
     cluster.shutdown().await;
 }
+
+/// What an anonymous caller can make a replica hold: a Join-sized message, not the 64 MiB
+/// replication needs, and a bounded number of connections from one address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_caller_gets_small_messages_and_few_connections() {
+    use tokio::io::AsyncReadExt;
+    let cluster = TestCluster::start(1, 10_000).await;
+    let address = cluster.replicas[&1].address().to_string();
+    let timeout = Duration::from_secs(2);
+
+    // Connections that never finish a handshake: from one address, only so many are held;
+    // the rest are closed at once instead of waiting out the handshake timeout.
+    let limit = raft_store::network::ConnectionLimits::CLUSTER.max_per_source;
+    let mut streams = Vec::new();
+    for _ in 0..limit + 8 {
+        streams.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut closed = Vec::new();
+    for (i, stream) in streams.iter_mut().enumerate() {
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(20), stream.read(&mut byte)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => closed.push(i),
+            Ok(Ok(_)) => panic!("the server spoke first"),
+            Err(_) => {}
+        }
+    }
+    assert_eq!(closed, (limit..limit + 8).collect::<Vec<_>>(), "held: the first {limit}; closed: the rest");
+    drop(streams);
+
+    // A Join-sized cap for callers without a replica certificate ...
+    let replica_id = identity::SpiffeId::parse(REPLICA_ID).unwrap();
+    let pin: [u8; 32] =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &cluster.ca.cert).as_ref().try_into().unwrap();
+    let big = vec![0u8; 1024 * 1024];
+    let endpoint = joiner_endpoint(replica_id, pin, &address, timeout).unwrap();
+    let mut anonymous = None;
+    for _ in 0..50 {
+        // The held connections' slots come back as their handshakes fail.
+        match endpoint.connect().await {
+            Ok(channel) => {
+                anonymous = Some(ClusterClient::new(channel));
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let mut anonymous = anonymous.expect("an anonymous connection once the flood is gone");
+    for status in [
+        anonymous.join(Payload { data: big.clone() }).await.unwrap_err(),
+        anonymous.append_entries(Payload { data: big.clone() }).await.unwrap_err(),
+    ] {
+        assert!(status.message().contains("decoded message length too large"), "{status:?}");
+        assert!(status.message().contains("65536"), "{status:?}");
+    }
+
+    // ... while a replica's connection keeps the large one (the megabyte is decoded, and
+    // refused only as a malformed vote).
+    let replica = cluster.ca.tls(REPLICA_ID);
+    let err = call(client_endpoint(&replica, &address, timeout).unwrap(), big).await.unwrap_err();
+    assert!(err.contains("cannot decode Vote payload"), "{err}");
+    cluster.shutdown().await;
+}

@@ -10,6 +10,7 @@ use std::time::Duration;
 use identity::bundle::Bundle;
 use identity::crypto::{KeyType, LocalKey, Signer};
 use identity::SpiffeId;
+use raft_store::network::{ConnectionLimits, Incoming};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -117,21 +118,21 @@ pub async fn maintain(identity: Arc<ServerIdentity>, bundle: Arc<RwLock<Bundle>>
     }
 }
 
+/// Many agents may share one address (NAT, a node's pods): the per-source bound is wide.
+const API_CONNECTION_LIMITS: ConnectionLimits = ConnectionLimits {
+    max_connections: 32_768,
+    max_handshakes: 256,
+    max_per_source: 1024,
+    handshake_timeout: Duration::from_secs(10),
+};
+
 /// Binds the API listener. Returns the bound address and the stream of TLS connections
 /// for tonic.
 pub async fn bind(
     address: SocketAddr,
     identity: Arc<ServerIdentity>,
     bundle: Arc<RwLock<Bundle>>,
-) -> Result<
-    (
-        SocketAddr,
-        tokio_stream::wrappers::ReceiverStream<
-            Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
-        >,
-    ),
-    String,
-> {
+) -> Result<(SocketAddr, tokio_stream::wrappers::ReceiverStream<Incoming>), String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -143,6 +144,6 @@ pub async fn bind(
     let listener = TcpListener::bind(address).await.map_err(|e| format!("cannot listen on {address}: {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     // The accept task ends when tonic drops the stream.
-    let (incoming, _accepting) = raft_store::network::accept_tls(listener, acceptor, "API");
+    let (incoming, _accepting) = raft_store::network::accept_tls(listener, acceptor, "API", API_CONNECTION_LIMITS);
     Ok((bound, incoming))
 }
