@@ -109,7 +109,7 @@ fn main() {
     }
     let n = calls();
     let root = tempfile::tempdir().expect("temp dir");
-    let server = ServerProcess::start(root.path(), 1, "");
+    let server = ServerProcess::start(root.path(), 1, testkit::NO_RATE_LIMITS);
     server.json(&["cluster", "init"]);
     let bundle_pem = server.bundle_pem();
     let token = server.json(&["token", "generate", "--ttl", "600"])["value"].as_str().expect("token").to_string();

@@ -197,7 +197,7 @@ fn main() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let args = args();
     let root = tempfile::tempdir().expect("a temporary directory");
-    let servers = ServerProcess::cluster(root.path(), 3, "");
+    let servers = ServerProcess::cluster(root.path(), 3, testkit::NO_RATE_LIMITS);
     let trust_domain = TrustDomain::parse("example.org").expect("a trust domain");
     let mut bundle = Bundle::new(trust_domain.clone());
     for cert in pem::parse_many(servers[0].bundle_pem()).expect("the bundle's PEM") {

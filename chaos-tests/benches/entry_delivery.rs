@@ -110,7 +110,7 @@ fn main() {
     let count = arg("--rounds", 200);
     let extra_agents = arg("--agents", 1000);
     let root = tempfile::tempdir().expect("a temporary directory");
-    let servers = ServerProcess::cluster(root.path(), 3, "");
+    let servers = ServerProcess::cluster(root.path(), 3, testkit::NO_RATE_LIMITS);
     let leader_id = servers[0].json(&["cluster", "status"])["leader"].as_u64().expect("a leader");
     let leader = servers.iter().find(|s| s.id == leader_id).expect("the leader's process");
     let follower = servers.iter().find(|s| s.id != leader_id).expect("a follower");

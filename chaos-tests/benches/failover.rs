@@ -61,7 +61,7 @@ fn main() {
     let root = tempfile::tempdir().expect("a temporary directory");
     let options = ReplicaOptions {
         default_timing: true,
-        server_extra: r#"default_x509_svid_ttl = "1h""#.into(),
+        server_extra: format!("default_x509_svid_ttl = \"1h\"\n  {}", testkit::NO_RATE_LIMITS),
         ..Default::default()
     };
     let mut servers: Vec<ServerProcess> =

@@ -354,6 +354,22 @@ impl Replica {
         }
     }
 
+    /// Reads with `read` here, and when that finds nothing, again after a read index: a
+    /// write committed through another replica may not be applied here yet. Used to turn
+    /// away unknown secrets (join tokens, invites) before proposing anything: a miss costs
+    /// one leader round trip, never a log entry.
+    pub async fn read_or_confirm_absent<T, F, Fut>(&self, read: F) -> Result<Option<T>, ClusterError>
+    where
+        F: Fn(StoreReader) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>, crate::ReadError>>,
+    {
+        if let Some(found) = read(self.reader.clone()).await? {
+            return Ok(Some(found));
+        }
+        let reader = self.linearizable_reader().await?.clone();
+        Ok(read(reader).await?)
+    }
+
     async fn read_index(&self) -> Result<Option<u64>, ClusterError> {
         match self.raft.ensure_linearizable().await {
             Ok(log_id) => Ok(log_id.map(|l| l.index)),

@@ -52,7 +52,11 @@ fn main() {
     let server = ServerProcess::start_with(
         root.path(),
         1,
-        &ReplicaOptions { server_extra: r#"log_level = "WARN""#.into(), default_timing: true, ..Default::default() },
+        &ReplicaOptions {
+            server_extra: format!("log_level = \"WARN\"\n  {}", testkit::NO_RATE_LIMITS),
+            default_timing: true,
+            ..Default::default()
+        },
     );
     server.json(&["cluster", "init"]);
     let bundle_pem = server.bundle_pem();

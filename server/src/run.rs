@@ -44,6 +44,15 @@ fn init_logging(config: &ServerConfig) {
     }
 }
 
+/// Every minute, drops rate-limit state of callers who have been quiet.
+async fn forget_idle_callers(limits: Arc<server::api::rate_limits::RateLimits>) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        every.tick().await;
+        limits.forget_idle();
+    }
+}
+
 async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let data_dir = &config.server.data_dir;
     std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
@@ -62,7 +71,12 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         admin_ids: config.server.admin_ids.clone(),
         node_attestors: Arc::new(server::node_attestor::NodeAttestors::build(&config.node_attestors)?),
         agent_ttl: config.server.agent_ttl,
+        limits: Arc::new(server::api::rate_limits::RateLimits::new(
+            &config.server.ratelimit,
+            matches!(config.key_manager, kms::KeyManagerConfig::Pkcs11(_) | kms::KeyManagerConfig::AwsKms(_)),
+        )),
     };
+    background.push(tokio::spawn(forget_idle_callers(api.limits.clone())));
     // The network listener: agents, and admins with an SVID listed in admin_ids.
     let identity =
         Arc::new(server::api::listener::ServerIdentity::new(&config.server.trust_domain).map_err(anyhow::Error::msg)?);

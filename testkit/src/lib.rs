@@ -20,6 +20,10 @@ use std::time::{Duration, Instant};
 pub use agent::AgentProcess;
 pub use server::{ReplicaOptions, ServerProcess};
 
+/// A `server { }` block line that turns off the per-address rate limits: for benchmarks,
+/// whose one client address stands for many agents.
+pub const NO_RATE_LIMITS: &str = "ratelimit {\n    attestation = false\n    signing = false\n  }";
+
 /// A port nothing listens on right now, for a process the test starts to bind later.
 /// Taken below the kernel's ephemeral range: a port the kernel handed out (bind to port 0)
 /// can be taken by an outgoing connection's local end before the process binds it, which

@@ -134,8 +134,9 @@ struct SourceSlot {
     ip: IpAddr,
 }
 
-/// The source a peer address counts against: itself, or its /64 for IPv6.
-fn source_of(ip: IpAddr) -> IpAddr {
+/// The source a peer address counts against: itself, or its /64 for IPv6 (one host
+/// usually holds a whole /64).
+pub fn source_of(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
         IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)),
@@ -171,20 +172,26 @@ impl Drop for SourceSlot {
 /// At most one warning per interval for events anyone can cause (failed handshakes,
 /// refused connections), so a flood of them cannot flood the log; the warning says how
 /// many were not logged since the last one.
-pub(crate) struct LogBudget {
+pub struct LogBudget {
     last: AtomicU64,
     skipped: AtomicU64,
+}
+
+impl Default for LogBudget {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl LogBudget {
     const INTERVAL_SECS: u64 = 10;
 
-    pub(crate) const fn new() -> Self {
+    pub const fn new() -> Self {
         Self { last: AtomicU64::new(0), skipped: AtomicU64::new(0) }
     }
 
     /// `Some(skipped since the last warning)` if this event may be logged now.
-    pub(crate) fn allow(&self) -> Option<u64> {
+    pub fn allow(&self) -> Option<u64> {
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
         let last = self.last.load(Ordering::Relaxed);

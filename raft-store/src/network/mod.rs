@@ -8,7 +8,7 @@ mod server;
 pub mod tls;
 mod wire;
 
-pub use accept::{accept_tls, Accepted, ConnectionLimits, Incoming};
+pub use accept::{accept_tls, source_of, Accepted, ConnectionLimits, Incoming, LogBudget};
 pub use client::{CallError, ClusterClient, NetworkFactory, PeerNetwork};
 pub use faults::Faults;
 pub use server::{serve, ClusterService, JoinHandler, TransferHandler, MAX_MESSAGE_BYTES};

@@ -138,6 +138,12 @@ impl StoreReader {
         self.run(move |db| get(db, Cf::JoinTokens, token.as_bytes(), "join token")).await
     }
 
+    /// The replica invite whose secret hashes to `secret_sha256` (hex).
+    pub async fn replica_invite(&self, secret_sha256: &str) -> Result<Option<ReplicaInvite>, ReadError> {
+        let key = secret_sha256.to_owned();
+        self.run(move |db| get(db, Cf::ReplicaInvites, key.as_bytes(), "replica invite")).await
+    }
+
     pub async fn bundle(&self, scope: BundleScope, trust_domain: &str) -> Result<Option<StoredBundle>, ReadError> {
         let td = trust_domain.to_owned();
         self.run(move |db| get(db, scope_cf(scope), td.as_bytes(), "bundle")).await

@@ -177,6 +177,7 @@ impl Bundle for BundleService {
         request: Request<pb::PublishJwtAuthorityRequest>,
     ) -> Result<Response<pb::PublishJwtAuthorityResponse>, Status> {
         self.context.require_downstream(&request).await?;
+        self.context.limits.push_key(&request).await?;
         let key =
             request.into_inner().jwt_authority.ok_or_else(|| Status::invalid_argument("jwt_authority: required"))?;
         jwt_key_checked(&key, "jwt_authority")?;

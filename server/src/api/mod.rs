@@ -12,6 +12,7 @@ pub mod entry_notifications;
 pub mod health;
 pub mod listener;
 pub mod local_authority;
+pub mod rate_limits;
 pub mod svid;
 
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub struct ApiContext {
     pub node_attestors: Arc<crate::node_attestor::NodeAttestors>,
     /// Lifetime of agent SVIDs; `None`: the X.509-SVID default.
     pub agent_ttl: Option<std::time::Duration>,
+    /// Per-caller rate limits (`server.ratelimit`).
+    pub limits: Arc<rate_limits::RateLimits>,
 }
 
 impl ApiContext {

@@ -98,14 +98,16 @@ impl Svid for SvidService {
         request: Request<pb::BatchNewX509svidRequest>,
     ) -> Result<Response<pb::BatchNewX509svidResponse>, Status> {
         let agent = super::agent_auth::require_agent(&request, &self.context).await?;
-        let params = request.into_inner().params;
-        if params.len() > super::entry::MAX_BATCH {
+        let count = request.get_ref().params.len();
+        if count > super::entry::MAX_BATCH {
             return Err(Status::invalid_argument(format!(
-                "params: {} items; at most {} per call",
-                params.len(),
+                "params: {count} items; at most {} per call",
                 super::entry::MAX_BATCH
             )));
         }
+        self.context.limits.x509_signing(&request, count).await?;
+        self.context.limits.managed_signing(&agent.spiffe_id, count).await?;
+        let params = request.into_inner().params;
         let authorized = self.context.authorized_entries(&agent).await?;
         let ca = self.context.signing().await?;
         // Authorization per item first; the authorized ones are minted in one batch.
@@ -179,6 +181,8 @@ impl Svid for SvidService {
         request: Request<pb::NewJwtsvidRequest>,
     ) -> Result<Response<pb::NewJwtsvidResponse>, Status> {
         let agent = super::agent_auth::require_agent(&request, &self.context).await?;
+        self.context.limits.jwt_signing(&request).await?;
+        self.context.limits.managed_signing(&agent.spiffe_id, 1).await?;
         let request = request.into_inner();
         if request.audience.is_empty() || request.audience.iter().any(String::is_empty) {
             return Err(Status::invalid_argument("audience: at least one non-empty audience is required"));
@@ -210,6 +214,7 @@ impl Svid for SvidService {
         request: Request<pb::NewDownstreamX509caRequest>,
     ) -> Result<Response<pb::NewDownstreamX509caResponse>, Status> {
         let entry = self.context.require_downstream(&request).await?;
+        self.context.limits.x509_signing(&request, 1).await?;
         let public_key = identity::x509::public_key_from_csr(&request.get_ref().csr)
             .map_err(|e| Status::invalid_argument(format!("csr: {e}")))?;
         let ttl = (entry.x509_svid_ttl > 0).then(|| Duration::from_secs(entry.x509_svid_ttl.unsigned_abs().into()));

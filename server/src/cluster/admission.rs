@@ -81,7 +81,23 @@ impl JoinHandler for Admission {
         }
 
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let consume = ConsumeReplicaInvite { secret_sha256: Invite::secret_sha256(&request.secret), now };
+        let secret_sha256 = Invite::secret_sha256(&request.secret);
+        // Anyone who reaches the cluster port may send a secret: turn away unknown and
+        // expired ones with a read, so only a real invite costs a replicated write.
+        let key = secret_sha256.clone();
+        let stored = replica
+            .read_or_confirm_absent(move |reader| {
+                let key = key.clone();
+                async move { reader.replica_invite(&key).await }
+            })
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot read the invites: {e}")))?;
+        match stored {
+            None => return Err(Status::permission_denied("invite is unknown or already used")),
+            Some(invite) if invite.expires_at < now => return Err(Status::permission_denied("invite has expired")),
+            Some(_) => {}
+        }
+        let consume = ConsumeReplicaInvite { secret_sha256, now };
         let consumed =
             replica.write(consume).await.map_err(|e| Status::unavailable(format!("cannot consume the invite: {e}")))?;
         match consumed {

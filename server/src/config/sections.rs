@@ -49,6 +49,9 @@ pub struct ServerSection {
     /// SPIFFE IDs allowed to call admin APIs with their X.509-SVID.
     #[serde(default, deserialize_with = "values::spiffe_ids")]
     pub admin_ids: Vec<SpiffeId>,
+    /// `ratelimit { attestation signing signing_per_agent }`.
+    #[serde(default)]
+    pub ratelimit: crate::api::rate_limits::RateLimitConfig,
 }
 
 /// `ca_subject { country = ["US"] organization = ["SPIFFE"] common_name = "" }`.

@@ -17,6 +17,8 @@ use crate::config::plugins::NodeAttestorConfig;
 pub const NAME: &str = "join_token";
 /// Longest join token a caller may choose.
 const MAX_TOKEN_LEN: usize = 255;
+const UNKNOWN: &str = "join token does not exist or has already been used";
+const EXPIRED: &str = "join token expired";
 
 pub struct JoinToken;
 
@@ -47,10 +49,26 @@ impl NodeAttestor for JoinToken {
             .map_err(|_| Status::invalid_argument("params.data.payload: the join token is not UTF-8"))?;
         check_token(token).map_err(|e| Status::invalid_argument(format!("params.data.payload: {}", e.message())))?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        // Anyone may present a token: turn away unknown and expired ones with a read, so
+        // only a token an admin made costs a replicated write.
+        let key = token.to_owned();
+        let stored = context
+            .replica()?
+            .read_or_confirm_absent(move |reader| {
+                let key = key.clone();
+                async move { reader.join_token(&key).await }
+            })
+            .await
+            .map_err(crate::api::read_failed)?;
+        match stored {
+            None => return Err(Status::permission_denied(UNKNOWN)),
+            Some(stored) if stored.expires_at < now => return Err(Status::permission_denied(EXPIRED)),
+            Some(_) => {}
+        }
         match context.write(ConsumeJoinToken { token: token.to_owned(), now }).await? {
             Ok(_) => {}
-            Err(ApplyError::FailedPrecondition(_)) => return Err(Status::permission_denied("join token expired")),
-            Err(_) => return Err(Status::permission_denied("join token does not exist or has already been used")),
+            Err(ApplyError::FailedPrecondition(_)) => return Err(Status::permission_denied(EXPIRED)),
+            Err(_) => return Err(Status::permission_denied(UNKNOWN)),
         }
         let td = context.ca.config.trust_domain.name();
         let agent_id = SpiffeId::parse(&format!("spiffe://{td}/spire/agent/join_token/{token}"))

@@ -501,7 +501,7 @@ fn a_backup_seeds_a_new_cluster_offline() {
 }
 
 /// A TLS channel to the server API, trusting `bundle`, presenting `identity` if given.
-async fn api_channel(
+pub(crate) async fn api_channel(
     server: &Server,
     bundle: &identity::bundle::Bundle,
     identity: Option<(String, String)>,

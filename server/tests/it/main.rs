@@ -7,6 +7,7 @@
 mod ca_rotation;
 mod cluster_ca;
 mod cluster_processes;
+mod hostile_callers;
 mod managed_keys;
 mod stock_clients;
 mod upgrade;

@@ -22,6 +22,10 @@ pub struct AgentService {
 const PAGE: usize = 1000;
 /// How long an agent has to answer an attestation challenge.
 const CHALLENGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long an attesting caller may take to send its params.
+const FIRST_MESSAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Anyone can have an attestation refused: log refusals at most once per 10 s.
+static REFUSALS_LOGGED: raft_store::network::LogBudget = raft_store::network::LogBudget::new();
 
 fn agent_to_pb(agent: &AttestedAgent, mask: Option<&types::AgentMask>) -> types::Agent {
     let m = mask.cloned().unwrap_or(types::AgentMask {
@@ -155,9 +159,9 @@ impl AgentService {
         mut stream: tonic::Streaming<pb::AttestAgentRequest>,
         tx: &tokio::sync::mpsc::Sender<Result<pb::AttestAgentResponse, Status>>,
     ) -> Result<pb::attest_agent_response::Result, Status> {
-        let first = stream
-            .message()
-            .await?
+        let first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, stream.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("params: no message within 10 s"))??
             .ok_or_else(|| Status::invalid_argument("params: the stream ended before any message"))?;
         let Some(pb::attest_agent_request::Step::Params(params)) = first.step else {
             return Err(Status::invalid_argument("params: the first message must carry params"));
@@ -340,6 +344,7 @@ impl Agent for AgentService {
         &self,
         request: Request<tonic::Streaming<pb::AttestAgentRequest>>,
     ) -> Result<Response<Self::AttestAgentStream>, Status> {
+        self.context.limits.attestation(&request).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let service = AgentService { context: self.context.clone() };
         let stream = request.into_inner();
@@ -348,7 +353,9 @@ impl Agent for AgentService {
             let message = outcome
                 .map(|result| pb::AttestAgentResponse { step: Some(pb::attest_agent_response::Step::Result(result)) });
             if let Err(status) = &message {
-                tracing::info!(code = ?status.code(), reason = %status.message(), "agent attestation refused");
+                if let Some(skipped) = REFUSALS_LOGGED.allow() {
+                    tracing::info!(code = ?status.code(), reason = %status.message(), skipped, "agent attestation refused");
+                }
             }
             let _ = tx.send(message).await;
         });

@@ -1,0 +1,147 @@
+//! Anonymous callers who try to make a cluster spend: unknown join tokens and invite
+//! secrets must not cost a replicated write, and node attestation from one address is
+//! rate limited as SPIRE limits it.
+
+use std::time::{Duration, Instant};
+
+use identity::crypto::Signer;
+use proto::cluster::cluster_client::ClusterClient;
+use proto::spire::api::server::agent::v1 as agent_pb;
+use testkit::ServerProcess;
+
+use crate::cluster_processes::api_channel;
+
+const UNKNOWN_EACH: usize = 5_000;
+const CONCURRENCY: usize = 32;
+
+fn last_log_index(server: &ServerProcess) -> u64 {
+    server.status()["last_log_index"].as_u64().unwrap()
+}
+
+fn bundle_of(server: &ServerProcess) -> identity::bundle::Bundle {
+    let mut bundle = identity::bundle::Bundle::new(identity::TrustDomain::parse("example.org").unwrap());
+    for der in identity::bundle::parse_pem_certificates(&server.bundle_pem()).unwrap() {
+        bundle.add_x509_authority(&der).unwrap();
+    }
+    bundle
+}
+
+/// One AttestAgent with a join token; the status it ends with.
+async fn attest(channel: tonic::transport::Channel, token: String, csr: Vec<u8>) -> tonic::Code {
+    let params = agent_pb::attest_agent_request::Params {
+        data: Some(proto::spire::api::types::AttestationData { r#type: "join_token".into(), payload: token.into() }),
+        params: Some(agent_pb::AgentX509svidParams { csr }),
+    };
+    let request = agent_pb::AttestAgentRequest { step: Some(agent_pb::attest_agent_request::Step::Params(params)) };
+    let mut client = agent_pb::agent_client::AgentClient::new(channel);
+    let answer = async {
+        let mut responses = client.attest_agent(tokio_stream::once(request)).await?.into_inner();
+        responses.message().await.map(|_| ())
+    };
+    match answer.await {
+        Ok(()) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+/// Runs `job(i)` for `0..n`, `CONCURRENCY` at a time, and counts the codes it returns.
+async fn flood<F, Fut>(n: usize, job: F) -> std::collections::BTreeMap<String, usize>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = tonic::Code>,
+{
+    use futures::stream::StreamExt;
+    let codes: Vec<tonic::Code> = futures::stream::iter(0..n).map(job).buffer_unordered(CONCURRENCY).collect().await;
+    let mut counted = std::collections::BTreeMap::new();
+    for code in codes {
+        *counted.entry(format!("{code:?}")).or_default() += 1;
+    }
+    counted
+}
+
+#[test]
+fn unknown_join_tokens_and_invite_secrets_cost_no_replicated_write() {
+    let root = tempfile::tempdir().unwrap();
+    // Attestation is not rate limited here, so every token reaches the check under test.
+    let unlimited = "ratelimit {\n    attestation = false\n  }";
+    let servers = ServerProcess::cluster(root.path(), 3, unlimited);
+    let leader_id = servers[0].status()["leader"].as_u64().unwrap();
+    let leader = servers.iter().find(|s| s.id == leader_id).unwrap();
+    let follower = servers.iter().find(|s| s.id != leader_id).unwrap();
+    let bundle = bundle_of(follower);
+    let ca_der = std::fs::read(follower.data_dir.join("cluster/ca.der")).unwrap();
+    let pin: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &ca_der).as_ref().try_into().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+
+    // A real token still attests after the flood; made first, so its write is counted before.
+    let real = follower.json(&["token", "generate", "--ttl", "600"])["value"].as_str().unwrap().to_owned();
+    let before = last_log_index(leader);
+    let started = Instant::now();
+    let (tokens, invites) = runtime.block_on(async {
+        let channel = api_channel(follower, &bundle, None).await;
+        let key = identity::crypto::LocalKey::generate(identity::crypto::KeyType::EcP256).unwrap();
+        let csr = identity::x509::create_csr(&key, None).unwrap();
+        let tokens = flood(UNKNOWN_EACH, |i| attest(channel.clone(), format!("no-such-token-{i}"), csr.clone())).await;
+
+        let replica_id =
+            server::cluster::authority::replica_id(&identity::TrustDomain::parse("example.org").unwrap()).unwrap();
+        let address = format!("127.0.0.1:{}", follower.raft_port);
+        let endpoint =
+            raft_store::network::tls::joiner_endpoint(replica_id, pin, &address, Duration::from_secs(5)).unwrap();
+        let mut joiner = ClusterClient::new(endpoint.connect().await.unwrap());
+        // One call first: until the server's SETTINGS arrive, a client may open more streams
+        // than the 4 an anonymous connection gets, and the extra ones are refused.
+        let err = joiner.join(proto::cluster::Payload { data: b"{}".to_vec() }).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        let public_key = key.public_key().spki_der().to_vec();
+        let invites = flood(UNKNOWN_EACH, |i| {
+            let mut joiner = joiner.clone();
+            let mut secret = [0u8; 32];
+            secret[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            let request = server::cluster::admission::JoinRequest {
+                secret: secret.to_vec(),
+                node_id: 100 + i as u64,
+                raft_address: "127.0.0.1:1".into(),
+                api_address: "127.0.0.1:2".into(),
+                public_key: public_key.clone(),
+            };
+            let data = serde_json::to_vec(&request).unwrap();
+            async move {
+                match joiner.join(proto::cluster::Payload { data }).await {
+                    Ok(_) => tonic::Code::Ok,
+                    Err(status) => status.code(),
+                }
+            }
+        })
+        .await;
+        let real = attest(channel, real.clone(), csr).await;
+        assert_eq!(real, tonic::Code::Ok, "the real token attests after the flood");
+        (tokens, invites)
+    });
+    let took = started.elapsed();
+    let after = last_log_index(leader);
+    eprintln!("{UNKNOWN_EACH} unknown tokens: {tokens:?}; {UNKNOWN_EACH} unknown invites: {invites:?}; {took:?}");
+    assert_eq!(tokens.get("PermissionDenied"), Some(&UNKNOWN_EACH), "{tokens:?}");
+    assert_eq!(invites.get("PermissionDenied"), Some(&UNKNOWN_EACH), "{invites:?}");
+    // The real attestation writes the agent and consumes the token; nothing else moves.
+    assert!(after - before <= 4, "the leader's log grew by {} entries during the flood", after - before);
+}
+
+#[test]
+fn node_attestation_from_one_address_is_rate_limited() {
+    let root = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(root.path(), 1, "");
+    server.json(&["cluster", "init"]);
+    let bundle = bundle_of(&server);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let codes = runtime.block_on(async {
+        let channel = api_channel(&server, &bundle, None).await;
+        let key = identity::crypto::LocalKey::generate(identity::crypto::KeyType::EcP256).unwrap();
+        let csr = identity::x509::create_csr(&key, None).unwrap();
+        flood(40, |i| attest(channel.clone(), format!("no-such-token-{i}"), csr.clone())).await
+    });
+    // One a second, waiting at most two: of 40 at once, a few are checked, the rest refused.
+    let refused = codes.get("ResourceExhausted").copied().unwrap_or_default();
+    let checked = codes.get("PermissionDenied").copied().unwrap_or_default();
+    assert!(refused >= 30 && (1..=5).contains(&checked), "{codes:?}");
+}
