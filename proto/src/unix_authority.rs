@@ -27,10 +27,15 @@ const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
-/// HTTP/2's initial maximum frame size; the server never advertises a smaller one.
+/// HTTP/2's initial maximum frame size, which the servers behind this keep: a client may not
+/// send a larger frame, so one is refused before it is buffered.
 const MAX_FRAME: usize = 16_384;
-/// A header block larger than this is refused (the server's own limit is lower).
-const MAX_BLOCK: usize = 1 << 20;
+/// The HPACK dynamic table size the servers behind this advertise (HTTP/2's default): a
+/// client's table size update above it is refused, as the server itself would.
+const MAX_TABLE: usize = 4_096;
+/// A header block larger than this, compressed or decoded, is refused: gRPC requests carry a
+/// few hundred bytes of headers.
+const MAX_BLOCK: usize = 64 * 1024;
 
 /// Connections accepted on `listener`, each wrapped so any client's `:authority` passes;
 /// hand the stream to tonic's `serve_with_incoming`.
@@ -66,7 +71,11 @@ impl AuthorityFixing {
             ready: Vec::new(),
             preface_seen: false,
             block: None,
-            decoder: loona_hpack::Decoder::new(),
+            decoder: {
+                let mut decoder = loona_hpack::Decoder::new();
+                decoder.set_max_allowed_table_size(MAX_TABLE);
+                decoder
+            },
             eof: false,
         }
     }
@@ -85,6 +94,9 @@ impl AuthorityFixing {
                 return Ok(());
             }
             let length = (usize::from(self.raw[0]) << 16) | (usize::from(self.raw[1]) << 8) | usize::from(self.raw[2]);
+            if length > MAX_FRAME {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "frame larger than the maximum frame size"));
+            }
             if self.raw.len() < FRAME_HEADER + length {
                 return Ok(());
             }
@@ -120,14 +132,32 @@ impl AuthorityFixing {
                     self.block = Some((id, first_flags, fragment));
                     continue;
                 }
-                let headers = self
-                    .decoder
-                    .decode(&fragment)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("HPACK: {e:?}")))?;
+                let headers = self.decode(&fragment)?;
                 let encoded = encode_literals(&fixed(headers));
                 write_header_frames(&mut self.ready, id, first_flags & END_STREAM, &encoded);
             }
         }
+    }
+}
+
+impl AuthorityFixing {
+    /// Decodes one header block, refusing one that decodes to more than [`MAX_BLOCK`]
+    /// bytes (indexed fields make a small block expand).
+    fn decode(&mut self, block: &[u8]) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let (mut headers, mut size, mut over) = (Vec::new(), 0usize, false);
+        self.decoder
+            .decode_with_cb(block, |name, value| {
+                size += name.len() + value.len();
+                over |= size > MAX_BLOCK;
+                if !over {
+                    headers.push((name.into_owned(), value.into_owned()));
+                }
+            })
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("HPACK: {e:?}")))?;
+        if over {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "header block too large"));
+        }
+        Ok(headers)
     }
 }
 
@@ -284,5 +314,45 @@ mod tests {
         assert_eq!((out[3], out[4]), (HEADERS, END_STREAM));
         let second = FRAME_HEADER + MAX_FRAME;
         assert_eq!((out[second + 3], out[second + 4]), (CONTINUATION, END_HEADERS));
+    }
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let n = payload.len();
+        let mut out = vec![(n >> 16) as u8, (n >> 8) as u8, n as u8, kind, flags];
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[tokio::test]
+    async fn oversized_frames_big_tables_and_expanding_blocks_are_refused() {
+        let connection = || AuthorityFixing::new(UnixStream::pair().unwrap().0);
+
+        let mut oversized = connection();
+        oversized.raw = [PREFACE, &frame(0x0, 0, 1, &vec![0; MAX_FRAME + 1])].concat();
+        assert!(oversized.process().is_err(), "a frame over the maximum frame size");
+
+        // A dynamic table size update to 256 MiB (5-bit prefix: 31, then 268435425 in 7-bit groups).
+        let mut big_table = connection();
+        let update = [0x3f, 0xe1, 0xff, 0xff, 0x7f];
+        big_table.raw = [PREFACE, &frame(HEADERS, END_HEADERS, 1, &update)].concat();
+        assert!(big_table.process().is_err(), "a table larger than the advertised 4 KiB");
+
+        // One 4,000-byte field put in the table, then referenced twenty times by one byte each.
+        let mut expanding = connection();
+        let mut block = vec![0x40, 1, b'x', 0x7f, 0xa1, 0x1e];
+        block.extend(vec![b'v'; 4_000]);
+        block.extend(vec![0x80 | 62; 20]);
+        expanding.raw = [PREFACE, &frame(HEADERS, END_HEADERS, 1, &block)].concat();
+        let err = expanding.process().unwrap_err();
+        assert!(err.to_string().contains("too large"), "{err}");
+
+        let mut fine = connection();
+        let mut block = vec![0x40, 1, b'x', 0x7f, 0xa1, 0x1e];
+        block.extend(vec![b'v'; 4_000]);
+        block.extend(vec![0x80 | 62; 3]);
+        fine.raw = [PREFACE, &frame(HEADERS, END_HEADERS, 1, &block)].concat();
+        fine.process().unwrap();
+        assert!(!fine.ready.is_empty());
     }
 }

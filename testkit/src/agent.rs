@@ -127,6 +127,16 @@ plugins {{
         }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Resident memory now and at its peak (VmRSS, VmHWM), in KiB, from /proc.
+    pub fn memory_kib(&self) -> Option<(u64, u64)> {
+        super::memory_kib(self.pid()?)
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.join("api.sock")
     }

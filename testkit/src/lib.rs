@@ -87,6 +87,13 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
     (code, body)
 }
 
+/// Resident memory of process `pid` now and at its peak (VmRSS, VmHWM), in KiB, from /proc.
+pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| status.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse().ok();
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
 /// The time now as the logs write it (UTC, RFC 3339), to find a fault's moment in them.
 pub fn utc_now() -> String {
     let now = time::OffsetDateTime::now_utc();

@@ -245,9 +245,7 @@ telemetry {{
 
     /// Resident memory now and at its peak (VmRSS, VmHWM), in KiB, from /proc.
     pub fn memory_kib(&self) -> Option<(u64, u64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        let field = |name: &str| status.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse().ok();
-        Some((field("VmRSS:")?, field("VmHWM:")?))
+        super::memory_kib(self.pid()?)
     }
 
     pub fn socket(&self) -> PathBuf {

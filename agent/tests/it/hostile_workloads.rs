@@ -139,3 +139,76 @@ fn a_socket_whose_process_exited_cannot_borrow_the_next_owner_of_its_pid() {
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("gone"), "{status:?}");
 }
+
+/// An HPACK integer with an `prefix`-bit prefix, first byte OR-ed with `flags`.
+fn hpack_integer(value: usize, prefix: u8, flags: u8) -> Vec<u8> {
+    let max = (1usize << prefix) - 1;
+    if value < max {
+        return vec![flags | value as u8];
+    }
+    let mut out = vec![flags | max as u8];
+    let mut rest = value - max;
+    while rest >= 128 {
+        out.push((rest % 128) as u8 | 0x80);
+        rest /= 128;
+    }
+    out.push(rest as u8);
+    out
+}
+
+fn hpack_literal(indexed: bool, name: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut out = vec![if indexed { 0x40 } else { 0x00 }];
+    out.extend(hpack_integer(name.len(), 7, 0));
+    out.extend_from_slice(name);
+    out.extend(hpack_integer(value.len(), 7, 0));
+    out.extend_from_slice(value);
+    out
+}
+
+/// A Workload API client that announces a 256 MiB HPACK table and fills it: the agent must
+/// refuse the announcement (the table it advertises is HTTP/2's 4 KiB) and so never hold
+/// more than a bounded amount for one connection.
+#[test]
+fn a_client_announcing_a_huge_hpack_table_is_refused_and_costs_little_memory() {
+    use std::io::Write;
+    let root = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(root.path(), 1, "");
+    server.json(&["cluster", "init"]);
+    let token = server.json(&["token", "generate", "--ttl", "600"])["value"].as_str().unwrap().to_string();
+    let agent = AgentProcess::start(root.path(), &[server.api_address()], &server.bundle_pem(), &token, "5s");
+    let (rss_before, _) = agent.memory_kib().unwrap();
+
+    let mut stream = std::os::unix::net::UnixStream::connect(agent.socket()).unwrap();
+    stream.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut sent = stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .and_then(|()| stream.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]));
+    let value = vec![b'v'; 4_000];
+    let mut bytes = 0usize;
+    let mut stream_id = 1u32;
+    while sent.is_ok() && bytes < 64 << 20 {
+        let mut block = Vec::new();
+        if stream_id == 1 {
+            block.extend(hpack_integer(256 << 20, 5, 0x20));
+        }
+        for (name, value) in [(":method", "POST"), (":scheme", "http"), (":path", "/x"), (":authority", "localhost")] {
+            block.extend(hpack_literal(false, name.as_bytes(), value.as_bytes()));
+        }
+        for j in 0..3 {
+            block.extend(hpack_literal(true, format!("x-pad-{stream_id}-{j}").as_bytes(), &value));
+        }
+        let mut frame = vec![(block.len() >> 16) as u8, (block.len() >> 8) as u8, block.len() as u8, 0x1, 0x4];
+        frame.extend_from_slice(&stream_id.to_be_bytes());
+        frame.extend_from_slice(&block);
+        sent = stream.write_all(&frame);
+        bytes += frame.len();
+        stream_id += 2;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (rss_after, _) = agent.memory_kib().expect("the agent is still running");
+    let grown_mib = rss_after.saturating_sub(rss_before) / 1024;
+    eprintln!("sent {} KiB before the agent closed the connection; agent RSS grew {grown_mib} MiB", bytes / 1024);
+    assert!(sent.is_err(), "the agent kept reading after a 256 MiB table was announced ({} MiB sent)", bytes >> 20);
+    assert!(bytes < 1 << 20, "the connection was refused within the first frames, not after {} KiB", bytes / 1024);
+    assert!(grown_mib < 16, "the agent grew by {grown_mib} MiB");
+}
