@@ -310,7 +310,13 @@ async fn sync_loop(parts: SyncParts, mut agent: AgentSvid) {
             }
         }
         if OffsetDateTime::now_utc() >= agent.renew_at {
-            match attest::renew(&pool).await {
+            // A node attestor that can prove the node again attests again instead of renewing
+            // (the servers refuse renewal to such agents, as SPIRE's do).
+            let renewed = match config.node_attestor {
+                NodeAttestor::X509Pop { .. } => attest_node(&config, &pool).await,
+                NodeAttestor::JoinToken => attest::renew(&pool).await,
+            };
+            match renewed {
                 Ok(identity) => match adopt(identity, &config, &pool, &store, &trust, &agent_status).await {
                     Ok(renewed) => {
                         tracing::info!(renew_at = %renewed.renew_at, "agent SVID renewed");

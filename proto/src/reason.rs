@@ -20,6 +20,9 @@ pub enum Reason {
     AgentBanned,
     /// The agent presented an SVID the cluster no longer knows as its current one.
     AgentSvidSuperseded,
+    /// The agent's attestor can prove the node again (x509pop): it must attest again
+    /// instead of renewing, so a node whose proof lapsed loses its identity.
+    ReattestRequired,
     /// This server belongs to no cluster yet (pristine, or joining one).
     NoCluster,
     /// The cluster could not commit or read right now (no leader, no quorum): retry, here
@@ -38,6 +41,7 @@ impl Reason {
             Self::AgentNotAttested => "AGENT_NOT_ATTESTED",
             Self::AgentBanned => "AGENT_BANNED",
             Self::AgentSvidSuperseded => "AGENT_SVID_SUPERSEDED",
+            Self::ReattestRequired => "REATTEST_REQUIRED",
             Self::NoCluster => "NO_CLUSTER",
             Self::ClusterUnavailable => "CLUSTER_UNAVAILABLE",
             Self::SigningUnavailable => "SIGNING_UNAVAILABLE",
@@ -50,6 +54,7 @@ impl Reason {
             Self::AgentNotAttested,
             Self::AgentBanned,
             Self::AgentSvidSuperseded,
+            Self::ReattestRequired,
             Self::NoCluster,
             Self::ClusterUnavailable,
             Self::SigningUnavailable,

@@ -1,5 +1,6 @@
 //! An agent attests with SPIRE's x509pop (a node certificate and key made by openssl) and
-//! serves its workload; an agent whose certificate the servers do not trust is refused.
+//! serves its workload, attests again when evicted and when its SVID is due for renewal; an
+//! agent whose certificate the servers do not trust is refused.
 
 use std::time::Duration;
 
@@ -15,7 +16,8 @@ fn an_agent_attests_with_x509pop_and_serves_its_workload() {
         "NodeAttestor \"x509pop\" {{\n    plugin_data {{\n      ca_bundle_path = \"{}\"\n    }}\n  }}",
         pki_dir.join("nodes-ca.pem").display()
     );
-    let server = ServerProcess::start_with_plugins(root.path(), 1, "", &plugin);
+    // Agent SVIDs live 30 s (from a backdated start), so the agent renews within the test.
+    let server = ServerProcess::start_with_plugins(root.path(), 1, r#"agent_ttl = "30s""#, &plugin);
     server.json(&["cluster", "init"]);
     let bundle_pem = server.bundle_pem();
 
@@ -80,6 +82,11 @@ fn an_agent_attests_with_x509pop_and_serves_its_workload() {
         "the evicted agent to attest again and mint for a new entry",
     );
     assert!(agent.log().contains("attesting again") && agent.log().contains("attested again"), "{}", agent.log());
+
+    // At half its SVID's life it proves the node again rather than renewing (the servers
+    // refuse RenewAgent to agents that can re-attest, as SPIRE's do).
+    testkit::wait_until(Duration::from_secs(40), || agent.log().contains("agent SVID renewed"), "a renewal");
+    assert!(!agent.log().contains("renewal failed"), "{}", agent.log());
 }
 
 #[test]

@@ -173,7 +173,7 @@ impl<K: std::hash::Hash + Eq + Clone> Limiter<K> {
 
     fn refuse(&self, reason: String) -> Status {
         metrics::counter!("testudo_rate_limited_total", "limit" => self.what).increment(1);
-        Status::resource_exhausted(format!("{}: {reason}", self.what))
+        proto::reason::Reason::RateLimited.status(tonic::Code::ResourceExhausted, format!("{}: {reason}", self.what))
     }
 }
 

@@ -1084,14 +1084,25 @@ fn an_agent_attests_with_x509pop_through_the_network_listener() {
                 panic!("expected the result");
             };
             assert!(result.reattestable, "x509pop agents may attest again (round {round})");
-            let id = identity::x509::verify_x509_svid(
-                &result.svid.unwrap().cert_chain,
-                &bundle,
-                time::OffsetDateTime::now_utc(),
-            )
-            .unwrap()
-            .spiffe_id;
+            let svid = result.svid.unwrap();
+            let id = identity::x509::verify_x509_svid(&svid.cert_chain, &bundle, time::OffsetDateTime::now_utc())
+                .unwrap()
+                .spiffe_id;
             assert!(id.path().starts_with("/spire/agent/x509pop/"), "{id}");
+            // It proves the node again instead of renewing, as in SPIRE.
+            let identity = (
+                svid.cert_chain.iter().map(|c| pem_of("CERTIFICATE", c)).collect::<String>(),
+                pem_of("PRIVATE KEY", &agent_key.to_pkcs8_der().unwrap()),
+            );
+            let as_agent = api_channel(&server, &bundle, Some(identity)).await;
+            let err = agent_pb::agent_client::AgentClient::new(as_agent)
+                .renew_agent(agent_pb::RenewAgentRequest {
+                    params: Some(agent_pb::AgentX509svidParams { csr: csr.clone() }),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+            assert_eq!(proto::reason::Reason::of(&err), Some(proto::reason::Reason::ReattestRequired), "{err:?}");
         }
         // A wrong answer is refused.
         let (requests, stream) = tokio::sync::mpsc::channel(2);

@@ -367,6 +367,12 @@ impl Agent for AgentService {
         request: Request<pb::RenewAgentRequest>,
     ) -> Result<Response<pb::RenewAgentResponse>, Status> {
         let agent = super::agent_auth::require_agent(&request, &self.context).await?;
+        if agent.can_reattest {
+            // As SPIRE: a node that can prove itself again must, so one whose certificate
+            // expired or whose CA left `ca_bundle_path` does not keep its identity forever.
+            return Err(proto::reason::Reason::ReattestRequired
+                .status(tonic::Code::PermissionDenied, "agent must reattest instead of renew"));
+        }
         let csr = request
             .into_inner()
             .params
