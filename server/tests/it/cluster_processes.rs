@@ -210,6 +210,8 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
     for (args, want) in [
         (vec!["token", "generate", "--ttl", "0"], "ttl"),
         (vec!["token", "generate", "--spiffe-id", "spiffe://example.org/spire/server"], "agent_id"),
+        (vec!["token", "generate", "--spiffe-id", "spiffe://example.org/spire/agent/x509pop/other"], "reserved"),
+        (vec!["token", "generate", "--spiffe-id", "spiffe://other.org/nodes/web"], "trust domain"),
         (vec!["agent", "show", "--spiffe-id", "spiffe://example.org/spire/agent/join_token/none"], "no agent"),
         (vec!["agent", "ban", "--spiffe-id", "spiffe://example.org/spire/agent/join_token/none"], "not found"),
     ] {

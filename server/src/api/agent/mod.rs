@@ -8,7 +8,7 @@ use proto::spire::api::types;
 use raft_store::command::{
     BanAgent, CreateAgent, CreateEntries, CreateJoinToken, DeleteAgent, SetAgentNewSerial, UpdateAgent,
 };
-use raft_store::model::{AttestedAgent, JoinToken, RegistrationEntry};
+use raft_store::model::{AttestedAgent, JoinToken};
 use tonic::{Request, Response, Status};
 
 use super::convert::{spiffe_id_from_pb, spiffe_id_to_pb};
@@ -408,16 +408,10 @@ impl Agent for AgentService {
         let alias = match request.agent_id.as_ref() {
             None => None,
             Some(id) => {
+                // As SPIRE: the alias is a workload ID, never one under /spire/ (which would
+                // let the token's agent pass as the server or as another agent).
                 let id = spiffe_id_from_pb(Some(id), "agent_id")?;
-                if id.trust_domain() != td {
-                    return Err(Status::invalid_argument(format!(
-                        "agent_id: {id} is not in trust domain {}",
-                        td.name()
-                    )));
-                }
-                if id.path().is_empty() || id.path() == "/spire/server" {
-                    return Err(Status::invalid_argument(format!("agent_id: {id} cannot name an agent")));
-                }
+                super::entry::check_workload_id(&id, td, "agent_id")?;
                 Some(id)
             }
         };
@@ -426,11 +420,15 @@ impl Agent for AgentService {
         let stored = JoinToken { token: token.clone(), expires_at, agent_id: alias.as_ref().map(ToString::to_string) };
         self.context.write(CreateJoinToken(stored)).await?.map_err(|e| apply_status(&e))?;
         if let Some(alias) = alias {
-            // As SPIRE does: an entry that makes the token's agent also `agent_id`.
-            let selector =
-                Selector::new("spiffe_id", &agent_path_id.to_string()).map_err(|e| Status::internal(e.to_string()))?;
-            let mut entry = RegistrationEntry::new(super::entry::new_entry_id()?, alias, agent_path_id, vec![selector]);
-            entry.created_at = now;
+            // As SPIRE does: an entry that makes the token's agent also `agent_id`, checked
+            // as the Entry API checks every entry.
+            let proposed = types::Entry {
+                spiffe_id: Some(spiffe_id_to_pb(&alias)),
+                parent_id: Some(spiffe_id_to_pb(&agent_path_id)),
+                selectors: vec![types::Selector { r#type: "spiffe_id".into(), value: agent_path_id.to_string() }],
+                ..Default::default()
+            };
+            let entry = super::entry::entry_from_pb(&proposed, td, super::entry::new_entry_id()?, now)?;
             if let Some(Err(e)) = self.context.write(CreateEntries(vec![entry])).await?.into_iter().next() {
                 return Err(apply_status(&e));
             }
