@@ -32,6 +32,8 @@ pub enum Reason {
     SigningUnavailable,
     /// The caller sent too much, too often.
     RateLimited,
+    /// The authorization table does not admit this kind of caller to this method.
+    CallerNotAllowed,
 }
 
 impl Reason {
@@ -46,6 +48,7 @@ impl Reason {
             Self::ClusterUnavailable => "CLUSTER_UNAVAILABLE",
             Self::SigningUnavailable => "SIGNING_UNAVAILABLE",
             Self::RateLimited => "RATE_LIMITED",
+            Self::CallerNotAllowed => "CALLER_NOT_ALLOWED",
         }
     }
 
@@ -59,6 +62,7 @@ impl Reason {
             Self::ClusterUnavailable,
             Self::SigningUnavailable,
             Self::RateLimited,
+            Self::CallerNotAllowed,
         ]
         .into_iter()
         .find(|r| r.as_str() == reason)

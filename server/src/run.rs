@@ -16,6 +16,7 @@ use proto::spire::api::server::svid::v1::svid_server::SvidServer;
 use proto::unix_socket as socket;
 use raft_store::node::Timing;
 use server::admin::cluster::ClusterAdminService;
+use server::api::authorize::{AuthorizeLayer, Listener};
 use server::cluster::runtime::{ClusterRuntime, ReplicaSettings};
 use server::config::sections::LogFormat;
 use server::config::ServerConfig;
@@ -86,10 +87,12 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let (bound, incoming) =
         server::api::listener::bind(api_address, identity, trust).await.map_err(anyhow::Error::msg)?;
     tracing::info!(address = %bound, "server API listening");
-    let network_routes = api_routes(&api, server::api::caller::on_network);
+    let network_routes = api_routes(&api);
+    let network_authorize = AuthorizeLayer::new(api.clone(), Listener::Network);
     background.push(tokio::spawn(async move {
         let server = tonic::transport::Server::builder()
             .layer(server::ops::api_metrics::ApiMetricsLayer)
+            .layer(network_authorize)
             .add_routes(network_routes);
         if let Err(e) = server.serve_with_incoming(incoming).await {
             tracing::error!(error = %e, "server API listener stopped");
@@ -112,7 +115,8 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let admin = ClusterAdminServer::new(ClusterAdminService { runtime: runtime.clone() });
     let served = tonic::transport::Server::builder()
         .layer(server::ops::api_metrics::ApiMetricsLayer)
-        .add_routes(api_routes(&api, server::api::caller::on_admin_socket))
+        .layer(AuthorizeLayer::new(api.clone(), Listener::AdminSocket))
+        .add_routes(api_routes(&api))
         .add_service(admin)
         .serve_with_incoming_shutdown(proto::unix_authority::accept(listener), shutdown_signal())
         .await;
@@ -194,11 +198,8 @@ pub fn restore(config_path: &Path, file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SPIRE's server APIs, each behind `intercept`, which records who is calling.
-fn api_routes(
-    api: &server::api::ApiContext,
-    intercept: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
-) -> tonic::service::Routes {
+/// SPIRE's server APIs and ours; who may call each is `server::api::policy`'s answer.
+fn api_routes(api: &server::api::ApiContext) -> tonic::service::Routes {
     use proto::agent_push::entry_notifications_server::EntryNotificationsServer;
     use proto::spire::api::server::localauthority::v1::local_authority_server::LocalAuthorityServer;
     use server::api::entry_notifications::EntryNotificationService;
@@ -207,19 +208,16 @@ fn api_routes(
         local_authority::LocalAuthorityService, svid::SvidService,
     };
     let mut routes = tonic::service::RoutesBuilder::default();
-    routes.add_service(AgentServer::with_interceptor(AgentService { context: api.clone() }, intercept));
-    routes.add_service(EntryServer::with_interceptor(EntryService { context: api.clone() }, intercept));
-    routes
-        .add_service(EntryNotificationsServer::with_interceptor(EntryNotificationService::new(api.clone()), intercept));
-    routes.add_service(SvidServer::with_interceptor(SvidService { context: api.clone() }, intercept));
-    routes.add_service(BundleServer::with_interceptor(BundleService { context: api.clone() }, intercept));
-    routes
-        .add_service(LocalAuthorityServer::with_interceptor(LocalAuthorityService { context: api.clone() }, intercept));
-    routes.add_service(proto::health::health_server::HealthServer::with_interceptor(
-        server::api::health::HealthService { context: api.clone() },
-        intercept,
-    ));
-    routes.add_service(DebugServer::with_interceptor(DebugService { context: api.clone() }, intercept));
+    routes.add_service(AgentServer::new(AgentService { context: api.clone() }));
+    routes.add_service(EntryServer::new(EntryService { context: api.clone() }));
+    routes.add_service(EntryNotificationsServer::new(EntryNotificationService::new(api.clone())));
+    routes.add_service(SvidServer::new(SvidService { context: api.clone() }));
+    routes.add_service(BundleServer::new(BundleService { context: api.clone() }));
+    routes.add_service(LocalAuthorityServer::new(LocalAuthorityService { context: api.clone() }));
+    routes.add_service(proto::health::health_server::HealthServer::new(server::api::health::HealthService {
+        context: api.clone(),
+    }));
+    routes.add_service(DebugServer::new(DebugService { context: api.clone() }));
     routes.routes()
 }
 

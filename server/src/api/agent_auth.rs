@@ -3,12 +3,14 @@
 
 use std::sync::Arc;
 
+use identity::SpiffeId;
 use proto::reason::Reason;
 use raft_store::command::PromoteAgentSerial;
 use raft_store::model::AttestedAgent;
 use raft_store::ApplyError;
 use tonic::{Code, Request, Status};
 
+use super::authorize::AuthorizedAgent;
 use super::caller::{caller_of, Caller};
 use super::{write_failed, ApiContext};
 use crate::views::Views;
@@ -25,23 +27,32 @@ pub fn attested_agent(views: &Views, id: &str) -> Result<Arc<AttestedAgent>, Sta
     Ok(agent)
 }
 
-/// The calling agent, after checking it is attested, not banned, and presenting its
-/// current SVID — or its new one, which this call then promotes (a Raft write).
+/// The calling agent: as the authorization layer found it, or checked here.
 pub async fn require_agent<T>(request: &Request<T>, context: &ApiContext) -> Result<AttestedAgent, Status> {
+    if let Some(AuthorizedAgent(agent)) = request.extensions().get::<AuthorizedAgent>() {
+        return Ok(AttestedAgent::clone(agent));
+    }
     let Caller::Peer { id, serial } = caller_of(request) else {
         return Err(Status::permission_denied("this call needs an agent SVID"));
     };
+    check_agent(context, &id, &serial).await.map(|agent| AttestedAgent::clone(&agent))
+}
+
+/// Agent `id` presenting the SVID with `serial`, after checking it is attested, not banned,
+/// and presenting its current SVID — or its new one, which this call then promotes (a Raft
+/// write).
+pub async fn check_agent(context: &ApiContext, id: &SpiffeId, serial: &str) -> Result<Arc<AttestedAgent>, Status> {
     if !id.path().starts_with("/spire/agent/") {
         return Err(Status::permission_denied(format!("{id} is not an agent")));
     }
     let member = context.current().await?;
     let agent = attested_agent(&member.views, &id.to_string())?;
     if agent.serial_number == serial {
-        return Ok(AttestedAgent::clone(&agent));
+        return Ok(agent);
     }
     if !agent.new_serial_number.is_empty() && agent.new_serial_number == serial {
-        let promote = PromoteAgentSerial { spiffe_id: id.to_string(), serial_number: serial };
-        return member.replica.write(promote).await.map_err(write_failed)?.map_err(|e| {
+        let promote = PromoteAgentSerial { spiffe_id: id.to_string(), serial_number: serial.to_owned() };
+        return member.replica.write(promote).await.map_err(write_failed)?.map(Arc::new).map_err(|e| {
             let reason = if matches!(e, ApplyError::NotFound(_)) {
                 Reason::AgentNotAttested
             } else {

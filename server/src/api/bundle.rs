@@ -122,9 +122,8 @@ impl BundleService {
 impl Bundle for BundleService {
     async fn count_bundles(
         &self,
-        request: Request<pb::CountBundlesRequest>,
+        _: Request<pb::CountBundlesRequest>,
     ) -> Result<Response<pb::CountBundlesResponse>, Status> {
-        self.context.require_admin(&request).await?;
         let replica = self.context.replica()?;
         let reader = replica.linearizable_reader().await.map_err(read_failed)?;
         let federated = reader.list_bundles(BundleScope::Federated).await.map_err(read_failed)?.len();
@@ -151,7 +150,6 @@ impl Bundle for BundleService {
         &self,
         request: Request<pb::AppendBundleRequest>,
     ) -> Result<Response<types::Bundle>, Status> {
-        self.context.require_admin(&request).await?;
         let request = request.into_inner();
         let td = self.context.ca.config.trust_domain.clone();
         let mut checked = identity::bundle::Bundle::new(td.clone());
@@ -198,7 +196,6 @@ impl Bundle for BundleService {
         &self,
         request: Request<pb::ListFederatedBundlesRequest>,
     ) -> Result<Response<pb::ListFederatedBundlesResponse>, Status> {
-        self.context.require_admin(&request).await?;
         let replica = self.context.replica()?;
         let reader = replica.linearizable_reader().await.map_err(read_failed)?;
         let bundles = reader.list_bundles(BundleScope::Federated).await.map_err(read_failed)?;
@@ -214,11 +211,6 @@ impl Bundle for BundleService {
         &self,
         request: Request<pb::GetFederatedBundleRequest>,
     ) -> Result<Response<types::Bundle>, Status> {
-        if let Err(not_admin) = self.context.require_admin(&request).await {
-            if super::agent_auth::require_agent(&request, &self.context).await.is_err() {
-                return Err(not_admin);
-            }
-        }
         let request = request.into_inner();
         let td = identity::TrustDomain::parse(&request.trust_domain)
             .map_err(|e| Status::invalid_argument(format!("trust_domain: {e}")))?;
@@ -236,7 +228,6 @@ impl Bundle for BundleService {
         &self,
         request: Request<pb::BatchCreateFederatedBundleRequest>,
     ) -> Result<Response<pb::BatchCreateFederatedBundleResponse>, Status> {
-        self.context.require_admin(&request).await?;
         let request = request.into_inner();
         let results = self.set_federated(&request.bundle, None, request.output_mask.as_ref(), Mode::Create).await?;
         let results = results
@@ -250,7 +241,6 @@ impl Bundle for BundleService {
         &self,
         request: Request<pb::BatchUpdateFederatedBundleRequest>,
     ) -> Result<Response<pb::BatchUpdateFederatedBundleResponse>, Status> {
-        self.context.require_admin(&request).await?;
         let request = request.into_inner();
         let results = self
             .set_federated(&request.bundle, request.input_mask.as_ref(), request.output_mask.as_ref(), Mode::Update)
@@ -266,7 +256,6 @@ impl Bundle for BundleService {
         &self,
         request: Request<pb::BatchSetFederatedBundleRequest>,
     ) -> Result<Response<pb::BatchSetFederatedBundleResponse>, Status> {
-        self.context.require_admin(&request).await?;
         let request = request.into_inner();
         let results = self.set_federated(&request.bundle, None, request.output_mask.as_ref(), Mode::Set).await?;
         let results = results
@@ -280,7 +269,6 @@ impl Bundle for BundleService {
         &self,
         request: Request<pb::BatchDeleteFederatedBundleRequest>,
     ) -> Result<Response<pb::BatchDeleteFederatedBundleResponse>, Status> {
-        self.context.require_admin(&request).await?;
         let request = request.into_inner();
         if request.trust_domains.len() > MAX_BATCH {
             return Err(Status::invalid_argument(format!("trust_domains: at most {MAX_BATCH} per call")));

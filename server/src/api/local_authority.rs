@@ -126,9 +126,8 @@ impl LocalAuthorityService {
 impl LocalAuthority for LocalAuthorityService {
     async fn get_jwt_authority_state(
         &self,
-        request: Request<pb::GetJwtAuthorityStateRequest>,
+        _: Request<pb::GetJwtAuthorityStateRequest>,
     ) -> Result<Response<pb::GetJwtAuthorityStateResponse>, Status> {
-        self.context.require_admin(&request).await?;
         let s = self.states(AuthorityKind::Jwt).await?;
         Ok(Response::new(pb::GetJwtAuthorityStateResponse {
             active: s.active.map(state_pb),
@@ -139,9 +138,8 @@ impl LocalAuthority for LocalAuthorityService {
 
     async fn prepare_jwt_authority(
         &self,
-        request: Request<pb::PrepareJwtAuthorityRequest>,
+        _: Request<pb::PrepareJwtAuthorityRequest>,
     ) -> Result<Response<pb::PrepareJwtAuthorityResponse>, Status> {
-        self.context.require_admin(&request).await?;
         Ok(Response::new(pb::PrepareJwtAuthorityResponse {
             prepared_authority: Some(self.prepare(AuthorityKind::Jwt).await?),
         }))
@@ -151,7 +149,6 @@ impl LocalAuthority for LocalAuthorityService {
         &self,
         request: Request<pb::ActivateJwtAuthorityRequest>,
     ) -> Result<Response<pb::ActivateJwtAuthorityResponse>, Status> {
-        self.context.require_admin(&request).await?;
         let state = self.change(AuthorityKind::Jwt, &request.get_ref().authority_id, Transition::Activate).await?;
         Ok(Response::new(pb::ActivateJwtAuthorityResponse { activated_authority: Some(state) }))
     }
@@ -160,7 +157,6 @@ impl LocalAuthority for LocalAuthorityService {
         &self,
         request: Request<pb::TaintJwtAuthorityRequest>,
     ) -> Result<Response<pb::TaintJwtAuthorityResponse>, Status> {
-        self.context.require_admin(&request).await?;
         let state = self.change(AuthorityKind::Jwt, &request.get_ref().authority_id, Transition::Taint).await?;
         Ok(Response::new(pb::TaintJwtAuthorityResponse { tainted_authority: Some(state) }))
     }
@@ -169,16 +165,14 @@ impl LocalAuthority for LocalAuthorityService {
         &self,
         request: Request<pb::RevokeJwtAuthorityRequest>,
     ) -> Result<Response<pb::RevokeJwtAuthorityResponse>, Status> {
-        self.context.require_admin(&request).await?;
         let state = self.change(AuthorityKind::Jwt, &request.get_ref().authority_id, Transition::Revoke).await?;
         Ok(Response::new(pb::RevokeJwtAuthorityResponse { revoked_authority: Some(state) }))
     }
 
     async fn get_x509_authority_state(
         &self,
-        request: Request<pb::GetX509AuthorityStateRequest>,
+        _: Request<pb::GetX509AuthorityStateRequest>,
     ) -> Result<Response<pb::GetX509AuthorityStateResponse>, Status> {
-        self.context.require_admin(&request).await?;
         let s = self.states(AuthorityKind::X509).await?;
         Ok(Response::new(pb::GetX509AuthorityStateResponse {
             active: s.active.map(state_pb),
@@ -189,9 +183,8 @@ impl LocalAuthority for LocalAuthorityService {
 
     async fn prepare_x509_authority(
         &self,
-        request: Request<pb::PrepareX509AuthorityRequest>,
+        _: Request<pb::PrepareX509AuthorityRequest>,
     ) -> Result<Response<pb::PrepareX509AuthorityResponse>, Status> {
-        self.context.require_admin(&request).await?;
         Ok(Response::new(pb::PrepareX509AuthorityResponse {
             prepared_authority: Some(self.prepare(AuthorityKind::X509).await?),
         }))
@@ -201,7 +194,6 @@ impl LocalAuthority for LocalAuthorityService {
         &self,
         request: Request<pb::ActivateX509AuthorityRequest>,
     ) -> Result<Response<pb::ActivateX509AuthorityResponse>, Status> {
-        self.context.require_admin(&request).await?;
         let state = self.change(AuthorityKind::X509, &request.get_ref().authority_id, Transition::Activate).await?;
         Ok(Response::new(pb::ActivateX509AuthorityResponse { activated_authority: Some(state) }))
     }
@@ -210,7 +202,6 @@ impl LocalAuthority for LocalAuthorityService {
         &self,
         request: Request<pb::TaintX509AuthorityRequest>,
     ) -> Result<Response<pb::TaintX509AuthorityResponse>, Status> {
-        self.context.require_admin(&request).await?;
         let state = self.change(AuthorityKind::X509, &request.get_ref().authority_id, Transition::Taint).await?;
         Ok(Response::new(pb::TaintX509AuthorityResponse { tainted_authority: Some(state) }))
     }
@@ -219,7 +210,6 @@ impl LocalAuthority for LocalAuthorityService {
         &self,
         request: Request<pb::TaintX509UpstreamAuthorityRequest>,
     ) -> Result<Response<pb::TaintX509UpstreamAuthorityResponse>, Status> {
-        self.context.require_admin(&request).await?;
         let key_id = self.change_upstream(&request.get_ref().subject_key_id, UpstreamChange::Taint).await?;
         Ok(Response::new(pb::TaintX509UpstreamAuthorityResponse { upstream_authority_subject_key_id: key_id }))
     }
@@ -228,7 +218,6 @@ impl LocalAuthority for LocalAuthorityService {
         &self,
         request: Request<pb::RevokeX509AuthorityRequest>,
     ) -> Result<Response<pb::RevokeX509AuthorityResponse>, Status> {
-        self.context.require_admin(&request).await?;
         let state = self.change(AuthorityKind::X509, &request.get_ref().authority_id, Transition::Revoke).await?;
         Ok(Response::new(pb::RevokeX509AuthorityResponse { revoked_authority: Some(state) }))
     }
@@ -237,7 +226,6 @@ impl LocalAuthority for LocalAuthorityService {
         &self,
         request: Request<pb::RevokeX509UpstreamAuthorityRequest>,
     ) -> Result<Response<pb::RevokeX509UpstreamAuthorityResponse>, Status> {
-        self.context.require_admin(&request).await?;
         let key_id = self.change_upstream(&request.get_ref().subject_key_id, UpstreamChange::Revoke).await?;
         Ok(Response::new(pb::RevokeX509UpstreamAuthorityResponse { upstream_authority_subject_key_id: key_id }))
     }

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod agent_auth;
+pub mod authorize;
 pub mod bundle;
 pub mod caller;
 pub mod convert;
@@ -12,6 +13,7 @@ pub mod entry_notifications;
 pub mod health;
 pub mod listener;
 pub mod local_authority;
+pub mod policy;
 pub mod rate_limits;
 pub mod svid;
 
@@ -46,26 +48,25 @@ pub struct ApiContext {
 }
 
 impl ApiContext {
-    /// Admin calls: from the admin socket, or from an SVID whose ID is listed in
-    /// `admin_ids` or is the SPIFFE ID of a registration entry marked `admin`.
-    pub async fn require_admin<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
-        match caller::caller_of(request) {
-            caller::Caller::Local => Ok(()),
-            caller::Caller::Peer { id, .. } if self.admin_ids.contains(&id) => Ok(()),
-            caller::Caller::Peer { id, .. } => {
-                let replica = self.replica()?;
-                let entries =
-                    replica.local_reader().entries_by_spiffe_id(&id.to_string()).await.map_err(read_failed)?;
-                if entries.iter().any(|e| e.admin) {
-                    Ok(())
-                } else {
-                    Err(Status::permission_denied(format!("{id} may not call admin APIs")))
-                }
-            }
-            caller::Caller::Anonymous => {
-                Err(Status::permission_denied("admin APIs need the admin socket or an admin SVID"))
-            }
+    /// Whether SVID `id` may call admin APIs: it is listed in `admin_ids`, or is the SPIFFE
+    /// ID of a registration entry marked `admin`.
+    pub async fn is_admin(&self, id: &identity::SpiffeId) -> Result<bool, Status> {
+        if self.admin_ids.contains(id) {
+            return Ok(true);
         }
+        let entries =
+            self.replica()?.local_reader().entries_by_spiffe_id(&id.to_string()).await.map_err(read_failed)?;
+        Ok(entries.iter().any(|e| e.admin))
+    }
+
+    /// The registration entry marked `downstream` of SVID `id` (a nested cluster), if any.
+    pub async fn downstream_entry(
+        &self,
+        id: &identity::SpiffeId,
+    ) -> Result<Option<raft_store::model::RegistrationEntry>, Status> {
+        let entries =
+            self.replica()?.local_reader().entries_by_spiffe_id(&id.to_string()).await.map_err(read_failed)?;
+        Ok(entries.into_iter().find(|e| e.downstream))
     }
 
     /// The running member, or Unavailable at once (with the reason) while this server
@@ -101,8 +102,8 @@ impl ApiContext {
             .ok_or_else(|| Reason::SigningUnavailable.status(Code::Unavailable, "this cluster has no active CA yet"))
     }
 
-    /// Downstream calls (nested clusters): the caller's SVID ID has a registration entry
-    /// marked `downstream`, which is returned.
+    /// The calling downstream cluster's registration entry (the authorization table let
+    /// only such callers in).
     pub async fn require_downstream<T>(
         &self,
         request: &tonic::Request<T>,
@@ -110,11 +111,8 @@ impl ApiContext {
         let caller::Caller::Peer { id, .. } = caller::caller_of(request) else {
             return Err(Status::permission_denied("this call needs the SVID of a downstream workload"));
         };
-        let replica = self.replica()?;
-        let entries = replica.local_reader().entries_by_spiffe_id(&id.to_string()).await.map_err(read_failed)?;
-        entries
-            .into_iter()
-            .find(|e| e.downstream)
+        self.downstream_entry(&id)
+            .await?
             .ok_or_else(|| Status::permission_denied(format!("{id} has no registration entry marked downstream")))
     }
 

@@ -1,4 +1,5 @@
-//! Counts every API call by method and gRPC code, and times it, for Prometheus. The code
+//! Counts every API call by method (one the server serves, or `unknown`) and gRPC code, and
+//! times it, for Prometheus. The code
 //! comes from the response's `grpc-status` header when a call fails before its body (a
 //! trailers-only answer), otherwise from the trailers that end the body, so a stream that
 //! fails after it started counts with its real code. A body that ends without trailers
@@ -43,7 +44,9 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = request.uri().path().to_owned();
+        // Only methods the server serves become labels: a caller choosing paths cannot grow
+        // the metric set.
+        let method = crate::api::policy::method_label(request.uri().path());
         let started = Instant::now();
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -61,13 +64,13 @@ where
 
 /// A call not yet counted.
 struct Call {
-    method: String,
+    method: &'static str,
     started: Instant,
 }
 
 impl Call {
     fn record(self, code: tonic::Code) {
-        metrics::counter!("testudo_api_calls_total", "method" => self.method.clone(), "code" => format!("{code:?}"))
+        metrics::counter!("testudo_api_calls_total", "method" => self.method, "code" => format!("{code:?}"))
             .increment(1);
         metrics::histogram!("testudo_api_call_seconds", "method" => self.method)
             .record(self.started.elapsed().as_secs_f64());

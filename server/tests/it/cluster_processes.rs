@@ -311,7 +311,12 @@ fn network_calls(server: &Server, workload_svid_dir: &Path) {
         let err =
             EntryClient::new(with_svid.clone()).count_entries(CountEntriesRequest { filter: None }).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
-        assert!(err.message().contains("spiffe://example.org/web may not call admin APIs"), "{err:?}");
+        assert!(
+            err.message()
+                .contains("spiffe://example.org/web may not call /spire.api.server.entry.v1.Entry/CountEntries"),
+            "{err:?}"
+        );
+        assert_eq!(proto::reason::Reason::of(&err), Some(proto::reason::Reason::CallerNotAllowed));
 
         // Nested clusters: only a workload with a downstream entry gets an intermediate CA.
         downstream_ca(server, &bundle, with_svid).await;

@@ -145,3 +145,47 @@ fn node_attestation_from_one_address_is_rate_limited() {
     let checked = codes.get("PermissionDenied").copied().unwrap_or_default();
     assert!(refused >= 30 && (1..=5).contains(&checked), "{codes:?}");
 }
+
+/// A caller choosing request paths cannot grow the metrics: unknown methods share one label.
+#[test]
+fn random_method_paths_do_not_grow_the_metrics() {
+    let root = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(root.path(), 1, "");
+    server.json(&["cluster", "init"]);
+    let bundle = bundle_of(&server);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let call_all = |count: usize, salt: &'static str| {
+        runtime.block_on(async {
+            let channel = api_channel(&server, &bundle, None).await;
+            flood(count, |i| {
+                let channel = channel.clone();
+                async move {
+                    let mut grpc = tonic::client::Grpc::new(channel);
+                    if grpc.ready().await.is_err() {
+                        return tonic::Code::Unavailable;
+                    }
+                    let path = format!("/attacker.{salt}{i}.Service/Method{i}");
+                    let path = tonic::codegen::http::uri::PathAndQuery::try_from(path).unwrap();
+                    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+                    match grpc.unary(tonic::Request::new(()), path, codec).await {
+                        Ok(_) => tonic::Code::Ok,
+                        Err(status) => status.code(),
+                    }
+                }
+            })
+            .await
+        })
+    };
+    let first = call_all(10, "warm");
+    assert_eq!(first.get("PermissionDenied"), Some(&10), "{first:?}");
+    let size = || testkit::http_get(server.metrics_port, "/metrics").1.len();
+    let before = size();
+    let codes = call_all(1_000, "x");
+    let after = size();
+    assert_eq!(codes.get("PermissionDenied"), Some(&1_000), "{codes:?}");
+    let metrics = testkit::http_get(server.metrics_port, "/metrics").1;
+    assert!(!metrics.contains("attacker."), "a caller's path became a label");
+    assert!(metrics.contains("method=\"unknown\""), "unknown methods are counted under one label");
+    // Counters and histogram buckets change digits, not lines.
+    assert!(after < before + 512, "/metrics grew from {before} to {after} bytes");
+}

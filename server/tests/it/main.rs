@@ -4,6 +4,7 @@
 //! that follow apply; stock gRPC clients (grpcio) on the admin socket; a data dir of the
 //! previous on-disk format, upgraded on start.
 
+mod authorization;
 mod ca_rotation;
 mod cluster_ca;
 mod cluster_processes;

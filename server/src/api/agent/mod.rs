@@ -268,7 +268,6 @@ impl Agent for AgentService {
         &self,
         request: Request<pb::CountAgentsRequest>,
     ) -> Result<Response<pb::CountAgentsResponse>, Status> {
-        self.context.require_admin(&request).await?;
         let filter = request.into_inner().filter.map(|f| pb::list_agents_request::Filter {
             by_attestation_type: f.by_attestation_type,
             by_selector_match: f.by_selector_match,
@@ -284,7 +283,6 @@ impl Agent for AgentService {
         &self,
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        self.context.require_admin(&request).await?;
         let request = request.into_inner();
         if request.page_size < 0 {
             return Err(Status::invalid_argument("page_size: must not be negative"));
@@ -308,7 +306,6 @@ impl Agent for AgentService {
     }
 
     async fn get_agent(&self, request: Request<pb::GetAgentRequest>) -> Result<Response<types::Agent>, Status> {
-        self.context.require_admin(&request).await?;
         let request = request.into_inner();
         let id = self.agent_id(request.id.as_ref())?;
         let replica = self.context.replica()?;
@@ -322,14 +319,12 @@ impl Agent for AgentService {
     }
 
     async fn delete_agent(&self, request: Request<pb::DeleteAgentRequest>) -> Result<Response<()>, Status> {
-        self.context.require_admin(&request).await?;
         let id = self.agent_id(request.get_ref().id.as_ref())?;
         self.context.write(DeleteAgent { spiffe_id: id.to_string() }).await?.map_err(|e| apply_status(&e))?;
         Ok(Response::new(()))
     }
 
     async fn ban_agent(&self, request: Request<pb::BanAgentRequest>) -> Result<Response<()>, Status> {
-        self.context.require_admin(&request).await?;
         let id = self.agent_id(request.get_ref().id.as_ref())?;
         self.context.write(BanAgent { spiffe_id: id.to_string() }).await?.map_err(|e| apply_status(&e))?;
         Ok(Response::new(()))
@@ -395,7 +390,6 @@ impl Agent for AgentService {
         &self,
         request: Request<pb::CreateJoinTokenRequest>,
     ) -> Result<Response<types::JoinToken>, Status> {
-        self.context.require_admin(&request).await?;
         let request = request.into_inner();
         if request.ttl <= 0 {
             return Err(Status::invalid_argument("ttl: required, in seconds, positive"));

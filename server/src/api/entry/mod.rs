@@ -134,7 +134,6 @@ impl Entry for EntryService {
         &self,
         request: Request<pb::CountEntriesRequest>,
     ) -> Result<Response<pb::CountEntriesResponse>, Status> {
-        self.context.require_admin(&request).await?;
         let filter = request.into_inner().filter.map(|f| pb::list_entries_request::Filter {
             by_spiffe_id: f.by_spiffe_id,
             by_parent_id: f.by_parent_id,
@@ -154,7 +153,6 @@ impl Entry for EntryService {
         &self,
         request: Request<pb::ListEntriesRequest>,
     ) -> Result<Response<pb::ListEntriesResponse>, Status> {
-        self.context.require_admin(&request).await?;
         let request = request.into_inner();
         let filter = EntryFilter::from_pb(request.filter.as_ref())?;
         if request.page_size < 0 {
@@ -175,7 +173,6 @@ impl Entry for EntryService {
     }
 
     async fn get_entry(&self, request: Request<pb::GetEntryRequest>) -> Result<Response<types::Entry>, Status> {
-        self.context.require_admin(&request).await?;
         let request = request.into_inner();
         check_entry_id(&request.id)?;
         let replica = self.context.replica()?;
@@ -192,7 +189,6 @@ impl Entry for EntryService {
         &self,
         request: Request<pb::BatchCreateEntryRequest>,
     ) -> Result<Response<pb::BatchCreateEntryResponse>, Status> {
-        self.context.require_admin(&request).await?;
         let request = request.into_inner();
         check_batch(request.entries.len(), "entries")?;
         let td = &self.context.ca.config.trust_domain;
@@ -218,7 +214,6 @@ impl Entry for EntryService {
         &self,
         request: Request<pb::BatchUpdateEntryRequest>,
     ) -> Result<Response<pb::BatchUpdateEntryResponse>, Status> {
-        self.context.require_admin(&request).await?;
         let request = request.into_inner();
         check_batch(request.entries.len(), "entries")?;
         let td = &self.context.ca.config.trust_domain;
@@ -246,7 +241,6 @@ impl Entry for EntryService {
         &self,
         request: Request<pb::BatchDeleteEntryRequest>,
     ) -> Result<Response<pb::BatchDeleteEntryResponse>, Status> {
-        self.context.require_admin(&request).await?;
         let ids = request.into_inner().ids;
         check_batch(ids.len(), "ids")?;
         let mut results: Vec<Option<pb::batch_delete_entry_response::Result>> = Vec::with_capacity(ids.len());
