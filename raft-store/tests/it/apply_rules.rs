@@ -261,6 +261,21 @@ fn agent(serial: &str) -> AttestedAgent {
     }
 }
 
+/// A re-attestation read the agent unbanned, then a ban was applied before its write: the
+/// write must not undo the ban. Deleting the agent is what lifts a ban.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reattestation_cannot_undo_a_ban_applied_after_it_read() {
+    let mut s = TestStore::new().await;
+    assert!(matches!(s.apply_one(Command::CreateAgent(CreateAgent(agent("01")))).await, Outcome::Agent(Ok(_))));
+    assert!(matches!(s.apply_one(Command::BanAgent(BanAgent { spiffe_id: NODE.into() })).await, Outcome::Agent(Ok(_))));
+    let reattested = s.apply_one(Command::UpdateAgent(UpdateAgent(agent("02")))).await;
+    assert!(matches!(reattested, Outcome::Agent(Err(ApplyError::FailedPrecondition(_)))), "{reattested:?}");
+    let stored = s.store.reader.agent(NODE).await.unwrap().unwrap();
+    assert!(stored.banned && stored.serial_number != "02", "{stored:?}");
+    s.apply_one(Command::DeleteAgent(DeleteAgent { spiffe_id: NODE.into() })).await;
+    assert!(matches!(s.apply_one(Command::CreateAgent(CreateAgent(agent("03")))).await, Outcome::Agent(Ok(_))));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_renewal_promotes_the_new_serial_only_when_used() {
     let mut s = TestStore::new().await;

@@ -29,8 +29,15 @@ pub fn create(txn: &mut Txn<'_>, agent: &AttestedAgent) -> Result<Outcome, TxnEr
     save(txn, agent)
 }
 
+/// Replaces an agent's record (a re-attestation). A banned record is never replaced: a ban
+/// applied between the attestation's read and this write would otherwise be undone. Only
+/// deleting the agent lifts a ban, as in SPIRE.
 pub fn update(txn: &mut Txn<'_>, agent: &AttestedAgent) -> Result<Outcome, TxnError> {
     match load(txn, &agent.spiffe_id.to_string())? {
+        Ok(stored) if stored.banned => Ok(Outcome::Agent(Err(ApplyError::FailedPrecondition(format!(
+            "agent {:?} is banned",
+            agent.spiffe_id.to_string()
+        ))))),
         Ok(_) => save(txn, agent),
         Err(e) => Ok(Outcome::Agent(Err(e))),
     }

@@ -206,7 +206,12 @@ impl AgentService {
         } else {
             self.context.write(CreateAgent(agent)).await?
         };
-        written.map_err(|e| apply_status(&e))?;
+        written.map_err(|e| match e {
+            // Banned between the read above and this write: the ban stands.
+            raft_store::ApplyError::FailedPrecondition(_) => proto::reason::Reason::AgentBanned
+                .status(tonic::Code::PermissionDenied, format!("agent {agent_id} is banned")),
+            other => apply_status(&other),
+        })?;
         tracing::info!(agent = %agent_id, attestor = %data.r#type, "agent attested");
         metrics::counter!("testudo_agent_attestations_total", "attestor" => data.r#type).increment(1);
         Ok(pb::attest_agent_response::Result { svid: Some(svid), reattestable })
