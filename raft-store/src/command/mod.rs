@@ -67,6 +67,7 @@ pub enum Command {
     TaintLocalX509Authority(TaintLocalX509Authority),
     RevokeLocalX509Authority(RevokeLocalX509Authority),
     PruneReplicaInvites(PruneReplicaInvites),
+    PruneEntries(PruneEntries),
 }
 
 /// Why a command (or one item of a batch) was refused. Refusals are answers, not storage

@@ -176,6 +176,13 @@ pub struct PruneReplicaInvites {
     pub expired_before: i64,
 }
 
+/// Deletes registration entries whose `expires_at` is set and before `expired_before`;
+/// answers how many.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PruneEntries {
+    pub expired_before: i64,
+}
+
 /// `command => Command variant, Outcome variant: output type` for every typed command.
 macro_rules! typed_writes {
     ($($command:ident => $variant:ident, $outcome:ident: $output:ty;)*) => {
@@ -227,4 +234,5 @@ typed_writes! {
     TaintLocalX509Authority => TaintLocalX509Authority, Bundle: Result<StoredBundle, ApplyError>;
     RevokeLocalX509Authority => RevokeLocalX509Authority, Bundle: Result<StoredBundle, ApplyError>;
     PruneReplicaInvites => PruneReplicaInvites, Pruned: u64;
+    PruneEntries => PruneEntries, Pruned: u64;
 }

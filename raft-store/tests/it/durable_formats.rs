@@ -223,6 +223,7 @@ fn every_command() -> Vec<(&'static str, Command)> {
             }),
         ),
         ("PruneReplicaInvites", Command::PruneReplicaInvites(PruneReplicaInvites { expired_before: 1_700_000_005 })),
+        ("PruneEntries", Command::PruneEntries(PruneEntries { expired_before: 1_700_000_006 })),
     ]
 }
 

@@ -118,7 +118,7 @@ async fn watch(
         let agent = super::agent_auth::attested_agent(views, &agent_id)?;
         let (authorized, mut parents) = views
             .entries()
-            .authorized_with_parents(&agent, &server_id)
+            .authorized_with_parents(&agent, &server_id, time::OffsetDateTime::now_utc().unix_timestamp())
             .map_err(|e| Status::resource_exhausted(e.to_string()))?;
         parents.insert(server_id.to_string());
         let entries = authorized.into_iter().map(|(id, e)| (id, e.revision_number)).collect();

@@ -125,7 +125,7 @@ impl ApiContext {
         member
             .views
             .entries()
-            .authorized(agent, &self.server_id()?)
+            .authorized(agent, &self.server_id()?, time::OffsetDateTime::now_utc().unix_timestamp())
             .map_err(|e| Status::resource_exhausted(e.to_string()))
     }
 

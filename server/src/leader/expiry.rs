@@ -1,15 +1,15 @@
-//! Removes join tokens and replica invites that expired: an expired one can never be used,
-//! and keeping it only grows the state every replica holds and every snapshot carries. A
-//! prune is proposed only when the earliest stored expiry has passed.
+//! Removes join tokens, replica invites and registration entries that expired: an expired
+//! one is never used or served again, and keeping it only grows the state every replica
+//! holds and every snapshot carries. A prune is proposed only when something has expired.
 
 use std::time::Duration;
 
-use raft_store::command::{PruneJoinTokens, PruneReplicaInvites};
+use raft_store::command::{PruneEntries, PruneJoinTokens, PruneReplicaInvites};
 
 use super::{DutyError, LeaderDuty};
 use crate::cluster::runtime::Member;
 
-/// How often the leader looks for expired tokens and invites.
+/// How often the leader looks for expired tokens, invites and entries.
 pub const EVERY: Duration = Duration::from_secs(60);
 
 pub struct ExpiredPruning {
@@ -34,6 +34,12 @@ impl LeaderDuty for ExpiredPruning {
         if reader.earliest_invite_expiry().await.map_err(read)?.is_some_and(|at| at < now) {
             let pruned = replica.write(PruneReplicaInvites { expired_before: now }).await.map_err(write)?;
             tracing::info!(pruned, "expired replica invites removed");
+        }
+        // Expired entries are already neither served nor minted (`views::entries`); this
+        // removes them, as SPIRE's pruning does.
+        if member.views.entries().any_expired(now) {
+            let pruned = replica.write(PruneEntries { expired_before: now }).await.map_err(write)?;
+            tracing::info!(pruned, "expired registration entries removed");
         }
         Ok(self.every)
     }

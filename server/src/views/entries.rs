@@ -114,22 +114,35 @@ impl EntryCache {
     /// Every entry `agent` may mint for: those parented to it, to a node alias it holds
     /// (an entry parented to the server whose selectors the agent has), and their
     /// descendants, keyed by entry id.
-    pub fn authorized(&self, agent: &AttestedAgent, server_id: &SpiffeId) -> Result<EntriesById, TooManyEntries> {
-        self.authorized_with_parents(agent, server_id).map(|(authorized, _)| authorized)
+    pub fn authorized(
+        &self,
+        agent: &AttestedAgent,
+        server_id: &SpiffeId,
+        now: i64,
+    ) -> Result<EntriesById, TooManyEntries> {
+        self.authorized_with_parents(agent, server_id, now).map(|(authorized, _)| authorized)
+    }
+
+    /// Whether some entry's `expires_at` is set and before `now`.
+    pub fn any_expired(&self, now: i64) -> bool {
+        self.read().entries.values().any(|e| expired(e, now))
     }
 
     /// As [`Self::authorized`], with every parent ID the answer depends on: the agent's,
     /// its node aliases' and its authorized entries' SPIFFE IDs. A change to an entry under
     /// none of these (or to a node alias) cannot change the answer.
+    /// An entry past its `expires_at` (Unix seconds, `now`) is neither served nor followed:
+    /// it is as good as deleted until the leader prunes it.
     pub fn authorized_with_parents(
         &self,
         agent: &AttestedAgent,
         server_id: &SpiffeId,
+        now: i64,
     ) -> Result<(EntriesById, BTreeSet<String>), TooManyEntries> {
         let state = self.read();
         let mut parents: VecDeque<String> = VecDeque::from([agent.spiffe_id.to_string()]);
         let agent_selectors: BTreeSet<_> = agent.selectors.iter().collect();
-        for alias in state.children(&server_id.to_string()) {
+        for alias in state.children(&server_id.to_string()).filter(|e| !expired(e, now)) {
             if !alias.selectors.is_empty() && alias.selectors.iter().all(|s| agent_selectors.contains(s)) {
                 parents.push_back(alias.spiffe_id.to_string());
             }
@@ -137,7 +150,7 @@ impl EntryCache {
         let mut seen: BTreeSet<String> = parents.iter().cloned().collect();
         let mut authorized = BTreeMap::new();
         while let Some(parent) = parents.pop_front() {
-            for entry in state.children(&parent) {
+            for entry in state.children(&parent).filter(|e| !expired(e, now)) {
                 let child = entry.spiffe_id.to_string();
                 if seen.insert(child.clone()) {
                     parents.push_back(child);
@@ -150,4 +163,9 @@ impl EntryCache {
         }
         Ok((authorized, seen))
     }
+}
+
+/// Whether `entry` has an expiry and it is before `now`.
+fn expired(entry: &RegistrationEntry, now: i64) -> bool {
+    entry.expires_at > 0 && entry.expires_at < now
 }

@@ -42,7 +42,8 @@ async fn authorized_ids(views: &Views, replica: &raft_store::node::Replica) -> B
     let server = SpiffeId::parse(SERVER).unwrap();
     // A caller's view reflects everything its replica applied when it asked.
     views.reach(replica.applied().current_revision()).await.unwrap();
-    views.entries().authorized(&agent(), &server).unwrap().into_keys().collect()
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    views.entries().authorized(&agent(), &server, now).unwrap().into_keys().collect()
 }
 
 /// Views of `replica`'s state, kept current from what it announces.
@@ -189,4 +190,37 @@ async fn the_leader_prunes_the_change_log_behind_what_it_keeps() {
     assert_eq!(authorized_ids(&views, replica).await.len(), 30);
     assert_eq!(views.reloads(), 1);
     cluster.shutdown().await;
+}
+
+/// An entry past its `expires_at` is neither authorized nor followed to its children at
+/// once, and the leader's prune removes it (and only it) from the replicated state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_entries_are_not_served_and_are_pruned() {
+    let cluster = TestCluster::start(1, 10_000).await;
+    let leader = cluster.wait_for_leader().await;
+    let replica = &cluster.replicas[&leader];
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let with_expiry = |mut e: RegistrationEntry, at: i64| {
+        e.expires_at = at;
+        e
+    };
+    replica
+        .write_command(Command::CreateEntries(CreateEntries(vec![
+            with_expiry(entry("gone", "spiffe://example.org/gone", AGENT, &["unix:uid:1"]), now - 10),
+            entry("under-gone", "spiffe://example.org/gone/child", "spiffe://example.org/gone", &["unix:uid:2"]),
+            with_expiry(entry("later", "spiffe://example.org/later", AGENT, &["unix:uid:3"]), now + 3_600),
+            entry("forever", "spiffe://example.org/forever", AGENT, &["unix:uid:4"]),
+        ])))
+        .await
+        .unwrap();
+    let views = follow(replica);
+    assert_eq!(authorized_ids(&views, replica).await, ids(&["later", "forever"]));
+    assert!(views.entries().any_expired(now));
+
+    let pruned = replica.write(raft_store::command::PruneEntries { expired_before: now }).await.unwrap();
+    assert_eq!(pruned, 1);
+    views.reach(replica.applied().current_revision()).await.unwrap();
+    assert!(!views.entries().any_expired(now));
+    assert!(replica.local_reader().entry("gone").await.unwrap().is_none());
+    assert!(replica.local_reader().entry("under-gone").await.unwrap().is_some(), "only expired entries go");
 }

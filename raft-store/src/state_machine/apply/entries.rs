@@ -138,6 +138,21 @@ pub fn update(txn: &mut Txn<'_>, entries: &[RegistrationEntry], revision: u64) -
     Ok(Outcome::Entries(results))
 }
 
+/// Deletes every entry whose `expires_at` is set and before `expired_before`; answers how
+/// many. Entries without an expiry (0) never expire.
+pub fn prune(txn: &mut Txn<'_>, expired_before: i64) -> Result<Outcome, TxnError> {
+    let mut pruned = 0;
+    for (_, value) in txn.scan_prefix(Cf::Entries, b"")? {
+        let entry: RegistrationEntry = crate::codec::decode(WHAT, &value)?;
+        if entry.expires_at > 0 && entry.expires_at < expired_before {
+            erase(txn, &entry);
+            txn.record(Table::Entry, &entry.id, true);
+            pruned += 1;
+        }
+    }
+    Ok(Outcome::Pruned(pruned))
+}
+
 pub fn delete(txn: &mut Txn<'_>, ids: &[String]) -> Result<Outcome, TxnError> {
     let mut results = Vec::with_capacity(ids.len());
     for id in ids {

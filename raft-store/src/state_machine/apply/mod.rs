@@ -42,6 +42,7 @@ pub fn apply_command(txn: &mut Txn<'_>, command: &Command, revision: u64) -> Res
         Command::CreateReplicaInvite(c) => invites::create(txn, &c.0)?,
         Command::ConsumeReplicaInvite(c) => invites::consume(txn, &c.secret_sha256, c.now)?,
         Command::PruneReplicaInvites(c) => invites::prune(txn, c.expired_before)?,
+        Command::PruneEntries(c) => entries::prune(txn, c.expired_before)?,
         // The state machine applies a batch's commands one by one, each with its own revision.
         Command::Batch(_) => Outcome::None,
     })
