@@ -90,7 +90,12 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let network_routes = api_routes(&api);
     let network_authorize = AuthorizeLayer::new(api.clone(), Listener::Network);
     background.push(tokio::spawn(async move {
+        // Streams per connection are bounded (an agent keeps a sync and a notification
+        // stream, and mints in batches), and a peer that stops answering pings is dropped.
         let server = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(server::api::listener::MAX_STREAMS_PER_CONNECTION))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .layer(server::ops::api_metrics::ApiMetricsLayer)
             .layer(network_authorize)
             .add_routes(network_routes);
@@ -214,9 +219,9 @@ fn api_routes(api: &server::api::ApiContext) -> tonic::service::Routes {
     routes.add_service(SvidServer::new(SvidService { context: api.clone() }));
     routes.add_service(BundleServer::new(BundleService { context: api.clone() }));
     routes.add_service(LocalAuthorityServer::new(LocalAuthorityService { context: api.clone() }));
-    routes.add_service(proto::health::health_server::HealthServer::new(server::api::health::HealthService {
-        context: api.clone(),
-    }));
+    routes.add_service(proto::health::health_server::HealthServer::new(server::api::health::HealthService::new(
+        api.clone(),
+    )));
     routes.add_service(DebugServer::new(DebugService { context: api.clone() }));
     routes.routes()
 }

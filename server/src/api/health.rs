@@ -22,8 +22,18 @@ const SERVICES: [&str; 8] = [
     "grpc.health.v1.Health",
 ];
 
+/// Watch streams open at once: anyone may open one, so each is a bounded resource.
+pub const MAX_WATCHES: usize = 64;
+
 pub struct HealthService {
     pub context: ApiContext,
+    watches: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl HealthService {
+    pub fn new(context: ApiContext) -> Self {
+        Self { context, watches: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_WATCHES)) }
+    }
 }
 
 async fn status(context: &ApiContext) -> ServingStatus {
@@ -52,9 +62,14 @@ impl Health for HealthService {
 
     async fn watch(&self, request: Request<HealthCheckRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let service = request.into_inner().service;
+        let slot = self.watches.clone().try_acquire_owned().map_err(|_| {
+            proto::reason::Reason::RateLimited
+                .status(tonic::Code::ResourceExhausted, format!("{MAX_WATCHES} health watches are open; try later"))
+        })?;
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let context = self.context.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             if !SERVICES.contains(&service.as_str()) {
                 let _ = tx.send(Ok(HealthCheckResponse { status: ServingStatus::ServiceUnknown as i32 })).await;
                 return;
@@ -62,7 +77,11 @@ impl Health for HealthService {
             let mut last = None;
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    // The caller went away: stop, and give the slot back.
+                    () = tx.closed() => return,
+                }
                 let now = status(&context).await;
                 if last != Some(now) {
                     if tx.send(Ok(HealthCheckResponse { status: now as i32 })).await.is_err() {

@@ -118,6 +118,12 @@ pub async fn maintain(identity: Arc<ServerIdentity>, bundle: Arc<RwLock<Bundle>>
     }
 }
 
+/// Concurrent streams on one API connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// A connection without a client certificate (attestation, GetBundle, health probes) is
+/// closed after this, whatever it does: such callers come, ask and go.
+const ANONYMOUS_LIFETIME: Duration = Duration::from_secs(300);
+
 /// Many agents may share one address (NAT, a node's pods): the per-source bound is wide.
 const API_CONNECTION_LIMITS: ConnectionLimits = ConnectionLimits {
     max_connections: 32_768,
@@ -132,7 +138,7 @@ pub async fn bind(
     address: SocketAddr,
     identity: Arc<ServerIdentity>,
     bundle: Arc<RwLock<Bundle>>,
-) -> Result<(SocketAddr, tokio_stream::wrappers::ReceiverStream<Incoming>), String> {
+) -> Result<(SocketAddr, impl tokio_stream::Stream<Item = Incoming>), String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -145,5 +151,8 @@ pub async fn bind(
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     // The accept task ends when tonic drops the stream.
     let (incoming, _accepting) = raft_store::network::accept_tls(listener, acceptor, "API", API_CONNECTION_LIMITS);
+    let incoming = tokio_stream::StreamExt::map(incoming, |accepted| {
+        accepted.map(|c| if c.has_client_certificate() { c } else { c.with_lifetime(ANONYMOUS_LIFETIME) })
+    });
     Ok((bound, incoming))
 }

@@ -189,3 +189,58 @@ fn random_method_paths_do_not_grow_the_metrics() {
     // Counters and histogram buckets change digits, not lines.
     assert!(after < before + 512, "/metrics grew from {before} to {after} bytes");
 }
+
+/// Health watches are open to anyone: only so many at once, and each gives its place back
+/// when its caller goes away. An attestation that never sends its params is ended.
+#[test]
+fn anonymous_streams_are_bounded_and_released() {
+    use proto::health::health_client::HealthClient;
+    use proto::health::HealthCheckRequest;
+    let root = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(root.path(), 1, "");
+    server.json(&["cluster", "init"]);
+    let bundle = bundle_of(&server);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let watch = |channel: tonic::transport::Channel| async move {
+            let mut client = HealthClient::new(channel);
+            let mut stream = client.watch(HealthCheckRequest { service: String::new() }).await?.into_inner();
+            stream.message().await?;
+            Ok::<_, tonic::Status>(stream)
+        };
+        // Watches spread over connections (a connection carries at most 256 streams anyway).
+        let mut channels = Vec::new();
+        for _ in 0..4 {
+            channels.push(api_channel(&server, &bundle, None).await);
+        }
+        let mut open = Vec::new();
+        for i in 0..server::api::health::MAX_WATCHES {
+            open.push(watch(channels[i % channels.len()].clone()).await.expect("a watch within the bound"));
+        }
+        let Err(refused) = watch(channels[0].clone()).await else { panic!("one watch over the bound is refused") };
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+        drop(open);
+        let mut reopened = None;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Ok(stream) = watch(channels[1].clone()).await {
+                reopened = Some(stream);
+                break;
+            }
+        }
+        assert!(reopened.is_some(), "closed watches give their places back");
+
+        // AttestAgent with no message: ended after 10 s, not held open.
+        let (_keep_open, silence) = tokio::sync::mpsc::channel::<agent_pb::AttestAgentRequest>(1);
+        let started = Instant::now();
+        let mut client = agent_pb::agent_client::AgentClient::new(channels[2].clone());
+        let outcome = async {
+            let mut answers =
+                client.attest_agent(tokio_stream::wrappers::ReceiverStream::new(silence)).await?.into_inner();
+            answers.message().await
+        };
+        let err = tokio::time::timeout(Duration::from_secs(20), outcome).await.expect("an answer").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    });
+}
