@@ -261,6 +261,27 @@ fn agent(serial: &str) -> AttestedAgent {
     }
 }
 
+/// Deleting a join-token agent deletes the alias entry its token made (parented to it, with
+/// the one selector `spiffe_id:<agent>`), as SPIRE does; the operator's entries under it stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_join_token_agent_deletes_its_alias_entry_only() {
+    let mut s = TestStore::new().await;
+    s.apply_one(Command::CreateAgent(CreateAgent(agent("01")))).await;
+    let alias_selector = format!("spiffe_id:{NODE}");
+    s.apply_one(Command::CreateEntries(CreateEntries(vec![
+        entry("alias", "spiffe://example.org/nodes/web", NODE, &[&alias_selector]),
+        entry("workload", "spiffe://example.org/web", NODE, &["unix:uid:1000"]),
+        entry("elsewhere", "spiffe://example.org/nodes/db", "spiffe://example.org/spire/agent/x", &[&alias_selector]),
+    ])))
+    .await;
+    let deleted = s.apply_one(Command::DeleteAgent(DeleteAgent { spiffe_id: NODE.into() })).await;
+    assert!(matches!(deleted, Outcome::Deleted(Ok(()))), "{deleted:?}");
+    assert!(s.store.reader.entry("alias").await.unwrap().is_none());
+    assert!(s.store.reader.entry("workload").await.unwrap().is_some());
+    assert!(s.store.reader.entry("elsewhere").await.unwrap().is_some());
+    assert!(s.store.reader.entries_by_parent(NODE).await.unwrap().len() == 1, "the parent index forgot the alias");
+}
+
 /// A re-attestation read the agent unbanned, then a ban was applied before its write: the
 /// write must not undo the ban. Deleting the agent is what lifts a ban.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,9 +88,14 @@ pub fn ban(txn: &mut Txn<'_>, spiffe_id: &str) -> Result<Outcome, TxnError> {
     save(txn, &agent)
 }
 
+/// Deletes the agent; for a join-token agent, also the alias entry its token made.
 pub fn delete(txn: &mut Txn<'_>, spiffe_id: &str) -> Result<Outcome, TxnError> {
-    if !txn.exists(Cf::Agents, spiffe_id.as_bytes())? {
-        return Ok(Outcome::Deleted(Err(ApplyError::NotFound(format!("agent {spiffe_id:?}")))));
+    let agent = match load(txn, spiffe_id)? {
+        Ok(agent) => agent,
+        Err(e) => return Ok(Outcome::Deleted(Err(e))),
+    };
+    if agent.attestation_type == "join_token" {
+        super::entries::delete_join_token_aliases(txn, &agent.spiffe_id)?;
     }
     txn.delete(Cf::Agents, spiffe_id.as_bytes());
     txn.record(Table::Agent, spiffe_id, true);

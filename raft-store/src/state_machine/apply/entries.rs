@@ -138,6 +138,28 @@ pub fn update(txn: &mut Txn<'_>, entries: &[RegistrationEntry], revision: u64) -
     Ok(Outcome::Entries(results))
 }
 
+/// Deletes the alias entry a join token with an agent ID made for agent `agent_id`
+/// (`CreateJoinToken`): parented to the agent, with the one selector `spiffe_id:<agent_id>`.
+/// Other entries under the agent are the operator's and stay, as in SPIRE.
+pub fn delete_join_token_aliases(txn: &mut Txn<'_>, agent_id: &identity::SpiffeId) -> Result<usize, TxnError> {
+    let mut prefix = Vec::new();
+    agent_id.append_to(&mut prefix);
+    prefix.push(0);
+    let agent = agent_id.to_string();
+    let mut deleted = 0;
+    for (key, _) in txn.scan_prefix(Cf::EntriesByParent, &prefix)? {
+        let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+        let Some(entry) = txn.get::<RegistrationEntry>(Cf::Entries, id.as_bytes(), WHAT)? else { continue };
+        let alias = matches!(entry.selectors.as_slice(), [only] if only.kind() == "spiffe_id" && only.value() == agent);
+        if alias {
+            erase(txn, &entry);
+            txn.record(Table::Entry, &entry.id, true);
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
 /// Deletes every entry whose `expires_at` is set and before `expired_before`; answers how
 /// many. Entries without an expiry (0) never expire.
 pub fn prune(txn: &mut Txn<'_>, expired_before: i64) -> Result<Outcome, TxnError> {
