@@ -43,11 +43,14 @@ demo: bootstrap
 	$(CARGO) build -p testudo-server --bin testudo-server -p testudo-agent --bin testudo-agent
 	@bash deploy/demo.sh
 
-## Fuzz one target for a while: make fuzz TARGET=spiffe_id SECONDS=60 (needs cargo-fuzz and nightly).
+## Fuzz one target for a while: make fuzz TARGET=spiffe_id SECONDS=60 (needs cargo-fuzz).
+## identity/fuzz: spiffe_id, jwt, bundle_json, x509_svid; server/fuzz: api_requests, server_config.
 TARGET ?= spiffe_id
 SECONDS ?= 60
+SERVER_FUZZ_TARGETS := api_requests server_config
 fuzz:
-	cd identity/fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $(TARGET) -- -max_total_time=$(SECONDS)
+	cd $(if $(filter $(TARGET),$(SERVER_FUZZ_TARGETS)),server/fuzz,identity/fuzz) && \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $(TARGET) -- -max_total_time=$(SECONDS)
 
 ## Every benchmark; deploy/bench.sh writes what each printed, with the command, the machine
 ## and the date, to docs/benchmarks-latest.md (docs/benchmarks.md explains the figures).

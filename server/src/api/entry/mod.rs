@@ -12,8 +12,8 @@ use raft_store::model::{EntryWritten, RegistrationEntry};
 use raft_store::{ApplyError, StoreReader, Write};
 use tonic::{Code, Request, Response, Status};
 
-pub use convert::{check_entry_id, check_workload_id, entry_from_pb, entry_to_pb, new_entry_id};
-use filter::EntryFilter;
+pub use convert::{apply_update, check_entry_id, check_workload_id, entry_from_pb, entry_to_pb, new_entry_id};
+pub use filter::EntryFilter;
 
 use super::{apply_code, item_status, read_failed, ApiContext};
 
