@@ -244,3 +244,67 @@ fn anonymous_streams_are_bounded_and_released() {
         assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
     });
 }
+
+/// A caller without a certificate opens 10,000 streams on the cluster port (as many at
+/// once as the replica allows), each starting a Join whose message claims 1 MiB and sends
+/// 8 KiB of it. The replica may hold none of that past the anonymous limits: its peak
+/// resident memory stays within a bound.
+#[test]
+fn ten_thousand_anonymous_streams_on_the_cluster_port_cost_a_bounded_amount() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let root = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(root.path(), 1, "");
+    server.json(&["cluster", "init"]);
+    let ca_der = std::fs::read(server.data_dir.join("cluster/ca.der")).unwrap();
+    let pin: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &ca_der).as_ref().try_into().unwrap();
+    let replica_id =
+        server::cluster::authority::replica_id(&identity::TrustDomain::parse("example.org").unwrap()).unwrap();
+    let (_, peak_before) = server.memory_kib().unwrap();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (opened, held) = runtime.block_on(async {
+        let mut config = rustls::ClientConfig::builder_with_provider(spiffe_tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(spiffe_tls::SvidVerifier::pinned(replica_id, pin)))
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.raft_port)).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("replica").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        let (mut client, connection) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(connection);
+        // A gRPC message header claiming 1 MiB, then 8 KiB of it.
+        let mut data = vec![0u8];
+        data.extend_from_slice(&(1u32 << 20).to_be_bytes());
+        data.extend(vec![0u8; 8 * 1024]);
+        let data = bytes::Bytes::from(data);
+        let (mut opened, mut held) = (0usize, Vec::new());
+        for _ in 0..10_000 {
+            let Ok(Ok(ready)) = tokio::time::timeout(Duration::from_secs(10), client.ready()).await else { break };
+            client = ready;
+            let request = tonic::codegen::http::Request::builder()
+                .method("POST")
+                .uri("https://replica/testudo.cluster.v1.Cluster/Join")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .unwrap();
+            let Ok((response, mut body)) = client.send_request(request, false) else { break };
+            body.reserve_capacity(data.len());
+            let _ = body.send_data(data.clone(), false);
+            opened += 1;
+            // Keep every stream's handles, as an attacker would.
+            held.push((response, body));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        (opened, held.len())
+    });
+    let (_, peak_after) = server.memory_kib().expect("the replica is still running");
+    let grown_mib = peak_after.saturating_sub(peak_before) / 1024;
+    eprintln!("{opened} streams opened, {held} held; peak RSS grew {grown_mib} MiB");
+    assert!(grown_mib < 32, "the replica's peak memory grew by {grown_mib} MiB for one anonymous connection");
+    assert!(server.serves_within(Duration::from_secs(5)), "the replica still serves");
+}
