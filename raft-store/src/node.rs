@@ -196,6 +196,7 @@ impl Replica {
         ));
         let (address, server) = serve(
             raft.clone(),
+            store.reader.clone(),
             proposer.clone(),
             transfer.clone(),
             config.join.clone(),

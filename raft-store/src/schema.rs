@@ -97,4 +97,6 @@ pub mod sm_key {
     pub const REVISION: &[u8] = b"revision";
     /// The oldest revision the change log may still hold: everything before it was pruned.
     pub const CHANGE_LOG_FLOOR: &[u8] = b"change_log_floor";
+    /// Node ids that were members and were removed: they may not call or join again.
+    pub const REMOVED_REPLICAS: &[u8] = b"removed_replicas";
 }

@@ -15,7 +15,8 @@ use identity::x509::{mint_ca, mint_x509_svid, CaTemplate, Issuer, Subject, SvidT
 use identity::{SpiffeId, TrustDomain};
 use time::OffsetDateTime;
 
-pub const REPLICA_ID: &str = "spiffe://cluster.test/spire/server";
+/// The ID every test replica's ID sits under: replica 2 is `…/spire/replica/2`.
+pub const REPLICAS: &str = "spiffe://cluster.test/spire/replica";
 
 /// A CA that issues replica certificates.
 pub struct TestCa {
@@ -64,8 +65,13 @@ impl TestCa {
             chain: vec![leaf.der, self.cert.clone()],
             key_pkcs8: key.to_pkcs8_der().unwrap(),
             bundle: self.bundle.clone(),
-            replica_id: SpiffeId::parse(REPLICA_ID).unwrap(),
+            replicas: SpiffeId::parse(REPLICAS).unwrap(),
         }
+    }
+
+    /// The TLS identity of replica `id`.
+    pub fn replica_tls(&self, id: NodeId) -> ClusterTls {
+        self.tls(&format!("{REPLICAS}/{id}"))
     }
 }
 
@@ -120,7 +126,7 @@ impl TestCluster {
             data_dir: self.dir.path().join(format!("node-{id}")),
             listen: self.addresses.get(&id).copied().unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()),
             api_address: format!("api-of-{id}"),
-            tls: self.ca.tls(REPLICA_ID),
+            tls: self.ca.replica_tls(id),
             timing: self.timing.clone(),
             join: None,
             advertise_address: None,

@@ -28,8 +28,33 @@ pub fn provider() -> Arc<CryptoProvider> {
 pub struct SvidVerifier {
     trust: Trust,
     /// `None`: any SPIFFE ID the bundle vouches for.
-    expected: Option<SpiffeId>,
+    expected: Option<Expected>,
     algorithms: WebPkiSupportedAlgorithms,
+}
+
+/// Which SPIFFE IDs a peer may present.
+#[derive(Debug)]
+enum Expected {
+    /// Exactly this one.
+    Id(SpiffeId),
+    /// One directly under this one: `<id>/<name>` (a replica, `…/spire/replica/<node id>`).
+    Under(SpiffeId),
+}
+
+impl Expected {
+    fn admits(&self, id: &SpiffeId) -> bool {
+        match self {
+            Self::Id(expected) => id == expected,
+            Self::Under(parent) => {
+                id.trust_domain() == parent.trust_domain()
+                    && id
+                        .path()
+                        .strip_prefix(parent.path())
+                        .and_then(|rest| rest.strip_prefix('/'))
+                        .is_some_and(|name| !name.is_empty() && !name.contains('/'))
+            }
+        }
+    }
 }
 
 /// What a peer's chain must lead to.
@@ -52,7 +77,17 @@ impl SvidVerifier {
     pub fn for_id(bundle: Arc<RwLock<Bundle>>, id: SpiffeId) -> Self {
         Self {
             trust: Trust::Bundle(bundle),
-            expected: Some(id),
+            expected: Some(Expected::Id(id)),
+            algorithms: provider().signature_verification_algorithms,
+        }
+    }
+
+    /// Accepts only an SVID for an ID directly under `parent` (`<parent>/<name>`) that
+    /// chains to `bundle`: any one of a family, such as the replicas of a cluster.
+    pub fn for_ids_under(bundle: Arc<RwLock<Bundle>>, parent: SpiffeId) -> Self {
+        Self {
+            trust: Trust::Bundle(bundle),
+            expected: Some(Expected::Under(parent)),
             algorithms: provider().signature_verification_algorithms,
         }
     }
@@ -63,11 +98,11 @@ impl SvidVerifier {
     }
 
     /// Trusts the CA whose DER has this SHA-256, taken from the chain the peer sends, for
-    /// an SVID of `id`.
-    pub fn pinned(id: SpiffeId, ca_sha256: [u8; 32]) -> Self {
+    /// an SVID of an ID directly under `parent`.
+    pub fn pinned(parent: SpiffeId, ca_sha256: [u8; 32]) -> Self {
         Self {
-            trust: Trust::PinnedCa { trust_domain: id.trust_domain().clone(), sha256: ca_sha256 },
-            expected: Some(id),
+            trust: Trust::PinnedCa { trust_domain: parent.trust_domain().clone(), sha256: ca_sha256 },
+            expected: Some(Expected::Under(parent)),
             algorithms: provider().signature_verification_algorithms,
         }
     }
@@ -112,8 +147,8 @@ impl SvidVerifier {
         chain.extend(intermediates.iter().map(|c| c.as_ref()).filter(|der| !is_root(der)));
         let verified = verify_x509_svid(&chain, &bundle, now).map_err(|e| refused(e.to_string()))?;
         if let Some(expected) = &self.expected {
-            if verified.spiffe_id != *expected {
-                return Err(refused(format!("peer is {}, not {expected}", verified.spiffe_id)));
+            if !expected.admits(&verified.spiffe_id) {
+                return Err(refused(format!("peer is {}, not {expected:?}", verified.spiffe_id)));
             }
         }
         Ok(())

@@ -23,6 +23,7 @@ use super::wire::{decode, encode, AdminRequest, ForwardError};
 use crate::command::Command;
 use crate::membership::{add_member_step, remove_member, AddProgress};
 use crate::proposer::Proposer;
+use crate::query::StoreReader;
 use crate::types::{NodeId, Raft, TypeConfig};
 
 /// Largest cluster message accepted or sent: a batch of log entries or a snapshot chunk.
@@ -63,6 +64,8 @@ pub trait JoinHandler: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct ClusterService {
     raft: Raft,
+    /// The replicated state, for the removed node ids.
+    reader: StoreReader,
     proposer: Proposer,
     transfers: Arc<dyn TransferHandler>,
     join: Option<Arc<dyn JoinHandler>>,
@@ -77,11 +80,12 @@ const MAX_ELECTION_PAUSE: Duration = Duration::from_secs(60);
 impl ClusterService {
     pub fn new(
         raft: Raft,
+        reader: StoreReader,
         proposer: Proposer,
         transfers: Arc<dyn TransferHandler>,
         join: Option<Arc<dyn JoinHandler>>,
     ) -> Self {
-        Self { raft, proposer, transfers, join, election_pauses: Arc::default() }
+        Self { raft, reader, proposer, transfers, join, election_pauses: Arc::default() }
     }
 
     /// Stops the election timer for `pause` (at most [`MAX_ELECTION_PAUSE`]), then restarts
@@ -109,12 +113,48 @@ impl ClusterService {
     }
 }
 
-/// Every call but Join comes from a replica: its certificate was verified in the
-/// handshake, so here it only has to be there.
-fn require_replica<T>(request: &Request<T>) -> Result<(), Status> {
-    match request.peer_certs() {
-        Some(certs) if !certs.is_empty() => Ok(()),
-        _ => Err(Status::unauthenticated("a replica certificate is required for this call")),
+/// The node id named by the caller's replica certificate (verified in the handshake).
+fn caller_node<T>(request: &Request<T>) -> Result<NodeId, Status> {
+    let certs = request.peer_certs().ok_or_else(|| Status::unauthenticated("a replica certificate is required"))?;
+    let leaf = certs.first().ok_or_else(|| Status::unauthenticated("a replica certificate is required"))?;
+    super::tls::node_id_of(leaf.as_ref())
+        .ok_or_else(|| Status::unauthenticated("the replica certificate names no node id"))
+}
+
+impl ClusterService {
+    /// Every call but Join (and a joiner's AddMember of itself) comes from a current member
+    /// of the membership this replica knows: a certificate of a replica that was removed, or
+    /// never added, opens nothing.
+    fn require_member<T>(&self, request: &Request<T>) -> Result<NodeId, Status> {
+        let id = caller_node(request)?;
+        let metrics = self.raft.metrics();
+        let membership = metrics.borrow();
+        let members = membership.membership_config.membership();
+        // A replica that knows no membership yet (just admitted, waiting for its first
+        // entries) hears from the leader before it knows who the leader is: any replica of
+        // the cluster CA may reach it; it holds nothing yet.
+        if members.get_node(&id).is_some() || members.nodes().next().is_none() {
+            Ok(id)
+        } else {
+            Err(Status::permission_denied(format!("replica {id} is not a member of this cluster")))
+        }
+    }
+
+    /// AddMember: from a member, or from a replica adding itself after its Join, unless its
+    /// node id was removed from the cluster before.
+    async fn require_member_or_joiner<T>(&self, request: &Request<T>, adding: NodeId) -> Result<(), Status> {
+        if self.require_member(request).is_ok() {
+            return Ok(());
+        }
+        let id = caller_node(request)?;
+        if id != adding {
+            return Err(Status::permission_denied(format!("replica {id} may only add itself")));
+        }
+        let removed = self.reader.removed_replicas().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        if removed.contains(&id) {
+            return Err(Status::permission_denied(format!("replica {id} was removed from this cluster")));
+        }
+        Ok(())
     }
 }
 
@@ -131,28 +171,28 @@ pub(crate) fn forward_error(e: RaftError<NodeId, ClientWriteError<NodeId, crate:
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn append_entries(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
-        require_replica(&request)?;
+        self.require_member(&request)?;
         let req: AppendEntriesRequest<TypeConfig> = decode("AppendEntries", request.get_ref())?;
         let result = self.raft.append_entries(req).await;
         Ok(Response::new(encode("AppendEntries result", &result)?))
     }
 
     async fn vote(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
-        require_replica(&request)?;
+        self.require_member(&request)?;
         let req: VoteRequest<NodeId> = decode("Vote", request.get_ref())?;
         let result = self.raft.vote(req).await;
         Ok(Response::new(encode("Vote result", &result)?))
     }
 
     async fn install_snapshot(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
-        require_replica(&request)?;
+        self.require_member(&request)?;
         let req: InstallSnapshotRequest<TypeConfig> = decode("InstallSnapshot", request.get_ref())?;
         let result = self.raft.install_snapshot(req).await;
         Ok(Response::new(encode("InstallSnapshot result", &result)?))
     }
 
     async fn write(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
-        require_replica(&request)?;
+        self.require_member(&request)?;
         let command: Command = decode("Write", request.get_ref())?;
         let result = match self.proposer.write(command).await {
             Ok(response) => Ok(response),
@@ -162,7 +202,7 @@ impl Cluster for ClusterService {
     }
 
     async fn read_index(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
-        require_replica(&request)?;
+        self.require_member(&request)?;
         let result = match self.raft.ensure_linearizable().await {
             Ok(read_log_id) => Ok(read_log_id),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
@@ -174,8 +214,13 @@ impl Cluster for ClusterService {
     }
 
     async fn admin(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
-        require_replica(&request)?;
         let admin: AdminRequest = decode("Admin", request.get_ref())?;
+        match &admin {
+            AdminRequest::AddMember { id, .. } => self.require_member_or_joiner(&request, *id).await?,
+            _ => {
+                self.require_member(&request)?;
+            }
+        }
         let done = |r: Result<(), ForwardError>| r.map(|()| None);
         let result: Result<Option<AddProgress>, ForwardError> = match admin {
             AdminRequest::PauseElection { millis } => {
@@ -212,8 +257,10 @@ impl Cluster for ClusterService {
 /// Binds `listen` and serves the cluster RPC over TLS (`acceptor`, from
 /// `tls::server_config`) until `shutdown` resolves.
 /// Returns the bound address (useful with port 0) and the server task.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     raft: Raft,
+    reader: StoreReader,
     proposer: Proposer,
     transfers: Arc<dyn TransferHandler>,
     join: Option<Arc<dyn JoinHandler>>,
@@ -225,7 +272,7 @@ pub async fn serve(
         TcpListener::bind(listen).await.map_err(|e| TlsError::Config(format!("cannot listen on {listen}: {e}")))?;
     let bound = listener.local_addr().map_err(|e| TlsError::Config(e.to_string()))?;
     let (mut incoming, accept_task) = accept_tls(listener, acceptor, "cluster", ConnectionLimits::CLUSTER);
-    let service = ClusterService::new(raft, proposer, transfers, join);
+    let service = ClusterService::new(raft, reader, proposer, transfers, join);
     // Replicas and anonymous callers are served apart, each with its own limits: only a
     // replica certificate earns the large messages and many streams replication needs.
     let (replicas, anonymous) =

@@ -1,6 +1,7 @@
-//! Mutual TLS between replicas. Each replica presents an X.509-SVID with the cluster's
-//! replica SPIFFE ID; each side checks the other's chain against the trust bundle
-//! (`spiffe_tls::SvidVerifier`) and refuses any other SPIFFE ID.
+//! Mutual TLS between replicas. Each replica presents an X.509-SVID whose SPIFFE ID names
+//! its node id under the cluster's replica ID (`<replicas>/<node id>`); each side checks the
+//! other's chain against the trust bundle (`spiffe_tls::SvidVerifier`) and refuses any other
+//! SPIFFE ID. The server side then admits only current members ([`node_id_of`]).
 
 use std::fmt;
 use std::sync::{Arc, RwLock};
@@ -29,13 +30,14 @@ pub struct ClusterTls {
     pub key_pkcs8: Zeroizing<Vec<u8>>,
     /// The bundle replica certificates chain to; shared so CA rotation can update it.
     pub bundle: Arc<RwLock<Bundle>>,
-    /// The SPIFFE ID every replica presents, e.g. `spiffe://example.org/spire/server`.
-    pub replica_id: SpiffeId,
+    /// The SPIFFE ID replicas' IDs sit under, e.g. `spiffe://example.org/spire/replica`:
+    /// replica 3 presents `spiffe://example.org/spire/replica/3`.
+    pub replicas: SpiffeId,
 }
 
 impl fmt::Debug for ClusterTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClusterTls").field("replica_id", &self.replica_id).finish_non_exhaustive()
+        f.debug_struct("ClusterTls").field("replicas", &self.replicas).finish_non_exhaustive()
     }
 }
 
@@ -83,7 +85,7 @@ pub fn server_config(
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_client_cert_verifier(Arc::new(SvidVerifier::for_id(tls.bundle.clone(), tls.replica_id.clone())))
+        .with_client_cert_verifier(Arc::new(SvidVerifier::for_ids_under(tls.bundle.clone(), tls.replicas.clone())))
         .with_cert_resolver(certificate);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
@@ -92,7 +94,7 @@ pub fn server_config(
 /// The client side of a replica that has no certificate yet: no client identity, and a
 /// server check against the cluster CA pinned by its SHA-256 (from an invite).
 pub fn joiner_endpoint(
-    replica_id: SpiffeId,
+    replicas: SpiffeId,
     ca_sha256: [u8; 32],
     address: &str,
     timeout: std::time::Duration,
@@ -102,7 +104,7 @@ pub fn joiner_endpoint(
         .map_err(|e| TlsError::Config(format!("replica address {address:?}: {e}")))?
         .connect_timeout(timeout)
         .timeout(timeout)
-        .tls_config_with_verifier(config, Arc::new(SvidVerifier::pinned(replica_id, ca_sha256)))
+        .tls_config_with_verifier(config, Arc::new(SvidVerifier::pinned(replicas, ca_sha256)))
         .map_err(|e| TlsError::Config(e.to_string()))
 }
 
@@ -121,6 +123,16 @@ pub fn client_endpoint(
     tonic::transport::Endpoint::from_shared(format!("https://{address}"))
         .map_err(|e| TlsError::Config(format!("replica address {address:?}: {e}")))?
         .connect_timeout(timeout)
-        .tls_config_with_verifier(config, Arc::new(SvidVerifier::for_id(tls.bundle.clone(), tls.replica_id.clone())))
+        .tls_config_with_verifier(
+            config,
+            Arc::new(SvidVerifier::for_ids_under(tls.bundle.clone(), tls.replicas.clone())),
+        )
         .map_err(|e| TlsError::Config(e.to_string()))
+}
+
+/// The node id a replica certificate names (`<replicas>/<node id>`), from its leaf (DER).
+pub fn node_id_of(leaf: &[u8]) -> Option<crate::types::NodeId> {
+    let facts = identity::x509::certificate_facts(leaf).ok()?;
+    let id = facts.spiffe_ids.into_iter().next()?;
+    id.path().rsplit('/').next()?.parse().ok().filter(|n| *n > 0)
 }

@@ -138,6 +138,20 @@ impl StoreReader {
         self.run(move |db| get(db, Cf::JoinTokens, token.as_bytes(), "join token")).await
     }
 
+    /// Node ids that were members and were removed.
+    pub async fn removed_replicas(&self) -> Result<std::collections::BTreeSet<crate::types::NodeId>, ReadError> {
+        self.run(|db| {
+            get::<std::collections::BTreeSet<crate::types::NodeId>>(
+                db,
+                Cf::SmMeta,
+                crate::schema::sm_key::REMOVED_REPLICAS,
+                "removed replicas",
+            )
+            .map(Option::unwrap_or_default)
+        })
+        .await
+    }
+
     /// The replica invite whose secret hashes to `secret_sha256` (hex).
     pub async fn replica_invite(&self, secret_sha256: &str) -> Result<Option<ReplicaInvite>, ReadError> {
         let key = secret_sha256.to_owned();

@@ -20,7 +20,7 @@ use crate::command::{ChangeSet, Command, Outcome, Response};
 use crate::db::{cf, unlogged};
 use crate::log_store::ApplyProgress;
 use crate::schema::{sm_key, Cf};
-use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::types::{Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use txn::Txn;
 
 /// The state machine: applies committed entries, builds and installs snapshots.
@@ -74,6 +74,28 @@ impl StateMachine {
             let outcome = match &entry.payload {
                 EntryPayload::Blank => Outcome::None,
                 EntryPayload::Membership(membership) => {
+                    // A node id that leaves the membership is remembered for good: its
+                    // certificate may never call again, nor may the id join again.
+                    let before: Option<StoredMembership> = txn
+                        .get(Cf::SmMeta, sm_key::MEMBERSHIP, "membership")
+                        .map_err(|e| write_err(entry.log_id, &e))?;
+                    if let Some(before) = before {
+                        let gone: Vec<NodeId> = before
+                            .membership()
+                            .nodes()
+                            .map(|(id, _)| *id)
+                            .filter(|id| membership.get_node(id).is_none())
+                            .collect();
+                        if !gone.is_empty() {
+                            let mut removed: std::collections::BTreeSet<NodeId> = txn
+                                .get(Cf::SmMeta, sm_key::REMOVED_REPLICAS, "removed replicas")
+                                .map_err(|e| write_err(entry.log_id, &e))?
+                                .unwrap_or_default();
+                            removed.extend(gone);
+                            txn.put(Cf::SmMeta, sm_key::REMOVED_REPLICAS, "removed replicas", &removed)
+                                .map_err(|e| write_err(entry.log_id, &e))?;
+                        }
+                    }
                     let stored = StoredMembership::new(Some(entry.log_id), membership.clone());
                     txn.put(Cf::SmMeta, sm_key::MEMBERSHIP, "membership", &stored)
                         .map_err(|e| write_err(entry.log_id, &e))?;

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use raft_store::command::*;
 use raft_store::network::{AdminRequest, ClusterClient, Faults};
-use raft_store::testing::REPLICA_ID;
 use raft_store::{Command, NodeId, Outcome};
 
 use crate::cluster_support::{eventually, presented_leaf_certificate, TestCluster};
@@ -388,8 +387,8 @@ async fn a_replica_renews_its_certificate_while_running() {
     let before = presented_leaf_certificate(&address);
 
     // A key that does not match the leaf is refused, and nothing changes.
-    let renewed = cluster.ca.tls(crate::cluster_support::REPLICA_ID);
-    let other = cluster.ca.tls(crate::cluster_support::REPLICA_ID);
+    let renewed = cluster.ca.replica_tls(follower);
+    let other = cluster.ca.replica_tls(follower);
     assert!(cluster.replicas[&follower].replace_certificate(renewed.chain.clone(), other.key_pkcs8.clone()).is_err());
     assert_eq!(presented_leaf_certificate(&address), before);
 
@@ -429,7 +428,8 @@ async fn voters_paused_for_a_transfer_elect_again_when_its_leader_dies() {
     // resumes them, they resume by themselves and elect a leader.
     let mut cluster = TestCluster::start(3, 10_000).await;
     let leader = cluster.wait_for_leader().await;
-    let client = ClusterClient::new(cluster.ca.tls(REPLICA_ID), Duration::from_secs(2), Faults::default());
+    // An admin call as the leader itself, a member.
+    let client = ClusterClient::new(cluster.ca.replica_tls(leader), Duration::from_secs(2), Faults::default());
     let followers: Vec<NodeId> = cluster.replicas.keys().copied().filter(|id| *id != leader).collect();
     for id in &followers {
         let address = cluster.replicas[id].node().raft_address.clone();

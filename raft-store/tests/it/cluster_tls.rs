@@ -7,7 +7,7 @@ use proto::cluster::cluster_client::ClusterClient;
 use proto::cluster::Payload;
 use raft_store::network::tls::{client_endpoint, joiner_endpoint};
 
-use crate::cluster_support::{TestCa, TestCluster, REPLICA_ID};
+use crate::cluster_support::{TestCa, TestCluster, REPLICAS};
 
 async fn call(endpoint: tonic::transport::Endpoint, data: Vec<u8>) -> Result<Payload, String> {
     let channel = endpoint.connect().await.map_err(|e| format!("connect: {e:?}"))?;
@@ -24,8 +24,8 @@ async fn refuses_peers_that_are_not_replicas_and_malformed_messages() {
     let address = cluster.replicas[&1].address().to_string();
     let timeout = Duration::from_secs(2);
 
-    // A replica certificate from this cluster's CA gets through, and garbage is refused.
-    let replica = cluster.ca.tls(REPLICA_ID);
+    // A member's certificate from this cluster's CA gets through, and garbage is refused.
+    let replica = cluster.ca.replica_tls(1);
     let err =
         call(client_endpoint(&replica, &address, timeout).unwrap(), b"\xff\xff garbage".to_vec()).await.unwrap_err();
     assert!(
@@ -45,13 +45,13 @@ async fn refuses_peers_that_are_not_replicas_and_malformed_messages() {
 
     // A replica certificate from another CA is not trusted.
     let stranger_ca = TestCa::new();
-    let mut stranger = stranger_ca.tls(REPLICA_ID);
+    let mut stranger = stranger_ca.replica_tls(1);
     stranger.bundle = cluster.ca.bundle.clone(); // it trusts us, but we do not trust it
     assert!(call(client_endpoint(&stranger, &address, timeout).unwrap(), vec![]).await.is_err());
 
     // A client with a valid certificate of ours that trusts only another CA refuses our
     // server: only the client-side check can fail here.
-    let mut wary = cluster.ca.tls(REPLICA_ID);
+    let mut wary = cluster.ca.replica_tls(1);
     wary.bundle = stranger_ca.bundle.clone();
     assert!(call(client_endpoint(&wary, &address, timeout).unwrap(), vec![]).await.is_err());
     cluster.shutdown().await;
@@ -62,7 +62,7 @@ async fn a_client_without_a_certificate_reaches_only_join() {
     let cluster = TestCluster::start(1, 10_000).await;
     let address = cluster.replicas[&1].address().to_string();
     let timeout = Duration::from_secs(2);
-    let replica_id = identity::SpiffeId::parse(REPLICA_ID).unwrap();
+    let replica_id = identity::SpiffeId::parse(REPLICAS).unwrap();
     let pin: [u8; 32] =
         aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &cluster.ca.cert).as_ref().try_into().unwrap();
     let connect = |pin: [u8; 32]| {
@@ -125,7 +125,7 @@ async fn an_anonymous_caller_gets_small_messages_and_few_connections() {
     drop(streams);
 
     // A Join-sized cap for callers without a replica certificate ...
-    let replica_id = identity::SpiffeId::parse(REPLICA_ID).unwrap();
+    let replica_id = identity::SpiffeId::parse(REPLICAS).unwrap();
     let pin: [u8; 32] =
         aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &cluster.ca.cert).as_ref().try_into().unwrap();
     let big = vec![0u8; 1024 * 1024];
@@ -152,8 +152,46 @@ async fn an_anonymous_caller_gets_small_messages_and_few_connections() {
 
     // ... while a replica's connection keeps the large one (the megabyte is decoded, and
     // refused only as a malformed vote).
-    let replica = cluster.ca.tls(REPLICA_ID);
+    let replica = cluster.ca.replica_tls(1);
     let err = call(client_endpoint(&replica, &address, timeout).unwrap(), big).await.unwrap_err();
     assert!(err.contains("cannot decode Vote payload"), "{err}");
+    cluster.shutdown().await;
+}
+
+/// A replica certificate opens the cluster RPC only while its node id is a member: a removed
+/// replica's certificate (which stays valid for months) is refused everywhere, and it may
+/// not add itself back; a certificate for a node id never added reaches nothing but an
+/// AddMember of itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_replica_certificate_opens_nothing() {
+    use raft_store::network::{AdminRequest, ClusterClient, Faults};
+    let mut cluster = TestCluster::start(3, 10_000).await;
+    let leader = cluster.wait_for_leader().await;
+    let leaving = cluster.follower(leader);
+    let stolen = cluster.ca.replica_tls(leaving);
+    cluster.replicas[&leader].remove(leaving).await.unwrap();
+    cluster.stop(leaving).await;
+    let address = cluster.replicas[&leader].address().to_string();
+    let timeout = Duration::from_secs(2);
+
+    let err = call(client_endpoint(&stolen, &address, timeout).unwrap(), vec![]).await.unwrap_err();
+    assert!(err.contains("PermissionDenied") || err.contains("permission"), "{err}");
+    assert!(err.contains(&format!("replica {leaving} is not a member")), "{err}");
+    let client = ClusterClient::new(stolen.clone(), timeout, Faults::default());
+    let node = cluster.replicas[&leader].node().clone();
+    let back =
+        client.admin(leader, &node.raft_address, &AdminRequest::AddMember { id: leaving, node: node.clone() }).await;
+    assert!(format!("{back:?}").contains("was removed"), "{back:?}");
+
+    let stranger = cluster.ca.replica_tls(99);
+    let err = call(client_endpoint(&stranger, &address, timeout).unwrap(), vec![]).await.unwrap_err();
+    assert!(err.contains("replica 99 is not a member"), "{err}");
+    // The members still talk to each other.
+    let entry =
+        crate::support::entry("after", "spiffe://example.org/after", "spiffe://example.org/node", &["unix:uid:1"]);
+    let created = cluster.replicas[&leader]
+        .write_command(raft_store::Command::CreateEntries(raft_store::command::CreateEntries(vec![entry])))
+        .await;
+    assert!(created.is_ok(), "{created:?}");
     cluster.shutdown().await;
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use raft_store::command::*;
 use raft_store::node::{Replica, ReplicaConfig};
 use raft_store::schema::{meta_key, Cf};
-use raft_store::testing::{eventually, fast_timing, TestCa, REPLICA_ID};
+use raft_store::testing::{eventually, fast_timing, TestCa};
 use raft_store::Command;
 
 use crate::support::entry;
@@ -29,7 +29,7 @@ fn config(data_dir: &Path, snapshot_every: u64) -> ReplicaConfig {
         data_dir: data_dir.to_path_buf(),
         listen: "127.0.0.1:0".parse().expect("address"),
         api_address: "api-of-1".into(),
-        tls: TestCa::new().tls(REPLICA_ID),
+        tls: TestCa::new().replica_tls(1),
         timing: fast_timing(snapshot_every),
         advertise_address: None,
         source_address: None,

@@ -72,6 +72,17 @@ impl JoinHandler for Admission {
             .get()
             .and_then(Weak::upgrade)
             .ok_or_else(|| Status::unavailable("this replica is starting or stopping"))?;
+        let removed = replica
+            .local_reader()
+            .removed_replicas()
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot read the removed replicas: {e}")))?;
+        if removed.contains(&request.node_id) {
+            return Err(Status::failed_precondition(format!(
+                "node_id {} was removed from this cluster; join with a new node_id and an empty data dir",
+                request.node_id
+            )));
+        }
         let taken = replica.status().members.iter().any(|m| m.node_id == request.node_id);
         if taken {
             return Err(Status::already_exists(format!(
@@ -110,7 +121,7 @@ impl JoinHandler for Admission {
         }
         let replica_cert_der = self
             .authority
-            .issue_replica(&self.trust_domain, public_key)
+            .issue_replica(&self.trust_domain, request.node_id, public_key)
             .map_err(|e| Status::internal(e.to_string()))?;
         let ca_key_pkcs8 = self.authority.key_pkcs8().map_err(|e| Status::internal(e.to_string()))?;
         tracing::info!(node_id = request.node_id, raft_address = %request.raft_address, "admitted a new replica");

@@ -18,8 +18,15 @@ const REPLICA_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The SPIFFE ID every replica presents on the cluster RPC. Under `/spire/`, so no
 /// workload entry can claim it, and distinct from the API server's `/spire/server`.
-pub fn replica_id(trust_domain: &TrustDomain) -> Result<SpiffeId, ClusterSetupError> {
+pub fn replicas_id(trust_domain: &TrustDomain) -> Result<SpiffeId, ClusterSetupError> {
     SpiffeId::parse(&format!("spiffe://{}/spire/replica", trust_domain.name()))
+        .map_err(|e| ClusterSetupError::Certificate(e.to_string()))
+}
+
+/// Replica `node_id`'s SPIFFE ID, under [`replicas_id`]: its certificate names its node id,
+/// so the cluster RPC admits it only while that id is a member.
+pub fn replica_id(trust_domain: &TrustDomain, node_id: u64) -> Result<SpiffeId, ClusterSetupError> {
+    SpiffeId::parse(&format!("spiffe://{}/spire/replica/{node_id}", trust_domain.name()))
         .map_err(|e| ClusterSetupError::Certificate(e.to_string()))
 }
 
@@ -65,31 +72,36 @@ impl ClusterAuthority {
     /// The replica certificate to use: `current` while it has more than half its life left,
     /// otherwise a new one for the same key (the replica's key stays; only the
     /// certificate is replaced, so the two files never disagree). `Some` when renewed.
+    /// A certificate naming another ID (one from before certificates named node ids) is
+    /// replaced at once.
     pub fn renew_replica_if_due(
         &self,
         trust_domain: &TrustDomain,
+        node_id: u64,
         current: &[u8],
         now: OffsetDateTime,
     ) -> Result<Option<Vec<u8>>, ClusterSetupError> {
         let facts = identity::x509::certificate_facts(current)
             .map_err(|e| ClusterSetupError::Certificate(format!("replica certificate: {e}")))?;
         let half_life = (facts.not_after - facts.not_before) / 2;
-        if now < facts.not_before + half_life {
+        let named = facts.spiffe_ids.first() == Some(&replica_id(trust_domain, node_id)?);
+        if named && now < facts.not_before + half_life {
             return Ok(None);
         }
-        self.issue_replica(trust_domain, facts.public_key).map(Some)
+        self.issue_replica(trust_domain, node_id, facts.public_key).map(Some)
     }
 
     /// A replica certificate for `public_key`.
     pub fn issue_replica(
         &self,
         trust_domain: &TrustDomain,
+        node_id: u64,
         public_key: PublicKey,
     ) -> Result<Vec<u8>, ClusterSetupError> {
         let issuer =
             Issuer::new(&self.cert_der, &self.key).map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
         let template = SvidTemplate {
-            spiffe_id: replica_id(trust_domain)?,
+            spiffe_id: replica_id(trust_domain, node_id)?,
             public_key,
             ttl: REPLICA_TTL,
             dns_names: vec![],
@@ -113,14 +125,14 @@ mod tests {
         let td = TrustDomain::parse("example.org").unwrap();
         let authority = ClusterAuthority::create(&td).unwrap();
         let key = LocalKey::generate(KeyType::EcP256).unwrap();
-        let cert = authority.issue_replica(&td, key.public_key().clone()).unwrap();
+        let cert = authority.issue_replica(&td, 4, key.public_key().clone()).unwrap();
         let now = OffsetDateTime::now_utc();
-        assert_eq!(authority.renew_replica_if_due(&td, &cert, now).unwrap(), None, "fresh: kept");
+        assert_eq!(authority.renew_replica_if_due(&td, 4, &cert, now).unwrap(), None, "fresh: kept");
         let later = now + time::Duration::days(200);
-        let renewed = authority.renew_replica_if_due(&td, &cert, later).unwrap().expect("past half-life: renewed");
+        let renewed = authority.renew_replica_if_due(&td, 4, &cert, later).unwrap().expect("past half-life: renewed");
         assert_ne!(renewed, cert);
         let facts = identity::x509::certificate_facts(&renewed).unwrap();
         assert_eq!(&facts.public_key, key.public_key(), "the key stays, so the key file still matches");
-        assert_eq!(facts.uri_sans, vec![replica_id(&td).unwrap().to_string()]);
+        assert_eq!(facts.uri_sans, vec![replica_id(&td, 4).unwrap().to_string()]);
     }
 }

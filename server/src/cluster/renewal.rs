@@ -25,6 +25,7 @@ const CHECK_EVERY: Duration = Duration::from_secs(3600);
 pub struct Renewal {
     authority: Arc<ClusterAuthority>,
     trust_domain: TrustDomain,
+    node_id: u64,
     data_dir: PathBuf,
     ca_cert_der: Vec<u8>,
     key_pkcs8: Zeroizing<Vec<u8>>,
@@ -36,12 +37,13 @@ impl Renewal {
     pub fn new(
         authority: Arc<ClusterAuthority>,
         trust_domain: TrustDomain,
+        node_id: u64,
         data_dir: PathBuf,
         ca_cert_der: Vec<u8>,
         key_pkcs8: Zeroizing<Vec<u8>>,
         current: Vec<u8>,
     ) -> Self {
-        Self { authority, trust_domain, data_dir, ca_cert_der, key_pkcs8, current: Mutex::new(current) }
+        Self { authority, trust_domain, node_id, data_dir, ca_cert_der, key_pkcs8, current: Mutex::new(current) }
     }
 
     /// The certificate to present: the current one, or (past half its life at `now`) a new
@@ -66,8 +68,9 @@ impl Renewal {
         let mut current = self.current.lock().await;
         let (authority, trust_domain, data_dir, cert) =
             (self.authority.clone(), self.trust_domain.clone(), self.data_dir.clone(), current.clone());
+        let node_id = self.node_id;
         let renewed = tokio::task::spawn_blocking(move || {
-            let renewed = authority.renew_replica_if_due(&trust_domain, &cert, now)?;
+            let renewed = authority.renew_replica_if_due(&trust_domain, node_id, &cert, now)?;
             if let Some(renewed) = &renewed {
                 files::replace_replica_certificate(&data_dir, renewed)?;
             }
@@ -76,7 +79,7 @@ impl Renewal {
         .await
         .map_err(|e| ClusterSetupError::Files(e.to_string()))??;
         if let Some(renewed) = &renewed {
-            tracing::info!("replica certificate past half its life: renewed");
+            tracing::info!("replica certificate renewed (past half its life, or not naming this node id)");
             current.clone_from(renewed);
         }
         if let Ok(facts) = identity::x509::certificate_facts(&current) {
@@ -124,7 +127,7 @@ mod tests {
     use raft_store::testing::{fast_timing, presented_leaf_certificate};
 
     use super::*;
-    use crate::cluster::authority::replica_id;
+    use crate::cluster::authority::replicas_id;
     use crate::cluster::files::ClusterMaterial;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,7 +135,7 @@ mod tests {
         let td = TrustDomain::parse("example.org").unwrap();
         let authority = Arc::new(ClusterAuthority::create(&td).unwrap());
         let key = LocalKey::generate(KeyType::EcP256).unwrap();
-        let cert = authority.issue_replica(&td, key.public_key().clone()).unwrap();
+        let cert = authority.issue_replica(&td, 1, key.public_key().clone()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let material = ClusterMaterial {
             cluster_id: "renewal-test".into(),
@@ -154,7 +157,7 @@ mod tests {
                 chain: vec![cert.clone(), authority.cert_der.clone()],
                 key_pkcs8: material.replica_key_pkcs8.clone(),
                 bundle: Arc::new(RwLock::new(bundle)),
-                replica_id: replica_id(&td).unwrap(),
+                replicas: replicas_id(&td).unwrap(),
             },
             timing: fast_timing(1000),
             join: None,
@@ -169,6 +172,7 @@ mod tests {
         let renewal = Renewal::new(
             authority.clone(),
             td.clone(),
+            1,
             dir.path().to_path_buf(),
             authority.cert_der.clone(),
             material.replica_key_pkcs8.clone(),

@@ -22,7 +22,7 @@ use crate::views::Views;
 use zeroize::Zeroizing;
 
 use super::admission::{Admission, JoinReply, JoinRequest};
-use super::authority::{replica_id, ClusterAuthority};
+use super::authority::{replicas_id, ClusterAuthority};
 use super::files::{self, ClusterMaterial};
 use super::invite::Invite;
 use super::renewal::{Renewal, Renewing};
@@ -49,10 +49,10 @@ const CATCH_UP: Duration = Duration::from_secs(120);
 pub const DEFAULT_INVITE_TTL: Duration = Duration::from_secs(3600);
 
 /// A new cluster's id, CA, and this replica's certificate.
-fn new_cluster_material(trust_domain: &TrustDomain) -> Result<ClusterMaterial, ClusterSetupError> {
+fn new_cluster_material(trust_domain: &TrustDomain, node_id: u64) -> Result<ClusterMaterial, ClusterSetupError> {
     let authority = ClusterAuthority::create(trust_domain)?;
     let key = LocalKey::generate(KeyType::EcP256).map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
-    let replica_cert_der = authority.issue_replica(trust_domain, key.public_key().clone())?;
+    let replica_cert_der = authority.issue_replica(trust_domain, node_id, key.public_key().clone())?;
     let mut id_bytes = [0u8; 16];
     aws_lc_rs::rand::fill(&mut id_bytes)
         .map_err(|_| ClusterSetupError::Certificate("no randomness available".into()))?;
@@ -179,6 +179,7 @@ impl ClusterRuntime {
         let renewal = Arc::new(Renewal::new(
             authority.clone(),
             s.trust_domain.clone(),
+            s.node_id,
             s.data_dir.clone(),
             material.ca_cert_der.clone(),
             material.replica_key_pkcs8.clone(),
@@ -191,7 +192,7 @@ impl ClusterRuntime {
             chain: vec![replica_cert_der, material.ca_cert_der.clone()],
             key_pkcs8: material.replica_key_pkcs8.clone(),
             bundle: Arc::new(RwLock::new(bundle)),
-            replica_id: replica_id(&s.trust_domain)?,
+            replicas: replicas_id(&s.trust_domain)?,
         };
         let late = Arc::new(OnceLock::new());
         let admission = Admission {
@@ -231,7 +232,7 @@ impl ClusterRuntime {
     /// Makes this pristine replica the sole voter of a new cluster.
     pub async fn init(&self) -> Result<ClusterStatus, ClusterSetupError> {
         let _setup = self.begin_setup().await?;
-        let material = new_cluster_material(&self.settings.trust_domain)?;
+        let material = new_cluster_material(&self.settings.trust_domain, self.settings.node_id)?;
         files::store(&self.settings.data_dir, &material)?;
         let member = self.start_replica(&material).await?;
         let (replica, cluster_id) = (member.replica.clone(), member.cluster_id.clone());
@@ -253,7 +254,7 @@ impl ClusterRuntime {
         if files::load(&settings.data_dir)?.is_some() {
             return Err(ClusterSetupError::AlreadyMember);
         }
-        let material = new_cluster_material(&settings.trust_domain)?;
+        let material = new_cluster_material(&settings.trust_domain, settings.node_id)?;
         let node = raft_store::ReplicaNode {
             raft_address: settings.raft_advertise.clone().unwrap_or_else(|| settings.raft_listen.to_string()),
             api_address: settings.api_address.clone(),
@@ -353,10 +354,10 @@ impl ClusterRuntime {
 
     async fn ask_to_join(&self, invite: &Invite, request: &JoinRequest) -> Result<JoinReply, ClusterSetupError> {
         let data = serde_json::to_vec(request).map_err(|e| ClusterSetupError::Join(e.to_string()))?;
-        let replica_id = replica_id(&self.settings.trust_domain)?;
+        let replicas = replicas_id(&self.settings.trust_domain)?;
         let mut failures = Vec::new();
         for address in &invite.addresses {
-            let endpoint = joiner_endpoint(replica_id.clone(), invite.ca_sha256, address, Duration::from_secs(15))
+            let endpoint = joiner_endpoint(replicas.clone(), invite.ca_sha256, address, Duration::from_secs(15))
                 .map_err(|e| ClusterSetupError::Join(e.to_string()))?
                 .local_address(self.settings.raft_source);
             let channel = match endpoint.connect().await {

@@ -84,7 +84,7 @@ fn unknown_join_tokens_and_invite_secrets_cost_no_replicated_write() {
         let tokens = flood(UNKNOWN_EACH, |i| attest(channel.clone(), format!("no-such-token-{i}"), csr.clone())).await;
 
         let replica_id =
-            server::cluster::authority::replica_id(&identity::TrustDomain::parse("example.org").unwrap()).unwrap();
+            server::cluster::authority::replicas_id(&identity::TrustDomain::parse("example.org").unwrap()).unwrap();
         let address = format!("127.0.0.1:{}", follower.raft_port);
         let endpoint =
             raft_store::network::tls::joiner_endpoint(replica_id, pin, &address, Duration::from_secs(5)).unwrap();
@@ -258,7 +258,7 @@ fn ten_thousand_anonymous_streams_on_the_cluster_port_cost_a_bounded_amount() {
     let ca_der = std::fs::read(server.data_dir.join("cluster/ca.der")).unwrap();
     let pin: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &ca_der).as_ref().try_into().unwrap();
     let replica_id =
-        server::cluster::authority::replica_id(&identity::TrustDomain::parse("example.org").unwrap()).unwrap();
+        server::cluster::authority::replicas_id(&identity::TrustDomain::parse("example.org").unwrap()).unwrap();
     let (_, peak_before) = server.memory_kib().unwrap();
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
