@@ -42,16 +42,7 @@ fuzz_target!(|data: &[u8]| {
         }
         3 => {
             if let Ok(request) = entry::CountEntriesRequest::decode(bytes) {
-                // CountEntries carries its own Filter message with the same fields.
-                let filter = request.filter.map(|f| entry::list_entries_request::Filter {
-                    by_spiffe_id: f.by_spiffe_id,
-                    by_parent_id: f.by_parent_id,
-                    by_selectors: f.by_selectors,
-                    by_federates_with: f.by_federates_with,
-                    by_hint: f.by_hint,
-                    by_downstream: f.by_downstream,
-                });
-                let _ = EntryFilter::from_pb(filter.as_ref());
+                let _ = EntryFilter::from_count_pb(request.filter);
             }
         }
         4 => {

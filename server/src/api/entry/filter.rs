@@ -22,6 +22,21 @@ pub struct EntryFilter {
 }
 
 impl EntryFilter {
+    /// CountEntries' filter, which is its own message with ListEntries' fields.
+    pub fn from_count_pb(
+        filter: Option<proto::spire::api::server::entry::v1::count_entries_request::Filter>,
+    ) -> Result<Self, Status> {
+        let filter = filter.map(|f| Filter {
+            by_spiffe_id: f.by_spiffe_id,
+            by_parent_id: f.by_parent_id,
+            by_selectors: f.by_selectors,
+            by_federates_with: f.by_federates_with,
+            by_hint: f.by_hint,
+            by_downstream: f.by_downstream,
+        });
+        Self::from_pb(filter.as_ref())
+    }
+
     pub fn from_pb(filter: Option<&Filter>) -> Result<Self, Status> {
         let Some(f) = filter else { return Ok(Self::default()) };
         let spiffe_id = f

@@ -134,15 +134,7 @@ impl Entry for EntryService {
         &self,
         request: Request<pb::CountEntriesRequest>,
     ) -> Result<Response<pb::CountEntriesResponse>, Status> {
-        let filter = request.into_inner().filter.map(|f| pb::list_entries_request::Filter {
-            by_spiffe_id: f.by_spiffe_id,
-            by_parent_id: f.by_parent_id,
-            by_selectors: f.by_selectors,
-            by_federates_with: f.by_federates_with,
-            by_hint: f.by_hint,
-            by_downstream: f.by_downstream,
-        });
-        let filter = EntryFilter::from_pb(filter.as_ref())?;
+        let filter = EntryFilter::from_count_pb(request.into_inner().filter)?;
         let replica = self.context.replica()?;
         let reader = replica.linearizable_reader().await.map_err(read_failed)?;
         let (entries, _) = Self::matching(reader, &filter, None, 0).await?;
