@@ -76,8 +76,9 @@ pub fn restore(
     let mut batch = rocksdb::WriteBatch::default();
     batch.put_cf(meta_cf, meta_key::LAST_PURGED, purged);
     batch.put_cf(meta_cf, meta_key::COMMITTED, committed);
-    // A new cluster: the old one's removed node ids mean nothing to it.
+    // A new cluster: the old one's removed node ids and cluster CA mean nothing to it.
     batch.delete_cf(cf(&store.db, Cf::SmMeta), crate::schema::sm_key::REMOVED_REPLICAS);
+    batch.delete_cf(cf(&store.db, Cf::SmMeta), crate::schema::sm_key::CLUSTER_CA);
     store.db.write_opt(batch, &synced()).map_err(|e| storage(&e))?;
     Ok(index)
 }

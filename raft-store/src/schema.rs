@@ -99,4 +99,6 @@ pub mod sm_key {
     pub const CHANGE_LOG_FLOOR: &[u8] = b"change_log_floor";
     /// Node ids that were members and were removed: they may not call or join again.
     pub const REMOVED_REPLICAS: &[u8] = b"removed_replicas";
+    /// The latest rotation of the cluster CA (`model::ClusterCaRotation`).
+    pub const CLUSTER_CA: &[u8] = b"cluster_ca";
 }

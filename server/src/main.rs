@@ -8,8 +8,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use proto::admin::cluster_admin_client::ClusterAdminClient;
 use proto::admin::{
-    ClusterStatus, CreateInviteRequest, InitRequest, JoinRequest, RemoveMemberRequest, SaveBackupRequest,
-    StatusRequest, TransferLeadershipRequest,
+    ClusterStatus, CreateInviteRequest, InitRequest, JoinRequest, RemoveMemberRequest, RotateCaRequest,
+    SaveBackupRequest, StatusRequest, TransferLeadershipRequest,
 };
 use proto::unix_socket as socket;
 
@@ -206,6 +206,14 @@ enum ClusterCommand {
         #[arg(long)]
         file: PathBuf,
     },
+    /// Replaces the cluster CA: every member trusts a new CA, presents a certificate from
+    /// it, then drops the old one (whose key every data dir held). Run again to go on with
+    /// a rotation a down member held up.
+    RotateCa {
+        /// Seconds to wait for every member at each phase.
+        #[arg(long, default_value_t = 60)]
+        wait: u32,
+    },
     /// Offline: seeds this pristine replica from a backup as the only member of a new cluster.
     Restore {
         /// The replica's config (its data_dir must hold no cluster yet).
@@ -290,6 +298,21 @@ fn client(command: ClusterCommand, common: Common) -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
+            ClusterCommand::RotateCa { wait } => {
+                let rotated =
+                    admin.rotate_ca(RotateCaRequest { wait_seconds: wait }).await.map_err(status_error)?.into_inner();
+                match common.output {
+                    Output::Json => println!(
+                        "{}",
+                        serde_json::json!({ "generation": rotated.generation, "ca_sha256": rotated.ca_sha256 })
+                    ),
+                    Output::Pretty => println!(
+                        "The cluster CA is now generation {} (SHA-256 {}); the old one is retired.",
+                        rotated.generation, rotated.ca_sha256
+                    ),
+                }
+                return Ok(());
+            }
             ClusterCommand::Invite { ttl } => {
                 let invite = admin
                     .create_invite(CreateInviteRequest { ttl_seconds: ttl })
@@ -329,7 +352,7 @@ fn print_status(s: &ClusterStatus, output: Output) {
         let value = serde_json::json!({
             "initialized": s.initialized, "node_id": s.node_id, "cluster_id": s.cluster_id, "state": s.state,
             "leader": s.leader, "term": s.term, "last_log_index": s.last_log_index, "last_applied": s.last_applied,
-            "members": members,
+            "members": members, "ca_generation": s.ca_generation, "ca_sha256": s.ca_sha256,
         });
         println!("{value}");
         return;
@@ -340,6 +363,7 @@ fn print_status(s: &ClusterStatus, output: Output) {
     }
     let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
     println!("Cluster {}  node {}  {}  term {}  leader {}", s.cluster_id, s.node_id, s.state, s.term, opt(s.leader));
+    println!("Cluster CA generation {}  SHA-256 {}", s.ca_generation, s.ca_sha256);
     println!("{:<8} {:<8} {:<24} {:<24} {:>8} {:>6}", "NODE", "ROLE", "RAFT ADDRESS", "API ADDRESS", "MATCHED", "LAG");
     for m in &s.members {
         let role = if m.voter { "voter" } else { "learner" };

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 pub use writes::*;
 
 use crate::model::{
-    AttestedAgent, CaJournal, EntryWritten, FederationRelationship, JoinToken, ReplicaInvite, StoredBundle,
+    AttestedAgent, CaJournal, ClusterCaRotation, EntryWritten, FederationRelationship, JoinToken, ReplicaInvite,
+    StoredBundle,
 };
 
 /// Which bundle table a bundle command addresses.
@@ -68,6 +69,9 @@ pub enum Command {
     RevokeLocalX509Authority(RevokeLocalX509Authority),
     PruneReplicaInvites(PruneReplicaInvites),
     PruneEntries(PruneEntries),
+    PrepareClusterCa(PrepareClusterCa),
+    AdvanceClusterCa(AdvanceClusterCa),
+    ReachClusterCaPhase(ReachClusterCaPhase),
 }
 
 /// Why a command (or one item of a batch) was refused. Refusals are answers, not storage
@@ -104,6 +108,7 @@ pub enum Outcome {
     ReplicaInvite(Result<ReplicaInvite, ApplyError>),
     /// One response per command of a `Command::Batch`, in order.
     Batch(Vec<Response>),
+    ClusterCa(Result<ClusterCaRotation, ApplyError>),
 }
 
 /// What the state machine answers for a log entry.

@@ -6,9 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApplyError, BundleScope, Command, Outcome};
 use crate::model::{
-    AttestedAgent, CaJournal, EntryWritten, FederationRelationship, JoinToken, JournalEvent, RegistrationEntry,
-    ReplicaInvite, StoredBundle, StoredJwtKey, StoredX509Authority,
+    AttestedAgent, CaJournal, ClusterCaPhase, ClusterCaRotation, EntryWritten, FederationRelationship, JoinToken,
+    JournalEvent, KeyMaterial, RegistrationEntry, ReplicaInvite, StoredBundle, StoredJwtKey, StoredX509Authority,
 };
+use crate::types::NodeId;
 
 /// A command with the type of its answer.
 pub trait Write: Into<Command> + Send + 'static {
@@ -183,6 +184,35 @@ pub struct PruneEntries {
     pub expired_before: i64,
 }
 
+/// Starts rotation `generation` of the cluster CA: every replica is to trust `cert_der` as
+/// well as `previous_cert_der`. FailedPrecondition while another rotation is under way or
+/// when `generation` is not the one after the last.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrepareClusterCa {
+    pub generation: u64,
+    pub cert_der: Vec<u8>,
+    pub key: KeyMaterial,
+    pub previous_cert_der: Vec<u8>,
+}
+
+/// Moves rotation `generation` to the phase after `from`. FailedPrecondition unless the
+/// rotation is in `from` and every member of the membership at this point of the log has
+/// reached it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdvanceClusterCa {
+    pub generation: u64,
+    pub from: ClusterCaPhase,
+}
+
+/// Replica `node_id` reached `phase` of rotation `generation`. FailedPrecondition when the
+/// rotation is no longer there (a late report).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReachClusterCaPhase {
+    pub generation: u64,
+    pub phase: ClusterCaPhase,
+    pub node_id: NodeId,
+}
+
 /// `command => Command variant, Outcome variant: output type` for every typed command.
 macro_rules! typed_writes {
     ($($command:ident => $variant:ident, $outcome:ident: $output:ty;)*) => {
@@ -235,4 +265,7 @@ typed_writes! {
     RevokeLocalX509Authority => RevokeLocalX509Authority, Bundle: Result<StoredBundle, ApplyError>;
     PruneReplicaInvites => PruneReplicaInvites, Pruned: u64;
     PruneEntries => PruneEntries, Pruned: u64;
+    PrepareClusterCa => PrepareClusterCa, ClusterCa: Result<ClusterCaRotation, ApplyError>;
+    AdvanceClusterCa => AdvanceClusterCa, ClusterCa: Result<ClusterCaRotation, ApplyError>;
+    ReachClusterCaPhase => ReachClusterCaPhase, ClusterCa: Result<ClusterCaRotation, ApplyError>;
 }

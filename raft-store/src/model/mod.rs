@@ -3,6 +3,7 @@
 mod agent;
 mod bundle;
 mod ca_journal;
+mod cluster_ca;
 pub(crate) mod entry;
 mod federation;
 mod join_token;
@@ -14,6 +15,7 @@ pub use ca_journal::{
     publish, Authority, CaJournal, JournalError, JournalEvent, JwtKeyAuthority, KeyMaterial, Slot, SlotEvent, SlotId,
     SlotPair, SlotStatus, X509CaAuthority,
 };
+pub use cluster_ca::{ClusterCaPhase, ClusterCaRotation};
 pub use entry::{EntryWritten, RegistrationEntry};
 pub use federation::{BundleEndpointProfile, FederationRelationship};
 pub use join_token::JoinToken;

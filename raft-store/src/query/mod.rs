@@ -152,6 +152,11 @@ impl StoreReader {
         .await
     }
 
+    /// The latest rotation of the cluster CA, if there was one.
+    pub async fn cluster_ca_rotation(&self) -> Result<Option<crate::model::ClusterCaRotation>, ReadError> {
+        self.run(|db| get(db, Cf::SmMeta, crate::schema::sm_key::CLUSTER_CA, "cluster CA rotation")).await
+    }
+
     /// The replica invite whose secret hashes to `secret_sha256` (hex).
     pub async fn replica_invite(&self, secret_sha256: &str) -> Result<Option<ReplicaInvite>, ReadError> {
         let key = secret_sha256.to_owned();

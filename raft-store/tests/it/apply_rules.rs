@@ -645,3 +645,55 @@ async fn entry_changes_since_a_revision_come_from_the_change_log_until_it_is_pru
         "the log still reaches back to revision 4"
     );
 }
+
+fn rotation(outcome: Outcome) -> Result<raft_store::model::ClusterCaRotation, ApplyError> {
+    match outcome {
+        Outcome::ClusterCa(r) => r,
+        other => panic!("expected a cluster CA rotation, got {other:?}"),
+    }
+}
+
+/// A rotation of the cluster CA moves phase by phase, each only once every member reached
+/// the one before; its key leaves the state when it retires; one rotation at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_ca_rotations_advance_only_when_every_member_reached_the_phase() {
+    use raft_store::model::{ClusterCaPhase::*, KeyMaterial};
+    let mut s = TestStore::new().await;
+    s.apply_membership(&[1, 2, 3]).await;
+    let prepare = |generation| {
+        Command::PrepareClusterCa(PrepareClusterCa {
+            generation,
+            cert_der: vec![generation as u8],
+            key: KeyMaterial::new(zeroize::Zeroizing::new(vec![9])),
+            previous_cert_der: vec![0],
+        })
+    };
+    let advance = |from| Command::AdvanceClusterCa(AdvanceClusterCa { generation: 1, from });
+    let reach = |phase, node_id| Command::ReachClusterCaPhase(ReachClusterCaPhase { generation: 1, phase, node_id });
+
+    let err = rotation(s.apply_one(prepare(2)).await).unwrap_err();
+    assert!(err.to_string().contains("next rotation of the cluster CA is 1"), "{err}");
+    assert_eq!(rotation(s.apply_one(prepare(1)).await).unwrap().phase, Prepared);
+    let err = rotation(s.apply_one(prepare(2)).await).unwrap_err();
+    assert!(err.to_string().contains("under way"), "{err}");
+
+    rotation(s.apply_one(reach(Prepared, 1)).await).unwrap();
+    rotation(s.apply_one(reach(Prepared, 2)).await).unwrap();
+    let err = rotation(s.apply_one(advance(Prepared)).await).unwrap_err();
+    assert!(err.to_string().contains("[3] have not reached prepared"), "{err}");
+    let err = rotation(s.apply_one(reach(Active, 3)).await).unwrap_err();
+    assert!(matches!(err, ApplyError::FailedPrecondition(_)), "a report for another phase: {err}");
+    // A member that leaves no longer holds the rotation up.
+    s.apply_membership(&[1, 2]).await;
+    let active = rotation(s.apply_one(advance(Prepared)).await).unwrap();
+    assert_eq!((active.phase, active.reached.len(), active.key.is_some()), (Active, 0, true));
+    assert!(rotation(s.apply_one(advance(Active)).await).is_err(), "nobody reached active yet");
+    for id in [1, 2, 2] {
+        rotation(s.apply_one(reach(Active, id)).await).unwrap();
+    }
+    let retired = rotation(s.apply_one(advance(Active)).await).unwrap();
+    assert_eq!((retired.phase, retired.key.is_none()), (Retired, true), "the key leaves the state");
+    assert_eq!(s.store.reader.cluster_ca_rotation().await.unwrap(), Some(retired));
+    assert!(rotation(s.apply_one(advance(Retired)).await).is_err());
+    assert_eq!(rotation(s.apply_one(prepare(2)).await).unwrap().generation, 2, "the next one may start");
+}

@@ -224,6 +224,27 @@ fn every_command() -> Vec<(&'static str, Command)> {
         ),
         ("PruneReplicaInvites", Command::PruneReplicaInvites(PruneReplicaInvites { expired_before: 1_700_000_005 })),
         ("PruneEntries", Command::PruneEntries(PruneEntries { expired_before: 1_700_000_006 })),
+        (
+            "PrepareClusterCa",
+            Command::PrepareClusterCa(PrepareClusterCa {
+                generation: 1,
+                cert_der: vec![0x30, 0x0a],
+                key: KeyMaterial::new(Zeroizing::new(vec![0x30, 0x0b])),
+                previous_cert_der: vec![0x30, 0x0c],
+            }),
+        ),
+        (
+            "AdvanceClusterCa",
+            Command::AdvanceClusterCa(AdvanceClusterCa { generation: 1, from: ClusterCaPhase::Active }),
+        ),
+        (
+            "ReachClusterCaPhase",
+            Command::ReachClusterCaPhase(ReachClusterCaPhase {
+                generation: 1,
+                phase: ClusterCaPhase::Prepared,
+                node_id: 3,
+            }),
+        ),
     ]
 }
 

@@ -37,6 +37,21 @@ impl TestStore {
         self.store.state_machine.apply(entries).await.unwrap()
     }
 
+    /// Applies a membership of `voters` as the next log entry.
+    pub async fn apply_membership(&mut self, voters: &[u64]) {
+        let nodes = voters
+            .iter()
+            .map(|id| (*id, raft_store::ReplicaNode { raft_address: format!("r{id}"), api_address: String::new() }))
+            .collect::<std::collections::BTreeMap<_, _>>();
+        let membership = openraft::Membership::new(vec![voters.iter().copied().collect()], nodes);
+        let entry = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), self.next_index),
+            payload: EntryPayload::Membership(membership),
+        };
+        self.next_index += 1;
+        self.store.state_machine.apply(vec![entry]).await.unwrap();
+    }
+
     pub async fn apply_one(&mut self, command: Command) -> Outcome {
         self.apply(vec![command]).await.remove(0).outcome
     }

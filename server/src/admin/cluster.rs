@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use proto::admin::cluster_admin_server::ClusterAdmin;
 use proto::admin::{
-    ClusterStatus, CreateInviteRequest, InitRequest, Invite, JoinRequest, Member, RemoveMemberRequest,
-    SaveBackupRequest, SaveBackupResponse, StatusRequest, TransferLeadershipRequest,
+    ClusterStatus, CreateInviteRequest, InitRequest, Invite, JoinRequest, Member, RemoveMemberRequest, RotateCaRequest,
+    RotateCaResponse, SaveBackupRequest, SaveBackupResponse, StatusRequest, TransferLeadershipRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -19,12 +19,16 @@ pub struct ClusterAdminService {
 
 /// Longest invite lifetime an admin may ask for.
 const MAX_INVITE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long `rotate-ca` waits for the members at each phase, by default and at most.
+const DEFAULT_ROTATION_WAIT: Duration = Duration::from_secs(60);
+const MAX_ROTATION_WAIT: Duration = Duration::from_secs(3600);
 
 fn status_of(e: ClusterSetupError) -> Status {
     match e {
         ClusterSetupError::AlreadyMember | ClusterSetupError::NotMember => Status::failed_precondition(e.to_string()),
         ClusterSetupError::Invite(_) => Status::invalid_argument(e.to_string()),
         ClusterSetupError::Join(_) => Status::permission_denied(e.to_string()),
+        ClusterSetupError::Rotation(_) => Status::failed_precondition(e.to_string()),
         _ => Status::unavailable(e.to_string()),
     }
 }
@@ -32,9 +36,14 @@ fn status_of(e: ClusterSetupError) -> Status {
 impl ClusterAdminService {
     async fn current(&self) -> ClusterStatus {
         let cluster_id = self.runtime.cluster_id().unwrap_or_default();
+        let ca = self.runtime.member().ok().map(|m| m.trust.cas());
         match self.runtime.status() {
             None => ClusterStatus { initialized: false, ..Default::default() },
             Some(s) => ClusterStatus {
+                ca_generation: ca.as_ref().map_or(0, |c| c.generation),
+                ca_sha256: ca
+                    .map(|c| hex::encode(crate::cluster::invite::sha256(&c.issuing.cert_der)))
+                    .unwrap_or_default(),
                 initialized: true,
                 node_id: s.node_id,
                 cluster_id,
@@ -107,6 +116,21 @@ impl ClusterAdmin for ClusterAdminService {
             other => status_of(other),
         })?;
         Ok(Response::new(SaveBackupResponse { path, bytes }))
+    }
+
+    async fn rotate_ca(&self, request: Request<RotateCaRequest>) -> Result<Response<RotateCaResponse>, Status> {
+        let wait = match request.get_ref().wait_seconds {
+            0 => DEFAULT_ROTATION_WAIT,
+            secs => Duration::from_secs(u64::from(secs)),
+        };
+        if wait > MAX_ROTATION_WAIT {
+            return Err(Status::invalid_argument(format!(
+                "wait_seconds must be at most {}",
+                MAX_ROTATION_WAIT.as_secs()
+            )));
+        }
+        let rotated = self.runtime.rotate_ca(wait).await.map_err(status_of)?;
+        Ok(Response::new(RotateCaResponse { generation: rotated.generation, ca_sha256: rotated.ca_sha256 }))
     }
 
     async fn transfer_leadership(

@@ -102,6 +102,7 @@ pub const POLICY: &[(&str, Allowed)] = &[
     ("/testudo.admin.v1.ClusterAdmin/RemoveMember", LOCAL),
     ("/testudo.admin.v1.ClusterAdmin/TransferLeadership", LOCAL),
     ("/testudo.admin.v1.ClusterAdmin/SaveBackup", LOCAL),
+    ("/testudo.admin.v1.ClusterAdmin/RotateCa", LOCAL),
 ];
 
 /// Who may call `method` (a request path); `None` for a method not served.

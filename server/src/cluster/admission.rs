@@ -14,8 +14,8 @@ use raft_store::ApplyError;
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
-use super::authority::ClusterAuthority;
 use super::invite::Invite;
+use super::trust::ClusterTrust;
 
 /// What a joiner sends.
 #[derive(Serialize, Deserialize)]
@@ -32,8 +32,15 @@ pub struct JoinRequest {
 #[derive(Serialize, Deserialize)]
 pub struct JoinReply {
     pub cluster_id: String,
+    /// Generation of the cluster CA below (0 until the cluster's first rotation).
+    #[serde(default)]
+    pub ca_generation: u64,
     pub ca_cert_der: Vec<u8>,
     pub ca_key_pkcs8: Vec<u8>,
+    /// During a rotation of the cluster CA, the other CA (generation, certificate) the
+    /// members still trust.
+    #[serde(default)]
+    pub also_trusted: Option<(u64, Vec<u8>)>,
     pub replica_cert_der: Vec<u8>,
 }
 
@@ -43,7 +50,7 @@ const MAX_JOIN_REQUEST: usize = 16 * 1024;
 pub struct Admission {
     pub trust_domain: TrustDomain,
     pub cluster_id: String,
-    pub authority: Arc<ClusterAuthority>,
+    pub trust: Arc<ClusterTrust>,
     /// Set once the replica has started (it needs this handler to start).
     pub replica: Arc<OnceLock<Weak<Replica>>>,
 }
@@ -119,16 +126,19 @@ impl JoinHandler for Admission {
                 return Err(Status::permission_denied("invite is unknown or already used"));
             }
         }
-        let replica_cert_der = self
-            .authority
+        let cas = self.trust.cas();
+        let replica_cert_der = cas
+            .issuing
             .issue_replica(&self.trust_domain, request.node_id, public_key)
             .map_err(|e| Status::internal(e.to_string()))?;
-        let ca_key_pkcs8 = self.authority.key_pkcs8().map_err(|e| Status::internal(e.to_string()))?;
+        let ca_key_pkcs8 = cas.issuing.key_pkcs8().map_err(|e| Status::internal(e.to_string()))?;
         tracing::info!(node_id = request.node_id, raft_address = %request.raft_address, "admitted a new replica");
         let reply = JoinReply {
             cluster_id: self.cluster_id.clone(),
-            ca_cert_der: self.authority.cert_der.clone(),
+            ca_generation: cas.generation,
+            ca_cert_der: cas.issuing.cert_der.clone(),
             ca_key_pkcs8: ca_key_pkcs8.to_vec(),
+            also_trusted: cas.also_trusted.clone(),
             replica_cert_der,
         };
         serde_json::to_vec(&reply).map_err(|e| Status::internal(e.to_string()))

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use identity::bundle::Bundle;
 use identity::crypto::{KeyType, LocalKey, PublicKey, Signer};
 use identity::x509::{mint_ca, mint_x509_svid, CaTemplate, Issuer, Subject, SvidTemplate};
 use identity::{SpiffeId, TrustDomain};
@@ -72,8 +73,8 @@ impl ClusterAuthority {
     /// The replica certificate to use: `current` while it has more than half its life left,
     /// otherwise a new one for the same key (the replica's key stays; only the
     /// certificate is replaced, so the two files never disagree). `Some` when renewed.
-    /// A certificate naming another ID (one from before certificates named node ids) is
-    /// replaced at once.
+    /// A certificate naming another ID (one from before certificates named node ids), or
+    /// one this CA did not sign (this replica moved to a new cluster CA), is replaced at once.
     pub fn renew_replica_if_due(
         &self,
         trust_domain: &TrustDomain,
@@ -85,10 +86,17 @@ impl ClusterAuthority {
             .map_err(|e| ClusterSetupError::Certificate(format!("replica certificate: {e}")))?;
         let half_life = (facts.not_after - facts.not_before) / 2;
         let named = facts.spiffe_ids.first() == Some(&replica_id(trust_domain, node_id)?);
-        if named && now < facts.not_before + half_life {
+        if named && now < facts.not_before + half_life && self.signed(trust_domain, current, now) {
             return Ok(None);
         }
         self.issue_replica(trust_domain, node_id, facts.public_key).map(Some)
+    }
+
+    /// Whether `cert_der` is valid at `now` and chains to this CA.
+    fn signed(&self, trust_domain: &TrustDomain, cert_der: &[u8], now: OffsetDateTime) -> bool {
+        let mut bundle = Bundle::new(trust_domain.clone());
+        bundle.add_x509_authority(&self.cert_der).is_ok()
+            && identity::x509::verify_x509_svid(&[cert_der], &bundle, now).is_ok()
     }
 
     /// A replica certificate for `public_key`.
@@ -134,5 +142,9 @@ mod tests {
         let facts = identity::x509::certificate_facts(&renewed).unwrap();
         assert_eq!(&facts.public_key, key.public_key(), "the key stays, so the key file still matches");
         assert_eq!(facts.uri_sans, vec![replica_id(&td, 4).unwrap().to_string()]);
+
+        let next = ClusterAuthority::create(&td).unwrap();
+        let moved = next.renew_replica_if_due(&td, 4, &cert, now).unwrap().expect("signed by another CA: replaced");
+        assert!(next.signed(&td, &moved, now) && !authority.signed(&td, &moved, now));
     }
 }

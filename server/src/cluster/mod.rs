@@ -1,7 +1,8 @@
 //! Cluster life cycle of a server replica: the cluster CA and replica certificates
 //! ([`authority`]), the files a replica keeps ([`files`]), one-time invites ([`invite`]),
-//! admission of joiners ([`admission`]), renewal of replica certificates ([`renewal`]) and
-//! the runtime that ties them to the Raft replica and its views ([`runtime`]).
+//! admission of joiners ([`admission`]), renewal of replica certificates ([`renewal`]), the
+//! CAs a replica trusts ([`trust`]) and their rotation ([`rotate_ca`]), and the runtime that
+//! ties them to the Raft replica and its views ([`runtime`]).
 //! docs/cluster.md describes the flow and its threat model.
 
 pub mod admission;
@@ -9,7 +10,9 @@ pub mod authority;
 pub mod files;
 pub mod invite;
 pub mod renewal;
+pub mod rotate_ca;
 pub mod runtime;
+pub mod trust;
 
 /// Why a replica could not initialise, join or start.
 #[derive(Debug, thiserror::Error)]
@@ -28,4 +31,6 @@ pub enum ClusterSetupError {
     Join(String),
     #[error("replica: {0}")]
     Replica(String),
+    #[error("cluster CA rotation: {0}")]
+    Rotation(String),
 }

@@ -14,8 +14,8 @@ use time::OffsetDateTime;
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
-use super::authority::ClusterAuthority;
 use super::files;
+use super::trust::ClusterTrust;
 use super::ClusterSetupError;
 
 /// How often a running replica checks its certificate.
@@ -23,11 +23,10 @@ const CHECK_EVERY: Duration = Duration::from_secs(3600);
 
 /// What renewing this replica's certificate needs.
 pub struct Renewal {
-    authority: Arc<ClusterAuthority>,
+    trust: Arc<ClusterTrust>,
     trust_domain: TrustDomain,
     node_id: u64,
     data_dir: PathBuf,
-    ca_cert_der: Vec<u8>,
     key_pkcs8: Zeroizing<Vec<u8>>,
     /// The certificate this replica presents now.
     current: Mutex<Vec<u8>>,
@@ -35,15 +34,14 @@ pub struct Renewal {
 
 impl Renewal {
     pub fn new(
-        authority: Arc<ClusterAuthority>,
+        trust: Arc<ClusterTrust>,
         trust_domain: TrustDomain,
         node_id: u64,
         data_dir: PathBuf,
-        ca_cert_der: Vec<u8>,
         key_pkcs8: Zeroizing<Vec<u8>>,
         current: Vec<u8>,
     ) -> Self {
-        Self { authority, trust_domain, node_id, data_dir, ca_cert_der, key_pkcs8, current: Mutex::new(current) }
+        Self { trust, trust_domain, node_id, data_dir, key_pkcs8, current: Mutex::new(current) }
     }
 
     /// The certificate to present: the current one, or (past half its life at `now`) a new
@@ -53,11 +51,13 @@ impl Renewal {
         Ok(self.current.lock().await.clone())
     }
 
-    /// Renews if due at `now` and makes `replica` present the result. True when it renewed.
+    /// Renews if due at `now` (or if the issuing cluster CA changed) and makes `replica`
+    /// present the result. True when it renewed.
     pub async fn renew_running(&self, replica: &Replica, now: OffsetDateTime) -> Result<bool, ClusterSetupError> {
         let Some(certificate) = self.renew_if_due(now).await? else { return Ok(false) };
+        let ca_cert_der = self.trust.issuing().cert_der.clone();
         replica
-            .replace_certificate(vec![certificate, self.ca_cert_der.clone()], self.key_pkcs8.clone())
+            .replace_certificate(vec![certificate, ca_cert_der], self.key_pkcs8.clone())
             .map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
         Ok(true)
     }
@@ -67,7 +67,7 @@ impl Renewal {
     async fn renew_if_due(&self, now: OffsetDateTime) -> Result<Option<Vec<u8>>, ClusterSetupError> {
         let mut current = self.current.lock().await;
         let (authority, trust_domain, data_dir, cert) =
-            (self.authority.clone(), self.trust_domain.clone(), self.data_dir.clone(), current.clone());
+            (self.trust.issuing(), self.trust_domain.clone(), self.data_dir.clone(), current.clone());
         let node_id = self.node_id;
         let renewed = tokio::task::spawn_blocking(move || {
             let renewed = authority.renew_replica_if_due(&trust_domain, node_id, &cert, now)?;
@@ -79,7 +79,9 @@ impl Renewal {
         .await
         .map_err(|e| ClusterSetupError::Files(e.to_string()))??;
         if let Some(renewed) = &renewed {
-            tracing::info!("replica certificate renewed (past half its life, or not naming this node id)");
+            tracing::info!(
+                "replica certificate renewed (past half its life, not naming this node id, or from another cluster CA)"
+            );
             current.clone_from(renewed);
         }
         if let Ok(facts) = identity::x509::certificate_facts(&current) {
@@ -127,7 +129,7 @@ mod tests {
     use raft_store::testing::{fast_timing, presented_leaf_certificate};
 
     use super::*;
-    use crate::cluster::authority::replicas_id;
+    use crate::cluster::authority::{replicas_id, ClusterAuthority};
     use crate::cluster::files::ClusterMaterial;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,8 +141,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let material = ClusterMaterial {
             cluster_id: "renewal-test".into(),
+            ca_generation: 0,
             ca_cert_der: authority.cert_der.clone(),
             ca_key_pkcs8: authority.key_pkcs8().unwrap(),
+            also_trusted: None,
             replica_cert_der: cert.clone(),
             replica_key_pkcs8: key.to_pkcs8_der().unwrap(),
         };
@@ -169,12 +173,12 @@ mod tests {
         let address = replica.address().to_string();
         assert_eq!(presented_leaf_certificate(&address), cert);
 
+        let trust = Arc::new(ClusterTrust::from_material(&td, &material).unwrap());
         let renewal = Renewal::new(
-            authority.clone(),
+            trust,
             td.clone(),
             1,
             dir.path().to_path_buf(),
-            authority.cert_der.clone(),
             material.replica_key_pkcs8.clone(),
             cert.clone(),
         );

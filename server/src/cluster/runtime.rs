@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 
 use std::time::Duration;
 
@@ -26,6 +26,8 @@ use super::authority::{replicas_id, ClusterAuthority};
 use super::files::{self, ClusterMaterial};
 use super::invite::Invite;
 use super::renewal::{Renewal, Renewing};
+use super::rotate_ca::{self, CaFollower, Rotated};
+use super::trust::ClusterTrust;
 use super::ClusterSetupError;
 
 /// Where this replica listens and how it is reached.
@@ -58,8 +60,10 @@ fn new_cluster_material(trust_domain: &TrustDomain, node_id: u64) -> Result<Clus
         .map_err(|_| ClusterSetupError::Certificate("no randomness available".into()))?;
     Ok(ClusterMaterial {
         cluster_id: hex::encode(id_bytes),
+        ca_generation: 0,
         ca_cert_der: authority.cert_der.clone(),
         ca_key_pkcs8: authority.key_pkcs8()?,
+        also_trusted: None,
         replica_cert_der,
         replica_key_pkcs8: key.to_pkcs8_der().map_err(|e| ClusterSetupError::Certificate(e.to_string()))?,
     })
@@ -104,9 +108,12 @@ pub struct Member {
     pub replica: Arc<Replica>,
     pub views: Arc<Views>,
     cluster_id: String,
-    ca_cert_der: Vec<u8>,
+    /// The cluster CAs this replica trusts and issues from.
+    pub trust: Arc<ClusterTrust>,
     /// Renews this replica's certificate while it runs; stops when dropped.
     _renewing: Renewing,
+    /// Follows rotations of the cluster CA; stops when dropped.
+    _following_ca: AbortOnDrop,
     /// Keeps `views` current; stops when dropped.
     _following: AbortOnDrop,
 }
@@ -175,30 +182,27 @@ impl ClusterRuntime {
 
     async fn start_replica(&self, material: &ClusterMaterial) -> Result<Member, ClusterSetupError> {
         let s = &self.settings;
-        let authority = Arc::new(ClusterAuthority::from_parts(material.ca_cert_der.clone(), &material.ca_key_pkcs8)?);
+        let trust = Arc::new(ClusterTrust::from_material(&s.trust_domain, material)?);
         let renewal = Arc::new(Renewal::new(
-            authority.clone(),
+            trust.clone(),
             s.trust_domain.clone(),
             s.node_id,
             s.data_dir.clone(),
-            material.ca_cert_der.clone(),
             material.replica_key_pkcs8.clone(),
             material.replica_cert_der.clone(),
         ));
         let replica_cert_der = renewal.certificate_at(time::OffsetDateTime::now_utc()).await?;
-        let mut bundle = Bundle::new(s.trust_domain.clone());
-        bundle.add_x509_authority(&material.ca_cert_der).map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
         let tls = ClusterTls {
-            chain: vec![replica_cert_der, material.ca_cert_der.clone()],
+            chain: vec![replica_cert_der, trust.issuing().cert_der.clone()],
             key_pkcs8: material.replica_key_pkcs8.clone(),
-            bundle: Arc::new(RwLock::new(bundle)),
+            bundle: trust.bundle(),
             replicas: replicas_id(&s.trust_domain)?,
         };
         let late = Arc::new(OnceLock::new());
         let admission = Admission {
             trust_domain: s.trust_domain.clone(),
             cluster_id: material.cluster_id.clone(),
-            authority,
+            trust: trust.clone(),
             replica: late.clone(),
         };
         let config = ReplicaConfig {
@@ -215,7 +219,15 @@ impl ClusterRuntime {
         };
         let replica = Arc::new(Replica::start(config).await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?);
         let _ = late.set(Arc::downgrade(&replica));
-        let renewing = renewal.spawn(Arc::downgrade(&replica));
+        let renewing = renewal.clone().spawn(Arc::downgrade(&replica));
+        let ca_follower = Arc::new(CaFollower {
+            trust: trust.clone(),
+            renewal,
+            trust_domain: s.trust_domain.clone(),
+            node_id: s.node_id,
+            data_dir: s.data_dir.clone(),
+        });
+        let following_ca = AbortOnDrop(ca_follower.spawn(Arc::downgrade(&replica)));
         let views = Arc::new(Views::new(self.ca.clone()));
         let following =
             AbortOnDrop(tokio::spawn(views.clone().follow(replica.local_reader().clone(), replica.applied().clone())));
@@ -223,8 +235,9 @@ impl ClusterRuntime {
             replica,
             views,
             cluster_id: material.cluster_id.clone(),
-            ca_cert_der: material.ca_cert_der.clone(),
+            trust,
             _renewing: renewing,
+            _following_ca: following_ca,
             _following: following,
         })
     }
@@ -287,7 +300,7 @@ impl ClusterRuntime {
     /// Creates a one-time invite valid for `ttl`.
     pub async fn create_invite(&self, ttl: Duration) -> Result<(String, i64), ClusterSetupError> {
         let member = self.member().map_err(|_| ClusterSetupError::NotMember)?;
-        let (replica, ca_cert_der) = (member.replica.clone(), member.ca_cert_der.clone());
+        let (replica, ca_cert_der) = (member.replica.clone(), member.trust.issuing().cert_der.clone());
         let mut addresses = vec![replica.node().raft_address.clone()];
         let status = replica.status();
         addresses
@@ -320,8 +333,10 @@ impl ClusterRuntime {
         }
         let material = ClusterMaterial {
             cluster_id: reply.cluster_id,
+            ca_generation: reply.ca_generation,
             ca_cert_der: reply.ca_cert_der,
             ca_key_pkcs8: Zeroizing::new(reply.ca_key_pkcs8),
+            also_trusted: reply.also_trusted,
             replica_cert_der: reply.replica_cert_der,
             replica_key_pkcs8: key.to_pkcs8_der().map_err(|e| ClusterSetupError::Certificate(e.to_string()))?,
         };
@@ -381,6 +396,12 @@ impl ClusterRuntime {
             }
         }
         Err(ClusterSetupError::Join(format!("no replica of the invite answered: {}", failures.join("; "))))
+    }
+
+    /// Rotates the cluster CA (see [`rotate_ca`]), waiting up to `within` for the members.
+    pub async fn rotate_ca(&self, within: Duration) -> Result<Rotated, ClusterSetupError> {
+        let member = self.member().map_err(|_| ClusterSetupError::NotMember)?;
+        rotate_ca::rotate(&member.replica, &member.trust, &self.settings.trust_domain, within).await
     }
 
     /// Status of this replica's view of the cluster, or `None` when pristine.

@@ -7,6 +7,7 @@
 mod authorization;
 mod ca_rotation;
 mod cluster_ca;
+mod cluster_ca_rotation;
 mod cluster_processes;
 mod hostile_callers;
 mod managed_keys;

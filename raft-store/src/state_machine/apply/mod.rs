@@ -4,6 +4,7 @@
 mod agents;
 mod bundles;
 mod ca;
+mod cluster_ca;
 mod entries;
 mod federation;
 mod invites;
@@ -43,6 +44,9 @@ pub fn apply_command(txn: &mut Txn<'_>, command: &Command, revision: u64) -> Res
         Command::ConsumeReplicaInvite(c) => invites::consume(txn, &c.secret_sha256, c.now)?,
         Command::PruneReplicaInvites(c) => invites::prune(txn, c.expired_before)?,
         Command::PruneEntries(c) => entries::prune(txn, c.expired_before)?,
+        Command::PrepareClusterCa(c) => cluster_ca::prepare(txn, c)?,
+        Command::AdvanceClusterCa(c) => cluster_ca::advance(txn, c)?,
+        Command::ReachClusterCaPhase(c) => cluster_ca::reach(txn, c)?,
         // The state machine applies a batch's commands one by one, each with its own revision.
         Command::Batch(_) => Outcome::None,
     })
