@@ -7,6 +7,7 @@
 
 mod error;
 pub mod locate;
+mod nesting;
 pub mod plugins;
 pub mod sections;
 pub mod values;
@@ -53,6 +54,17 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Parsed<T>, ConfigError> 
 
 /// Deserializes config text into `T`; `file` names it in errors.
 pub fn parse<T: DeserializeOwned>(source: String, file: &str) -> Result<Parsed<T>, ConfigError> {
+    if let Some((line, column)) = nesting::too_deep(&source) {
+        return Err(ConfigError::Syntax {
+            file: file.to_string(),
+            line,
+            column,
+            message: format!(
+                "nested more than {} deep (blocks, objects, lists, parentheses and interpolations together)",
+                nesting::MAX_NESTING
+            ),
+        });
+    }
     let body = hcl_edit::parser::parse_body(&source).map_err(|e| ConfigError::Syntax {
         file: file.to_string(),
         line: e.location().line(),
