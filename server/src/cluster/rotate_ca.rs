@@ -168,6 +168,7 @@ impl CaFollower {
     /// Brings this replica to the rotation's phase (files, trusted CAs, presented
     /// certificate, in that order) and reports it.
     pub async fn follow_once(&self, replica: &Replica) -> Result<(), ClusterSetupError> {
+        metrics::gauge!("testudo_cluster_ca_generation").set(self.trust.cas().generation as f64);
         let Some(rotation) = replica.local_reader().cluster_ca_rotation().await.map_err(replica_error)? else {
             return Ok(());
         };
@@ -219,7 +220,6 @@ impl CaFollower {
                 also_trusted = ?also_generation,
                 "cluster CA rotation: this replica moved to the phase"
             );
-            metrics::gauge!("testudo_cluster_ca_generation").set(issuing_generation as f64);
         }
         if rotation.phase != ClusterCaPhase::Retired && !rotation.reached.contains(&self.node_id) {
             let report =
