@@ -76,46 +76,40 @@ impl ResolvesServerCert for ServerIdentity {
 /// the bundle whenever the views announce a new one, the SVID at half-life (and as soon as
 /// a CA is active in a new cluster).
 pub async fn maintain(identity: Arc<ServerIdentity>, bundle: Arc<RwLock<Bundle>>, runtime: Arc<ClusterRuntime>) {
-    let mut phases = runtime.phases();
-    loop {
-        let member = match runtime.member() {
-            Ok(member) => member,
-            Err(_) => {
-                if phases.changed().await.is_err() {
-                    return;
-                }
-                continue;
-            }
-        };
-        let mut changes = member.views.signing_changes();
-        let mut sequence = None;
-        loop {
-            let signing = changes.borrow_and_update().clone();
-            let mut retry = None;
-            if let Some(signing) = &signing {
-                let stored = signing.stored_bundle();
-                if sequence != Some(stored.sequence_number) && !stored.x509_authorities.is_empty() {
-                    if let (Ok(fresh), Ok(mut current)) = (signing.bundle(), bundle.write()) {
-                        *current = fresh;
-                        sequence = Some(stored.sequence_number);
+    runtime
+        .for_each_member(|member| {
+            let (identity, bundle) = (identity.clone(), bundle.clone());
+            async move {
+                let mut changes = member.views.signing_changes();
+                let mut sequence = None;
+                loop {
+                    let signing = changes.borrow_and_update().clone();
+                    let mut retry = None;
+                    if let Some(signing) = &signing {
+                        let stored = signing.stored_bundle();
+                        if sequence != Some(stored.sequence_number) && !stored.x509_authorities.is_empty() {
+                            if let (Ok(fresh), Ok(mut current)) = (signing.bundle(), bundle.write()) {
+                                *current = fresh;
+                                sequence = Some(stored.sequence_number);
+                            }
+                        }
+                        if let Err(e) = identity.refresh_if_due(signing, OffsetDateTime::now_utc()).await {
+                            tracing::warn!(error = %e, "server SVID not minted; retrying");
+                            retry = Some(Duration::from_secs(1));
+                        }
+                    }
+                    let renew_in = identity
+                        .renew_at()
+                        .map(|at| Duration::try_from(at - OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO));
+                    let wait = retry.or(renew_in.filter(|_| signing.is_some())).unwrap_or(Duration::from_secs(3600));
+                    tokio::select! {
+                        changed = changes.changed() => if changed.is_err() { return },
+                        _ = tokio::time::sleep(wait) => {}
                     }
                 }
-                if let Err(e) = identity.refresh_if_due(signing, OffsetDateTime::now_utc()).await {
-                    tracing::warn!(error = %e, "server SVID not minted; retrying");
-                    retry = Some(Duration::from_secs(1));
-                }
             }
-            let renew_in = identity
-                .renew_at()
-                .map(|at| Duration::try_from(at - OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO));
-            let wait = retry.or(renew_in.filter(|_| signing.is_some())).unwrap_or(Duration::from_secs(3600));
-            tokio::select! {
-                changed = changes.changed() => if changed.is_err() { break },
-                _ = tokio::time::sleep(wait) => {}
-                _ = phases.changed() => break,
-            }
-        }
-    }
+        })
+        .await;
 }
 
 /// Concurrent streams on one API connection.

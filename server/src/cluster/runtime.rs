@@ -170,6 +170,27 @@ impl ClusterRuntime {
         }
     }
 
+    /// Runs `serve` with each member this replica becomes (at start, after init, join or
+    /// restore), cancelling it when the phase changes; returns once the runtime stops.
+    pub async fn for_each_member<F, Fut>(&self, mut serve: F)
+    where
+        F: FnMut(Arc<Member>) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let mut phases = self.phases();
+        loop {
+            if let Ok(member) = self.member() {
+                tokio::select! {
+                    () = serve(member) => {}
+                    changed = phases.changed() => if changed.is_err() { return } else { continue },
+                }
+            }
+            if phases.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// The running replica, if any.
     pub fn replica(&self) -> Option<Arc<Replica>> {
         self.member().ok().map(|m| m.replica.clone())

@@ -47,19 +47,12 @@ pub fn server_duties(ca: crate::ca::replicated::ClusterCa) -> Vec<Arc<dyn Leader
 
 /// Runs `duties` whenever this replica leads, for as long as the runtime lives.
 pub async fn run(runtime: Arc<ClusterRuntime>, duties: Vec<Arc<dyn LeaderDuty>>) {
-    let mut phases = runtime.phases();
-    loop {
-        let Ok(member) = runtime.member() else {
-            if phases.changed().await.is_err() {
-                return;
-            }
-            continue;
-        };
-        tokio::select! {
-            _ = lead_while_elected(&member, &duties) => {}
-            changed = phases.changed() => if changed.is_err() { return },
-        }
-    }
+    runtime
+        .for_each_member(|member| {
+            let duties = duties.clone();
+            async move { lead_while_elected(&member, &duties).await }
+        })
+        .await;
 }
 
 /// Waits for this replica to lead, runs the duties until it no longer does, and again.
