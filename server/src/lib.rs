@@ -9,6 +9,7 @@ pub mod ca;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod federation;
 pub mod leader;
 pub mod node_attestor;
 pub mod ops;

@@ -85,7 +85,7 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     background.push(tokio::spawn(server::api::listener::maintain(identity.clone(), trust.clone(), runtime.clone())));
     let api_address = std::net::SocketAddr::new(config.server.bind_address, config.server.bind_port);
     let (bound, incoming) =
-        server::api::listener::bind(api_address, identity, trust).await.map_err(anyhow::Error::msg)?;
+        server::api::listener::bind(api_address, identity.clone(), trust).await.map_err(anyhow::Error::msg)?;
     tracing::info!(address = %bound, "server API listening");
     let network_routes = api_routes(&api);
     let network_authorize = AuthorizeLayer::new(api.clone(), Listener::Network);
@@ -103,6 +103,9 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
             tracing::error!(error = %e, "server API listener stopped");
         }
     }));
+    if let Some(endpoint) = &config.bundle_endpoint {
+        background.extend(bundle_endpoint(endpoint, identity, runtime.clone()).await?);
+    }
     background.push(tokio::spawn(server::leader::run(runtime.clone(), server::leader::server_duties(ca))));
     if let Some(prometheus) = &config.telemetry.prometheus {
         let router = server::ops::metrics::router(metrics);
@@ -227,6 +230,35 @@ fn api_routes(api: &server::api::ApiContext) -> tonic::service::Routes {
 }
 
 /// Binds `host:port` and serves `router` on it in a task.
+/// Serves the SPIFFE bundle endpoint; the tasks it runs.
+async fn bundle_endpoint(
+    endpoint: &server::config::federation::BundleEndpoint,
+    server_identity: Arc<server::api::listener::ServerIdentity>,
+    runtime: Arc<ClusterRuntime>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    use server::config::federation::EndpointProfile;
+    let mut tasks = Vec::new();
+    let certificate: Arc<dyn rustls::server::ResolvesServerCert> = match &endpoint.profile {
+        EndpointProfile::HttpsSpiffe => server_identity,
+        EndpointProfile::HttpsWeb(files) => {
+            let web = Arc::new(
+                server::federation::web_cert::WebCertificate::load(files.clone())
+                    .map_err(|e| anyhow::anyhow!("bundle endpoint certificate: {e}"))?,
+            );
+            tasks.push(web.clone().spawn());
+            web
+        }
+    };
+    let (document, following) = server::federation::document::follow(runtime, endpoint.refresh_hint);
+    tasks.push(following);
+    let (bound, serving) = server::federation::endpoint::serve(endpoint.address, certificate, document)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    tracing::info!(address = %bound, "bundle endpoint listening");
+    tasks.push(serving);
+    Ok(tasks)
+}
+
 async fn serve_http(
     what: &str,
     host: &str,

@@ -2,6 +2,7 @@
 //! `hcl_config` so every refusal names the file, line and key. docs/server-config.md lists
 //! every key.
 
+pub mod federation;
 pub mod plugins;
 pub mod sections;
 
@@ -41,6 +42,8 @@ pub struct ServerConfig {
     pub key_manager: KeyManagerConfig,
     pub node_attestors: NodeAttestorConfig,
     pub upstream_authority: Option<DiskUpstreamConfig>,
+    /// `server.federation.bundle_endpoint`, checked.
+    pub bundle_endpoint: Option<federation::BundleEndpoint>,
     /// Settings that work but probably not as meant; logged at start-up.
     pub warnings: Vec<String>,
 }
@@ -64,6 +67,11 @@ impl ServerConfig {
         let key_manager = parsed.plugins.key_manager(parsed.server.trust_domain.name()).map_err(problem)?;
         let node_attestors = parsed.plugins.node_attestors().map_err(problem)?;
         let upstream_authority = parsed.plugins.upstream_authority().map_err(problem)?;
+        let bundle_endpoint = parsed
+            .server
+            .federation
+            .bundle_endpoint()
+            .map_err(|(path, message)| invalid(path.iter().map(|s| s.to_string()).collect(), message))?;
 
         let config = Self {
             server: parsed.server.clone(),
@@ -73,6 +81,7 @@ impl ServerConfig {
             key_manager,
             node_attestors,
             upstream_authority,
+            bundle_endpoint,
             warnings: Vec::new(),
         };
         let warnings =

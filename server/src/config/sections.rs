@@ -52,6 +52,9 @@ pub struct ServerSection {
     /// `ratelimit { attestation signing signing_per_agent }`.
     #[serde(default)]
     pub ratelimit: crate::api::rate_limits::RateLimitConfig,
+    /// `federation { bundle_endpoint { … } }`.
+    #[serde(default)]
+    pub federation: super::federation::FederationSection,
 }
 
 /// `ca_subject { country = ["US"] organization = ["SPIFFE"] common_name = "" }`.

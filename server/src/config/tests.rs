@@ -399,3 +399,74 @@ fn a_config_nested_too_deep_is_refused_before_the_parser_runs() {
     let err = parse(&text).map(|_| ()).expect_err("refused").to_string();
     assert!(err.contains("server.hcl:2:") && err.contains("nested more than 10 deep"), "{err}");
 }
+
+fn with_server_extra(extra: &str) -> String {
+    MINIMAL.replace("server {", &format!("server {{\n{extra}"))
+}
+
+#[test]
+fn bundle_endpoint_in_spires_shape() {
+    use crate::config::federation::{EndpointProfile, ServingCertFile};
+    let spiffe = parse(&with_server_extra(
+        r#"federation {
+             bundle_endpoint {
+               port = 8443
+               profile "https_spiffe" {}
+             }
+           }"#,
+    ))
+    .unwrap();
+    let endpoint = spiffe.bundle_endpoint.expect("configured");
+    assert_eq!(endpoint.address, "0.0.0.0:8443".parse().unwrap());
+    assert_eq!((endpoint.refresh_hint, endpoint.profile), (Duration::from_secs(300), EndpointProfile::HttpsSpiffe));
+
+    let web = parse(&with_server_extra(
+        r#"federation {
+             bundle_endpoint {
+               address = "127.0.0.1"
+               refresh_hint = "10m"
+               profile "https_web" {
+                 serving_cert_file {
+                   cert_file_path = "/etc/testudo/endpoint.pem"
+                   key_file_path = "/etc/testudo/endpoint.key"
+                 }
+               }
+             }
+           }"#,
+    ))
+    .unwrap()
+    .bundle_endpoint
+    .expect("configured");
+    assert_eq!(web.address, "127.0.0.1:443".parse().unwrap());
+    assert_eq!(web.refresh_hint, Duration::from_secs(600));
+    assert_eq!(
+        web.profile,
+        EndpointProfile::HttpsWeb(ServingCertFile {
+            cert_file_path: "/etc/testudo/endpoint.pem".into(),
+            key_file_path: "/etc/testudo/endpoint.key".into(),
+            file_sync_interval: Duration::from_secs(3600),
+        })
+    );
+    assert!(parse(MINIMAL).unwrap().bundle_endpoint.is_none());
+}
+
+#[test]
+fn bundle_endpoint_refusals_name_the_key() {
+    for (block, want) in [
+        ("bundle_endpoint {\nport = 8443\n}", "needs profile"),
+        ("bundle_endpoint {\nprofile \"https_web\" {\nacme {\ndomain_name = \"x\"\n}\n}\n}", "ACME is not supported"),
+        ("bundle_endpoint {\nacme {\ndomain_name = \"x\"\n}\n}", "ACME is not supported"),
+        ("bundle_endpoint {\nprofile \"https_web\" {}\n}", "needs serving_cert_file"),
+        ("bundle_endpoint {\nrefresh_hint = \"10s\"\nprofile \"https_spiffe\" {}\n}", "outside [60s, 86400s]"),
+        ("bundle_endpoint {\nprofile \"https_spiffe\" {}\nprofile \"https_web\" {}\n}", "one profile"),
+    ] {
+        let text = with_server_extra(&format!("federation {{\n{block}\n}}"));
+        let err = parse(&text).map(|_| ()).expect_err(block).to_string();
+        assert!(err.contains("server.federation.bundle_endpoint") && err.contains(want), "{block}: {err}");
+    }
+    let err = parse(&with_server_extra("federation {\nbundle_endpoint {\nprofile \"https_other\" {}\n}\n}"))
+        .map(|_| ())
+        .expect_err("unknown profile")
+        .to_string();
+    assert!(err.contains("https_other"), "{err}");
+}

@@ -5,6 +5,7 @@
 //! previous on-disk format, upgraded on start.
 
 mod authorization;
+mod bundle_endpoint;
 mod ca_rotation;
 mod cluster_ca;
 mod cluster_ca_rotation;
