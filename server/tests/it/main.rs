@@ -6,6 +6,7 @@
 
 mod authorization;
 mod bundle_endpoint;
+mod bundle_fetch;
 mod ca_rotation;
 mod cluster_ca;
 mod cluster_ca_rotation;
