@@ -101,4 +101,6 @@ pub mod sm_key {
     pub const REMOVED_REPLICAS: &[u8] = b"removed_replicas";
     /// The latest rotation of the cluster CA (`model::ClusterCaRotation`).
     pub const CLUSTER_CA: &[u8] = b"cluster_ca";
+    /// Trust domain → `model::FederationRefresh`: the refresh schedule of federated bundles.
+    pub const FEDERATION_REFRESH: &[u8] = b"federation_refresh";
 }

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 pub use writes::*;
 
 use crate::model::{
-    AttestedAgent, CaJournal, ClusterCaRotation, EntryWritten, FederationRelationship, JoinToken, ReplicaInvite,
-    StoredBundle,
+    AttestedAgent, CaJournal, ClusterCaRotation, EntryWritten, FederationRefresh, FederationRelationship, JoinToken,
+    ReplicaInvite, StoredBundle,
 };
 
 /// Which bundle table a bundle command addresses.
@@ -72,6 +72,7 @@ pub enum Command {
     PrepareClusterCa(PrepareClusterCa),
     AdvanceClusterCa(AdvanceClusterCa),
     ReachClusterCaPhase(ReachClusterCaPhase),
+    RecordFederationRefresh(RecordFederationRefresh),
 }
 
 /// Why a command (or one item of a batch) was refused. Refusals are answers, not storage
@@ -109,6 +110,7 @@ pub enum Outcome {
     /// One response per command of a `Command::Batch`, in order.
     Batch(Vec<Response>),
     ClusterCa(Result<ClusterCaRotation, ApplyError>),
+    FederationRefresh(Result<FederationRefresh, ApplyError>),
 }
 
 /// What the state machine answers for a log entry.

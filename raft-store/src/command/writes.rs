@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApplyError, BundleScope, Command, Outcome};
 use crate::model::{
-    AttestedAgent, CaJournal, ClusterCaPhase, ClusterCaRotation, EntryWritten, FederationRelationship, JoinToken,
-    JournalEvent, KeyMaterial, RegistrationEntry, ReplicaInvite, StoredBundle, StoredJwtKey, StoredX509Authority,
+    AttestedAgent, CaJournal, ClusterCaPhase, ClusterCaRotation, EntryWritten, FederationRefresh,
+    FederationRelationship, JoinToken, JournalEvent, KeyMaterial, RegistrationEntry, ReplicaInvite, StoredBundle,
+    StoredJwtKey, StoredX509Authority,
 };
 use crate::types::NodeId;
 
@@ -213,6 +214,20 @@ pub struct ReachClusterCaPhase {
     pub node_id: NodeId,
 }
 
+/// The outcome of one refresh of `trust_domain`'s federated bundle: its new schedule and,
+/// when the fetched bundle differs from the stored one, the bundle (stored with the next
+/// sequence number, as `SetBundle` does). Applied only while the stored schedule still has
+/// `expected_next_due` (0: none yet), so a refresh that another leader already recorded is
+/// refused (FailedPrecondition) instead of counted twice; NotFound once the relationship
+/// is gone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecordFederationRefresh {
+    pub trust_domain: String,
+    pub expected_next_due: i64,
+    pub refresh: FederationRefresh,
+    pub bundle: Option<StoredBundle>,
+}
+
 /// `command => Command variant, Outcome variant: output type` for every typed command.
 macro_rules! typed_writes {
     ($($command:ident => $variant:ident, $outcome:ident: $output:ty;)*) => {
@@ -268,4 +283,5 @@ typed_writes! {
     PrepareClusterCa => PrepareClusterCa, ClusterCa: Result<ClusterCaRotation, ApplyError>;
     AdvanceClusterCa => AdvanceClusterCa, ClusterCa: Result<ClusterCaRotation, ApplyError>;
     ReachClusterCaPhase => ReachClusterCaPhase, ClusterCa: Result<ClusterCaRotation, ApplyError>;
+    RecordFederationRefresh => RecordFederationRefresh, FederationRefresh: Result<FederationRefresh, ApplyError>;
 }

@@ -17,6 +17,6 @@ pub use ca_journal::{
 };
 pub use cluster_ca::{ClusterCaPhase, ClusterCaRotation};
 pub use entry::{EntryWritten, RegistrationEntry};
-pub use federation::{BundleEndpointProfile, FederationRelationship};
+pub use federation::{BundleEndpointProfile, FederationRefresh, FederationRelationship};
 pub use join_token::JoinToken;
 pub use replica_invite::ReplicaInvite;

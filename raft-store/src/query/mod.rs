@@ -152,6 +152,17 @@ impl StoreReader {
         .await
     }
 
+    /// The refresh schedule of every federated trust domain that has one.
+    pub async fn federation_refreshes(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, crate::model::FederationRefresh>, ReadError> {
+        self.run(|db| {
+            get(db, Cf::SmMeta, crate::schema::sm_key::FEDERATION_REFRESH, "federation refresh schedule")
+                .map(Option::unwrap_or_default)
+        })
+        .await
+    }
+
     /// The latest rotation of the cluster CA, if there was one.
     pub async fn cluster_ca_rotation(&self) -> Result<Option<crate::model::ClusterCaRotation>, ReadError> {
         self.run(|db| get(db, Cf::SmMeta, crate::schema::sm_key::CLUSTER_CA, "cluster CA rotation")).await

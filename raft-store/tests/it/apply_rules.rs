@@ -697,3 +697,51 @@ async fn cluster_ca_rotations_advance_only_when_every_member_reached_the_phase()
     assert!(rotation(s.apply_one(advance(Retired)).await).is_err());
     assert_eq!(rotation(s.apply_one(prepare(2)).await).unwrap().generation, 2, "the next one may start");
 }
+
+/// A refresh of a federated bundle is recorded once per due time: the second leader to
+/// record the same refresh is refused, and the bundle is stored in the same command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_federation_refresh_is_recorded_once_per_due_time() {
+    use raft_store::model::FederationRefresh;
+    let mut s = TestStore::new().await;
+    let td = TrustDomain::parse("other.org").unwrap();
+    let rel = FederationRelationship {
+        trust_domain: td.clone(),
+        bundle_endpoint_url: "https://other.org/".into(),
+        profile: BundleEndpointProfile::HttpsWeb,
+    };
+    s.apply_one(Command::CreateFederationRelationship(CreateFederationRelationship(rel))).await;
+    let record = |expected, next_due, bundle: Option<StoredBundle>| {
+        Command::RecordFederationRefresh(RecordFederationRefresh {
+            trust_domain: "other.org".into(),
+            expected_next_due: expected,
+            refresh: FederationRefresh { last_attempt: 100, next_due, ..Default::default() },
+            bundle,
+        })
+    };
+    let mut bundle = StoredBundle::new(td.clone());
+    bundle.x509_authorities.push(StoredX509Authority { der: vec![0x30, 0x01], tainted: false });
+    assert!(matches!(s.apply_one(record(0, 400, Some(bundle.clone()))).await, Outcome::FederationRefresh(Ok(_))));
+    assert!(
+        matches!(
+            s.apply_one(record(0, 400, None)).await,
+            Outcome::FederationRefresh(Err(ApplyError::FailedPrecondition(_)))
+        ),
+        "the same refresh recorded twice"
+    );
+    let reader = &s.store.reader;
+    assert_eq!(reader.federation_refreshes().await.unwrap()["other.org"].next_due, 400);
+    let stored = reader.bundle(BundleScope::Federated, "other.org").await.unwrap().expect("stored with the refresh");
+    assert_eq!((stored.x509_authorities.len(), stored.sequence_number), (1, 1));
+    assert!(matches!(s.apply_one(record(400, 700, None)).await, Outcome::FederationRefresh(Ok(_))));
+
+    s.apply_one(Command::DeleteFederationRelationship(DeleteFederationRelationship {
+        trust_domain: "other.org".into(),
+    }))
+    .await;
+    assert!(s.store.reader.federation_refreshes().await.unwrap().is_empty(), "the schedule goes with it");
+    assert!(matches!(
+        s.apply_one(record(0, 900, None)).await,
+        Outcome::FederationRefresh(Err(ApplyError::NotFound(_)))
+    ));
+}

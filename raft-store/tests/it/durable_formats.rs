@@ -238,6 +238,22 @@ fn every_command() -> Vec<(&'static str, Command)> {
             Command::AdvanceClusterCa(AdvanceClusterCa { generation: 1, from: ClusterCaPhase::Active }),
         ),
         (
+            "RecordFederationRefresh",
+            Command::RecordFederationRefresh(RecordFederationRefresh {
+                trust_domain: "partner.org".into(),
+                expected_next_due: 1_700_000_100,
+                refresh: FederationRefresh {
+                    last_attempt: 1_700_000_101,
+                    last_success: 1_700_000_101,
+                    next_due: 1_700_000_400,
+                    last_error: String::new(),
+                    failures: 0,
+                    last_sequence: 9,
+                },
+                bundle: Some(bundle()),
+            }),
+        ),
+        (
             "ReachClusterCaPhase",
             Command::ReachClusterCaPhase(ReachClusterCaPhase {
                 generation: 1,

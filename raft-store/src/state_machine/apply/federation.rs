@@ -1,8 +1,10 @@
 //! Federation relationships.
 
-use crate::command::{ApplyError, Outcome, Table};
-use crate::model::FederationRelationship;
-use crate::schema::Cf;
+use std::collections::BTreeMap;
+
+use crate::command::{ApplyError, BundleScope, Outcome, RecordFederationRefresh, Table};
+use crate::model::{FederationRefresh, FederationRelationship};
+use crate::schema::{sm_key, Cf};
 use crate::state_machine::txn::{Txn, TxnError};
 
 const WHAT: &str = "federation relationship";
@@ -42,5 +44,42 @@ pub fn delete(txn: &mut Txn<'_>, trust_domain: &str) -> Result<Outcome, TxnError
     }
     txn.delete(Cf::FederationRelationships, trust_domain.as_bytes());
     txn.record(Table::FederationRelationship, trust_domain, true);
+    let mut schedule = refreshes(txn)?;
+    if schedule.remove(trust_domain).is_some() {
+        txn.put(Cf::SmMeta, sm_key::FEDERATION_REFRESH, REFRESH, &schedule)?;
+    }
     Ok(Outcome::Deleted(Ok(())))
+}
+
+const REFRESH: &str = "federation refresh schedule";
+
+fn refreshes(txn: &Txn<'_>) -> Result<BTreeMap<String, FederationRefresh>, TxnError> {
+    Ok(txn.get(Cf::SmMeta, sm_key::FEDERATION_REFRESH, REFRESH)?.unwrap_or_default())
+}
+
+pub fn record_refresh(txn: &mut Txn<'_>, c: &RecordFederationRefresh) -> Result<Outcome, TxnError> {
+    let refused = |e| Ok(Outcome::FederationRefresh(Err(e)));
+    if !txn.exists(Cf::FederationRelationships, c.trust_domain.as_bytes())? {
+        return refused(ApplyError::NotFound(format!("federation relationship with {:?}", c.trust_domain)));
+    }
+    let mut schedule = refreshes(txn)?;
+    let stored_due = schedule.get(&c.trust_domain).map_or(0, |r| r.next_due);
+    if stored_due != c.expected_next_due {
+        return refused(ApplyError::FailedPrecondition(format!(
+            "the refresh of {} due at {} was recorded already (next due {stored_due})",
+            c.trust_domain, c.expected_next_due
+        )));
+    }
+    if let Some(bundle) = &c.bundle {
+        if bundle.trust_domain.name() != c.trust_domain {
+            return refused(ApplyError::InvalidArgument(format!(
+                "a bundle of {} recorded for {}",
+                bundle.trust_domain, c.trust_domain
+            )));
+        }
+        super::bundles::set(txn, BundleScope::Federated, bundle)?;
+    }
+    schedule.insert(c.trust_domain.clone(), c.refresh.clone());
+    txn.put(Cf::SmMeta, sm_key::FEDERATION_REFRESH, REFRESH, &schedule)?;
+    Ok(Outcome::FederationRefresh(Ok(c.refresh.clone())))
 }
