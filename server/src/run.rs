@@ -106,7 +106,13 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     if let Some(endpoint) = &config.bundle_endpoint {
         background.extend(bundle_endpoint(endpoint, identity, runtime.clone()).await?);
     }
-    background.push(tokio::spawn(server::leader::run(runtime.clone(), server::leader::server_duties(ca))));
+    let federation = server::leader::federation_refresh::FederationRefreshing {
+        trust_domain: config.server.trust_domain.clone(),
+        configured: config.federates_with.clone(),
+        web_roots: tokio::task::spawn_blocking(server::federation::fetch::system_roots).await?,
+        timeout: server::federation::fetch::EXCHANGE_TIMEOUT,
+    };
+    background.push(tokio::spawn(server::leader::run(runtime.clone(), server::leader::server_duties(ca, federation))));
     if let Some(prometheus) = &config.telemetry.prometheus {
         let router = server::ops::metrics::router(metrics);
         background.push(serve_http("Prometheus metrics", &prometheus.host, prometheus.port, router).await?);

@@ -24,6 +24,8 @@ pub struct ReplicaOptions {
     /// Leave heartbeat and election timeout at the server's defaults instead of the
     /// harness's fast ones (50 ms / 300 ms), as the failover benchmark must.
     pub default_timing: bool,
+    /// The trust domain; `example.org` by default.
+    pub trust_domain: Option<String>,
 }
 
 /// A replica, its directory and ports.
@@ -78,7 +80,7 @@ impl ServerProcess {
   bind_address = "127.0.0.1"
   bind_port = {api_port}
   socket_path = "{dir}/admin.sock"
-  trust_domain = "example.org"
+  trust_domain = "{trust_domain}"
   data_dir = "{data_dir}"
   {server_extra}
 }}
@@ -107,6 +109,7 @@ telemetry {{
 "#,
             dir = dir.display(),
             data_dir = data_dir.display(),
+            trust_domain = options.trust_domain.as_deref().unwrap_or("example.org"),
             server_extra = options.server_extra,
             plugins_extra = options.plugins_extra,
             cluster_extra = options.cluster_extra,

@@ -1,11 +1,15 @@
-//! `server { federation { bundle_endpoint { … } } }`, in SPIRE's shape: the SPIFFE bundle
-//! endpoint this server serves, on every replica.
+//! `server { federation { bundle_endpoint { … } federates_with "<td>" { … } } }`, in SPIRE's
+//! shape: the SPIFFE bundle endpoint this server serves, on every replica, and the trust
+//! domains whose bundles it fetches.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use hcl_config::values;
+use identity::{SpiffeId, TrustDomain};
+use raft_store::model::{BundleEndpointProfile, FederationRelationship};
 use serde::Deserialize;
 
 /// Bounds SPIRE puts on the refresh hint it publishes (it warns outside them; here they
@@ -22,6 +26,33 @@ const DEFAULT_FILE_SYNC_INTERVAL: Duration = Duration::from_secs(3600);
 pub struct FederationSection {
     #[serde(default)]
     pub bundle_endpoint: Option<BundleEndpointSection>,
+    /// `federates_with "<trust domain>" { … }`: HCL gives the label as a key.
+    #[serde(default)]
+    pub federates_with: BTreeMap<String, FederatesWithSection>,
+}
+
+/// `federates_with "<td>" { bundle_endpoint_url bundle_endpoint_profile "…" { … } }`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederatesWithSection {
+    pub bundle_endpoint_url: String,
+    pub bundle_endpoint_profile: Option<EndpointProfileBlocks>,
+}
+
+/// `bundle_endpoint_profile "https_web" {}` or `"https_spiffe" { endpoint_spiffe_id }`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointProfileBlocks {
+    #[serde(default)]
+    pub https_web: Option<EmptyBlock>,
+    #[serde(default)]
+    pub https_spiffe: Option<SpiffeProfileSection>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpiffeProfileSection {
+    pub endpoint_spiffe_id: String,
 }
 
 /// `bundle_endpoint { address port refresh_hint profile "…" { … } }`.
@@ -107,6 +138,40 @@ fn default_file_sync_interval() -> Duration {
 type Problem = (Vec<&'static str>, String);
 
 impl FederationSection {
+    /// The relationships `federates_with` declares, checked.
+    pub fn relationships(&self, own: &TrustDomain) -> Result<Vec<FederationRelationship>, Problem> {
+        let mut relationships = Vec::new();
+        for (name, section) in &self.federates_with {
+            let at = || vec!["server", "federation", "federates_with"];
+            let trust_domain = TrustDomain::parse(name).map_err(|e| (at(), format!("trust domain {name:?}: {e}")))?;
+            if &trust_domain == own {
+                return Err((at(), format!("{name} is this server's own trust domain")));
+            }
+            crate::federation::fetch::check_url(&section.bundle_endpoint_url)
+                .map_err(|e| (at(), format!("{name}: bundle_endpoint_url: {e}")))?;
+            let profile = match &section.bundle_endpoint_profile {
+                Some(EndpointProfileBlocks { https_web: Some(_), https_spiffe: None }) => BundleEndpointProfile::HttpsWeb,
+                Some(EndpointProfileBlocks { https_web: None, https_spiffe: Some(spiffe) }) => {
+                    let id = SpiffeId::parse(&spiffe.endpoint_spiffe_id)
+                        .map_err(|e| (at(), format!("{name}: endpoint_spiffe_id: {e}")))?;
+                    BundleEndpointProfile::HttpsSpiffe { endpoint_spiffe_id: id }
+                }
+                _ => {
+                    return Err((
+                        at(),
+                        format!("{name}: needs one bundle_endpoint_profile, \"https_web\" {{}} or \"https_spiffe\" {{ endpoint_spiffe_id = … }}"),
+                    ))
+                }
+            };
+            relationships.push(FederationRelationship {
+                trust_domain,
+                bundle_endpoint_url: section.bundle_endpoint_url.clone(),
+                profile,
+            });
+        }
+        Ok(relationships)
+    }
+
     /// The bundle endpoint to serve, if one is configured.
     pub fn bundle_endpoint(&self) -> Result<Option<BundleEndpoint>, Problem> {
         let Some(section) = &self.bundle_endpoint else { return Ok(None) };

@@ -44,6 +44,8 @@ pub struct ServerConfig {
     pub upstream_authority: Option<DiskUpstreamConfig>,
     /// `server.federation.bundle_endpoint`, checked.
     pub bundle_endpoint: Option<federation::BundleEndpoint>,
+    /// `server.federation.federates_with`, checked.
+    pub federates_with: Vec<raft_store::model::FederationRelationship>,
     /// Settings that work but probably not as meant; logged at start-up.
     pub warnings: Vec<String>,
 }
@@ -72,6 +74,11 @@ impl ServerConfig {
             .federation
             .bundle_endpoint()
             .map_err(|(path, message)| invalid(path.iter().map(|s| s.to_string()).collect(), message))?;
+        let federates_with = parsed
+            .server
+            .federation
+            .relationships(&parsed.server.trust_domain)
+            .map_err(|(path, message)| invalid(path.iter().map(|s| s.to_string()).collect(), message))?;
 
         let config = Self {
             server: parsed.server.clone(),
@@ -82,6 +89,7 @@ impl ServerConfig {
             node_attestors,
             upstream_authority,
             bundle_endpoint,
+            federates_with,
             warnings: Vec::new(),
         };
         let warnings =

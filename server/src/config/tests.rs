@@ -470,3 +470,40 @@ fn bundle_endpoint_refusals_name_the_key() {
         .to_string();
     assert!(err.contains("https_other"), "{err}");
 }
+
+#[test]
+fn federates_with_in_spires_shape() {
+    use raft_store::model::BundleEndpointProfile;
+    let config = parse(&with_server_extra(
+        r#"federation {
+             federates_with "domain1.test" {
+               bundle_endpoint_url = "https://1.2.3.4:8443"
+               bundle_endpoint_profile "https_web" {}
+             }
+             federates_with "domain2.test" {
+               bundle_endpoint_url = "https://5.6.7.8:8443"
+               bundle_endpoint_profile "https_spiffe" {
+                 endpoint_spiffe_id = "spiffe://domain2.test/beserver"
+               }
+             }
+           }"#,
+    ))
+    .unwrap();
+    let found: Vec<_> = config.federates_with.iter().map(|r| (r.trust_domain.name(), &r.profile)).collect();
+    assert_eq!(found.len(), 2);
+    assert_eq!(found[0], ("domain1.test", &BundleEndpointProfile::HttpsWeb));
+    assert!(matches!(found[1].1, BundleEndpointProfile::HttpsSpiffe { endpoint_spiffe_id }
+        if endpoint_spiffe_id.to_string() == "spiffe://domain2.test/beserver"));
+
+    for (block, want) in [
+        ("federates_with \"x.test\" {\nbundle_endpoint_url = \"http://x\"\nbundle_endpoint_profile \"https_web\" {}\n}", "https"),
+        ("federates_with \"example.org\" {\nbundle_endpoint_url = \"https://x\"\nbundle_endpoint_profile \"https_web\" {}\n}", "own trust domain"),
+        ("federates_with \"x.test\" {\nbundle_endpoint_url = \"https://x\"\n}", "needs one bundle_endpoint_profile"),
+        ("federates_with \"x.test\" {\nbundle_endpoint_url = \"https://x\"\nbundle_endpoint_profile \"https_spiffe\" {\nendpoint_spiffe_id = \"nope\"\n}\n}", "endpoint_spiffe_id"),
+        ("federates_with \"Not A Domain\" {\nbundle_endpoint_url = \"https://x\"\nbundle_endpoint_profile \"https_web\" {}\n}", "trust domain"),
+    ] {
+        let text = with_server_extra(&format!("federation {{\n{block}\n}}"));
+        let err = parse(&text).map(|_| ()).expect_err(block).to_string();
+        assert!(err.contains("server.federation.federates_with") && err.contains(want), "{block}: {err}");
+    }
+}

@@ -4,6 +4,7 @@
 //! (no storage read, no Raft round); the step itself reads the journal linearizably and
 //! commits each event through Raft, whose apply refuses an event the journal forbids.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use raft_store::model::JournalEvent;
@@ -40,7 +41,7 @@ impl LeaderDuty for CaRotation {
         "ca_rotation"
     }
 
-    async fn run(&self, member: &Member) -> Result<Duration, DutyError> {
+    async fn run(&self, member: &Arc<Member>) -> Result<Duration, DutyError> {
         if !self.due(member) {
             return Ok(EVERY);
         }

@@ -2,6 +2,7 @@
 //! revisions, and only once the floor would move by a tenth of that, so an idle cluster
 //! writes nothing. The floor is replicated state, so a new leader carries on from it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use raft_store::command::PruneChangeLog;
@@ -26,7 +27,7 @@ impl LeaderDuty for ChangeLogPruning {
         "change_log_pruning"
     }
 
-    async fn run(&self, member: &Member) -> Result<Duration, DutyError> {
+    async fn run(&self, member: &Arc<Member>) -> Result<Duration, DutyError> {
         prune_once(&member.replica, self.keep).await?;
         Ok(self.every)
     }

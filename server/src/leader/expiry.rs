@@ -2,6 +2,7 @@
 //! one is never used or served again, and keeping it only grows the state every replica
 //! holds and every snapshot carries. A prune is proposed only when something has expired.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use raft_store::command::{PruneEntries, PruneJoinTokens, PruneReplicaInvites};
@@ -22,7 +23,7 @@ impl LeaderDuty for ExpiredPruning {
         "expired_pruning"
     }
 
-    async fn run(&self, member: &Member) -> Result<Duration, DutyError> {
+    async fn run(&self, member: &Arc<Member>) -> Result<Duration, DutyError> {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let (replica, reader) = (&member.replica, member.replica.local_reader());
         let read = |e: raft_store::ReadError| DutyError(e.to_string());

@@ -1,6 +1,6 @@
 //! What only the leader does, in one place: CA rotation steps ([`ca_rotation`]), pruning of
-//! the change log ([`change_log`]) and of expired join tokens and replica invites
-//! ([`expiry`]). Each duty is "when the replicated state says it is due, do it and record
+//! the change log ([`change_log`]), of expired join tokens and replica invites
+//! ([`expiry`]), and refreshing federated bundles ([`federation_refresh`]). Each duty is "when the replicated state says it is due, do it and record
 //! the outcome through Raft": the runner starts every duty when this replica is elected
 //! (after a read barrier, so its state holds everything committed before its term) and
 //! stops them all when it loses leadership or stops. A duty keeps no state of its own
@@ -10,6 +10,7 @@
 pub mod ca_rotation;
 pub mod change_log;
 pub mod expiry;
+pub mod federation_refresh;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +26,7 @@ pub trait LeaderDuty: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// Carries out the duty if it is due now; answers how long until it should look again.
-    async fn run(&self, member: &Member) -> Result<Duration, DutyError>;
+    async fn run(&self, member: &Arc<Member>) -> Result<Duration, DutyError>;
 }
 
 /// A duty that failed this time; it is tried again after a pause.
@@ -37,11 +38,15 @@ pub struct DutyError(pub String);
 const RETRY: Duration = Duration::from_secs(1);
 
 /// The duties a server replica carries out while it leads.
-pub fn server_duties(ca: crate::ca::replicated::ClusterCa) -> Vec<Arc<dyn LeaderDuty>> {
+pub fn server_duties(
+    ca: crate::ca::replicated::ClusterCa,
+    federation: federation_refresh::FederationRefreshing,
+) -> Vec<Arc<dyn LeaderDuty>> {
     vec![
         Arc::new(ca_rotation::CaRotation { ca }),
         Arc::new(change_log::ChangeLogPruning { keep: change_log::KEEP, every: change_log::EVERY }),
         Arc::new(expiry::ExpiredPruning { every: expiry::EVERY }),
+        Arc::new(federation),
     ]
 }
 

@@ -1,0 +1,97 @@
+//! A cluster keeps a partner's bundle fresh: the relationship comes from the config's
+//! `federates_with`; the leader cannot check the partner's endpoint (`https_spiffe`) before
+//! the partner's first bundle is set, and cannot reach it while the partner is down (the
+//! bundle set stays, failures are counted); once the partner is back, its change (a
+//! prepared CA) reaches every replica, recorded once.
+
+use std::time::Duration;
+
+use testkit::{free_port, http_get, wait_until, ReplicaOptions, ServerProcess as Server};
+
+fn b_bundle_x509(server: &Server) -> Option<u64> {
+    let listed = server.json(&["bundle", "list"]);
+    listed["bundles"]
+        .as_array()?
+        .iter()
+        .find(|b| b["trust_domain"] == "b.test")
+        .and_then(|b| b["x509_authorities"].as_u64())
+}
+
+/// `testudo_federation_refresh_total{trust_domain="b.test",result}` summed over replicas.
+fn refreshes(servers: &[Server], result: &str) -> u64 {
+    let result = format!("result=\"{result}\"");
+    servers
+        .iter()
+        .filter_map(|s| {
+            let (_, metrics) = http_get(s.metrics_port, "/metrics");
+            let line = metrics.lines().find(|l| {
+                l.starts_with("testudo_federation_refresh_total{")
+                    && l.contains(&result)
+                    && l.contains("trust_domain=\"b.test\"")
+            })?;
+            line.rsplit(' ').next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+#[test]
+fn a_partners_bundle_is_fetched_by_the_leader_and_kept_when_the_partner_is_down() {
+    let root = tempfile::tempdir().unwrap();
+    let b_port = free_port();
+    let partner_options = ReplicaOptions {
+        trust_domain: Some("b.test".into()),
+        server_extra: format!(
+            r#"federation {{
+    bundle_endpoint {{
+      address = "127.0.0.1"
+      port = {b_port}
+      profile "https_spiffe" {{}}
+    }}
+  }}"#
+        ),
+        ..Default::default()
+    };
+    let b_root = root.path().join("b");
+    let mut partner = Server::start_with(&b_root, 1, &partner_options);
+    partner.json(&["cluster", "init"]);
+    let b_pem = root.path().join("b.pem");
+    std::fs::write(&b_pem, partner.bundle_pem()).unwrap();
+
+    let federates_with = format!(
+        r#"federation {{
+    federates_with "b.test" {{
+      bundle_endpoint_url = "https://127.0.0.1:{b_port}/"
+      bundle_endpoint_profile "https_spiffe" {{
+        endpoint_spiffe_id = "spiffe://b.test/spire/server"
+      }}
+    }}
+  }}"#
+    );
+    let servers = Server::cluster(&root.path().join("a"), 3, &federates_with);
+    // Without b.test's first bundle the endpoint's SVID cannot be checked: refused, counted.
+    wait_until(Duration::from_secs(20), || refreshes(&servers, "error") >= 1, "a refused first refresh");
+    assert_eq!(b_bundle_x509(&servers[0]), None);
+
+    // The partner prepares a new CA after handing over its first bundle, then goes down.
+    let out = partner.command(&["localauthority", "x509", "prepare"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    partner.kill();
+    let out = servers[1].command(&["bundle", "set", "--id", "spiffe://b.test", "--path", b_pem.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let before = refreshes(&servers, "error");
+    wait_until(Duration::from_secs(40), || refreshes(&servers, "error") > before, "a refresh of the down partner");
+    for server in &servers {
+        assert_eq!(b_bundle_x509(server), Some(1), "the bundle set is kept while the partner is down");
+    }
+
+    // Back: the next refresh brings the prepared CA to every replica, recorded once.
+    partner.restart();
+    for server in &servers {
+        wait_until(
+            Duration::from_secs(60),
+            || b_bundle_x509(server) == Some(2),
+            &format!("replica {} to hold b.test's refreshed bundle", server.id),
+        );
+    }
+    assert_eq!(refreshes(&servers, "changed"), 1, "one refresh, recorded once cluster-wide");
+}
