@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/spire/api/server/entry/v1/entry.proto",
             "proto/spire/api/server/agent/v1/agent.proto",
             "proto/spire/api/server/localauthority/v1/localauthority.proto",
+            "proto/spire/api/server/trustdomain/v1/trustdomain.proto",
             "proto/grpc/health/v1/health.proto",
             "proto/etcd/kv.proto",
             "proto/workload/workload.proto",

@@ -61,6 +61,12 @@ pub mod spire {
                     tonic::include_proto!("spire.api.server.bundle.v1");
                 }
             }
+            pub mod trustdomain {
+                pub mod v1 {
+                    #![allow(clippy::all, missing_docs)]
+                    tonic::include_proto!("spire.api.server.trustdomain.v1");
+                }
+            }
             pub mod localauthority {
                 pub mod v1 {
                     #![allow(clippy::all, missing_docs)]

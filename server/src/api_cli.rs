@@ -301,7 +301,9 @@ fn print_entries(entries: &[proto::spire::api::types::Entry], output: Output) {
 }
 
 /// Fails with the first refused item's status, the way the batch APIs report them.
-fn first_refusal(statuses: impl Iterator<Item = Option<proto::spire::api::types::Status>>) -> anyhow::Result<()> {
+pub(crate) fn first_refusal(
+    statuses: impl Iterator<Item = Option<proto::spire::api::types::Status>>,
+) -> anyhow::Result<()> {
     for status in statuses.flatten() {
         if status.code != 0 {
             anyhow::bail!("{}: {}", tonic::Code::from_i32(status.code), status.message);
@@ -765,24 +767,27 @@ pub async fn bundle_list(socket_path: &Path, output: Output) -> anyhow::Result<(
     Ok(())
 }
 
-/// `bundle set`: a federated bundle from a PEM or SPIFFE bundle JSON file.
-pub async fn bundle_set(socket_path: &Path, id: &str, path: &Path, format: &str) -> anyhow::Result<()> {
-    use proto::spire::api::server::bundle::v1::BatchSetFederatedBundleRequest;
+/// A bundle of `trust_domain` from a file's bytes, `pem` (X.509 authorities) or `spiffe`
+/// (a SPIFFE bundle document), as the API takes it.
+pub fn bundle_from_file(
+    trust_domain: &str,
+    bytes: &[u8],
+    format: &str,
+) -> anyhow::Result<proto::spire::api::types::Bundle> {
     use proto::spire::api::types::{Bundle, JwtKey, X509Certificate};
-    let td =
-        identity::TrustDomain::parse(id.trim_start_matches("spiffe://")).with_context(|| format!("--id {id:?}"))?;
-    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let bundle = match format {
+    let td = identity::TrustDomain::parse(trust_domain.trim_start_matches("spiffe://"))
+        .with_context(|| format!("trust domain {trust_domain:?}"))?;
+    Ok(match format {
         "pem" => Bundle {
             trust_domain: td.name().to_owned(),
-            x509_authorities: identity::bundle::parse_pem_certificates(&String::from_utf8_lossy(&text))?
+            x509_authorities: identity::bundle::parse_pem_certificates(&String::from_utf8_lossy(bytes))?
                 .into_iter()
                 .map(|asn1| X509Certificate { asn1, tainted: false })
                 .collect(),
             ..Default::default()
         },
         "spiffe" => {
-            let parsed = identity::bundle::Bundle::from_spiffe_json(td.clone(), &text)?;
+            let parsed = identity::bundle::Bundle::from_spiffe_json(td.clone(), bytes)?;
             Bundle {
                 trust_domain: td.name().to_owned(),
                 x509_authorities: parsed
@@ -804,8 +809,15 @@ pub async fn bundle_set(socket_path: &Path, id: &str, path: &Path, format: &str)
                 sequence_number: 0,
             }
         }
-        other => anyhow::bail!("--format {other:?}: use pem or spiffe"),
-    };
+        other => anyhow::bail!("bundle format {other:?}: use pem or spiffe"),
+    })
+}
+
+/// `bundle set`: a federated bundle from a PEM or SPIFFE bundle JSON file.
+pub async fn bundle_set(socket_path: &Path, id: &str, path: &Path, format: &str) -> anyhow::Result<()> {
+    use proto::spire::api::server::bundle::v1::BatchSetFederatedBundleRequest;
+    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bundle = bundle_from_file(id, &text, format).with_context(|| format!("--id {id:?}"))?;
     let channel =
         socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
     let results = BundleClient::new(channel)

@@ -14,6 +14,7 @@ use proto::admin::{
 use proto::unix_socket as socket;
 
 mod api_cli;
+mod federation_cli;
 mod run;
 
 // glibc's malloc showed up high in Raft and signing profiles; mimalloc costs less per call.
@@ -46,6 +47,13 @@ enum Command {
     Agent {
         #[command(subcommand)]
         command: api_cli::AgentCommand,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Federation relationships: `federation create|list|show|update|delete|refresh`.
+    Federation {
+        #[command(subcommand)]
+        command: federation_cli::FederationCommand,
         #[command(flatten)]
         common: Common,
     },
@@ -239,6 +247,9 @@ fn main() -> ExitCode {
         }
         Command::Agent { command, common } => block_on(api_cli::agent(command, &common.socket_path, common.output)),
         Command::Token { command, common } => block_on(api_cli::token(command, &common.socket_path, common.output)),
+        Command::Federation { command, common } => {
+            block_on(federation_cli::federation(command, &common.socket_path, common.output))
+        }
         Command::Entry { command, common } => block_on(api_cli::entry(command, &common.socket_path, common.output)),
         Command::Bundle { command: BundleCommand::Show, common } => {
             block_on(api_cli::bundle_show(&common.socket_path, common.output))

@@ -76,6 +76,7 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
             &config.server.ratelimit,
             matches!(config.key_manager, kms::KeyManagerConfig::Pkcs11(_) | kms::KeyManagerConfig::AwsKms(_)),
         )),
+        federates_with: Arc::new(config.federates_with.clone()),
     };
     background.push(tokio::spawn(forget_idle_callers(api.limits.clone())));
     // The network listener: agents, and admins with an SVID listed in admin_ids.
@@ -228,6 +229,9 @@ fn api_routes(api: &server::api::ApiContext) -> tonic::service::Routes {
     routes.add_service(SvidServer::new(SvidService { context: api.clone() }));
     routes.add_service(BundleServer::new(BundleService { context: api.clone() }));
     routes.add_service(LocalAuthorityServer::new(LocalAuthorityService { context: api.clone() }));
+    routes.add_service(proto::spire::api::server::trustdomain::v1::trust_domain_server::TrustDomainServer::new(
+        server::api::trust_domain::TrustDomainService { context: api.clone() },
+    ));
     routes.add_service(proto::health::health_server::HealthServer::new(server::api::health::HealthService::new(
         api.clone(),
     )));
@@ -235,7 +239,6 @@ fn api_routes(api: &server::api::ApiContext) -> tonic::service::Routes {
     routes.routes()
 }
 
-/// Binds `host:port` and serves `router` on it in a task.
 /// Serves the SPIFFE bundle endpoint; the tasks it runs.
 async fn bundle_endpoint(
     endpoint: &server::config::federation::BundleEndpoint,
@@ -265,6 +268,7 @@ async fn bundle_endpoint(
     Ok(tasks)
 }
 
+/// Binds `host:port` and serves `router` on it in a task.
 async fn serve_http(
     what: &str,
     host: &str,

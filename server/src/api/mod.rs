@@ -16,6 +16,7 @@ pub mod local_authority;
 pub mod policy;
 pub mod rate_limits;
 pub mod svid;
+pub mod trust_domain;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -45,6 +46,9 @@ pub struct ApiContext {
     pub agent_ttl: Option<std::time::Duration>,
     /// Per-caller rate limits (`server.ratelimit`).
     pub limits: Arc<rate_limits::RateLimits>,
+    /// Relationships the config declares (`server.federation.federates_with`); the API
+    /// does not change them.
+    pub federates_with: Arc<Vec<raft_store::model::FederationRelationship>>,
 }
 
 impl ApiContext {

@@ -27,8 +27,9 @@ pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
 /// The first retry after a failure; it doubles with each failure, up to the interval.
 const FIRST_RETRY: Duration = Duration::from_secs(5);
-/// How often the leader looks at the schedule when nothing is due sooner.
-const LOOK_EVERY: Duration = Duration::from_secs(10);
+/// How often the leader looks at the schedule when nothing is due sooner (a RefreshBundle
+/// call makes a partner due at once): two local reads.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct FederationRefreshing {

@@ -11,6 +11,7 @@ mod ca_rotation;
 mod cluster_ca;
 mod cluster_ca_rotation;
 mod cluster_processes;
+mod federation_api;
 mod federation_refresh;
 mod hostile_callers;
 mod managed_keys;
