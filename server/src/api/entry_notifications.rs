@@ -1,8 +1,9 @@
 //! `testudo.agent.v1.EntryNotifications`: tells an agent, over one long-lived stream, that
-//! the registration entries it is authorized for changed, so it syncs at once instead of at
-//! its next periodic sync. The stream follows this replica's entry view: a change is checked
-//! against the parent IDs the agent's authorization depends on, and only a change to the
-//! agent's authorized entries (their ids or revisions) is sent.
+//! the registration entries it is authorized for changed, or the bundle of a trust domain
+//! they federate with did, so it syncs at once instead of at its next periodic sync. The
+//! stream follows this replica's entry view (a change is checked against the parent IDs the
+//! agent's authorization depends on, and only a change to the agent's authorized entries,
+//! their ids or revisions, is sent) and what apply announces of federated bundles.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -63,10 +64,22 @@ impl Drop for OpenStream {
 }
 
 /// What an agent's authorization looks like: each entry id with the revision that last
-/// wrote it, and the parent IDs it depends on.
+/// wrote it, the parent IDs it depends on, and the trust domains its entries federate with.
 struct Authorization {
     entries: BTreeMap<String, i64>,
     parents: BTreeSet<String>,
+    federated: BTreeSet<String>,
+}
+
+/// Whether `applied` changed the federated bundle of one of `domains`.
+fn touches_federated(applied: &raft_store::Applied, domains: &BTreeSet<String>) -> bool {
+    match applied {
+        raft_store::Applied::Changes { sets, .. } => sets
+            .iter()
+            .flat_map(|set| &set.changes)
+            .any(|change| change.table == raft_store::Table::FederatedBundle && domains.contains(&change.key)),
+        raft_store::Applied::Replaced { .. } => !domains.is_empty(),
+    }
 }
 
 #[tonic::async_trait]
@@ -89,6 +102,7 @@ impl EntryNotifications for EntryNotificationService {
         let server_id = self.context.server_id()?;
         // Subscribed before the first look, so no change after it is missed.
         let changes = member.views.entry_changes();
+        let applied = member.replica.applied().subscribe();
         let mut phases = self.context.runtime.phases();
         let (tx, rx) = mpsc::channel(1);
         tokio::spawn(async move {
@@ -96,7 +110,7 @@ impl EntryNotifications for EntryNotificationService {
             // The stream holds the member: it ends when the replica leaves that phase
             // (shutdown), so it never keeps a stopping replica alive.
             tokio::select! {
-                () = watch(member, agent_id, server_id, changes, tx) => {}
+                () = watch(member, agent_id, server_id, changes, applied, tx) => {}
                 _ = phases.changed() => {}
             }
         });
@@ -111,6 +125,7 @@ async fn watch(
     agent_id: String,
     server_id: identity::SpiffeId,
     mut changes: broadcast::Receiver<crate::views::EntriesChanged>,
+    mut applied: broadcast::Receiver<raft_store::Applied>,
     tx: mpsc::Sender<Result<pb::AuthorizedEntriesChanged, Status>>,
 ) {
     let views = &member.views;
@@ -121,8 +136,10 @@ async fn watch(
             .authorized_with_parents(&agent, &server_id, time::OffsetDateTime::now_utc().unix_timestamp())
             .map_err(|e| Status::resource_exhausted(e.to_string()))?;
         parents.insert(server_id.to_string());
+        let federated =
+            authorized.values().flat_map(|e| e.federates_with.iter().map(|td| td.name().to_owned())).collect();
         let entries = authorized.into_iter().map(|(id, e)| (id, e.revision_number)).collect();
-        Ok(Authorization { entries, parents })
+        Ok(Authorization { entries, parents, federated })
     };
     let mut current = match look() {
         Ok(current) => current,
@@ -137,20 +154,35 @@ async fn watch(
     metrics::gauge!("testudo_entry_notification_streams").increment(1.0);
     loop {
         let change = tokio::select! {
-            change = changes.recv() => change,
+            change = changes.recv() => Ok(change),
+            bundle = applied.recv() => Err(bundle),
             () = tx.closed() => break,
         };
         let revision = match change {
-            Ok(change) => {
+            Ok(Ok(change)) => {
                 let touches = change.parents.as_ref().is_none_or(|p| p.iter().any(|p| current.parents.contains(p)));
                 if !touches {
                     continue;
                 }
                 change.revision
             }
+            // A federated bundle the agent's workloads are served changed: tell the agent,
+            // whose sync fetches it.
+            Err(Ok(bundle)) => {
+                if !touches_federated(&bundle, &current.federated) {
+                    continue;
+                }
+                metrics::counter!("testudo_entry_notifications_total").increment(1);
+                match tx.try_send(Ok(pb::AuthorizedEntriesChanged { revision: bundle.revision() })) {
+                    Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => continue,
+                    Err(mpsc::error::TrySendError::Closed(_)) => break,
+                }
+            }
             // Fell behind: look again, whatever changed.
-            Err(broadcast::error::RecvError::Lagged(_)) => views.revision(),
-            Err(broadcast::error::RecvError::Closed) => break,
+            Ok(Err(broadcast::error::RecvError::Lagged(_))) | Err(Err(broadcast::error::RecvError::Lagged(_))) => {
+                views.revision()
+            }
+            Ok(Err(broadcast::error::RecvError::Closed)) | Err(Err(broadcast::error::RecvError::Closed)) => break,
         };
         let next = match look() {
             Ok(next) => next,
