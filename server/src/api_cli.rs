@@ -25,7 +25,10 @@ fn x509_pem(authorities: &[proto::spire::api::types::X509Certificate]) -> String
 }
 
 /// `bundle show`: the local bundle's X.509 authorities as PEM, or the whole bundle as JSON.
-pub async fn bundle_show(socket_path: &Path, output: Output) -> anyhow::Result<()> {
+/// `bundle show`: the local bundle as PEM, as `--output json`, or (`--format spiffe`) as
+/// the SPIFFE bundle document a partner's `trust_domain_bundle` takes.
+pub async fn bundle_show(socket_path: &Path, format: &str, output: Output) -> anyhow::Result<()> {
+    anyhow::ensure!(matches!(format, "pem" | "spiffe"), "--format {format:?}: use pem or spiffe");
     let channel =
         socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
     let bundle = BundleClient::new(channel)
@@ -33,6 +36,13 @@ pub async fn bundle_show(socket_path: &Path, output: Output) -> anyhow::Result<(
         .await
         .map_err(crate::status_error)?
         .into_inner();
+    if format == "spiffe" {
+        let stored = server::api::convert::bundle_from_pb(&bundle, "bundle").map_err(crate::status_error)?;
+        let mut document = stored.to_bundle()?;
+        document.sequence_number = bundle.sequence_number;
+        println!("{}", document.to_spiffe_json());
+        return Ok(());
+    }
     match output {
         Output::Pretty => {
             print!("{}", x509_pem(&bundle.x509_authorities));

@@ -132,7 +132,11 @@ pub(crate) enum Output {
 #[derive(Subcommand)]
 enum BundleCommand {
     /// Prints the local bundle's X.509 authorities (PEM), or the bundle as JSON.
-    Show,
+    Show {
+        /// `pem`, or `spiffe` for the SPIFFE bundle document (as the bundle endpoint serves it).
+        #[arg(long, default_value = "pem")]
+        format: String,
+    },
     /// Lists the federated bundles.
     List,
     /// Creates or replaces a federated bundle from a file.
@@ -251,8 +255,8 @@ fn main() -> ExitCode {
             block_on(federation_cli::federation(command, &common.socket_path, common.output))
         }
         Command::Entry { command, common } => block_on(api_cli::entry(command, &common.socket_path, common.output)),
-        Command::Bundle { command: BundleCommand::Show, common } => {
-            block_on(api_cli::bundle_show(&common.socket_path, common.output))
+        Command::Bundle { command: BundleCommand::Show { format }, common } => {
+            block_on(api_cli::bundle_show(&common.socket_path, &format, common.output))
         }
         Command::Bundle { command: BundleCommand::List, common } => {
             block_on(api_cli::bundle_list(&common.socket_path, common.output))

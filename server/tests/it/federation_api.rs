@@ -181,6 +181,31 @@ fn relationships_are_managed_with_spires_cli_and_refreshed_on_demand() {
     let out = a.command(&["federation", "create", "--data", data.to_str().unwrap(), "--trustDomain", "x.test"]);
     assert!(!out.status.success() && stderr(&out).contains("'data' flag is set"), "{}", stderr(&out));
 
+    // A bootstrap bundle in the SPIFFE format, as `bundle show --format spiffe` prints it.
+    let out = b.command(&["bundle", "show", "--format", "spiffe"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let document = root.path().join("b.json");
+    std::fs::write(&document, &out.stdout).unwrap();
+    let parsed =
+        identity::bundle::Bundle::from_spiffe_json(identity::TrustDomain::parse("b.test").unwrap(), &out.stdout);
+    assert_eq!(parsed.unwrap().x509_authorities().len(), 2, "the partner's two CAs");
+    a.json(&[
+        "federation",
+        "create",
+        "--trustDomain",
+        "f.test",
+        "--bundleEndpointURL",
+        &url,
+        "--bundleEndpointProfile",
+        "https_spiffe",
+        "--endpointSpiffeID",
+        "spiffe://b.test/spire/server",
+        "--trustDomainBundlePath",
+        document.to_str().unwrap(),
+        "--trustDomainBundleFormat",
+        "spiffe",
+    ]);
+
     // Delete: gone from show and refresh.
     let out = a.command(&["federation", "delete", "--id", "d.test"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -188,5 +213,5 @@ fn relationships_are_managed_with_spires_cli_and_refreshed_on_demand() {
     assert!(!out.status.success() && stderr(&out).contains("does not exist"), "{}", stderr(&out));
     let out = a.command(&["federation", "refresh", "--id", "d.test"]);
     assert!(!out.status.success() && stderr(&out).contains("no relationship"), "{}", stderr(&out));
-    assert_eq!(count(), 3, "b.test, c.test, e.test");
+    assert_eq!(count(), 4, "b.test, c.test, e.test, f.test");
 }
