@@ -1,8 +1,10 @@
-//! The agent as real processes against a real server replica, called by Workload API
-//! clients that others wrote (the `spiffe` crate) and by our own CLI.
+//! The agent as real processes against real server replicas (one cluster, or two federated
+//! ones), called by Workload API clients that others wrote (the `spiffe` crate) and by our
+//! own CLI.
 
 mod entry_push;
 mod failover;
+mod federation;
 mod hostile_workloads;
 mod ops;
 mod rotation;

@@ -3,8 +3,6 @@
 //! foreign-signed certificate, a document for another trust domain, a 100 MiB answer and
 //! an answer dripped byte by byte. Each is refused with its reason.
 
-use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -199,26 +197,10 @@ async fn a_spiffe_endpoint_is_fetched_and_every_hostile_one_refused() {
     assert!(matches!(err, FetchError::Url(..)), "{err}");
 }
 
-/// A web PKI root (`root.pem`) and a server certificate from it for 127.0.0.1 and
-/// localhost (`web.pem`, `web.key`), made by openssl.
-fn openssl_web_pki(dir: &Path) {
-    let script = r#"set -e
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=Test Root" \
-  -keyout root.key -out root.pem 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
-  -keyout web.key -out web.csr 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > web.ext
-openssl x509 -req -in web.csr -CA root.pem -CAkey root.key -CAcreateserial -days 1 -extfile web.ext \
-  -out web.pem 2>/dev/null
-"#;
-    let out = Command::new("sh").arg("-c").arg(script).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_web_endpoint_is_checked_against_web_pki_roots() {
     let dir = tempfile::tempdir().unwrap();
-    openssl_web_pki(dir.path());
+    testkit::pki::web_server(dir.path());
     let files = server::config::federation::ServingCertFile {
         cert_file_path: dir.path().join("web.pem"),
         key_file_path: dir.path().join("web.key"),
