@@ -356,11 +356,17 @@ impl TrustDomain for TrustDomainService {
                 refresh: raft_store::model::FederationRefresh { next_due: now, ..current },
                 bundle: None,
             };
-            match self.context.write(due_now).await? {
-                Ok(_) => break now,
+            let before_deadline = tokio::time::Instant::now() < deadline;
+            match self.context.write(due_now).await {
+                Ok(Ok(_)) => break now,
                 // The leader recorded a refresh meanwhile: look again.
-                Err(ApplyError::FailedPrecondition(_)) if tokio::time::Instant::now() < deadline => continue,
-                Err(e) => return Err(Status::failed_precondition(e.to_string())),
+                Ok(Err(ApplyError::FailedPrecondition(_))) if before_deadline => continue,
+                Ok(Err(e)) => return Err(Status::failed_precondition(e.to_string())),
+                // A leader change: the mark is a compare-and-set, so asking again is safe.
+                Err(status) if status.code() == Code::Unavailable && before_deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(status) => return Err(status),
             }
         };
         loop {

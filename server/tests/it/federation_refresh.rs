@@ -95,3 +95,69 @@ fn a_partners_bundle_is_fetched_by_the_leader_and_kept_when_the_partner_is_down(
     }
     assert_eq!(refreshes(&servers, "changed"), 1, "one refresh, recorded once cluster-wide");
 }
+
+fn sequence(server: &Server) -> Option<u64> {
+    let listed = server.json(&["bundle", "list"]);
+    listed["bundles"].as_array()?.iter().find(|b| b["trust_domain"] == "b.test")?["sequence_number"].as_u64()
+}
+
+/// A refresh asked for just as the leader dies is done by the next leader: not skipped, and
+/// the bundle changes once.
+#[test]
+fn a_refresh_survives_the_death_of_the_leader_that_was_to_run_it() {
+    let root = tempfile::tempdir().unwrap();
+    let b_port = free_port();
+    let options = ReplicaOptions {
+        trust_domain: Some("b.test".into()),
+        server_extra: format!(
+            "federation {{\n bundle_endpoint {{\n address = \"127.0.0.1\"\n port = {b_port}\n profile \"https_spiffe\" {{}}\n }}\n }}"
+        ),
+        ..Default::default()
+    };
+    let partner = Server::start_with(&root.path().join("b"), 1, &options);
+    partner.json(&["cluster", "init"]);
+    let b_pem = root.path().join("b.pem");
+    std::fs::write(&b_pem, partner.bundle_pem()).unwrap();
+    let mut servers = Server::cluster(&root.path().join("a"), 3, "");
+    servers[0].json(&[
+        "federation",
+        "create",
+        "--trustDomain",
+        "b.test",
+        "--bundleEndpointURL",
+        &format!("https://127.0.0.1:{b_port}/"),
+        "--bundleEndpointProfile",
+        "https_spiffe",
+        "--endpointSpiffeID",
+        "spiffe://b.test/spire/server",
+        "--trustDomainBundlePath",
+        b_pem.to_str().unwrap(),
+    ]);
+    let out = servers[0].command(&["federation", "refresh", "--id", "b.test"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = partner.command(&["localauthority", "x509", "prepare"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let leader = servers[0].status()["leader"].as_u64().unwrap();
+    let asker = servers.iter().position(|s| s.id != leader).unwrap();
+    let before = sequence(&servers[asker]).unwrap();
+    let refresh = std::process::Command::new(env!("CARGO_BIN_EXE_testudo-server"))
+        .args(["federation", "refresh", "--id", "b.test", "--socket-path"])
+        .arg(servers[asker].socket())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    servers.iter_mut().find(|s| s.id == leader).unwrap().kill();
+    let out = refresh.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for server in servers.iter().filter(|s| s.id != leader) {
+        wait_until(
+            Duration::from_secs(30),
+            || b_bundle_x509(server) == Some(2),
+            &format!("replica {} to hold the prepared CA", server.id),
+        );
+        assert_eq!(sequence(server), Some(before + 1), "the bundle changed once");
+    }
+}
