@@ -37,6 +37,7 @@ run() {
 "$cargo" build --release -p testudo-server --bin testudo-server -p testudo-agent --bin testudo-agent
 run "$cargo" bench -p testudo-raft-store --bench raft_writes -- --seconds "$seconds"
 run "$cargo" bench -p testudo-server --bench svid_mint -- --seconds "$seconds"
+run "$cargo" bench -p testudo-server --bench bundle_endpoint -- --seconds "$seconds"
 run "$cargo" bench -p testudo-agent --bench workload_api
 run "$cargo" bench -p testudo-kms --bench signing -- --seconds "$seconds"
 run "$cargo" bench -p testudo-chaos-tests --bench failover -- --rounds 5
