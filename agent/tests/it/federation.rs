@@ -1,8 +1,9 @@
 //! Two clusters of three replicas, federated both ways: example.org fetches b.test's bundle
 //! over `https_spiffe`, b.test fetches example.org's over `https_web` (a web PKI certificate
 //! its replicas trust through SSL_CERT_FILE). A workload under example.org's agent, using
-//! the `spiffe` crate, holds b.test's bundle; an X.509-SVID from b.test verifies against it
-//! with openssl, and a JWT-SVID minted in b.test validates through example.org's agent.
+//! the `spiffe` crate and py-spiffe, holds b.test's bundle; an X.509-SVID from b.test
+//! verifies against it with openssl, and a JWT-SVID minted in b.test validates through
+//! example.org's agent.
 
 use std::path::Path;
 use std::process::Command;
@@ -172,5 +173,13 @@ fn workloads_of_two_federated_clusters_trust_each_other() {
         let validated = validated.unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log()));
         assert_eq!(validated.spiffe_id().to_string(), "spiffe://b.test/db");
         source.shutdown().await;
+
+        // py-spiffe, another client, sees the same: both trust domains' bundles, and the
+        // b.test JWT-SVID validated.
+        let seen = crate::workload_api::run_python_client_with("federated_bundles.py", &agent, &[&token, "web"]);
+        assert_eq!(seen["x509_authorities"]["b.test"], held.len() as u64, "{seen}");
+        assert!(seen["x509_authorities"]["example.org"].as_u64().is_some_and(|n| n >= 1), "{seen}");
+        assert_eq!(seen["jwt_trust_domains"], serde_json::json!(["b.test", "example.org"]), "{seen}");
+        assert_eq!(seen["validated_spiffe_id"], "spiffe://b.test/db", "{seen}");
     });
 }

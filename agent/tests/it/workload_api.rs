@@ -247,6 +247,11 @@ fn a_workload_gets_x509_and_jwt_svids_through_the_spiffe_crate() {
 /// Runs a client script from tests/py with the test venv's Python against the agent's
 /// socket; returns the JSON it prints.
 pub fn run_python_client(script: &str, agent: &AgentProcess) -> serde_json::Value {
+    run_python_client_with(script, agent, &[])
+}
+
+/// As [`run_python_client`], with more arguments after the endpoint.
+pub fn run_python_client_with(script: &str, agent: &AgentProcess, args: &[&str]) -> serde_json::Value {
     let python = std::env::var("TESTUDO_PYTHON")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python").to_string());
     // Cargo and nextest set CARGO_MANIFEST_DIR when they run a test; the compiled-in one may
@@ -256,6 +261,7 @@ pub fn run_python_client(script: &str, agent: &AgentProcess) -> serde_json::Valu
     let out = std::process::Command::new(&python)
         .arg(&script)
         .arg(agent.endpoint())
+        .args(args)
         .output()
         .unwrap_or_else(|e| panic!("{python}: {e} (make test creates the venv)"));
     assert!(

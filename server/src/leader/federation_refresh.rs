@@ -154,6 +154,8 @@ impl FederationRefreshing {
                 if refresh.last_success > 0 {
                     metrics::gauge!("testudo_federation_last_success_seconds", "trust_domain" => td.clone())
                         .set(refresh.last_success as f64);
+                    metrics::gauge!("testudo_federation_bundle_sequence", "trust_domain" => td.clone())
+                        .set(refresh.last_sequence as f64);
                 }
                 if result == "changed" {
                     tracing::info!(trust_domain = %td, sequence = refresh.last_sequence, "federated bundle updated");

@@ -94,6 +94,18 @@ fn a_partners_bundle_is_fetched_by_the_leader_and_kept_when_the_partner_is_down(
         );
     }
     assert_eq!(refreshes(&servers, "changed"), 1, "one refresh, recorded once cluster-wide");
+    let sequences: Vec<String> = servers
+        .iter()
+        .flat_map(|s| {
+            let metrics = http_get(s.metrics_port, "/metrics").1;
+            metrics
+                .lines()
+                .filter(|l| l.starts_with("testudo_federation_bundle_sequence{"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(!sequences.is_empty() && sequences.iter().all(|l| l.contains("trust_domain=\"b.test\"")), "{sequences:?}");
 }
 
 fn sequence(server: &Server) -> Option<u64> {
