@@ -27,6 +27,9 @@ pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
 /// The first retry after a failure; it doubles with each failure, up to the interval.
 const FIRST_RETRY: Duration = Duration::from_secs(5);
+/// Partners fetched at once: a dead endpoint holds one slot for up to the fetch timeout,
+/// and the others go on.
+const PARALLEL_FETCHES: usize = 8;
 /// How often the leader looks at the schedule when nothing is due sooner (a RefreshBundle
 /// call makes a partner due at once): two local reads.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
@@ -203,11 +206,15 @@ impl LeaderDuty for FederationRefreshing {
         let schedule: BTreeMap<String, FederationRefresh> = reader.federation_refreshes().await.map_err(read_error)?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let mut refreshing = tokio::task::JoinSet::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(PARALLEL_FETCHES));
         for relationship in relationships {
             let previous = schedule.get(relationship.trust_domain.name()).cloned().unwrap_or_default();
             if previous.next_due <= now {
-                let (this, member) = (self.clone(), member.clone());
-                refreshing.spawn(async move { this.refresh(&member, &relationship, previous, now).await });
+                let (this, member, slots) = (self.clone(), member.clone(), slots.clone());
+                refreshing.spawn(async move {
+                    let _slot = slots.acquire().await.map_err(|e| DutyError(e.to_string()))?;
+                    this.refresh(&member, &relationship, previous, now).await
+                });
             }
         }
         let mut failed = None;
