@@ -1,9 +1,10 @@
 //! `testudo.agent.v1.EntryNotifications`: tells an agent, over one long-lived stream, that
 //! the registration entries it is authorized for changed, or the bundle of a trust domain
 //! they federate with did, so it syncs at once instead of at its next periodic sync. The
-//! stream follows this replica's entry view (a change is checked against the parent IDs the
-//! agent's authorization depends on, and only a change to the agent's authorized entries,
-//! their ids or revisions, is sent) and what apply announces of federated bundles.
+//! stream follows this replica's views: an entry change is checked against the parent IDs
+//! the agent's authorization depends on, and only a change to the agent's authorized entries
+//! (their ids or revisions) is sent; a federated bundle change is sent when the agent's
+//! entries federate with that trust domain.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -71,17 +72,6 @@ struct Authorization {
     federated: BTreeSet<String>,
 }
 
-/// Whether `applied` changed the federated bundle of one of `domains`.
-fn touches_federated(applied: &raft_store::Applied, domains: &BTreeSet<String>) -> bool {
-    match applied {
-        raft_store::Applied::Changes { sets, .. } => sets
-            .iter()
-            .flat_map(|set| &set.changes)
-            .any(|change| change.table == raft_store::Table::FederatedBundle && domains.contains(&change.key)),
-        raft_store::Applied::Replaced { .. } => !domains.is_empty(),
-    }
-}
-
 #[tonic::async_trait]
 impl EntryNotifications for EntryNotificationService {
     type WatchAuthorizedEntriesStream = ReceiverStream<Result<pb::AuthorizedEntriesChanged, Status>>;
@@ -102,7 +92,7 @@ impl EntryNotifications for EntryNotificationService {
         let server_id = self.context.server_id()?;
         // Subscribed before the first look, so no change after it is missed.
         let changes = member.views.entry_changes();
-        let applied = member.replica.applied().subscribe();
+        let federated = member.views.federated_changes();
         let mut phases = self.context.runtime.phases();
         let (tx, rx) = mpsc::channel(1);
         tokio::spawn(async move {
@@ -110,7 +100,7 @@ impl EntryNotifications for EntryNotificationService {
             // The stream holds the member: it ends when the replica leaves that phase
             // (shutdown), so it never keeps a stopping replica alive.
             tokio::select! {
-                () = watch(member, agent_id, server_id, changes, applied, tx) => {}
+                () = watch(member, agent_id, server_id, changes, federated, tx) => {}
                 _ = phases.changed() => {}
             }
         });
@@ -125,7 +115,7 @@ async fn watch(
     agent_id: String,
     server_id: identity::SpiffeId,
     mut changes: broadcast::Receiver<crate::views::EntriesChanged>,
-    mut applied: broadcast::Receiver<raft_store::Applied>,
+    mut federated: broadcast::Receiver<crate::views::FederatedBundlesChanged>,
     tx: mpsc::Sender<Result<pb::AuthorizedEntriesChanged, Status>>,
 ) {
     let views = &member.views;
@@ -155,7 +145,7 @@ async fn watch(
     loop {
         let change = tokio::select! {
             change = changes.recv() => Ok(change),
-            bundle = applied.recv() => Err(bundle),
+            bundle = federated.recv() => Err(bundle),
             () = tx.closed() => break,
         };
         let revision = match change {
@@ -169,11 +159,11 @@ async fn watch(
             // A federated bundle the agent's workloads are served changed: tell the agent,
             // whose sync fetches it.
             Err(Ok(bundle)) => {
-                if !touches_federated(&bundle, &current.federated) {
+                if !bundle.touches(&current.federated) {
                     continue;
                 }
                 metrics::counter!("testudo_entry_notifications_total").increment(1);
-                match tx.try_send(Ok(pb::AuthorizedEntriesChanged { revision: bundle.revision() })) {
+                match tx.try_send(Ok(pb::AuthorizedEntriesChanged { revision: bundle.revision })) {
                     Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => continue,
                     Err(mpsc::error::TrySendError::Closed(_)) => break,
                 }

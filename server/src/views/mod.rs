@@ -36,10 +36,29 @@ pub struct EntriesChanged {
 /// Entry changes a slow listener may fall behind by before it is told it lagged.
 const ENTRY_CHANGES_BACKLOG: usize = 1024;
 
+/// Federated bundles changed at `revision`: these trust domains' (by name); `None` when
+/// everything was loaded again, which may change any of them.
+#[derive(Clone, Debug)]
+pub struct FederatedBundlesChanged {
+    pub revision: u64,
+    pub trust_domains: Option<Arc<BTreeSet<String>>>,
+}
+
+impl FederatedBundlesChanged {
+    /// Whether the change may concern any of `trust_domains`.
+    pub fn touches(&self, trust_domains: &BTreeSet<String>) -> bool {
+        match &self.trust_domains {
+            Some(changed) => changed.iter().any(|td| trust_domains.contains(td)),
+            None => !trust_domains.is_empty(),
+        }
+    }
+}
+
 /// The views of one replica's state.
 pub struct Views {
     ca: ClusterCa,
     entry_changes: broadcast::Sender<EntriesChanged>,
+    federated_changes: broadcast::Sender<FederatedBundlesChanged>,
     signing: watch::Sender<Option<Arc<Signing>>>,
     entries: EntryCache,
     agents: AgentRecords,
@@ -62,6 +81,7 @@ impl Views {
             ca,
             signing: watch::channel(None).0,
             entry_changes: broadcast::channel(ENTRY_CHANGES_BACKLOG).0,
+            federated_changes: broadcast::channel(ENTRY_CHANGES_BACKLOG).0,
             entries: EntryCache::default(),
             agents: AgentRecords::default(),
             revision: watch::channel(0).0,
@@ -108,6 +128,12 @@ impl Views {
         self.entry_changes.subscribe()
     }
 
+    /// Federated bundle changes from now on, announced once apply made them: one follower
+    /// per replica sorts them out of everything applied, so listeners wake only for these.
+    pub fn federated_changes(&self) -> broadcast::Receiver<FederatedBundlesChanged> {
+        self.federated_changes.subscribe()
+    }
+
     pub fn entries(&self) -> &EntryCache {
         &self.entries
     }
@@ -126,8 +152,10 @@ impl Views {
             if reload {
                 match reader.all_rows(trust_domain.clone()).await {
                     Ok(rows) => {
+                        let revision = rows.revision;
                         self.load(rows);
                         reload = false;
+                        let _ = self.federated_changes.send(FederatedBundlesChanged { revision, trust_domains: None });
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot load the state into memory; retrying");
@@ -138,12 +166,19 @@ impl Views {
             }
             // Everything announced so far, coalesced into one read.
             let mut keys = ChangedKeys::default();
+            let mut federated = BTreeSet::new();
             let mut target = None;
             let mut next = announced.recv().await;
             loop {
                 match next {
                     Ok(Applied::Changes { revision, sets }) => {
                         keys.add(&sets);
+                        federated.extend(
+                            sets.iter()
+                                .flat_map(|set| &set.changes)
+                                .filter(|change| change.table == raft_store::Table::FederatedBundle)
+                                .map(|change| change.key.clone()),
+                        );
                         target = Some(revision);
                     }
                     Ok(Applied::Replaced { .. }) => reload = true,
@@ -164,6 +199,10 @@ impl Views {
                 continue;
             }
             let Some(target) = target.filter(|t| *t > self.revision()) else { continue };
+            if !federated.is_empty() {
+                let changed = FederatedBundlesChanged { revision: target, trust_domains: Some(Arc::new(federated)) };
+                let _ = self.federated_changes.send(changed);
+            }
             if keys.is_empty() {
                 self.revision.send_replace(target);
                 continue;
