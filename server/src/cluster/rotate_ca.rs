@@ -35,6 +35,9 @@ use super::ClusterSetupError;
 /// How often a replica looks at the rotation when nothing was applied (to retry a report
 /// that found no leader).
 const RECHECK: Duration = Duration::from_secs(5);
+/// The least time between two looks: under write load every apply changes the revision, and
+/// a look is a read of the store; a rotation step waits this long at most.
+const MIN_LOOK_GAP: Duration = Duration::from_millis(250);
 /// How often `rotate` looks at the members' reports.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -51,7 +54,7 @@ pub struct Rotated {
 }
 
 /// Rotates the cluster CA through `replica` (any member): starts a new rotation, or goes on
-/// with the one under way, and returns once the old CA is retired. Fails, leaving the
+/// with the one under way, and returns once every member has retired the old CA. Fails, leaving the
 /// rotation where it stands, when a member has not reached a phase within `within`; a later
 /// call goes on from there.
 pub async fn rotate(
@@ -67,6 +70,8 @@ pub async fn rotate(
         let rotation = reader.cluster_ca_rotation().await.map_err(replica_error)?;
         match rotation {
             Some(r) if r.phase == ClusterCaPhase::Retired && started => {
+                // Every member has dropped the old CA when this returns.
+                wait_for_members(replica, &r, deadline).await?;
                 tracing::info!(generation = r.generation, "cluster CA rotated; the old CA is retired");
                 return Ok(Rotated { generation: r.generation, ca_sha256: hex::encode(sha256(&r.cert_der)) });
             }
@@ -221,7 +226,7 @@ impl CaFollower {
                 "cluster CA rotation: this replica moved to the phase"
             );
         }
-        if rotation.phase != ClusterCaPhase::Retired && !rotation.reached.contains(&self.node_id) {
+        if !rotation.reached.contains(&self.node_id) {
             let report =
                 ReachClusterCaPhase { generation: rotation.generation, phase: rotation.phase, node_id: self.node_id };
             match replica.write(report).await.map_err(replica_error)? {
@@ -233,8 +238,8 @@ impl CaFollower {
         Ok(())
     }
 
-    /// Follows the rotation while the replica runs: at every applied change, and every few
-    /// seconds to retry a report that found no leader.
+    /// Follows the rotation while the replica runs: after applied changes (at most every
+    /// [`MIN_LOOK_GAP`]), and every few seconds to retry a report that found no leader.
     pub fn spawn(self: Arc<Self>, replica: Weak<Replica>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut last_error = String::new();
@@ -252,6 +257,7 @@ impl CaFollower {
                     }
                 }
                 drop(running);
+                tokio::time::sleep(MIN_LOOK_GAP).await;
                 if tokio::time::timeout(RECHECK, revisions.changed()).await.is_ok_and(|r| r.is_err()) {
                     tokio::time::sleep(RECHECK).await;
                 }
