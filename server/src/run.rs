@@ -250,10 +250,11 @@ async fn bundle_endpoint(
     let certificate: Arc<dyn rustls::server::ResolvesServerCert> = match &endpoint.profile {
         EndpointProfile::HttpsSpiffe => server_identity,
         EndpointProfile::HttpsWeb(files) => {
-            let web = Arc::new(
-                server::federation::web_cert::WebCertificate::load(files.clone())
-                    .map_err(|e| anyhow::anyhow!("bundle endpoint certificate: {e}"))?,
-            );
+            let files = files.clone();
+            let web = tokio::task::spawn_blocking(move || server::federation::web_cert::WebCertificate::load(files))
+                .await?
+                .map(Arc::new)
+                .map_err(|e| anyhow::anyhow!("bundle endpoint certificate: {e}"))?;
             tasks.push(web.clone().spawn());
             web
         }

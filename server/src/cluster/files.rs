@@ -58,17 +58,21 @@ fn dir(data_dir: &Path) -> PathBuf {
     data_dir.join(DIR)
 }
 
+/// The marker in `dir`; `None` if there is none (a pristine replica).
+fn read_marker(dir: &Path) -> Result<Option<Marker>, ClusterSetupError> {
+    let path = dir.join(MARKER);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(&path, e)),
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| ClusterSetupError::Files(format!("{}: {e}", path.display())))
+}
+
 /// Reads the material if this replica has initialised or joined; `None` if it is pristine.
 pub fn load(data_dir: &Path) -> Result<Option<ClusterMaterial>, ClusterSetupError> {
     let dir = dir(data_dir);
-    let marker_path = dir.join(MARKER);
-    let marker = match fs::read(&marker_path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_error(&marker_path, e)),
-    };
-    let marker: Marker = serde_json::from_slice(&marker)
-        .map_err(|e| ClusterSetupError::Files(format!("{}: {e}", marker_path.display())))?;
+    let Some(marker) = read_marker(&dir)? else { return Ok(None) };
     let read = |name: &str| fs::read(dir.join(name)).map_err(|e| io_error(&dir.join(name), e));
     let read_secret = |name: &str| -> Result<Zeroizing<Vec<u8>>, ClusterSetupError> {
         let path = dir.join(name);
@@ -141,10 +145,7 @@ pub fn set_cluster_cas(
     also_trusted: Option<(u64, &[u8])>,
 ) -> Result<(), ClusterSetupError> {
     let dir = dir(data_dir);
-    let marker_path = dir.join(MARKER);
-    let marker: Marker = fs::read(&marker_path).map_err(|e| io_error(&marker_path, e)).and_then(|b| {
-        serde_json::from_slice(&b).map_err(|e| ClusterSetupError::Files(format!("{}: {e}", marker_path.display())))
-    })?;
+    let marker = read_marker(&dir)?.ok_or(ClusterSetupError::NotMember)?;
     let (ca_cert, ca_key) = ca_files(generation);
     write_file(&dir, &ca_cert, cert_der)?;
     write_file(&dir, &ca_key, key_pkcs8)?;

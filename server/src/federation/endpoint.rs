@@ -105,7 +105,13 @@ fn answer(request: &Request<Incoming>, document: &Document) -> Response<Full<Byt
             None => (StatusCode::SERVICE_UNAVAILABLE, None),
         }
     };
-    metrics::counter!("testudo_bundle_endpoint_requests_total", "code" => status.as_str().to_owned()).increment(1);
+    let code = match status {
+        StatusCode::OK => "200",
+        StatusCode::NOT_FOUND => "404",
+        StatusCode::METHOD_NOT_ALLOWED => "405",
+        _ => "503",
+    };
+    metrics::counter!("testudo_bundle_endpoint_requests_total", "code" => code).increment(1);
     let mut response = match body {
         Some(bytes) => {
             let mut response = Response::new(Full::new(bytes));

@@ -69,8 +69,8 @@ pub fn system_roots() -> Arc<RootCertStore> {
     Arc::new(roots)
 }
 
-/// Whether `url` can be a bundle endpoint's: an https URL with a host.
-pub fn check_url(url: &str) -> Result<(), String> {
+/// `url` as a bundle endpoint's: an https URL with a host.
+pub fn check_url(url: &str) -> Result<Uri, String> {
     let uri: Uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| e.to_string())?;
     if uri.scheme_str() != Some("https") {
         return Err("must be an https URL".into());
@@ -78,7 +78,7 @@ pub fn check_url(url: &str) -> Result<(), String> {
     if uri.host().is_none_or(str::is_empty) {
         return Err("has no host".into());
     }
-    Ok(())
+    Ok(uri)
 }
 
 /// Fetches and checks `trust_domain`'s bundle from `url`, within `timeout` for the whole
@@ -89,9 +89,7 @@ pub async fn fetch(
     auth: &EndpointAuth,
     timeout: Duration,
 ) -> Result<Bundle, FetchError> {
-    let bad_url = |why: String| FetchError::Url(url.to_owned(), why);
-    check_url(url).map_err(bad_url)?;
-    let uri: Uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| bad_url(e.to_string()))?;
+    let uri = check_url(url).map_err(|why| FetchError::Url(url.to_owned(), why))?;
     let host = uri.host().unwrap_or_default().to_owned();
     let port = uri.port_u16().unwrap_or(443);
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
