@@ -136,6 +136,22 @@ telemetry {{
         server
     }
 
+    /// A one-replica cluster of `trust_domain` under `root`, serving its SPIFFE bundle
+    /// endpoint (`https_spiffe`) on 127.0.0.1:`port`: a federation partner.
+    pub fn federation_partner(root: &Path, trust_domain: &str, port: u16) -> Self {
+        let options = ReplicaOptions {
+            trust_domain: Some(trust_domain.into()),
+            server_extra: format!(
+                "federation {{\n bundle_endpoint {{\n address = \"127.0.0.1\"\n port = {port}\n \
+                 profile \"https_spiffe\" {{}}\n }}\n }}"
+            ),
+            ..Default::default()
+        };
+        let server = Self::start_with(root, 1, &options);
+        server.json(&["cluster", "init"]);
+        server
+    }
+
     /// Starts `n` replicas under `root` and forms one cluster: replica 1 initialises, the
     /// others join with one-time invites.
     pub fn cluster(root: &Path, n: u64, server_extra: &str) -> Vec<Self> {

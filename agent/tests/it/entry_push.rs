@@ -74,15 +74,7 @@ fn a_refreshed_federated_bundle_reaches_the_open_stream_long_before_the_next_syn
     // the relationship.
     let root = tempfile::tempdir().unwrap();
     let b_port = testkit::free_port();
-    let options = testkit::ReplicaOptions {
-        trust_domain: Some("b.test".into()),
-        server_extra: format!(
-            "federation {{\n bundle_endpoint {{\n address = \"127.0.0.1\"\n port = {b_port}\n profile \"https_spiffe\" {{}}\n }}\n }}"
-        ),
-        ..Default::default()
-    };
-    let partner = testkit::ServerProcess::start_with(root.path(), 1, &options);
-    partner.json(&["cluster", "init"]);
+    let partner = testkit::ServerProcess::federation_partner(root.path(), "b.test", b_port);
     let b_pem = root.path().join("b.pem");
     std::fs::write(&b_pem, partner.bundle_pem()).unwrap();
     world.server.json(&[

@@ -5,26 +5,7 @@
 
 use std::time::Duration;
 
-use testkit::{free_port, wait_until, ReplicaOptions, ServerProcess as Server};
-
-fn partner(root: &std::path::Path, port: u16) -> Server {
-    let options = ReplicaOptions {
-        trust_domain: Some("b.test".into()),
-        server_extra: format!(
-            r#"federation {{
-    bundle_endpoint {{
-      address = "127.0.0.1"
-      port = {port}
-      profile "https_spiffe" {{}}
-    }}
-  }}"#
-        ),
-        ..Default::default()
-    };
-    let server = Server::start_with(&root.join("b"), 1, &options);
-    server.json(&["cluster", "init"]);
-    server
-}
+use testkit::{free_port, wait_until, ServerProcess as Server};
 
 fn x509_count(server: &Server, trust_domain: &str) -> Option<u64> {
     let listed = server.json(&["bundle", "list"]);
@@ -39,7 +20,7 @@ fn stderr(out: &std::process::Output) -> String {
 fn relationships_are_managed_with_spires_cli_and_refreshed_on_demand() {
     let root = tempfile::tempdir().unwrap();
     let b_port = free_port();
-    let b = partner(root.path(), b_port);
+    let b = Server::federation_partner(&root.path().join("b"), "b.test", b_port);
     let b_pem = root.path().join("b.pem");
     std::fs::write(&b_pem, b.bundle_pem()).unwrap();
     let configured = r#"federation {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use testkit::{free_port, http_get, wait_until, ReplicaOptions, ServerProcess as Server};
+use testkit::{free_port, http_get, wait_until, ServerProcess as Server};
 
 fn b_bundle_x509(server: &Server) -> Option<u64> {
     let listed = server.json(&["bundle", "list"]);
@@ -38,22 +38,7 @@ fn refreshes(servers: &[Server], result: &str) -> u64 {
 fn a_partners_bundle_is_fetched_by_the_leader_and_kept_when_the_partner_is_down() {
     let root = tempfile::tempdir().unwrap();
     let b_port = free_port();
-    let partner_options = ReplicaOptions {
-        trust_domain: Some("b.test".into()),
-        server_extra: format!(
-            r#"federation {{
-    bundle_endpoint {{
-      address = "127.0.0.1"
-      port = {b_port}
-      profile "https_spiffe" {{}}
-    }}
-  }}"#
-        ),
-        ..Default::default()
-    };
-    let b_root = root.path().join("b");
-    let mut partner = Server::start_with(&b_root, 1, &partner_options);
-    partner.json(&["cluster", "init"]);
+    let mut partner = Server::federation_partner(&root.path().join("b"), "b.test", b_port);
     let b_pem = root.path().join("b.pem");
     std::fs::write(&b_pem, partner.bundle_pem()).unwrap();
 
@@ -119,15 +104,7 @@ fn sequence(server: &Server) -> Option<u64> {
 fn a_refresh_survives_the_death_of_the_leader_that_was_to_run_it() {
     let root = tempfile::tempdir().unwrap();
     let b_port = free_port();
-    let options = ReplicaOptions {
-        trust_domain: Some("b.test".into()),
-        server_extra: format!(
-            "federation {{\n bundle_endpoint {{\n address = \"127.0.0.1\"\n port = {b_port}\n profile \"https_spiffe\" {{}}\n }}\n }}"
-        ),
-        ..Default::default()
-    };
-    let partner = Server::start_with(&root.path().join("b"), 1, &options);
-    partner.json(&["cluster", "init"]);
+    let partner = Server::federation_partner(&root.path().join("b"), "b.test", b_port);
     let b_pem = root.path().join("b.pem");
     std::fs::write(&b_pem, partner.bundle_pem()).unwrap();
     let mut servers = Server::cluster(&root.path().join("a"), 3, "");
