@@ -1,9 +1,12 @@
 //! `testudo-server federation create|list|show|update|delete|refresh`, with SPIRE's flags
 //! and `--data` files, over the Trust Domain API on the admin socket.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use proto::admin::federation_status_client::FederationStatusClient;
+use proto::admin::{BundleRefresh, ListRefreshesRequest};
 use proto::spire::api::server::trustdomain::v1 as pb;
 use proto::spire::api::server::trustdomain::v1::trust_domain_client::TrustDomainClient;
 use proto::spire::api::types;
@@ -192,6 +195,41 @@ fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(text)
 }
 
+/// Refresh states by trust domain.
+type Refreshes = BTreeMap<String, BundleRefresh>;
+
+fn refresh_json(r: &BundleRefresh) -> serde_json::Value {
+    serde_json::json!({
+        "last_attempt": r.last_attempt,
+        "last_success": r.last_success,
+        "next_due": r.next_due,
+        "last_error": r.last_error,
+        "failures": r.failures,
+        "bundle_sequence": r.bundle_sequence,
+    })
+}
+
+/// Unix seconds as RFC 3339, or `never`.
+fn when(unix: i64) -> String {
+    use time::format_description::well_known::Rfc3339;
+    match time::OffsetDateTime::from_unix_timestamp(unix) {
+        Ok(t) if unix > 0 => t.format(&Rfc3339).unwrap_or_else(|_| unix.to_string()),
+        _ => "never".to_owned(),
+    }
+}
+
+fn print_refresh(r: &BundleRefresh) {
+    println!("Last refresh attempt      : {}", when(r.last_attempt));
+    println!("Last successful refresh   : {}", when(r.last_success));
+    println!("Next refresh due          : {}", if r.next_due > 0 { when(r.next_due) } else { "now".to_owned() });
+    if r.last_success > 0 {
+        println!("Bundle sequence           : {}", r.bundle_sequence);
+    }
+    if !r.last_error.is_empty() {
+        println!("Last error                : {} ({} failures in a row)", r.last_error, r.failures);
+    }
+}
+
 fn to_json(r: &types::FederationRelationship) -> serde_json::Value {
     use types::federation_relationship::BundleEndpointProfile as Profile;
     let (profile, endpoint) = match &r.bundle_endpoint_profile {
@@ -209,10 +247,19 @@ fn to_json(r: &types::FederationRelationship) -> serde_json::Value {
     })
 }
 
-fn print(relationships: &[types::FederationRelationship], output: Output) {
+fn print(relationships: &[types::FederationRelationship], refreshes: &Refreshes, output: Output) {
     use types::federation_relationship::BundleEndpointProfile as Profile;
     if let Output::Json = output {
-        let list: Vec<_> = relationships.iter().map(to_json).collect();
+        let list: Vec<_> = relationships
+            .iter()
+            .map(|r| {
+                let mut json = to_json(r);
+                if let Some(refresh) = refreshes.get(&r.trust_domain) {
+                    json["refresh"] = refresh_json(refresh);
+                }
+                json
+            })
+            .collect();
         println!("{}", serde_json::json!({ "federation_relationships": list }));
         return;
     }
@@ -230,8 +277,21 @@ fn print(relationships: &[types::FederationRelationship], output: Output) {
             }
             None => {}
         }
+        if let Some(refresh) = refreshes.get(&r.trust_domain) {
+            print_refresh(refresh);
+        }
         println!();
     }
+}
+
+/// The refresh states the cluster recorded (one trust domain's, or all when `trust_domain`
+/// is empty).
+async fn refreshes(channel: tonic::transport::Channel, trust_domain: String) -> anyhow::Result<Refreshes> {
+    let answer = FederationStatusClient::new(channel)
+        .list_refreshes(ListRefreshesRequest { trust_domain })
+        .await
+        .map_err(crate::status_error)?;
+    Ok(answer.into_inner().refreshes.into_iter().map(|r| (r.trust_domain.clone(), r)).collect())
 }
 
 /// A batch's answer: the first refusal as the error, else the relationships written.
@@ -240,14 +300,14 @@ fn print_results(
     output: Output,
 ) -> anyhow::Result<()> {
     first_refusal(results.iter().map(|(status, _)| status.clone()))?;
-    print(&results.into_iter().filter_map(|(_, r)| r).collect::<Vec<_>>(), output);
+    print(&results.into_iter().filter_map(|(_, r)| r).collect::<Vec<_>>(), &Refreshes::new(), output);
     Ok(())
 }
 
 pub async fn federation(command: FederationCommand, socket_path: &Path, output: Output) -> anyhow::Result<()> {
     let channel =
         socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
-    let mut client = TrustDomainClient::new(channel);
+    let mut client = TrustDomainClient::new(channel.clone());
     match command {
         FederationCommand::Create(args) => {
             let request = pb::BatchCreateFederationRelationshipRequest {
@@ -281,12 +341,13 @@ pub async fn federation(command: FederationCommand, socket_path: &Path, output: 
                 }
                 page_token = page.next_page_token;
             }
-            print(&all, output);
+            print(&all, &refreshes(channel, String::new()).await?, output);
         }
         FederationCommand::Show { trust_domain } => {
             let request = pb::GetFederationRelationshipRequest { trust_domain, output_mask: None };
-            let found = client.get_federation_relationship(request).await.map_err(crate::status_error)?;
-            print(&[found.into_inner()], output);
+            let found = client.get_federation_relationship(request).await.map_err(crate::status_error)?.into_inner();
+            let state = refreshes(channel, found.trust_domain.clone()).await?;
+            print(&[found], &state, output);
         }
         FederationCommand::Delete { id } => {
             let request = pb::BatchDeleteFederationRelationshipRequest { trust_domains: vec![id] };

@@ -232,6 +232,9 @@ fn api_routes(api: &server::api::ApiContext) -> tonic::service::Routes {
     routes.add_service(proto::spire::api::server::trustdomain::v1::trust_domain_server::TrustDomainServer::new(
         server::api::trust_domain::TrustDomainService { context: api.clone() },
     ));
+    routes.add_service(proto::admin::federation_status_server::FederationStatusServer::new(
+        server::api::federation_status::FederationStatusService { context: api.clone() },
+    ));
     routes.add_service(proto::health::health_server::HealthServer::new(server::api::health::HealthService::new(
         api.clone(),
     )));

@@ -10,6 +10,7 @@ pub mod convert;
 pub mod debug;
 pub mod entry;
 pub mod entry_notifications;
+pub mod federation_status;
 pub mod health;
 pub mod listener;
 pub mod local_authority;

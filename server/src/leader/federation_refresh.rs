@@ -182,6 +182,17 @@ fn backoff(failures: u32) -> Duration {
     FIRST_RETRY.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(DEFAULT_INTERVAL)
 }
 
+/// How long from `now` until the second `due` starts (due times are whole seconds, so a
+/// refresh starts on the second it is due rather than up to a look later); at least 100 ms,
+/// so a schedule that stays due costs at most ten looks a second.
+fn until(due: i64, now: time::OffsetDateTime) -> Duration {
+    let Ok(due) = time::OffsetDateTime::from_unix_timestamp(due) else {
+        return Duration::MAX;
+    };
+    let wait = Duration::try_from(due - now).unwrap_or(Duration::ZERO);
+    wait.max(Duration::from_millis(100))
+}
+
 fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
@@ -227,10 +238,8 @@ impl LeaderDuty for FederationRefreshing {
             return Err(e);
         }
         let schedule = member.replica.local_reader().federation_refreshes().await.map_err(read_error)?;
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let soonest = schedule.values().map(|r| r.next_due - now).min().unwrap_or(i64::MAX);
-        let wait = Duration::from_secs(u64::try_from(soonest).unwrap_or(0));
-        Ok(wait.clamp(Duration::from_secs(1), LOOK_EVERY))
+        let soonest = schedule.values().map(|r| r.next_due).min();
+        Ok(soonest.map_or(LOOK_EVERY, |due| until(due, time::OffsetDateTime::now_utc()).min(LOOK_EVERY)))
     }
 }
 
@@ -249,5 +258,13 @@ mod tests {
         assert_eq!(interval_of(&bundle), MIN_INTERVAL);
         bundle.refresh_hint = Some(10 * 24 * 3600);
         assert_eq!(interval_of(&bundle), MAX_INTERVAL);
+    }
+
+    #[test]
+    fn the_next_look_is_when_the_due_second_starts() {
+        let now = time::OffsetDateTime::from_unix_timestamp(1_000).unwrap() + Duration::from_millis(300);
+        assert_eq!(until(1_001, now), Duration::from_millis(700));
+        assert_eq!(until(1_000, now), Duration::from_millis(100), "already due: soon, not in a busy loop");
+        assert_eq!(until(i64::MAX, now), Duration::MAX, "never");
     }
 }

@@ -68,6 +68,16 @@ fn a_partners_bundle_is_fetched_by_the_leader_and_kept_when_the_partner_is_down(
     for server in &servers {
         assert_eq!(b_bundle_x509(server), Some(1), "the bundle set is kept while the partner is down");
     }
+    // Any replica shows the schedule the leader recorded: the error, and when it tries again.
+    let shown = servers[2].json(&["federation", "show", "--trustDomain", "b.test"]);
+    let refresh = &shown["federation_relationships"][0]["refresh"];
+    assert!(refresh["failures"].as_u64() >= Some(1), "{shown}");
+    assert!(refresh["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{shown}");
+    assert_eq!(refresh["last_success"], 0, "{shown}");
+    assert!(refresh["next_due"].as_i64() > refresh["last_attempt"].as_i64(), "retried later: {shown}");
+    let pretty = servers[2].command(&["federation", "show", "--trustDomain", "b.test"]);
+    let pretty = String::from_utf8_lossy(&pretty.stdout).into_owned();
+    assert!(pretty.contains("Last error                : ") && pretty.contains("failures in a row"), "{pretty}");
 
     // Back: the next refresh brings the prepared CA to every replica, recorded once.
     partner.restart();
@@ -79,6 +89,13 @@ fn a_partners_bundle_is_fetched_by_the_leader_and_kept_when_the_partner_is_down(
         );
     }
     assert_eq!(refreshes(&servers, "changed"), 1, "one refresh, recorded once cluster-wide");
+    let listed = servers[1].json(&["federation", "list"]);
+    let refresh = &listed["federation_relationships"][0]["refresh"];
+    assert_eq!(refresh["last_error"], "", "{listed}");
+    assert_eq!(refresh["failures"], 0, "{listed}");
+    assert!(refresh["last_success"].as_i64() > Some(0) && refresh["bundle_sequence"].as_u64() > Some(0), "{listed}");
+    let out = servers[1].command(&["federation", "show", "--trustDomain", "c.test"]);
+    assert!(!out.status.success(), "an unknown trust domain is not found");
     let sequences: Vec<String> = servers
         .iter()
         .flat_map(|s| {
