@@ -3,7 +3,8 @@
 //! its replicas trust through SSL_CERT_FILE). A workload under example.org's agent, using
 //! the `spiffe` crate and py-spiffe, holds b.test's bundle; an X.509-SVID from b.test
 //! verifies against it with openssl, and a JWT-SVID minted in b.test validates through
-//! example.org's agent.
+//! example.org's agent. When b.test rotates its CA, the workload holds the new one within
+//! b.test's refresh hint and a second, with no refresh asked for.
 
 use std::path::Path;
 use std::process::Command;
@@ -12,7 +13,9 @@ use std::time::Duration;
 use testkit::{free_port, wait_until, AgentProcess, ReplicaOptions, ServerProcess};
 
 fn endpoint(port: u16, profile: &str) -> String {
-    format!("federation {{\n bundle_endpoint {{\n address = \"127.0.0.1\"\n port = {port}\n {profile}\n }}\n")
+    format!(
+        "federation {{\n bundle_endpoint {{\n address = \"127.0.0.1\"\n port = {port}\n refresh_hint = \"1m\"\n {profile}\n }}\n"
+    )
 }
 
 /// Three replicas of `trust_domain`, each serving a bundle endpoint on its port of `ports`;
@@ -172,12 +175,72 @@ fn workloads_of_two_federated_clusters_trust_each_other() {
         }
         let validated = validated.unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log()));
         assert_eq!(validated.spiffe_id().to_string(), "spiffe://b.test/db");
+
+        // b.test prepares a new CA. Nobody asks for a refresh: the workload holds the new
+        // CA within b.test's refresh hint (1 min, the floor) and a second of the moment
+        // b.test's endpoint serves it.
+        let prepared = b[0].json(&["localauthority", "x509", "prepare"]);
+        let new_id = prepared["prepared"]["authority_id"].as_str().unwrap().to_string();
+        let cas = |pem: &str| identity::bundle::parse_pem_certificates(pem).unwrap();
+        while cas(&b[1].bundle_pem()).len() < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let served_at = tokio::time::Instant::now();
+        let rotated = cas(&b[1].bundle_pem());
+        let limit = Duration::from_secs(61);
+        let held_count = loop {
+            let count = source.bundle_set().unwrap().get(&b_td).map(|b| b.authorities().len()).unwrap_or(0);
+            if count == rotated.len() || served_at.elapsed() > limit {
+                break count;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(
+            held_count,
+            rotated.len(),
+            "b.test's new CA at the workload within {limit:?}\nagent log:\n{}",
+            agent.log()
+        );
+        eprintln!("b.test's prepared CA reached the workload {:?} after b.test served it", served_at.elapsed());
+
+        // Activated, b.test issues from the new CA, and its SVIDs verify against what the
+        // workload holds (and not against the old CA alone).
+        b[0].json(&["localauthority", "x509", "activate", "--authority-id", &new_id]);
+        let svid_dir = root.path().join("b-svid-rotated");
+        let out =
+            b[0].command(&["x509", "mint", "--spiffe-id", "spiffe://b.test/db", "--write", svid_dir.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let held_now: Vec<Vec<u8>> = source
+            .bundle_set()
+            .unwrap()
+            .get(&b_td)
+            .unwrap()
+            .authorities()
+            .iter()
+            .map(|c| c.as_ref().to_vec())
+            .collect();
+        std::fs::write(&bundle_file, identity::bundle::to_pem_certificates(held_now.iter().map(Vec::as_slice)))
+            .unwrap();
+        let old_only = root.path().join("b-old.pem");
+        std::fs::write(&old_only, identity::bundle::to_pem_certificates(served.iter().map(Vec::as_slice))).unwrap();
+        let verifies = |ca_file: &Path| {
+            Command::new("openssl")
+                .args(["verify", "-CAfile"])
+                .arg(ca_file)
+                .arg(svid_dir.join("svid.pem"))
+                .output()
+                .unwrap()
+                .status
+                .success()
+        };
+        assert!(verifies(&bundle_file), "an SVID of b.test's new CA verifies against the bundle the workload holds");
+        assert!(!verifies(&old_only), "and it comes from the new CA");
         source.shutdown().await;
 
         // py-spiffe, another client, sees the same: both trust domains' bundles, and the
         // b.test JWT-SVID validated.
         let seen = crate::workload_api::run_python_client_with("federated_bundles.py", &agent, &[&token, "web"]);
-        assert_eq!(seen["x509_authorities"]["b.test"], held.len() as u64, "{seen}");
+        assert_eq!(seen["x509_authorities"]["b.test"], rotated.len() as u64, "{seen}");
         assert!(seen["x509_authorities"]["example.org"].as_u64().is_some_and(|n| n >= 1), "{seen}");
         assert_eq!(seen["jwt_trust_domains"], serde_json::json!(["b.test", "example.org"]), "{seen}");
         assert_eq!(seen["validated_spiffe_id"], "spiffe://b.test/db", "{seen}");
