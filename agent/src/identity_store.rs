@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use identity::bundle::Bundle;
+use identity::x509::split_der_certificates;
 use identity::TrustDomain;
 use zeroize::Zeroizing;
 
@@ -114,20 +115,4 @@ impl IdentityStore {
         file.persist(&path).map_err(|e| io(e.error))?;
         Ok(())
     }
-}
-
-/// Splits concatenated DER certificates (the Workload API's and this store's format).
-pub fn split_der_certificates(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-    let mut certs = Vec::new();
-    while !bytes.is_empty() {
-        let (rest, _) =
-            x509_parser::parse_x509_certificate(bytes).map_err(|e| format!("certificate {}: {e}", certs.len()))?;
-        let length = bytes.len() - rest.len();
-        certs.push(bytes[..length].to_vec());
-        bytes = rest;
-    }
-    if certs.is_empty() {
-        return Err("no certificate".into());
-    }
-    Ok(certs)
 }

@@ -210,7 +210,7 @@ async fn healthcheck(client: &Client) -> anyhow::Result<()> {
 }
 
 fn split_certs(bytes: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
-    agent::identity_store::split_der_certificates(bytes).map_err(anyhow::Error::msg)
+    identity::x509::split_der_certificates(bytes).map_err(anyhow::Error::msg)
 }
 
 fn pem_certs(ders: &[Vec<u8>]) -> String {

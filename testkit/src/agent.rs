@@ -29,6 +29,30 @@ impl AgentProcess {
         )
     }
 
+    /// [`Self::start`] for an agent of `trust_domain` rather than example.org.
+    pub fn start_in(
+        root: &Path,
+        trust_domain: &str,
+        servers: &[String],
+        bundle_pem: &str,
+        join_token: &str,
+        sync_interval: &str,
+    ) -> Self {
+        let dir = root.join("agent");
+        std::fs::create_dir_all(&dir).expect("agent dir");
+        std::fs::write(dir.join("bundle.pem"), bundle_pem).expect("bundle file");
+        let config = Self::config_text(
+            root,
+            servers,
+            &format!("join_token = \"{join_token}\""),
+            r#"NodeAttestor "join_token" {}"#,
+            sync_interval,
+            "",
+        )
+        .replace("trust_domain = \"example.org\"", &format!("trust_domain = \"{trust_domain}\""));
+        Self::start_configured(root, &config, &[])
+    }
+
     /// An agent whose `agent { }` block also holds `agent_extra`, whose node attestor block
     /// is `node_attestor`, and whose file ends with `extra_blocks` (e.g. `health_checks`).
     pub fn start_with_attestor(

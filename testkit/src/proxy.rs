@@ -137,6 +137,22 @@ fn reset(stream: &TcpStream) {
 impl FaultProxy {
     /// Listens on a free port of 127.0.0.1 and forwards to `upstream`.
     pub fn start(upstream: SocketAddr) -> Self {
+        Self::balance(vec![upstream])
+    }
+
+    /// Listens on a free port of 127.0.0.1 and forwards each connection to the next of
+    /// `upstreams` that accepts it, as a load balancer or a DNS name with health checks puts
+    /// one address in front of every replica.
+    pub fn balance(upstreams: Vec<SocketAddr>) -> Self {
+        assert!(!upstreams.is_empty(), "a proxy needs an upstream");
+        let next = AtomicUsize::new(0);
+        let connect = move || {
+            let first = next.fetch_add(1, Ordering::SeqCst);
+            (0..upstreams.len()).find_map(|i| {
+                let upstream = upstreams[(first + i) % upstreams.len()];
+                TcpStream::connect_timeout(&upstream, Duration::from_secs(1)).ok()
+            })
+        };
         let listener = TcpListener::bind("127.0.0.1:0").expect("a proxy port");
         let port = listener.local_addr().expect("the proxy's address").port();
         let shared = Arc::new(Shared {
@@ -155,7 +171,7 @@ impl FaultProxy {
                     reset(&client);
                     continue;
                 }
-                let Ok(server) = TcpStream::connect(upstream) else {
+                let Some(server) = connect() else {
                     reset(&client);
                     continue;
                 };

@@ -13,7 +13,7 @@ use crate::workload_api::raw_client;
 /// Serial and expiry of the SVID for `spiffe_id` in a Workload API message.
 fn svid_of(response: &pb::X509svidResponse, spiffe_id: &str) -> Option<(Vec<u8>, time::OffsetDateTime)> {
     let svid = response.svids.iter().find(|s| s.spiffe_id == spiffe_id)?;
-    let chain = agent::identity_store::split_der_certificates(&svid.x509_svid).ok()?;
+    let chain = identity::x509::split_der_certificates(&svid.x509_svid).ok()?;
     identity::x509::certificate_facts(&chain[0]).ok().map(|f| (f.serial, f.not_after))
 }
 

@@ -34,7 +34,7 @@ fn rotation_over_many_cycles_leaves_no_gap() {
                 assert!(*not_after > now, "the workload held an expired SVID until {now} (expired {not_after})");
             }
             let svid = message.svids.iter().find(|s| s.spiffe_id == "spiffe://example.org/workload").expect("the SVID");
-            let chain = agent::identity_store::split_der_certificates(&svid.x509_svid).unwrap();
+            let chain = identity::x509::split_der_certificates(&svid.x509_svid).unwrap();
             let facts = identity::x509::certificate_facts(&chain[0]).unwrap();
             assert!(facts.not_after > now, "the agent sent an expired SVID");
             if held.as_ref().is_some_and(|(serial, _)| *serial != facts.serial) {
@@ -54,7 +54,7 @@ fn an_svid_signed_by_a_tainted_authority_is_replaced_at_once() {
     let (server, agent) = (&world.server, &world.agent);
     let issuer_of = |message: &pb::X509svidResponse| {
         let svid = message.svids.iter().find(|s| s.spiffe_id == "spiffe://example.org/workload").expect("the SVID");
-        agent::identity_store::split_der_certificates(&svid.x509_svid).unwrap()[1].clone()
+        identity::x509::split_der_certificates(&svid.x509_svid).unwrap()[1].clone()
     };
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

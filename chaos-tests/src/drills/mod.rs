@@ -6,6 +6,7 @@
 pub mod all_down;
 pub mod disk_failure;
 pub mod entry_clients;
+pub mod federation;
 pub mod leader_kill;
 pub mod leader_pause;
 pub mod partition;
@@ -114,6 +115,11 @@ pub const ALL: &[Drill] = &[
         name: disk_failure::NAME,
         about: "one replica's disk fills up under write load, then is repaired",
         run: disk_failure::run,
+    },
+    Drill {
+        name: federation::NAME,
+        about: "two federated clusters rotate CAs; both leaders killed as each refresh falls due; mTLS across",
+        run: federation::run,
     },
 ];
 

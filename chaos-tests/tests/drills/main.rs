@@ -42,3 +42,8 @@ fn a_wiped_replica_rejoins_by_snapshot() {
 fn a_full_disk_on_the_leader_loses_nothing() {
     assert_passed(drills::disk_failure::run(&Settings::QUICK));
 }
+
+#[test]
+fn federated_clusters_refresh_through_leader_kills() {
+    assert_passed(drills::federation::run(&Settings::QUICK));
+}

@@ -10,7 +10,7 @@ pub use mint::{
     mint_ca, mint_x509_svid, random_serial, CaTemplate, Issuer, MintError, MintedCertificate, Subject, SvidTemplate,
     BACKDATE,
 };
-pub use parsed::{certificate_facts, CertificateFacts, ParseError};
+pub use parsed::{certificate_facts, split_der_certificates, CertificateFacts, ParseError};
 pub use verify::{verify_ca_chain, verify_x509_svid, VerifiedX509Svid, VerifyX509Error, MAX_CHAIN_LENGTH};
 #[cfg(test)]
 pub(crate) mod tests;

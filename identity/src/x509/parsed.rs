@@ -125,3 +125,19 @@ pub(crate) fn facts_of(cert: &X509Certificate<'_>) -> Result<CertificateFacts, P
         authority_key_id,
     })
 }
+
+/// Splits concatenated DER certificates (the Workload API's format for chains and bundles).
+pub fn split_der_certificates(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let mut certs = Vec::new();
+    while !bytes.is_empty() {
+        let (rest, _) =
+            x509_parser::parse_x509_certificate(bytes).map_err(|e| format!("certificate {}: {e}", certs.len()))?;
+        let length = bytes.len() - rest.len();
+        certs.push(bytes[..length].to_vec());
+        bytes = rest;
+    }
+    if certs.is_empty() {
+        return Err("no certificate".into());
+    }
+    Ok(certs)
+}
