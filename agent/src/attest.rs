@@ -13,7 +13,7 @@ use tonic::Status;
 use zeroize::Zeroizing;
 
 use crate::identity_store::StoredIdentity;
-use crate::server_pool::ServerPool;
+use server_pool::ServerPool;
 
 /// A fresh key and a CSR for it.
 fn key_and_csr() -> Result<(LocalKey, Vec<u8>), Status> {

@@ -12,7 +12,7 @@ use proto::agent_push::WatchAuthorizedEntriesRequest;
 use tokio::sync::Notify;
 use tonic::Code;
 
-use crate::server_pool::{jitter, ServerPool};
+use server_pool::{jitter, ServerPool};
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);

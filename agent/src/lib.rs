@@ -11,7 +11,6 @@ pub mod entry_watch;
 pub mod identity_store;
 pub mod ops;
 pub mod runtime;
-pub mod server_pool;
 pub mod status;
 pub mod sync;
 pub mod trust;

@@ -15,11 +15,14 @@ use crate::cache::Cache;
 use crate::config::plugins::{KeyStorage, NodeAttestor};
 use crate::config::{AgentConfig, TrustSource};
 use crate::identity_store::{IdentityStore, StoredIdentity};
-use crate::server_pool::ServerPool;
 use crate::status::AgentStatus;
 use crate::workload::api::WorkloadApi;
 use crate::workload::sds::SecretDiscovery;
 use crate::{attest, sync, trust};
+use server_pool::ServerPool;
+
+/// The counter of server calls a replica failed (it was skipped for the next one).
+const AGENT_POOL_FAILURES: &str = "testudo_agent_server_failures_total";
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +80,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     let trust = Arc::new(RwLock::new(bundle.clone()));
     let server_id =
         SpiffeId::new(trust_domain.clone(), "/spire/server").map_err(|e| StartError::Config(e.to_string()))?;
-    let pool = Arc::new(ServerPool::new(config.servers.clone(), server_id, trust.clone()).await);
+    let pool = Arc::new(ServerPool::new(config.servers.clone(), server_id, trust.clone(), AGENT_POOL_FAILURES).await);
     tracing::info!(servers = ?pool.addresses(), "server replicas");
 
     let restored = match (&config.key_storage, store.load_identity().await?) {
@@ -112,7 +115,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         }
     };
     store.save_bundle(&bundle).await?;
-    pool.set_identity(&agent.identity);
+    pool.set_identity(&agent.identity.chain, &agent.identity.key_pkcs8);
     let status = Arc::new(AgentStatus::default());
     status.set_svid(&agent.identity.chain);
 
@@ -139,7 +142,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
         }
     }
     let probe_task = tokio::spawn(pool.clone().probe_unhealthy(std::time::Duration::from_secs(1)));
-    let dns_task = tokio::spawn(pool.clone().follow_dns(crate::server_pool::RESOLVE_EVERY));
+    let dns_task = tokio::spawn(pool.clone().follow_dns(server_pool::RESOLVE_EVERY));
     let wake = Arc::new(tokio::sync::Notify::new());
     let watch_task = tokio::spawn(crate::entry_watch::watch(pool.clone(), wake.clone()));
     let sync_task = tokio::spawn(sync_loop(
@@ -210,7 +213,7 @@ async fn adopt(
 ) -> Result<AgentSvid, String> {
     let svid =
         trust.read().map_err(|_| "bundle lock poisoned".to_string()).and_then(|b| AgentSvid::new(identity, &b))?;
-    pool.set_identity(&svid.identity);
+    pool.set_identity(&svid.identity.chain, &svid.identity.key_pkcs8);
     status.set_svid(&svid.identity.chain);
     if matches!(config.key_storage, KeyStorage::Disk(_)) {
         if let Err(e) = store.save_identity(&svid.identity).await {

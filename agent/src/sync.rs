@@ -22,7 +22,7 @@ use tonic::Status;
 use zeroize::Zeroizing;
 
 use crate::cache::{Cache, Entry, Snapshot, WorkloadSvid};
-use crate::server_pool::ServerPool;
+use server_pool::ServerPool;
 
 /// Items per BatchNewX509SVID call (the server's limit).
 const MINT_BATCH: usize = 500;

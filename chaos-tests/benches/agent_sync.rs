@@ -18,13 +18,13 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use agent::identity_store::StoredIdentity;
-use agent::server_pool::ServerPool;
 use identity::bundle::Bundle;
 use identity::{SpiffeId, TrustDomain};
 use proto::spire::api::server::agent::v1 as agent_pb;
 use proto::spire::api::server::entry::v1 as entry_pb;
 use proto::spire::api::types;
 use proto::unix_socket::connect;
+use server_pool::ServerPool;
 use testkit::ServerProcess;
 
 /// Probes sync a few at a time, so their latency is mostly the servers' work, not queueing.
@@ -64,7 +64,13 @@ struct Cluster {
 
 impl Cluster {
     async fn pool(&self, i: usize) -> ServerPool {
-        ServerPool::new(addresses_for(&self.addresses, i), self.server_id.clone(), self.bundle.clone()).await
+        ServerPool::new(
+            addresses_for(&self.addresses, i),
+            self.server_id.clone(),
+            self.bundle.clone(),
+            "bench_failures",
+        )
+        .await
     }
 
     /// Resident memory of each replica now and at its peak, in MiB.
@@ -167,7 +173,7 @@ async fn probe(
         let (cluster, identities) = (cluster.clone(), identities.clone());
         async move {
             let pool = cluster.pool(i).await;
-            pool.set_identity(&identities[i]);
+            pool.set_identity(&identities[i].chain, &identities[i].key_pkcs8);
             // A first call makes the connection, so the timed ones measure the sync alone.
             let _ = agent::sync::sync_entries(&pool, &BTreeMap::new()).await.expect("sync");
             let started = Instant::now();
@@ -267,7 +273,7 @@ fn main() {
             let (cluster, identities) = (cluster.clone(), identities.clone());
             async move {
                 let pool = cluster.pool(i).await;
-                pool.set_identity(&identities[i]);
+                pool.set_identity(&identities[i].chain, &identities[i].key_pkcs8);
                 agent::sync::sync_entries(&pool, &BTreeMap::new()).await.expect("sync").len()
             }
         })

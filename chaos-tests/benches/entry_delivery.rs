@@ -15,7 +15,6 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use agent::server_pool::ServerPool;
 use identity::bundle::Bundle;
 use identity::{SpiffeId, TrustDomain};
 use proto::spire::api::server::agent::v1 as agent_pb;
@@ -23,6 +22,7 @@ use proto::spire::api::server::entry::v1 as entry_pb;
 use proto::spire::api::types;
 use proto::unix_socket::connect;
 use proto::workload as workload_pb;
+use server_pool::ServerPool;
 use testkit::{AgentProcess, ServerProcess};
 
 const SYNC_INTERVAL: &str = "5s";
@@ -153,9 +153,12 @@ fn main() {
         let mut watchers = Vec::with_capacity(extra_agents);
         for i in 0..extra_agents {
             let token = join_token(&follower.socket()).await;
-            let pool = Arc::new(ServerPool::new(vec![follower.api_address()], server_id.clone(), bundle.clone()).await);
+            let pool = Arc::new(
+                ServerPool::new(vec![follower.api_address()], server_id.clone(), bundle.clone(), "bench_failures")
+                    .await,
+            );
             let identity = agent::attest::with_join_token(&pool, &token).await.expect("attested");
-            pool.set_identity(&identity);
+            pool.set_identity(&identity.chain, &identity.key_pkcs8);
             let parent =
                 SpiffeId::parse(&format!("spiffe://example.org/spire/agent/join_token/{token}")).expect("an ID");
             create_entry(&leader.socket(), &format!("/idle/{i}"), &parent, "unix:uid:1").await;

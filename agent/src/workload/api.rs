@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 
 use super::attestor::WorkloadAttestors;
 use crate::cache::{Cache, Entry, Snapshot};
-use crate::server_pool::ServerPool;
+use server_pool::ServerPool;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 

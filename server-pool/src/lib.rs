@@ -1,4 +1,6 @@
-//! Every call to the servers goes through one pool over the configured replicas. A call
+//! Calls to a cluster's server replicas: an agent's calls to its servers, and a downstream
+//! cluster's calls to its upstream one. Every call goes through one pool over the
+//! configured replicas. A call
 //! goes to the replica that answered last; on an error that says the replica (not the
 //! request) is at fault, or a timeout, the replica is marked unhealthy for a jittered
 //! backoff and the call moves to the next one. No call depends on reaching the Raft leader:
@@ -11,8 +13,9 @@
 //! own, and names are resolved again every [`RESOLVE_EVERY`], so replicas that come and go
 //! in DNS come and go in the pool.
 //!
-//! Connections are mutual TLS: the agent presents its SVID (none before attestation), and
-//! a server must present `spiffe://<td>/spire/server` chained to the agent's bundle.
+//! Connections are mutual TLS: the caller presents its SVID (none before an agent's
+//! attestation), and a server must present `spiffe://<td>/spire/server` chained to the
+//! caller's bundle.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
@@ -24,8 +27,6 @@ use spiffe_tls::SvidVerifier;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 use zeroize::Zeroizing;
-
-use crate::identity_store::StoredIdentity;
 
 /// How long one call may take before the next replica is tried.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,10 +40,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How often configured DNS names are resolved again.
 pub const RESOLVE_EVERY: Duration = Duration::from_secs(30);
 
-/// The replicas and the agent's credentials for them.
+/// The replicas and the caller's credentials for them.
 pub struct ServerPool {
     /// `host:port` as configured.
     configured: Vec<String>,
+    /// The counter of calls a replica failed (a replica skipped).
+    failures_metric: &'static str,
     server_id: SpiffeId,
     bundle: Arc<RwLock<Bundle>>,
     state: Mutex<PoolState>,
@@ -97,12 +100,18 @@ fn replica_at_fault(status: &Status) -> bool {
 
 impl ServerPool {
     /// A pool over `servers` (`host:port`, each name standing for every address it
-    /// resolves to), trusting `bundle` (shared: the sync loop keeps it current) to vouch for
-    /// servers of `trust_domain`.
-    pub async fn new(servers: Vec<String>, server_id: SpiffeId, bundle: Arc<RwLock<Bundle>>) -> Self {
+    /// resolves to), trusting `bundle` (shared: its owner keeps it current) to vouch for
+    /// `server_id`; calls a replica failed count in the counter `failures_metric`.
+    pub async fn new(
+        servers: Vec<String>,
+        server_id: SpiffeId,
+        bundle: Arc<RwLock<Bundle>>,
+        failures_metric: &'static str,
+    ) -> Self {
         let addresses = resolve(&servers).await;
         Self {
             configured: servers,
+            failures_metric,
             server_id,
             bundle,
             state: Mutex::new(PoolState {
@@ -113,11 +122,11 @@ impl ServerPool {
         }
     }
 
-    /// Presents `identity` from now on (after attestation and every renewal).
-    pub fn set_identity(&self, identity: &StoredIdentity) {
-        let chain: String =
-            identity.chain.iter().map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.clone()))).collect();
-        let key = Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", identity.key_pkcs8.to_vec())));
+    /// Presents this SVID (its chain, leaf first, and PKCS#8 key) from now on: after an
+    /// agent's attestation and every renewal.
+    pub fn set_identity(&self, chain: &[Vec<u8>], key_pkcs8: &[u8]) {
+        let chain: String = chain.iter().map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.clone()))).collect();
+        let key = Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", key_pkcs8.to_vec())));
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.identity = Some((chain, key));
         state.members.iter_mut().for_each(|m| m.channel = None);
@@ -194,7 +203,7 @@ impl ServerPool {
         health.unhealthy_until = Some(Instant::now() + jitter(backoff));
         // A broken connection is rebuilt on the next try.
         member.channel = None;
-        metrics::counter!("testudo_agent_server_failures_total").increment(1);
+        metrics::counter!(self.failures_metric).increment(1);
         tracing::warn!(server = %address, code = ?status.code(), error = %status.message(), "server call failed; trying another replica");
     }
 
@@ -331,7 +340,7 @@ pub async fn resolve(configured: &[String]) -> Vec<String> {
 }
 
 /// `d` ± 25%.
-pub(crate) fn jitter(d: Duration) -> Duration {
+pub fn jitter(d: Duration) -> Duration {
     let factor = 0.75 + fastrand::f64() * 0.5;
     d.mul_f64(factor)
 }
