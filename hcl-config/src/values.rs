@@ -1,5 +1,6 @@
 //! Deserializers for config values that need parsing: durations in Go's notation, trust
-//! domains, SPIFFE IDs, key types, and ports written as numbers or strings.
+//! domains, SPIFFE IDs, key types, ports written as numbers or strings, and server
+//! addresses (one or a list, with or without ports).
 
 use std::time::Duration;
 
@@ -60,6 +61,46 @@ pub fn port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
     raw.trim()
         .parse::<u16>()
         .map_err(|_| D::Error::custom(format!("invalid port {raw:?}: must be a number from 0 to 65535")))
+}
+
+/// `server_address`: one address, or a list of them.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum ServerAddresses {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `host:port` for every address; `port` where an address has none.
+pub fn server_addresses(addresses: &ServerAddresses, port: u16) -> Result<Vec<String>, String> {
+    let list = match addresses {
+        ServerAddresses::One(one) => vec![one.clone()],
+        ServerAddresses::Many(many) => many.clone(),
+    };
+    if list.is_empty() {
+        return Err("at least one server address is required".into());
+    }
+    list.iter()
+        .map(|address| {
+            let address = address.trim();
+            if address.is_empty() || address.contains('/') || address.contains(char::is_whitespace) {
+                return Err(format!("{address:?} is not a host or host:port"));
+            }
+            match address.rsplit_once(':') {
+                // An IPv6 literal without a port is written in brackets: [::1].
+                Some((host, p))
+                    if !host.is_empty()
+                        && !host.ends_with(':')
+                        && p.chars().all(|c| c.is_ascii_digit())
+                        && !address.ends_with(']') =>
+                {
+                    p.parse::<u16>().map_err(|_| format!("{address:?}: port {p:?} is not a number from 0 to 65535"))?;
+                    Ok(address.to_owned())
+                }
+                _ => Ok(format!("{address}:{port}")),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

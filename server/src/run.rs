@@ -154,11 +154,15 @@ async fn cluster_ca(config: &ServerConfig) -> anyhow::Result<server::ca::replica
             server::ca::CaKeys::Managed(config.key_manager.build().await.context("the CA's KeyManager")?)
         }
     };
+    use server::upstream::{disk::DiskUpstreamAuthority, spire::SpireUpstreamAuthority, UpstreamConfig};
     let upstream: Option<Arc<dyn server::upstream::UpstreamAuthority>> = match &config.upstream_authority {
-        Some(disk) => Some(Arc::new(
-            server::upstream::disk::DiskUpstreamAuthority::new(disk.clone())
+        Some(UpstreamConfig::Disk(disk)) => {
+            Some(Arc::new(DiskUpstreamAuthority::new(disk.clone()).await.context("UpstreamAuthority \"disk\"")?))
+        }
+        Some(UpstreamConfig::Spire(spire)) => Some(Arc::new(
+            SpireUpstreamAuthority::new(spire.clone(), config.server.trust_domain.clone())
                 .await
-                .context("UpstreamAuthority \"disk\"")?,
+                .context("UpstreamAuthority \"spire\"")?,
         )),
         None => None,
     };

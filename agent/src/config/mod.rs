@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hcl_config::sections::{HealthChecks, Telemetry};
-use hcl_config::{values, ConfigError, Parsed};
+use hcl_config::values::{self, server_addresses, ServerAddresses};
+use hcl_config::{ConfigError, Parsed};
 use identity::TrustDomain;
 use serde::Deserialize;
 
@@ -25,14 +26,6 @@ struct File {
     health_checks: HealthChecks,
     #[serde(default)]
     telemetry: Telemetry,
-}
-
-/// `server_address`: one address, or a list of them.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(untagged)]
-pub enum ServerAddresses {
-    One(String),
-    Many(Vec<String>),
 }
 
 /// `agent { … }`.
@@ -245,38 +238,6 @@ fn check_sds_names(sds: &SdsSection) -> Result<(), (&'static str, String)> {
         }
     }
     Ok(())
-}
-
-/// `host:port` for every address; `port` where an address has none.
-fn server_addresses(addresses: &ServerAddresses, port: u16) -> Result<Vec<String>, String> {
-    let list = match addresses {
-        ServerAddresses::One(one) => vec![one.clone()],
-        ServerAddresses::Many(many) => many.clone(),
-    };
-    if list.is_empty() {
-        return Err("at least one server address is required".into());
-    }
-    list.iter()
-        .map(|address| {
-            let address = address.trim();
-            if address.is_empty() || address.contains('/') || address.contains(char::is_whitespace) {
-                return Err(format!("{address:?} is not a host or host:port"));
-            }
-            match address.rsplit_once(':') {
-                // An IPv6 literal without a port is written in brackets: [::1].
-                Some((host, p))
-                    if !host.is_empty()
-                        && !host.ends_with(':')
-                        && p.chars().all(|c| c.is_ascii_digit())
-                        && !address.ends_with(']') =>
-                {
-                    p.parse::<u16>().map_err(|_| format!("{address:?}: port {p:?} is not a number from 0 to 65535"))?;
-                    Ok(address.to_owned())
-                }
-                _ => Ok(format!("{address}:{port}")),
-            }
-        })
-        .collect()
 }
 
 fn default_server_port() -> u16 {

@@ -229,13 +229,13 @@ impl CaManager {
         };
         let key_id = self.key_id("x509-CA", slot);
         let (public_key, private_key) = self.keys.generate(&key_id, self.config.ca_key_type).await?;
-        let signer = self.keys.signer(&key_id, public_key, private_key.as_ref())?;
+        let signer: Arc<dyn Signer> = Arc::new(self.keys.signer(&key_id, public_key, private_key.as_ref())?);
         let authority = match &self.upstream {
             Some(upstream) => {
                 let signed = upstream
                     .mint_x509_ca(
                         &self.config.trust_domain,
-                        signer.public_key(),
+                        signer.clone(),
                         &self.config.ca_subject,
                         self.config.ca_ttl,
                         now,
@@ -261,7 +261,7 @@ impl CaManager {
                     subject: self.config.ca_subject.clone(),
                     serial: None,
                 };
-                let minted = tokio::task::spawn_blocking(move || mint_ca(&template, None, Some(&signer), now))
+                let minted = tokio::task::spawn_blocking(move || mint_ca(&template, None, Some(signer.as_ref()), now))
                     .await
                     .map_err(|e| CaError::Task(e.to_string()))??;
                 X509CaAuthority {

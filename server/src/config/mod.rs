@@ -12,7 +12,6 @@ use kms::KeyManagerConfig;
 use serde::Deserialize;
 
 use crate::ca::config::{CaConfig, CaConfigError};
-use crate::upstream::disk::DiskUpstreamConfig;
 pub use hcl_config::{values, ConfigError, InvalidKey};
 use identity::x509::Subject;
 use plugins::{NodeAttestorConfig, Plugins};
@@ -41,7 +40,7 @@ pub struct ServerConfig {
     pub telemetry: Telemetry,
     pub key_manager: KeyManagerConfig,
     pub node_attestors: NodeAttestorConfig,
-    pub upstream_authority: Option<DiskUpstreamConfig>,
+    pub upstream_authority: Option<crate::upstream::UpstreamConfig>,
     /// `server.federation.bundle_endpoint`, checked.
     pub bundle_endpoint: Option<federation::BundleEndpoint>,
     /// `server.federation.federates_with`, checked.

@@ -8,6 +8,8 @@ use kms::KeyManagerConfig;
 use serde::Deserialize;
 
 use crate::upstream::disk::DiskUpstreamConfig;
+use crate::upstream::spire::SpireUpstreamConfig;
+use crate::upstream::UpstreamConfig;
 
 pub use hcl_config::plugins::{NoSettings, PluginBlock};
 
@@ -167,6 +169,24 @@ pub struct X509PopData {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamAuthorities {
     pub disk: Option<PluginBlock<DiskUpstreamData>>,
+    pub spire: Option<PluginBlock<SpireUpstreamData>>,
+}
+
+/// SPIRE's `spire` upstream authority settings: where the upstream cluster's replicas are
+/// and the socket of the upstream agent that gives this server its SVID.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpireUpstreamData {
+    /// A host, `host:port`, or a list of them (every upstream replica).
+    pub server_address: Option<hcl_config::values::ServerAddresses>,
+    /// The port of addresses written without one.
+    #[serde(default = "default_upstream_port", deserialize_with = "hcl_config::values::port")]
+    pub server_port: u16,
+    pub workload_api_socket: Option<PathBuf>,
+}
+
+fn default_upstream_port() -> u16 {
+    8081
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -235,18 +255,44 @@ impl Plugins {
         Ok(NodeAttestorConfig { join_token, x509pop_ca_bundle_paths: x509pop })
     }
 
-    /// The upstream authority, if one is enabled.
-    pub fn upstream_authority(&self) -> Result<Option<DiskUpstreamConfig>, PluginProblem> {
-        let Some(block) = self.upstream_authority.disk.as_ref().filter(|b| b.enabled) else {
-            return Ok(None);
-        };
-        let path = vec!["plugins", "UpstreamAuthority", "disk", "plugin_data"];
-        let data = &block.plugin_data;
-        let cert_file_path =
-            data.cert_file_path.clone().ok_or_else(|| (path.clone(), "missing field `cert_file_path`".to_string()))?;
-        let key_file_path =
-            data.key_file_path.clone().ok_or_else(|| (path.clone(), "missing field `key_file_path`".to_string()))?;
-        Ok(Some(DiskUpstreamConfig { cert_file_path, key_file_path, bundle_file_path: data.bundle_file_path.clone() }))
+    /// The upstream authority, if one is enabled (at most one may be).
+    pub fn upstream_authority(&self) -> Result<Option<UpstreamConfig>, PluginProblem> {
+        let authorities = &self.upstream_authority;
+        let disk = authorities.disk.as_ref().filter(|b| b.enabled);
+        let spire = authorities.spire.as_ref().filter(|b| b.enabled);
+        match (disk, spire) {
+            (None, None) => Ok(None),
+            (Some(_), Some(_)) => {
+                Err((vec!["plugins", "UpstreamAuthority"], "only one UpstreamAuthority may be enabled".into()))
+            }
+            (Some(block), None) => {
+                let path = vec!["plugins", "UpstreamAuthority", "disk", "plugin_data"];
+                let data = &block.plugin_data;
+                let cert_file_path = data
+                    .cert_file_path
+                    .clone()
+                    .ok_or_else(|| (path.clone(), "missing field `cert_file_path`".to_string()))?;
+                let key_file_path =
+                    data.key_file_path.clone().ok_or_else(|| (path, "missing field `key_file_path`".to_string()))?;
+                let bundle_file_path = data.bundle_file_path.clone();
+                Ok(Some(UpstreamConfig::Disk(DiskUpstreamConfig { cert_file_path, key_file_path, bundle_file_path })))
+            }
+            (None, Some(block)) => {
+                let path = vec!["plugins", "UpstreamAuthority", "spire", "plugin_data"];
+                let data = &block.plugin_data;
+                let addresses = data
+                    .server_address
+                    .as_ref()
+                    .ok_or_else(|| (path.clone(), "missing field `server_address`".to_string()))?;
+                let servers = hcl_config::values::server_addresses(addresses, data.server_port)
+                    .map_err(|e| (path.clone(), format!("server_address: {e}")))?;
+                let workload_api_socket = data
+                    .workload_api_socket
+                    .clone()
+                    .ok_or_else(|| (path, "missing field `workload_api_socket`".to_string()))?;
+                Ok(Some(UpstreamConfig::Spire(SpireUpstreamConfig { servers, workload_api_socket })))
+            }
+        }
     }
 }
 

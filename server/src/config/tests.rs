@@ -127,7 +127,9 @@ telemetry {
     assert_eq!(config.server.admin_ids.len(), 1);
     assert_eq!(config.key_manager, KeyManagerConfig::Disk { keys_path: "/var/lib/testudo/keys.json".into() });
     assert_eq!(config.node_attestors.x509pop_ca_bundle_paths, Some(vec!["/etc/testudo/x509pop-ca.pem".into()]));
-    let upstream = config.upstream_authority.clone().unwrap();
+    let Some(crate::upstream::UpstreamConfig::Disk(upstream)) = config.upstream_authority.clone() else {
+        panic!("the disk upstream authority");
+    };
     assert_eq!(upstream.key_file_path, Path::new("/etc/testudo/upstream.key"));
     assert_eq!(config.cluster.node_id, 3);
     assert_eq!(config.cluster.election_timeout, Duration::from_secs(1));
@@ -506,4 +508,51 @@ fn federates_with_in_spires_shape() {
         let err = parse(&text).map(|_| ()).expect_err(block).to_string();
         assert!(err.contains("server.federation.federates_with") && err.contains(want), "{block}: {err}");
     }
+}
+
+#[test]
+fn the_spire_upstream_authority_takes_every_upstream_replica() {
+    let with = |data: &str| {
+        MINIMAL.replace(
+            r#"NodeAttestor "join_token" {}"#,
+            &format!("NodeAttestor \"join_token\" {{}}\n  UpstreamAuthority \"spire\" {{\n plugin_data {{\n {data}\n }}\n }}"),
+        )
+    };
+    let config = parse(&with(
+        r#"server_address = ["r1.upstream", "10.0.0.2:9081"]
+        server_port = "8443"
+        workload_api_socket = "/run/spire-agent/public/api.sock""#,
+    ))
+    .unwrap();
+    let Some(crate::upstream::UpstreamConfig::Spire(spire)) = config.upstream_authority else {
+        panic!("the spire upstream authority");
+    };
+    assert_eq!(spire.servers, ["r1.upstream:8443", "10.0.0.2:9081"], "a replica's own port wins");
+    assert_eq!(spire.workload_api_socket, Path::new("/run/spire-agent/public/api.sock"));
+
+    // SPIRE's single host, with its default port.
+    let config = parse(&with(
+        r#"server_address = "upstream.example"
+        workload_api_socket = "/s.sock""#,
+    ))
+    .unwrap();
+    let Some(crate::upstream::UpstreamConfig::Spire(spire)) = config.upstream_authority else {
+        panic!("the spire upstream authority");
+    };
+    assert_eq!(spire.servers, ["upstream.example:8081"]);
+
+    let refused = refusal(&with(r#"server_address = "upstream.example""#));
+    assert!(refused.message.contains("workload_api_socket"), "{refused:?}");
+    let refused = refusal(&with(
+        r#"server_address = []
+        workload_api_socket = "/s.sock""#,
+    ));
+    assert!(refused.message.contains("at least one server address"), "{refused:?}");
+    let both = MINIMAL.replace(
+        r#"NodeAttestor "join_token" {}"#,
+        "NodeAttestor \"join_token\" {}\n UpstreamAuthority \"disk\" {\n plugin_data {\n cert_file_path = \"/c\"\n \
+         key_file_path = \"/k\"\n }\n }\n UpstreamAuthority \"spire\" {\n plugin_data {\n server_address = \"u\"\n \
+         workload_api_socket = \"/s\"\n }\n }",
+    );
+    assert!(refusal(&both).message.contains("only one UpstreamAuthority"));
 }

@@ -4,16 +4,17 @@
 //! signing, so an operator can replace them without a restart.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use identity::bundle::{parse_pem_certificates, Bundle};
-use identity::crypto::{LocalKey, PublicKey};
-use identity::x509::{mint_ca, verify_ca_chain, CaTemplate, Issuer, Subject};
+use identity::bundle::parse_pem_certificates;
+use identity::crypto::{LocalKey, Signer};
+use identity::x509::{mint_ca, CaTemplate, Issuer, Subject};
 use identity::TrustDomain;
 use time::OffsetDateTime;
 
-use super::{UpstreamAuthority, UpstreamError, UpstreamSigned};
+use super::{check_chains_to_roots, UpstreamAuthority, UpstreamError, UpstreamSigned};
 
 /// The config name.
 pub const NAME: &str = "disk";
@@ -88,7 +89,7 @@ impl UpstreamAuthority for DiskUpstreamAuthority {
     async fn mint_x509_ca(
         &self,
         trust_domain: &TrustDomain,
-        public_key: &PublicKey,
+        signer: Arc<dyn Signer>,
         subject: &Subject,
         ttl: Duration,
         now: OffsetDateTime,
@@ -96,7 +97,7 @@ impl UpstreamAuthority for DiskUpstreamAuthority {
         let loaded = self.load().await?;
         let template = CaTemplate {
             trust_domain: trust_domain.clone(),
-            public_key: public_key.clone(),
+            public_key: signer.public_key().clone(),
             ttl,
             subject: subject.clone(),
             serial: None,
@@ -108,29 +109,10 @@ impl UpstreamAuthority for DiskUpstreamAuthority {
                 .map_err(|e| UpstreamError::Refused { name: NAME, reason: e.to_string() })?;
             // Everything below the roots is presented after our CA in SVID chains.
             let chain: Vec<Vec<u8>> = loaded.chain.into_iter().filter(|c| !loaded.roots.contains(c)).collect();
-            check_chains_to_roots(&td, &minted.der, &chain, &loaded.roots, now)?;
+            check_chains_to_roots(NAME, &td, &minted.der, &chain, &loaded.roots, now)?;
             Ok(UpstreamSigned { certificate: minted.der, chain, roots: loaded.roots })
         })
         .await
         .map_err(|e| UpstreamError::Unavailable { name: NAME, reason: e.to_string() })?
     }
-}
-
-/// Refuses to hand out a CA that validators could not chain to the published roots.
-fn check_chains_to_roots(
-    td: &TrustDomain,
-    ca: &[u8],
-    chain: &[Vec<u8>],
-    roots: &[Vec<u8>],
-    now: OffsetDateTime,
-) -> Result<(), UpstreamError> {
-    let mut bundle = Bundle::new(td.clone());
-    for root in roots {
-        bundle.add_x509_authority(root).map_err(|e| config_error(format!("bundle_file_path: {e}")))?;
-    }
-    let mut presented = vec![ca.to_vec()];
-    presented.extend(chain.iter().cloned());
-    verify_ca_chain(&presented, &bundle, now)
-        .map(|_| ())
-        .map_err(|e| config_error(format!("the upstream CA does not chain to the bundle roots: {e}")))
 }

@@ -1,15 +1,26 @@
 //! Upstream authorities: who signs the server's CA certificate when it is not self-signed.
-//! One module per implementation; `disk` reads a CA certificate and key from files.
+//! One module per implementation: `disk` reads a CA certificate and key from files; `spire`
+//! asks an upstream cluster (Testudo or SPIRE) for an intermediate, as a nested downstream.
 
 pub mod disk;
+pub mod spire;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use identity::crypto::PublicKey;
-use identity::x509::Subject;
+use identity::bundle::Bundle;
+use identity::crypto::Signer;
+use identity::x509::{verify_ca_chain, Subject};
 use identity::TrustDomain;
 use time::OffsetDateTime;
+
+/// The upstream authority a config enables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpstreamConfig {
+    Disk(disk::DiskUpstreamConfig),
+    Spire(spire::SpireUpstreamConfig),
+}
 
 /// Why the upstream authority could not sign.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -39,13 +50,35 @@ pub trait UpstreamAuthority: Send + Sync {
     /// The config name, e.g. `disk`.
     fn name(&self) -> &'static str;
 
-    /// Signs a CA certificate for `public_key`; its lifetime may be capped upstream.
+    /// Signs a CA certificate for `signer`'s key (which signs the request where the
+    /// upstream wants one); its lifetime may be capped upstream.
     async fn mint_x509_ca(
         &self,
         trust_domain: &TrustDomain,
-        public_key: &PublicKey,
+        signer: Arc<dyn Signer>,
         subject: &Subject,
         ttl: Duration,
         now: OffsetDateTime,
     ) -> Result<UpstreamSigned, UpstreamError>;
+}
+
+/// Refuses to hand out a CA that validators could not chain to the published roots.
+pub(crate) fn check_chains_to_roots(
+    name: &'static str,
+    td: &TrustDomain,
+    ca: &[u8],
+    chain: &[Vec<u8>],
+    roots: &[Vec<u8>],
+    now: OffsetDateTime,
+) -> Result<(), UpstreamError> {
+    let config_error = |reason: String| UpstreamError::Config { name, reason };
+    let mut bundle = Bundle::new(td.clone());
+    for root in roots {
+        bundle.add_x509_authority(root).map_err(|e| config_error(format!("upstream roots: {e}")))?;
+    }
+    let mut presented = vec![ca.to_vec()];
+    presented.extend(chain.iter().cloned());
+    verify_ca_chain(&presented, &bundle, now)
+        .map(|_| ())
+        .map_err(|e| config_error(format!("the upstream CA does not chain to the bundle roots: {e}")))
 }

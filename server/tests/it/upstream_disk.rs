@@ -159,11 +159,12 @@ async fn upstream_intermediate_with_a_bundle_file() {
     })
     .await
     .unwrap();
-    let ours = LocalKey::generate(KeyType::EcP256).unwrap();
+    let ours: std::sync::Arc<dyn identity::crypto::Signer> =
+        std::sync::Arc::new(LocalKey::generate(KeyType::EcP256).unwrap());
     let signed = upstream
         .mint_x509_ca(
             &TrustDomain::parse("example.org").unwrap(),
-            ours.public_key(),
+            ours.clone(),
             &Subject::ca_default(),
             Duration::from_secs(20 * 86400),
             now,
@@ -194,7 +195,7 @@ async fn upstream_intermediate_with_a_bundle_file() {
     let err = upstream
         .mint_x509_ca(
             &TrustDomain::parse("example.org").unwrap(),
-            ours.public_key(),
+            ours.clone(),
             &Subject::ca_default(),
             Duration::from_secs(86400),
             now,
