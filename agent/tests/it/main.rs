@@ -6,6 +6,7 @@ mod entry_push;
 mod failover;
 mod federation;
 mod hostile_workloads;
+mod nested;
 mod ops;
 mod rotation;
 mod sds;

@@ -236,7 +236,12 @@ impl Signing {
         })
         .await
         .map_err(|e| CaError::Task(e.to_string()))??;
-        Ok(std::iter::once(minted.der).chain(Self::chain_tail(&active.authority)).collect())
+        // As SPIRE: the new CA, then the certificates between it and the roots. A root of
+        // ours is in every bundle already, so it is not sent.
+        let authority = &active.authority;
+        let self_signed = authority.trust_anchors.contains(&authority.certificate);
+        let tail: Vec<Vec<u8>> = if self_signed { Vec::new() } else { Self::chain_tail(authority).collect() };
+        Ok(std::iter::once(minted.der).chain(tail).collect())
     }
 
     /// Signs a JWT-SVID with the active JWT key; its expiry is capped at the key's.

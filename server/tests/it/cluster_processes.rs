@@ -395,6 +395,7 @@ async fn downstream_ca(server: &Server, bundle: &identity::bundle::Bundle, with_
     let response = SvidClient::new(with_svid).new_downstream_x509ca(request).await.unwrap().into_inner();
     let roots: Vec<Vec<u8>> = bundle.x509_authorities().iter().map(|a| a.der.clone()).collect();
     assert_eq!(response.x509_authorities, roots, "the trust domain's roots");
+    assert_eq!(response.ca_cert_chain.len(), 1, "the new CA alone: as SPIRE, a self-signed root is not sent");
     let now = time::OffsetDateTime::now_utc();
     let facts = identity::x509::certificate_facts(&response.ca_cert_chain[0]).unwrap();
     assert!(facts.is_ca);

@@ -1,0 +1,170 @@
+//! A nested deployment: an upstream cluster of three replicas holds the trust domain's root;
+//! a downstream cluster of three replicas signs with an intermediate the upstream signed
+//! (`UpstreamAuthority "spire"`), its replicas taking their SVID from an upstream agent's
+//! Workload API (an entry marked `downstream`, selected by the server binary's path). A
+//! workload under a downstream agent holds an SVID chain leaf ← downstream intermediate ←
+//! upstream root that openssl verifies against the upstream bundle, and against the bundle a
+//! workload under the upstream agent holds; and the other way round.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use testkit::{wait_until, AgentProcess, ReplicaOptions, ServerProcess};
+
+fn canonical(path: &Path) -> String {
+    std::fs::canonicalize(path).unwrap().to_string_lossy().into_owned()
+}
+
+fn pem_of(ders: &[Vec<u8>]) -> String {
+    identity::bundle::to_pem_certificates(ders.iter().map(Vec::as_slice))
+}
+
+/// An agent of `servers` under `root` whose unix attestor reads the caller's binary path.
+fn agent_with_paths(root: &Path, servers: &[ServerProcess]) -> (AgentProcess, String) {
+    let token = servers[0].json(&["token", "generate", "--ttl", "600"])["value"].as_str().unwrap().to_string();
+    let dir = root.join("agent");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("bundle.pem"), servers[0].bundle_pem()).unwrap();
+    let addresses: Vec<String> = servers.iter().map(ServerProcess::api_address).collect();
+    let config = AgentProcess::config_text(
+        root,
+        &addresses,
+        &format!("join_token = \"{token}\""),
+        r#"NodeAttestor "join_token" {}"#,
+        "1s",
+        "",
+    )
+    .replace(
+        r#"WorkloadAttestor "unix" {}"#,
+        "WorkloadAttestor \"unix\" {\n plugin_data {\n discover_workload_path = true\n }\n }",
+    );
+    let agent = AgentProcess::start_configured(root, &config, &[]);
+    (agent, format!("spiffe://example.org/spire/agent/join_token/{token}"))
+}
+
+/// DER certificates.
+type Certificates = Vec<Vec<u8>>;
+
+/// The X.509 SVID chain and the bundle a workload gets from `agent` (raw Workload API).
+fn x509_of(agent: &AgentProcess, id: &str) -> Option<(Certificates, Certificates)> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let channel = proto::unix_socket::connect(&agent.socket()).await.ok()?;
+        let mut client = proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel);
+        let mut request = tonic::Request::new(proto::workload::X509svidRequest {});
+        request.metadata_mut().insert("workload.spiffe.io", "true".parse().unwrap());
+        let mut stream = client.fetch_x509svid(request).await.ok()?.into_inner();
+        let message = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.ok()?.ok()??;
+        let svid = message.svids.iter().find(|s| s.spiffe_id == id)?;
+        Some((
+            identity::x509::split_der_certificates(&svid.x509_svid).ok()?,
+            identity::x509::split_der_certificates(&svid.bundle).ok()?,
+        ))
+    })
+}
+
+/// `openssl verify` of `chain` (leaf first) against `roots`; its output when it fails.
+fn openssl_verifies(dir: &Path, name: &str, chain: &[Vec<u8>], roots: &[Vec<u8>]) -> Result<(), String> {
+    let (leaf, untrusted, ca) =
+        (dir.join(format!("{name}-leaf.pem")), dir.join(format!("{name}-mid.pem")), dir.join(format!("{name}-ca.pem")));
+    std::fs::write(&leaf, pem_of(&chain[..1])).unwrap();
+    std::fs::write(&untrusted, pem_of(&chain[1..])).unwrap();
+    std::fs::write(&ca, pem_of(roots)).unwrap();
+    let mut command = Command::new("openssl");
+    command.args(["verify", "-CAfile"]).arg(&ca);
+    if chain.len() > 1 {
+        command.arg("-untrusted").arg(&untrusted);
+    }
+    let out = command.arg(&leaf).output().unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+#[test]
+fn a_downstream_cluster_signs_with_an_intermediate_of_its_upstream() {
+    let root = tempfile::tempdir().unwrap();
+    let (up_root, down_root) = (root.path().join("upstream"), root.path().join("downstream"));
+    let upstream = ServerProcess::cluster(&up_root, 3, "");
+    let (up_agent, up_agent_id) = agent_with_paths(&up_root, &upstream);
+    let server_binary = canonical(&testkit::binary("testudo-server"));
+    let this_test: PathBuf = std::env::current_exe().unwrap();
+    for (id, selector, flag) in [
+        ("spiffe://example.org/region/eu", format!("unix:path:{server_binary}"), Some("--downstream")),
+        ("spiffe://example.org/up-web", format!("unix:path:{}", canonical(&this_test)), None),
+    ] {
+        let mut args = vec!["entry", "create", "--spiffe-id", id, "--parent-id", &up_agent_id, "--selector", &selector];
+        args.extend(flag);
+        upstream[0].json(&args);
+    }
+
+    let servers: Vec<String> = upstream.iter().map(|s| format!("\"{}\"", s.api_address())).collect();
+    let plugin = format!(
+        "UpstreamAuthority \"spire\" {{\n plugin_data {{\n server_address = [{}]\n workload_api_socket = \"{}\"\n }}\n }}",
+        servers.join(", "),
+        up_agent.socket().display()
+    );
+    let options = ReplicaOptions { plugins_extra: plugin, ..Default::default() };
+    let downstream: Vec<ServerProcess> = (1..=3).map(|i| ServerProcess::start_with(&down_root, i, &options)).collect();
+    ServerProcess::form_cluster(&downstream);
+    let up_roots = identity::bundle::parse_pem_certificates(&upstream[0].bundle_pem()).unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        || downstream.iter().all(|s| s.command(&["bundle", "show"]).status.success()),
+        "every downstream replica to hold a CA from the upstream",
+    );
+    for server in &downstream {
+        let held = identity::bundle::parse_pem_certificates(&server.bundle_pem()).unwrap();
+        assert_eq!(held, up_roots, "replica {}: a downstream's bundle is its upstream's roots", server.id);
+    }
+
+    // A workload under a downstream agent.
+    let token = downstream[0].json(&["token", "generate", "--ttl", "600"])["value"].as_str().unwrap().to_string();
+    let uid = nix::unistd::getuid().as_raw();
+    downstream[1].json(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/eu-web",
+        "--parent-id",
+        &format!("spiffe://example.org/spire/agent/join_token/{token}"),
+        "--selector",
+        &format!("unix:uid:{uid}"),
+    ]);
+    let addresses: Vec<String> = downstream.iter().map(ServerProcess::api_address).collect();
+    let down_agent = AgentProcess::start(&down_root, &addresses, &downstream[0].bundle_pem(), &token, "1s");
+
+    let mut down = None;
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            down = x509_of(&down_agent, "spiffe://example.org/eu-web");
+            down.is_some()
+        },
+        "an SVID for the downstream workload",
+    );
+    let (down_chain, down_bundle) = down.unwrap();
+    assert_eq!(down_chain.len(), 2, "leaf, then the downstream intermediate");
+    assert_eq!(down_bundle, up_roots, "the downstream agent serves the upstream's roots");
+    let mut up = None;
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            up = x509_of(&up_agent, "spiffe://example.org/up-web");
+            up.is_some()
+        },
+        &format!("an SVID for the upstream workload\nagent log:\n{}", up_agent.log()),
+    );
+    let (up_chain, up_bundle) = up.unwrap();
+
+    let dir = root.path();
+    openssl_verifies(dir, "down-vs-up-roots", &down_chain, &up_roots).unwrap();
+    openssl_verifies(dir, "down-vs-up-workload", &down_chain, &up_bundle).unwrap();
+    openssl_verifies(dir, "up-vs-down-workload", &up_chain, &down_bundle).unwrap();
+    // Without the intermediate the leaf does not verify: it is signed by the downstream CA.
+    let err = openssl_verifies(dir, "leaf-alone", &down_chain[..1], &up_roots).unwrap_err();
+    assert!(err.contains("unable to get local issuer"), "{err}");
+}
