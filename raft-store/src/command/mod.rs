@@ -73,6 +73,7 @@ pub enum Command {
     AdvanceClusterCa(AdvanceClusterCa),
     ReachClusterCaPhase(ReachClusterCaPhase),
     RecordFederationRefresh(RecordFederationRefresh),
+    MirrorUpstreamBundle(MirrorUpstreamBundle),
 }
 
 /// Why a command (or one item of a batch) was refused. Refusals are answers, not storage

@@ -111,6 +111,18 @@ pub struct PruneBundle {
     pub expired_x509: Vec<Vec<u8>>,
 }
 
+/// Makes the local bundle of a nested (downstream) cluster its upstream's: the X.509
+/// authorities become the upstream's, taint marks included, and the JWT keys the
+/// upstream's plus this cluster's own keys the upstream does not list yet (they are
+/// published upward a moment after they are prepared). Content already the same leaves
+/// the sequence number alone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MirrorUpstreamBundle {
+    pub trust_domain: String,
+    pub x509: Vec<StoredX509Authority>,
+    pub jwt: Vec<StoredJwtKey>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeleteBundle {
     pub scope: BundleScope,
@@ -284,4 +296,5 @@ typed_writes! {
     AdvanceClusterCa => AdvanceClusterCa, ClusterCa: Result<ClusterCaRotation, ApplyError>;
     ReachClusterCaPhase => ReachClusterCaPhase, ClusterCa: Result<ClusterCaRotation, ApplyError>;
     RecordFederationRefresh => RecordFederationRefresh, FederationRefresh: Result<FederationRefresh, ApplyError>;
+    MirrorUpstreamBundle => MirrorUpstreamBundle, Bundle: Result<StoredBundle, ApplyError>;
 }

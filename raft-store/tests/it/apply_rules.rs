@@ -745,3 +745,58 @@ async fn a_federation_refresh_is_recorded_once_per_due_time() {
         Outcome::FederationRefresh(Err(ApplyError::NotFound(_)))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downstream_mirrors_its_upstreams_bundle_and_keeps_its_own_unpublished_keys() {
+    use raft_store::model::{JournalEvent, JwtKeyAuthority, SlotEvent, SlotId};
+    let mut s = TestStore::new().await;
+    let x509 = |b: u8, tainted: bool| StoredX509Authority { der: vec![b], tainted };
+    let jwt = |kid: &str| StoredJwtKey { key_id: kid.into(), public_key: vec![1], expires_at: 500, tainted: false };
+    let mirror = |x: Vec<StoredX509Authority>, j: Vec<StoredJwtKey>| {
+        Command::MirrorUpstreamBundle(MirrorUpstreamBundle { trust_domain: "example.org".into(), x509: x, jwt: j })
+    };
+    let bundle = |o: Outcome| match o {
+        Outcome::Bundle(r) => r,
+        other => panic!("{other:?}"),
+    };
+    // This cluster prepares a JWT key: published in its own bundle at once.
+    let own = JwtKeyAuthority {
+        key_id: "JWT-Signer-A-1".into(),
+        kid: "ours".into(),
+        public_key: vec![1],
+        not_before: time::OffsetDateTime::from_unix_timestamp(0).unwrap(),
+        not_after: time::OffsetDateTime::from_unix_timestamp(500).unwrap(),
+        private_key: None,
+    };
+    s.apply_one(Command::CaJournal(RecordCaEvent {
+        trust_domain: "example.org".into(),
+        event: JournalEvent::Jwt(SlotEvent::Prepared { slot: SlotId::A, authority: own }),
+    }))
+    .await;
+    // A key published earlier by someone else, and a root the upstream has since dropped.
+    s.apply_one(Command::AppendBundle(AppendBundle {
+        scope: BundleScope::Local,
+        trust_domain: "example.org".into(),
+        x509: vec![x509(9, false)],
+        jwt: vec![jwt("stale")],
+    }))
+    .await;
+
+    // The upstream does not list our key yet: it stays; the rest is the upstream's.
+    let b = bundle(s.apply_one(mirror(vec![x509(1, false), x509(2, true)], vec![jwt("root-key")])).await).unwrap();
+    assert_eq!(b.x509_authorities, vec![x509(1, false), x509(2, true)], "the upstream's roots, taint marks included");
+    let kids: Vec<&str> = b.jwt_authorities.iter().map(|k| k.key_id.as_str()).collect();
+    assert_eq!(kids, ["root-key", "ours"]);
+    let seq = b.sequence_number;
+    // The same again changes nothing; the upstream listing our key keeps it once.
+    let again = bundle(s.apply_one(mirror(vec![x509(1, false), x509(2, true)], vec![jwt("root-key")])).await);
+    assert_eq!(again.unwrap().sequence_number, seq, "nothing new, no change");
+    let b = bundle(s.apply_one(mirror(vec![x509(1, false)], vec![jwt("root-key"), jwt("ours")])).await).unwrap();
+    assert_eq!(b.sequence_number, seq + 1);
+    assert_eq!(b.x509_authorities, vec![x509(1, false)], "a root revoked upstream is gone here too");
+    assert_eq!(b.jwt_authorities.iter().filter(|k| k.key_id == "ours").count(), 1);
+    // An upstream bundle without a root is refused; the bundle stays.
+    assert!(matches!(bundle(s.apply_one(mirror(vec![], vec![])).await), Err(ApplyError::InvalidArgument(_))));
+    let kept = s.store.reader.bundle(BundleScope::Local, "example.org").await.unwrap().unwrap();
+    assert_eq!(kept.x509_authorities, vec![x509(1, false)]);
+}

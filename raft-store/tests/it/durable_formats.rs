@@ -254,6 +254,14 @@ fn every_command() -> Vec<(&'static str, Command)> {
             }),
         ),
         (
+            "MirrorUpstreamBundle",
+            Command::MirrorUpstreamBundle(MirrorUpstreamBundle {
+                trust_domain: "example.org".into(),
+                x509: bundle().x509_authorities,
+                jwt: bundle().jwt_authorities,
+            }),
+        ),
+        (
             "ReachClusterCaPhase",
             Command::ReachClusterCaPhase(ReachClusterCaPhase {
                 generation: 1,

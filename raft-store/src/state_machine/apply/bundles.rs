@@ -1,8 +1,8 @@
 //! The local and federated bundles. Every change raises the sequence number.
 
 use crate::command::{ApplyError, BundleScope, Outcome, Table};
-use crate::model::{StoredBundle, StoredJwtKey, StoredX509Authority};
-use crate::schema::Cf;
+use crate::model::{CaJournal, StoredBundle, StoredJwtKey, StoredX509Authority};
+use crate::schema::{ca_key, Cf};
 use crate::state_machine::txn::{Txn, TxnError};
 
 const WHAT: &str = "bundle";
@@ -56,6 +56,45 @@ pub fn append(
     }
     bundle.sequence_number += 1;
     save(txn, scope, &bundle)
+}
+
+pub fn mirror_upstream(
+    txn: &mut Txn<'_>,
+    trust_domain: &str,
+    x509: &[StoredX509Authority],
+    jwt: &[StoredJwtKey],
+) -> Result<Outcome, TxnError> {
+    if x509.is_empty() {
+        return Ok(Outcome::Bundle(Err(ApplyError::InvalidArgument(
+            "the upstream bundle has no X.509 authority".into(),
+        ))));
+    }
+    let mut bundle = match load(txn, BundleScope::Local, trust_domain)? {
+        Some(b) => b,
+        None => match identity::TrustDomain::parse(trust_domain) {
+            Ok(td) => StoredBundle::new(td),
+            Err(e) => {
+                return Ok(Outcome::Bundle(Err(ApplyError::InvalidArgument(format!(
+                    "trust domain {trust_domain:?}: {e}"
+                )))))
+            }
+        },
+    };
+    let journal: CaJournal = txn.get(Cf::CaJournal, ca_key::JOURNAL, "CA journal")?.unwrap_or_default();
+    let own: Vec<&str> = journal.jwt.iter().map(|s| s.authority.kid.as_str()).collect();
+    let mut keys = jwt.to_vec();
+    for key in &bundle.jwt_authorities {
+        if own.contains(&key.key_id.as_str()) && !keys.iter().any(|k| k.key_id == key.key_id) {
+            keys.push(key.clone());
+        }
+    }
+    if bundle.x509_authorities == x509 && bundle.jwt_authorities == keys {
+        return Ok(Outcome::Bundle(Ok(bundle)));
+    }
+    bundle.x509_authorities = x509.to_vec();
+    bundle.jwt_authorities = keys;
+    bundle.sequence_number += 1;
+    save(txn, BundleScope::Local, &bundle)
 }
 
 pub fn prune(

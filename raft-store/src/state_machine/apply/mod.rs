@@ -48,6 +48,7 @@ pub fn apply_command(txn: &mut Txn<'_>, command: &Command, revision: u64) -> Res
         Command::AdvanceClusterCa(c) => cluster_ca::advance(txn, c)?,
         Command::ReachClusterCaPhase(c) => cluster_ca::reach(txn, c)?,
         Command::RecordFederationRefresh(c) => federation::record_refresh(txn, c)?,
+        Command::MirrorUpstreamBundle(c) => bundles::mirror_upstream(txn, &c.trust_domain, &c.x509, &c.jwt)?,
         // The state machine applies a batch's commands one by one, each with its own revision.
         Command::Batch(_) => Outcome::None,
     })
