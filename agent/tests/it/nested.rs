@@ -4,7 +4,9 @@
 //! Workload API (an entry marked `downstream`, selected by the server binary's path). A
 //! workload under a downstream agent holds an SVID chain leaf ← downstream intermediate ←
 //! upstream root that openssl verifies against the upstream bundle, and against the bundle a
-//! workload under the upstream agent holds; and the other way round.
+//! workload under the upstream agent holds; and the other way round. The downstream
+//! publishes its JWT key upward and mirrors the upstream bundle, so a JWT-SVID minted on
+//! either side validates through an agent of the other.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -62,6 +64,45 @@ fn x509_of(agent: &AgentProcess, id: &str) -> Option<(Certificates, Certificates
             identity::x509::split_der_certificates(&svid.bundle).ok()?,
         ))
     })
+}
+
+/// The JWT key ids of a cluster's bundle (its SPIFFE bundle document).
+fn jwt_kids(server: &ServerProcess) -> Vec<String> {
+    let document = server.json(&["bundle", "show", "--format", "spiffe"]);
+    let mut kids: Vec<String> = document["keys"]
+        .as_array()
+        .map(|keys| {
+            keys.iter()
+                .filter(|k| k["use"] == "jwt-svid")
+                .filter_map(|k| k["kid"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    kids.sort();
+    kids
+}
+
+/// A JWT-SVID minted by `server` validates through `agent`'s Workload API within 30 s.
+fn validates_through(server: &ServerProcess, agent: &AgentProcess, id: &str) {
+    let out = server.command(&["jwt", "mint", "--spiffe-id", id, "--audience", "peer"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint()).await.unwrap();
+        let mut last = None;
+        for _ in 0..150 {
+            match client.validate_jwt_token("peer", &token).await {
+                Ok(validated) => {
+                    assert_eq!(validated.spiffe_id().to_string(), id);
+                    return;
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("{id}'s JWT-SVID never validated: {last:?}\nagent log:\n{}", agent.log());
+    });
 }
 
 /// `openssl verify` of `chain` (leaf first) against `roots`; its output when it fails.
@@ -167,4 +208,17 @@ fn a_downstream_cluster_signs_with_an_intermediate_of_its_upstream() {
     // Without the intermediate the leaf does not verify: it is signed by the downstream CA.
     let err = openssl_verifies(dir, "leaf-alone", &down_chain[..1], &up_roots).unwrap_err();
     assert!(err.contains("unable to get local issuer"), "{err}");
+
+    // JWT: the downstream's key is published upward, and the downstream mirrors every key
+    // the upstream publishes, on every replica.
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            let up = jwt_kids(&upstream[2]);
+            up.len() >= 2 && downstream.iter().all(|s| jwt_kids(s) == up)
+        },
+        "both clusters to publish the same JWT keys, the downstream's among them",
+    );
+    validates_through(&downstream[2], &up_agent, "spiffe://example.org/eu-db");
+    validates_through(&upstream[1], &down_agent, "spiffe://example.org/root-db");
 }

@@ -55,6 +55,32 @@ impl StoredBundle {
         changed
     }
 
+    /// This bundle as a mirror of an upstream bundle (see `MirrorUpstreamBundle`): the
+    /// upstream's X.509 authorities, and its JWT keys plus those of ours (`own_kids`) it does
+    /// not list yet. `None` when that is what this bundle holds already.
+    pub fn mirrored(
+        &self,
+        x509: &[StoredX509Authority],
+        jwt: &[StoredJwtKey],
+        own_kids: &[&str],
+    ) -> Option<StoredBundle> {
+        let mut keys = jwt.to_vec();
+        for key in &self.jwt_authorities {
+            if own_kids.contains(&key.key_id.as_str()) && !keys.iter().any(|k| k.key_id == key.key_id) {
+                keys.push(key.clone());
+            }
+        }
+        if self.x509_authorities == x509 && self.jwt_authorities == keys {
+            return None;
+        }
+        Some(StoredBundle {
+            x509_authorities: x509.to_vec(),
+            jwt_authorities: keys,
+            sequence_number: self.sequence_number + 1,
+            ..self.clone()
+        })
+    }
+
     /// Removes JWT keys that expired before `before` and X.509 authorities whose DER is in
     /// `expired_x509` (the proposer parsed the certificates). Returns whether anything went.
     pub fn prune(&mut self, before: i64, expired_x509: &[Vec<u8>]) -> bool {

@@ -1,7 +1,9 @@
 //! What only the leader does, in one place: CA rotation steps ([`ca_rotation`]), pruning of
 //! the change log ([`change_log`]), of expired join tokens and replica invites
-//! ([`expiry`]), and refreshing federated bundles ([`federation_refresh`]). Each duty is "when the replicated state says it is due, do it and record
-//! the outcome through Raft": the runner starts every duty when this replica is elected
+//! ([`expiry`]), refreshing federated bundles ([`federation_refresh`]) and, in a nested
+//! cluster, following the upstream cluster's bundle ([`upstream_bundle`]). Each duty is
+//! "when the replicated state says it is due, do it and record the outcome through Raft":
+//! the runner starts every duty when this replica is elected
 //! (after a read barrier, so its state holds everything committed before its term) and
 //! stops them all when it loses leadership or stops. A duty keeps no state of its own
 //! between runs, so a new leader resumes it where the old one stopped, neither skipping
@@ -11,6 +13,7 @@ pub mod ca_rotation;
 pub mod change_log;
 pub mod expiry;
 pub mod federation_refresh;
+pub mod upstream_bundle;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,12 +45,18 @@ pub fn server_duties(
     ca: crate::ca::replicated::ClusterCa,
     federation: federation_refresh::FederationRefreshing,
 ) -> Vec<Arc<dyn LeaderDuty>> {
-    vec![
+    let upstream = ca.upstream.clone().filter(|u| u.is_upstream_cluster());
+    let trust_domain = ca.config.trust_domain.clone();
+    let mut duties: Vec<Arc<dyn LeaderDuty>> = vec![
         Arc::new(ca_rotation::CaRotation { ca }),
         Arc::new(change_log::ChangeLogPruning { keep: change_log::KEEP, every: change_log::EVERY }),
         Arc::new(expiry::ExpiredPruning { every: expiry::EVERY }),
         Arc::new(federation),
-    ]
+    ];
+    if let Some(upstream) = upstream {
+        duties.push(Arc::new(upstream_bundle::UpstreamBundleFollowing { upstream, trust_domain }));
+    }
+    duties
 }
 
 /// Runs `duties` whenever this replica leads, for as long as the runtime lives.

@@ -13,6 +13,7 @@ use identity::bundle::Bundle;
 use identity::crypto::Signer;
 use identity::x509::{verify_ca_chain, Subject};
 use identity::TrustDomain;
+use raft_store::model::{StoredJwtKey, StoredX509Authority};
 use time::OffsetDateTime;
 
 /// The upstream authority a config enables.
@@ -44,6 +45,15 @@ pub struct UpstreamSigned {
     pub roots: Vec<Vec<u8>>,
 }
 
+/// An upstream cluster's bundle, which a nested cluster's bundle mirrors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamBundle {
+    /// The roots, with their taint marks.
+    pub x509: Vec<StoredX509Authority>,
+    /// Every JWT key the upstream publishes: its own and those its downstreams published.
+    pub jwt: Vec<StoredJwtKey>,
+}
+
 /// Signs the server's intermediate CA certificates.
 #[async_trait]
 pub trait UpstreamAuthority: Send + Sync {
@@ -60,6 +70,23 @@ pub trait UpstreamAuthority: Send + Sync {
         ttl: Duration,
         now: OffsetDateTime,
     ) -> Result<UpstreamSigned, UpstreamError>;
+
+    /// Whether this is an upstream cluster whose bundle this cluster follows, publishing
+    /// its JWT keys there ([`Self::fetch_bundle`], [`Self::publish_jwt_key`]).
+    fn is_upstream_cluster(&self) -> bool {
+        false
+    }
+
+    /// The upstream cluster's bundle now.
+    async fn fetch_bundle(&self) -> Result<UpstreamBundle, UpstreamError> {
+        Err(UpstreamError::Config { name: self.name(), reason: "no upstream bundle to follow".into() })
+    }
+
+    /// Publishes one of this cluster's JWT keys in the upstream bundle; answers the
+    /// upstream's JWT keys after it.
+    async fn publish_jwt_key(&self, _key: &StoredJwtKey) -> Result<Vec<StoredJwtKey>, UpstreamError> {
+        Err(UpstreamError::Config { name: self.name(), reason: "no upstream bundle to publish in".into() })
+    }
 }
 
 /// Refuses to hand out a CA that validators could not chain to the published roots.

@@ -15,13 +15,16 @@ use identity::bundle::Bundle;
 use identity::crypto::Signer;
 use identity::x509::{certificate_facts, create_csr, split_der_certificates, Subject};
 use identity::{SpiffeId, TrustDomain};
+use proto::spire::api::server::bundle::v1 as bundle_pb;
 use proto::spire::api::server::svid::v1 as svid_pb;
+use proto::spire::api::types;
 use proto::workload as workload_pb;
+use raft_store::model::{StoredJwtKey, StoredX509Authority};
 use server_pool::ServerPool;
 use time::OffsetDateTime;
 use tonic::{Code, Status};
 
-use super::{check_chains_to_roots, UpstreamAuthority, UpstreamError, UpstreamSigned};
+use super::{check_chains_to_roots, UpstreamAuthority, UpstreamBundle, UpstreamError, UpstreamSigned};
 
 /// The config name.
 pub const NAME: &str = "spire";
@@ -187,5 +190,74 @@ impl UpstreamAuthority for SpireUpstreamAuthority {
         check_chains_to_roots(NAME, trust_domain, &certificate, &chain, &roots, now)?;
         tracing::info!(not_after = %facts.not_after, "the upstream cluster signed an intermediate CA");
         Ok(UpstreamSigned { certificate, chain, roots })
+    }
+
+    fn is_upstream_cluster(&self) -> bool {
+        true
+    }
+
+    async fn fetch_bundle(&self) -> Result<UpstreamBundle, UpstreamError> {
+        self.refresh_identity().await?;
+        let bundle = self
+            .pool
+            .call(ROUNDS, |channel| async move {
+                bundle_pb::bundle_client::BundleClient::new(channel)
+                    .get_bundle(bundle_pb::GetBundleRequest { output_mask: None })
+                    .await
+            })
+            .await
+            .map_err(|s| call_error("GetBundle", &s))?
+            .into_inner();
+        self.checked_bundle(&bundle)
+    }
+
+    async fn publish_jwt_key(&self, key: &StoredJwtKey) -> Result<Vec<StoredJwtKey>, UpstreamError> {
+        self.refresh_identity().await?;
+        let jwt_authority = types::JwtKey {
+            public_key: key.public_key.clone(),
+            key_id: key.key_id.clone(),
+            expires_at: key.expires_at,
+            tainted: false,
+        };
+        let answer = self
+            .pool
+            .call(ROUNDS, |channel| {
+                let request = bundle_pb::PublishJwtAuthorityRequest { jwt_authority: Some(jwt_authority.clone()) };
+                async move { bundle_pb::bundle_client::BundleClient::new(channel).publish_jwt_authority(request).await }
+            })
+            .await
+            .map_err(|s| call_error("PublishJWTAuthority", &s))?
+            .into_inner();
+        let checked = types::Bundle {
+            trust_domain: self.trust_domain.name().to_owned(),
+            jwt_authorities: answer.jwt_authorities,
+            ..Default::default()
+        };
+        Ok(crate::api::convert::bundle_from_pb(&checked, "PublishJWTAuthority")
+            .map_err(|s| refused(s.message().to_owned()))?
+            .jwt_authorities)
+    }
+}
+
+impl SpireUpstreamAuthority {
+    /// The upstream's bundle, checked: our trust domain, CA certificates, JWT keys that
+    /// parse; taint marks kept.
+    fn checked_bundle(&self, bundle: &types::Bundle) -> Result<UpstreamBundle, UpstreamError> {
+        let stored = crate::api::convert::bundle_from_pb(bundle, "upstream bundle")
+            .map_err(|s| refused(s.message().to_owned()))?;
+        if stored.trust_domain != self.trust_domain {
+            return Err(refused(format!(
+                "the upstream bundle is of {}, not {}",
+                stored.trust_domain.name(),
+                self.trust_domain.name()
+            )));
+        }
+        let tainted = |der: &[u8]| bundle.x509_authorities.iter().any(|a| a.asn1 == der && a.tainted);
+        let x509 = stored
+            .x509_authorities
+            .iter()
+            .map(|a| StoredX509Authority { der: a.der.clone(), tainted: tainted(&a.der) })
+            .collect();
+        Ok(UpstreamBundle { x509, jwt: stored.jwt_authorities })
     }
 }

@@ -69,7 +69,7 @@ pub fn mirror_upstream(
             "the upstream bundle has no X.509 authority".into(),
         ))));
     }
-    let mut bundle = match load(txn, BundleScope::Local, trust_domain)? {
+    let bundle = match load(txn, BundleScope::Local, trust_domain)? {
         Some(b) => b,
         None => match identity::TrustDomain::parse(trust_domain) {
             Ok(td) => StoredBundle::new(td),
@@ -82,19 +82,10 @@ pub fn mirror_upstream(
     };
     let journal: CaJournal = txn.get(Cf::CaJournal, ca_key::JOURNAL, "CA journal")?.unwrap_or_default();
     let own: Vec<&str> = journal.jwt.iter().map(|s| s.authority.kid.as_str()).collect();
-    let mut keys = jwt.to_vec();
-    for key in &bundle.jwt_authorities {
-        if own.contains(&key.key_id.as_str()) && !keys.iter().any(|k| k.key_id == key.key_id) {
-            keys.push(key.clone());
-        }
+    match bundle.mirrored(x509, jwt, &own) {
+        Some(mirrored) => save(txn, BundleScope::Local, &mirrored),
+        None => Ok(Outcome::Bundle(Ok(bundle))),
     }
-    if bundle.x509_authorities == x509 && bundle.jwt_authorities == keys {
-        return Ok(Outcome::Bundle(Ok(bundle)));
-    }
-    bundle.x509_authorities = x509.to_vec();
-    bundle.jwt_authorities = keys;
-    bundle.sequence_number += 1;
-    save(txn, BundleScope::Local, &bundle)
 }
 
 pub fn prune(
