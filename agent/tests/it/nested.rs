@@ -6,7 +6,8 @@
 //! upstream root that openssl verifies against the upstream bundle, and against the bundle a
 //! workload under the upstream agent holds; and the other way round. The downstream
 //! publishes its JWT key upward and mirrors the upstream bundle, so a JWT-SVID minted on
-//! either side validates through an agent of the other.
+//! either side validates through an agent of the other. When the upstream taints its
+//! root, the downstream moves to an intermediate under the new root at once.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -221,4 +222,29 @@ fn a_downstream_cluster_signs_with_an_intermediate_of_its_upstream() {
     );
     validates_through(&downstream[2], &up_agent, "spiffe://example.org/eu-db");
     validates_through(&upstream[1], &down_agent, "spiffe://example.org/root-db");
+
+    // The upstream moves to a new root and taints the old one: the downstream takes a new
+    // intermediate under the new root at once, and its workload's SVID follows.
+    let old_id =
+        upstream[0].json(&["localauthority", "x509", "show"])["active"]["authority_id"].as_str().unwrap().to_owned();
+    let prepared = upstream[0].json(&["localauthority", "x509", "prepare"]);
+    let new_id = prepared["prepared"]["authority_id"].as_str().unwrap().to_owned();
+    upstream[0].json(&["localauthority", "x509", "activate", "--authority-id", &new_id]);
+    let roots_now = identity::bundle::parse_pem_certificates(&upstream[0].bundle_pem()).unwrap();
+    let new_root: Vec<Vec<u8>> = roots_now.into_iter().filter(|r| !up_roots.contains(r)).collect();
+    assert_eq!(new_root.len(), 1);
+    upstream[0].json(&["localauthority", "x509", "taint", "--authority-id", &old_id]);
+    let mut moved = None;
+    wait_until(
+        Duration::from_secs(40),
+        || {
+            moved = x509_of(&down_agent, "spiffe://example.org/eu-web")
+                .filter(|(chain, _)| openssl_verifies(dir, "down-after-taint", chain, &new_root).is_ok());
+            moved.is_some()
+        },
+        &format!("the downstream workload's SVID to chain to the new root\nagent log:\n{}", down_agent.log()),
+    );
+    let (chain, _) = moved.unwrap();
+    assert_ne!(chain[1], down_chain[1], "a new downstream intermediate");
+    assert!(openssl_verifies(dir, "down-vs-old-root", &chain, &up_roots).is_err(), "not under the tainted root");
 }

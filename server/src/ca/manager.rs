@@ -21,7 +21,7 @@ use raft_store::model::{
 use super::config::{CaConfig, CaConfigError};
 use super::keys::CaKeys;
 use super::prune::{expired_x509, prune_expired};
-use super::rotation::{next_step, RotationStep};
+use super::rotation::{chains_to_tainted, next_step, tainted_upstream_step, RotationStep};
 use super::signing::Signing;
 use crate::clock::Clock;
 use crate::upstream::{UpstreamAuthority, UpstreamError};
@@ -162,7 +162,22 @@ impl CaManager {
         let mut applied = Vec::new();
         for _ in 0..MAX_STEPS_PER_ROTATION {
             let now = self.clock.now();
-            let events = if let Some(step) = next_step(&self.journal.x509, now) {
+            let td = self.config.trust_domain.clone();
+            let events = if let Some(step) = tainted_upstream_step(&self.journal.x509, &self.bundle, &td, now) {
+                tracing::warn!(?step, "the upstream root this CA chains to was tainted: rotating now");
+                let events = self.x509_step(step, now).await?;
+                let still_tainted = events.iter().any(|e| {
+                    matches!(e, JournalEvent::X509(SlotEvent::Prepared { authority, .. })
+                        if chains_to_tainted(authority, &self.bundle, &td, now))
+                });
+                if still_tainted {
+                    return Err(CaError::Upstream(UpstreamError::Refused {
+                        name: self.upstream.as_ref().map_or("upstream", |u| u.name()),
+                        reason: "the upstream still signs with an authority it tainted".into(),
+                    }));
+                }
+                events
+            } else if let Some(step) = next_step(&self.journal.x509, now) {
                 self.x509_step(step, now).await?
             } else if let Some(step) = next_step(&self.journal.jwt, now) {
                 self.jwt_step(step, now).await?

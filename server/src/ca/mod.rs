@@ -19,5 +19,5 @@ pub use raft_store::model::{
     publish, Authority, CaJournal, JournalError, JournalEvent, JwtKeyAuthority, Slot, SlotEvent, SlotId, SlotPair,
     SlotStatus, X509CaAuthority,
 };
-pub use rotation::{activation_threshold, next_step, preparation_threshold, RotationStep};
+pub use rotation::{activation_threshold, next_step, preparation_threshold, tainted_upstream_step, RotationStep};
 pub use signing::{MintRefusal, MintedSvid, Signing, SvidRequest};

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use raft_store::model::{Authority, SlotId, SlotPair, SlotStatus};
+use identity::bundle::Bundle;
+use identity::TrustDomain;
+use raft_store::model::{Authority, SlotId, SlotPair, SlotStatus, StoredBundle, X509CaAuthority};
 
 const THIRTY_DAYS: Duration = Duration::from_secs(30 * 86400);
 const SEVEN_DAYS: Duration = Duration::from_secs(7 * 86400);
@@ -57,6 +59,55 @@ pub fn next_step<T: Authority>(slots: &SlotPair<T>, now: OffsetDateTime) -> Opti
         (Some(active), Some(prepared)) => {
             (now >= activation_threshold(&active.authority)).then_some(RotationStep::Activate { slot: prepared.id })
         }
+    }
+}
+
+/// Whether `authority` (signed upstream) chains to a root `bundle` marks tainted: the
+/// upstream distrusts it, so what it signed must be replaced. A self-signed CA never does
+/// (tainting our own CA is the local authority API's business).
+pub fn chains_to_tainted(
+    authority: &X509CaAuthority,
+    bundle: &StoredBundle,
+    trust_domain: &TrustDomain,
+    now: OffsetDateTime,
+) -> bool {
+    if authority.trust_anchors.contains(&authority.certificate) {
+        return false;
+    }
+    let mut tainted = Bundle::new(trust_domain.clone());
+    for root in bundle.x509_authorities.iter().filter(|a| a.tainted) {
+        if tainted.add_x509_authority(&root.der).is_err() {
+            return false;
+        }
+    }
+    if tainted.x509_authorities().is_empty() {
+        return false;
+    }
+    let chain: Vec<&[u8]> = std::iter::once(authority.certificate.as_slice())
+        .chain(authority.upstream_chain.iter().map(Vec::as_slice))
+        .collect();
+    identity::x509::verify_ca_chain(&chain, &tainted, now).is_ok()
+}
+
+/// The step a nested cluster needs when the upstream tainted the root its active CA chains
+/// to: activate the prepared CA if that one is clean, else a new CA from the upstream
+/// (which signs with its current authority) at once. SPIRE's downstreams do the same;
+/// agents then replace the SVIDs that chain to the tainted root.
+pub fn tainted_upstream_step(
+    slots: &SlotPair<X509CaAuthority>,
+    bundle: &StoredBundle,
+    trust_domain: &TrustDomain,
+    now: OffsetDateTime,
+) -> Option<RotationStep> {
+    let active = slots.active()?;
+    if !chains_to_tainted(&active.authority, bundle, trust_domain, now) {
+        return None;
+    }
+    match slots.prepared() {
+        Some(prepared) if !chains_to_tainted(&prepared.authority, bundle, trust_domain, now) => {
+            Some(RotationStep::Activate { slot: prepared.id })
+        }
+        _ => Some(RotationStep::Prepare { slot: active.id.other(), activate: true }),
     }
 }
 
@@ -170,5 +221,84 @@ mod tests {
         assert_eq!(next_step(&slots, t(200)), Some(RotationStep::Prepare { slot: SlotId::B, activate: true }));
         assert_eq!(next_step(&slots, t(55)), None, "B waits for A's activation threshold");
         assert_eq!(next_step(&slots, t(90)), Some(RotationStep::Prepare { slot: SlotId::B, activate: false }));
+    }
+
+    /// A CA certificate for a new key: self-signed, or signed by `issuer` (cert, key).
+    fn ca(issuer: Option<(&[u8], &identity::crypto::LocalKey)>) -> (Vec<u8>, identity::crypto::LocalKey) {
+        use identity::crypto::{KeyType, LocalKey, Signer};
+        use identity::x509::{mint_ca, CaTemplate, Issuer, Subject};
+        let key = LocalKey::generate(KeyType::EcP256).unwrap();
+        let template = CaTemplate {
+            trust_domain: TrustDomain::parse("example.org").unwrap(),
+            public_key: key.public_key().clone(),
+            ttl: Duration::from_secs(86400),
+            subject: Subject::ca_default(),
+            serial: None,
+        };
+        let now = OffsetDateTime::now_utc();
+        let der = match issuer {
+            Some((cert, signer)) => mint_ca(&template, Some(&Issuer::new(cert, signer).unwrap()), None, now),
+            None => mint_ca(&template, None, Some(&key), now),
+        }
+        .unwrap()
+        .der;
+        (der, key)
+    }
+
+    fn authority(certificate: Vec<u8>, roots: &[&[u8]]) -> X509CaAuthority {
+        X509CaAuthority {
+            key_id: "k".into(),
+            certificate,
+            upstream_chain: vec![],
+            trust_anchors: roots.iter().map(|r| r.to_vec()).collect(),
+            not_before: OffsetDateTime::now_utc(),
+            not_after: OffsetDateTime::now_utc() + time::Duration::days(1),
+            private_key: None,
+        }
+    }
+
+    #[test]
+    fn a_root_tainted_upstream_rotates_the_intermediates_under_it_at_once() {
+        use raft_store::model::StoredX509Authority;
+        let td = TrustDomain::parse("example.org").unwrap();
+        let now = OffsetDateTime::now_utc();
+        let ((old_root, old_key), (new_root, new_key)) = (ca(None), ca(None));
+        let (under_old, _) = ca(Some((&old_root, &old_key)));
+        let (under_new, _) = ca(Some((&new_root, &new_key)));
+        let bundle = |old_tainted: bool| StoredBundle {
+            x509_authorities: vec![
+                StoredX509Authority { der: old_root.clone(), tainted: old_tainted },
+                StoredX509Authority { der: new_root.clone(), tainted: false },
+            ],
+            ..StoredBundle::new(td.clone())
+        };
+        let roots: [&[u8]; 2] = [&old_root, &new_root];
+        let mut slots = SlotPair::default();
+        apply_for_tests(&mut slots, SlotEvent::Prepared { slot: SlotId::A, authority: authority(under_old, &roots) });
+        apply_for_tests(&mut slots, SlotEvent::Activated { slot: SlotId::A });
+
+        assert_eq!(tainted_upstream_step(&slots, &bundle(false), &td, now), None, "nothing tainted");
+        assert_eq!(
+            tainted_upstream_step(&slots, &bundle(true), &td, now),
+            Some(RotationStep::Prepare { slot: SlotId::B, activate: true }),
+            "the active CA chains to the tainted root: a new one at once"
+        );
+        apply_for_tests(&mut slots, SlotEvent::Prepared { slot: SlotId::B, authority: authority(under_new, &roots) });
+        assert_eq!(
+            tainted_upstream_step(&slots, &bundle(true), &td, now),
+            Some(RotationStep::Activate { slot: SlotId::B }),
+            "a prepared CA under the clean root is activated"
+        );
+        apply_for_tests(&mut slots, SlotEvent::Activated { slot: SlotId::B });
+        assert_eq!(tainted_upstream_step(&slots, &bundle(true), &td, now), None, "done");
+
+        // A self-signed CA is never rotated for a taint mark: that is the local authority API.
+        let mut own = SlotPair::default();
+        apply_for_tests(
+            &mut own,
+            SlotEvent::Prepared { slot: SlotId::A, authority: authority(old_root.clone(), &[&old_root]) },
+        );
+        apply_for_tests(&mut own, SlotEvent::Activated { slot: SlotId::A });
+        assert_eq!(tainted_upstream_step(&own, &bundle(true), &td, now), None);
     }
 }

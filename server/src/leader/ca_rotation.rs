@@ -11,7 +11,7 @@ use raft_store::model::JournalEvent;
 
 use super::{DutyError, LeaderDuty};
 use crate::ca::replicated::ClusterCa;
-use crate::ca::{next_step, prune_expired};
+use crate::ca::{next_step, prune_expired, tainted_upstream_step};
 use crate::cluster::runtime::Member;
 
 /// How often the leader looks whether a step is due: short, so a new cluster has a CA
@@ -31,6 +31,7 @@ impl CaRotation {
         let mut bundle = signing.stored_bundle().clone();
         next_step(&journal.x509, now).is_some()
             || next_step(&journal.jwt, now).is_some()
+            || tainted_upstream_step(&journal.x509, &bundle, &self.ca.config.trust_domain, now).is_some()
             || prune_expired(&mut bundle, now)
     }
 }
