@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use testkit::proxy::{FaultProxy, Link};
 use testkit::{wait_until, AgentProcess, ReplicaOptions, ServerProcess};
 
 fn canonical(path: &Path) -> String {
@@ -126,76 +127,130 @@ fn openssl_verifies(dir: &Path, name: &str, chain: &[Vec<u8>], roots: &[Vec<u8>]
     }
 }
 
+/// How the downstream cluster of a [`Tree`] runs.
+#[derive(Default)]
+struct Downstream {
+    /// Lines for the downstream replicas' `server { }` block.
+    server_extra: String,
+    /// A `KeyManager` block (memory when empty).
+    key_manager: String,
+    env: Vec<(String, String)>,
+    /// The intermediate's lifetime: the downstream entry's X.509 TTL (0: the upstream's).
+    intermediate_ttl: u32,
+}
+
+/// An upstream cluster of three with an agent whose unix attestor reads binary paths, and a
+/// downstream cluster of three whose replicas reach the upstream through one fault proxy
+/// each and take their SVID from that agent; a workload entry under each tier.
+struct Tree {
+    upstream: Vec<ServerProcess>,
+    up_agent: AgentProcess,
+    downstream: Vec<ServerProcess>,
+    down_agent: AgentProcess,
+    /// In front of each upstream replica's API, as the downstream reaches it.
+    links: Vec<FaultProxy>,
+    up_roots: Certificates,
+    // Last: the processes above are stopped before their directory goes.
+    root: tempfile::TempDir,
+}
+
+impl Tree {
+    fn start(down: Downstream) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let (up_root, down_root) = (root.path().join("upstream"), root.path().join("downstream"));
+        let upstream = ServerProcess::cluster(&up_root, 3, "");
+        let (up_agent, up_agent_id) = agent_with_paths(&up_root, &upstream);
+        let server_binary = canonical(&testkit::binary("testudo-server"));
+        let this_test: PathBuf = std::env::current_exe().unwrap();
+        let ttl = down.intermediate_ttl.to_string();
+        for (id, selector, flags) in [
+            (
+                "spiffe://example.org/region/eu",
+                format!("unix:path:{server_binary}"),
+                vec!["--downstream", "--x509-svid-ttl", ttl.as_str()],
+            ),
+            ("spiffe://example.org/up-web", format!("unix:path:{}", canonical(&this_test)), vec![]),
+        ] {
+            let mut args =
+                vec!["entry", "create", "--spiffe-id", id, "--parent-id", &up_agent_id, "--selector", &selector];
+            args.extend(flags);
+            upstream[0].json(&args);
+        }
+
+        let links: Vec<FaultProxy> =
+            upstream.iter().map(|s| FaultProxy::start(s.api_address().parse().unwrap())).collect();
+        let servers: Vec<String> = links.iter().map(|l| format!("\"{}\"", l.address())).collect();
+        let plugins = format!(
+            "{}\n UpstreamAuthority \"spire\" {{\n plugin_data {{\n server_address = [{}]\n workload_api_socket = \"{}\"\n }}\n }}",
+            down.key_manager,
+            servers.join(", "),
+            up_agent.socket().display()
+        );
+        let options = ReplicaOptions {
+            plugins_extra: plugins,
+            server_extra: down.server_extra,
+            env: down.env,
+            ..Default::default()
+        };
+        let downstream: Vec<ServerProcess> =
+            (1..=3).map(|i| ServerProcess::start_with(&down_root, i, &options)).collect();
+        ServerProcess::form_cluster(&downstream);
+        let up_roots = identity::bundle::parse_pem_certificates(&upstream[0].bundle_pem()).unwrap();
+        wait_until(
+            Duration::from_secs(60),
+            || downstream.iter().all(|s| s.command(&["bundle", "show"]).status.success()),
+            "every downstream replica to hold a CA from the upstream",
+        );
+        for server in &downstream {
+            let held = identity::bundle::parse_pem_certificates(&server.bundle_pem()).unwrap();
+            assert_eq!(held, up_roots, "replica {}: a downstream's bundle is its upstream's roots", server.id);
+        }
+
+        // A workload under a downstream agent.
+        let token = downstream[0].json(&["token", "generate", "--ttl", "600"])["value"].as_str().unwrap().to_string();
+        let uid = nix::unistd::getuid().as_raw();
+        downstream[1].json(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            "spiffe://example.org/eu-web",
+            "--parent-id",
+            &format!("spiffe://example.org/spire/agent/join_token/{token}"),
+            "--selector",
+            &format!("unix:uid:{uid}"),
+        ]);
+        let addresses: Vec<String> = downstream.iter().map(ServerProcess::api_address).collect();
+        let down_agent = AgentProcess::start(&down_root, &addresses, &downstream[0].bundle_pem(), &token, "1s");
+        Tree { upstream, up_agent, downstream, down_agent, links, up_roots, root }
+    }
+
+    /// The downstream workload's SVID chain and bundle, within 30 s.
+    fn downstream_x509(&self) -> (Certificates, Certificates) {
+        let mut found = None;
+        wait_until(
+            Duration::from_secs(30),
+            || {
+                found = x509_of(&self.down_agent, "spiffe://example.org/eu-web");
+                found.is_some()
+            },
+            &format!("an SVID for the downstream workload\nagent log:\n{}", self.down_agent.log()),
+        );
+        found.unwrap()
+    }
+}
+
 #[test]
 fn a_downstream_cluster_signs_with_an_intermediate_of_its_upstream() {
-    let root = tempfile::tempdir().unwrap();
-    let (up_root, down_root) = (root.path().join("upstream"), root.path().join("downstream"));
-    let upstream = ServerProcess::cluster(&up_root, 3, "");
-    let (up_agent, up_agent_id) = agent_with_paths(&up_root, &upstream);
-    let server_binary = canonical(&testkit::binary("testudo-server"));
-    let this_test: PathBuf = std::env::current_exe().unwrap();
-    for (id, selector, flag) in [
-        ("spiffe://example.org/region/eu", format!("unix:path:{server_binary}"), Some("--downstream")),
-        ("spiffe://example.org/up-web", format!("unix:path:{}", canonical(&this_test)), None),
-    ] {
-        let mut args = vec!["entry", "create", "--spiffe-id", id, "--parent-id", &up_agent_id, "--selector", &selector];
-        args.extend(flag);
-        upstream[0].json(&args);
-    }
-
-    let servers: Vec<String> = upstream.iter().map(|s| format!("\"{}\"", s.api_address())).collect();
-    let plugin = format!(
-        "UpstreamAuthority \"spire\" {{\n plugin_data {{\n server_address = [{}]\n workload_api_socket = \"{}\"\n }}\n }}",
-        servers.join(", "),
-        up_agent.socket().display()
-    );
-    let options = ReplicaOptions { plugins_extra: plugin, ..Default::default() };
-    let downstream: Vec<ServerProcess> = (1..=3).map(|i| ServerProcess::start_with(&down_root, i, &options)).collect();
-    ServerProcess::form_cluster(&downstream);
-    let up_roots = identity::bundle::parse_pem_certificates(&upstream[0].bundle_pem()).unwrap();
-    wait_until(
-        Duration::from_secs(60),
-        || downstream.iter().all(|s| s.command(&["bundle", "show"]).status.success()),
-        "every downstream replica to hold a CA from the upstream",
-    );
-    for server in &downstream {
-        let held = identity::bundle::parse_pem_certificates(&server.bundle_pem()).unwrap();
-        assert_eq!(held, up_roots, "replica {}: a downstream's bundle is its upstream's roots", server.id);
-    }
-
-    // A workload under a downstream agent.
-    let token = downstream[0].json(&["token", "generate", "--ttl", "600"])["value"].as_str().unwrap().to_string();
-    let uid = nix::unistd::getuid().as_raw();
-    downstream[1].json(&[
-        "entry",
-        "create",
-        "--spiffe-id",
-        "spiffe://example.org/eu-web",
-        "--parent-id",
-        &format!("spiffe://example.org/spire/agent/join_token/{token}"),
-        "--selector",
-        &format!("unix:uid:{uid}"),
-    ]);
-    let addresses: Vec<String> = downstream.iter().map(ServerProcess::api_address).collect();
-    let down_agent = AgentProcess::start(&down_root, &addresses, &downstream[0].bundle_pem(), &token, "1s");
-
-    let mut down = None;
-    wait_until(
-        Duration::from_secs(30),
-        || {
-            down = x509_of(&down_agent, "spiffe://example.org/eu-web");
-            down.is_some()
-        },
-        "an SVID for the downstream workload",
-    );
-    let (down_chain, down_bundle) = down.unwrap();
+    let tree = Tree::start(Downstream::default());
+    let Tree { upstream, up_agent, downstream, down_agent, up_roots, root, .. } = &tree;
+    let (down_chain, down_bundle) = tree.downstream_x509();
     assert_eq!(down_chain.len(), 2, "leaf, then the downstream intermediate");
-    assert_eq!(down_bundle, up_roots, "the downstream agent serves the upstream's roots");
+    assert_eq!(&down_bundle, up_roots, "the downstream agent serves the upstream's roots");
     let mut up = None;
     wait_until(
         Duration::from_secs(30),
         || {
-            up = x509_of(&up_agent, "spiffe://example.org/up-web");
+            up = x509_of(up_agent, "spiffe://example.org/up-web");
             up.is_some()
         },
         &format!("an SVID for the upstream workload\nagent log:\n{}", up_agent.log()),
@@ -203,11 +258,11 @@ fn a_downstream_cluster_signs_with_an_intermediate_of_its_upstream() {
     let (up_chain, up_bundle) = up.unwrap();
 
     let dir = root.path();
-    openssl_verifies(dir, "down-vs-up-roots", &down_chain, &up_roots).unwrap();
+    openssl_verifies(dir, "down-vs-up-roots", &down_chain, up_roots).unwrap();
     openssl_verifies(dir, "down-vs-up-workload", &down_chain, &up_bundle).unwrap();
     openssl_verifies(dir, "up-vs-down-workload", &up_chain, &down_bundle).unwrap();
     // Without the intermediate the leaf does not verify: it is signed by the downstream CA.
-    let err = openssl_verifies(dir, "leaf-alone", &down_chain[..1], &up_roots).unwrap_err();
+    let err = openssl_verifies(dir, "leaf-alone", &down_chain[..1], up_roots).unwrap_err();
     assert!(err.contains("unable to get local issuer"), "{err}");
 
     // JWT: the downstream's key is published upward, and the downstream mirrors every key
@@ -220,8 +275,8 @@ fn a_downstream_cluster_signs_with_an_intermediate_of_its_upstream() {
         },
         "both clusters to publish the same JWT keys, the downstream's among them",
     );
-    validates_through(&downstream[2], &up_agent, "spiffe://example.org/eu-db");
-    validates_through(&upstream[1], &down_agent, "spiffe://example.org/root-db");
+    validates_through(&downstream[2], up_agent, "spiffe://example.org/eu-db");
+    validates_through(&upstream[1], down_agent, "spiffe://example.org/root-db");
 
     // The upstream moves to a new root and taints the old one: the downstream takes a new
     // intermediate under the new root at once, and its workload's SVID follows.
@@ -238,7 +293,7 @@ fn a_downstream_cluster_signs_with_an_intermediate_of_its_upstream() {
     wait_until(
         Duration::from_secs(40),
         || {
-            moved = x509_of(&down_agent, "spiffe://example.org/eu-web")
+            moved = x509_of(down_agent, "spiffe://example.org/eu-web")
                 .filter(|(chain, _)| openssl_verifies(dir, "down-after-taint", chain, &new_root).is_ok());
             moved.is_some()
         },
@@ -246,5 +301,104 @@ fn a_downstream_cluster_signs_with_an_intermediate_of_its_upstream() {
     );
     let (chain, _) = moved.unwrap();
     assert_ne!(chain[1], down_chain[1], "a new downstream intermediate");
-    assert!(openssl_verifies(dir, "down-vs-old-root", &chain, &up_roots).is_err(), "not under the tainted root");
+    assert!(openssl_verifies(dir, "down-vs-old-root", &chain, up_roots).is_err(), "not under the tainted root");
+}
+
+/// A downstream whose CA keys live in `key_manager` signs under the upstream: the CSR for
+/// its intermediate and its JWT key are signed by the HSM or KMS key itself.
+fn managed_downstream_signs_under_the_upstream(tree: Tree) {
+    let (chain, _) = tree.downstream_x509();
+    assert_eq!(chain.len(), 2, "leaf, then the downstream intermediate");
+    openssl_verifies(tree.root.path(), "managed", &chain, &tree.up_roots).unwrap();
+    validates_through(&tree.downstream[0], &tree.up_agent, "spiffe://example.org/eu-db");
+}
+
+#[test]
+fn a_downstream_on_an_hsm_signs_under_its_upstream() {
+    use testkit::softhsm::{self, MODULE};
+    let tokens = tempfile::tempdir().unwrap();
+    let conf = softhsm::init_token(tokens.path(), "testudo-eu", "1357");
+    let pin = tokens.path().join("pin");
+    std::fs::write(&pin, "1357\n").unwrap();
+    let key_manager = format!(
+        "KeyManager \"pkcs11\" {{\n plugin_data {{\n module_path = \"{MODULE}\"\n token_label = \"testudo-eu\"\n \
+         user_pin_path = \"{}\"\n }}\n }}",
+        pin.display()
+    );
+    let env = vec![("SOFTHSM2_CONF".to_owned(), conf.display().to_string())];
+    managed_downstream_signs_under_the_upstream(Tree::start(Downstream { key_manager, env, ..Default::default() }));
+}
+
+#[test]
+fn a_downstream_on_kms_signs_under_its_upstream() {
+    let moto = testkit::moto::MotoServer::start();
+    let key_manager =
+        format!("KeyManager \"aws_kms\" {{\n plugin_data {{\n endpoint = \"{}\"\n }}\n }}", moto.endpoint());
+    let env = moto.env().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    managed_downstream_signs_under_the_upstream(Tree::start(Downstream { key_manager, env, ..Default::default() }));
+}
+
+/// Cut off from the upstream for several SVID lifetimes (but far less than half the
+/// intermediate's), the downstream region keeps issuing: the workload sees no error, its
+/// SVID keeps rotating, and every SVID verifies against the upstream roots.
+#[test]
+fn a_region_cut_off_from_its_upstream_keeps_issuing() {
+    let tree = Tree::start(Downstream {
+        server_extra: r#"default_x509_svid_ttl = "10s""#.into(),
+        intermediate_ttl: 600,
+        ..Default::default()
+    });
+    let (first, _) = tree.downstream_x509();
+    let roots = {
+        let mut bundle = identity::bundle::Bundle::new(identity::TrustDomain::parse("example.org").unwrap());
+        for root in &tree.up_roots {
+            bundle.add_x509_authority(root).unwrap();
+        }
+        bundle
+    };
+    let errors_before: u64 = tree.downstream.iter().map(upstream_errors).sum();
+    for link in &tree.links {
+        link.set(Link::Reset);
+    }
+    let cut = std::time::Instant::now();
+    let (mut serials, mut failures, mut last) = (std::collections::BTreeSet::new(), Vec::new(), Vec::new());
+    while cut.elapsed() < Duration::from_secs(35) {
+        match x509_of(&tree.down_agent, "spiffe://example.org/eu-web") {
+            None => failures.push(format!("{:?}: no SVID from the Workload API", cut.elapsed())),
+            Some((chain, _)) => {
+                match identity::x509::verify_x509_svid(&chain, &roots, time::OffsetDateTime::now_utc()) {
+                    Ok(_) => {
+                        last = identity::x509::certificate_facts(&chain[0]).unwrap().serial;
+                        serials.insert(last.clone());
+                    }
+                    Err(e) => failures.push(format!("{:?}: {e}", cut.elapsed())),
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let errors_during: u64 = tree.downstream.iter().map(upstream_errors).sum();
+    for link in &tree.links {
+        link.set(Link::Open);
+    }
+    assert!(failures.is_empty(), "{failures:?}\nagent log:\n{}", tree.down_agent.log());
+    assert!(serials.len() >= 3, "the SVID rotated through the cut: {} seen", serials.len());
+    assert_ne!(
+        last,
+        identity::x509::certificate_facts(&first[0]).unwrap().serial,
+        "the SVID from before the cut was replaced"
+    );
+    // The cut was real: the leader's calls to the upstream failed meanwhile (its bundle
+    // mirror, every 5 s).
+    assert!(errors_during > errors_before, "no upstream call failed during the cut");
+}
+
+/// `testudo_upstream_bundle_sync_total{result="error"}` on one replica.
+fn upstream_errors(server: &ServerProcess) -> u64 {
+    let (_, metrics) = testkit::http_get(server.metrics_port, "/metrics");
+    metrics
+        .lines()
+        .find(|l| l.starts_with("testudo_upstream_bundle_sync_total{") && l.contains("result=\"error\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
 }

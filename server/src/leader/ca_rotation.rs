@@ -4,6 +4,7 @@
 //! (no storage read, no Raft round); the step itself reads the journal linearizably and
 //! commits each event through Raft, whose apply refuses an event the journal forbids.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,18 +12,56 @@ use raft_store::model::JournalEvent;
 
 use super::{DutyError, LeaderDuty};
 use crate::ca::replicated::ClusterCa;
-use crate::ca::{next_step, prune_expired, tainted_upstream_step};
+use crate::ca::{activation_threshold, next_step, prune_expired, tainted_upstream_step, CaError};
 use crate::cluster::runtime::Member;
 
 /// How often the leader looks whether a step is due: short, so a new cluster has a CA
 /// within a second of electing a leader. Each look reads memory only.
 const EVERY: Duration = Duration::from_secs(1);
 
+/// After a failed step (an upstream or key manager away), the first retry; it doubles with
+/// each failure up to [`MAX_RETRY`], so a long upstream outage costs one call a minute.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(60);
+
 pub struct CaRotation {
-    pub ca: ClusterCa,
+    ca: ClusterCa,
+    /// Failed steps in a row (this leader's; a new leader starts at once).
+    failures: AtomicU32,
+}
+
+/// How long to wait after `failures` failed steps in a row.
+fn backoff(failures: u32) -> Duration {
+    FIRST_RETRY.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(MAX_RETRY)
 }
 
 impl CaRotation {
+    pub fn new(ca: ClusterCa) -> Self {
+        Self { ca, failures: AtomicU32::new(0) }
+    }
+
+    /// Logs a failed step: an error once the active X.509 CA has entered the last sixth of
+    /// its life (the prepared CA should be active by then), a warning before.
+    fn report(&self, member: &Member, e: &CaError, failures: u32, retry: Duration) {
+        metrics::counter!("testudo_ca_rotation_errors_total").increment(1);
+        metrics::counter!("testudo_leader_duty_errors_total", "duty" => "ca_rotation").increment(1);
+        if matches!(e, CaError::Upstream(_)) {
+            metrics::counter!("testudo_upstream_errors_total").increment(1);
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            metrics::gauge!("testudo_upstream_last_error_seconds").set(now as f64);
+        }
+        let expiry = member.views.signing().and_then(|s| s.journal().x509.active().map(|a| a.authority.clone()));
+        let urgent = expiry.as_ref().is_some_and(|a| self.ca.clock.now() >= activation_threshold(a));
+        let expires = expiry.map(|a| a.not_after.to_string()).unwrap_or_else(|| "-".into());
+        if urgent {
+            tracing::error!(error = %e, failures, active_ca_expires = %expires, retry_in = ?retry,
+                "CA rotation failed and the active CA nears its expiry: workloads lose their identities when it expires");
+        } else {
+            tracing::warn!(error = %e, failures, active_ca_expires = %expires, retry_in = ?retry,
+                "CA rotation failed; signing with the active CA and trying again");
+        }
+    }
+
     /// Whether the views say a rotation step or a prune is due now.
     fn due(&self, member: &Member) -> bool {
         let Some(signing) = member.views.signing() else { return true };
@@ -48,14 +87,17 @@ impl LeaderDuty for CaRotation {
         }
         match self.ca.rotate(&member.replica).await {
             Ok(events) => {
+                self.failures.store(0, Ordering::Relaxed);
                 for event in &events {
                     metrics::counter!("testudo_ca_rotation_events_total", "event" => event_name(event)).increment(1);
                 }
                 Ok(EVERY)
             }
             Err(e) => {
-                metrics::counter!("testudo_ca_rotation_errors_total").increment(1);
-                Err(DutyError(format!("CA rotation: {e}")))
+                let failures = self.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+                let retry = backoff(failures);
+                self.report(member, &e, failures, retry);
+                Ok(retry)
             }
         }
     }
@@ -70,5 +112,17 @@ fn event_name(event: &JournalEvent) -> &'static str {
         JournalEvent::Jwt(SlotEvent::Activated { .. }) => "jwt_activated",
         JournalEvent::X509(_) => "x509_other",
         JournalEvent::Jwt(_) => "jwt_other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_steps_back_off_to_a_minute() {
+        let waits: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(backoff(u32::MAX), MAX_RETRY);
     }
 }

@@ -48,7 +48,7 @@ pub fn server_duties(
     let upstream = ca.upstream.clone().filter(|u| u.is_upstream_cluster());
     let trust_domain = ca.config.trust_domain.clone();
     let mut duties: Vec<Arc<dyn LeaderDuty>> = vec![
-        Arc::new(ca_rotation::CaRotation { ca }),
+        Arc::new(ca_rotation::CaRotation::new(ca)),
         Arc::new(change_log::ChangeLogPruning { keep: change_log::KEEP, every: change_log::EVERY }),
         Arc::new(expiry::ExpiredPruning { every: expiry::EVERY }),
         Arc::new(federation),

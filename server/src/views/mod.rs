@@ -258,6 +258,12 @@ impl Views {
         }
         let bundle =
             bundle.unwrap_or_else(|| raft_store::model::StoredBundle::new(self.ca.config.trust_domain.clone()));
+        if let Some(active) = journal.x509.active() {
+            // On every replica: alerts on a CA that nears its expiry (a nested cluster cut off
+            // from its upstream) need no leader.
+            metrics::gauge!("testudo_ca_x509_active_expiry_seconds")
+                .set(active.authority.not_after.unix_timestamp() as f64);
+        }
         let previous = self.signing();
         let ca = &self.ca;
         match Signing::build(ca.config.clone(), &ca.keys, ca.clock.clone(), journal, bundle, previous.as_deref()) {
