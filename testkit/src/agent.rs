@@ -29,6 +29,24 @@ impl AgentProcess {
         )
     }
 
+    /// [`Self::start`] with the unix attestor reading the caller's binary path and digest
+    /// (`discover_workload_path`), so entries can select processes by `unix:path:` (a
+    /// downstream cluster's server processes, say).
+    pub fn start_discovering_paths(
+        root: &Path,
+        servers: &[String],
+        bundle_pem: &str,
+        join_token: &str,
+        sync_interval: &str,
+    ) -> Self {
+        Self::start_edited(root, servers, bundle_pem, join_token, sync_interval, |config| {
+            config.replace(
+                r#"WorkloadAttestor "unix" {}"#,
+                "WorkloadAttestor \"unix\" {\n plugin_data {\n discover_workload_path = true\n }\n }",
+            )
+        })
+    }
+
     /// [`Self::start`] for an agent of `trust_domain` rather than example.org.
     pub fn start_in(
         root: &Path,
@@ -37,6 +55,20 @@ impl AgentProcess {
         bundle_pem: &str,
         join_token: &str,
         sync_interval: &str,
+    ) -> Self {
+        Self::start_edited(root, servers, bundle_pem, join_token, sync_interval, |config| {
+            config.replace("trust_domain = \"example.org\"", &format!("trust_domain = \"{trust_domain}\""))
+        })
+    }
+
+    /// [`Self::start`] with its config text passed through `edit` first.
+    fn start_edited(
+        root: &Path,
+        servers: &[String],
+        bundle_pem: &str,
+        join_token: &str,
+        sync_interval: &str,
+        edit: impl FnOnce(String) -> String,
     ) -> Self {
         let dir = root.join("agent");
         std::fs::create_dir_all(&dir).expect("agent dir");
@@ -48,9 +80,8 @@ impl AgentProcess {
             r#"NodeAttestor "join_token" {}"#,
             sync_interval,
             "",
-        )
-        .replace("trust_domain = \"example.org\"", &format!("trust_domain = \"{trust_domain}\""));
-        Self::start_configured(root, &config, &[])
+        );
+        Self::start_configured(root, &edit(config), &[])
     }
 
     /// An agent whose `agent { }` block also holds `agent_extra`, whose node attestor block

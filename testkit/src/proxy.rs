@@ -19,6 +19,9 @@ pub enum Link {
     Open,
     /// Bytes pass after this delay, each way.
     Delay(Duration),
+    /// A wide-area link: bytes pass after `latency` ± up to `jitter` (uniform, drawn per
+    /// chunk read), each way, in order, as between regions.
+    Wan { latency: Duration, jitter: Duration },
     /// Nothing passes and nothing is closed: bytes wait in the kernel's buffers, as packets
     /// dropped on a dead route do (TCP retransmits them once the route is back). New
     /// connections are accepted and then wait too.
@@ -108,6 +111,7 @@ fn copy(mut from: TcpStream, mut to: TcpStream, source: IpAddr, shared: &Shared)
         match wait_while_stalled(shared, source) {
             Link::Reset => break,
             Link::Delay(delay) => std::thread::sleep(delay),
+            Link::Wan { latency, jitter } => std::thread::sleep(wan_delay(latency, jitter)),
             Link::Open | Link::Stall => {}
         }
         if to.write_all(&buf[..n]).is_err() {
@@ -117,6 +121,12 @@ fn copy(mut from: TcpStream, mut to: TcpStream, source: IpAddr, shared: &Shared)
     if shared.link(source) != Link::Reset {
         let _ = to.shutdown(Shutdown::Write);
     }
+}
+
+/// `latency` ± up to `jitter`, uniformly.
+fn wan_delay(latency: Duration, jitter: Duration) -> Duration {
+    let spread = jitter.as_secs_f64() * (fastrand::f64() * 2.0 - 1.0);
+    Duration::from_secs_f64((latency.as_secs_f64() + spread).max(0.0))
 }
 
 /// Waits until the link is not stalled; returns what it is then.
@@ -294,6 +304,16 @@ mod tests {
         let started = Instant::now();
         assert_eq!(round_trip(&mut b, b"late").as_deref(), Some(&b"late"[..]));
         assert!(started.elapsed() >= Duration::from_millis(300), "delayed by {:?} only", started.elapsed());
+
+        // A wide-area link: every round trip pays the latency twice, give or take the jitter.
+        let wan = Link::Wan { latency: Duration::from_millis(40), jitter: Duration::from_millis(10) };
+        proxy.set_from("127.0.0.2".parse().unwrap(), wan);
+        for _ in 0..5 {
+            let started = Instant::now();
+            assert_eq!(round_trip(&mut b, b"far").as_deref(), Some(&b"far"[..]));
+            let took = started.elapsed();
+            assert!(took >= Duration::from_millis(60), "a WAN round trip took {took:?}");
+        }
 
         // A reset link resets open connections and refuses new ones from that source only.
         proxy.set_from("127.0.0.2".parse().unwrap(), Link::Reset);

@@ -27,23 +27,8 @@ fn pem_of(ders: &[Vec<u8>]) -> String {
 /// An agent of `servers` under `root` whose unix attestor reads the caller's binary path.
 fn agent_with_paths(root: &Path, servers: &[ServerProcess]) -> (AgentProcess, String) {
     let token = servers[0].json(&["token", "generate", "--ttl", "600"])["value"].as_str().unwrap().to_string();
-    let dir = root.join("agent");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("bundle.pem"), servers[0].bundle_pem()).unwrap();
     let addresses: Vec<String> = servers.iter().map(ServerProcess::api_address).collect();
-    let config = AgentProcess::config_text(
-        root,
-        &addresses,
-        &format!("join_token = \"{token}\""),
-        r#"NodeAttestor "join_token" {}"#,
-        "1s",
-        "",
-    )
-    .replace(
-        r#"WorkloadAttestor "unix" {}"#,
-        "WorkloadAttestor \"unix\" {\n plugin_data {\n discover_workload_path = true\n }\n }",
-    );
-    let agent = AgentProcess::start_configured(root, &config, &[]);
+    let agent = AgentProcess::start_discovering_paths(root, &addresses, &servers[0].bundle_pem(), &token, "1s");
     (agent, format!("spiffe://example.org/spire/agent/join_token/{token}"))
 }
 

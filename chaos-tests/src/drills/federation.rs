@@ -10,21 +10,15 @@
 //! their new CA and taint the old one, so both workloads move to SVIDs only the refreshed
 //! bundles verify. No handshake may fail: both clusters keep their quorum.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use identity::bundle::Bundle;
-use identity::x509::split_der_certificates;
-use identity::{SpiffeId, TrustDomain};
-use proto::workload as pb;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use spiffe_tls::SvidVerifier;
 use testkit::proxy::FaultProxy;
 use testkit::{free_port, wait_until, AgentProcess, ReplicaOptions, ServerProcess};
 
+use super::mtls::{Pairing, Workload};
 use super::svid_watch::uid_selector;
 use super::{runtime, Report, Settings, Workdir};
 
@@ -36,15 +30,6 @@ const HINT: Duration = Duration::from_secs(60);
 /// How long after its due time a refresh may take to reach the other domain's workload,
 /// with an election (300–600 ms) and an agent sync (1 s) on the way.
 const DELIVERY_LIMIT: Duration = Duration::from_secs(15);
-/// How often the workloads shake hands.
-const HANDSHAKE_EVERY: Duration = Duration::from_millis(200);
-
-/// A workload: its trust domain, SPIFFE ID and latest X.509 message from its agent.
-struct Workload {
-    domain: &'static str,
-    id: &'static str,
-    latest: Mutex<Option<pb::X509svidResponse>>,
-}
 
 /// One trust domain of the drill: its replicas, agent and workload.
 struct Domain {
@@ -112,25 +97,6 @@ impl Domain {
     }
 }
 
-impl Workload {
-    /// The partner CAs the workload holds (DER), from its latest message.
-    fn held_bundle_of(&self, partner: &str) -> Vec<Vec<u8>> {
-        let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
-        latest
-            .as_ref()
-            .and_then(|m| m.federated_bundles.get(&format!("spiffe://{partner}")))
-            .and_then(|der| split_der_certificates(der).ok())
-            .unwrap_or_default()
-    }
-
-    /// The CA that issued the workload's current SVID.
-    fn issuer(&self) -> Option<Vec<u8>> {
-        let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
-        let svid = latest.as_ref()?.svids.iter().find(|s| s.spiffe_id == self.id)?;
-        split_der_certificates(&svid.x509_svid).ok()?.get(1).cloned()
-    }
-}
-
 fn cas(server: &ServerProcess) -> Vec<Vec<u8>> {
     identity::bundle::parse_pem_certificates(&server.bundle_pem()).expect("the cluster's bundle")
 }
@@ -158,136 +124,6 @@ fn attach(root: &Path, name: &str, servers: &[ServerProcess], workload: &str, pa
     ]);
     let addresses: Vec<String> = servers.iter().map(ServerProcess::api_address).collect();
     AgentProcess::start_in(root, name, &addresses, &servers[0].bundle_pem(), &token, "1s")
-}
-
-/// Streams the workload's X.509 messages into its `latest` until `stop`; errors go to
-/// `errors`.
-async fn follow(
-    socket: std::path::PathBuf,
-    workload: Arc<Workload>,
-    errors: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-) {
-    let error = |e: String| errors.lock().unwrap_or_else(|p| p.into_inner()).push(e);
-    let Ok(channel) = proto::unix_socket::connect(&socket).await else {
-        return error(format!("{} does not answer", socket.display()));
-    };
-    let mut client = pb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel);
-    let mut request = tonic::Request::new(pb::X509svidRequest {});
-    request.metadata_mut().insert("workload.spiffe.io", tonic::metadata::MetadataValue::from_static("true"));
-    let mut stream = match client.fetch_x509svid(request).await {
-        Ok(s) => s.into_inner(),
-        Err(e) => return error(format!("open stream: {e:?}")),
-    };
-    while !stop.load(Ordering::SeqCst) {
-        match tokio::time::timeout(Duration::from_millis(200), stream.message()).await {
-            Err(_) => {}
-            Ok(Ok(Some(message))) => *workload.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(message),
-            Ok(Ok(None)) => return error("the X.509 stream ended".into()),
-            Ok(Err(e)) => return error(format!("X.509 stream: {e:?}")),
-        }
-    }
-}
-
-/// One side of a handshake: its SVID chain and key, and a verifier for the peer made from
-/// the federated bundle its agent delivered.
-struct Side {
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-    verifier: Arc<SvidVerifier>,
-}
-
-fn side(workload: &Workload, peer: &Workload) -> Result<Side, String> {
-    let latest = workload.latest.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or("no X.509 message yet")?;
-    let svid = latest.svids.iter().find(|s| s.spiffe_id == workload.id).ok_or("no SVID for the workload")?;
-    let chain = split_der_certificates(&svid.x509_svid)?.into_iter().map(CertificateDer::from).collect();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(svid.x509_svid_key.clone()));
-    let td = TrustDomain::parse(peer.domain).map_err(|e| e.to_string())?;
-    let mut bundle = Bundle::new(td);
-    let der = latest.federated_bundles.get(&format!("spiffe://{}", peer.domain)).ok_or("no bundle of the peer")?;
-    for ca in split_der_certificates(der)? {
-        bundle.add_x509_authority(&ca).map_err(|e| e.to_string())?;
-    }
-    let peer_id = SpiffeId::parse(peer.id).map_err(|e| e.to_string())?;
-    let verifier = Arc::new(SvidVerifier::for_id(Arc::new(RwLock::new(bundle)), peer_id));
-    Ok(Side { chain, key, verifier })
-}
-
-/// One mTLS connection over loopback from `client`'s workload to `server`'s, each checking
-/// the other's SVID; a byte each way proves the session.
-fn handshake(client: &Workload, server: &Workload) -> Result<(), String> {
-    let (c, s) = (side(client, server)?, side(server, client)?);
-    let tls = |e: rustls::Error| e.to_string();
-    let server_config = rustls::ServerConfig::builder_with_provider(spiffe_tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(tls)?
-        .with_client_cert_verifier(s.verifier)
-        .with_single_cert(s.chain, s.key)
-        .map_err(tls)?;
-    let client_config = rustls::ClientConfig::builder_with_provider(spiffe_tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(tls)?
-        .dangerous()
-        .with_custom_certificate_verifier(c.verifier)
-        .with_client_auth_cert(c.chain, c.key)
-        .map_err(tls)?;
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let address: SocketAddr = listener.local_addr().map_err(|e| e.to_string())?;
-    let io = |e: std::io::Error| e.to_string();
-    std::thread::scope(|scope| {
-        let served = scope.spawn(move || -> Result<(), String> {
-            use std::io::{Read, Write};
-            let (socket, _) = listener.accept().map_err(io)?;
-            socket.set_read_timeout(Some(Duration::from_secs(5))).map_err(io)?;
-            let connection = rustls::ServerConnection::new(Arc::new(server_config)).map_err(tls)?;
-            let mut stream = rustls::StreamOwned::new(connection, socket);
-            let mut byte = [0u8];
-            stream.read_exact(&mut byte).map_err(|e| format!("server side: {e}"))?;
-            stream.write_all(&byte).map_err(|e| format!("server side: {e}"))?;
-            stream.flush().map_err(io)
-        });
-        let client_side = (|| -> Result<(), String> {
-            use std::io::{Read, Write};
-            let socket = TcpStream::connect(address).map_err(io)?;
-            socket.set_read_timeout(Some(Duration::from_secs(5))).map_err(io)?;
-            let name = ServerName::try_from(server.domain.to_owned()).map_err(|e| e.to_string())?;
-            let connection = rustls::ClientConnection::new(Arc::new(client_config), name).map_err(tls)?;
-            let mut stream = rustls::StreamOwned::new(connection, socket);
-            stream.write_all(b"x").map_err(|e| format!("client side: {e}"))?;
-            let mut byte = [0u8];
-            stream.read_exact(&mut byte).map_err(|e| format!("client side: {e}"))
-        })();
-        let served = served.join().unwrap_or_else(|_| Err("the server side panicked".into()));
-        client_side.and(served)
-    })
-}
-
-/// What the handshakes saw.
-#[derive(Default)]
-struct Handshakes {
-    made: usize,
-    failed: Vec<String>,
-}
-
-/// Shakes hands both ways every [`HANDSHAKE_EVERY`] until `stop`.
-fn shake_hands(workloads: [Arc<Workload>; 2], stop: Arc<AtomicBool>, seen: Arc<Mutex<Handshakes>>) {
-    let began = Instant::now();
-    while !stop.load(Ordering::SeqCst) {
-        for (client, server) in [(&workloads[0], &workloads[1]), (&workloads[1], &workloads[0])] {
-            let result = handshake(client, server);
-            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
-            seen.made += 1;
-            if let Err(e) = result {
-                seen.failed.push(format!(
-                    "{:.1} s: {} -> {}: {e}",
-                    began.elapsed().as_secs_f64(),
-                    client.id,
-                    server.id
-                ));
-            }
-        }
-        std::thread::sleep(HANDSHAKE_EVERY);
-    }
 }
 
 /// Kills the leader of each domain; returns which replica of each went down.
@@ -337,18 +173,20 @@ pub fn run(settings: &Settings) -> Report {
     }
     let a_agent = attach(&root.path().join("a"), A, &a_servers, "spiffe://example.org/web", B);
     let b_agent = attach(&root.path().join("b"), B, &b_servers, "spiffe://b.test/db", A);
-    let workload = |domain, id| Arc::new(Workload { domain, id, latest: Mutex::default() });
+    let workload = Workload::new;
     let mut domains = [
         Domain { name: A, servers: a_servers, agent: a_agent, workload: workload(A, "spiffe://example.org/web") },
         Domain { name: B, servers: b_servers, agent: b_agent, workload: workload(B, "spiffe://b.test/db") },
     ];
 
     let runtime = runtime();
-    let (stop, errors) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
-    let streams: Vec<_> = domains
-        .iter()
-        .map(|d| runtime.spawn(follow(d.agent.socket(), d.workload.clone(), errors.clone(), stop.clone())))
-        .collect();
+    let mut pairing = Pairing::follow(
+        &runtime,
+        [
+            (domains[0].workload.clone(), domains[0].agent.socket()),
+            (domains[1].workload.clone(), domains[1].agent.socket()),
+        ],
+    );
     let (wa, wb) = (domains[0].workload.clone(), domains[1].workload.clone());
     wait_until(
         Duration::from_secs(60),
@@ -360,11 +198,7 @@ pub fn run(settings: &Settings) -> Report {
         },
         "both workloads to hold an SVID and the other domain's bundle",
     );
-    let seen = Arc::new(Mutex::new(Handshakes::default()));
-    let handshakes = {
-        let (workloads, stop, seen) = ([wa.clone(), wb.clone()], stop.clone(), seen.clone());
-        std::thread::spawn(move || shake_hands(workloads, stop, seen))
-    };
+    pairing.shake();
 
     let began = Instant::now();
     let mut rounds = 0;
@@ -373,21 +207,7 @@ pub fn run(settings: &Settings) -> Report {
         rounds += 1;
         round(&mut domains, &mut report, &mut delays);
     }
-    stop.store(true, Ordering::SeqCst);
-    let _ = handshakes.join();
-    runtime.block_on(async {
-        for stream in streams {
-            let _ = stream.await;
-        }
-    });
-    let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
-    let errors = std::mem::take(&mut *errors.lock().unwrap_or_else(|p| p.into_inner()));
-    report.operations = seen.made;
-    report.acknowledged = seen.made - seen.failed.len();
-    report.check(seen.failed.is_empty(), || {
-        format!("{} of {} cross-domain handshakes failed: {:?}", seen.failed.len(), seen.made, seen.failed)
-    });
-    report.check(errors.is_empty(), || format!("the workloads saw errors: {errors:?}"));
+    let seen = pairing.finish(&runtime, &mut report, "cross-domain");
     let slowest = delays.iter().cloned().fold(0.0_f64, f64::max);
     report.summary = format!(
         "{rounds} rounds, {} leader kills around refreshes, {} of {} cross-domain mTLS handshakes failed, \

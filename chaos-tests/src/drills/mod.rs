@@ -9,6 +9,8 @@ pub mod entry_clients;
 pub mod federation;
 pub mod leader_kill;
 pub mod leader_pause;
+pub mod mtls;
+pub mod nested_regions;
 pub mod partition;
 pub mod rolling_restart;
 pub mod svid_watch;
@@ -120,6 +122,11 @@ pub const ALL: &[Drill] = &[
         name: federation::NAME,
         about: "two federated clusters rotate CAs; both leaders killed as each refresh falls due; mTLS across",
         run: federation::run,
+    },
+    Drill {
+        name: nested_regions::NAME,
+        about: "a root and two regions over WAN links; leaders of all three killed, a region cut; mTLS across",
+        run: nested_regions::run,
     },
 ];
 

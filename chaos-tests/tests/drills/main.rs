@@ -47,3 +47,8 @@ fn a_full_disk_on_the_leader_loses_nothing() {
 fn federated_clusters_refresh_through_leader_kills() {
     assert_passed(drills::federation::run(&Settings::QUICK));
 }
+
+#[test]
+fn nested_regions_keep_issuing_through_leader_kills_and_a_cut() {
+    assert_passed(drills::nested_regions::run(&Settings::QUICK));
+}
