@@ -387,3 +387,63 @@ fn upstream_errors(server: &ServerProcess) -> u64 {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// How many downstream CAs the upstream replicas have signed (their logs say each).
+fn intermediates_signed(upstream: &[ServerProcess]) -> usize {
+    upstream.iter().map(|s| s.log().matches("signed a downstream X.509 CA").count()).sum()
+}
+
+/// The downstream leader dies while the upstream's answer to its request for the next
+/// intermediate is on its way: nothing was recorded, the next leader asks again, and the
+/// cluster ends up with exactly one prepared CA that every replica agrees on.
+#[test]
+fn a_downstream_leader_killed_during_its_upstream_request_leaves_one_intermediate() {
+    let mut tree = Tree::start(Downstream {
+        server_extra: r#"default_x509_svid_ttl = "10s""#.into(),
+        intermediate_ttl: 60,
+        ..Default::default()
+    });
+    let before = intermediates_signed(&tree.upstream);
+    let first = tree.downstream[0].json(&["localauthority", "x509", "show"]);
+    let active = first["active"]["authority_id"].as_str().unwrap().to_owned();
+    // Slow answers: the next request's answer spends seconds on the way back.
+    for link in &tree.links {
+        link.set(Link::Delay(Duration::from_secs(2)));
+    }
+    wait_until(
+        Duration::from_secs(60),
+        || intermediates_signed(&tree.upstream) > before,
+        "the downstream leader to ask for its next intermediate (half the first one's life)",
+    );
+    let status = tree.downstream[0].json(&["cluster", "status"]);
+    let leader = status["leader"].as_u64().unwrap();
+    let index = tree.downstream.iter().position(|s| s.id == leader).unwrap();
+    tree.downstream[index].kill();
+    for link in &tree.links {
+        link.set(Link::Open);
+    }
+    let other = (index + 1) % 3;
+    let mut prepared = String::new();
+    wait_until(
+        Duration::from_secs(60),
+        || {
+            let shown = tree.downstream[other].json(&["localauthority", "x509", "show"]);
+            prepared = shown["prepared"]["authority_id"].as_str().unwrap_or_default().to_owned();
+            !prepared.is_empty()
+        },
+        "the new leader to record the next intermediate",
+    );
+    tree.downstream[index].restart();
+    assert!(tree.downstream[index].serves_within(Duration::from_secs(20)));
+    assert!(
+        intermediates_signed(&tree.upstream) >= before + 2,
+        "the answer the dead leader never got, and the new leader's own request"
+    );
+    for server in &tree.downstream {
+        let shown = server.json(&["localauthority", "x509", "show"]);
+        assert_eq!(shown["active"]["authority_id"], active.as_str(), "replica {}: still the first CA", server.id);
+        assert_eq!(shown["prepared"]["authority_id"], prepared.as_str(), "replica {}: one prepared CA", server.id);
+    }
+    let (chain, _) = tree.downstream_x509();
+    openssl_verifies(tree.root.path(), "after-leader-kill", &chain, &tree.up_roots).unwrap();
+}
