@@ -43,6 +43,7 @@ run "$cargo" bench -p testudo-kms --bench signing -- --seconds "$seconds"
 run "$cargo" bench -p testudo-chaos-tests --bench failover -- --rounds 5
 run "$cargo" bench -p testudo-chaos-tests --bench agent_sync -- --agents 10000 --per-agent 10
 run "$cargo" bench -p testudo-chaos-tests --bench entry_delivery -- --rounds 200 --agents 1000
+run "$cargo" bench -p testudo-chaos-tests --bench nested_rotation -- --rounds 10
 mv "$tmp" "$out"
 trap - EXIT
 echo "wrote $out" >&2

@@ -29,15 +29,15 @@ const CUT: Duration = Duration::from_secs(30);
 const INTERMEDIATE_TTL: &str = "600";
 
 /// One regional cluster and what runs in the region.
-struct Region {
-    name: &'static str,
-    servers: Vec<ServerProcess>,
+pub struct Region {
+    pub name: &'static str,
+    pub servers: Vec<ServerProcess>,
     /// The root's agent in the region, which gives the region's replicas their SVID.
     _root_agent: AgentProcess,
-    agent: AgentProcess,
+    pub agent: AgentProcess,
     /// The region's links to each root replica.
-    links: Vec<FaultProxy>,
-    workload: Arc<Workload>,
+    pub links: Vec<FaultProxy>,
+    pub workload: Arc<Workload>,
 }
 
 fn token(server: &ServerProcess) -> String {
@@ -48,7 +48,9 @@ fn agent_id(token: &str) -> String {
     format!("spiffe://{TRUST_DOMAIN}/spire/agent/join_token/{token}")
 }
 
-fn start_region(dir: &Path, name: &'static str, workload: &'static str, root: &[ServerProcess]) -> Region {
+/// A regional cluster of three under `root`, reaching it over WAN links, with a root agent
+/// and an agent of its own in the region, and `workload` registered under the latter.
+pub fn start_region(dir: &Path, name: &'static str, workload: &'static str, root: &[ServerProcess]) -> Region {
     let root_addresses: Vec<String> = root.iter().map(ServerProcess::api_address).collect();
     let root_token = token(&root[0]);
     let root_agent = AgentProcess::start_discovering_paths(
