@@ -447,3 +447,35 @@ fn a_downstream_leader_killed_during_its_upstream_request_leaves_one_intermediat
     let (chain, _) = tree.downstream_x509();
     openssl_verifies(tree.root.path(), "after-leader-kill", &chain, &tree.up_roots).unwrap();
 }
+
+/// The upstream's leader is down while the downstream's next intermediate falls due: the
+/// downstream's pool moves to the other upstream replicas, and the rotation goes on.
+#[test]
+fn the_upstream_leader_down_while_the_downstream_rotates() {
+    let mut tree = Tree::start(Downstream {
+        server_extra: r#"default_x509_svid_ttl = "10s""#.into(),
+        intermediate_ttl: 40,
+        ..Default::default()
+    });
+    let active = tree.downstream[0].json(&["localauthority", "x509", "show"])["active"]["authority_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let leader = tree.upstream[0].json(&["cluster", "status"])["leader"].as_u64().unwrap();
+    let index = tree.upstream.iter().position(|s| s.id == leader).unwrap();
+    tree.upstream[index].kill();
+    let mut prepared = String::new();
+    wait_until(
+        Duration::from_secs(60),
+        || {
+            let shown = tree.downstream[1].json(&["localauthority", "x509", "show"]);
+            prepared = shown["prepared"]["authority_id"].as_str().unwrap_or_default().to_owned();
+            !prepared.is_empty()
+        },
+        "the downstream's next intermediate while the upstream leader is down",
+    );
+    assert_ne!(prepared, active);
+    tree.upstream[index].restart();
+    let (chain, _) = tree.downstream_x509();
+    openssl_verifies(tree.root.path(), "upstream-leader-down", &chain, &tree.up_roots).unwrap();
+}
