@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/testudo/cluster/v1/cluster.proto",
             "proto/testudo/admin/v1/cluster_admin.proto",
             "proto/testudo/admin/v1/federation_status.proto",
+            "proto/testudo/admin/v1/upstream_status.proto",
             "proto/testudo/agent/v1/entry_notifications.proto",
             "proto/spire/api/server/svid/v1/svid.proto",
             "proto/spire/api/server/bundle/v1/bundle.proto",

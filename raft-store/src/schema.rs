@@ -103,4 +103,6 @@ pub mod sm_key {
     pub const CLUSTER_CA: &[u8] = b"cluster_ca";
     /// Trust domain → `model::FederationRefresh`: the refresh schedule of federated bundles.
     pub const FEDERATION_REFRESH: &[u8] = b"federation_refresh";
+    /// `model::UpstreamStatus`: how a nested cluster's calls to its upstream are going.
+    pub const UPSTREAM_STATUS: &[u8] = b"upstream_status";
 }

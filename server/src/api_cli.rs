@@ -656,7 +656,7 @@ pub async fn local_authority(command: LocalAuthorityCommand, socket_path: &Path,
     use proto::spire::api::server::localauthority::v1 as pb;
     let channel =
         socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
-    let mut client = pb::local_authority_client::LocalAuthorityClient::new(channel);
+    let mut client = pb::local_authority_client::LocalAuthorityClient::new(channel.clone());
     let state = |s: Option<pb::AuthorityState>| {
         s.map(|s| serde_json::json!({ "authority_id": s.authority_id, "expires_at": s.expires_at, "upstream_authority_subject_key_id": s.upstream_authority_subject_key_id }))
     };
@@ -666,7 +666,21 @@ pub async fn local_authority(command: LocalAuthorityCommand, socket_path: &Path,
             AuthorityAction::Show => {
                 let r =
                     client.get_x509_authority_state(pb::GetX509AuthorityStateRequest {}).await.map_err(e)?.into_inner();
-                serde_json::json!({ "active": state(r.active), "prepared": state(r.prepared), "old": state(r.old) })
+                let mut shown = serde_json::json!({ "active": state(r.active), "prepared": state(r.prepared), "old": state(r.old) });
+                // A nested cluster's calls to its upstream, as its leader last recorded them.
+                let upstream = proto::admin::upstream_status_client::UpstreamStatusClient::new(channel)
+                    .get_upstream_status(proto::admin::GetUpstreamStatusRequest {})
+                    .await
+                    .map_err(e)?
+                    .into_inner();
+                if upstream.last_success > 0 || upstream.last_error_at > 0 {
+                    shown["upstream"] = serde_json::json!({
+                        "last_success": upstream.last_success,
+                        "last_error_at": upstream.last_error_at,
+                        "last_error": upstream.last_error,
+                    });
+                }
+                shown
             }
             AuthorityAction::Prepare => {
                 serde_json::json!({ "prepared": state(client.prepare_x509_authority(pb::PrepareX509AuthorityRequest {}).await.map_err(e)?.into_inner().prepared_authority) })
@@ -705,7 +719,7 @@ pub async fn local_authority(command: LocalAuthorityCommand, socket_path: &Path,
         Output::Json => println!("{value}"),
         Output::Pretty => {
             if let Some(object) = value.as_object() {
-                for (name, state) in object {
+                for (name, state) in object.iter().filter(|(name, _)| *name != "upstream") {
                     match state {
                         serde_json::Value::Null => println!("{name:<10} -"),
                         s => {
@@ -720,6 +734,12 @@ pub async fn local_authority(command: LocalAuthorityCommand, socket_path: &Path,
                                 s["expires_at"]
                             );
                         }
+                    }
+                }
+                if let Some(upstream) = object.get("upstream") {
+                    println!("upstream   last success {}", upstream["last_success"]);
+                    if upstream["last_error_at"].as_i64() > upstream["last_success"].as_i64() {
+                        println!("           last error at {}: {}", upstream["last_error_at"], upstream["last_error"]);
                     }
                 }
             }

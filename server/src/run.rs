@@ -239,6 +239,9 @@ fn api_routes(api: &server::api::ApiContext) -> tonic::service::Routes {
     routes.add_service(proto::admin::federation_status_server::FederationStatusServer::new(
         server::api::federation_status::FederationStatusService { context: api.clone() },
     ));
+    routes.add_service(proto::admin::upstream_status_server::UpstreamStatusServer::new(
+        server::api::upstream_status::UpstreamStatusService { context: api.clone() },
+    ));
     routes.add_service(proto::health::health_server::HealthServer::new(server::api::health::HealthService::new(
         api.clone(),
     )));

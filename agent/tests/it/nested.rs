@@ -363,9 +363,22 @@ fn a_region_cut_off_from_its_upstream_keeps_issuing() {
         std::thread::sleep(Duration::from_millis(500));
     }
     let errors_during: u64 = tree.downstream.iter().map(upstream_errors).sum();
+    // Any replica shows the failing upstream, as the leader recorded it.
+    let shown = tree.downstream[2].json(&["localauthority", "x509", "show"]);
+    let upstream = &shown["upstream"];
+    assert!(upstream["last_error_at"].as_i64() > upstream["last_success"].as_i64(), "{shown}");
+    assert!(upstream["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{shown}");
     for link in &tree.links {
         link.set(Link::Open);
     }
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            let shown = tree.downstream[0].json(&["localauthority", "x509", "show"]);
+            shown["upstream"]["last_success"].as_i64() > shown["upstream"]["last_error_at"].as_i64()
+        },
+        "the downstream to record that the upstream answers again",
+    );
     assert!(failures.is_empty(), "{failures:?}\nagent log:\n{}", tree.down_agent.log());
     assert!(serials.len() >= 3, "the SVID rotated through the cut: {} seen", serials.len());
     assert_ne!(

@@ -10,7 +10,7 @@ pub use writes::*;
 
 use crate::model::{
     AttestedAgent, CaJournal, ClusterCaRotation, EntryWritten, FederationRefresh, FederationRelationship, JoinToken,
-    ReplicaInvite, StoredBundle,
+    ReplicaInvite, StoredBundle, UpstreamStatus,
 };
 
 /// Which bundle table a bundle command addresses.
@@ -74,6 +74,7 @@ pub enum Command {
     ReachClusterCaPhase(ReachClusterCaPhase),
     RecordFederationRefresh(RecordFederationRefresh),
     MirrorUpstreamBundle(MirrorUpstreamBundle),
+    RecordUpstreamStatus(RecordUpstreamStatus),
 }
 
 /// Why a command (or one item of a batch) was refused. Refusals are answers, not storage
@@ -112,6 +113,7 @@ pub enum Outcome {
     Batch(Vec<Response>),
     ClusterCa(Result<ClusterCaRotation, ApplyError>),
     FederationRefresh(Result<FederationRefresh, ApplyError>),
+    UpstreamStatus(UpstreamStatus),
 }
 
 /// What the state machine answers for a log entry.

@@ -8,7 +8,7 @@ use super::{ApplyError, BundleScope, Command, Outcome};
 use crate::model::{
     AttestedAgent, CaJournal, ClusterCaPhase, ClusterCaRotation, EntryWritten, FederationRefresh,
     FederationRelationship, JoinToken, JournalEvent, KeyMaterial, RegistrationEntry, ReplicaInvite, StoredBundle,
-    StoredJwtKey, StoredX509Authority,
+    StoredJwtKey, StoredX509Authority, UpstreamStatus,
 };
 use crate::types::NodeId;
 
@@ -122,6 +122,10 @@ pub struct MirrorUpstreamBundle {
     pub x509: Vec<StoredX509Authority>,
     pub jwt: Vec<StoredJwtKey>,
 }
+
+/// Replaces the recorded status of a nested cluster's calls to its upstream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecordUpstreamStatus(pub UpstreamStatus);
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeleteBundle {
@@ -297,4 +301,5 @@ typed_writes! {
     ReachClusterCaPhase => ReachClusterCaPhase, ClusterCa: Result<ClusterCaRotation, ApplyError>;
     RecordFederationRefresh => RecordFederationRefresh, FederationRefresh: Result<FederationRefresh, ApplyError>;
     MirrorUpstreamBundle => MirrorUpstreamBundle, Bundle: Result<StoredBundle, ApplyError>;
+    RecordUpstreamStatus => RecordUpstreamStatus, UpstreamStatus: UpstreamStatus;
 }

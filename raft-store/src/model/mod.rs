@@ -8,6 +8,7 @@ pub(crate) mod entry;
 mod federation;
 mod join_token;
 mod replica_invite;
+mod upstream;
 
 pub use agent::AttestedAgent;
 pub use bundle::{BundleConversionError, StoredBundle, StoredJwtKey, StoredX509Authority};
@@ -20,3 +21,4 @@ pub use entry::{EntryWritten, RegistrationEntry};
 pub use federation::{BundleEndpointProfile, FederationRefresh, FederationRelationship};
 pub use join_token::JoinToken;
 pub use replica_invite::ReplicaInvite;
+pub use upstream::UpstreamStatus;

@@ -163,6 +163,15 @@ impl StoreReader {
         .await
     }
 
+    /// How a nested cluster's calls to its upstream are going (default when none recorded).
+    pub async fn upstream_status(&self) -> Result<crate::model::UpstreamStatus, ReadError> {
+        self.run(|db| {
+            get(db, Cf::SmMeta, crate::schema::sm_key::UPSTREAM_STATUS, "upstream status")
+                .map(Option::unwrap_or_default)
+        })
+        .await
+    }
+
     /// The latest rotation of the cluster CA, if there was one.
     pub async fn cluster_ca_rotation(&self) -> Result<Option<crate::model::ClusterCaRotation>, ReadError> {
         self.run(|db| get(db, Cf::SmMeta, crate::schema::sm_key::CLUSTER_CA, "cluster CA rotation")).await

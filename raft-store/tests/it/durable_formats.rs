@@ -262,6 +262,14 @@ fn every_command() -> Vec<(&'static str, Command)> {
             }),
         ),
         (
+            "RecordUpstreamStatus",
+            Command::RecordUpstreamStatus(RecordUpstreamStatus(UpstreamStatus {
+                last_success: 1_700_000_500,
+                last_error_at: 1_700_000_600,
+                last_error: "upstream away".into(),
+            })),
+        ),
+        (
             "ReachClusterCaPhase",
             Command::ReachClusterCaPhase(ReachClusterCaPhase {
                 generation: 1,

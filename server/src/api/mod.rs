@@ -18,6 +18,7 @@ pub mod policy;
 pub mod rate_limits;
 pub mod svid;
 pub mod trust_domain;
+pub mod upstream_status;
 
 use std::sync::Arc;
 use std::time::Instant;

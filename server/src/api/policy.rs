@@ -7,7 +7,7 @@
 //! Where it differs from SPIRE's (docs/api.md says why): `grpc.health.v1.Health` is open
 //! to anyone, as load balancers probe it over TCP; Debug `GetInfo` is open to admin SVIDs
 //! as well as the admin socket; the ClusterAdmin service, the entry notification stream and
-//! the federation refresh status are Testudo's own.
+//! the federation refresh and upstream statuses are Testudo's own.
 
 /// The kinds of caller a method admits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -82,6 +82,7 @@ pub const POLICY: &[(&str, Allowed)] = &[
     ("/spire.api.server.trustdomain.v1.TrustDomain/BatchDeleteFederationRelationship", ADMIN),
     ("/spire.api.server.trustdomain.v1.TrustDomain/RefreshBundle", ADMIN),
     ("/testudo.admin.v1.FederationStatus/ListRefreshes", ADMIN),
+    ("/testudo.admin.v1.UpstreamStatus/GetUpstreamStatus", ADMIN),
     ("/spire.api.server.localauthority.v1.LocalAuthority/GetJWTAuthorityState", ADMIN),
     ("/spire.api.server.localauthority.v1.LocalAuthority/PrepareJWTAuthority", ADMIN),
     ("/spire.api.server.localauthority.v1.LocalAuthority/ActivateJWTAuthority", ADMIN),
@@ -164,6 +165,7 @@ mod tests {
             ("/spire.api.server.debug.v1.Debug/GetInfo", ADMIN),
             ("/testudo.agent.v1.EntryNotifications/WatchAuthorizedEntries", AGENT),
             ("/testudo.admin.v1.FederationStatus/ListRefreshes", ADMIN),
+            ("/testudo.admin.v1.UpstreamStatus/GetUpstreamStatus", ADMIN),
         ];
         for (method, allowed) in POLICY {
             let short = method.rsplit('.').next().unwrap_or(method);

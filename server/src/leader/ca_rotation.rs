@@ -97,6 +97,9 @@ impl LeaderDuty for CaRotation {
                 let failures = self.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
                 let retry = backoff(failures);
                 self.report(member, &e, failures, retry);
+                if matches!(e, CaError::Upstream(_)) {
+                    super::upstream_bundle::record(member, Err(e.to_string())).await;
+                }
                 Ok(retry)
             }
         }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use identity::TrustDomain;
-use raft_store::command::MirrorUpstreamBundle;
-use raft_store::model::StoredJwtKey;
+use raft_store::command::{MirrorUpstreamBundle, RecordUpstreamStatus};
+use raft_store::model::{StoredJwtKey, UpstreamStatus};
 use raft_store::BundleScope;
 
 use super::{DutyError, LeaderDuty};
@@ -18,6 +18,30 @@ use crate::upstream::UpstreamAuthority;
 
 /// How often the upstream bundle is read (SPIRE's upstream authority polls every 5 s).
 pub const EVERY: Duration = Duration::from_secs(5);
+
+/// A failure that goes on is recorded again at most this often (seconds), and a success
+/// once calls work again, then at most hourly: a status write costs a Raft round.
+const RECORD_ERROR_EVERY: i64 = 60;
+const RECORD_SUCCESS_EVERY: i64 = 3600;
+
+/// Records how a call to the upstream went in the replicated status (`localauthority x509
+/// show` on any replica prints it), when that changes what it says.
+pub async fn record(member: &Member, outcome: Result<(), String>) {
+    let Ok(stored) = member.replica.local_reader().upstream_status().await else { return };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let next = match outcome {
+        Ok(()) if stored.failing() || now - stored.last_success >= RECORD_SUCCESS_EVERY => {
+            UpstreamStatus { last_success: now, ..stored }
+        }
+        Err(error) if !stored.failing() || now - stored.last_error_at >= RECORD_ERROR_EVERY => {
+            UpstreamStatus { last_error_at: now, last_error: error, ..stored }
+        }
+        _ => return,
+    };
+    if let Err(e) = member.replica.write(RecordUpstreamStatus(next)).await {
+        tracing::debug!(error = %e, "upstream status not recorded");
+    }
+}
 
 pub struct UpstreamBundleFollowing {
     pub upstream: Arc<dyn UpstreamAuthority>,
@@ -36,6 +60,14 @@ impl LeaderDuty for UpstreamBundleFollowing {
     }
 
     async fn run(&self, member: &Arc<Member>) -> Result<Duration, DutyError> {
+        let outcome = self.follow(member).await;
+        record(member, outcome.as_ref().map(|_| ()).map_err(|e| e.0.clone())).await;
+        outcome
+    }
+}
+
+impl UpstreamBundleFollowing {
+    async fn follow(&self, member: &Member) -> Result<Duration, DutyError> {
         let reader = member.replica.local_reader();
         let journal = reader.ca_journal().await.map_err(|e| failed("CA journal", e))?;
         let mut upstream = self.upstream.fetch_bundle().await.map_err(|e| failed("upstream bundle", e))?;

@@ -49,6 +49,11 @@ pub fn apply_command(txn: &mut Txn<'_>, command: &Command, revision: u64) -> Res
         Command::ReachClusterCaPhase(c) => cluster_ca::reach(txn, c)?,
         Command::RecordFederationRefresh(c) => federation::record_refresh(txn, c)?,
         Command::MirrorUpstreamBundle(c) => bundles::mirror_upstream(txn, &c.trust_domain, &c.x509, &c.jwt)?,
+        Command::RecordUpstreamStatus(c) => {
+            use crate::schema::{sm_key, Cf};
+            txn.put(Cf::SmMeta, sm_key::UPSTREAM_STATUS, "upstream status", &c.0)?;
+            Outcome::UpstreamStatus(c.0.clone())
+        }
         // The state machine applies a batch's commands one by one, each with its own revision.
         Command::Batch(_) => Outcome::None,
     })
