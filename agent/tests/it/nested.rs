@@ -461,19 +461,20 @@ fn a_downstream_leader_killed_during_its_upstream_request_leaves_one_intermediat
     openssl_verifies(tree.root.path(), "after-leader-kill", &chain, &tree.up_roots).unwrap();
 }
 
-/// The upstream's leader is down while the downstream's next intermediate falls due: the
+/// The upstream's leader is down while the downstream's next intermediate falls due (a
+/// 60 s intermediate: half its life after it was signed): the
 /// downstream's pool moves to the other upstream replicas, and the rotation goes on.
 #[test]
 fn the_upstream_leader_down_while_the_downstream_rotates() {
     let mut tree = Tree::start(Downstream {
         server_extra: r#"default_x509_svid_ttl = "10s""#.into(),
-        intermediate_ttl: 40,
+        intermediate_ttl: 60,
         ..Default::default()
     });
-    let active = tree.downstream[0].json(&["localauthority", "x509", "show"])["active"]["authority_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let shown = tree.downstream[0].json(&["localauthority", "x509", "show"]);
+    let active = shown["active"]["authority_id"].as_str().unwrap().to_owned();
+    // The next intermediate must not exist yet, or the kill below would test nothing.
+    assert!(shown["prepared"].is_null(), "prepared before the upstream leader went down: {shown}");
     let leader = tree.upstream[0].json(&["cluster", "status"])["leader"].as_u64().unwrap();
     let index = tree.upstream.iter().position(|s| s.id == leader).unwrap();
     tree.upstream[index].kill();

@@ -71,7 +71,8 @@ pub fn chains_to_tainted(
     trust_domain: &TrustDomain,
     now: OffsetDateTime,
 ) -> bool {
-    if authority.trust_anchors.contains(&authority.certificate) {
+    // The leader asks every second: nothing is parsed unless a root is tainted.
+    if authority.trust_anchors.contains(&authority.certificate) || !bundle.x509_authorities.iter().any(|a| a.tainted) {
         return false;
     }
     let mut tainted = Bundle::new(trust_domain.clone());
@@ -79,9 +80,6 @@ pub fn chains_to_tainted(
         if tainted.add_x509_authority(&root.der).is_err() {
             return false;
         }
-    }
-    if tainted.x509_authorities().is_empty() {
-        return false;
     }
     let chain: Vec<&[u8]> = std::iter::once(authority.certificate.as_slice())
         .chain(authority.upstream_chain.iter().map(Vec::as_slice))

@@ -26,6 +26,21 @@ fn load(txn: &Txn<'_>, scope: BundleScope, trust_domain: &str) -> Result<Option<
     txn.get(table(scope).0, trust_domain.as_bytes(), WHAT)
 }
 
+/// The stored bundle of `trust_domain`, or a new empty one; a name that is no trust domain
+/// is refused.
+fn load_or_new(
+    txn: &Txn<'_>,
+    scope: BundleScope,
+    trust_domain: &str,
+) -> Result<Result<StoredBundle, ApplyError>, TxnError> {
+    Ok(match load(txn, scope, trust_domain)? {
+        Some(bundle) => Ok(bundle),
+        None => identity::TrustDomain::parse(trust_domain)
+            .map(StoredBundle::new)
+            .map_err(|e| ApplyError::InvalidArgument(format!("trust domain {trust_domain:?}: {e}"))),
+    })
+}
+
 pub fn set(txn: &mut Txn<'_>, scope: BundleScope, bundle: &StoredBundle) -> Result<Outcome, TxnError> {
     let previous = load(txn, scope, bundle.trust_domain.name())?.map_or(0, |b| b.sequence_number);
     let mut bundle = bundle.clone();
@@ -40,16 +55,9 @@ pub fn append(
     x509: &[StoredX509Authority],
     jwt: &[StoredJwtKey],
 ) -> Result<Outcome, TxnError> {
-    let mut bundle = match load(txn, scope, trust_domain)? {
-        Some(b) => b,
-        None => match identity::TrustDomain::parse(trust_domain) {
-            Ok(td) => StoredBundle::new(td),
-            Err(e) => {
-                return Ok(Outcome::Bundle(Err(ApplyError::InvalidArgument(format!(
-                    "trust domain {trust_domain:?}: {e}"
-                )))))
-            }
-        },
+    let mut bundle = match load_or_new(txn, scope, trust_domain)? {
+        Ok(b) => b,
+        Err(refused) => return Ok(Outcome::Bundle(Err(refused))),
     };
     if !bundle.append(x509, jwt) {
         return Ok(Outcome::Bundle(Ok(bundle)));
@@ -69,16 +77,9 @@ pub fn mirror_upstream(
             "the upstream bundle has no X.509 authority".into(),
         ))));
     }
-    let bundle = match load(txn, BundleScope::Local, trust_domain)? {
-        Some(b) => b,
-        None => match identity::TrustDomain::parse(trust_domain) {
-            Ok(td) => StoredBundle::new(td),
-            Err(e) => {
-                return Ok(Outcome::Bundle(Err(ApplyError::InvalidArgument(format!(
-                    "trust domain {trust_domain:?}: {e}"
-                )))))
-            }
-        },
+    let bundle = match load_or_new(txn, BundleScope::Local, trust_domain)? {
+        Ok(b) => b,
+        Err(refused) => return Ok(Outcome::Bundle(Err(refused))),
     };
     let journal: CaJournal = txn.get(Cf::CaJournal, ca_key::JOURNAL, "CA journal")?.unwrap_or_default();
     let own: Vec<&str> = journal.jwt.iter().map(|s| s.authority.kid.as_str()).collect();
