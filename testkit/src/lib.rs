@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+pub mod docs;
 pub mod moto;
 pub mod pki;
 pub mod proxy;

@@ -138,3 +138,21 @@ fn the_admin_socket_must_not_be_where_workloads_reach() {
         assert_eq!(refusal(&with_admin(inside)).key, "agent.admin_socket_path", "{inside}");
     }
 }
+
+/// The agent config docs/nested.md gives for the root's agent on a region's hosts loads as
+/// written and serves the socket the region's servers are told to read.
+#[test]
+fn the_nested_guides_agent_config_loads() {
+    let agents: Vec<AgentConfig> = testkit::docs::code_blocks("nested.md", "hcl")
+        .iter()
+        .filter(|block| block.starts_with("agent {"))
+        .map(|block| parse(block).unwrap_or_else(|e| panic!("{e}\n{block}")))
+        .collect();
+    let [root_agent] = agents.as_slice() else {
+        panic!("the guide gives one agent config, got {}", agents.len());
+    };
+    assert_eq!(root_agent.servers, ["root-1.example.net:8081", "root-2.example.net:8081", "root-3.example.net:8081"]);
+    assert_eq!(root_agent.agent.socket_path, Path::new("/run/testudo-root-agent/api.sock"));
+    let unix = root_agent.workload_attestors.unix.as_ref().expect("the unix workload attestor");
+    assert!(unix.discover_workload_path, "the downstream entry selects the server by unix:path");
+}

@@ -556,3 +556,40 @@ fn the_spire_upstream_authority_takes_every_upstream_replica() {
     );
     assert!(refusal(&both).message.contains("only one UpstreamAuthority"));
 }
+
+/// The server configs docs/nested.md gives for its three tiers load as written, with only
+/// the replica number filled in and the HSM's module and PIN files pointed at files that
+/// exist here.
+#[test]
+fn the_nested_guides_server_configs_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("module.so");
+    std::fs::write(&module, b"stands for the HSM's module").unwrap();
+    let pin = dir.path().join("pin");
+    std::fs::write(&pin, "1234\n").unwrap();
+    let servers: Vec<ServerConfig> = testkit::docs::code_blocks("nested.md", "hcl")
+        .iter()
+        .filter(|block| block.contains("\nserver {") || block.starts_with("server {"))
+        .map(|block| {
+            let text = block
+                .replace("node_id = N", "node_id = 2")
+                .replace("-N.example.net", "-2.example.net")
+                .replace("/usr/lib/softhsm/libsofthsm2.so", &module.display().to_string())
+                .replace("/etc/testudo/hsm-pin", &pin.display().to_string());
+            parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+        })
+        .collect();
+    let [root, eu] = servers.as_slice() else {
+        panic!("the guide gives the root's and a region's server config, got {}", servers.len());
+    };
+    assert!(root.upstream_authority.is_none(), "the root holds its own CA");
+    assert!(matches!(root.key_manager, KeyManagerConfig::AwsKms(_)));
+    assert_eq!(root.cluster.raft_advertise_address.as_deref(), Some("root-2.example.net:8082"));
+    assert!(matches!(eu.key_manager, KeyManagerConfig::Pkcs11(_)));
+    let Some(crate::upstream::UpstreamConfig::Spire(upstream)) = &eu.upstream_authority else {
+        panic!("the region takes its CA from the root");
+    };
+    assert_eq!(upstream.servers, ["root-1.example.net:8081", "root-2.example.net:8081", "root-3.example.net:8081"]);
+    assert_eq!(upstream.workload_api_socket, Path::new("/run/testudo-root-agent/api.sock"));
+    assert!(eu.server.ca_ttl < root.server.ca_ttl, "an intermediate lives shorter than the root");
+}
