@@ -593,3 +593,24 @@ fn the_nested_guides_server_configs_load() {
     assert_eq!(upstream.workload_api_socket, Path::new("/run/testudo-root-agent/api.sock"));
     assert!(eu.server.ca_ttl < root.server.ca_ttl, "an intermediate lives shorter than the root");
 }
+
+/// The `server { … }` examples of docs/federation.md load once the keys they leave out
+/// (data dir, plugins, cluster) are added, and say what the guide says they say.
+#[test]
+fn the_federation_guides_examples_load() {
+    let configs: Vec<ServerConfig> = testkit::docs::code_blocks("federation.md", "hcl")
+        .iter()
+        .map(|block| {
+            let mut text = block.replacen("server {\n", "server {\n  data_dir = \"/var/lib/testudo\"\n", 1);
+            if !text.contains("trust_domain") {
+                text = text.replacen("server {\n", "server {\n  trust_domain = \"a.test\"\n", 1);
+            }
+            text.push_str(&MINIMAL[MINIMAL.find("plugins {").unwrap()..]);
+            parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+        })
+        .collect();
+    assert!(configs.len() >= 4, "the guide's examples: {}", configs.len());
+    let relationships: usize = configs.iter().map(|c| c.federates_with.len()).sum();
+    let endpoints = configs.iter().filter(|c| c.bundle_endpoint.is_some()).count();
+    assert!(relationships >= 4 && endpoints >= 3, "{relationships} relationships, {endpoints} endpoints");
+}
