@@ -32,7 +32,7 @@ pub use db::OpenError;
 pub use log_store::{ApplyProgress, LogStore};
 pub use membership::AddProgress;
 pub use query::{ChangedKeys, EntryChanges, Page, ReadError, Rows, StoreReader};
-pub use state_machine::{SnapshotBuilder, StateMachine};
+pub use state_machine::{SnapshotBuilder, StateMachine, REQUEST_WINDOW};
 pub use types::{NodeId, ReplicaNode, TypeConfig};
 
 /// The views of one replica's data directory, and where its apply announces.

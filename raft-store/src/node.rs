@@ -15,7 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
 use crate::applied::AppliedFeed;
-use crate::command::{Command, Response, Write};
+use crate::command::{Command, Outcome, RequestId, RequestIds, Response, Write};
 use crate::membership::{add_member_step, remove_member, AddProgress};
 use crate::network::tls::{server_config, ClusterTls, PresentedCertificate, TlsError};
 use crate::network::{
@@ -93,10 +93,14 @@ pub enum ClusterError {
     LeaderUnreachable(String),
     #[error("{0}")]
     Unavailable(String),
-    /// The write reached the leader but its answer did not come back: it may or may not
-    /// have been applied. Not retried here, since applying it twice is not the same.
+    /// The write reached the leader but no answer came back, and asking again (under its
+    /// request id, so it is applied at most once) got none before the retry time ran out:
+    /// it may or may not have been applied.
     #[error("the write's outcome is unknown: {0}")]
     Uncertain(String),
+    /// The request id was used before for another write; nothing was applied.
+    #[error("request id {0} was used before for another write")]
+    RequestIdReused(RequestId),
     #[error("timed out waiting for the cluster")]
     Timeout,
     #[error("membership change refused: {0}")]
@@ -144,6 +148,8 @@ pub struct Replica {
     address: SocketAddr,
     node: ReplicaNode,
     transfer: Arc<LeaderTransfer>,
+    /// Ids for the writes this replica sends, so it can send one again safely.
+    requests: RequestIds,
     /// The certificate the cluster RPC server presents.
     certificate: Arc<PresentedCertificate>,
     stop: Option<oneshot::Sender<()>>,
@@ -200,6 +206,7 @@ impl Replica {
             proposer.clone(),
             transfer.clone(),
             config.join.clone(),
+            client.faults().clone(),
             acceptor,
             config.listen,
             async {
@@ -221,6 +228,7 @@ impl Replica {
             address,
             node,
             transfer,
+            requests: RequestIds::default(),
             certificate,
             stop: Some(stop),
             server: Some(server),
@@ -274,6 +282,9 @@ impl Replica {
     /// [`Self::write_command`].
     pub async fn write<W: Write>(&self, command: W) -> Result<W::Output, ClusterError> {
         let response = self.write_command(command.into()).await?;
+        if let Outcome::RequestIdReused(id) = response.outcome {
+            return Err(ClusterError::RequestIdReused(id));
+        }
         W::output(response.outcome).map_err(|other| {
             tracing::error!(?other, "a write was answered with another command's outcome");
             ClusterError::MismatchedOutcome(format!("{other:?}").chars().take(200).collect())
@@ -283,7 +294,13 @@ impl Replica {
     /// Applies a command through the leader, forwarding it when this replica does not lead.
     /// Returns once the command is committed and applied on the leader and, when forwarded,
     /// on this replica too: a caller that reads here next sees its own write.
+    ///
+    /// The command goes under a request id of this replica (unless it has one already), so
+    /// when a leader took it and its answer was lost (the leader died, or lost its
+    /// leadership, between commit and answer), it is sent again, to whichever replica leads
+    /// then, and applied at most once: a second copy is answered with the first one's answer.
     pub async fn write_command(&self, command: Command) -> Result<Response, ClusterError> {
+        let command = command.idempotent(self.requests.next());
         let deadline = tokio::time::Instant::now() + RETRY_FOR;
         loop {
             let attempt = match self.proposer.write(command.clone()).await {
@@ -306,13 +323,23 @@ impl Replica {
                     }
                     return Ok(response);
                 }
-                // Retried only when the command certainly was not taken: no leader, a
-                // leader that said it is not one (openraft also says so for entries it
-                // truncated), or one that could not be connected to.
-                Err(e) if !matches!(e, ClusterError::NoLeader | ClusterError::LeaderUnreachable(_)) => return Err(e),
+                // A refusal is an answer; anything else may be sent again under the same id.
+                Err(e)
+                    if !matches!(
+                        e,
+                        ClusterError::NoLeader | ClusterError::LeaderUnreachable(_) | ClusterError::Uncertain(_)
+                    ) =>
+                {
+                    return Err(e)
+                }
                 Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
                 Err(e) => {
-                    tracing::debug!(error = %e, "write not yet served; retrying");
+                    if matches!(e, ClusterError::Uncertain(_)) {
+                        metrics::counter!("testudo_raft_write_resent_total").increment(1);
+                        tracing::info!(error = %e, "a forwarded write's answer was lost; sending it again");
+                    } else {
+                        tracing::debug!(error = %e, "write not yet served; retrying");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }

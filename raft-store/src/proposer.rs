@@ -75,6 +75,7 @@ fn items(command: &Command) -> usize {
         Command::CreateEntries(CreateEntries(e)) | Command::UpdateEntries(UpdateEntries(e)) => e.len().max(1),
         Command::DeleteEntries(DeleteEntries(ids)) => ids.len().max(1),
         Command::Batch(commands) => commands.iter().map(items).sum::<usize>().max(1),
+        Command::Idempotent(once) => items(&once.command),
         _ => 1,
     }
 }

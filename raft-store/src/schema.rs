@@ -105,4 +105,7 @@ pub mod sm_key {
     pub const FEDERATION_REFRESH: &[u8] = b"federation_refresh";
     /// `model::UpstreamStatus`: how a nested cluster's calls to its upstream are going.
     pub const UPSTREAM_STATUS: &[u8] = b"upstream_status";
+    /// How many idempotent writes were answered: the next one's slot in the ring of kept
+    /// answers (`state_machine::requests`), whose rows also live in this table.
+    pub const REQUESTS_SEEN: &[u8] = b"requests_seen";
 }

@@ -75,6 +75,80 @@ pub enum Command {
     RecordFederationRefresh(RecordFederationRefresh),
     MirrorUpstreamBundle(MirrorUpstreamBundle),
     RecordUpstreamStatus(RecordUpstreamStatus),
+    /// A command under a request id: applied once, however many times it is proposed
+    /// (see `state_machine::requests`).
+    Idempotent(Idempotent),
+}
+
+/// Names one write of one client, so that sending it again (its answer was lost) is
+/// answered with the first answer instead of being applied twice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RequestId {
+    /// Random, one per client: a replica process, a CLI call.
+    pub client: [u8; 16],
+    /// The client's count of its writes.
+    pub seq: u64,
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for byte in self.client {
+            write!(f, "{byte:02x}")?;
+        }
+        write!(f, "/{}", self.seq)
+    }
+}
+
+impl RequestId {
+    /// A fresh random client id.
+    pub fn new_client() -> [u8; 16] {
+        let mut client = [0; 16];
+        if aws_lc_rs::rand::fill(&mut client).is_err() {
+            // No system randomness: the time and process id still keep clients apart.
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let seed = format!("{}:{}", now.as_nanos(), std::process::id());
+            client.copy_from_slice(
+                &aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, seed.as_bytes()).as_ref()[..16],
+            );
+        }
+        client
+    }
+}
+
+/// The request ids of one client: a random client id and a counter.
+#[derive(Debug)]
+pub struct RequestIds {
+    client: [u8; 16],
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self { client: RequestId::new_client(), next: std::sync::atomic::AtomicU64::new(0) }
+    }
+}
+
+impl RequestIds {
+    pub fn next(&self) -> RequestId {
+        RequestId { client: self.client, seq: self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) }
+    }
+}
+
+/// A command with the request id it is deduplicated by.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Idempotent {
+    pub id: RequestId,
+    pub command: Box<Command>,
+}
+
+impl Command {
+    /// This command under request id `id`; a command that has one already keeps it.
+    pub fn idempotent(self, id: RequestId) -> Command {
+        match self {
+            once @ Command::Idempotent(_) => once,
+            command => Command::Idempotent(Idempotent { id, command: Box::new(command) }),
+        }
+    }
 }
 
 /// Why a command (or one item of a batch) was refused. Refusals are answers, not storage
@@ -114,6 +188,8 @@ pub enum Outcome {
     ClusterCa(Result<ClusterCaRotation, ApplyError>),
     FederationRefresh(Result<FederationRefresh, ApplyError>),
     UpstreamStatus(UpstreamStatus),
+    /// The request id was seen before with another command: nothing was applied.
+    RequestIdReused(RequestId),
 }
 
 /// What the state machine answers for a log entry.

@@ -18,6 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::accept::{accept_tls, ConnectionLimits, Incoming};
+use super::faults::Faults;
 use super::tls::TlsError;
 use super::wire::{decode, encode, AdminRequest, ForwardError};
 use crate::command::Command;
@@ -72,6 +73,8 @@ pub struct ClusterService {
     /// Counts election pauses and resumes, so a pause's timer restores the election timer
     /// only if nothing changed it since.
     election_pauses: Arc<AtomicU64>,
+    /// What a test injects (the replica's own, shared with its client).
+    faults: Faults,
 }
 
 /// The longest a leader may pause this replica's election timer, whatever it asks.
@@ -84,8 +87,9 @@ impl ClusterService {
         proposer: Proposer,
         transfers: Arc<dyn TransferHandler>,
         join: Option<Arc<dyn JoinHandler>>,
+        faults: Faults,
     ) -> Self {
-        Self { raft, reader, proposer, transfers, join, election_pauses: Arc::default() }
+        Self { raft, reader, proposer, transfers, join, election_pauses: Arc::default(), faults }
     }
 
     /// Stops the election timer for `pause` (at most [`MAX_ELECTION_PAUSE`]), then restarts
@@ -198,6 +202,13 @@ impl Cluster for ClusterService {
             Ok(response) => Ok(response),
             Err(e) => Err(forward_error(e)),
         };
+        if result.is_ok() {
+            if let Some(held) = self.faults.take_held_answer() {
+                let _ = held.applied.send(());
+                let _ = held.released.await;
+                return Err(Status::unavailable("the answer was lost (a test's fault)"));
+            }
+        }
         Ok(Response::new(encode("Write result", &result)?))
     }
 
@@ -264,6 +275,7 @@ pub async fn serve(
     proposer: Proposer,
     transfers: Arc<dyn TransferHandler>,
     join: Option<Arc<dyn JoinHandler>>,
+    faults: Faults,
     acceptor: TlsAcceptor,
     listen: SocketAddr,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -272,7 +284,7 @@ pub async fn serve(
         TcpListener::bind(listen).await.map_err(|e| TlsError::Config(format!("cannot listen on {listen}: {e}")))?;
     let bound = listener.local_addr().map_err(|e| TlsError::Config(e.to_string()))?;
     let (mut incoming, accept_task) = accept_tls(listener, acceptor, "cluster", ConnectionLimits::CLUSTER);
-    let service = ClusterService::new(raft, reader, proposer, transfers, join);
+    let service = ClusterService::new(raft, reader, proposer, transfers, join, faults);
     // Replicas and anonymous callers are served apart, each with its own limits: only a
     // replica certificate earns the large messages and many streams replication needs.
     let (replicas, anonymous) =

@@ -1,6 +1,7 @@
 //! The replicated state machine over RocksDB column families.
 
 mod apply;
+mod requests;
 pub(crate) mod snapshot;
 pub(crate) mod txn;
 
@@ -12,6 +13,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, StorageIOError};
 use rocksdb::DB;
 
+pub use requests::REQUEST_WINDOW;
 pub use snapshot::SnapshotBuilder;
 
 use crate::applied::{Applied, AppliedFeed};
@@ -134,6 +136,15 @@ impl StateMachine {
             let responses =
                 commands.iter().map(|c| Self::apply_one(txn, c, revision, sets)).collect::<Result<Vec<_>, _>>()?;
             return Ok(Response { revision: *revision, outcome: Outcome::Batch(responses) });
+        }
+        if let Command::Idempotent(once) = command {
+            let fingerprint = requests::fingerprint(&once.command)?;
+            if let Some(earlier) = requests::answered(txn, &once.id, &fingerprint, *revision)? {
+                return Ok(earlier);
+            }
+            let response = Self::apply_one(txn, &once.command, revision, sets)?;
+            requests::remember(txn, &once.id, fingerprint, &response)?;
+            return Ok(response);
         }
         *revision += 1;
         let outcome = apply::apply_command(txn, command, *revision)?;

@@ -452,3 +452,35 @@ async fn voters_paused_for_a_transfer_elect_again_when_its_leader_dies() {
     assert!(created(&cluster.replicas[&elected].write_command(create("after-the-pause")).await.unwrap().outcome));
     cluster.shutdown().await;
 }
+
+/// The leader commits a forwarded write and dies before answering: the forwarding replica
+/// sends it again, under the same request id, to the next leader, which answers with the
+/// first answer. Without the request id the second copy would be a second write (answered
+/// AlreadyExists); before request ids the caller got "outcome unknown".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_leader_died_before_answering_is_applied_once() {
+    let mut cluster = TestCluster::start(3, 1000).await;
+    let leader_id = cluster.wait_for_leader().await;
+    let follower = cluster.follower(leader_id);
+    let leader = cluster.replicas.remove(&leader_id).unwrap();
+    let (applied, release) = leader.faults().hold_next_forwarded_answer();
+    let leader_reader = leader.local_reader().clone();
+
+    let write = cluster.replicas[&follower].write_command(create("once"));
+    let kill = async move {
+        applied.await.expect("the leader applied the forwarded write");
+        assert!(leader_reader.entry("once").await.unwrap().is_some(), "committed before the leader died");
+        drop(release);
+        leader.shutdown().await;
+    };
+    let (answer, ()) = tokio::join!(write, kill);
+    let answer = answer.expect("the write is answered, not left uncertain");
+    assert!(created(&answer.outcome), "the first answer, not a duplicate's refusal: {answer:?}");
+
+    assert_everywhere(&cluster, &BTreeSet::from(["once".to_owned()])).await;
+    for replica in cluster.replicas.values() {
+        let entries = replica.local_reader().entries_by_parent(NODE).await.unwrap();
+        assert_eq!(entries.len(), 1, "applied once on replica {}", replica.id());
+    }
+    cluster.shutdown().await;
+}

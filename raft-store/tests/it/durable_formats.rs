@@ -277,6 +277,11 @@ fn every_command() -> Vec<(&'static str, Command)> {
                 node_id: 3,
             }),
         ),
+        (
+            "Idempotent",
+            Command::BanAgent(BanAgent { spiffe_id: agent().spiffe_id.to_string() })
+                .idempotent(RequestId { client: *b"0123456789abcdef", seq: 42 }),
+        ),
     ]
 }
 

@@ -8,6 +8,7 @@ mod cluster_tls;
 mod crash;
 mod data_dir;
 mod durable_formats;
+mod requests;
 mod snapshots;
 mod storage_suite;
 mod support;

@@ -54,8 +54,9 @@ pub fn apply_command(txn: &mut Txn<'_>, command: &Command, revision: u64) -> Res
             txn.put(Cf::SmMeta, sm_key::UPSTREAM_STATUS, "upstream status", &c.0)?;
             Outcome::UpstreamStatus(c.0.clone())
         }
-        // The state machine applies a batch's commands one by one, each with its own revision.
-        Command::Batch(_) => Outcome::None,
+        // The state machine applies a batch's commands one by one, each with its own
+        // revision, and an idempotent command once per request id.
+        Command::Batch(_) | Command::Idempotent(_) => Outcome::None,
     })
 }
 
