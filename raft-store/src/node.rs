@@ -98,8 +98,13 @@ pub enum ClusterError {
     /// it may or may not have been applied.
     #[error("the write's outcome is unknown: {0}")]
     Uncertain(String),
-    /// The request id was used before for another write; nothing was applied.
-    #[error("request id {0} was used before for another write")]
+    /// The request id was used before for a write that differs from this one; nothing
+    /// was applied. A call sent again gets this when the server chose some of its values
+    /// (a generated id, the time) anew: its first try was applied and its answer lost.
+    #[error(
+        "request id {0} was used by an earlier write that differs from this one (an earlier try of \
+         this call, if the server chose ids or times for it, was applied); nothing was applied now"
+    )]
     RequestIdReused(RequestId),
     #[error("timed out waiting for the cluster")]
     Timeout,
@@ -281,7 +286,16 @@ impl Replica {
     /// Applies a command through the leader and answers what apply answered it with. See
     /// [`Self::write_command`].
     pub async fn write<W: Write>(&self, command: W) -> Result<W::Output, ClusterError> {
-        let response = self.write_command(command.into()).await?;
+        Self::typed::<W>(self.write_command(command.into()).await?)
+    }
+
+    /// [`Self::write`] under a request id the caller chose: the same id again (a call sent
+    /// again after its answer was lost) is answered with the first answer.
+    pub async fn write_as<W: Write>(&self, command: W, id: RequestId) -> Result<W::Output, ClusterError> {
+        Self::typed::<W>(self.write_command(command.into().idempotent(id)).await?)
+    }
+
+    fn typed<W: Write>(response: Response) -> Result<W::Output, ClusterError> {
         if let Outcome::RequestIdReused(id) = response.outcome {
             return Err(ClusterError::RequestIdReused(id));
         }

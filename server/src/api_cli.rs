@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::admin_channel;
 use anyhow::Context;
 use identity::bundle::to_pem_certificates;
 use identity::crypto::{KeyType, LocalKey};
@@ -12,7 +13,6 @@ use proto::spire::api::server::bundle::v1::GetBundleRequest;
 use proto::spire::api::server::svid::v1::svid_client::SvidClient;
 use proto::spire::api::server::svid::v1::{MintJwtsvidRequest, MintX509svidRequest};
 use proto::spire::api::types::Spiffeid;
-use proto::unix_socket as socket;
 
 use crate::Output;
 
@@ -30,7 +30,7 @@ fn x509_pem(authorities: &[proto::spire::api::types::X509Certificate]) -> String
 pub async fn bundle_show(socket_path: &Path, format: &str, output: Output) -> anyhow::Result<()> {
     anyhow::ensure!(matches!(format, "pem" | "spiffe"), "--format {format:?}: use pem or spiffe");
     let channel =
-        socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+        admin_channel::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
     let bundle = BundleClient::new(channel)
         .get_bundle(GetBundleRequest { output_mask: None })
         .await
@@ -76,7 +76,7 @@ pub async fn x509_mint(
     let key = LocalKey::generate(KeyType::EcP256)?;
     let csr = identity::x509::create_csr(&key, Some(&id))?;
     let channel =
-        socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+        admin_channel::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
     let svid = SvidClient::new(channel.clone())
         .mint_x509svid(MintX509svidRequest { csr, ttl })
         .await
@@ -130,7 +130,7 @@ pub async fn jwt_mint(
 ) -> anyhow::Result<()> {
     let id = SpiffeId::parse(spiffe_id).with_context(|| format!("--spiffe-id {spiffe_id:?}"))?;
     let channel =
-        socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+        admin_channel::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
     let request = MintJwtsvidRequest {
         id: Some(Spiffeid { trust_domain: id.trust_domain().name().to_owned(), path: id.path().to_owned() }),
         audience,
@@ -325,7 +325,7 @@ pub(crate) fn first_refusal(
 pub async fn entry(command: EntryCommand, socket_path: &Path, output: Output) -> anyhow::Result<()> {
     use proto::spire::api::server::entry::v1 as pb;
     let channel =
-        socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+        admin_channel::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
     let mut client = pb::entry_client::EntryClient::new(channel);
     match command {
         EntryCommand::Create { fields, entry_id } => {
@@ -442,7 +442,7 @@ pub async fn token(command: TokenCommand, socket_path: &Path, output: Output) ->
     use proto::spire::api::server::agent::v1 as pb;
     let TokenCommand::Generate { ttl, spiffe_id } = command;
     let channel =
-        socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+        admin_channel::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
     let agent_id = spiffe_id.as_deref().map(|s| id_pb(s, "spiffe-id")).transpose()?;
     let token = pb::agent_client::AgentClient::new(channel)
         .create_join_token(pb::CreateJoinTokenRequest { ttl, token: String::new(), agent_id })
@@ -508,7 +508,7 @@ fn print_agents(agents: &[proto::spire::api::types::Agent], output: Output) {
 pub async fn agent(command: AgentCommand, socket_path: &Path, output: Output) -> anyhow::Result<()> {
     use proto::spire::api::server::agent::v1 as pb;
     let channel =
-        socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+        admin_channel::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
     let mut client = pb::agent_client::AgentClient::new(channel);
     match command {
         AgentCommand::List => {
@@ -622,7 +622,7 @@ pub async fn upstream_authority(
 ) -> anyhow::Result<()> {
     use proto::spire::api::server::localauthority::v1 as pb;
     let channel =
-        socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+        admin_channel::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
     let mut client = pb::local_authority_client::LocalAuthorityClient::new(channel);
     let e = crate::status_error;
     let (verb, key_id) = match command {
@@ -655,7 +655,7 @@ pub async fn upstream_authority(
 pub async fn local_authority(command: LocalAuthorityCommand, socket_path: &Path, output: Output) -> anyhow::Result<()> {
     use proto::spire::api::server::localauthority::v1 as pb;
     let channel =
-        socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+        admin_channel::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
     let mut client = pb::local_authority_client::LocalAuthorityClient::new(channel.clone());
     let state = |s: Option<pb::AuthorityState>| {
         s.map(|s| serde_json::json!({ "authority_id": s.authority_id, "expires_at": s.expires_at, "upstream_authority_subject_key_id": s.upstream_authority_subject_key_id }))
@@ -751,7 +751,7 @@ pub async fn local_authority(command: LocalAuthorityCommand, socket_path: &Path,
 /// `healthcheck`: gRPC health over the admin socket.
 pub async fn healthcheck(socket_path: &Path) -> anyhow::Result<()> {
     use proto::health::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
-    let channel = socket::connect(socket_path)
+    let channel = admin_channel::connect(socket_path)
         .await
         .with_context(|| format!("server is unhealthy: cannot reach {}", socket_path.display()))?;
     let status = HealthClient::new(channel)
@@ -772,7 +772,7 @@ pub async fn healthcheck(socket_path: &Path) -> anyhow::Result<()> {
 pub async fn bundle_list(socket_path: &Path, output: Output) -> anyhow::Result<()> {
     use proto::spire::api::server::bundle::v1::ListFederatedBundlesRequest;
     let channel =
-        socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+        admin_channel::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
     let bundles = BundleClient::new(channel)
         .list_federated_bundles(ListFederatedBundlesRequest::default())
         .await
@@ -849,7 +849,7 @@ pub async fn bundle_set(socket_path: &Path, id: &str, path: &Path, format: &str)
     let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let bundle = bundle_from_file(id, &text, format).with_context(|| format!("--id {id:?}"))?;
     let channel =
-        socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+        admin_channel::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
     let results = BundleClient::new(channel)
         .batch_set_federated_bundle(BatchSetFederatedBundleRequest { bundle: vec![bundle], output_mask: None })
         .await
@@ -865,7 +865,7 @@ pub async fn bundle_set(socket_path: &Path, id: &str, path: &Path, format: &str)
 pub async fn bundle_delete(socket_path: &Path, id: &str) -> anyhow::Result<()> {
     use proto::spire::api::server::bundle::v1::BatchDeleteFederatedBundleRequest;
     let channel =
-        socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+        admin_channel::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
     let results = BundleClient::new(channel)
         .batch_delete_federated_bundle(BatchDeleteFederatedBundleRequest {
             trust_domains: vec![id.to_owned()],

@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::admin_channel;
 use anyhow::Context;
 use proto::admin::federation_status_client::FederationStatusClient;
 use proto::admin::{BundleRefresh, ListRefreshesRequest};
 use proto::spire::api::server::trustdomain::v1 as pb;
 use proto::spire::api::server::trustdomain::v1::trust_domain_client::TrustDomainClient;
 use proto::spire::api::types;
-use proto::unix_socket as socket;
 use serde::Deserialize;
 
 use crate::api_cli::{bundle_from_file, first_refusal};
@@ -286,7 +286,7 @@ fn print(relationships: &[types::FederationRelationship], refreshes: &Refreshes,
 
 /// The refresh states the cluster recorded (one trust domain's, or all when `trust_domain`
 /// is empty).
-async fn refreshes(channel: tonic::transport::Channel, trust_domain: String) -> anyhow::Result<Refreshes> {
+async fn refreshes(channel: admin_channel::AdminChannel, trust_domain: String) -> anyhow::Result<Refreshes> {
     let answer = FederationStatusClient::new(channel)
         .list_refreshes(ListRefreshesRequest { trust_domain })
         .await
@@ -306,7 +306,7 @@ fn print_results(
 
 pub async fn federation(command: FederationCommand, socket_path: &Path, output: Output) -> anyhow::Result<()> {
     let channel =
-        socket::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
+        admin_channel::connect(socket_path).await.with_context(|| format!("cannot reach {}", socket_path.display()))?;
     let mut client = TrustDomainClient::new(channel.clone());
     match command {
         FederationCommand::Create(args) => {

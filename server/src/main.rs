@@ -13,6 +13,7 @@ use proto::admin::{
 };
 use proto::unix_socket as socket;
 
+mod admin_channel;
 mod api_cli;
 mod federation_cli;
 mod run;

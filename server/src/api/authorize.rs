@@ -16,7 +16,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Code, Status};
 
 use super::caller::Caller;
-use super::{agent_auth, policy, ApiContext};
+use super::{agent_auth, policy, request_id, ApiContext};
 
 /// Which listener a layer guards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,20 +81,22 @@ where
             Listener::Network => network_caller(request.extensions()),
         };
         Box::pin(async move {
-            let decided = match caller {
-                Ok(caller) => {
-                    let decided = authorize(&context, request.uri().path(), &caller).await;
-                    request.extensions_mut().insert(caller);
-                    decided
-                }
-                Err(status) => Err(status),
+            let caller = match caller {
+                Ok(caller) => caller,
+                Err(status) => return Ok(status.into_http()),
             };
+            let decided = authorize(&context, request.uri().path(), &caller).await;
+            let request_id = request.headers().get(request_id::HEADER).map(|v| v.as_bytes().to_vec());
+            request.extensions_mut().insert(caller.clone());
             match decided {
                 Ok(agent) => {
                     if let Some(agent) = agent {
                         request.extensions_mut().insert(AuthorizedAgent(agent));
                     }
-                    inner.call(request).await
+                    match request_id::CallScope::new(&caller, request_id.as_deref()) {
+                        Ok(scope) => scope.run(inner.call(request)).await,
+                        Err(status) => Ok(status.into_http()),
+                    }
                 }
                 Err(status) => Ok(status.into_http()),
             }

@@ -16,6 +16,7 @@ pub mod listener;
 pub mod local_authority;
 pub mod policy;
 pub mod rate_limits;
+pub mod request_id;
 pub mod svid;
 pub mod trust_domain;
 pub mod upstream_status;
@@ -136,9 +137,14 @@ impl ApiContext {
     }
 
     /// Commits a command through the cluster and returns what apply answered it with.
+    /// Under the call's request id when the caller sent one ([`request_id`]).
     pub async fn write<W: Write>(&self, command: W) -> Result<W::Output, Status> {
         let replica = self.replica()?;
-        replica.write(command).await.map_err(write_failed)
+        match request_id::next() {
+            Some(id) => replica.write_as(command, id).await,
+            None => replica.write(command).await,
+        }
+        .map_err(write_failed)
     }
 
     /// This trust domain's server ID, `spiffe://<td>/spire/server`.
@@ -179,7 +185,12 @@ pub fn read_failed(e: impl std::fmt::Display) -> Status {
 
 /// A write the cluster did not commit (or whose fate is unknown).
 pub fn write_failed(e: ClusterError) -> Status {
-    Reason::ClusterUnavailable.status(Code::Unavailable, format!("the cluster did not commit the change: {e}"))
+    match e {
+        ClusterError::RequestIdReused(_) => Status::failed_precondition(e.to_string()),
+        e => {
+            Reason::ClusterUnavailable.status(Code::Unavailable, format!("the cluster did not commit the change: {e}"))
+        }
+    }
 }
 
 /// The answer while this server has no cluster to serve from.

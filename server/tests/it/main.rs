@@ -15,6 +15,7 @@ mod federation_api;
 mod federation_refresh;
 mod hostile_callers;
 mod managed_keys;
+mod request_ids;
 mod stock_clients;
 mod upgrade;
 mod upstream_disk;
