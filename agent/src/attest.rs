@@ -13,7 +13,7 @@ use tonic::Status;
 use zeroize::Zeroizing;
 
 use crate::identity_store::StoredIdentity;
-use server_pool::ServerPool;
+use server_pool::{Hedge, ServerPool};
 
 /// A fresh key and a CSR for it.
 fn key_and_csr() -> Result<(LocalKey, Vec<u8>), Status> {
@@ -43,7 +43,7 @@ pub async fn with_join_token(pool: &ServerPool, token: &str) -> Result<StoredIde
         })),
     };
     let svid = pool
-        .call(3, |channel| {
+        .call(3, Hedge::Never, |channel| {
             let request = request.clone();
             async move {
                 let mut client = agent_pb::agent_client::AgentClient::new(channel);
@@ -104,7 +104,7 @@ pub async fn with_x509pop(
         .map_err(|e| Status::internal(e.to_string()))?;
     let (key, csr) = key_and_csr()?;
     let svid = pool
-        .call(3, |channel| {
+        .call(3, Hedge::Never, |channel| {
             let (payload, csr, node_key) = (payload.clone(), csr.clone(), node_key.clone());
             async move {
                 let mut client = agent_pb::agent_client::AgentClient::new(channel);
@@ -152,7 +152,7 @@ pub async fn with_x509pop(
 pub async fn renew(pool: &ServerPool) -> Result<StoredIdentity, Status> {
     let (key, csr) = key_and_csr()?;
     let svid = pool
-        .call(3, |channel| {
+        .call(3, Hedge::Never, |channel| {
             let csr = csr.clone();
             async move {
                 let mut client = agent_pb::agent_client::AgentClient::new(channel);

@@ -12,7 +12,7 @@ use proto::agent_push::WatchAuthorizedEntriesRequest;
 use tokio::sync::Notify;
 use tonic::Code;
 
-use server_pool::{jitter, ServerPool};
+use server_pool::{jitter, Hedge, ServerPool};
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -25,7 +25,7 @@ pub async fn watch(pool: Arc<ServerPool>, sync: Arc<Notify>) {
     let mut retry = RETRY_MIN;
     loop {
         let opened = pool
-            .call(1, |channel| async move {
+            .call(1, Hedge::Never, |channel| async move {
                 let mut client = EntryNotificationsClient::new(channel);
                 client.watch_authorized_entries(WatchAuthorizedEntriesRequest {}).await.map(|r| r.into_inner())
             })

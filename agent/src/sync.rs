@@ -22,7 +22,7 @@ use tonic::Status;
 use zeroize::Zeroizing;
 
 use crate::cache::{Cache, Entry, Snapshot, WorkloadSvid};
-use server_pool::ServerPool;
+use server_pool::{Hedge, ServerPool};
 
 /// Items per BatchNewX509SVID call (the server's limit).
 const MINT_BATCH: usize = 500;
@@ -94,7 +94,7 @@ fn entry_from_pb(pb: &types::Entry) -> Option<Entry> {
 /// The trust bundle of our trust domain, from any replica.
 pub async fn fetch_bundle(pool: &ServerPool) -> Result<Bundle, Status> {
     let pb = pool
-        .call(2, |channel| async move {
+        .call(2, Hedge::Allowed, |channel| async move {
             let mut client = bundle_pb::bundle_client::BundleClient::new(channel);
             Ok(client.get_bundle(bundle_pb::GetBundleRequest { output_mask: None }).await?.into_inner())
         })
@@ -113,7 +113,7 @@ pub async fn fetch_federated(
     for td in wanted {
         let name = td.name().to_owned();
         let answer = pool
-            .call(2, |channel| {
+            .call(2, Hedge::Allowed, |channel| {
                 let name = name.clone();
                 async move {
                     let mut client = bundle_pb::bundle_client::BundleClient::new(channel);
@@ -155,7 +155,7 @@ pub async fn sync_entries(
     pool: &ServerPool,
     known: &BTreeMap<String, Entry>,
 ) -> Result<BTreeMap<String, Entry>, Status> {
-    pool.call(2, |channel| async move {
+    pool.call(2, Hedge::Allowed, |channel| async move {
         let mut client = entry_pb::entry_client::EntryClient::new(channel);
         let (requests, stream) = tokio::sync::mpsc::channel(4);
         let first = entry_pb::SyncAuthorizedEntriesRequest { output_mask: None, ids: vec![] };
@@ -262,7 +262,7 @@ async fn mint(pool: &ServerPool, entries: Vec<Entry>) -> Result<Vec<(String, Wor
             .map(|(entry, _, csr)| svid_pb::NewX509svidParams { entry_id: entry.id.clone(), csr: csr.clone() })
             .collect();
         let results = pool
-            .call(2, |channel| {
+            .call(2, Hedge::Allowed, |channel| {
                 let params = params.clone();
                 async move {
                     let mut client = svid_pb::svid_client::SvidClient::new(channel);

@@ -8,6 +8,13 @@
 //!
 //! Replicas marked unhealthy are probed (gRPC health) and return as soon as they answer.
 //!
+//! A call that may be sent twice (a read, or a mint that changes no state) is hedged: when
+//! the replica asked first has not answered within its usual time (estimated from its recent
+//! answers as TCP estimates a round trip, RFC 6298: mean plus four mean deviations, 50 ms to
+//! 500 ms), the next replica is asked too and the first answer wins. A hung replica (SIGSTOP,
+//! a machine that stopped scheduling) then costs such a call half a second at most, instead
+//! of the call timeout.
+//!
 //! A configured DNS name stands for every address it resolves to (one DNS name with a record
 //! per replica, as SPIRE users configure `server_address`): each address is a replica of its
 //! own, and names are resolved again every [`RESOLVE_EVERY`], so replicas that come and go
@@ -20,6 +27,8 @@
 use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
 
 use identity::bundle::Bundle;
 use identity::SpiffeId;
@@ -37,6 +46,11 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Backoff for a replica that failed: doubles up to the maximum, with ±25% jitter.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long a hedged call waits for a replica before asking the next one too: from the
+/// replica's recent answers, within these bounds; the default before it has answered.
+const HEDGE_MIN: Duration = Duration::from_millis(50);
+const HEDGE_MAX: Duration = Duration::from_millis(500);
+const HEDGE_DEFAULT: Duration = Duration::from_millis(250);
 /// How often configured DNS names are resolved again.
 pub const RESOLVE_EVERY: Duration = Duration::from_secs(30);
 
@@ -57,12 +71,52 @@ struct Member {
     /// Built with the current identity; rebuilt after a failure or a new identity.
     channel: Option<Channel>,
     health: Health,
+    latency: Latency,
 }
 
 impl Member {
     fn new(address: String) -> Self {
-        Self { address, channel: None, health: Health::default() }
+        Self { address, channel: None, health: Health::default(), latency: Latency::default() }
     }
+}
+
+/// A replica's recent answer time, estimated as TCP estimates a round trip (RFC 6298): a
+/// smoothed mean and a smoothed mean deviation.
+#[derive(Clone, Copy, Debug, Default)]
+struct Latency {
+    mean: Option<Duration>,
+    deviation: Duration,
+}
+
+impl Latency {
+    fn observe(&mut self, sample: Duration) {
+        match self.mean {
+            None => {
+                self.mean = Some(sample);
+                self.deviation = sample / 2;
+            }
+            Some(mean) => {
+                self.deviation = (self.deviation * 3 + mean.abs_diff(sample)) / 4;
+                self.mean = Some((mean * 7 + sample) / 8);
+            }
+        }
+    }
+
+    /// How long to wait for this replica before asking another one too.
+    fn hedge_after(&self) -> Duration {
+        self.mean.map_or(HEDGE_DEFAULT, |mean| (mean + self.deviation * 4).clamp(HEDGE_MIN, HEDGE_MAX))
+    }
+}
+
+/// Whether a call may go to a second replica while the first is still working on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hedge {
+    /// A read, or a mint that changes no state: sent to the next replica too when the
+    /// first is slower than usual.
+    Allowed,
+    /// A call that changes state (attestation, renewal) or a long-lived stream: one
+    /// replica at a time.
+    Never,
 }
 
 struct PoolState {
@@ -183,10 +237,13 @@ impl ServerPool {
         order.into_iter().map(|m| m.address.clone()).collect()
     }
 
-    fn succeeded(&self, address: &str) {
+    fn succeeded(&self, address: &str, answered_in: Option<Duration>) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(member) = state.member(address) {
             member.health = Health::default();
+            if let Some(sample) = answered_in {
+                member.latency.observe(sample);
+            }
             if state.current != address {
                 tracing::info!(server = %address, previous = %state.current, "calling another replica first from now on");
                 state.current = address.to_owned();
@@ -208,8 +265,9 @@ impl ServerPool {
     }
 
     /// Runs `call` against the replicas in turn until one answers or every one has failed
-    /// `rounds` times over. Errors the request caused come back at once.
-    pub async fn call<T, F, Fut>(&self, rounds: usize, call: F) -> Result<T, Status>
+    /// `rounds` times over. Errors the request caused come back at once. With
+    /// [`Hedge::Allowed`], a replica slower than usual is joined by the next one.
+    pub async fn call<T, F, Fut>(&self, rounds: usize, hedge: Hedge, call: F) -> Result<T, Status>
     where
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
@@ -219,26 +277,86 @@ impl ServerPool {
             if round > 0 {
                 tokio::time::sleep(jitter(BACKOFF_MIN.saturating_mul(1 << round.min(5)).min(BACKOFF_MAX))).await;
             }
-            for address in self.order() {
-                let channel = self.channel(&address)?;
-                match call(channel).await {
+            if let Some(answer) = self.round(hedge, &call, &mut last).await {
+                return answer;
+            }
+        }
+        Err(last)
+    }
+
+    /// One try of every replica, in order; `None` when each failed (the last error in
+    /// `last`).
+    async fn round<T, F, Fut>(&self, hedge: Hedge, call: &F, last: &mut Status) -> Option<Result<T, Status>>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let start = |address: String| -> Result<_, Status> {
+            let channel = self.channel(&address)?;
+            let hedge_after = self.hedge_after(&address);
+            Ok((hedge_after, async move {
+                let started = Instant::now();
+                let answer = call(channel).await;
+                (address, started.elapsed(), answer)
+            }))
+        };
+        let mut waiting = self.order().into_iter();
+        let mut running = FuturesUnordered::new();
+        let mut hedge_at: Option<tokio::time::Instant> = None;
+        loop {
+            if running.is_empty() {
+                let address = waiting.next()?;
+                let (after, started) = match start(address) {
+                    Ok(started) => started,
+                    Err(status) => return Some(Err(status)),
+                };
+                running.push(started);
+                hedge_at = Some(tokio::time::Instant::now() + after);
+            }
+            let hedge_timer = async {
+                match hedge_at.filter(|_| hedge == Hedge::Allowed && waiting.len() > 0) {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some((address, took, answer)) = running.next() => match answer {
                     Ok(answer) => {
-                        self.succeeded(&address);
-                        return Ok(answer);
+                        self.succeeded(&address, Some(took));
+                        return Some(Ok(answer));
                     }
                     Err(status) if replica_at_fault(&status) => {
                         self.failed(&address, &status);
-                        last = status;
+                        *last = status;
+                        // The next replica now, not when the slow one's time is up.
+                        hedge_at = Some(tokio::time::Instant::now());
                     }
                     Err(status) => {
                         // The replica answered; the request was refused.
-                        self.succeeded(&address);
-                        return Err(status);
+                        self.succeeded(&address, None);
+                        return Some(Err(status));
+                    }
+                },
+                () = hedge_timer => {
+                    if let Some(address) = waiting.next() {
+                        metrics::counter!("testudo_server_calls_hedged_total").increment(1);
+                        tracing::debug!(server = %address, "a replica is slower than usual; asking another one too");
+                        match start(address) {
+                            Ok((after, started)) => {
+                                running.push(started);
+                                hedge_at = Some(tokio::time::Instant::now() + after);
+                            }
+                            Err(status) => return Some(Err(status)),
+                        }
                     }
                 }
             }
         }
-        Err(last)
+    }
+
+    fn hedge_after(&self, address: &str) -> Duration {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.member(address).map_or(HEDGE_DEFAULT, |m| m.latency.hedge_after())
     }
 }
 
@@ -348,6 +466,25 @@ pub fn jitter(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hedge_follows_a_replicas_recent_answers_within_bounds() {
+        let mut latency = Latency::default();
+        assert_eq!(latency.hedge_after(), HEDGE_DEFAULT, "before any answer");
+        for _ in 0..50 {
+            latency.observe(Duration::from_millis(4));
+        }
+        assert_eq!(latency.hedge_after(), HEDGE_MIN, "a fast, steady replica: the floor");
+        for ms in [40, 80, 120, 160, 200, 240] {
+            latency.observe(Duration::from_millis(ms));
+        }
+        let slower = latency.hedge_after();
+        assert!(slower > Duration::from_millis(200) && slower <= HEDGE_MAX, "{slower:?}");
+        for _ in 0..50 {
+            latency.observe(Duration::from_secs(3));
+        }
+        assert_eq!(latency.hedge_after(), HEDGE_MAX, "never longer than the ceiling");
+    }
 
     #[tokio::test]
     async fn a_name_stands_for_every_address_it_resolves_to() {

@@ -1,6 +1,8 @@
 //! The CLI's channel to the server's admin socket. Every call carries a request id
-//! (`x-testudo-request-id`), and a call answered Unavailable, or that could not be sent, is
-//! sent again under the same id a few times. The server applies a call's writes once per id
+//! (`x-testudo-request-id`), and a call that could not be sent, or was answered Unavailable
+//! with reason `CLUSTER_UNAVAILABLE` (the cluster did not commit or serve it: no leader, or
+//! the answer was lost), is sent again under the same id a few times. Other Unavailable
+//! answers are final (a replica still joining a cluster, a federation endpoint down). The server applies a call's writes once per id
 //! (`server::api::request_id`), so `entry create` whose first answer was "the cluster did not
 //! commit the change" (a leader lost mid-write) is answered on a later try with what was
 //! done, not done twice.
@@ -14,6 +16,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
+use proto::reason::Reason;
 use proto::unix_socket;
 use raft_store::command::RequestId;
 use server::api::request_id;
@@ -48,10 +51,13 @@ impl AdminChannel {
     }
 }
 
-/// The gRPC status code a trailers-only answer carries in its headers (every error answer).
-fn status_code(response: &http::Response<Body>) -> Option<tonic::Code> {
-    let value = response.headers().get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
-    Some(tonic::Code::from_i32(value))
+/// Whether an answer says the cluster could not serve the call now: Unavailable with reason
+/// `CLUSTER_UNAVAILABLE`, which a trailers-only answer (every error answer) carries in its
+/// headers.
+fn cluster_unavailable(response: &http::Response<Body>) -> bool {
+    tonic::Status::from_header_map(response.headers()).is_some_and(|status| {
+        status.code() == tonic::Code::Unavailable && Reason::of(&status) == Some(Reason::ClusterUnavailable)
+    })
 }
 
 impl tower::Service<http::Request<Body>> for AdminChannel {
@@ -82,7 +88,7 @@ impl tower::Service<http::Request<Body>> for AdminChannel {
                 *again.headers_mut() = parts.headers.clone();
                 let answer = channel.clone().oneshot(again).await;
                 let unavailable = match &answer {
-                    Ok(response) => status_code(response) == Some(tonic::Code::Unavailable),
+                    Ok(response) => cluster_unavailable(response),
                     Err(_) => true,
                 };
                 if !unavailable || attempt == ATTEMPTS {
@@ -106,8 +112,9 @@ mod tests {
 
     use super::*;
 
-    /// A server that answers the first CountEntries Unavailable, later ones InvalidArgument,
-    /// and every other call Unavailable, and notes each call's request id.
+    /// A server that answers the first CountEntries "cluster unavailable", later ones
+    /// InvalidArgument, GetEntry always "cluster unavailable", ListEntries Unavailable for
+    /// another reason, and notes each call's request id.
     #[derive(Clone, Default)]
     struct Flaky {
         seen: Arc<Mutex<Vec<(String, String)>>>,
@@ -134,8 +141,10 @@ mod tests {
             seen.push((method.clone(), id));
             let status = if method == "CountEntries" && counts_before > 0 {
                 tonic::Status::invalid_argument("second")
+            } else if method == "ListEntries" {
+                tonic::Status::unavailable("failed to refresh bundle")
             } else {
-                tonic::Status::unavailable("the cluster did not commit the change")
+                Reason::ClusterUnavailable.status(tonic::Code::Unavailable, "the cluster did not commit the change")
             };
             std::future::ready(Ok(status.into_http()))
         }
@@ -162,15 +171,18 @@ mod tests {
         );
         let answer = client.get_entry(pb::GetEntryRequest { id: "e".into(), output_mask: None }).await.unwrap_err();
         assert_eq!(answer.code(), tonic::Code::Unavailable, "given up after {ATTEMPTS} tries");
+        let answer = client.list_entries(pb::ListEntriesRequest::default()).await.unwrap_err();
+        assert_eq!(answer.message(), "failed to refresh bundle", "another Unavailable is final");
 
         let seen = flaky.seen.lock().unwrap().clone();
         let methods: Vec<&str> = seen.iter().map(|(m, _)| m.as_str()).collect();
         let mut expected = vec!["CountEntries"; 2];
         expected.extend(std::iter::repeat_n("GetEntry", ATTEMPTS as usize));
+        expected.push("ListEntries");
         assert_eq!(methods, expected);
         assert!(request_id::parse(seen[0].1.as_bytes()).is_ok(), "{:?}", seen[0]);
         assert_eq!(seen[0].1, seen[1].1, "a call sent again keeps its id");
-        assert!(seen[2..].iter().all(|(_, id)| *id == seen[2].1));
+        assert!(seen[2..2 + ATTEMPTS as usize].iter().all(|(_, id)| *id == seen[2].1));
         assert_ne!(seen[0].1, seen[2].1, "each call has its own id");
         server.abort();
     }

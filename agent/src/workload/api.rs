@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 
 use super::attestor::WorkloadAttestors;
 use crate::cache::{Cache, Entry, Snapshot};
-use server_pool::ServerPool;
+use server_pool::{Hedge, ServerPool};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -154,7 +154,7 @@ impl WorkloadApi {
         let (entry_id, audience_list) = (entry.id.clone(), audience.to_vec());
         let svid = self
             .pool
-            .call(2, |channel| {
+            .call(2, Hedge::Allowed, |channel| {
                 let request = proto::spire::api::server::svid::v1::NewJwtsvidRequest {
                     entry_id: entry_id.clone(),
                     audience: audience_list.clone(),

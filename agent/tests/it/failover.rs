@@ -151,3 +151,64 @@ fn the_workload_keeps_its_identity_while_replicas_die_and_return() {
         "a probe to find a returned replica",
     );
 }
+
+/// The replica the agent calls first hangs (SIGSTOP): a workload's request for a JWT-SVID the
+/// agent has not cached is answered by another replica well before the agent's 10 s call
+/// timeout, because the agent asks the next replica too once the first is slower than usual.
+#[test]
+fn a_hung_replica_does_not_hold_up_a_jwt_request() {
+    let root = tempfile::tempdir().unwrap();
+    let servers = ServerProcess::cluster(root.path(), 3, "");
+    let bundle_pem = servers[0].bundle_pem();
+    let token = servers[0].json(&["token", "generate", "--ttl", "600"])["value"].as_str().unwrap().to_string();
+    let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
+    let selector = format!("unix:uid:{}", nix::unistd::getuid().as_raw());
+    servers[0].json(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/web",
+        "--parent-id",
+        &agent_id,
+        "--selector",
+        &selector,
+    ]);
+    let addresses: Vec<String> = servers.iter().map(|s| s.api_address()).collect();
+    let agent = AgentProcess::start(root.path(), &addresses, &bundle_pem, &token, "500ms");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client = raw_client(&agent).await;
+        let jwt = |audience: String| {
+            let mut request =
+                tonic::Request::new(pb::JwtsvidRequest { audience: vec![audience], spiffe_id: String::new() });
+            request.metadata_mut().insert("workload.spiffe.io", "true".parse().unwrap());
+            let mut client = client.clone();
+            async move { client.fetch_jwtsvid(request).await.map(|r| r.into_inner().svids.len()) }
+        };
+        // The agent learns how fast the replica it calls answers.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while jwt("warm-0".into()).await.unwrap_or(0) == 0 {
+            assert!(Instant::now() < deadline, "no JWT-SVID within 30 s:\n{}", agent.log());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for n in 1..10 {
+            assert_eq!(jwt(format!("warm-{n}")).await.unwrap(), 1);
+        }
+        let current = agent
+            .log()
+            .lines()
+            .rev()
+            .filter(|l| l.contains("calling another replica first"))
+            .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("server=")).map(str::to_owned))
+            .unwrap_or_else(|| addresses[0].clone());
+        let hung = addresses.iter().position(|a| *a == current).unwrap();
+        servers[hung].pause();
+        let started = Instant::now();
+        let answered = jwt("after-the-hang".into()).await;
+        let took = started.elapsed();
+        servers[hung].resume();
+        assert_eq!(answered.unwrap(), 1, "a JWT-SVID from another replica");
+        assert!(took < Duration::from_secs(3), "the request waited {took:?} on the hung replica:\n{}", agent.log());
+    });
+}

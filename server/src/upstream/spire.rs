@@ -20,7 +20,7 @@ use proto::spire::api::server::svid::v1 as svid_pb;
 use proto::spire::api::types;
 use proto::workload as workload_pb;
 use raft_store::model::{StoredJwtKey, StoredX509Authority};
-use server_pool::ServerPool;
+use server_pool::{Hedge, ServerPool};
 use time::OffsetDateTime;
 use tonic::{Code, Status};
 
@@ -170,7 +170,7 @@ impl UpstreamAuthority for SpireUpstreamAuthority {
         let preferred_ttl = i32::try_from(ttl.as_secs()).unwrap_or(i32::MAX);
         let answer = self
             .pool
-            .call(ROUNDS, |channel| {
+            .call(ROUNDS, Hedge::Never, |channel| {
                 let request = svid_pb::NewDownstreamX509caRequest { csr: csr.clone(), preferred_ttl };
                 async move { svid_pb::svid_client::SvidClient::new(channel).new_downstream_x509ca(request).await }
             })
@@ -200,7 +200,7 @@ impl UpstreamAuthority for SpireUpstreamAuthority {
         self.refresh_identity().await?;
         let bundle = self
             .pool
-            .call(ROUNDS, |channel| async move {
+            .call(ROUNDS, Hedge::Allowed, |channel| async move {
                 bundle_pb::bundle_client::BundleClient::new(channel)
                     .get_bundle(bundle_pb::GetBundleRequest { output_mask: None })
                     .await
@@ -221,7 +221,7 @@ impl UpstreamAuthority for SpireUpstreamAuthority {
         };
         let answer = self
             .pool
-            .call(ROUNDS, |channel| {
+            .call(ROUNDS, Hedge::Never, |channel| {
                 let request = bundle_pb::PublishJwtAuthorityRequest { jwt_authority: Some(jwt_authority.clone()) };
                 async move { bundle_pb::bundle_client::BundleClient::new(channel).publish_jwt_authority(request).await }
             })
