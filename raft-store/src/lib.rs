@@ -10,6 +10,7 @@ pub mod backup;
 pub mod codec;
 pub mod command;
 pub mod db;
+pub mod leader_contact;
 mod log_store;
 mod membership;
 pub mod model;

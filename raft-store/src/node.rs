@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 
 use crate::applied::AppliedFeed;
 use crate::command::{Command, Outcome, RequestId, RequestIds, Response, Write};
+use crate::leader_contact::LeaderContact;
 use crate::membership::{add_member_step, remove_member, AddProgress};
 use crate::network::tls::{server_config, ClusterTls, PresentedCertificate, TlsError};
 use crate::network::{
@@ -89,6 +90,15 @@ pub enum StartError {
 pub enum ClusterError {
     #[error("no leader is known; the cluster may be electing one or lack a quorum")]
     NoLeader,
+    /// This replica has heard from no leader for longer than a failover takes (twice the
+    /// longest election timeout): the leader is gone and no other was elected, or this
+    /// replica is cut off from it. Answered at once.
+    #[error(
+        "this replica has heard from no leader for {} ms, longer than a failover takes: no leader \
+         was elected, or this replica is cut off from it; try another replica",
+        .0.as_millis()
+    )]
+    NoLeaderContact(Duration),
     #[error("the leader could not be reached: {0}")]
     LeaderUnreachable(String),
     #[error("{0}")]
@@ -155,6 +165,14 @@ pub struct Replica {
     transfer: Arc<LeaderTransfer>,
     /// Ids for the writes this replica sends, so it can send one again safely.
     requests: RequestIds,
+    /// When a leader last reached this replica.
+    contact: LeaderContact,
+    /// Silence from the leader longer than this cuts this replica off from writes and
+    /// linearizable reads: twice the longest election timeout, because in openraft 0.9 a
+    /// healthy failover keeps followers without a leader for the leader lease (the longest
+    /// election timeout) plus an election timeout; refusing sooner would fail writes that
+    /// the failover completes anyway.
+    cut_off_after: Duration,
     /// The certificate the cluster RPC server presents.
     certificate: Arc<PresentedCertificate>,
     stop: Option<oneshot::Sender<()>>,
@@ -191,6 +209,20 @@ impl Replica {
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let (stop, stopped) = oneshot::channel::<()>();
         let proposer = Proposer::start(raft.clone());
+        let contact = LeaderContact::default();
+        // While this replica leads, it is its own contact; stepping down must not leave it
+        // looking cut off until the next leader's first heartbeat.
+        let (mut watched, leading) = (raft.metrics(), contact.clone());
+        tokio::spawn(async move {
+            let mut was_leader = false;
+            while watched.changed().await.is_ok() {
+                let is_leader = watched.borrow().state == ServerState::Leader;
+                if was_leader || is_leader {
+                    leading.heard();
+                }
+                was_leader = is_leader;
+            }
+        });
         let transfer = Arc::new(LeaderTransfer {
             id: config.node_id,
             raft: raft.clone(),
@@ -212,6 +244,7 @@ impl Replica {
             transfer.clone(),
             config.join.clone(),
             client.faults().clone(),
+            contact.clone(),
             acceptor,
             config.listen,
             async {
@@ -234,6 +267,8 @@ impl Replica {
             node,
             transfer,
             requests: RequestIds::default(),
+            contact,
+            cut_off_after: config.timing.election_timeout_max * 2,
             certificate,
             stop: Some(stop),
             server: Some(server),
@@ -316,7 +351,14 @@ impl Replica {
     pub async fn write_command(&self, command: Command) -> Result<Response, ClusterError> {
         let command = command.idempotent(self.requests.next());
         let deadline = tokio::time::Instant::now() + RETRY_FOR;
+        // Why an earlier try's outcome is unknown, if one's is.
+        let mut unknown: Option<String> = None;
         loop {
+            // Refused at once when cut off, unless an earlier try may have been applied:
+            // then only the next leader can say, and it is waited for.
+            if let (Some(silent), None) = (self.cut_off(), &unknown) {
+                return Err(ClusterError::NoLeaderContact(silent));
+            }
             let attempt = match self.proposer.write(command.clone()).await {
                 Ok(response) => return Ok(response),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match (f.leader_id, f.leader_node) {
@@ -346,9 +388,16 @@ impl Replica {
                 {
                     return Err(e)
                 }
-                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(match (e, unknown) {
+                        (e @ ClusterError::Uncertain(_), _) => e,
+                        (e, Some(why)) => ClusterError::Uncertain(format!("{why}; then {e}")),
+                        (e, None) => e,
+                    })
+                }
                 Err(e) => {
-                    if matches!(e, ClusterError::Uncertain(_)) {
+                    if let ClusterError::Uncertain(why) = &e {
+                        unknown = Some(why.clone());
                         metrics::counter!("testudo_raft_write_resent_total").increment(1);
                         tracing::info!(error = %e, "a forwarded write's answer was lost; sending it again");
                     } else {
@@ -360,8 +409,28 @@ impl Replica {
         }
     }
 
+    /// Whether this replica is cut off from writes and reads: a follower that has heard from
+    /// no leader for longer than a failover takes (how long, if so).
+    fn cut_off(&self) -> Option<Duration> {
+        let silent = self.contact.silent_for();
+        (silent > self.cut_off_after && !self.is_leader()).then_some(silent)
+    }
+
+    /// Sends a write to `leader`. Stops waiting for its answer as soon as this replica learns
+    /// that another replica leads (or that none does): the answer may never come, and the
+    /// write is sent again, under its request id, to whoever leads then.
     async fn forward(&self, leader: NodeId, node: &ReplicaNode, command: &Command) -> Result<Response, ClusterError> {
-        match self.client.forward_write(leader, &node.raft_address, command).await {
+        let mut metrics = self.raft.metrics();
+        let leader_changed = async move {
+            let _ = metrics.wait_for(|m| m.current_leader != Some(leader)).await;
+        };
+        let answer = tokio::select! {
+            answer = self.client.forward_write(leader, &node.raft_address, command) => answer,
+            () = leader_changed => {
+                return Err(ClusterError::Uncertain(format!("replica {leader} stopped leading before it answered")));
+            }
+        };
+        match answer {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(ForwardError::NotLeader { .. })) => Err(ClusterError::NoLeader),
             Ok(Err(ForwardError::Refused(e))) => Err(ClusterError::Unavailable(e)),
@@ -378,6 +447,9 @@ impl Replica {
     pub async fn linearizable_reader(&self) -> Result<&StoreReader, ClusterError> {
         let deadline = tokio::time::Instant::now() + RETRY_FOR;
         loop {
+            if let Some(silent) = self.cut_off() {
+                return Err(ClusterError::NoLeaderContact(silent));
+            }
             let attempt = self.read_index().await;
             match attempt {
                 Ok(index) => {

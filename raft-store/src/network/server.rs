@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest};
 use proto::cluster::cluster_server::{Cluster, ClusterServer};
 use proto::cluster::Payload;
 use tokio::net::TcpListener;
@@ -22,6 +22,7 @@ use super::faults::Faults;
 use super::tls::TlsError;
 use super::wire::{decode, encode, AdminRequest, ForwardError};
 use crate::command::Command;
+use crate::leader_contact::LeaderContact;
 use crate::membership::{add_member_step, remove_member, AddProgress};
 use crate::proposer::Proposer;
 use crate::query::StoreReader;
@@ -75,6 +76,8 @@ pub struct ClusterService {
     election_pauses: Arc<AtomicU64>,
     /// What a test injects (the replica's own, shared with its client).
     faults: Faults,
+    /// Noted on every AppendEntries and snapshot a leader sends that this replica accepts.
+    contact: LeaderContact,
 }
 
 /// The longest a leader may pause this replica's election timer, whatever it asks.
@@ -88,8 +91,9 @@ impl ClusterService {
         transfers: Arc<dyn TransferHandler>,
         join: Option<Arc<dyn JoinHandler>>,
         faults: Faults,
+        contact: LeaderContact,
     ) -> Self {
-        Self { raft, reader, proposer, transfers, join, election_pauses: Arc::default(), faults }
+        Self { raft, reader, proposer, transfers, join, election_pauses: Arc::default(), faults, contact }
     }
 
     /// Stops the election timer for `pause` (at most [`MAX_ELECTION_PAUSE`]), then restarts
@@ -178,6 +182,9 @@ impl Cluster for ClusterService {
         self.require_member(&request)?;
         let req: AppendEntriesRequest<TypeConfig> = decode("AppendEntries", request.get_ref())?;
         let result = self.raft.append_entries(req).await;
+        if matches!(&result, Ok(answer) if !matches!(answer, AppendEntriesResponse::HigherVote(_))) {
+            self.contact.heard();
+        }
         Ok(Response::new(encode("AppendEntries result", &result)?))
     }
 
@@ -192,6 +199,9 @@ impl Cluster for ClusterService {
         self.require_member(&request)?;
         let req: InstallSnapshotRequest<TypeConfig> = decode("InstallSnapshot", request.get_ref())?;
         let result = self.raft.install_snapshot(req).await;
+        if result.is_ok() {
+            self.contact.heard();
+        }
         Ok(Response::new(encode("InstallSnapshot result", &result)?))
     }
 
@@ -276,6 +286,7 @@ pub async fn serve(
     transfers: Arc<dyn TransferHandler>,
     join: Option<Arc<dyn JoinHandler>>,
     faults: Faults,
+    contact: LeaderContact,
     acceptor: TlsAcceptor,
     listen: SocketAddr,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -284,7 +295,7 @@ pub async fn serve(
         TcpListener::bind(listen).await.map_err(|e| TlsError::Config(format!("cannot listen on {listen}: {e}")))?;
     let bound = listener.local_addr().map_err(|e| TlsError::Config(e.to_string()))?;
     let (mut incoming, accept_task) = accept_tls(listener, acceptor, "cluster", ConnectionLimits::CLUSTER);
-    let service = ClusterService::new(raft, reader, proposer, transfers, join, faults);
+    let service = ClusterService::new(raft, reader, proposer, transfers, join, faults, contact);
     // Replicas and anonymous callers are served apart, each with its own limits: only a
     // replica certificate earns the large messages and many streams replication needs.
     let (replicas, anonymous) =

@@ -484,3 +484,61 @@ async fn a_write_whose_leader_died_before_answering_is_applied_once() {
     }
     cluster.shutdown().await;
 }
+
+/// A follower cut off from the others refuses writes and linearizable reads at once, saying
+/// why, once it has heard from no leader for longer than a failover takes (before, it kept
+/// callers 10 s retrying); it serves again when the links heal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_from_the_leader_refuses_at_once() {
+    let cluster = TestCluster::start(3, 1000).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.follower(leader);
+    assert!(created(&cluster.replicas[&follower].write_command(create("before")).await.unwrap().outcome));
+    cluster.isolate(follower);
+    let timing = raft_store::testing::fast_timing(1000);
+    tokio::time::sleep(timing.election_timeout_max * 2 + timing.heartbeat_interval * 2).await;
+
+    let started = std::time::Instant::now();
+    let refused = cluster.replicas[&follower].write_command(create("cut-off")).await.unwrap_err();
+    assert!(matches!(refused, raft_store::node::ClusterError::NoLeaderContact(_)), "{refused}");
+    assert!(refused.to_string().contains("heard from no leader"), "{refused}");
+    let read = cluster.replicas[&follower].linearizable_reader().await.map(|_| ()).unwrap_err();
+    assert!(matches!(read, raft_store::node::ClusterError::NoLeaderContact(_)), "{read}");
+    assert!(started.elapsed() < timing.rpc_timeout, "answered at once, not after retries: {:?}", started.elapsed());
+
+    cluster.heal();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cluster.replicas[&follower].write_command(create("after")).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the follower serves again once the leader reaches it");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.shutdown().await;
+}
+
+/// A follower that forwarded a write to a leader that then stops leading stops waiting for
+/// that leader's answer as soon as it learns of the next one, and sends the write there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_write_follows_the_next_leader_without_waiting_for_a_timeout() {
+    // An RPC timeout far longer than a leader transfer, so waiting for it would show.
+    let timing =
+        raft_store::node::Timing { rpc_timeout: Duration::from_secs(10), ..raft_store::testing::fast_timing(1000) };
+    let cluster = TestCluster::start_with(3, timing).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.follower(leader);
+    let next = *cluster.replicas.keys().find(|id| **id != leader && **id != follower).unwrap();
+    let (applied, _release) = cluster.replicas[&leader].faults().hold_next_forwarded_answer();
+
+    let started = std::time::Instant::now();
+    let write = cluster.replicas[&follower].write_command(create("moved"));
+    let transfer = async {
+        applied.await.unwrap();
+        cluster.replicas[&leader].transfer_leadership(next).await.unwrap();
+    };
+    let (answer, ()) = tokio::join!(write, transfer);
+    let took = started.elapsed();
+    assert!(created(&answer.unwrap().outcome), "the first answer, from the next leader");
+    // The held answer never comes: waiting for it would take the 10 s RPC timeout.
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(cluster.replicas[&next].local_reader().entries_by_parent(NODE).await.unwrap().len(), 1);
+    cluster.shutdown().await;
+}
