@@ -25,9 +25,13 @@ pub enum Reason {
     ReattestRequired,
     /// This server belongs to no cluster yet (pristine, or joining one).
     NoCluster,
-    /// The cluster could not commit or read right now (no leader, no quorum): retry, here
-    /// or at another replica.
+    /// The cluster could not commit or read right now (no leader, no quorum); a write was
+    /// not applied. Retry, here or at another replica.
     ClusterUnavailable,
+    /// A write reached a leader, but no answer came back in time: it may or may not have
+    /// been applied. Sending it again with the same request id (`x-testudo-request-id`)
+    /// applies it at most once and answers what happened.
+    OutcomeUnknown,
     /// The CA's key manager (KMS, HSM) did not answer: retry later or elsewhere.
     SigningUnavailable,
     /// The caller sent too much, too often.
@@ -46,6 +50,7 @@ impl Reason {
             Self::ReattestRequired => "REATTEST_REQUIRED",
             Self::NoCluster => "NO_CLUSTER",
             Self::ClusterUnavailable => "CLUSTER_UNAVAILABLE",
+            Self::OutcomeUnknown => "OUTCOME_UNKNOWN",
             Self::SigningUnavailable => "SIGNING_UNAVAILABLE",
             Self::RateLimited => "RATE_LIMITED",
             Self::CallerNotAllowed => "CALLER_NOT_ALLOWED",
@@ -60,6 +65,7 @@ impl Reason {
             Self::ReattestRequired,
             Self::NoCluster,
             Self::ClusterUnavailable,
+            Self::OutcomeUnknown,
             Self::SigningUnavailable,
             Self::RateLimited,
             Self::CallerNotAllowed,

@@ -359,12 +359,20 @@ impl Replica {
             if let (Some(silent), None) = (self.cut_off(), &unknown) {
                 return Err(ClusterError::NoLeaderContact(silent));
             }
+            let was_leader = self.is_leader();
             let attempt = match self.proposer.write(command.clone()).await {
                 Ok(response) => return Ok(response),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match (f.leader_id, f.leader_node) {
-                    (Some(id), Some(node)) if id != self.id => self.forward(id, &node, &command).await,
-                    _ => Err(ClusterError::NoLeader),
-                },
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    // openraft answers "not the leader" also for a write it took into its
+                    // log and then lost the leadership with: the next leader may commit it.
+                    if was_leader {
+                        unknown = Some("this replica stopped leading with the write in its log".into());
+                    }
+                    match (f.leader_id, f.leader_node) {
+                        (Some(id), Some(node)) if id != self.id => self.forward(id, &node, &command).await,
+                        _ => Err(ClusterError::NoLeader),
+                    }
+                }
                 Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                     return Err(ClusterError::Membership(e.to_string()))
                 }
@@ -379,16 +387,15 @@ impl Replica {
                     }
                     return Ok(response);
                 }
-                // A refusal is an answer; anything else may be sent again under the same id.
+                // Anything but these is final; these may be sent again under the same id.
+                // An error after a try that may have been applied leaves the outcome unknown.
                 Err(e)
-                    if !matches!(
-                        e,
-                        ClusterError::NoLeader | ClusterError::LeaderUnreachable(_) | ClusterError::Uncertain(_)
-                    ) =>
+                    if tokio::time::Instant::now() >= deadline
+                        || !matches!(
+                            e,
+                            ClusterError::NoLeader | ClusterError::LeaderUnreachable(_) | ClusterError::Uncertain(_)
+                        ) =>
                 {
-                    return Err(e)
-                }
-                Err(e) if tokio::time::Instant::now() >= deadline => {
                     return Err(match (e, unknown) {
                         (e @ ClusterError::Uncertain(_), _) => e,
                         (e, Some(why)) => ClusterError::Uncertain(format!("{why}; then {e}")),

@@ -1,7 +1,8 @@
 //! The CLI's channel to the server's admin socket. Every call carries a request id
 //! (`x-testudo-request-id`), and a call that could not be sent, or was answered Unavailable
-//! with reason `CLUSTER_UNAVAILABLE` (the cluster did not commit or serve it: no leader, or
-//! the answer was lost), is sent again under the same id a few times. Other Unavailable
+//! with reason `CLUSTER_UNAVAILABLE` (the cluster could not commit or serve it: no leader)
+//! or `OUTCOME_UNKNOWN` (a leader's answer was lost), is sent again under the same id a few
+//! times. Other Unavailable
 //! answers are final (a replica still joining a cluster, a federation endpoint down). The server applies a call's writes once per id
 //! (`server::api::request_id`), so `entry create` whose first answer was "the cluster did not
 //! commit the change" (a leader lost mid-write) is answered on a later try with what was
@@ -51,12 +52,13 @@ impl AdminChannel {
     }
 }
 
-/// Whether an answer says the cluster could not serve the call now: Unavailable with reason
-/// `CLUSTER_UNAVAILABLE`, which a trailers-only answer (every error answer) carries in its
-/// headers.
+/// Whether an answer says the cluster could not serve the call now, or lost its answer:
+/// Unavailable with reason `CLUSTER_UNAVAILABLE` or `OUTCOME_UNKNOWN`, which a trailers-only
+/// answer (every error answer) carries in its headers.
 fn cluster_unavailable(response: &http::Response<Body>) -> bool {
     tonic::Status::from_header_map(response.headers()).is_some_and(|status| {
-        status.code() == tonic::Code::Unavailable && Reason::of(&status) == Some(Reason::ClusterUnavailable)
+        status.code() == tonic::Code::Unavailable
+            && matches!(Reason::of(&status), Some(Reason::ClusterUnavailable | Reason::OutcomeUnknown))
     })
 }
 

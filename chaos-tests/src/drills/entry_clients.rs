@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::linearizability::{self, Op, Outcome, Recorded, Verdict};
+use proto::reason::Reason;
 use proto::spire::api::server::entry::v1 as entry_pb;
 use proto::spire::api::types;
 use proto::unix_socket::connect;
@@ -81,7 +82,9 @@ fn outcome_of(status: &tonic::Status) -> Outcome {
         | Code::PermissionDenied
         | Code::FailedPrecondition
         | Code::AlreadyExists => Outcome::Failed,
-        // The replica may have forwarded it, and the leader may have committed it.
+        // The server says the cluster took nothing (no leader, cut off): as good as a
+        // refusal. With reason OUTCOME_UNKNOWN, or from the transport, it may have been.
+        Code::Unavailable if Reason::of(status) == Some(Reason::ClusterUnavailable) => Outcome::Failed,
         _ => Outcome::Unknown,
     }
 }

@@ -208,8 +208,14 @@ impl Cluster for ClusterService {
     async fn write(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         self.require_member(&request)?;
         let command: Command = decode("Write", request.get_ref())?;
+        let was_leader = self.raft.metrics().borrow().state == openraft::ServerState::Leader;
         let result = match self.proposer.write(command).await {
             Ok(response) => Ok(response),
+            // openraft answers "not the leader" also for a write it took into its log and
+            // then lost the leadership with: the next leader may still commit that.
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) if was_leader => {
+                Err(ForwardError::Unavailable("this replica stopped leading with the write in its log".into()))
+            }
             Err(e) => Err(forward_error(e)),
         };
         if result.is_ok() {

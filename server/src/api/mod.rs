@@ -187,6 +187,8 @@ pub fn read_failed(e: impl std::fmt::Display) -> Status {
 pub fn write_failed(e: ClusterError) -> Status {
     match e {
         ClusterError::RequestIdReused(_) => Status::failed_precondition(e.to_string()),
+        ClusterError::Uncertain(_) => Reason::OutcomeUnknown.status(Code::Unavailable, e.to_string()),
+        ClusterError::MismatchedOutcome(_) => Status::internal(e.to_string()),
         e => {
             Reason::ClusterUnavailable.status(Code::Unavailable, format!("the cluster did not commit the change: {e}"))
         }
