@@ -210,11 +210,13 @@ pub fn run(settings: &Settings) -> Report {
     let seen = pairing.finish(&runtime, &mut report, "cross-domain");
     let slowest = delays.iter().cloned().fold(0.0_f64, f64::max);
     report.summary = format!(
-        "{rounds} rounds, {} leader kills around refreshes, {} of {} cross-domain mTLS handshakes failed, \
-         new CAs at the other domain's workload at most {slowest:.1} s after the refresh was due",
+        "{rounds} rounds, {} leader kills around refreshes, {} of {} cross-domain mTLS handshakes failed \
+         (longest gap between successful ones {} ms), new CAs at the other domain's workload at most \
+         {slowest:.1} s after the refresh was due",
         report.faults,
         seen.failed.len(),
-        seen.made
+        seen.made,
+        seen.longest_gap.as_millis()
     );
     if !report.passed() {
         for domain in &domains {

@@ -186,16 +186,28 @@ pub fn handshake(client: &Workload, server: &Workload) -> Result<(), String> {
 pub struct Handshakes {
     pub made: usize,
     pub failed: Vec<String>,
+    /// The longest time between two successful handshakes in the same direction (the
+    /// cadence, [`HANDSHAKE_EVERY`], plus what a fault added).
+    pub longest_gap: Duration,
+    last_success: [Option<Instant>; 2],
 }
 
 /// Shakes hands both ways every [`HANDSHAKE_EVERY`] until `stop`.
 pub fn shake_hands(workloads: [Arc<Workload>; 2], stop: Arc<AtomicBool>, seen: Arc<Mutex<Handshakes>>) {
     let began = Instant::now();
     while !stop.load(Ordering::SeqCst) {
-        for (client, server) in [(&workloads[0], &workloads[1]), (&workloads[1], &workloads[0])] {
+        for (direction, (client, server)) in
+            [(&workloads[0], &workloads[1]), (&workloads[1], &workloads[0])].into_iter().enumerate()
+        {
             let result = handshake(client, server);
             let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
             seen.made += 1;
+            if result.is_ok() {
+                let now = Instant::now();
+                if let Some(last) = seen.last_success[direction].replace(now) {
+                    seen.longest_gap = seen.longest_gap.max(now - last);
+                }
+            }
             if let Err(e) = result {
                 seen.failed.push(format!(
                     "{:.1} s: {} -> {}: {e}",

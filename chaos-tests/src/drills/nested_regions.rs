@@ -192,11 +192,13 @@ pub fn run(settings: &Settings) -> Report {
     }
     report.summary = format!(
         "{rounds} rounds, {} faults (leader kills in eu, us and the root; eu cut off for {} s), {} of {} \
-         cross-region mTLS handshakes failed, SVIDs seen: eu {}, us {}",
+         cross-region mTLS handshakes failed, longest gap between successful handshakes {} ms, SVIDs seen: eu \
+         {}, us {}",
         report.faults,
         CUT.as_secs(),
         seen.failed.len(),
         seen.made,
+        seen.longest_gap.as_millis(),
         regions[0].workload.svids_seen(),
         regions[1].workload.svids_seen()
     );
