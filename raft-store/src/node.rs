@@ -327,7 +327,8 @@ impl Replica {
     /// [`Self::write`] under a request id the caller chose: the same id again (a call sent
     /// again after its answer was lost) is answered with the first answer.
     pub async fn write_as<W: Write>(&self, command: W, id: RequestId) -> Result<W::Output, ClusterError> {
-        Self::typed::<W>(self.write_command(command.into().idempotent(id)).await?)
+        let command = command.into().idempotent_for_caller(id).map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+        Self::typed::<W>(self.write_command(command).await?)
     }
 
     fn typed<W: Write>(response: Response) -> Result<W::Output, ClusterError> {

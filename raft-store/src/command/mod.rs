@@ -138,16 +138,30 @@ impl RequestIds {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Idempotent {
     pub id: RequestId,
+    /// The SHA-256 of the command's encoding, when the id came from outside (a caller's
+    /// request id), so a second, different command under it is refused rather than answered
+    /// with the first one's answer. A replica's own ids name one command object each and
+    /// carry none: hashing every write would cost each replica's apply for nothing.
+    pub fingerprint: Option<[u8; 32]>,
     pub command: Box<Command>,
 }
 
 impl Command {
-    /// This command under request id `id`; a command that has one already keeps it.
+    /// This command under this replica's request id `id`; a command that has one already
+    /// keeps it.
     pub fn idempotent(self, id: RequestId) -> Command {
         match self {
             once @ Command::Idempotent(_) => once,
-            command => Command::Idempotent(Idempotent { id, command: Box::new(command) }),
+            command => Command::Idempotent(Idempotent { id, fingerprint: None, command: Box::new(command) }),
         }
+    }
+
+    /// This command under a caller's request id `id`, with its fingerprint.
+    pub fn idempotent_for_caller(self, id: RequestId) -> Result<Command, crate::codec::CodecError> {
+        let encoded = crate::codec::encode("command", &self)?;
+        let mut fingerprint = [0; 32];
+        fingerprint.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &encoded).as_ref());
+        Ok(Command::Idempotent(Idempotent { id, fingerprint: Some(fingerprint), command: Box::new(self) }))
     }
 }
 

@@ -138,12 +138,11 @@ impl StateMachine {
             return Ok(Response { revision: *revision, outcome: Outcome::Batch(responses) });
         }
         if let Command::Idempotent(once) = command {
-            let fingerprint = requests::fingerprint(&once.command)?;
-            if let Some(earlier) = requests::answered(txn, &once.id, &fingerprint, *revision)? {
+            if let Some(earlier) = requests::answered(txn, once, *revision)? {
                 return Ok(earlier);
             }
             let response = Self::apply_one(txn, &once.command, revision, sets)?;
-            requests::remember(txn, &once.id, fingerprint, &response)?;
+            requests::remember(txn, once, &response)?;
             return Ok(response);
         }
         *revision += 1;

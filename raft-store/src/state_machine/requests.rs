@@ -9,12 +9,11 @@
 //! it. At 4,400 writes a second (the write benchmark's rate) the window is 11 seconds; a
 //! retry comes within the 10 s a replica retries for.
 
-use aws_lc_rs::digest;
 use serde::{Deserialize, Serialize};
 
 use super::txn::{Txn, TxnError};
 use crate::codec;
-use crate::command::{Command, Outcome, RequestId, Response};
+use crate::command::{Idempotent, Outcome, RequestId, Response};
 use crate::schema::{sm_key, Cf};
 
 /// How many answers are kept.
@@ -23,11 +22,12 @@ pub const REQUEST_WINDOW: u64 = 50_000;
 const ANSWER_PREFIX: &[u8] = b"request:";
 const SLOT_PREFIX: &[u8] = b"request_slot:";
 
-/// What was answered, and to which command: a request id sent again with another command
-/// is a client's bug, refused rather than answered with another write's answer.
+/// What was answered, and to which command (a caller's request ids only): a request id
+/// sent again with another command is a caller's bug, or a call whose server-chosen values
+/// changed; it is refused rather than answered with another write's answer.
 #[derive(Serialize, Deserialize)]
 struct Answered {
-    fingerprint: [u8; 32],
+    fingerprint: Option<[u8; 32]>,
     response: Response,
 }
 
@@ -45,45 +45,29 @@ fn slot_key(slot: u64) -> Vec<u8> {
     key
 }
 
-/// The SHA-256 of the command's encoding.
-pub(super) fn fingerprint(command: &Command) -> Result<[u8; 32], TxnError> {
-    let encoded = codec::encode("command", command)?;
-    let mut out = [0; 32];
-    out.copy_from_slice(digest::digest(&digest::SHA256, &encoded).as_ref());
-    Ok(out)
-}
-
-/// The answer given to `id` before, if it is still in the window; `RequestIdReused` (at
-/// `revision`, nothing applied) if it was given to another command.
-pub(super) fn answered(
-    txn: &Txn<'_>,
-    id: &RequestId,
-    fingerprint: &[u8; 32],
-    revision: u64,
-) -> Result<Option<Response>, TxnError> {
-    let Some(answered) = txn.get::<Answered>(Cf::SmMeta, &answer_key(id), "answered request")? else {
+/// The answer given to `once`'s id before, if it is still in the window; `RequestIdReused`
+/// (at `revision`, nothing applied) if both carry fingerprints and they differ.
+pub(super) fn answered(txn: &Txn<'_>, once: &Idempotent, revision: u64) -> Result<Option<Response>, TxnError> {
+    let Some(answered) = txn.get::<Answered>(Cf::SmMeta, &answer_key(&once.id), "answered request")? else {
         return Ok(None);
     };
-    if &answered.fingerprint == fingerprint {
-        Ok(Some(answered.response))
-    } else {
-        Ok(Some(Response { revision, outcome: Outcome::RequestIdReused(*id) }))
+    match (answered.fingerprint, once.fingerprint) {
+        (Some(first), Some(now)) if first != now => {
+            Ok(Some(Response { revision, outcome: Outcome::RequestIdReused(once.id) }))
+        }
+        _ => Ok(Some(answered.response)),
     }
 }
 
-/// Keeps the answer to `id`, dropping the oldest kept answer once the window is full.
-pub(super) fn remember(
-    txn: &mut Txn<'_>,
-    id: &RequestId,
-    fingerprint: [u8; 32],
-    response: &Response,
-) -> Result<(), TxnError> {
+/// Keeps the answer to `once`, dropping the oldest kept answer once the window is full.
+pub(super) fn remember(txn: &mut Txn<'_>, once: &Idempotent, response: &Response) -> Result<(), TxnError> {
     let seen: u64 = txn.get(Cf::SmMeta, sm_key::REQUESTS_SEEN, "requests seen")?.unwrap_or(0);
     let slot = slot_key(seen % REQUEST_WINDOW);
     if let Some(oldest) = txn.get::<RequestId>(Cf::SmMeta, &slot, "request slot")? {
         txn.delete(Cf::SmMeta, &answer_key(&oldest));
     }
-    txn.put(Cf::SmMeta, &slot, "request slot", id)?;
-    txn.put(Cf::SmMeta, &answer_key(id), "answered request", &Answered { fingerprint, response: response.clone() })?;
+    txn.put(Cf::SmMeta, &slot, "request slot", &once.id)?;
+    let answered = Answered { fingerprint: once.fingerprint, response: response.clone() };
+    txn.put(Cf::SmMeta, &answer_key(&once.id), "answered request", &answered)?;
     txn.put(Cf::SmMeta, sm_key::REQUESTS_SEEN, "requests seen", &(seen + 1))
 }

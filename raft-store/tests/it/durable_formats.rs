@@ -280,7 +280,8 @@ fn every_command() -> Vec<(&'static str, Command)> {
         (
             "Idempotent",
             Command::BanAgent(BanAgent { spiffe_id: agent().spiffe_id.to_string() })
-                .idempotent(RequestId { client: *b"0123456789abcdef", seq: 42 }),
+                .idempotent_for_caller(RequestId { client: *b"0123456789abcdef", seq: 42 })
+                .unwrap(),
         ),
     ]
 }

@@ -51,10 +51,11 @@ async fn a_request_sent_again_is_answered_with_its_first_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_id_used_for_another_command_applies_nothing() {
+async fn a_callers_request_id_used_for_another_command_applies_nothing() {
     let mut s = TestStore::new().await;
-    s.apply_one(create("e1").idempotent(id(1))).await;
-    let reused = s.apply_one(create("e2").idempotent(id(1))).await;
+    let first = s.apply_one(create("e1").idempotent_for_caller(id(1)).unwrap()).await;
+    assert_eq!(s.apply_one(create("e1").idempotent_for_caller(id(1)).unwrap()).await, first, "the same command");
+    let reused = s.apply_one(create("e2").idempotent_for_caller(id(1)).unwrap()).await;
     assert_eq!(reused, Outcome::RequestIdReused(id(1)));
     assert!(s.store.reader.entry("e2").await.unwrap().is_none());
 }
