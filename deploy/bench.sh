@@ -40,7 +40,7 @@ run "$cargo" bench -p testudo-server --bench svid_mint -- --seconds "$seconds"
 run "$cargo" bench -p testudo-server --bench bundle_endpoint -- --seconds "$seconds"
 run "$cargo" bench -p testudo-agent --bench workload_api
 run "$cargo" bench -p testudo-kms --bench signing -- --seconds "$seconds"
-run "$cargo" bench -p testudo-chaos-tests --bench failover -- --rounds 5
+run "$cargo" bench -p testudo-chaos-tests --bench failover -- --rounds 20
 run "$cargo" bench -p testudo-chaos-tests --bench agent_sync -- --agents 10000 --per-agent 10
 run "$cargo" bench -p testudo-chaos-tests --bench entry_delivery -- --rounds 200 --agents 1000
 run "$cargo" bench -p testudo-chaos-tests --bench nested_rotation -- --rounds 10

@@ -10,7 +10,7 @@
 //!   13 s: longer than the agent's 10 s call timeout); the figure is the time from the fault
 //!   to the first answer to a request sent after it.
 //!
-//! `cargo bench -p testudo-chaos-tests --bench failover -- --rounds 5` (build the release
+//! `cargo bench -p testudo-chaos-tests --bench failover -- --rounds 20` (build the release
 //! binaries first: `cargo build --release -p testudo-server -p testudo-agent`).
 
 use std::path::PathBuf;
