@@ -21,28 +21,35 @@ fn serial_of(response: &pb::X509svidResponse, spiffe_id: &str) -> Option<Vec<u8>
     svid_of(response, spiffe_id).map(|(serial, _)| serial)
 }
 
+/// Three replicas, an agent configured with all of them, and an entry for this test's
+/// processes (`spiffe://example.org/web`, by uid) under that agent.
+struct Served {
+    servers: Vec<ServerProcess>,
+    agent: AgentProcess,
+    agent_id: String,
+    selector: String,
+    addresses: Vec<String>,
+}
+
+fn served_workload(root: &std::path::Path, server_extra: &str) -> Served {
+    let servers = ServerProcess::cluster(root, 3, server_extra);
+    let bundle_pem = servers[0].bundle_pem();
+    let token = servers[0].json(&["token", "generate", "--ttl", "600"])["value"].as_str().unwrap().to_string();
+    let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
+    let selector = format!("unix:uid:{}", nix::unistd::getuid().as_raw());
+    let web = ["--spiffe-id", "spiffe://example.org/web", "--parent-id", &agent_id, "--selector", &selector];
+    servers[1].json(&[&["entry", "create"][..], &web].concat());
+    let addresses: Vec<String> = servers.iter().map(|s| s.api_address()).collect();
+    let agent = AgentProcess::start(root, &addresses, &bundle_pem, &token, "500ms");
+    Served { servers, agent, agent_id, selector, addresses }
+}
+
 #[test]
 fn the_workload_keeps_its_identity_while_replicas_die_and_return() {
     let root = tempfile::tempdir().unwrap();
     // Short SVIDs (agent renewal at about 10 s) so rotation is seen within the test.
-    let mut servers = ServerProcess::cluster(root.path(), 3, r#"default_x509_svid_ttl = "20s""#);
-    let bundle_pem = servers[0].bundle_pem();
-    let token = servers[0].json(&["token", "generate", "--ttl", "600"])["value"].as_str().unwrap().to_string();
-    let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
-    let uid = nix::unistd::getuid().as_raw();
-    let selector = format!("unix:uid:{uid}");
-    servers[1].json(&[
-        "entry",
-        "create",
-        "--spiffe-id",
-        "spiffe://example.org/web",
-        "--parent-id",
-        &agent_id,
-        "--selector",
-        &selector,
-    ]);
-    let addresses: Vec<String> = servers.iter().map(|s| s.api_address()).collect();
-    let agent = AgentProcess::start(root.path(), &addresses, &bundle_pem, &token, "500ms");
+    let Served { mut servers, agent, agent_id, selector, .. } =
+        served_workload(root.path(), r#"default_x509_svid_ttl = "20s""#);
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
@@ -158,23 +165,7 @@ fn the_workload_keeps_its_identity_while_replicas_die_and_return() {
 #[test]
 fn a_hung_replica_does_not_hold_up_a_jwt_request() {
     let root = tempfile::tempdir().unwrap();
-    let servers = ServerProcess::cluster(root.path(), 3, "");
-    let bundle_pem = servers[0].bundle_pem();
-    let token = servers[0].json(&["token", "generate", "--ttl", "600"])["value"].as_str().unwrap().to_string();
-    let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
-    let selector = format!("unix:uid:{}", nix::unistd::getuid().as_raw());
-    servers[0].json(&[
-        "entry",
-        "create",
-        "--spiffe-id",
-        "spiffe://example.org/web",
-        "--parent-id",
-        &agent_id,
-        "--selector",
-        &selector,
-    ]);
-    let addresses: Vec<String> = servers.iter().map(|s| s.api_address()).collect();
-    let agent = AgentProcess::start(root.path(), &addresses, &bundle_pem, &token, "500ms");
+    let Served { servers, agent, addresses, .. } = served_workload(root.path(), "");
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
