@@ -542,3 +542,46 @@ async fn a_forwarded_write_follows_the_next_leader_without_waiting_for_a_timeout
     assert_eq!(cluster.replicas[&next].local_reader().entries_by_parent(NODE).await.unwrap().len(), 1);
     cluster.shutdown().await;
 }
+
+/// Five replicas lose the leader and a follower at the same moment while clients write
+/// through the other three: the three elect a leader and take writes again, nothing
+/// acknowledged is lost, and the two come back from their disks and catch up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_replicas_lose_two_at_once_and_keep_every_acknowledged_write() {
+    let mut cluster = TestCluster::start(5, 10_000).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.follower(leader);
+    let victims = [leader, follower];
+    let lost: Vec<_> = victims.iter().map(|id| cluster.replicas.remove(id).unwrap()).collect();
+    let survivors: Vec<NodeId> = cluster.replicas.keys().copied().collect();
+    assert_eq!(survivors.len(), 3);
+
+    let stop = AtomicBool::new(false);
+    let writers = futures::future::join_all(
+        survivors.iter().enumerate().map(|(i, id)| write_until(&cluster.replicas[id], i, &stop)),
+    );
+    let faults = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        futures::future::join_all(lost.into_iter().map(|replica| replica.shutdown())).await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        stop.store(true, Ordering::SeqCst);
+    };
+    let (acknowledged, ()) = tokio::join!(writers, faults);
+    let acknowledged: BTreeSet<String> = acknowledged.into_iter().flatten().collect();
+
+    // The three elected a leader of their own and take writes.
+    let new_leader = cluster.wait_for_leader().await;
+    assert!(!victims.contains(&new_leader));
+    let after = cluster.replicas[&survivors[0]].write_command(create("after-the-kills")).await.unwrap();
+    assert!(created(&after.outcome));
+    let mut expected = acknowledged.clone();
+    expected.insert("after-the-kills".to_owned());
+    assert!(acknowledged.len() > 10, "writes before and after the kills: {}", acknowledged.len());
+    assert_everywhere(&cluster, &expected).await;
+
+    for id in victims {
+        cluster.start_replica(id).await;
+    }
+    assert_everywhere(&cluster, &expected).await;
+    cluster.shutdown().await;
+}
