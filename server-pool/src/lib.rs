@@ -11,7 +11,8 @@
 //! A call that may be sent twice (a read, or a mint that changes no state) is hedged: when
 //! the replica asked first has not answered within its usual time (estimated from its recent
 //! answers as TCP estimates a round trip, RFC 6298: mean plus four mean deviations, 50 ms to
-//! 500 ms), the next replica is asked too and the first answer wins. A hung replica (SIGSTOP,
+//! 500 ms), the next replica is asked too and the first answer wins; never more than two
+//! replicas work on one call at once. A hung replica (SIGSTOP,
 //! a machine that stopped scheduling) then costs such a call half a second at most, instead
 //! of the call timeout.
 //!
@@ -313,8 +314,11 @@ impl ServerPool {
                 running.push(started);
                 hedge_at = Some(tokio::time::Instant::now() + after);
             }
+            // Two replicas at most work on one call: when every replica is slow (an
+            // overloaded cluster), hedging must not multiply the load by their number.
+            let may_hedge = hedge == Hedge::Allowed && running.len() == 1 && waiting.len() > 0;
             let hedge_timer = async {
-                match hedge_at.filter(|_| hedge == Hedge::Allowed && waiting.len() > 0) {
+                match hedge_at.filter(|_| may_hedge) {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }

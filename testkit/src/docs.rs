@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 /// A path under the workspace's `docs/` directory.
-pub fn path(name: &str) -> PathBuf {
+fn path(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs").join(name)
 }
 
