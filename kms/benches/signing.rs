@@ -20,7 +20,7 @@ fn arg(name: &str, default: u64) -> u64 {
 
 /// Signs as fast as `tasks` callers can for `seconds`; returns (signatures/s, p50 ms, p99 ms).
 async fn rate(manager: Arc<dyn KeyManager>, tasks: u64, seconds: u64) -> (f64, f64, f64) {
-    manager.generate_key("bench-key", KeyType::EcP256).await.expect("a key");
+    manager.generate_key("bench-key", KeyType::EcP256, None).await.expect("a key");
     let message = vec![0x5au8; 600];
     let until = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::keyring::Keyring;
-use crate::{validate_key_id, KeyInfo, KeyManager, KeyManagerError};
+use crate::{validate_key_id, KeyInfo, KeyManager, KeyManagerError, KeyOwner};
 
 /// The config name.
 pub const NAME: &str = "disk";
@@ -166,7 +166,12 @@ impl KeyManager for DiskKeyManager {
         NAME
     }
 
-    async fn generate_key(&self, id: &str, key_type: KeyType) -> Result<KeyInfo, KeyManagerError> {
+    async fn generate_key(
+        &self,
+        id: &str,
+        key_type: KeyType,
+        _owner: Option<&KeyOwner>,
+    ) -> Result<KeyInfo, KeyManagerError> {
         let key = Keyring::generate(NAME, id, key_type).await?;
         let info = Keyring::info(id, &key);
         let _guard = self.write_lock.lock().await;

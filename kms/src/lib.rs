@@ -23,6 +23,6 @@ pub use config::KeyManagerConfig;
 pub use error::KeyManagerError;
 pub use key_id::validate_key_id;
 pub use key_signer::KeySigner;
-pub use manager::{KeyInfo, KeyManager};
+pub use manager::{KeyInfo, KeyManager, KeyOwner, OwnedKey};
 
 pub use identity::crypto::{KeyType, SignatureAlgorithm};

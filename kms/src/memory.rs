@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use identity::crypto::{KeyType, SignatureAlgorithm};
 
 use crate::keyring::Keyring;
-use crate::{KeyInfo, KeyManager, KeyManagerError};
+use crate::{KeyInfo, KeyManager, KeyManagerError, KeyOwner};
 
 /// The config name.
 pub const NAME: &str = "memory";
@@ -33,7 +33,12 @@ impl KeyManager for MemoryKeyManager {
         NAME
     }
 
-    async fn generate_key(&self, id: &str, key_type: KeyType) -> Result<KeyInfo, KeyManagerError> {
+    async fn generate_key(
+        &self,
+        id: &str,
+        key_type: KeyType,
+        _owner: Option<&KeyOwner>,
+    ) -> Result<KeyInfo, KeyManagerError> {
         let key = Keyring::generate(NAME, id, key_type).await?;
         let info = Keyring::info(id, &key);
         self.keys.insert(id, key)?;

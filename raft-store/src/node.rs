@@ -279,6 +279,11 @@ impl Replica {
         self.id
     }
 
+    /// The id of the cluster this replica belongs to.
+    pub fn cluster_id(&self) -> String {
+        self.raft.config().cluster_name.clone()
+    }
+
     /// This replica's addresses, as other replicas should record them.
     pub fn node(&self) -> &ReplicaNode {
         &self.node

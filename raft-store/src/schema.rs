@@ -88,6 +88,8 @@ pub mod meta_key {
 /// Keys in `Cf::CaJournal`.
 pub mod ca_key {
     pub const JOURNAL: &[u8] = b"journal";
+    /// `model::KeyIntents`, absent until a key id is first reserved.
+    pub const KEY_INTENTS: &[u8] = b"key_intents";
 }
 
 /// Keys in `Cf::SmMeta`.

@@ -19,10 +19,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
-use aws_sdk_kms::types::{KeySpec, KeyUsageType, MessageType, SigningAlgorithmSpec, Tag};
+use aws_sdk_kms::types::{KeySpec, KeyState, KeyUsageType, MessageType, SigningAlgorithmSpec, Tag};
 use identity::crypto::{KeyType, PublicKey, SignatureAlgorithm};
 
-use crate::{validate_key_id, KeyInfo, KeyManager, KeyManagerError};
+use crate::{validate_key_id, KeyInfo, KeyManager, KeyManagerError, KeyOwner, OwnedKey};
 
 /// The config name.
 pub const NAME: &str = "aws_kms";
@@ -30,6 +30,12 @@ pub const NAME: &str = "aws_kms";
 const MAX_RAW_MESSAGE: usize = 4096;
 /// Days before a scheduled key is deleted (KMS allows 7 to 30).
 const DELETION_WINDOW_DAYS: i32 = 7;
+/// Tags every key carries: the trust domain and key id, and when made for a cluster
+/// ([`KeyOwner`]) the cluster and slot.
+const TAG_TRUST_DOMAIN: &str = "testudo-trust-domain";
+const TAG_KEY_ID: &str = "testudo-key-id";
+const TAG_CLUSTER: &str = "testudo-cluster";
+const TAG_SLOT: &str = "testudo-slot";
 
 /// Settings of the `aws_kms` key manager. Credentials come the AWS way (environment,
 /// shared profile, instance or task role, web identity), never from this config.
@@ -220,6 +226,33 @@ impl AwsKmsKeyManager {
         }
     }
 
+    /// Every alias under this manager's prefix, with the key it names.
+    async fn alias_targets(&self) -> Result<BTreeMap<String, String>, KeyManagerError> {
+        let mut targets = BTreeMap::new();
+        let mut marker = None;
+        loop {
+            let page = self
+                .client
+                .list_aliases()
+                .set_marker(marker)
+                .send()
+                .await
+                .map_err(|e| sdk_error("", "listing aliases", e))?;
+            for alias in page.aliases() {
+                if let (Some(name), Some(target)) = (alias.alias_name(), alias.target_key_id()) {
+                    if name.starts_with(&self.config.alias_prefix) {
+                        targets.insert(name.to_owned(), target.to_owned());
+                    }
+                }
+            }
+            marker = page.next_marker().map(str::to_owned);
+            if !page.truncated() || marker.is_none() {
+                break;
+            }
+        }
+        Ok(targets)
+    }
+
     async fn info(&self, key: &str, id: &str) -> Result<KeyInfo, KeyManagerError> {
         let out = self
             .client
@@ -251,11 +284,19 @@ impl KeyManager for AwsKmsKeyManager {
         NAME
     }
 
-    async fn generate_key(&self, id: &str, key_type: KeyType) -> Result<KeyInfo, KeyManagerError> {
+    async fn generate_key(
+        &self,
+        id: &str,
+        key_type: KeyType,
+        owner: Option<&KeyOwner>,
+    ) -> Result<KeyInfo, KeyManagerError> {
         validate_key_id(id)?;
         let alias = self.alias(id);
         let mut tags: Vec<Tag> = Vec::new();
-        let fixed = [("testudo-trust-domain", self.config.trust_domain.as_str()), ("testudo-key-id", id)];
+        let mut fixed = vec![(TAG_TRUST_DOMAIN, self.config.trust_domain.as_str()), (TAG_KEY_ID, id)];
+        if let Some(owner) = owner {
+            fixed.extend([(TAG_CLUSTER, owner.cluster.as_str()), (TAG_SLOT, owner.slot.as_str())]);
+        }
         for (k, v) in self.config.key_tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(fixed) {
             tags.push(
                 Tag::builder()
@@ -319,23 +360,9 @@ impl KeyManager for AwsKmsKeyManager {
 
     async fn list_keys(&self) -> Result<Vec<KeyInfo>, KeyManagerError> {
         let mut keys = Vec::new();
-        let mut marker = None;
-        loop {
-            let page = self
-                .client
-                .list_aliases()
-                .set_marker(marker)
-                .send()
-                .await
-                .map_err(|e| sdk_error("", "listing aliases", e))?;
-            for alias in page.aliases() {
-                let (Some(name), Some(target)) = (alias.alias_name(), alias.target_key_id()) else { continue };
-                let Some(id) = name.strip_prefix(&self.config.alias_prefix) else { continue };
-                keys.push(self.info(target, id).await?);
-            }
-            marker = page.next_marker().map(str::to_owned);
-            if !page.truncated() || marker.is_none() {
-                break;
+        for (name, target) in self.alias_targets().await? {
+            if let Some(id) = name.strip_prefix(&self.config.alias_prefix) {
+                keys.push(self.info(&target, id).await?);
             }
         }
         keys.sort_by(|a, b| a.id.cmp(&b.id));
@@ -371,6 +398,83 @@ impl KeyManager for AwsKmsKeyManager {
             .await
             .map_err(|e| sdk_error(id, "deleting an alias", e))?;
         self.schedule_deletion(&key_id, id).await;
+        Ok(())
+    }
+
+    /// Walks every key of the account and region: KMS lists keys by no tag. Keys pending
+    /// deletion and keys whose description is not ours are passed over before their tags
+    /// are read, so a sweep costs two calls per key of the account and one more per ours.
+    async fn list_owned(&self, cluster: &str) -> Result<Vec<OwnedKey>, KeyManagerError> {
+        let current = self.alias_targets().await?;
+        let description = format!("Testudo {} key ", self.config.trust_domain);
+        let mut owned = Vec::new();
+        let mut marker = None;
+        loop {
+            let page = self
+                .client
+                .list_keys()
+                .set_marker(marker)
+                .send()
+                .await
+                .map_err(|e| sdk_error("", "listing keys", e))?;
+            for key in page.keys() {
+                let Some(key_id) = key.key_id() else { continue };
+                let described = match self.client.describe_key().key_id(key_id).send().await {
+                    Ok(out) => out,
+                    Err(e) => match sdk_error(key_id, "describing a key", e) {
+                        // Deleted since the listing.
+                        KeyManagerError::NotFound(_) => continue,
+                        other => return Err(other),
+                    },
+                };
+                let Some(metadata) = described.key_metadata() else { continue };
+                let live = matches!(metadata.key_state(), Some(KeyState::Enabled | KeyState::Disabled));
+                if !live || !metadata.description().is_some_and(|d| d.starts_with(&description)) {
+                    continue;
+                }
+                let tags = self
+                    .client
+                    .list_resource_tags()
+                    .key_id(key_id)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error(key_id, "reading a key's tags", e))?;
+                let tag = |name: &str| tags.tags().iter().find(|t| t.tag_key() == name).map(|t| t.tag_value());
+                if tag(TAG_CLUSTER) != Some(cluster) || tag(TAG_TRUST_DOMAIN) != Some(&self.config.trust_domain) {
+                    continue;
+                }
+                let Some(id) = tag(TAG_KEY_ID) else { continue };
+                let is_current = current.get(&self.alias(id)).is_some_and(|target| target == key_id);
+                owned.push(OwnedKey { id: id.to_owned(), object: key_id.to_owned(), current: is_current });
+            }
+            marker = page.next_marker().map(str::to_owned);
+            if !page.truncated() || marker.is_none() {
+                break;
+            }
+        }
+        owned.sort_by(|a, b| (&a.id, &a.object).cmp(&(&b.id, &b.object)));
+        Ok(owned)
+    }
+
+    async fn delete_owned(&self, key: &OwnedKey) -> Result<(), KeyManagerError> {
+        if key.current {
+            // The alias goes first: an alias naming a key pending deletion signs nothing.
+            match self.client.delete_alias().alias_name(self.alias(&key.id)).send().await {
+                Ok(_) => {}
+                Err(e) => match sdk_error(&key.id, "deleting an alias", e) {
+                    KeyManagerError::NotFound(_) => {}
+                    other => return Err(other),
+                },
+            }
+        }
+        self.client
+            .schedule_key_deletion()
+            .key_id(&key.object)
+            .pending_window_in_days(DELETION_WINDOW_DAYS)
+            .send()
+            .await
+            .map_err(|e| sdk_error(&key.id, "scheduling deletion", e))?;
+        tracing::info!(kms_key = %key.object, id = %key.id, "KMS key scheduled for deletion");
         Ok(())
     }
 }

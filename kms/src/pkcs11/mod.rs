@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use identity::crypto::{KeyType, SignatureAlgorithm};
 use zeroize::Zeroizing;
 
-use crate::{validate_key_id, KeyInfo, KeyManager, KeyManagerError};
+use crate::{validate_key_id, KeyInfo, KeyManager, KeyManagerError, KeyOwner, OwnedKey};
 use session_pool::SessionPool;
 
 /// The config name.
@@ -95,10 +95,18 @@ impl KeyManager for Pkcs11KeyManager {
         NAME
     }
 
-    async fn generate_key(&self, id: &str, key_type: KeyType) -> Result<KeyInfo, KeyManagerError> {
+    async fn generate_key(
+        &self,
+        id: &str,
+        key_type: KeyType,
+        owner: Option<&KeyOwner>,
+    ) -> Result<KeyInfo, KeyManagerError> {
         validate_key_id(id)?;
-        let (label, id) = (self.label(id), id.to_owned());
-        self.blocking("generating a key", move |session| objects::generate(session, &label, &id, key_type)).await
+        let (label, id, owner) = (self.label(id), id.to_owned(), owner.cloned());
+        self.blocking("generating a key", move |session| {
+            objects::generate(session, &label, &id, key_type, owner.as_ref())
+        })
+        .await
     }
 
     async fn get_public_key(&self, id: &str) -> Result<KeyInfo, KeyManagerError> {
@@ -126,6 +134,20 @@ impl KeyManager for Pkcs11KeyManager {
     async fn delete_key(&self, id: &str) -> Result<(), KeyManagerError> {
         validate_key_id(id)?;
         let label = self.label(id);
+        self.blocking("deleting a key", move |session| objects::destroy(session, &label)).await
+    }
+
+    async fn list_owned(&self, cluster: &str) -> Result<Vec<OwnedKey>, KeyManagerError> {
+        let (prefix, cluster) = (self.prefix.clone(), cluster.to_owned());
+        self.blocking("listing keys", move |session| objects::list_owned(session, &prefix, &cluster)).await
+    }
+
+    async fn delete_owned(&self, key: &OwnedKey) -> Result<(), KeyManagerError> {
+        // A label outside this manager's prefix is not ours to delete.
+        if !key.object.starts_with(&self.prefix) {
+            return Err(KeyManagerError::InvalidKeyId { id: key.object.clone(), reason: "not under the label prefix" });
+        }
+        let label = key.object.clone();
         self.blocking("deleting a key", move |session| objects::destroy(session, &label)).await
     }
 }

@@ -13,7 +13,7 @@ use cryptoki::session::{Session, SessionState};
 use identity::crypto::{fixed_to_der, KeyType, PublicKey, PublicKeyKind, SignatureAlgorithm};
 
 use super::NAME;
-use crate::{KeyInfo, KeyManagerError};
+use crate::{KeyInfo, KeyManagerError, KeyOwner, OwnedKey};
 
 /// DER of the curve OIDs, as CKA_EC_PARAMS holds them.
 const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
@@ -74,14 +74,29 @@ pub(super) fn destroy(session: &Session, label: &str) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The `CKA_ID` of a key made for `owner`: `<cluster>/<slot>/<key id>`, so a sweep tells
+/// one cluster's keys from another's on a shared token. Without an owner, the key id.
+fn object_id(id: &str, owner: Option<&KeyOwner>) -> Vec<u8> {
+    match owner {
+        Some(owner) => format!("{}/{}/{id}", owner.cluster, owner.slot).into_bytes(),
+        None => id.as_bytes().to_vec(),
+    }
+}
+
 /// Generates a key pair on the token under `label`, replacing any it had.
-pub(super) fn generate(session: &Session, label: &str, id: &str, key_type: KeyType) -> Result<KeyInfo, Failure> {
+pub(super) fn generate(
+    session: &Session,
+    label: &str,
+    id: &str,
+    key_type: KeyType,
+    owner: Option<&KeyOwner>,
+) -> Result<KeyInfo, Failure> {
     destroy(session, label)?;
     let common = |extra: Vec<Attribute>| {
         let mut attributes = vec![
             Attribute::Token(true),
             Attribute::Label(label.as_bytes().to_vec()),
-            Attribute::Id(id.as_bytes().to_vec()),
+            Attribute::Id(object_id(id, owner)),
         ];
         attributes.extend(extra);
         attributes
@@ -204,6 +219,33 @@ pub(super) fn list(session: &Session, prefix: &str) -> Result<Vec<KeyInfo>, Fail
     }
     keys.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(keys)
+}
+
+/// The key pairs made for `cluster` whose label starts with `prefix`, as found by either
+/// half (a sweep must see a half left alone as well).
+pub(super) fn list_owned(session: &Session, prefix: &str, cluster: &str) -> Result<Vec<OwnedKey>, Failure> {
+    let owner_prefix = format!("{cluster}/");
+    let mut labels = std::collections::BTreeSet::new();
+    for class in [ObjectClass::PUBLIC_KEY, ObjectClass::PRIVATE_KEY] {
+        for handle in session.find_objects(&[Attribute::Class(class), Attribute::Token(true)])? {
+            let (mut label, mut object_id) = (None, None);
+            for attribute in session.get_attributes(handle, &[AttributeType::Label, AttributeType::Id])? {
+                match attribute {
+                    Attribute::Label(l) => label = String::from_utf8(l).ok(),
+                    Attribute::Id(i) => object_id = String::from_utf8(i).ok(),
+                    _ => {}
+                }
+            }
+            let ours = object_id.is_some_and(|i| i.starts_with(&owner_prefix));
+            if let Some(label) = label.filter(|l| ours && l.starts_with(prefix)) {
+                labels.insert(label);
+            }
+        }
+    }
+    Ok(labels
+        .into_iter()
+        .map(|label| OwnedKey { id: label[prefix.len()..].to_owned(), object: label, current: true })
+        .collect())
 }
 
 /// Signs `message` with the private key labelled `label`. ECDSA signatures come back DER.

@@ -66,7 +66,7 @@ async fn keys_are_made_on_the_token_and_sign_every_algorithm() {
         ("ec384", KeyType::EcP384, &[SignatureAlgorithm::EcdsaP384Sha384][..]),
         ("rsa2048", KeyType::Rsa2048, &[SignatureAlgorithm::RsaPkcs1Sha256, SignatureAlgorithm::RsaPssSha256][..]),
     ] {
-        let info = manager.generate_key(id, key_type).await.unwrap();
+        let info = manager.generate_key(id, key_type, None).await.unwrap();
         assert_eq!((info.id.as_str(), info.key_type), (id, key_type));
         assert_eq!(manager.get_public_key(id).await.unwrap(), info, "the token's public half reads back");
         for &algorithm in algorithms {
@@ -86,8 +86,8 @@ async fn keys_are_made_on_the_token_and_sign_every_algorithm() {
 #[tokio::test]
 async fn generating_replaces_and_deleting_removes() {
     let manager = Pkcs11KeyManager::open(config("replace/")).await.unwrap();
-    let first = manager.generate_key("slot-A", KeyType::EcP256).await.unwrap();
-    let second = manager.generate_key("slot-A", KeyType::EcP256).await.unwrap();
+    let first = manager.generate_key("slot-A", KeyType::EcP256, None).await.unwrap();
+    let second = manager.generate_key("slot-A", KeyType::EcP256, None).await.unwrap();
     assert_ne!(first.public_key, second.public_key);
     assert_eq!(manager.list_keys().await.unwrap(), vec![second.clone()], "one key per id");
     // A second manager on the same token and prefix (another replica) sees and uses it.
@@ -102,7 +102,7 @@ async fn generating_replaces_and_deleting_removes() {
         Err(KeyManagerError::NotFound(_))
     ));
     assert!(matches!(
-        manager.generate_key("has space", KeyType::EcP256).await,
+        manager.generate_key("has space", KeyType::EcP256, None).await,
         Err(KeyManagerError::InvalidKeyId { .. })
     ));
 }
@@ -110,7 +110,7 @@ async fn generating_replaces_and_deleting_removes() {
 #[tokio::test]
 async fn the_private_key_cannot_leave_the_token() {
     let manager = Pkcs11KeyManager::open(config("export/")).await.unwrap();
-    manager.generate_key("secret", KeyType::EcP256).await.unwrap();
+    manager.generate_key("secret", KeyType::EcP256, None).await.unwrap();
     // Look at the object directly, as anyone with the PIN could.
     let pkcs11 = session_pool::loaded_module(MODULE.as_ref()).unwrap();
     let slot = pkcs11
@@ -181,7 +181,7 @@ async fn lost_sessions_are_replaced_without_the_caller_noticing() {
     let mut reset = config("reconnect/");
     reset.token = TokenSelector::Label(RESET_LABEL.into());
     let manager = Pkcs11KeyManager::open(reset).await.unwrap();
-    let info = manager.generate_key("k", KeyType::EcP256).await.unwrap();
+    let info = manager.generate_key("k", KeyType::EcP256, None).await.unwrap();
     // Log the application out behind the manager's back (as a token reset does): its
     // pooled sessions no longer see private keys.
     let pkcs11 = session_pool::loaded_module(MODULE.as_ref()).unwrap();
@@ -205,4 +205,25 @@ async fn lost_sessions_are_replaced_without_the_caller_noticing() {
         manager.sign("k", SignatureAlgorithm::EcdsaP256Sha256, b"m").await,
         Err(KeyManagerError::NotFound(_))
     ));
+}
+
+/// Keys made for a cluster carry it in CKA_ID, so a sweep lists them (and only them) on a
+/// token other clusters share, and deletes both halves.
+#[tokio::test]
+async fn keys_made_for_a_cluster_are_listed_by_owner_and_deleted() {
+    let manager = Pkcs11KeyManager::open(config("owned/")).await.unwrap();
+    let ours = KeyOwner { cluster: "c1".into(), slot: "x509/A".into() };
+    let theirs = KeyOwner { cluster: "c2".into(), slot: "jwt/A".into() };
+    manager.generate_key("x509-CA-A-1", KeyType::EcP256, Some(&ours)).await.unwrap();
+    manager.generate_key("JWT-Signer-A-2", KeyType::EcP256, Some(&theirs)).await.unwrap();
+    manager.generate_key("plain", KeyType::EcP256, None).await.unwrap();
+    let owned = manager.list_owned("c1").await.unwrap();
+    assert_eq!(owned, [OwnedKey { id: "x509-CA-A-1".into(), object: "owned/x509-CA-A-1".into(), current: true }]);
+    assert!(manager.list_owned("c").await.unwrap().is_empty(), "a cluster id is matched whole");
+    manager.delete_owned(&owned[0]).await.unwrap();
+    assert!(manager.list_owned("c1").await.unwrap().is_empty());
+    assert!(matches!(manager.get_public_key("x509-CA-A-1").await, Err(KeyManagerError::NotFound(_))));
+    assert!(manager.get_public_key("JWT-Signer-A-2").await.is_ok(), "another cluster's key stays");
+    let foreign = OwnedKey { id: "x".into(), object: "elsewhere/x".into(), current: true };
+    assert!(manager.delete_owned(&foreign).await.is_err(), "nothing outside the label prefix is deleted");
 }

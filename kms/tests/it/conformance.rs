@@ -11,7 +11,7 @@ async fn suite(manager: Arc<dyn KeyManager>) {
 
     for (i, key_type) in KeyType::ALL.into_iter().enumerate() {
         let id = format!("key-{i}");
-        let info = manager.generate_key(&id, key_type).await.unwrap();
+        let info = manager.generate_key(&id, key_type, None).await.unwrap();
         assert_eq!(info.key_type, key_type);
         assert_eq!(info.public_key.key_type(), Some(key_type));
         assert_eq!(manager.get_public_key(&id).await.unwrap(), info);
@@ -31,7 +31,7 @@ async fn suite(manager: Arc<dyn KeyManager>) {
 
     // Generating under an existing id replaces the key.
     let before = manager.get_public_key("key-0").await.unwrap();
-    let after = manager.generate_key("key-0", KeyType::EcP256).await.unwrap();
+    let after = manager.generate_key("key-0", KeyType::EcP256, None).await.unwrap();
     assert_ne!(before.public_key, after.public_key, "{backend}: a new key replaces the old");
     assert_eq!(manager.list_keys().await.unwrap().len(), 4);
 
@@ -44,7 +44,10 @@ async fn suite(manager: Arc<dyn KeyManager>) {
         manager.sign("key-0", SignatureAlgorithm::RsaPkcs1Sha256, b"m").await,
         Err(KeyManagerError::AlgorithmMismatch { .. })
     ));
-    assert!(matches!(manager.generate_key("bad id", KeyType::EcP256).await, Err(KeyManagerError::InvalidKeyId { .. })));
+    assert!(matches!(
+        manager.generate_key("bad id", KeyType::EcP256, None).await,
+        Err(KeyManagerError::InvalidKeyId { .. })
+    ));
     assert!(matches!(manager.get_public_key("missing").await, Err(KeyManagerError::NotFound(_))));
 
     manager.delete_key("key-1").await.unwrap();

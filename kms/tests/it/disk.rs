@@ -11,9 +11,9 @@ async fn keys_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nested/keys.json");
     let manager = DiskKeyManager::open(path.clone()).await.unwrap();
-    let ec = manager.generate_key("x509-CA-A", KeyType::EcP256).await.unwrap();
-    let rsa = manager.generate_key("jwt-A", KeyType::Rsa2048).await.unwrap();
-    manager.generate_key("gone", KeyType::EcP384).await.unwrap();
+    let ec = manager.generate_key("x509-CA-A", KeyType::EcP256, None).await.unwrap();
+    let rsa = manager.generate_key("jwt-A", KeyType::Rsa2048, None).await.unwrap();
+    manager.generate_key("gone", KeyType::EcP384, None).await.unwrap();
     manager.delete_key("gone").await.unwrap();
     drop(manager);
 
@@ -34,7 +34,7 @@ async fn refuses_a_file_others_can_read() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keys.json");
     let manager = DiskKeyManager::open(path.clone()).await.unwrap();
-    manager.generate_key("k", KeyType::EcP256).await.unwrap();
+    manager.generate_key("k", KeyType::EcP256, None).await.unwrap();
     drop(manager);
     for mode in [0o644, 0o640, 0o604, 0o660] {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -79,7 +79,7 @@ async fn concurrent_generations_are_all_persisted() {
     let tasks: Vec<_> = (0..16)
         .map(|i| {
             let m = manager.clone();
-            tokio::spawn(async move { m.generate_key(&format!("k{i:02}"), KeyType::EcP256).await.unwrap() })
+            tokio::spawn(async move { m.generate_key(&format!("k{i:02}"), KeyType::EcP256, None).await.unwrap() })
         })
         .collect();
     for t in tasks {
@@ -94,20 +94,20 @@ async fn a_failed_write_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keys.json");
     let manager = DiskKeyManager::open(path.clone()).await.unwrap();
-    let kept = manager.generate_key("kept", KeyType::EcP256).await.unwrap();
+    let kept = manager.generate_key("kept", KeyType::EcP256, None).await.unwrap();
     // A directory where the temporary file must go makes every write fail, even for root.
     let blocker = dir.path().join(".keys.json.tmp");
     std::fs::create_dir(&blocker).unwrap();
-    let err = manager.generate_key("kept", KeyType::EcP256).await.unwrap_err();
+    let err = manager.generate_key("kept", KeyType::EcP256, None).await.unwrap_err();
     assert!(matches!(err, KeyManagerError::Storage { .. }), "{err}");
     assert_eq!(manager.get_public_key("kept").await.unwrap(), kept, "the old key is still the key");
-    assert!(manager.generate_key("new", KeyType::EcP256).await.is_err());
+    assert!(manager.generate_key("new", KeyType::EcP256, None).await.is_err());
     assert!(matches!(manager.get_public_key("new").await, Err(KeyManagerError::NotFound(_))));
     assert!(manager.delete_key("kept").await.is_err());
     assert_eq!(manager.get_public_key("kept").await.unwrap(), kept);
 
     std::fs::remove_dir(&blocker).unwrap();
-    manager.generate_key("new", KeyType::EcP256).await.unwrap();
+    manager.generate_key("new", KeyType::EcP256, None).await.unwrap();
     let reopened = DiskKeyManager::open(path).await.unwrap();
     assert_eq!(reopened.get_public_key("kept").await.unwrap(), kept);
     assert!(reopened.get_public_key("new").await.is_ok());

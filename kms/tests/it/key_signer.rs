@@ -20,8 +20,8 @@ async fn certificates_and_jwts_signed_through_a_key_manager_verify() {
     for (i, key_type) in KeyType::ALL.into_iter().enumerate() {
         let ca_id = format!("x509-CA-{i}");
         let jwt_id = format!("jwt-{i}");
-        manager.generate_key(&ca_id, key_type).await.unwrap();
-        manager.generate_key(&jwt_id, key_type).await.unwrap();
+        manager.generate_key(&ca_id, key_type, None).await.unwrap();
+        manager.generate_key(&jwt_id, key_type, None).await.unwrap();
         let ca_signer = KeySigner::new(manager.clone(), &ca_id).await.unwrap();
         let jwt_signer = KeySigner::new(manager.clone(), &jwt_id).await.unwrap();
 
@@ -91,7 +91,7 @@ async fn certificates_and_jwts_signed_through_a_key_manager_verify() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_deleted_under_the_signer_is_a_clear_error() {
     let manager: Arc<dyn KeyManager> = kms::KeyManagerConfig::Memory.build().await.unwrap();
-    manager.generate_key("ca", KeyType::EcP256).await.unwrap();
+    manager.generate_key("ca", KeyType::EcP256, None).await.unwrap();
     let signer = KeySigner::new(manager.clone(), "ca").await.unwrap();
     manager.delete_key("ca").await.unwrap();
     let result =
@@ -100,7 +100,7 @@ async fn a_key_deleted_under_the_signer_is_a_clear_error() {
     assert!(matches!(KeySigner::new(manager.clone(), "ca").await, Err(kms::KeyManagerError::NotFound(_))));
 
     // Minting with a vanished key surfaces the key manager's error, not rcgen's.
-    manager.generate_key("ca2", KeyType::EcP256).await.unwrap();
+    manager.generate_key("ca2", KeyType::EcP256, None).await.unwrap();
     let signer = KeySigner::new(manager.clone(), "ca2").await.unwrap();
     manager.delete_key("ca2").await.unwrap();
     let err = tokio::task::spawn_blocking(move || {

@@ -78,6 +78,8 @@ pub enum Command {
     /// A command under a request id: applied once, however many times it is proposed
     /// (see `state_machine::requests`).
     Idempotent(Idempotent),
+    ReserveCaKey(ReserveCaKey),
+    ReleaseCaKeys(ReleaseCaKeys),
 }
 
 /// Names one write of one client, so that sending it again (its answer was lost) is
@@ -204,6 +206,8 @@ pub enum Outcome {
     UpstreamStatus(UpstreamStatus),
     /// The request id was seen before with another command: nothing was applied.
     RequestIdReused(RequestId),
+    /// The key id reserved, or why none was.
+    KeyReserved(Result<String, ApplyError>),
 }
 
 /// What the state machine answers for a log entry.

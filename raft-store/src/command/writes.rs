@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApplyError, BundleScope, Command, Outcome};
 use crate::model::{
-    AttestedAgent, CaJournal, ClusterCaPhase, ClusterCaRotation, EntryWritten, FederationRefresh,
-    FederationRelationship, JoinToken, JournalEvent, KeyMaterial, RegistrationEntry, ReplicaInvite, StoredBundle,
-    StoredJwtKey, StoredX509Authority, UpstreamStatus,
+    AttestedAgent, CaJournal, CaKeyKind, ClusterCaPhase, ClusterCaRotation, EntryWritten, FederationRefresh,
+    FederationRelationship, JoinToken, JournalEvent, KeyMaterial, RegistrationEntry, ReplicaInvite, SlotId,
+    StoredBundle, StoredJwtKey, StoredX509Authority, UpstreamStatus,
 };
 use crate::types::NodeId;
 
@@ -140,6 +140,24 @@ pub struct DeleteBundle {
 pub struct RecordCaEvent {
     pub trust_domain: String,
     pub event: JournalEvent,
+}
+
+/// Reserves a fresh key id for a key about to be made in a key manager for `slot` of the
+/// `kind` authorities (`model::KeyIntents`), before the key exists. Answers the id;
+/// FailedPrecondition when `MAX_PENDING_KEYS` ids already wait.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReserveCaKey {
+    pub kind: CaKeyKind,
+    pub slot: SlotId,
+    /// Unix seconds, the proposer's clock: how old a reservation is, for the sweep.
+    pub now: i64,
+}
+
+/// Releases reserved key ids whose keys were abandoned: from here on the journal refuses
+/// an authority naming one. Answers how many of them were pending.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseCaKeys {
+    pub key_ids: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -302,4 +320,6 @@ typed_writes! {
     RecordFederationRefresh => RecordFederationRefresh, FederationRefresh: Result<FederationRefresh, ApplyError>;
     MirrorUpstreamBundle => MirrorUpstreamBundle, Bundle: Result<StoredBundle, ApplyError>;
     RecordUpstreamStatus => RecordUpstreamStatus, UpstreamStatus: UpstreamStatus;
+    ReserveCaKey => ReserveCaKey, KeyReserved: Result<String, ApplyError>;
+    ReleaseCaKeys => ReleaseCaKeys, Pruned: u64;
 }

@@ -13,8 +13,8 @@ mod upstream;
 pub use agent::AttestedAgent;
 pub use bundle::{BundleConversionError, StoredBundle, StoredJwtKey, StoredX509Authority};
 pub use ca_journal::{
-    publish, Authority, CaJournal, JournalError, JournalEvent, JwtKeyAuthority, KeyMaterial, Slot, SlotEvent, SlotId,
-    SlotPair, SlotStatus, X509CaAuthority,
+    publish, Authority, CaJournal, CaKeyKind, JournalError, JournalEvent, JwtKeyAuthority, KeyIntents, KeyMaterial,
+    Slot, SlotEvent, SlotId, SlotPair, SlotStatus, X509CaAuthority, MAX_PENDING_KEYS,
 };
 pub use cluster_ca::{ClusterCaPhase, ClusterCaRotation};
 pub use entry::{EntryWritten, RegistrationEntry};

@@ -14,7 +14,8 @@ use crate::codec::{self, pair_prefix, u64_key, CodecError};
 use crate::command::{BundleScope, ChangeSet, Table};
 use crate::db::cf;
 use crate::model::{
-    AttestedAgent, CaJournal, FederationRelationship, JoinToken, RegistrationEntry, ReplicaInvite, StoredBundle,
+    AttestedAgent, CaJournal, FederationRelationship, JoinToken, KeyIntents, RegistrationEntry, ReplicaInvite,
+    StoredBundle,
 };
 use crate::schema::{ca_key, sm_key, Cf};
 
@@ -226,6 +227,11 @@ impl StoreReader {
     /// The CA journal (empty before the first CA is prepared).
     pub async fn ca_journal(&self) -> Result<CaJournal, ReadError> {
         self.run(|db| get(db, Cf::CaJournal, ca_key::JOURNAL, "CA journal").map(Option::unwrap_or_default)).await
+    }
+
+    /// The key ids reserved and not yet recorded in the journal.
+    pub async fn key_intents(&self) -> Result<KeyIntents, ReadError> {
+        self.run(|db| get(db, Cf::CaJournal, ca_key::KEY_INTENTS, "key intents").map(Option::unwrap_or_default)).await
     }
 
     /// Every registration entry and the revision they reflect, from one consistent view.

@@ -588,6 +588,81 @@ async fn ca_journal_transitions_publish_in_the_same_command() {
     assert_eq!(s.store.reader.ca_journal().await.unwrap().x509.active().unwrap().authority, ca(2));
 }
 
+/// A managed key's id is reserved before the key exists; the authority that records it
+/// takes the reservation; a released id can no longer be recorded, so a key the sweep
+/// deletes is never adopted by a slow creator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_ca_keys_are_recorded_only_under_a_pending_reservation() {
+    use raft_store::model::{CaKeyKind, JournalEvent, SlotEvent, SlotId, MAX_PENDING_KEYS};
+    let mut s = TestStore::new().await;
+    let prepare = |slot, key_id: &str| {
+        let authority = raft_store::model::X509CaAuthority { key_id: key_id.to_owned(), ..ca(1) };
+        Command::CaJournal(RecordCaEvent {
+            trust_domain: "example.org".into(),
+            event: JournalEvent::X509(SlotEvent::Prepared { slot, authority }),
+        })
+    };
+    let journal = |o: Outcome| match o {
+        Outcome::CaJournal(r) => r,
+        other => panic!("{other:?}"),
+    };
+    let reserve = |slot| Command::ReserveCaKey(ReserveCaKey { kind: CaKeyKind::X509, slot, now: 1_000 });
+    let reserved = |o: Outcome| match o {
+        Outcome::KeyReserved(r) => r,
+        other => panic!("{other:?}"),
+    };
+
+    // Before any reservation, journals written by earlier versions still apply.
+    assert!(journal(s.apply_one(prepare(SlotId::A, "x509-CA-A-1")).await).is_ok());
+    assert!(journal(
+        s.apply_one(Command::CaJournal(RecordCaEvent {
+            trust_domain: "example.org".into(),
+            event: JournalEvent::X509(SlotEvent::Activated { slot: SlotId::A }),
+        }))
+        .await
+    )
+    .is_ok());
+
+    // Ids are numbered after everything the journal prepared, and never handed out twice.
+    let first = reserved(s.apply_one(reserve(SlotId::B)).await).unwrap();
+    let second = reserved(s.apply_one(reserve(SlotId::B)).await).unwrap();
+    assert_eq!((first.as_str(), second.as_str()), ("x509-CA-B-2", "x509-CA-B-3"));
+    assert_eq!(s.store.reader.key_intents().await.unwrap().pending.get(&first), Some(&1_000));
+
+    // An id nobody reserved is refused, and so is a released one; a pending one is taken.
+    let unreserved = journal(s.apply_one(prepare(SlotId::B, "x509-CA-B-99")).await);
+    assert!(matches!(unreserved, Err(ApplyError::FailedPrecondition(_))), "{unreserved:?}");
+    let released = s.apply_one(Command::ReleaseCaKeys(ReleaseCaKeys { key_ids: vec![first.clone()] })).await;
+    assert_eq!(released, Outcome::Pruned(1));
+    let late = journal(s.apply_one(prepare(SlotId::B, &first)).await);
+    assert!(matches!(&late, Err(ApplyError::FailedPrecondition(m)) if m.contains("released")), "{late:?}");
+    let j = journal(s.apply_one(prepare(SlotId::B, &second)).await).unwrap();
+    assert_eq!(j.x509.prepared().unwrap().authority.key_id, second);
+    assert!(s.store.reader.key_intents().await.unwrap().pending.is_empty());
+    // Releasing a recorded id releases nothing: its key is in use.
+    let again = s.apply_one(Command::ReleaseCaKeys(ReleaseCaKeys { key_ids: vec![second.clone()] })).await;
+    assert_eq!(again, Outcome::Pruned(0));
+
+    // Keys the journal carries (development key managers) need no reservation.
+    let carried = raft_store::model::X509CaAuthority {
+        key_id: "x509-CA-A-50".into(),
+        private_key: Some(raft_store::model::KeyMaterial::new(zeroize::Zeroizing::new(vec![1, 2, 3]))),
+        ..ca(3)
+    };
+    let shared = Command::CaJournal(RecordCaEvent {
+        trust_domain: "example.org".into(),
+        event: JournalEvent::X509(SlotEvent::Prepared { slot: SlotId::B, authority: carried }),
+    });
+    assert!(journal(s.apply_one(shared).await).is_ok());
+
+    // Pending reservations are bounded.
+    for _ in 0..MAX_PENDING_KEYS {
+        reserved(s.apply_one(reserve(SlotId::A)).await).unwrap();
+    }
+    let full = reserved(s.apply_one(reserve(SlotId::A)).await);
+    assert!(matches!(full, Err(ApplyError::FailedPrecondition(_))), "{full:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_change_log_can_be_pruned() {
     let mut s = TestStore::new().await;

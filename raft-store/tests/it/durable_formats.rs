@@ -283,6 +283,11 @@ fn every_command() -> Vec<(&'static str, Command)> {
                 .idempotent_for_caller(RequestId { client: *b"0123456789abcdef", seq: 42 })
                 .unwrap(),
         ),
+        (
+            "ReserveCaKey",
+            Command::ReserveCaKey(ReserveCaKey { kind: CaKeyKind::Jwt, slot: SlotId::B, now: 1_700_000_000 }),
+        ),
+        ("ReleaseCaKeys", Command::ReleaseCaKeys(ReleaseCaKeys { key_ids: vec!["x509-CA-A-7".into()] })),
     ]
 }
 

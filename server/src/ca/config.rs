@@ -13,6 +13,9 @@ pub const DEFAULT_JWT_SVID_TTL: Duration = Duration::from_secs(300);
 /// SPIRE's default CA (and JWT key) lifetime.
 pub const DEFAULT_CA_TTL: Duration = Duration::from_secs(24 * 3600);
 const SEVEN_DAYS: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long a reserved key id may go unrecorded before its creation counts as abandoned:
+/// far longer than one creation takes (a key, perhaps an upstream call, a Raft write).
+pub const DEFAULT_KEY_SWEEP_GRACE: Duration = Duration::from_secs(600);
 
 /// A CA setting that cannot work.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -21,6 +24,8 @@ pub enum CaConfigError {
     ZeroTtl(&'static str),
     #[error("ca_ttl must be at least one minute")]
     CaTtlTooShort,
+    #[error("ca_key_sweep_grace must be at least one second")]
+    SweepGraceTooShort,
 }
 
 /// Everything the CA needs to know about how to mint.
@@ -33,6 +38,8 @@ pub struct CaConfig {
     pub ca_key_type: KeyType,
     pub jwt_key_type: KeyType,
     pub ca_subject: Subject,
+    /// See [`DEFAULT_KEY_SWEEP_GRACE`].
+    pub key_sweep_grace: Duration,
 }
 
 impl CaConfig {
@@ -46,6 +53,7 @@ impl CaConfig {
             ca_key_type: KeyType::EcP256,
             jwt_key_type: KeyType::EcP256,
             ca_subject: Subject::ca_default(),
+            key_sweep_grace: DEFAULT_KEY_SWEEP_GRACE,
         }
     }
 
@@ -62,6 +70,9 @@ impl CaConfig {
         }
         if self.ca_ttl < Duration::from_secs(60) {
             return Err(CaConfigError::CaTtlTooShort);
+        }
+        if self.key_sweep_grace < Duration::from_secs(1) {
+            return Err(CaConfigError::SweepGraceTooShort);
         }
         Ok(self.svid_ttl_warnings())
     }

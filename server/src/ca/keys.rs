@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use identity::crypto::{KeyType, LocalKey, PublicKey, SignError, SignatureAlgorithm, Signer};
-use kms::{KeyInfo, KeyManager, KeySigner};
+use kms::{KeyInfo, KeyManager, KeyOwner, KeySigner};
 use raft_store::model::KeyMaterial;
 
 use super::CaError;
@@ -41,8 +41,19 @@ impl Signer for CaSigner {
 }
 
 impl CaKeys {
+    /// Whether keys live in a key manager (and are named, not carried, by the journal).
+    pub fn is_managed(&self) -> bool {
+        matches!(self, Self::Managed(_))
+    }
+
     /// A new key: its public half, and the private half when the journal must carry it.
-    pub async fn generate(&self, key_id: &str, key_type: KeyType) -> Result<(PublicKey, Option<KeyMaterial>), CaError> {
+    /// `owner` is recorded on a managed key.
+    pub async fn generate(
+        &self,
+        key_id: &str,
+        key_type: KeyType,
+        owner: Option<&KeyOwner>,
+    ) -> Result<(PublicKey, Option<KeyMaterial>), CaError> {
         match self {
             Self::Shared => {
                 let key = tokio::task::spawn_blocking(move || LocalKey::generate(key_type))
@@ -52,7 +63,7 @@ impl CaKeys {
                 let der = key.to_pkcs8_der().map_err(|e| CaError::Task(e.to_string()))?;
                 Ok((key.public_key().clone(), Some(KeyMaterial::new(der))))
             }
-            Self::Managed(manager) => Ok((manager.generate_key(key_id, key_type).await?.public_key, None)),
+            Self::Managed(manager) => Ok((manager.generate_key(key_id, key_type, owner).await?.public_key, None)),
         }
     }
 
@@ -103,7 +114,7 @@ mod tests {
     #[tokio::test]
     async fn a_managed_cluster_still_signs_with_keys_the_journal_carries() {
         // An authority made before the switch to a managed key manager.
-        let (public_key, material) = CaKeys::Shared.generate("x509-CA-A-1", KeyType::EcP256).await.unwrap();
+        let (public_key, material) = CaKeys::Shared.generate("x509-CA-A-1", KeyType::EcP256, None).await.unwrap();
         let material = material.expect("shared keys travel in the journal");
         let managed = CaKeys::Managed(Arc::new(kms::memory::MemoryKeyManager::new()));
         let signer = managed.signer("x509-CA-A-1", public_key.clone(), Some(&material)).unwrap();
@@ -112,7 +123,7 @@ mod tests {
         identity::crypto::verify_x509_signature(&public_key, SignatureAlgorithm::EcdsaP256Sha256, b"m", &signature)
             .unwrap();
         // A new authority of the managed cluster carries no key and is reached by id.
-        let (new_public, new_material) = managed.generate("x509-CA-B-2", KeyType::EcP256).await.unwrap();
+        let (new_public, new_material) = managed.generate("x509-CA-B-2", KeyType::EcP256, None).await.unwrap();
         assert!(new_material.is_none());
         assert!(matches!(managed.signer("x509-CA-B-2", new_public, None).unwrap(), CaSigner::Managed(_)));
     }

@@ -107,11 +107,11 @@ impl CaManager {
         let events = match kind {
             AuthorityKind::X509 => {
                 let slot = self.journal().x509.active().map_or(SlotId::A, |s| s.id.other());
-                self.x509_step(RotationStep::Prepare { slot, activate: false }, now).await?
+                self.x509_step(RotationStep::Prepare { slot, activate: false }, now, sink).await?
             }
             AuthorityKind::Jwt => {
                 let slot = self.journal().jwt.active().map_or(SlotId::A, |s| s.id.other());
-                self.jwt_step(RotationStep::Prepare { slot, activate: false }, now).await?
+                self.jwt_step(RotationStep::Prepare { slot, activate: false }, now, sink).await?
             }
         };
         for event in events {
@@ -163,7 +163,7 @@ impl CaManager {
     /// it durable and applies it.
     async fn commit(&mut self, event: JournalEvent, sink: &dyn JournalSink) -> Result<(), CaError> {
         self.journal().clone().apply(&event)?;
-        sink.commit(&self.config().trust_domain, &event).await?;
+        self.commit_event(&event, sink).await?;
         self.apply(event).await
     }
 }

@@ -7,15 +7,16 @@ use std::sync::Arc;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use identity::bundle::Bundle;
-use identity::crypto::Signer;
+use identity::crypto::{KeyType, PublicKey, Signer};
 use identity::jwt::JwtError;
 use identity::x509::{mint_ca, CaTemplate, MintError};
 use identity::TrustDomain;
-use kms::KeyManagerError;
+use kms::{KeyManagerError, KeyOwner};
 use time::OffsetDateTime;
 
 use raft_store::model::{
-    publish, CaJournal, JournalError, JournalEvent, JwtKeyAuthority, SlotEvent, SlotId, StoredBundle, X509CaAuthority,
+    publish, CaJournal, CaKeyKind, JournalError, JournalEvent, JwtKeyAuthority, KeyMaterial, SlotEvent, SlotId,
+    StoredBundle, X509CaAuthority,
 };
 
 use super::config::{CaConfig, CaConfigError};
@@ -88,6 +89,22 @@ pub trait JournalSink: Send + Sync {
         now: OffsetDateTime,
         expired_x509: Vec<Vec<u8>>,
     ) -> Result<(), CaError>;
+
+    /// A fresh id for a key a key manager is about to make in `slot`, reserved before the
+    /// key exists (through Raft in a cluster, see `KeyIntents`), and the owner to tag the
+    /// key with. `unreserved` is the id a lone CA uses: numbered after the journal's count.
+    async fn reserve_key(
+        &self,
+        kind: CaKeyKind,
+        slot: SlotId,
+        unreserved: String,
+        now: OffsetDateTime,
+    ) -> Result<(String, Option<KeyOwner>), CaError>;
+
+    /// Gives up a reserved id whose authority will not be recorded. Answers whether it was
+    /// still pending: then nothing can record it any more and its key may be deleted;
+    /// otherwise the journal may already name it.
+    async fn release_key(&self, key_id: &str) -> Result<bool, CaError>;
 }
 
 /// Keeps nothing: the manager's own journal is the only copy.
@@ -100,6 +117,40 @@ impl JournalSink for InMemory {
     }
     async fn prune(&self, _: &TrustDomain, _: OffsetDateTime, _: Vec<Vec<u8>>) -> Result<(), CaError> {
         Ok(())
+    }
+    async fn reserve_key(
+        &self,
+        _: CaKeyKind,
+        _: SlotId,
+        unreserved: String,
+        _: OffsetDateTime,
+    ) -> Result<(String, Option<KeyOwner>), CaError> {
+        Ok((unreserved, None))
+    }
+    async fn release_key(&self, _: &str) -> Result<bool, CaError> {
+        // A lone CA's next attempt reuses the id, replacing the key.
+        Ok(false)
+    }
+}
+
+/// A new key for an authority: its id, public half, and private half when the journal
+/// carries it.
+pub(super) struct NewKey {
+    pub id: String,
+    pub public_key: PublicKey,
+    pub private_key: Option<KeyMaterial>,
+}
+
+/// The managed key an event records, if it is a Prepared naming one.
+fn recorded_managed_key(event: &JournalEvent) -> Option<&str> {
+    match event {
+        JournalEvent::X509(SlotEvent::Prepared { authority, .. }) if authority.private_key.is_none() => {
+            Some(&authority.key_id)
+        }
+        JournalEvent::Jwt(SlotEvent::Prepared { authority, .. }) if authority.private_key.is_none() => {
+            Some(&authority.key_id)
+        }
+        _ => None,
     }
 }
 
@@ -165,12 +216,15 @@ impl CaManager {
             let td = self.config.trust_domain.clone();
             let events = if let Some(step) = tainted_upstream_step(&self.journal.x509, &self.bundle, &td, now) {
                 tracing::warn!(?step, "the upstream root this CA chains to was tainted: rotating now");
-                let events = self.x509_step(step, now).await?;
+                let events = self.x509_step(step, now, sink).await?;
                 let still_tainted = events.iter().any(|e| {
                     matches!(e, JournalEvent::X509(SlotEvent::Prepared { authority, .. })
                         if chains_to_tainted(authority, &self.bundle, &td, now))
                 });
                 if still_tainted {
+                    for key in events.iter().filter_map(recorded_managed_key) {
+                        self.abandon_key(sink, key).await;
+                    }
                     return Err(CaError::Upstream(UpstreamError::Refused {
                         name: self.upstream.as_ref().map_or("upstream", |u| u.name()),
                         reason: "the upstream still signs with an authority it tainted".into(),
@@ -178,14 +232,14 @@ impl CaManager {
                 }
                 events
             } else if let Some(step) = next_step(&self.journal.x509, now) {
-                self.x509_step(step, now).await?
+                self.x509_step(step, now, sink).await?
             } else if let Some(step) = next_step(&self.journal.jwt, now) {
-                self.jwt_step(step, now).await?
+                self.jwt_step(step, now, sink).await?
             } else {
                 break;
             };
             for event in events {
-                sink.commit(&self.config.trust_domain, &event).await?;
+                self.commit_event(&event, sink).await?;
                 self.apply(event.clone()).await?;
                 applied.push(event);
             }
@@ -228,8 +282,54 @@ impl CaManager {
         Ok(())
     }
 
-    fn key_id(&self, kind: &str, slot: SlotId) -> String {
-        format!("{kind}-{slot}-{}", self.journal.prepared_count + 1)
+    /// Makes an event durable through `sink`; when that fails for a Prepared naming a
+    /// managed key, gives the key up so it is not left behind.
+    pub(super) async fn commit_event(&self, event: &JournalEvent, sink: &dyn JournalSink) -> Result<(), CaError> {
+        let committed = sink.commit(&self.config.trust_domain, event).await;
+        if committed.is_err() {
+            if let Some(key) = recorded_managed_key(event) {
+                self.abandon_key(sink, key).await;
+            }
+        }
+        committed
+    }
+
+    /// A new key for `slot`. A managed key's id is reserved first, so a crash from here on
+    /// leaves a trace the leader's key sweep follows.
+    async fn new_key(
+        &self,
+        sink: &dyn JournalSink,
+        kind: CaKeyKind,
+        slot: SlotId,
+        key_type: KeyType,
+        now: OffsetDateTime,
+    ) -> Result<NewKey, CaError> {
+        let unreserved = format!("{}-{slot}-{}", kind.key_id_prefix(), self.journal.prepared_count + 1);
+        if !self.keys.is_managed() {
+            let (public_key, private_key) = self.keys.generate(&unreserved, key_type, None).await?;
+            return Ok(NewKey { id: unreserved, public_key, private_key });
+        }
+        let (id, owner) = sink.reserve_key(kind, slot, unreserved, now).await?;
+        match self.keys.generate(&id, key_type, owner.as_ref()).await {
+            Ok((public_key, private_key)) => Ok(NewKey { id, public_key, private_key }),
+            Err(e) => {
+                self.abandon_key(sink, &id).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives up a managed key whose authority will not be recorded: releases its id and,
+    /// when the release shows nothing recorded it, deletes the key. What fails here is left
+    /// to the leader's key sweep.
+    pub(super) async fn abandon_key(&self, sink: &dyn JournalSink, key_id: &str) {
+        match sink.release_key(key_id).await {
+            Ok(true) => self.keys.retire(key_id).await,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(key_id, error = %e, "could not release an abandoned CA key; the key sweep will")
+            }
+        }
     }
 
     /// The events one X.509 step produces; a prepare that must activate at once yields both.
@@ -237,15 +337,33 @@ impl CaManager {
         &mut self,
         step: RotationStep,
         now: OffsetDateTime,
+        sink: &dyn JournalSink,
     ) -> Result<Vec<JournalEvent>, CaError> {
         let (slot, activate) = match step {
             RotationStep::Activate { slot } => return Ok(vec![JournalEvent::X509(SlotEvent::Activated { slot })]),
             RotationStep::Prepare { slot, activate } => (slot, activate),
         };
-        let key_id = self.key_id("x509-CA", slot);
-        let (public_key, private_key) = self.keys.generate(&key_id, self.config.ca_key_type).await?;
+        let key = self.new_key(sink, CaKeyKind::X509, slot, self.config.ca_key_type, now).await?;
+        let key_id = key.id.clone();
+        let authority = match self.x509_authority(key, now).await {
+            Ok(authority) => authority,
+            Err(e) => {
+                self.abandon_key(sink, &key_id).await;
+                return Err(e);
+            }
+        };
+        let mut events = vec![JournalEvent::X509(SlotEvent::Prepared { slot, authority })];
+        if activate {
+            events.push(JournalEvent::X509(SlotEvent::Activated { slot }));
+        }
+        Ok(events)
+    }
+
+    /// An X.509 CA for a new key: signed by the upstream authority, else self-signed.
+    async fn x509_authority(&self, key: NewKey, now: OffsetDateTime) -> Result<X509CaAuthority, CaError> {
+        let NewKey { id: key_id, public_key, private_key } = key;
         let signer: Arc<dyn Signer> = Arc::new(self.keys.signer(&key_id, public_key, private_key.as_ref())?);
-        let authority = match &self.upstream {
+        Ok(match &self.upstream {
             Some(upstream) => {
                 let signed = upstream
                     .mint_x509_ca(
@@ -289,12 +407,7 @@ impl CaManager {
                     private_key,
                 }
             }
-        };
-        let mut events = vec![JournalEvent::X509(SlotEvent::Prepared { slot, authority })];
-        if activate {
-            events.push(JournalEvent::X509(SlotEvent::Activated { slot }));
-        }
-        Ok(events)
+        })
     }
 
     /// The events one JWT step produces; a prepare that must activate at once yields both.
@@ -302,21 +415,23 @@ impl CaManager {
         &mut self,
         step: RotationStep,
         now: OffsetDateTime,
+        sink: &dyn JournalSink,
     ) -> Result<Vec<JournalEvent>, CaError> {
         let (slot, activate) = match step {
             RotationStep::Activate { slot } => return Ok(vec![JournalEvent::Jwt(SlotEvent::Activated { slot })]),
             RotationStep::Prepare { slot, activate } => (slot, activate),
         };
-        let key_id = self.key_id("JWT-Signer", slot);
-        let (public_key, private_key) = self.keys.generate(&key_id, self.config.jwt_key_type).await?;
+        // Checked before a key exists, so a refusal leaves nothing behind.
         let ttl = time::Duration::try_from(self.config.ca_ttl).map_err(|e| CaError::Task(e.to_string()))?;
+        let kid = random_kid()?;
+        let key = self.new_key(sink, CaKeyKind::Jwt, slot, self.config.jwt_key_type, now).await?;
         let authority = JwtKeyAuthority {
-            key_id,
-            kid: random_kid()?,
-            public_key: public_key.spki_der().to_vec(),
+            key_id: key.id,
+            kid,
+            public_key: key.public_key.spki_der().to_vec(),
             not_before: now,
             not_after: now + ttl,
-            private_key,
+            private_key: key.private_key,
         };
         let mut events = vec![JournalEvent::Jwt(SlotEvent::Prepared { slot, authority })];
         if activate {

@@ -10,7 +10,9 @@ pub mod replicated;
 mod rotation;
 mod signing;
 
-pub use config::{CaConfig, CaConfigError, DEFAULT_CA_TTL, DEFAULT_JWT_SVID_TTL, DEFAULT_X509_SVID_TTL};
+pub use config::{
+    CaConfig, CaConfigError, DEFAULT_CA_TTL, DEFAULT_JWT_SVID_TTL, DEFAULT_KEY_SWEEP_GRACE, DEFAULT_X509_SVID_TTL,
+};
 pub use keys::{CaKeys, CaSigner};
 pub use manager::{CaError, CaManager, JournalSink};
 pub use prune::{expired_x509, prune_expired};

@@ -100,6 +100,7 @@ impl ServerConfig {
     pub fn ca_config(&self) -> CaConfig {
         let mut ca = CaConfig::new(self.server.trust_domain.clone());
         ca.ca_ttl = self.server.ca_ttl;
+        ca.key_sweep_grace = self.server.ca_key_sweep_grace;
         ca.x509_svid_ttl = self.server.default_x509_svid_ttl;
         ca.jwt_svid_ttl = self.server.default_jwt_svid_ttl;
         ca.ca_key_type = self.server.ca_key_type;
@@ -120,6 +121,7 @@ impl ServerConfig {
             let key = match e {
                 CaConfigError::ZeroTtl(name) => name,
                 CaConfigError::CaTtlTooShort => "ca_ttl",
+                CaConfigError::SweepGraceTooShort => "ca_key_sweep_grace",
             };
             (vec!["server", key], e.to_string())
         })?;

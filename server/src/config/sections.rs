@@ -31,6 +31,10 @@ pub struct ServerSection {
     pub log_format: LogFormat,
     #[serde(default = "default_ca_ttl", deserialize_with = "values::duration")]
     pub ca_ttl: Duration,
+    /// How long a reserved CA key id may go unrecorded before the leader's sweep deems its
+    /// creation abandoned and deletes the key (KMS and HSM key managers).
+    #[serde(default = "default_ca_key_sweep_grace", deserialize_with = "values::duration")]
+    pub ca_key_sweep_grace: Duration,
     #[serde(default = "default_x509_svid_ttl", deserialize_with = "values::duration")]
     pub default_x509_svid_ttl: Duration,
     #[serde(default = "default_jwt_svid_ttl", deserialize_with = "values::duration")]
@@ -141,6 +145,9 @@ fn default_socket_path() -> PathBuf {
 }
 fn default_ca_ttl() -> Duration {
     DEFAULT_CA_TTL
+}
+fn default_ca_key_sweep_grace() -> Duration {
+    crate::ca::DEFAULT_KEY_SWEEP_GRACE
 }
 fn default_x509_svid_ttl() -> Duration {
     DEFAULT_X509_SVID_TTL

@@ -24,10 +24,15 @@ const EVERY: Duration = Duration::from_secs(1);
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(60);
 
+/// The longest wait between key sweeps; shorter when the sweep's grace is.
+const MAX_SWEEP_EVERY: Duration = Duration::from_secs(300);
+
 pub struct CaRotation {
     ca: ClusterCa,
     /// Failed steps in a row (this leader's; a new leader starts at once).
     failures: AtomicU32,
+    /// When this replica last swept the key manager for abandoned keys.
+    last_sweep: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// How long to wait after `failures` failed steps in a row.
@@ -37,7 +42,30 @@ fn backoff(failures: u32) -> Duration {
 
 impl CaRotation {
     pub fn new(ca: ClusterCa) -> Self {
-        Self { ca, failures: AtomicU32::new(0) }
+        Self { ca, failures: AtomicU32::new(0), last_sweep: std::sync::Mutex::new(None) }
+    }
+
+    /// Sweeps the key manager for keys nothing records, every half grace period at most.
+    /// Run between rotation steps, so this leader's own key creation is never under way.
+    async fn sweep_if_due(&self, member: &Member) {
+        let every = (self.ca.config.key_sweep_grace / 2).clamp(Duration::from_secs(1), MAX_SWEEP_EVERY);
+        {
+            let Ok(mut last) = self.last_sweep.lock() else { return };
+            if last.is_some_and(|at| at.elapsed() < every) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        match self.ca.sweep_keys(&member.replica).await {
+            Ok(sweep) => {
+                metrics::counter!("testudo_ca_key_ids_released_total").increment(sweep.released);
+                metrics::counter!("testudo_ca_keys_swept_total").increment(sweep.deleted);
+            }
+            Err(e) => {
+                metrics::counter!("testudo_leader_duty_errors_total", "duty" => "ca_key_sweep").increment(1);
+                tracing::warn!(error = %e, "the CA key sweep failed; trying again later");
+            }
+        }
     }
 
     /// Logs a failed step: an error once the active X.509 CA has entered the last sixth of
@@ -82,16 +110,22 @@ impl LeaderDuty for CaRotation {
     }
 
     async fn run(&self, member: &Arc<Member>) -> Result<Duration, DutyError> {
-        if !self.due(member) {
-            return Ok(EVERY);
-        }
+        let next = if self.due(member) { self.rotate(member).await } else { EVERY };
+        self.sweep_if_due(member).await;
+        Ok(next)
+    }
+}
+
+impl CaRotation {
+    /// Carries out the steps due; answers when to look again.
+    async fn rotate(&self, member: &Member) -> Duration {
         match self.ca.rotate(&member.replica).await {
             Ok(events) => {
                 self.failures.store(0, Ordering::Relaxed);
                 for event in &events {
                     metrics::counter!("testudo_ca_rotation_events_total", "event" => event_name(event)).increment(1);
                 }
-                Ok(EVERY)
+                EVERY
             }
             Err(e) => {
                 let failures = self.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
@@ -100,7 +134,7 @@ impl LeaderDuty for CaRotation {
                 if matches!(e, CaError::Upstream(_)) {
                     super::upstream_bundle::record(member, Err(e.to_string())).await;
                 }
-                Ok(retry)
+                retry
             }
         }
     }

@@ -3,11 +3,13 @@
 //! and the bundle never disagree.
 
 mod journal;
+mod key_intents;
 mod key_material;
 mod publish;
 mod slot;
 
 pub use journal::{CaJournal, JournalError, JournalEvent, SlotEvent};
+pub use key_intents::{CaKeyKind, KeyIntents, MAX_PENDING_KEYS};
 pub use key_material::KeyMaterial;
 pub use publish::publish;
 pub use slot::{Authority, JwtKeyAuthority, Slot, SlotId, SlotPair, SlotStatus, X509CaAuthority};

@@ -36,6 +36,8 @@ pub fn apply_command(txn: &mut Txn<'_>, command: &Command, revision: u64) -> Res
         Command::TaintLocalX509Authority(c) => bundles::taint_x509(txn, &c.trust_domain, &c.der)?,
         Command::RevokeLocalX509Authority(c) => bundles::revoke_x509(txn, &c.trust_domain, &c.der)?,
         Command::CaJournal(c) => ca::apply(txn, &c.trust_domain, &c.event)?,
+        Command::ReserveCaKey(c) => ca::reserve_key(txn, c)?,
+        Command::ReleaseCaKeys(c) => ca::release_keys(txn, &c.key_ids)?,
         Command::CreateFederationRelationship(c) => federation::create(txn, &c.0)?,
         Command::UpdateFederationRelationship(c) => federation::update(txn, &c.0)?,
         Command::DeleteFederationRelationship(c) => federation::delete(txn, &c.trust_domain)?,
