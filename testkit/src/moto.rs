@@ -17,11 +17,20 @@ pub struct MotoServer {
     child: Child,
 }
 
+/// The test venv: `TESTUDO_VENV`, or `.venv` at the workspace root.
+fn venv() -> String {
+    std::env::var("TESTUDO_VENV").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv").to_string())
+}
+
+/// The venv's Python, which has boto3 (moto depends on it) to read KMS with.
+pub fn python() -> std::path::PathBuf {
+    format!("{}/bin/python", venv()).into()
+}
+
 impl MotoServer {
     /// Starts `moto_server` from the venv (`TESTUDO_VENV`, or `.venv` at the workspace root).
     pub fn start() -> Self {
-        let venv = std::env::var("TESTUDO_VENV")
-            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv").to_string());
+        let venv = venv();
         let port = free_port();
         let child = Command::new(format!("{venv}/bin/moto_server"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])

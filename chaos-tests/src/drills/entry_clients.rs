@@ -105,9 +105,14 @@ pub struct Load {
     /// Times in the history are nanoseconds since this instant.
     pub start: Instant,
     history: Arc<Mutex<Vec<Operation>>>,
+    /// The admin socket of each replica index; a replaced replica's index gets its
+    /// successor's.
+    sockets: Sockets,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
+
+type Sockets = Arc<Mutex<Vec<std::path::PathBuf>>>;
 
 impl Load {
     /// Creates `entries` entries through `servers[0]`, then starts one client per item of
@@ -119,7 +124,7 @@ impl Load {
         targets: Vec<Targets>,
     ) -> Self {
         let ids = Arc::new(runtime.block_on(create_entries(&servers[0].socket(), entries)));
-        let sockets: Arc<Vec<_>> = Arc::new(servers.iter().map(ServerProcess::socket).collect());
+        let sockets: Sockets = Arc::new(Mutex::new(servers.iter().map(ServerProcess::socket).collect()));
         let (history, stop) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
         let start = Instant::now();
         let tasks = targets
@@ -129,7 +134,15 @@ impl Load {
                 runtime.spawn(client(c, sockets.clone(), targets, ids.clone(), start, stop.clone(), history.clone()))
             })
             .collect();
-        Self { ids, start, history, stop, tasks }
+        Self { ids, start, history, sockets, stop, tasks }
+    }
+
+    /// Sends the calls for replica `index` to `server` from now on (it replaced the one
+    /// there).
+    pub fn replace(&self, index: usize, server: &ServerProcess) {
+        if let Some(socket) = self.sockets.lock().unwrap_or_else(|p| p.into_inner()).get_mut(index) {
+            *socket = server.socket();
+        }
     }
 
     /// Nanoseconds since the load started (the history's clock).
@@ -269,7 +282,7 @@ pub fn trouble(servers: &[ServerProcess]) -> String {
 /// entry and read or write at random, and records what happened.
 async fn client(
     number: usize,
-    sockets: Arc<Vec<std::path::PathBuf>>,
+    sockets: Sockets,
     targets: Targets,
     ids: Arc<Vec<String>>,
     start: Instant,
@@ -285,7 +298,7 @@ async fn client(
             continue;
         }
         let via = live[fastrand::usize(..live.len())];
-        let socket = &sockets[via];
+        let Some(socket) = sockets.lock().unwrap_or_else(|p| p.into_inner()).get(via).cloned() else { continue };
         let id = ids[fastrand::usize(..ids.len())].clone();
         let kind = match fastrand::u8(..20) {
             0 => Kind::Delete,
@@ -300,7 +313,7 @@ async fn client(
             Kind::Delete => Op::Write(None),
         };
         let invoked = start.elapsed().as_nanos() as u64;
-        let outcome = match connect(socket).await.ok() {
+        let outcome = match connect(&socket).await.ok() {
             None => Outcome::Failed,
             Some(channel) => tokio::time::timeout(
                 OP_TIMEOUT,

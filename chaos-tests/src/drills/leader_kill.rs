@@ -5,6 +5,9 @@
 //! seen, not masked by the restart). Afterwards: the replicas agree, no acknowledged write
 //! is lost, every entry's history is linearizable, and writes were accepted again soon after
 //! each kill.
+//!
+//! `leader_kill_five` does the same to five replicas, killing two at once each round (the
+//! leader and a follower, mostly), which five tolerate.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +16,7 @@ use super::{runtime, Report, Settings, Workdir};
 use testkit::ServerProcess;
 
 pub const NAME: &str = "leader_kill";
+pub const NAME_FIVE: &str = "leader_kill_five";
 const CLIENTS: usize = 3;
 /// One round: the leader down at least this long, then this long up before the next kill.
 const DOWN: Duration = Duration::from_secs(2);
@@ -21,10 +25,20 @@ const UP: Duration = Duration::from_secs(4);
 /// failed to elect a leader (the election timeout is 300-600 ms).
 const RECOVERY_LIMIT: Duration = Duration::from_secs(20);
 
+/// Three replicas, one killed at a time.
 pub fn run(settings: &Settings) -> Report {
-    let mut report = Report::new(NAME);
-    let mut root = Workdir::new(NAME);
-    let mut servers = ServerProcess::cluster(root.path(), 3, "");
+    run_shaped(NAME, 3, 1, settings)
+}
+
+/// Five replicas, two killed at once.
+pub fn run_five(settings: &Settings) -> Report {
+    run_shaped(NAME_FIVE, 5, 2, settings)
+}
+
+fn run_shaped(name: &'static str, replicas: usize, at_once: usize, settings: &Settings) -> Report {
+    let mut report = Report::new(name);
+    let mut root = Workdir::new(name);
+    let mut servers = ServerProcess::cluster(root.path(), replicas as u64, "");
     let runtime = runtime();
     let alive = Alive::new(servers.len());
     let live = alive.targets();
@@ -33,40 +47,53 @@ pub fn run(settings: &Settings) -> Report {
     std::thread::sleep(Duration::from_secs(2));
     let (began, mut first_fault) = (Instant::now(), None);
     let mut slowest_recovery = Duration::ZERO;
-    while settings.another_round(report.faults, began) {
+    while settings.another_round(report.faults / at_once, began) {
         let up = alive.snapshot();
         let Some(id) = entry_clients::leader(&servers, &up) else {
             report.failures.push("no leader to kill".into());
             break;
         };
         let Some(leader) = servers.iter().position(|s| s.id == id) else { break };
-        // Mostly the leader (the hard case), then a follower, then any replica.
-        let index = match report.faults % 4 {
-            2 => (leader + 1 + fastrand::usize(..2)) % 3,
-            3 => fastrand::usize(..3),
+        // Mostly the leader (the hard case), then a follower, then any replica; with more
+        // kills at once, followers after the first pick.
+        let round = report.faults / at_once;
+        let first = match round % 4 {
+            2 => (leader + 1 + fastrand::usize(..replicas - 1)) % replicas,
+            3 => fastrand::usize(..replicas),
             _ => leader,
         };
-        alive.set(index, false);
+        let mut victims = vec![first];
+        while victims.len() < at_once {
+            let other = fastrand::usize(..replicas);
+            if !victims.contains(&other) {
+                victims.push(other);
+            }
+        }
         let killed_at = load.now();
         first_fault.get_or_insert(killed_at);
         let killed = Instant::now();
-        servers[index].kill();
-        report.faults += 1;
+        for &index in &victims {
+            alive.set(index, false);
+            servers[index].kill();
+            report.faults += 1;
+        }
+        let killed_ids: Vec<u64> = victims.iter().map(|i| servers[*i].id).collect();
         match first_write_after(&load, killed_at, RECOVERY_LIMIT) {
             Some(after) => slowest_recovery = slowest_recovery.max(after),
             None => {
                 report.failures.push(format!(
-                    "no write acknowledged by the two survivors within {RECOVERY_LIMIT:?} of killing replica {} \
-                        (leader {id})\n{}",
-                    servers[index].id,
+                    "no write acknowledged by the survivors within {RECOVERY_LIMIT:?} of killing replicas \
+                        {killed_ids:?} (leader {id})\n{}",
                     entry_clients::trouble(&servers)
                 ));
                 break;
             }
         }
         std::thread::sleep(DOWN.saturating_sub(killed.elapsed()));
-        servers[index].restart();
-        alive.set(index, true);
+        for &index in &victims {
+            servers[index].restart();
+            alive.set(index, true);
+        }
         std::thread::sleep(UP);
     }
     let ids = load.ids.clone();

@@ -7,11 +7,13 @@ pub mod all_down;
 pub mod disk_failure;
 pub mod entry_clients;
 pub mod federation;
+pub mod key_orphans;
 pub mod leader_kill;
 pub mod leader_pause;
 pub mod mtls;
 pub mod nested_regions;
 pub mod partition;
+pub mod rolling_replacement;
 pub mod rolling_restart;
 pub mod svid_watch;
 pub mod wiped_replica;
@@ -93,6 +95,11 @@ pub const ALL: &[Drill] = &[
         run: leader_kill::run,
     },
     Drill {
+        name: leader_kill::NAME_FIVE,
+        about: "five replicas: kill -9 the leader and a follower at once under write load, restart them from disk",
+        run: leader_kill::run_five,
+    },
+    Drill {
         name: partition::NAME,
         about: "isolate the leader, then a follower, then one way, then slow links; heal",
         run: partition::run,
@@ -106,6 +113,11 @@ pub const ALL: &[Drill] = &[
         name: rolling_restart::NAME,
         about: "restart every replica in turn with an agent and workloads attached",
         run: rolling_restart::run,
+    },
+    Drill {
+        name: rolling_replacement::NAME,
+        about: "every member of a 5-replica cluster replaced in turn (join new, remove old) under write load",
+        run: rolling_replacement::run,
     },
     Drill { name: all_down::NAME, about: "every replica down for less than half the SVID TTL", run: all_down::run },
     Drill {
@@ -122,6 +134,11 @@ pub const ALL: &[Drill] = &[
         name: federation::NAME,
         about: "two federated clusters rotate CAs; both leaders killed as each refresh falls due; mTLS across",
         run: federation::run,
+    },
+    Drill {
+        name: key_orphans::NAME,
+        about: "the leader killed while it makes a CA key in KMS (moto) or on an HSM (SoftHSM2); the sweep leaves no orphan",
+        run: key_orphans::run,
     },
     Drill {
         name: nested_regions::NAME,

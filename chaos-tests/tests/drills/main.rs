@@ -14,6 +14,11 @@ fn leader_kill_loop_under_write_load() {
 }
 
 #[test]
+fn five_replicas_lose_two_at_once_under_write_load() {
+    assert_passed(drills::leader_kill::run_five(&Settings { iterations: 2, ..Settings::QUICK }));
+}
+
+#[test]
 fn partitions_leave_the_minority_unable_to_write_and_heal() {
     assert_passed(drills::partition::run(&Settings::QUICK));
 }
@@ -51,4 +56,14 @@ fn federated_clusters_refresh_through_leader_kills() {
 #[test]
 fn nested_regions_keep_issuing_through_leader_kills_and_a_cut() {
     assert_passed(drills::nested_regions::run(&Settings::QUICK));
+}
+
+#[test]
+fn a_leader_killed_while_making_a_key_leaves_no_orphan() {
+    assert_passed(drills::key_orphans::run(&Settings { iterations: 3, ..Settings::QUICK }));
+}
+
+#[test]
+fn every_member_of_five_is_replaced_under_write_load() {
+    assert_passed(drills::rolling_replacement::run(&Settings::QUICK));
 }
