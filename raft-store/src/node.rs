@@ -279,6 +279,29 @@ impl Replica {
         self.id
     }
 
+    /// Waits until openraft's core stops on a fault of its own (a storage error such as a
+    /// failed fsync: it refuses to go on with a log it could not make durable); answers the
+    /// fault. Never returns while the replica is healthy, nor after a clean shutdown.
+    pub async fn stopped_by_fault(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Some(fault) = self.fault() {
+                return fault;
+            }
+            if metrics.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// The fault openraft's core stopped on, if it did (see [`Self::stopped_by_fault`]).
+    pub fn fault(&self) -> Option<String> {
+        match &self.raft.metrics().borrow().running_state {
+            Err(openraft::error::Fatal::Stopped) | Ok(()) => None,
+            Err(fatal) => Some(fatal.to_string()),
+        }
+    }
+
     /// The id of the cluster this replica belongs to.
     pub fn cluster_id(&self) -> String {
         self.raft.config().cluster_name.clone()

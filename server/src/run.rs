@@ -133,15 +133,50 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         .layer(AuthorizeLayer::new(api.clone(), Listener::AdminSocket))
         .add_routes(api_routes(&api))
         .add_service(admin)
-        .serve_with_incoming_shutdown(proto::unix_authority::accept(listener), shutdown_signal())
+        .serve_with_incoming_shutdown(proto::unix_authority::accept(listener), stop_signal(runtime.clone()))
         .await;
     tracing::info!("shutting down");
     for task in background {
         task.abort();
     }
+    let fault = runtime.replica().and_then(|r| r.fault());
     runtime.shutdown().await;
     let _ = std::fs::remove_file(&config.server.socket_path);
-    served.context("admin socket server failed")
+    served.context("admin socket server failed")?;
+    match fault {
+        // Exit non-zero so the supervisor restarts the replica: RocksDB then recovers what
+        // was made durable, as etcd does after a failed fsync.
+        Some(fault) => anyhow::bail!("the replica stopped on a fault: {fault}"),
+        None => Ok(()),
+    }
+}
+
+/// SIGTERM, Ctrl-C, or the replica's Raft core stopping on a fault of its own.
+async fn stop_signal(runtime: Arc<server::cluster::runtime::ClusterRuntime>) {
+    let faulted = Arc::new(tokio::sync::Notify::new());
+    let watching = {
+        let faulted = faulted.clone();
+        async move {
+            runtime
+                .for_each_member(|member| {
+                    let faulted = faulted.clone();
+                    async move {
+                        let fault = member.replica.stopped_by_fault().await;
+                        tracing::error!(%fault, "the Raft core stopped on a fault (a failed disk write or sync?): \
+                            shutting down so a supervisor restarts this replica from what it made durable");
+                        faulted.notify_one();
+                        std::future::pending::<()>().await
+                    }
+                })
+                .await;
+            std::future::pending::<()>().await
+        }
+    };
+    tokio::select! {
+        () = shutdown_signal() => {}
+        () = faulted.notified() => {}
+        () = watching => {}
+    }
 }
 
 /// The cluster's CA as this config describes it. The development key managers (`memory`,

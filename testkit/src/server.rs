@@ -26,6 +26,8 @@ pub struct ReplicaOptions {
     pub default_timing: bool,
     /// The trust domain; `example.org` by default.
     pub trust_domain: Option<String>,
+    /// A command the server runs under, e.g. `["fiu-run", "-x"]` to inject I/O errors.
+    pub launcher: Vec<String>,
 }
 
 /// A replica, its directory and ports.
@@ -42,6 +44,7 @@ pub struct ServerProcess {
     pub data_dir: PathBuf,
     child: Option<Child>,
     env: Vec<(String, String)>,
+    launcher: Vec<String>,
 }
 
 impl ServerProcess {
@@ -131,6 +134,7 @@ telemetry {{
             data_dir,
             child: None,
             env: options.env.clone(),
+            launcher: options.launcher.clone(),
         };
         server.restart();
         server
@@ -206,7 +210,15 @@ telemetry {{
             .append(true)
             .open(self.dir.join("server.log"))
             .expect("server log");
-        let child = Command::new(binary("testudo-server"))
+        let mut command = match self.launcher.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary("testudo-server"));
+                command
+            }
+            None => Command::new(binary("testudo-server")),
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(self.dir.join("server.hcl"))
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -223,6 +235,11 @@ telemetry {{
             &format!("replica {}'s admin socket", self.id),
         );
         assert!(super::accepts(&socket), "replica {} exited at start-up:\n{}", self.id, self.log());
+    }
+
+    /// How the process ended, if it has (without waiting).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// kill -9.

@@ -7,6 +7,7 @@ pub mod all_down;
 pub mod disk_failure;
 pub mod entry_clients;
 pub mod federation;
+pub mod io_errors;
 pub mod key_orphans;
 pub mod leader_kill;
 pub mod leader_pause;
@@ -129,6 +130,11 @@ pub const ALL: &[Drill] = &[
         name: disk_failure::NAME,
         about: "one replica's disk fills up under write load, then is repaired",
         run: disk_failure::run,
+    },
+    Drill {
+        name: io_errors::NAME,
+        about: "the leader's fsyncs fail with EIO (libfiu) under write load, then work again",
+        run: io_errors::run,
     },
     Drill {
         name: federation::NAME,

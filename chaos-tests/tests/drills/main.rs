@@ -49,6 +49,11 @@ fn a_full_disk_on_the_leader_loses_nothing() {
 }
 
 #[test]
+fn failing_syncs_on_the_leader_lose_nothing() {
+    assert_passed(drills::io_errors::run(&Settings::QUICK));
+}
+
+#[test]
 fn federated_clusters_refresh_through_leader_kills() {
     assert_passed(drills::federation::run(&Settings::QUICK));
 }
