@@ -3,6 +3,7 @@
 //! measured and which of its checks failed. `make test` runs each once, briefly
 //! (`tests/drills`); `testudo-chaos` runs them for longer and prints the summary table.
 
+pub mod agent_links;
 pub mod all_down;
 pub mod disk_failure;
 pub mod entry_clients;
@@ -119,6 +120,11 @@ pub const ALL: &[Drill] = &[
         name: rolling_replacement::NAME,
         about: "every member of a 5-replica cluster replaced in turn (join new, remove old) under write load",
         run: rolling_replacement::run,
+    },
+    Drill {
+        name: agent_links::NAME,
+        about: "the agent's links to the replicas slow, long-haul, half-open and reset while a workload asks for SVIDs",
+        run: agent_links::run,
     },
     Drill { name: all_down::NAME, about: "every replica down for less than half the SVID TTL", run: all_down::run },
     Drill {

@@ -34,6 +34,11 @@ fn a_rolling_restart_is_invisible_to_workloads() {
 }
 
 #[test]
+fn bad_links_between_agent_and_replicas_are_invisible_to_workloads() {
+    assert_passed(drills::agent_links::run(&Settings::QUICK));
+}
+
+#[test]
 fn workloads_keep_valid_svids_while_every_replica_is_down() {
     assert_passed(drills::all_down::run(&Settings::QUICK));
 }
