@@ -1,8 +1,10 @@
 //! Every member of a five-replica cluster is replaced in turn while clients write, as when
 //! a fleet moves to new machines: a pristine replica under a new node id joins (as a
 //! learner, promoted once caught up), then the member it replaces is removed from the
-//! membership and stopped. The leader is replaced too. Nothing acknowledged may be lost,
-//! and the clients follow the replacements.
+//! membership and stopped. The leader is replaced too. Then leadership moves to the new
+//! member, so the next joiner, which replays the log from its start, hears from a leader
+//! that no membership in the early log names. Nothing acknowledged may be lost, and the
+//! clients follow the replacements.
 
 use std::time::{Duration, Instant};
 
@@ -82,6 +84,11 @@ pub fn run(settings: &Settings) -> Report {
         if !servers[index].serves_within(Duration::from_secs(30)) {
             report.failures.push(format!("the new replica {} serves no reads", servers[index].id));
         }
+        let newest = servers[index].id.to_string();
+        let moved = servers[index].command(&["cluster", "transfer", "--node-id", &newest]);
+        report.check(moved.status.success(), || {
+            format!("moving leadership to the new replica {newest}: {}", String::from_utf8_lossy(&moved.stderr))
+        });
     }
     let ids = load.ids.clone();
     let start = load.start;

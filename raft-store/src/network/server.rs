@@ -130,9 +130,10 @@ fn caller_node<T>(request: &Request<T>) -> Result<NodeId, Status> {
 }
 
 impl ClusterService {
-    /// Every call but Join (and a joiner's AddMember of itself) comes from a current member
-    /// of the membership this replica knows: a certificate of a replica that was removed, or
-    /// never added, opens nothing.
+    /// Every call but Join, a joiner's AddMember of itself and replication (see
+    /// `require_replicator`) comes from a current member of the membership this replica
+    /// knows: a certificate of a replica that was removed, or never added, opens nothing
+    /// else.
     fn require_member<T>(&self, request: &Request<T>) -> Result<NodeId, Status> {
         let id = caller_node(request)?;
         let metrics = self.raft.metrics();
@@ -146,6 +147,23 @@ impl ClusterService {
         } else {
             Err(Status::permission_denied(format!("replica {id} is not a member of this cluster")))
         }
+    }
+
+    /// AppendEntries and InstallSnapshot: from a member, or from a replica this one does not
+    /// know yet, unless the cluster removed it. A replica learns members from the log it
+    /// applies, so one that is behind (a joiner replaying the log from its start, a replica
+    /// back after members were replaced) does not know the current leader yet; refusing it
+    /// would leave the replica behind for good. etcd's peers check the same way.
+    async fn require_replicator<T>(&self, request: &Request<T>) -> Result<NodeId, Status> {
+        if let Ok(id) = self.require_member(request) {
+            return Ok(id);
+        }
+        let id = caller_node(request)?;
+        let removed = self.reader.removed_replicas().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        if removed.contains(&id) {
+            return Err(Status::permission_denied(format!("replica {id} was removed from this cluster")));
+        }
+        Ok(id)
     }
 
     /// AddMember: from a member, or from a replica adding itself after its Join, unless its
@@ -179,7 +197,7 @@ pub(crate) fn forward_error(e: RaftError<NodeId, ClientWriteError<NodeId, crate:
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn append_entries(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
-        self.require_member(&request)?;
+        self.require_replicator(&request).await?;
         let req: AppendEntriesRequest<TypeConfig> = decode("AppendEntries", request.get_ref())?;
         let result = self.raft.append_entries(req).await;
         if matches!(&result, Ok(answer) if !matches!(answer, AppendEntriesResponse::HigherVote(_))) {
@@ -196,7 +214,7 @@ impl Cluster for ClusterService {
     }
 
     async fn install_snapshot(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
-        self.require_member(&request)?;
+        self.require_replicator(&request).await?;
         let req: InstallSnapshotRequest<TypeConfig> = decode("InstallSnapshot", request.get_ref())?;
         let result = self.raft.install_snapshot(req).await;
         if result.is_ok() {

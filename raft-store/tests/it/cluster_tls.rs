@@ -161,7 +161,8 @@ async fn an_anonymous_caller_gets_small_messages_and_few_connections() {
 /// A replica certificate opens the cluster RPC only while its node id is a member: a removed
 /// replica's certificate (which stays valid for months) is refused everywhere, and it may
 /// not add itself back; a certificate for a node id never added reaches nothing but an
-/// AddMember of itself.
+/// AddMember of itself and the replication calls (a replica that is behind does not know
+/// every current member yet; only removed ones are refused there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_replica_certificate_opens_nothing() {
     use raft_store::network::{AdminRequest, ClusterClient, Faults};
@@ -177,6 +178,12 @@ async fn a_removed_replica_certificate_opens_nothing() {
     let err = call(client_endpoint(&stolen, &address, timeout).unwrap(), vec![]).await.unwrap_err();
     assert!(err.contains("PermissionDenied") || err.contains("permission"), "{err}");
     assert!(err.contains(&format!("replica {leaving} is not a member")), "{err}");
+    let channel = client_endpoint(&stolen, &address, timeout).unwrap().connect().await.unwrap();
+    let appended = proto::cluster::cluster_client::ClusterClient::new(channel)
+        .append_entries(Payload { data: vec![] })
+        .await
+        .unwrap_err();
+    assert!(appended.message().contains("was removed"), "{appended:?}");
     let client = ClusterClient::new(stolen.clone(), timeout, Faults::default());
     let node = cluster.replicas[&leader].node().clone();
     let back =
@@ -186,6 +193,12 @@ async fn a_removed_replica_certificate_opens_nothing() {
     let stranger = cluster.ca.replica_tls(99);
     let err = call(client_endpoint(&stranger, &address, timeout).unwrap(), vec![]).await.unwrap_err();
     assert!(err.contains("replica 99 is not a member"), "{err}");
+    let channel = client_endpoint(&stranger, &address, timeout).unwrap().connect().await.unwrap();
+    let appended = proto::cluster::cluster_client::ClusterClient::new(channel)
+        .append_entries(Payload { data: vec![] })
+        .await
+        .unwrap_err();
+    assert!(appended.message().contains("cannot decode AppendEntries"), "replication is open to it: {appended:?}");
     // The members still talk to each other.
     let entry =
         crate::support::entry("after", "spiffe://example.org/after", "spiffe://example.org/node", &["unix:uid:1"]);
