@@ -281,7 +281,8 @@ impl Replica {
 
     /// Waits until openraft's core stops on a fault of its own (a storage error such as a
     /// failed fsync: it refuses to go on with a log it could not make durable); answers the
-    /// fault. Never returns while the replica is healthy, nor after a clean shutdown.
+    /// fault. Never returns while the replica is healthy; call it only while the replica
+    /// runs (after a shutdown, the core's end reads as a fault).
     pub async fn stopped_by_fault(&self) -> String {
         let mut metrics = self.raft.metrics();
         loop {
@@ -289,17 +290,23 @@ impl Replica {
                 return fault;
             }
             if metrics.changed().await.is_err() {
-                std::future::pending::<()>().await;
+                // The core dropped its metrics without a shutdown: it panicked.
+                return "the Raft core ended unexpectedly (panicked)".into();
             }
         }
     }
 
     /// The fault openraft's core stopped on, if it did (see [`Self::stopped_by_fault`]).
     pub fn fault(&self) -> Option<String> {
-        match &self.raft.metrics().borrow().running_state {
+        let metrics = self.raft.metrics();
+        if metrics.has_changed().is_err() {
+            return Some("the Raft core ended unexpectedly (panicked)".into());
+        }
+        let fault = match &metrics.borrow().running_state {
             Err(openraft::error::Fatal::Stopped) | Ok(()) => None,
             Err(fatal) => Some(fatal.to_string()),
-        }
+        };
+        fault
     }
 
     /// The id of the cluster this replica belongs to.

@@ -204,6 +204,14 @@ telemetry {{
 
     /// Starts the process again (after `kill`), on the same data and ports.
     pub fn restart(&mut self) {
+        if let Err(log) = self.try_restart() {
+            panic!("replica {} exited at start-up:\n{log}", self.id);
+        }
+    }
+
+    /// As [`Self::restart`], answering the replica's log when it exits at start-up (a data
+    /// dir it refuses, say) instead of panicking.
+    pub fn try_restart(&mut self) -> Result<(), String> {
         let _ = std::fs::remove_file(self.socket());
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -234,7 +242,11 @@ telemetry {{
             || super::accepts(&socket) || child.try_wait().ok().flatten().is_some(),
             &format!("replica {}'s admin socket", self.id),
         );
-        assert!(super::accepts(&socket), "replica {} exited at start-up:\n{}", self.id, self.log());
+        if super::accepts(&socket) {
+            Ok(())
+        } else {
+            Err(self.log())
+        }
     }
 
     /// How the process ended, if it has (without waiting).

@@ -5,6 +5,7 @@
 
 pub mod agent_links;
 pub mod all_down;
+pub mod damaged_data_dir;
 pub mod disk_failure;
 pub mod entry_clients;
 pub mod federation;
@@ -131,6 +132,11 @@ pub const ALL: &[Drill] = &[
         name: wiped_replica::NAME,
         about: "a replica's disk wiped; it rejoins and catches up by snapshot",
         run: wiped_replica::run,
+    },
+    Drill {
+        name: damaged_data_dir::NAME,
+        about: "a stopped follower's store damaged (torn write-ahead log, scrambled MANIFEST): it recovers or is replaced",
+        run: damaged_data_dir::run,
     },
     Drill {
         name: disk_failure::NAME,

@@ -49,6 +49,11 @@ fn a_wiped_replica_rejoins_by_snapshot() {
 }
 
 #[test]
+fn a_damaged_store_recovers_or_is_refused_and_replaced() {
+    assert_passed(drills::damaged_data_dir::run(&Settings { iterations: 2, ..Settings::QUICK }));
+}
+
+#[test]
 fn a_full_disk_on_the_leader_loses_nothing() {
     assert_passed(drills::disk_failure::run(&Settings::QUICK));
 }
