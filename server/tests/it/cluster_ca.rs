@@ -58,13 +58,16 @@ async fn every_replica_signs_with_the_one_replicated_ca() {
     let workload = LocalKey::generate(KeyType::EcP256).unwrap();
     let web = SpiffeId::parse("spiffe://example.org/web").unwrap();
     let mut ca_certs = Vec::new();
+    // Every replica first, as each one's SVIDs are checked against the next one's bundle.
+    let target = cluster.replicas[&leader].status().last_applied;
+    for id in &ids {
+        let replica = &cluster.replicas[id];
+        eventually(Duration::from_secs(10), || Some(()).filter(|_| replica.status().last_applied >= target))
+            .await
+            .expect("every replica applies the CA's commands");
+    }
     for (n, id) in ids.iter().enumerate() {
         let replica = &cluster.replicas[id];
-        eventually(Duration::from_secs(10), || {
-            Some(()).filter(|_| replica.status().last_applied >= cluster.replicas[&leader].status().last_applied)
-        })
-        .await
-        .expect("every replica applies the CA's commands");
         let local = ca.signing(replica).await.unwrap();
         let chain = local.mint_x509_svid(web.clone(), workload.public_key().clone(), None, vec![]).await.unwrap();
         ca_certs.push(chain[1].clone());
