@@ -172,6 +172,21 @@ impl Load {
             .min()
     }
 
+    /// Stops the clients and runs [`check`] on their history against `servers`, from the
+    /// first fault (history clock; none: from the start) to now.
+    pub fn finish_and_check(
+        self,
+        runtime: &tokio::runtime::Runtime,
+        servers: &[ServerProcess],
+        first_fault: Option<u64>,
+        report: &mut Report,
+    ) {
+        let (ids, start) = (self.ids.clone(), self.start);
+        let history = self.finish(runtime);
+        let end = start.elapsed().as_nanos() as u64;
+        check(runtime, servers, &ids, &history, first_fault.unwrap_or(0), end, report);
+    }
+
     /// Stops the clients (each finishes the operation it is in); returns the history.
     pub fn finish(self, runtime: &tokio::runtime::Runtime) -> Vec<Operation> {
         self.stop.store(true, Ordering::SeqCst);
@@ -206,6 +221,31 @@ impl Alive {
     pub fn targets(&self) -> Targets {
         let alive = self.clone();
         Arc::new(move || alive.snapshot().iter().enumerate().filter(|(_, up)| **up).map(|(i, _)| i).collect())
+    }
+}
+
+/// Moves leadership to `servers[index]` (`cluster transfer`) and gives it half a second to
+/// take over; a refusal is a failed check.
+pub fn lead_from(servers: &[ServerProcess], index: usize, report: &mut Report) {
+    let target = servers[index].id.to_string();
+    let transferred = servers[index].command(&["cluster", "transfer", "--node-id", &target]);
+    report.check(transferred.status.success(), || {
+        format!("leadership transfer to replica {target}: {}", String::from_utf8_lossy(&transferred.stderr))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+/// Restarts `servers[index]` from its disk once its fault is repaired, out of the clients'
+/// reach meanwhile; a replica that serves no reads 30 s later is a failed check.
+pub fn restart_repaired(servers: &mut [ServerProcess], alive: &Alive, index: usize, report: &mut Report) {
+    alive.set(index, false);
+    servers[index].kill();
+    servers[index].restart();
+    alive.set(index, true);
+    if !servers[index].serves_within(Duration::from_secs(30)) {
+        report
+            .failures
+            .push(format!("the repaired replica serves no reads 30 s after restarting:\n{}", servers[index].log()));
     }
 }
 

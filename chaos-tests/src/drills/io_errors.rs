@@ -61,12 +61,7 @@ pub fn run(settings: &Settings) -> Report {
     let mut slowest_recovery = Duration::ZERO;
     while settings.another_round(report.faults, began) {
         // The failing replica leads: the harder case, as the others must notice and elect.
-        let target = servers[failing].id.to_string();
-        let transferred = servers[failing].command(&["cluster", "transfer", "--node-id", &target]);
-        report.check(transferred.status.success(), || {
-            format!("leadership transfer to the failing replica: {}", String::from_utf8_lossy(&transferred.stderr))
-        });
-        std::thread::sleep(Duration::from_millis(500));
+        entry_clients::lead_from(&servers, failing, &mut report);
 
         let Some(pid) = servers[failing].pid() else {
             report.failures.push("the failing replica is not running".into());
@@ -95,30 +90,10 @@ pub fn run(settings: &Settings) -> Report {
 
         // Repair: the disk works again; the replica restarts from what it made durable.
         let _ = fiu_ctrl(pid, "disable name=posix/io/sync/*");
-        alive.set(failing, false);
-        servers[failing].kill();
-        servers[failing].restart();
-        alive.set(failing, true);
-        if !servers[failing].serves_within(Duration::from_secs(30)) {
-            report.failures.push(format!(
-                "the repaired replica serves no reads 30 s after restarting:\n{}",
-                servers[failing].log()
-            ));
-        }
+        entry_clients::restart_repaired(&mut servers, &alive, failing, &mut report);
         std::thread::sleep(Duration::from_secs(2));
     }
-    let ids = load.ids.clone();
-    let start = load.start;
-    let history = load.finish(&runtime);
-    entry_clients::check(
-        &runtime,
-        &servers,
-        &ids,
-        &history,
-        first_fault.unwrap_or(0),
-        start.elapsed().as_nanos() as u64,
-        &mut report,
-    );
+    load.finish_and_check(&runtime, &servers, first_fault, &mut report);
     let log = servers[failing].log();
     let saw_eio = log.contains("Input/output error") && log.contains("the Raft core stopped on a fault");
     report.check(saw_eio, || format!("the failing replica's log does not show the I/O error:\n{log}"));

@@ -172,7 +172,7 @@ fn hsm_owned(conf: &Path, cluster: &str) -> Result<Vec<String>, String> {
     let mut owned = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines().map(str::trim) {
         let Some(id) = line.strip_prefix("ID:") else { continue };
-        let Some(text) = hex_text(id.trim()) else { continue };
+        let Some(text) = hex::decode(id.trim()).ok().and_then(|b| String::from_utf8(b).ok()) else { continue };
         if let Some(rest) = text.strip_prefix(&prefix) {
             owned.push(rest.rsplit('/').next().unwrap_or(rest).to_owned());
         }
@@ -180,12 +180,6 @@ fn hsm_owned(conf: &Path, cluster: &str) -> Result<Vec<String>, String> {
     owned.sort();
     owned.dedup();
     Ok(owned)
-}
-
-fn hex_text(hex: &str) -> Option<String> {
-    let bytes: Option<Vec<u8>> =
-        (0..hex.len()).step_by(2).map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok())).collect();
-    String::from_utf8(bytes?).ok()
 }
 
 /// How many authorities the journal holds (active, prepared, old; both kinds), asked of

@@ -96,11 +96,7 @@ fn run_shaped(name: &'static str, replicas: usize, at_once: usize, settings: &Se
         }
         std::thread::sleep(UP);
     }
-    let ids = load.ids.clone();
-    let start = load.start;
-    let history = load.finish(&runtime);
-    let end = start.elapsed().as_nanos() as u64;
-    entry_clients::check(&runtime, &servers, &ids, &history, first_fault.unwrap_or(0), end, &mut report);
+    load.finish_and_check(&runtime, &servers, first_fault, &mut report);
     let acknowledged = report.acknowledged;
     report.check(acknowledged > 50, || format!("too few operations got through to mean anything: {acknowledged}"));
     report.summary = format!(

@@ -83,18 +83,7 @@ pub fn run(settings: &Settings) -> Report {
         });
         std::thread::sleep(Duration::from_secs(2));
     }
-    let ids = load.ids.clone();
-    let start = load.start;
-    let history = load.finish(&runtime);
-    entry_clients::check(
-        &runtime,
-        &servers,
-        &ids,
-        &history,
-        first_fault.unwrap_or(0),
-        start.elapsed().as_nanos() as u64,
-        &mut report,
-    );
+    load.finish_and_check(&runtime, &servers, first_fault, &mut report);
     report.summary = format!(
         "{} pauses, {} operations, {acknowledged_during} acknowledged while the last paused leader was stopped, lost \
             writes {:?}, linearizable {:?}",

@@ -90,18 +90,7 @@ pub fn run(settings: &Settings) -> Report {
             format!("moving leadership to the new replica {newest}: {}", String::from_utf8_lossy(&moved.stderr))
         });
     }
-    let ids = load.ids.clone();
-    let start = load.start;
-    let history = load.finish(&runtime);
-    entry_clients::check(
-        &runtime,
-        &servers,
-        &ids,
-        &history,
-        first_fault.unwrap_or(0),
-        start.elapsed().as_nanos() as u64,
-        &mut report,
-    );
+    load.finish_and_check(&runtime, &servers, first_fault, &mut report);
     let originals_left = servers.iter().filter(|s| s.id <= REPLICAS as u64).count();
     report.check(report.faults < REPLICAS || originals_left == 0, || {
         format!("{originals_left} of the original replicas are still members")

@@ -70,18 +70,7 @@ pub fn run(settings: &Settings) -> Report {
         );
         std::thread::sleep(Duration::from_secs(2));
     }
-    let ids = load.ids.clone();
-    let start = load.start;
-    let history = load.finish(&runtime);
-    entry_clients::check(
-        &runtime,
-        &servers,
-        &ids,
-        &history,
-        first_fault.unwrap_or(0),
-        start.elapsed().as_nanos() as u64,
-        &mut report,
-    );
+    load.finish_and_check(&runtime, &servers, first_fault, &mut report);
     let members = servers[0].json(&["cluster", "status"]);
     let voters =
         members["members"].as_array().map(|m| m.iter().filter(|m| m["voter"] == true).count()).unwrap_or_default();

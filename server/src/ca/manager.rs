@@ -141,19 +141,6 @@ pub(super) struct NewKey {
     pub private_key: Option<KeyMaterial>,
 }
 
-/// The managed key an event records, if it is a Prepared naming one.
-fn recorded_managed_key(event: &JournalEvent) -> Option<&str> {
-    match event {
-        JournalEvent::X509(SlotEvent::Prepared { authority, .. }) if authority.private_key.is_none() => {
-            Some(&authority.key_id)
-        }
-        JournalEvent::Jwt(SlotEvent::Prepared { authority, .. }) if authority.private_key.is_none() => {
-            Some(&authority.key_id)
-        }
-        _ => None,
-    }
-}
-
 /// A safety bound on steps per `rotate` call; a fresh CA needs four (two per kind).
 const MAX_STEPS_PER_ROTATION: usize = 8;
 
@@ -222,7 +209,7 @@ impl CaManager {
                         if chains_to_tainted(authority, &self.bundle, &td, now))
                 });
                 if still_tainted {
-                    for key in events.iter().filter_map(recorded_managed_key) {
+                    for key in events.iter().filter_map(JournalEvent::prepared_managed_key) {
                         self.abandon_key(sink, key).await;
                     }
                     return Err(CaError::Upstream(UpstreamError::Refused {
@@ -287,7 +274,7 @@ impl CaManager {
     pub(super) async fn commit_event(&self, event: &JournalEvent, sink: &dyn JournalSink) -> Result<(), CaError> {
         let committed = sink.commit(&self.config.trust_domain, event).await;
         if committed.is_err() {
-            if let Some(key) = recorded_managed_key(event) {
+            if let Some(key) = event.prepared_managed_key() {
                 self.abandon_key(sink, key).await;
             }
         }

@@ -27,6 +27,22 @@ pub enum JournalEvent {
     Jwt(SlotEvent<JwtKeyAuthority>),
 }
 
+impl JournalEvent {
+    /// The key id a `Prepared` event records when a key manager holds the key (the journal
+    /// carries no key material for it); such ids must be reserved (`KeyIntents`).
+    pub fn prepared_managed_key(&self) -> Option<&str> {
+        match self {
+            Self::X509(SlotEvent::Prepared { authority, .. }) if authority.private_key.is_none() => {
+                Some(&authority.key_id)
+            }
+            Self::Jwt(SlotEvent::Prepared { authority, .. }) if authority.private_key.is_none() => {
+                Some(&authority.key_id)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Why an event cannot be applied to the journal as it stands.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum JournalError {

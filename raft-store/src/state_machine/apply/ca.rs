@@ -2,7 +2,7 @@
 //! for keys being made in a key manager (`model::KeyIntents`).
 
 use crate::command::{ApplyError, Outcome, ReserveCaKey, Table};
-use crate::model::{publish, CaJournal, JournalEvent, KeyIntents, SlotEvent, StoredBundle};
+use crate::model::{publish, CaJournal, JournalEvent, KeyIntents, StoredBundle};
 use crate::schema::{ca_key, Cf};
 use crate::state_machine::txn::{Txn, TxnError};
 
@@ -22,16 +22,7 @@ pub fn apply(txn: &mut Txn<'_>, trust_domain: &str, event: &JournalEvent) -> Res
     }
     // Once ids are reserved, an authority whose key a key manager holds must name a pending
     // id, which it takes: a released id's key is being deleted by the sweep.
-    let managed_key = match event {
-        JournalEvent::X509(SlotEvent::Prepared { authority, .. }) => {
-            authority.private_key.is_none().then_some(&authority.key_id)
-        }
-        JournalEvent::Jwt(SlotEvent::Prepared { authority, .. }) => {
-            authority.private_key.is_none().then_some(&authority.key_id)
-        }
-        _ => None,
-    };
-    if let Some(key_id) = managed_key {
+    if let Some(key_id) = event.prepared_managed_key() {
         if let Some(mut intents) = key_intents(txn)? {
             if intents.pending.remove(key_id).is_none() {
                 return Ok(Outcome::CaJournal(Err(ApplyError::FailedPrecondition(format!(
