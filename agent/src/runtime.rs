@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 
 use identity::bundle::Bundle;
-use identity::x509::{certificate_facts, verify_x509_svid};
+use identity::x509::{certificate_facts, verify_x509_svid_allowing_slow_clock};
 use identity::SpiffeId;
 use time::OffsetDateTime;
 use tonic::Code;
@@ -20,6 +20,7 @@ use crate::workload::api::WorkloadApi;
 use crate::workload::sds::SecretDiscovery;
 use crate::{attest, sync, trust};
 use server_pool::ServerPool;
+use spiffe_tls::SLOW_CLOCK_ALLOWANCE;
 
 /// The counter of server calls a replica failed (it was skipped for the next one).
 const AGENT_POOL_FAILURES: &str = "testudo_agent_server_failures_total";
@@ -47,15 +48,20 @@ struct AgentSvid {
 }
 
 impl AgentSvid {
-    fn new(identity: StoredIdentity, bundle: &Bundle) -> Result<Self, String> {
+    /// The agent SVID a server just issued (`fresh`), or one kept from an earlier run.
+    fn new(identity: StoredIdentity, bundle: &Bundle, fresh: bool) -> Result<Self, String> {
         let now = OffsetDateTime::now_utc();
-        let verified = verify_x509_svid(&identity.chain, bundle, now).map_err(|e| e.to_string())?;
+        // A clock behind the servers' sees a fresh SVID as not yet valid.
+        let verified = verify_x509_svid_allowing_slow_clock(&identity.chain, bundle, now, SLOW_CLOCK_ALLOWANCE)
+            .map_err(|e| e.to_string())?;
         let facts = certificate_facts(&identity.chain[0]).map_err(|e| e.to_string())?;
-        Ok(Self {
-            spiffe_id: verified.spiffe_id,
-            renew_at: sync::renewal_time(facts.not_before, facts.not_after),
-            identity,
-        })
+        let renew_at = if fresh {
+            sync::x509_renewal_time(now, &facts)
+        } else {
+            // When a kept SVID arrived is not known: count from the issuer's NotBefore.
+            sync::renewal_time(facts.not_before, time::Duration::ZERO, facts.not_after - facts.not_before)
+        };
+        Ok(Self { spiffe_id: verified.spiffe_id, renew_at, identity })
     }
 }
 
@@ -84,7 +90,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
     tracing::info!(servers = ?pool.addresses(), "server replicas");
 
     let restored = match (&config.key_storage, store.load_identity().await?) {
-        (KeyStorage::Disk(_), Some(identity)) => match AgentSvid::new(identity, &bundle) {
+        (KeyStorage::Disk(_), Some(identity)) => match AgentSvid::new(identity, &bundle, false) {
             Ok(svid) => Some(svid),
             Err(e) => {
                 tracing::warn!(error = %e, "the stored agent SVID is no longer valid; attesting again");
@@ -105,7 +111,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send 
             let identity = attest_node(&config, &pool)
                 .await
                 .map_err(|e| StartError::Attestation(format!("{:?}: {}", e.code(), e.message())))?;
-            let svid = AgentSvid::new(identity, &bundle)
+            let svid = AgentSvid::new(identity, &bundle, true)
                 .map_err(|e| StartError::Attestation(format!("the server issued an SVID that does not verify: {e}")))?;
             tracing::info!(spiffe_id = %svid.spiffe_id, "node attested");
             if matches!(config.key_storage, KeyStorage::Disk(_)) {
@@ -211,8 +217,10 @@ async fn adopt(
     trust: &RwLock<Bundle>,
     status: &AgentStatus,
 ) -> Result<AgentSvid, String> {
-    let svid =
-        trust.read().map_err(|_| "bundle lock poisoned".to_string()).and_then(|b| AgentSvid::new(identity, &b))?;
+    let svid = trust
+        .read()
+        .map_err(|_| "bundle lock poisoned".to_string())
+        .and_then(|b| AgentSvid::new(identity, &b, true))?;
     pool.set_identity(&svid.identity.chain, &svid.identity.key_pkcs8);
     status.set_svid(&svid.identity.chain);
     if matches!(config.key_storage, KeyStorage::Disk(_)) {

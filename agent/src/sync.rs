@@ -230,11 +230,21 @@ fn signed_by(chain: &[Vec<u8>], authority: &[u8]) -> bool {
     x509_parser::parse_x509_certificate(last).is_ok_and(|(_, cert)| cert.issuer() == authority.subject())
 }
 
-/// When to replace an SVID valid from `issued` to `expires`: half its life, ±10%.
-pub fn renewal_time(issued: OffsetDateTime, expires: OffsetDateTime) -> OffsetDateTime {
-    let life = expires - issued;
+/// When to renew a credential that arrived at `received` (this agent's clock), `age` old
+/// then, living `life` in all: half-way through its life, jittered ±10% so the renewals of
+/// many SVIDs spread out. Counted from its arrival on this agent's clock, not from the
+/// issuer's timestamps: an agent whose clock is minutes off the servers' neither renews
+/// late nor on every pass.
+pub fn renewal_time(received: OffsetDateTime, age: time::Duration, life: time::Duration) -> OffsetDateTime {
     let factor = 0.5 * (0.9 + fastrand::f64() * 0.2);
-    issued + life * factor
+    received - age + life * factor
+}
+
+/// [`renewal_time`] for an X.509-SVID a server minted just now: it backdates NotBefore.
+pub fn x509_renewal_time(received: OffsetDateTime, facts: &identity::x509::CertificateFacts) -> OffsetDateTime {
+    let life = facts.not_after - facts.not_before;
+    let age = time::Duration::try_from(identity::x509::BACKDATE).unwrap_or(time::Duration::ZERO).min(life);
+    renewal_time(received, age, life)
 }
 
 /// Mints SVIDs for `entries` in batches; each item succeeds or fails alone.
@@ -274,6 +284,7 @@ async fn mint(pool: &ServerPool, entries: Vec<Entry>) -> Result<Vec<(String, Wor
                 }
             })
             .await?;
+        let received = OffsetDateTime::now_utc();
         for ((entry, key_pkcs8, _), result) in keyed.into_iter().zip(results) {
             let status = result.status.unwrap_or_default();
             let Some(svid) = result.svid.filter(|_| status.code == 0) else {
@@ -290,7 +301,7 @@ async fn mint(pool: &ServerPool, entries: Vec<Entry>) -> Result<Vec<(String, Wor
                 key_pkcs8,
                 issued_at: facts.not_before,
                 expires_at: facts.not_after,
-                renew_at: renewal_time(facts.not_before, facts.not_after),
+                renew_at: x509_renewal_time(received, &facts),
                 entry_revision: entry.revision_number,
             };
             minted.push((entry.id.clone(), svid));
@@ -338,4 +349,21 @@ pub async fn sync_once(pool: &ServerPool, cache: &Cache, trust: &Arc<RwLock<Bund
 pub struct SyncReport {
     pub entries: usize,
     pub minted: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_counted_on_the_agents_clock_from_arrival() {
+        let received = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+        let (age, life) = (time::Duration::seconds(10), time::Duration::seconds(70));
+        for _ in 0..100 {
+            let at = renewal_time(received, age, life);
+            // Half of 70 s, ±10%, from 10 s before arrival.
+            assert!(at >= received + time::Duration::milliseconds(21_500), "{at}");
+            assert!(at <= received + time::Duration::milliseconds(28_500), "{at}");
+        }
+    }
 }

@@ -207,7 +207,10 @@ impl ServerPool {
         if let Some((chain, key)) = &state.identity {
             tls = tls.identity(Identity::from_pem(chain, key.as_bytes()));
         }
-        let verifier = Arc::new(SvidVerifier::for_id(self.bundle.clone(), self.server_id.clone()));
+        let verifier = Arc::new(
+            SvidVerifier::for_id(self.bundle.clone(), self.server_id.clone())
+                .allowing_slow_clock(spiffe_tls::SLOW_CLOCK_ALLOWANCE),
+        );
         let channel = Endpoint::from_shared(format!("https://{address}"))
             .map_err(|e| Status::invalid_argument(format!("server address {address:?}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)

@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::{Arc, RwLock};
 
 use identity::bundle::Bundle;
-use identity::x509::verify_x509_svid;
+use identity::x509::verify_x509_svid_allowing_slow_clock;
 use identity::SpiffeId;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms};
@@ -30,6 +30,8 @@ pub struct SvidVerifier {
     /// `None`: any SPIFFE ID the bundle vouches for.
     expected: Option<Expected>,
     algorithms: WebPkiSupportedAlgorithms,
+    /// How far behind the issuer's clock ours may be (see [`SvidVerifier::allowing_slow_clock`]).
+    slow_clock: std::time::Duration,
 }
 
 /// Which SPIFFE IDs a peer may present.
@@ -57,6 +59,13 @@ impl Expected {
     }
 }
 
+/// How far behind the issuer's clock an agent's or a replica's may be when it checks a
+/// peer it talks to for the control plane (see [`SvidVerifier::allowing_slow_clock`]): a
+/// certificate minted less than this ago passes, though the slow clock says it is not
+/// valid yet. Replicas notice a clock off by far less and stop signing (`max_clock_skew`);
+/// this keeps such a replica, or an agent, talking meanwhile.
+pub const SLOW_CLOCK_ALLOWANCE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// What a peer's chain must lead to.
 enum Trust {
     /// The cluster's bundle, as replicas hold it.
@@ -79,6 +88,7 @@ impl SvidVerifier {
             trust: Trust::Bundle(bundle),
             expected: Some(Expected::Id(id)),
             algorithms: provider().signature_verification_algorithms,
+            slow_clock: std::time::Duration::ZERO,
         }
     }
 
@@ -89,12 +99,18 @@ impl SvidVerifier {
             trust: Trust::Bundle(bundle),
             expected: Some(Expected::Under(parent)),
             algorithms: provider().signature_verification_algorithms,
+            slow_clock: std::time::Duration::ZERO,
         }
     }
 
     /// Accepts any SVID that chains to `bundle` (kept current by its owner).
     pub fn any_svid(bundle: Arc<RwLock<Bundle>>) -> Self {
-        Self { trust: Trust::Bundle(bundle), expected: None, algorithms: provider().signature_verification_algorithms }
+        Self {
+            trust: Trust::Bundle(bundle),
+            expected: None,
+            algorithms: provider().signature_verification_algorithms,
+            slow_clock: std::time::Duration::ZERO,
+        }
     }
 
     /// Trusts the CA whose DER has this SHA-256, taken from the chain the peer sends, for
@@ -104,7 +120,16 @@ impl SvidVerifier {
             trust: Trust::PinnedCa { trust_domain: parent.trust_domain().clone(), sha256: ca_sha256 },
             expected: Some(Expected::Under(parent)),
             algorithms: provider().signature_verification_algorithms,
+            slow_clock: std::time::Duration::ZERO,
         }
+    }
+
+    /// Accepts a certificate our clock says is not valid yet if it is valid `by` later: for
+    /// a caller whose clock may be behind the issuer's, to whom every freshly minted
+    /// certificate looks early. Expired certificates stay refused.
+    pub fn allowing_slow_clock(mut self, by: std::time::Duration) -> Self {
+        self.slow_clock = by;
+        self
     }
 
     fn bundle(&self, intermediates: &[CertificateDer<'_>]) -> Result<Bundle, String> {
@@ -145,7 +170,8 @@ impl SvidVerifier {
         let is_root = |der: &[u8]| bundle.x509_authorities().iter().any(|a| a.der.as_slice() == der);
         let mut chain: Vec<&[u8]> = vec![end_entity.as_ref()];
         chain.extend(intermediates.iter().map(|c| c.as_ref()).filter(|der| !is_root(der)));
-        let verified = verify_x509_svid(&chain, &bundle, now).map_err(|e| refused(e.to_string()))?;
+        let verified = verify_x509_svid_allowing_slow_clock(&chain, &bundle, now, self.slow_clock)
+            .map_err(|e| refused(e.to_string()))?;
         if let Some(expected) = &self.expected {
             if !expected.admits(&verified.spiffe_id) {
                 return Err(refused(format!("peer is {}, not {expected:?}", verified.spiffe_id)));

@@ -168,7 +168,8 @@ impl WorkloadApi {
             .ok_or_else(|| Status::internal("the server answered without a JWT-SVID"))?;
         let issued = OffsetDateTime::from_unix_timestamp(svid.issued_at).unwrap_or(now);
         let expires = OffsetDateTime::from_unix_timestamp(svid.expires_at).unwrap_or(now);
-        let cached = CachedJwt { token: svid.token.clone(), renew_at: crate::sync::renewal_time(issued, expires) };
+        let renew_at = crate::sync::renewal_time(OffsetDateTime::now_utc(), time::Duration::ZERO, expires - issued);
+        let cached = CachedJwt { token: svid.token.clone(), renew_at };
         let mut jwts = self.jwts.lock().unwrap_or_else(|p| p.into_inner());
         jwts.retain(|_, c| c.renew_at > now);
         jwts.insert(key, cached);

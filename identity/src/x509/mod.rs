@@ -11,6 +11,9 @@ pub use mint::{
     BACKDATE,
 };
 pub use parsed::{certificate_facts, split_der_certificates, CertificateFacts, ParseError};
-pub use verify::{verify_ca_chain, verify_x509_svid, VerifiedX509Svid, VerifyX509Error, MAX_CHAIN_LENGTH};
+pub use verify::{
+    verify_ca_chain, verify_x509_svid, verify_x509_svid_allowing_slow_clock, VerifiedX509Svid, VerifyX509Error,
+    MAX_CHAIN_LENGTH,
+};
 #[cfg(test)]
 pub(crate) mod tests;

@@ -202,6 +202,23 @@ fn refuses_expired_not_yet_valid_and_unknown_authorities() {
 }
 
 #[test]
+fn a_slow_clock_is_allowed_a_fresh_certificate_but_never_an_expired_one() {
+    let ca = root(KeyType::EcP256, DAY);
+    let (_, leaf) = svid(&ca, "spiffe://example.org/web", KeyType::EcP256, HOUR);
+    let bundle = bundle_of(&[&ca]);
+    let allowance = std::time::Duration::from_secs(300);
+    let verify = |at| verify_x509_svid_allowing_slow_clock(&[&leaf.der], &bundle, at, allowance);
+    assert!(verify(now() - time::Duration::minutes(3)).is_ok(), "three minutes slow is within five");
+    assert!(matches!(verify(now() - time::Duration::minutes(6)), Err(VerifyX509Error::NotYetValid { index: 0, .. })));
+    assert!(matches!(verify(now() + time::Duration::hours(2)), Err(VerifyX509Error::Expired { index: 0, .. })));
+    // Nor does the allowance stretch a certificate's end: one that expires within it is
+    // refused to a clock that needed the allowance.
+    let (_, short) = svid(&ca, "spiffe://example.org/web", KeyType::EcP256, Duration::from_secs(60));
+    let at = now() - time::Duration::minutes(3);
+    assert!(verify_x509_svid_allowing_slow_clock(&[&short.der], &bundle, at, allowance).is_err());
+}
+
+#[test]
 fn refuses_tampered_and_malformed_certificates() {
     let ca = root(KeyType::EcP256, DAY);
     let (_, leaf) = svid(&ca, "spiffe://example.org/web", KeyType::EcP256, HOUR);

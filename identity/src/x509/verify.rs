@@ -101,6 +101,25 @@ pub fn verify_x509_svid<C: AsRef<[u8]>>(
     Ok(VerifiedX509Svid { spiffe_id, not_after: leaf.validity().not_after.to_datetime(), authority })
 }
 
+/// [`verify_x509_svid`] for a verifier whose clock may be up to `slow_by` behind the
+/// issuer's: a chain that is not yet valid at `now` passes if it is valid at `now +
+/// slow_by`, which also asks that it stay valid that much longer. What a slow clock
+/// mistakes for not yet valid is only a fresh certificate; an expired one stays refused.
+pub fn verify_x509_svid_allowing_slow_clock<C: AsRef<[u8]>>(
+    chain: &[C],
+    bundles: &impl BundleSource,
+    now: OffsetDateTime,
+    slow_by: std::time::Duration,
+) -> Result<VerifiedX509Svid, VerifyX509Error> {
+    match verify_x509_svid(chain, bundles, now) {
+        Err(VerifyX509Error::NotYetValid { .. }) if !slow_by.is_zero() => {
+            let later = time::Duration::try_from(slow_by).unwrap_or(time::Duration::ZERO);
+            verify_x509_svid(chain, bundles, now + later)
+        }
+        other => other,
+    }
+}
+
 /// Verifies that a CA certificate (first) and the intermediates after it chain to one of
 /// `bundle`'s X.509 authorities at `now`; returns that authority. For checking an upstream-
 /// signed CA before publishing it.

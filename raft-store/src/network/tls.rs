@@ -85,7 +85,10 @@ pub fn server_config(
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_client_cert_verifier(Arc::new(SvidVerifier::for_ids_under(tls.bundle.clone(), tls.replicas.clone())))
+        .with_client_cert_verifier(Arc::new(
+            SvidVerifier::for_ids_under(tls.bundle.clone(), tls.replicas.clone())
+                .allowing_slow_clock(spiffe_tls::SLOW_CLOCK_ALLOWANCE),
+        ))
         .with_cert_resolver(certificate);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
@@ -125,7 +128,10 @@ pub fn client_endpoint(
         .connect_timeout(timeout)
         .tls_config_with_verifier(
             config,
-            Arc::new(SvidVerifier::for_ids_under(tls.bundle.clone(), tls.replicas.clone())),
+            Arc::new(
+                SvidVerifier::for_ids_under(tls.bundle.clone(), tls.replicas.clone())
+                    .allowing_slow_clock(spiffe_tls::SLOW_CLOCK_ALLOWANCE),
+            ),
         )
         .map_err(|e| TlsError::Config(e.to_string()))
 }
