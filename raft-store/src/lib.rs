@@ -16,6 +16,7 @@ mod membership;
 pub mod model;
 pub mod network;
 pub mod node;
+pub mod peer_clocks;
 pub mod proposer;
 pub mod query;
 pub mod schema;
@@ -32,6 +33,7 @@ pub use command::{ApplyError, BundleScope, Change, ChangeSet, Command, Outcome, 
 pub use db::OpenError;
 pub use log_store::{ApplyProgress, LogStore};
 pub use membership::AddProgress;
+pub use peer_clocks::{ClockSkewed, PeerClocks};
 pub use query::{ChangedKeys, EntryChanges, Page, ReadError, Rows, StoreReader};
 pub use state_machine::{SnapshotBuilder, StateMachine, REQUEST_WINDOW};
 pub use types::{NodeId, ReplicaNode, TypeConfig};

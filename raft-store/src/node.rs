@@ -22,6 +22,7 @@ use crate::network::tls::{server_config, ClusterTls, PresentedCertificate, TlsEr
 use crate::network::{
     serve, AdminRequest, CallError, ClusterClient, Faults, ForwardError, JoinHandler, NetworkFactory, TransferHandler,
 };
+use crate::peer_clocks::PeerClocks;
 use crate::proposer::Proposer;
 use crate::query::StoreReader;
 use crate::transfer::LeaderTransfer;
@@ -46,6 +47,9 @@ pub struct ReplicaConfig {
     pub source_address: Option<std::net::IpAddr>,
     /// Admits new replicas over the Join call; `None` refuses joins.
     pub join: Option<Arc<dyn JoinHandler>>,
+    /// Where this replica keeps its readings of the members' clocks (shared with whoever
+    /// must know whether this replica's clock is off).
+    pub clocks: PeerClocks,
 }
 
 /// Raft timing and batching, with defaults for replicas on one network.
@@ -173,6 +177,8 @@ pub struct Replica {
     /// election timeout) plus an election timeout; refusing sooner would fail writes that
     /// the failover completes anyway.
     cut_off_after: Duration,
+    /// How far this replica's clock is from the other members'.
+    clocks: PeerClocks,
     /// The certificate the cluster RPC server presents.
     certificate: Arc<PresentedCertificate>,
     stop: Option<oneshot::Sender<()>>,
@@ -223,6 +229,7 @@ impl Replica {
                 was_leader = is_leader;
             }
         });
+        tokio::spawn(crate::peer_clocks::probe(config.node_id, raft.metrics(), client.clone(), config.clocks.clone()));
         let transfer = Arc::new(LeaderTransfer {
             id: config.node_id,
             raft: raft.clone(),
@@ -269,6 +276,7 @@ impl Replica {
             requests: RequestIds::default(),
             contact,
             cut_off_after: config.timing.election_timeout_max * 2,
+            clocks: config.clocks,
             certificate,
             stop: Some(stop),
             server: Some(server),
@@ -312,6 +320,11 @@ impl Replica {
     /// The id of the cluster this replica belongs to.
     pub fn cluster_id(&self) -> String {
         self.raft.config().cluster_name.clone()
+    }
+
+    /// How far this replica's clock is from the other members'.
+    pub fn clocks(&self) -> &PeerClocks {
+        &self.clocks
     }
 
     /// This replica's addresses, as other replicas should record them.

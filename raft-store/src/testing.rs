@@ -131,6 +131,7 @@ impl TestCluster {
             join: None,
             advertise_address: None,
             source_address: None,
+            clocks: Default::default(),
         }
     }
 

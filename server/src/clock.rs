@@ -7,6 +7,38 @@ use time::OffsetDateTime;
 /// A source of the current time.
 pub trait Clock: Send + Sync {
     fn now(&self) -> OffsetDateTime;
+
+    /// The time, to sign with or to decide by what expired: refused while this replica's
+    /// clock is known to be off from the cluster's.
+    fn trusted_now(&self) -> Result<OffsetDateTime, ClockSkewed> {
+        Ok(self.now())
+    }
+}
+
+pub use raft_store::ClockSkewed;
+
+/// The system's wall clock, checked against the other replicas' (see
+/// [`raft_store::peer_clocks`]): what a running replica signs with.
+#[derive(Clone, Debug)]
+pub struct ClusterClock {
+    clocks: raft_store::PeerClocks,
+}
+
+impl ClusterClock {
+    pub fn new(clocks: raft_store::PeerClocks) -> Self {
+        Self { clocks }
+    }
+}
+
+impl Clock for ClusterClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+
+    fn trusted_now(&self) -> Result<OffsetDateTime, ClockSkewed> {
+        self.clocks.check()?;
+        Ok(self.now())
+    }
 }
 
 /// The system's wall clock.

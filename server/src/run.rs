@@ -62,7 +62,7 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
 
     let settings = settings(&config);
     let metrics = server::ops::metrics::install().map_err(anyhow::Error::msg)?;
-    let ca = cluster_ca(&config).await?;
+    let ca = cluster_ca(&config, &settings.clocks).await?;
     let runtime = Arc::new(ClusterRuntime::start(settings, ca.clone()).await?);
     let mut background = vec![tokio::spawn(server::ops::metrics::sample_raft(runtime.clone(), Duration::from_secs(1)))];
     let api = server::api::ApiContext {
@@ -182,7 +182,10 @@ async fn stop_signal(runtime: Arc<server::cluster::runtime::ClusterRuntime>) {
 /// The cluster's CA as this config describes it. The development key managers (`memory`,
 /// `disk`) share CA keys through the replicated journal; with `pkcs11` and `aws_kms` the
 /// journal names keys that live in the HSM or KMS every replica reaches.
-async fn cluster_ca(config: &ServerConfig) -> anyhow::Result<server::ca::replicated::ClusterCa> {
+async fn cluster_ca(
+    config: &ServerConfig,
+    clocks: &raft_store::PeerClocks,
+) -> anyhow::Result<server::ca::replicated::ClusterCa> {
     let keys = match &config.key_manager {
         kms::KeyManagerConfig::Memory | kms::KeyManagerConfig::Disk { .. } => server::ca::CaKeys::Shared,
         kms::KeyManagerConfig::Pkcs11(_) | kms::KeyManagerConfig::AwsKms(_) => {
@@ -205,7 +208,7 @@ async fn cluster_ca(config: &ServerConfig) -> anyhow::Result<server::ca::replica
         config: config.ca_config(),
         keys,
         upstream,
-        clock: Arc::new(server::clock::SystemClock),
+        clock: Arc::new(server::clock::ClusterClock::new(clocks.clone())),
     })
 }
 
@@ -231,6 +234,7 @@ pub fn settings(config: &ServerConfig) -> ReplicaSettings {
             rpc_timeout: Duration::from_secs(2),
             snapshot_every: cluster.snapshot_every,
         },
+        clocks: raft_store::PeerClocks::new(cluster.max_clock_skew),
     }
 }
 

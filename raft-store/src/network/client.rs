@@ -151,6 +151,7 @@ impl ClusterClient {
                 Method::Write => client.write(payload).await,
                 Method::ReadIndex => client.read_index(payload).await,
                 Method::Admin => client.admin(payload).await,
+                Method::Clock => client.clock(payload).await,
             }
         };
         let Ok(result) = tokio::time::timeout(deadline, sent).await else {
@@ -201,6 +202,12 @@ impl ClusterClient {
         self.call(Some(target), address, Method::Admin, request, deadline).await
     }
 
+    /// Reads the wall clock of the replica at `address` (milliseconds since the Unix
+    /// epoch).
+    pub async fn clock(&self, target: NodeId, address: &str) -> Result<i64, CallError> {
+        self.call(Some(target), address, Method::Clock, &(), self.timeout).await
+    }
+
     /// Asks the replica at `address` for a read index.
     pub async fn read_index(
         &self,
@@ -219,6 +226,7 @@ enum Method {
     Write,
     ReadIndex,
     Admin,
+    Clock,
 }
 
 /// openraft's network factory: one `PeerNetwork` per target replica.

@@ -290,6 +290,13 @@ impl Cluster for ClusterService {
         Ok(Response::new(encode("Admin result", &result)?))
     }
 
+    /// Any replica of the cluster CA may read this one's clock: it holds nothing secret,
+    /// and a peer not yet in the membership (a joiner) needs it as much as a member.
+    async fn clock(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        caller_node(&request)?;
+        Ok(Response::new(encode("Clock result", &crate::peer_clocks::wall_clock_ms())?))
+    }
+
     async fn join(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         let Some(handler) = &self.join else {
             return Err(Status::unimplemented("this replica does not admit new replicas"));

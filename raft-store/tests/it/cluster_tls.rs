@@ -77,6 +77,8 @@ async fn a_client_without_a_certificate_reaches_only_join() {
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
     let err = client.write(Payload { data: vec![] }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    let err = client.clock(Payload { data: vec![] }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
     // The TLS handshake succeeded and Join was routed: this replica has no join handler.
     let err = client.join(Payload { data: vec![] }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
@@ -206,5 +208,22 @@ async fn a_removed_replica_certificate_opens_nothing() {
         .write_command(raft_store::Command::CreateEntries(raft_store::command::CreateEntries(vec![entry])))
         .await;
     assert!(created.is_ok(), "{created:?}");
+    cluster.shutdown().await;
+}
+
+/// Every member reads the others' clocks over the cluster RPC; on one machine they agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_read_each_others_clocks() {
+    let cluster = TestCluster::start(3, 10_000).await;
+    let deadline = tokio::time::Instant::now() + raft_store::peer_clocks::PROBE_EVERY * 5;
+    for (id, replica) in &cluster.replicas {
+        let clocks = replica.clocks();
+        while clocks.clocks_read() < 3 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(clocks.clocks_read(), 3, "replica {id} read {} clocks", clocks.clocks_read());
+        assert!(clocks.cluster_offset_ms().abs() < 1_000, "replica {id}: {} ms", clocks.cluster_offset_ms());
+        assert_eq!(clocks.check(), Ok(()), "replica {id}");
+    }
     cluster.shutdown().await;
 }

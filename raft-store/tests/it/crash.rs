@@ -34,6 +34,7 @@ fn config(data_dir: &Path, snapshot_every: u64) -> ReplicaConfig {
         advertise_address: None,
         source_address: None,
         join: None,
+        clocks: Default::default(),
     }
 }
 

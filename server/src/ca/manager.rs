@@ -52,16 +52,19 @@ pub enum CaError {
     Replication(String),
     #[error("no authority with id {0:?}")]
     UnknownAuthority(String),
+    #[error(transparent)]
+    ClockSkewed(#[from] crate::clock::ClockSkewed),
 }
 
 impl CaError {
-    /// Whether the CA's key manager (KMS, HSM) could not be reached: callers should retry
-    /// (another replica, or later), not give up.
+    /// Whether this replica cannot sign now (its key manager, KMS or HSM, is unreachable, or
+    /// its clock is off): callers should retry another replica, or later, not give up.
     pub fn signing_unavailable(&self) -> bool {
         use identity::crypto::SignError;
         matches!(
             self,
-            Self::KeyManager(KeyManagerError::Unavailable { .. })
+            Self::ClockSkewed(_)
+                | Self::KeyManager(KeyManagerError::Unavailable { .. })
                 | Self::Mint(MintError::Sign(SignError::Unavailable { .. }))
                 | Self::Jwt(JwtError::Signer(SignError::Unavailable { .. }))
         )

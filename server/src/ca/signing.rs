@@ -162,7 +162,7 @@ impl Signing {
             subject: Subject::svid_default(),
             serial: None,
         };
-        let now = self.clock.now();
+        let now = self.clock.trusted_now()?;
         let (certificate, signer) = (active.authority.certificate.clone(), active.signer.clone());
         let leaf = tokio::task::spawn_blocking(move || {
             let issuer = Issuer::new(&certificate, signer.as_ref())?;
@@ -183,7 +183,7 @@ impl Signing {
         let (certificate, signer) = (active.authority.certificate.clone(), active.signer.clone());
         let tail: Vec<Vec<u8>> = Self::chain_tail(&active.authority).collect();
         let default_ttl = self.config.x509_svid_ttl;
-        let now = self.clock.now();
+        let now = self.clock.trusted_now()?;
         tokio::task::spawn_blocking(move || {
             let issuer = Issuer::new(&certificate, signer.as_ref())?;
             Ok(requests
@@ -228,7 +228,7 @@ impl Signing {
             subject: self.config.ca_subject.clone(),
             serial: None,
         };
-        let now = self.clock.now();
+        let now = self.clock.trusted_now()?;
         let (certificate, signer) = (active.authority.certificate.clone(), active.signer.clone());
         let minted = tokio::task::spawn_blocking(move || {
             let issuer = Issuer::new(&certificate, signer.as_ref())?;
@@ -253,7 +253,7 @@ impl Signing {
     ) -> Result<String, CaError> {
         let active = self.jwt.as_ref().ok_or(CaError::NoActiveAuthority("JWT"))?;
         let ttl = ttl.unwrap_or(self.config.jwt_svid_ttl);
-        let now = self.clock.now();
+        let now = self.clock.trusted_now()?;
         let (kid, not_after, signer) =
             (active.authority.kid.clone(), active.authority.not_after, active.signer.clone());
         tokio::task::spawn_blocking(move || {

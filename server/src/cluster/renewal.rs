@@ -167,6 +167,7 @@ mod tests {
             join: None,
             advertise_address: None,
             source_address: None,
+            clocks: Default::default(),
         })
         .await
         .unwrap();

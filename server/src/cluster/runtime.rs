@@ -15,6 +15,7 @@ use raft_store::command::CreateReplicaInvite;
 use raft_store::model::ReplicaInvite;
 use raft_store::network::tls::{joiner_endpoint, ClusterTls};
 use raft_store::node::{ClusterStatus, Replica, ReplicaConfig, Timing};
+use raft_store::PeerClocks;
 use tokio::sync::{watch, Mutex};
 
 use crate::ca::replicated::ClusterCa;
@@ -43,6 +44,9 @@ pub struct ReplicaSettings {
     pub raft_source: Option<std::net::IpAddr>,
     pub api_address: String,
     pub timing: Timing,
+    /// This replica's readings of the members' clocks, shared with whatever must not act
+    /// on a clock that is off.
+    pub clocks: PeerClocks,
 }
 
 /// How long a new replica may take to catch up before its join is reported as failed.
@@ -237,6 +241,7 @@ impl ClusterRuntime {
             join: Some(Arc::new(admission)),
             advertise_address: s.raft_advertise.clone(),
             source_address: s.raft_source,
+            clocks: s.clocks.clone(),
         };
         let replica = Arc::new(Replica::start(config).await.map_err(|e| ClusterSetupError::Replica(e.to_string()))?);
         let _ = late.set(Arc::downgrade(&replica));
@@ -423,6 +428,11 @@ impl ClusterRuntime {
     pub async fn rotate_ca(&self, within: Duration) -> Result<Rotated, ClusterSetupError> {
         let member = self.member().map_err(|_| ClusterSetupError::NotMember)?;
         rotate_ca::rotate(&member.replica, &member.trust, &self.settings.trust_domain, within).await
+    }
+
+    /// This replica's readings of the members' clocks.
+    pub fn clocks(&self) -> &PeerClocks {
+        &self.settings.clocks
     }
 
     /// Status of this replica's view of the cluster, or `None` when pristine.

@@ -7,6 +7,7 @@ pub mod plugins;
 pub mod sections;
 
 use std::path::Path;
+use std::time::Duration;
 
 use kms::KeyManagerConfig;
 use serde::Deserialize;
@@ -143,6 +144,12 @@ impl ServerConfig {
                 vec!["cluster", "election_timeout"],
                 "must be at least three heartbeat intervals, or followers start elections while the leader is healthy"
                     .into(),
+            ));
+        }
+        if self.cluster.max_clock_skew < Duration::from_millis(100) {
+            return Err((
+                vec!["cluster", "max_clock_skew"],
+                "must be at least 100ms: a tighter bound mistakes network delay for a clock that is off".into(),
             ));
         }
         if self.cluster.snapshot_every == 0 {

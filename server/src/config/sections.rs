@@ -132,6 +132,10 @@ pub struct ClusterSection {
     /// Build a snapshot (and purge the log behind it) after this many applied entries.
     #[serde(default = "default_snapshot_every")]
     pub snapshot_every: u64,
+    /// How far this replica's clock may be from the cluster's (the median of the members'
+    /// clocks) before it stops signing and, leading, hands leadership on.
+    #[serde(default = "default_max_clock_skew", deserialize_with = "values::duration")]
+    pub max_clock_skew: Duration,
 }
 
 fn default_bind_address() -> IpAddr {
@@ -163,6 +167,9 @@ fn default_heartbeat() -> Duration {
 }
 fn default_election_timeout() -> Duration {
     Duration::from_millis(400)
+}
+fn default_max_clock_skew() -> Duration {
+    raft_store::peer_clocks::DEFAULT_MAX_SKEW
 }
 fn default_snapshot_every() -> u64 {
     5000

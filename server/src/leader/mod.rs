@@ -1,7 +1,9 @@
 //! What only the leader does, in one place: CA rotation steps ([`ca_rotation`]), pruning of
 //! the change log ([`change_log`]), of expired join tokens and replica invites
 //! ([`expiry`]), refreshing federated bundles ([`federation_refresh`]) and, in a nested
-//! cluster, following the upstream cluster's bundle ([`upstream_bundle`]). Each duty is
+//! cluster, following the upstream cluster's bundle ([`upstream_bundle`]); and, if this
+//! replica's clock is off from the cluster's, handing leadership on ([`clock_check`]) while
+//! every other duty waits, since each decides by the clock what is due. Each duty is
 //! "when the replicated state says it is due, do it and record the outcome through Raft":
 //! the runner starts every duty when this replica is elected
 //! (after a read barrier, so its state holds everything committed before its term) and
@@ -11,6 +13,7 @@
 
 pub mod ca_rotation;
 pub mod change_log;
+pub mod clock_check;
 pub mod expiry;
 pub mod federation_refresh;
 pub mod upstream_bundle;
@@ -48,6 +51,7 @@ pub fn server_duties(
     let upstream = ca.upstream.clone().filter(|u| u.is_upstream_cluster());
     let trust_domain = ca.config.trust_domain.clone();
     let mut duties: Vec<Arc<dyn LeaderDuty>> = vec![
+        Arc::new(clock_check::ClockCheck),
         Arc::new(ca_rotation::CaRotation::new(ca)),
         Arc::new(change_log::ChangeLogPruning { keep: change_log::KEEP, every: change_log::EVERY }),
         Arc::new(expiry::ExpiredPruning { every: expiry::EVERY }),
@@ -95,6 +99,11 @@ async fn lead_while_elected(member: &Arc<Member>, duties: &[Arc<dyn LeaderDuty>]
 
 async fn run_duty(duty: Arc<dyn LeaderDuty>, member: Arc<Member>) {
     loop {
+        if duty.name() != "clock_check" && member.replica.clocks().check().is_err() {
+            // `clock_check` says why, once per probe.
+            tokio::time::sleep(RETRY).await;
+            continue;
+        }
         let next = match duty.run(&member).await {
             Ok(next) => next,
             Err(e) => {

@@ -1,6 +1,7 @@
 //! `/live` and `/ready` (paths from `health_checks`), as SPIRE serves them: live while the
 //! process runs; ready when this replica belongs to a cluster that has a leader, so it can
-//! serve writes (forwarded) and linearizable reads.
+//! serve writes (forwarded) and linearizable reads, and its clock is in step with the
+//! cluster's, so it can sign.
 
 use std::sync::Arc;
 
@@ -18,6 +19,9 @@ struct Ready {
     member: bool,
     leader: Option<u64>,
     node_id: Option<u64>,
+    /// Why this replica signs nothing now, if its clock is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clock: Option<String>,
 }
 
 /// The health router for `live_path` and `ready_path`.
@@ -31,11 +35,13 @@ pub fn router(runtime: Arc<ClusterRuntime>, live_path: &str, ready_path: &str) -
 async fn ready(State(runtime): State<Arc<ClusterRuntime>>) -> (StatusCode, Json<Ready>) {
     let status = runtime.status();
     let leader = status.as_ref().and_then(|s| s.leader);
+    let clock = runtime.clocks().check().err().map(|e| e.to_string());
     let body = Ready {
-        ready: leader.is_some(),
+        ready: leader.is_some() && clock.is_none(),
         member: status.is_some(),
         leader,
         node_id: status.as_ref().map(|s| s.node_id),
+        clock,
     };
     let code = if body.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(body))

@@ -228,8 +228,8 @@ fn three_processes_form_a_cluster_survive_a_leader_kill_and_shrink() {
         let metrics = http_get(server.metrics_port, "/metrics").1;
         metrics.lines().find_map(|l| l.strip_prefix("testudo_leader_duties_running ").map(str::to_owned))
     };
-    // CA rotation, change-log pruning, expiry pruning, federation refresh.
-    const DUTIES: &str = "4";
+    // The clock check, CA rotation, change-log pruning, expiry pruning, federation refresh.
+    const DUTIES: &str = "5";
     wait_until(Duration::from_secs(20), || duties(&servers[0]).as_deref() == Some(DUTIES), "duties on leader 1");
     let status = servers[2].json(&["cluster", "transfer", "--node-id", "2"]);
     assert_eq!(leader(&status), Some(2));
