@@ -9,8 +9,10 @@ VENV="${TESTUDO_VENV:-$ROOT/.venv}"
 # System packages: libclang for RocksDB's bindgen, a C++ toolchain for RocksDB,
 # openssl for interop tests, SoftHSM2 and OpenSC for the PKCS#11 tests, and the
 # Python venv module for test tools, etcd as the reference Raft store benchmarks compare with,
-# and libfiu's fiu-run to make a replica's disk syncs fail (the io_errors drill).
-PACKAGES=(libclang-dev clang g++ make pkg-config openssl softhsm2 opensc python3-venv etcd-server etcd-client fiu-utils)
+# libfiu's fiu-run to make a replica's disk syncs fail (the io_errors drill), and libfaketime
+# to set one replica's or agent's clock off (the clock_skew drill).
+PACKAGES=(libclang-dev clang g++ make pkg-config openssl softhsm2 opensc python3-venv etcd-server etcd-client fiu-utils
+  faketime)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

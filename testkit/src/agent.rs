@@ -151,6 +151,14 @@ plugins {{
         agent
     }
 
+    /// Sets (`Some`) or removes (`None`) an environment variable for the next (re)start.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(value) = value {
+            self.env.push((key.to_owned(), value.to_owned()));
+        }
+    }
+
     pub fn restart(&mut self) {
         // A killed agent leaves its socket file behind; readiness means a new one.
         let _ = std::fs::remove_file(self.socket());

@@ -7,6 +7,7 @@
 
 mod agent;
 pub mod docs;
+pub mod faketime;
 pub mod moto;
 pub mod pki;
 pub mod proxy;

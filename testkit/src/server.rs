@@ -202,6 +202,14 @@ telemetry {{
         self.json(&["cluster", "status"])
     }
 
+    /// Sets (`Some`) or removes (`None`) an environment variable for the next (re)start.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(value) = value {
+            self.env.push((key.to_owned(), value.to_owned()));
+        }
+    }
+
     /// Starts the process again (after `kill`), on the same data and ports.
     pub fn restart(&mut self) {
         if let Err(log) = self.try_restart() {

@@ -5,6 +5,7 @@
 
 pub mod agent_links;
 pub mod all_down;
+pub mod clock_skew;
 pub mod damaged_data_dir;
 pub mod disk_failure;
 pub mod entry_clients;
@@ -147,6 +148,11 @@ pub const ALL: &[Drill] = &[
         name: io_errors::NAME,
         about: "the leader's fsyncs fail with EIO (libfiu) under write load, then work again",
         run: io_errors::run,
+    },
+    Drill {
+        name: clock_skew::NAME,
+        about: "one replica's clock 3 minutes ahead, then behind (libfaketime), two agents' clocks off; workloads by a true clock",
+        run: clock_skew::run,
     },
     Drill {
         name: federation::NAME,

@@ -35,6 +35,10 @@ pub struct Seen {
     /// The longest time the workload held no unexpired X.509-SVID for the watched ID, after
     /// its first one arrived.
     pub longest_gap: Duration,
+    /// SVIDs the workload's clock said were not valid yet when they arrived (an X.509-SVID
+    /// whose NotBefore was ahead, a JWT-SVID issued more than the usual 30 s leeway ahead)
+    /// or already expired: what a signer with a clock off would hand out.
+    pub untimely: Vec<String>,
 }
 
 impl Seen {
@@ -50,6 +54,9 @@ impl Seen {
         });
         report.check(self.longest_gap.is_zero(), || {
             format!("the workload held an expired SVID for {} ms", self.longest_gap.as_millis())
+        });
+        report.check(self.untimely.is_empty(), || {
+            format!("the workload got SVIDs its clock says are not valid now: {:?}", self.untimely)
         });
         report.check(self.svids >= svids, || {
             format!("the SVID did not rotate: {} seen\nagent log:\n{agent_log}", self.svids)
@@ -76,11 +83,26 @@ fn with_header<T>(message: T) -> tonic::Request<T> {
     request
 }
 
-/// The leaf of a concatenated DER chain: its serial number and `not_after` (epoch ms).
-fn leaf(chain: &[u8]) -> Option<(Vec<u8>, u128)> {
+/// The leaf of a concatenated DER chain: its serial number, `not_before` and `not_after`
+/// (epoch ms).
+fn leaf(chain: &[u8]) -> Option<(Vec<u8>, u128, u128)> {
     use x509_parser::prelude::FromDer;
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(chain).ok()?;
-    Some((cert.raw_serial().to_vec(), u128::try_from(cert.validity().not_after.timestamp()).ok()? * 1000))
+    let ms = |t: x509_parser::time::ASN1Time| u128::try_from(t.timestamp()).ok().map(|s| s * 1000);
+    Some((cert.raw_serial().to_vec(), ms(cert.validity().not_before)?, ms(cert.validity().not_after)?))
+}
+
+/// Why a JWT-SVID is not valid by this process's clock, if it is not: `iat` more than
+/// the leeway validators allow ahead, or `exp` past. The signature is not checked here.
+fn untimely_jwt(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+    let now = (now_ms() / 1000) as i64;
+    let (iat, exp) = (claims["iat"].as_i64()?, claims["exp"].as_i64()?);
+    let leeway = identity::jwt::LEEWAY;
+    (iat > now + leeway || exp <= now).then(|| format!("JWT-SVID iat {iat} exp {exp} at {now}"))
 }
 
 /// A channel to the agent's socket, retried for a few seconds: a workload started beside a
@@ -143,7 +165,12 @@ async fn stream(socket: PathBuf, watched: String, shared: Arc<Shared>, stop: Arc
                         continue;
                     }
                     match leaf(&svid.x509_svid) {
-                        Some((serial, until)) => {
+                        Some((serial, from, until)) => {
+                            let now = now_ms();
+                            if from > now || until <= now {
+                                let mut seen = shared.seen.lock().unwrap_or_else(|p| p.into_inner());
+                                seen.untimely.push(format!("X.509-SVID valid {from}..{until} ms at {now}"));
+                            }
                             held_until = held_until.max(until);
                             shared.serials.lock().unwrap_or_else(|p| p.into_inner()).insert(serial);
                         }
@@ -188,7 +215,12 @@ async fn jwts(socket: PathBuf, ask: JwtAsk, shared: Arc<Shared>, stop: Arc<Atomi
             let mut seen = shared.seen.lock().unwrap_or_else(|p| p.into_inner());
             seen.jwt_calls += 1;
             match answer {
-                Ok(response) if !response.get_ref().svids.is_empty() => seen.jwt_answered += 1,
+                Ok(response) if !response.get_ref().svids.is_empty() => {
+                    seen.jwt_answered += 1;
+                    if let Some(why) = response.get_ref().svids.first().and_then(|s| untimely_jwt(&s.svid)) {
+                        seen.untimely.push(why);
+                    }
+                }
                 Ok(_) => seen.errors.push(format!("JWT-SVID {n}: an answer without an SVID")),
                 Err(e) => seen.errors.push(format!("JWT-SVID {n}: {e:?}")),
             }
@@ -201,12 +233,38 @@ async fn jwts(socket: PathBuf, ask: JwtAsk, shared: Arc<Shared>, stop: Arc<Atomi
 /// syncing every second), and an entry `spiffe://example.org/web` for this process's uid
 /// under it. Returns the agent and its SPIFFE ID.
 pub fn attach_agent(root: &std::path::Path, servers: &[testkit::ServerProcess]) -> (testkit::AgentProcess, String) {
+    attach_agent_with_env(root, servers, &[], &[])
+}
+
+/// [`attach_agent`] with extra arguments to `entry create` (`--x509-svid-ttl 20`, say) and
+/// extra environment variables for the agent process.
+pub fn attach_agent_with_env(
+    root: &std::path::Path,
+    servers: &[testkit::ServerProcess],
+    entry_args: &[&str],
+    env: &[(String, String)],
+) -> (testkit::AgentProcess, String) {
     let token =
         servers[0].json(&["token", "generate", "--ttl", "600"])["value"].as_str().expect("a join token").to_owned();
     let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
-    servers[0].json(&["entry", "create", "--spiffe-id", WEB, "--parent-id", &agent_id, "--selector", &uid_selector()]);
+    let selector = uid_selector();
+    let mut create = vec!["entry", "create", "--spiffe-id", WEB, "--parent-id", &agent_id, "--selector", &selector];
+    create.extend_from_slice(entry_args);
+    servers[0].json(&create);
     let addresses: Vec<String> = servers.iter().map(testkit::ServerProcess::api_address).collect();
-    let agent = testkit::AgentProcess::start(root, &addresses, &servers[0].bundle_pem(), &token, "1s");
+    let dir = root.join("agent");
+    std::fs::create_dir_all(&dir).expect("agent dir");
+    std::fs::write(dir.join("bundle.pem"), servers[0].bundle_pem()).expect("bundle file");
+    let config = testkit::AgentProcess::config_text(
+        root,
+        &addresses,
+        &format!("join_token = \"{token}\""),
+        r#"NodeAttestor "join_token" {}"#,
+        "1s",
+        "",
+    );
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let agent = testkit::AgentProcess::start_configured(root, &config, &env);
     (agent, agent_id)
 }
 

@@ -64,6 +64,11 @@ fn failing_syncs_on_the_leader_lose_nothing() {
 }
 
 #[test]
+fn clocks_off_on_a_replica_and_on_agents_never_reach_workloads() {
+    assert_passed(drills::clock_skew::run(&Settings::QUICK));
+}
+
+#[test]
 fn federated_clusters_refresh_through_leader_kills() {
     assert_passed(drills::federation::run(&Settings::QUICK));
 }
