@@ -9,6 +9,7 @@ mod agent;
 pub mod docs;
 pub mod faketime;
 pub mod moto;
+pub mod netns;
 pub mod pki;
 pub mod proxy;
 mod server;

@@ -109,6 +109,11 @@ pub const ALL: &[Drill] = &[
         run: partition::run,
     },
     Drill {
+        name: partition::NAME_NETNS,
+        about: "replicas in network namespaces: the leader's link down, a follower's, one-way loss, a flapping link",
+        run: partition::run_netns,
+    },
+    Drill {
         name: leader_pause::NAME,
         about: "SIGSTOP the leader beyond the election timeout, SIGCONT",
         run: leader_pause::run,

@@ -24,6 +24,11 @@ fn partitions_leave_the_minority_unable_to_write_and_heal() {
 }
 
 #[test]
+fn partitions_in_the_kernel_between_namespaces_split_no_brain() {
+    assert_passed(drills::partition::run_netns(&Settings::QUICK));
+}
+
+#[test]
 fn a_paused_leader_is_replaced_and_rejoins() {
     assert_passed(drills::leader_pause::run(&Settings::QUICK));
 }
