@@ -211,6 +211,18 @@ fn a_slow_clock_is_allowed_a_fresh_certificate_but_never_an_expired_one() {
     assert!(verify(now() - time::Duration::minutes(3)).is_ok(), "three minutes slow is within five");
     assert!(matches!(verify(now() - time::Duration::minutes(6)), Err(VerifyX509Error::NotYetValid { index: 0, .. })));
     assert!(matches!(verify(now() + time::Duration::hours(2)), Err(VerifyX509Error::Expired { index: 0, .. })));
+    // A new CA looks not yet valid to a slow clock too.
+    let fresh_ca = root(KeyType::EcP256, DAY);
+    let (_, under_fresh) = svid(&fresh_ca, "spiffe://example.org/web", KeyType::EcP256, HOUR);
+    let fresh_bundle = bundle_of(&[&fresh_ca]);
+    let at = now() - time::Duration::minutes(3);
+    assert!(verify_x509_svid(&[&under_fresh.der], &fresh_bundle, at).is_err());
+    assert!(verify_x509_svid_allowing_slow_clock(&[&under_fresh.der], &fresh_bundle, at, allowance).is_ok());
+    let expired_ca = root(KeyType::EcP256, Duration::from_secs(60));
+    let (_, under_expired) = svid(&expired_ca, "spiffe://example.org/web", KeyType::EcP256, Duration::from_secs(30));
+    let later = now() + time::Duration::minutes(2);
+    assert!(verify_x509_svid_allowing_slow_clock(&[&under_expired.der], &bundle_of(&[&expired_ca]), later, allowance)
+        .is_err());
     // Nor does the allowance stretch a certificate's end: one that expires within it is
     // refused to a clock that needed the allowance.
     let (_, short) = svid(&ca, "spiffe://example.org/web", KeyType::EcP256, Duration::from_secs(60));

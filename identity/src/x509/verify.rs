@@ -102,9 +102,10 @@ pub fn verify_x509_svid<C: AsRef<[u8]>>(
 }
 
 /// [`verify_x509_svid`] for a verifier whose clock may be up to `slow_by` behind the
-/// issuer's: a chain that is not yet valid at `now` passes if it is valid at `now +
-/// slow_by`, which also asks that it stay valid that much longer. What a slow clock
-/// mistakes for not yet valid is only a fresh certificate; an expired one stays refused.
+/// issuer's: a chain that is not yet valid at `now` (a certificate in it, or the bundle's
+/// authority it chains to) passes if it is valid at `now + slow_by`, which also asks that
+/// it stay valid that much longer. What a slow clock mistakes for not yet valid is only a
+/// fresh certificate or a new CA; an expired one stays refused.
 pub fn verify_x509_svid_allowing_slow_clock<C: AsRef<[u8]>>(
     chain: &[C],
     bundles: &impl BundleSource,
@@ -112,7 +113,9 @@ pub fn verify_x509_svid_allowing_slow_clock<C: AsRef<[u8]>>(
     slow_by: std::time::Duration,
 ) -> Result<VerifiedX509Svid, VerifyX509Error> {
     match verify_x509_svid(chain, bundles, now) {
-        Err(VerifyX509Error::NotYetValid { .. }) if !slow_by.is_zero() => {
+        // An authority's error does not say which end of its validity failed; one that has
+        // expired at `now` has at `now + slow_by` too.
+        Err(VerifyX509Error::NotYetValid { .. } | VerifyX509Error::AuthorityNotValid) if !slow_by.is_zero() => {
             let later = time::Duration::try_from(slow_by).unwrap_or(time::Duration::ZERO);
             verify_x509_svid(chain, bundles, now + later)
         }
