@@ -440,9 +440,11 @@ fn a_downstream_leader_killed_during_its_upstream_request_leaves_one_intermediat
     wait_until(
         Duration::from_secs(60),
         || {
-            let shown = tree.downstream[other].json(&["localauthority", "x509", "show"]);
+            // Until the others elect a leader, the read is refused (no leader contact).
+            let out = tree.downstream[other].command(&["localauthority", "x509", "show", "--output", "json"]);
+            let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
             prepared = shown["prepared"]["authority_id"].as_str().unwrap_or_default().to_owned();
-            !prepared.is_empty()
+            out.status.success() && !prepared.is_empty()
         },
         "the new leader to record the next intermediate",
     );

@@ -48,7 +48,10 @@ impl ServerIdentity {
             .await
             .map_err(|e| e.to_string())?;
         let facts = identity::x509::certificate_facts(&chain[0]).map_err(|e| e.to_string())?;
-        let renew_at = facts.not_before + (facts.not_after - facts.not_before) / 2;
+        // Half of what is left of its life, counted from now: NotBefore is backdated, so
+        // half of its whole life can be now already (a 10 s TTL), and it would be minted
+        // again and again.
+        let renew_at = now + (facts.not_after - now) / 2;
         let pkcs8 = key.to_pkcs8_der().map_err(|e| e.to_string())?;
         let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&PrivateKeyDer::Pkcs8(
             PrivatePkcs8KeyDer::from(pkcs8.to_vec()),
@@ -101,7 +104,11 @@ pub async fn maintain(identity: Arc<ServerIdentity>, bundle: Arc<RwLock<Bundle>>
                     let renew_in = identity
                         .renew_at()
                         .map(|at| Duration::try_from(at - OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO));
-                    let wait = retry.or(renew_in.filter(|_| signing.is_some())).unwrap_or(Duration::from_secs(3600));
+                    // At least a second between mints, whatever the CA's remaining life.
+                    let wait = retry
+                        .or(renew_in.filter(|_| signing.is_some()))
+                        .unwrap_or(Duration::from_secs(3600))
+                        .max(Duration::from_secs(1));
                     tokio::select! {
                         changed = changes.changed() => if changed.is_err() { return },
                         _ = tokio::time::sleep(wait) => {}
