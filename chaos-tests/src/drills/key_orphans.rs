@@ -5,21 +5,20 @@
 //! them, and at the end the backend holds exactly the keys of the authorities in the
 //! journal, read with the backend's own tools (boto3, pkcs11-tool).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::key_backend::{KeyBackend, PIN, TOKEN};
 use super::{entry_clients, Report, Settings, Workdir};
-use testkit::moto::{self, MotoServer};
-use testkit::proxy::{FaultProxy, Link};
-use testkit::softhsm::{self, MODULE};
+use testkit::moto;
+use testkit::proxy::Link;
+use testkit::softhsm::MODULE;
 use testkit::{binary, ServerProcess};
 
 pub const NAME: &str = "key_orphans";
 /// Long enough that a key left by a kill is still there when the round looks for it.
 const GRACE: &str = "10s";
-const TOKEN: &str = "testudo-orphans";
-const PIN: &str = "1357";
 /// Every KMS call crosses this delay each way, so one key takes seconds to make and name.
 const KMS_DELAY: Duration = Duration::from_millis(300);
 
@@ -39,55 +38,7 @@ for page in kms.get_paginator("list_keys").paginate():
 print(json.dumps(sorted(owned)))
 "#;
 
-enum Backend {
-    Kms { moto: MotoServer, link: FaultProxy, script: PathBuf },
-    Hsm { conf: PathBuf, pin: PathBuf },
-}
-
-impl Backend {
-    fn kms(root: &Path) -> Self {
-        let moto = MotoServer::start();
-        let link = FaultProxy::start(format!("127.0.0.1:{}", moto.port).parse().expect("an address"));
-        let script = root.join("owned.py");
-        std::fs::write(&script, BOTO3_OWNED).expect("script");
-        Self::Kms { moto, link, script }
-    }
-
-    fn hsm(root: &Path) -> Self {
-        let conf = softhsm::init_token(root, TOKEN, PIN);
-        let pin = root.join("pin");
-        std::fs::write(&pin, format!("{PIN}\n")).expect("pin file");
-        Self::Hsm { conf, pin }
-    }
-
-    fn name(&self) -> &'static str {
-        match self {
-            Self::Kms { .. } => "aws_kms",
-            Self::Hsm { .. } => "pkcs11",
-        }
-    }
-
-    fn plugins(&self) -> String {
-        match self {
-            Self::Kms { link, .. } => format!(
-                "KeyManager \"aws_kms\" {{\n    plugin_data {{\n      endpoint = \"http://{}\"\n    }}\n  }}",
-                link.address()
-            ),
-            Self::Hsm { pin, .. } => format!(
-                "KeyManager \"pkcs11\" {{\n    plugin_data {{\n      module_path = \"{MODULE}\"\n      token_label = \
-                 \"{TOKEN}\"\n      user_pin_path = \"{}\"\n    }}\n  }}",
-                pin.display()
-            ),
-        }
-    }
-
-    fn env(&self) -> Vec<(String, String)> {
-        match self {
-            Self::Kms { moto, .. } => moto.env().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-            Self::Hsm { conf, .. } => vec![("SOFTHSM2_CONF".into(), conf.display().to_string())],
-        }
-    }
-
+impl KeyBackend {
     fn server_extra(&self) -> String {
         let keys = match self {
             Self::Kms { .. } => "",
@@ -131,15 +82,14 @@ impl Backend {
 
     /// Slows or restores the KMS link (the HSM is local).
     fn slow(&self, slow: bool) {
-        if let Self::Kms { link, .. } = self {
-            link.set(if slow { Link::Delay(KMS_DELAY) } else { Link::Open });
-        }
+        self.set_link(if slow { Link::Delay(KMS_DELAY) } else { Link::Open });
     }
 
-    /// The key ids of the live keys made for `cluster`.
-    fn owned(&self, cluster: &str) -> Result<Vec<String>, String> {
+    /// The key ids of the live keys made for `cluster` (for KMS, listed by the boto3 script
+    /// at `script`).
+    fn owned(&self, cluster: &str, script: &Path) -> Result<Vec<String>, String> {
         match self {
-            Self::Kms { moto, script, .. } => {
+            Self::Kms { moto, .. } => {
                 let out = Command::new(moto::python())
                     .arg(script)
                     .arg(moto.endpoint())
@@ -216,26 +166,19 @@ pub fn run(settings: &Settings) -> Report {
     for dir in [&kms, &hsm] {
         std::fs::create_dir_all(dir).expect("a directory");
     }
-    lines.push(drill_backend(&Backend::kms(&kms), &kms, settings, &mut report));
-    lines.push(drill_backend(&Backend::hsm(&hsm), &hsm, settings, &mut report));
+    lines.push(drill_backend(&KeyBackend::kms(), &kms, settings, &mut report));
+    lines.push(drill_backend(&KeyBackend::hsm(&hsm), &hsm, settings, &mut report));
     report.summary = lines.join("; ");
     root.settle(&mut report);
     report
 }
 
 /// Runs the kills against one backend; answers its summary.
-fn drill_backend(backend: &Backend, dir: &Path, settings: &Settings, report: &mut Report) -> String {
+fn drill_backend(backend: &KeyBackend, dir: &Path, settings: &Settings, report: &mut Report) -> String {
     let name = backend.name();
-    let env = backend.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let mut servers = ServerProcess::cluster_with(dir, 3, &backend.server_extra(), &backend.plugins(), &env);
-    // Both kinds: an RSA-4096 key on SoftHSM takes seconds to make.
-    let mints: [&[&str]; 2] = [
-        &["x509", "mint", "--spiffe-id", "spiffe://example.org/probe"],
-        &["jwt", "mint", "--spiffe-id", "spiffe://example.org/probe", "--audience", "a"],
-    ];
-    let signs = |s: &ServerProcess| mints.iter().all(|args| s.command(args).status.success());
-    testkit::wait_until(Duration::from_secs(90), || signs(&servers[0]), "the cluster to sign");
+    let mut servers = backend.cluster(dir, 3, &backend.server_extra());
+    let script = dir.join("owned.py");
+    std::fs::write(&script, BOTO3_OWNED).expect("script");
     let cluster = servers[0].status()["cluster_id"].as_str().unwrap_or_default().to_owned();
 
     // Every key id seen after a kill; those not in the final set were left by a kill.
@@ -268,7 +211,7 @@ fn drill_backend(backend: &Backend, dir: &Path, settings: &Settings, report: &mu
         let mut alive = [true; 3];
         alive[index] = false;
         // Inside the grace: what the kill left is still there.
-        let (owned, recorded) = (backend.owned(&cluster), authorities(&servers, &alive));
+        let (owned, recorded) = (backend.owned(&cluster, &script), authorities(&servers, &alive));
         eprintln!(
             "{NAME}: {name} kill {kills} ({kind} prepare on replica {}): keys {owned:?}, authorities {recorded:?}",
             index + 1
@@ -289,7 +232,7 @@ fn drill_backend(backend: &Backend, dir: &Path, settings: &Settings, report: &mu
     let settled_by = Instant::now() + Duration::from_secs(60);
     let (mut last, mut left, mut kept) = (String::new(), None, Vec::new());
     let settled = loop {
-        match (backend.owned(&cluster), authorities(&servers, &alive)) {
+        match (backend.owned(&cluster, &script), authorities(&servers, &alive)) {
             (Ok(owned), Some(recorded)) => {
                 left = Some(owned.len().saturating_sub(recorded));
                 if owned.len() == recorded {
@@ -308,17 +251,8 @@ fn drill_backend(backend: &Backend, dir: &Path, settings: &Settings, report: &mu
     report.check(settled, || format!("{name}: keys nothing records remain 60 s after the last kill: {last}"));
     // A kill may have stopped the CA's own first keys in the making; the next leader makes
     // them again.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !servers.iter().all(signs) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    for server in &servers {
-        for args in mints {
-            let out = server.command(args);
-            report.check(out.status.success(), || {
-                format!("{name}: replica {} cannot {args:?}: {}", server.id, String::from_utf8_lossy(&out.stderr))
-            });
-        }
+    if let Err(refusals) = super::key_backend::all_sign_within(&servers, Duration::from_secs(60)) {
+        report.failures.push(format!("{name}: {refusals}"));
     }
     let swept: usize = servers.iter().map(|s| s.log().matches("deleted a CA key that nothing records").count()).sum();
     // Keys seen after a kill and gone at the end: orphans the sweep deleted, and keys
@@ -326,7 +260,7 @@ fn drill_backend(backend: &Backend, dir: &Path, settings: &Settings, report: &mu
     let gone = seen.iter().filter(|id| !kept.contains(id)).count();
     // The KMS window is seconds long, so some kill must land in it and leave a key for the
     // sweep; on the HSM it is a few milliseconds, and the count is reported, not required.
-    let must_hit = matches!(backend, Backend::Kms { .. }) && kills >= 3;
+    let must_hit = matches!(backend, KeyBackend::Kms { .. }) && kills >= 3;
     report.check(!must_hit || swept > 0, || {
         format!("{name}: no kill landed between a key's creation and its record in {kills} kills")
     });

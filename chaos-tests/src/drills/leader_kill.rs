@@ -8,15 +8,25 @@
 //!
 //! `leader_kill_five` does the same to five replicas, killing two at once each round (the
 //! leader and a follower, mostly), which five tolerate.
+//!
+//! `leader_kill_managed_keys` does it to three replicas whose CA keys are in a KMS (moto),
+//! then on an HSM token (SoftHSM2); in every other kill, the first included, the KMS is cut
+//! off too (connections reset) until the killed replica has been back a while. Afterwards every replica must sign
+//! X.509- and JWT-SVIDs with the keys it never held.
 
 use std::time::{Duration, Instant};
 
 use super::entry_clients::{self, Alive, Load};
+use super::key_backend::{self, KeyBackend};
 use super::{runtime, Report, Settings, Workdir};
+use testkit::proxy::Link;
 use testkit::ServerProcess;
 
 pub const NAME: &str = "leader_kill";
 pub const NAME_FIVE: &str = "leader_kill_five";
+pub const NAME_MANAGED_KEYS: &str = "leader_kill_managed_keys";
+/// How long every replica has, after the last restart, to sign with the managed keys.
+const SIGNING_LIMIT: Duration = Duration::from_secs(60);
 const CLIENTS: usize = 3;
 /// One round: the leader down at least this long, then this long up before the next kill.
 const DOWN: Duration = Duration::from_secs(2);
@@ -27,18 +37,61 @@ const RECOVERY_LIMIT: Duration = Duration::from_secs(20);
 
 /// Three replicas, one killed at a time.
 pub fn run(settings: &Settings) -> Report {
-    run_shaped(NAME, 3, 1, settings)
+    let mut report = Report::new(NAME);
+    let mut root = Workdir::new(NAME);
+    let servers = ServerProcess::cluster(root.path(), 3, "");
+    report.summary = kill_loop(servers, None, 1, settings, &mut report);
+    root.settle(&mut report);
+    report
 }
 
 /// Five replicas, two killed at once.
 pub fn run_five(settings: &Settings) -> Report {
-    run_shaped(NAME_FIVE, 5, 2, settings)
+    let mut report = Report::new(NAME_FIVE);
+    let mut root = Workdir::new(NAME_FIVE);
+    let servers = ServerProcess::cluster(root.path(), 5, "");
+    report.summary = kill_loop(servers, None, 2, settings, &mut report);
+    root.settle(&mut report);
+    report
 }
 
-fn run_shaped(name: &'static str, replicas: usize, at_once: usize, settings: &Settings) -> Report {
-    let mut report = Report::new(name);
-    let mut root = Workdir::new(name);
-    let mut servers = ServerProcess::cluster(root.path(), replicas as u64, "");
+/// Three replicas with their CA keys in a KMS, then on an HSM.
+pub fn run_managed_keys(settings: &Settings) -> Report {
+    let mut report = Report::new(NAME_MANAGED_KEYS);
+    let mut root = Workdir::new(NAME_MANAGED_KEYS);
+    let mut lines = Vec::new();
+    for kms in [true, false] {
+        let dir = root.path().join(if kms { "kms" } else { "hsm" });
+        std::fs::create_dir_all(&dir).expect("a directory");
+        let backend = if kms { KeyBackend::kms() } else { KeyBackend::hsm(&dir) };
+        let servers = backend.cluster(&dir, 3, "");
+        let mut part = Report::new(NAME_MANAGED_KEYS);
+        let line = kill_loop(servers, Some(&backend), 1, settings, &mut part);
+        lines.push(format!("{}: {line}", backend.name()));
+        report.faults += part.faults;
+        report.operations += part.operations;
+        report.acknowledged += part.acknowledged;
+        report.lost_writes = Some(report.lost_writes.unwrap_or(0) + part.lost_writes.unwrap_or(0));
+        report.linearizable = Some(report.linearizable.unwrap_or(true) && part.linearizable.unwrap_or(false));
+        report.longest_write_gap = report.longest_write_gap.max(part.longest_write_gap);
+        report.failures.extend(part.failures.into_iter().map(|f| format!("{}: {f}", backend.name())));
+    }
+    report.summary = lines.join("; ");
+    root.settle(&mut report);
+    report
+}
+
+/// Kills `at_once` replicas of `servers` at a time, round after round, under write load;
+/// with `keys` (a KMS), cuts the KMS off in every other kill, and at the end
+/// checks every replica signs. Fills `report`; answers its summary line.
+fn kill_loop(
+    mut servers: Vec<ServerProcess>,
+    keys: Option<&KeyBackend>,
+    at_once: usize,
+    settings: &Settings,
+    report: &mut Report,
+) -> String {
+    let replicas = servers.len();
     let runtime = runtime();
     let alive = Alive::new(servers.len());
     let live = alive.targets();
@@ -46,7 +99,7 @@ fn run_shaped(name: &'static str, replicas: usize, at_once: usize, settings: &Se
 
     std::thread::sleep(Duration::from_secs(2));
     let (began, mut first_fault) = (Instant::now(), None);
-    let mut slowest_recovery = Duration::ZERO;
+    let (mut slowest_recovery, mut kms_cuts) = (Duration::ZERO, 0);
     while settings.another_round(report.faults / at_once, began) {
         let up = alive.snapshot();
         let Some(id) = entry_clients::leader(&servers, &up) else {
@@ -69,6 +122,11 @@ fn run_shaped(name: &'static str, replicas: usize, at_once: usize, settings: &Se
                 victims.push(other);
             }
         }
+        let cut = keys.is_some_and(|k| matches!(k, KeyBackend::Kms { .. })) && round.is_multiple_of(2);
+        if let (true, Some(keys)) = (cut, keys) {
+            keys.set_link(Link::Reset);
+            kms_cuts += 1;
+        }
         let killed_at = load.now();
         first_fault.get_or_insert(killed_at);
         let killed = Instant::now();
@@ -78,6 +136,12 @@ fn run_shaped(name: &'static str, replicas: usize, at_once: usize, settings: &Se
             report.faults += 1;
         }
         let killed_ids: Vec<u64> = victims.iter().map(|i| servers[*i].id).collect();
+        if cut {
+            let survivor = (0..replicas).find(|i| !victims.contains(i)).unwrap_or(0);
+            if let Err(e) = key_backend::refused_while_cut(&servers[survivor]) {
+                report.failures.push(e);
+            }
+        }
         match first_write_after(&load, killed_at, RECOVERY_LIMIT) {
             Some(after) => slowest_recovery = slowest_recovery.max(after),
             None => {
@@ -95,13 +159,29 @@ fn run_shaped(name: &'static str, replicas: usize, at_once: usize, settings: &Se
             alive.set(index, true);
         }
         std::thread::sleep(UP);
+        if let (true, Some(keys)) = (cut, keys) {
+            keys.set_link(Link::Open);
+        }
     }
-    load.finish_and_check(&runtime, &servers, first_fault, &mut report);
+    if let Some(keys) = keys {
+        keys.set_link(Link::Open);
+    }
+    load.finish_and_check(&runtime, &servers, first_fault, report);
     let acknowledged = report.acknowledged;
     report.check(acknowledged > 50, || format!("too few operations got through to mean anything: {acknowledged}"));
-    report.summary = format!(
+    let signing = match keys.map(|_| key_backend::all_sign_within(&servers, SIGNING_LIMIT)) {
+        None => String::new(),
+        Some(Ok(took)) => {
+            format!(", the KMS cut in {kms_cuts} kills, every replica signed {} ms after the checks", took.as_millis())
+        }
+        Some(Err(refusals)) => {
+            report.failures.push(format!("not every replica signs {SIGNING_LIMIT:?} after the last kill: {refusals}"));
+            format!(", the KMS cut in {kms_cuts} kills, not every replica signs")
+        }
+    };
+    format!(
         "{} kills, {} operations ({} acknowledged), lost writes {:?}, linearizable {:?}, longest write gap {:?}, \
-            slowest first write after a kill {:?}",
+            slowest first write after a kill {:?}{signing}",
         report.faults,
         report.operations,
         report.acknowledged,
@@ -109,9 +189,7 @@ fn run_shaped(name: &'static str, replicas: usize, at_once: usize, settings: &Se
         report.linearizable,
         report.longest_write_gap,
         slowest_recovery
-    );
-    root.settle(&mut report);
-    report
+    )
 }
 
 /// How long after `since` (the history's clock) the first write invoked after it was

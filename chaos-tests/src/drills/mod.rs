@@ -11,6 +11,7 @@ pub mod disk_failure;
 pub mod entry_clients;
 pub mod federation;
 pub mod io_errors;
+pub mod key_backend;
 pub mod key_orphans;
 pub mod leader_kill;
 pub mod leader_pause;
@@ -104,6 +105,11 @@ pub const ALL: &[Drill] = &[
         run: leader_kill::run_five,
     },
     Drill {
+        name: leader_kill::NAME_MANAGED_KEYS,
+        about: "leader_kill with the CA keys in a KMS (moto, cut off in some kills), then on an HSM (SoftHSM2)",
+        run: leader_kill::run_managed_keys,
+    },
+    Drill {
         name: partition::NAME,
         about: "isolate the leader, then a follower, then one way, then slow links; heal",
         run: partition::run,
@@ -122,6 +128,11 @@ pub const ALL: &[Drill] = &[
         name: rolling_restart::NAME,
         about: "restart every replica in turn with an agent and workloads attached",
         run: rolling_restart::run,
+    },
+    Drill {
+        name: rolling_restart::NAME_MANAGED_KEYS,
+        about: "rolling_restart with the CA keys in a KMS (moto, cut off for 6 s), then on an HSM (SoftHSM2)",
+        run: rolling_restart::run_managed_keys,
     },
     Drill {
         name: rolling_replacement::NAME,

@@ -19,6 +19,11 @@ fn five_replicas_lose_two_at_once_under_write_load() {
 }
 
 #[test]
+fn leader_kills_with_keys_in_a_kms_or_an_hsm_lose_nothing_and_still_sign() {
+    assert_passed(drills::leader_kill::run_managed_keys(&Settings::QUICK));
+}
+
+#[test]
 fn partitions_leave_the_minority_unable_to_write_and_heal() {
     assert_passed(drills::partition::run(&Settings::QUICK));
 }
@@ -36,6 +41,11 @@ fn a_paused_leader_is_replaced_and_rejoins() {
 #[test]
 fn a_rolling_restart_is_invisible_to_workloads() {
     assert_passed(drills::rolling_restart::run(&Settings::QUICK));
+}
+
+#[test]
+fn a_rolling_restart_with_keys_in_a_kms_or_an_hsm_is_invisible_to_workloads() {
+    assert_passed(drills::rolling_restart::run_managed_keys(&Settings::QUICK));
 }
 
 #[test]
