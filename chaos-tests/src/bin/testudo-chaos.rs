@@ -10,7 +10,8 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(about = "Failure drills against real testudo-server replicas and agents")]
 struct Args {
-    /// Keep each drill injecting faults for at least this long (e.g. 60s, 10m).
+    /// Keep injecting faults for at least this long in all (e.g. 10m, 30m): each drill
+    /// selected gets an equal share as its minimum.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     duration: Duration,
     /// Fault rounds per drill, at least.
@@ -30,9 +31,13 @@ fn main() -> anyhow::Result<()> {
     if let Some(unknown) = args.drills.iter().find(|d| !known.contains(&d.as_str())) {
         anyhow::bail!("no drill named {unknown:?}; the drills are {}", known.join(", "));
     }
-    let settings = Settings { iterations: args.iterations, duration: args.duration };
+    let selected: Vec<&drills::Drill> =
+        drills::ALL.iter().filter(|d| args.drills.is_empty() || args.drills.iter().any(|n| n == d.name)).collect();
+    let share = args.duration / u32::try_from(selected.len().max(1)).unwrap_or(u32::MAX);
+    let settings = Settings { iterations: args.iterations, duration: share };
+    let began = std::time::Instant::now();
     let mut reports = Vec::new();
-    for drill in drills::ALL.iter().filter(|d| args.drills.is_empty() || args.drills.iter().any(|n| n == d.name)) {
+    for drill in selected {
         eprintln!(
             "== {}: {} ({} rounds at least, {:?} at least)",
             drill.name, drill.about, settings.iterations, settings.duration
@@ -44,7 +49,13 @@ fn main() -> anyhow::Result<()> {
         }
         reports.push(report);
     }
-    let table = drills::table(&reports);
+    let leader_kills: usize = reports.iter().map(|r| r.leader_kills).sum();
+    let table = format!(
+        "{}\n{} drills in {:.1} min, {leader_kills} leader kills in all.\n",
+        drills::table(&reports),
+        reports.len(),
+        began.elapsed().as_secs_f64() / 60.0
+    );
     println!("{table}");
     if let Some(path) = &args.table {
         std::fs::write(path, &table).with_context(|| format!("writing {}", path.display()))?;

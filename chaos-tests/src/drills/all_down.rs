@@ -32,6 +32,7 @@ pub fn run(settings: &Settings) -> Report {
             server.kill();
         }
         report.faults += 1;
+        report.leader_kills += 1;
         let down = Instant::now();
         std::thread::sleep(DOWN);
         for server in &mut servers {

@@ -134,6 +134,7 @@ fn kill_leaders(domains: &mut [Domain; 2], report: &mut Report) -> Vec<(usize, u
             Some(index) => {
                 domain.servers[index].kill();
                 report.faults += 1;
+                report.leader_kills += 1;
                 killed.push((d, index));
             }
             None => report.failures.push(format!("{}: no leader to kill", domain.name)),

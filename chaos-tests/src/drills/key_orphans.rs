@@ -203,6 +203,7 @@ fn drill_backend(backend: &KeyBackend, dir: &Path, settings: &Settings, report: 
         servers[index].kill();
         kills += 1;
         report.faults += 1;
+        report.leader_kills += 1;
         backend.slow(false);
         if let Ok(mut cli) = prepare {
             let _ = cli.kill();

@@ -69,6 +69,7 @@ pub fn run_managed_keys(settings: &Settings) -> Report {
         let line = kill_loop(servers, Some(&backend), 1, settings, &mut part);
         lines.push(format!("{}: {line}", backend.name()));
         report.faults += part.faults;
+        report.leader_kills += part.leader_kills;
         report.operations += part.operations;
         report.acknowledged += part.acknowledged;
         report.lost_writes = Some(report.lost_writes.unwrap_or(0) + part.lost_writes.unwrap_or(0));
@@ -134,6 +135,7 @@ fn kill_loop(
             alive.set(index, false);
             servers[index].kill();
             report.faults += 1;
+            report.leader_kills += usize::from(index == leader);
         }
         let killed_ids: Vec<u64> = victims.iter().map(|i| servers[*i].id).collect();
         if cut {

@@ -51,6 +51,8 @@ impl Settings {
 pub struct Report {
     pub drill: &'static str,
     pub faults: usize,
+    /// Of the faults, how many killed a leader (kill -9 of the replica leading then).
+    pub leader_kills: usize,
     /// Client operations recorded, and how many of them were acknowledged.
     pub operations: usize,
     pub acknowledged: usize,
@@ -210,16 +212,17 @@ fn millis(d: Option<Duration>) -> String {
 /// The summary table (Markdown, so it can go straight into a document).
 pub fn table(reports: &[Report]) -> String {
     let mut out = String::from(
-        "| drill | faults | ops acknowledged | acknowledged writes lost | linearizable | \
+        "| drill | faults | leader kills | ops acknowledged | acknowledged writes lost | linearizable | \
         longest write unavailability | longest workload gap | result |\n",
     );
-    out.push_str("| --- | ---: | ---: | ---: | --- | ---: | ---: | --- |\n");
+    out.push_str("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |\n");
     for r in reports {
         let _ = writeln!(
             out,
-            "| {} | {} | {} / {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} / {} | {} | {} | {} | {} | {} |",
             r.drill,
             r.faults,
+            r.leader_kills,
             r.acknowledged,
             r.operations,
             r.lost_writes.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),

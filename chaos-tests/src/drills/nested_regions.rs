@@ -158,12 +158,14 @@ pub fn run(settings: &Settings) -> Report {
         for region in regions.iter_mut() {
             if kill_leader(&mut region.servers) {
                 report.faults += 1;
+                report.leader_kills += 1;
             } else {
                 report.failures.push(format!("region {}: no leader to kill", region.name));
             }
         }
         if kill_leader(&mut root_servers) {
             report.faults += 1;
+            report.leader_kills += 1;
         } else {
             report.failures.push("root: no leader to kill".into());
         }

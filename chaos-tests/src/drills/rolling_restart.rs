@@ -12,6 +12,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::entry_clients;
 use super::key_backend::{self, KeyBackend};
 use super::svid_watch::{attach_agent, uid_selector, JwtAsk, Watch, WEB};
 use super::{runtime, Report, Settings, Workdir};
@@ -48,6 +49,7 @@ pub fn run_managed_keys(settings: &Settings) -> Report {
         let line = restart_loop(&dir, servers, Some(&backend), settings, &mut part);
         lines.push(format!("{}: {line}", backend.name()));
         report.faults += part.faults;
+        report.leader_kills += part.leader_kills;
         report.operations += part.operations;
         report.acknowledged += part.acknowledged;
         report.longest_workload_gap = report.longest_workload_gap.max(part.longest_workload_gap);
@@ -80,8 +82,10 @@ fn restart_loop(
     while settings.another_round(rounds, began) {
         rounds += 1;
         for i in 0..servers.len() {
+            let leading = entry_clients::leader(&servers, &[true; 3]) == Some(servers[i].id);
             servers[i].kill();
             report.faults += 1;
+            report.leader_kills += usize::from(leading);
             std::thread::sleep(Duration::from_secs(1));
             servers[i].restart();
             assert!(
