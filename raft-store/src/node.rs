@@ -409,6 +409,7 @@ impl Replica {
                 return Err(ClusterError::NoLeaderContact(silent));
             }
             let was_leader = self.is_leader();
+            let stopped_before = self.fault().is_some();
             let attempt = match self.proposer.write(command.clone()).await {
                 Ok(response) => return Ok(response),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -425,7 +426,20 @@ impl Replica {
                 Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                     return Err(ClusterError::Membership(e.to_string()))
                 }
-                Err(RaftError::Fatal(e)) => return Err(ClusterError::Unavailable(e.to_string())),
+                // The core stopped on a fault (a full disk, a failed sync) while the write was
+                // in it: it may already be on the followers, which can commit it under the
+                // next leader. Only a core stopped before the write took nothing (below).
+                Err(RaftError::Fatal(e)) => {
+                    return Err(match unknown {
+                        Some(why) => {
+                            ClusterError::Uncertain(format!("{why}; then this replica's Raft core stopped: {e}"))
+                        }
+                        None if stopped_before => ClusterError::Unavailable(e.to_string()),
+                        None => ClusterError::Uncertain(format!(
+                            "this replica's Raft core stopped with the write in it: {e}"
+                        )),
+                    })
+                }
             };
             match attempt {
                 Ok(response) => {
