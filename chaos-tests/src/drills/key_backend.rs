@@ -101,6 +101,28 @@ pub(crate) fn signs(server: &ServerProcess) -> Result<(), String> {
     Ok(())
 }
 
+/// Runs `phase` against a KMS, then an HSM, each in a directory of its own under `root`,
+/// and gathers both into one report for `drill`; `phase` fills its part and answers its
+/// summary line.
+pub(crate) fn on_each_backend(
+    drill: &'static str,
+    root: &Path,
+    phase: impl Fn(&KeyBackend, &Path, &mut super::Report) -> String,
+) -> super::Report {
+    let mut report = super::Report::new(drill);
+    let mut lines = Vec::new();
+    for kms in [true, false] {
+        let dir = root.join(if kms { "kms" } else { "hsm" });
+        std::fs::create_dir_all(&dir).expect("a directory");
+        let backend = if kms { KeyBackend::kms() } else { KeyBackend::hsm(&dir) };
+        let mut part = super::Report::new(drill);
+        lines.push(format!("{}: {}", backend.name(), phase(&backend, &dir, &mut part)));
+        report.absorb(part, backend.name());
+    }
+    report.summary = lines.join("; ");
+    report
+}
+
 /// With the KMS cut off: checks that `server` cannot sign an X.509-SVID, and that its
 /// refusal says the key manager was unreachable (the fault reached it). `Err` says what
 /// happened instead.

@@ -57,27 +57,10 @@ pub fn run_five(settings: &Settings) -> Report {
 
 /// Three replicas with their CA keys in a KMS, then on an HSM.
 pub fn run_managed_keys(settings: &Settings) -> Report {
-    let mut report = Report::new(NAME_MANAGED_KEYS);
     let mut root = Workdir::new(NAME_MANAGED_KEYS);
-    let mut lines = Vec::new();
-    for kms in [true, false] {
-        let dir = root.path().join(if kms { "kms" } else { "hsm" });
-        std::fs::create_dir_all(&dir).expect("a directory");
-        let backend = if kms { KeyBackend::kms() } else { KeyBackend::hsm(&dir) };
-        let servers = backend.cluster(&dir, 3, "");
-        let mut part = Report::new(NAME_MANAGED_KEYS);
-        let line = kill_loop(servers, Some(&backend), 1, settings, &mut part);
-        lines.push(format!("{}: {line}", backend.name()));
-        report.faults += part.faults;
-        report.leader_kills += part.leader_kills;
-        report.operations += part.operations;
-        report.acknowledged += part.acknowledged;
-        report.lost_writes = Some(report.lost_writes.unwrap_or(0) + part.lost_writes.unwrap_or(0));
-        report.linearizable = Some(report.linearizable.unwrap_or(true) && part.linearizable.unwrap_or(false));
-        report.longest_write_gap = report.longest_write_gap.max(part.longest_write_gap);
-        report.failures.extend(part.failures.into_iter().map(|f| format!("{}: {f}", backend.name())));
-    }
-    report.summary = lines.join("; ");
+    let mut report = key_backend::on_each_backend(NAME_MANAGED_KEYS, root.path(), |backend, dir, part| {
+        kill_loop(backend.cluster(dir, 3, ""), Some(backend), 1, settings, part)
+    });
     root.settle(&mut report);
     report
 }

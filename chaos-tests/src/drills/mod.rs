@@ -85,6 +85,23 @@ impl Report {
     pub fn passed(&self) -> bool {
         self.failures.is_empty()
     }
+
+    /// Adds what `part` (one phase of this drill, named `label`) counted and found.
+    pub fn absorb(&mut self, part: Report, label: &str) {
+        self.faults += part.faults;
+        self.leader_kills += part.leader_kills;
+        self.operations += part.operations;
+        self.acknowledged += part.acknowledged;
+        if let Some(lost) = part.lost_writes {
+            self.lost_writes = Some(self.lost_writes.unwrap_or(0) + lost);
+        }
+        if let Some(linearizable) = part.linearizable {
+            self.linearizable = Some(self.linearizable.unwrap_or(true) && linearizable);
+        }
+        self.longest_write_gap = self.longest_write_gap.max(part.longest_write_gap);
+        self.longest_workload_gap = self.longest_workload_gap.max(part.longest_workload_gap);
+        self.failures.extend(part.failures.into_iter().map(|f| format!("{label}: {f}")));
+    }
 }
 
 /// A drill: its name, what it does, and how to run it.

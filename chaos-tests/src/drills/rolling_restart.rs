@@ -37,25 +37,10 @@ pub fn run(settings: &Settings) -> Report {
 
 /// The same with the CA keys in a KMS (cut off for a while), then on an HSM.
 pub fn run_managed_keys(settings: &Settings) -> Report {
-    let mut report = Report::new(NAME_MANAGED_KEYS);
     let mut root = Workdir::new(NAME_MANAGED_KEYS);
-    let mut lines = Vec::new();
-    for kms in [true, false] {
-        let dir = root.path().join(if kms { "kms" } else { "hsm" });
-        std::fs::create_dir_all(&dir).expect("a directory");
-        let backend = if kms { KeyBackend::kms() } else { KeyBackend::hsm(&dir) };
-        let servers = backend.cluster(&dir, 3, TTL);
-        let mut part = Report::new(NAME_MANAGED_KEYS);
-        let line = restart_loop(&dir, servers, Some(&backend), settings, &mut part);
-        lines.push(format!("{}: {line}", backend.name()));
-        report.faults += part.faults;
-        report.leader_kills += part.leader_kills;
-        report.operations += part.operations;
-        report.acknowledged += part.acknowledged;
-        report.longest_workload_gap = report.longest_workload_gap.max(part.longest_workload_gap);
-        report.failures.extend(part.failures.into_iter().map(|f| format!("{}: {f}", backend.name())));
-    }
-    report.summary = lines.join("; ");
+    let mut report = key_backend::on_each_backend(NAME_MANAGED_KEYS, root.path(), |backend, dir, part| {
+        restart_loop(dir, backend.cluster(dir, 3, TTL), Some(backend), settings, part)
+    });
     root.settle(&mut report);
     report
 }

@@ -20,6 +20,10 @@ impl LeaderDuty for ClockCheck {
         "clock_check"
     }
 
+    fn runs_with_clock_off(&self) -> bool {
+        true
+    }
+
     async fn run(&self, member: &Arc<Member>) -> Result<Duration, DutyError> {
         let replica = &member.replica;
         let Err(skewed) = replica.clocks().check() else {
