@@ -158,12 +158,32 @@ impl Command {
         }
     }
 
-    /// This command under a caller's request id `id`, with its fingerprint.
+    /// This command under a caller's request id `id`, with its fingerprint: of what the
+    /// caller chose, so a call sent again is answered with the first answer although the
+    /// proposer stamped it with a later clock reading.
     pub fn idempotent_for_caller(self, id: RequestId) -> Result<Command, crate::codec::CodecError> {
-        let encoded = crate::codec::encode("command", &self)?;
+        let encoded = crate::codec::encode("command", &self.without_proposer_clock())?;
         let mut fingerprint = [0; 32];
         fingerprint.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &encoded).as_ref());
         Ok(Command::Idempotent(Idempotent { id, fingerprint: Some(fingerprint), command: Box::new(self) }))
+    }
+}
+
+impl Command {
+    /// A copy with the times the proposer read off its clock (not the caller's choice)
+    /// zeroed. Values the proposer draws at random for a call under a request id are drawn
+    /// from the id (`server::api::request_id`), so they match without this.
+    fn without_proposer_clock(&self) -> Command {
+        let mut command = self.clone();
+        match &mut command {
+            Command::CreateEntries(CreateEntries(entries)) | Command::UpdateEntries(UpdateEntries(entries)) => {
+                entries.iter_mut().for_each(|entry| entry.created_at = 0);
+            }
+            Command::CreateJoinToken(CreateJoinToken(token)) => token.expires_at = 0,
+            Command::RecordFederationRefresh(record) => record.refresh.next_due = 0,
+            _ => {}
+        }
+        command
     }
 }
 

@@ -55,6 +55,16 @@ async fn a_callers_request_id_used_for_another_command_applies_nothing() {
     let mut s = TestStore::new().await;
     let first = s.apply_one(create("e1").idempotent_for_caller(id(1)).unwrap()).await;
     assert_eq!(s.apply_one(create("e1").idempotent_for_caller(id(1)).unwrap()).await, first, "the same command");
+    // Sent again, the proposer stamps it later: the caller asked for the same thing.
+    let mut later = create("e1");
+    let Command::CreateEntries(CreateEntries(entries)) = &mut later else { unreachable!() };
+    entries[0].created_at += 5;
+    assert_eq!(s.apply_one(later.idempotent_for_caller(id(1)).unwrap()).await, first, "stamped later");
+    let mut longer = token("t");
+    let Command::CreateJoinToken(CreateJoinToken(stored)) = &mut longer else { unreachable!() };
+    let first_token = s.apply_one(token("t").idempotent_for_caller(id(2)).unwrap()).await;
+    stored.expires_at += 5;
+    assert_eq!(s.apply_one(longer.idempotent_for_caller(id(2)).unwrap()).await, first_token, "expiry read later");
     let reused = s.apply_one(create("e2").idempotent_for_caller(id(1)).unwrap()).await;
     assert_eq!(reused, Outcome::RequestIdReused(id(1)));
     assert!(s.store.reader.entry("e2").await.unwrap().is_none());

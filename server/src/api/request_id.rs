@@ -6,6 +6,11 @@
 //! reach another's answers by sending its header, and a call that writes twice writes under
 //! two ids. Anonymous callers' headers are ignored. Writes a call makes on spawned tasks
 //! get ids of the replica instead (see `raft_store::node::Replica::write_command`).
+//!
+//! Values the server picks at random for such a call (an entry id, a join token) are drawn
+//! from its id instead ([`fresh_bytes`]), so the call sent again proposes the same write
+//! and is answered with the first answer. The derived id never leaves the server, and the
+//! header it comes from travels only where the call's answer (holding those values) does.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -26,10 +31,12 @@ tokio::task_local! {
     static CALL: CallIds;
 }
 
-/// The ids of one call's writes: the derived client and the next write's number.
+/// The ids of one call's writes: the derived client, the next write's number and how many
+/// values were drawn from it.
 struct CallIds {
     client: [u8; 16],
     next: Cell<u64>,
+    drawn: Cell<u64>,
 }
 
 /// Parses a header value: the client's 16 random bytes and the call's number.
@@ -75,7 +82,7 @@ impl CallScope {
     /// Runs `call`; its writes take this scope's ids.
     pub async fn run<F: Future>(self, call: F) -> F::Output {
         match self.0 {
-            Some(client) => CALL.scope(CallIds { client, next: Cell::new(0) }, call).await,
+            Some(client) => CALL.scope(CallIds { client, next: Cell::new(0), drawn: Cell::new(0) }, call).await,
             None => call.await,
         }
     }
@@ -89,6 +96,26 @@ pub fn next() -> Option<RequestId> {
         RequestId { client: ids.client, seq }
     })
     .ok()
+}
+
+/// 16 bytes for a value the server chooses: the call's next value drawn from its request id
+/// if the caller sent one, random otherwise.
+pub fn fresh_bytes() -> Result<[u8; 16], Status> {
+    let drawn = CALL.try_with(|ids| {
+        let n = ids.drawn.get();
+        ids.drawn.set(n + 1);
+        let mut context = digest::Context::new(&digest::SHA256);
+        for part in [b"testudo drawn value\0".as_slice(), &ids.client, &n.to_be_bytes()] {
+            context.update(part);
+        }
+        context.finish()
+    });
+    let mut bytes = [0; 16];
+    match drawn {
+        Ok(digest) => bytes.copy_from_slice(&digest.as_ref()[..16]),
+        Err(_) => aws_lc_rs::rand::fill(&mut bytes).map_err(|_| Status::internal("no randomness available"))?,
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -121,5 +148,19 @@ mod tests {
         assert_ne!(ids(peer).await.0.unwrap().client, first.client);
         assert_eq!(ids(Caller::Anonymous).await, (None, None));
         assert_eq!(next(), None, "outside a call");
+    }
+
+    #[tokio::test]
+    async fn values_drawn_for_a_call_are_the_same_when_it_is_sent_again() {
+        let draw = |seq: u64| async move {
+            let header = format(&[2; 16], seq);
+            let scope = CallScope::new(&Caller::Local, Some(header.as_bytes())).unwrap();
+            scope.run(async { (fresh_bytes().unwrap(), fresh_bytes().unwrap()) }).await
+        };
+        let (first, second) = draw(1).await;
+        assert_ne!(first, second, "two values of one call");
+        assert_eq!(draw(1).await, (first, second), "the call sent again");
+        assert_ne!(draw(2).await.0, first, "another call");
+        assert_ne!(fresh_bytes().unwrap(), fresh_bytes().unwrap(), "random outside a call");
     }
 }

@@ -64,3 +64,42 @@ async fn a_call_sent_again_under_its_request_id_is_answered_as_the_first_try() {
         assert_eq!(found.is_ok(), present, "{id}: {found:?}");
     }
 }
+
+/// What the server chooses for a call (an entry's id and creation time, a join token and its
+/// expiry) is chosen once: the call sent again a clock second later gets the first answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_the_server_chose_are_answered_again_not_chosen_anew() {
+    let root = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(root.path(), 1, "");
+    server.json(&["cluster", "init"]);
+    let channel = proto::unix_socket::connect(&server.socket()).await.unwrap();
+    let mut entries = pb::entry_client::EntryClient::new(channel.clone());
+    let mut agents = proto::spire::api::server::agent::v1::agent_client::AgentClient::new(channel);
+    let unnamed = pb::BatchCreateEntryRequest {
+        entries: vec![types::Entry { id: String::new(), ..entry("web") }],
+        output_mask: None,
+    };
+    let token = proto::spire::api::server::agent::v1::CreateJoinTokenRequest { ttl: 600, ..Default::default() };
+
+    let call = format!("{}-7", "cd".repeat(16));
+    let first = entries.batch_create_entry(under(unnamed.clone(), &call)).await.unwrap().into_inner();
+    let call_token = format!("{}-8", "cd".repeat(16));
+    let first_token = agents.create_join_token(under(token.clone(), &call_token)).await.unwrap().into_inner();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(code_of(&first.results[0].status), tonic::Code::Ok, "{first:?}");
+    let again = entries.batch_create_entry(under(unnamed.clone(), &call)).await.unwrap().into_inner();
+    assert_eq!(again, first, "the generated id and creation time of the first try");
+    let again_token = agents.create_join_token(under(token.clone(), &call_token)).await.unwrap().into_inner();
+    assert_eq!(again_token, first_token, "the first token and its expiry");
+
+    // One entry was made; a call without an id (or with another) makes another.
+    let listed = |entries: &mut pb::entry_client::EntryClient<_>| {
+        let mut entries = entries.clone();
+        async move { entries.count_entries(pb::CountEntriesRequest::default()).await.unwrap().into_inner().count }
+    };
+    assert_eq!(listed(&mut entries).await, 1);
+    let other = entries.batch_create_entry(under(unnamed.clone(), &format!("{}-9", "cd".repeat(16)))).await;
+    assert_eq!(code_of(&other.unwrap().into_inner().results[0].status), tonic::Code::AlreadyExists, "same selectors");
+    let token_again = agents.create_join_token(token).await.unwrap().into_inner();
+    assert_ne!(token_again.value, first_token.value);
+}

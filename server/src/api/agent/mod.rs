@@ -417,7 +417,8 @@ impl Agent for AgentService {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let expires_at = now + i64::from(request.ttl);
         let stored = JoinToken { token: token.clone(), expires_at, agent_id: alias.as_ref().map(ToString::to_string) };
-        self.context.write(CreateJoinToken(stored)).await?.map_err(|e| apply_status(&e))?;
+        // The stored token answers: a call sent again gets the first try's expiry.
+        let stored = self.context.write(CreateJoinToken(stored)).await?.map_err(|e| apply_status(&e))?;
         if let Some(alias) = alias {
             // As SPIRE does: an entry that makes the token's agent also `agent_id`, checked
             // as the Entry API checks every entry.
@@ -432,7 +433,7 @@ impl Agent for AgentService {
                 return Err(apply_status(&e));
             }
         }
-        Ok(Response::new(types::JoinToken { value: token, expires_at }))
+        Ok(Response::new(types::JoinToken { value: stored.token, expires_at: stored.expires_at }))
     }
 
     /// An agent reports the bundle serial it holds; it is logged for operators (the bundle

@@ -29,10 +29,10 @@ pub fn check_entry_id(id: &str) -> Result<(), Status> {
     Ok(())
 }
 
-/// A new random entry id (UUID v4 text form, as SPIRE's).
+/// A new entry id (UUID v4 text form, as SPIRE's): random, or drawn from the call's request
+/// id so a call sent again proposes the same one.
 pub fn new_entry_id() -> Result<String, Status> {
-    let mut b = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut b).map_err(|_| Status::internal("no randomness available"))?;
+    let mut b = crate::api::request_id::fresh_bytes()?;
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
