@@ -124,6 +124,9 @@ struct PoolState {
     /// The address to try first.
     current: String,
     identity: Option<(String, Zeroizing<String>)>,
+    /// Counts [`ServerPool::set_identity`] calls: a call refused for presenting an SVID the
+    /// servers no longer take is sent again if the identity changed while it ran.
+    identity_generation: u64,
     members: Vec<Member>,
 }
 
@@ -172,6 +175,7 @@ impl ServerPool {
             state: Mutex::new(PoolState {
                 current: addresses[0].clone(),
                 identity: None,
+                identity_generation: 0,
                 members: addresses.into_iter().map(Member::new).collect(),
             }),
         }
@@ -184,6 +188,7 @@ impl ServerPool {
         let key = Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", key_pkcs8.to_vec())));
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.identity = Some((chain, key));
+        state.identity_generation += 1;
         state.members.iter_mut().for_each(|m| m.channel = None);
     }
 
@@ -296,12 +301,13 @@ impl ServerPool {
         Fut: Future<Output = Result<T, Status>>,
     {
         let start = |address: String| -> Result<_, Status> {
+            let generation = self.identity_generation();
             let channel = self.channel(&address)?;
             let hedge_after = self.hedge_after(&address);
             Ok((hedge_after, async move {
                 let started = Instant::now();
                 let answer = call(channel).await;
-                (address, started.elapsed(), answer)
+                (address, started.elapsed(), generation, answer)
             }))
         };
         let mut waiting = self.order().into_iter();
@@ -327,10 +333,17 @@ impl ServerPool {
                 }
             };
             tokio::select! {
-                Some((address, took, answer)) = running.next() => match answer {
+                Some((address, took, generation, answer)) = running.next() => match answer {
                     Ok(answer) => {
                         self.succeeded(&address, Some(took));
                         return Some(Ok(answer));
+                    }
+                    Err(status) if self.outdated_identity(generation, &status) => {
+                        // Sent with the SVID this agent renewed while the call ran (over a
+                        // connection opened before): the next replica gets the new one.
+                        tracing::debug!(server = %address, "call made with the previous agent SVID; sending it again");
+                        *last = status;
+                        hedge_at = Some(tokio::time::Instant::now());
                     }
                     Err(status) if replica_at_fault(&status) => {
                         self.failed(&address, &status);
@@ -359,6 +372,17 @@ impl ServerPool {
                 }
             }
         }
+    }
+
+    fn identity_generation(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).identity_generation
+    }
+
+    /// Whether `status` refuses the SVID a call presented, and the pool has had a newer one
+    /// since the call took its channel.
+    fn outdated_identity(&self, generation: u64, status: &Status) -> bool {
+        proto::reason::Reason::of(status) == Some(proto::reason::Reason::AgentSvidSuperseded)
+            && self.identity_generation() != generation
     }
 
     fn hedge_after(&self, address: &str) -> Duration {
@@ -491,6 +515,22 @@ mod tests {
             latency.observe(Duration::from_secs(3));
         }
         assert_eq!(latency.hedge_after(), HEDGE_MAX, "never longer than the ceiling");
+    }
+
+    #[tokio::test]
+    async fn a_call_refused_for_an_svid_replaced_while_it_ran_is_sent_again() {
+        let td = identity::TrustDomain::parse("example.org").unwrap();
+        let server_id = SpiffeId::parse("spiffe://example.org/spire/server").unwrap();
+        let bundle = Arc::new(RwLock::new(Bundle::new(td)));
+        let pool = ServerPool::new(vec!["127.0.0.1:9".into()], server_id, bundle, "failures").await;
+        let superseded = proto::reason::Reason::AgentSvidSuperseded.status(Code::PermissionDenied, "no longer active");
+        let started = pool.identity_generation();
+        assert!(!pool.outdated_identity(started, &superseded), "the SVID the call used is still this agent's");
+        pool.set_identity(&[vec![1, 2, 3]], &[4, 5, 6]);
+        assert!(pool.outdated_identity(started, &superseded), "renewed while the call ran: send it again");
+        assert!(!pool.outdated_identity(pool.identity_generation(), &superseded), "refused with the new one");
+        let banned = proto::reason::Reason::AgentBanned.status(Code::PermissionDenied, "banned");
+        assert!(!pool.outdated_identity(started, &banned), "other refusals stand");
     }
 
     #[tokio::test]

@@ -46,7 +46,19 @@ pub async fn check_agent(context: &ApiContext, id: &SpiffeId, serial: &str) -> R
         return Err(Status::permission_denied(format!("{id} is not an agent")));
     }
     let member = context.current().await?;
-    let agent = attested_agent(&member.views, &id.to_string())?;
+    let mut agent = attested_agent(&member.views, &id.to_string())?;
+    if agent.serial_number != serial && agent.new_serial_number != serial {
+        // This replica's views may not have applied the renewal that issued this SVID yet
+        // (another replica answered it a moment ago): before refusing, read the record as
+        // the leader has it. Only an SVID this replica does not know costs the read.
+        let reader = member.replica.linearizable_reader().await.map_err(super::read_failed)?;
+        if let Some(current) = reader.agent(&id.to_string()).await.map_err(super::read_failed)? {
+            agent = Arc::new(current);
+        }
+        if agent.banned {
+            return Err(Reason::AgentBanned.status(Code::PermissionDenied, format!("agent {id} is banned")));
+        }
+    }
     if agent.serial_number == serial {
         return Ok(agent);
     }
