@@ -37,13 +37,29 @@ struct Client {
     output: Output,
 }
 
+/// The config file `run` and `validate` read.
+#[derive(clap::Args)]
+struct ConfigFile {
+    /// Path to the HCL config file.
+    #[arg(long)]
+    config: PathBuf,
+    /// Replace `$VAR` and `${VAR}` in the file with the environment's values first (as
+    /// SPIRE's `-expandEnv`); a variable that is not set is an error.
+    #[arg(long)]
+    expand_env: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Runs the agent.
     Run {
-        /// Path to the HCL config file.
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
+    },
+    /// Checks a config file as `run` would read it, and exits.
+    Validate {
+        #[command(flatten)]
+        config: ConfigFile,
     },
     /// Calls the Workload API as this process.
     Api {
@@ -120,6 +136,11 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run { config } => run(&config).await,
+            Command::Validate { config } => {
+                AgentConfig::load_with(&config.config, config.expand_env)?;
+                println!("{} is valid", config.config.display());
+                Ok(())
+            }
             Command::Healthcheck { client } => healthcheck(&client).await,
             Command::Api { call: ApiCall::Fetch { what: Fetch::X509 { client, write } } } => {
                 fetch_x509(&client, write.as_deref()).await
@@ -154,8 +175,8 @@ fn init_logging(config: &AgentConfig) {
     }
 }
 
-async fn run(path: &Path) -> anyhow::Result<()> {
-    let config = AgentConfig::load(path)?;
+async fn run(file: &ConfigFile) -> anyhow::Result<()> {
+    let config = AgentConfig::load_with(&file.config, file.expand_env)?;
     init_logging(&config);
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     std::fs::create_dir_all(&config.agent.data_dir)

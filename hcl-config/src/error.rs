@@ -8,6 +8,8 @@ use std::path::PathBuf;
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Env { path: PathBuf, message: String },
     #[error("{file}:{line}:{column}: HCL syntax error: {message}")]
     Syntax { file: String, line: usize, column: usize, message: String },
     #[error("{0}")]

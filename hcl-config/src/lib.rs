@@ -47,8 +47,26 @@ fn invalid(
 
 /// Reads a config file and deserializes it into `T`.
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Parsed<T>, ConfigError> {
+    load_with(path, false)
+}
+
+/// As [`load`]; with `expand_env`, `$VAR` and `${VAR}` in the text are first replaced by
+/// the environment's values, as SPIRE's `-expandEnv` does (one config for every replica of
+/// a StatefulSet, say, with its pod name in it). A variable that is not set is refused
+/// rather than read as empty.
+pub fn load_with<T: DeserializeOwned>(path: &Path, expand_env: bool) -> Result<Parsed<T>, ConfigError> {
     let source =
         std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let source = if expand_env {
+        shellexpand::env(&source)
+            .map_err(|e| ConfigError::Env {
+                path: path.to_path_buf(),
+                message: format!("${} is not set ({})", e.var_name, e.cause),
+            })?
+            .into_owned()
+    } else {
+        source
+    };
     parse(source, &path.display().to_string())
 }
 

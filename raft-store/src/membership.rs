@@ -46,6 +46,33 @@ fn not_leader(raft: &Raft) -> Option<ForwardError> {
     Some(ForwardError::NotLeader { leader })
 }
 
+/// One step towards making `id` a voter in place of the members at its address: once it
+/// votes, they are removed (a replica that came back at its address with an empty data dir
+/// replaces the member it was). Leader only.
+pub(crate) async fn replace_member_step(
+    raft: &Raft,
+    id: NodeId,
+    node: ReplicaNode,
+) -> Result<AddProgress, ForwardError> {
+    let progress = add_member_step(raft, id, node.clone()).await?;
+    if progress == AddProgress::Voter {
+        let replaced: Vec<NodeId> = {
+            let m = raft.metrics().borrow().clone();
+            let membership = m.membership_config.membership();
+            membership
+                .nodes()
+                .filter(|(other, at)| **other != id && at.raft_address == node.raft_address)
+                .map(|(other, _)| *other)
+                .collect()
+        };
+        for old in replaced {
+            remove_member(raft, old).await?;
+            tracing::info!(replaced = old, by = id, address = %node.raft_address, "a replica took its place in the cluster");
+        }
+    }
+    Ok(progress)
+}
+
 /// One step towards making `id` a voter. Leader only.
 pub(crate) async fn add_member_step(raft: &Raft, id: NodeId, node: ReplicaNode) -> Result<AddProgress, ForwardError> {
     if let Some(e) = not_leader(raft) {

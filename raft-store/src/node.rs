@@ -354,9 +354,25 @@ impl Replica {
         self.client.faults()
     }
 
+    /// Whether this replica has never been part of a cluster: no log entry, no vote. Asks
+    /// the Raft core (its metrics may not be published yet right after start).
+    pub async fn is_pristine(&self) -> Result<bool, ClusterError> {
+        self.raft
+            .is_initialized()
+            .await
+            .map(|initialized| !initialized)
+            .map_err(|e| ClusterError::Unavailable(e.to_string()))
+    }
+
     /// Makes this replica the sole voter of a new cluster. Only on a pristine replica.
     pub async fn initialize(&self) -> Result<(), ClusterError> {
-        let members = BTreeMap::from([(self.id, self.node.clone())]);
+        self.initialize_with(BTreeMap::from([(self.id, self.node.clone())])).await
+    }
+
+    /// Makes this pristine replica one of `members`, the voters of a new cluster. Every
+    /// replica that forms the cluster must pass the same members (openraft's rule: the same
+    /// first membership entry on each, or two clusters could form).
+    pub async fn initialize_with(&self, members: BTreeMap<NodeId, ReplicaNode>) -> Result<(), ClusterError> {
         match self.raft.initialize(members).await {
             Ok(()) => Ok(()),
             Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
@@ -641,8 +657,22 @@ impl Replica {
     /// replicas at `addresses` (following their leader hints) until it votes or `within`
     /// passes. Used right after a new replica has been admitted.
     pub async fn join_through(&self, addresses: &[String], within: Duration) -> Result<(), ClusterError> {
+        self.ask_to_join(addresses, AdminRequest::AddMember { id: self.id, node: self.node.clone() }, within).await
+    }
+
+    /// As [`Self::join_through`], and once this replica votes the leader removes the other
+    /// members at its cluster address: this replica takes their place.
+    pub async fn replace_through(&self, addresses: &[String], within: Duration) -> Result<(), ClusterError> {
+        self.ask_to_join(addresses, AdminRequest::ReplaceMember { id: self.id, node: self.node.clone() }, within).await
+    }
+
+    async fn ask_to_join(
+        &self,
+        addresses: &[String],
+        request: AdminRequest,
+        within: Duration,
+    ) -> Result<(), ClusterError> {
         let deadline = tokio::time::Instant::now() + within;
-        let request = AdminRequest::AddMember { id: self.id, node: self.node.clone() };
         let mut targets: Vec<String> = addresses.to_vec();
         let mut next = 0;
         loop {

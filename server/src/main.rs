@@ -29,13 +29,29 @@ struct Cli {
     command: Command,
 }
 
+/// The config file `run` and `validate` read.
+#[derive(Args)]
+struct ConfigFile {
+    /// Path to the HCL config file.
+    #[arg(long)]
+    config: PathBuf,
+    /// Replace `$VAR` and `${VAR}` in the file with the environment's values first (as
+    /// SPIRE's `-expandEnv`); a variable that is not set is an error.
+    #[arg(long)]
+    expand_env: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Runs a server replica.
     Run {
-        /// Path to the HCL config file.
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
+    },
+    /// Checks a config file as `run` would read it, and exits.
+    Validate {
+        #[command(flatten)]
+        config: ConfigFile,
     },
     /// Registration entries: create, show, count, update, delete.
     Entry {
@@ -227,11 +243,23 @@ enum ClusterCommand {
         #[arg(long, default_value_t = 60)]
         wait: u32,
     },
+    /// Offline: creates a cluster CA for declarative formation (`cluster { peers … }`): a
+    /// PEM certificate and a PEM PKCS#8 key (0600), to provision to every replica.
+    NewCa {
+        #[arg(long)]
+        trust_domain: String,
+        /// Where to write the certificate (must not exist).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Where to write the key (must not exist).
+        #[arg(long)]
+        key: PathBuf,
+    },
     /// Offline: seeds this pristine replica from a backup as the only member of a new cluster.
     Restore {
-        /// The replica's config (its data_dir must hold no cluster yet).
-        #[arg(long)]
-        config: PathBuf,
+        // The replica's config: its data_dir must hold no cluster yet.
+        #[command(flatten)]
+        config: ConfigFile,
         #[arg(long)]
         file: PathBuf,
     },
@@ -240,8 +268,14 @@ enum ClusterCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => run::run(&config),
-        Command::Cluster { command: ClusterCommand::Restore { config, file }, .. } => run::restore(&config, &file),
+        Command::Run { config } => run::run(&config.config, config.expand_env),
+        Command::Validate { config } => run::validate(&config.config, config.expand_env),
+        Command::Cluster { command: ClusterCommand::Restore { config, file }, .. } => {
+            run::restore(&config.config, config.expand_env, &file)
+        }
+        Command::Cluster { command: ClusterCommand::NewCa { trust_domain, cert, key }, .. } => {
+            run::new_cluster_ca(&trust_domain, &cert, &key)
+        }
         Command::Cluster { command, common } => client(command, common),
         Command::Healthcheck { common } => block_on(api_cli::healthcheck(&common.socket_path)),
         Command::Localauthority { command, common } => {
@@ -303,7 +337,9 @@ fn client(command: ClusterCommand, common: Common) -> anyhow::Result<()> {
             ClusterCommand::Transfer { node_id } => {
                 admin.transfer_leadership(TransferLeadershipRequest { node_id }).await
             }
-            ClusterCommand::Restore { .. } => anyhow::bail!("restore runs offline, not over the admin socket"),
+            ClusterCommand::Restore { .. } | ClusterCommand::NewCa { .. } => {
+                anyhow::bail!("restore and new-ca run offline, not over the admin socket")
+            }
             ClusterCommand::Backup { file } => {
                 let path = std::path::absolute(&file).with_context(|| format!("bad path {}", file.display()))?;
                 let path = path.to_str().context("the backup path must be UTF-8")?.to_string();

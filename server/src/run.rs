@@ -21,8 +21,8 @@ use server::cluster::runtime::{ClusterRuntime, ReplicaSettings};
 use server::config::sections::LogFormat;
 use server::config::ServerConfig;
 
-pub fn run(config_path: &Path) -> anyhow::Result<()> {
-    let config = ServerConfig::load(config_path)?;
+pub fn run(config_path: &Path, expand_env: bool) -> anyhow::Result<()> {
+    let config = ServerConfig::load_with(config_path, expand_env)?;
     init_logging(&config);
     for warning in &config.warnings {
         tracing::warn!("{warning}");
@@ -60,11 +60,17 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot restrict data_dir {}", data_dir.display()))?;
 
-    let settings = settings(&config);
+    let settings = settings(&config)?;
     let metrics = server::ops::metrics::install().map_err(anyhow::Error::msg)?;
     let ca = cluster_ca(&config, &settings.clocks).await?;
     let runtime = Arc::new(ClusterRuntime::start(settings, ca.clone()).await?);
     let mut background = vec![tokio::spawn(server::ops::metrics::sample_raft(runtime.clone(), Duration::from_secs(1)))];
+    let forming = runtime.clone();
+    background.push(tokio::spawn(async move {
+        if let Err(e) = forming.form_declared().await {
+            tracing::error!(error = %e, "cannot form or join the declared cluster");
+        }
+    }));
     let api = server::api::ApiContext {
         runtime: runtime.clone(),
         ca: ca.clone(),
@@ -212,14 +218,27 @@ async fn cluster_ca(
     })
 }
 
-/// Where this replica listens and how it is reached, from its config.
-pub fn settings(config: &ServerConfig) -> ReplicaSettings {
+/// Where this replica listens and how it is reached, from its config; reads the cluster CA
+/// files of a declared cluster.
+pub fn settings(config: &ServerConfig) -> anyhow::Result<ReplicaSettings> {
     let cluster = &config.cluster;
+    let declared = match (&cluster.ca_cert_file, &cluster.ca_key_file) {
+        (Some(cert), Some(key)) if !cluster.peers.is_empty() => Some(
+            server::cluster::formation::Declared::load(
+                cluster.bootstrap_expect.unwrap_or(cluster.peers.len()),
+                cluster.peers.clone(),
+                cert,
+                key,
+            )
+            .context("cluster CA files")?,
+        ),
+        _ => None,
+    };
     let api_address = cluster
         .api_advertise_address
         .clone()
         .unwrap_or_else(|| std::net::SocketAddr::new(config.server.bind_address, config.server.bind_port).to_string());
-    ReplicaSettings {
+    Ok(ReplicaSettings {
         node_id: cluster.node_id,
         trust_domain: config.server.trust_domain.clone(),
         data_dir: config.server.data_dir.clone(),
@@ -235,24 +254,55 @@ pub fn settings(config: &ServerConfig) -> ReplicaSettings {
             snapshot_every: cluster.snapshot_every,
         },
         clocks: raft_store::PeerClocks::new(cluster.max_clock_skew),
+        declared,
+    })
+}
+
+/// `validate`: reads the config as `run` would, says what it warns of, and stops.
+pub fn validate(config_path: &Path, expand_env: bool) -> anyhow::Result<()> {
+    let config = ServerConfig::load_with(config_path, expand_env)?;
+    for warning in &config.warnings {
+        println!("warning: {warning}");
     }
+    println!("{} is valid", config_path.display());
+    Ok(())
+}
+
+/// `cluster new-ca`: a cluster CA for declarative formation, written to two new files.
+pub fn new_cluster_ca(trust_domain: &str, cert: &Path, key: &Path) -> anyhow::Result<()> {
+    let trust_domain = identity::TrustDomain::parse(trust_domain).context("--trust-domain")?;
+    let authority = server::cluster::authority::ClusterAuthority::create(&trust_domain)?;
+    let cert_pem = pem::encode(&pem::Pem::new("CERTIFICATE", authority.cert_der.clone()));
+    let key_pem = zeroize::Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", authority.key_pkcs8()?.to_vec())));
+    let (cert, key) = (std::path::absolute(cert)?, std::path::absolute(key)?);
+    server::cluster::files::write_new(&cert, cert_pem.as_bytes())?;
+    server::cluster::files::write_new(&key, key_pem.as_bytes())?;
+    println!("Wrote the cluster CA certificate to {} and its key to {}.", cert.display(), key.display());
+    println!("Give both to every replica (cluster.ca_cert_file, cluster.ca_key_file); whoever holds the key can add replicas.");
+    Ok(())
 }
 
 /// `cluster restore`: seeds a pristine replica from a backup file, offline.
-pub fn restore(config_path: &Path, file: &Path) -> anyhow::Result<()> {
-    let config = ServerConfig::load(config_path)?;
+pub fn restore(config_path: &Path, expand_env: bool, file: &Path) -> anyhow::Result<()> {
+    let config = ServerConfig::load_with(config_path, expand_env)?;
     let backup = std::fs::read(file).with_context(|| format!("cannot read backup {}", file.display()))?;
     let data_dir = &config.server.data_dir;
     std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
     std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot restrict data_dir {}", data_dir.display()))?;
-    let (cluster_id, index) = ClusterRuntime::restore(&settings(&config), &backup)?;
+    let (cluster_id, node_id, index) = ClusterRuntime::restore(&settings(&config)?, &backup)?;
     println!(
-        "Restored state up to log index {index} into {}: a new cluster {cluster_id} with node {} as its only member.",
+        "Restored state up to log index {index} into {}: cluster {cluster_id} with node {node_id} as its only member.",
         data_dir.display(),
-        config.cluster.node_id
     );
-    println!("Start it with `testudo-server run --config {}`, then invite the other replicas.", config_path.display());
+    if config.cluster.peers.is_empty() {
+        println!(
+            "Start it with `testudo-server run --config {}`, then invite the other replicas.",
+            config_path.display()
+        );
+    } else {
+        println!("Start it, then start the other replicas with empty data dirs: they join it.");
+    }
     Ok(())
 }
 

@@ -28,6 +28,9 @@ pub struct ReplicaOptions {
     pub trust_domain: Option<String>,
     /// A command the server runs under, e.g. `["fiu-run", "-x"]` to inject I/O errors.
     pub launcher: Vec<String>,
+    /// The replica forms or joins its cluster by itself (`cluster_extra` names the peers
+    /// and the CA files): its config names no `node_id`.
+    pub declarative: bool,
 }
 
 /// A replica, its directory and ports.
@@ -93,7 +96,7 @@ plugins {{
   {plugins_extra}
 }}
 cluster {{
-  node_id = {id}
+  {node_id}
   raft_bind_address = "{raft_bind}"
   {timing}
   {cluster_extra}
@@ -116,6 +119,7 @@ telemetry {{
             server_extra = options.server_extra,
             plugins_extra = options.plugins_extra,
             cluster_extra = options.cluster_extra,
+            node_id = if options.declarative { String::new() } else { format!("node_id = {id}") },
             timing = if options.default_timing {
                 ""
             } else {

@@ -114,7 +114,13 @@ pub struct AgentConfig {
 impl AgentConfig {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Self::check(hcl_config::load(path)?)
+        Self::load_with(path, false)
+    }
+
+    /// As [`Self::load`]; with `expand_env`, environment variables in the text are
+    /// expanded first (`hcl_config::load_with`).
+    pub fn load_with(path: &Path, expand_env: bool) -> Result<Self, ConfigError> {
+        Self::check(hcl_config::load_with(path, expand_env)?)
     }
 
     /// Checks config text; `file` names it in errors.

@@ -24,7 +24,7 @@ use zeroize::Zeroizing;
 use super::faults::Faults;
 use super::server::MAX_MESSAGE_BYTES;
 use super::tls::{client_endpoint, ClusterTls};
-use super::wire::{AdminRequest, ForwardError};
+use super::wire::{AdminRequest, FormationState, ForwardError};
 use crate::codec;
 use crate::command::{Command, Response};
 use crate::membership::AddProgress;
@@ -152,6 +152,7 @@ impl ClusterClient {
                 Method::ReadIndex => client.read_index(payload).await,
                 Method::Admin => client.admin(payload).await,
                 Method::Clock => client.clock(payload).await,
+                Method::Formation => client.formation(payload).await,
             }
         };
         let Ok(result) = tokio::time::timeout(deadline, sent).await else {
@@ -208,6 +209,11 @@ impl ClusterClient {
         self.call(Some(target), address, Method::Clock, &(), self.timeout).await
     }
 
+    /// Asks the replica at `address` whether it belongs to a formed cluster.
+    pub async fn formation(&self, address: &str) -> Result<FormationState, CallError> {
+        self.call(None, address, Method::Formation, &(), self.timeout).await
+    }
+
     /// Asks the replica at `address` for a read index.
     pub async fn read_index(
         &self,
@@ -227,6 +233,7 @@ enum Method {
     ReadIndex,
     Admin,
     Clock,
+    Formation,
 }
 
 /// openraft's network factory: one `PeerNetwork` per target replica.

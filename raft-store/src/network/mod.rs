@@ -4,6 +4,7 @@
 mod accept;
 mod client;
 mod faults;
+mod forming;
 mod server;
 pub mod tls;
 mod wire;
@@ -11,5 +12,6 @@ mod wire;
 pub use accept::{accept_tls, source_of, Accepted, ConnectionLimits, Incoming, LogBudget};
 pub use client::{CallError, ClusterClient, NetworkFactory, PeerNetwork};
 pub use faults::Faults;
+pub use forming::FormingServer;
 pub use server::{serve, ClusterService, JoinHandler, TransferHandler, MAX_MESSAGE_BYTES};
-pub use wire::{AdminRequest, ForwardError};
+pub use wire::{AdminRequest, FormationState, ForwardError};

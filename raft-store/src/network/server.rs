@@ -20,10 +20,10 @@ use tonic::{Request, Response, Status};
 use super::accept::{accept_tls, ConnectionLimits, Incoming};
 use super::faults::Faults;
 use super::tls::TlsError;
-use super::wire::{decode, encode, AdminRequest, ForwardError};
+use super::wire::{decode, encode, AdminRequest, FormationState, ForwardError};
 use crate::command::Command;
 use crate::leader_contact::LeaderContact;
-use crate::membership::{add_member_step, remove_member, AddProgress};
+use crate::membership::{add_member_step, remove_member, replace_member_step, AddProgress};
 use crate::proposer::Proposer;
 use crate::query::StoreReader;
 use crate::types::{NodeId, Raft, TypeConfig};
@@ -122,7 +122,7 @@ impl ClusterService {
 }
 
 /// The node id named by the caller's replica certificate (verified in the handshake).
-fn caller_node<T>(request: &Request<T>) -> Result<NodeId, Status> {
+pub(super) fn caller_node<T>(request: &Request<T>) -> Result<NodeId, Status> {
     let certs = request.peer_certs().ok_or_else(|| Status::unauthenticated("a replica certificate is required"))?;
     let leaf = certs.first().ok_or_else(|| Status::unauthenticated("a replica certificate is required"))?;
     super::tls::node_id_of(leaf.as_ref())
@@ -261,7 +261,9 @@ impl Cluster for ClusterService {
     async fn admin(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         let admin: AdminRequest = decode("Admin", request.get_ref())?;
         match &admin {
-            AdminRequest::AddMember { id, .. } => self.require_member_or_joiner(&request, *id).await?,
+            AdminRequest::AddMember { id, .. } | AdminRequest::ReplaceMember { id, .. } => {
+                self.require_member_or_joiner(&request, *id).await?
+            }
             _ => {
                 self.require_member(&request)?;
             }
@@ -285,6 +287,7 @@ impl Cluster for ClusterService {
             }
             AdminRequest::TransferLeadership { to } => done(self.transfers.transfer_leadership(to).await),
             AdminRequest::AddMember { id, node } => add_member_step(&self.raft, id, node).await.map(Some),
+            AdminRequest::ReplaceMember { id, node } => replace_member_step(&self.raft, id, node).await.map(Some),
             AdminRequest::RemoveMember { id } => done(remove_member(&self.raft, id).await),
         };
         Ok(Response::new(encode("Admin result", &result)?))
@@ -295,6 +298,23 @@ impl Cluster for ClusterService {
     async fn clock(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         caller_node(&request)?;
         Ok(Response::new(encode("Clock result", &crate::peer_clocks::wall_clock_ms())?))
+    }
+
+    /// Any replica of the cluster CA may ask: a pristine replica of a declared cluster
+    /// must learn whether the cluster formed before it forms or joins one. The answer names
+    /// the members' addresses, which every holder of the CA may reach anyway.
+    async fn formation(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        caller_node(&request)?;
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        // The first leader's blank entry is index 1: applied means a quorum formed.
+        let formed = metrics.last_applied.is_some_and(|applied| applied.index >= 1);
+        let members = if formed {
+            metrics.membership_config.membership().nodes().map(|(id, node)| (*id, node.clone())).collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(encode("Formation result", &FormationState { formed, members })?))
     }
 
     async fn join(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {

@@ -40,6 +40,19 @@ pub enum AdminRequest {
     PauseElection { millis: u64 },
     /// Restarts this replica's election timer (the transfer ended).
     ResumeElection,
+    /// As `AddMember`, and once the replica votes, removes the other members at its
+    /// cluster address: it took their place (declarative formation, docs/cluster.md).
+    ReplaceMember { id: NodeId, node: ReplicaNode },
+}
+
+/// What a replica answers a formation probe with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FormationState {
+    /// Whether this replica belongs to a cluster whose leader has committed an entry: a
+    /// replica that only initialised (or is waiting to) has not.
+    pub formed: bool,
+    /// The members it knows, when formed: where a joiner asks to be added.
+    pub members: Vec<(NodeId, ReplicaNode)>,
 }
 
 pub fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<proto::cluster::Payload, tonic::Status> {
@@ -65,5 +78,7 @@ mod tests {
         assert_eq!(index(&AdminRequest::RemoveMember { id: 2 }), 4);
         assert_eq!(index(&AdminRequest::PauseElection { millis: 1 }), 5);
         assert_eq!(index(&AdminRequest::ResumeElection), 6);
+        let node = ReplicaNode { raft_address: String::new(), api_address: String::new() };
+        assert_eq!(index(&AdminRequest::ReplaceMember { id: 2, node }), 7);
     }
 }

@@ -25,7 +25,9 @@ const MAX_ROTATION_WAIT: Duration = Duration::from_secs(3600);
 
 fn status_of(e: ClusterSetupError) -> Status {
     match e {
-        ClusterSetupError::AlreadyMember | ClusterSetupError::NotMember => Status::failed_precondition(e.to_string()),
+        ClusterSetupError::AlreadyMember | ClusterSetupError::NotMember | ClusterSetupError::Declared => {
+            Status::failed_precondition(e.to_string())
+        }
         ClusterSetupError::Invite(_) => Status::invalid_argument(e.to_string()),
         ClusterSetupError::Join(_) => Status::permission_denied(e.to_string()),
         ClusterSetupError::Rotation(_) => Status::failed_precondition(e.to_string()),

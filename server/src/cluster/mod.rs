@@ -1,13 +1,15 @@
 //! Cluster life cycle of a server replica: the cluster CA and replica certificates
 //! ([`authority`]), the files a replica keeps ([`files`]), one-time invites ([`invite`]),
-//! admission of joiners ([`admission`]), renewal of replica certificates ([`renewal`]), the
-//! CAs a replica trusts ([`trust`]) and their rotation ([`rotate_ca`]), and the runtime that
-//! ties them to the Raft replica and its views ([`runtime`]).
+//! declarative formation ([`formation`]), admission of joiners ([`admission`]), renewal of
+//! replica certificates ([`renewal`]), the CAs a replica trusts ([`trust`]) and their
+//! rotation ([`rotate_ca`]), and the runtime that ties them to the Raft replica and its
+//! views ([`runtime`]).
 //! docs/cluster.md describes the flow and its threat model.
 
 pub mod admission;
 pub mod authority;
 pub mod files;
+pub mod formation;
 pub mod invite;
 pub mod renewal;
 pub mod rotate_ca;
@@ -33,4 +35,8 @@ pub enum ClusterSetupError {
     Replica(String),
     #[error("cluster CA rotation: {0}")]
     Rotation(String),
+    #[error(
+        "this replica forms or joins its cluster by itself (cluster.peers): init and join are for the invite flow"
+    )]
+    Declared,
 }

@@ -25,6 +25,7 @@ use zeroize::Zeroizing;
 use super::admission::{Admission, JoinReply, JoinRequest};
 use super::authority::{replicas_id, ClusterAuthority};
 use super::files::{self, ClusterMaterial};
+use super::formation::{self, Decision, Declared};
 use super::invite::Invite;
 use super::renewal::{Renewal, Renewing};
 use super::rotate_ca::{self, CaFollower, Rotated};
@@ -47,6 +48,9 @@ pub struct ReplicaSettings {
     /// This replica's readings of the members' clocks, shared with whatever must not act
     /// on a clock that is off.
     pub clocks: PeerClocks,
+    /// The cluster this replica forms or joins by itself (`cluster { peers … }`); its node
+    /// id is then the cluster's choice, kept in its certificate, not `node_id`.
+    pub declared: Option<Declared>,
 }
 
 /// How long a new replica may take to catch up before its join is reported as failed.
@@ -144,9 +148,15 @@ impl ClusterRuntime {
         let runtime = Self { settings, ca, phase: watch::channel(Phase::Pristine).0, setup: Mutex::new(()) };
         let material = files::load(&runtime.settings.data_dir)?;
         if let Some(material) = material {
-            let member = runtime.start_replica(&material).await?;
+            let node_id = match &runtime.settings.declared {
+                Some(_) => raft_store::network::tls::node_id_of(&material.replica_cert_der).ok_or_else(|| {
+                    ClusterSetupError::Certificate("this replica's certificate names no node id".into())
+                })?,
+                None => runtime.settings.node_id,
+            };
+            let member = runtime.start_replica(&material, node_id).await?;
             runtime.phase.send_replace(Phase::Member(Arc::new(member)));
-        } else {
+        } else if runtime.settings.declared.is_none() {
             tracing::info!(
                 "this replica belongs to no cluster yet: run `testudo-server cluster init` or `cluster join`"
             );
@@ -205,13 +215,13 @@ impl ClusterRuntime {
         self.member().ok().map(|m| m.cluster_id.clone())
     }
 
-    async fn start_replica(&self, material: &ClusterMaterial) -> Result<Member, ClusterSetupError> {
+    async fn start_replica(&self, material: &ClusterMaterial, node_id: u64) -> Result<Member, ClusterSetupError> {
         let s = &self.settings;
         let trust = Arc::new(ClusterTrust::from_material(&s.trust_domain, material)?);
         let renewal = Arc::new(Renewal::new(
             trust.clone(),
             s.trust_domain.clone(),
-            s.node_id,
+            node_id,
             s.data_dir.clone(),
             material.replica_key_pkcs8.clone(),
             material.replica_cert_der.clone(),
@@ -231,7 +241,7 @@ impl ClusterRuntime {
             replica: late.clone(),
         };
         let config = ReplicaConfig {
-            node_id: s.node_id,
+            node_id,
             cluster_id: material.cluster_id.clone(),
             data_dir: s.data_dir.join("raft"),
             listen: s.raft_listen,
@@ -250,7 +260,7 @@ impl ClusterRuntime {
             trust: trust.clone(),
             renewal,
             trust_domain: s.trust_domain.clone(),
-            node_id: s.node_id,
+            node_id,
             data_dir: s.data_dir.clone(),
         });
         let following_ca = AbortOnDrop(ca_follower.spawn(Arc::downgrade(&replica)));
@@ -270,10 +280,13 @@ impl ClusterRuntime {
 
     /// Makes this pristine replica the sole voter of a new cluster.
     pub async fn init(&self) -> Result<ClusterStatus, ClusterSetupError> {
+        if self.settings.declared.is_some() {
+            return Err(ClusterSetupError::Declared);
+        }
         let _setup = self.begin_setup().await?;
         let material = new_cluster_material(&self.settings.trust_domain, self.settings.node_id)?;
         files::store(&self.settings.data_dir, &material)?;
-        let member = self.start_replica(&material).await?;
+        let member = self.start_replica(&material, self.settings.node_id).await?;
         let (replica, cluster_id) = (member.replica.clone(), member.cluster_id.clone());
         // From here the data dir holds a cluster: whatever happens next, this is a member.
         self.phase.send_replace(Phase::Member(Arc::new(member)));
@@ -287,27 +300,31 @@ impl ClusterRuntime {
     }
 
     /// Seeds this pristine replica's data dir from a backup, as the sole voter of a new
-    /// cluster (new cluster id, new cluster CA) holding the backup's state. Offline: run it
-    /// before `run`. Returns the new cluster id and the restored log index.
-    pub fn restore(settings: &ReplicaSettings, backup: &[u8]) -> Result<(String, u64), ClusterSetupError> {
+    /// cluster (new cluster id, new cluster CA; a declared cluster keeps its own) holding
+    /// the backup's state. Offline: run it before `run`. Returns the cluster id, this
+    /// replica's node id and the restored log index.
+    pub fn restore(settings: &ReplicaSettings, backup: &[u8]) -> Result<(String, u64, u64), ClusterSetupError> {
         if files::load(&settings.data_dir)?.is_some() {
             return Err(ClusterSetupError::AlreadyMember);
         }
-        let material = new_cluster_material(&settings.trust_domain, settings.node_id)?;
         let node = raft_store::ReplicaNode {
             raft_address: settings.raft_advertise.clone().unwrap_or_else(|| settings.raft_listen.to_string()),
             api_address: settings.api_address.clone(),
         };
-        let index = raft_store::backup::restore(
-            &settings.data_dir.join("raft"),
-            settings.node_id,
-            &material.cluster_id,
-            node,
-            backup,
-        )
-        .map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
+        // A declared cluster is restored under its own CA and id, as node 1 or its founder
+        // id: the other replicas, started empty, find it formed and join it.
+        let (material, node_id) = match &settings.declared {
+            Some(declared) => {
+                let id = declared.bootstrap_id(&node.raft_address).unwrap_or(1);
+                (declared.material(&settings.trust_domain, id)?, id)
+            }
+            None => (new_cluster_material(&settings.trust_domain, settings.node_id)?, settings.node_id),
+        };
+        let index =
+            raft_store::backup::restore(&settings.data_dir.join("raft"), node_id, &material.cluster_id, node, backup)
+                .map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
         files::store(&settings.data_dir, &material)?;
-        Ok((material.cluster_id, index))
+        Ok((material.cluster_id, node_id, index))
     }
 
     /// Writes the replicated state, as of now (read-index barrier), to a new file at `path`.
@@ -343,6 +360,9 @@ impl ClusterRuntime {
 
     /// Joins this pristine replica to the cluster `token` names and waits until it votes.
     pub async fn join(&self, token: &str) -> Result<ClusterStatus, ClusterSetupError> {
+        if self.settings.declared.is_some() {
+            return Err(ClusterSetupError::Declared);
+        }
         let invite = Invite::decode(token)?;
         let setup = self.begin_setup().await?;
         let key = LocalKey::generate(KeyType::EcP256).map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
@@ -381,7 +401,7 @@ impl ClusterRuntime {
             ClusterSetupError::Join(format!("the replica certificate from the cluster does not verify: {e}"))
         })?;
         files::store(&self.settings.data_dir, &material)?;
-        let member = self.start_replica(&material).await?;
+        let member = self.start_replica(&material, self.settings.node_id).await?;
         let (replica, cluster_id) = (member.replica.clone(), member.cluster_id.clone());
         self.phase.send_replace(Phase::Member(Arc::new(member)));
         drop(setup);
@@ -391,6 +411,78 @@ impl ClusterRuntime {
             .map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
         tracing::info!(%cluster_id, node_id = self.settings.node_id, "joined the cluster as a voter");
         Ok(replica.status())
+    }
+
+    /// Forms or joins the declared cluster (`cluster { peers … }`, see [`formation`]) and
+    /// returns once this replica votes; a replica that already did returns at once. Until
+    /// then the replica is `Joining`. Does nothing without a declared cluster.
+    pub async fn form_declared(&self) -> Result<(), ClusterSetupError> {
+        let Some(declared) = self.settings.declared.clone() else { return Ok(()) };
+        if let Ok(member) = self.member() {
+            // Its files were written but it stopped before forming or joining: go on.
+            if member.replica.is_pristine().await.map_err(|e| ClusterSetupError::Replica(e.to_string()))? {
+                self.finish_declared(&declared, &member.replica, None).await?;
+            }
+            return Ok(());
+        }
+        let setup = self.begin_setup().await?;
+        let s = &self.settings;
+        let me = s.raft_advertise.clone().unwrap_or_else(|| s.raft_listen.to_string());
+        let provisional = match declared.bootstrap_id(&me) {
+            Some(id) => id,
+            None => formation::drawn_node_id()?,
+        };
+        let material = declared.material(&s.trust_domain, provisional)?;
+        let decision =
+            formation::probe_until_decided(&declared, &s.trust_domain, &me, s.raft_listen, &material).await?;
+        let (material, node_id, through) = match decision {
+            Decision::Form => (material, provisional, None),
+            Decision::Join(through) => {
+                // A founder's id may still be a member (its data dir was lost): an empty
+                // replica must not count as that member, so it joins under a new id.
+                let id = formation::drawn_node_id()?;
+                (declared.material(&s.trust_domain, id)?, id, Some(through))
+            }
+            Decision::Wait(why) => return Err(ClusterSetupError::Join(why)),
+        };
+        files::store(&s.data_dir, &material)?;
+        let member = self.start_replica(&material, node_id).await?;
+        let replica = member.replica.clone();
+        self.phase.send_replace(Phase::Member(Arc::new(member)));
+        drop(setup);
+        self.finish_declared(&declared, &replica, through).await
+    }
+
+    /// Initialises a founder that decided to form the cluster; asks the members to add any
+    /// other replica (in place of the members at its address) until it votes.
+    async fn finish_declared(
+        &self,
+        declared: &Declared,
+        replica: &Replica,
+        through: Option<Vec<String>>,
+    ) -> Result<(), ClusterSetupError> {
+        let founder = declared.bootstrap_id(&replica.node().raft_address) == Some(replica.id());
+        if founder {
+            replica
+                .initialize_with(declared.first_members())
+                .await
+                .map_err(|e| ClusterSetupError::Replica(e.to_string()))?;
+            tracing::info!(node_id = replica.id(), "formed the declared cluster with its peers");
+            return Ok(());
+        }
+        let through = through.unwrap_or_else(|| declared.peers.clone());
+        loop {
+            match replica.replace_through(&through, CATCH_UP).await {
+                Ok(()) => {
+                    tracing::info!(node_id = replica.id(), "joined the declared cluster as a voter");
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not join the declared cluster yet; asking again");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+        }
     }
 
     async fn ask_to_join(&self, invite: &Invite, request: &JoinRequest) -> Result<JoinReply, ClusterSetupError> {

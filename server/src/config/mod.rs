@@ -53,7 +53,13 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Self::check_parsed(hcl_config::load(path)?)
+        Self::load_with(path, false)
+    }
+
+    /// As [`Self::load`]; with `expand_env`, environment variables in the text are
+    /// expanded first (`hcl_config::load_with`).
+    pub fn load_with(path: &Path, expand_env: bool) -> Result<Self, ConfigError> {
+        Self::check_parsed(hcl_config::load_with(path, expand_env)?)
     }
 
     /// Checks config text; `file` names it in errors.
@@ -117,6 +123,59 @@ impl ServerConfig {
     }
 
     /// Cross-key checks; returns warnings, or the path and reason of the first refusal.
+    /// The invite flow takes a `node_id`; declarative formation takes `peers` and the CA
+    /// files instead, and no `node_id`.
+    fn check_formation(&self) -> Result<(), (Vec<&'static str>, String)> {
+        let c = &self.cluster;
+        if c.peers.is_empty() {
+            for (key, set) in [
+                ("bootstrap_expect", c.bootstrap_expect.is_some()),
+                ("ca_cert_file", c.ca_cert_file.is_some()),
+                ("ca_key_file", c.ca_key_file.is_some()),
+            ] {
+                if set {
+                    return Err((vec!["cluster", key], "only with `peers` (declarative formation)".into()));
+                }
+            }
+            if c.node_id == 0 {
+                return Err((vec!["cluster", "node_id"], "must be a positive integer".into()));
+            }
+            return Ok(());
+        }
+        if c.node_id != 0 {
+            return Err((
+                vec!["cluster", "node_id"],
+                "not with `peers`: the replica at peers[i] forms the cluster as node i + 1, others get an id when they join"
+                    .into(),
+            ));
+        }
+        for (key, file) in [("ca_cert_file", &c.ca_cert_file), ("ca_key_file", &c.ca_key_file)] {
+            if file.is_none() {
+                return Err((vec!["cluster", key], "required with `peers`: the cluster CA provisioned ahead".into()));
+            }
+        }
+        for (i, peer) in c.peers.iter().enumerate() {
+            let valid = peer
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            if !valid {
+                return Err((vec!["cluster", "peers"], format!("{peer:?} is not host:port")));
+            }
+            if c.peers[..i].contains(peer) {
+                return Err((vec!["cluster", "peers"], format!("{peer:?} is listed twice")));
+            }
+        }
+        if let Some(expect) = c.bootstrap_expect {
+            if expect == 0 || expect > c.peers.len() {
+                return Err((
+                    vec!["cluster", "bootstrap_expect"],
+                    format!("must be between 1 and the number of peers ({})", c.peers.len()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn check(&self) -> Result<Vec<String>, (Vec<&'static str>, String)> {
         let warnings = self.ca_config().validate().map_err(|e| {
             let key = match e {
@@ -136,9 +195,7 @@ impl ServerConfig {
                 ));
             }
         }
-        if self.cluster.node_id == 0 {
-            return Err((vec!["cluster", "node_id"], "must be a positive integer".into()));
-        }
+        self.check_formation()?;
         if self.cluster.election_timeout < self.cluster.heartbeat_interval * 3 {
             return Err((
                 vec!["cluster", "election_timeout"],

@@ -111,8 +111,22 @@ pub enum LogFormat {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
-    /// This replica's Raft id: unique in the cluster, never reused after removal.
+    /// This replica's Raft id: unique in the cluster, never reused after removal. Not set
+    /// with `peers`: the cluster gives the id then.
+    #[serde(default)]
     pub node_id: u64,
+    /// Declarative formation: the cluster RPC addresses of the replicas, the one at
+    /// `peers[i]` being node `i + 1`; empty for the invite flow (`cluster init`, `join`).
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// How many of `peers`, from the first, form the cluster; the default is all of them.
+    #[serde(default)]
+    pub bootstrap_expect: Option<usize>,
+    /// The cluster CA provisioned ahead (PEM certificate, PEM PKCS#8 key), with `peers`.
+    #[serde(default)]
+    pub ca_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub ca_key_file: Option<PathBuf>,
     /// Where the cluster RPC (Raft, write forwarding, joins) listens.
     pub raft_bind_address: SocketAddr,
     /// The address other replicas dial for the cluster RPC; defaults to `raft_bind_address`.

@@ -2,7 +2,8 @@
 //! one SoftHSM2 token); the CA manager driven by a fake clock through many rotations, resumed from its journal,
 //! and with a disk upstream authority, checked by identity's verifiers and openssl; the views
 //! that follow apply; stock gRPC clients (grpcio) on the admin socket; a data dir of the
-//! previous on-disk format, upgraded on start.
+//! previous on-disk format, upgraded on start; replicas that form or join a declared
+//! cluster by themselves.
 
 mod authorization;
 mod bundle_endpoint;
@@ -11,6 +12,7 @@ mod ca_rotation;
 mod cluster_ca;
 mod cluster_ca_rotation;
 mod cluster_processes;
+mod declared_formation;
 mod federation_api;
 mod federation_refresh;
 mod hostile_callers;
