@@ -11,7 +11,7 @@ export TESTUDO_VENV ?= $(VENV)
 # warm one seconds. Set CARGO_TARGET_DIR to put them elsewhere.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/testudo/target
 
-.PHONY: all bootstrap build lint test demo fuzz chaos bench clean
+.PHONY: all bootstrap build lint test demo fuzz chaos bench image clean
 
 all: build
 
@@ -69,6 +69,12 @@ chaos: bootstrap
 	$(CARGO) build --workspace --bins
 	$(CARGO) run -p testudo-chaos-tests --bin testudo-chaos -- --duration $(DURATION) --iterations $(ITERATIONS) \
 		$(foreach d,$(DRILLS),--drill $(d)) --table target/chaos-summary.md
+
+## The container image (deploy/Containerfile), with podman or docker: make image TAG=testudo:dev
+TAG ?= testudo:dev
+image:
+	@engine=$$(command -v podman || command -v docker) || { echo "make image: needs podman or docker" >&2; exit 1; }; \
+	$$engine build -f deploy/Containerfile -t $(TAG) .
 
 clean:
 	$(CARGO) clean

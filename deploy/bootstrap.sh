@@ -14,6 +14,12 @@ VENV="${TESTUDO_VENV:-$ROOT/.venv}"
 PACKAGES=(libclang-dev clang g++ make pkg-config openssl softhsm2 opensc python3-venv etcd-server etcd-client fiu-utils
   faketime)
 
+# kubectl renders the Kubernetes manifests offline (`kubectl kustomize`): Debian's
+# kubernetes-client, unless the machine has a kubectl already.
+if ! command -v kubectl > /dev/null; then
+    PACKAGES+=(kubernetes-client)
+fi
+
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then

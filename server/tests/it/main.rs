@@ -13,6 +13,7 @@ mod cluster_ca;
 mod cluster_ca_rotation;
 mod cluster_processes;
 mod declared_formation;
+mod deploy_files;
 mod federation_api;
 mod federation_refresh;
 mod hostile_callers;
