@@ -79,3 +79,41 @@ fn kubernetes_base_and_overlays_render_offline() {
         }
     }
 }
+
+#[test]
+fn install_sh_installs_into_a_root_and_keeps_configs_when_run_again() {
+    let root = tempfile::tempdir().unwrap();
+    let binary = testkit::binary("testudo-server");
+    let bin_dir = binary.parent().expect("the binaries' directory");
+    let install = || {
+        run(Command::new("bash")
+            .arg(repo().join("deploy/install.sh"))
+            .arg("--bin-dir")
+            .arg(bin_dir)
+            .arg("--root")
+            .arg(root.path()))
+    };
+    install();
+    let at = |path: &str| root.path().join(path);
+    for path in [
+        "usr/local/bin/testudo-server",
+        "usr/local/bin/testudo-agent",
+        "etc/systemd/system/testudo-server.service",
+        "etc/systemd/system/testudo-agent.service",
+    ] {
+        assert!(at(path).is_file(), "{path} not installed");
+    }
+    let config = at("etc/testudo/server.hcl");
+    assert_eq!(
+        std::fs::read(&config).unwrap(),
+        std::fs::read(repo().join("deploy/systemd/server-aws-kms.hcl")).unwrap()
+    );
+    std::fs::write(&config, "# edited by the operator\n").unwrap();
+    let said = install();
+    assert!(!said.contains("wrote /etc/testudo/server.hcl"), "{said}");
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        "# edited by the operator\n",
+        "a config is never overwritten"
+    );
+}
