@@ -96,3 +96,31 @@ pub fn parse<T: DeserializeOwned>(source: String, file: &str) -> Result<Parsed<T
     })?;
     Ok(Parsed { value, source, file: file.to_string(), body })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    struct Named {
+        name: String,
+    }
+
+    #[test]
+    fn the_environment_is_expanded_only_when_asked_and_an_unset_variable_is_refused() {
+        let path = std::env::temp_dir().join(format!("hcl-config-env-{}.hcl", std::process::id()));
+        std::fs::write(&path, "name = \"${TESTUDO_HCL_TEST_POD}.raft:8082\"\n").unwrap();
+        // Set for this process only; no other test reads it.
+        std::env::set_var("TESTUDO_HCL_TEST_POD", "testudo-server-2");
+        let expanded: Parsed<Named> = load_with(&path, true).unwrap();
+        assert_eq!(expanded.value.name, "testudo-server-2.raft:8082");
+        let literal: Parsed<Named> = load_with(&path, false).unwrap();
+        assert_eq!(literal.value.name, "${TESTUDO_HCL_TEST_POD}.raft:8082", "not asked: the text as written");
+        std::env::remove_var("TESTUDO_HCL_TEST_POD");
+        match load_with::<Named>(&path, true) {
+            Err(ConfigError::Env { message, .. }) => assert!(message.contains("$TESTUDO_HCL_TEST_POD"), "{message}"),
+            other => panic!("an unset variable must be refused, got {:?}", other.map(|p| p.value.name)),
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+}

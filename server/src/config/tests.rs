@@ -166,10 +166,35 @@ fn missing_required_field_points_at_its_block() {
     assert_eq!((key.key.as_str(), key.line), ("server", Some(2)));
     assert!(key.message.contains("missing field `data_dir`"), "{key}");
 
+    // Without `peers` (the invite flow) a node id is required.
     let text = MINIMAL.replace("  node_id = 1\n", "");
     let key = refusal(&text);
-    assert_eq!(key.key, "cluster");
-    assert!(key.message.contains("missing field `node_id`"), "{key}");
+    assert_eq!(key.key, "cluster.node_id");
+    assert!(key.message.contains("positive integer"), "{key}");
+}
+
+#[test]
+fn a_declared_cluster_takes_peers_and_the_ca_files_instead_of_a_node_id() {
+    let declared = |lines: &str| MINIMAL.replace("  node_id = 1\n", lines);
+    let files = "  ca_cert_file = \"/etc/ca.crt\"\n  ca_key_file = \"/etc/ca.key\"\n";
+    let peers = "  peers = [\"a:8082\", \"b:8082\", \"c:8082\"]\n";
+    let config = parse(&declared(&format!("{peers}{files}  bootstrap_expect = 3\n"))).unwrap();
+    assert_eq!(config.cluster.node_id, 0);
+    assert_eq!(config.cluster.peers.len(), 3);
+
+    for (lines, key, says) in [
+        (format!("  node_id = 1\n{peers}{files}"), "cluster.node_id", "not with `peers`"),
+        (peers.to_string(), "cluster.ca_cert_file", "required with `peers`"),
+        (files.to_string(), "cluster.ca_cert_file", "only with `peers`"),
+        (format!("{peers}{files}  bootstrap_expect = 4\n"), "cluster.bootstrap_expect", "between 1 and"),
+        (format!("{peers}{files}  bootstrap_expect = 0\n"), "cluster.bootstrap_expect", "between 1 and"),
+        (format!("  peers = [\"a:8082\", \"a:8082\"]\n{files}"), "cluster.peers", "listed twice"),
+        (format!("  peers = [\"a\"]\n{files}"), "cluster.peers", "not host:port"),
+    ] {
+        let refused = refusal(&declared(&lines));
+        assert_eq!(refused.key, key, "{lines}");
+        assert!(refused.message.contains(says), "{lines}: {refused}");
+    }
 }
 
 #[test]
