@@ -17,6 +17,7 @@ mod deploy_files;
 mod federation_api;
 mod federation_refresh;
 mod hostile_callers;
+mod kubernetes_pods;
 mod managed_keys;
 mod request_ids;
 mod stock_clients;
