@@ -111,3 +111,18 @@ pub fn wait_until(within: Duration, mut ok: impl FnMut() -> bool, what: &str) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// From `cluster status --output json`: this replica's node id and the voters' ids (sorted),
+/// once it follows a leader and is one of the voters.
+pub fn voters_of(status: &serde_json::Value) -> Option<(u64, Vec<u64>)> {
+    status["leader"].as_u64()?;
+    let me = status["node_id"].as_u64()?;
+    let mut voters: Vec<u64> = status["members"]
+        .as_array()?
+        .iter()
+        .filter(|m| m["voter"].as_bool() == Some(true))
+        .filter_map(|m| m["node_id"].as_u64())
+        .collect();
+    voters.sort_unstable();
+    voters.contains(&me).then_some((me, voters))
+}

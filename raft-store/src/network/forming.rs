@@ -14,7 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use tonic::{Request, Response, Status};
 
 use super::accept::{accept_tls, ConnectionLimits};
-use super::server::caller_node;
+use super::server::{caller_node, clock_answer};
 use super::tls::{server_config, ClusterTls, PresentedCertificate, TlsError};
 use super::wire::{encode, FormationState};
 
@@ -108,8 +108,7 @@ impl Cluster for Forming {
         Err(forming())
     }
     async fn clock(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
-        caller_node(&request)?;
-        Ok(Response::new(encode("Clock result", &crate::peer_clocks::wall_clock_ms())?))
+        clock_answer(&request)
     }
     async fn formation(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         caller_node(&request)?;

@@ -83,6 +83,12 @@ pub struct ClusterService {
 /// The longest a leader may pause this replica's election timer, whatever it asks.
 const MAX_ELECTION_PAUSE: Duration = Duration::from_secs(60);
 
+/// The answer to a Clock call: this replica's wall clock, to any replica of the cluster CA.
+pub(super) fn clock_answer<T>(request: &Request<T>) -> Result<Response<Payload>, Status> {
+    caller_node(request)?;
+    Ok(Response::new(encode("Clock result", &crate::peer_clocks::wall_clock_ms())?))
+}
+
 impl ClusterService {
     pub fn new(
         raft: Raft,
@@ -296,8 +302,7 @@ impl Cluster for ClusterService {
     /// Any replica of the cluster CA may read this one's clock: it holds nothing secret,
     /// and a peer not yet in the membership (a joiner) needs it as much as a member.
     async fn clock(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
-        caller_node(&request)?;
-        Ok(Response::new(encode("Clock result", &crate::peer_clocks::wall_clock_ms())?))
+        clock_answer(&request)
     }
 
     /// Any replica of the cluster CA may ask: a pristine replica of a declared cluster

@@ -99,6 +99,27 @@ impl ClusterAuthority {
             && identity::x509::verify_x509_svid(&[cert_der], &bundle, now).is_ok()
     }
 
+    /// The files of replica `node_id` of cluster `cluster_id`, issuing from this CA: a new
+    /// key pair made here and its certificate.
+    pub fn material_for(
+        &self,
+        trust_domain: &TrustDomain,
+        node_id: u64,
+        cluster_id: String,
+    ) -> Result<super::files::ClusterMaterial, ClusterSetupError> {
+        let key = LocalKey::generate(KeyType::EcP256).map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
+        let replica_cert_der = self.issue_replica(trust_domain, node_id, key.public_key().clone())?;
+        Ok(super::files::ClusterMaterial {
+            cluster_id,
+            ca_generation: 0,
+            ca_cert_der: self.cert_der.clone(),
+            ca_key_pkcs8: self.key_pkcs8()?,
+            also_trusted: None,
+            replica_cert_der,
+            replica_key_pkcs8: key.to_pkcs8_der().map_err(|e| ClusterSetupError::Certificate(e.to_string()))?,
+        })
+    }
+
     /// A replica certificate for `public_key`.
     pub fn issue_replica(
         &self,

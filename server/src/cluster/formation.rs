@@ -22,7 +22,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use identity::crypto::{KeyType, LocalKey, Signer};
 use identity::TrustDomain;
 use raft_store::network::tls::ClusterTls;
 use raft_store::network::{ClusterClient, Faults, FormationState, FormingServer};
@@ -125,18 +124,11 @@ impl Declared {
 
     /// This replica's files for node `node_id`: a new key and a certificate from the CA.
     pub fn material(&self, trust_domain: &TrustDomain, node_id: NodeId) -> Result<ClusterMaterial, ClusterSetupError> {
-        let authority = ClusterAuthority::from_parts(self.ca_cert_der.clone(), &self.ca_key_pkcs8)?;
-        let key = LocalKey::generate(KeyType::EcP256).map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
-        let replica_cert_der = authority.issue_replica(trust_domain, node_id, key.public_key().clone())?;
-        Ok(ClusterMaterial {
-            cluster_id: self.cluster_id(),
-            ca_generation: 0,
-            ca_cert_der: self.ca_cert_der.clone(),
-            ca_key_pkcs8: self.ca_key_pkcs8.clone(),
-            also_trusted: None,
-            replica_cert_der,
-            replica_key_pkcs8: key.to_pkcs8_der().map_err(|e| ClusterSetupError::Certificate(e.to_string()))?,
-        })
+        ClusterAuthority::from_parts(self.ca_cert_der.clone(), &self.ca_key_pkcs8)?.material_for(
+            trust_domain,
+            node_id,
+            self.cluster_id(),
+        )
     }
 }
 
@@ -227,10 +219,21 @@ pub async fn probe_until_decided(
     let mut last_logged: Option<tokio::time::Instant> = None;
     let started = tokio::time::Instant::now();
     let decision = loop {
-        let mut answers = Vec::new();
+        // All at once: a peer that does not answer costs one timeout, not one per peer.
+        let mut asked = tokio::task::JoinSet::new();
         for peer in declared.peers.iter().filter(|peer| *peer != me) {
-            answers.push((peer.clone(), client.formation(peer).await.ok()));
+            let (client, peer) = (client.clone(), peer.clone());
+            asked.spawn(async move {
+                let answer = client.formation(&peer).await.ok();
+                (peer, answer)
+            });
         }
+        let mut answers = Vec::new();
+        while let Some(answered) = asked.join_next().await {
+            answers.extend(answered.ok());
+        }
+        // In the peers' order, so the members to join through come in a stable order.
+        answers.sort_by_key(|(peer, _)| declared.peers.iter().position(|p| p == peer));
         match decide(declared, me, &answers, started.elapsed() >= ALL_FOUNDERS_WAIT) {
             Decision::Wait(why) => {
                 if last_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {

@@ -60,21 +60,10 @@ pub const DEFAULT_INVITE_TTL: Duration = Duration::from_secs(3600);
 
 /// A new cluster's id, CA, and this replica's certificate.
 fn new_cluster_material(trust_domain: &TrustDomain, node_id: u64) -> Result<ClusterMaterial, ClusterSetupError> {
-    let authority = ClusterAuthority::create(trust_domain)?;
-    let key = LocalKey::generate(KeyType::EcP256).map_err(|e| ClusterSetupError::Certificate(e.to_string()))?;
-    let replica_cert_der = authority.issue_replica(trust_domain, node_id, key.public_key().clone())?;
     let mut id_bytes = [0u8; 16];
     aws_lc_rs::rand::fill(&mut id_bytes)
         .map_err(|_| ClusterSetupError::Certificate("no randomness available".into()))?;
-    Ok(ClusterMaterial {
-        cluster_id: hex::encode(id_bytes),
-        ca_generation: 0,
-        ca_cert_der: authority.cert_der.clone(),
-        ca_key_pkcs8: authority.key_pkcs8()?,
-        also_trusted: None,
-        replica_cert_der,
-        replica_key_pkcs8: key.to_pkcs8_der().map_err(|e| ClusterSetupError::Certificate(e.to_string()))?,
-    })
+    ClusterAuthority::create(trust_domain)?.material_for(trust_domain, node_id, hex::encode(id_bytes))
 }
 
 /// The replica, once it has one. Its phase is read without waiting: a call that arrives

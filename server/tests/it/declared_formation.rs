@@ -18,17 +18,7 @@ fn status(server: &ServerProcess) -> Option<serde_json::Value> {
 
 /// The voters' node ids as `server` sees them, once it follows a leader and is one of them.
 fn voters(server: &ServerProcess) -> Option<Vec<u64>> {
-    let status = status(server)?;
-    status["leader"].as_u64()?;
-    let me = status["node_id"].as_u64()?;
-    let mut ids: Vec<u64> = status["members"]
-        .as_array()?
-        .iter()
-        .filter(|m| m["voter"].as_bool() == Some(true))
-        .filter_map(|m| m["node_id"].as_u64())
-        .collect();
-    ids.sort_unstable();
-    ids.contains(&me).then_some(ids)
+    testkit::voters_of(&status(server)?).map(|(_, voters)| voters)
 }
 
 fn wait_for_voters(servers: &[&ServerProcess], want: impl Fn(&[u64]) -> bool, what: &str) -> Vec<u64> {

@@ -99,17 +99,7 @@ impl Pod {
 
     /// Its node id and the voters it sees, once it follows a leader and votes.
     fn voters(&self) -> Option<(u64, Vec<u64>)> {
-        let status = self.cli(&["cluster", "status"])?;
-        status["leader"].as_u64()?;
-        let me = status["node_id"].as_u64()?;
-        let mut voters: Vec<u64> = status["members"]
-            .as_array()?
-            .iter()
-            .filter(|m| m["voter"].as_bool() == Some(true))
-            .filter_map(|m| m["node_id"].as_u64())
-            .collect();
-        voters.sort_unstable();
-        voters.contains(&me).then_some((me, voters))
+        testkit::voters_of(&self.cli(&["cluster", "status"])?)
     }
 
     fn log(&self) -> String {
