@@ -93,3 +93,31 @@ impl Drop for Network {
         }
     }
 }
+
+/// Mount points the machine lacks (e.g. `/etc/testudo`), made empty for processes that
+/// bind-mount their own directories over them in a private mount namespace (as `ip netns
+/// exec` gives each command), and removed when dropped. Nothing is written into them.
+pub struct MountPoints(Vec<std::path::PathBuf>);
+
+impl MountPoints {
+    /// Makes whichever of `paths` do not exist.
+    pub fn make(paths: &[&str]) -> Self {
+        let mut made = Vec::new();
+        for path in paths {
+            let path = std::path::PathBuf::from(path);
+            if !path.exists() {
+                std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mount point {}: {e}", path.display()));
+                made.push(path);
+            }
+        }
+        Self(made)
+    }
+}
+
+impl Drop for MountPoints {
+    fn drop(&mut self) {
+        for path in self.0.iter().rev() {
+            let _ = std::fs::remove_dir(path);
+        }
+    }
+}

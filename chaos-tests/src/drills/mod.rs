@@ -20,6 +20,7 @@ pub mod nested_regions;
 pub mod partition;
 pub mod rolling_replacement;
 pub mod rolling_restart;
+pub mod runbooks;
 pub mod svid_watch;
 pub mod wiped_replica;
 
@@ -203,6 +204,11 @@ pub const ALL: &[Drill] = &[
         name: nested_regions::NAME,
         about: "a root and two regions over WAN links; leaders of all three killed, a region cut; mTLS across",
         run: nested_regions::run,
+    },
+    Drill {
+        name: runbooks::NAME_LOST_REPLICA,
+        about: "docs/runbooks/lost-replica.md as written: a replica's host lost with its disk, rebuilt",
+        run: runbooks::lost_replica,
     },
 ];
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use testkit::netns::Network;
+use testkit::netns::{MountPoints, Network};
 use testkit::wait_until;
 
 const PODS: usize = 3;
@@ -27,32 +27,6 @@ const MOUNTS: [(&str, &str); 5] = [
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace").to_path_buf()
-}
-
-/// Mount points the host lacks, made for the test and removed after it (empty; the pods
-/// mount over them in their own mount namespaces, so nothing is written into them).
-struct MountPoints(Vec<PathBuf>);
-
-impl MountPoints {
-    fn make() -> Self {
-        let mut made = Vec::new();
-        for (path, _) in MOUNTS {
-            let path = PathBuf::from(path);
-            if !path.exists() {
-                std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mount point {}: {e}", path.display()));
-                made.push(path);
-            }
-        }
-        Self(made)
-    }
-}
-
-impl Drop for MountPoints {
-    fn drop(&mut self) {
-        for path in &self.0 {
-            let _ = std::fs::remove_dir(path);
-        }
-    }
 }
 
 /// One pod: its directory (a subdirectory per volume) and its server process.
@@ -138,7 +112,7 @@ fn the_statefulset_config_forms_one_cluster_across_pods() {
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
 
     let network = Network::create(PODS).expect("network namespaces (run as root)");
-    let _mount_points = MountPoints::make();
+    let _mount_points = MountPoints::make(&MOUNTS.map(|(path, _)| path));
     // The headless Service's names, as the cluster's DNS answers them (ordinals 3 and 4,
     // listed in peers for scaling to five, do not exist).
     let hosts: String = std::iter::once("127.0.0.1 localhost\n".to_owned())
