@@ -210,6 +210,36 @@ pub const ALL: &[Drill] = &[
         about: "docs/runbooks/lost-replica.md as written: a replica's host lost with its disk, rebuilt",
         run: runbooks::lost_replica,
     },
+    Drill {
+        name: runbooks::NAME_LOST_QUORUM,
+        about: "docs/runbooks/lost-quorum.md as written: two of three replicas lost, the backup restored",
+        run: runbooks::lost_quorum,
+    },
+    Drill {
+        name: runbooks::NAME_CA_KEY_COMPROMISE,
+        about: "docs/runbooks/ca-key-compromise.md as written: the active CA and JWT key prepared over, tainted, revoked",
+        run: runbooks::ca_key_compromise,
+    },
+    Drill {
+        name: runbooks::NAME_KEY_MANAGER_OUTAGE,
+        about: "docs/runbooks/key-manager-outage.md as written: the KMS (moto) cut off, then back",
+        run: runbooks::key_manager_outage,
+    },
+    Drill {
+        name: runbooks::NAME_ROLLING_UPGRADE,
+        about: "docs/runbooks/rolling-upgrade.md as written: each replica upgraded in turn, then rolled back",
+        run: runbooks::rolling_upgrade,
+    },
+    Drill {
+        name: runbooks::NAME_SCALING,
+        about: "docs/runbooks/scaling.md as written: 3 replicas to 5 and back to 3",
+        run: runbooks::scaling,
+    },
+    Drill {
+        name: runbooks::NAME_MOVING,
+        about: "docs/runbooks/moving-a-replica.md as written: a replica moved to a host with a new name",
+        run: runbooks::moving_a_replica,
+    },
 ];
 
 /// Runs `drill`, turning a panic in its set-up (a replica that would not start, say) into
@@ -281,10 +311,11 @@ impl Workdir {
         &self.path
     }
 
-    /// Marks the directory for removal if `report` passed; otherwise names it in the report.
+    /// Marks the directory for removal if `report` passed (unless `TESTUDO_CHAOS_KEEP` is
+    /// set); otherwise names it in the report.
     pub(crate) fn settle(&mut self, report: &mut Report) {
-        self.remove = report.passed();
-        if !self.remove {
+        self.remove = report.passed() && std::env::var_os("TESTUDO_CHAOS_KEEP").is_none();
+        if !report.passed() {
             report.failures.push(format!("logs kept in {}", self.path.display()));
         }
     }

@@ -96,6 +96,10 @@ impl Hosts {
         })
     }
 
+    pub(crate) fn has(&self, host: &str) -> bool {
+        self.names.iter().any(|n| n == host)
+    }
+
     fn index(&self, host: &str) -> usize {
         self.names.iter().position(|n| n == host).unwrap_or_else(|| panic!("no host {host}"))
     }
@@ -128,6 +132,16 @@ impl Hosts {
         write("cluster-ca.crt", &read("cluster-ca.crt")?, 0o644)?;
         write("cluster-ca.key", &read("cluster-ca.key")?, 0o640)?;
         write("node-ca.pem", &read("cluster-ca.crt")?, 0o644)
+    }
+
+    /// Copies this build's binaries to `host`'s `/var/tmp/testudo-upgrade`, as the new
+    /// release an upgrade would stage there.
+    pub(crate) fn stage_upgrade(&self, host: &str) -> Result<(), String> {
+        let staging = self.dir(host).join("staging");
+        for binary in ["testudo-server", "testudo-agent"] {
+            place_binary(&testkit::binary(binary), &staging.join(binary))?;
+        }
+        Ok(())
     }
 
     /// Runs `script` on `host` as root with bash's `-euo pipefail`, as an operator with a
@@ -187,6 +201,32 @@ impl Hosts {
         }
     }
 
+    /// Takes `host`'s network link down (`false`) or up: cut off from every other host.
+    pub(crate) fn set_link(&self, host: &str, up: bool) -> Result<(), String> {
+        self.network.set_link(self.index(host), up)
+    }
+
+    /// Starts `program` on `host` (its network only: none of the host's directories), for a
+    /// service the drill stands up itself; it is the caller's to stop.
+    pub(crate) fn spawn(&self, host: &str, program: &Path, args: &[&str]) -> Result<std::process::Child, String> {
+        let launcher = self.network.launcher(self.index(host));
+        Command::new(&launcher[0])
+            .args(&launcher[1..])
+            .arg(program)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("{}: {e}", program.display()))
+    }
+
+    /// Gives `host`'s services these environment variables, as an instance role or a
+    /// drop-in would (the `systemctl` stand-in reads them).
+    pub(crate) fn set_service_env(&self, host: &str, env: &[(&str, String)]) -> Result<(), String> {
+        let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        std::fs::write(self.dir(host).join("service.env"), text).map_err(|e| e.to_string())
+    }
+
     fn kill_processes(&self, host_dir: &Path) {
         let Ok(pids) = std::fs::read_dir(host_dir.join("pids")) else { return };
         for pidfile in pids.flatten() {
@@ -223,23 +263,32 @@ fn place_binary(from: &Path, to: &Path) -> Result<(), String> {
         .map_err(|e| format!("{} -> {}: {e}", from.display(), to.display()))
 }
 
-/// The example config of deploy/systemd for `host` in a cluster of `peers`, with the
-/// SPIFFE CA keys in memory instead of AWS KMS (the drills of a KMS outage use their own).
-pub(crate) fn server_config(host: &str, peers: &[&str], bootstrap_expect: usize) -> String {
+/// The example config of deploy/systemd for `host` in a cluster of `peers` (the first three
+/// found it). The SPIFFE CA keys are in the AWS KMS at `kms_endpoint` (region us-east-1), or in
+/// memory without one.
+pub(crate) fn server_config(host: &str, peers: &[&str], kms_endpoint: Option<&str>) -> String {
     let example =
         std::fs::read_to_string(repo().join("deploy/systemd/server-aws-kms.hcl")).expect("the example config");
-    let kms = "  KeyManager \"aws_kms\" {\n    plugin_data {\n      region = \"eu-west-1\"\n    }\n  }\n";
-    let peers: Vec<String> = peers.iter().map(|p| format!("\"{}:8082\"", Hosts::fqdn(p))).collect();
-    let config = replace_once(&example, kms, "  KeyManager \"memory\" {}\n");
+    let region = "      region = \"eu-west-1\"\n";
+    let config = match kms_endpoint {
+        Some(endpoint) => {
+            replace_once(&example, region, &format!("      region = \"us-east-1\"\n      endpoint = \"{endpoint}\"\n"))
+        }
+        None => replace_once(
+            &example,
+            &format!("  KeyManager \"aws_kms\" {{\n    plugin_data {{\n{region}    }}\n  }}\n"),
+            "  KeyManager \"memory\" {}\n",
+        ),
+    };
     let config = replace_once(
         &config,
         "raft_advertise_address = \"r1.testudo.internal:8082\"",
         &format!("raft_advertise_address = \"{}:8082\"", Hosts::fqdn(host)),
     );
+    let peers: Vec<String> = peers.iter().map(|p| format!("\"{}:8082\"", Hosts::fqdn(p))).collect();
     let old_peers =
         config.lines().find(|l| l.trim_start().starts_with("peers ")).expect("peers in the example").to_owned();
-    let config = replace_once(&config, &old_peers, &format!("  peers            = [{}]", peers.join(", ")));
-    replace_once(&config, "bootstrap_expect = 3", &format!("bootstrap_expect = {bootstrap_expect}"))
+    replace_once(&config, &old_peers, &format!("  peers            = [{}]", peers.join(", ")))
 }
 
 /// `text` with `from` replaced by `to`; panics if `from` is not there exactly once, so an

@@ -30,29 +30,36 @@ impl Runbook {
         Self { file, blocks, ran, transcript: workdir.join("transcript.txt") }
     }
 
-    /// Runs, in order, every block under the heading `section`, each on the host it names.
-    fn section(&mut self, hosts: &Hosts, section: &str) -> Result<(), String> {
+    /// Runs, in order, every block under the heading `section`, each on the hosts it names
+    /// (`on=r2,r3,r1`: on each in turn); answers what each run printed.
+    fn section(&mut self, hosts: &Hosts, section: &str) -> Result<Vec<String>, String> {
         let indices: Vec<usize> = (0..self.blocks.len()).filter(|&i| self.blocks[i].section == section).collect();
         if indices.is_empty() {
             return Err(format!("{}: no sh block under \"{section}\"", self.file));
         }
+        let mut printed = Vec::new();
         for i in indices {
             let block = &self.blocks[i];
-            let host = block.attribute("on").ok_or_else(|| format!("{}: a block names no host (on=…)", self.file))?;
-            let began = Instant::now();
-            let outcome = hosts.run(host, &block.body, BLOCK_LIMIT);
-            let entry = format!(
-                "## {} / {section}, on {host}, {} ms\n{}\n{}\n",
-                self.file,
-                began.elapsed().as_millis(),
-                block.body,
-                outcome.as_ref().unwrap_or_else(|e| e)
-            );
-            append(&self.transcript, &entry);
-            outcome.map_err(|e| format!("{} \"{section}\": {e}", self.file))?;
+            let on = block.attribute("on").ok_or_else(|| format!("{}: a block names no host (on=…)", self.file))?;
+            for host in on.split(',') {
+                if !hosts.has(host) {
+                    return Err(format!("{}: a block names {host}, a host this drill does not have", self.file));
+                }
+                let began = Instant::now();
+                let outcome = hosts.run(host, &block.body, BLOCK_LIMIT);
+                let entry = format!(
+                    "## {} / {section}, on {host}, {} ms\n{}\n{}\n",
+                    self.file,
+                    began.elapsed().as_millis(),
+                    block.body,
+                    outcome.as_ref().unwrap_or_else(|e| e)
+                );
+                append(&self.transcript, &entry);
+                printed.push(outcome.map_err(|e| format!("{} \"{section}\": {e}", self.file))?);
+            }
             self.ran[i] = true;
         }
-        Ok(())
+        Ok(printed)
     }
 
     /// Fails if some block was never run: the drill must cover the whole runbook.
@@ -95,7 +102,7 @@ fn cluster_ca(workdir: &Path) -> Result<PathBuf, String> {
 /// Installs replicas on `members` (peers `peers`) and starts them as docs/deploy.md does.
 fn install_and_start(hosts: &Hosts, ca: &Path, members: &[&str], peers: &[&str]) -> Result<(), String> {
     for host in members {
-        hosts.install_server(host, &server_config(host, peers, 3), ca)?;
+        hosts.install_server(host, &server_config(host, peers, None), ca)?;
         hosts.run(host, "systemctl enable --now testudo-server", Duration::from_secs(10))?;
     }
     Ok(())
@@ -122,9 +129,9 @@ fn wait_for_voters(hosts: &Hosts, members: &[&str], within: Duration) -> Result<
     }
 }
 
-/// Writes `n` registration entries through the replica on `host`.
-fn write_entries(hosts: &Hosts, host: &str, n: usize) -> Result<(), String> {
-    let script: String = (0..n)
+/// Writes registration entries `numbers` through the replica on `host`.
+fn write_entries(hosts: &Hosts, host: &str, numbers: std::ops::Range<usize>) -> Result<(), String> {
+    let script: String = numbers
         .map(|i| {
             format!(
                 "testudo-server entry create --socket-path {} --spiffe-id spiffe://example.org/runbook/{i} \
@@ -166,13 +173,13 @@ pub fn lost_replica(_settings: &Settings) -> Report {
         let ca = cluster_ca(workdir)?;
         install_and_start(&hosts, &ca, &members, &members)?;
         let ids = wait_for_voters(&hosts, &members, Duration::from_secs(60))?;
-        write_entries(&hosts, "r1", 10)?;
+        write_entries(&hosts, "r1", 0..10)?;
         let mut book = Runbook::load("lost-replica.md", workdir);
 
         hosts.lose("r2");
         report.faults += 1;
         book.section(&hosts, "See what is lost")?;
-        hosts.install_server("r2", &server_config("r2", &members, 3), &ca)?;
+        hosts.install_server("r2", &server_config("r2", &members, None), &ca)?;
         book.section(&hosts, "Bring it back")?;
         book.section(&hosts, "Check")?;
         book.all_ran()?;
@@ -183,5 +190,278 @@ pub fn lost_replica(_settings: &Settings) -> Report {
         let count = entry_count(&hosts, "r2")?;
         report.check(count == 10, || format!("r2 holds {count} entries of 10"));
         Ok(format!("r2 (node {}) lost and rebuilt; it rejoined as node {}", ids[1], now[1]))
+    })
+}
+
+pub const NAME_LOST_QUORUM: &str = "runbook_lost_quorum";
+
+/// docs/runbooks/lost-quorum.md: r2 and r3 lost with their disks; r1 restores its backup.
+pub fn lost_quorum(_settings: &Settings) -> Report {
+    drill(NAME_LOST_QUORUM, |workdir, report| {
+        let members = ["r1", "r2", "r3"];
+        let hosts = Hosts::create(workdir, &members)?;
+        let ca = cluster_ca(workdir)?;
+        install_and_start(&hosts, &ca, &members, &members)?;
+        wait_for_voters(&hosts, &members, Duration::from_secs(60))?;
+        write_entries(&hosts, "r1", 0..10)?;
+        let mut book = Runbook::load("lost-quorum.md", workdir);
+        book.section(&hosts, "Before: take backups")?;
+        // Written after the backup: the runbook says these are lost.
+        write_entries(&hosts, "r1", 10..15)?;
+
+        hosts.lose("r2");
+        hosts.lose("r3");
+        report.faults += 2;
+        book.section(&hosts, "See that the majority is lost")?;
+        book.section(&hosts, "Restore")?;
+        for host in ["r2", "r3"] {
+            hosts.install_server(host, &server_config(host, &members, None), &ca)?;
+        }
+        book.section(&hosts, "Bring back the others")?;
+        let counts = book.section(&hosts, "Check")?;
+        book.all_ran()?;
+
+        let ids = wait_for_voters(&hosts, &members, Duration::from_secs(10))?;
+        report.check(ids[0] == 1, || format!("r1 was restored as node {}, not as its founder id 1", ids[0]));
+        for host in members {
+            let count = entry_count(&hosts, host)?;
+            report.check(count == 10, || format!("{host} holds {count} entries; the backup had 10"));
+        }
+        Ok(format!(
+            "r2, r3 lost; restored on r1 from its backup; node ids now {ids:?}; {} replicas checked",
+            counts.len()
+        ))
+    })
+}
+
+pub const NAME_SCALING: &str = "runbook_scaling";
+
+/// docs/runbooks/scaling.md: three replicas to five, and back to three.
+pub fn scaling(_settings: &Settings) -> Report {
+    drill(NAME_SCALING, |workdir, report| {
+        let (three, five) = (["r1", "r2", "r3"], ["r1", "r2", "r3", "r4", "r5"]);
+        let hosts = Hosts::create(workdir, &five)?;
+        let ca = cluster_ca(workdir)?;
+        install_and_start(&hosts, &ca, &three, &three)?;
+        let before = wait_for_voters(&hosts, &three, Duration::from_secs(60))?;
+        write_entries(&hosts, "r1", 0..10)?;
+        let mut book = Runbook::load("scaling.md", workdir);
+
+        // Installed as the runbook says: every host's peers name all five.
+        for host in five {
+            hosts.install_server(host, &server_config(host, &five, None), &ca)?;
+        }
+        book.section(&hosts, "Scale up to five")?;
+        report.faults += 1;
+        let grown = wait_for_voters(&hosts, &five, Duration::from_secs(10))?;
+        let count = entry_count(&hosts, "r5")?;
+        report.check(count == 10, || format!("r5 holds {count} entries of 10"));
+
+        book.section(&hosts, "Scale down to three")?;
+        report.faults += 1;
+        book.all_ran()?;
+        let after = wait_for_voters(&hosts, &three, Duration::from_secs(10))?;
+        report.check(after == before, || format!("r1-r3 were nodes {before:?}, now {after:?}"));
+        for host in ["r4", "r5"] {
+            let left = hosts.dir(host).join("lib/server");
+            report.check(!left.exists(), || format!("{host} kept its data dir after it was removed"));
+        }
+        Ok(format!("3 -> 5 (nodes {grown:?}) -> 3 (nodes {after:?})"))
+    })
+}
+
+pub const NAME_MOVING: &str = "runbook_moving_a_replica";
+
+/// docs/runbooks/moving-a-replica.md: r3 moves to r4.
+pub fn moving_a_replica(_settings: &Settings) -> Report {
+    drill(NAME_MOVING, |workdir, report| {
+        let members = ["r1", "r2", "r3"];
+        let hosts = Hosts::create(workdir, &["r1", "r2", "r3", "r4"])?;
+        let ca = cluster_ca(workdir)?;
+        install_and_start(&hosts, &ca, &members, &members)?;
+        let before = wait_for_voters(&hosts, &members, Duration::from_secs(60))?;
+        write_entries(&hosts, "r1", 0..10)?;
+        let mut book = Runbook::load("moving-a-replica.md", workdir);
+
+        let moved = ["r1", "r2", "r4"];
+        hosts.install_server("r4", &server_config("r4", &moved, None), &ca)?;
+        book.section(&hosts, "Add the new host")?;
+        book.section(&hosts, "Retire the old host")?;
+        report.faults += 1;
+        book.all_ran()?;
+        let after = wait_for_voters(&hosts, &moved, Duration::from_secs(10))?;
+        report.check(after[..2] == before[..2], || format!("r1, r2 were nodes {before:?}, now {after:?}"));
+        let count = entry_count(&hosts, "r4")?;
+        report.check(count == 10, || format!("r4 holds {count} entries of 10"));
+        let left = hosts.dir("r3").join("lib/server");
+        report.check(!left.exists(), || "r3 kept its data dir after it was removed".into());
+        Ok(format!("r3 (node {}) moved to r4 (node {})", before[2], after[2]))
+    })
+}
+
+pub const NAME_CA_KEY_COMPROMISE: &str = "runbook_ca_key_compromise";
+
+/// docs/runbooks/ca-key-compromise.md: the active X.509 CA and JWT key rotated out by hand.
+pub fn ca_key_compromise(_settings: &Settings) -> Report {
+    drill(NAME_CA_KEY_COMPROMISE, |workdir, report| {
+        let members = ["r1", "r2", "r3"];
+        let hosts = Hosts::create(workdir, &members)?;
+        let ca = cluster_ca(workdir)?;
+        install_and_start(&hosts, &ca, &members, &members)?;
+        wait_for_voters(&hosts, &members, Duration::from_secs(60))?;
+        let active = |kind: &str| -> Result<String, String> {
+            let shown = hosts.admin("r1", &format!("localauthority {kind} show"))?;
+            shown["active"]["authority_id"]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("no active {kind}: {shown}"))
+        };
+        let wait_active = |kind: &str| -> Result<String, String> {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                match active(kind) {
+                    Ok(id) => return Ok(id),
+                    Err(e) if Instant::now() > deadline => return Err(e),
+                    Err(_) => std::thread::sleep(Duration::from_millis(500)),
+                }
+            }
+        };
+        let leaked = (wait_active("x509")?, wait_active("jwt")?);
+        let mut book = Runbook::load("ca-key-compromise.md", workdir);
+        for section in [
+            "See the authorities",
+            "Prepare new authorities",
+            "Activate the new and taint the leaked",
+            "Revoke the leaked",
+            "Check",
+        ] {
+            book.section(&hosts, section)?;
+        }
+        report.faults += 1;
+        book.all_ran()?;
+
+        let now = (active("x509")?, active("jwt")?);
+        report.check(now.0 != leaked.0 && now.1 != leaked.1, || format!("still active: {now:?}"));
+        for host in members {
+            for kind in ["x509", "jwt"] {
+                let shown = hosts.admin(host, &format!("localauthority {kind} show"))?.to_string();
+                let id = if kind == "x509" { &leaked.0 } else { &leaked.1 };
+                report.check(!shown.contains(id.as_str()), || format!("{host} still lists {kind} {id}: {shown}"));
+            }
+            let bundle = hosts.run(
+                host,
+                &format!("testudo-server bundle show --socket-path {}", hosts::ADMIN_SOCKET),
+                Duration::from_secs(30),
+            )?;
+            let cas = bundle.matches("BEGIN CERTIFICATE").count();
+            report.check(cas == 1, || format!("{host}'s bundle holds {cas} CAs, not the new one alone"));
+        }
+        Ok(format!("x509 {} and jwt {} rotated out and revoked", leaked.0, leaked.1))
+    })
+}
+
+pub const NAME_KEY_MANAGER_OUTAGE: &str = "runbook_key_manager_outage";
+
+/// docs/runbooks/key-manager-outage.md: the CA keys in a KMS (moto) that is cut off, then back.
+pub fn key_manager_outage(_settings: &Settings) -> Report {
+    drill(NAME_KEY_MANAGER_OUTAGE, |workdir, report| {
+        let members = ["r1", "r2", "r3"];
+        let hosts = Hosts::create(workdir, &["r1", "r2", "r3", "kms"])?;
+        let venv = std::env::var("TESTUDO_VENV").unwrap_or_else(|_| hosts::repo().join(".venv").display().to_string());
+        let mut moto = KillOnDrop(hosts.spawn(
+            "kms",
+            &Path::new(&venv).join("bin/moto_server"),
+            &["-H", "0.0.0.0", "-p", "5000"],
+        )?);
+        let ca = cluster_ca(workdir)?;
+        let endpoint = format!("http://{}:5000", Hosts::fqdn("kms"));
+        let credentials: Vec<(&str, String)> = vec![
+            ("AWS_ACCESS_KEY_ID", testkit::moto::ACCESS_KEY_ID.into()),
+            ("AWS_SECRET_ACCESS_KEY", testkit::moto::SECRET_ACCESS_KEY.into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ];
+        for host in members {
+            hosts.set_service_env(host, &credentials)?;
+            hosts.install_server(host, &server_config(host, &members, Some(&endpoint)), &ca)?;
+            hosts.run(host, "systemctl enable --now testudo-server", Duration::from_secs(10))?;
+        }
+        wait_for_voters(&hosts, &members, Duration::from_secs(90))?;
+        let mint = format!(
+            "until testudo-server x509 mint --spiffe-id spiffe://example.org/up --ttl 60 --socket-path {} >/dev/null 2>&1; \
+             do sleep 1; done",
+            hosts::ADMIN_SOCKET
+        );
+        for host in members {
+            hosts.run(host, &mint, Duration::from_secs(90))?;
+        }
+        let mut book = Runbook::load("key-manager-outage.md", workdir);
+        let healthy = book.section(&hosts, "See it")?.concat();
+        report.check(healthy.contains("signing works"), || format!("before the outage the runbook saw: {healthy}"));
+
+        hosts.set_link("kms", false)?;
+        report.faults += 1;
+        let cut_off = book.section(&hosts, "See it")?.concat();
+        report.check(cut_off.contains("signing fails"), || format!("during the outage the runbook saw: {cut_off}"));
+        report.check(cut_off.contains("testudo_key_manager_attempts_total"), || {
+            format!("the metrics the runbook reads are missing: {cut_off}")
+        });
+        let status = hosts.admin("r2", "cluster status")?;
+        report.check(status["leader"].as_u64().is_some(), || format!("no leader during the outage: {status}"));
+
+        hosts.set_link("kms", true)?;
+        book.section(&hosts, "After it is back")?;
+        book.all_ran()?;
+        let _ = moto.0.kill();
+        Ok("KMS cut off and back; every replica signs again".into())
+    })
+}
+
+/// A child process killed when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub const NAME_ROLLING_UPGRADE: &str = "runbook_rolling_upgrade";
+
+/// docs/runbooks/rolling-upgrade.md: every replica upgraded in turn, then rolled back. The
+/// "new" binaries are this build's, so this checks the procedure, not compatibility between
+/// versions.
+pub fn rolling_upgrade(_settings: &Settings) -> Report {
+    drill(NAME_ROLLING_UPGRADE, |workdir, report| {
+        let members = ["r1", "r2", "r3"];
+        let hosts = Hosts::create(workdir, &members)?;
+        let ca = cluster_ca(workdir)?;
+        install_and_start(&hosts, &ca, &members, &members)?;
+        let before = wait_for_voters(&hosts, &members, Duration::from_secs(60))?;
+        write_entries(&hosts, "r1", 0..10)?;
+        for host in members {
+            hosts.stage_upgrade(host)?;
+        }
+        let mut book = Runbook::load("rolling-upgrade.md", workdir);
+        book.section(&hosts, "Before you start")?;
+        let printed = book.section(&hosts, "Upgrade each replica in turn")?;
+        report.faults += members.len();
+        let upgraded = wait_for_voters(&hosts, &members, Duration::from_secs(10))?;
+        // The leader handed leadership away before its restart: `cluster transfer` printed
+        // the status it left (the block prints nothing else of the kind).
+        let transfers = printed.iter().filter(|p| p.contains("Cluster ")).count();
+        report.check(transfers >= 1, || "no replica handed leadership away before its restart".into());
+        book.section(&hosts, "Roll back")?;
+        report.faults += members.len();
+        book.all_ran()?;
+        let after = wait_for_voters(&hosts, &members, Duration::from_secs(10))?;
+        report.check(upgraded == before && after == before, || {
+            format!("node ids changed: {before:?}, {upgraded:?}, {after:?}")
+        });
+        for host in members {
+            let count = entry_count(&hosts, host)?;
+            report.check(count == 10, || format!("{host} holds {count} entries of 10"));
+        }
+        Ok("3 replicas upgraded in turn, leader last, and rolled back".into())
     })
 }

@@ -2,7 +2,9 @@
 # `systemctl` for the runbook drills, whose hosts have no systemd: starts and stops a unit of
 # deploy/systemd as that unit says (ExecStart as User/Group, UMask, StateDirectory and
 # RuntimeDirectory made with their modes, EnvironmentFile read), tracking its process in a
-# pid file of the host. Not emulated: Restart=, the sandboxing options, dependencies.
+# pid file of the host. The host's service.env, if the drill wrote one, stands for what an
+# instance role or a drop-in would give the service (AWS credentials, say).
+# Not emulated: Restart=, the sandboxing options, dependencies.
 set -euo pipefail
 host=${TESTUDO_DRILL_HOST:?the drill sets TESTUDO_DRILL_HOST}
 units=${TESTUDO_DRILL_UNITS:?the drill sets TESTUDO_DRILL_UNITS}
@@ -43,12 +45,12 @@ start() {
   env_file=$(key EnvironmentFile)
   (
     umask "$(key UMask 0022)"
-    if [[ -n $env_file && -f ${env_file#-} ]]; then
-      set -a
+    set -a
+    for env in "$host/service.env" "${env_file#-}"; do
       # shellcheck disable=SC1090
-      source "${env_file#-}"
-      set +a
-    fi
+      if [[ -n $env && -f $env ]]; then source "$env"; fi
+    done
+    set +a
     # shellcheck disable=SC2046
     exec setsid setpriv --reuid="$user" --regid="$group" --init-groups -- $(key ExecStart) \
       >>"$host/log/$unit.log" 2>&1 </dev/null
