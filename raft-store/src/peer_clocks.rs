@@ -72,6 +72,8 @@ pub struct PeerClocks {
     /// Set once every member was asked after start: a replica restarted with a clock off
     /// must not sign in the seconds before it finds out.
     compared: Arc<AtomicBool>,
+    /// When this replica first set out to read each peer's clock (it was a member then).
+    noticed: Arc<Mutex<BTreeMap<NodeId, Instant>>>,
 }
 
 impl Default for PeerClocks {
@@ -90,7 +92,7 @@ pub fn wall_clock_ms() -> i64 {
 
 impl PeerClocks {
     pub fn new(max_skew: Duration) -> Self {
-        Self { readings: Arc::default(), max_skew, compared: Arc::default() }
+        Self { readings: Arc::default(), max_skew, compared: Arc::default(), noticed: Arc::default() }
     }
 
     /// A clock that trusts itself from the start: for replicas that never ask their peers
@@ -122,6 +124,26 @@ impl PeerClocks {
     /// zero: with too few readings to outvote it, our own clock is given the benefit.
     pub fn cluster_offset_ms(&self) -> i64 {
         self.offsets().1
+    }
+
+    /// Notes that `peers` are members whose clocks are to be read, from now on for those new.
+    fn notice(&self, peers: impl IntoIterator<Item = NodeId>) {
+        if let Ok(mut noticed) = self.noticed.lock() {
+            for peer in peers {
+                noticed.entry(peer).or_insert_with(Instant::now);
+            }
+        }
+    }
+
+    /// How long this replica has not heard from `peer`: since its last answer for its clock,
+    /// or since this replica first tried to read it if it never answered; zero for a peer
+    /// this replica has not tried yet.
+    pub fn unheard_for(&self, peer: NodeId) -> Duration {
+        let Some(noticed) = self.noticed.lock().ok().and_then(|n| n.get(&peer).copied()) else {
+            return Duration::ZERO;
+        };
+        let last = self.readings.lock().ok().and_then(|r| r.get(&peer).map(|r| r.at));
+        last.map_or(noticed, |at| at.max(noticed)).elapsed()
     }
 
     /// How many clocks the cluster's time is taken over now: this replica's and each peer
@@ -208,6 +230,7 @@ pub(crate) async fn probe(
             .filter(|(peer, _)| **peer != id)
             .map(|(peer, node)| (*peer, node.raft_address.clone()))
             .collect();
+        clocks.notice(peers.iter().map(|(peer, _)| *peer));
         let mut reads = tokio::task::JoinSet::new();
         for (peer, address) in peers {
             let (client, clocks) = (client.clone(), clocks.clone());
@@ -235,6 +258,19 @@ pub(crate) async fn probe(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_is_unheard_since_its_last_answer_or_since_it_was_first_asked() {
+        let clocks = PeerClocks::new(Duration::from_secs(5));
+        clocks.notice([2, 3]);
+        std::thread::sleep(Duration::from_millis(30));
+        clocks.record(2, wall_clock_ms(), Duration::ZERO, wall_clock_ms());
+        clocks.notice([2, 3, 4]);
+        assert!(clocks.unheard_for(2) < Duration::from_millis(30));
+        assert!(clocks.unheard_for(3) >= Duration::from_millis(30), "never answered: counted from the first ask");
+        assert!(clocks.unheard_for(4) < Duration::from_millis(30), "asked just now");
+        assert_eq!(clocks.unheard_for(5), Duration::ZERO, "never asked");
+    }
 
     const MINUTE: i64 = 60_000;
 

@@ -119,7 +119,15 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         web_roots: tokio::task::spawn_blocking(server::federation::fetch::system_roots).await?,
         timeout: server::federation::fetch::EXCHANGE_TIMEOUT,
     };
-    background.push(tokio::spawn(server::leader::run(runtime.clone(), server::leader::server_duties(ca, federation))));
+    let unreachable =
+        config.cluster.remove_unreachable_after.map(|after| server::leader::unreachable::UnreachableRemoval {
+            after,
+            keep_voters: config.cluster.bootstrap_expect.unwrap_or(config.cluster.peers.len()),
+        });
+    background.push(tokio::spawn(server::leader::run(
+        runtime.clone(),
+        server::leader::server_duties(ca, federation, unreachable),
+    )));
     if let Some(prometheus) = &config.telemetry.prometheus {
         let router = server::ops::metrics::router(metrics);
         background.push(serve_http("Prometheus metrics", &prometheus.host, prometheus.port, router).await?);

@@ -34,6 +34,8 @@ cluster {
   bootstrap_expect = 3
   ca_cert_file     = "/etc/testudo-cluster-ca/ca.crt"
   ca_key_file      = "/etc/testudo-cluster-ca/ca.key"
+  # Ordinals scaled away (their volumes deleted with them) leave the quorum by themselves.
+  remove_unreachable_after = "10m"
 }
 
 health_checks {

@@ -18,6 +18,10 @@ use identity::x509::Subject;
 use plugins::{NodeAttestorConfig, Plugins};
 use sections::{ClusterSection, HealthChecks, ServerSection, Telemetry};
 
+/// The least `cluster.remove_unreachable_after` may be: longer than a replica takes to
+/// restart, so a restart never costs a member.
+pub const MIN_REMOVE_UNREACHABLE_AFTER: Duration = Duration::from_secs(10);
+
 /// The file as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -132,6 +136,7 @@ impl ServerConfig {
                 ("bootstrap_expect", c.bootstrap_expect.is_some()),
                 ("ca_cert_file", c.ca_cert_file.is_some()),
                 ("ca_key_file", c.ca_key_file.is_some()),
+                ("remove_unreachable_after", c.remove_unreachable_after.is_some()),
             ] {
                 if set {
                     return Err((vec!["cluster", key], "only with `peers` (declarative formation)".into()));
@@ -164,6 +169,15 @@ impl ServerConfig {
             if c.peers[..i].contains(peer) {
                 return Err((vec!["cluster", "peers"], format!("{peer:?} is listed twice")));
             }
+        }
+        if c.remove_unreachable_after.is_some_and(|after| after < MIN_REMOVE_UNREACHABLE_AFTER) {
+            return Err((
+                vec!["cluster", "remove_unreachable_after"],
+                format!(
+                    "must be at least {} s: a replica restarting or briefly cut off must not be removed",
+                    MIN_REMOVE_UNREACHABLE_AFTER.as_secs()
+                ),
+            ));
         }
         if let Some(expect) = c.bootstrap_expect {
             if expect == 0 || expect > c.peers.len() {

@@ -127,6 +127,11 @@ pub struct ClusterSection {
     pub ca_cert_file: Option<PathBuf>,
     #[serde(default)]
     pub ca_key_file: Option<PathBuf>,
+    /// With `peers`: the leader removes a member whose clock it could not read for this long,
+    /// while more than `bootstrap_expect` voters remain (a scaled-down StatefulSet's
+    /// members). Unset: members are only removed by `cluster remove`.
+    #[serde(default, deserialize_with = "values::optional_duration")]
+    pub remove_unreachable_after: Option<Duration>,
     /// Where the cluster RPC (Raft, write forwarding, joins) listens.
     pub raft_bind_address: SocketAddr,
     /// The address other replicas dial for the cluster RPC; defaults to `raft_bind_address`.

@@ -181,6 +181,9 @@ fn a_declared_cluster_takes_peers_and_the_ca_files_instead_of_a_node_id() {
     let config = parse(&declared(&format!("{peers}{files}  bootstrap_expect = 3\n"))).unwrap();
     assert_eq!(config.cluster.node_id, 0);
     assert_eq!(config.cluster.peers.len(), 3);
+    assert_eq!(config.cluster.remove_unreachable_after, None);
+    let config = parse(&declared(&format!("{peers}{files}  remove_unreachable_after = \"10m\"\n"))).unwrap();
+    assert_eq!(config.cluster.remove_unreachable_after, Some(std::time::Duration::from_secs(600)));
 
     for (lines, key, says) in [
         (format!("  node_id = 1\n{peers}{files}"), "cluster.node_id", "not with `peers`"),
@@ -190,6 +193,16 @@ fn a_declared_cluster_takes_peers_and_the_ca_files_instead_of_a_node_id() {
         (format!("{peers}{files}  bootstrap_expect = 0\n"), "cluster.bootstrap_expect", "between 1 and"),
         (format!("  peers = [\"a:8082\", \"a:8082\"]\n{files}"), "cluster.peers", "listed twice"),
         (format!("  peers = [\"a\"]\n{files}"), "cluster.peers", "not host:port"),
+        (
+            "  node_id = 1\n  remove_unreachable_after = \"10m\"\n".to_string(),
+            "cluster.remove_unreachable_after",
+            "only with `peers`",
+        ),
+        (
+            format!("{peers}{files}  remove_unreachable_after = \"9s\"\n"),
+            "cluster.remove_unreachable_after",
+            "at least 10 s",
+        ),
     ] {
         let refused = refusal(&declared(&lines));
         assert_eq!(refused.key, key, "{lines}");

@@ -1,7 +1,8 @@
 //! What only the leader does, in one place: CA rotation steps ([`ca_rotation`]), pruning of
 //! the change log ([`change_log`]), of expired join tokens and replica invites
 //! ([`expiry`]), refreshing federated bundles ([`federation_refresh`]) and, in a nested
-//! cluster, following the upstream cluster's bundle ([`upstream_bundle`]); and, if this
+//! cluster, following the upstream cluster's bundle ([`upstream_bundle`]); in a declared
+//! cluster that asks for it, removing members unreachable for long ([`unreachable`]); and, if this
 //! replica's clock is off from the cluster's, handing leadership on ([`clock_check`]) while
 //! every other duty waits, since each decides by the clock what is due. Each duty is
 //! "when the replicated state says it is due, do it and record the outcome through Raft":
@@ -16,6 +17,7 @@ pub mod change_log;
 pub mod clock_check;
 pub mod expiry;
 pub mod federation_refresh;
+pub mod unreachable;
 pub mod upstream_bundle;
 
 use std::sync::Arc;
@@ -53,6 +55,7 @@ const RETRY: Duration = Duration::from_secs(1);
 pub fn server_duties(
     ca: crate::ca::replicated::ClusterCa,
     federation: federation_refresh::FederationRefreshing,
+    unreachable: Option<unreachable::UnreachableRemoval>,
 ) -> Vec<Arc<dyn LeaderDuty>> {
     let upstream = ca.upstream.clone().filter(|u| u.is_upstream_cluster());
     let trust_domain = ca.config.trust_domain.clone();
@@ -65,6 +68,9 @@ pub fn server_duties(
     ];
     if let Some(upstream) = upstream {
         duties.push(Arc::new(upstream_bundle::UpstreamBundleFollowing { upstream, trust_domain }));
+    }
+    if let Some(removal) = unreachable {
+        duties.push(Arc::new(removal));
     }
     duties
 }

@@ -125,3 +125,51 @@ fn replicas_form_one_cluster_by_themselves_and_take_in_new_ones() {
     let entries = servers[2].json(&["entry", "count"]);
     assert_eq!(entries["count"].as_u64(), Some(1), "the new replica holds the state: {entries}");
 }
+
+#[test]
+fn members_unreachable_for_long_are_removed_down_to_bootstrap_expect() {
+    let root = tempfile::tempdir().unwrap();
+    let (cert, key) = (root.path().join("ca.crt"), root.path().join("ca.key"));
+    let out = std::process::Command::new(testkit::binary("testudo-server"))
+        .args(["cluster", "new-ca", "--trust-domain", "example.org", "--cert"])
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let addresses: Vec<SocketAddr> = (0..4).map(|_| SocketAddr::from(([127, 0, 0, 1], free_port()))).collect();
+    let peers: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
+    let cluster = format!(
+        "peers = [{}]\n  bootstrap_expect = 3\n  ca_cert_file = \"{}\"\n  ca_key_file = \"{}\"\n  \
+         remove_unreachable_after = \"10s\"",
+        peers.join(", "),
+        cert.display(),
+        key.display()
+    );
+    // Three found the cluster; the fourth (as a StatefulSet scaled to four) joins it.
+    let mut servers: Vec<ServerProcess> =
+        (0..3).map(|i| start(root.path(), i as u64 + 1, addresses[i], &cluster)).collect();
+    wait_for_voters(&servers.iter().collect::<Vec<_>>(), |v| v.len() == 3, "three voters");
+    servers.push(start(root.path(), 4, addresses[3], &cluster));
+    let four = wait_for_voters(&servers.iter().collect::<Vec<_>>(), |v| v.len() == 4, "four voters");
+    // A member that answers is never removed, however new.
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(voters(&servers[0]).as_deref(), Some(&four[..]), "a reachable member was removed");
+
+    // Scaled back to three: the fourth is gone for good and is removed by itself.
+    let gone = voters(&servers[3]).and_then(|_| status(&servers[3])).and_then(|s| s["node_id"].as_u64()).unwrap();
+    servers[3].kill();
+    let killed_at = std::time::Instant::now();
+    let three = wait_for_voters(&servers[..3].iter().collect::<Vec<_>>(), |v| v.len() == 3, "the fourth removed");
+    assert!(!three.contains(&gone) && four.contains(&gone), "{four:?} -> {three:?}");
+    assert!(killed_at.elapsed() >= Duration::from_secs(10), "removed before remove_unreachable_after");
+    let members = status(&servers[0]).unwrap()["members"].as_array().unwrap().len();
+    assert_eq!(members, 3, "the fourth is no learner either");
+
+    // One of three down as long: kept, since three voters is bootstrap_expect.
+    servers[2].kill();
+    std::thread::sleep(Duration::from_secs(17));
+    let kept = voters(&servers[0]).or_else(|| voters(&servers[1])).expect("the two left follow a leader");
+    assert_eq!(kept, three, "a voter was removed below bootstrap_expect");
+}
