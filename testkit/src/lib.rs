@@ -112,6 +112,19 @@ pub fn wait_until(within: Duration, mut ok: impl FnMut() -> bool, what: &str) {
     }
 }
 
+/// Makes a cluster CA for declarative formation (trust domain example.org) as an operator
+/// does: `testudo-server cluster new-ca`, the certificate to `cert` and the key to `key`.
+pub fn new_cluster_ca(cert: &std::path::Path, key: &std::path::Path) {
+    let out = std::process::Command::new(binary("testudo-server"))
+        .args(["cluster", "new-ca", "--trust-domain", "example.org", "--cert"])
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .output()
+        .expect("testudo-server cluster new-ca");
+    assert!(out.status.success(), "cluster new-ca: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// From `cluster status --output json`: this replica's node id and the voters' ids (sorted),
 /// once it follows a leader and is one of the voters.
 pub fn voters_of(status: &serde_json::Value) -> Option<(u64, Vec<u64>)> {

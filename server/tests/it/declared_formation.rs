@@ -54,14 +54,7 @@ fn start(root: &Path, name: u64, raft: SocketAddr, cluster: &str) -> ServerProce
 fn replicas_form_one_cluster_by_themselves_and_take_in_new_ones() {
     let root = tempfile::tempdir().unwrap();
     let (cert, key) = (root.path().join("ca.crt"), root.path().join("ca.key"));
-    let out = std::process::Command::new(testkit::binary("testudo-server"))
-        .args(["cluster", "new-ca", "--trust-domain", "example.org", "--cert"])
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    testkit::new_cluster_ca(&cert, &key);
 
     let addresses: Vec<SocketAddr> = (0..4).map(|_| SocketAddr::from(([127, 0, 0, 1], free_port()))).collect();
     let peers: Vec<String> = addresses[..3].iter().map(|a| format!("\"{a}\"")).collect();
@@ -130,14 +123,7 @@ fn replicas_form_one_cluster_by_themselves_and_take_in_new_ones() {
 fn members_unreachable_for_long_are_removed_down_to_bootstrap_expect() {
     let root = tempfile::tempdir().unwrap();
     let (cert, key) = (root.path().join("ca.crt"), root.path().join("ca.key"));
-    let out = std::process::Command::new(testkit::binary("testudo-server"))
-        .args(["cluster", "new-ca", "--trust-domain", "example.org", "--cert"])
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    testkit::new_cluster_ca(&cert, &key);
     let addresses: Vec<SocketAddr> = (0..4).map(|_| SocketAddr::from(([127, 0, 0, 1], free_port()))).collect();
     let peers: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
     let cluster = format!(

@@ -102,14 +102,7 @@ fn the_statefulset_config_forms_one_cluster_across_pods() {
 
     let root = tempfile::tempdir().unwrap();
     let (cert, key) = (root.path().join("ca.crt"), root.path().join("ca.key"));
-    let made = Command::new(testkit::binary("testudo-server"))
-        .args(["cluster", "new-ca", "--trust-domain", "example.org", "--cert"])
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    testkit::new_cluster_ca(&cert, &key);
 
     let network = Network::create(PODS).expect("network namespaces (run as root)");
     let _mount_points = MountPoints::make(&MOUNTS.map(|(path, _)| path));

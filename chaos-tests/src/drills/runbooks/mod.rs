@@ -4,6 +4,9 @@
 //! block that fails, hangs, or is never run fails the drill.
 
 mod hosts;
+mod upgrade;
+
+pub use upgrade::{upgrade_compat, NAME_UPGRADE_COMPAT};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -86,16 +89,7 @@ fn append(path: &Path, text: &str) {
 fn cluster_ca(workdir: &Path) -> Result<PathBuf, String> {
     let dir = workdir.join("cluster-ca");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let out = std::process::Command::new(testkit::binary("testudo-server"))
-        .args(["cluster", "new-ca", "--trust-domain", "example.org", "--cert"])
-        .arg(dir.join("cluster-ca.crt"))
-        .arg("--key")
-        .arg(dir.join("cluster-ca.key"))
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!("cluster new-ca: {}", String::from_utf8_lossy(&out.stderr)));
-    }
+    testkit::new_cluster_ca(&dir.join("cluster-ca.crt"), &dir.join("cluster-ca.key"));
     Ok(dir)
 }
 
@@ -106,6 +100,21 @@ fn install_and_start(hosts: &Hosts, ca: &Path, members: &[&str], peers: &[&str])
         hosts.run(host, "systemctl enable --now testudo-server", Duration::from_secs(10))?;
     }
     Ok(())
+}
+
+/// The founding replicas of every runbook drill.
+const MEMBERS: [&str; 3] = ["r1", "r2", "r3"];
+
+/// Hosts `names` (r1–r3 and whichever more the drill needs) with a cluster formed on r1–r3
+/// as docs/deploy.md does, holding entries 0..10; answers them, the cluster CA's
+/// directory, and r1–r3's node ids.
+fn formed_cluster(workdir: &Path, names: &[&str]) -> Result<(Hosts, PathBuf, Vec<u64>), String> {
+    let hosts = Hosts::create(workdir, names)?;
+    let ca = cluster_ca(workdir)?;
+    install_and_start(&hosts, &ca, &MEMBERS, &MEMBERS)?;
+    let ids = wait_for_voters(&hosts, &MEMBERS, Duration::from_secs(60))?;
+    write_entries(&hosts, "r1", 0..10)?;
+    Ok((hosts, ca, ids))
 }
 
 /// Waits until every replica on `members` follows one leader and the cluster has exactly
@@ -168,12 +177,8 @@ pub const NAME_LOST_REPLICA: &str = "runbook_lost_replica";
 /// docs/runbooks/lost-replica.md: r2's host is lost with its disk and rebuilt under its name.
 pub fn lost_replica(_settings: &Settings) -> Report {
     drill(NAME_LOST_REPLICA, |workdir, report| {
-        let members = ["r1", "r2", "r3"];
-        let hosts = Hosts::create(workdir, &members)?;
-        let ca = cluster_ca(workdir)?;
-        install_and_start(&hosts, &ca, &members, &members)?;
-        let ids = wait_for_voters(&hosts, &members, Duration::from_secs(60))?;
-        write_entries(&hosts, "r1", 0..10)?;
+        let members = MEMBERS;
+        let (hosts, ca, ids) = formed_cluster(workdir, &members)?;
         let mut book = Runbook::load("lost-replica.md", workdir);
 
         hosts.lose("r2");
@@ -198,12 +203,8 @@ pub const NAME_LOST_QUORUM: &str = "runbook_lost_quorum";
 /// docs/runbooks/lost-quorum.md: r2 and r3 lost with their disks; r1 restores its backup.
 pub fn lost_quorum(_settings: &Settings) -> Report {
     drill(NAME_LOST_QUORUM, |workdir, report| {
-        let members = ["r1", "r2", "r3"];
-        let hosts = Hosts::create(workdir, &members)?;
-        let ca = cluster_ca(workdir)?;
-        install_and_start(&hosts, &ca, &members, &members)?;
-        wait_for_voters(&hosts, &members, Duration::from_secs(60))?;
-        write_entries(&hosts, "r1", 0..10)?;
+        let members = MEMBERS;
+        let (hosts, ca, _) = formed_cluster(workdir, &members)?;
         let mut book = Runbook::load("lost-quorum.md", workdir);
         book.section(&hosts, "Before: take backups")?;
         // Written after the backup: the runbook says these are lost.
@@ -239,12 +240,8 @@ pub const NAME_SCALING: &str = "runbook_scaling";
 /// docs/runbooks/scaling.md: three replicas to five, and back to three.
 pub fn scaling(_settings: &Settings) -> Report {
     drill(NAME_SCALING, |workdir, report| {
-        let (three, five) = (["r1", "r2", "r3"], ["r1", "r2", "r3", "r4", "r5"]);
-        let hosts = Hosts::create(workdir, &five)?;
-        let ca = cluster_ca(workdir)?;
-        install_and_start(&hosts, &ca, &three, &three)?;
-        let before = wait_for_voters(&hosts, &three, Duration::from_secs(60))?;
-        write_entries(&hosts, "r1", 0..10)?;
+        let (three, five) = (MEMBERS, ["r1", "r2", "r3", "r4", "r5"]);
+        let (hosts, ca, before) = formed_cluster(workdir, &five)?;
         let mut book = Runbook::load("scaling.md", workdir);
 
         // Installed as the runbook says: every host's peers name all five.
@@ -275,12 +272,7 @@ pub const NAME_MOVING: &str = "runbook_moving_a_replica";
 /// docs/runbooks/moving-a-replica.md: r3 moves to r4.
 pub fn moving_a_replica(_settings: &Settings) -> Report {
     drill(NAME_MOVING, |workdir, report| {
-        let members = ["r1", "r2", "r3"];
-        let hosts = Hosts::create(workdir, &["r1", "r2", "r3", "r4"])?;
-        let ca = cluster_ca(workdir)?;
-        install_and_start(&hosts, &ca, &members, &members)?;
-        let before = wait_for_voters(&hosts, &members, Duration::from_secs(60))?;
-        write_entries(&hosts, "r1", 0..10)?;
+        let (hosts, ca, before) = formed_cluster(workdir, &["r1", "r2", "r3", "r4"])?;
         let mut book = Runbook::load("moving-a-replica.md", workdir);
 
         let moved = ["r1", "r2", "r4"];
@@ -304,11 +296,8 @@ pub const NAME_CA_KEY_COMPROMISE: &str = "runbook_ca_key_compromise";
 /// docs/runbooks/ca-key-compromise.md: the active X.509 CA and JWT key rotated out by hand.
 pub fn ca_key_compromise(_settings: &Settings) -> Report {
     drill(NAME_CA_KEY_COMPROMISE, |workdir, report| {
-        let members = ["r1", "r2", "r3"];
-        let hosts = Hosts::create(workdir, &members)?;
-        let ca = cluster_ca(workdir)?;
-        install_and_start(&hosts, &ca, &members, &members)?;
-        wait_for_voters(&hosts, &members, Duration::from_secs(60))?;
+        let members = MEMBERS;
+        let (hosts, _, _) = formed_cluster(workdir, &members)?;
         let active = |kind: &str| -> Result<String, String> {
             let shown = hosts.admin("r1", &format!("localauthority {kind} show"))?;
             shown["active"]["authority_id"]
@@ -365,13 +354,14 @@ pub const NAME_KEY_MANAGER_OUTAGE: &str = "runbook_key_manager_outage";
 /// docs/runbooks/key-manager-outage.md: the CA keys in a KMS (moto) that is cut off, then back.
 pub fn key_manager_outage(_settings: &Settings) -> Report {
     drill(NAME_KEY_MANAGER_OUTAGE, |workdir, report| {
-        let members = ["r1", "r2", "r3"];
+        let members = MEMBERS;
         let hosts = Hosts::create(workdir, &["r1", "r2", "r3", "kms"])?;
         let venv = std::env::var("TESTUDO_VENV").unwrap_or_else(|_| hosts::repo().join(".venv").display().to_string());
         let mut moto = KillOnDrop(hosts.spawn(
             "kms",
             &Path::new(&venv).join("bin/moto_server"),
             &["-H", "0.0.0.0", "-p", "5000"],
+            None,
         )?);
         let ca = cluster_ca(workdir)?;
         let endpoint = format!("http://{}:5000", Hosts::fqdn("kms"));
@@ -433,12 +423,8 @@ pub const NAME_ROLLING_UPGRADE: &str = "runbook_rolling_upgrade";
 /// versions.
 pub fn rolling_upgrade(_settings: &Settings) -> Report {
     drill(NAME_ROLLING_UPGRADE, |workdir, report| {
-        let members = ["r1", "r2", "r3"];
-        let hosts = Hosts::create(workdir, &members)?;
-        let ca = cluster_ca(workdir)?;
-        install_and_start(&hosts, &ca, &members, &members)?;
-        let before = wait_for_voters(&hosts, &members, Duration::from_secs(60))?;
-        write_entries(&hosts, "r1", 0..10)?;
+        let members = MEMBERS;
+        let (hosts, _, before) = formed_cluster(workdir, &members)?;
         for host in members {
             hosts.stage_upgrade(host)?;
         }
