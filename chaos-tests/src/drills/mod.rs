@@ -240,6 +240,11 @@ pub const ALL: &[Drill] = &[
         about: "docs/runbooks/moving-a-replica.md as written: a replica moved to a host with a new name",
         run: runbooks::moving_a_replica,
     },
+    Drill {
+        name: runbooks::NAME_UPGRADE_COMPAT,
+        about: "the build deploy/upgrade-baseline names rolled to this one and back (rolling-upgrade.md), agent and writes throughout",
+        run: runbooks::upgrade_compat,
+    },
 ];
 
 /// Runs `drill`, turning a panic in its set-up (a replica that would not start, say) into

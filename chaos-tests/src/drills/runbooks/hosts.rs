@@ -207,17 +207,53 @@ impl Hosts {
     }
 
     /// Starts `program` on `host` (its network only: none of the host's directories), for a
-    /// service the drill stands up itself; it is the caller's to stop.
-    pub(crate) fn spawn(&self, host: &str, program: &Path, args: &[&str]) -> Result<std::process::Child, String> {
+    /// process the drill runs itself; its output goes to `log` if given. It is the caller's
+    /// to stop.
+    pub(crate) fn spawn(
+        &self,
+        host: &str,
+        program: &Path,
+        args: &[&str],
+        log: Option<&Path>,
+    ) -> Result<std::process::Child, String> {
         let launcher = self.network.launcher(self.index(host));
+        let output = match log {
+            Some(path) => std::process::Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?,
+            ),
+            None => std::process::Stdio::null(),
+        };
         Command::new(&launcher[0])
             .args(&launcher[1..])
             .arg(program)
             .args(args)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(output)
             .spawn()
             .map_err(|e| format!("{}: {e}", program.display()))
+    }
+
+    /// `host`'s address on the drill's network.
+    pub(crate) fn ip(&self, host: &str) -> std::net::IpAddr {
+        self.network.address(self.index(host))
+    }
+
+    /// Installs the binaries in `dir` as `host`'s `/usr/local/bin/testudo-*`.
+    pub(crate) fn install_binaries(&self, host: &str, dir: &Path) -> Result<(), String> {
+        for binary in ["testudo-server", "testudo-agent"] {
+            place_binary(&dir.join(binary), &self.dir(host).join("bin").join(binary))?;
+        }
+        Ok(())
+    }
+
+    /// Whether `host`'s `/usr/local/bin/<binary>` holds the same bytes as `other`.
+    pub(crate) fn runs_binary(&self, host: &str, binary: &str, other: &Path) -> bool {
+        let installed = std::fs::read(self.dir(host).join("bin").join(binary));
+        matches!((installed, std::fs::read(other)), (Ok(a), Ok(b)) if a == b)
     }
 
     /// Gives `host`'s services these environment variables, as an instance role or a
