@@ -455,3 +455,28 @@ pub fn rolling_upgrade(_settings: &Settings) -> Report {
         Ok("3 replicas upgraded in turn, leader last, and rolled back".into())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    /// A runbook added without a drill, or a block that names no host, would go unrun.
+    #[test]
+    fn every_runbook_has_a_drill_and_every_block_a_host() {
+        let dir = super::hosts::repo().join("docs/runbooks");
+        let mut runbooks = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            if name == "README.md" || !name.ends_with(".md") {
+                continue;
+            }
+            runbooks += 1;
+            let drill = format!("runbook_{}", name.trim_end_matches(".md").replace('-', "_"));
+            assert!(crate::drills::ALL.iter().any(|d| d.name == drill), "{name} has no drill named {drill}");
+            let blocks = testkit::docs::blocks(&format!("runbooks/{name}"));
+            assert!(blocks.iter().any(|b| b.lang() == "sh"), "{name} has no sh block");
+            for block in blocks.iter().filter(|b| b.lang() == "sh") {
+                assert!(block.attribute("on").is_some(), "{name}, under {:?}: a block names no host", block.section);
+            }
+        }
+        assert_eq!(runbooks, 7);
+    }
+}
