@@ -67,37 +67,50 @@ impl Agent {
     }
 }
 
-/// Writes entries through r1, r2, r3 in turn until `stop`; answers (acknowledged, sent).
-fn write_while(hosts: &Hosts, stop: &AtomicBool, first: usize) -> (usize, usize) {
-    let (mut acknowledged, mut sent) = (0, 0);
+/// What a client writing through every replica in turn saw.
+#[derive(Default)]
+struct Written {
+    acknowledged: usize,
+    sent: usize,
+    /// Writes refused by a replica that was up (not "cannot reach" its socket while it
+    /// restarted): what builds that cannot work together would cause.
+    refused: Vec<String>,
+}
+
+/// Writes entries through r1, r2, r3 in turn until `stop`, numbered from `first`.
+fn write_while(hosts: &Hosts, stop: &AtomicBool, first: usize) -> Written {
+    let mut written = Written::default();
     while !stop.load(Ordering::SeqCst) {
-        let n = first + sent;
+        let n = first + written.sent;
         let host = ["r1", "r2", "r3"][n % 3];
         let create = format!(
             "testudo-server entry create --socket-path {} --spiffe-id spiffe://example.org/roll/{n} \
              --parent-id spiffe://example.org/node --selector unix:uid:{n} >/dev/null",
             hosts::ADMIN_SOCKET
         );
-        sent += 1;
-        acknowledged += usize::from(hosts.run(host, &create, Duration::from_secs(10)).is_ok());
+        written.sent += 1;
+        match hosts.run(host, &create, Duration::from_secs(10)) {
+            Ok(_) => written.acknowledged += 1,
+            Err(e) => {
+                let said = e.lines().last().unwrap_or_default().to_owned();
+                if !said.contains("cannot reach") {
+                    written.refused.push(format!("write {n} on {host}: {said}"));
+                }
+            }
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
-    (acknowledged, sent)
+    written
 }
 
-/// Runs `section` of the runbook while a client writes; answers (acknowledged, sent).
-fn section_under_writes(
-    book: &mut Runbook,
-    hosts: &Hosts,
-    section: &str,
-    first: usize,
-) -> Result<(usize, usize), String> {
+/// Runs `section` of the runbook while a client writes; answers what it saw.
+fn section_under_writes(book: &mut Runbook, hosts: &Hosts, section: &str, first: usize) -> Result<Written, String> {
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let writer = scope.spawn(|| write_while(hosts, &stop, first));
         let outcome = book.section(hosts, section);
         stop.store(true, Ordering::SeqCst);
-        let written = writer.join().unwrap_or((0, 0));
+        let written = writer.join().unwrap_or_default();
         outcome.map(|_| written)
     })
 }
@@ -186,7 +199,7 @@ pub fn upgrade_compat(_settings: &Settings) -> Report {
         report.faults += 1;
         let watch = Watch::start(&runtime, agent.socket(), WEB, JwtAsk::NewAudience);
         std::thread::sleep(Duration::from_secs(2));
-        let back = section_under_writes(&mut book, &hosts, "Roll back", up.1)?;
+        let back = section_under_writes(&mut book, &hosts, "Roll back", up.sent)?;
         report.faults += members.len();
         std::thread::sleep(Duration::from_secs(6));
         let mut part = Report::new(NAME_UPGRADE_COMPAT);
@@ -201,7 +214,9 @@ pub fn upgrade_compat(_settings: &Settings) -> Report {
 
         let after = wait_for_voters(&hosts, &members, Duration::from_secs(10))?;
         report.check(after == ids, || format!("node ids were {ids:?}, now {after:?}"));
-        let (acknowledged, sent) = (up.0 + back.0, up.1 + back.1);
+        let (acknowledged, sent) = (up.acknowledged + back.acknowledged, up.sent + back.sent);
+        let refused: Vec<&String> = up.refused.iter().chain(&back.refused).collect();
+        report.check(refused.is_empty(), || format!("replicas that were up refused writes: {refused:?}"));
         report.operations += sent;
         report.acknowledged += acknowledged;
         let mut fewest = usize::MAX;
