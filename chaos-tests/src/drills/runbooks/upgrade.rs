@@ -77,14 +77,16 @@ struct Written {
     refused: Vec<String>,
 }
 
-/// Writes entries through r1, r2, r3 in turn until `stop`, numbered from `first`.
+/// Writes entries through r1, r2, r3 in turn until `stop`, numbered from `first`, with
+/// the new build's CLI (the admin API is the same gRPC API across builds).
 fn write_while(hosts: &Hosts, stop: &AtomicBool, first: usize) -> Written {
     let mut written = Written::default();
     while !stop.load(Ordering::SeqCst) {
         let n = first + written.sent;
         let host = ["r1", "r2", "r3"][n % 3];
+        // The staged new build's CLI: the one in /usr/local/bin is replaced under it.
         let create = format!(
-            "testudo-server entry create --socket-path {} --spiffe-id spiffe://example.org/roll/{n} \
+            "/var/tmp/testudo-upgrade/testudo-server entry create --socket-path {} --spiffe-id spiffe://example.org/roll/{n} \
              --parent-id spiffe://example.org/node --selector unix:uid:{n} >/dev/null",
             hosts::ADMIN_SOCKET
         );
