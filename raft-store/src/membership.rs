@@ -56,15 +56,15 @@ pub(crate) async fn replace_member_step(
 ) -> Result<AddProgress, ForwardError> {
     let progress = add_member_step(raft, id, node.clone()).await?;
     if progress == AddProgress::Voter {
-        let replaced: Vec<NodeId> = {
-            let m = raft.metrics().borrow().clone();
-            let membership = m.membership_config.membership();
-            membership
-                .nodes()
-                .filter(|(other, at)| **other != id && at.raft_address == node.raft_address)
-                .map(|(other, _)| *other)
-                .collect()
-        };
+        let replaced: Vec<NodeId> = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(other, at)| **other != id && at.raft_address == node.raft_address)
+            .map(|(other, _)| *other)
+            .collect();
         for old in replaced {
             remove_member(raft, old).await?;
             tracing::info!(replaced = old, by = id, address = %node.raft_address, "a replica took its place in the cluster");

@@ -119,11 +119,10 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         web_roots: tokio::task::spawn_blocking(server::federation::fetch::system_roots).await?,
         timeout: server::federation::fetch::EXCHANGE_TIMEOUT,
     };
-    let unreachable =
-        config.cluster.remove_unreachable_after.map(|after| server::leader::unreachable::UnreachableRemoval {
-            after,
-            keep_voters: config.cluster.bootstrap_expect.unwrap_or(config.cluster.peers.len()),
-        });
+    let unreachable = config
+        .cluster
+        .remove_unreachable_after
+        .map(|after| server::leader::unreachable::UnreachableRemoval { after, keep_voters: config.cluster.founders() });
     background.push(tokio::spawn(server::leader::run(
         runtime.clone(),
         server::leader::server_duties(ca, federation, unreachable),
@@ -232,13 +231,8 @@ pub fn settings(config: &ServerConfig) -> anyhow::Result<ReplicaSettings> {
     let cluster = &config.cluster;
     let declared = match (&cluster.ca_cert_file, &cluster.ca_key_file) {
         (Some(cert), Some(key)) if !cluster.peers.is_empty() => Some(
-            server::cluster::formation::Declared::load(
-                cluster.bootstrap_expect.unwrap_or(cluster.peers.len()),
-                cluster.peers.clone(),
-                cert,
-                key,
-            )
-            .context("cluster CA files")?,
+            server::cluster::formation::Declared::load(cluster.founders(), cluster.peers.clone(), cert, key)
+                .context("cluster CA files")?,
         ),
         _ => None,
     };

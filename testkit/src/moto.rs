@@ -27,12 +27,17 @@ pub fn python() -> std::path::PathBuf {
     format!("{}/bin/python", venv()).into()
 }
 
+/// The venv's `moto_server` program.
+pub fn server_program() -> std::path::PathBuf {
+    format!("{}/bin/moto_server", venv()).into()
+}
+
 impl MotoServer {
     /// Starts `moto_server` from the venv (`TESTUDO_VENV`, or `.venv` at the workspace root).
     pub fn start() -> Self {
         let venv = venv();
         let port = free_port();
-        let child = Command::new(format!("{venv}/bin/moto_server"))
+        let child = Command::new(server_program())
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -20,7 +20,6 @@ use super::wire::{encode, FormationState};
 
 /// The probe-only server; stops when [`Self::stop`] is called or it is dropped.
 pub struct FormingServer {
-    address: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     /// Owns the listener: the port is free once it has ended.
     accept_task: tokio::task::JoinHandle<()>,
@@ -34,7 +33,6 @@ impl FormingServer {
         let acceptor = TlsAcceptor::from(Arc::new(server_config(tls, certificate)?));
         let listener =
             TcpListener::bind(listen).await.map_err(|e| TlsError::Config(format!("cannot listen on {listen}: {e}")))?;
-        let address = listener.local_addr().map_err(|e| TlsError::Config(e.to_string()))?;
         let (incoming, accept_task) = accept_tls(listener, acceptor, "cluster", ConnectionLimits::CLUSTER);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tonic::transport::Server::builder()
@@ -49,12 +47,7 @@ impl FormingServer {
                 tracing::warn!(error = %e, "formation probe server stopped");
             }
         });
-        Ok(Self { address, stop: Some(stop), accept_task, task })
-    }
-
-    /// Where it listens.
-    pub fn address(&self) -> SocketAddr {
-        self.address
+        Ok(Self { stop: Some(stop), accept_task, task })
     }
 
     /// Stops serving and returns once the port is free for the replica. Peers' open

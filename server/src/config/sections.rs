@@ -157,6 +157,13 @@ pub struct ClusterSection {
     pub max_clock_skew: Duration,
 }
 
+impl ClusterSection {
+    /// How many of `peers` found a declared cluster: `bootstrap_expect`, or all of them.
+    pub fn founders(&self) -> usize {
+        self.bootstrap_expect.unwrap_or(self.peers.len())
+    }
+}
+
 fn default_bind_address() -> IpAddr {
     IpAddr::V4(Ipv4Addr::UNSPECIFIED)
 }

@@ -50,20 +50,25 @@ fn start(root: &Path, name: u64, raft: SocketAddr, cluster: &str) -> ServerProce
     ServerProcess::start_with(root, name, &options)
 }
 
-#[test]
-fn replicas_form_one_cluster_by_themselves_and_take_in_new_ones() {
-    let root = tempfile::tempdir().unwrap();
-    let (cert, key) = (root.path().join("ca.crt"), root.path().join("ca.key"));
+/// A cluster CA made under `root`, and the `cluster { }` lines of a declared cluster of
+/// `peers` (the first three founding it) with `extra` added.
+fn declared_cluster(root: &Path, peers: &[SocketAddr], extra: &str) -> String {
+    let (cert, key) = (root.join("ca.crt"), root.join("ca.key"));
     testkit::new_cluster_ca(&cert, &key);
-
-    let addresses: Vec<SocketAddr> = (0..4).map(|_| SocketAddr::from(([127, 0, 0, 1], free_port()))).collect();
-    let peers: Vec<String> = addresses[..3].iter().map(|a| format!("\"{a}\"")).collect();
-    let cluster = format!(
-        "peers = [{}]\n  bootstrap_expect = 3\n  ca_cert_file = \"{}\"\n  ca_key_file = \"{}\"",
+    let peers: Vec<String> = peers.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "peers = [{}]\n  bootstrap_expect = 3\n  ca_cert_file = \"{}\"\n  ca_key_file = \"{}\"\n  {extra}",
         peers.join(", "),
         cert.display(),
         key.display()
-    );
+    )
+}
+
+#[test]
+fn replicas_form_one_cluster_by_themselves_and_take_in_new_ones() {
+    let root = tempfile::tempdir().unwrap();
+    let addresses: Vec<SocketAddr> = (0..4).map(|_| SocketAddr::from(([127, 0, 0, 1], free_port()))).collect();
+    let cluster = declared_cluster(root.path(), &addresses[..3], "");
     // All three at once: each waits for the others, and exactly one cluster forms.
     let mut servers: Vec<ServerProcess> =
         (0..3).map(|i| start(root.path(), i as u64 + 1, addresses[i], &cluster)).collect();
@@ -122,17 +127,8 @@ fn replicas_form_one_cluster_by_themselves_and_take_in_new_ones() {
 #[test]
 fn members_unreachable_for_long_are_removed_down_to_bootstrap_expect() {
     let root = tempfile::tempdir().unwrap();
-    let (cert, key) = (root.path().join("ca.crt"), root.path().join("ca.key"));
-    testkit::new_cluster_ca(&cert, &key);
     let addresses: Vec<SocketAddr> = (0..4).map(|_| SocketAddr::from(([127, 0, 0, 1], free_port()))).collect();
-    let peers: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
-    let cluster = format!(
-        "peers = [{}]\n  bootstrap_expect = 3\n  ca_cert_file = \"{}\"\n  ca_key_file = \"{}\"\n  \
-         remove_unreachable_after = \"10s\"",
-        peers.join(", "),
-        cert.display(),
-        key.display()
-    );
+    let cluster = declared_cluster(root.path(), &addresses, "remove_unreachable_after = \"10s\"");
     // Three found the cluster; the fourth (as a StatefulSet scaled to four) joins it.
     let mut servers: Vec<ServerProcess> =
         (0..3).map(|i| start(root.path(), i as u64 + 1, addresses[i], &cluster)).collect();

@@ -93,15 +93,6 @@ fn cluster_ca(workdir: &Path) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
-/// Installs replicas on `members` (peers `peers`) and starts them as docs/deploy.md does.
-fn install_and_start(hosts: &Hosts, ca: &Path, members: &[&str], peers: &[&str]) -> Result<(), String> {
-    for host in members {
-        hosts.install_server(host, &server_config(host, peers, None), ca)?;
-        hosts.run(host, "systemctl enable --now testudo-server", Duration::from_secs(10))?;
-    }
-    Ok(())
-}
-
 /// The founding replicas of every runbook drill.
 const MEMBERS: [&str; 3] = ["r1", "r2", "r3"];
 
@@ -111,7 +102,10 @@ const MEMBERS: [&str; 3] = ["r1", "r2", "r3"];
 fn formed_cluster(workdir: &Path, names: &[&str]) -> Result<(Hosts, PathBuf, Vec<u64>), String> {
     let hosts = Hosts::create(workdir, names)?;
     let ca = cluster_ca(workdir)?;
-    install_and_start(&hosts, &ca, &MEMBERS, &MEMBERS)?;
+    for host in MEMBERS {
+        hosts.install_server(host, &server_config(host, &MEMBERS, None), &ca)?;
+        hosts.run(host, "systemctl enable --now testudo-server", Duration::from_secs(10))?;
+    }
     let ids = wait_for_voters(&hosts, &MEMBERS, Duration::from_secs(60))?;
     write_entries(&hosts, "r1", 0..10)?;
     Ok((hosts, ca, ids))
@@ -177,19 +171,18 @@ pub const NAME_LOST_REPLICA: &str = "runbook_lost_replica";
 /// docs/runbooks/lost-replica.md: r2's host is lost with its disk and rebuilt under its name.
 pub fn lost_replica(_settings: &Settings) -> Report {
     drill(NAME_LOST_REPLICA, |workdir, report| {
-        let members = MEMBERS;
-        let (hosts, ca, ids) = formed_cluster(workdir, &members)?;
+        let (hosts, ca, ids) = formed_cluster(workdir, &MEMBERS)?;
         let mut book = Runbook::load("lost-replica.md", workdir);
 
         hosts.lose("r2");
         report.faults += 1;
         book.section(&hosts, "See what is lost")?;
-        hosts.install_server("r2", &server_config("r2", &members, None), &ca)?;
+        hosts.install_server("r2", &server_config("r2", &MEMBERS, None), &ca)?;
         book.section(&hosts, "Bring it back")?;
         book.section(&hosts, "Check")?;
         book.all_ran()?;
 
-        let now = wait_for_voters(&hosts, &members, Duration::from_secs(10))?;
+        let now = wait_for_voters(&hosts, &MEMBERS, Duration::from_secs(10))?;
         report.check(now[1] != ids[1], || format!("r2 came back as node {}, the id it had", now[1]));
         report.check(now[0] == ids[0] && now[2] == ids[2], || format!("node ids were {ids:?}, now {now:?}"));
         let count = entry_count(&hosts, "r2")?;
@@ -203,8 +196,7 @@ pub const NAME_LOST_QUORUM: &str = "runbook_lost_quorum";
 /// docs/runbooks/lost-quorum.md: r2 and r3 lost with their disks; r1 restores its backup.
 pub fn lost_quorum(_settings: &Settings) -> Report {
     drill(NAME_LOST_QUORUM, |workdir, report| {
-        let members = MEMBERS;
-        let (hosts, ca, _) = formed_cluster(workdir, &members)?;
+        let (hosts, ca, _) = formed_cluster(workdir, &MEMBERS)?;
         let mut book = Runbook::load("lost-quorum.md", workdir);
         book.section(&hosts, "Before: take backups")?;
         // Written after the backup: the runbook says these are lost.
@@ -216,15 +208,15 @@ pub fn lost_quorum(_settings: &Settings) -> Report {
         book.section(&hosts, "See that the majority is lost")?;
         book.section(&hosts, "Restore")?;
         for host in ["r2", "r3"] {
-            hosts.install_server(host, &server_config(host, &members, None), &ca)?;
+            hosts.install_server(host, &server_config(host, &MEMBERS, None), &ca)?;
         }
         book.section(&hosts, "Bring back the others")?;
         let counts = book.section(&hosts, "Check")?;
         book.all_ran()?;
 
-        let ids = wait_for_voters(&hosts, &members, Duration::from_secs(10))?;
+        let ids = wait_for_voters(&hosts, &MEMBERS, Duration::from_secs(10))?;
         report.check(ids[0] == 1, || format!("r1 was restored as node {}, not as its founder id 1", ids[0]));
-        for host in members {
+        for host in MEMBERS {
             let count = entry_count(&hosts, host)?;
             report.check(count == 10, || format!("{host} holds {count} entries; the backup had 10"));
         }
@@ -296,8 +288,7 @@ pub const NAME_CA_KEY_COMPROMISE: &str = "runbook_ca_key_compromise";
 /// docs/runbooks/ca-key-compromise.md: the active X.509 CA and JWT key rotated out by hand.
 pub fn ca_key_compromise(_settings: &Settings) -> Report {
     drill(NAME_CA_KEY_COMPROMISE, |workdir, report| {
-        let members = MEMBERS;
-        let (hosts, _, _) = formed_cluster(workdir, &members)?;
+        let (hosts, _, _) = formed_cluster(workdir, &MEMBERS)?;
         let active = |kind: &str| -> Result<String, String> {
             let shown = hosts.admin("r1", &format!("localauthority {kind} show"))?;
             shown["active"]["authority_id"]
@@ -331,7 +322,7 @@ pub fn ca_key_compromise(_settings: &Settings) -> Report {
 
         let now = (active("x509")?, active("jwt")?);
         report.check(now.0 != leaked.0 && now.1 != leaked.1, || format!("still active: {now:?}"));
-        for host in members {
+        for host in MEMBERS {
             for kind in ["x509", "jwt"] {
                 let shown = hosts.admin(host, &format!("localauthority {kind} show"))?.to_string();
                 let id = if kind == "x509" { &leaked.0 } else { &leaked.1 };
@@ -354,15 +345,9 @@ pub const NAME_KEY_MANAGER_OUTAGE: &str = "runbook_key_manager_outage";
 /// docs/runbooks/key-manager-outage.md: the CA keys in a KMS (moto) that is cut off, then back.
 pub fn key_manager_outage(_settings: &Settings) -> Report {
     drill(NAME_KEY_MANAGER_OUTAGE, |workdir, report| {
-        let members = MEMBERS;
         let hosts = Hosts::create(workdir, &["r1", "r2", "r3", "kms"])?;
-        let venv = std::env::var("TESTUDO_VENV").unwrap_or_else(|_| hosts::repo().join(".venv").display().to_string());
-        let mut moto = KillOnDrop(hosts.spawn(
-            "kms",
-            &Path::new(&venv).join("bin/moto_server"),
-            &["-H", "0.0.0.0", "-p", "5000"],
-            None,
-        )?);
+        let _moto =
+            KillOnDrop(hosts.spawn("kms", &testkit::moto::server_program(), &["-H", "0.0.0.0", "-p", "5000"], None)?);
         let ca = cluster_ca(workdir)?;
         let endpoint = format!("http://{}:5000", Hosts::fqdn("kms"));
         let credentials: Vec<(&str, String)> = vec![
@@ -370,18 +355,18 @@ pub fn key_manager_outage(_settings: &Settings) -> Report {
             ("AWS_SECRET_ACCESS_KEY", testkit::moto::SECRET_ACCESS_KEY.into()),
             ("AWS_EC2_METADATA_DISABLED", "true".into()),
         ];
-        for host in members {
+        for host in MEMBERS {
             hosts.set_service_env(host, &credentials)?;
-            hosts.install_server(host, &server_config(host, &members, Some(&endpoint)), &ca)?;
+            hosts.install_server(host, &server_config(host, &MEMBERS, Some(&endpoint)), &ca)?;
             hosts.run(host, "systemctl enable --now testudo-server", Duration::from_secs(10))?;
         }
-        wait_for_voters(&hosts, &members, Duration::from_secs(90))?;
+        wait_for_voters(&hosts, &MEMBERS, Duration::from_secs(90))?;
         let mint = format!(
             "until testudo-server x509 mint --spiffe-id spiffe://example.org/up --ttl 60 --socket-path {} >/dev/null 2>&1; \
              do sleep 1; done",
             hosts::ADMIN_SOCKET
         );
-        for host in members {
+        for host in MEMBERS {
             hosts.run(host, &mint, Duration::from_secs(90))?;
         }
         let mut book = Runbook::load("key-manager-outage.md", workdir);
@@ -405,7 +390,6 @@ pub fn key_manager_outage(_settings: &Settings) -> Report {
         hosts.set_link("kms", true)?;
         book.section(&hosts, "After it is back")?;
         book.all_ran()?;
-        let _ = moto.0.kill();
         Ok("KMS cut off and back; every replica signs again".into())
     })
 }
@@ -427,28 +411,27 @@ pub const NAME_ROLLING_UPGRADE: &str = "runbook_rolling_upgrade";
 /// versions.
 pub fn rolling_upgrade(_settings: &Settings) -> Report {
     drill(NAME_ROLLING_UPGRADE, |workdir, report| {
-        let members = MEMBERS;
-        let (hosts, _, before) = formed_cluster(workdir, &members)?;
-        for host in members {
+        let (hosts, _, before) = formed_cluster(workdir, &MEMBERS)?;
+        for host in MEMBERS {
             hosts.stage_upgrade(host)?;
         }
         let mut book = Runbook::load("rolling-upgrade.md", workdir);
         book.section(&hosts, "Before you start")?;
         let printed = book.section(&hosts, "Upgrade each replica in turn")?;
-        report.faults += members.len();
-        let upgraded = wait_for_voters(&hosts, &members, Duration::from_secs(10))?;
+        report.faults += MEMBERS.len();
+        let upgraded = wait_for_voters(&hosts, &MEMBERS, Duration::from_secs(10))?;
         // The leader handed leadership away before its restart: `cluster transfer` printed
         // the status it left (the block prints nothing else of the kind).
         let transfers = printed.iter().filter(|p| p.contains("Cluster ")).count();
         report.check(transfers >= 1, || "no replica handed leadership away before its restart".into());
         book.section(&hosts, "Roll back")?;
-        report.faults += members.len();
+        report.faults += MEMBERS.len();
         book.all_ran()?;
-        let after = wait_for_voters(&hosts, &members, Duration::from_secs(10))?;
+        let after = wait_for_voters(&hosts, &MEMBERS, Duration::from_secs(10))?;
         report.check(upgraded == before && after == before, || {
             format!("node ids changed: {before:?}, {upgraded:?}, {after:?}")
         });
-        for host in members {
+        for host in MEMBERS {
             let count = entry_count(&hosts, host)?;
             report.check(count == 10, || format!("{host} holds {count} entries of 10"));
         }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::hosts::{self, server_config, Hosts};
-use super::{cluster_ca, drill, wait_for_voters, KillOnDrop, Runbook};
+use super::{cluster_ca, drill, wait_for_voters, KillOnDrop, Runbook, MEMBERS};
 use crate::drills::svid_watch::{uid_selector, JwtAsk, Watch, WEB};
 use crate::drills::{runtime, Report, Settings};
 
@@ -121,13 +121,12 @@ pub fn upgrade_compat(_settings: &Settings) -> Report {
     drill(NAME_UPGRADE_COMPAT, |workdir, report| {
         let old = baseline()?;
         let new = testkit::binary("testudo-server").parent().ok_or("the build's directory")?.to_path_buf();
-        let members = super::MEMBERS;
         let hosts = Hosts::create(workdir, &["r1", "r2", "r3", "node1"])?;
         let ca = cluster_ca(workdir)?;
-        for host in members {
+        for host in MEMBERS {
             hosts.install_binaries(host, &old)?;
             hosts.stage_upgrade(host)?;
-            let config = server_config(host, &members, None)
+            let config = server_config(host, &MEMBERS, None)
                 .replace(
                     "  NodeAttestor \"x509pop\" {",
                     "  NodeAttestor \"join_token\" {}\n  NodeAttestor \"x509pop\" {",
@@ -136,7 +135,7 @@ pub fn upgrade_compat(_settings: &Settings) -> Report {
             hosts.install_server(host, &config, &ca)?;
             hosts.run(host, "systemctl enable --now testudo-server", Duration::from_secs(10))?;
         }
-        let ids = wait_for_voters(&hosts, &members, Duration::from_secs(60))?;
+        let ids = wait_for_voters(&hosts, &MEMBERS, Duration::from_secs(60))?;
 
         let token = hosts.admin("r1", "token generate --ttl 600")?["value"]
             .as_str()
@@ -153,7 +152,7 @@ pub fn upgrade_compat(_settings: &Settings) -> Report {
             Duration::from_secs(30),
         )?;
         let agent_root = workdir.join("node1");
-        let servers: Vec<String> = members.iter().map(|h| format!("{}:8081", hosts.ip(h))).collect();
+        let servers: Vec<String> = MEMBERS.iter().map(|h| format!("{}:8081", hosts.ip(h))).collect();
         let config = testkit::AgentProcess::config_text(
             &agent_root,
             &servers,
@@ -176,12 +175,12 @@ pub fn upgrade_compat(_settings: &Settings) -> Report {
         let watch = Watch::start(&runtime, agent.socket(), WEB, JwtAsk::NewAudience);
         std::thread::sleep(Duration::from_secs(2));
         let up = section_under_writes(&mut book, &hosts, "Upgrade each replica in turn", 0)?;
-        report.faults += members.len();
+        report.faults += MEMBERS.len();
         std::thread::sleep(Duration::from_secs(6));
         let mut part = Report::new(NAME_UPGRADE_COMPAT);
         watch.finish(&runtime).judge(2, &agent.log(), &mut part);
         report.absorb(part, "replicas old to new, old agent");
-        for host in members {
+        for host in MEMBERS {
             report.check(hosts.runs_binary(host, "testudo-server", &new.join("testudo-server")), || {
                 format!("{host} does not run the new build after the upgrade")
             });
@@ -202,19 +201,19 @@ pub fn upgrade_compat(_settings: &Settings) -> Report {
         let watch = Watch::start(&runtime, agent.socket(), WEB, JwtAsk::NewAudience);
         std::thread::sleep(Duration::from_secs(2));
         let back = section_under_writes(&mut book, &hosts, "Roll back", up.sent)?;
-        report.faults += members.len();
+        report.faults += MEMBERS.len();
         std::thread::sleep(Duration::from_secs(6));
         let mut part = Report::new(NAME_UPGRADE_COMPAT);
         watch.finish(&runtime).judge(2, &agent.log(), &mut part);
         report.absorb(part, "replicas new to old, old agent");
         book.all_ran()?;
-        for host in members {
+        for host in MEMBERS {
             report.check(hosts.runs_binary(host, "testudo-server", &old.join("testudo-server")), || {
                 format!("{host} does not run the baseline build after the roll back")
             });
         }
 
-        let after = wait_for_voters(&hosts, &members, Duration::from_secs(10))?;
+        let after = wait_for_voters(&hosts, &MEMBERS, Duration::from_secs(10))?;
         report.check(after == ids, || format!("node ids were {ids:?}, now {after:?}"));
         let (acknowledged, sent) = (up.acknowledged + back.acknowledged, up.sent + back.sent);
         let refused: Vec<&String> = up.refused.iter().chain(&back.refused).collect();
@@ -222,7 +221,7 @@ pub fn upgrade_compat(_settings: &Settings) -> Report {
         report.operations += sent;
         report.acknowledged += acknowledged;
         let mut fewest = usize::MAX;
-        for host in members {
+        for host in MEMBERS {
             // The workload's entry and the writer's.
             let written = super::entry_count(&hosts, host)?.saturating_sub(1) as usize;
             fewest = fewest.min(written);
